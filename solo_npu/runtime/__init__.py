@@ -1,0 +1,41 @@
+"""Device runtime: the one place that knows about NPU, CUDA and CPU."""
+
+from solo_npu.runtime.device import (
+    DeviceError,
+    DeviceInfo,
+    StaticGradScaler,
+    amp_dtype,
+    apply_env_defaults,
+    autocast,
+    dist_backend,
+    import_torch_npu,
+    is_npu_available,
+    make_grad_scaler,
+    memory_stats,
+    reset_peak_memory,
+    resolve_device,
+    seed_everything,
+    setup_device,
+    sgd_class,
+    synchronize,
+)
+
+__all__ = [
+    "DeviceError",
+    "DeviceInfo",
+    "StaticGradScaler",
+    "amp_dtype",
+    "apply_env_defaults",
+    "autocast",
+    "dist_backend",
+    "import_torch_npu",
+    "is_npu_available",
+    "make_grad_scaler",
+    "memory_stats",
+    "reset_peak_memory",
+    "resolve_device",
+    "seed_everything",
+    "setup_device",
+    "sgd_class",
+    "synchronize",
+]

@@ -1,0 +1,290 @@
+"""Everything that depends on the kind of device: NPU (torch_npu), CUDA or CPU.
+
+This is the only module of the project that branches on the device kind. The rest of the code asks it
+which device to use, which distributed backend, how to autocast, how to scale the loss, how to
+synchronise and how much memory is in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import random
+import resource
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEVICE_KINDS = ("npu", "cuda", "cpu")
+_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+_AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+# Defaults Huawei documents for multi-device training; set only when the user has not set them.
+NPU_ENV_DEFAULTS = {
+    "HCCL_CONNECT_TIMEOUT": "1800",
+    "HCCL_WHITELIST_DISABLE": "1",
+    "TASK_QUEUE_ENABLE": "2",
+}
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available on this machine."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device a process runs on.
+
+    Attributes:
+        type: "npu", "cuda" or "cpu".
+        device: the torch.device (with index for accelerators).
+        index: the device index (0 on CPU).
+    """
+
+    type: str
+    device: torch.device
+    index: int = 0
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.type != "cpu"
+
+
+def import_torch_npu() -> ModuleType | None:
+    """Import torch_npu when it is installed; None otherwise (never raises for a missing package)."""
+    if "torch_npu" in sys.modules:
+        return sys.modules["torch_npu"]
+    try:
+        return importlib.import_module("torch_npu")
+    except ImportError:
+        return None
+    except Exception as exc:  # a broken CANN install raises all kinds of errors at import time
+        logger.warning("torch_npu is installed but failed to import (%s); NPU disabled", exc)
+        return None
+
+
+def _npu_device_count() -> int:
+    torch_npu = import_torch_npu()
+    if torch_npu is None:
+        return 0
+    npu = getattr(torch, "npu", None) or getattr(torch_npu, "npu", None)
+    if npu is None:
+        return 0
+    try:
+        return int(npu.device_count()) if npu.is_available() else 0
+    except Exception:  # driver missing or not reachable
+        return 0
+
+
+def is_npu_available() -> bool:
+    """True when torch_npu imports and reports at least one device."""
+    return _npu_device_count() > 0
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> DeviceInfo:
+    """Pick the device for this process.
+
+    Args:
+        name: "auto" (npu when torch_npu imports and a device is present, then cuda, then cpu),
+            "npu", "cuda", "cpu", or an explicit "npu:1" / "cuda:1".
+        local_rank: the process's rank on its node; accelerators are assigned one per rank,
+            wrapping around the visible devices.
+
+    Raises:
+        DeviceError: an explicitly requested device kind is not available.
+    """
+    name = (name or "auto").lower()
+    explicit_index: int | None = None
+    if ":" in name:
+        name, idx = name.split(":", 1)
+        explicit_index = int(idx)
+    if name not in ("auto", *DEVICE_KINDS):
+        raise DeviceError(f"unknown device {name!r}: use one of auto, npu, cuda, cpu")
+
+    if name in ("auto", "npu"):
+        count = _npu_device_count()
+        if count:
+            index = explicit_index if explicit_index is not None else local_rank % count
+            return DeviceInfo("npu", torch.device("npu", index), index)
+        if name == "npu":
+            hint = "torch_npu is not installed (pip install .[npu])" if import_torch_npu() is None else (
+                "torch_npu imports but reports no device (check the driver and ASCEND_RT_VISIBLE_DEVICES)")
+            raise DeviceError(f"device=npu requested but {hint}")
+    if name in ("auto", "cuda"):
+        if torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            index = explicit_index if explicit_index is not None else local_rank % count
+            return DeviceInfo("cuda", torch.device("cuda", index), index)
+        if name == "cuda":
+            raise DeviceError("device=cuda requested but torch.cuda.is_available() is False")
+    return DeviceInfo("cpu", torch.device("cpu"), 0)
+
+
+def dist_backend(info: DeviceInfo) -> str:
+    """The torch.distributed backend for the device kind: hccl, nccl or gloo."""
+    return _BACKENDS[info.type]
+
+
+def amp_dtype(info: DeviceInfo, dtype: str = "fp16") -> torch.dtype:
+    """The autocast dtype: fp16 or bf16 as asked on accelerators; CPU autocast runs bf16 only."""
+    if dtype not in _AMP_DTYPES:
+        raise ValueError(f"amp.dtype must be one of fp16, bf16 (got {dtype!r})")
+    if info.type == "cpu":
+        return torch.bfloat16
+    return _AMP_DTYPES[dtype]
+
+
+def autocast(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> contextlib.AbstractContextManager:
+    """An autocast context for the device (a no-op context when disabled)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=info.type, dtype=amp_dtype(info, dtype))
+
+
+class StaticGradScaler(torch.amp.GradScaler):
+    """A GradScaler whose scale never changes (apex ``loss_scale=128``).
+
+    Steps whose gradients hold inf/NaN are still skipped by ``step``; ``update`` puts the scale back
+    to its fixed value instead of backing off or growing.
+    """
+
+    def __init__(self, device: str, scale: float, enabled: bool = True) -> None:
+        super().__init__(device, init_scale=scale, enabled=enabled)
+        self.static_scale = float(scale)
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        super().update(self.static_scale if new_scale is None else new_scale)
+
+
+def make_grad_scaler(
+    info: DeviceInfo, enabled: bool, loss_scale: str | float | None = "dynamic", dtype: str = "fp16"
+) -> torch.amp.GradScaler:
+    """A GradScaler: dynamic, or static like apex O1 with ``loss_scale=128``.
+
+    Only fp16 needs loss scaling: the scaler is disabled when AMP is off or runs in bf16 (always the
+    case on CPU), and then ``scale``/``step``/``update`` pass straight through.
+    """
+    use = enabled and amp_dtype(info, dtype) == torch.float16
+    if loss_scale in (None, "dynamic"):
+        return torch.amp.GradScaler(info.type, enabled=use)
+    scale = float(loss_scale)
+    if scale <= 0:
+        raise ValueError(f"amp.loss_scale must be 'dynamic' or a positive number (got {loss_scale!r})")
+    return StaticGradScaler(info.type, scale, enabled=use)
+
+
+def _device_module(info: DeviceInfo) -> Any:
+    return getattr(torch, info.type, None) if info.is_accelerator else None
+
+
+def synchronize(info: DeviceInfo) -> None:
+    """Wait for all queued work on the device (no-op on CPU)."""
+    mod = _device_module(info)
+    if mod is not None:
+        mod.synchronize()
+
+
+def _rss_mb() -> tuple[float, float]:
+    current = 0.0
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        pass
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20
+    return current, peak
+
+
+def memory_stats(info: DeviceInfo) -> dict[str, float]:
+    """Memory in MiB: device allocator on accelerators, process RSS on CPU."""
+    mod = _device_module(info)
+    if mod is not None:
+        return {
+            "allocated_mb": mod.memory_allocated(info.device) / 2**20,
+            "peak_mb": mod.max_memory_allocated(info.device) / 2**20,
+        }
+    current, peak = _rss_mb()
+    return {"allocated_mb": current, "peak_mb": peak}
+
+
+def reset_peak_memory(info: DeviceInfo) -> None:
+    """Reset the peak counter of the device allocator (the CPU's max RSS cannot be reset)."""
+    mod = _device_module(info)
+    if mod is not None:
+        mod.reset_peak_memory_stats(info.device)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (all devices); optionally ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def sgd_class(info: DeviceInfo, fused: bool = False) -> type[torch.optim.Optimizer]:
+    """torch.optim.SGD, or torch_npu's NpuFusedSGD on NPU when ``fused`` is asked for.
+
+    NpuFusedSGD flattens parameters into one buffer: parameters must never be re-allocated after the
+    optimiser is built.
+    """
+    if fused and info.type == "npu":
+        torch_npu = import_torch_npu()
+        fused_cls = getattr(getattr(torch_npu, "optim", None), "NpuFusedSGD", None)
+        if fused_cls is not None:
+            return fused_cls
+        logger.warning("optim.fused=true but torch_npu.optim.NpuFusedSGD is missing; using torch.optim.SGD")
+    elif fused:
+        logger.info("optim.fused applies to NPU only; using torch.optim.SGD on %s", info.type)
+    return torch.optim.SGD
+
+
+def apply_env_defaults(defaults: Mapping[str, str], env: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Set environment variables that are not set yet; explicit ``env`` entries always win.
+
+    Returns the variables that were set.
+    """
+    applied: dict[str, str] = {}
+    for key, value in defaults.items():
+        if key not in os.environ:
+            os.environ[key] = str(value)
+            applied[key] = str(value)
+    for key, value in (env or {}).items():
+        os.environ[str(key)] = str(value)
+        applied[str(key)] = str(value)
+    return applied
+
+
+def setup_device(info: DeviceInfo, cfg_runtime: Mapping[str, Any] | None = None) -> None:
+    """Make ``info`` the current device and apply device-specific settings from ``cfg.runtime``.
+
+    On NPU: environment defaults (HCCL timeouts, task queue), the operator compile mode
+    (``runtime.npu.jit_compile``: False avoids recompiling operators for every new shape) and the
+    current device. On CUDA: the current device and cudnn.benchmark. On CPU: nothing.
+    """
+    cfg_runtime = cfg_runtime or {}
+    if info.type == "npu":
+        npu_cfg = cfg_runtime.get("npu") or {}
+        apply_env_defaults(NPU_ENV_DEFAULTS, npu_cfg.get("env"))
+        torch_npu = import_torch_npu()
+        torch.npu.set_device(info.device)
+        set_mode = getattr(getattr(torch_npu, "npu", None), "set_compile_mode", None)
+        if set_mode is not None:
+            set_mode(jit_compile=bool(npu_cfg.get("jit_compile", False)))
+    elif info.type == "cuda":
+        torch.cuda.set_device(info.device)
+        torch.backends.cudnn.benchmark = bool(cfg_runtime.get("cudnn_benchmark", False))
+
