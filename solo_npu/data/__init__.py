@@ -1,0 +1,40 @@
+"""Data: COCO dataset, transforms, fixed-shape collation, samplers, synthetic data, loader builders."""
+
+from solo_npu.data.build import build_collate, build_dataloader, build_dataset, ensure_synthetic
+from solo_npu.data.coco import FAULT_KINDS, CocoInstanceDataset, segmentation_to_rle
+from solo_npu.data.collate import FixedShapeCollate
+from solo_npu.data.samplers import GroupedBatchSampler
+from solo_npu.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
+from solo_npu.data.synthetic import generate_synthetic_coco
+from solo_npu.data.transforms import (
+    Compose,
+    Normalize,
+    RandomFlip,
+    Resize,
+    build_transforms,
+    canvas_size,
+    pad_offset,
+    rescale_size,
+)
+
+__all__ = [
+    "FAULT_KINDS",
+    "SYNTHETIC_CATEGORIES",
+    "CocoInstanceDataset",
+    "Compose",
+    "FixedShapeCollate",
+    "GroupedBatchSampler",
+    "Normalize",
+    "RandomFlip",
+    "Resize",
+    "build_collate",
+    "build_dataloader",
+    "build_dataset",
+    "build_transforms",
+    "canvas_size",
+    "ensure_synthetic",
+    "generate_synthetic_coco",
+    "pad_offset",
+    "rescale_size",
+    "segmentation_to_rle",
+]

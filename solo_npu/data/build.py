@@ -1,0 +1,176 @@
+"""Dataset and DataLoader builders from the ``data`` config group (conf/data/*.yaml).
+
+``train.img_dir`` / ``train.ann_file`` (and ``val.*``) are relative to ``data.root`` unless absolute;
+``data.root`` itself is relative to the launch directory (Hydra does not chdir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from solo_npu.data.coco import CocoInstanceDataset
+from solo_npu.data.collate import FixedShapeCollate
+from solo_npu.data.samplers import GroupedBatchSampler
+from solo_npu.data.synthetic import generate_synthetic_coco
+from solo_npu.data.transforms import build_transforms
+
+logger = logging.getLogger("solo_npu.data")
+SPLITS = ("train", "val")
+STAMP = "synthetic_params.json"  # the generator arguments, to notice a stale dataset
+
+
+def _split_paths(data_cfg: Any, split: str) -> tuple[Path, Path]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root = Path(str(data_cfg.root))
+    sub = data_cfg[split]
+    return root / str(sub.ann_file), root / str(sub.img_dir)
+
+
+def build_dataset(data_cfg: Any, split: str, seed: int = 0) -> CocoInstanceDataset:
+    """The dataset of a split with its transforms (training augmentation only for ``train``)."""
+    ann_file, img_dir = _split_paths(data_cfg, split)
+    train = split == "train"
+    return CocoInstanceDataset(ann_file, img_dir, transforms=build_transforms(data_cfg, train), train=train,
+                               max_instances=int(data_cfg.max_instances), seed=seed)
+
+
+def build_collate(data_cfg: Any) -> FixedShapeCollate:
+    """The fixed-shape collate function for the config's ``pad`` and ``max_instances``."""
+    pad = data_cfg.get("pad") or {}
+    canvas = pad.get("canvas")
+    return FixedShapeCollate(
+        max_instances=int(data_cfg.max_instances),
+        mode=str(pad.get("mode", "divisor")),
+        size_divisor=int(pad.get("size_divisor", 32)),
+        canvas=list(canvas) if canvas is not None else None,
+        position=str(pad.get("position", "top_left")),
+    )
+
+
+def _worker_init(worker_id: int) -> None:
+    # One torch thread per worker avoids oversubscribing the cores. OpenCV's thread pool is left
+    # alone: reconfiguring it (cv2.setNumThreads) in a forked worker can deadlock on the pool state
+    # inherited from the parent.
+    torch.set_num_threads(1)
+
+
+def _accelerator_present() -> bool:
+    from solo_npu.runtime import resolve_device
+
+    try:
+        return resolve_device("auto").type != "cpu"
+    except Exception:  # a broken accelerator stack must not stop data loading
+        return False
+
+
+def build_dataloader(data_cfg: Any, split: str, *, batch_size: int, distributed: bool = False, rank: int = 0,
+                     world_size: int = 1, seed: int = 0, epoch: int = 0, start_iter: int = 0,
+                     num_workers: int | None = None, pin_memory: bool | None = None,
+                     dataset: CocoInstanceDataset | None = None) -> DataLoader:
+    """A DataLoader yielding batch dicts of the architecture contract.
+
+    The batch sampler (``loader.batch_sampler``, a :class:`GroupedBatchSampler`) is shuffled,
+    aspect-grouped and padded for ``train``, sequential for ``val``. Call
+    ``loader.batch_sampler.set_epoch(epoch, start_iter)`` before each epoch; with ``start_iter`` the
+    first batches of that epoch are skipped without being loaded.
+
+    Args:
+        data_cfg: the ``data`` config node.
+        split: ``train`` or ``val``.
+        batch_size: images per batch on this rank.
+        distributed, rank, world_size: shard the batches across ranks.
+        seed: shuffling and augmentation seed (same on every rank).
+        epoch, start_iter: the first epoch to iterate and the batches of it to skip.
+        num_workers, pin_memory: override ``data.num_workers`` / ``data.pin_memory`` (``null`` in the
+            config pins memory when an accelerator is present).
+        dataset: reuse an already built dataset.
+    """
+    train = split == "train"
+    if dataset is None:
+        ensure_synthetic(data_cfg)
+        dataset = build_dataset(data_cfg, split, seed=seed)
+    if not distributed:
+        rank, world_size = 0, 1
+    group = bool(data_cfg.get("group_by_aspect_ratio", True)) and train
+    sampler = GroupedBatchSampler(len(dataset), batch_size, dataset.aspect_flags if group else None,
+                                  shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                                  epoch=epoch, start_iter=start_iter)
+    workers = int(data_cfg.get("num_workers", 0) if num_workers is None else num_workers)
+    if pin_memory is None:
+        pin_memory = data_cfg.get("pin_memory")
+    if pin_memory is None:
+        pin_memory = _accelerator_present()
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=build_collate(data_cfg),
+        num_workers=workers,
+        pin_memory=bool(pin_memory),
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+
+
+def _synthetic_complete(root: Path) -> bool:
+    return all((root / "annotations" / f"instances_{s}2017.json").is_file() for s in SPLITS)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_synthetic(data_cfg: Any) -> Path:
+    """Generate the synthetic dataset at ``data.root`` when ``data.generate`` is true and it is missing.
+
+    Safe to call from every rank at once: a file lock serialises the ranks of a node, and the data is
+    written to a temporary directory that is renamed into place, so no reader ever sees half a dataset.
+    """
+    root = Path(str(data_cfg.root))
+    if not data_cfg.get("generate", False):
+        return root
+    params = {k: int(data_cfg.get(k, d)) for k, d in (("num_train", 96), ("num_val", 24), ("size", 256), ("seed", 0))}
+    if _synthetic_complete(root):
+        stamp = root / STAMP
+        if stamp.is_file() and json.loads(stamp.read_text()) != params:
+            logger.warning("%s was generated with %s, not %s; delete it to regenerate", root, stamp.read_text(), params)
+        return root
+    with _file_lock(root.parent / f".{root.name}.lock"):
+        if _synthetic_complete(root):
+            return root
+        if root.exists():
+            if any(root.iterdir()):
+                raise FileExistsError(
+                    f"{root} exists but is not a complete dataset; remove it or set data.generate=false")
+            root.rmdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            generate_synthetic_coco(tmp, params["num_train"], params["num_val"], size=params["size"],
+                                    seed=params["seed"])
+            (tmp / STAMP).write_text(json.dumps(params))
+            os.rename(tmp, root)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not _synthetic_complete(root):  # another node won the race otherwise
+                raise
+        logger.info("generated synthetic dataset at %s", root)
+    return root

@@ -1,0 +1,263 @@
+"""COCO instance segmentation dataset over pycocotools, robust to bad input.
+
+Annotation-level faults are found once at construction without reading any image; unreadable
+images are found when read. In training every faulty image is skipped (the dataset serves
+another index, chosen deterministically); in evaluation images with annotation faults are kept
+with whatever ground truth is valid. Every fault is counted per kind and reported once per kind
+on the ``solo_npu.data`` logger; :meth:`CocoInstanceDataset.fault_counts` returns the counts,
+including those found inside DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+logger = logging.getLogger("solo_npu.data")
+
+INIT_FAULTS = ("bad_category", "degenerate_segmentation", "box_outside_image", "missing_image", "empty_image",
+               "too_many_instances")
+READ_FAULTS = ("unreadable_image", "image_size_mismatch", "empty_mask")
+FAULT_KINDS = INIT_FAULTS + READ_FAULTS
+_LOG_NAMES = 10  # file names listed per kind in the log
+
+
+def _polygon_area(flat: list[float]) -> float:
+    # Plain Python: polygons are short and COCO has ~10^6 of them, where numpy call overhead dominates.
+    x, y = flat[0::2], flat[1::2]
+    return 0.5 * abs(sum(x[i] * y[i - 1] - x[i - 1] * y[i] for i in range(len(x))))
+
+
+def _clean_segmentation(seg: Any, height: int, width: int) -> Any | None:
+    """The usable part of a segmentation (polygons with >= 3 points and non-zero area, or a sized RLE)."""
+    if isinstance(seg, list):
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and _polygon_area(p) > 0]
+        return polys or None
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if [int(s) for s in seg["size"]] != [height, width]:
+            return None
+        rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
+        return seg if float(mask_utils.area(_as_bytes_rle(rle))) > 0 else None
+    return None
+
+
+def _as_bytes_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(rle["counts"], str):
+        return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return rle
+
+
+def segmentation_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
+    """Polygons, uncompressed RLE or compressed RLE -> one compressed RLE (pycocotools)."""
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg["counts"], list):
+        return mask_utils.frPyObjects(seg, height, width)
+    return _as_bytes_rle(seg)
+
+
+class CocoInstanceDataset(Dataset):
+    """COCO-format instance segmentation dataset.
+
+    Args:
+        ann_file: ``instances_*.json``.
+        img_dir: directory holding the ``file_name`` of every image.
+        transforms: callable ``(sample, rng) -> sample`` (see :mod:`solo_npu.data.transforms`).
+        train: skip faulty images and crowd instances; decode masks.
+        max_instances: keep at most this many instances per image (the largest).
+        seed: base seed; sample randomness comes from ``(seed, epoch, index)``.
+        with_masks: decode instance masks (default: ``train``; evaluation reads the json instead).
+
+    Indexing with an int uses :attr:`epoch` (see :meth:`set_epoch`); indexing with an
+    ``(index, epoch)`` tuple, as the project's samplers do, makes persistent workers epoch-exact.
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, img_dir: str | os.PathLike, transforms: Any = None,
+                 train: bool = True, max_instances: int = 100, seed: int = 0,
+                 with_masks: bool | None = None) -> None:
+        if not Path(ann_file).is_file():
+            raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        if not Path(img_dir).is_dir():
+            raise FileNotFoundError(f"image directory not found: {img_dir}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(str(ann_file))
+        self.img_dir = Path(img_dir)
+        self.transforms = transforms
+        self.train = train
+        self.max_instances = int(max_instances)
+        self.seed = int(seed)
+        self.with_masks = train if with_masks is None else with_masks
+        self.epoch = 0
+
+        cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        self.cat_ids: list[int] = [c["id"] for c in cats]
+        self.cat_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
+        self.label_to_cat: list[int] = list(self.cat_ids)
+        self.class_names: list[str] = [c.get("name", str(c["id"])) for c in cats]
+
+        self._fault_files: dict[str, dict[str, None]] = defaultdict(dict)  # ordered sets of file names
+        self._init_counts: dict[str, int] = defaultdict(int)
+        self.records = self._scan()
+        # Read-time faults may be found in worker processes; shared memory makes them visible here.
+        self._read_counts = torch.zeros(len(READ_FAULTS), dtype=torch.int64).share_memory_()
+        self._logged_files: set[tuple[str, str]] = set()
+        for kind, names in self._fault_files.items():
+            shown = ", ".join(list(names)[:_LOG_NAMES]) + (" ..." if len(names) > _LOG_NAMES else "")
+            action = "skipped" if self.train and kind in ("missing_image", "empty_image") else "handled"
+            logger.warning("%s: %d (%s) in %s: %s", kind, self._init_counts[kind], action, ann_file, shown)
+
+    # ------------------------------------------------------------------ scanning
+    def _fault(self, kind: str, file_name: str) -> None:
+        self._init_counts[kind] += 1
+        self._fault_files[kind][file_name] = None
+
+    def _scan(self) -> list[dict[str, Any]]:
+        """Validate every annotation once and keep the usable images (all of them in evaluation)."""
+        records = []
+        for image_id in sorted(self.coco.getImgIds()):
+            info = self.coco.imgs[image_id]
+            h, w, name = int(info["height"]), int(info["width"]), info["file_name"]
+            if not (self.img_dir / name).is_file():
+                self._fault("missing_image", name)
+                continue
+            anns = []
+            for ann in self.coco.imgToAnns.get(image_id, []):
+                if ann.get("iscrowd", 0):
+                    continue  # crowd regions are never training targets; COCOeval handles them itself
+                if ann.get("category_id") not in self.cat_to_label:
+                    self._fault("bad_category", name)
+                    continue
+                seg = _clean_segmentation(ann.get("segmentation"), h, w)
+                if seg is None:
+                    self._fault("degenerate_segmentation", name)
+                    continue
+                box = ann.get("bbox") or mask_utils.toBbox(segmentation_to_rle(seg, h, w)).tolist()
+                x1, y1 = max(float(box[0]), 0.0), max(float(box[1]), 0.0)
+                x2, y2 = min(float(box[0] + box[2]), w), min(float(box[1] + box[3]), h)
+                if x2 - x1 < 1 or y2 - y1 < 1:
+                    self._fault("box_outside_image", name)
+                    continue
+                area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
+                anns.append({"seg": seg, "box": (x1, y1, x2, y2), "label": self.cat_to_label[ann["category_id"]],
+                             "area": area})
+            if not anns:
+                self._fault("empty_image", name)
+                if self.train:
+                    continue
+            if len(anns) > self.max_instances:
+                self._fault("too_many_instances", name)
+                anns = sorted(anns, key=lambda a: -a["area"])[: self.max_instances]
+            records.append({"image_id": image_id, "file_name": name, "height": h, "width": w, "anns": anns})
+        if self.train and not records:
+            raise ValueError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}")
+        return records
+
+    # ------------------------------------------------------------------ public API
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def aspect_flags(self) -> np.ndarray:
+        """bool [N]: True where the image is landscape or square (w >= h); used for batch grouping."""
+        return np.array([r["width"] >= r["height"] for r in self.records], dtype=bool)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [r["image_id"] for r in self.records]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used when indexing with a plain int."""
+        self.epoch = int(epoch)
+
+    def fault_counts(self) -> dict[str, int]:
+        """Faults per kind found so far (annotation faults at init, image faults when read, all workers)."""
+        counts = {k: int(self._init_counts.get(k, 0)) for k in INIT_FAULTS}
+        counts.update({k: int(v) for k, v in zip(READ_FAULTS, self._read_counts.tolist())})
+        return counts
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), self.epoch)
+        n = len(self.records)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for dataset of size {n}")
+        rng = np.random.default_rng([self.seed, epoch, index])
+        sample = self._load(index)
+        if sample is None and not self.train:  # keep the image slot: blank image, no ground truth
+            sample = self._blank(self.records[index])
+        for step in range(1, n if sample is None else 0):  # training: the next usable image, deterministically
+            sample = self._load((index + step) % n)
+            if sample is not None:
+                break
+        if sample is None:
+            raise RuntimeError(f"no readable training image left in {self.img_dir}")
+        if self.transforms is not None:
+            sample = self.transforms(sample, rng)
+        return sample
+
+    # ------------------------------------------------------------------ loading
+    def _read_fault(self, kind: str, file_name: str) -> None:
+        self._read_counts[READ_FAULTS.index(kind)] += 1
+        if (kind, file_name) not in self._logged_files:
+            self._logged_files.add((kind, file_name))
+            logger.warning("%s: %s (%s)", kind, file_name, "skipped" if self.train else "kept without ground truth")
+
+    def _blank(self, rec: dict[str, Any]) -> dict[str, Any]:
+        h, w = rec["height"], rec["width"]
+        masks = np.zeros((0, h, w), np.uint8) if self.with_masks else None
+        sample = self._sample(rec, np.zeros((h, w, 3), np.uint8), masks, [])
+        sample["meta"]["image_ok"] = False
+        return sample
+
+    def _sample(self, rec: dict[str, Any], image: np.ndarray, masks: np.ndarray | None,
+                anns: list[dict[str, Any]]) -> dict[str, Any]:
+        h, w = image.shape[:2]
+        return {
+            "image": image,
+            "masks": masks,
+            "boxes": np.array([a["box"] for a in anns], dtype=np.float32).reshape(-1, 4),
+            "labels": np.array([a["label"] for a in anns], dtype=np.int64),
+            "meta": {"image_id": rec["image_id"], "file_name": rec["file_name"], "ori_shape": (h, w),
+                     "img_shape": (h, w), "scale_factor": (1.0, 1.0), "flip": False, "image_ok": True},
+        }
+
+    def _load(self, i: int) -> dict[str, Any] | None:
+        rec = self.records[i]
+        image = None
+        with contextlib.suppress(cv2.error, OSError):
+            image = cv2.imread(str(self.img_dir / rec["file_name"]), cv2.IMREAD_COLOR)
+        if image is None:
+            self._read_fault("unreadable_image", rec["file_name"])
+            return None
+        if image.shape[:2] != (rec["height"], rec["width"]):
+            self._read_fault("image_size_mismatch", rec["file_name"])
+            return None
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        anns = rec["anns"]
+        masks = None
+        if self.with_masks:
+            h, w = rec["height"], rec["width"]
+            if anns:
+                rles = [segmentation_to_rle(a["seg"], h, w) for a in anns]
+                masks = np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
+                nonempty = masks.reshape(len(anns), -1).any(axis=1)
+                if not nonempty.all():
+                    self._read_fault("empty_mask", rec["file_name"])
+                    masks = masks[nonempty]
+                    anns = [a for a, keep in zip(anns, nonempty) if keep]
+            else:
+                masks = np.zeros((0, h, w), np.uint8)
+            if self.train and not anns:
+                return None
+        return self._sample(rec, image, masks, anns)

@@ -1,0 +1,90 @@
+"""Fixed-shape batch collation (see the batch contract in docs/architecture.md).
+
+Images are padded to one canvas (a fixed one, or the batch maximum rounded up to a size divisor)
+and the ground truth to ``max_instances`` slots with a ``gt_valid`` mask, so that a fixed canvas
+gives every batch the same tensor shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from solo_npu.data.transforms import canvas_size, pad_offset
+
+logger = logging.getLogger("solo_npu.data")
+
+
+class FixedShapeCollate:
+    """Collate transformed samples into the batch dict.
+
+    Args:
+        max_instances: M, the number of ground-truth slots per image.
+        mode: ``divisor`` or ``fixed`` (see :func:`solo_npu.data.transforms.canvas_size`).
+        size_divisor: canvas multiple in ``divisor`` mode.
+        canvas: ``[H, W]`` in ``fixed`` mode.
+        position: ``top_left`` or ``centre`` placement of each image on the canvas.
+    """
+
+    def __init__(self, max_instances: int = 100, mode: str = "divisor", size_divisor: int = 32,
+                 canvas: Sequence[int] | None = None, position: str = "top_left") -> None:
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.max_instances = int(max_instances)
+        self.mode = mode
+        self.size_divisor = int(size_divisor)
+        self.canvas = tuple(int(c) for c in canvas) if canvas is not None else None
+        self.position = position
+        pad_offset((0, 0), (0, 0), position)  # validate early
+        self.num_truncated = 0
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        shapes = [tuple(s["image"].shape[-2:]) for s in samples]
+        hc, wc = canvas_size(shapes, self.mode, self.size_divisor, self.canvas)
+        b, m = len(samples), self.max_instances
+        with_masks = all(s.get("masks") is not None for s in samples)
+        images = torch.zeros(b, 3, hc, wc, dtype=torch.float32)
+        gt_masks = torch.zeros(b, m, hc, wc, dtype=torch.uint8) if with_masks else None
+        gt_labels = torch.full((b, m), -1, dtype=torch.int64)
+        gt_boxes = torch.zeros(b, m, 4, dtype=torch.float32)
+        gt_valid = torch.zeros(b, m, dtype=torch.bool)
+        metas = []
+        for i, s in enumerate(samples):
+            h, w = shapes[i]
+            top, left = pad_offset((h, w), (hc, wc), self.position)
+            images[i, :, top:top + h, left:left + w] = torch.as_tensor(s["image"])
+            keep = self._keep(s)
+            n = len(keep)
+            gt_labels[i, :n] = torch.as_tensor(s["labels"][keep])
+            gt_boxes[i, :n] = torch.as_tensor(s["boxes"][keep]) + torch.tensor([left, top, left, top],
+                                                                                 dtype=torch.float32)
+            gt_valid[i, :n] = True
+            if gt_masks is not None and n:
+                gt_masks[i, :n, top:top + h, left:left + w] = torch.as_tensor(s["masks"][keep])
+            meta = dict(s["meta"])
+            meta.update(pad=(top, left), canvas=(hc, wc))
+            metas.append(meta)
+        batch = {"images": images, "gt_labels": gt_labels, "gt_boxes": gt_boxes, "gt_valid": gt_valid,
+                 "metas": metas}
+        if gt_masks is not None:
+            batch["gt_masks"] = gt_masks
+        return batch
+
+    def _keep(self, sample: dict[str, Any]) -> np.ndarray:
+        """Indices of the instances that fit the slots: all of them, or the largest M (by mask or box area)."""
+        n = len(sample["labels"])
+        if n <= self.max_instances:
+            return np.arange(n)
+        if sample.get("masks") is not None:
+            area = sample["masks"].reshape(n, -1).sum(axis=1, dtype=np.int64)
+        else:
+            boxes = sample["boxes"]
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        self.num_truncated += 1
+        logger.warning("%s: %d instances, keeping the largest %d (max_instances)",
+                       sample["meta"].get("file_name"), n, self.max_instances)
+        return np.sort(np.argsort(-area, kind="stable")[: self.max_instances])

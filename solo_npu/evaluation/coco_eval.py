@@ -1,0 +1,218 @@
+"""COCO segm/bbox evaluation shared by training and deployment.
+
+Predictions (one dict per image: ``masks`` bool [N, H0, W0], ``labels`` [N], ``scores`` [N],
+optional ``boxes`` [N, 4] x1y1x2y2) become COCO result entries with RLE masks; :class:`CocoEvaluator`
+collects them batch by batch, gathers them across ranks and runs COCOeval on rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+logger = logging.getLogger("solo_npu.evaluation")
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def load_coco(coco_gt: COCO | str | os.PathLike) -> COCO:
+    """A COCO object from an object or an annotation file path (quietly)."""
+    if isinstance(coco_gt, COCO):
+        return coco_gt
+    if not Path(coco_gt).is_file():
+        raise FileNotFoundError(f"annotation file not found: {coco_gt}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(coco_gt))
+
+
+def results_to_coco(image_ids: Sequence[int], results: Sequence[dict[str, Any]],
+                    label_to_cat: Sequence[int]) -> list[dict[str, Any]]:
+    """Per-image predictions -> COCO result entries (``segmentation`` RLE with str counts, ``bbox`` xywh).
+
+    ``masks`` may be absent for box-only detectors (FCOS, SSD): their entries carry only ``bbox``.
+
+    Boxes are derived from the masks when a result has no ``boxes``; labels are mapped back to COCO
+    category ids through ``label_to_cat``.
+    """
+    if len(image_ids) != len(results):
+        raise ValueError(f"{len(image_ids)} image ids for {len(results)} results")
+    cat_lut = np.asarray(label_to_cat, dtype=np.int64)
+    entries: list[dict[str, Any]] = []
+    for image_id, res in zip(image_ids, results):
+        labels = _numpy(res["labels"]).astype(np.int64).reshape(-1)
+        if labels.size == 0:
+            continue
+        if labels.min() < 0 or labels.max() >= len(cat_lut):
+            raise ValueError(
+                f"image {image_id}: labels must be in [0, {len(cat_lut)}), got {labels.min()}..{labels.max()}")
+        scores = _numpy(res["scores"]).astype(np.float64).reshape(-1)
+        rles: list[dict[str, Any]] | None = None
+        if res.get("masks") is not None:
+            masks = _numpy(res["masks"])
+            if masks.ndim != 3 or masks.shape[0] != labels.size:
+                raise ValueError(
+                    f"image {image_id}: masks must be [N, H, W] with N={labels.size}, got {masks.shape}")
+            rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        if res.get("boxes") is not None:
+            boxes = _numpy(res["boxes"]).astype(np.float64).reshape(-1, 4)
+            boxes = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        elif rles is not None:
+            boxes = mask_utils.toBbox(rles)
+        else:
+            raise ValueError(f"image {image_id}: a result needs masks or boxes")
+        cats = cat_lut[labels]
+        for i, (cat, score, box) in enumerate(zip(cats.tolist(), scores.tolist(), boxes.tolist())):
+            entry = {"image_id": int(image_id), "category_id": int(cat), "score": float(score),
+                     "bbox": [round(v, 2) for v in box]}
+            if rles is not None:
+                rle = rles[i]
+                entry["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            entries.append(entry)
+    return entries
+
+
+def _zeros() -> dict[str, float]:
+    return dict.fromkeys(METRIC_NAMES, 0.0)
+
+
+def _check_results(coco_gt: COCO, coco_results: list[dict[str, Any]]) -> None:
+    """Clear errors for results that COCOeval would reject with an assertion or a size mismatch."""
+    for r in coco_results:
+        info = coco_gt.imgs.get(r["image_id"])
+        if info is None:
+            raise ValueError(f"result for image_id {r['image_id']}, which is not in the ground truth")
+        seg = r.get("segmentation")
+        if isinstance(seg, dict) and list(seg["size"]) != [info["height"], info["width"]]:
+            raise ValueError(f"image {r['image_id']}: mask size {list(seg['size'])} is not the image size "
+                             f"{[info['height'], info['width']]} (masks must be in original-image coordinates)")
+
+
+def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str, Any]],
+                  iou_types: Iterable[str] = ("segm", "bbox"),
+                  img_ids: Iterable[int] | None = None) -> dict[str, dict[str, float]]:
+    """Run COCOeval per IoU type; returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` in 0..1.
+
+    Empty results give zeros. Metrics that COCO leaves undefined (no ground truth in an area range)
+    are reported as 0. ``img_ids`` restricts the evaluation to those images (default: all of them).
+    """
+    coco_gt = load_coco(coco_gt)
+    _check_results(coco_gt, coco_results)
+    summary: dict[str, dict[str, float]] = {}
+    for iou_type in iou_types:
+        if iou_type not in ("segm", "bbox"):
+            raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
+        if not coco_results:
+            summary[iou_type] = _zeros()
+            continue
+        if iou_type == "segm" and not all("segmentation" in r for r in coco_results):
+            raise ValueError("segm evaluation needs masks in every result (box-only models: iou_types=['bbox'])")
+        if iou_type == "segm":
+            # Without a bbox key, loadRes takes the area from the mask, so small/medium/large use mask area.
+            dets = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
+        else:
+            dets = [{k: v for k, v in r.items() if k != "segmentation"} for r in coco_results]
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            coco_dt = coco_gt.loadRes(dets)
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            if img_ids is not None:
+                evaluator.params.imgIds = sorted(set(int(i) for i in img_ids))
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        logger.info("COCO %s evaluation\n%s", iou_type, text.getvalue().split("DONE", 1)[-1].strip())
+        summary[iou_type] = {name: max(0.0, float(v)) for name, v in zip(METRIC_NAMES, evaluator.stats[:6])}
+    return summary
+
+
+class CocoEvaluator:
+    """Accumulate predictions batch by batch and evaluate them (across ranks when distributed).
+
+    Args:
+        coco_gt: ground truth (COCO object or annotation file).
+        label_to_cat: contiguous label -> COCO category id.
+        iou_types: which of ``segm`` / ``bbox`` to evaluate.
+        restrict_to_processed: evaluate only the images that went through :meth:`process` (so a
+            partial or sharded pass is scored on what it saw); otherwise all images of ``coco_gt``.
+    """
+
+    def __init__(self, coco_gt: COCO | str | os.PathLike, label_to_cat: Sequence[int],
+                 iou_types: Sequence[str] = ("segm", "bbox"), restrict_to_processed: bool = True) -> None:
+        self.coco_gt = load_coco(coco_gt)
+        self.label_to_cat = list(label_to_cat)
+        self.iou_types = tuple(iou_types)
+        self.restrict_to_processed = restrict_to_processed
+        self.reset()
+
+    def reset(self) -> None:
+        self._results: dict[int, list[dict[str, Any]]] = {}
+        self._merged: dict[int, list[dict[str, Any]]] | None = None
+
+    def process(self, metas: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> None:
+        """Add one batch: ``metas`` from the batch dict, ``results`` from ``model.predict``."""
+        for meta, res in zip(metas, results, strict=True):
+            image_id = int(meta["image_id"])
+            if not meta.get("image_ok", True):
+                continue  # the image could not be read; it is counted as a data fault, not scored
+            self._results[image_id] = results_to_coco([image_id], [res], self.label_to_cat)
+
+    @property
+    def num_images(self) -> int:
+        return len(self._results)
+
+    def _gather(self) -> dict[int, list[dict[str, Any]]]:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return dict(self._results)
+        parts: list[dict[int, list[dict[str, Any]]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self._results)
+        merged: dict[int, list[dict[str, Any]]] = {}
+        for part in parts:  # an image seen by several ranks (padded samplers) counts once
+            for image_id, entries in (part or {}).items():
+                merged.setdefault(image_id, entries)
+        return merged
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Gather, evaluate on rank 0 and broadcast: every rank returns the same summary."""
+        self._merged = self._gather()
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        summary = None
+        if not distributed or dist.get_rank() == 0:
+            results = [e for image_id in sorted(self._merged) for e in self._merged[image_id]]
+            img_ids = sorted(self._merged) if self.restrict_to_processed else None
+            if img_ids is not None and not img_ids:
+                summary = {t: _zeros() for t in self.iou_types}
+            else:
+                summary = evaluate_coco(self.coco_gt, results, self.iou_types, img_ids=img_ids)
+            logger.info("evaluated %d images: %s", len(self._merged), summary)
+        if distributed:
+            box = [summary]
+            dist.broadcast_object_list(box, src=0)
+            summary = box[0]
+        return summary
+
+    def dump(self, path: str | os.PathLike) -> Path:
+        """Write the results json (gathered ones after :meth:`evaluate`, else this rank's)."""
+        source = self._merged if self._merged is not None else self._results
+        results = [e for image_id in sorted(source) for e in source[image_id]]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(results))
+        os.replace(tmp, path)
+        return path

@@ -1,0 +1,81 @@
+"""Instance mask overlays for inspection: coloured masks, contours, class name and score."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def palette(num: int) -> np.ndarray:
+    """``num`` distinct RGB uint8 colours (golden-ratio hues), the same for every call."""
+    hues = (np.arange(num) * 0.618033988749895 % 1.0 * 180).astype(np.uint8)
+    hsv = np.stack([hues, np.full(num, 200, np.uint8), np.full(num, 255, np.uint8)], axis=1)[None]
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+
+
+def draw_instances(image_rgb: np.ndarray, masks: Any, labels: Any, scores: Any,
+                   class_names: Sequence[str] | None = None, score_thr: float = 0.3,
+                   alpha: float = 0.5) -> np.ndarray:
+    """Overlay the instances scoring at least ``score_thr`` on a copy of the image.
+
+    Args:
+        image_rgb: uint8 [H, W, 3].
+        masks: bool/uint8 [N, H, W] (numpy or torch).
+        labels: int [N] contiguous labels.
+        scores: float [N].
+        class_names: label -> name (the label number is shown without it).
+        score_thr: instances below it are not drawn.
+        alpha: mask opacity.
+
+    Returns:
+        uint8 [H, W, 3] RGB image.
+    """
+    image = np.asarray(image_rgb)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image_rgb must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    masks, labels, scores = _numpy(masks).astype(bool), _numpy(labels).astype(np.int64), _numpy(scores)
+    if masks.shape[0] and masks.shape[1:] != image.shape[:2]:
+        raise ValueError(f"masks {masks.shape} do not match the image {image.shape[:2]}")
+    keep = scores >= score_thr
+    masks, labels, scores = masks[keep], labels[keep], scores[keep]
+    out = image.astype(np.float32)
+    colours = palette(max(int(labels.max()) + 1, 1) if labels.size else 1).astype(np.float32)
+    order = np.argsort(scores, kind="stable")  # the best instance is drawn last, on top
+    for k in order:
+        colour = colours[labels[k]]
+        out[masks[k]] = (1 - alpha) * out[masks[k]] + alpha * colour
+    out = np.round(out).astype(np.uint8)
+    for k in order:
+        colour = tuple(int(c) for c in colours[labels[k]])
+        mask = masks[k].astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, 1)
+        ys, xs = np.nonzero(mask)
+        if xs.size == 0:
+            continue
+        name = class_names[labels[k]] if class_names is not None and labels[k] < len(class_names) else str(labels[k])
+        text = f"{name} {scores[k]:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        x, y = int(xs.min()), max(int(ys.min()), th + base)
+        cv2.rectangle(out, (x, y - th - base), (x + tw, y), colour, thickness=-1)
+        cv2.putText(out, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def save_image(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 image (format from the extension), creating the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(np.asarray(image_rgb), cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write image {path}")
+    return path

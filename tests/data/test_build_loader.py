@@ -1,0 +1,115 @@
+"""build_dataloader / ensure_synthetic / conf/data configs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_data_cfg
+from omegaconf import OmegaConf
+
+from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+
+def test_train_loader_yields_contract_batches_on_a_fixed_canvas(make_synthetic_cfg):
+    cfg = make_synthetic_cfg(**{"pad.mode": "fixed", "pad.canvas": [160, 160], "pad.position": "centre"})
+    loader = build_dataloader(cfg, "train", batch_size=4, seed=1)
+    assert len(loader) == len(list(loader.batch_sampler))
+    batch = next(iter(loader))
+    assert batch["images"].shape == (4, 3, 160, 160) and batch["images"].dtype == torch.float32
+    assert batch["gt_masks"].shape == (4, 8, 160, 160) and batch["gt_labels"].shape == (4, 8)
+    assert batch["gt_boxes"].shape == (4, 8, 4) and batch["gt_valid"].dtype == torch.bool
+    assert ((batch["gt_labels"] >= 0) == batch["gt_valid"]).all() and batch["gt_labels"].max() <= 2
+    # every valid mask lies inside its box and the image area of the canvas
+    for i, meta in enumerate(batch["metas"]):
+        (top, left), (h, w) = meta["pad"], meta["img_shape"]
+        assert meta["canvas"] == (160, 160) and (top, left) == ((160 - h) // 2, (160 - w) // 2)
+        assert meta["scale_factor"] == (h / meta["ori_shape"][0], w / meta["ori_shape"][1])
+        for k in torch.nonzero(batch["gt_valid"][i]).flatten().tolist():
+            ys, xs = torch.nonzero(batch["gt_masks"][i, k], as_tuple=True)
+            x1, y1, x2, y2 = batch["gt_boxes"][i, k].tolist()
+            assert xs.min() >= x1 - 1 and xs.max() < x2 + 1 and ys.min() >= y1 - 1 and ys.max() < y2 + 1
+            assert ys.min() >= top and xs.min() >= left and ys.max() < top + h and xs.max() < left + w
+
+
+def test_resumed_loader_reproduces_the_rest_of_the_epoch(make_synthetic_cfg):
+    cfg = make_synthetic_cfg(multiscale_short=[96, 112, 128])
+    full = list(build_dataloader(cfg, "train", batch_size=2, seed=4, epoch=1))
+    resumed = build_dataloader(cfg, "train", batch_size=2, seed=4, epoch=1, start_iter=5)
+    tail = list(resumed)
+    assert len(tail) == len(full) - 5
+    for a, b in zip(full[5:], tail):
+        assert [m["image_id"] for m in a["metas"]] == [m["image_id"] for m in b["metas"]]
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["gt_masks"], b["gt_masks"])
+    resumed.batch_sampler.set_epoch(2)
+    assert len(resumed) == len(full)
+
+
+def test_val_loader_shards_cover_the_split_once(make_synthetic_cfg):
+    cfg = make_synthetic_cfg()
+    ids = [[m["image_id"] for b in build_dataloader(cfg, "val", batch_size=3, distributed=True, rank=r,
+                                                    world_size=2) for m in b["metas"]] for r in range(2)]
+    assert sorted(ids[0] + ids[1]) == list(range(1, 9)) and not set(ids[0]) & set(ids[1])
+    batch = next(iter(build_dataloader(cfg, "val", batch_size=2)))
+    assert "gt_masks" not in batch and not any(m["flip"] for m in batch["metas"])
+
+
+def test_ensure_synthetic_generates_once_under_concurrency(tmp_path, caplog):
+    cfg = synthetic_data_cfg(tmp_path / "gen", generate=True, num_train=2, num_val=1, size=32)
+    with caplog.at_level(logging.INFO, logger="solo_npu.data"):
+        threads = [threading.Thread(target=ensure_synthetic, args=(cfg,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum("generated synthetic" in r.getMessage() for r in caplog.records) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gen.lock", "gen"]  # no temporary left over
+    assert len(build_dataset(cfg, "train")) == 2
+    with caplog.at_level(logging.WARNING, logger="solo_npu.data"):
+        ensure_synthetic(synthetic_data_cfg(tmp_path / "gen", generate=True, num_train=5, num_val=1, size=32))
+    assert "delete it to regenerate" in caplog.text and len(build_dataset(cfg, "train")) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "junk").write_text("x")
+    with pytest.raises(FileExistsError, match="not a complete dataset"):
+        ensure_synthetic(synthetic_data_cfg(tmp_path / "bad", generate=True))
+
+
+def test_config_files_share_keys_and_coco_defaults():
+    syn, coco = OmegaConf.load(CONF / "synthetic.yaml"), OmegaConf.load(CONF / "coco.yaml")
+    assert set(coco) <= set(syn) and set(syn) - set(coco) == {"num_train", "num_val", "size", "seed"}
+    assert coco.root == "data/coco" and coco.num_classes == 80 and list(coco.img_scale) == [1333, 800]
+    assert coco.normalize.style == "pytorch" and coco.max_instances == 100 and coco.generate is False
+    assert syn.num_classes == len(syn.class_names) == 3 and syn.generate is True
+    with pytest.raises(Exception, match="not_a_key"):  # struct mode names the unknown key
+        OmegaConf.update(synthetic_data_cfg("x"), "not_a_key", 1, merge=True)
+
+
+def test_hydra_composes_the_data_group_with_overrides():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        cfg = compose(config_name=None, overrides=["+data=synthetic", "data.pad.mode=fixed",
+                                                   "data.pad.canvas=[320,320]", "data.multiscale_short=[192,256]"])
+        assert cfg.data.pad.canvas == [320, 320] and cfg.data.name == "synthetic"
+        with pytest.raises(Exception, match="not_a_key"):
+            compose(config_name=None, overrides=["+data=coco", "data.not_a_key=1"])
+
+
+def test_batches_do_not_depend_on_worker_count_across_epochs(make_synthetic_cfg):
+    cfg = make_synthetic_cfg(multiscale_short=[96, 128])
+    loaders = [build_dataloader(cfg, "train", batch_size=4, seed=2, num_workers=w) for w in (0, 2)]
+    for epoch in (0, 1):  # the second epoch reuses the persistent workers
+        runs = []
+        for loader in loaders:
+            loader.batch_sampler.set_epoch(epoch)
+            runs.append(list(loader))
+        assert len(runs[0]) == len(runs[1]) == len(loaders[0].batch_sampler) > 0
+        for a, b in zip(*runs):
+            assert a["metas"] == b["metas"] and torch.equal(a["images"], b["images"])
+            assert torch.equal(a["gt_masks"], b["gt_masks"]) and torch.equal(a["gt_boxes"], b["gt_boxes"])
+    assert loaders[1].persistent_workers

@@ -1,0 +1,131 @@
+"""CocoInstanceDataset: label maps, ground truth, deterministic samples, planted faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader
+
+from solo_npu.data.coco import CocoInstanceDataset
+from solo_npu.data.synthetic import generate_synthetic_coco
+from solo_npu.data.transforms import Compose, RandomFlip, Resize
+
+
+def _paths(root, split="train"):
+    return root / "annotations" / f"instances_{split}2017.json", root / f"{split}2017"
+
+
+def test_label_maps_and_ground_truth_match_the_annotations(synthetic_coco):
+    ann_file, img_dir = _paths(synthetic_coco, "val")
+    ds = CocoInstanceDataset(ann_file, img_dir, train=True, max_instances=10)
+    assert ds.cat_ids == [1, 3, 7] and ds.label_to_cat == [1, 3, 7]
+    assert ds.cat_to_label == {1: 0, 3: 1, 7: 2} and ds.class_names == ["circle", "rectangle", "triangle"]
+    coco = COCO(str(ann_file))
+    sample = ds[0]
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=sample["meta"]["image_id"]))
+    np.testing.assert_array_equal(sample["masks"], np.stack([coco.annToMask(a) for a in anns]))
+    assert sample["labels"].tolist() == [ds.cat_to_label[a["category_id"]] for a in anns]
+    np.testing.assert_allclose(sample["boxes"][:, :2], [a["bbox"][:2] for a in anns])
+    assert sample["image"].dtype == np.uint8 and sample["image"].shape == sample["masks"].shape[1:] + (3,)
+    assert ds.aspect_flags.dtype == bool and len(ds.aspect_flags) == len(ds) == 8
+
+
+def test_sample_depends_only_on_seed_epoch_and_index(synthetic_coco):
+    tf = Compose([Resize((96, 64), multiscale_short=[48, 56, 64]), RandomFlip(0.5)])
+    ds = CocoInstanceDataset(*_paths(synthetic_coco), transforms=tf, seed=3)
+    a, b = ds[(5, 2)], ds[(5, 2)]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["masks"], b["masks"])
+    metas = [(ds[(5, e)]["meta"]["flip"], ds[(5, e)]["meta"]["img_shape"]) for e in range(8)]
+    assert len(set(metas)) > 1
+    ds.set_epoch(2)
+    np.testing.assert_array_equal(ds[5]["image"], a["image"])
+
+
+def _planted(tmp_path):
+    """Eight images with one fault of each kind planted in images 1-6 and a crowd region on image 7."""
+    root = generate_synthetic_coco(tmp_path / "faulty", 8, 0, size=64, seed=1)
+    ann_file, img_dir = _paths(root)
+    data = json.loads(ann_file.read_text())
+    size = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    png = img_dir / "000000000001.png"
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])  # truncated PNG
+    (img_dir / "000000000002.png").unlink()  # missing file
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 5]  # no instances left
+    base = {"area": 25.0, "iscrowd": 0, "category_id": 1}
+    h6, w6 = size[6]
+    data["annotations"] += [
+        {**base, "id": 9001, "image_id": 3, "segmentation": [[10, 10, 20, 20, 30, 30]], "bbox": [10, 10, 20, 20]},
+        {**base, "id": 9002, "image_id": 4, "category_id": 99, "segmentation": [[1, 1, 9, 1, 9, 9]],
+         "bbox": [1, 1, 8, 8]},
+        {**base, "id": 9003, "image_id": 6, "segmentation": [[w6 + 5, h6 + 5, w6 + 9, h6 + 5, w6 + 9, h6 + 9]],
+         "bbox": [w6 + 5, h6 + 5, 4, 4]},
+        {**base, "id": 9004, "image_id": 7, "iscrowd": 1, "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]],
+         "bbox": [0, 0, 20, 20]},
+    ]
+    ann_file.write_text(json.dumps(data))
+    return root
+
+
+EXPECTED = {"unreadable_image": 1, "missing_image": 1, "empty_image": 1, "degenerate_segmentation": 1,
+            "bad_category": 1, "box_outside_image": 1, "too_many_instances": 0, "image_size_mismatch": 0,
+            "empty_mask": 0}
+
+
+def test_planted_faults_train_epoch_with_workers_counts_each_kind(tmp_path, caplog):
+    root = _planted(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.data"):
+        ds = CocoInstanceDataset(*_paths(root), train=True, max_instances=10)
+    init_logs = [r.getMessage() for r in caplog.records]
+    for kind, name in [("missing_image", "000000000002.png"), ("empty_image", "000000000005.png"),
+                       ("degenerate_segmentation", "000000000003.png"), ("bad_category", "000000000004.png"),
+                       ("box_outside_image", "000000000006.png")]:
+        assert sum(m.startswith(kind) for m in init_logs) == 1
+        assert any(m.startswith(kind) and name in m for m in init_logs)
+    assert len(ds) == 6  # the missing and the empty image are skipped
+    loader = DataLoader(ds, batch_size=None, sampler=list(range(len(ds))), num_workers=2,
+                        collate_fn=lambda s: s)
+    ids = [s["meta"]["image_id"] for s in loader]
+    assert len(ids) == 6 and 1 not in ids and ids[0] == 3  # index 0 (image 1) served by the next image
+    assert ds.fault_counts() == EXPECTED  # the unreadable image was found in a worker process
+    assert all(len(ds[i]["labels"]) > 0 for i in range(len(ds)))
+    assert 9004 not in [a for i in range(len(ds)) for a in ds.records[i]["anns"]]  # crowd never a target
+
+
+def test_planted_faults_evaluation_keeps_images_without_ground_truth(tmp_path):
+    root = _planted(tmp_path)
+    ds = CocoInstanceDataset(*_paths(root), train=False, max_instances=10)
+    samples = [ds[i] for i in range(len(ds))]
+    assert [s["meta"]["image_id"] for s in samples] == [1, 3, 4, 5, 6, 7, 8]
+    assert samples[0]["meta"]["image_ok"] is False and samples[0]["image"].max() == 0
+    assert len(samples[0]["labels"]) == 0 and len(samples[3]["labels"]) == 0  # unreadable, empty
+    assert samples[0]["masks"] is None  # evaluation reads the json, not decoded masks
+    assert all(s["meta"]["image_ok"] for s in samples[1:])
+    counts = ds.fault_counts()
+    assert counts == {**EXPECTED, "missing_image": 1}
+
+
+def test_too_many_instances_keeps_the_largest(tmp_path, synthetic_coco):
+    ann_file, img_dir = _paths(synthetic_coco)
+    ds = CocoInstanceDataset(ann_file, img_dir, train=True, max_instances=2)
+    coco = COCO(str(ann_file))
+    crowded = [i for i in coco.getImgIds() if len(coco.getAnnIds(imgIds=i)) > 2]
+    assert ds.fault_counts()["too_many_instances"] == len(crowded) > 0
+    rec = next(r for r in ds.records if r["image_id"] == crowded[0])
+    areas = sorted((a["area"] for a in coco.loadAnns(coco.getAnnIds(imgIds=crowded[0]))), reverse=True)
+    assert [a["area"] for a in rec["anns"]] == areas[:2]
+
+
+def test_clear_errors_for_missing_inputs(tmp_path, synthetic_coco):
+    with pytest.raises(FileNotFoundError, match="annotation file"):
+        CocoInstanceDataset(tmp_path / "nope.json", synthetic_coco / "train2017")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    shutil.copy(_paths(synthetic_coco)[0], tmp_path / "a.json")
+    with pytest.raises(ValueError, match="no usable training image"):
+        CocoInstanceDataset(tmp_path / "a.json", empty, train=True)

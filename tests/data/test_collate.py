@@ -1,0 +1,66 @@
+"""FixedShapeCollate: canvas, padding offsets, slots and validity, truncation to the largest instances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from solo_npu.data.collate import FixedShapeCollate
+
+
+def _sample(h: int, w: int, areas: list[int], image_id: int = 1) -> dict:
+    n = len(areas)
+    masks = np.zeros((n, h, w), np.uint8)
+    boxes = np.zeros((n, 4), np.float32)
+    for k, a in enumerate(areas):  # a row of `a` pixels starting at row k
+        masks[k, k, :a] = 1
+        boxes[k] = [0, k, a, k + 1]
+    return {
+        "image": torch.full((3, h, w), float(image_id)),
+        "masks": masks, "boxes": boxes, "labels": np.arange(n, dtype=np.int64),
+        "meta": {"image_id": image_id, "file_name": f"{image_id}.png", "ori_shape": (h, w), "img_shape": (h, w),
+                 "scale_factor": (1.0, 1.0), "flip": False},
+    }
+
+
+def test_divisor_canvas_top_left_shapes_and_validity():
+    batch = FixedShapeCollate(max_instances=4, mode="divisor", size_divisor=16)(
+        [_sample(20, 30, [5, 7], 1), _sample(33, 10, [3], 2)])
+    assert batch["images"].shape == (2, 3, 48, 32)
+    assert batch["gt_masks"].shape == (2, 4, 48, 32) and batch["gt_masks"].dtype == torch.uint8
+    assert batch["gt_valid"].tolist() == [[True, True, False, False], [True, False, False, False]]
+    assert batch["gt_labels"].tolist() == [[0, 1, -1, -1], [0, -1, -1, -1]]
+    assert batch["images"][0, :, :20, :30].eq(1).all() and batch["images"][0, :, 20:].eq(0).all()
+    assert batch["gt_masks"][0, 1].sum() == 7 and batch["gt_masks"][1, 1:].sum() == 0
+    assert [m["pad"] for m in batch["metas"]] == [(0, 0), (0, 0)]
+    assert batch["metas"][1]["canvas"] == (48, 32) and batch["metas"][1]["image_id"] == 2
+
+
+def test_fixed_centred_canvas_shifts_image_masks_and_boxes():
+    batch = FixedShapeCollate(max_instances=3, mode="fixed", canvas=[40, 50], position="centre")(
+        [_sample(20, 30, [5])])
+    top, left = batch["metas"][0]["pad"]
+    assert (top, left) == (10, 10)
+    assert batch["images"][0, 0, 10:30, 10:40].eq(1).all() and batch["images"][0].sum() == 3 * 20 * 30
+    ys, xs = torch.nonzero(batch["gt_masks"][0, 0], as_tuple=True)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (10, 10, 15, 11)
+    assert batch["gt_boxes"][0, 0].tolist() == [10, 10, 15, 11]
+
+
+def test_more_instances_than_slots_keeps_the_largest():
+    collate = FixedShapeCollate(max_instances=2)
+    batch = collate([_sample(8, 16, [3, 9, 1, 6])])
+    assert batch["gt_labels"][0].tolist() == [1, 3]  # areas 9 and 6, original order kept
+    assert batch["gt_masks"][0].sum((1, 2)).tolist() == [9, 6]
+    assert collate.num_truncated == 1
+
+
+def test_without_masks_the_gt_masks_key_is_absent_and_bad_config_fails():
+    s = _sample(8, 8, [2])
+    s["masks"] = None
+    assert "gt_masks" not in FixedShapeCollate(2)([s])
+    with pytest.raises(ValueError, match="position"):
+        FixedShapeCollate(2, position="middle")
+    with pytest.raises(ValueError, match="canvas"):
+        FixedShapeCollate(2, mode="fixed")([_sample(8, 8, [2])])

@@ -1,0 +1,125 @@
+"""results_to_coco / evaluate_coco / CocoEvaluator on the synthetic dataset's ground truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from solo_npu.evaluation import CocoEvaluator, evaluate_coco, load_coco, results_to_coco
+
+
+def _gt_predictions(coco, cat_to_label, shift: int = 0):
+    """Ground truth as model output: one result dict per image, masks optionally shifted right."""
+    image_ids, results = [], []
+    for img_id in sorted(coco.getImgIds()):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        info = coco.imgs[img_id]
+        masks = np.stack([coco.annToMask(a) for a in anns]).astype(bool)
+        if shift:
+            masks = np.roll(masks, shift, axis=2)
+        image_ids.append(img_id)
+        results.append({"masks": torch.from_numpy(masks), "labels": torch.tensor([cat_to_label[a["category_id"]]
+                                                                                   for a in anns]),
+                        "scores": torch.linspace(0.9, 0.5, len(anns))})
+        assert masks.shape[1:] == (info["height"], info["width"])
+    return image_ids, results
+
+
+@pytest.fixture(scope="module")
+def val_gt(synthetic_coco):
+    coco = load_coco(synthetic_coco / "annotations" / "instances_val2017.json")
+    return coco, {c: i for i, c in enumerate(sorted(coco.getCatIds()))}, sorted(coco.getCatIds())
+
+
+def test_ground_truth_as_prediction_scores_one(val_gt):
+    coco, cat_to_label, label_to_cat = val_gt
+    entries = results_to_coco(*_gt_predictions(coco, cat_to_label), label_to_cat)
+    assert len(entries) == len(coco.dataset["annotations"])
+    assert {e["category_id"] for e in entries} <= {1, 3, 7}
+    # boxes derived from the masks equal the annotation boxes
+    first = coco.loadAnns(coco.getAnnIds(imgIds=entries[0]["image_id"]))[0]
+    np.testing.assert_allclose(entries[0]["bbox"], first["bbox"], atol=0.01)
+    summary = evaluate_coco(coco, entries)
+    assert summary["segm"]["AP"] == pytest.approx(1.0) and summary["segm"]["AP50"] == pytest.approx(1.0)
+    assert summary["bbox"]["AP"] == pytest.approx(1.0)
+    assert set(summary["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+def test_perturbed_prediction_scores_less(val_gt):
+    coco, cat_to_label, label_to_cat = val_gt
+    shifted = evaluate_coco(coco, results_to_coco(*_gt_predictions(coco, cat_to_label, shift=3), label_to_cat))
+    assert 0.0 < shifted["segm"]["AP"] < 0.95 and shifted["segm"]["AP50"] > shifted["segm"]["AP75"]
+    ids, results = _gt_predictions(coco, cat_to_label)
+    for r in results:  # wrong class everywhere
+        r["labels"] = (r["labels"] + 1) % 3
+    assert evaluate_coco(coco, results_to_coco(ids, results, label_to_cat), ("segm",))["segm"]["AP"] == 0.0
+
+
+def test_empty_results_give_zeros_and_bad_labels_fail(val_gt):
+    coco, _, label_to_cat = val_gt
+    assert evaluate_coco(coco, []) == {t: dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 0.0)
+                                       for t in ("segm", "bbox")}
+    empty = {"masks": torch.zeros(0, 4, 4, dtype=torch.bool), "labels": torch.zeros(0, dtype=torch.int64),
+             "scores": torch.zeros(0)}
+    assert results_to_coco([1], [empty], label_to_cat) == []
+    bad = {"masks": torch.ones(1, 4, 4, dtype=torch.bool), "labels": torch.tensor([3]), "scores": torch.ones(1)}
+    with pytest.raises(ValueError, match="labels must be in"):
+        results_to_coco([1], [bad], label_to_cat)
+    bad["labels"] = torch.tensor([0])
+    with pytest.raises(ValueError, match="not the image size"):
+        evaluate_coco(coco, results_to_coco([1], [bad], label_to_cat))
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        evaluate_coco(coco, results_to_coco([999], [bad], label_to_cat))
+
+
+def test_given_boxes_are_converted_to_xywh(val_gt):
+    _, _, label_to_cat = val_gt
+    res = {"masks": np.ones((1, 10, 20), bool), "labels": np.array([2]), "scores": np.array([0.5]),
+           "boxes": np.array([[1.0, 2.0, 11.0, 7.0]])}
+    (entry,) = results_to_coco([4], [res], label_to_cat)
+    assert entry["bbox"] == [1.0, 2.0, 10.0, 5.0] and entry["category_id"] == 7
+    assert mask_utils.area({"size": entry["segmentation"]["size"],
+                            "counts": entry["segmentation"]["counts"].encode()}) == 200
+
+
+def test_evaluator_batches_subset_and_dump(val_gt, tmp_path):
+    coco, cat_to_label, label_to_cat = val_gt
+    ids, results = _gt_predictions(coco, cat_to_label)
+    evaluator = CocoEvaluator(coco, label_to_cat)
+    for start in range(0, 4, 2):  # only the first 4 images, two batches
+        evaluator.process([{"image_id": i} for i in ids[start:start + 2]], results[start:start + 2])
+    evaluator.process([{"image_id": ids[5], "image_ok": False}], [results[5]])  # unreadable: not scored
+    assert evaluator.num_images == 4
+    summary = evaluator.evaluate()
+    assert summary["segm"]["AP"] == pytest.approx(1.0)
+    dumped = json.loads(evaluator.dump(tmp_path / "out" / "results.json").read_text())
+    assert sorted({d["image_id"] for d in dumped}) == ids[:4]
+    everything = CocoEvaluator(coco, label_to_cat, iou_types=("segm",), restrict_to_processed=False)
+    everything.process([{"image_id": i} for i in ids[:4]], results[:4])
+    assert 0.0 < everything.evaluate()["segm"]["AP"] < 1.0  # the other images' objects are missed
+
+
+def test_box_only_results_score_bbox_and_refuse_segm(synthetic_coco):
+    """Box-only detectors (FCOS, SSD): ground-truth boxes as predictions give bbox AP 1.0."""
+    from pycocotools.coco import COCO
+
+    from solo_npu.evaluation import evaluate_coco, results_to_coco
+
+    gt = COCO(str(synthetic_coco / "annotations" / "instances_val2017.json"))
+    cat_ids = sorted(gt.getCatIds())
+    image_ids, results = [], []
+    for img_id in gt.getImgIds():
+        anns = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=img_id)) if not a.get("iscrowd", 0)]
+        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+        image_ids.append(img_id)
+        results.append({"labels": np.array([cat_ids.index(a["category_id"]) for a in anns]),
+                        "scores": np.ones(len(anns)), "boxes": np.array(boxes, dtype=np.float64).reshape(-1, 4)})
+    entries = results_to_coco(image_ids, results, cat_ids)
+    assert entries and all("segmentation" not in e for e in entries)
+    assert evaluate_coco(gt, entries, iou_types=("bbox",))["bbox"]["AP"] > 0.99
+    with pytest.raises(ValueError, match="segm evaluation needs masks"):
+        evaluate_coco(gt, entries, iou_types=("segm",))
