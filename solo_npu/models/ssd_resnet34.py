@@ -1,0 +1,203 @@
+"""SSD-ResNet34, the MLPerf training v0.7 single-stage detector (300x300), inference only.
+
+Faithful to NVIDIA's MLPerf v0.7 PyTorch submission (seed 004, checkpoint ``iter_183250.pt``; load it
+with :func:`solo_npu.checkpoints.convert_detectors.convert_ssd_resnet34_state_dict`).
+
+Architecture: ResNet-34 stem + ``layer1..layer3`` with ``layer3`` at stride 1 (38x38 features at 300x300,
+256 channels) -> five extra blocks (1x1 conv + ReLU, 3x3 conv + ReLU; 256/256/128/128/128 middle
+channels, strides 2/2/2/1/1) giving 19x19x512, 10x10x512, 5x5x256, 3x3x256, 1x1x256 -> per level a 3x3
+box conv (``4 * A``) and class conv (``81 * A``), A = 4, 6, 6, 6, 4, 4 priors. Outputs are laid out
+like the reference: ``ploc [B, 4, 8732]`` and ``plabel [B, 81, 8732]`` (background class 0), prior
+index = level offset + shape * H * W + position.
+
+Pre-processing (MLPerf eval transform): RGB, resize to 300x300 ignoring the aspect ratio (bilinear),
+``/255``, normalise with ImageNet mean ``[0.485, 0.456, 0.406]`` and std ``[0.229, 0.224, 0.225]``
+(i.e. mean ``[123.675, 116.28, 103.53]`` and std ``[58.395, 57.12, 57.375]`` on 0..255 pixels). No padding.
+
+Post-processing (MLPerf ``Encoder.decode_batch(ploc, plabel, 0.5, 200)``): boxes decoded against the 8732
+default boxes with ``scale_xy = 0.1`` / ``scale_wh = 0.2``; softmax over 81 classes; per foreground class
+the candidates above 0.05, at most 200, greedy NMS at IoU 0.5; the best 200 overall; boxes scaled to the
+original image. :meth:`SSDResNet34.export_forward` is the raw static graph (the seed's ONNX outputs);
+:func:`ssd_postprocess` is the host half used by :meth:`SSDResNet34.predict` and every deploy backend.
+
+Training is not implemented: this framework uses SSD-ResNet34 as a deployment model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from solo_npu.models.backbones.resnet import ResNet
+from solo_npu.models.ops.box_coding import decode_center_size
+from solo_npu.models.ops.boxes import multiclass_nms
+from solo_npu.models.ops.geometry import boxes_to_original
+from solo_npu.models.ops.priors import SSD300_SCALES, ssd_default_boxes
+
+__all__ = ["ResNet34Trunk", "SSDResNet34", "build_ssd_resnet34", "default_boxes_for", "ssd_postprocess"]
+
+SSD_OUTPUT_NAMES = ("ploc", "plabel")
+NUM_DEFAULTS = (4, 6, 6, 6, 4, 4)
+
+
+class ResNet34Trunk(nn.Module):
+    """ResNet stem and ``layer1..layer3`` with ``layer3`` at stride 1 (torchvision names, frozen BN)."""
+
+    def __init__(self, depth: int = 34) -> None:
+        super().__init__()
+        rn = ResNet(depth=depth, style="pytorch", norm="frozen_bn", frozen_stages=-1, out_indices=(2,))
+        rn.set_stage_stride(2, 1)
+        self.conv1, self.bn1, self.relu, self.maxpool = rn.conv1, rn.bn1, rn.relu, rn.maxpool
+        self.layer1, self.layer2, self.layer3 = rn.layer1, rn.layer2, rn.layer3
+        self.out_channels = rn.stage_channels[2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+def _ceil_half(x: int) -> int:
+    return (x + 1) // 2
+
+
+def ssd_feature_sizes(size: int) -> list[int]:
+    """Side of the six detection maps for a square input (38, 19, 10, 5, 3, 1 at 300)."""
+    s = _ceil_half(_ceil_half(_ceil_half(size)))  # conv1, max-pool, layer2
+    sizes = [s]
+    for _ in range(3):
+        sizes.append(_ceil_half(sizes[-1]))
+    sizes += [sizes[-1] - 2, sizes[-1] - 4]
+    return sizes
+
+
+def default_boxes_for(canvas: Sequence[int]) -> Tensor:
+    """Default boxes for a square ``canvas``: the MLPerf SSD300 set at 300, the same relative layout
+    (steps and scales scaled by ``size / 300``) at other sizes (used by small test inputs)."""
+    h, w = int(canvas[0]), int(canvas[1])
+    if h != w:
+        raise ValueError(f"SSD default boxes need a square input, got {h}x{w}")
+    if h == 300:
+        return ssd_default_boxes()
+    sizes = ssd_feature_sizes(h)
+    if min(sizes) < 1:
+        raise ValueError(f"input {h}x{w} is too small for SSD's six detection levels")
+    return ssd_default_boxes(h, sizes, steps=(8, 16, 32, 64, 100 * h / 300, h),
+                             scales=[s * h / 300 for s in SSD300_SCALES])
+
+
+def _extra_block(cin: int, mid: int, cout: int, stride: int, padding: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, mid, 1), nn.ReLU(inplace=True),
+                         nn.Conv2d(mid, cout, 3, stride=stride, padding=padding), nn.ReLU(inplace=True))
+
+
+class SSDResNet34(nn.Module):
+    """SSD300 with a ResNet-34 trunk.
+
+    Args:
+        backbone: the trunk (38x38 output at 300x300).
+        out_channels: channels of the six detection levels (first = trunk output).
+        mid_channels: middle channels of the five extra blocks.
+        num_classes: foreground classes (the head predicts ``num_classes + 1``).
+        fig_size: input side; the default boxes are the MLPerf SSD300 ones.
+    """
+
+    output_names = SSD_OUTPUT_NAMES
+
+    def __init__(self, backbone: nn.Module, out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),
+                 mid_channels: Sequence[int] = (256, 256, 128, 128, 128), num_classes: int = 80,
+                 num_defaults: Sequence[int] = NUM_DEFAULTS, fig_size: int = 300, score_thr: float = 0.05,
+                 iou_threshold: float = 0.5, max_per_class: int = 200, max_output: int = 200) -> None:
+        super().__init__()
+        self.backbone = backbone
+        strides, paddings = (2, 2, 2, 1, 1), (1, 1, 1, 0, 0)
+        self.additional_blocks = nn.ModuleList(
+            _extra_block(cin, mid, cout, s, p)
+            for cin, mid, cout, s, p in zip(out_channels[:-1], mid_channels, out_channels[1:], strides, paddings))
+        self.label_num = num_classes + 1
+        self.num_defaults = tuple(num_defaults)
+        self.loc = nn.ModuleList(nn.Conv2d(c, nd * 4, 3, padding=1) for c, nd in zip(out_channels, num_defaults))
+        self.conf = nn.ModuleList(nn.Conv2d(c, nd * self.label_num, 3, padding=1)
+                                  for c, nd in zip(out_channels, num_defaults))
+        self.fig_size = fig_size
+        self.score_thr = score_thr
+        self.iou_threshold = iou_threshold
+        self.max_per_class = max_per_class
+        self.max_output = max_output
+        self.register_buffer("dboxes", default_boxes_for((fig_size, fig_size)), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in [*self.additional_blocks.modules(), *self.loc, *self.conf]:
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+        """Inference only: returns :meth:`export_forward`. Training raises ``NotImplementedError``."""
+        if targets is not None or self.training:
+            raise NotImplementedError("SSD-ResNet34 is inference-only in solo-npu (no training losses)")
+        return self.export_forward(images)
+
+    def export_forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``ploc [B, 4, P]`` box offsets and ``plabel [B, C+1, P]`` class logits (P = 8732 at 300x300)."""
+        x = self.backbone(images)
+        feats = [x]
+        for block in self.additional_blocks:
+            x = block(x)
+            feats.append(x)
+        b = images.shape[0]
+        ploc = torch.cat([loc(f).reshape(b, 4, -1) for loc, f in zip(self.loc, feats)], 2)
+        plabel = torch.cat([conf(f).reshape(b, self.label_num, -1) for conf, f in zip(self.conf, feats)], 2)
+        return ploc, plabel
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Per-image ``boxes``, ``labels``, ``scores`` in original-image coordinates."""
+        ploc, plabel = self.export_forward(images)
+        size = tuple(images.shape[-2:])
+        dboxes = self.dboxes if size == (self.fig_size, self.fig_size) else default_boxes_for(size).to(ploc)
+        return [ssd_postprocess(ploc[i], plabel[i], meta, dboxes, self.score_thr, self.iou_threshold,
+                                self.max_per_class, self.max_output) for i, meta in enumerate(metas)]
+
+
+def ssd_postprocess(ploc: Tensor, plabel: Tensor, meta: Mapping[str, Any], dboxes: Tensor | None = None,
+                    score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_class: int = 200,
+                    max_output: int = 200) -> dict[str, Tensor]:
+    """Host half of SSD inference for one image.
+
+    Args:
+        ploc: ``[4, P]``; plabel: ``[C+1, P]`` (one image of :meth:`SSDResNet34.export_forward`).
+        meta: image meta dict; dboxes: ``[P, 4]`` default boxes (SSD300 ones when omitted).
+    """
+    ploc, plabel = torch.as_tensor(ploc).float(), torch.as_tensor(plabel).float()
+    if dboxes is None:
+        dboxes = ssd_default_boxes()
+    if dboxes.shape[0] != ploc.shape[1]:
+        raise ValueError(f"{ploc.shape[1]} predictions but {dboxes.shape[0]} default boxes")
+    boxes = decode_center_size(ploc.t(), dboxes.to(ploc), (0.1, 0.2))
+    scores = plabel.t().softmax(dim=-1)[:, 1:]
+    kept, kept_scores, labels = multiclass_nms(boxes, scores, score_thr, iou_threshold, max_output,
+                                               max_per_class=max_per_class, inclusive=True)
+    canvas_h, canvas_w = meta.get("canvas", meta["img_shape"])
+    kept = kept * kept.new_tensor([canvas_w, canvas_h, canvas_w, canvas_h])
+    # MLPerf scales boxes to the image without clipping them
+    return {"boxes": boxes_to_original(kept, meta, clip=False), "labels": labels.long(), "scores": kept_scores}
+
+
+def build_ssd_resnet34(num_classes: int = 80, name: str = "ssd_resnet34", depth: int = 34,
+                       out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),
+                       mid_channels: Sequence[int] = (256, 256, 128, 128, 128), fig_size: int = 300,
+                       score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_class: int = 200,
+                       max_output: int = 200) -> SSDResNet34:
+    """SSD-ResNet34 (seed 004 defaults). ``depth=18`` and smaller extra-block widths for tests; the
+    trunk's output channels must equal ``out_channels[0]``. ``name`` is the config's label (``model.name``)."""
+    backbone = ResNet34Trunk(depth)
+    if backbone.out_channels != out_channels[0]:
+        raise ValueError(f"trunk gives {backbone.out_channels} channels but out_channels[0]={out_channels[0]}")
+    model = SSDResNet34(backbone, out_channels, mid_channels, num_classes, NUM_DEFAULTS, fig_size, score_thr,
+                        iou_threshold, max_per_class, max_output)
+    model.name = name
+    return model.eval()

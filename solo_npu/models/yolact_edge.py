@@ -1,0 +1,308 @@
+"""YolactEdge (Liu et al., 2021) R50-FPN image model, inference only.
+
+Faithful to ``yolact_edge_resnet50_config`` (seed 001, checkpoint ``yolact_edge_resnet50_54_800000.pth``;
+load it with :func:`solo_npu.checkpoints.convert_detectors.convert_yolact_edge_state_dict`). The video
+parts of YolactEdge (flow network, partial backbone, feature warping) do not change single-image
+outputs and are not built.
+
+Architecture: ResNet-50 (pytorch style, BN frozen) C3..C5 -> YOLACT FPN (1x1 laterals, bilinear
+top-down upsampling, 3x3 output convs + ReLU, two stride-2 3x3 "downsample" convs for P6/P7) ->
+protonet on P3 (3 x conv3x3+ReLU, bilinear x2, conv3x3+ReLU, conv1x1 to 32, ReLU) giving
+138x138x32 prototypes at 550x550, and one prediction head shared by all 5 levels (conv3x3+ReLU,
+then 3x3 convs for 4 box offsets, 81 class logits and 32 tanh mask coefficients per prior; 3 square
+priors per position with sides ``scale * ar / 550`` for ``ar`` in (1, 1/2, 2) and scales 24..384).
+
+Pre-processing (YOLACT ``FastBaseTransform``): resize to 550x550 ignoring the aspect ratio
+(bilinear), ``(img_bgr - [103.94, 116.78, 123.68]) / [57.38, 57.12, 58.40]``, then RGB order; i.e.
+RGB mean ``[123.68, 116.78, 103.94]`` and std ``[58.40, 57.12, 57.38]``. No padding.
+
+Post-processing (YOLACT ``Detect`` + ``postprocess``): softmax over 81 classes; priors whose best
+foreground score is <= 0.05 are dropped; Fast NMS per class (top 200, IoU 0.5); the best 100 overall;
+masks = sigmoid(prototypes @ coefficients), cropped to the box at prototype resolution (1 px margin),
+resized bilinearly to the original image and thresholded at 0.5; boxes scaled to the original image
+and truncated to integers; detections whose integer box is empty are dropped (as YOLACT's COCO json).
+In the default ``export_mode="detections"`` everything up to Fast NMS runs in the static graph
+(:meth:`YolactEdge.export_forward`) and the mask assembly on the host (:func:`yolact_postprocess`).
+``export_mode="heads"`` exports the decoded dense head outputs instead (Fast NMS on the host).
+
+The seed's ONNX graph stops earlier (the five 256-channel FPN maps + prototypes, the prediction head
+run on the host); here the shared head is inside the graph, so the host only does NMS-free work.
+
+Training is not implemented: this framework uses YolactEdge as a deployment model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from solo_npu.models.backbones.resnet import ResNet
+from solo_npu.models.ops.box_coding import decode_center_size
+from solo_npu.models.ops.boxes import fast_nms
+from solo_npu.models.ops.geometry import boxes_to_original
+from solo_npu.models.ops.priors import yolact_priors
+
+__all__ = ["PredictionHead", "ProtoNet", "YolactEdge", "YolactFPN", "build_yolact_edge", "yolact_detect",
+           "yolact_postprocess"]
+
+DETECTION_OUTPUT_NAMES = ("boxes", "scores", "labels", "coeffs", "proto")
+HEAD_OUTPUT_NAMES = ("boxes", "conf", "coeffs", "proto")
+
+
+class YolactFPN(nn.Module):
+    """YOLACT's FPN. Lateral and output convs are stored top level first (``lat_layers[0]`` reads C5),
+    as in the released checkpoints."""
+
+    def __init__(self, in_channels: Sequence[int], num_features: int = 256, num_downsample: int = 2) -> None:
+        super().__init__()
+        self.lat_layers = nn.ModuleList(nn.Conv2d(c, num_features, 1) for c in reversed(in_channels))
+        self.pred_layers = nn.ModuleList(nn.Conv2d(num_features, num_features, 3, padding=1) for _ in in_channels)
+        self.downsample_layers = nn.ModuleList(nn.Conv2d(num_features, num_features, 3, padding=1, stride=2)
+                                               for _ in range(num_downsample))
+
+    def forward(self, convouts: Sequence[Tensor]) -> list[Tensor]:
+        n = len(convouts)
+        outs: list[Tensor] = [convouts[0]] * n
+        x = None
+        for i, lat in enumerate(self.lat_layers):
+            j = n - 1 - i
+            lateral = lat(convouts[j])
+            if x is not None:
+                x = F.interpolate(x, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+                lateral = x + lateral
+            x = lateral
+            outs[j] = x
+        for i, pred in enumerate(self.pred_layers):
+            j = n - 1 - i
+            outs[j] = F.relu(pred(outs[j]))
+        for down in self.downsample_layers:
+            outs.append(down(outs[-1]))
+        return outs
+
+
+class _Upsample2x(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class ProtoNet(nn.Sequential):
+    """Prototype branch; module indices match the checkpoint's ``proto_net.{0,2,4,8,10}``."""
+
+    def __init__(self, in_channels: int = 256, channels: int = 256, num_prototypes: int = 32) -> None:
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for _ in range(3):
+            layers += [nn.Conv2d(cin, channels, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = channels
+        layers += [_Upsample2x(), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 3, padding=1),
+                   nn.ReLU(inplace=True), nn.Conv2d(channels, num_prototypes, 1)]
+        super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(super().forward(x))
+
+
+class PredictionHead(nn.Module):
+    """Shared per-level head: ``upfeature`` then box / class / coefficient convs."""
+
+    def __init__(self, in_channels: int = 256, num_priors: int = 3, num_classes: int = 81, mask_dim: int = 32) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.mask_dim = mask_dim
+        self.upfeature = nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.bbox_layer = nn.Conv2d(in_channels, num_priors * 4, 3, padding=1)
+        self.conf_layer = nn.Conv2d(in_channels, num_priors * num_classes, 3, padding=1)
+        self.mask_layer = nn.Conv2d(in_channels, num_priors * mask_dim, 3, padding=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``loc [B, HWA, 4]``, ``conf [B, HWA, num_classes]`` logits, ``coeffs [B, HWA, mask_dim]`` (tanh)."""
+        x = self.upfeature(x)
+        b = x.shape[0]
+        loc = self.bbox_layer(x).permute(0, 2, 3, 1).reshape(b, -1, 4)
+        conf = self.conf_layer(x).permute(0, 2, 3, 1).reshape(b, -1, self.num_classes)
+        coeffs = torch.tanh(self.mask_layer(x).permute(0, 2, 3, 1).reshape(b, -1, self.mask_dim))
+        return loc, conf, coeffs
+
+
+class YolactEdge(nn.Module):
+    """YolactEdge image model with parameter names of the released checkpoints.
+
+    Args:
+        backbone: returns C3, C4, C5.
+        fpn: :class:`YolactFPN`.
+        num_classes: foreground classes (the head predicts ``num_classes + 1`` with background 0).
+        export_mode: ``"detections"`` (Fast NMS in the graph) or ``"heads"`` (dense decoded outputs).
+    """
+
+    def __init__(self, backbone: nn.Module, fpn: YolactFPN, proto_net: ProtoNet, head: PredictionHead,
+                 num_classes: int = 80, scales: Sequence[float] = (24, 48, 96, 192, 384),
+                 aspect_ratios: Sequence[float] = (1.0, 0.5, 2.0), max_size: int = 550, conf_thresh: float = 0.05,
+                 nms_thresh: float = 0.5, top_k: int = 200, max_num_detections: int = 100, mask_thr: float = 0.5,
+                 export_mode: str = "detections") -> None:
+        super().__init__()
+        if export_mode not in ("detections", "heads"):
+            raise ValueError(f"export_mode must be 'detections' or 'heads', got {export_mode!r}")
+        self.backbone = backbone
+        self.fpn = fpn
+        self.proto_net = proto_net
+        self.prediction_layers = nn.ModuleList([head])
+        self.semantic_seg_conv = nn.Conv2d(head.upfeature[0].in_channels, num_classes, 1)  # training-only branch
+        self.num_classes = num_classes
+        self.scales = tuple(scales)
+        self.aspect_ratios = tuple(aspect_ratios)
+        self.max_size = max_size
+        self.conf_thresh = conf_thresh
+        self.nms_thresh = nms_thresh
+        self.top_k = top_k
+        self.max_num_detections = max_num_detections
+        self.mask_thr = mask_thr
+        self.export_mode = export_mode
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return DETECTION_OUTPUT_NAMES if self.export_mode == "detections" else HEAD_OUTPUT_NAMES
+
+    def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> tuple[Tensor, ...]:
+        """Inference only: returns :meth:`export_forward`. Training raises ``NotImplementedError``."""
+        if targets is not None or self.training:
+            raise NotImplementedError("YolactEdge is inference-only in solo-npu (no training losses)")
+        return self.export_forward(images)
+
+    def dense_forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Decoded dense outputs: ``boxes [B, N, 4]`` (x1y1x2y2 relative to the canvas), ``conf [B, N, C+1]``
+        (softmax), ``coeffs [B, N, 32]`` and ``proto [B, Hp, Wp, 32]``."""
+        feats = self.fpn(self.backbone(images))
+        proto = self.proto_net(feats[0]).permute(0, 2, 3, 1).contiguous()
+        head = self.prediction_layers[0]
+        locs, confs, coeffs = zip(*(head(f) for f in feats))
+        priors = yolact_priors([tuple(f.shape[-2:]) for f in feats], self.scales, self.aspect_ratios,
+                               self.max_size).to(images.device)
+        boxes = decode_center_size(torch.cat(locs, 1), priors, (0.1, 0.2))
+        return boxes, torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1), proto
+
+    def export_forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        """Static-shape outputs for TorchScript / ONNX (see :attr:`output_names`).
+
+        ``"detections"``: ``boxes [B, K, 4]`` (relative x1y1x2y2), ``scores [B, K]``, ``labels [B, K]``
+        (int32, 0-based foreground), ``coeffs [B, K, 32]``, ``proto [B, Hp, Wp, 32]`` with K =
+        ``max_num_detections``; empty slots have score 0.
+        """
+        boxes, conf, coeffs, proto = self.dense_forward(images)
+        if self.export_mode == "heads":
+            return boxes, conf, coeffs, proto
+        det_boxes, scores, labels, index = yolact_detect(boxes, conf, self.conf_thresh, self.nms_thresh, self.top_k,
+                                                         self.max_num_detections)
+        det_coeffs = coeffs.gather(1, index[..., None].expand(-1, -1, coeffs.shape[-1]))
+        return det_boxes, scores, labels.int(), det_coeffs, proto
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Per-image ``boxes``, ``labels``, ``scores`` and ``masks`` (bool) in original-image coordinates."""
+        boxes, conf, coeffs, proto = self.dense_forward(images)
+        det_boxes, scores, labels, index = yolact_detect(boxes, conf, self.conf_thresh, self.nms_thresh, self.top_k,
+                                                         self.max_num_detections)
+        det_coeffs = coeffs.gather(1, index[..., None].expand(-1, -1, coeffs.shape[-1]))
+        return [yolact_postprocess(det_boxes[i], scores[i], labels[i], det_coeffs[i], proto[i], meta, self.mask_thr)
+                for i, meta in enumerate(metas)]
+
+
+def yolact_detect(boxes: Tensor, conf: Tensor, conf_thresh: float = 0.05, nms_thresh: float = 0.5, top_k: int = 200,
+                  max_num: int = 100) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """YOLACT ``Detect`` with static shapes: drop priors whose best foreground score <= ``conf_thresh``
+    (by zeroing their scores), then batched :func:`fast_nms`.
+
+    Args:
+        boxes: ``[B, N, 4]``; conf: ``[B, N, C+1]`` softmax scores, background at index 0.
+
+    Returns:
+        ``(boxes [B, K, 4], scores [B, K], labels [B, K], index [B, K])``.
+    """
+    fg = conf[..., 1:]
+    valid = fg.amax(dim=-1, keepdim=True) > conf_thresh
+    fg = torch.where(valid, fg, torch.zeros_like(fg))
+    return fast_nms(boxes, fg.transpose(1, 2), nms_thresh, top_k, max_num)
+
+
+def _sanitize(c1: Tensor, c2: Tensor, size: int, padding: float) -> tuple[Tensor, Tensor]:
+    lo = torch.minimum(c1, c2) * size
+    hi = torch.maximum(c1, c2) * size
+    return (lo - padding).clamp(min=0), (hi + padding).clamp(max=size)
+
+
+def crop_masks(masks: Tensor, boxes: Tensor, padding: float = 1.0) -> Tensor:
+    """Zero ``masks [K, H, W]`` outside ``boxes [K, 4]`` (relative x1y1x2y2), with ``padding`` pixels of margin."""
+    _, h, w = masks.shape
+    x1, x2 = _sanitize(boxes[:, 0], boxes[:, 2], w, padding)
+    y1, y2 = _sanitize(boxes[:, 1], boxes[:, 3], h, padding)
+    cols = torch.arange(w, device=masks.device, dtype=masks.dtype)[None, None, :]
+    rows = torch.arange(h, device=masks.device, dtype=masks.dtype)[None, :, None]
+    keep = ((cols >= x1[:, None, None]) & (cols < x2[:, None, None]) &
+            (rows >= y1[:, None, None]) & (rows < y2[:, None, None]))
+    return masks * keep.to(masks.dtype)
+
+
+def yolact_postprocess(boxes: Tensor, scores: Tensor, labels: Tensor, coeffs: Tensor, proto: Tensor,
+                       meta: Mapping[str, Any], mask_thr: float = 0.5) -> dict[str, Tensor]:
+    """Host half of YolactEdge inference for one image (outputs of the ``"detections"`` export).
+
+    Args:
+        boxes: ``[K, 4]`` relative to the canvas; scores, labels: ``[K]``; coeffs: ``[K, 32]``;
+            proto: ``[Hp, Wp, 32]``. Slots with score <= 0 are empty.
+        meta: image meta dict.
+    """
+    boxes, scores, coeffs, proto = (torch.as_tensor(t).float() for t in (boxes, scores, coeffs, proto))
+    labels = torch.as_tensor(labels).long()
+    keep = scores > 0
+    boxes, scores, labels, coeffs = boxes[keep], scores[keep], labels[keep], coeffs[keep]
+    h0, w0 = meta["ori_shape"]
+    if scores.numel() == 0:
+        return {"boxes": boxes.new_zeros(0, 4), "labels": labels, "scores": scores,
+                "masks": torch.zeros(0, h0, w0, dtype=torch.bool, device=proto.device)}
+    masks = torch.sigmoid(proto @ coeffs.t()).permute(2, 0, 1)  # [K, Hp, Wp]
+    masks = crop_masks(masks, boxes)
+    canvas_h, canvas_w = meta.get("canvas", meta["img_shape"])
+    pad = tuple(meta.get("pad", (0, 0)))
+    direct = pad == (0, 0) and tuple(meta["img_shape"]) == (canvas_h, canvas_w) and not meta.get("flip", False)
+    if direct:
+        # The reference path: one bilinear resize from prototype resolution to the original image.
+        full = F.interpolate(masks[None], size=(h0, w0), mode="bilinear", align_corners=False)[0]
+    else:
+        full = F.interpolate(masks[None], size=(canvas_h, canvas_w), mode="bilinear", align_corners=False)[0]
+        h, w = meta["img_shape"]
+        full = full[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w]
+        if meta.get("flip", False):
+            full = full.flip(-1)
+        full = F.interpolate(full[None], size=(h0, w0), mode="bilinear", align_corners=False)[0]
+    boxes = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], dim=1)
+    if direct:  # the reference path: relative coordinates times the original size
+        out_boxes = boxes * boxes.new_tensor([w0, h0, w0, h0])
+        out_boxes = torch.stack([out_boxes[:, 0].clamp(0, w0), out_boxes[:, 1].clamp(0, h0),
+                                 out_boxes[:, 2].clamp(0, w0), out_boxes[:, 3].clamp(0, h0)], dim=1)
+    else:
+        out_boxes = boxes_to_original(boxes * boxes.new_tensor([canvas_w, canvas_h, canvas_w, canvas_h]), meta)
+    out_boxes = out_boxes.floor()  # YOLACT truncates boxes to integers
+    # and, writing COCO results, skips detections whose integer box is empty
+    keep = (out_boxes[:, 2] - out_boxes[:, 0]) * (out_boxes[:, 3] - out_boxes[:, 1]) > 0
+    return {"boxes": out_boxes[keep], "labels": labels[keep], "scores": scores[keep], "masks": full[keep] > mask_thr}
+
+
+def build_yolact_edge(num_classes: int = 80, name: str = "yolact_edge", depth: int = 50, fpn_channels: int = 256,
+                      proto_channels: int = 256, mask_dim: int = 32, scales: Sequence[float] = (24, 48, 96, 192, 384),
+                      aspect_ratios: Sequence[float] = (1.0, 0.5, 2.0), max_size: int = 550,
+                      conf_thresh: float = 0.05, nms_thresh: float = 0.5, top_k: int = 200,
+                      max_num_detections: int = 100, mask_thr: float = 0.5,
+                      export_mode: str = "detections") -> YolactEdge:
+    """YolactEdge R50-FPN at 550x550 (seed 001 defaults); smaller ``depth`` / widths for tests.
+    ``name`` is the config's label, kept as ``model.name``."""
+    backbone = ResNet(depth=depth, style="pytorch", norm="frozen_bn", frozen_stages=-1, out_indices=(1, 2, 3))
+    fpn = YolactFPN(backbone.out_channels, fpn_channels, num_downsample=2)
+    proto = ProtoNet(fpn_channels, proto_channels, mask_dim)
+    head = PredictionHead(fpn_channels, len(aspect_ratios), num_classes + 1, mask_dim)
+    model = YolactEdge(backbone, fpn, proto, head, num_classes, scales, aspect_ratios, max_size, conf_thresh,
+                       nms_thresh, top_k, max_num_detections, mask_thr, export_mode)
+    model.name = name
+    return model.eval()

@@ -1,0 +1,120 @@
+"""Detector adapters and model configs: config -> model / adapter, pre-processing, and postprocess parity
+with each model's eager ``predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from solo_npu.deploy.adapters import build_adapter
+from solo_npu.deploy.adapters_detectors import FCOSAdapter, SSDResNet34Adapter, StretchResize, YolactEdgeAdapter
+from solo_npu.models import build_model
+from solo_npu.models.fcos import FCOS
+from solo_npu.models.ssd_resnet34 import SSDResNet34
+from solo_npu.models.yolact_edge import YolactEdge, build_yolact_edge
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name, model_type, adapter_type, shape, anchor_key", [
+    ("fcos", FCOS, FCOSAdapter, [1, 3, 800, 1333], "bbox_AP"),
+    ("yolact_edge", YolactEdge, YolactEdgeAdapter, [1, 3, 550, 550], "segm_AP"),
+    ("ssd_resnet34", SSDResNet34, SSDResNet34Adapter, [1, 3, 300, 300], "bbox_AP"),
+])
+def test_model_configs_build_model_and_adapter(name, model_type, adapter_type, shape, anchor_key) -> None:
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    assert cfg.num_classes == 80 and list(cfg.deploy.input_shape) == shape
+    adapter = build_adapter(cfg)
+    assert isinstance(adapter, adapter_type)
+    assert list(adapter.output_names) == list(cfg.deploy.output_names)
+    assert list(adapter.iou_types) == list(cfg.deploy.iou_types)
+    assert adapter.anchors and anchor_key in adapter.anchors[0]
+    small = OmegaConf.merge(cfg, {"depth": 18} if name != "ssd_resnet34" else {})
+    model = build_model(small)
+    assert isinstance(model, model_type) and model.name == cfg.name and not model.training
+
+
+def test_seed_anchor_figures() -> None:
+    fcos = OmegaConf.load(CONF / "fcos.yaml").deploy.anchors
+    assert [a.fps for a in fcos] == [42.6, 49.8] and fcos[0].bbox_AP == 0.359
+    yolact = OmegaConf.load(CONF / "yolact_edge.yaml").deploy.anchors
+    assert yolact[0].fps == 270.35 and yolact[0].segm_AP == 0.2796
+    ssd = OmegaConf.load(CONF / "ssd_resnet34.yaml").deploy.anchors
+    assert {a.batch: a.fps for a in ssd}[8] == 1406.4 and ssd[0].bbox_AP == 0.230
+
+
+def sample(h: int, w: int, rgb: tuple[int, int, int]) -> dict:
+    image = np.empty((h, w, 3), np.uint8)
+    image[:] = rgb
+    return {"image": image, "boxes": np.array([[0, 0, w, h]], np.float32), "labels": np.zeros(1, np.int64),
+            "meta": {"ori_shape": (h, w)}}
+
+
+def test_transforms_follow_each_reference_pipeline() -> None:
+    out = YolactEdgeAdapter().transforms((64, 64))(sample(30, 50, (124, 117, 104)), None)
+    assert out["image"].shape == (3, 64, 64) and out["meta"]["img_shape"] == (64, 64)
+    assert out["meta"]["scale_factor"] == pytest.approx((64 / 30, 64 / 50))
+    np.testing.assert_allclose(out["image"][:, 0, 0], [(124 - 123.68) / 58.40, (117 - 116.78) / 57.12,
+                                                       (104 - 103.94) / 57.38], rtol=1e-4, atol=1e-6)
+    out = FCOSAdapter().transforms((64, 96))(sample(40, 40, (10, 20, 30)), None)
+    assert out["meta"]["img_shape"] == (64, 64)  # keep ratio, fitted into the canvas
+    np.testing.assert_allclose(out["image"][:, 0, 0], [30 - 102.9801, 20 - 115.9465, 10 - 122.7717], rtol=1e-5)
+    out = SSDResNet34Adapter().transforms((32, 32))(sample(10, 20, (0, 0, 0)), None)
+    np.testing.assert_allclose(out["image"][:, 0, 0], [-123.675 / 58.395, -116.28 / 57.12, -103.53 / 57.375],
+                               rtol=1e-5)
+    resized = StretchResize((20, 40))(sample(10, 10, (0, 0, 0)), None)
+    np.testing.assert_allclose(resized["boxes"], [[0, 0, 40, 20]])
+
+
+def meta_for(h0: int, w0: int, size: int) -> dict:
+    return {"ori_shape": (h0, w0), "img_shape": (size, size), "pad": (0, 0), "canvas": (size, size),
+            "scale_factor": (size / h0, size / w0), "flip": False}
+
+
+def test_yolact_adapter_modes_agree_with_predict() -> None:
+    torch.manual_seed(0)
+    model = build_yolact_edge(depth=18, fpn_channels=16, proto_channels=8, mask_dim=4, max_size=64,
+                              conf_thresh=0.0125, top_k=16, max_num_detections=12)
+    x = torch.randn(1, 3, 64, 64)
+    meta = meta_for(48, 80, 64)
+    with torch.no_grad():
+        expected = model.predict(x, [meta])[0]
+        det = dict(zip(model.output_names, (t[0].numpy() for t in model.export_forward(x))))
+        model.export_mode = "heads"
+        heads = dict(zip(model.output_names, (t[0].numpy() for t in model.export_forward(x))))
+    assert len(expected["scores"]) > 0
+    adapter_kw = dict(conf_thresh=0.0125, top_k=16, max_num=12)
+    for mode, outputs in (("detections", det), ("heads", heads)):
+        got = YolactEdgeAdapter(export_mode=mode, **adapter_kw).postprocess(outputs, meta)
+        for key in ("boxes", "scores", "labels", "masks"):
+            torch.testing.assert_close(got[key], expected[key])
+    stats = YolactEdgeAdapter().compare(det, {**det, "scores": det["scores"] + 1e-3})
+    assert stats["scores_max_abs"] == pytest.approx(1e-3, rel=1e-3) and stats["labels_mismatch"] == 0
+
+
+def test_ssd_adapter_agrees_with_predict() -> None:
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 8, 1), torch.nn.ReLU())
+    model = SSDResNet34(trunk, (16, 16, 16, 8, 8, 8), (8, 8, 8, 8, 8), num_classes=3, max_output=30).eval()
+    x = torch.randn(1, 3, 300, 300)
+    meta = meta_for(200, 250, 300)
+    with torch.no_grad():
+        expected = model.predict(x, [meta])[0]
+        ploc, plabel = model.export_forward(x)
+    got = SSDResNet34Adapter(max_output=30).postprocess({"ploc": ploc[0].numpy(), "plabel": plabel[0].numpy()}, meta)
+    assert len(expected["scores"]) == 30
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(got[key], expected[key])

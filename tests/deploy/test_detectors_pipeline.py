@@ -1,0 +1,89 @@
+"""The deploy pipeline (export -> preprocess -> onnxruntime -> evaluate) for FCOS, YolactEdge and SSD-ResNet34
+on the synthetic val set, with tiny random-weight models: a COCO-valid result file and an AP number."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from solo_npu.deploy.context import DeployContext
+from solo_npu.deploy.pipeline import run_pipeline
+from solo_npu.models.fcos import build_fcos
+from solo_npu.models.ssd_resnet34 import SSDResNet34
+from solo_npu.models.yolact_edge import build_yolact_edge
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def deploy_cfg(model: str, root: Path, run_dir: Path, input_shape: list[int]):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("deploy", overrides=[
+            f"model={model}", "data=synthetic", f"data.root={root}", "data.generate=false", "model.num_classes=3",
+            f"deploy.input_shape=[{input_shape[0]},{input_shape[1]}]", "deploy.batch_sizes=[2]", "deploy.opset=11",
+            "deploy.backends=[onnxruntime]", "deploy.slim=false", "deploy.num_images=4",
+            "stages=[export,preprocess,infer,evaluate]", f"run_dir={run_dir}"])
+
+
+def run(model_name: str, model: nn.Module, root: Path, run_dir: Path, input_shape: list[int]) -> dict:
+    cfg = deploy_cfg(model_name, root, run_dir, input_shape)
+    ctx = DeployContext(cfg, run_dir, model_name)
+    ctx.set_model(model)
+    run_pipeline(cfg, model_name, ctx)
+    metrics = ctx.results["evaluate"]["onnxruntime_b2"]["metrics"]
+    results = json.loads((run_dir / "evaluate" / "onnxruntime_b2.json").read_text())
+    return {"metrics": metrics, "results": results}
+
+
+def check_coco_results(out: dict, iou_types: tuple[str, ...], root: Path) -> None:
+    ann = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    cat_ids = {c["id"] for c in ann["categories"]}
+    image_ids = {im["id"] for im in ann["images"]}
+    assert set(out["metrics"]) == set(iou_types)
+    for metrics in out["metrics"].values():
+        assert 0.0 <= metrics["AP"] <= 1.0 and not math.isnan(metrics["AP"])
+    assert len(out["results"]) > 0
+    for det in out["results"]:
+        assert det["category_id"] in cat_ids and det["image_id"] in image_ids
+        assert len(det["bbox"]) == 4 and det["bbox"][2] >= 0 and det["bbox"][3] >= 0
+        if "segm" in iou_types:
+            assert "counts" in det["segmentation"]
+
+
+def test_fcos_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_fcos(num_classes=3, depth=18, fpn_channels=16, feat_channels=16, stacked_convs=1, num_groups=4,
+                       nms_pre=50)
+    with torch.no_grad():
+        model.bbox_head.conv_cls.bias.fill_(0.0)  # random weights that still clear score_thr
+    check_coco_results(run("fcos", model, synthetic_coco, tmp_path, [128, 160]), ("bbox",), synthetic_coco)
+
+
+def test_yolact_edge_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_yolact_edge(num_classes=3, depth=18, fpn_channels=16, proto_channels=8, mask_dim=4, max_size=128,
+                              top_k=20, max_num_detections=10)
+    out = run("yolact_edge", model, synthetic_coco, tmp_path, [128, 128])
+    check_coco_results(out, ("segm", "bbox"), synthetic_coco)
+
+
+def test_ssd_resnet34_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+    model = SSDResNet34(trunk, (16, 16, 16, 8, 8, 8), (8, 8, 8, 8, 8), num_classes=3, fig_size=320, max_output=20)
+    check_coco_results(run("ssd_resnet34", model, synthetic_coco, tmp_path, [320, 320]), ("bbox",), synthetic_coco)
