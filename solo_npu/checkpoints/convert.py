@@ -1,0 +1,217 @@
+"""Checkpoint converters: this project's, mmdet 3.x SOLOv2, original WXinlong/SOLO and torchvision ResNet.
+
+mmdet 3.x names are this project's names. Original SOLO checkpoints rename the head (``bbox_head.`` ->
+``mask_head.``, ``mask_feat_head.`` -> ``mask_head.mask_feature_head.``); their classifier has
+``num_classes - 1`` outputs for ``num_classes=81`` (channel c-1 is class c), which is our contiguous
+layout, and a classifier with one extra output has its background channel 0 dropped. torchvision
+ResNet weights initialise ``backbone.*``.
+
+CLI::
+
+    python -m solo_npu.checkpoints.convert SRC DST --from solo|mmdet|torchvision|ours|auto \
+        [--trust-pickle] [--model-config conf/model/solov2_r50.yaml --num-classes 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from solo_npu.checkpoints.io import CheckpointError, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SOURCES", "convert_state_dict", "detect_source", "extract_state_dict", "load_model_weights", "main"]
+
+SOURCES = ("ours", "mmdet", "solo", "torchvision")
+SOLO_RENAMES = (
+    ("bbox_head.cate_convs.", "mask_head.cls_convs."),
+    ("bbox_head.kernel_convs.", "mask_head.kernel_convs."),
+    ("bbox_head.solo_cate.", "mask_head.conv_cls."),
+    ("bbox_head.solo_kernel.", "mask_head.conv_kernel."),
+    ("mask_feat_head.convs_all_levels.", "mask_head.mask_feature_head.convs_all_levels."),
+    ("mask_feat_head.conv_pred.0.", "mask_head.mask_feature_head.conv_pred."),
+)
+CLASSIFIER_PREFIXES = ("mask_head.conv_cls.",)
+
+
+def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def extract_state_dict(ckpt: Any) -> tuple[dict[str, Tensor], str | None]:
+    """The tensor dict inside a loaded checkpoint and the container key it came from (``model``,
+    ``state_dict`` or ``None`` for a bare state dict)."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(ckpt).__name__}, expected a dict")
+    for key in ("model", "state_dict"):
+        if isinstance(ckpt.get(key), Mapping):
+            state = {k: v for k, v in ckpt[key].items() if isinstance(v, Tensor)}
+            return _strip_prefix(state, "module."), key
+    state = {k: v for k, v in ckpt.items() if isinstance(v, Tensor)}
+    if not state:
+        raise CheckpointError(f"no tensors found in checkpoint (top-level keys: {sorted(ckpt)[:10]})")
+    return _strip_prefix(state, "module."), None
+
+
+def detect_source(state: Mapping[str, Tensor], container: str | None = None) -> str:
+    """Guess the layout of a state dict: ``ours``, ``mmdet``, ``solo`` or ``torchvision``."""
+    keys = list(state)
+    if any(k.startswith(("bbox_head.", "mask_feat_head.")) for k in keys):
+        return "solo"
+    if any(k.startswith(("conv1.", "layer1.")) for k in keys):
+        return "torchvision"
+    if container == "model":
+        return "ours"
+    if container == "state_dict":
+        return "mmdet"
+    if any(k.startswith(("backbone.", "neck.", "mask_head.")) for k in keys):
+        return "ours"
+    raise CheckpointError(f"cannot tell the checkpoint layout from its keys (first: {keys[:5]}); pass a source")
+
+
+def convert_state_dict(state: Mapping[str, Tensor], source: str, num_classes: int | None = None) -> dict[str, Tensor]:
+    """Rename ``state`` from ``source``'s layout to this project's (mmdet 3.x) names.
+
+    Args:
+        num_classes: the target model's classes; a SOLO classifier with ``num_classes + 1`` outputs
+            loses its background channel 0.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown checkpoint source {source!r}; expected one of {SOURCES} or 'auto'")
+    if source in ("ours", "mmdet"):
+        return {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
+    if source == "torchvision":
+        return {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        for old, new in SOLO_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    cls_w = out.get("mask_head.conv_cls.weight")
+    if num_classes is not None and cls_w is not None and cls_w.shape[0] == num_classes + 1:
+        logger.info("SOLO classifier has %d outputs: dropping background channel 0", cls_w.shape[0])
+        for name in ("mask_head.conv_cls.weight", "mask_head.conv_cls.bias"):
+            if name in out:
+                out[name] = out[name][1:]
+    return out
+
+
+def _model_num_classes(model: nn.Module) -> int | None:
+    value = getattr(model, "num_classes", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", trust_pickle: bool = False,
+                       strict: bool | None = None) -> dict[str, Any]:
+    """Load a checkpoint of any supported layout into ``model``.
+
+    A classifier of another size (``mask_head.conv_cls``, or the model's ``classifier_prefixes``) is
+    skipped and re-initialised with ``model.reset_classifier()`` when the model has one (logged). Any
+    other shape mismatch is an error naming the key and both shapes.
+
+    Args:
+        source: ``auto`` or one of :data:`SOURCES`.
+        trust_pickle: allow pickled Python objects in the file (old mmcv checkpoints).
+        strict: require every model key (except a re-initialised classifier) and no unexpected keys.
+            Default: True, except for ``torchvision`` (backbone only).
+
+    Returns:
+        ``{"source", "missing", "unexpected", "reinitialised"}``.
+
+    Raises:
+        CheckpointError: unreadable file, unknown layout, shape mismatch, or strict key mismatch.
+    """
+    ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+    state, container = extract_state_dict(ckpt)
+    if source == "auto":
+        source = detect_source(state, container)
+    state = convert_state_dict(state, source, _model_num_classes(model))
+    strict = source != "torchvision" if strict is None else strict
+
+    own = model.state_dict()
+    cls_prefixes = tuple(getattr(model, "classifier_prefixes", CLASSIFIER_PREFIXES))
+    reinitialised, errors = [], []
+    for key, value in list(state.items()):
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            if key.startswith(cls_prefixes):
+                reinitialised.append(key)
+                del state[key]
+            else:
+                errors.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+    if errors:
+        raise CheckpointError(f"{path}: shape mismatch for " + "; ".join(errors))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in reinitialised]
+    unexpected = list(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{path} ({source} layout) does not match the model: missing {missing[:10]}"
+                              f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                              f"{' ...' if len(unexpected) > 10 else ''}")
+    if reinitialised:
+        if hasattr(model, "reset_classifier"):
+            model.reset_classifier()
+        logger.info("classifier re-initialised (the checkpoint has another number of classes): %s",
+                    ", ".join(reinitialised))
+    logger.info("loaded %s weights from %s (missing %d, unexpected %d)", source, path, len(missing), len(unexpected))
+    return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised}
+
+
+def _build_model_from_yaml(config: str, num_classes: int) -> nn.Module:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config)
+    cfg.num_classes = num_classes
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    spec.pop("deploy", None)
+    return instantiate(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert ``SRC`` to a clean checkpoint ``{"model": state_dict, "meta": {...}}`` at ``DST``."""
+    parser = argparse.ArgumentParser(prog="python -m solo_npu.checkpoints.convert", description=__doc__.split("\n")[0])
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--from", dest="source", default="auto", choices=("auto", *SOURCES))
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled objects (trusted files only)")
+    parser.add_argument("--model-config", help="model yaml (conf/model/...) to build and check the weights against")
+    parser.add_argument("--num-classes", type=int, default=80, help="classes of --model-config's model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.model_config:
+            model = _build_model_from_yaml(args.model_config, args.num_classes)
+            report = load_model_weights(model, args.src, args.source, args.trust_pickle, strict=False)
+            state = model.state_dict()
+            source = report["source"]
+            print(f"missing keys ({len(report['missing'])}): {report['missing']}")
+            print(f"unexpected keys ({len(report['unexpected'])}): {report['unexpected']}")
+            if report["reinitialised"]:
+                print(f"re-initialised (class count differs): {report['reinitialised']}")
+        else:
+            state, container = extract_state_dict(load_checkpoint(args.src, trust_pickle=args.trust_pickle))
+            source = detect_source(state, container) if args.source == "auto" else args.source
+            state = convert_state_dict(state, source)
+            print("missing keys: not checked (pass --model-config to check against a model)")
+    except CheckpointError as exc:
+        print(f"error: {exc}")
+        return 1
+    meta = {"source": source, "converted_from": str(Path(args.src).name)}
+    save_checkpoint({"model": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, args.dst)
+    print(f"wrote {args.dst} ({len(state)} tensors, {source} layout)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Matrix NMS (SOLOv2): every mask's score decays by its overlap with higher-scored masks of its class."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["matrix_nms"]
+
+
+def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor | None = None,
+               kernel: str = "gaussian", sigma: float = 2.0) -> Tensor:
+    """Decayed scores: every mask is decayed by the higher-ranked masks of its class.
+
+    Mask ``i`` ranks above mask ``j`` when its score is higher, or equal with ``i < j``; the inputs
+    need not be sorted (no sort or gather of the masks is needed). Works with or without a leading
+    batch dimension and with static shapes only, so it traces and exports as is. Padding entries with
+    score 0 rank below every real one and therefore never decay them.
+
+    Args:
+        masks: ``[..., N, H, W]`` (or ``[..., N, HW]``) binary masks.
+        labels: ``[..., N]`` class of each mask.
+        scores: ``[..., N]`` scores.
+        mask_area: ``[..., N]`` pixel count of each mask (computed when ``None``).
+        kernel: ``"gaussian"`` (``exp(-sigma * iou^2)``) or ``"linear"`` (``1 - iou``).
+        sigma: width of the gaussian kernel.
+
+    Returns:
+        ``[..., N]`` decayed scores in the input order.
+    """
+    n = scores.shape[-1]
+    if n == 0:
+        return scores
+    flat = masks.reshape(*masks.shape[: scores.dim()], -1).float()
+    if mask_area is None:
+        mask_area = flat.sum(-1)
+    mask_area = mask_area.float()
+    inter = flat @ flat.transpose(-1, -2)  # [..., N, N]
+    union = mask_area.unsqueeze(-1) + mask_area.unsqueeze(-2) - inter
+    ar = torch.arange(n, device=scores.device)
+    s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)
+    upper = (s_i > s_j) | ((s_i == s_j) & (ar.view(-1, 1) < ar.view(1, -1)))  # (i, j): mask i ranks above j
+    same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
+    decay_iou = torch.where(upper & same, inter / union.clamp(min=1e-6), torch.zeros_like(inter))
+    # For each mask i, the largest IoU it has with any higher-ranked mask of its class.
+    compensate_iou = decay_iou.amax(dim=-2).unsqueeze(-1)  # [..., N, 1], indexed by the decaying mask i
+    if kernel == "gaussian":
+        decay = torch.exp(-sigma * (decay_iou.pow(2) - compensate_iou.pow(2)))
+    elif kernel == "linear":
+        decay = (1 - decay_iou) / (1 - compensate_iou).clamp(min=1e-6)
+    else:
+        raise ValueError(f"unknown matrix NMS kernel {kernel!r}; expected 'gaussian' or 'linear'")
+    coefficient = decay.amin(dim=-2)
+    return scores * coefficient

@@ -1,0 +1,192 @@
+"""The SOLOv2 detector: ResNet + FPN + SOLOv2 head, in training, eager-prediction and export modes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from solo_npu.models.backbones.resnet import ResNet, load_torchvision_weights
+from solo_npu.models.necks.fpn import FPN
+from solo_npu.models.solov2.head import SOLOv2Head
+from solo_npu.models.solov2.losses import solov2_loss
+from solo_npu.models.solov2.postprocess import (
+    SOLOv2TestConfig,
+    flatten_predictions,
+    masks_to_boxes,
+    paste_masks,
+    select_reference,
+    select_static,
+)
+from solo_npu.models.solov2.targets import build_solov2_targets
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SOLOv2", "build_solov2"]
+
+
+class SOLOv2(nn.Module):
+    """SOLOv2 instance segmentation (Wang et al., 2020).
+
+    Args:
+        backbone, neck, mask_head: the three parts (state-dict prefixes ``backbone.``, ``neck.``, ``mask_head.``).
+        scale_ranges: ``(lower, upper)`` of ``sqrt(w * h)`` per level for target assignment.
+        pos_scale: centre-region size relative to the box half-size.
+        max_pos: positive (instance, cell) slots per image in the mask loss.
+        loss_cls: ``gamma``, ``alpha``, ``weight`` of the focal loss.
+        loss_mask_weight: weight of the dice loss.
+        test_cfg: :class:`SOLOv2TestConfig`.
+        export_topk: K, the instances per image of :meth:`export_forward`.
+        name: a label for reports.
+    """
+
+    def __init__(self, backbone: ResNet, neck: FPN, mask_head: SOLOv2Head,
+                 scale_ranges: Sequence[Sequence[float]] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)),
+                 pos_scale: float = 0.2, max_pos: int = 512, loss_cls: Mapping[str, float] | None = None,
+                 loss_mask_weight: float = 3.0, test_cfg: SOLOv2TestConfig | None = None, export_topk: int = 100,
+                 name: str = "solov2") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.mask_head = mask_head
+        if len(scale_ranges) != mask_head.num_levels:
+            raise ValueError(f"{len(scale_ranges)} scale_ranges for {mask_head.num_levels} head levels")
+        self.scale_ranges = tuple((float(lo), float(hi)) for lo, hi in scale_ranges)
+        self.pos_scale = pos_scale
+        self.max_pos = max_pos
+        self.loss_cls_cfg = {"gamma": 2.0, "alpha": 0.25, "weight": 1.0, **(loss_cls or {})}
+        self.loss_mask_weight = loss_mask_weight
+        self.test_cfg = test_cfg or SOLOv2TestConfig()
+        self.export_topk = export_topk
+        self.name = name
+        self.register_buffer("cell_strides", mask_head.cell_strides(), persistent=False)
+        self.num_pos_dropped: Tensor | None = None
+
+    classifier_prefixes = ("mask_head.conv_cls.",)
+
+    @property
+    def num_classes(self) -> int:
+        return self.mask_head.num_classes
+
+    def reset_classifier(self) -> None:
+        """Fresh prior-probability initialisation of the category classifier (fine-tuning on new classes)."""
+        self.mask_head.reset_classifier(self.mask_head.num_classes)
+
+    def forward_head(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Raw head outputs: per-level category logits and kernels, and the stride-4 mask features."""
+        return self.mask_head(self.neck(self.backbone(images)))
+
+    def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """Training losses ``{"loss_cls", "loss_mask"}`` for a batch dict (``gt_masks``, ``gt_labels``, ...)."""
+        if targets is None:
+            raise ValueError("SOLOv2.forward needs targets; use predict() or export_forward() for inference")
+        masks = targets["gt_masks"]
+        if masks.dim() != 4 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"gt_masks must be [B, M, H, W] on the image canvas {tuple(images.shape[-2:])}, "
+                             f"got {tuple(masks.shape)}")
+        if images.shape[-2] % 32 or images.shape[-1] % 32:
+            raise ValueError(f"training images must be padded to multiples of 32, got {tuple(images.shape[-2:])}")
+        cls_preds, kernel_preds, mask_feats = self.forward_head(images)
+        t = build_solov2_targets(targets["gt_masks"], targets["gt_labels"], targets["gt_boxes"],
+                                 targets["gt_valid"], self.mask_head.num_grids, self.scale_ranges,
+                                 self.pos_scale, mask_stride=images.shape[-1] // mask_feats.shape[-1],
+                                 max_pos=self.max_pos)
+        self.num_pos_dropped = t.num_dropped.detach()  # positives beyond max_pos (read lazily: no host sync)
+        c = self.loss_cls_cfg
+        return solov2_loss(cls_preds, kernel_preds, mask_feats, t, gamma=c["gamma"], alpha=c["alpha"],
+                           cls_weight=c["weight"], mask_weight=self.loss_mask_weight)
+
+    def export_forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Static-shape inference for TorchScript / ONNX.
+
+        Returns:
+            ``masks`` float ``[B, K, H/4, W/4]`` (probabilities), ``labels`` int32 ``[B, K]``,
+            ``scores`` float ``[B, K]`` (0 in empty slots), K = ``export_topk``.
+        """
+        cls_preds, kernel_preds, mask_feats = self.forward_head(images)
+        scores, kernels = flatten_predictions(cls_preds, kernel_preds)
+        masks, labels, scores = select_static(scores, kernels, mask_feats, self.cell_strides, self.test_cfg,
+                                              k=self.export_topk)
+        return masks, labels.to(torch.int32), scores
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Eager inference: one dict per image with ``masks`` bool ``[N, H0, W0]``, ``labels`` int64 ``[N]``,
+        ``scores`` float ``[N]`` and ``boxes`` float ``[N, 4]`` in original-image pixels."""
+        if len(metas) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(metas)} metas")
+        cfg = self.test_cfg
+        cls_preds, kernel_preds, mask_feats = self.forward_head(images)
+        scores, kernels = flatten_predictions(cls_preds, kernel_preds)
+        if cfg.bound_before_conv:
+            # Eager only: as many candidates as pass score_thr (rounded up to 64 so that an NPU sees
+            # few distinct shapes), not always nms_pre. Export keeps nms_pre; the results are equal.
+            num_above = int((scores > cfg.score_thr).flatten(1).sum(1).max())
+            nms_pre = min(cfg.nms_pre, 64 * ((num_above + 63) // 64))
+            masks, labels, scores = select_static(scores, kernels, mask_feats, self.cell_strides, cfg,
+                                                  nms_pre=nms_pre)
+            per_image = []
+            for i in range(images.shape[0]):
+                keep = scores[i] > 0
+                per_image.append((masks[i][keep], labels[i][keep], scores[i][keep]))
+        else:
+            per_image = [select_reference(scores[i], kernels[i], mask_feats[i], self.cell_strides, cfg)
+                         for i in range(images.shape[0])]
+        results = []
+        for (masks, labels, scores), meta in zip(per_image, metas):
+            pasted = paste_masks(masks, meta, cfg.mask_thr)
+            results.append({"masks": pasted, "labels": labels.long(), "scores": scores.float(),
+                            "boxes": masks_to_boxes(pasted)})
+        return results
+
+
+def _as_dict(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return {k: (_as_dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
+
+
+def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
+                 head: Mapping[str, Any] | None = None, test: Mapping[str, Any] | None = None,
+                 pretrained: str | None = None, name: str = "solov2",
+                 deploy: Mapping[str, Any] | None = None) -> SOLOv2:
+    """Build SOLOv2 from plain (or OmegaConf) dicts; the ``_target_`` of ``conf/model/solov2_*.yaml``.
+
+    Args:
+        num_classes: object classes.
+        backbone: kwargs of :class:`ResNet`.
+        neck: kwargs of :class:`FPN` (``in_channels`` defaults to the backbone's).
+        head: kwargs of :class:`SOLOv2Head` plus ``scale_ranges``, ``pos_scale``, ``max_pos``,
+            ``loss_cls`` and ``loss_mask_weight``.
+        test: fields of :class:`SOLOv2TestConfig` plus ``export_topk``.
+        pretrained: torchvision ResNet checkpoint for the backbone (ImageNet init), or ``None``.
+        name: a label for reports.
+        deploy: the yaml's ``deploy:`` defaults; read by deploy.py, ignored here.
+    """
+    del deploy
+    backbone_cfg = _as_dict(backbone)
+    neck_cfg = {"out_channels": 256, "num_outs": 5, **_as_dict(neck)}
+    head_cfg = _as_dict(head)
+    test_cfg = _as_dict(test)
+    body = ResNet(**backbone_cfg)
+    if pretrained:
+        missing, unexpected = load_torchvision_weights(body, pretrained)
+        logger.info("backbone init from %s (missing %d, unexpected %d)", pretrained, len(missing), len(unexpected))
+    neck_cfg.setdefault("in_channels", body.out_channels)
+    model_keys = ("scale_ranges", "pos_scale", "max_pos", "loss_cls", "loss_mask_weight")
+    model_kwargs = {k: head_cfg.pop(k) for k in model_keys if k in head_cfg}
+    head_cfg.setdefault("in_channels", neck_cfg["out_channels"])
+    mask_head = SOLOv2Head(num_classes=int(num_classes), **head_cfg)
+    export_topk = int(test_cfg.pop("export_topk", 100))
+    return SOLOv2(body, FPN(**neck_cfg), mask_head, test_cfg=SOLOv2TestConfig(**test_cfg), export_topk=export_topk,
+                  name=name, **model_kwargs)

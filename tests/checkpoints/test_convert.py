@@ -1,0 +1,202 @@
+"""Checkpoint converters: mmdet / original SOLO / torchvision layouts, class-count changes, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from solo_npu.checkpoints import CheckpointError
+from solo_npu.checkpoints.convert import load_model_weights, main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+VARIANTS = {  # depth, head feat, stacked convs, mask-feature feat / out
+    "solov2_r50": (50, 512, 4, 128, 256),
+    "solov2_light_r18": (18, 256, 2, 128, 128),
+}
+
+
+def build(name: str, num_classes: int = 80, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg.num_classes = num_classes
+    return instantiate(cfg).eval()
+
+
+def resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
+    blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+    exp, out, cin = (4 if depth >= 50 else 1), {"conv1.weight": (64, 3, 7, 7)}, 64
+    bn = {f"bn1.{s}": (64,) for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    out.update({k: (() if k.endswith("tracked") else v) for k, v in bn.items()})
+    for li, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+        for b in range(n):
+            p = f"layer{li}.{b}"
+            convs = ([(planes, cin, 1, 1), (planes, planes, 3, 3), (planes * 4, planes, 1, 1)] if exp == 4
+                     else [(planes, cin, 3, 3), (planes, planes, 3, 3)])
+            norms = [f"{p}.bn{j + 1}" for j in range(len(convs))]
+            for j, shape in enumerate(convs):
+                out[f"{p}.conv{j + 1}.weight"] = shape
+            if b == 0 and (li > 1 or cin != planes * exp):
+                out[f"{p}.downsample.0.weight"] = (planes * exp, cin, 1, 1)
+                norms.append(f"{p}.downsample.1")
+            for name, c in zip(norms, [convs[j][0] for j in range(len(convs))] + [planes * exp]):
+                for s in ("weight", "bias", "running_mean", "running_var"):
+                    out[f"{name}.{s}"] = (c,)
+                out[f"{name}.num_batches_tracked"] = ()
+            cin = planes * exp
+    return out
+
+
+def mmdet_solov2_shapes(name: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of an mmdet 3.x SOLOv2 state dict, written out from REFERENCE.md's layout."""
+    depth, feat, stacked, mf_feat, mf_out = VARIANTS[name]
+    out = {f"backbone.{k}": v for k, v in resnet_shapes(depth).items()}
+    exp = 4 if depth >= 50 else 1
+    for i, c in enumerate(x * exp for x in (64, 128, 256, 512)):
+        out.update({f"neck.lateral_convs.{i}.conv.weight": (256, c, 1, 1), f"neck.lateral_convs.{i}.conv.bias": (256,),
+                    f"neck.fpn_convs.{i}.conv.weight": (256, 256, 3, 3), f"neck.fpn_convs.{i}.conv.bias": (256,)})
+
+    def conv_gn(prefix: str, cout: int, cin: int, k: int = 3) -> None:
+        out.update({f"{prefix}.conv.weight": (cout, cin, k, k), f"{prefix}.gn.weight": (cout,),
+                    f"{prefix}.gn.bias": (cout,)})
+
+    for i in range(stacked):
+        conv_gn(f"mask_head.kernel_convs.{i}", feat, 258 if i == 0 else feat)
+        conv_gn(f"mask_head.cls_convs.{i}", feat, 256 if i == 0 else feat)
+    out.update({"mask_head.conv_cls.weight": (num_classes, feat, 3, 3), "mask_head.conv_cls.bias": (num_classes,),
+                "mask_head.conv_kernel.weight": (mf_out, feat, 3, 3), "mask_head.conv_kernel.bias": (mf_out,)})
+    mf = "mask_head.mask_feature_head"
+    conv_gn(f"{mf}.convs_all_levels.0.conv0", mf_feat, 256)
+    for level in (1, 2, 3):
+        for j in range(level):
+            cin = (258 if level == 3 else 256) if j == 0 else mf_feat
+            conv_gn(f"{mf}.convs_all_levels.{level}.conv{j}", mf_feat, cin)
+    conv_gn(f"{mf}.conv_pred", mf_out, mf_feat, k=1)
+    return out
+
+
+def to_solo_names(key: str) -> str:
+    """mmdet 3.x -> original WXinlong/SOLO names."""
+    for new, old in (("mask_head.mask_feature_head.conv_pred.", "mask_feat_head.conv_pred.0."),
+                     ("mask_head.mask_feature_head.", "mask_feat_head."),
+                     ("mask_head.cls_convs.", "bbox_head.cate_convs."),
+                     ("mask_head.kernel_convs.", "bbox_head.kernel_convs."),
+                     ("mask_head.conv_cls.", "bbox_head.solo_cate."),
+                     ("mask_head.conv_kernel.", "bbox_head.solo_kernel.")):
+        if key.startswith(new):
+            return old + key[len(new):]
+    return key
+
+
+def tagged_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Every tensor filled with its own index (stride-0 views: tiny files, and a wrong mapping shows)."""
+    return {k: torch.tensor(float(i)).expand(s) if s else torch.tensor(i) for i, (k, s) in enumerate(shapes.items())}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_mmdet_and_solo_layouts_load_strict(tmp_path, name):
+    model = build(name)
+    shapes = mmdet_solov2_shapes(name, 80)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    tagged = tagged_state(shapes)
+    index = {k: i for i, k in enumerate(shapes)}
+
+    torch.save({"state_dict": tagged, "meta": {"epoch": 12}}, tmp_path / "mmdet.pth")
+    report = load_model_weights(model, tmp_path / "mmdet.pth")
+    assert report["source"] == "mmdet" and report["missing"] == report["unexpected"] == []
+    sd = model.state_dict()
+    for key in ("backbone.layer3.1.conv2.weight", "neck.fpn_convs.2.conv.weight", "mask_head.conv_kernel.bias",
+                "mask_head.mask_feature_head.convs_all_levels.3.conv2.gn.weight"):
+        assert (sd[key] == index[key]).all()
+
+    # Original SOLO: renamed head, classifier with a background channel 0 (81 outputs for 80 classes).
+    solo = {to_solo_names(k): v for k, v in tagged.items()}
+    cls_w, cls_b = solo["bbox_head.solo_cate.weight"], solo["bbox_head.solo_cate.bias"]
+    solo["bbox_head.solo_cate.weight"] = torch.cat([torch.full((1, *cls_w.shape[1:]), -7.0), cls_w.clone()])
+    solo["bbox_head.solo_cate.bias"] = torch.cat([torch.tensor([-7.0]), cls_b.clone()])
+    assert not any(k.startswith("mask_head.") for k in solo)
+    torch.save({"state_dict": solo, "meta": {}}, tmp_path / "solo.pth")
+    fresh = build(name, seed=1)
+    report = load_model_weights(fresh, tmp_path / "solo.pth", source="auto")
+    assert report["source"] == "solo" and report["missing"] == report["unexpected"] == []
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, sd[key]), key
+
+
+def test_convert_save_reload_is_bit_identical(tmp_path, capsys):
+    model = build("solov2_tiny", num_classes=3)
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    solo = {to_solo_names(k): v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": solo, "meta": {}}, tmp_path / "solo_tiny.pth")
+    assert main([str(tmp_path / "solo_tiny.pth"), str(tmp_path / "clean.pth"), "--from", "solo",
+                 "--model-config", str(CONF / "solov2_tiny.yaml"), "--num-classes", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "missing keys (0): []" in printed and "unexpected keys (0): []" in printed
+    reloaded = build("solov2_tiny", num_classes=3, seed=5)
+    assert load_model_weights(reloaded, tmp_path / "clean.pth")["source"] == "ours"
+    with torch.no_grad():
+        for a, b in zip(model.export_forward(images), reloaded.export_forward(images)):
+            assert torch.equal(a, b)
+    # Without a model config the CLI only renames.
+    assert main([str(tmp_path / "solo_tiny.pth"), str(tmp_path / "renamed.pth"), "--from", "solo"]) == 0
+    renamed = torch.load(tmp_path / "renamed.pth", weights_only=True)["model"]
+    assert set(renamed) == set(model.state_dict())
+
+
+def test_other_class_count_reinitialises_only_the_classifier(tmp_path, caplog):
+    src = build("solov2_tiny", num_classes=3)
+    torch.save({"model": src.state_dict()}, tmp_path / "ours.pth")
+    dst = build("solov2_tiny", num_classes=5, seed=9)
+    with caplog.at_level(logging.INFO):
+        report = load_model_weights(dst, tmp_path / "ours.pth")
+    assert sorted(report["reinitialised"]) == ["mask_head.conv_cls.bias", "mask_head.conv_cls.weight"]
+    assert "re-initialised" in caplog.text
+    assert torch.equal(dst.mask_head.conv_kernel.weight, src.mask_head.conv_kernel.weight)
+    assert dst.mask_head.conv_cls.weight.shape[0] == 5
+    assert torch.allclose(dst.mask_head.conv_cls.bias, torch.full((5,), -4.59512), atol=1e-4)
+
+
+def test_shape_mismatch_names_key_and_shapes(tmp_path):
+    model = build("solov2_tiny", num_classes=3)
+    sd = model.state_dict()
+    sd["mask_head.conv_kernel.weight"] = torch.zeros(7, 32, 3, 3)
+    torch.save({"model": sd}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"mask_head\.conv_kernel\.weight.*\(7, 32, 3, 3\).*\(16, 32, 3, 3\)"):
+        load_model_weights(model, tmp_path / "bad.pth")
+    del sd["mask_head.conv_kernel.weight"]
+    sd["mask_head.extra.weight"] = torch.zeros(1)
+    torch.save({"model": sd}, tmp_path / "keys.pth")
+    with pytest.raises(CheckpointError, match="missing.*conv_kernel.*unexpected.*extra"):
+        load_model_weights(model, tmp_path / "keys.pth")
+
+
+def test_torchvision_backbone_init_and_pickle_guard(tmp_path):
+    model = build("solov2_light_r18")
+    shapes = {**resnet_shapes(18), "fc.weight": (1000, 512), "fc.bias": (1000,)}
+    tagged = tagged_state(shapes)
+    torch.save(tagged, tmp_path / "resnet18.pth")
+    head_before = model.mask_head.conv_kernel.weight.clone()
+    report = load_model_weights(model, tmp_path / "resnet18.pth")
+    assert report["source"] == "torchvision" and report["unexpected"] == []
+    assert report["missing"] and all(not k.startswith("backbone.") for k in report["missing"])
+    assert (model.backbone.layer4[1].conv2.weight == list(shapes).index("layer4.1.conv2.weight")).all()
+    assert torch.equal(model.mask_head.conv_kernel.weight, head_before)
+
+    torch.save({"state_dict": model.state_dict(), "meta": argparse.Namespace(a=1)}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="trust"):
+        load_model_weights(model, tmp_path / "pickled.pth")
+    assert load_model_weights(model, tmp_path / "pickled.pth", trust_pickle=True)["source"] == "mmdet"

@@ -1,0 +1,203 @@
+"""SOLOv2 model: head layout, losses, eager vs export agreement, TorchScript and ONNX export."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from solo_npu.models.solov2 import SOLOv2, build_solov2_targets, masks_to_boxes, paste_masks
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(num_classes: int = 3, seed: int = 0, lively: bool = True) -> SOLOv2:
+    """The tiny config; ``lively`` re-draws head weights so that an untrained model yields many instances."""
+    torch.manual_seed(seed)
+    cfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
+    cfg.num_classes = num_classes
+    model = instantiate(cfg).eval()
+    if lively:
+        g = torch.Generator().manual_seed(seed)
+        for mod in model.mask_head.modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.data.normal_(0, 0.15, generator=g)
+        model.mask_head.conv_cls.bias.data.fill_(-1.0)
+    return model
+
+
+def _metas(b: int, canvas=(128, 160), img_shape=(120, 150), pad=(4, 5), ori=(90, 113)):
+    return [dict(image_id=i, ori_shape=ori, img_shape=img_shape, pad=pad, canvas=canvas) for i in range(b)]
+
+
+def test_head_layout_and_init():
+    model = tiny_model(lively=False)
+    cls_preds, kernel_preds, mask_feats = model.forward_head(torch.zeros(1, 3, 128, 160))
+    assert [tuple(p.shape) for p in cls_preds] == [(1, 3, g, g) for g in (20, 16, 12, 8, 6)]
+    assert [tuple(p.shape) for p in kernel_preds] == [(1, 16, g, g) for g in (20, 16, 12, 8, 6)]
+    assert tuple(mask_feats.shape) == (1, 16, 32, 40)
+    head = model.mask_head
+    assert head.conv_cls.bias.detach().allclose(torch.full((3,), -math.log(99)))
+    assert head.kernel_convs[0].conv.in_channels == 32 + 2 and head.cls_convs[0].conv.in_channels == 32
+    assert head.kernel_convs[0].conv.bias is None and 0.005 < head.conv_kernel.weight.std() < 0.015
+    keys = model.state_dict().keys()
+    assert "mask_head.mask_feature_head.convs_all_levels.3.conv2.gn.weight" in keys
+    assert "mask_head.mask_feature_head.conv_pred.conv.weight" in keys
+    assert head.mask_feature_head.convs_all_levels[3].conv0.conv.in_channels == 32 + 2
+
+
+def test_training_losses_and_gradients():
+    model = tiny_model(lively=False).train()
+    b, m = 2, 3
+    masks = torch.zeros(b, m, 128, 160, dtype=torch.uint8)
+    masks[0, 0, 20:60, 30:90] = 1
+    masks[1, 0, 10:100, 10:150] = 1
+    batch = dict(gt_masks=masks, gt_labels=torch.tensor([[0, -1, -1], [2, -1, -1]]),
+                 gt_boxes=torch.tensor([[[30, 20, 90, 60.0]] + [[0, 0, 0, 0.0]] * 2,
+                                        [[10, 10, 150, 100.0]] + [[0, 0, 0, 0.0]] * 2]),
+                 gt_valid=torch.tensor([[True, False, False], [True, False, False]]))
+    images = torch.randn(b, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    losses = model(images, batch)
+    assert set(losses) == {"loss_cls", "loss_mask"}
+    # Reference: per-positive loops over the same head outputs and targets.
+    cls_preds, kernel_preds, feats = model.forward_head(images)
+    t = build_solov2_targets(batch["gt_masks"], batch["gt_labels"], batch["gt_boxes"], batch["gt_valid"],
+                             model.mask_head.num_grids, model.scale_ranges, 0.2, 4, model.max_pos)
+    kernels = torch.cat([k.flatten(2) for k in kernel_preds], 2)
+    logits = torch.cat([c.flatten(2) for c in cls_preds], 2)
+    num_pos = int((t.labels >= 0).sum())
+    dice_sum, focal_sum = 0.0, 0.0
+    for i in range(b):
+        for slot in range(t.pos_weights.shape[1]):
+            if t.pos_weights[i, slot] == 0:
+                continue
+            kernel = kernels[i, :, t.pos_cells[i, slot]].view(1, -1, 1, 1)
+            p = torch.sigmoid(torch.nn.functional.conv2d(feats[i:i + 1], kernel))[0, 0]
+            tgt = t.mask_targets[i, t.pos_instances[i, slot]]
+            dice_sum += 1 - 2 * (p * tgt).sum() / ((p * p).sum() + (tgt * tgt).sum() + 2e-3)
+        # Focal loss from its definition: -alpha_t (1 - p_t)^2 log(p_t).
+        y = (t.labels[i].unsqueeze(0) == torch.arange(3).unsqueeze(1)).float()  # [C, cells]
+        p = torch.sigmoid(logits[i].double())
+        pt = torch.where(y > 0, p, 1 - p)
+        focal_sum += (-torch.where(y > 0, 0.25, 0.75) * (1 - pt) ** 2 * torch.log(pt)).sum().float()
+    assert num_pos > 0
+    torch.testing.assert_close(losses["loss_mask"], 3.0 * dice_sum / num_pos, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses["loss_cls"], focal_sum / (num_pos + 1), rtol=1e-4, atol=1e-5)
+    sum(losses.values()).backward()
+    assert model.mask_head.conv_kernel.weight.grad.abs().sum() > 0
+    assert model.mask_head.conv_cls.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="targets"):
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="gt_masks"):
+        model(torch.randn(b, 3, 96, 160), batch)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_eager_and_export_modes_agree(batch):
+    model = tiny_model()
+    g = torch.Generator().manual_seed(batch)
+    images = torch.randn(batch, 3, 128, 160, generator=g)
+    metas = _metas(batch)
+    eager = model.predict(images, metas)
+    masks, labels, scores = model.export_forward(images)
+    assert masks.shape == (batch, 20, 32, 40) and labels.dtype == torch.int32 and scores.shape == (batch, 20)
+    for i, res in enumerate(eager):
+        n = len(res["scores"])
+        assert n > 0 and (scores[i, n:] == 0).all()
+        torch.testing.assert_close(res["scores"], scores[i, :n], rtol=0, atol=1e-5)
+        assert torch.equal(res["labels"], labels[i, :n].long())
+        pasted = paste_masks(masks[i, :n], metas[i], 0.5)
+        assert res["masks"].shape == (n, 90, 113) and torch.equal(res["masks"], pasted)
+        assert torch.equal(res["boxes"], masks_to_boxes(pasted))
+    # Batch independence: image 0 alone gives the same outputs.
+    single = model.export_forward(images[:1])
+    torch.testing.assert_close(single[2], scores[:1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(single[0], masks[:1], rtol=0, atol=1e-5)
+
+
+def test_reference_order_matches_bounded_when_few_candidates():
+    model = tiny_model()
+    images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(5))
+    model.test_cfg.nms_pre = 3 * model.mask_head.num_cells  # every pair fits: both orders see the same set
+    bounded = model.predict(images, _metas(2))
+    model.test_cfg.bound_before_conv = False
+    reference = model.predict(images, _metas(2))
+    for a, b in zip(bounded, reference):
+        assert len(a["scores"]) == len(b["scores"]) > 0
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-6)
+        assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["masks"], b["masks"])
+
+
+def test_paste_masks_crops_padding_and_resizes():
+    canvas, pad, img_shape, ori = (64, 96), (8, 16), (48, 72), (24, 36)
+    low = torch.zeros(1, 16, 24)
+    # Object covering the image's left half on the canvas: columns 16..52, rows 8..56 -> low-res /4.
+    low[0, 2:14, 4:13] = 1.0
+    out = paste_masks(low, dict(ori_shape=ori, img_shape=img_shape, pad=pad, canvas=canvas), 0.5)
+    assert out.shape == (1, 24, 36) and out.dtype == torch.bool
+    assert out[0, :, :17].all() and not out[0, :, 20:].any()
+    x1, y1, x2, y2 = masks_to_boxes(out)[0].tolist()
+    assert (x1, y1, y2) == (0.0, 0.0, 24.0) and 17.0 <= x2 <= 19.0
+    assert paste_masks(torch.zeros(0, 16, 24), dict(ori_shape=ori, img_shape=img_shape), 0.5).shape == (0, 24, 36)
+
+
+@pytest.mark.parametrize("img_shape,pad,ori", [((52, 90), (6, 3), (35, 61)), ((64, 96), (0, 0), (64, 96)),
+                                               ((40, 80), (24, 16), (90, 180))])
+def test_paste_masks_matches_full_canvas_reference(img_shape, pad, ori):
+    probs = torch.rand(5, 16, 24, generator=torch.Generator().manual_seed(1))
+    meta = dict(ori_shape=ori, img_shape=img_shape, pad=pad, canvas=(64, 96))
+    up = torch.nn.functional.interpolate(probs[None], size=(64, 96), mode="bilinear", align_corners=False)
+    up = up[..., pad[0]:pad[0] + img_shape[0], pad[1]:pad[1] + img_shape[1]]
+    ref = torch.nn.functional.interpolate(up, size=ori, mode="bilinear", align_corners=False)[0] > 0.5
+    assert torch.equal(paste_masks(probs, meta, 0.5), ref)
+
+
+def test_masks_to_boxes():
+    m = torch.zeros(2, 10, 12, dtype=torch.bool)
+    m[0, 2:5, 3:9] = True
+    assert masks_to_boxes(m).tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_export_traces_and_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = tiny_model()
+    images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(7))
+
+    class Export(nn.Module):
+        def __init__(self, m: SOLOv2) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.export_forward(x)
+
+    wrapper = Export(model).eval()
+    with torch.no_grad():
+        expected = wrapper(images)
+        traced = torch.jit.trace(wrapper, images, check_trace=False)
+        for a, b in zip(traced(images), expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        path = tmp_path / "solov2.onnx"
+        torch.onnx.export(wrapper, (images,), str(path), opset_version=17, input_names=["input"],
+                          output_names=["masks", "labels", "scores"], dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    masks, labels, scores = sess.run(None, {"input": images.numpy()})
+    assert labels.dtype == np.int32 and masks.shape == tuple(expected[0].shape)
+    np.testing.assert_allclose(scores, expected[2].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(labels, expected[1].numpy())
+    np.testing.assert_allclose(masks, expected[0].numpy(), atol=1e-4)

@@ -1,0 +1,122 @@
+"""SOLOv2 target assignment: hand-built cases and parity with a per-instance loop written here."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from solo_npu.models.solov2.targets import build_solov2_targets, downsample_masks
+
+GRIDS = (20, 16, 12, 8, 6)
+RANGES = ((1, 16), (8, 32), (16, 64), (32, 128), (64, 2048))
+
+
+def _batch(boxes_per_image: list[list[tuple[int, int, int, int]]], labels: list[list[int]], h: int, w: int, m: int):
+    b = len(boxes_per_image)
+    masks = torch.zeros(b, m, h, w, dtype=torch.uint8)
+    boxes = torch.zeros(b, m, 4)
+    gl = torch.full((b, m), -1, dtype=torch.long)
+    valid = torch.zeros(b, m, dtype=torch.bool)
+    for i, (bs, ls) in enumerate(zip(boxes_per_image, labels)):
+        for j, ((x1, y1, x2, y2), lab) in enumerate(zip(bs, ls)):
+            masks[i, j, y1:y2, x1:x2] = 1
+            boxes[i, j] = torch.tensor([x1, y1, x2, y2], dtype=torch.float32)
+            gl[i, j] = lab
+            valid[i, j] = True
+    return masks, gl, boxes, valid
+
+
+def reference_targets(masks, labels, boxes, valid, grids, ranges, pos_scale=0.2, stride=4):
+    """mmdet's per-instance loop for one image: (labels per level, list of (global cell, instance))."""
+    h, w = masks.shape[-2:]
+    out_labels, pairs, offset = [], [], 0
+    for grid, (lo, hi) in zip(grids, ranges):
+        lab = torch.full((grid, grid), -1, dtype=torch.long)
+        for j in range(masks.shape[0]):
+            if not valid[j] or masks[j].sum() == 0:
+                continue
+            x1, y1, x2, y2 = boxes[j].tolist()
+            if not lo <= math.sqrt((x2 - x1) * (y2 - y1)) <= hi:
+                continue
+            ys, xs = torch.nonzero(masks[j], as_tuple=True)
+            cy, cx = ys.float().mean().item(), xs.float().mean().item()
+            ph, pw = 0.5 * (y2 - y1) * pos_scale, 0.5 * (x2 - x1) * pos_scale
+            ch, cw = int(cy / h * grid), int(cx / w * grid)
+            top = max(max(0, int((cy - ph) / h * grid)), ch - 1)
+            down = min(min(grid - 1, int((cy + ph) / h * grid)), ch + 1)
+            left = max(max(0, int((cx - pw) / w * grid)), cw - 1)
+            right = min(min(grid - 1, int((cx + pw) / w * grid)), cw + 1)
+            lab[top:down + 1, left:right + 1] = labels[j]
+            pairs += [(offset + r * grid + c, j) for r in range(top, down + 1) for c in range(left, right + 1)]
+        out_labels.append(lab.flatten())
+        offset += grid * grid
+    return torch.cat(out_labels), pairs
+
+
+def _pairs(t, i):
+    keep = t.pos_weights[i] > 0
+    return sorted(zip(t.pos_cells[i][keep].tolist(), t.pos_instances[i][keep].tolist()))
+
+
+def test_square_lands_in_expected_levels_and_cells():
+    # A 40 x 40 square centred at (63.5, 63.5) on a 128 x 128 canvas: sqrt(area) = 40 -> levels 2 and 3.
+    masks, labels, boxes, valid = _batch([[(44, 44, 84, 84)]], [[2]], 128, 128, 3)
+    t = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=0.2, max_pos=32)
+    off = [0, 400, 656, 800, 864]
+    # Level 2 (12 x 12): centre cell 63.5 / 128 * 12 = 5.95 -> 5; region (63.5 +- 4) -> rows/cols 5..6.
+    exp2 = {off[2] + r * 12 + c for r in (5, 6) for c in (5, 6)}
+    # Level 3 (8 x 8): centre 3.97 -> 3; region 3.72..4.22 -> 3..4.
+    exp3 = {off[3] + r * 8 + c for r in (3, 4) for c in (3, 4)}
+    assert {c for c, _ in _pairs(t, 0)} == exp2 | exp3
+    assert set(torch.nonzero(t.labels[0] >= 0).flatten().tolist()) == exp2 | exp3
+    assert (t.labels[0][sorted(exp2 | exp3)] == 2).all()
+    assert t.pos_weights.sum() == 8 and t.num_dropped == 0
+    assert t.mask_targets.shape == (1, 3, 32, 32) and t.mask_targets[0, 0].sum() == 100
+
+
+def test_instance_outside_all_scale_ranges_gets_nothing():
+    masks, labels, boxes, valid = _batch([[(10, 10, 14, 14)]], [[1]], 64, 64, 2)
+    t = build_solov2_targets(masks, labels, boxes, valid, GRIDS, ((8, 16), (16, 32), (32, 64), (64, 128), (128, 256)))
+    assert t.pos_weights.sum() == 0 and (t.labels == -1).all()
+
+
+def test_parity_with_per_instance_loop():
+    g = torch.Generator().manual_seed(3)
+    h, w, m = 96, 128, 6
+    boxes_all, labels_all = [], []
+    for _ in range(3):
+        bs, ls = [], []
+        for _ in range(int(torch.randint(2, m + 1, (1,), generator=g))):
+            x1, y1 = int(torch.randint(0, w - 8, (1,), generator=g)), int(torch.randint(0, h - 8, (1,), generator=g))
+            x2 = x1 + int(torch.randint(4, w - x1 + 1, (1,), generator=g))
+            y2 = y1 + int(torch.randint(4, h - y1 + 1, (1,), generator=g))
+            bs.append((x1, y1, min(x2, w), min(y2, h)))
+            ls.append(int(torch.randint(0, 3, (1,), generator=g)))
+        boxes_all.append(bs)
+        labels_all.append(ls)
+    masks, labels, boxes, valid = _batch(boxes_all, labels_all, h, w, m)
+    masks[0, 0] = 0  # an empty mask is skipped
+    t = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=0.2, max_pos=256)
+    for i in range(3):
+        ref_labels, ref_pairs = reference_targets(masks[i], labels[i], boxes[i], valid[i], GRIDS, RANGES)
+        assert torch.equal(t.labels[i], ref_labels)
+        assert _pairs(t, i) == sorted(ref_pairs)
+    assert t.num_dropped == 0
+
+
+def test_max_pos_truncation_is_counted():
+    masks, labels, boxes, valid = _batch([[(0, 0, 64, 64), (10, 10, 50, 50)]], [[0, 1]], 64, 64, 2)
+    full = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, max_pos=64)
+    n = int(full.pos_weights.sum())
+    cut = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, max_pos=n - 3)
+    assert n > 3 and int(cut.pos_weights.sum()) == n - 3 and int(cut.num_dropped) == 3
+
+
+def test_downsample_masks_matches_bilinear_threshold():
+    g = torch.Generator().manual_seed(0)
+    masks = (torch.rand(3, 64, 96, generator=g) > 0.6).to(torch.uint8)
+    masks[1, 8:40, 20:70] = 1
+    ref = F.interpolate(masks[None].float(), size=(16, 24), mode="bilinear", align_corners=False)[0] >= 0.5
+    assert torch.equal(downsample_masks(masks, 4), ref.float())
