@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SOURCES", "convert_state_dict", "detect_source", "extract_state_dict", "load_model_weights", "main"]
 
-SOURCES = ("ours", "mmdet", "solo", "torchvision")
+SOURCES = ("ours", "mmdet", "solo", "torchvision", "fcos", "yolact_edge", "ssd_resnet34")
+# Detector classes whose reference checkpoints have converters of their own (convert_detectors.py).
+DETECTOR_KINDS = {"FCOS": "fcos", "YolactEdge": "yolact_edge", "SSDResNet34": "ssd_resnet34"}
 SOLO_RENAMES = (
     ("bbox_head.cate_convs.", "mask_head.cls_convs."),
     ("bbox_head.kernel_convs.", "mask_head.kernel_convs."),
@@ -87,6 +89,8 @@ def convert_state_dict(state: Mapping[str, Tensor], source: str, num_classes: in
     """
     if source not in SOURCES:
         raise ValueError(f"unknown checkpoint source {source!r}; expected one of {SOURCES} or 'auto'")
+    if source in DETECTOR_KINDS.values():
+        raise ValueError(f"{source} checkpoints convert from the whole file: use load_model_weights or the CLI")
     if source in ("ours", "mmdet"):
         return {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
     if source == "torchvision":
@@ -112,6 +116,13 @@ def _model_num_classes(model: nn.Module) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def _is_own_layout(model: nn.Module, path: str | os.PathLike, trust_pickle: bool) -> bool:
+    """True when every tensor of the checkpoint at ``path`` has a key of ``model`` (our own checkpoints)."""
+    state, _ = extract_state_dict(load_checkpoint(path, trust_pickle=trust_pickle))
+    own = model.state_dict()
+    return all(k in own for k in state)
+
+
 def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", trust_pickle: bool = False,
                        strict: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint of any supported layout into ``model``.
@@ -121,7 +132,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     other shape mismatch is an error naming the key and both shapes.
 
     Args:
-        source: ``auto`` or one of :data:`SOURCES`.
+        source: ``auto`` or one of :data:`SOURCES`. For FCOS, YolactEdge and SSD-ResNet34 models,
+            ``auto`` reads our own checkpoints as they are and anything else through that model's
+            reference-checkpoint converter.
         trust_pickle: allow pickled Python objects in the file (old mmcv checkpoints).
         strict: require every model key (except a re-initialised classifier) and no unexpected keys.
             Default: True, except for ``torchvision`` (backbone only).
@@ -132,6 +145,15 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     Raises:
         CheckpointError: unreadable file, unknown layout, shape mismatch, or strict key mismatch.
     """
+    detector_kind = DETECTOR_KINDS.get(type(model).__name__)
+    if detector_kind and source == "auto":
+        source = "ours" if _is_own_layout(model, path, trust_pickle) else detector_kind
+    if source in DETECTOR_KINDS.values():
+        from solo_npu.checkpoints.convert_detectors import load_detector_weights
+
+        missing, unexpected = load_detector_weights(model, path, source, trust_pickle=trust_pickle,
+                                                    strict=True if strict is None else strict)
+        return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": []}
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     state, container = extract_state_dict(ckpt)
     if source == "auto":
@@ -199,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unexpected keys ({len(report['unexpected'])}): {report['unexpected']}")
             if report["reinitialised"]:
                 print(f"re-initialised (class count differs): {report['reinitialised']}")
+        elif args.source in DETECTOR_KINDS.values():
+            from solo_npu.checkpoints.convert_detectors import _CONVERTERS
+
+            source = args.source
+            state = _CONVERTERS[source](load_checkpoint(args.src, trust_pickle=args.trust_pickle))
+            print("missing keys: not checked (pass --model-config to check against a model)")
         else:
             state, container = extract_state_dict(load_checkpoint(args.src, trust_pickle=args.trust_pickle))
             source = detect_source(state, container) if args.source == "auto" else args.source

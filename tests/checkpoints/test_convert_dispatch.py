@@ -1,0 +1,51 @@
+"""load_model_weights reads detector reference checkpoints through their converters, and our own as is."""
+
+from __future__ import annotations
+
+import torch
+
+from solo_npu.checkpoints import save_checkpoint
+from solo_npu.checkpoints.convert import load_model_weights, main
+from solo_npu.models.fcos import build_fcos
+
+TINY = dict(depth=18, fpn_channels=16, feat_channels=16, stacked_convs=2, num_groups=4, nms_pre=40)
+
+
+def _fcos(seed: int):
+    torch.manual_seed(seed)
+    return build_fcos(**TINY).eval()
+
+
+def _mmdet_v1(state):
+    renames = {"conv_cls": "fcos_cls", "conv_reg": "fcos_reg", "conv_centerness": "fcos_centerness"}
+    out = {}
+    for k, v in state.items():
+        for new, old in renames.items():
+            k = k.replace(f"bbox_head.{new}.", f"bbox_head.{old}.")
+        out[k] = v
+    return {"meta": {"mmdet_version": "0.6.0"}, "state_dict": out}
+
+
+def test_auto_reads_reference_and_own_fcos_checkpoints(tmp_path):
+    src = _fcos(0)
+    x = torch.randn(1, 3, 64, 96)
+    expected = src.export_forward(x)
+    ref = save_checkpoint(_mmdet_v1(src.state_dict()), tmp_path / "fcos_v1.pth")
+    own = save_checkpoint({"model": src.state_dict()}, tmp_path / "ours.pth")
+    for path, source in [(ref, "fcos"), (own, "ours")]:
+        dst = _fcos(1)
+        report = load_model_weights(dst, path, source="auto")
+        assert report["source"] == source and not report["missing"] and not report["unexpected"]
+        for a, b in zip(expected, dst.export_forward(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_cli_converts_detector_checkpoint(tmp_path):
+    src = _fcos(0)
+    ref = save_checkpoint(_mmdet_v1(src.state_dict()), tmp_path / "fcos_v1.pth")
+    assert main([str(ref), str(tmp_path / "clean.pth"), "--from", "fcos"]) == 0
+    dst = _fcos(1)
+    report = load_model_weights(dst, tmp_path / "clean.pth")
+    assert report["source"] == "ours" and not report["missing"]
+    torch.testing.assert_close(dst.state_dict()["bbox_head.conv_centerness.weight"],
+                               src.state_dict()["bbox_head.conv_centerness.weight"])
