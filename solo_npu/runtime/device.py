@@ -14,9 +14,10 @@ import os
 import random
 import resource
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
