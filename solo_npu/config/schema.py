@@ -1,0 +1,129 @@
+"""Structured-config schemas for the fixed sections of the training config.
+
+They are registered in Hydra's ConfigStore (``register_configs``) and used as the first entry of
+``conf/config.yaml``'s defaults list, so a misspelled key in a yaml file or on the command line fails
+with an error that names the key. The ``model``, ``data`` and ``runtime`` groups are typed ``Any``:
+their own yaml files define their keys and struct mode still rejects unknown ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class OptimConfig:
+    """SGD with linear warm-up and a step schedule (epochs in ``lr_steps`` are 0-based)."""
+
+    name: str = "sgd"
+    base_lr: float = 0.01
+    base_batch_size: int = 16  # base_lr is for this total batch; scaled linearly when auto_scale_lr
+    auto_scale_lr: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    fused: bool = False  # torch_npu NpuFusedSGD on NPU
+    grad_clip: float | None = 35.0  # max-norm; null disables clipping
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.01
+    lr_steps: list[int] = field(default_factory=lambda: [9, 11])
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 2  # per device
+    max_iters: int | None = None  # cap on the total number of iterations (performance runs)
+    workers: int | None = None  # dataloader workers per process (null: data.num_workers)
+    log_interval: int = 50  # iterations
+    eval_interval: int = 1  # epochs; 0 evaluates only at the end
+    eval_at_end: bool = True
+    checkpoint_interval: int = 1  # epochs between numbered checkpoints (epoch_N.pth); 0 disables
+    checkpoint_interval_iters: int = 0  # refresh last.pth every N iterations (0: only at epoch ends)
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+    sync_bn: bool = False
+    freeze_backbone: bool = False
+    progress: str = "auto"  # auto (tqdm on a TTY, plain lines otherwise) | tqdm | plain
+    eval_batch_size: int = 2  # per device
+    vis_images: int = 4  # validation images drawn with predictions at the end
+    plots: bool = True
+
+
+@dataclass
+class AmpConfig:
+    enabled: bool = False
+    dtype: str = "fp16"  # fp16 | bf16 (CPU autocast always runs bf16)
+    loss_scale: Any = "dynamic"  # "dynamic" or a number (128 = ModelZoo apex O1)
+
+
+@dataclass
+class LauncherConfig:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0: a free port on single-node runs (multi-node runs need a fixed one)
+    timeout_min: int = 30
+
+
+@dataclass
+class FinetuneConfig:
+    enabled: bool = False
+    reinit_classifier: bool = True  # re-initialise the classifier when its shape does not match
+
+
+@dataclass
+class DebugConfig:
+    nonfinite_iters: list[int] = field(default_factory=list)  # iterations whose loss is poisoned with NaN
+
+
+@dataclass
+class TrainJobConfig:
+    """The root of ``conf/config.yaml``."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    runtime: Any = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    amp: AmpConfig = field(default_factory=AmpConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    mode: str = "train"  # train | eval
+    checkpoint: str | None = None  # weights for eval / finetune (any format the converters read)
+    checkpoint_source: str = "auto"
+    checkpoint_trust_pickle: bool = False
+    resume: str | None = None  # null | auto | path to a checkpoint of this project
+    run_dir: str | None = None  # reuse a previous run directory (with resume=auto)
+    output_root: str = "outputs"
+    experiment_name: str = "default"
+
+
+def resolve_run_dir(run_dir: str | None, output_root: str, stamp: str) -> str:
+    """``hydra.run.dir``: an explicit ``run_dir``, else ``$SOLO_RUN_DIR``, else ``<output_root>/<stamp>``."""
+    if run_dir:
+        return str(run_dir)
+    return os.environ.get("SOLO_RUN_DIR") or os.path.join(output_root, stamp)
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore and the ``solo_run_dir`` resolver (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name="train_schema", node=TrainJobConfig)
+    if not OmegaConf.has_resolver("solo_run_dir"):
+        OmegaConf.register_new_resolver("solo_run_dir", resolve_run_dir)
+    _REGISTERED = True

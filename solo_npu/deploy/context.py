@@ -1,0 +1,196 @@
+"""Shared state of a deploy run: settings, run directory, device, adapter and the (lazily built) model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from solo_npu.deploy.adapters import DeployAdapter, build_adapter
+from solo_npu.runtime import DeviceInfo, resolve_device, setup_device
+
+logger = logging.getLogger(__name__)
+
+
+BACKENDS = ("pytorch", "torchscript", "onnxruntime", "torch_aie", "om")
+
+
+class DeployError(RuntimeError):
+    """An expected failure (missing file, missing tool, bad setting): the CLI prints it as one line."""
+
+
+@dataclass
+class DeploySettings:
+    """Deploy settings after merging ``cfg.deploy`` over the model yaml's ``deploy:`` defaults."""
+
+    input_shape: tuple[int, int]
+    batch_sizes: list[int]
+    opset: int
+    soc_version: str
+    backends: list[str]
+    num_images: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def export_batch_sizes(self) -> list[int]:
+        return sorted(set(self.batch_sizes))
+
+
+def _pick(user: Any, default: Any, fallback: Any) -> Any:
+    return user if user is not None else (default if default is not None else fallback)
+
+
+def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
+    """Merge ``cfg.deploy`` (user overrides, null = unset) over ``cfg.model.deploy`` (model defaults)."""
+    user = cfg.get("deploy") or {}
+    model_defaults = (cfg.get("model") or {}).get("deploy") or {}
+    shape = _pick(user.get("input_shape"), model_defaults.get("input_shape"), [800, 1216])
+    shape = [int(s) for s in shape]
+    if len(shape) == 4:  # [B, 3, H, W] as written in the seed documents
+        shape = shape[2:]
+    if len(shape) != 2 or min(shape) <= 0 or shape[0] % size_divisor or shape[1] % size_divisor:
+        raise DeployError(
+            f"deploy.input_shape={shape}: give [H, W] (or [B, 3, H, W]) with H and W positive multiples of "
+            f"{size_divisor}, e.g. deploy.input_shape=[800,1216]"
+        )
+    if user.get("batch_size") is not None:
+        batch_sizes = [int(user.batch_size)]
+    else:
+        batch_sizes = [int(b) for b in _pick(user.get("batch_sizes"), model_defaults.get("batch_sizes"), [1, 4, 8])]
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise DeployError(f"deploy.batch_sizes={batch_sizes}: give positive batch sizes, e.g. [1,4,8]")
+    num_images = user.get("num_images")
+    backends = list(user.get("backends") or ["pytorch", "torchscript", "onnxruntime"])
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise DeployError(f"unknown backend(s) {unknown} in deploy.backends: choose from {list(BACKENDS)}")
+    return DeploySettings(
+        input_shape=(shape[0], shape[1]),
+        batch_sizes=batch_sizes,
+        opset=int(_pick(user.get("opset"), model_defaults.get("opset"), 17)),
+        soc_version=str(_pick(user.get("soc_version"), model_defaults.get("soc_version"), "Ascend310P3")),
+        backends=backends,
+        num_images=None if num_images is None else int(num_images),
+    )
+
+
+def default_run_dir(model_name: str) -> Path:
+    return Path("outputs") / "deploy" / f"{model_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | os.PathLike, what: str = "file", stage: str | None = None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        hint = f"; run stage {stage!r} first (stages=[{stage}]) or point run_dir= at a run that has it" if stage else ""
+        raise DeployError(f"{what} not found: {path}{hint}")
+    return json.loads(path.read_text())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class DeployContext:
+    """What every stage receives: config, settings, run directory, device, adapter and model."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike | None = None, model_name: str | None = None):
+        self.cfg = cfg
+        self.model_name = model_name or str(cfg.get("model_name") or "model")
+        self.adapter: DeployAdapter = build_adapter(cfg.get("model"))
+        self.settings = resolve_settings(cfg, self.adapter.size_divisor)
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device: DeviceInfo = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
+        setup_device(self.device, cfg.get("runtime"))
+        self._model: nn.Module | None = None
+        self.random_weights = cfg.get("checkpoint") in (None, "")
+        self.results: dict[str, Any] = {}
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    @property
+    def deploy_cfg(self) -> DictConfig:
+        return self.cfg.get("deploy") or OmegaConf.create({})
+
+    def model(self) -> nn.Module:
+        """The eager model in eval mode on the run's device, weights loaded once per process."""
+        if self._model is None:
+            self._model = build_eager_model(self.cfg).to(self.device.device).eval()
+        return self._model
+
+    def set_model(self, model: nn.Module) -> None:
+        """Use an already built model (tests, notebooks) instead of building one from the config."""
+        self._model = model.to(self.device.device).eval()
+        self.random_weights = False
+
+
+def build_eager_model(cfg: DictConfig) -> nn.Module:
+    """Build ``cfg.model`` and load ``cfg.checkpoint`` (random weights, loudly, when there is none)."""
+    model = _build_model(cfg.model)
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint in (None, ""):
+        logger.warning(
+            "no checkpoint given: the model has RANDOM weights, so AP is meaningless "
+            "(pass checkpoint=outputs/.../best.pth)"
+        )
+        return model
+    if not Path(checkpoint).is_file():
+        raise DeployError(f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
+    from solo_npu.checkpoints import CheckpointError
+    from solo_npu.checkpoints.convert import load_model_weights
+
+    try:
+        load_model_weights(
+            model,
+            checkpoint,
+            source=_checkpoint_source(cfg),
+            trust_pickle=bool(cfg.get("checkpoint_trust_pickle") or False),
+        )
+    except CheckpointError as exc:
+        raise DeployError(str(exc)) from exc
+    return model
+
+
+def _build_model(model_cfg: DictConfig) -> nn.Module:
+    try:
+        from solo_npu.models import build_model
+    except ImportError:  # fall back to plain instantiate without the deploy block
+        from hydra.utils import instantiate
+
+        spec = OmegaConf.to_container(model_cfg, resolve=True)
+        spec.pop("deploy", None)
+        return instantiate(spec)
+    return build_model(model_cfg)
+
+
+def _checkpoint_source(cfg: DictConfig) -> str:
+    """``checkpoint_source``, or the model yaml's ``deploy.checkpoint_source`` when left at auto."""
+    source = str(cfg.get("checkpoint_source") or "auto")
+    if source == "auto":
+        source = str(OmegaConf.select(cfg, "model.deploy.checkpoint_source", default=None) or "auto")
+    return source

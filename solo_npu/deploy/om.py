@@ -1,0 +1,134 @@
+"""The om backend: ais_bench as a subprocess, and readers for the files it writes.
+
+ais_bench reads a folder of input ``.bin`` files and writes, per input file, one raw
+``{input_basename}_{i}.bin`` per model output plus ``sumary.json`` (timings). For batch sizes above
+1 we concatenate B preprocessed images into one input file ourselves (``batch_00000.bin`` ...), so
+the grouping never depends on the tool, and split its outputs back into images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from solo_npu.deploy.context import DeployError
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "sumary.json"  # sic: the name ais_bench uses
+
+
+def ais_bench_launcher(setting: str | Sequence[str] | None) -> list[str]:
+    """The command that starts ais_bench: ``python -m ais_bench`` by default, or a configured one."""
+    if not setting:
+        return [sys.executable, "-m", "ais_bench"]
+    return shlex.split(setting) if isinstance(setting, str) else [str(s) for s in setting]
+
+
+def ais_bench_available(launcher: Sequence[str]) -> bool:
+    if list(launcher[1:3]) == ["-m", "ais_bench"] and launcher[0] == sys.executable:
+        return importlib.util.find_spec("ais_bench") is not None
+    return shutil.which(launcher[0]) is not None
+
+
+def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str | Path, output_dirname: str,
+                      input_dir: str | Path | None = None, batch_size: int | None = None, loop: int | None = None,
+                      device_id: int = 0, extra_args: Sequence[str] = ()) -> list[str]:
+    cmd = [*launcher, "--model", str(om_path)]
+    if input_dir is not None:
+        cmd += ["--input", str(input_dir)]
+    cmd += ["--output", str(output), "--output_dirname", output_dirname, "--outfmt", "BIN", "--device", str(device_id)]
+    if batch_size is not None:
+        cmd += ["--batchsize", str(int(batch_size))]
+    if loop is not None:
+        cmd += ["--loop", str(int(loop))]
+    return cmd + [str(a) for a in extra_args]
+
+
+def run_ais_bench(cmd: Sequence[str], timeout: float | None = None) -> str:
+    """Run ais_bench; its stdout on success, a DeployError with the last line of output otherwise."""
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DeployError(f"ais_bench could not run ({exc}); command: {shlex.join(cmd)}") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        raise DeployError(f"ais_bench failed (exit {proc.returncode}): {tail[0]}")
+    return proc.stdout
+
+
+def write_batched_inputs(bin_paths: Sequence[Path], batch_size: int, out_dir: Path) -> list[list[int]]:
+    """Concatenate groups of ``batch_size`` input files (the last group padded by repetition).
+
+    Returns, per written ``batch_{j:05d}.bin``, the indices of the images it holds (padding excluded).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = []
+    for j, start in enumerate(range(0, len(bin_paths), batch_size)):
+        members = list(range(start, min(start + batch_size, len(bin_paths))))
+        padded = members + [members[-1]] * (batch_size - len(members))
+        with open(out_dir / f"batch_{j:05d}.bin", "wb") as f:
+            for i in padded:
+                f.write(Path(bin_paths[i]).read_bytes())
+        groups.append(members)
+    return groups
+
+
+def read_output_files(out_dir: Path, basename: str, output_names: Sequence[str],
+                      specs: Mapping[str, Mapping[str, Any]], batch_size: int = 1) -> dict[str, np.ndarray]:
+    """Read ``{basename}_{i}.bin`` for each output into arrays [batch_size, *per-image shape]."""
+    outputs = {}
+    for i, name in enumerate(output_names):
+        path = out_dir / f"{basename}_{i}.bin"
+        if not path.is_file():
+            raise DeployError(f"ais_bench output {path} is missing (expected one file per model output)")
+        spec = specs[name]
+        data = np.fromfile(path, dtype=np.dtype(spec["dtype"]))
+        per_image = int(np.prod(spec["shape"])) if spec["shape"] else 1
+        if data.size != batch_size * per_image:
+            raise DeployError(f"{path}: {data.size} values of {spec['dtype']}, expected {batch_size}x"
+                              f"{spec['shape']} (does the .om match the exported model?)")
+        outputs[name] = data.reshape(batch_size, *spec["shape"])
+    return outputs
+
+
+def list_output_basenames(out_dir: Path, num_outputs: int) -> list[str]:
+    """Input basenames that have output files in ``out_dir`` (``sumary.json`` and other files skipped)."""
+    pattern = re.compile(rf"^(.*)_({'|'.join(str(i) for i in range(num_outputs))})\.bin$")
+    names = {m.group(1) for p in out_dir.glob("*.bin") if (m := pattern.match(p.name))}
+    return sorted(names)
+
+
+def parse_summary(out_dir: Path, stdout: str = "") -> dict[str, float]:
+    """NPU compute time (ms: mean, median, p99) and throughput from sumary.json, else from the log."""
+    stats: dict[str, float] = {}
+    path = out_dir / SUMMARY_FILE
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        compute = summary.get("NPU_compute_time") or {}
+        for key, out in (("mean", "mean_ms"), ("median", "p50_ms"), ("percentile(99%)", "p99_ms")):
+            if key in compute:
+                stats[out] = float(compute[key])
+        if "throughput" in summary:
+            stats["throughput"] = float(summary["throughput"])
+    if "mean_ms" not in stats:
+        m = re.search(r"NPU_compute_time \(ms\): .*?mean = ([\d.]+), median = ([\d.]+), percentile\(99%\) = ([\d.]+)",
+                      stdout)
+        if m:
+            stats.update(mean_ms=float(m.group(1)), p50_ms=float(m.group(2)), p99_ms=float(m.group(3)))
+    if "throughput" not in stats:
+        m = re.search(r"throughput 1000\*batchsize.*?:\s*([\d.]+)", stdout)
+        if m:
+            stats["throughput"] = float(m.group(1))
+    return stats

@@ -1,0 +1,99 @@
+"""The deploy pipeline: ordered stages over one run directory, and the CLI edge that turns expected
+failures into one-line errors.
+
+Each stage reads only what earlier stages wrote into the run directory, so any subset can be re-run
+alone: ``python deploy.py run_dir=outputs/deploy/solov2-... stages=[evaluate,report]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from solo_npu.deploy.benchmark import run_benchmark
+from solo_npu.deploy.compile_310p import run_compile
+from solo_npu.deploy.context import DeployContext, DeployError
+from solo_npu.deploy.evaluate import run_evaluate
+from solo_npu.deploy.export import run_export
+from solo_npu.deploy.infer import run_infer
+from solo_npu.deploy.preprocess import run_preprocess
+from solo_npu.deploy.report import run_report
+from solo_npu.deploy.verify import run_verify
+
+logger = logging.getLogger(__name__)
+
+STAGES: dict[str, Callable[[DeployContext], dict[str, Any]]] = {
+    "export": run_export,
+    "verify": run_verify,
+    "compile": run_compile,
+    "preprocess": run_preprocess,
+    "infer": run_infer,
+    "evaluate": run_evaluate,
+    "benchmark": run_benchmark,
+    "report": run_report,
+}
+
+RANDOM_WEIGHTS_NOTICE = ("NOTE: no checkpoint given, the model has RANDOM weights: AP numbers are meaningless "
+                         "(pass checkpoint=PATH, e.g. the best.pth a training run wrote)")
+
+
+def check_stages(stages: Sequence[str] | None) -> list[str]:
+    """The requested stages in pipeline order; an unknown name is a one-line error."""
+    stages = list(stages) if stages else list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise DeployError(f"unknown stage(s) {unknown}: choose from {list(STAGES)}")
+    return [s for s in STAGES if s in stages]
+
+
+def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployContext | None = None) -> DeployContext:
+    """Run ``cfg.stages`` (all by default) in order; returns the context with per-stage results."""
+    stages = check_stages(cfg.get("stages"))
+    ctx = ctx or DeployContext(cfg, cfg.get("run_dir"), model_name)
+    print(f"deploy {ctx.model_name}: stages {stages}, run dir {ctx.run_dir}, device {ctx.device.type}")
+    if ctx.random_weights and any(s in stages for s in ("export", "verify", "infer", "evaluate", "benchmark")):
+        print(RANDOM_WEIGHTS_NOTICE)
+    for name in stages:
+        start = time.perf_counter()
+        ctx.results[name] = STAGES[name](ctx)
+        logger.info("stage %s done in %.1f s", name, time.perf_counter() - start)
+    return ctx
+
+
+def run_task(cfg: DictConfig, model_name: str | None = None) -> Any:
+    """``task=deploy`` (the pipeline) or ``task=predict`` (images -> overlays + json)."""
+    task = str(cfg.get("task") or "deploy")
+    if task == "deploy":
+        return run_pipeline(cfg, model_name)
+    if task == "predict":
+        try:
+            from solo_npu.deploy.predict import run_predict
+        except ImportError as exc:
+            raise DeployError(f"task=predict is not available: {exc}") from exc
+        if not cfg.get("input"):
+            raise DeployError("task=predict needs input=IMAGE_OR_DIR (and output=DIR)")
+        return run_predict(cfg)
+    raise DeployError(f"unknown task {task!r}: use task=deploy or task=predict")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a missing tool, not a bug: printed as one line."""
+    from solo_npu.checkpoints import CheckpointError
+    from solo_npu.runtime import DeviceError
+
+    return DeployError, CheckpointError, DeviceError, FileNotFoundError
+
+
+def main(cfg: DictConfig, model_name: str | None = None) -> int:
+    """CLI edge: run the task, print expected failures as ``error: ...`` without a traceback."""
+    try:
+        run_task(cfg, model_name)
+    except expected_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

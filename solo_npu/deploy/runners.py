@@ -1,0 +1,174 @@
+"""Inference backends with one call signature: ``runner(images [B,3,H,W] float32) -> {name: array [B, ...]}``.
+
+pytorch (eager export mode), torchscript, onnxruntime (CANN / CUDA / CPU execution providers) and
+torch_aie run in process. The om backend runs ais_bench as a subprocess over a folder of ``.bin``
+files (see :mod:`solo_npu.deploy.om`); it is not a per-batch runner.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from solo_npu.deploy.context import DeployError
+from solo_npu.runtime import DeviceInfo, synchronize
+
+logger = logging.getLogger(__name__)
+
+# Execution provider per device kind; CPU is always appended as the fallback.
+ORT_PROVIDERS = {"npu": "CANNExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class Runner:
+    """Base runner: holds output names and the device; subclasses implement :meth:`run`."""
+
+    backend = "base"
+
+    def __init__(self, output_names: Sequence[str], device: DeviceInfo) -> None:
+        self.output_names = tuple(output_names)
+        self.device = device
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise DeployError(f"{self.backend}: input must be [B, 3, H, W], got {list(images.shape)}")
+        return self.run(np.ascontiguousarray(images, dtype=np.float32))
+
+    def _torch_outputs(self, outputs: Any) -> dict[str, np.ndarray]:
+        if isinstance(outputs, Mapping):
+            outputs = [outputs[n] for n in self.output_names]
+        synchronize(self.device)
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.output_names, outputs)}
+
+
+class PyTorchRunner(Runner):
+    """Eager PyTorch on the run's device (the adapter's export module, i.e. the export mode)."""
+
+    backend = "pytorch"
+
+    def __init__(self, module: nn.Module, output_names: Sequence[str], device: DeviceInfo) -> None:
+        super().__init__(output_names, device)
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return self._torch_outputs(self.module(torch.from_numpy(images).to(self.device.device)))
+
+
+class TorchScriptRunner(PyTorchRunner):
+    backend = "torchscript"
+
+    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo) -> None:
+        if not Path(path).is_file():
+            raise DeployError(f"TorchScript file not found: {path} (run stages=[export])")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what torch_aie and ATC users ship
+            module = torch.jit.load(str(path), map_location=device.device)
+        super().__init__(module, output_names, device)
+
+
+class OnnxRuntimeRunner(Runner):
+    """ONNX Runtime with the provider for the device, provider options and session options from config."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo,
+                 options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(output_names, device)
+        import onnxruntime as ort
+
+        options = dict(options or {})
+        if not Path(path).is_file():
+            raise DeployError(f"ONNX file not found: {path} (run stages=[export])")
+        sess_opts = ort.SessionOptions()
+        if options.get("intra_op_num_threads"):
+            sess_opts.intra_op_num_threads = int(options["intra_op_num_threads"])
+        if options.get("inter_op_num_threads"):
+            sess_opts.inter_op_num_threads = int(options["inter_op_num_threads"])
+        level = str(options.get("graph_optimization_level", "all")).upper()
+        sess_opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}",
+                                                     ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        self.providers = ort_providers(device, options.get("provider_options") or {})
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=sess_opts, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise DeployError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]} "
+                              "(re-export with stages=[export])") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = list(self.session.get_inputs()[0].shape)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        expected = [d for d in self.input_shape if isinstance(d, int)]
+        if len(expected) == 4 and list(images.shape) != expected:
+            raise DeployError(f"onnxruntime: the model takes input {expected}, got {list(images.shape)} "
+                              "(check deploy.input_shape and deploy.batch_sizes against the export)")
+        outputs = self.session.run(list(self.output_names), {self.input_name: images})
+        return dict(zip(self.output_names, outputs))
+
+
+def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any]) -> list[Any]:
+    """Provider list for the device: [(accelerator provider, options), CPU], only those ORT has."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    providers: list[Any] = []
+    wanted = ORT_PROVIDERS[device.type]
+    if device.type != "cpu":
+        if wanted in available:
+            opts = {"device_id": device.index, **dict(provider_options.get(device.type) or {})}
+            providers.append((wanted, opts))
+        else:
+            logger.warning("onnxruntime has no %s (install onnxruntime-%s); running on CPU",
+                           wanted, "cann" if device.type == "npu" else "gpu")
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class TorchAieRunner(PyTorchRunner):
+    """A torch_aie-compiled TorchScript module on an Ascend 310P device."""
+
+    backend = "torch_aie"
+
+    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo) -> None:
+        torch_aie = import_optional("torch_aie")
+        if torch_aie is None:
+            raise DeployError("torch_aie is not installed (install the Ascend torch_aie wheel for this backend)")
+        if not Path(path).is_file():
+            raise DeployError(f"torch_aie module not found: {path} (run stages=[compile] where torch_aie imports)")
+        self.torch_aie = torch_aie
+        torch_aie.set_device(device.index)
+        Runner.__init__(self, output_names, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module = torch.jit.load(str(path)).eval()
+        self.npu = f"npu:{device.index}"
+
+    @torch.no_grad()
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        stream = self.torch_aie.npu.Stream(self.npu)
+        with self.torch_aie.npu.stream(stream):
+            outputs = self.module(torch.from_numpy(images).to(self.npu))
+            stream.synchronize()
+        return {n: t.cpu().numpy() for n, t in zip(self.output_names, outputs)}
+
+
+def import_optional(name: str) -> Any | None:
+    """Import a module that may be absent or broken; None instead of an exception."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # vendor packages fail in many ways without their drivers
+        logger.warning("%s is installed but does not import: %s", name, exc)
+        return None

@@ -1,0 +1,26 @@
+"""Training engine: a small loop plus hooks, launcher, optimiser and schedule, checkpoints, evaluation."""
+
+from solo_npu.engine.checkpointer import restore_training_state, training_state
+from solo_npu.engine.evaluate import evaluate
+from solo_npu.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook
+from solo_npu.engine.launch import launch, torchrun_env
+from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
+from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
+
+__all__ = [
+    "CheckpointHook",
+    "EvalHook",
+    "HookBase",
+    "LRHook",
+    "LoggingHook",
+    "NonFiniteLossError",
+    "Trainer",
+    "WarmupStepSchedule",
+    "build_optimizer",
+    "evaluate",
+    "launch",
+    "restore_training_state",
+    "scaled_lr",
+    "torchrun_env",
+    "training_state",
+]

@@ -1,0 +1,110 @@
+"""Training checkpoints: full state for exact resume, written atomically."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "solo_npu.train/1"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states in types that ``weights_only`` loading accepts."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(trainer: Any, schedule: Any = None, config: dict | None = None,
+                   extra: dict | None = None) -> dict[str, Any]:
+    """Everything needed to continue ``trainer`` exactly where it is."""
+    return {
+        "format": FORMAT,
+        "model": unwrap(trainer.model).state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "scheduler": schedule.state_dict() if schedule is not None else {},
+        "epoch": trainer.epoch,
+        "inner_iter": trainer.inner_iter,  # sampler position inside the epoch
+        "iteration": trainer.iter,
+        "nonfinite_total": trainer.nonfinite_total,
+        "rng": rng_state(),
+        "config": config or {},
+        **(extra or {}),
+    }
+
+
+def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None) -> None:
+    """Load a ``training_state`` dict into ``trainer`` (model, optimiser, scaler, schedule, counters, RNG)."""
+    if state.get("format") != FORMAT:
+        raise CheckpointError("not a training checkpoint of this project (use checkpoint=... to start from weights)")
+    unwrap(trainer.model).load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    if schedule is not None and state.get("scheduler"):
+        schedule.load_state_dict(state["scheduler"])
+    trainer.epoch = int(state["epoch"])
+    trainer.inner_iter = int(state["inner_iter"])
+    trainer.iter = int(state["iteration"])
+    trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
+    set_rng_state(state["rng"])
+
+
+def find_resume_file(resume: str | None, run_dir: str | Path) -> Path | None:
+    """The checkpoint that ``resume`` points to: ``auto`` -> ``<run_dir>/checkpoints/last.pth`` when it exists."""
+    if not resume:
+        return None
+    if str(resume).lower() == "auto":
+        last = Path(run_dir) / "checkpoints" / "last.pth"
+        if last.is_file():
+            return last
+        logger.info("resume=auto: no checkpoint in %s, starting from scratch", last.parent)
+        return None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"resume={resume}: no such file")
+    return path
+
+
+def save_training_state(state: dict[str, Any], path: str | Path) -> Path:
+    path = save_checkpoint(state, path)
+    logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, state["epoch"], state["iteration"])
+    return path
+
+
+def load_training_state(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    return load_checkpoint(path, trust_pickle=False, map_location=map_location)

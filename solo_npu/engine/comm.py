@@ -1,0 +1,75 @@
+"""Small helpers over torch.distributed that also work in a single process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean of each scalar tensor over ranks (one collective for the whole dict)."""
+    if not is_dist() or not values:
+        return values
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    dist.all_reduce(stacked)
+    stacked /= get_world_size()
+    return {k: stacked[i] for i, k in enumerate(keys)}
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The maximum of a Python number over ranks."""
+    if not is_dist():
+        return float(value)
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def params_in_sync(module: torch.nn.Module) -> bool:
+    """True when every rank holds exactly the same parameters (a fingerprint per tensor, compared exactly).
+
+    Buffers are left out: BatchNorm running statistics are updated from each rank's own last batch
+    (DDP broadcasts rank 0's buffers at the start of the next forward, not after the last one).
+    """
+    if not is_dist():
+        return True
+    tensors = [p.detach() for p in module.parameters()]
+    if not tensors:
+        return True
+    fingerprint = torch.stack([t.double().sum() for t in tensors] + [t.double().abs().sum() for t in tensors])
+    gathered = [torch.empty_like(fingerprint) for _ in range(get_world_size())]
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])

@@ -1,0 +1,76 @@
+"""Starting weights for evaluation and fine-tuning: load any checkpoint, adapt the classifier."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def set_num_classes(model_cfg: MutableMapping[str, Any], num_classes: int) -> int:
+    """Set every ``num_classes`` key in the model config tree; returns how many were set."""
+    count = 0
+    for key in list(model_cfg.keys()):
+        value = model_cfg[key]
+        if key == "num_classes":
+            model_cfg[key] = int(num_classes)
+            count += 1
+        elif isinstance(value, MutableMapping):
+            count += set_num_classes(value, num_classes)
+    return count
+
+
+def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle: bool = False,
+                 allow_classifier_change: bool = False) -> dict[str, Any]:
+    """Load model weights from a checkpoint of this project or any layout the converters read.
+
+    With ``allow_classifier_change`` a classifier trained on another number of classes is left at a
+    fresh initialisation (fine-tuning); otherwise that, or any other missing / unexpected entry, is an
+    error. A torchvision checkpoint only initialises the backbone.
+
+    Returns:
+        ``{"source", "missing", "unexpected", "reinitialised"}`` from the converter.
+    """
+    from solo_npu.checkpoints.convert import load_model_weights
+
+    report = load_model_weights(model, path, source=source, trust_pickle=trust_pickle, strict=False)
+    if report["reinitialised"] and not allow_classifier_change:
+        raise ValueError(f"checkpoint {path} was trained on another number of classes "
+                         f"({', '.join(report['reinitialised'])}); use +experiment=finetune to adapt it")
+    # FrozenBatchNorm2d has no num_batches_tracked: a model saved with a frozen backbone still loads
+    missing = [k for k in report["missing"] if not k.endswith("num_batches_tracked")]
+    if report["source"] != "torchvision" and (missing or report["unexpected"]):
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:8]}, "
+                         f"unexpected {report['unexpected'][:8]}")
+    return report
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    from solo_npu.models import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d.from_batchnorm(child))
+        else:
+            _freeze_batchnorm(child)
+
+
+def freeze_backbone(model: nn.Module) -> int:
+    """Freeze ``model.backbone``: no gradients, and BatchNorm statistics fixed (FrozenBatchNorm2d).
+
+    Returns the number of parameters frozen.
+    """
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise AttributeError("train.freeze_backbone=true but the model has no `backbone` attribute")
+    count = 0
+    for p in backbone.parameters():
+        if p.requires_grad:
+            p.requires_grad_(False)
+            count += 1
+    _freeze_batchnorm(backbone)
+    return count

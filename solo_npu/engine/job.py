@@ -1,0 +1,220 @@
+"""The per-process training / evaluation job that ``train.py`` launches on every rank."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from solo_npu.engine import comm
+from solo_npu.engine.checkpointer import (
+    find_resume_file,
+    load_training_state,
+    restore_training_state,
+    training_state,
+)
+from solo_npu.engine.evaluate import evaluate
+from solo_npu.engine.finetune import freeze_backbone, load_weights, set_num_classes
+from solo_npu.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook
+from solo_npu.engine.logs import setup_logging
+from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
+from solo_npu.engine.trainer import NonFiniteLossError, Trainer
+from solo_npu.runtime import DeviceInfo, make_grad_scaler, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+def _workers(cfg: DictConfig) -> int:
+    workers = cfg.train.get("workers")
+    return int(cfg.data.get("num_workers", 0) if workers is None else workers)
+
+
+def _build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The model of ``cfg.model`` with ``num_classes`` set from the dataset."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    set_num_classes(model_cfg, num_classes)
+    from solo_npu.models import build_model
+
+    return build_model(OmegaConf.create(model_cfg))
+
+
+def _place(model: nn.Module, cfg: DictConfig, info: DeviceInfo) -> nn.Module:
+    model.to(info.device)
+    if cfg.runtime.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _eval_setup(cfg: DictConfig, info: DeviceInfo, val_set: Any = None) -> tuple[Any, Any, Any]:
+    from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
+    from solo_npu.evaluation import CocoEvaluator
+
+    if val_set is None:
+        ensure_synthetic(cfg.data)
+        val_set = build_dataset(cfg.data, "val", seed=int(cfg.runtime.seed))
+    world = comm.get_world_size()
+    loader = build_dataloader(cfg.data, "val", batch_size=int(cfg.train.eval_batch_size), distributed=world > 1,
+                              rank=comm.get_rank(), world_size=world, seed=int(cfg.runtime.seed),
+                              num_workers=_workers(cfg), dataset=val_set)
+    return val_set, loader, CocoEvaluator(val_set.coco, val_set.label_to_cat)
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    if comm.is_main_process():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
+    """Entry point of every worker: set up logging and seeds, then train or evaluate."""
+    cfg = OmegaConf.create(cfg_dict)
+    OmegaConf.set_struct(cfg, True)
+    rank = comm.get_rank()
+    progress = str(cfg.train.progress)
+    use_tqdm = progress == "tqdm" or (progress == "auto" and sys.stdout.isatty())
+    setup_logging(run_dir, rank, use_tqdm)
+    if rank == 0:
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    logger.info("run directory %s, device %s, world size %d", run_dir, info.device, comm.get_world_size())
+    seed_everything(int(cfg.runtime.seed), bool(cfg.runtime.deterministic))
+    if cfg.mode == "eval":
+        return eval_only(cfg, run_dir, info)
+    if cfg.mode != "train":
+        raise ValueError(f"mode must be train or eval, got {cfg.mode!r}")
+    return train(cfg, run_dir, info)
+
+
+def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` on the validation split."""
+    if not cfg.checkpoint:
+        raise ValueError("mode=eval needs checkpoint=PATH (a checkpoint of this project or one the converters read)")
+    t0 = time.time()
+    val_set, loader, evaluator = _eval_setup(cfg, info)
+    model = _build_model(cfg, len(val_set.label_to_cat))
+    load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle))
+    _place(model, cfg, info)
+    results = evaluate(model, loader, evaluator, info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
+    summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "segm_ap": results.get("segm", {}).get("AP"),
+               "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
+               "world_size": comm.get_world_size(), "device": info.type}
+    write_summary(run_dir, summary)
+    if comm.is_main_process():
+        (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    logger.info("segm AP %.4f, bbox AP %.4f", summary["segm_ap"] or 0.0, summary["bbox_ap"] or 0.0)
+    return summary
+
+
+def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
+    """Build data, model, optimiser and hooks; resume when asked; train; write the summary and plots."""
+    from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
+
+    if cfg.finetune.enabled and not cfg.checkpoint:
+        raise ValueError("finetune.enabled=true needs checkpoint=PATH (the weights to start from)")
+    t0 = time.time()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    seed = int(cfg.runtime.seed)
+    ensure_synthetic(cfg.data)
+    train_set = build_dataset(cfg.data, "train", seed=seed)
+    num_classes = len(train_set.label_to_cat)
+
+    model = _build_model(cfg, num_classes)
+    resume_file = find_resume_file(cfg.resume, run_dir)
+    if cfg.checkpoint and resume_file is None:
+        report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
+                              bool(cfg.checkpoint_trust_pickle), allow_classifier_change=bool(cfg.finetune.enabled))
+        logger.info("initial weights from %s (%s)", cfg.checkpoint,
+                    ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()))
+    if cfg.train.freeze_backbone:
+        logger.info("froze %d backbone parameters", freeze_backbone(model))
+    _place(model, cfg, info)
+    if cfg.train.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.index] if info.is_accelerator else None)
+
+    batch_size = int(cfg.train.batch_size)
+    lr = scaled_lr(cfg.optim.base_lr, batch_size * world, int(cfg.optim.base_batch_size), bool(cfg.optim.auto_scale_lr))
+    optimizer = build_optimizer(model, cfg.optim, info, lr)
+    schedule = WarmupStepSchedule(optimizer, lr, cfg.optim.lr_steps, float(cfg.optim.gamma),
+                                  int(cfg.optim.warmup_iters), float(cfg.optim.warmup_ratio))
+    scaler = make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype))
+    loader = build_dataloader(cfg.data, "train", batch_size=batch_size, distributed=world > 1, rank=rank,
+                              world_size=world, seed=seed, num_workers=_workers(cfg), dataset=train_set)
+    iters_per_epoch = len(loader.batch_sampler)
+    logger.info("%d training images, %d classes, %d iterations per epoch, total batch %d, lr %.4g",
+                len(train_set), num_classes, iters_per_epoch, batch_size * world, lr)
+
+    trainer = Trainer(net, optimizer, loader, info, max_epochs=int(cfg.train.epochs), iters_per_epoch=iters_per_epoch,
+                      max_iters=cfg.train.max_iters, scaler=scaler, amp=bool(cfg.amp.enabled),
+                      amp_dtype=str(cfg.amp.dtype), grad_clip=cfg.optim.grad_clip,
+                      max_nonfinite=int(cfg.train.max_nonfinite), batch_size=batch_size,
+                      poison_iters=list(cfg.debug.nonfinite_iters))
+    trainer.eval_history, trainer.best_metric = [], None
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+
+    def state_fn() -> dict[str, Any]:
+        return training_state(trainer, schedule, config_dict, {"best_metric": trainer.best_metric,
+                                                               "eval_history": trainer.eval_history})
+
+    val_set, val_loader, evaluator = _eval_setup(cfg, info)
+    amp, amp_dtype = bool(cfg.amp.enabled), str(cfg.amp.dtype)
+    logging_hook = LoggingHook(run_dir, int(cfg.train.log_interval), progress=str(cfg.train.progress))
+    hooks = [LRHook(schedule),
+             EvalHook(lambda: evaluate(net, val_loader, evaluator, info, amp, amp_dtype),
+                      int(cfg.train.eval_interval), bool(cfg.train.eval_at_end)),
+             CheckpointHook(run_dir / "checkpoints", state_fn, rank == 0, int(cfg.train.checkpoint_interval),
+                            int(cfg.train.checkpoint_interval_iters))]
+    if rank == 0:
+        hooks.append(logging_hook)
+    trainer.register_hooks(hooks)
+
+    if resume_file is not None:
+        state = load_training_state(resume_file)
+        restore_training_state(trainer, state, schedule)
+        trainer.eval_history = list(state.get("eval_history", []))
+        trainer.best_metric = state.get("best_metric")
+        logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
+                    trainer.iter, trainer.inner_iter)
+
+    status = "failed"
+    try:
+        trainer.train()
+        status = "ok"
+    except NonFiniteLossError as exc:
+        status = "nonfinite"
+        logger.error("%s", exc)
+        raise
+    finally:
+        summary = _train_summary(trainer, logging_hook, status, time.time() - t0, batch_size, info)
+        if status == "ok":
+            summary["ranks_in_sync"] = comm.params_in_sync(model)
+            if not summary["ranks_in_sync"]:
+                logger.error("the ranks ended with different weights")
+        write_summary(run_dir, summary)
+    if rank == 0 and cfg.train.plots:
+        from solo_npu.engine.report import save_plots, save_prediction_images
+
+        save_plots(run_dir)
+        save_prediction_images(model, val_set, run_dir / "predictions", int(cfg.train.vis_images), info)
+    return summary
+
+
+def _train_summary(trainer: Trainer, logging_hook: LoggingHook, status: str, duration: float, batch_size: int,
+                   info: DeviceInfo) -> dict[str, Any]:
+    last_eval = trainer.eval_history[-1]["results"] if getattr(trainer, "eval_history", None) else {}
+    losses = [v for _, v in logging_hook.loss_history]
+    return {
+        "mode": "train", "status": status, "fps": logging_hook.fps,
+        "final_loss": losses[-1].get("loss") if losses else trainer.last.get("loss"),
+        "segm_ap": last_eval.get("segm", {}).get("AP"), "bbox_ap": last_eval.get("bbox", {}).get("AP"),
+        "best_segm_ap": trainer.best_metric, "duration_sec": duration, "iterations": trainer.iter,
+        "epochs": trainer.epoch, "nonfinite_total": trainer.nonfinite_total, "world_size": comm.get_world_size(),
+        "batch_size": batch_size, "device": info.type,
+    }

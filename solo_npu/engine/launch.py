@@ -1,0 +1,120 @@
+"""Process launching: one worker per device on this node, or join a torchrun-launched group.
+
+``launch`` runs a job function in every worker with an initialised process group (env:// rendezvous
+through ``torch.multiprocessing`` spawn), or in the current process when there is a single worker.
+Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) it does not launch again: the current process
+is one of the workers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from solo_npu.engine import comm
+from solo_npu.runtime import DeviceInfo, dist_backend, resolve_device, setup_device
+
+logger = logging.getLogger(__name__)
+
+JobFn = Callable[[dict[str, Any], Path, DeviceInfo], Any]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+
+def torchrun_env(environ: Mapping[str, str] | None = None) -> DistEnv | None:
+    """The worker's place when started by torchrun (or any launcher setting RANK/WORLD_SIZE/LOCAL_RANK)."""
+    env = os.environ if environ is None else environ
+    if not all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return None
+    return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]),
+                   env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, timeout_min: int) -> Any:
+    """Initialise the device and the process group, run ``job``, tear the group down."""
+    runtime = cfg.get("runtime") or {}
+    info = resolve_device(str(runtime.get("device", "auto")), env.local_rank)
+    setup_device(info, runtime)
+    if env.world_size == 1:
+        return job(cfg, run_dir, info)
+    os.environ.update({"MASTER_ADDR": env.master_addr, "MASTER_PORT": str(env.master_port),
+                       "RANK": str(env.rank), "LOCAL_RANK": str(env.local_rank),
+                       "WORLD_SIZE": str(env.world_size)})
+    dist.init_process_group(dist_backend(info), init_method="env://", rank=env.rank, world_size=env.world_size,
+                            timeout=datetime.timedelta(minutes=timeout_min))
+    try:
+        shared_dir = Path(comm.broadcast_object(str(run_dir)))
+        if shared_dir != run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # torchrun: every rank composed the config; rank 0's directory is the run's
+        result = job(cfg, shared_dir, info)
+        dist.barrier()  # nobody tears the group down while a peer still talks to it
+        return result
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, node_rank: int, nproc: int,
+             world_size: int, master_addr: str, master_port: int, timeout_min: int) -> None:
+    env = DistEnv(node_rank * nproc + local_rank, local_rank, world_size, master_addr, master_port)
+    os.environ["LOCAL_WORLD_SIZE"] = str(nproc)
+    _run_worker(job, cfg, run_dir, env, timeout_min)
+
+
+def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
+    """Run ``job(cfg, run_dir, device_info)`` on every worker of the run.
+
+    Args:
+        job: a module-level function (it is pickled for the spawned workers).
+        cfg: the resolved config as a plain dict (``launcher`` and ``runtime`` sections are read here).
+        run_dir: the run directory (created by the caller; shared by all ranks).
+    """
+    run_dir = Path(run_dir)
+    launcher = cfg.get("launcher") or {}
+    timeout_min = int(launcher.get("timeout_min", 30))
+    env = torchrun_env()
+    if env is not None:
+        logger.info("started by torchrun: rank %d of %d", env.rank, env.world_size)
+        return _run_worker(job, cfg, run_dir, env, timeout_min)
+    nproc, nnodes = int(launcher.get("nproc_per_node", 1)), int(launcher.get("nnodes", 1))
+    node_rank = int(launcher.get("node_rank", 0))
+    if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise ValueError(f"bad launcher settings: nproc_per_node={nproc}, nnodes={nnodes}, node_rank={node_rank}")
+    world_size = nproc * nnodes
+    if world_size == 1:
+        return _run_worker(job, cfg, run_dir, DistEnv(0, 0, 1, "127.0.0.1", 0), timeout_min)
+    port = int(launcher.get("master_port", 0) or 0)
+    if port == 0:
+        if nnodes > 1:
+            raise ValueError("multi-node runs need a fixed launcher.master_port shared by all nodes")
+        port = free_port()
+    addr = str(launcher.get("master_addr", "127.0.0.1"))
+    logger.info("launching %d workers on node %d/%d (world size %d, master %s:%d)", nproc, node_rank, nnodes,
+                world_size, addr, port)
+    torch.set_num_threads(max(1, torch.get_num_threads() // nproc))
+    mp.start_processes(_spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port, timeout_min),
+                       nprocs=nproc, join=True, start_method="spawn")
+    return None

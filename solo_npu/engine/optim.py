@@ -1,0 +1,86 @@
+"""Optimiser and learning-rate schedule."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from solo_npu.runtime import DeviceInfo, sgd_class
+
+logger = logging.getLogger(__name__)
+
+
+def scaled_lr(base_lr: float, total_batch_size: int, base_batch_size: int = 16, auto_scale: bool = True) -> float:
+    """Linear scaling rule: ``base_lr`` is for ``base_batch_size`` images per step (0.01 per 16)."""
+    if not auto_scale:
+        return float(base_lr)
+    return float(base_lr) * total_batch_size / base_batch_size
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in one group (weight decay on all of them, as the mmdet reference does)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return [{"params": params, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any], info: DeviceInfo,
+                    lr: float) -> torch.optim.Optimizer:
+    """SGD (or NPU fused SGD when ``optim.fused``) over the trainable parameters."""
+    name = str(optim_cfg.get("name", "sgd")).lower()
+    if name != "sgd":
+        raise ValueError(f"optim.name={name!r} is not supported (use sgd)")
+    cls = sgd_class(info, bool(optim_cfg.get("fused", False)))
+    groups = param_groups(model, float(optim_cfg.get("weight_decay", 1e-4)))
+    return cls(groups, lr=lr, momentum=float(optim_cfg.get("momentum", 0.9)),
+               nesterov=bool(optim_cfg.get("nesterov", False)))
+
+
+class WarmupStepSchedule:
+    """Linear warm-up over iterations, then a step decay at epoch milestones.
+
+    ``lr_steps`` are 0-based epoch indices: with ``[9, 11]`` epochs 0-8 run at the base LR, 9-10 at
+    ``gamma`` times it and 11 onwards at ``gamma**2`` (the SOLO reference 1x schedule). The warm-up
+    factor goes linearly from ``warmup_ratio`` at iteration 0 to 1 at ``warmup_iters``, as mmdet does.
+    The LR is a pure function of (iteration, epoch), so resuming needs no more state than those two.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, lr_steps: Sequence[int] = (9, 11),
+                 gamma: float = 0.1, warmup_iters: int = 500, warmup_ratio: float = 0.01) -> None:
+        self.optimizer = optimizer
+        self.base_lr = float(base_lr)
+        self.lr_steps = sorted(int(s) for s in lr_steps)
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+        self.last_lr = self.base_lr
+
+    def lr_at(self, iteration: int, epoch: int) -> float:
+        lr = self.base_lr * self.gamma ** bisect.bisect_right(self.lr_steps, epoch)
+        if iteration < self.warmup_iters:
+            k = (1.0 - iteration / self.warmup_iters) * (1.0 - self.warmup_ratio)
+            lr *= 1.0 - k
+        return lr
+
+    def step(self, iteration: int, epoch: int) -> float:
+        """Set the LR of every parameter group for ``iteration`` and return it."""
+        self.last_lr = self.lr_at(iteration, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.last_lr
+        return self.last_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base_lr": self.base_lr, "lr_steps": list(self.lr_steps), "gamma": self.gamma,
+                "warmup_iters": self.warmup_iters, "warmup_ratio": self.warmup_ratio, "last_lr": self.last_lr}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("base_lr", "gamma", "warmup_ratio", "last_lr"):
+            setattr(self, key, float(state[key]))
+        self.warmup_iters = int(state["warmup_iters"])
+        self.lr_steps = [int(s) for s in state["lr_steps"]]

@@ -1,0 +1,94 @@
+"""End-of-training artefacts: loss / AP curves and validation images with predicted masks."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from solo_npu.engine.checkpointer import unwrap
+from solo_npu.runtime import DeviceInfo
+
+logger = logging.getLogger(__name__)
+
+
+def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """``metrics.csv`` as ``{name: [(iteration, value), ...]}`` (later rows win for repeated iterations)."""
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            series[row["name"]][int(row["iteration"])] = float(row["value"])
+    return {name: sorted(points.items()) for name, points in series.items()}
+
+
+def save_plots(run_dir: str | Path) -> list[Path]:
+    """``loss.png`` (training losses) and ``ap.png`` (validation AP) from the run's ``metrics.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    series = read_metrics(path)
+    written = []
+    for file_name, prefix, title in (("loss.png", "train/loss", "training loss"), ("ap.png", "val/", "validation AP")):
+        names = [n for n in series if n.startswith(prefix) and (prefix != "val/" or n.endswith("_AP"))]
+        if not names:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in sorted(names):
+            xs, ys = zip(*series[name])
+            ax.plot(xs, ys, marker="o" if prefix == "val/" else None, label=name.split("/", 1)[1])
+        ax.set_xlabel("iteration")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / file_name, dpi=100)
+        plt.close(fig)
+        written.append(run_dir / file_name)
+    return written
+
+
+@torch.no_grad()
+def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, count: int, info: DeviceInfo,
+                           collate: Any = None) -> list[Path]:
+    """Draw the model's predictions on the first ``count`` images of ``dataset`` (PNG files)."""
+    if count <= 0:
+        return []
+    try:
+        import cv2
+
+        from solo_npu.data import FixedShapeCollate
+        from solo_npu.utils.visualize import draw_instances
+    except ImportError as exc:
+        logger.warning("prediction images skipped: %s", exc)
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net = unwrap(model)
+    net.eval()
+    collate = collate or FixedShapeCollate(max_instances=int(getattr(dataset, "max_instances", 100)))
+    written = []
+    for i in range(min(count, len(dataset))):
+        batch = collate([dataset[i]])
+        meta = batch["metas"][0]
+        result = net.predict(batch["images"].to(info.device), batch["metas"])[0]
+        image = cv2.imread(str(Path(dataset.img_dir) / meta["file_name"]), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        drawn = draw_instances(image[:, :, ::-1].copy(), result["masks"], result["labels"], result["scores"],
+                               class_names=getattr(dataset, "class_names", None))
+        path = out_dir / f"{Path(meta['file_name']).stem}.png"
+        cv2.imwrite(str(path), np.ascontiguousarray(np.asarray(drawn)[:, :, ::-1]))
+        written.append(path)
+    return written

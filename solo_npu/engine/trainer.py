@@ -1,0 +1,226 @@
+"""A small training loop with hooks (detectron2-style): features live beside the loop, not inside it."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from solo_npu.engine import comm
+from solo_npu.runtime import DeviceInfo, autocast
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row: training cannot recover."""
+
+
+class HookBase:
+    """Called by the trainer around the loop; ``self.trainer`` is set when registered."""
+
+    trainer: Trainer
+
+    def before_train(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def before_epoch(self) -> None: ...
+
+    def after_epoch(self) -> None: ...
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def on_failure(self, exc: BaseException) -> None: ...
+
+
+def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors of the batch dict on ``device`` (non-blocking); other values as they are."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def epoch_batches(loader: Iterable, epoch: int, start_iter: int = 0) -> Iterator:
+    """The batches of ``epoch`` from ``start_iter`` on.
+
+    The batch sampler is told the epoch and where to start (``set_epoch(epoch, start_iter)``, as
+    :class:`solo_npu.data.GroupedBatchSampler` takes it), so a resumed run reads exactly the batches
+    the interrupted one would have, without loading the skipped ones. A sampler that only takes
+    ``set_epoch(epoch)`` has its first ``start_iter`` batches read and dropped.
+    """
+    sampler = getattr(loader, "batch_sampler", None)
+    set_epoch = getattr(sampler, "set_epoch", None)
+    skip = start_iter
+    if set_epoch is not None:
+        if len(inspect.signature(set_epoch).parameters) >= 2:
+            set_epoch(epoch, start_iter)
+            skip = 0
+        else:
+            set_epoch(epoch)
+    # DataLoader.__iter__ draws a worker base seed from the global torch RNG. Keep the global stream
+    # independent of where an epoch was (re)started so that a resumed run matches an uninterrupted one;
+    # sample randomness comes from (seed, epoch, index) in the dataset, not from that base seed.
+    rng = torch.get_rng_state()
+    it = iter(loader)
+    torch.set_rng_state(rng)
+    if skip:
+        logger.warning("the sampler cannot start mid-epoch; skipping %d batches by reading them", skip)
+        it = itertools.islice(it, skip, None)
+    return it
+
+
+class Trainer:
+    """Runs ``model(images, targets)`` -> loss dict, backward, clip, step; hooks do everything else.
+
+    State that hooks read and checkpoints save: ``epoch`` (current, 0-based), ``iter`` (optimiser
+    steps attempted so far, skipped ones included), ``inner_iter`` (batches of the current epoch
+    consumed), ``nonfinite_total`` / ``nonfinite_in_row``, and ``last`` (the latest step's numbers).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_loader: Iterable,
+        info: DeviceInfo,
+        *,
+        max_epochs: int,
+        iters_per_epoch: int,
+        max_iters: int | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        amp: bool = False,
+        amp_dtype: str = "fp16",
+        grad_clip: float | None = 35.0,
+        max_nonfinite: int = 10,
+        batch_size: int = 1,
+        poison_iters: Sequence[int] = (),
+        hooks: Sequence[HookBase] = (),
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.data_loader = data_loader
+        self.info = info
+        self.max_epochs = int(max_epochs)
+        self.iters_per_epoch = int(iters_per_epoch)
+        total = self.max_epochs * self.iters_per_epoch
+        self.max_iters = min(total, int(max_iters)) if max_iters else total
+        self.scaler = scaler or torch.amp.GradScaler(info.type, enabled=False)
+        self.amp = amp
+        self.amp_dtype = amp_dtype
+        self.grad_clip = grad_clip
+        self.max_nonfinite = int(max_nonfinite)
+        self.images_per_step = int(batch_size) * comm.get_world_size()
+        self.poison_iters = {int(i) for i in poison_iters}
+        self.epoch = 0
+        self.iter = 0
+        self.inner_iter = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_row = 0
+        self.last: dict[str, float] = {}
+        self.stop_reason: str | None = None
+        self.hooks: list[HookBase] = []
+        self.register_hooks(hooks)
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
+
+    def _call(self, name: str, *args: Any) -> None:
+        for h in self.hooks:
+            getattr(h, name)(*args)
+
+    @property
+    def done(self) -> bool:
+        return self.iter >= self.max_iters or self.epoch >= self.max_epochs
+
+    def train(self) -> None:
+        """Run from the current (``epoch``, ``inner_iter``) to the end of the schedule."""
+        self.model.train()
+        self._call("before_train")
+        try:
+            while not self.done:
+                if self.inner_iter >= self.iters_per_epoch:
+                    self.epoch, self.inner_iter = self.epoch + 1, 0
+                    continue
+                self._call("before_epoch")
+                batches = epoch_batches(self.data_loader, self.epoch, self.inner_iter)
+                while self.inner_iter < self.iters_per_epoch and self.iter < self.max_iters:
+                    t0 = time.perf_counter()
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        logger.warning("epoch %d ended after %d of %d batches", self.epoch, self.inner_iter,
+                                       self.iters_per_epoch)
+                        self.inner_iter = self.iters_per_epoch
+                        break
+                    data_time = time.perf_counter() - t0
+                    self._call("before_step")
+                    self.run_step(batch)
+                    self.iter += 1
+                    self.inner_iter += 1
+                    self.last["data_time"] = data_time
+                    self.last["step_time"] = time.perf_counter() - t0
+                    self.last["images_per_sec"] = self.images_per_step / max(self.last["step_time"], 1e-9)
+                    self._call("after_step")
+                if self.inner_iter >= self.iters_per_epoch:
+                    self._call("after_epoch")
+                    self.epoch, self.inner_iter = self.epoch + 1, 0
+                else:  # stopped by max_iters mid-epoch
+                    break
+        except BaseException as exc:
+            self._call("on_failure", exc)
+            raise
+        self._call("after_train")
+
+    def run_step(self, batch: Mapping[str, Any]) -> None:
+        """One optimiser step; a non-finite loss skips the update and is counted."""
+        batch = move_batch(batch, self.info.device)
+        with autocast(self.info, self.amp, self.amp_dtype):
+            losses = self.model(batch["images"], batch)
+        if not isinstance(losses, Mapping) or not losses:
+            raise TypeError("the model must return a non-empty dict of losses in training mode")
+        loss = sum(v.float() for v in losses.values())
+        if self.iter in self.poison_iters:
+            loss = loss * float("nan")
+        reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()})
+        values = {k: float(v) for k, v in reported.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(values["loss"]):
+            self._nonfinite(values)
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = self.grad_clip if self.grad_clip else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite(values)
+            return
+        self.scaler.step(self.optimizer)  # skips the update itself on fp16 overflow
+        self.scaler.update()
+        self.nonfinite_in_row = 0
+        self.last = {**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _nonfinite(self, values: dict[str, float]) -> None:
+        self.nonfinite_total += 1
+        self.nonfinite_in_row += 1
+        self.last = {**values, "lr": self.optimizer.param_groups[0]["lr"]}
+        logger.warning("non-finite loss at iteration %d (%s): step skipped (%d in a row, %d in total)",
+                       self.iter, ", ".join(f"{k}={v:.4g}" for k, v in values.items()), self.nonfinite_in_row,
+                       self.nonfinite_total)
+        if self.nonfinite_in_row >= self.max_nonfinite:
+            self.stop_reason = "nonfinite"
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_row} non-finite losses in a row (train.max_nonfinite={self.max_nonfinite}) "
+                f"at epoch {self.epoch}, iteration {self.iter}: stopping. The last good weights are saved; "
+                "lower optim.base_lr, enable amp.loss_scale=dynamic or check the data.")

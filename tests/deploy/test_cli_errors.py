@@ -1,0 +1,106 @@
+"""Bad input gives one line that says what to do, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from solo_npu.deploy.context import DeployError
+from solo_npu.deploy.pipeline import main
+from solo_npu.deploy.runners import TorchAieRunner
+from solo_npu.runtime import resolve_device
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _one_line_error(capsys, code: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_checkpoint_through_the_cli(synthetic_coco, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "deploy.py", "model=solov2_tiny", f"data.root={synthetic_coco}", "data.generate=false",
+         "deploy.input_shape=[128,160]", "checkpoint=/no/such/best.pth", f"run_dir={tmp_path / 'run'}",
+         "stages=[export]"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: checkpoint not found: /no/such/best.pth (pass checkpoint=PATH to a .pth file)")
+
+
+@pytest.mark.parametrize("shape, needle", [("[100,150]", "multiples of 32"), ("[0,64]", "multiples of 32")])
+def test_bad_input_shape(deploy_cfg, tmp_path, capsys, shape, needle):
+    cfg = deploy_cfg(f"deploy.input_shape={shape}", f"run_dir={tmp_path}")
+    assert needle in _one_line_error(capsys, main(cfg))
+
+
+def test_input_shape_differs_from_export(make_ctx, deploy_cfg, tmp_path, capsys):
+    from solo_npu.deploy.export import run_export
+
+    ctx = make_ctx("deploy.export_formats=[onnx]", "deploy.batch_sizes=[1]", run_dir=tmp_path)
+    run_export(ctx)
+    cfg = deploy_cfg("deploy.input_shape=[64,64]", f"run_dir={tmp_path}", "stages=[infer]")
+    err = _one_line_error(capsys, main(cfg))
+    assert "take [128, 160] but deploy.input_shape is [64, 64]" in err and "re-run stages=[export]" in err
+
+    # A corrupt ONNX file is caught by verify's onnx.checker.
+    (tmp_path / "export" / "model_b1.onnx").write_bytes(b"\x08\x07garbage")
+    cfg = deploy_cfg(f"run_dir={tmp_path}", "stages=[verify]", "deploy.batch_sizes=[1]")
+    err = _one_line_error(capsys, main(cfg))
+    assert err.startswith(f"error: corrupt ONNX file {tmp_path}/export/model_b1.onnx") and "re-export" in err
+
+
+def test_empty_image_folder(deploy_cfg, synthetic_coco, tmp_path, capsys):
+    root = tmp_path / "empty"
+    (root / "val2017").mkdir(parents=True)
+    shutil.copytree(synthetic_coco / "annotations", root / "annotations")
+    cfg = deploy_cfg(f"data.root={root}", f"run_dir={tmp_path / 'run'}", "stages=[preprocess]")
+    err = _one_line_error(capsys, main(cfg))
+    assert err.startswith(f"error: no images found in {root}/val2017") and "data.root" in err
+
+
+def test_missing_annotation_file(deploy_cfg, tmp_path, capsys):
+    cfg = deploy_cfg(f"data.root={tmp_path / 'nowhere'}", f"run_dir={tmp_path / 'run'}", "stages=[preprocess]")
+    assert "annotation file not found" in _one_line_error(capsys, main(cfg))
+
+
+def test_unknown_backend_stage_and_rerun_without_inputs(deploy_cfg, tmp_path, capsys):
+    cfg = deploy_cfg(f"run_dir={tmp_path}", "stages=[deploy_everything]")
+    assert "unknown stage(s) ['deploy_everything']" in _one_line_error(capsys, main(cfg))
+    cfg = deploy_cfg(f"run_dir={tmp_path}", "deploy.backends=[onnxruntime,tensorrt]")
+    assert "unknown backend(s) ['tensorrt'] in deploy.backends" in _one_line_error(capsys, main(cfg))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "manifest.json").write_text(json.dumps({"input_shape": [3, 128, 160]}))
+    cfg = deploy_cfg(f"run_dir={tmp_path}", "stages=[infer]")
+    err = _one_line_error(capsys, main(cfg))
+    assert "preprocessed inputs not found" in err and "stages=[preprocess]" in err
+
+
+def test_backend_not_installed():
+    with pytest.raises(DeployError, match=r"torch_aie is not installed \(install the Ascend torch_aie wheel"):
+        TorchAieRunner("model.ts", ["masks"], resolve_device("cpu"))
+
+
+def test_predict_task_is_wired(deploy_cfg, synthetic_coco, tmp_path, capsys):
+    cfg = deploy_cfg("task=predict", f"output={tmp_path / 'pred'}")
+    assert "task=predict needs input=IMAGE_OR_DIR" in _one_line_error(capsys, main(cfg))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted(p.name for p in (synthetic_coco / "val2017").iterdir())[:2]:
+        shutil.copy(synthetic_coco / "val2017" / name, images / name)
+    cfg = deploy_cfg("task=predict", f"input={images}", f"output={tmp_path / 'pred'}")
+    assert main(cfg) == 0
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 2
+    assert isinstance(json.loads((tmp_path / "pred" / "predictions.json").read_text()), list)
+    cfg = deploy_cfg("task=predict", f"input={tmp_path / 'pred' / 'nothing_here'}", f"output={tmp_path / 'p2'}")
+    assert "input not found" in _one_line_error(capsys, main(cfg))

@@ -1,0 +1,76 @@
+"""LR scaling and schedule numbers, optimiser settings, launcher decisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from solo_npu.engine.launch import launch, torchrun_env
+from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
+from solo_npu.runtime import resolve_device
+
+
+def test_linear_scaling_rule() -> None:
+    assert scaled_lr(0.01, 16) == pytest.approx(0.01)
+    assert scaled_lr(0.01, 2) == pytest.approx(0.00125)  # ModelZoo 1p, batch 2
+    assert scaled_lr(0.01, 64) == pytest.approx(0.04)
+    assert scaled_lr(0.01, 2, auto_scale=False) == 0.01
+
+
+def test_warmup_and_steps_match_mmdet_formula() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = WarmupStepSchedule(opt, 0.02, lr_steps=[9, 11], gamma=0.1, warmup_iters=500, warmup_ratio=0.01)
+    # mmdet linear warm-up: lr * (1 - (1 - i / W) * (1 - ratio))
+    assert s.lr_at(0, 0) == pytest.approx(0.02 * 0.01)
+    assert s.lr_at(250, 0) == pytest.approx(0.02 * (1 - 0.5 * 0.99))
+    assert s.lr_at(500, 0) == pytest.approx(0.02)
+    assert s.lr_at(10_000, 8) == pytest.approx(0.02)
+    assert s.lr_at(10_000, 9) == pytest.approx(0.002)   # 10th epoch (0-based 9)
+    assert s.lr_at(10_000, 11) == pytest.approx(0.0002)
+    assert s.step(100, 0) == opt.param_groups[0]["lr"] == pytest.approx(0.02 * (1 - 0.8 * 0.99))
+    restored = WarmupStepSchedule(opt, 1.0)
+    restored.load_state_dict(s.state_dict())
+    assert restored.lr_at(250, 10) == s.lr_at(250, 10)
+
+
+def test_optimizer_uses_reference_settings_and_skips_frozen() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[0].weight.requires_grad_(False)
+    opt = build_optimizer(model, {"momentum": 0.9, "weight_decay": 1e-4}, resolve_device("cpu"), 0.01)
+    assert type(opt) is torch.optim.SGD
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.01, 0.9, 1e-4)
+    assert sum(p.numel() for p in group["params"]) == 2 + 2 + 1
+    with pytest.raises(ValueError, match="adam"):
+        build_optimizer(model, {"name": "adam"}, resolve_device("cpu"), 0.01)
+
+
+def test_torchrun_environment_is_detected() -> None:
+    assert torchrun_env({}) is None
+    env = torchrun_env({"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+                        "MASTER_PORT": "29600"})
+    assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.master_port) == (5, 1, 16, "10.0.0.1",
+                                                                                            29600)
+
+
+def _job(cfg: dict, run_dir: Path, info) -> tuple:
+    return cfg["marker"], str(run_dir), info.type
+
+
+def test_single_worker_runs_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = {"marker": 7, "runtime": {"device": "cpu"}, "launcher": {"nproc_per_node": 1}}
+    assert launch(_job, cfg, tmp_path) == (7, str(tmp_path), "cpu")
+
+
+def test_bad_launcher_settings_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="master_port"):
+        launch(_job, {"launcher": {"nproc_per_node": 2, "nnodes": 2, "master_port": 0}}, tmp_path)
+    with pytest.raises(ValueError, match="node_rank"):
+        launch(_job, {"launcher": {"nproc_per_node": 1, "nnodes": 2, "node_rank": 2}}, tmp_path)

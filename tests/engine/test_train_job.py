@@ -1,0 +1,110 @@
+"""End-to-end training jobs of the tiny SOLOv2 on synthetic data, in this process (1p)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_train
+
+from solo_npu.checkpoints import load_checkpoint
+from solo_npu.engine.trainer import NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def trained(smoke_data: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("train_1p")
+    summary = run_train([*smoke_data, "train.epochs=3", "train.eval_interval=3", "train.log_interval=3"], run_dir)
+    return run_dir, summary
+
+
+def _losses(run_dir: Path, name: str = "train/loss") -> list[float]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(r["value"]) for r in csv.DictReader(f) if r["name"] == name]
+
+
+def test_training_run_learns_and_writes_artefacts(trained: tuple[Path, dict]) -> None:
+    run_dir, summary = trained
+    assert summary["status"] == "ok" and summary["iterations"] == 27 and summary["epochs"] == 3
+    losses = _losses(run_dir)
+    assert len(losses) == 9
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    cls = _losses(run_dir, "train/loss_cls")  # the dice loss of a 27-step run is noisy; focal falls steadily
+    assert sum(cls[-3:]) < 0.8 * sum(cls[:3]), cls
+    assert summary["fps"] > 0 and math.isfinite(summary["final_loss"]) and 0.0 <= summary["segm_ap"] <= 1.0
+    assert summary["ranks_in_sync"] is True
+    log = (run_dir / "train.log").read_text()
+    assert "FPS: " in log and "epoch [3/3]" in log and "lr: " in log and "images/s: " in log
+    for name in ("config.yaml", "loss.png", "ap.png", "checkpoints/last.pth", "checkpoints/best.pth",
+                 "checkpoints/epoch_3.pth"):
+        assert (run_dir / name).is_file(), name
+    assert len(list((run_dir / "predictions").glob("*.png"))) == 2
+    assert list((run_dir / "tensorboard").glob("events.*"))
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pth")  # weights_only loading works
+    assert (state["epoch"], state["inner_iter"], state["iteration"]) == (2, 9, 27)
+    assert {"model", "optimizer", "scaler", "scheduler", "rng", "config"} <= set(state)
+    assert state["config"]["train"]["epochs"] == 3
+    assert state["scheduler"]["base_lr"] == pytest.approx(0.08 * 2 / 16)
+
+
+def test_eval_only_reproduces_training_ap(trained: tuple[Path, dict], smoke_data: list[str], tmp_path: Path) -> None:
+    run_dir, summary = trained
+    ckpt = run_dir / "checkpoints" / "last.pth"
+    result = run_train([*smoke_data, f"checkpoint={ckpt}"], tmp_path, "eval")
+    assert result["mode"] == "eval"
+    assert result["segm_ap"] == pytest.approx(summary["segm_ap"], abs=1e-9)
+    assert json.loads((tmp_path / "eval.json").read_text())["segm"]["AP"] == result["segm_ap"]
+
+
+def _two_class_copy(src: Path, dst: Path) -> Path:
+    """The synthetic dataset without its third category (3 -> 2 classes)."""
+    for split in ("train", "val"):
+        data = json.loads((src / "annotations" / f"instances_{split}2017.json").read_text())
+        keep = sorted(c["id"] for c in data["categories"])[:2]
+        data["categories"] = [c for c in data["categories"] if c["id"] in keep]
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] in keep]
+        (dst / "annotations").mkdir(parents=True, exist_ok=True)
+        (dst / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
+        shutil.copytree(src / f"{split}2017", dst / f"{split}2017")
+    return dst
+
+
+def test_finetune_three_to_two_classes(trained: tuple[Path, dict], synthetic_coco: Path, tmp_path: Path) -> None:
+    run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.pth"
+    data = _two_class_copy(synthetic_coco, tmp_path / "two")
+    out = tmp_path / "run"
+    summary = run_train([f"data.root={data}", "data.generate=false", f"checkpoint={ckpt}",
+                         "data.num_classes=2", "data.class_names=[circle,rectangle]", "train.epochs=1",
+                         "train.freeze_backbone=true", "train.eval_interval=1"], out, "finetune")
+    assert summary["status"] == "ok" and summary["iterations"] > 0  # images left without objects are skipped
+    source = load_checkpoint(ckpt)["model"]
+    tuned = load_checkpoint(out / "checkpoints" / "last.pth")["model"]
+    cls_keys = [k for k in tuned if k.endswith("conv_cls.weight")]
+    assert len(cls_keys) == 1 and tuned[cls_keys[0]].shape[0] == 2 and source[cls_keys[0]].shape[0] == 3
+    backbone = [k for k in tuned if k.startswith("backbone.") and tuned[k].is_floating_point()]
+    assert backbone and all(torch.equal(tuned[k], source[k]) for k in backbone)  # frozen and loaded
+    head = [k for k in tuned if k.startswith(("mask_head.kernel_convs", "neck.")) and k.endswith("weight")]
+    assert any(not torch.equal(tuned[k], source[k]) for k in head)  # the rest was trained
+
+
+def test_planted_nan_is_skipped_and_counted(smoke_data: list[str], tmp_path: Path) -> None:
+    summary = run_train([*smoke_data, "train.plots=false", "train.eval_at_end=false", "train.eval_interval=0",
+                         "debug.nonfinite_iters=[3]"], tmp_path)
+    assert summary["status"] == "ok" and summary["nonfinite_total"] == 1 and summary["iterations"] == 9
+    assert "non-finite loss at iteration 3" in (tmp_path / "train.log").read_text()
+
+
+def test_nonfinite_in_a_row_stops_with_checkpoint(smoke_data: list[str], tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match="max_nonfinite=2"):
+        run_train([*smoke_data, "train.plots=false", "train.max_nonfinite=2", "debug.nonfinite_iters=[2,3,4]"],
+                  tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "nonfinite" and summary["nonfinite_total"] == 2
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert state["iteration"] == 3 and state["nonfinite_total"] == 2

@@ -1,0 +1,100 @@
+"""The training config tree: every experiment composes, the schema rejects unknown keys by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from solo_npu.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+def test_defaults_match_the_reference_schedule() -> None:
+    cfg = _compose([])
+    assert cfg.model.name == "solov2_r50_fpn" and cfg.data.name == "coco"
+    assert (cfg.optim.base_lr, cfg.optim.base_batch_size, cfg.optim.momentum) == (0.01, 16, 0.9)
+    assert (cfg.optim.weight_decay, cfg.optim.grad_clip, list(cfg.optim.lr_steps)) == (1e-4, 35.0, [9, 11])
+    assert cfg.train.epochs == 12 and cfg.runtime.device == "auto"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name: str) -> None:
+    overrides = [f"+experiment={name}"]
+    if name in ("eval", "finetune"):
+        overrides.append("checkpoint=some.pth")
+    cfg = _compose(overrides)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert cfg.experiment_name == name
+    first = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()[0]
+    assert first == "# @package _global_"
+
+
+def test_experiment_settings() -> None:
+    eight = _compose(["+experiment=8p"])
+    assert eight.launcher.nproc_per_node == 8 and eight.train.batch_size == 2
+    assert eight.amp.enabled and eight.amp.loss_scale == 128 and eight.optim.fused
+    perf = _compose(["+experiment=performance_8p"])
+    assert perf.launcher.nproc_per_node == 8 and perf.train.max_iters == 1000 and perf.train.epochs == 1
+    assert not perf.train.eval_at_end
+    three = _compose(["optim=3x"])
+    assert three.train.epochs == 36 and list(three.optim.lr_steps) == [27, 33]
+    assert list(three.data.multiscale_short) == [640, 672, 704, 736, 768, 800]
+    tune = _compose(["+experiment=finetune", "checkpoint=x.pth"])
+    assert tune.finetune.enabled and tune.train.epochs == 6 and list(tune.optim.lr_steps) == [4]
+    demo = _compose(["+experiment=demo"])
+    assert demo.data.name == "synthetic" and demo.model.name.startswith("solov2_light")
+
+
+@pytest.mark.parametrize("experiment", ["eval", "finetune"])
+def test_eval_and_finetune_require_a_checkpoint(experiment: str, tmp_path: Path) -> None:
+    from solo_npu.engine.job import eval_only, train
+    from solo_npu.runtime import resolve_device
+
+    cfg = _compose([f"+experiment={experiment}"])
+    assert cfg.checkpoint is None
+    with pytest.raises(ValueError, match="checkpoint=PATH"):
+        (eval_only if experiment == "eval" else train)(cfg, tmp_path, resolve_device("cpu"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.nonexistent_key=1", "nonexistent_key"),
+    ("train.epoch=3", "epoch"),
+    ("amp.enable=true", "enable"),
+    ("launcher.nprocs=2", "nprocs"),
+])
+def test_unknown_key_fails_naming_it(override: str, key: str) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose([override])
+    assert key in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_fails() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["train.batch_size=two"])
+    assert "batch_size" in str(err.value) + str(err.value.__cause__)
+
+
+def test_cli_prints_the_resolved_8p_config_and_rejects_unknown_keys() -> None:
+    out = subprocess.run([sys.executable, "train.py", "+experiment=8p", "--cfg", "job", "--resolve"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["launcher"]["nproc_per_node"] == 8 and printed["model"]["num_classes"] == 80
+    bad = subprocess.run([sys.executable, "train.py", "model.nonexistent_key=1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "nonexistent_key" in bad.stderr + bad.stdout

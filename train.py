@@ -1,0 +1,49 @@
+"""Train, fine-tune or evaluate SOLOv2 on NPU, CUDA or CPU.
+
+Examples::
+
+    python train.py +experiment=demo                      # light SOLOv2 on the synthetic set (CPU friendly)
+    python train.py +experiment=1p data.root=data/coco    # one device
+    python train.py +experiment=8p data.root=data/coco    # 8 devices on this machine (spawns 8 workers)
+    torchrun --nproc_per_node=8 train.py +experiment=8p   # same, launched by torchrun
+    python train.py +experiment=eval checkpoint=outputs/<run>/checkpoints/best.pth
+    python train.py +experiment=finetune checkpoint=SOLOv2_R50_1x.pth data=synthetic
+    python train.py resume=auto run_dir=outputs/<run>     # continue an interrupted run in its directory
+
+The config is composed once (``conf/config.yaml``); every run gets one directory under ``outputs/``
+holding ``config.yaml``, ``train.log``, ``metrics.csv``, TensorBoard scalars, ``checkpoints/``,
+``summary.json`` and the plots.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from solo_npu.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from solo_npu.engine.job import run_job
+    from solo_npu.engine.launch import launch, torchrun_env
+    from solo_npu.engine.logs import setup_logging
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SystemExit(f"[Error] missing mandatory config values: {', '.join(missing)} (set them as key=value)")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    env = torchrun_env()
+    if env is None or env.rank == 0:
+        setup_logging(run_dir, 0)
+    launch(run_job, OmegaConf.to_container(cfg, resolve=True), run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
