@@ -16,7 +16,7 @@ RUN_DIR="${RUN_DIR:-outputs/demo}"
 
 ckpt="${RUN_DIR}/checkpoints/best.pth"
 [[ -f "${ckpt}" ]] || ckpt="${RUN_DIR}/checkpoints/last.pth"
-# The deploy config builds the same model: take its settings from the run's resolved config.
+# The deploy config builds the same model and reads the same data: take them from the run's config.
 mapfile -t MODEL_OVERRIDES < <("${PYTHON}" - "${RUN_DIR}/config.yaml" <<'PY'
 import json
 import sys
@@ -30,9 +30,12 @@ def flat(node, prefix):
         if isinstance(value, dict):
             yield from flat(value, f"{prefix}{key}.")
         else:
-            yield f"model.{prefix}{key}={json.dumps(value, separators=(',', ':'))}"
+            yield f"++model.{prefix}{key}={json.dumps(value, separators=(',', ':'))}"
 
-print("\n".join(flat(yaml.safe_load(open(sys.argv[1]))["model"], "")))
+cfg = yaml.safe_load(open(sys.argv[1]))
+print("\n".join(flat(cfg["model"], "")))
+print(f"++data.root={cfg['data']['root']}")
+print(f"++data.img_scale={json.dumps(cfg['data']['img_scale'], separators=(',', ':'))}")
 PY
 )
 "${PYTHON}" deploy.py model=solov2_light_r18 data=synthetic checkpoint="${ckpt}" "${MODEL_OVERRIDES[@]}" \

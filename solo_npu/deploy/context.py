@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from solo_npu.deploy.adapters import DeployAdapter, build_adapter
-from solo_npu.runtime import DeviceInfo, resolve_device, setup_device
+from solo_npu.runtime import DeviceInfo, resolve_device, seed_everything, setup_device
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class DeployContext:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device: DeviceInfo = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
         setup_device(self.device, cfg.get("runtime"))
+        seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))  # random-weight runs repeat
         self._model: nn.Module | None = None
         self.random_weights = cfg.get("checkpoint") in (None, "")
         self.results: dict[str, Any] = {}
