@@ -4,9 +4,11 @@ from solo_npu.runtime.device import (
     DeviceError,
     DeviceInfo,
     StaticGradScaler,
+    accelerator_rng_states,
     amp_dtype,
     apply_env_defaults,
     autocast,
+    describe_machine,
     dist_backend,
     import_torch_npu,
     is_npu_available,
@@ -15,12 +17,16 @@ from solo_npu.runtime.device import (
     reset_peak_memory,
     resolve_device,
     seed_everything,
+    set_accelerator_rng_states,
     setup_device,
     sgd_class,
     synchronize,
 )
 
 __all__ = [
+    "describe_machine",
+    "set_accelerator_rng_states",
+    "accelerator_rng_states",
     "DeviceError",
     "DeviceInfo",
     "StaticGradScaler",

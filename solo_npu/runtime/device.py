@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import os
+import platform
 import random
 import resource
 import sys
@@ -289,3 +290,37 @@ def setup_device(info: DeviceInfo, cfg_runtime: Mapping[str, Any] | None = None)
         torch.cuda.set_device(info.device)
         torch.backends.cudnn.benchmark = bool(cfg_runtime.get("cudnn_benchmark", False))
 
+
+
+def accelerator_rng_states() -> dict[str, list[torch.Tensor]]:
+    """RNG states of every accelerator this process can see (CUDA and/or NPU), for exact resume."""
+    states: dict[str, list[torch.Tensor]] = {}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if is_npu_available():
+        states["npu"] = torch.npu.get_rng_state_all()
+    return states
+
+
+def set_accelerator_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore states saved by :func:`accelerator_rng_states` (kinds this process lacks are ignored)."""
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "npu" in states and is_npu_available():
+        torch.npu.set_rng_state_all(states["npu"])
+
+
+def describe_machine() -> str:
+    """One line naming the machine for benchmark reports: CPU model and cores, torch, accelerators."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = [f"{cpu} ({os.cpu_count()} cores)", f"torch {torch.__version__}"]
+    if torch.cuda.is_available():
+        parts.append(f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}")
+    if is_npu_available():
+        parts.append(f"{torch.npu.device_count()}x {torch.npu.get_device_name(0)}")
+    return ", ".join(parts)

@@ -143,3 +143,19 @@ def test_memory_stats_cpu_reports_rss():
     cpu = runtime.DeviceInfo("cpu", torch.device("cpu"))
     stats = runtime.memory_stats(cpu)
     assert stats["allocated_mb"] > 10 and stats["peak_mb"] >= stats["allocated_mb"] * 0.5
+
+
+def test_accelerator_rng_states_round_trip_on_fake_npu(fake_npu, monkeypatch):
+    saved = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.npu.get_rng_state_all = lambda: [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    torch.npu.set_rng_state_all = lambda states: saved.setdefault("npu", states)
+    states = runtime.accelerator_rng_states()
+    assert list(states) == ["npu"] and torch.equal(states["npu"][0], torch.tensor([1, 2, 3], dtype=torch.uint8))
+    runtime.set_accelerator_rng_states({**states, "cuda": [torch.zeros(1)]})  # no CUDA here: ignored
+    assert saved["npu"] is states["npu"]
+
+
+def test_describe_machine_names_cpu_and_torch():
+    text = runtime.describe_machine()
+    assert f"({__import__('os').cpu_count()} cores)" in text and torch.__version__ in text
