@@ -49,15 +49,6 @@ def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: stacked[i] for i, k in enumerate(keys)}
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """The maximum of a Python number over ranks."""
-    if not is_dist():
-        return float(value)
-    t = torch.tensor([float(value)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 def params_in_sync(module: torch.nn.Module) -> bool:
     """True when every rank holds exactly the same parameters (a fingerprint per tensor, compared exactly).
 

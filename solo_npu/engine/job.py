@@ -127,7 +127,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     resume_file = find_resume_file(cfg.resume, run_dir)
     if cfg.checkpoint and resume_file is None:
         report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
-                              bool(cfg.checkpoint_trust_pickle), allow_classifier_change=bool(cfg.finetune.enabled))
+                              bool(cfg.checkpoint_trust_pickle),
+                              allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier))
         logger.info("initial weights from %s (%s)", cfg.checkpoint,
                     ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()))
     if cfg.train.freeze_backbone:

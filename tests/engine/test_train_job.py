@@ -49,7 +49,7 @@ def test_training_run_learns_and_writes_artefacts(trained: tuple[Path, dict]) ->
     assert (state["epoch"], state["inner_iter"], state["iteration"]) == (2, 9, 27)
     assert {"model", "optimizer", "scaler", "scheduler", "rng", "config"} <= set(state)
     assert state["config"]["train"]["epochs"] == 3
-    assert state["scheduler"]["base_lr"] == pytest.approx(0.08 * 2 / 16)
+    assert state["scheduler"]["base_lr"] == pytest.approx(0.04 * 2 / 16)
 
 
 def test_eval_only_reproduces_training_ap(trained: tuple[Path, dict], smoke_data: list[str], tmp_path: Path) -> None:
