@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import describe_machine, write_section  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
 from solo_npu.models.solov2.postprocess import flatten_predictions, paste_masks, select_static  # noqa: E402
@@ -113,28 +113,6 @@ def time_model(model: nn.Module, shape: tuple[int, int], img_shape: tuple[int, i
     return out
 
 
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"model name\s*:\s*(.+)", text)
-        if match:
-            return match.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## SOLOv2 forward`` section of ``path``, leaving other sections alone."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per model (after one warm-up)")
@@ -168,7 +146,7 @@ def main(argv: list[str] | None = None) -> str:
 
     date = datetime.date.today().isoformat()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    machine = (f"{cpu_name()}, {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
+    machine = (f"{describe_machine()}, {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
                f"device {info.device}, torch {torch.__version__}, load average {load:.1f} at the end")
     command = f"python benchmarks/solov2_forward.py --iters {args.iters}" + (
         f" --threads {args.threads}" if args.threads else "")
@@ -196,7 +174,7 @@ def main(argv: list[str] | None = None) -> str:
     section = "\n".join(lines) + "\n"
     print(section)
     if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", section)
+        write_section(HEADING, section)
     return section
 
 

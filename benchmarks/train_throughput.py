@@ -16,8 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import describe_machine, write_section  # noqa: E402
 
 CASES = {  # name -> (model config, canvas H, W, label)
     "r50": ("solov2_r50", 800, 1344, "R50-FPN", "800x1333 (padded 800x1344)"),
@@ -94,25 +94,6 @@ def run_case(case: str, amp: bool, batch: int, warmup: int, steps: int, device: 
             "loss": trainer.last.get("loss")}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def write_section(text: str, path: Path) -> None:
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(text, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["r50", "light_r50"], choices=sorted(CASES))
@@ -153,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [SECTION, "",
              f"Measured {datetime.date.today().isoformat()} by `python benchmarks/train_throughput.py --steps "
-             f"{args.steps} --batch {args.batch}` on {machine()}, device {device}, {threads} torch threads, torch "
-             f"{torch.__version__}, load average {load:.1f} at the end.",
+             f"{args.steps} --batch {args.batch}` on {describe_machine()}, device {device}, {threads} torch threads, "
+             f"load average {load:.1f} at the end.",
              f"Random batch of {args.batch} image(s) with 4 box-shaped instances each; SGD step with grad clip "
              f"(the trainer's `run_step`); median of {args.steps} steps after {args.warmup} warm-up. AMP = "
              f"{amp_name}. Peak memory: {'process max RSS' if device == 'cpu' else 'allocator peak'}.", "",
@@ -169,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text, ROOT / "docs" / "benchmarks.md")
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from datetime import datetime, timezone
 from typing import Any
 
-import torch
-
 from solo_npu.deploy.context import DeployContext, read_json, write_json
 from solo_npu.deploy.verify import format_table
+from solo_npu.runtime import describe_machine
 
 BENCH_COLUMNS = {
     "backend": "backend", "batch_size": "batch", "mean_ms": "latency mean (ms)", "p50_ms": "p50 (ms)",
@@ -20,22 +17,14 @@ BENCH_COLUMNS = {
 
 
 def machine_description() -> str:
-    """CPU model, core count, accelerator and library versions, for the record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    parts = [f"{cpu} ({os.cpu_count()} cores)", f"torch {torch.__version__}"]
+    """CPU model, core count, accelerators and library versions, for the record."""
+    parts = [describe_machine()]
     try:
         import onnxruntime
 
         parts.append(f"onnxruntime {onnxruntime.__version__}")
     except ImportError:
         pass
-    if torch.cuda.is_available():
-        parts.append(torch.cuda.get_device_name(0))
     return ", ".join(parts)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from solo_npu.runtime import accelerator_rng_states, set_accelerator_rng_states
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    state.update(accelerator_rng_states())
     return state
 
 
@@ -44,8 +44,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_accelerator_rng_states({k: v for k, v in state.items() if k in ("cuda", "npu")})
 
 
 def training_state(trainer: Any, schedule: Any = None, config: dict | None = None,

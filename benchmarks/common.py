@@ -1,0 +1,24 @@
+"""Shared by the benchmark scripts: the machine line and the docs/benchmarks.md section writer."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from solo_npu.runtime import describe_machine
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+
+__all__ = ["BENCHMARKS_MD", "ROOT", "describe_machine", "write_section"]
+
+
+def write_section(heading: str, section: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the section that starts with ``heading`` (up to the next ``## ``) or append it."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
