@@ -6,12 +6,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from solo_npu.data.synthetic import generate_synthetic_coco
 
 SYNTHETIC_TRAIN, SYNTHETIC_VAL, SYNTHETIC_SIZE = 16, 8, 128
 _CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data" / "synthetic.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models on 2 shared CI cores: a second intra-op thread only adds contention (OpenMP barriers
+    waiting on a descheduled thread made steps 10x slower). Subprocess tests set their own threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,6 @@ from omegaconf import OmegaConf
 from solo_npu.checkpoints import CheckpointError
 from solo_npu.checkpoints.convert import load_model_weights, main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 VARIANTS = {  # depth, head feat, stacked convs, mask-feature feat / out
     "solov2_r50": (50, 512, 4, 128, 256),

@@ -33,15 +33,6 @@ def base_overrides(data_root: Path) -> list[str]:
             "deploy.benchmark.warmup=1", "deploy.benchmark.iters=2", "deploy.onnxruntime.intra_op_num_threads=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on 2 shared cores: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def deploy_cfg(synthetic_coco: Path) -> Callable[..., DictConfig]:
     """``deploy_cfg(*overrides)``: the composed deploy config for the tiny model on the synthetic data."""

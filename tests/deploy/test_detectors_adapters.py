@@ -20,15 +20,6 @@ from solo_npu.models.yolact_edge import YolactEdge, build_yolact_edge
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name, model_type, adapter_type, shape, anchor_key", [
     ("fcos", FCOS, FCOSAdapter, [1, 3, 800, 1333], "bbox_AP"),
     ("yolact_edge", YolactEdge, YolactEdgeAdapter, [1, 3, 550, 550], "segm_AP"),

@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
@@ -19,15 +18,6 @@ from solo_npu.models.ssd_resnet34 import SSDResNet34
 from solo_npu.models.yolact_edge import build_yolact_edge
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def deploy_cfg(model: str, root: Path, run_dir: Path, input_shape: list[int]):

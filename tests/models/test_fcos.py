@@ -13,16 +13,6 @@ from solo_npu.deploy.export import export_onnx, export_torchscript
 from solo_npu.models.fcos import FCOS, build_fcos, fcos_postprocess
 from solo_npu.models.ops import box_iou
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = dict(depth=18, fpn_channels=16, feat_channels=16, stacked_convs=2, num_groups=4, nms_pre=40)
 
 

@@ -6,21 +6,11 @@ import json
 
 import cv2
 import numpy as np
-import pytest
 import torch
 from pycocotools import mask as mask_utils
 from test_solov2_model import tiny_model
 
 from solo_npu.deploy.predict import run_predict
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_run_predict_writes_overlays_and_json(tmp_path, synthetic_cfg):

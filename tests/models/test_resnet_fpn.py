@@ -9,15 +9,6 @@ from torch import nn
 from solo_npu.models import FPN, FrozenBatchNorm2d, ResNet, load_torchvision_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def torchvision_resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a torchvision ResNet state dict, written out from the torchvision layout."""
     blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]

@@ -17,15 +17,6 @@ from solo_npu.models.solov2 import SOLOv2, build_solov2_targets, masks_to_boxes,
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(num_classes: int = 3, seed: int = 0, lively: bool = True) -> SOLOv2:
     """The tiny config; ``lively`` re-draws head weights so that an untrained model yields many instances."""
     torch.manual_seed(seed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -15,15 +14,6 @@ from solo_npu.models.solov2 import paste_masks
 from solo_npu.models.solov2.targets import downsample_masks
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two, and much faster than two contending for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _first_batch(cfg):

@@ -20,15 +20,6 @@ from solo_npu.models.ssd_resnet34 import SSDResNet34, build_ssd_resnet34, defaul
 SMALL = dict(out_channels=(16, 16, 16, 8, 8, 8), mid_channels=(8, 8, 8, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyTrunk(nn.Sequential):
     """A stride-8 stand-in for the ResNet-34 trunk (38x38 at 300x300), for fast parity tests."""
 

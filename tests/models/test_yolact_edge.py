@@ -19,15 +19,6 @@ TINY = dict(depth=18, fpn_channels=16, proto_channels=8, mask_dim=4, max_size=96
             max_num_detections=12)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The CI box has 2 shared cores: intra-op threads only add contention for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_yolact(seed: int = 0, **kw) -> YolactEdge:
     torch.manual_seed(seed)
     return build_yolact_edge(**{**TINY, **kw})
