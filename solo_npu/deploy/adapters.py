@@ -86,7 +86,8 @@ class DeployAdapter:
         raise NotImplementedError
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Max abs difference of float outputs, count of differing entries of integer outputs."""
+        """Max abs difference (and largest reference magnitude) of float outputs, count of differing entries of
+        integer outputs."""
         stats: dict[str, float] = {}
         for name in self.output_names:
             ref, out = np.asarray(reference[name]), np.asarray(candidate[name])
@@ -94,6 +95,7 @@ class DeployAdapter:
                 raise ValueError(f"output {name!r}: shape {out.shape} differs from the reference {ref.shape}")
             if np.issubdtype(ref.dtype, np.floating):
                 stats[f"{name}_max_abs"] = float(np.abs(ref.astype(np.float64) - out).max(initial=0.0))
+                stats[f"{name}_ref_max"] = float(np.abs(ref).max(initial=0.0))
             else:
                 stats[f"{name}_mismatch"] = float((ref != out).sum())
         return stats

@@ -48,7 +48,7 @@ def test_generic_compare_and_postprocess_contract():
 
     stats = Boxes().compare({"boxes": np.zeros((2, 4)), "labels": np.array([1, 2])},
                             {"boxes": np.full((2, 4), 0.25), "labels": np.array([1, 3])})
-    assert stats == {"boxes_max_abs": 0.25, "labels_mismatch": 1.0}
+    assert stats == {"boxes_max_abs": 0.25, "boxes_ref_max": 0.0, "labels_mismatch": 1.0}
     with pytest.raises(NotImplementedError):
         Boxes().postprocess({}, {})
 
