@@ -69,6 +69,13 @@ parse_args() {
     fi
 }
 
+require_checkpoint() {
+    if [[ -z "${checkpoint}" ]]; then
+        echo "[Error] para \"checkpoint\" must be config"
+        exit 1
+    fi
+}
+
 setup_env() {
     export ASCEND_DEVICE_ID="${device_id}"
     if [[ -d /usr/local/Ascend ]]; then

@@ -116,13 +116,6 @@ def _model_num_classes(model: nn.Module) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _is_own_layout(model: nn.Module, path: str | os.PathLike, trust_pickle: bool) -> bool:
-    """True when every tensor of the checkpoint at ``path`` has a key of ``model`` (our own checkpoints)."""
-    state, _ = extract_state_dict(load_checkpoint(path, trust_pickle=trust_pickle))
-    own = model.state_dict()
-    return all(k in own for k in state)
-
-
 def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", trust_pickle: bool = False,
                        strict: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint of any supported layout into ``model``.
@@ -145,17 +138,19 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     Raises:
         CheckpointError: unreadable file, unknown layout, shape mismatch, or strict key mismatch.
     """
-    detector_kind = DETECTOR_KINDS.get(type(model).__name__)
-    if detector_kind and source == "auto":
-        source = "ours" if _is_own_layout(model, path, trust_pickle) else detector_kind
-    if source in DETECTOR_KINDS.values():
-        from solo_npu.checkpoints.convert_detectors import load_detector_weights
-
-        missing, unexpected = load_detector_weights(model, path, source, trust_pickle=trust_pickle,
-                                                    strict=True if strict is None else strict)
-        return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": []}
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     state, container = extract_state_dict(ckpt)
+    detector_kind = DETECTOR_KINDS.get(type(model).__name__)
+    if detector_kind and source == "auto":
+        own_keys = model.state_dict()
+        source = "ours" if all(k in own_keys for k in state) else detector_kind
+    if source in DETECTOR_KINDS.values():
+        from solo_npu.checkpoints.convert_detectors import DETECTOR_CONVERTERS
+
+        result = model.load_state_dict(DETECTOR_CONVERTERS[source](ckpt), strict=True if strict is None else strict)
+        logger.info("loaded %s weights from %s", source, path)
+        return {"source": source, "missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys),
+                "reinitialised": []}
     if source == "auto":
         source = detect_source(state, container)
     state = convert_state_dict(state, source, _model_num_classes(model))
@@ -222,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             if report["reinitialised"]:
                 print(f"re-initialised (class count differs): {report['reinitialised']}")
         elif args.source in DETECTOR_KINDS.values():
-            from solo_npu.checkpoints.convert_detectors import _CONVERTERS
+            from solo_npu.checkpoints.convert_detectors import DETECTOR_CONVERTERS
 
             source = args.source
-            state = _CONVERTERS[source](load_checkpoint(args.src, trust_pickle=args.trust_pickle))
+            state = DETECTOR_CONVERTERS[source](load_checkpoint(args.src, trust_pickle=args.trust_pickle))
             print("missing keys: not checked (pass --model-config to check against a model)")
         else:
             state, container = extract_state_dict(load_checkpoint(args.src, trust_pickle=args.trust_pickle))

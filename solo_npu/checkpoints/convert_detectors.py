@@ -122,7 +122,7 @@ def convert_ssd_resnet34_state_dict(ckpt: Any, num_defaults: Sequence[int] = (4,
     return out
 
 
-_CONVERTERS = {"fcos": convert_fcos_state_dict, "yolact_edge": convert_yolact_edge_state_dict,
+DETECTOR_CONVERTERS = {"fcos": convert_fcos_state_dict, "yolact_edge": convert_yolact_edge_state_dict,
                "ssd_resnet34": convert_ssd_resnet34_state_dict}
 
 
@@ -133,9 +133,9 @@ def load_detector_weights(model: nn.Module, path: str | os.PathLike, kind: str, 
     Returns:
         ``(missing_keys, unexpected_keys)`` (empty with ``strict=True``).
     """
-    if kind not in _CONVERTERS:
-        raise ValueError(f"unknown detector checkpoint kind {kind!r}; expected one of {sorted(_CONVERTERS)}")
-    state = _CONVERTERS[kind](load_checkpoint(path, trust_pickle=trust_pickle))
+    if kind not in DETECTOR_CONVERTERS:
+        raise ValueError(f"unknown detector checkpoint kind {kind!r}; expected one of {sorted(DETECTOR_CONVERTERS)}")
+    state = DETECTOR_CONVERTERS[kind](load_checkpoint(path, trust_pickle=trust_pickle))
     result = model.load_state_dict(state, strict=strict)
     logger.info("loaded %s weights from %s", kind, path)
     return list(result.missing_keys), list(result.unexpected_keys)
