@@ -17,13 +17,15 @@ from omegaconf import MISSING
 
 @dataclass
 class OptimConfig:
-    """SGD with linear warm-up and a step schedule (epochs in ``lr_steps`` are 0-based)."""
+    """SGD (or AdamW) with linear warm-up and a step schedule (epochs in ``lr_steps`` are 0-based)
+    or a cosine decay over the whole run."""
 
-    name: str = "sgd"
+    name: str = "sgd"  # sgd | adamw
     base_lr: float = 0.01
     base_batch_size: int = 16  # base_lr is for this total batch; scaled linearly when auto_scale_lr
     auto_scale_lr: bool = True
     momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     weight_decay: float = 1e-4
     nesterov: bool = False
     fused: bool = False  # torch_npu NpuFusedSGD on NPU
@@ -32,6 +34,8 @@ class OptimConfig:
     warmup_ratio: float = 0.01
     lr_steps: list[int] = field(default_factory=lambda: [9, 11])
     gamma: float = 0.1
+    policy: str = "step"  # step | cosine (over all iterations of the run, down to min_lr_ratio x lr)
+    min_lr_ratio: float = 0.0
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from solo_npu.data.coco import CocoInstanceDataset
 from solo_npu.data.collate import FixedShapeCollate
 from solo_npu.data.samplers import GroupedBatchSampler
-from solo_npu.data.synthetic import generate_synthetic_coco
+from solo_npu.data.synthetic import SHAPE_SCALE, generate_synthetic_coco
 from solo_npu.data.transforms import build_transforms
 
 logger = logging.getLogger("solo_npu.data")
@@ -148,7 +148,12 @@ def ensure_synthetic(data_cfg: Any) -> Path:
     root = Path(str(data_cfg.root))
     if not data_cfg.get("generate", False):
         return root
-    params = {k: int(data_cfg.get(k, d)) for k, d in (("num_train", 96), ("num_val", 24), ("size", 256), ("seed", 0))}
+    params: dict[str, Any] = {k: int(data_cfg.get(k, d))
+                              for k, d in (("num_train", 96), ("num_val", 24), ("size", 256), ("seed", 0))}
+    shape_scale = [float(v) for v in data_cfg.get("shape_scale", None) or SHAPE_SCALE]
+    max_shapes = int(data_cfg.get("max_shapes", None) or 6)
+    if shape_scale != list(SHAPE_SCALE) or max_shapes != 6:  # the stamp of a default dataset stays as it was
+        params.update(shape_scale=shape_scale, max_shapes=max_shapes)
     if _synthetic_complete(root):
         stamp = root / STAMP
         if stamp.is_file() and json.loads(stamp.read_text()) != params:
@@ -165,7 +170,7 @@ def ensure_synthetic(data_cfg: Any) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
             generate_synthetic_coco(tmp, params["num_train"], params["num_val"], size=params["size"],
-                                    seed=params["seed"])
+                                    seed=params["seed"], shape_scale=tuple(shape_scale), max_shapes=max_shapes)
             (tmp / STAMP).write_text(json.dumps(params))
             os.rename(tmp, root)
         except OSError:

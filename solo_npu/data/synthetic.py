@@ -47,9 +47,13 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(smooth + noise, 0, 255)
 
 
-def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+SHAPE_SCALE = (0.08, 0.8)  # shape sizes, as fractions of the image's shorter side
+
+
+def _shape_mask(rng: np.random.Generator, kind: str, h: int, w: int,
+                scale: tuple[float, float] = SHAPE_SCALE) -> np.ndarray:
     """Rasterise one shape with a log-uniform size (so every SOLO scale range sees instances)."""
-    side = math.exp(rng.uniform(math.log(0.08 * min(h, w)), math.log(0.8 * min(h, w))))
+    side = math.exp(rng.uniform(math.log(scale[0] * min(h, w)), math.log(scale[1] * min(h, w))))
     cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
     mask = np.zeros((h, w), np.uint8)
     if kind == "circle":
@@ -79,13 +83,14 @@ def _segmentation(mask: np.ndarray) -> list[list[float]] | dict[str, Any]:
     return polygons
 
 
-def _render_image(rng: np.random.Generator, h: int, w: int, num_instances: int) -> tuple[np.ndarray, list]:
+def _render_image(rng: np.random.Generator, h: int, w: int, num_instances: int,
+                  scale: tuple[float, float] = SHAPE_SCALE) -> tuple[np.ndarray, list]:
     """Draw shapes back to front; return the RGB image and the visible (mask, category id) pairs."""
     image = _background(rng, h, w)
     drawn: list[tuple[np.ndarray, int, int]] = []  # (visible mask, category id, drawn area)
     for _ in range(num_instances):
         cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-        mask = _shape_mask(rng, cat["name"], h, w)
+        mask = _shape_mask(rng, cat["name"], h, w, scale)
         area = int(mask.sum())
         if area == 0:
             continue
@@ -104,7 +109,8 @@ def _image_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
     return max(16, round(size / math.sqrt(aspect))), max(16, round(size * math.sqrt(aspect)))
 
 
-def _make_split(out_dir: Path, split: str, num_images: int, size: int, seed: int) -> dict[str, Any]:
+def _make_split(out_dir: Path, split: str, num_images: int, size: int, seed: int,
+                scale: tuple[float, float] = SHAPE_SCALE, max_shapes: int = 6) -> dict[str, Any]:
     img_dir = out_dir / f"{split}2017"
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -113,7 +119,7 @@ def _make_split(out_dir: Path, split: str, num_images: int, size: int, seed: int
         image_id = i + 1
         rng = np.random.default_rng([seed, SPLITS[split], image_id])
         h, w = _image_size(rng, size)
-        image, instances = _render_image(rng, h, w, int(rng.integers(1, 7)))
+        image, instances = _render_image(rng, h, w, int(rng.integers(1, max_shapes + 1)), scale)
         file_name = f"{image_id:012d}.png"
         ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -145,7 +151,8 @@ def _make_split(out_dir: Path, split: str, num_images: int, size: int, seed: int
 
 
 def generate_synthetic_coco(
-    out_dir: str | os.PathLike, num_train: int, num_val: int, size: int = 256, seed: int = 0
+    out_dir: str | os.PathLike, num_train: int, num_val: int, size: int = 256, seed: int = 0,
+    shape_scale: tuple[float, float] = SHAPE_SCALE, max_shapes: int = 6,
 ) -> Path:
     """Write the synthetic dataset under ``out_dir`` and return ``out_dir`` as a Path.
 
@@ -155,13 +162,20 @@ def generate_synthetic_coco(
         num_val: number of validation images.
         size: the side of a square with the area of every image (aspect ratios vary around it).
         seed: random seed; the same seed gives byte-identical output.
+        shape_scale: (min, max) shape size as fractions of the image's shorter side; sizes are
+            log-uniform in between. Raising the minimum leaves out the small objects.
+        max_shapes: each image draws 1..max_shapes shapes (fewer stay visible after occlusion).
     """
     if num_train < 0 or num_val < 0 or size < 16:
         raise ValueError(f"need num_train, num_val >= 0 and size >= 16, got {num_train}, {num_val}, {size}")
+    lo, hi = (float(v) for v in shape_scale)
+    if not 0 < lo <= hi <= 1 or max_shapes < 1:
+        raise ValueError(f"need 0 < shape_scale[0] <= shape_scale[1] <= 1 and max_shapes >= 1, "
+                         f"got {shape_scale}, {max_shapes}")
     out = Path(out_dir)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, num in (("train", num_train), ("val", num_val)):
-        dataset = _make_split(out, split, num, size, seed)
+        dataset = _make_split(out, split, num, size, seed, (lo, hi), int(max_shapes))
         text = json.dumps(dataset, separators=(",", ":"))
         (out / "annotations" / f"instances_{split}2017.json").write_text(text)
     return out
@@ -174,8 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=24)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape-scale", type=float, nargs=2, default=SHAPE_SCALE, metavar=("MIN", "MAX"),
+                        help="shape sizes as fractions of the shorter image side")
+    parser.add_argument("--max-shapes", type=int, default=6)
     args = parser.parse_args(argv)
-    root = generate_synthetic_coco(args.out, args.num_train, args.num_val, size=args.size, seed=args.seed)
+    root = generate_synthetic_coco(args.out, args.num_train, args.num_val, size=args.size, seed=args.seed,
+                                   shape_scale=tuple(args.shape_scale), max_shapes=args.max_shapes)
     print(f"wrote synthetic COCO dataset to {root}")
 
 

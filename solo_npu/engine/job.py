@@ -143,12 +143,17 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     batch_size = int(cfg.train.batch_size)
     lr = scaled_lr(cfg.optim.base_lr, batch_size * world, int(cfg.optim.base_batch_size), bool(cfg.optim.auto_scale_lr))
     optimizer = build_optimizer(model, cfg.optim, info, lr)
-    schedule = WarmupStepSchedule(optimizer, lr, cfg.optim.lr_steps, float(cfg.optim.gamma),
-                                  int(cfg.optim.warmup_iters), float(cfg.optim.warmup_ratio))
     scaler = make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype))
     loader = build_dataloader(cfg.data, "train", batch_size=batch_size, distributed=world > 1, rank=rank,
                               world_size=world, seed=seed, num_workers=_workers(cfg), dataset=train_set)
     iters_per_epoch = len(loader.batch_sampler)
+    total_iters = iters_per_epoch * int(cfg.train.epochs)
+    if cfg.train.max_iters:
+        total_iters = min(total_iters, int(cfg.train.max_iters))
+    schedule = WarmupStepSchedule(optimizer, lr, cfg.optim.lr_steps, float(cfg.optim.gamma),
+                                  int(cfg.optim.warmup_iters), float(cfg.optim.warmup_ratio),
+                                  policy=str(cfg.optim.policy), total_iters=total_iters,
+                                  min_lr_ratio=float(cfg.optim.min_lr_ratio))
     logger.info("%d training images, %d classes, %d iterations per epoch, total batch %d, lr %.4g",
                 len(train_set), num_classes, iters_per_epoch, batch_size * world, lr)
 

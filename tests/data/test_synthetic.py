@@ -62,3 +62,17 @@ def test_occluded_masks_exclude_occluders(synthetic_coco):
     assert overlaps < 0.05
     data = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())
     assert data["categories"] == CATEGORIES
+
+
+def test_shape_scale_and_max_shapes_bound_the_instances(tmp_path):
+    big = generate_synthetic_coco(tmp_path / "big", 0, 12, size=96, seed=3, shape_scale=(0.4, 0.8), max_shapes=2)
+    default = generate_synthetic_coco(tmp_path / "default", 0, 12, size=96, seed=3)
+    big_coco = COCO(str(big / "annotations/instances_val2017.json"))
+    default_coco = COCO(str(default / "annotations/instances_val2017.json"))
+    for img_id in big_coco.getImgIds():
+        assert 1 <= len(big_coco.getAnnIds(imgIds=img_id)) <= 2
+    median = lambda coco: np.median([a["area"] for a in coco.anns.values()])  # noqa: E731
+    assert median(big_coco) > 2 * median(default_coco)
+    main(["--out", str(tmp_path / "cli"), "--num-train", "0", "--num-val", "12", "--size", "96", "--seed", "3",
+          "--shape-scale", "0.4", "0.8", "--max-shapes", "2"])
+    assert _tree_bytes(tmp_path / "cli") == _tree_bytes(big)

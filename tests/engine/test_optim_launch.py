@@ -36,6 +36,34 @@ def test_warmup_and_steps_match_mmdet_formula() -> None:
     assert restored.lr_at(250, 10) == s.lr_at(250, 10)
 
 
+def test_cosine_policy_follows_half_a_cosine_after_warmup() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = WarmupStepSchedule(opt, 0.004, warmup_iters=100, warmup_ratio=0.01, policy="cosine", total_iters=1000,
+                           min_lr_ratio=0.05)
+    assert s.lr_at(0, 0) == pytest.approx(0.004 * 0.01)  # warm-up factor times a cosine still at 1
+    assert s.lr_at(500, 3) == pytest.approx(0.004 * (0.05 + 0.95 * 0.5))  # half-way; the epoch plays no part
+    assert s.lr_at(1000, 5) == pytest.approx(0.004 * 0.05)
+    assert s.lr_at(2000, 9) == pytest.approx(0.004 * 0.05)  # past the end it stays at the floor
+    lrs = [s.lr_at(i, 0) for i in range(100, 1001, 50)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    restored = WarmupStepSchedule(opt, 1.0)
+    restored.load_state_dict(s.state_dict())
+    assert [restored.lr_at(i, 0) for i in (0, 333, 999)] == [s.lr_at(i, 0) for i in (0, 333, 999)]
+    with pytest.raises(ValueError, match="total number of iterations"):
+        WarmupStepSchedule(opt, 0.1, policy="cosine")
+    with pytest.raises(ValueError, match="policy"):
+        WarmupStepSchedule(opt, 0.1, policy="poly")
+
+
+def test_adamw_takes_betas_and_weight_decay() -> None:
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, {"name": "adamw", "betas": [0.8, 0.99], "weight_decay": 0.05},
+                          resolve_device("cpu"), 0.002)
+    assert type(opt) is torch.optim.AdamW
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (0.002, (0.8, 0.99), 0.05)
+
+
 def test_optimizer_uses_reference_settings_and_skips_frozen() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
     model[0].weight.requires_grad_(False)

@@ -154,8 +154,32 @@ def test_paste_masks_matches_full_canvas_reference(img_shape, pad, ori):
     meta = dict(ori_shape=ori, img_shape=img_shape, pad=pad, canvas=(64, 96))
     up = torch.nn.functional.interpolate(probs[None], size=(64, 96), mode="bilinear", align_corners=False)
     up = up[..., pad[0]:pad[0] + img_shape[0], pad[1]:pad[1] + img_shape[1]]
-    ref = torch.nn.functional.interpolate(up, size=ori, mode="bilinear", align_corners=False)[0] > 0.5
-    assert torch.equal(paste_masks(probs, meta, 0.5), ref)
+    ref = torch.nn.functional.interpolate(up, size=ori, mode="bilinear", align_corners=False)[0]
+    out = paste_masks(probs, meta, 0.5)
+    # The composed taps round differently from the two resizes (~1e-7): only pixels that close to the
+    # threshold may differ.
+    differ = out != (ref > 0.5)
+    assert not differ.any() or (ref[differ] - 0.5).abs().max().item() < 1e-5
+    assert out.sum() > 0.2 * out.numel()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_paste_masks_skips_nothing_outside_the_tapped_region(seed):
+    # Small objects on an empty background, so that the per-mask spans are much smaller than the image.
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.zeros(6, 20, 30)
+    for i in range(6):
+        y, x = torch.randint(0, 16, (1,), generator=g).item(), torch.randint(0, 26, (1,), generator=g).item()
+        probs[i, y:y + 4, x:x + 4] = torch.rand(4, 4, generator=g) * 0.6 + 0.3
+    probs[5] = 0.0  # nothing above the threshold: an empty mask
+    meta = dict(ori_shape=(57, 101), img_shape=(75, 113), pad=(2, 5), canvas=(80, 120))
+    up = torch.nn.functional.interpolate(probs[None], size=(80, 120), mode="bilinear", align_corners=False)
+    up = up[..., 2:77, 5:118]
+    ref = torch.nn.functional.interpolate(up, size=(57, 101), mode="bilinear", align_corners=False)[0]
+    out = paste_masks(probs, meta, 0.5)
+    differ = out != (ref > 0.5)
+    assert not differ.any() or (ref[differ] - 0.5).abs().max().item() < 1e-5
+    assert out[:5].flatten(1).any(1).all() and not out[5].any()
 
 
 def test_masks_to_boxes():

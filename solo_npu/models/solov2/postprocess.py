@@ -145,34 +145,88 @@ def select_reference(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_s
     return probs[order], labels[order], decayed[: cfg.max_per_img]
 
 
+def _axis_taps(n_low: int, scale: float, offset: int, size: int, out: int) -> tuple[Tensor, Tensor]:
+    """One axis of :func:`paste_masks` as taps: ``y[i] = sum_k weight[i, k] * x[index[i, k]]``.
+
+    The axis map is: bilinear upsample ``n_low -> n_low * scale`` (half-pixel centres), crop
+    ``[offset, offset + size)``, bilinear resize ``size -> out``. It is linear, so sending the identity
+    through the same ``F.interpolate`` calls (in float64, on the host) gives its exact matrix; each row
+    has a few non-zero entries (2-4), which become the taps (indices ascending; rows with fewer
+    non-zeros repeat their strongest index with weight 0).
+    """
+    eye = torch.eye(n_low, dtype=torch.float64).unsqueeze(0)  # [1, basis, position]
+    up = F.interpolate(eye, scale_factor=scale, mode="linear", align_corners=False)[..., offset:offset + size]
+    if size != out:
+        up = F.interpolate(up, size=out, mode="linear", align_corners=False)
+    matrix = up[0].t()  # [out, n_low]
+    k = max(1, int((matrix != 0).sum(1).max()))
+    index = matrix.topk(k, dim=1).indices
+    weight = matrix.gather(1, index)
+    index = torch.where(weight != 0, index, index[:, :1])  # bilinear weights are >= 0: column 0 is the largest
+    index, order = index.sort(dim=1)
+    return index, weight.gather(1, order).float()
+
+
+def _resample(x: Tensor, dim: int, index: Tensor, weight: Tensor) -> Tensor:
+    """Apply taps from :func:`_axis_taps` along ``dim`` (-2 or -1) of ``x``."""
+    shape = [-1, 1] if dim == -2 else [-1]
+    out = x.index_select(dim, index[:, 0]) * weight[:, 0].view(shape)
+    for k in range(1, index.shape[1]):
+        out = out + x.index_select(dim, index[:, k]) * weight[:, k].view(shape)
+    return out
+
+
+def _span(candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """First and last True position along the last axis (``last < first`` when there is none)."""
+    n = candidates.shape[-1]
+    pos = torch.arange(n, device=candidates.device)
+    first = torch.where(candidates, pos, torch.full_like(pos, n)).amin(-1)
+    last = torch.where(candidates, pos, torch.full_like(pos, -1)).amax(-1)
+    return first, last
+
+
 def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5) -> Tensor:
     """Low-resolution mask probabilities ``[N, h, w]`` (canvas / 4) -> bool masks ``[N, H0, W0]``.
 
-    Upsamples to the canvas, crops the padding (``meta["pad"]``, ``meta["img_shape"]``), resizes to
-    ``meta["ori_shape"]`` (bilinear, half-pixel centres) and thresholds.
+    The result is mmdet's: upsample to the canvas (bilinear, half-pixel centres), crop the padding
+    (``meta["pad"]``, ``meta["img_shape"]``), resize to ``meta["ori_shape"]`` (bilinear) and
+    threshold. Bilinear resizing is separable, so each axis's three steps are composed into one map
+    with a few taps per output pixel (:func:`_axis_taps`) and applied axis by axis, without the
+    canvas-size intermediate. The tap weights are >= 0 and sum to 1, so an output pixel can exceed
+    ``mask_thr`` only if one of its taps does: each mask is resampled only inside the output rows and
+    columns whose taps reach a low-resolution pixel above ``mask_thr``, and is False elsewhere. Values
+    equal the two-resize reference up to float rounding (~1e-7).
     """
     h0, w0 = (int(v) for v in meta["ori_shape"][:2])
-    if masks.shape[0] == 0:
-        return torch.zeros((0, h0, w0), dtype=torch.bool, device=masks.device)
+    n = masks.shape[0]
+    out = torch.zeros((n, h0, w0), dtype=torch.bool, device=masks.device)
+    if n == 0:
+        return out
     h, w = masks.shape[-2:]
     hc, wc = (int(v) for v in meta.get("canvas", (4 * h, 4 * w)))
     top, left = (int(v) for v in meta.get("pad", (0, 0)))
     ih, iw = (int(v) for v in meta["img_shape"][:2])
-    sy, sx = hc / h, wc / w
-    # Upsample only the low-resolution rows/columns under the image (plus one of margin, so that the
-    # interpolation near the crop edge reads the same neighbours as a full-canvas upsample would).
-    r0, c0 = max(0, int(top / sy) - 1), max(0, int(left / sx) - 1)
-    r1, c1 = min(h, int(math.ceil((top + ih) / sy)) + 1), min(w, int(math.ceil((left + iw) / sx)) + 1)
-    out = []
-    for chunk in masks.float().split(32):  # bounds the memory of the canvas-size intermediate
-        part = chunk[:, r0:r1, c0:c1].unsqueeze(0)
-        up = F.interpolate(part, scale_factor=(sy, sx), mode="bilinear", align_corners=False)
-        y0, x0 = top - int(round(r0 * sy)), left - int(round(c0 * sx))
-        up = up[..., y0:y0 + ih, x0:x0 + iw]
-        if (ih, iw) != (h0, w0):
-            up = F.interpolate(up, size=(h0, w0), mode="bilinear", align_corners=False)
-        out.append(up[0] > mask_thr)
-    return torch.cat(out)
+    iy, wy = (t.to(masks.device) for t in _axis_taps(h, hc / h, top, ih, h0))
+    ix, wx = (t.to(masks.device) for t in _axis_taps(w, wc / w, left, iw, w0))
+    probs = masks.float()
+    on = probs > mask_thr
+    y0, y1 = _span(on.any(-1)[:, iy].any(-1))  # [N]: output rows that may be on
+    x0, x1 = _span(on.any(-2)[:, ix].any(-1))
+    spans = torch.stack([y0, y1, x0, x1], dim=1).tolist()  # one host read for the whole batch
+    for i, (r0, r1, c0, c1) in enumerate(spans):
+        if r1 < r0 or c1 < c0:
+            continue
+        ty, sy = iy[r0:r1 + 1], wy[r0:r1 + 1]
+        tx, sx = ix[c0:c1 + 1], wx[c0:c1 + 1]
+        a, b = int(ty[0, 0]), int(ty[-1, -1]) + 1  # taps ascend along rows and within a row
+        c, d = int(tx[0, 0]), int(tx[-1, -1]) + 1
+        block = probs[i, a:b, c:d]
+        if (r1 - r0 + 1) * (d - c) <= (b - a) * (c1 - c0 + 1):  # the smaller intermediate first
+            up = _resample(_resample(block, -2, ty - a, sy), -1, tx - c, sx)
+        else:
+            up = _resample(_resample(block, -1, tx - c, sx), -2, ty - a, sy)
+        out[i, r0:r1 + 1, c0:c1 + 1] = up > mask_thr
+    return out
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:
