@@ -110,10 +110,20 @@ class TrainJobConfig:
 
 
 def resolve_run_dir(run_dir: str | None, output_root: str, stamp: str) -> str:
-    """``hydra.run.dir``: an explicit ``run_dir``, else ``$SOLO_RUN_DIR``, else ``<output_root>/<stamp>``."""
+    """``hydra.run.dir``: an explicit ``run_dir``, else ``$SOLO_RUN_DIR``, else ``<output_root>/<stamp>``.
+
+    Under torchrun every rank composes the config itself, a clock tick apart: with a rendezvous id
+    (``--standalone`` draws one, multi-node runs pass ``--rdzv-id``) all ranks use
+    ``<output_root>/torchrun_<id>`` instead of their own timestamps.
+    """
     if run_dir:
         return str(run_dir)
-    return os.environ.get("SOLO_RUN_DIR") or os.path.join(output_root, stamp)
+    if os.environ.get("SOLO_RUN_DIR"):
+        return os.environ["SOLO_RUN_DIR"]
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if "RANK" in os.environ and run_id and run_id != "none":
+        return os.path.join(output_root, f"torchrun_{run_id}")
+    return os.path.join(output_root, stamp)
 
 
 _REGISTERED = False

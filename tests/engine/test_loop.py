@@ -119,3 +119,16 @@ def test_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
         assert torch.equal(a, b), k
     for a, b in zip(full.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+def test_progress_bar_shows_iterations_eta_and_losses(tmp_path: Path, capsys) -> None:
+    from solo_npu.engine.hooks import LoggingHook
+
+    trainer, _ = make_trainer(epochs=2)
+    hook = LoggingHook(tmp_path, log_interval=4, progress="tqdm", tensorboard=False)
+    trainer.register_hooks([hook])
+    trainer.train()
+    err = capsys.readouterr().err
+    assert hook.use_tqdm and "train: 100%" in err and "12/12" in err, err[-500:]
+    assert "<00:00" in err and "img/s" in err and "loss" in err  # ETA, throughput and the loss postfix
+    assert (tmp_path / "metrics.csv").read_text().count("train/loss_mse") == 3  # iterations 4, 8, 12

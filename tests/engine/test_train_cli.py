@@ -91,3 +91,17 @@ def test_kill_9_then_resume_matches_uninterrupted_run(synthetic_coco: Path, tmp_
         assert torch.equal(value, got["model"][key]), key
     for a, b in zip(ref["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+def test_torchrun_workers_join_instead_of_launching(synthetic_coco: Path, tmp_path: Path) -> None:
+    # launcher.nproc_per_node=8 would spawn 8 workers; under torchrun each process is already a worker.
+    outs = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), "+experiment=smoke", f"data.root={synthetic_coco}", "data.generate=false",
+           "launcher.nproc_per_node=8", "train.epochs=1", f"output_root={outs}", *FAST]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = list(outs.iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("torchrun_"), runs  # both ranks chose the same directory
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "ok" and summary["ranks_in_sync"] is True

@@ -1,14 +1,21 @@
-"""A tiny SOLOv2 overfits 8 synthetic images: the losses collapse and the masks reach the resolution ceiling."""
+"""A tiny SOLOv2 overfits 8 synthetic images: the losses collapse and the masks become near perfect.
+
+The images are 256 px with shapes of 30-80% of the shorter side, resized to 320x256: large enough for
+the stride-4 masks to reach high IoU (sent through the same resolution and pasting, the ground truth
+itself scores about 0.96 segm AP there; with shapes down to 10 px on 128-px images it scores 0.65).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from conftest import synthetic_data_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from solo_npu.data import CocoInstanceDataset, build_dataloader, build_transforms
+from solo_npu.data.synthetic import generate_synthetic_coco
 from solo_npu.evaluation import CocoEvaluator
 from solo_npu.models.solov2 import paste_masks
 from solo_npu.models.solov2.targets import downsample_masks
@@ -31,12 +38,14 @@ def _segm(ds, batch, results) -> dict[str, float]:
     return evaluator.evaluate()["segm"]
 
 
-def test_tiny_solov2_overfits_eight_images(synthetic_cfg):
-    ds, batch = _first_batch(synthetic_cfg)
-    assert len(ds) == 8 and batch["gt_valid"].sum() >= 8
+def test_tiny_solov2_overfits_eight_images(tmp_path):
+    root = generate_synthetic_coco(tmp_path, 0, 8, size=256, seed=0, shape_scale=(0.3, 0.8), max_shapes=4)
+    cfg = synthetic_data_cfg(root, img_scale=[320, 256])
+    ds, batch = _first_batch(cfg)
+    assert len(ds) == 8 and batch["gt_valid"].sum() >= 12
     torch.manual_seed(0)
     mcfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
-    mcfg.num_classes = int(synthetic_cfg.num_classes)
+    mcfg.num_classes = int(cfg.num_classes)
     model = instantiate(mcfg).train()
     iters = 160
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -55,7 +64,7 @@ def test_tiny_solov2_overfits_eight_images(synthetic_cfg):
     model.eval()
     segm = _segm(ds, batch, model.predict(batch["images"], batch["metas"]))
     # Ceiling: the ground-truth masks themselves, sent through the stride-4 mask resolution and the
-    # same pasting as predictions. On 128-px images with objects down to ~10 px it is about 0.65 AP.
+    # same pasting as predictions.
     oracle = []
     for i, meta in enumerate(batch["metas"]):
         valid = batch["gt_valid"][i]
@@ -63,5 +72,5 @@ def test_tiny_solov2_overfits_eight_images(synthetic_cfg):
         oracle.append({"masks": masks, "labels": batch["gt_labels"][i][valid],
                        "scores": torch.linspace(1.0, 0.5, int(valid.sum()))})
     ceiling = _segm(ds, batch, oracle)
-    assert segm["AP50"] > 0.85, segm
+    assert segm["AP50"] > 0.95 and segm["AP"] > 0.9, segm
     assert segm["AP"] > 0.95 * ceiling["AP"], (segm, ceiling)

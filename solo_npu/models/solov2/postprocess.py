@@ -15,7 +15,6 @@ When no more than ``nms_pre`` pairs pass ``score_thr`` both orders give the same
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
