@@ -61,6 +61,12 @@ def make_synthetic_cfg(synthetic_coco: Path):
     return lambda **overrides: synthetic_data_cfg(synthetic_coco, **overrides)
 
 
+@pytest.fixture
+def data_cfg_for():
+    """``data_cfg_for(root, **overrides)``: :func:`synthetic_data_cfg` for a dataset a test generated itself."""
+    return synthetic_data_cfg
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # pycocotools' C extension predates numpy 2's copy keyword; the warning is not ours to fix.
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")

@@ -115,10 +115,11 @@ def test_eager_and_export_modes_agree(batch):
         pasted = paste_masks(masks[i, :n], metas[i], 0.5)
         assert res["masks"].shape == (n, 90, 113) and torch.equal(res["masks"], pasted)
         assert torch.equal(res["boxes"], masks_to_boxes(pasted))
-    # Batch independence: image 0 alone gives the same outputs.
+    # Batch independence: image 0 alone gives the same outputs. The convolution kernels chosen for
+    # batch 1 and batch 4 round differently (up to ~1e-5 on CPUs without AVX-512), hence 1e-4 here.
     single = model.export_forward(images[:1])
-    torch.testing.assert_close(single[2], scores[:1], rtol=0, atol=1e-5)
-    torch.testing.assert_close(single[0], masks[:1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(single[2], scores[:1], rtol=0, atol=1e-4)
+    torch.testing.assert_close(single[0], masks[:1], rtol=0, atol=1e-4)
 
 
 def test_reference_order_matches_bounded_when_few_candidates():

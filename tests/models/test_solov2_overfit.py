@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import synthetic_data_cfg
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -38,9 +37,9 @@ def _segm(ds, batch, results) -> dict[str, float]:
     return evaluator.evaluate()["segm"]
 
 
-def test_tiny_solov2_overfits_eight_images(tmp_path):
+def test_tiny_solov2_overfits_eight_images(tmp_path, data_cfg_for):
     root = generate_synthetic_coco(tmp_path, 0, 8, size=256, seed=0, shape_scale=(0.3, 0.8), max_shapes=4)
-    cfg = synthetic_data_cfg(root, img_scale=[320, 256])
+    cfg = data_cfg_for(root, img_scale=[320, 256])
     ds, batch = _first_batch(cfg)
     assert len(ds) == 8 and batch["gt_valid"].sum() >= 12
     torch.manual_seed(0)
