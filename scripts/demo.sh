@@ -3,6 +3,7 @@
 # (python train.py +experiment=demo), then export and deploy the best checkpoint with a report
 # (deploy.py). Re-running continues the same run (resume=auto) instead of starting over.
 #   bash scripts/demo.sh [key=value ...]      extra overrides go to train.py
+#   DEPLOY_OVERRIDES="key=value ..."          extra overrides for deploy.py (e.g. run_dir=..., deploy.benchmark.iters=3)
 set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO_DIR}"
@@ -35,8 +36,13 @@ def flat(node, prefix):
 cfg = yaml.safe_load(open(sys.argv[1]))
 print("\n".join(flat(cfg["model"], "")))
 print(f"++data.root={cfg['data']['root']}")
-print(f"++data.img_scale={json.dumps(cfg['data']['img_scale'], separators=(',', ':'))}")
+for key in ("img_scale", "size", "num_train", "num_val", "shape_scale", "max_shapes"):
+    if key in cfg["data"]:
+        print(f"++data.{key}={json.dumps(cfg['data'][key], separators=(',', ':'))}")
+long_side, short_side = cfg["data"]["img_scale"]
+print(f"deploy.input_shape=[{short_side},{long_side}]")  # landscape canvas [H, W] of the training scale
 PY
 )
+read -r -a DEPLOY_ARGS <<< "${DEPLOY_OVERRIDES:-}"
 "${PYTHON}" deploy.py model=solov2_light_r18 data=synthetic checkpoint="${ckpt}" "${MODEL_OVERRIDES[@]}" \
-    deploy.input_shape=[192,256] deploy.batch_sizes=[1,4]
+    deploy.batch_sizes=[1,4] "${DEPLOY_ARGS[@]}"
