@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> str:
 
     date = datetime.date.today().isoformat()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    machine = (f"{describe_machine()}, {torch.get_num_threads()} threads of {os.cpu_count()} cores, "
-               f"device {info.device}, torch {torch.__version__}, load average {load:.1f} at the end")
+    machine = (f"{describe_machine()}, {torch.get_num_threads()} torch threads, device {info.device}, "
+               f"load average {load:.1f} at the end")
     command = f"python benchmarks/solov2_forward.py --iters {args.iters}" + (
         f" --threads {args.threads}" if args.threads else "")
     lines = [HEADING, "", f"Measured {date} by `{command}` on {machine}.",

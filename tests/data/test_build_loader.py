@@ -81,7 +81,8 @@ def test_ensure_synthetic_generates_once_under_concurrency(tmp_path, caplog):
 
 def test_config_files_share_keys_and_coco_defaults():
     syn, coco = OmegaConf.load(CONF / "synthetic.yaml"), OmegaConf.load(CONF / "coco.yaml")
-    assert set(coco) <= set(syn) and set(syn) - set(coco) == {"num_train", "num_val", "size", "seed"}
+    assert set(coco) <= set(syn) and set(syn) - set(coco) == {"num_train", "num_val", "size", "seed",
+                                                          "shape_scale", "max_shapes"}
     assert coco.root == "data/coco" and coco.num_classes == 80 and list(coco.img_scale) == [1333, 800]
     assert coco.normalize.style == "pytorch" and coco.max_instances == 100 and coco.generate is False
     assert syn.num_classes == len(syn.class_names) == 3 and syn.generate is True
