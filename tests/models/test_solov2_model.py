@@ -181,6 +181,7 @@ def test_paste_masks_skips_nothing_outside_the_tapped_region(seed):
     differ = out != (ref > 0.5)
     assert not differ.any() or (ref[differ] - 0.5).abs().max().item() < 1e-5
     assert out[:5].flatten(1).any(1).all() and not out[5].any()
+    assert torch.equal(paste_masks(probs, meta, 0.5, regions=False), out)  # the accelerator path
 
 
 def test_masks_to_boxes():
