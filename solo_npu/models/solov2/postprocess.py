@@ -171,7 +171,7 @@ def _resample(x: Tensor, dim: int, index: Tensor, weight: Tensor) -> Tensor:
     shape = [-1, 1] if dim == -2 else [-1]
     out = x.index_select(dim, index[:, 0]) * weight[:, 0].view(shape)
     for k in range(1, index.shape[1]):
-        out = out + x.index_select(dim, index[:, k]) * weight[:, k].view(shape)
+        out.addcmul_(x.index_select(dim, index[:, k]), weight[:, k].view(shape))
     return out
 
 
