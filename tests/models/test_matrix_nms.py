@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from solo_npu.models.solov2 import matrix_nms
+from solo_npu.models.solov2 import matrix_nms, matrix_nms_by_class
 
 
 def naive_matrix_nms(masks, labels, scores, kernel, sigma):
@@ -65,3 +65,26 @@ def test_identical_masks_decay_and_padding_is_inert():
     assert out[0] == pytest.approx(0.9) and out[1] == pytest.approx(0.8 * math.exp(-2.0))
     # The zero-score padding entry ranked last does not change the others.
     torch.testing.assert_close(out[:2], matrix_nms(m[:2], torch.tensor([0, 0]), scores[:2]))
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "linear"])
+def test_by_class_equals_full_matrix(kernel):
+    g = torch.Generator().manual_seed(3)
+    n = 60
+    base = torch.rand(6, 20, 24, generator=g) > 0.5
+    masks = (base[torch.randint(0, 6, (n,), generator=g)] ^ (torch.rand(n, 20, 24, generator=g) > 0.9)).float()
+    labels = torch.randint(0, 5, (n,), generator=g)
+    scores = torch.rand(n, generator=g)
+    scores[::7] = 0.0  # padding / filtered entries
+    scores[1::9] = scores[2]  # ties broken by position
+    full = matrix_nms(masks, labels, scores, kernel=kernel, sigma=2.0)
+    grouped = matrix_nms_by_class(masks, labels, scores, kernel=kernel, sigma=2.0)
+    assert torch.equal(grouped, full)
+    assert (grouped[scores == 0] == 0).all() and (grouped < scores).any()
+    # The naive per-pair loop agrees too (it needs the input sorted by score).
+    order = scores.sort(descending=True, stable=True).indices
+    torch.testing.assert_close(grouped[order], naive_matrix_nms(masks[order], labels[order], scores[order], kernel,
+                                                                2.0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(matrix_nms_by_class(masks, labels, torch.zeros(n)), torch.zeros(n))
+    with pytest.raises(ValueError, match="one image"):
+        matrix_nms_by_class(masks[None], labels[None], scores[None])

@@ -150,18 +150,20 @@ def test_paste_masks_crops_padding_and_resizes():
 
 @pytest.mark.parametrize("img_shape,pad,ori", [((52, 90), (6, 3), (35, 61)), ((64, 96), (0, 0), (64, 96)),
                                                ((40, 80), (24, 16), (90, 180))])
-def test_paste_masks_matches_full_canvas_reference(img_shape, pad, ori):
+@pytest.mark.parametrize("block", [32, 7])
+def test_paste_masks_matches_full_canvas_reference(img_shape, pad, ori, block):
     probs = torch.rand(5, 16, 24, generator=torch.Generator().manual_seed(1))
     meta = dict(ori_shape=ori, img_shape=img_shape, pad=pad, canvas=(64, 96))
     up = torch.nn.functional.interpolate(probs[None], size=(64, 96), mode="bilinear", align_corners=False)
     up = up[..., pad[0]:pad[0] + img_shape[0], pad[1]:pad[1] + img_shape[1]]
     ref = torch.nn.functional.interpolate(up, size=ori, mode="bilinear", align_corners=False)[0]
-    out = paste_masks(probs, meta, 0.5)
-    # The composed taps round differently from the two resizes (~1e-7): only pixels that close to the
-    # threshold may differ.
-    differ = out != (ref > 0.5)
-    assert not differ.any() or (ref[differ] - 0.5).abs().max().item() < 1e-5
-    assert out.sum() > 0.2 * out.numel()
+    for regions in (True, False):  # per-mask blocks (CPU default) and whole masks (accelerators)
+        out = paste_masks(probs, meta, 0.5, regions=regions, block=block)
+        # The composed taps round differently from the two resizes (~1e-7): only pixels that close to
+        # the threshold may differ.
+        differ = out != (ref > 0.5)
+        assert not differ.any() or (ref[differ] - 0.5).abs().max().item() < 1e-5
+        assert out.sum() > 0.2 * out.numel()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["matrix_nms"]
+__all__ = ["matrix_nms", "matrix_nms_by_class"]
 
 
 def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor | None = None,
@@ -52,3 +52,32 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
         raise ValueError(f"unknown matrix NMS kernel {kernel!r}; expected 'gaussian' or 'linear'")
     coefficient = decay.amin(dim=-2)
     return scores * coefficient
+
+
+def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor | None = None,
+                        kernel: str = "gaussian", sigma: float = 2.0) -> Tensor:
+    """:func:`matrix_nms` of one image (``masks [N, ...]``), computed class by class.
+
+    Only pairs of the same class decay each other, and a mask of another class contributes a factor
+    >= 1 that never wins the minimum (the top-ranked mask contributes exactly 1 to every column), so
+    each class can be taken on its own: the intersections cost ``sum_c n_c^2`` pixel products instead
+    of ``N^2``. Entries with score <= 0 cannot decay anything and decay to 0 themselves, so they are
+    skipped. The result equals :func:`matrix_nms` bit for bit (the same arithmetic on the same pairs).
+    Eager only: the loop over classes depends on the data.
+    """
+    if masks.dim() < 2 or labels.dim() != 1:
+        raise ValueError(f"matrix_nms_by_class takes one image: masks [N, ...], labels [N]; got {tuple(masks.shape)}")
+    flat = masks.reshape(masks.shape[0], -1)
+    if mask_area is None:
+        mask_area = flat.float().sum(-1)
+    out = torch.zeros_like(scores)
+    live = torch.nonzero(scores > 0).squeeze(1)
+    if live.numel() == 0:
+        return out
+    live_labels = labels[live]
+    classes, order = live_labels.sort(stable=True)  # grouped by class, input order kept inside a class
+    live = live[order]
+    counts = torch.unique_consecutive(classes, return_counts=True)[1].tolist()  # one host read
+    for idx in live.split(counts):
+        out[idx] = matrix_nms(flat[idx], labels[idx], scores[idx], mask_area[idx], kernel, sigma)
+    return out

@@ -127,7 +127,7 @@ class SOLOv2(nn.Module):
             num_above = int((scores > cfg.score_thr).flatten(1).sum(1).max())
             nms_pre = min(cfg.nms_pre, 64 * ((num_above + 63) // 64))
             masks, labels, scores = select_static(scores, kernels, mask_feats, self.cell_strides, cfg,
-                                                  nms_pre=nms_pre)
+                                                  nms_pre=nms_pre, by_class=True)
             per_image = []
             for i in range(images.shape[0]):
                 keep = scores[i] > 0

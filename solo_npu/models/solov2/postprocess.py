@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from solo_npu.models.solov2.matrix_nms import matrix_nms
+from solo_npu.models.solov2.matrix_nms import matrix_nms, matrix_nms_by_class
 
 __all__ = ["SOLOv2TestConfig", "flatten_predictions", "masks_to_boxes", "paste_masks", "points_nms",
            "select_reference", "select_static"]
@@ -73,7 +73,8 @@ def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float) ->
 
 
 def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor, cfg: SOLOv2TestConfig,
-                  k: int | None = None, nms_pre: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                  k: int | None = None, nms_pre: int | None = None,
+                  by_class: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Fixed-shape SOLOv2 selection for a batch.
 
     Args:
@@ -85,6 +86,8 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
         nms_pre: candidates per image (``cfg.nms_pre`` when ``None``). Eager callers may lower it to the
             number of pairs above ``score_thr``: the extra candidates are zeroed anyway, so the result
             is the same.
+        by_class: eager only: Matrix NMS class by class (:func:`matrix_nms_by_class`), which gives the
+            same scores for a fraction of the pairwise intersections when candidates spread over classes.
 
     Returns:
         ``(mask_probs [B, k, h, w], labels [B, k] int64, scores [B, k])`` sorted by score; slots
@@ -100,7 +103,11 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
     valid = (cand_scores > cfg.score_thr) & (area > cell_strides[cells])
     cand_scores = torch.where(valid, cand_scores * maskness, torch.zeros_like(cand_scores))
 
-    decayed = matrix_nms(binary, labels, cand_scores, area, cfg.kernel, cfg.sigma)
+    if by_class:
+        decayed = torch.stack([matrix_nms_by_class(binary[i], labels[i], cand_scores[i], area[i], cfg.kernel,
+                                                   cfg.sigma) for i in range(b)])
+    else:
+        decayed = matrix_nms(binary, labels, cand_scores, area, cfg.kernel, cfg.sigma)
     keep = (decayed >= cfg.filter_thr) & (cand_scores > 0)
     decayed = torch.where(keep, decayed, torch.zeros_like(decayed))
 
@@ -166,13 +173,35 @@ def _axis_taps(n_low: int, scale: float, offset: int, size: int, out: int) -> tu
     return index, weight.gather(1, order).float()
 
 
-def _resample(x: Tensor, dim: int, index: Tensor, weight: Tensor) -> Tensor:
-    """Apply taps from :func:`_axis_taps` along ``dim`` (-2 or -1) of ``x``."""
-    shape = [-1, 1] if dim == -2 else [-1]
-    out = x.index_select(dim, index[:, 0]) * weight[:, 0].view(shape)
-    for k in range(1, index.shape[1]):
-        out.addcmul_(x.index_select(dim, index[:, k]), weight[:, k].view(shape))
-    return out
+def _axis_bands(index: Tensor, weight: Tensor, n_low: int, block: int) -> tuple[Tensor, Tensor]:
+    """Taps of :func:`_axis_taps` as a block-banded matrix: output positions in blocks of ``block``,
+    each block reading one window of ``width`` consecutive low-resolution positions.
+
+    Returns ``(start [nb] int64, band [nb, block, width] float)``: output ``j * block + r`` is
+    ``sum_t band[j, r, t] * x[start[j] + t]`` (rows past the end of the axis are 0).
+    """
+    out, k = index.shape
+    nb = -(-out // block)
+    first = index[torch.arange(nb) * block, 0]
+    last = index[(torch.arange(nb) * block + block).clamp(max=out) - 1, -1]
+    width = int((last - first).max()) + 1
+    start = first.clamp(max=n_low - width)  # taps ascend, so every block's taps lie in its window
+    rel = index - start.repeat_interleave(block)[:out, None]
+    band = torch.zeros(nb * block, width, dtype=weight.dtype)
+    rows = torch.arange(out).view(-1, 1).expand(out, k)
+    band.index_put_((rows, rel), weight, accumulate=True)  # padding taps (weight 0) add nothing
+    return start, band.view(nb, block, width)
+
+
+def _apply_bands(x: Tensor, dim: int, start: Tensor, band: Tensor) -> Tensor:
+    """Resample ``x`` ``[N, H, W]`` along ``dim`` (-2 or -1) with :func:`_axis_bands` (one gather and one
+    batched matmul); the result has ``nb * block`` positions along ``dim``."""
+    window = start.view(-1, 1) + torch.arange(band.shape[-1], device=start.device)  # [nb, width]
+    if dim == -2:
+        return (band @ x[:, window]).flatten(1, 2)  # [nb, block, width] @ [N, nb, width, W]
+    cols = x[..., window].permute(2, 0, 1, 3).flatten(1, 2)  # [nb, N * H, width]
+    out = cols @ band.transpose(1, 2)  # [nb, N * H, block]
+    return out.view(band.shape[0], x.shape[0], x.shape[1], -1).permute(1, 2, 0, 3).flatten(2)
 
 
 def _span(candidates: Tensor) -> tuple[Tensor, Tensor]:
@@ -184,20 +213,22 @@ def _span(candidates: Tensor) -> tuple[Tensor, Tensor]:
     return first, last
 
 
-def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regions: bool | None = None) -> Tensor:
+def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regions: bool | None = None,
+                block: int = 32) -> Tensor:
     """Low-resolution mask probabilities ``[N, h, w]`` (canvas / 4) -> bool masks ``[N, H0, W0]``.
 
     The result is mmdet's: upsample to the canvas (bilinear, half-pixel centres), crop the padding
     (``meta["pad"]``, ``meta["img_shape"]``), resize to ``meta["ori_shape"]`` (bilinear) and
     threshold. Bilinear resizing is separable, so each axis's three steps are composed into one map
-    with a few taps per output pixel (:func:`_axis_taps`) and applied axis by axis, without the
-    canvas-size intermediate. The tap weights are >= 0 and sum to 1, so an output pixel can exceed
-    ``mask_thr`` only if one of its taps does: each mask is resampled only inside the output rows and
-    columns whose taps reach a low-resolution pixel above ``mask_thr``, and is False elsewhere. Values
-    equal the two-resize reference up to float rounding (~1e-7).
+    with a few taps per output pixel (:func:`_axis_taps`), laid out as a block-banded matrix
+    (:func:`_axis_bands`: ``block`` outputs share one window of the input) and applied axis by axis as
+    batched matmuls, without the canvas-size intermediate. The tap weights are >= 0 and sum to 1, so an
+    output pixel can exceed ``mask_thr`` only if one of its taps does: each mask is resampled only over
+    the blocks of rows and columns whose taps reach a low-resolution pixel above ``mask_thr``, and is
+    False elsewhere. Values equal the two-resize reference up to float rounding (~1e-7).
 
     ``regions`` picks that per-mask loop (default on the CPU) or whole masks in batches of 32 (default
-    on accelerators, where a few large kernels beat many small launches); both give the same masks.
+    on accelerators, where a few large kernels beat many small launches).
     """
     h0, w0 = (int(v) for v in meta["ori_shape"][:2])
     n = masks.shape[0]
@@ -208,33 +239,39 @@ def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regi
     hc, wc = (int(v) for v in meta.get("canvas", (4 * h, 4 * w)))
     top, left = (int(v) for v in meta.get("pad", (0, 0)))
     ih, iw = (int(v) for v in meta["img_shape"][:2])
-    iy, wy = (t.to(masks.device) for t in _axis_taps(h, hc / h, top, ih, h0))
-    ix, wx = (t.to(masks.device) for t in _axis_taps(w, wc / w, left, iw, w0))
+    iy, wy = _axis_taps(h, hc / h, top, ih, h0)
+    ix, wx = _axis_taps(w, wc / w, left, iw, w0)
+    sy, by = (t.to(masks.device) for t in _axis_bands(iy, wy, h, block))
+    sx, bx = (t.to(masks.device) for t in _axis_bands(ix, wx, w, block))
     probs = masks.float()
-    rows_first = h0 * w <= h * w0  # the axis that leaves the smaller intermediate first (same order on
-    # both paths, so that they round alike)
+    rows_first = h0 * w <= h * w0  # the axis that leaves the smaller intermediate first
 
-    def resample(x: Tensor, ty: Tensor, sy: Tensor, tx: Tensor, sx: Tensor) -> Tensor:
+    def resample(x: Tensor, ry: slice, rx: slice, y_off: int, x_off: int) -> Tensor:
         if rows_first:
-            return _resample(_resample(x, -2, ty, sy), -1, tx, sx)
-        return _resample(_resample(x, -1, tx, sx), -2, ty, sy)
+            x = _apply_bands(x, -2, sy[ry] - y_off, by[ry])
+            return _apply_bands(x, -1, sx[rx] - x_off, bx[rx])
+        x = _apply_bands(x, -1, sx[rx] - x_off, bx[rx])
+        return _apply_bands(x, -2, sy[ry] - y_off, by[ry])
 
     if not (masks.device.type == "cpu" if regions is None else regions):
-        for start in range(0, n, 32):
-            out[start:start + 32] = resample(probs[start:start + 32], iy, wy, ix, wx) > mask_thr
+        for i in range(0, n, 32):
+            out[i:i + 32] = resample(probs[i:i + 32], slice(None), slice(None), 0, 0)[:, :h0, :w0] > mask_thr
         return out
     on = probs > mask_thr
-    y0, y1 = _span(on.any(-1)[:, iy].any(-1))  # [N]: output rows that may be on
-    x0, x1 = _span(on.any(-2)[:, ix].any(-1))
-    spans = torch.stack([y0, y1, x0, x1], dim=1).tolist()  # one host read for the whole batch
-    for i, (r0, r1, c0, c1) in enumerate(spans):
-        if r1 < r0 or c1 < c0:
+    y0, y1 = _span(on.any(-1)[:, iy.to(masks.device)].any(-1))  # [N]: output rows that may be on
+    x0, x1 = _span(on.any(-2)[:, ix.to(masks.device)].any(-1))
+    blocks = torch.stack([y0, y1, x0, x1], dim=1).div(block, rounding_mode="floor").tolist()  # one host read
+    starts_y, starts_x = sy.tolist(), sx.tolist()
+    wd_y, wd_x = by.shape[-1], bx.shape[-1]
+    for i, (j0, j1, k0, k1) in enumerate(blocks):
+        if j1 < j0 or k1 < k0:
             continue
-        ty, sy = iy[r0:r1 + 1], wy[r0:r1 + 1]
-        tx, sx = ix[c0:c1 + 1], wx[c0:c1 + 1]
-        a, b = int(ty[0, 0]), int(ty[-1, -1]) + 1  # taps ascend along rows and within a row
-        c, d = int(tx[0, 0]), int(tx[-1, -1]) + 1
-        out[i, r0:r1 + 1, c0:c1 + 1] = resample(probs[i, a:b, c:d], ty - a, sy, tx - c, sx) > mask_thr
+        a, b = starts_y[j0], starts_y[j1] + wd_y
+        c, d = starts_x[k0], starts_x[k1] + wd_x
+        r0, r1 = j0 * block, min(h0, (j1 + 1) * block)
+        c0, c1 = k0 * block, min(w0, (k1 + 1) * block)
+        tile = resample(probs[i:i + 1, a:b, c:d], slice(j0, j1 + 1), slice(k0, k1 + 1), a, c)
+        out[i, r0:r1, c0:c1] = tile[0, :r1 - r0, :c1 - c0] > mask_thr
     return out
 
 
