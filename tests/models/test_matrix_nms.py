@@ -86,5 +86,8 @@ def test_by_class_equals_full_matrix(kernel):
     torch.testing.assert_close(grouped[order], naive_matrix_nms(masks[order], labels[order], scores[order], kernel,
                                                                 2.0), rtol=1e-5, atol=1e-6)
     assert torch.equal(matrix_nms_by_class(masks, labels, torch.zeros(n)), torch.zeros(n))
+    mostly_one = torch.where(labels == 4, labels, torch.zeros_like(labels))  # one class: the whole-matrix path
+    assert torch.equal(matrix_nms_by_class(masks, mostly_one, scores, kernel=kernel),
+                       matrix_nms(masks, mostly_one, scores, kernel=kernel))
     with pytest.raises(ValueError, match="one image"):
         matrix_nms_by_class(masks[None], labels[None], scores[None])

@@ -62,8 +62,10 @@ def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area
     >= 1 that never wins the minimum (the top-ranked mask contributes exactly 1 to every column), so
     each class can be taken on its own: the intersections cost ``sum_c n_c^2`` pixel products instead
     of ``N^2``. Entries with score <= 0 cannot decay anything and decay to 0 themselves, so they are
-    skipped. The result equals :func:`matrix_nms` bit for bit (the same arithmetic on the same pairs).
-    Eager only: the loop over classes depends on the data.
+    skipped. When one class holds most candidates (``sum_c n_c^2 > N^2 / 2``) the whole matrix is
+    computed instead, which saves copying the masks class by class. The result equals
+    :func:`matrix_nms` bit for bit (the same arithmetic on the same pairs). Eager only: the loop over
+    classes depends on the data.
     """
     if masks.dim() < 2 or labels.dim() != 1:
         raise ValueError(f"matrix_nms_by_class takes one image: masks [N, ...], labels [N]; got {tuple(masks.shape)}")
@@ -78,6 +80,10 @@ def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area
     classes, order = live_labels.sort(stable=True)  # grouped by class, input order kept inside a class
     live = live[order]
     counts = torch.unique_consecutive(classes, return_counts=True)[1].tolist()  # one host read
+    if sum(c * c for c in counts) > 0.5 * len(live) ** 2:
+        # Mostly one class: the whole matrix costs about as much and needs no copy of the masks (the
+        # scores are the same either way).
+        return matrix_nms(flat, labels, scores, mask_area, kernel, sigma)
     for idx in live.split(counts):
         out[idx] = matrix_nms(flat[idx], labels[idx], scores[idx], mask_area[idx], kernel, sigma)
     return out

@@ -62,14 +62,21 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
     return torch.gather(x, 1, idx)
 
 
-def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float) -> tuple[Tensor, Tensor, Tensor]:
+def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mask probabilities ``[.., K, h, w]``, 0/1 float masks, areas and maskness of kernels ``[.., K, E]``.
+
+    The ``K x h x w`` tensors are the largest of post-processing (500 x 200 x 304 floats for R50), so the
+    sigmoid runs in place, reductions run over one flattened axis, and the maskness numerator is a batch of
+    dot products rather than a masked copy.
+    """
     h, w = mask_feats.shape[-2:]
     logits = kernels @ mask_feats.to(kernels.dtype).flatten(-2)  # dynamic 1x1 conv as one (batched) matmul
-    probs = logits.unflatten(-1, (h, w)).float().sigmoid()
+    probs = logits.float().sigmoid_()
     binary = (probs > mask_thr).to(probs.dtype)
-    area = binary.sum((-1, -2))
-    maskness = (probs * binary).sum((-1, -2)) / area.clamp(min=1)
-    return probs, binary, area, maskness
+    area = binary.sum(-1)
+    inside = (probs.unsqueeze(-2) @ binary.unsqueeze(-1)).flatten(-3)  # sum of probs over each mask
+    maskness = inside / area.clamp(min=1)
+    return probs.unflatten(-1, (h, w)), binary.unflatten(-1, (h, w)), area, maskness
 
 
 def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor, cfg: SOLOv2TestConfig,
