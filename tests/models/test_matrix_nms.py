@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from solo_npu.models.solov2 import matrix_nms, matrix_nms_by_class
+from solo_npu.models.solov2.matrix_nms import self_intersections
 
 
 def naive_matrix_nms(masks, labels, scores, kernel, sigma):
@@ -91,3 +92,12 @@ def test_by_class_equals_full_matrix(kernel):
                        matrix_nms(masks, mostly_one, scores, kernel=kernel))
     with pytest.raises(ValueError, match="one image"):
         matrix_nms_by_class(masks[None], labels[None], scores[None])
+
+
+def test_self_intersections_upper_blocks_equal_the_full_product():
+    g = torch.Generator().manual_seed(5)
+    flat = (torch.rand(2, 300, 257, generator=g) > 0.6).float()
+    full = flat @ flat.transpose(-1, -2)
+    for block in (64, 100, 128):
+        assert torch.equal(self_intersections(flat, block=block), full)
+    assert torch.equal(self_intersections(flat[0, :40]), full[0, :40, :40])  # small N: one matmul
