@@ -10,7 +10,7 @@ from solo_npu.runtime import describe_machine
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
-__all__ = ["BENCHMARKS_MD", "ROOT", "describe_machine", "write_section"]
+__all__ = ["BENCHMARKS_MD", "ROOT", "describe_machine", "publish", "write_section"]
 
 
 def write_section(heading: str, section: str, path: Path = BENCHMARKS_MD) -> None:
@@ -22,3 +22,12 @@ def write_section(heading: str, section: str, path: Path = BENCHMARKS_MD) -> Non
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(heading: str, lines: list[str], write: bool = True) -> str:
+    """Join a section's ``lines``, print it and (when ``write``) put it into docs/benchmarks.md."""
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if write:
+        write_section(heading, section)
+    return section

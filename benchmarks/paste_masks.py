@@ -19,7 +19,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import describe_machine, write_section  # noqa: E402
+from common import describe_machine, publish  # noqa: E402
 
 from solo_npu.models.solov2.postprocess import paste_masks  # noqa: E402
 
@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> str:
               "kernels). Pixels that differ are counted over both; they come from rounding: the composed taps "
               "sum in another order than the two resizes (tests/models/test_solov2_model.py checks that every "
               "differing pixel is within 1e-5 of the threshold).", ""]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if not args.no_write:
-        write_section(HEADING, section)
-    return section
+    return publish(HEADING, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

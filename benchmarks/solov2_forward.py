@@ -25,7 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import describe_machine, write_section  # noqa: E402
+from common import describe_machine, publish  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
 from solo_npu.models.solov2.postprocess import (  # noqa: E402
@@ -223,11 +223,7 @@ def main(argv: list[str] | None = None) -> str:
               "cost follows the candidates that pass score_thr, which the eager path counts before the dynamic "
               "conv. mmdet's order (every pair above score_thr through the dynamic conv) would convolve all "
               "3872 x 80 = 309,760 pairs of an untrained model: about 75 GB of masks at 800x1216.", ""]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if not args.no_write:
-        write_section(HEADING, section)
-    return section
+    return publish(HEADING, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
