@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from solo_npu.data.coco import CocoInstanceDataset
-from solo_npu.data.collate import FixedShapeCollate
+from solo_npu.data.collate import SLOT_LADDER, FixedShapeCollate
 from solo_npu.data.samplers import GroupedBatchSampler
 from solo_npu.data.synthetic import SHAPE_SCALE, generate_synthetic_coco
 from solo_npu.data.transforms import build_transforms
@@ -57,6 +57,8 @@ def build_collate(data_cfg: Any) -> FixedShapeCollate:
         size_divisor=int(pad.get("size_divisor", 32)),
         canvas=list(canvas) if canvas is not None else None,
         position=str(pad.get("position", "top_left")),
+        instance_slots=str(data_cfg.get("instance_slots", "fixed")),
+        slot_ladder=[int(r) for r in data_cfg.get("slot_ladder", None) or SLOT_LADDER],
     )
 
 

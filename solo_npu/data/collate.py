@@ -1,8 +1,11 @@
 """Fixed-shape batch collation (see the batch contract in docs/architecture.md).
 
 Images are padded to one canvas (a fixed one, or the batch maximum rounded up to a size divisor)
-and the ground truth to ``max_instances`` slots with a ``gt_valid`` mask, so that a fixed canvas
-gives every batch the same tensor shapes.
+and the ground truth to M instance slots with a ``gt_valid`` mask. M is either always
+``max_instances`` (``instance_slots="fixed"``: one shape for every batch of a fixed canvas) or the
+smallest rung of a short ladder that holds every instance of the batch (``"ladder"``): a COCO image
+has 7 instances on average, so most batches carry 8-16 canvas-size mask slots instead of 100, while an
+accelerator still sees only a handful of distinct shapes.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import torch
 from solo_npu.data.transforms import canvas_size, pad_offset
 
 logger = logging.getLogger("solo_npu.data")
+SLOT_LADDER = (8, 16, 32, 64)  # rungs below max_instances; max_instances is always the top rung
 
 
 class FixedShapeCollate:
     """Collate transformed samples into the batch dict.
 
     Args:
-        max_instances: M, the number of ground-truth slots per image.
+        max_instances: the most ground-truth slots per image (larger images keep their largest instances).
+        instance_slots: ``fixed`` (M = ``max_instances`` always) or ``ladder`` (M = the smallest rung of
+            ``slot_ladder`` + [``max_instances``] that holds every kept instance of the batch).
+        slot_ladder: the rungs below ``max_instances`` for ``ladder``.
         mode: ``divisor`` or ``fixed`` (see :func:`solo_npu.data.transforms.canvas_size`).
         size_divisor: canvas multiple in ``divisor`` mode.
         canvas: ``[H, W]`` in ``fixed`` mode.
@@ -31,10 +38,16 @@ class FixedShapeCollate:
     """
 
     def __init__(self, max_instances: int = 100, mode: str = "divisor", size_divisor: int = 32,
-                 canvas: Sequence[int] | None = None, position: str = "top_left") -> None:
+                 canvas: Sequence[int] | None = None, position: str = "top_left",
+                 instance_slots: str = "fixed", slot_ladder: Sequence[int] = SLOT_LADDER) -> None:
         if max_instances < 1:
             raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        if instance_slots not in ("fixed", "ladder"):
+            raise ValueError(f"instance_slots must be 'fixed' or 'ladder', got {instance_slots!r}")
         self.max_instances = int(max_instances)
+        self.instance_slots = instance_slots
+        rungs = sorted({int(r) for r in slot_ladder if 0 < int(r) < self.max_instances})
+        self.rungs = (*rungs, self.max_instances) if instance_slots == "ladder" else (self.max_instances,)
         self.mode = mode
         self.size_divisor = int(size_divisor)
         self.canvas = tuple(int(c) for c in canvas) if canvas is not None else None
@@ -45,7 +58,9 @@ class FixedShapeCollate:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         shapes = [tuple(s["image"].shape[-2:]) for s in samples]
         hc, wc = canvas_size(shapes, self.mode, self.size_divisor, self.canvas)
-        b, m = len(samples), self.max_instances
+        keeps = [self._keep(s) for s in samples]
+        most = max(len(k) for k in keeps)
+        b, m = len(samples), next(r for r in self.rungs if r >= most)
         with_masks = all(s.get("masks") is not None for s in samples)
         images = torch.zeros(b, 3, hc, wc, dtype=torch.float32)
         gt_masks = torch.zeros(b, m, hc, wc, dtype=torch.uint8) if with_masks else None
@@ -57,7 +72,7 @@ class FixedShapeCollate:
             h, w = shapes[i]
             top, left = pad_offset((h, w), (hc, wc), self.position)
             images[i, :, top:top + h, left:left + w] = torch.as_tensor(s["image"])
-            keep = self._keep(s)
+            keep = keeps[i]
             n = len(keep)
             gt_labels[i, :n] = torch.as_tensor(s["labels"][keep])
             gt_boxes[i, :n] = torch.as_tensor(s["boxes"][keep]) + torch.tensor([left, top, left, top],

@@ -64,3 +64,24 @@ def test_without_masks_the_gt_masks_key_is_absent_and_bad_config_fails():
         FixedShapeCollate(2, position="middle")
     with pytest.raises(ValueError, match="canvas"):
         FixedShapeCollate(2, mode="fixed")([_sample(8, 8, [2])])
+
+
+def test_ladder_slots_fit_the_batch_and_keep_every_value_of_the_fixed_layout():
+    samples = [_sample(20, 30, [5, 7, 2], 1), _sample(20, 30, [4] * 9, 2)]  # 9 instances: rung 16
+    fixed = FixedShapeCollate(max_instances=100, instance_slots="fixed")(samples)
+    ladder = FixedShapeCollate(max_instances=100, instance_slots="ladder", slot_ladder=[8, 16, 32])(samples)
+    assert fixed["gt_masks"].shape[1] == 100 and ladder["gt_masks"].shape[1] == 16
+    for key in ("gt_masks", "gt_labels", "gt_boxes", "gt_valid"):
+        assert torch.equal(ladder[key], fixed[key][:, :16]), key
+    assert fixed["gt_valid"][:, 16:].sum() == 0  # the dropped slots held nothing
+    assert torch.equal(ladder["images"], fixed["images"])
+
+
+def test_ladder_rungs_small_batch_top_rung_and_bad_mode():
+    collate = FixedShapeCollate(max_instances=20, instance_slots="ladder", slot_ladder=[4, 8, 64])
+    assert collate([_sample(8, 8, [1])])["gt_valid"].shape == (1, 4)
+    assert collate([_sample(8, 8, [1] * 5)])["gt_valid"].shape == (1, 8)
+    top = collate([_sample(32, 32, [1] * 25)])  # beyond every rung: max_instances, largest kept, counted
+    assert top["gt_valid"].shape == (1, 20) and top["gt_valid"].all() and collate.num_truncated == 1
+    with pytest.raises(ValueError, match="instance_slots"):
+        FixedShapeCollate(4, instance_slots="dynamic")
