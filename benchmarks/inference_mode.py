@@ -1,0 +1,91 @@
+"""SOLOv2 forward (backbone + neck + head) in its training layout against its inference mode, in one run.
+
+Inference mode (``solo_npu.models.inference.prepare_for_inference``) folds the frozen BatchNorms into the
+convolutions and can switch to channels-last; the outputs of both are compared too.
+
+Usage: ``python benchmarks/inference_mode.py [--model solov2_r50] [--shape 800 1216] [--iters 3]
+[--threads 1] [--no-write]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common import describe_machine, publish  # noqa: E402
+
+from solo_npu.models import build_model  # noqa: E402
+from solo_npu.models.inference import prepare_for_inference  # noqa: E402
+from solo_npu.runtime import resolve_device, synchronize  # noqa: E402
+
+HEADING = "## SOLOv2 inference mode"
+
+
+def timed(model: torch.nn.Module, x: torch.Tensor, iters: int, info) -> tuple[float, list[torch.Tensor]]:
+    with torch.no_grad():
+        out = model.forward_head(x)  # warm-up (and the outputs to compare)
+        synchronize(info)
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            model.forward_head(x)
+            synchronize(info)
+            times.append(time.perf_counter() - start)
+    flat = [t.float() for group in out for t in (group if isinstance(group, (list, tuple)) else [group])]
+    return min(times) * 1000, flat
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="solov2_r50")
+    parser.add_argument("--shape", type=int, nargs=2, default=[800, 1216])
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = resolve_device(args.device)
+    device = info.device
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml")
+    cfg.num_classes = 80
+    cfg.pretrained = None
+    torch.manual_seed(0)
+    base = build_model(cfg).eval().to(device)
+    x = torch.randn(1, 3, *args.shape, device=device)
+    variants = {
+        "training layout (today's eager)": base,
+        "BN folded": prepare_for_inference(copy.deepcopy(base)),
+        "BN folded + channels-last": prepare_for_inference(copy.deepcopy(base), channels_last=True),
+    }
+    results = {name: timed(model, x, args.iters, info) for name, model in variants.items()}
+    ref_ms, ref_out = results["training layout (today's eager)"]
+    rows = []
+    for name, (ms, out) in results.items():
+        diff = max(float((o - r).abs().max()) for o, r in zip(out, ref_out))
+        rows.append(f"| {name} | {ms:.0f} | {ref_ms / ms:.2f}x | {diff:.1e} |")
+    publish(HEADING, [
+        HEADING, "",
+        f"{datetime.date.today()}, {describe_machine()}, {device.type}, {args.threads} thread(s).",
+        f"Command: `python benchmarks/inference_mode.py --model {args.model} --shape {args.shape[0]} "
+        f"{args.shape[1]} --iters {args.iters} --threads {args.threads} --device {args.device}`. "
+        "Backbone + neck + head at batch 1, best of the timed iterations; max |difference| over every head "
+        "output against the training layout.", "",
+        f"| {args.model} {args.shape[0]}x{args.shape[1]} | forward ms | speed-up | max abs diff |",
+        "| --- | ---: | ---: | ---: |",
+        *rows,
+    ], write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()

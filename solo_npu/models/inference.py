@@ -1,0 +1,92 @@
+"""Inference mode of a detector: the same model with frozen normalisation folded into its convolutions.
+
+Evaluation and export share it. A BatchNorm whose statistics no longer change (``FrozenBatchNorm2d``, or
+``nn.BatchNorm2d`` in eval mode) is an affine map per channel, so ``bn(conv(x))`` equals one convolution
+with scaled weights and a bias: the fold removes a full read and write of every backbone activation.
+GroupNorm (the SOLOv2 head) depends on its input and stays as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from solo_npu.models.backbones.resnet import FrozenBatchNorm2d
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fold_frozen_norms", "prepare_for_inference"]
+
+_FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, _FOLDABLE):
+        return False
+    if isinstance(norm, nn.BatchNorm2d) and (norm.training or not norm.track_running_stats):
+        return False  # statistics still move: not an affine map yet
+    return conv.out_channels == norm.num_features
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_mean)
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
+    scale = weight.double() * torch.rsqrt(norm.running_var.double() + norm.eps)
+    conv_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    new_weight = (conv.weight.double() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype)
+    new_bias = ((conv_bias - norm.running_mean.double()) * scale + bias.double()).to(conv.weight.dtype)
+    memory_format = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) \
+        and not conv.weight.is_contiguous() else torch.contiguous_format
+    conv.weight = nn.Parameter(new_weight.contiguous(memory_format=memory_format),
+                               requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(new_bias, requires_grad=conv.weight.requires_grad)
+
+
+def fold_frozen_norms(model: nn.Module) -> int:
+    """Fold every frozen BatchNorm that directly follows a convolution into it, in place.
+
+    Pairs are found by structure, as the backbones are written: ``convK`` / ``bnK`` attributes of one
+    module (``K`` empty or a digit) and adjacent ``(Conv2d, BatchNorm)`` entries of an ``nn.Sequential``
+    (downsample branches). A folded norm is replaced by ``nn.Identity``. BatchNorm layers in training mode
+    are left alone.
+
+    Returns:
+        The number of norms folded.
+    """
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            items = list(module._modules.items())
+            for (_, conv), (norm_name, norm) in zip(items, items[1:]):
+                if _foldable(conv, norm):
+                    _fold(conv, norm)
+                    module._modules[norm_name] = nn.Identity()
+                    folded += 1
+            continue
+        for name, norm in list(module._modules.items()):
+            if not name.startswith("bn"):
+                continue
+            conv = module._modules.get("conv" + name[2:])
+            if conv is not None and _foldable(conv, norm):
+                _fold(conv, norm)
+                setattr(module, name, nn.Identity())
+                folded += 1
+    return folded
+
+
+def prepare_for_inference(model: nn.Module, *, channels_last: bool = False) -> nn.Module:
+    """Put ``model`` into its inference mode, in place: eval, frozen norms folded, optional channels-last.
+
+    Only for a model that will not be trained further (evaluation of a copy, export, deployment): the
+    folded weights are no longer the checkpoint's parameters.
+    """
+    model.eval()
+    folded = fold_frozen_norms(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    logger.info("inference mode: %d frozen norms folded into convolutions%s", folded,
+                ", channels-last" if channels_last else "")
+    return model
