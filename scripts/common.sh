@@ -2,12 +2,21 @@
 # Shared by the ModelZoo-style scripts: argument parsing, dataset checks, running train.py and the
 # summary lines. Sourced, not run. Every script accepts:
 #   --data_path=PATH   COCO layout (annotations/instances_{train,val}2017.json, train2017/, val2017/); required
-#   --device_id=N      device index (default 0); logs go to output/N/train_N.log
-#   --batch_size=N     images per device
+#   --device_id=N      device index; logs go to output/N/train_N.log. Which index is used:
+#                        --device_id, else a pre-set ASCEND_DEVICE_ID, else 0
+#                      (the ModelZoo scripts let a pre-set ASCEND_DEVICE_ID win; here the command line does, and
+#                      a different ASCEND_DEVICE_ID is reported). 1p scripts run on that device (runtime.device=
+#                      <kind>:N); 8p scripts use devices 0..7 and N only names the output directory.
+#   --apex=O1|O0       O1: mixed precision with a static loss scale of 128; O0: fp32 (CaseName gets _fp32_).
+#                      Without it the experiment decides (1p, 8p and performance runs are O1).
+#   --batch_size=N     images per device for training (train_eval_1p.sh evaluates one image per batch)
 #   --epochs=N         training epochs
 #   --device=KIND      auto | npu | cuda | cpu (default auto)
 #   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh)
+#   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch
 #   key=value          any further Hydra override of train.py, passed through last
+# An existing output/N is renamed to output/N.<date>-<time> (never deleted): checkpoints of an interrupted run
+# stay there for resume=PATH.
 set -uo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,14 +25,27 @@ PYTHON="${PYTHON:-python3}"
 Network="SOLOv2_for_PyTorch"
 
 data_path=""
-device_id=0
+device_id=""
 batch_size=""
 epochs=""
 device="auto"
 checkpoint=""
+pretrained=""
+apex=""
 EXTRA=()
 
+# abs_file NAME PATH: sets ABS_FILE to PATH made absolute (train.py runs from the repository root); exits when
+# PATH is not a file.
+abs_file() {
+    if [[ ! -f "$2" ]]; then
+        echo "[Error] $1 \"$2\" not found"
+        exit 1
+    fi
+    ABS_FILE="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+}
+
 parse_args() {
+    local device_id_arg=""
     while [[ $# -gt 0 ]]; do
         local arg="$1" value=""
         case "${arg}" in
@@ -32,11 +54,13 @@ parse_args() {
         esac
         case "${arg}" in
             --data_path) data_path="${value}" ;;
-            --device_id) device_id="${value}" ;;
+            --device_id) device_id_arg="${value}" ;;
             --batch_size) batch_size="${value}" ;;
             --epochs) epochs="${value}" ;;
             --device) device="${value}" ;;
             --checkpoint) checkpoint="${value}" ;;
+            --pretrained) pretrained="${value}" ;;
+            --apex) apex="${value}" ;;
             --*) echo "[Error] unknown option ${arg}" >&2; exit 1 ;;
             *=*) EXTRA+=("${arg}") ;;
             *) echo "[Error] unexpected argument ${arg} (use --name=value or a key=value override)" >&2; exit 1 ;;
@@ -57,16 +81,33 @@ parse_args() {
     fi
     data_path="$(cd "${data_path}" && pwd)"  # train.py runs from the repository root
     if [[ -n "${checkpoint}" ]]; then
-        if [[ ! -f "${checkpoint}" ]]; then
-            echo "[Error] checkpoint \"${checkpoint}\" not found"
-            exit 1
+        abs_file checkpoint "${checkpoint}"
+        checkpoint="${ABS_FILE}"
+    fi
+    case "${pretrained}" in
+        ""|none|None|null) ;;
+        *) abs_file pretrained "${pretrained}"; pretrained="${ABS_FILE}" ;;
+    esac
+    case "${apex}" in
+        ""|O0|O1) ;;
+        *) echo "[Error] --apex=${apex} is not supported: O1 (mixed precision, loss scale 128) or O0 (fp32)"; exit 1 ;;
+    esac
+    local env_id="${ASCEND_DEVICE_ID:-}" source="default"
+    if [[ -n "${device_id_arg}" ]]; then
+        device_id="${device_id_arg}" source="--device_id"
+        if [[ -n "${env_id}" && "${env_id}" != "${device_id}" ]]; then
+            echo "[Warning] --device_id=${device_id} overrides ASCEND_DEVICE_ID=${env_id}"
         fi
-        checkpoint="$(cd "$(dirname "${checkpoint}")" && pwd)/$(basename "${checkpoint}")"
+    elif [[ -n "${env_id}" ]]; then
+        device_id="${env_id}" source="ASCEND_DEVICE_ID"
+    else
+        device_id=0
     fi
     if ! [[ "${device_id}" =~ ^[0-9]+$ ]]; then
-        echo "[Error] --device_id must be a number, got \"${device_id}\""
+        echo "[Error] ${source} must be a device number, got \"${device_id}\""
         exit 1
     fi
+    echo "device id is ${device_id} (${source})"
 }
 
 require_checkpoint() {
@@ -76,14 +117,26 @@ require_checkpoint() {
     fi
 }
 
+# setup_env RANKS: RANKS is 1p (the run uses device ${device_id}) or 8p (devices 0..N-1; the id names the output).
 setup_env() {
+    RUN_KIND="$1"
     export ASCEND_DEVICE_ID="${device_id}"
     if [[ -d /usr/local/Ascend ]]; then
         # shellcheck source=/dev/null
         source "${SCRIPT_DIR}/env_npu.sh"
     fi
     OUTPUT_DIR="${OUTPUT_DIR:-${PWD}/output}/${device_id}"
-    rm -rf "${OUTPUT_DIR}"
+    if [[ -e "${OUTPUT_DIR}" ]]; then
+        local moved n=0
+        moved="${OUTPUT_DIR}.$(date +%Y%m%d-%H%M%S)"
+        while [[ -e "${moved}$([[ ${n} -gt 0 ]] && echo "-${n}")" ]]; do n=$((n + 1)); done
+        [[ ${n} -gt 0 ]] && moved="${moved}-${n}"
+        if ! mv "${OUTPUT_DIR}" "${moved}"; then
+            echo "[Error] cannot move the previous ${OUTPUT_DIR} aside to ${moved}"
+            exit 1
+        fi
+        echo "previous output moved to ${moved} (continue that run with resume=${moved}/run/checkpoints/last.pth)"
+    fi
     mkdir -p "${OUTPUT_DIR}"
     RUN_DIR="${OUTPUT_DIR}/run"
     LOG_FILE="${OUTPUT_DIR}/train_${device_id}.log"
@@ -91,11 +144,25 @@ setup_env() {
 
 # run_train OVERRIDE...: train.py with the common overrides, then the script's, then the user's.
 run_train() {
-    local args=("data.root='${data_path}'" "data.generate=false" "runtime.device=${device}" "run_dir='${RUN_DIR}'")
+    local run_device="${device}"
+    if [[ "${RUN_KIND}" == "1p" && "${device}" != "cpu" && "${device}" != *:* ]]; then
+        run_device="${device}:${device_id}"
+    fi
+    local args=("data.root='${data_path}'" "data.generate=false" "runtime.device=${run_device}" "run_dir='${RUN_DIR}'")
     [[ -n "${batch_size}" ]] && args+=("train.batch_size=${batch_size}")
     [[ -n "${epochs}" ]] && args+=("train.epochs=${epochs}")
     [[ -n "${checkpoint}" ]] && args+=("checkpoint='${checkpoint}'")
+    case "${pretrained}" in
+        "") ;;
+        none|None|null) args+=("model.pretrained=none") ;;
+        *) args+=("model.pretrained='${pretrained}'") ;;
+    esac
+    case "${apex}" in
+        O1) args+=("amp.enabled=true" "amp.loss_scale=128") ;;
+        O0) args+=("amp.enabled=false") ;;
+    esac
     echo "${PYTHON} train.py $* ${args[*]} ${EXTRA[*]}" > "${LOG_FILE}"
+    echo "device id ${device_id}, ASCEND_DEVICE_ID=${ASCEND_DEVICE_ID}, runtime.device=${run_device}" >> "${LOG_FILE}"
     (cd "${REPO_DIR}" && "${PYTHON}" train.py "$@" "${args[@]}" train.progress=plain "${EXTRA[@]}") >> "${LOG_FILE}" 2>&1
     local rc=$?
     if [[ ${rc} -ne 0 ]]; then
@@ -105,7 +172,8 @@ run_train() {
     fi
 }
 
-# summarize MODE: read summary.json, print the ModelZoo lines, write <CaseName>.log. MODE: acc | perf | eval
+# summarize MODE: read summary.json and the run's config.yaml, print the ModelZoo lines, write <CaseName>.log.
+# MODE: acc | perf | eval. As in the ModelZoo scripts, an fp32 run (O0) is named ..._<N>p_fp32_<mode>.
 summarize() {
     local mode="$1"
     local summary="${RUN_DIR}/summary.json"
@@ -113,15 +181,19 @@ summarize() {
         echo "[Error] ${summary} is missing; see ${LOG_FILE}"
         exit 1
     fi
-    # shellcheck disable=SC2046
-    read -r FPS AP LOSS E2E RANKS BS DEV ITERS <<< "$("${PYTHON}" - "${summary}" <<'PY'
-import json, sys
+    read -r FPS AP LOSS E2E RANKS BS DEV AMP <<< "$("${PYTHON}" - "${summary}" "${RUN_DIR}/config.yaml" <<'PY'
+import json, os, sys
+import yaml
 s = json.load(open(sys.argv[1]))
+cfg = yaml.safe_load(open(sys.argv[2])) if os.path.isfile(sys.argv[2]) else {}
 def num(v, fmt):
     return "None" if v is None else format(float(v), fmt)
+train = cfg.get("train", {})
+batch = train.get("eval_batch_size", 1) if s.get("mode") == "eval" else s.get("batch_size", train.get("batch_size", 0))
+amp = cfg.get("amp", {}).get("enabled")
 print(num(s.get("fps"), ".3f"), num(s.get("segm_ap"), ".4f"), num(s.get("final_loss"), ".4f"),
-      int(round(s.get("duration_sec", 0))), s.get("world_size", 1), s.get("batch_size", 0),
-      s.get("device", "unknown"), s.get("iterations", 0))
+      int(round(s.get("duration_sec", 0))), s.get("world_size", 1), batch, s.get("device", "unknown"),
+      {True: "O1", False: "O0"}.get(amp, "unknown"))
 PY
 )"
     local total_bs=$(( BS * RANKS ))
@@ -129,7 +201,9 @@ PY
     if [[ "${FPS}" != "None" ]] && "${PYTHON}" -c "import sys; sys.exit(float('${FPS}') <= 0)"; then
         step_ms=$("${PYTHON}" -c "print(f'{${total_bs} * 1000 / ${FPS}:.2f}')")
     fi
-    local CaseName="${Network}_bs${total_bs}_${RANKS}p_${mode}"
+    local precision=""
+    [[ "${AMP}" == "O0" && "${mode}" != "eval" ]] && precision="_fp32"
+    local CaseName="${Network}_bs${total_bs}_${RANKS}p${precision}_${mode}"
     echo "------------------ Final result ------------------"
     if [[ "${mode}" != "eval" ]]; then
         echo "Final Performance images/sec : ${FPS}"

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# COCO segm/bbox AP of --checkpoint on val2017 on one device.
-# Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco [--device_id=0] [--batch_size=N] [--epochs=N] [--device=auto] --checkpoint=PATH [key=value ...]
+# COCO segm/bbox AP of --checkpoint on val2017 on one device, one image per batch (as the ModelZoo evaluation
+# runs): padding images of different shapes to one canvas would make the AP depend on the batch composition.
+# --batch_size is not a training batch here and is ignored with a warning; train.eval_batch_size=N overrides.
+# Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco --checkpoint=PATH [--device_id=N] [--apex=O1|O0] [--device=auto] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 parse_args "$@"
 require_checkpoint
-setup_env
-run_train +experiment=eval
+if [[ -n "${batch_size}" ]]; then
+    echo "[Warning] --batch_size=${batch_size} ignored: evaluation runs one image per batch (override with train.eval_batch_size=N)"
+    batch_size=""
+fi
+if [[ -n "${epochs}" ]]; then
+    echo "[Warning] --epochs=${epochs} ignored: evaluation does not train"
+    epochs=""
+fi
+setup_env 1p
+run_train +experiment=eval train.eval_batch_size=1
 summarize eval

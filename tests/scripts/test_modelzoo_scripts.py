@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -110,3 +111,180 @@ def test_train_full_8p_as_two_cpu_processes(synthetic_coco: Path, tmp_path: Path
     case = case_log(tmp_path / "output" / "0")
     assert case["RankSize"] == "2" and case["BatchSize"] == "4" and case["CaseName"] == "SOLOv2_for_PyTorch_bs4_2p_acc"
     assert 0.0 <= float(summary_lines(out.stdout)["Final Train Accuracy"]) <= 1.0
+
+
+# ---------------------------------------------------------------- argument handling, with train.py stood in
+# The stand-in composes the real config from the arguments the script passes (so a key or value that train.py
+# would reject fails here too), records them with the ASCEND_DEVICE_ID it was started with, and writes the
+# config.yaml and summary.json that train.py writes into run_dir; the scripts' own python calls run unchanged.
+FAKE_TRAIN = '''
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from solo_npu.config import register_configs
+register_configs()
+with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
+    cfg = compose("config", overrides=sys.argv[1:])
+run_dir = Path(cfg.run_dir)
+run_dir.mkdir(parents=True, exist_ok=True)
+OmegaConf.save(cfg, run_dir / "config.yaml")
+(run_dir / "call.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": os.environ.get("ASCEND_DEVICE_ID")}}))
+summary = {{"mode": cfg.mode, "fps": 10.0, "segm_ap": 0.25, "final_loss": 1.0, "duration_sec": 1.0,
+           "world_size": cfg.launcher.nproc_per_node, "batch_size": cfg.train.batch_size, "device": "npu"}}
+(run_dir / "summary.json").write_text(json.dumps(summary))
+'''
+
+
+@pytest.fixture(scope="module")
+def stand_in_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``PYTHON`` for the scripts that runs the train.py stand-in instead of train.py."""
+    folder = tmp_path_factory.mktemp("stand_in")
+    fake = folder / "fake_train.py"
+    fake.write_text(FAKE_TRAIN.format(root=str(ROOT), conf=str(ROOT / "conf")))
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/usr/bin/env bash\n'
+                       f'if [[ "$1" == train.py ]]; then shift; exec {sys.executable} {fake} "$@"; fi\n'
+                       f'exec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def run_stand_in(python: Path, name: str, cwd: Path, *args: str, ascend_device_id: str | None = None
+                 ) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ASCEND_DEVICE_ID"}
+    env.update(PYTHON=str(python), OMP_NUM_THREADS="1")
+    if ascend_device_id is not None:
+        env["ASCEND_DEVICE_ID"] = ascend_device_id
+    return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def recorded(out_dir: Path) -> tuple[dict[str, str], str | None, dict]:
+    """(the key=value arguments train.py got, its ASCEND_DEVICE_ID, the composed config) of a stand-in run."""
+    import yaml
+
+    call = json.loads((out_dir / "run" / "call.json").read_text())
+    args = dict(a.split("=", 1) for a in call["argv"] if "=" in a and not a.startswith("+"))
+    return args, call["env"], yaml.safe_load((out_dir / "run" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize(("flag", "env", "expected", "source"), [
+    (None, None, "0", "default"),
+    (None, "5", "5", "ASCEND_DEVICE_ID"),
+    ("3", None, "3", "--device_id"),
+    ("3", "5", "3", "--device_id"),
+])
+def test_device_id_precedence(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path, flag: str | None,
+                              env: str | None, expected: str, source: str) -> None:
+    """--device_id, else a pre-set ASCEND_DEVICE_ID, else 0: the 1p run is pinned to that device."""
+    args = [f"--data_path={synthetic_coco}", "--device=npu"] + ([f"--device_id={flag}"] if flag else [])
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, *args, ascend_device_id=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"device id is {expected} ({source})" in proc.stdout
+    assert ("[Warning] --device_id=3 overrides ASCEND_DEVICE_ID=5" in proc.stdout) == (flag == "3" and env == "5")
+    out = tmp_path / "output" / expected
+    passed, seen_env, cfg = recorded(out)
+    assert passed["runtime.device"] == cfg["runtime"]["device"] == f"npu:{expected}" and seen_env == expected
+    assert (out / f"train_{expected}.log").is_file() and [p.name for p in (tmp_path / "output").iterdir()] == [expected]
+
+
+def test_device_id_on_8p_names_the_output_only(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
+    proc = run_stand_in(stand_in_python, "train_full_8p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        "--device=npu", ascend_device_id="4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed, seen_env, cfg = recorded(tmp_path / "output" / "4")
+    assert passed["runtime.device"] == "npu" and cfg["launcher"]["nproc_per_node"] == 8  # ranks take devices 0..7
+
+
+def test_bad_device_id_fails(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        ascend_device_id="npu1")
+    assert proc.returncode == 1 and '[Error] ASCEND_DEVICE_ID must be a device number, got "npu1"' in proc.stdout
+    assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.parametrize(("script", "apex", "amp", "case"), [
+    ("train_full_1p.sh", "O0", False, "SOLOv2_for_PyTorch_bs2_1p_fp32_acc"),
+    ("train_full_1p.sh", "O1", True, "SOLOv2_for_PyTorch_bs2_1p_acc"),
+    ("train_full_1p.sh", None, True, "SOLOv2_for_PyTorch_bs2_1p_acc"),   # the 1p experiment is O1
+    ("train_performance_8p.sh", "O0", False, "SOLOv2_for_PyTorch_bs16_8p_fp32_perf"),
+])
+def test_apex_level_sets_precision_and_case_name(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path,
+                                                  script: str, apex: str | None, amp: bool, case: str) -> None:
+    """O0 is fp32 and the ModelZoo scripts name it ..._<N>p_fp32_acc (Ascend/ModelZoo-PyTorch,
+    PyTorch/contrib/cv/detection/SOLOv2/test/train_full_1p.sh: ``if [[ $apex == "O0" ]]``)."""
+    args = [f"--data_path={synthetic_coco}"] + ([f"--apex={apex}"] if apex else [])
+    proc = run_stand_in(stand_in_python, script, tmp_path, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, _, cfg = recorded(tmp_path / "output" / "0")
+    assert cfg["amp"]["enabled"] is amp and (not amp or cfg["amp"]["loss_scale"] == 128)
+    assert case_log(tmp_path / "output" / "0")["CaseName"] == case
+
+
+def test_apex_o1_turns_on_mixed_precision_where_the_experiment_has_none(stand_in_python: Path, synthetic_coco: Path,
+                                                                        tmp_path: Path) -> None:
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"")
+    proc = run_stand_in(stand_in_python, "train_finetune_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        f"--checkpoint={ckpt}", "--apex=O1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, _, cfg = recorded(tmp_path / "output" / "0")
+    assert cfg["amp"] == {**cfg["amp"], "enabled": True, "loss_scale": 128}
+    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_for_PyTorch_bs2_1p_acc"
+
+
+def test_unsupported_apex_level_fails(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}", "--apex=O2")
+    assert proc.returncode == 1 and "[Error] --apex=O2 is not supported" in proc.stdout
+
+
+def test_eval_runs_one_image_per_batch_whatever_batch_size_says(stand_in_python: Path, synthetic_coco: Path,
+                                                                tmp_path: Path) -> None:
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"")
+    proc = run_stand_in(stand_in_python, "train_eval_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        f"--checkpoint={ckpt}", "--batch_size=8")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[Warning] --batch_size=8 ignored: evaluation runs one image per batch" in proc.stdout
+    passed, _, cfg = recorded(tmp_path / "output" / "0")
+    assert "train.batch_size" not in passed and cfg["train"]["eval_batch_size"] == 1 and cfg["mode"] == "eval"
+    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_for_PyTorch_bs1_1p_eval"  # ModelZoo: bs1
+
+
+def test_existing_output_is_moved_aside_not_deleted(stand_in_python: Path, synthetic_coco: Path,
+                                                     tmp_path: Path) -> None:
+    old = tmp_path / "output" / "0" / "run" / "checkpoints"
+    old.mkdir(parents=True)
+    (old / "last.pth").write_bytes(b"interrupted run")
+    names = []
+    for _ in range(2):
+        proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        moved = re.search(r"^previous output moved to (\S+) \(continue that run with resume=(\S+)\)$", proc.stdout,
+                          re.M)
+        assert moved, proc.stdout
+        names.append(Path(moved.group(1)).name)
+        assert Path(moved.group(2)) == Path(moved.group(1)) / "run" / "checkpoints" / "last.pth"
+    assert all(re.fullmatch(r"0\.\d{8}-\d{6}(-\d+)?", n) for n in names) and names[0] != names[1]
+    assert (tmp_path / "output" / names[0] / "run" / "checkpoints" / "last.pth").read_bytes() == b"interrupted run"
+    assert (tmp_path / "output" / names[1] / "run" / "summary.json").is_file()  # the first new run, kept too
+    assert (tmp_path / "output" / "0" / "run" / "summary.json").is_file()
+
+
+def test_pretrained_path_reaches_model_pretrained(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "pretrained" / "resnet50.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        "--pretrained=pretrained/resnet50.pth")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed, _, cfg = recorded(tmp_path / "output" / "0")
+    assert cfg["model"]["pretrained"] == str(weights)  # made absolute: train.py runs from the repository root
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        "--pretrained=none")
+    assert proc.returncode == 0 and recorded(tmp_path / "output" / "0")[2]["model"]["pretrained"] == "none"
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        "--pretrained=nowhere/resnet50.pth")
+    assert proc.returncode == 1 and '[Error] pretrained "nowhere/resnet50.pth" not found' in proc.stdout
