@@ -100,7 +100,7 @@ def benchmark_om(ctx: DeployContext, batch_size: int, loops: int) -> dict[str, A
     out = ctx.path("benchmark", f"om_b{batch_size}")
     cmd = om.ais_bench_command(launcher, om_path, out, "perf", batch_size=batch_size, loop=loops,
                                device_id=ctx.device.index)
-    stats = om.parse_summary(out / "perf", om.run_ais_bench(cmd, om_cfg.get("timeout_s")))
+    stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, om_cfg.get("timeout_s")))
     if "mean_ms" in stats and "throughput" not in stats:
         stats["throughput"] = 1000.0 * batch_size / stats["mean_ms"]
     return stats

@@ -120,7 +120,10 @@ def run_om(ctx: DeployContext, records: Sequence[Mapping[str, Any]], batch_size:
     raw = ctx.path("infer", f"om_b{batch_size}_raw")
     if batch_size == 1:
         input_dir, groups = ctx.path("preprocess", "bins"), [[i] for i in range(len(records))]
-        basenames = [r["stem"] for r in records]
+        basenames = [om.output_name(r["bin"]) for r in records]
+        if len(set(basenames)) != len(basenames):
+            raise DeployError("ais_bench names outputs by the input file name up to its first dot, and two "
+                              "preprocessed files share that prefix; rename the images so their stems differ")
     else:
         input_dir = ctx.path("infer", f"om_b{batch_size}_inputs")
         groups = om.write_batched_inputs(bins, batch_size, input_dir)

@@ -1,9 +1,23 @@
-"""The om backend: ais_bench as a subprocess, and readers for the files it writes.
+"""The om backend's tools: ATC output names, ais_bench as a subprocess, and readers for what it writes.
 
-ais_bench reads a folder of input ``.bin`` files and writes, per input file, one raw
-``{input_basename}_{i}.bin`` per model output plus ``sumary.json`` (timings). For batch sizes above
-1 we concatenate B preprocessed images into one input file ourselves (``batch_00000.bin`` ...), so
-the grouping never depends on the tool, and split its outputs back into images.
+What the real tools do (and the test stand-ins copy):
+
+- ATC ``--output=<stem>`` writes ``<stem>.om`` or, depending on the CANN version and the
+  ``--host_env_os`` / ``--host_env_cpu`` settings, ``<stem>_<os>_<arch>.om`` such as
+  ``model_b1_linux_x86_64.om`` (CANN "ATC Instructions", ``--output``).
+- ATC ``--dynamic_batch_size`` takes between 2 and 100 gears (CANN "ATC Instructions",
+  ``--dynamic_batch_size``: "档位数取值范围为(1,100]").
+- ais_bench (Ascend/tools, ``ais-bench_workload/tool/ais_bench/ais_bench/infer``) writes its outputs to
+  ``<output>/<output_dirname>/`` (``__main__.py``, ``main``: ``output_prefix = os.path.join(args.output,
+  args.output_dirname)``), one ``<name>_<i>.bin`` per model output ``i`` where ``<name>`` is the input
+  file's basename up to its first dot (``io_oprations.py``, ``save_tensors_to_file``:
+  ``os.path.basename(...).split('.')[0]``), and its timings to ``<output>/<output_dirname>_summary.json``
+  (``summary.py``, ``Summary.report``: ``open(output_prefix + "_summary.json")``) with
+  ``NPU_compute_time {min, max, mean, median, percentile(99%), count}``, ``H2D_latency``,
+  ``D2H_latency`` (ms) and ``throughput`` (1000 x batch size / mean NPU compute time).
+
+For batch sizes above 1 we concatenate B preprocessed images into one input file ourselves
+(``batch_00000.bin`` ...), so the grouping never depends on the tool, and split its outputs back into images.
 """
 
 from __future__ import annotations
@@ -11,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import platform
 import re
 import shlex
 import shutil
@@ -26,7 +41,48 @@ from solo_npu.deploy.context import DeployError
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "sumary.json"  # sic: the name ais_bench uses
+MAX_GEARS = 100  # ATC --dynamic_batch_size: (1, 100] gears
+
+
+def find_om(stem: str | Path) -> Path | None:
+    """The ``.om`` ATC wrote for ``--output=<stem>``: ``<stem>.om``, else ``<stem>_<os>_<arch>.om``.
+
+    When several ``<os>_<arch>`` variants exist the one for this host is preferred.
+    """
+    stem = Path(stem)
+    plain = stem.parent / f"{stem.name}.om"
+    if plain.is_file():
+        return plain
+    pattern = re.compile(rf"^{re.escape(stem.name)}_([a-z]+)_([a-z0-9_]+)\.om$")
+    found = sorted(p for p in stem.parent.glob(f"{stem.name}_*.om") if pattern.match(p.name))
+    host = f"{stem.name}_{platform.system().lower()}_{platform.machine().lower()}.om"
+    for path in found:
+        if path.name == host:
+            return path
+    if found:
+        logger.warning("%s was built for another host (%s); ais_bench may refuse it here", found[0],
+                       pattern.match(found[0].name).group(1, 2))
+        return found[0]
+    return None
+
+
+def check_gears(gears: Sequence[int]) -> list[int]:
+    """ATC dynamic batch gears: 2 to 100 distinct positive sizes, else a one-line DeployError."""
+    gears = [int(g) for g in gears]
+    if not 1 < len(gears) <= MAX_GEARS or len(set(gears)) != len(gears) or min(gears) < 1:
+        raise DeployError(f"deploy.compile.dynamic_batch={gears}: ATC's --dynamic_batch_size needs 2 to {MAX_GEARS} "
+                          "distinct positive gears, e.g. [1,2,4,8] (for one batch size use deploy.batch_sizes)")
+    return gears
+
+
+def output_name(input_file: str | Path) -> str:
+    """The ``<name>`` of ais_bench's ``<name>_<i>.bin`` for an input file: its basename up to the first dot."""
+    return Path(input_file).name.split(".")[0]
+
+
+def summary_path(output: str | Path, output_dirname: str) -> Path:
+    """Where ais_bench writes its timings: ``<output>/<output_dirname>_summary.json``."""
+    return Path(output) / f"{output_dirname}_summary.json"
 
 
 def ais_bench_launcher(setting: str | Sequence[str] | None) -> list[str]:
@@ -104,16 +160,17 @@ def read_output_files(out_dir: Path, basename: str, output_names: Sequence[str],
 
 
 def list_output_basenames(out_dir: Path, num_outputs: int) -> list[str]:
-    """Input basenames that have output files in ``out_dir`` (``sumary.json`` and other files skipped)."""
+    """Input basenames that have output files in ``out_dir`` (other files skipped)."""
     pattern = re.compile(rf"^(.*)_({'|'.join(str(i) for i in range(num_outputs))})\.bin$")
     names = {m.group(1) for p in out_dir.glob("*.bin") if (m := pattern.match(p.name))}
     return sorted(names)
 
 
-def parse_summary(out_dir: Path, stdout: str = "") -> dict[str, float]:
-    """NPU compute time (ms: mean, median, p99) and throughput from sumary.json, else from the log."""
+def parse_summary(output: str | Path, output_dirname: str, stdout: str = "") -> dict[str, float]:
+    """NPU compute time (ms: mean, median, p99) and throughput from ``<output>/<output_dirname>_summary.json``,
+    else from ais_bench's log lines."""
     stats: dict[str, float] = {}
-    path = out_dir / SUMMARY_FILE
+    path = summary_path(output, output_dirname)
     if path.is_file():
         summary = json.loads(path.read_text())
         compute = summary.get("NPU_compute_time") or {}

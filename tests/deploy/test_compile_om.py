@@ -4,62 +4,20 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+from deploy_standins import AIS_BENCH, ATC, install_tool
 
 from solo_npu.deploy import om
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.compile_310p import atc_command, run_compile
+from solo_npu.deploy.context import DeployError
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import read_image_outputs, run_infer
 from solo_npu.deploy.preprocess import run_preprocess
-
-# Stand-in for ATC: records its argv and writes the .om (here: the path of the ONNX it was given).
-ATC = """
-import json, os, sys
-args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-log = os.environ["STANDIN_LOG"]
-with open(os.path.join(log, "atc.jsonl"), "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-with open(args["output"] + ".om", "w") as f:
-    f.write(args["model"])
-"""
-
-# Stand-in for ais_bench: runs the ONNX named in the .om with onnxruntime over the input folder and
-# writes what ais_bench writes: {basename}_{i}.bin per output and sumary.json.
-AIS_BENCH = """
-import json, os, sys
-from pathlib import Path
-import numpy as np
-import onnxruntime as ort
-argv = sys.argv[1:]
-opts = {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2)}
-with open(os.path.join(os.environ["STANDIN_LOG"], "ais_bench.jsonl"), "a") as f:
-    f.write(json.dumps(argv) + "\\n")
-sess = ort.InferenceSession(Path(opts["model"]).read_text(), providers=["CPUExecutionProvider"])
-shape = sess.get_inputs()[0].shape
-out = Path(opts["output"]) / opts["output_dirname"]
-out.mkdir(parents=True, exist_ok=True)
-if "input" in opts:
-    for path in sorted(Path(opts["input"]).glob("*.bin")):
-        x = np.fromfile(path, dtype=np.float32).reshape(shape)
-        for i, y in enumerate(sess.run(None, {"input": x})):
-            y.tofile(out / f"{path.stem}_{i}.bin")
-summary = {"NPU_compute_time": {"min": 1.5, "max": 2.5, "mean": 2.0, "median": 1.9, "percentile(99%)": 2.4},
-           "H2D_latency": {"mean": 0.1}, "D2H_latency": {"mean": 0.1}, "throughput": 500.0 * shape[0]}
-(out / "sumary.json").write_text(json.dumps(summary))
-print("[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean(2.0): {}".format(shape[0], 500.0 * shape[0]))
-"""
-
-
-def _install(bin_dir, name, body):
-    path = bin_dir / name
-    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
-    path.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +38,9 @@ def test_without_tools_writes_script_and_continues(make_ctx, exported_run, monke
     assert any(m.startswith("atc not found on PATH") for m in result["messages"])
     assert any(m.startswith("torch_aie is not installed") for m in result["messages"])
     script = (exported_run / "compile_310p.sh").read_text()
+    assert 'cd "$(dirname "$0")"' in script and str(exported_run) not in script  # works from a copied run dir
     for bs in (1, 2):
-        expected = atc_command(exported_run / "export" / f"model_b{bs}.onnx", exported_run / "compile" / f"model_b{bs}",
+        expected = atc_command(f"export/model_b{bs}.onnx", f"compile/model_b{bs}",
                                "input", bs, (128, 160), "Ascend310P3", "allow_fp32_to_fp16")
         assert shlex.join(expected) in script
         assert f"inputs = [torch_aie.Input(({bs}, 3, 128, 160))]" in script
@@ -90,28 +49,48 @@ def test_without_tools_writes_script_and_continues(make_ctx, exported_run, monke
     assert set(summary) == {"onnxruntime_b1", "onnxruntime_b2"}
 
 
+def test_single_gear_dynamic_batch_is_refused(make_ctx, exported_run):
+    """ATC's --dynamic_batch_size takes 2 to 100 gears (ATC Instructions, --dynamic_batch_size)."""
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.dynamic_batch=[4]", run_dir=exported_run)
+    with pytest.raises(DeployError, match=r"dynamic_batch=\[4\]: ATC's --dynamic_batch_size needs 2 to 100"):
+        run_compile(ctx)
+    with pytest.raises(DeployError, match="needs 2 to 100"):
+        atc_command("m.onnx", "m", "input", 1, (32, 32), dynamic_batch=list(range(1, 102)))
+
+
+@pytest.mark.parametrize("suffix", ["", "_linux_x86_64"])
+def test_atc_output_name_with_or_without_os_arch(tmp_path, suffix):
+    """ATC --output=<stem> writes <stem>.om or <stem>_<os>_<arch>.om (ATC Instructions, --output)."""
+    (tmp_path / f"model_b1{suffix}.om").write_text("")
+    (tmp_path / "model_b10_linux_x86_64.om").write_text("")  # another stem that shares the prefix
+    assert om.find_om(tmp_path / "model_b1") == tmp_path / f"model_b1{suffix}.om"
+    assert om.find_om(tmp_path / "model_b2") is None
+
+
 def test_atc_and_ais_bench_standins(make_ctx, exported_run, monkeypatch, tmp_path):
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
     bin_dir.mkdir()
     log.mkdir()
-    _install(bin_dir, "atc", ATC)
-    _install(bin_dir, "ais_bench", AIS_BENCH)
+    install_tool(bin_dir, "atc", ATC)
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("STANDIN_LOG", str(log))
+    monkeypatch.setenv("STANDIN_ATC_SUFFIX", "_linux_x86_64")  # CANN versions that name the .om by host
     ctx = make_ctx("deploy.backends=[onnxruntime,om]", "deploy.compile.precision_mode=force_fp16",
                    "deploy.compile.log=info", "deploy.om.launcher=ais_bench", run_dir=exported_run)
     compiled = run_compile(ctx)
-    assert set(compiled["om"]) == {"1", "2"} and not compiled["messages"]
+    assert compiled["om"] == {k: str(exported_run / "compile" / f"model_b{k}_linux_x86_64.om") for k in ("1", "2")}
+    assert not compiled["messages"]
     calls = [json.loads(line) for line in (log / "atc.jsonl").read_text().splitlines()]
-    assert calls[0] == ["--framework=5", f"--model={exported_run}/export/model_b1.onnx",
-                        f"--output={exported_run}/compile/model_b1", "--input_format=NCHW",
-                        "--input_shape=input:1,3,128,160", "--soc_version=Ascend310P3", "--log=info",
-                        "--precision_mode=force_fp16"]
-    assert calls[1][4] == "--input_shape=input:2,3,128,160"
+    assert calls[0]["cwd"] == str(exported_run)  # the commands of compile_310p.sh, run from the run dir
+    assert calls[0]["argv"] == ["--framework=5", "--model=export/model_b1.onnx", "--output=compile/model_b1",
+                                "--input_format=NCHW", "--input_shape=input:1,3,128,160", "--soc_version=Ascend310P3",
+                                "--log=info", "--precision_mode=force_fp16"]
+    assert calls[1]["argv"][4] == "--input_shape=input:2,3,128,160"
 
     run_infer(ctx)
     runs = [json.loads(line) for line in (log / "ais_bench.jsonl").read_text().splitlines()]
-    assert runs[0][:2] == ["--model", f"{exported_run}/compile/model_b1.om"]
+    assert runs[0][:2] == ["--model", f"{exported_run}/compile/model_b1_linux_x86_64.om"]
     assert runs[0][2:4] == ["--input", f"{exported_run}/preprocess/bins"]
     assert runs[1][2:4] == ["--input", f"{exported_run}/infer/om_b2_inputs"]  # 8 images -> 4 batch files
     assert len(list((exported_run / "infer" / "om_b2_inputs").glob("*.bin"))) == 4
@@ -137,13 +116,24 @@ def test_atc_and_ais_bench_standins(make_ctx, exported_run, monkeypatch, tmp_pat
     assert bench["rows"][1]["throughput"] == 1000.0 and bench["rows"][1]["AP"] == pytest.approx(ap["om_b2"])
     perf = json.loads((log / "ais_bench.jsonl").read_text().splitlines()[-1])
     assert "--loop" in perf and "--input" not in perf
+    out = perf[perf.index("--output") + 1]
+    assert (Path(out) / "perf_summary.json").is_file()  # ais_bench's <output>/<dirname>_summary.json
 
 
-def test_parse_summary_from_log_and_output_listing(tmp_path):
+def test_parse_summary_from_file_then_log_and_output_listing(tmp_path):
+    # summary.py Summary.report: <output>/<output_dirname>_summary.json, keys as written there
+    (tmp_path / "perf_summary.json").write_text(json.dumps({
+        "NPU_compute_time": {"min": 3.0, "max": 4.1, "mean": 3.6, "median": 3.5, "percentile(99%)": 4.0, "count": 10},
+        "throughput": 1111.1}))
+    assert om.parse_summary(tmp_path, "perf") == {"mean_ms": 3.6, "p50_ms": 3.5, "p99_ms": 4.0, "throughput": 1111.1}
+    assert om.summary_path(tmp_path, "perf") == tmp_path / "perf_summary.json"
+    # the log lines of the same function when there is no file
     stdout = ("[INFO] NPU_compute_time (ms): min = 3.1, max = 4.0, mean = 3.5, median = 3.4, percentile(99%) = 3.9\n"
               "[INFO] throughput 1000*batchsize.mean(4)/NPU_compute_time.mean(3.5): 1142.86\n")
-    assert om.parse_summary(tmp_path, stdout) == {"mean_ms": 3.5, "p50_ms": 3.4, "p99_ms": 3.9,
-                                                   "throughput": 1142.86}
-    for name in ("a_0.bin", "a_1.bin", "a_2.bin", "b_x_0.bin", "b_x_1.bin", "b_x_2.bin", "sumary.json"):
+    assert om.parse_summary(tmp_path, "other", stdout) == {"mean_ms": 3.5, "p50_ms": 3.4, "p99_ms": 3.9,
+                                                          "throughput": 1142.86}
+    # io_oprations.py save_tensors_to_file: <input basename up to its first dot>_<i>.bin
+    assert om.output_name("bins/000000000139.bin") == "000000000139" and om.output_name("a.b.bin") == "a"
+    for name in ("a_0.bin", "a_1.bin", "a_2.bin", "b_x_0.bin", "b_x_1.bin", "b_x_2.bin", "perf_summary.json"):
         (tmp_path / name).write_bytes(b"")
     assert om.list_output_basenames(tmp_path, 3) == ["a", "b_x"]

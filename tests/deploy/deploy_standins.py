@@ -1,0 +1,101 @@
+"""Stand-ins for the Ascend tools the tests cannot run (ATC, ais_bench, torch_aie).
+
+Each one reproduces what the real tool is documented (or written) to do, including the errors we rely
+on, and says where that is defined. What they cannot reproduce is the NPU itself: they compute on the
+CPU with onnxruntime or TorchScript, in float32.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+# ATC. Sources: CANN "ATC Instructions" (hiascend.com, atctool), parameter pages
+#  --output (atlasatcparam_16_0029): the model is written to "<output>.om" or "<output>_<os>_<arch>.om",
+#      e.g. tf_resnet50_linux_x86_64.om; here the suffix comes from $STANDIN_ATC_SUFFIX (empty: <output>.om).
+#  --dynamic_batch_size (atlasatcparam_16_0018): gears in (1, 100], "at least 2 gears, at most 100", with -1 as
+#      the batch dimension of --input_shape; anything else is refused (non-zero exit).
+# The .om it writes holds the path of the ONNX it was given, for the ais_bench stand-in to run.
+ATC = """
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+with open(os.path.join(os.environ["STANDIN_LOG"], "atc.jsonl"), "a") as f:
+    f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd()}) + "\\n")
+if "dynamic_batch_size" in args:
+    gears = args["dynamic_batch_size"].strip('"').split(",")
+    if not 1 < len(gears) <= 100 or ":-1," not in args["input_shape"]:
+        sys.exit("E10001: --dynamic_batch_size needs 2 to 100 gears and -1 as the batch of --input_shape")
+with open(args["output"] + os.environ.get("STANDIN_ATC_SUFFIX", "") + ".om", "w") as f:
+    f.write(os.path.abspath(args["model"]))
+"""
+
+# ais_bench. Source: Ascend/tools, ais-bench_workload/tool/ais_bench/ais_bench/infer/
+#  __main__.py get_args: --output_dirname without --output is an error; --device in [0, 255];
+#      main: output_prefix = os.path.join(args.output, args.output_dirname).
+#  utils.py get_fileslist_from_dir: the *.bin files of --input, natural-sorted.
+#  io_oprations.py get_files_count_per_batch: files per batch = model input bytes / file bytes (must divide);
+#      list_split pads a short last batch with a filler whose outputs are not written;
+#      save_tensors_to_file: each output i is split along the batch axis into one file per input file,
+#      named "<input basename up to its first dot>_<i>.bin".
+#  summary.py Summary.report: "<output_prefix>_summary.json" with NPU_compute_time / H2D_latency / D2H_latency
+#      {min, max, mean, median, percentile(99%), count} and throughput = 1000 * batchsize / mean NPU time,
+#      and the log line "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X".
+# Timings are fixed (2.0 ms mean NPU time) so tests can check how they are read.
+AIS_BENCH = """
+import json, os, re, sys
+from pathlib import Path
+import numpy as np
+import onnxruntime as ort
+argv = sys.argv[1:]
+opts = {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2)}
+with open(os.path.join(os.environ["STANDIN_LOG"], "ais_bench.jsonl"), "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+if "output_dirname" in opts and "output" not in opts:
+    sys.exit("RuntimeError: error bad parameters --output_dirname")
+if not 0 <= int(opts.get("device", 0)) <= 255:
+    sys.exit("device:{} is invalid. valid value range is [0, 255]".format(opts["device"]))
+sess = ort.InferenceSession(Path(opts["model"]).read_text(), providers=["CPUExecutionProvider"])
+shape = sess.get_inputs()[0].shape
+if "dymBatch" in opts:
+    shape = [int(opts["dymBatch"]), *shape[1:]]
+model_bytes = 4 * int(np.prod(shape))
+out = Path(opts["output"]) / opts["output_dirname"] if "output" in opts else None
+if out is not None:
+    out.mkdir(parents=True, exist_ok=True)
+runs = int(opts.get("loop", 1))
+if "input" in opts:
+    key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split("([0-9]+)", str(p))]
+    files = sorted(Path(opts["input"]).glob("*.bin"), key=key)
+    if not files:
+        sys.exit("not find valid [*.npy *.NPY *.bin *.BIN] files")
+    per_batch, rest = divmod(model_bytes, files[0].stat().st_size)
+    if rest:
+        sys.exit("arg0 tensorsize: {} filesize: {} not match".format(model_bytes, files[0].stat().st_size))
+    runs = 0
+    for start in range(0, len(files), per_batch):
+        group = files[start:start + per_batch]
+        data = [np.fromfile(p, dtype=np.float32) for p in group]
+        data += [data[0]] * (per_batch - len(group))  # the padding filler
+        outputs = sess.run(None, {"input": np.concatenate(data).reshape(shape)})
+        runs += 1
+        for i, y in enumerate(outputs):
+            for j, part in enumerate(np.array_split(y, per_batch, axis=0)[:len(group)]):
+                part.tofile(out / "{}_{}.bin".format(group[j].name.split(".")[0], i))
+batch = int(opts.get("batchsize") or shape[0])
+times = {"min": 1.5, "max": 2.5, "mean": 2.0, "median": 1.9, "percentile(99%)": 2.4, "count": runs}
+summary = {"filesinfo": {}, "NPU_compute_time": times, "H2D_latency": dict(times, mean=0.1),
+           "D2H_latency": dict(times, mean=0.1), "throughput": 1000 * batch / 2.0, "pid": os.getpid()}
+if out is not None:
+    Path(str(out) + "_summary.json").write_text(json.dumps(summary))
+print("[INFO] NPU_compute_time (ms): min = 1.5, max = 2.5, mean = 2.0, median = 1.9, percentile(99%) = 2.4")
+print("[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean(2.0): {}".format(batch, 1000 * batch / 2.0))
+"""
+
+
+def install_tool(bin_dir: Path, name: str, body: str) -> Path:
+    """Write ``body`` as an executable script run by this interpreter."""
+    path = bin_dir / name
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return path
