@@ -9,8 +9,12 @@ Architecture: ResNet-50 (pytorch style, BN frozen) C3..C5 -> YOLACT FPN (1x1 lat
 top-down upsampling, 3x3 output convs + ReLU, two stride-2 3x3 "downsample" convs for P6/P7) ->
 protonet on P3 (3 x conv3x3+ReLU, bilinear x2, conv3x3+ReLU, conv1x1 to 32, ReLU) giving
 138x138x32 prototypes at 550x550, and one prediction head shared by all 5 levels (conv3x3+ReLU,
-then 3x3 convs for 4 box offsets, 81 class logits and 32 tanh mask coefficients per prior; 3 square
-priors per position with sides ``scale * ar / 550`` for ``ar`` in (1, 1/2, 2) and scales 24..384).
+then 3x3 convs for 4 box offsets, 81 class logits and 32 tanh mask coefficients per prior).
+
+Priors (``make_priors`` with the R50 config's ``preapply_sqrt=False``, ``use_pixel_scales=True``,
+``use_square_anchors=True``): 3 per position, all square, with sides ``scale * sqrt(ar) / 550`` for
+``ar`` in (1, 1/2, 2) - i.e. ``scale * (1, 0.7071, 1.4142) / 550`` - and one scale per level
+(24, 48, 96, 192, 384 on P3..P7); 19248 priors at 550x550. Boxes are decoded with variances (0.1, 0.2).
 
 Pre-processing (YOLACT ``FastBaseTransform``): resize to 550x550 ignoring the aspect ratio
 (bilinear), ``(img_bgr - [103.94, 116.78, 123.68]) / [57.38, 57.12, 58.40]``, then RGB order; i.e.
@@ -142,7 +146,8 @@ class YolactEdge(nn.Module):
                  num_classes: int = 80, scales: Sequence[float] = (24, 48, 96, 192, 384),
                  aspect_ratios: Sequence[float] = (1.0, 0.5, 2.0), max_size: int = 550, conf_thresh: float = 0.05,
                  nms_thresh: float = 0.5, top_k: int = 200, max_num_detections: int = 100, mask_thr: float = 0.5,
-                 export_mode: str = "detections") -> None:
+                 export_mode: str = "detections", preapply_sqrt: bool = False, use_pixel_scales: bool = True,
+                 use_square_anchors: bool = True) -> None:
         super().__init__()
         if export_mode not in ("detections", "heads"):
             raise ValueError(f"export_mode must be 'detections' or 'heads', got {export_mode!r}")
@@ -155,6 +160,9 @@ class YolactEdge(nn.Module):
         self.scales = tuple(scales)
         self.aspect_ratios = tuple(aspect_ratios)
         self.max_size = max_size
+        self.preapply_sqrt = preapply_sqrt
+        self.use_pixel_scales = use_pixel_scales
+        self.use_square_anchors = use_square_anchors
         self.conf_thresh = conf_thresh
         self.nms_thresh = nms_thresh
         self.top_k = top_k
@@ -179,10 +187,15 @@ class YolactEdge(nn.Module):
         proto = self.proto_net(feats[0]).permute(0, 2, 3, 1).contiguous()
         head = self.prediction_layers[0]
         locs, confs, coeffs = zip(*(head(f) for f in feats))
-        priors = yolact_priors([tuple(f.shape[-2:]) for f in feats], self.scales, self.aspect_ratios,
-                               self.max_size).to(images.device)
+        priors = self.priors([tuple(f.shape[-2:]) for f in feats]).to(images.device)
         boxes = decode_center_size(torch.cat(locs, 1), priors, (0.1, 0.2))
         return boxes, torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1), proto
+
+    def priors(self, conv_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """Priors ``[N, 4]`` (cx, cy, w, h) for the levels' ``(H, W)``, with this model's prior settings."""
+        return yolact_priors(conv_sizes, self.scales, self.aspect_ratios, self.max_size,
+                             preapply_sqrt=self.preapply_sqrt, use_pixel_scales=self.use_pixel_scales,
+                             use_square_anchors=self.use_square_anchors)
 
     def export_forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """Static-shape outputs for TorchScript / ONNX (see :attr:`output_names`).
@@ -295,7 +308,8 @@ def build_yolact_edge(num_classes: int = 80, name: str = "yolact_edge", depth: i
                       aspect_ratios: Sequence[float] = (1.0, 0.5, 2.0), max_size: int = 550,
                       conf_thresh: float = 0.05, nms_thresh: float = 0.5, top_k: int = 200,
                       max_num_detections: int = 100, mask_thr: float = 0.5,
-                      export_mode: str = "detections") -> YolactEdge:
+                      export_mode: str = "detections", preapply_sqrt: bool = False, use_pixel_scales: bool = True,
+                      use_square_anchors: bool = True) -> YolactEdge:
     """YolactEdge R50-FPN at 550x550 (seed 001 defaults); smaller ``depth`` / widths for tests.
     ``name`` is the config's label, kept as ``model.name``."""
     backbone = ResNet(depth=depth, style="pytorch", norm="frozen_bn", frozen_stages=-1, out_indices=(1, 2, 3))
@@ -303,6 +317,7 @@ def build_yolact_edge(num_classes: int = 80, name: str = "yolact_edge", depth: i
     proto = ProtoNet(fpn_channels, proto_channels, mask_dim)
     head = PredictionHead(fpn_channels, len(aspect_ratios), num_classes + 1, mask_dim)
     model = YolactEdge(backbone, fpn, proto, head, num_classes, scales, aspect_ratios, max_size, conf_thresh,
-                       nms_thresh, top_k, max_num_detections, mask_thr, export_mode)
+                       nms_thresh, top_k, max_num_detections, mask_thr, export_mode, preapply_sqrt,
+                       use_pixel_scales, use_square_anchors)
     model.name = name
     return model.eval()

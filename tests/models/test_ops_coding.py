@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 
 from solo_npu.models.ops import (
@@ -73,15 +74,32 @@ def test_ssd_default_boxes_count_and_layout() -> None:
     torch.testing.assert_close(dboxes, naive_mlperf_dboxes())
 
 
-def test_yolact_priors_match_reference_loops() -> None:
-    sizes, scales, ars, max_size = [(3, 4), (2, 2)], [24, 48], [1, 0.5, 2], 64
-    ref = []
+def reference_make_priors(sizes, scales, ars, max_size, preapply_sqrt, use_pixel_scales, use_square_anchors):
+    """yolact_edge/yolact.py ``PredictionModule.make_priors`` (873fceb, lines 262-301), written as loops."""
+    out = []
     for (h, w), s in zip(sizes, scales):
         for j, i in itertools.product(range(h), range(w)):
             for ar in ars:
-                width = s * ar / max_size
-                ref.append([(i + 0.5) / w, (j + 0.5) / h, width, width])  # use_square_anchors
-    torch.testing.assert_close(yolact_priors(sizes, scales, ars, max_size), torch.tensor(ref))
+                if not preapply_sqrt:
+                    ar = math.sqrt(ar)
+                if use_pixel_scales:
+                    pw, ph = s * ar / max_size, s / ar / max_size
+                else:
+                    pw, ph = s * ar / w, s / ar / h
+                if use_square_anchors:
+                    ph = pw
+                out.append([(i + 0.5) / w, (j + 0.5) / h, pw, ph])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("switches", list(itertools.product([False, True], repeat=3)))
+def test_yolact_priors_match_reference_loops(switches: tuple[bool, bool, bool]) -> None:
+    sizes, scales, ars, max_size = [(3, 4), (2, 2)], [24, 48], [1, 0.5, 2], 64
+    sqrt_, pixel, square = switches
+    ref = reference_make_priors(sizes, scales, ars, max_size, sqrt_, pixel, square)
+    out = yolact_priors(sizes, scales, ars, max_size, preapply_sqrt=sqrt_, use_pixel_scales=pixel,
+                        use_square_anchors=square)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 def test_fcos_points_offsets() -> None:

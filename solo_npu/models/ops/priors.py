@@ -1,4 +1,4 @@
-"""Anchor points and default boxes, generated with tensor ops (no loops over positions).
+"""Anchor points and default boxes, vectorised over positions (no Python loops over them).
 
 Orders match the reference heads' output layouts, so decoded boxes line up with predictions:
 
@@ -7,9 +7,12 @@ Orders match the reference heads' output layouts, so decoded boxes line up with 
 * :func:`ssd_default_boxes`: MLPerf SSD ``DefaultBoxes``: per level, size-major (every prior shape over
   all positions, then the next shape), positions row-major; ``(cx, cy, w, h)`` relative to the image and
   clamped to ``[0, 1]``. 8732 boxes for SSD300.
-* :func:`yolact_priors`: position-major (for each position, every aspect ratio), ``(cx, cy, w, h)``
-  relative; YOLACT's ``use_pixel_scales`` / ``preapply_sqrt=False`` / ``use_square_anchors`` settings of
-  the released COCO models (so every prior is square with side ``scale * ar / max_size``).
+* :func:`yolact_priors`: YOLACT / YolactEdge ``PredictionModule.make_priors``: position-major (for each
+  position, every aspect ratio), ``(cx, cy, w, h)`` relative, with the reference's ``preapply_sqrt``,
+  ``use_pixel_scales`` and ``use_square_anchors`` switches. The released COCO models (``yolact_base``,
+  ``yolact_resnet50``, ``yolact_edge_resnet50``) set them to False / True / True: every prior is square
+  with side ``scale * sqrt(ar) / max_size``, i.e. ``scale * (1, 0.7071, 1.4142) / 550`` for ratios
+  ``(1, 1/2, 2)``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,16 +72,36 @@ def ssd_default_boxes(fig_size: int = 300, feat_size: Sequence[int] = SSD300_FEA
 
 
 def yolact_priors(conv_sizes: Sequence[tuple[int, int]], scales: Sequence[float] = (24, 48, 96, 192, 384),
-                  aspect_ratios: Sequence[float] = (1.0, 0.5, 2.0), max_size: int = 550,
-                  square: bool = True) -> Tensor:
-    """YOLACT priors ``[sum(H*W*A), 4]`` (cx, cy, w, h) relative, one scale per level."""
+                  aspect_ratios: Sequence[float] = (1.0, 0.5, 2.0), max_size: int = 550, *,
+                  preapply_sqrt: bool = False, use_pixel_scales: bool = True,
+                  use_square_anchors: bool = True) -> Tensor:
+    """YOLACT priors ``[sum(H*W*A), 4]`` (cx, cy, w, h) relative to the image, one scale per level.
+
+    For the position ``(j, i)`` of an ``H x W`` level the centre is ``((i + 0.5) / W, (j + 0.5) / H)``;
+    for each aspect ratio ``ar`` (replaced by ``sqrt(ar)`` unless ``preapply_sqrt``, i.e. unless the
+    ratios are given already square-rooted) the size is ``(scale * ar, scale / ar) / max_size`` with
+    ``use_pixel_scales``, ``(scale * ar / W, scale / ar / H)`` without, and ``h = w`` with
+    ``use_square_anchors``. The defaults are the released R50 configuration. Computed in float64 and
+    rounded once to float32, as the reference builds a list of Python floats and converts it.
+    """
+    if len(conv_sizes) != len(scales):
+        raise ValueError(f"yolact_priors: {len(conv_sizes)} feature levels but {len(scales)} scales")
+    # numpy, not torch ops: the priors depend only on shapes, so an exported graph holds them as one
+    # constant (torch ops would be traced, float64 casts included).
+    ars = np.asarray(aspect_ratios, dtype=np.float64)
+    if not preapply_sqrt:
+        ars = np.sqrt(ars)
     priors = []
-    ars = torch.tensor(list(aspect_ratios), dtype=torch.float32)
     for (h, w), scale in zip(conv_sizes, scales):
-        ys, xs = _grid(h, w)
-        cx = ((xs + 0.5) / w)[:, None].expand(-1, len(ars))
-        cy = ((ys + 0.5) / h)[:, None].expand(-1, len(ars))
-        pw = (scale * ars / max_size)[None].expand(h * w, -1)
-        ph = pw if square else (scale / ars / max_size)[None].expand(h * w, -1)
-        priors.append(torch.stack([cx, cy, pw, ph], dim=-1).reshape(-1, 4))
-    return torch.cat(priors)
+        ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+        cx = np.broadcast_to(((xs.reshape(-1) + 0.5) / w)[:, None], (h * w, ars.size))
+        cy = np.broadcast_to(((ys.reshape(-1) + 0.5) / h)[:, None], (h * w, ars.size))
+        if use_pixel_scales:
+            pw, ph = scale * ars / max_size, scale / ars / max_size
+        else:
+            pw, ph = scale * ars / w, scale / ars / h
+        if use_square_anchors:
+            ph = pw
+        sides = [np.broadcast_to(v[None], (h * w, ars.size)) for v in (pw, ph)]
+        priors.append(np.stack([cx, cy, *sides], axis=-1).reshape(-1, 4))
+    return torch.from_numpy(np.concatenate(priors).astype(np.float32))
