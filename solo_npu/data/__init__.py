@@ -1,7 +1,7 @@
 """Data: COCO dataset, transforms, fixed-shape collation, samplers, synthetic data, loader builders."""
 
 from solo_npu.data.build import build_collate, build_dataloader, build_dataset, ensure_synthetic
-from solo_npu.data.coco import FAULT_KINDS, CocoInstanceDataset, segmentation_to_rle
+from solo_npu.data.coco import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, load_clean_coco, segmentation_to_rle
 from solo_npu.data.collate import FixedShapeCollate
 from solo_npu.data.samplers import GroupedBatchSampler
 from solo_npu.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
@@ -19,6 +19,7 @@ from solo_npu.data.transforms import (
 
 __all__ = [
     "FAULT_KINDS",
+    "READ_FAULTS",
     "SYNTHETIC_CATEGORIES",
     "CocoInstanceDataset",
     "Compose",
@@ -34,6 +35,7 @@ __all__ = [
     "canvas_size",
     "ensure_synthetic",
     "generate_synthetic_coco",
+    "load_clean_coco",
     "pad_offset",
     "rescale_size",
     "segmentation_to_rle",

@@ -6,12 +6,19 @@ another index, chosen deterministically); in evaluation images with annotation f
 with whatever ground truth is valid. Every fault is counted per kind and reported once per kind
 on the ``solo_npu.data`` logger; :meth:`CocoInstanceDataset.fault_counts` returns the counts,
 including those found inside DataLoader worker processes.
+
+Before pycocotools indexes the json, annotations whose ``image_id`` names no image (orphans) are
+dropped, and of several annotations with one ``id`` only the first is kept: pycocotools would index
+the last one by id but list every one under its image, so training and COCOeval would see different
+ground truth. Both are counted (``orphan_annotation``, ``duplicate_annotation_id``) and logged in one
+WARNING line; the cleaned index (:attr:`CocoInstanceDataset.coco`) is what evaluation scores against.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 from collections import defaultdict
@@ -27,11 +34,14 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger("solo_npu.data")
 
-INIT_FAULTS = ("bad_category", "degenerate_segmentation", "box_outside_image", "missing_image", "empty_image",
-               "too_many_instances")
+INIT_FAULTS = ("orphan_annotation", "duplicate_annotation_id", "bad_category", "degenerate_segmentation",
+               "box_outside_image", "missing_image", "empty_image", "too_many_instances")
 READ_FAULTS = ("unreadable_image", "image_size_mismatch", "empty_mask")
 FAULT_KINDS = INIT_FAULTS + READ_FAULTS
 _LOG_NAMES = 10  # file names listed per kind in the log
+# Read faults are counted in shared memory, one row per process (row 0: the process that owns the dataset,
+# row 1 + w: DataLoader worker w), so that workers never update the same number at once.
+_COUNT_ROWS = 65
 
 
 def _polygon_area(flat: list[float]) -> float:
@@ -68,6 +78,41 @@ def segmentation_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
     return _as_bytes_rle(seg)
 
 
+def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
+    """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
+
+    Returns:
+        (coco, orphans, duplicates): the index; annotations skipped because their ``image_id`` names no
+        image; annotations skipped because an earlier one has the same ``id``.
+
+    Raises:
+        ValueError: the file is not a COCO json object, or an annotation has no ``id``.
+    """
+    with open(ann_file) as f:
+        dataset = json.load(f)
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{ann_file} is not a COCO annotation file: the top level is a {type(dataset).__name__}")
+    image_ids = {image["id"] for image in dataset.get("images", [])}
+    kept, seen, orphans, duplicates = [], set(), 0, 0
+    for i, ann in enumerate(dataset.get("annotations", [])):
+        if "id" not in ann:
+            raise ValueError(f"{ann_file}: annotation {i} has no id")
+        if ann.get("image_id") not in image_ids:
+            orphans += 1
+        elif ann["id"] in seen:
+            duplicates += 1
+        else:
+            seen.add(ann["id"])
+            kept.append(ann)
+    if orphans or duplicates:
+        dataset["annotations"] = kept
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, orphans, duplicates
+
+
 class CocoInstanceDataset(Dataset):
     """COCO-format instance segmentation dataset.
 
@@ -91,8 +136,7 @@ class CocoInstanceDataset(Dataset):
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
         if not Path(img_dir).is_dir():
             raise FileNotFoundError(f"image directory not found: {img_dir}")
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(ann_file))
+        self.coco, orphans, duplicates = load_clean_coco(ann_file)
         self.img_dir = Path(img_dir)
         self.transforms = transforms
         self.train = train
@@ -109,9 +153,14 @@ class CocoInstanceDataset(Dataset):
 
         self._fault_files: dict[str, dict[str, None]] = defaultdict(dict)  # ordered sets of file names
         self._init_counts: dict[str, int] = defaultdict(int)
+        self._init_counts.update(orphan_annotation=orphans, duplicate_annotation_id=duplicates)
+        if orphans or duplicates:
+            logger.warning("%s: %d orphan annotations (image_id names no image; skipped), %d duplicate annotation "
+                           "ids (the first annotation of each id kept, the others skipped)", ann_file, orphans,
+                           duplicates)
         self.records = self._scan()
         # Read-time faults may be found in worker processes; shared memory makes them visible here.
-        self._read_counts = torch.zeros(len(READ_FAULTS), dtype=torch.int64).share_memory_()
+        self._read_counts = torch.zeros(_COUNT_ROWS, len(READ_FAULTS), dtype=torch.int64).share_memory_()
         self._logged_files: set[tuple[str, str]] = set()
         for kind, names in self._fault_files.items():
             shown = ", ".join(list(names)[:_LOG_NAMES]) + (" ..." if len(names) > _LOG_NAMES else "")
@@ -184,7 +233,7 @@ class CocoInstanceDataset(Dataset):
     def fault_counts(self) -> dict[str, int]:
         """Faults per kind found so far (annotation faults at init, image faults when read, all workers)."""
         counts = {k: int(self._init_counts.get(k, 0)) for k in INIT_FAULTS}
-        counts.update({k: int(v) for k, v in zip(READ_FAULTS, self._read_counts.tolist())})
+        counts.update({k: int(v) for k, v in zip(READ_FAULTS, self._read_counts.sum(0).tolist())})
         return counts
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -208,7 +257,9 @@ class CocoInstanceDataset(Dataset):
 
     # ------------------------------------------------------------------ loading
     def _read_fault(self, kind: str, file_name: str) -> None:
-        self._read_counts[READ_FAULTS.index(kind)] += 1
+        worker = torch.utils.data.get_worker_info()
+        row = 0 if worker is None else 1 + worker.id % (_COUNT_ROWS - 1)
+        self._read_counts[row, READ_FAULTS.index(kind)] += 1
         if (kind, file_name) not in self._logged_files:
             self._logged_files.add((kind, file_name))
             logger.warning("%s: %s (%s)", kind, file_name, "skipped" if self.train else "kept without ground truth")

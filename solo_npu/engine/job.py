@@ -26,7 +26,7 @@ from solo_npu.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook
 from solo_npu.engine.logs import setup_logging
 from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
 from solo_npu.engine.trainer import NonFiniteLossError, Trainer
-from solo_npu.runtime import DeviceInfo, make_grad_scaler, seed_everything
+from solo_npu.runtime import DeviceInfo, ddp_options, make_grad_scaler, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +136,13 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     _place(model, cfg, info)
     if cfg.train.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.index] if info.is_accelerator else None)
 
     batch_size = int(cfg.train.batch_size)
     lr = scaled_lr(cfg.optim.base_lr, batch_size * world, int(cfg.optim.base_batch_size), bool(cfg.optim.auto_scale_lr))
     optimizer = build_optimizer(model, cfg.optim, info, lr)
+    net: nn.Module = model
+    if world > 1:  # after the optimiser: a fused one rules out gradient bucket views
+        net = nn.parallel.DistributedDataParallel(model, **ddp_options(info, optimizer))
     scaler = make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype))
     loader = build_dataloader(cfg.data, "train", batch_size=batch_size, distributed=world > 1, rank=rank,
                               world_size=world, seed=seed, num_workers=_workers(cfg), dataset=train_set)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from solo_npu.engine import comm
-from solo_npu.runtime import DeviceInfo, autocast
+from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Trainer:
         self.iters_per_epoch = int(iters_per_epoch)
         total = self.max_epochs * self.iters_per_epoch
         self.max_iters = min(total, int(max_iters)) if max_iters else total
-        self.scaler = scaler or torch.amp.GradScaler(info.type, enabled=False)
+        self.scaler = scaler or make_grad_scaler(info, enabled=False)
         self.amp = amp
         self.amp_dtype = amp_dtype
         self.grad_clip = grad_clip
@@ -193,17 +193,15 @@ class Trainer:
             loss = loss * float("nan")
         reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()})
         values = {k: float(v) for k, v in reported.items()}
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grad(self.optimizer)  # the runtime knows how: fused optimisers keep their gradient buffer
         if not math.isfinite(values["loss"]):
             self._nonfinite(values)
             return
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        max_norm = self.grad_clip if self.grad_clip else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
+        grad_norm = clip_grad_norm(self.optimizer, self.grad_clip)
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-            self.optimizer.zero_grad(set_to_none=True)
+            zero_grad(self.optimizer)
             self._nonfinite(values)
             return
         self.scaler.step(self.optimizer)  # skips the update itself on fp16 overflow

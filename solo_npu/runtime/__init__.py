@@ -8,9 +8,12 @@ from solo_npu.runtime.device import (
     amp_dtype,
     apply_env_defaults,
     autocast,
+    clip_grad_norm,
+    ddp_options,
     describe_machine,
     dist_backend,
     import_torch_npu,
+    is_fused_optimizer,
     is_npu_available,
     make_grad_scaler,
     memory_stats,
@@ -21,6 +24,7 @@ from solo_npu.runtime.device import (
     setup_device,
     sgd_class,
     synchronize,
+    zero_grad,
 )
 
 __all__ = [
@@ -33,8 +37,11 @@ __all__ = [
     "amp_dtype",
     "apply_env_defaults",
     "autocast",
+    "clip_grad_norm",
+    "ddp_options",
     "dist_backend",
     "import_torch_npu",
+    "is_fused_optimizer",
     "is_npu_available",
     "make_grad_scaler",
     "memory_stats",
@@ -44,4 +51,5 @@ __all__ = [
     "setup_device",
     "sgd_class",
     "synchronize",
+    "zero_grad",
 ]

@@ -254,6 +254,53 @@ def sgd_class(info: DeviceInfo, fused: bool = False) -> type[torch.optim.Optimiz
     return torch.optim.SGD
 
 
+def is_fused_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    """True for torch_npu's fused optimisers (NpuFusedSGD ...), which mark themselves ``is_fused_optimizer``.
+
+    At their first use they move every parameter and gradient into one flat buffer per dtype and from then
+    on work on that buffer. Three rules follow, each answered by a function of this module:
+    :func:`zero_grad` (``set_to_none=True`` raises ValueError), :func:`clip_grad_norm` (the optimiser clips
+    its own buffer) and :func:`ddp_options` (no gradient bucket views). See docs/npu.md.
+    """
+    return bool(getattr(optimizer, "is_fused_optimizer", False))
+
+
+def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+    """Clear the gradients before a backward pass.
+
+    Plain optimisers drop them (``set_to_none=True``: no memset, and a skipped step cannot leave stale
+    gradients). Fused optimisers zero their combined buffer: dropping a gradient would detach it from the
+    buffer, and ``NpuFusedOptimizerBase.zero_grad`` raises ValueError when asked to.
+    """
+    optimizer.zero_grad(set_to_none=not is_fused_optimizer(optimizer))
+
+
+def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float | None) -> float:
+    """Clip the optimiser's gradients to an L2 norm of ``max_norm`` and return their norm before clipping.
+
+    ``max_norm`` None or 0 only measures the norm. Call it after ``GradScaler.unscale_`` so that the limit
+    applies to true gradients. Fused optimisers clip their combined buffer (``clip_grad_norm_fused_``);
+    the others use ``torch.nn.utils.clip_grad_norm_`` over the parameters that have a gradient.
+    """
+    limit = float(max_norm) if max_norm else float("inf")
+    if is_fused_optimizer(optimizer):
+        return float(optimizer.clip_grad_norm_fused_(limit))
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
+
+
+def ddp_options(info: DeviceInfo, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Keyword arguments for ``DistributedDataParallel`` on this device with this optimiser.
+
+    ``device_ids`` names the device of a device-resident module (None for one in host memory).
+    ``gradient_as_bucket_view`` saves a gradient-sized copy per step, but DDP then re-points each
+    ``.grad`` at its own bucket, which would detach it from a fused optimiser's combined buffer (the
+    optimiser would step on stale gradients): off for fused optimisers, on otherwise.
+    """
+    return {"device_ids": [info.index] if info.device.type != "cpu" else None,
+            "gradient_as_bucket_view": not is_fused_optimizer(optimizer)}
+
+
 def apply_env_defaults(defaults: Mapping[str, str], env: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Set environment variables that are not set yet; explicit ``env`` entries always win.
 

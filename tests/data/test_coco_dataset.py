@@ -72,7 +72,8 @@ def _planted(tmp_path):
     return root
 
 
-EXPECTED = {"unreadable_image": 1, "missing_image": 1, "empty_image": 1, "degenerate_segmentation": 1,
+EXPECTED = {"orphan_annotation": 0, "duplicate_annotation_id": 0, "unreadable_image": 1,
+            "missing_image": 1, "empty_image": 1, "degenerate_segmentation": 1,
             "bad_category": 1, "box_outside_image": 1, "too_many_instances": 0, "image_size_mismatch": 0,
             "empty_mask": 0}
 
@@ -129,3 +130,63 @@ def test_clear_errors_for_missing_inputs(tmp_path, synthetic_coco):
     shutil.copy(_paths(synthetic_coco)[0], tmp_path / "a.json")
     with pytest.raises(ValueError, match="no usable training image"):
         CocoInstanceDataset(tmp_path / "a.json", empty, train=True)
+
+
+def _tiny_coco_with_orphans_and_duplicates(tmp_path):
+    """Four synthetic images; two orphan annotations (image ids 77 and 78 name no image) and two copies of
+    an existing annotation id: one identical, one with a different category and image."""
+    root = generate_synthetic_coco(tmp_path / "dup", 4, 0, size=64, seed=2)
+    ann_file, img_dir = _paths(root)
+    data = json.loads(ann_file.read_text())
+    first = data["annotations"][0]
+    other_image = next(im["id"] for im in data["images"] if im["id"] != first["image_id"])
+    data["annotations"] += [
+        {**first, "id": 9100, "image_id": 77},
+        {**first, "id": 9101, "image_id": 78},
+        dict(first),
+        {**first, "image_id": other_image, "category_id": data["categories"][-1]["id"]},
+    ]
+    ann_file.write_text(json.dumps(data))
+    return ann_file, img_dir, first, len(data["annotations"]) - 4
+
+
+def test_orphan_annotations_and_duplicate_ids_are_counted_logged_and_skipped(tmp_path, caplog):
+    ann_file, img_dir, first, clean_total = _tiny_coco_with_orphans_and_duplicates(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.data"):
+        ds = CocoInstanceDataset(ann_file, img_dir, train=False)
+    lines = [r.getMessage() for r in caplog.records if "orphan" in r.getMessage()]
+    assert len(lines) == 1 and "2 orphan annotations" in lines[0] and "2 duplicate annotation ids" in lines[0]
+    counts = ds.fault_counts()
+    assert counts["orphan_annotation"] == 2 and counts["duplicate_annotation_id"] == 2
+    # The first annotation of the id is the one kept, in the index and in the samples' ground truth alike.
+    assert len(ds.coco.anns) == len(ds.coco.dataset["annotations"]) == clean_total
+    assert ds.coco.anns[first["id"]] == first
+    per_image = {i: [a["id"] for a in ds.coco.imgToAnns[i]] for i in ds.coco.imgs}
+    assert sum(ids.count(first["id"]) for ids in per_image.values()) == 1
+    assert first["id"] in per_image[first["image_id"]]
+    assert not set(ds.coco.imgToAnns) - set(ds.coco.imgs)  # no orphan left in the index
+    rec = next(r for r in ds.records if r["image_id"] == first["image_id"])
+    assert len(rec["anns"]) == len(per_image[first["image_id"]])
+
+
+def test_duplicates_would_change_the_ground_truth_pycocotools_scores(tmp_path):
+    """Why duplicates are dropped before indexing: pycocotools' COCO.createIndex maps ``anns[ann['id']]`` (the
+    last one wins) but appends every annotation to ``imgToAnns``, so COCOeval's ``loadAnns(getAnnIds(img))`` reads
+    the last copy once per copy, on the first copy's image too."""
+    ann_file, img_dir, first, _ = _tiny_coco_with_orphans_and_duplicates(tmp_path)
+    raw = COCO(str(ann_file))
+    loaded = raw.loadAnns(raw.getAnnIds(imgIds=[first["image_id"]]))
+    assert [a["image_id"] for a in loaded if a["id"] == first["id"]] != [first["image_id"]]
+    ds = CocoInstanceDataset(ann_file, img_dir, train=False)
+    loaded = ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[first["image_id"]]))
+    assert [a for a in loaded if a["id"] == first["id"]] == [first]
+
+
+def test_annotation_without_id_is_a_clear_error(tmp_path):
+    root = generate_synthetic_coco(tmp_path / "noid", 2, 0, size=64, seed=3)
+    ann_file, img_dir = _paths(root)
+    data = json.loads(ann_file.read_text())
+    del data["annotations"][1]["id"]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="annotation 1 has no id"):
+        CocoInstanceDataset(ann_file, img_dir)

@@ -1,9 +1,9 @@
 import os
 import sys
-import types
 
 import pytest
 import torch
+from stand_ins import torch_npu as npu_stand_in
 
 from solo_npu import runtime
 from solo_npu.runtime import device as dev
@@ -26,23 +26,8 @@ def no_npu(monkeypatch):
 
 @pytest.fixture
 def fake_npu(monkeypatch):
-    """A stand-in torch_npu that reports two devices and records what setup_device asks of it."""
-    # The real torch_npu registers the "npu" device type through PyTorch's PrivateUse1 backend.
-    if torch._C._get_privateuse1_backend_name() != "npu":
-        torch.utils.rename_privateuse1_backend("npu")
-    calls = {}
-    npu = types.SimpleNamespace(
-        is_available=lambda: True,
-        device_count=lambda: 2,
-        set_device=lambda d: calls.setdefault("set_device", d),
-        set_compile_mode=lambda jit_compile: calls.setdefault("jit_compile", jit_compile),
-    )
-    fake = types.ModuleType("torch_npu")
-    fake.npu = npu
-    fake.optim = types.SimpleNamespace(NpuFusedSGD=type("NpuFusedSGD", (torch.optim.SGD,), {}))
-    monkeypatch.setitem(sys.modules, "torch_npu", fake)
-    monkeypatch.setattr(torch, "npu", npu, raising=False)
-    return calls
+    """The torch_npu stand-in (tests/stand_ins/torch_npu.py) with two devices; returns what it was asked."""
+    return npu_stand_in.install(monkeypatch, device_count=2).npu.calls
 
 
 def test_auto_without_npu_or_cuda_is_cpu(no_npu):
@@ -146,16 +131,102 @@ def test_memory_stats_cpu_reports_rss():
 
 
 def test_accelerator_rng_states_round_trip_on_fake_npu(fake_npu, monkeypatch):
-    saved = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    torch.npu.get_rng_state_all = lambda: [torch.tensor([1, 2, 3], dtype=torch.uint8)]
-    torch.npu.set_rng_state_all = lambda states: saved.setdefault("npu", states)
     states = runtime.accelerator_rng_states()
-    assert list(states) == ["npu"] and torch.equal(states["npu"][0], torch.tensor([1, 2, 3], dtype=torch.uint8))
+    assert list(states) == ["npu"] and len(states["npu"]) == 2  # one ByteTensor per device (npu/random.py)
+    torch.npu.set_rng_state_all([states["npu"][1], states["npu"][0]])
+    swapped = runtime.accelerator_rng_states()["npu"]
     runtime.set_accelerator_rng_states({**states, "cuda": [torch.zeros(1)]})  # no CUDA here: ignored
-    assert saved["npu"] is states["npu"]
+    restored = runtime.accelerator_rng_states()["npu"]
+    assert not torch.equal(swapped[0], states["npu"][0])
+    assert all(torch.equal(a, b) for a, b in zip(restored, states["npu"], strict=True))
 
 
 def test_describe_machine_names_cpu_and_torch():
     text = runtime.describe_machine()
     assert f"({__import__('os').cpu_count()} cores)" in text and torch.__version__ in text
+
+
+def _two_params_with_grads(grads=((3.0,), (4.0,))) -> list[torch.nn.Parameter]:
+    params = [torch.nn.Parameter(torch.zeros(len(g))) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = torch.tensor(g)
+    return params
+
+
+def test_zero_grad_keeps_a_fused_optimizers_buffer_and_drops_plain_gradients(fake_npu):
+    fused = npu_stand_in.NpuFusedSGD(_two_params_with_grads(), lr=0.1)
+    fused.step()  # combines parameters and gradients into one buffer
+    # NpuFusedOptimizerBase.zero_grad rejects set_to_none (torch_npu/optim/npu_fused_optim_base.py)
+    with pytest.raises(ValueError, match="^set_to_none is not supported in fused optimizers$"):
+        fused.zero_grad(set_to_none=True)
+    runtime.zero_grad(fused)
+    grads = [p.grad for g in fused.param_groups for p in g["params"]]
+    assert all(g is not None and float(g.abs().sum()) == 0.0 for g in grads)
+    plain = torch.optim.SGD(_two_params_with_grads(), lr=0.1)
+    runtime.zero_grad(plain)
+    assert all(p.grad is None for p in plain.param_groups[0]["params"])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_clip_grad_norm_measures_and_clips_with_either_optimizer(fake_npu, fused):
+    cls = npu_stand_in.NpuFusedSGD if fused else torch.optim.SGD
+    opt = cls(_two_params_with_grads(), lr=0.1)
+    # Gradients (3) and (4): L2 norm 5. Both torch.nn.utils.clip_grad_norm_ and clip_grad_norm_fused_ scale
+    # by max_norm / (norm + 1e-6) when that is below 1.
+    assert runtime.clip_grad_norm(opt, None) == pytest.approx(5.0)
+    assert runtime.clip_grad_norm(opt, 1.0) == pytest.approx(5.0)
+    clipped = [float(p.grad) for p in opt.param_groups[0]["params"]]
+    assert clipped == pytest.approx([3 / (5 + 1e-6), 4 / (5 + 1e-6)])
+    assert (opt.calls["clip_grad_norm_fused_"] == 2) if fused else not hasattr(opt, "calls")
+
+
+def test_ddp_options_rule_out_bucket_views_for_fused_optimizers(fake_npu):
+    npu = runtime.resolve_device("npu:1")
+    cpu = runtime.DeviceInfo("cpu", torch.device("cpu"))
+    fused = npu_stand_in.NpuFusedSGD(_two_params_with_grads(), lr=0.1)
+    plain = torch.optim.SGD(_two_params_with_grads(), lr=0.1)
+    assert runtime.is_fused_optimizer(fused) and not runtime.is_fused_optimizer(plain)
+    assert runtime.ddp_options(npu, fused) == {"device_ids": [1], "gradient_as_bucket_view": False}
+    assert runtime.ddp_options(npu, plain) == {"device_ids": [1], "gradient_as_bucket_view": True}
+    assert runtime.ddp_options(cpu, plain)["device_ids"] is None
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _ddp_fused_steps(options: dict, steps: int = 3) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    reference = torch.nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    net = torch.nn.parallel.DistributedDataParallel(model, **options)
+    for _ in range(steps):
+        x = torch.randn(4, 3)
+        runtime.zero_grad(opt)
+        net(x).square().sum().backward()
+        opt.step()
+        ref_opt.zero_grad()
+        reference(x).square().sum().backward()
+        ref_opt.step()
+    return model, reference
+
+
+def test_ddp_bucket_views_detach_gradients_from_a_fused_buffer(fake_npu, single_process_group):
+    # With bucket views DDP re-points every .grad at its bucket after the optimiser combined them: the real
+    # fused optimiser would step on a stale buffer; the stand-in raises.
+    cpu = runtime.DeviceInfo("cpu", torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="re-allocated after the fused optimizer combined"):
+        _ddp_fused_steps({"gradient_as_bucket_view": True})
+    model, reference = _ddp_fused_steps(runtime.ddp_options(cpu, npu_stand_in.NpuFusedSGD([torch.zeros(1)], lr=1)))
+    # NpuFusedSGD is documented as compatible with torch.optim.SGD: same weights after the same steps.
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

@@ -1,0 +1,92 @@
+"""The torch_npu stand-in behaves as torch_npu's source defines it (see tests/stand_ins/torch_npu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stand_ins import torch_npu as npu_stand_in
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=True),
+                                    dict(momentum=0.5, dampening=0.3), dict()])
+def test_fused_sgd_matches_torch_sgd(kwargs) -> None:
+    # op-plugin docs (torch_npu-optim-NpuFusedSGD.md): "core function compatible with torch.optim.SGD".
+    model, reference = _model(), _model()
+    fused = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1, **kwargs)
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, **kwargs)
+    for step in range(4):
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+        for net, opt in ((model, fused), (reference, plain)):
+            opt.zero_grad(set_to_none=False)
+            net(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert fused.calls["step"] == 4 and fused.is_params_grads_combined
+
+
+def test_fused_sgd_raises_where_torch_npu_raises() -> None:
+    # Messages of npu_fused_sgd.py __init__ and npu_fused_optim_base.py.
+    params = list(_model().parameters())
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        npu_stand_in.NpuFusedSGD(params, lr=-1.0)
+    with pytest.raises(ValueError, match="Invalid momentum value"):
+        npu_stand_in.NpuFusedSGD(params, lr=0.1, momentum=-0.1)
+    with pytest.raises(ValueError, match="Invalid weight_decay value"):
+        npu_stand_in.NpuFusedSGD(params, lr=0.1, weight_decay=-1.0)
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum and zero dampening"):
+        npu_stand_in.NpuFusedSGD(params, lr=0.1, nesterov=True)
+    opt = npu_stand_in.NpuFusedSGD(params, lr=0.1)
+    with pytest.raises(ValueError, match="^set_to_none is not supported in fused optimizers$"):
+        opt.zero_grad(set_to_none=True)  # raised even before anything was combined
+    double = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    double.grad = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="must be either float32 or float16, but received torch.float64"):
+        npu_stand_in.NpuFusedSGD([double], lr=0.1).step()
+
+
+def test_combined_buffer_holds_gradients_and_reallocation_is_caught() -> None:
+    model = _model()
+    opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    flat = opt.get_combined_grads()[0]
+    assert flat.numel() == sum(p.numel() for p in model.parameters())
+    opt.zero_grad()
+    assert float(flat.abs().sum()) == 0.0
+    model(torch.randn(2, 4)).sum().backward()  # accumulates in place, inside the buffer
+    assert float(flat.abs().sum()) > 0.0
+    first = next(model.parameters())
+    first.grad = first.grad.clone()  # re-allocated: the real optimiser would step on the stale buffer
+    with pytest.raises(RuntimeError, match="re-allocated"):
+        opt.step()
+
+
+def test_parameters_without_a_gradient_at_first_use_are_never_updated() -> None:
+    # _maybe_init_combined_params_and_grads skips p.grad is None, and the buffer is built once.
+    model = _model()
+    opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1)
+    model[2](torch.randn(2, 3)).sum().backward()  # only the last layer gets gradients
+    opt.step()
+    before = model[0].weight.detach().clone()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert torch.equal(model[0].weight, before)
+
+
+def test_npu_module_checks_devices() -> None:
+    npu = npu_stand_in.build(device_count=2).npu
+    assert npu.device_count() == 2 and npu.is_available()
+    npu.set_device(torch.device("npu", 1))
+    assert npu.current_device() == 1
+    with pytest.raises(ValueError, match="Expected a npu device, but got: cpu"):
+        npu.set_device(torch.device("cpu"))
+    with pytest.raises(AssertionError, match="Invalid device id"):
+        npu.get_device_name(5)
+    npu.set_compile_mode(jit_compile=False)
+    assert npu.calls["jitCompile"] == "disable"

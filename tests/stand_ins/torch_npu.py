@@ -1,0 +1,383 @@
+"""A stand-in for torch_npu on a machine without Ascend hardware.
+
+It reproduces the parts of torch_npu that solo_npu calls (listed in docs/npu.md), with their signatures,
+their results and the errors they raise, so that a test fails where the real package would fail.
+"The real one" below is the Ascend/pytorch repository (torch_npu); each behaviour cites the file it follows.
+
+The fused optimisers are emulated on host memory the way torch_npu builds them: at their first use they
+move every parameter and every gradient into one flat buffer per dtype (``npu_combine_tensors`` re-points
+each tensor's storage into the buffer) and from then on zero, clip and update the buffer. One deliberate
+difference: where the real optimiser's documentation promises "unpredictable results" (a parameter or a
+gradient re-allocated after the buffer was built, e.g. by DDP's ``gradient_as_bucket_view``), the real one
+silently steps on a stale buffer; the stand-in raises instead, so a test sees the fault.
+
+Use :func:`install` (with pytest's ``monkeypatch`` in a test, without it in a spawned worker).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.optim.optimizer import required
+
+# Message of NpuFusedOptimizerBase.zero_grad (torch_npu/optim/npu_fused_optim_base.py).
+SET_TO_NONE_MESSAGE = "set_to_none is not supported in fused optimizers"
+REALLOCATED_MESSAGE = (
+    "a parameter or gradient was re-allocated after the fused optimizer combined them into one buffer: the real "
+    "torch_npu fused optimizer would now step on stale values (NpuFusedSGD: parameters must never be re-allocated)"
+)
+
+
+# --- torch_npu.utils.combine_tensors, emulated on host memory ---------------------------------------------------
+
+def npu_combine_tensors(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One flat buffer holding ``tensors``, each re-pointed into it with its value kept.
+
+    Follows torch_npu/utils/combine_tensors.py ``npu_combine_tensors``: None for an empty list or zero
+    elements, RuntimeError for a None entry or mixed dtypes; ``torch_npu.npu_change_data_ptr`` becomes
+    ``Tensor.set_`` on the same storage (the tensor object stays the same, as on the device).
+    """
+    if not tensors:
+        return None
+    if any(t is None for t in tensors):
+        raise RuntimeError("Tensors to combine must not have `None`.")
+    dtype = tensors[0].dtype
+    if any(t.dtype != dtype for t in tensors):
+        raise RuntimeError("Tensors to combine must have the same dtype.")
+    total = sum(t.numel() for t in tensors)
+    if total == 0:
+        return None
+    flat = torch.zeros(total, dtype=dtype, device=tensors[0].device)
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
+                raise RuntimeError("the stand-in combines dense tensors only")
+            value = t.clone()
+            t.set_(flat.untyped_storage(), offset, t.size(), t.stride())
+            t.copy_(value)
+            offset += t.numel()
+    return flat
+
+
+def is_combined_tensor_valid(combined: torch.Tensor | None, tensors: list[torch.Tensor | None]) -> bool:
+    """True when every tensor still lives inside ``combined`` (torch_npu/utils/combine_tensors.py)."""
+    if not tensors:
+        return True
+    if combined is None:
+        return False
+    start = combined.untyped_storage().data_ptr()
+    end = start + combined.untyped_storage().nbytes()
+    return all(t is not None and start <= t.data_ptr() < end for t in tensors)
+
+
+# --- torch_npu.optim ----------------------------------------------------------------------------------------------
+
+class NpuFusedOptimizerBase(torch.optim.Optimizer):
+    """Follows torch_npu/optim/npu_fused_optim_base.py (NpuFusedOptimizerBase)."""
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self.is_fused_optimizer = True  # the marker torch_npu's GradScaler looks for (npu/amp/grad_scaler.py)
+        self.is_params_grads_combined = False
+        self.is_states_combined = False
+        # Per dtype (fp32, fp16): the parameters combined, the two flat buffers and each group's element range.
+        self.params_all_group: list[list[torch.Tensor]] = [[], []]
+        self.params_all_group_combined: list[torch.Tensor | None] = [None, None]
+        self.grads_all_group_combined: list[torch.Tensor | None] = [None, None]
+        self._group_ranges: list[list[tuple[int, int]]] = [[], []]
+        self._group_members: list[list[list[torch.Tensor]]] = [[], []]
+        self.calls: Counter[str] = Counter()
+
+    def _maybe_init_combined_params_and_grads(self) -> None:
+        if self.is_params_grads_combined:
+            return
+        members: list[list[torch.Tensor]] = [[], []]
+        ranges: list[list[tuple[int, int]]] = [[], []]
+        group_members: list[list[list[torch.Tensor]]] = [[], []]
+        for group in self.param_groups:
+            starts = [sum(p.numel() for p in m) for m in members]
+            counts = [len(m) for m in members]
+            for p in group["params"]:
+                if p.grad is None:  # the real one skips it, and the combined buffer never includes it
+                    continue
+                if p.dtype == torch.float32:
+                    members[0].append(p)
+                elif p.dtype == torch.float16:
+                    members[1].append(p)
+                else:
+                    raise TypeError("Fused optimizer's parameters must be either float32 or float16, but received "
+                                    f"{p.dtype}")
+            for i in range(2):
+                ranges[i].append((starts[i], sum(p.numel() for p in members[i])))
+                group_members[i].append(members[i][counts[i]:])
+        self.params_all_group = members
+        self._group_ranges = ranges
+        self._group_members = group_members
+        for i in range(2):
+            self.params_all_group_combined[i] = npu_combine_tensors(members[i])
+            self.grads_all_group_combined[i] = npu_combine_tensors([p.grad for p in members[i]])
+        self.is_params_grads_combined = any(t is not None for t in self.params_all_group_combined)
+
+    def _check_combined(self) -> None:
+        """Stand-in only: raise where the real optimiser would silently use a stale buffer."""
+        for i in range(2):
+            params = self.params_all_group[i]
+            if not (is_combined_tensor_valid(self.params_all_group_combined[i], params)
+                    and is_combined_tensor_valid(self.grads_all_group_combined[i], [p.grad for p in params])):
+                raise RuntimeError(REALLOCATED_MESSAGE)
+
+    @torch.no_grad()
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        self.calls["zero_grad"] += 1
+        if set_to_none:
+            raise ValueError(SET_TO_NONE_MESSAGE)
+        if not self.is_params_grads_combined:
+            self._maybe_init_combined_params_and_grads()
+            if not self.is_params_grads_combined:
+                super().zero_grad(set_to_none)
+                return
+        self._check_combined()
+        for grads in self.grads_all_group_combined:
+            if grads is not None:
+                grads.zero_()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        self.calls["step"] += 1
+        loss = closure() if closure is not None else None
+        self._maybe_init_combined_params_and_grads()
+        self._check_combined()
+        if not self.is_states_combined:
+            self._maybe_init_combined_states()
+        for index in range(len(self.param_groups)):
+            self._group_step(index)
+        return loss
+
+    def _maybe_init_combined_states(self) -> None:
+        raise NotImplementedError
+
+    def _group_step(self, group_index: int) -> None:
+        raise NotImplementedError
+
+    def get_combined_grads(self) -> list[torch.Tensor | None]:
+        return self.grads_all_group_combined
+
+    def clip_grad_norm_fused_(self, max_norm: float, norm_type: float = 2) -> torch.Tensor:
+        """Total norm of the combined gradients, which are scaled by max_norm / (norm + 1e-6) when that is < 1.
+
+        Follows ``clip_grad_norm_fused_`` / ``_clip_grad_norm_fused_`` of npu_fused_optim_base.py. The real one
+        multiplies by a mask that zeroes the padding of NPU-private formats; host tensors have no padding.
+        """
+        self.calls["clip_grad_norm_fused_"] += 1
+        if not self.is_params_grads_combined:
+            with torch.no_grad():
+                self._maybe_init_combined_params_and_grads()
+        self._check_combined()
+        grads = [g for g in self.grads_all_group_combined if g is not None]
+        if not grads:
+            return torch.tensor(0.0)
+        max_norm, norm_type = float(max_norm), float(norm_type)
+        if norm_type == math.inf:
+            total = max(g.float().abs().max() for g in grads)
+        else:
+            total = torch.stack([g.float().abs().pow(norm_type).sum() for g in grads]).sum().pow(1 / norm_type)
+        coef = max_norm / (total + 1e-6)
+        if coef < 1:
+            for g in grads:
+                g.mul_(coef)
+        return total
+
+
+class NpuFusedSGD(NpuFusedOptimizerBase):
+    """Follows torch_npu/optim/npu_fused_sgd.py: SGD with momentum on the combined buffers."""
+
+    def __init__(self, params: Any, lr: float = required, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        if lr is not required and lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0.0 or not math.isclose(dampening, 0.0, abs_tol=1e-15)):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        self._momentum_buffer_already_in_state = False
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov))
+        self._momentum_buffers: list[list[torch.Tensor | None]] = []
+
+    def _maybe_init_combined_states(self) -> None:
+        # Per group and dtype: the momentum buffers of its parameters, combined; the first step starts them
+        # from the (weight-decayed) gradient unless a loaded state already holds them.
+        self._momentum_buffers = []
+        for gi, group in enumerate(self.param_groups):
+            row: list[torch.Tensor | None] = []
+            for i in range(2):
+                params = self._group_members[i][gi] if self._group_members[i] else []
+                if group["momentum"] == 0 or not params:
+                    row.append(None)
+                    continue
+                buffers = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum_buffer" in state:
+                        self._momentum_buffer_already_in_state = True
+                        buf = state["momentum_buffer"].detach().clone()
+                    else:
+                        self._momentum_buffer_already_in_state = False
+                        d_p = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                        buf = d_p.detach().clone()
+                    state["momentum_buffer"] = buf
+                    buffers.append(buf)
+                row.append(npu_combine_tensors(buffers))
+            self._momentum_buffers.append(row)
+        self.is_states_combined = True
+
+    def _group_step(self, group_index: int) -> None:
+        group = self.param_groups[group_index]
+        for i in range(2):
+            if not self._group_ranges[i]:
+                continue
+            start, end = self._group_ranges[i][group_index]
+            if start == end:
+                continue
+            param = self.params_all_group_combined[i][start:end]
+            grad = self.grads_all_group_combined[i][start:end]
+            if group["weight_decay"] != 0:
+                grad = grad.add(param, alpha=group["weight_decay"])
+            if group["momentum"] != 0:
+                buf = self._momentum_buffers[group_index][i]
+                if self._momentum_buffer_already_in_state:
+                    buf.mul_(group["momentum"]).add_(grad, alpha=1 - group["dampening"])
+                grad = grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+            param.add_(grad, alpha=-group["lr"])
+
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        self._momentum_buffer_already_in_state = True
+        return loss
+
+
+# --- torch_npu.npu (torch.npu once torch_npu is imported) -------------------------------------------------------
+
+class _NpuModule(types.ModuleType):
+    """The device functions solo_npu calls; signatures of torch_npu/npu/utils.py, memory.py, random.py and
+    npu_config.py. Host memory stands in for device memory, so the allocator counters stay at zero."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__("torch_npu.npu")
+        self._count = count
+        self._current = 0
+        self.calls: dict[str, Any] = {}
+        self._rng = [torch.Generator().manual_seed(i) for i in range(count)]
+
+    def _index(self, device: Any, optional: bool = True) -> int:
+        # torch_npu/npu/utils.py _get_device_index: ints pass, a torch.device must be of type npu.
+        if isinstance(device, int):
+            return device
+        if isinstance(device, str):
+            device = torch.device(device)
+        if isinstance(device, torch.device):
+            if device.type != "npu":
+                raise ValueError(f"Expected a npu device, but got: {device}")
+            return self._current if device.index is None else device.index
+        if device is None and optional:
+            return self._current
+        raise ValueError(f"Expected a npu device with a specified index or an integer, but got: {device}")
+
+    def is_available(self) -> bool:
+        return self._count > 0
+
+    def device_count(self) -> int:
+        return self._count
+
+    def set_device(self, device: Any) -> None:
+        index = self._index(device)
+        if index >= 0:
+            self._current = index
+            self.calls["set_device"] = device
+
+    def current_device(self) -> int:
+        return self._current
+
+    def synchronize(self, device: Any = None) -> None:
+        self._index(device)
+
+    def get_device_name(self, device_name: Any = None) -> str:
+        index = self._index(device_name)
+        if index < 0 or index >= self._count:
+            raise AssertionError("Invalid device id")
+        return "Ascend910B (stand-in)"
+
+    def memory_allocated(self, device: Any = None) -> int:
+        self._index(device)
+        return 0
+
+    def max_memory_allocated(self, device: Any = None) -> int:
+        self._index(device)
+        return 0
+
+    def reset_peak_memory_stats(self, device: Any = None) -> None:
+        self._index(device)
+
+    def get_rng_state_all(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self._rng]
+
+    def set_rng_state_all(self, new_states: Any) -> None:
+        for i, state in enumerate(new_states):
+            self._rng[i].set_state(state.clone())
+
+    def manual_seed_all(self, seed: int) -> None:
+        for g in self._rng:
+            g.manual_seed(int(seed))
+
+    def _is_in_bad_fork(self) -> bool:
+        return False
+
+    def set_compile_mode(self, jit_compile: bool = False) -> None:
+        # npu_config.py: sets the ACL option jitCompile to "enable" or "disable".
+        self.calls["jit_compile"] = jit_compile
+        self.calls["jitCompile"] = "enable" if jit_compile else "disable"
+
+    def get_amp_supported_dtype(self) -> list[torch.dtype]:
+        # torch.autocast asks the PrivateUse1 backend module for its AMP dtypes (torch/amp/autocast_mode.py).
+        return [torch.float16, torch.bfloat16]
+
+    def is_bf16_supported(self) -> bool:
+        return True
+
+
+def build(device_count: int = 2) -> types.ModuleType:
+    """A fresh ``torch_npu`` module object with ``npu``, ``optim`` and ``utils``."""
+    module = types.ModuleType("torch_npu")
+    module.__file__ = __file__
+    module.npu = _NpuModule(device_count)
+    module.optim = types.SimpleNamespace(NpuFusedOptimizerBase=NpuFusedOptimizerBase, NpuFusedSGD=NpuFusedSGD)
+    module.utils = types.SimpleNamespace(npu_combine_tensors=npu_combine_tensors,
+                                         is_combined_tensor_valid=is_combined_tensor_valid)
+    return module
+
+
+def install(monkeypatch: Any = None, device_count: int = 2) -> types.ModuleType:
+    """Make ``import torch_npu`` and ``torch.npu`` answer with the stand-in, as importing the real one does.
+
+    The real torch_npu names PyTorch's PrivateUse1 backend "npu" and registers its ``npu`` module as
+    ``torch.npu``. With ``monkeypatch`` everything is undone after the test; without it (a spawned worker)
+    it stays for the life of the process.
+    """
+    if torch._C._get_privateuse1_backend_name() != "npu":
+        torch.utils.rename_privateuse1_backend("npu")
+    module = build(device_count)
+    if monkeypatch is not None:
+        monkeypatch.setitem(sys.modules, "torch_npu", module)
+        monkeypatch.setattr(torch, "npu", module.npu, raising=False)
+    else:
+        sys.modules["torch_npu"] = module
+        torch.npu = module.npu
+    return module
