@@ -11,18 +11,19 @@ pre-processing as data-package transforms, ``pad_position`` where the image sits
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from solo_npu.data.transforms import Compose, Normalize
 from solo_npu.deploy.adapters import DeployAdapter
 from solo_npu.models.fcos import FCOS_OUTPUT_NAMES, fcos_postprocess
 from solo_npu.models.ssd_resnet34 import SSD_OUTPUT_NAMES, default_boxes_for, ssd_postprocess
-from solo_npu.models.yolact_edge import DETECTION_OUTPUT_NAMES, HEAD_OUTPUT_NAMES, yolact_detect, yolact_postprocess
+from solo_npu.models.yolact_edge import EXPORT_OUTPUT_NAMES, FEATURE_OUTPUT_NAMES, yolact_detect, yolact_postprocess
 
 __all__ = ["FCOSAdapter", "SSDResNet34Adapter", "StretchResize", "YolactEdgeAdapter"]
 
@@ -84,12 +85,17 @@ class FCOSAdapter(DeployAdapter):
 
 
 class YolactEdgeAdapter(DeployAdapter):
-    """YolactEdge: Fast-NMS detections (or dense heads) + prototypes -> boxes and instance masks.
+    """YolactEdge: Fast-NMS detections (or dense heads, or FPN maps) + prototypes -> boxes and instance masks.
 
     Args:
-        export_mode: must match the model's ``export_mode`` (``"detections"`` or ``"heads"``).
+        export_mode: the model's ``export_mode`` (``"detections"``, ``"heads"`` or ``"features"``; the
+            yaml interpolates it from the model's).
         conf_thresh, nms_thresh, top_k, max_num: Fast NMS settings used in ``"heads"`` mode.
         mask_thr: mask binarisation threshold.
+
+    In ``"features"`` mode (the ModelZoo guide's six outputs) the host runs the prediction head, decoding
+    and Fast NMS of the eager model of the same checkpoint, with that model's thresholds; the deploy
+    context hands it over with :meth:`bind_model`.
     """
 
     name = "yolact_edge"
@@ -105,12 +111,35 @@ class YolactEdgeAdapter(DeployAdapter):
                  top_k: int = 200, max_num: int = 100, mask_thr: float = 0.5,
                  anchors: Sequence[Mapping[str, Any]] | None = None) -> None:
         super().__init__(anchors)
-        if export_mode not in ("detections", "heads"):
-            raise ValueError(f"export_mode must be 'detections' or 'heads', got {export_mode!r}")
+        if export_mode not in EXPORT_OUTPUT_NAMES:
+            raise ValueError(f"export_mode must be one of {sorted(EXPORT_OUTPUT_NAMES)}, got {export_mode!r}")
         self.export_mode = export_mode
-        self.output_names = DETECTION_OUTPUT_NAMES if export_mode == "detections" else HEAD_OUTPUT_NAMES
+        self.output_names = EXPORT_OUTPUT_NAMES[export_mode]
         self.conf_thresh, self.nms_thresh = float(conf_thresh), float(nms_thresh)
         self.top_k, self.max_num, self.mask_thr = int(top_k), int(max_num), float(mask_thr)
+        self._model_provider: Callable[[], nn.Module] | None = None
+
+    def bind_model(self, model_provider: Callable[[], nn.Module]) -> None:
+        """Give the adapter the eager model (called lazily, only by the ``"features"`` mode's host half)."""
+        self._model_provider = model_provider
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        mode = getattr(model, "export_mode", None)
+        if mode != self.export_mode:
+            raise ValueError(f"YolactEdge adapter export_mode {self.export_mode!r} differs from the model's {mode!r}")
+        if self._model_provider is None:
+            self.bind_model(lambda: model)
+        return super().export_module(model)
+
+    def _host_model(self) -> nn.Module:
+        if self._model_provider is None:
+            raise RuntimeError("export_mode 'features' runs the prediction head on the host and needs the model: "
+                               "call YolactEdgeAdapter.bind_model (the deploy context does)")
+        model = self._model_provider()
+        if getattr(model, "export_mode", None) != "features":
+            raise ValueError(f"export_mode 'features' outputs, but the model's export_mode is "
+                             f"{getattr(model, 'export_mode', None)!r}")
+        return model
 
     def transforms(self, canvas: Sequence[int]) -> Compose:
         """YOLACT FastBaseTransform: stretch to the canvas, RGB, mean/std of ``MEANS``/``STD`` (BGR there)."""
@@ -118,6 +147,13 @@ class YolactEdgeAdapter(DeployAdapter):
                         Normalize("pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38))])
 
     def postprocess(self, outputs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if self.export_mode == "features":
+            model = self._host_model()
+            device = next(model.parameters()).device
+            feats = [_tensor(outputs[name])[None].to(device) for name in FEATURE_OUTPUT_NAMES[:-1]]
+            proto = _tensor(outputs[FEATURE_OUTPUT_NAMES[-1]])[None].to(device)
+            boxes, scores, labels, coeffs, proto = (t[0].cpu() for t in model.detect_from_features(feats, proto))
+            return yolact_postprocess(boxes, scores, labels, coeffs, proto, meta, self.mask_thr)
         proto = _tensor(outputs["proto"])
         if self.export_mode == "heads":
             dense_boxes, conf = _tensor(outputs["boxes"])[None], _tensor(outputs["conf"])[None]
@@ -130,8 +166,8 @@ class YolactEdgeAdapter(DeployAdapter):
                                   _tensor(outputs["coeffs"]), proto, meta, self.mask_thr)
 
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Dense mode: every output. Detection mode: only the slots the reference fills (score > 0)."""
-        if self.export_mode == "heads":
+        """Dense and feature modes: every output. Detection mode: only the slots the reference fills (score > 0)."""
+        if self.export_mode != "detections":
             return super().compare(reference, candidate)
         valid = np.asarray(reference["scores"]) > 0
         stats = {"valid": float(valid.sum())}

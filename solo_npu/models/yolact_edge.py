@@ -25,12 +25,15 @@ foreground score is <= 0.05 are dropped; Fast NMS per class (top 200, IoU 0.5); 
 masks = sigmoid(prototypes @ coefficients), cropped to the box at prototype resolution (1 px margin),
 resized bilinearly to the original image and thresholded at 0.5; boxes scaled to the original image
 and truncated to integers; detections whose integer box is empty are dropped (as YOLACT's COCO json).
-In the default ``export_mode="detections"`` everything up to Fast NMS runs in the static graph
-(:meth:`YolactEdge.export_forward`) and the mask assembly on the host (:func:`yolact_postprocess`).
-``export_mode="heads"`` exports the decoded dense head outputs instead (Fast NMS on the host).
+Export modes (:meth:`YolactEdge.export_forward`; the host half is :func:`yolact_postprocess`):
 
-The seed's ONNX graph stops earlier (the five 256-channel FPN maps + prototypes, the prediction head
-run on the host); here the shared head is inside the graph, so the host only does NMS-free work.
+* ``"detections"`` (default): everything up to Fast NMS in the static graph, the mask assembly on the host.
+* ``"heads"``: the decoded dense head outputs; Fast NMS on the host.
+* ``"features"``: the six outputs of the Ascend ModelZoo YolactEdge inference guide (310P):
+  ``output0..output4`` the five 256-channel FPN maps (69/35/18/9/5 at 550x550, NCHW) and ``output5``
+  the prototypes ``[B, 138, 138, 32]``, all float32. The host runs the shared prediction head, the
+  priors, decoding and Fast NMS from the same checkpoint (:meth:`YolactEdge.detect_from_features`), then
+  the mask assembly; the detections equal the ``"detections"`` mode's.
 
 Training is not implemented: this framework uses YolactEdge as a deployment model.
 """
@@ -50,11 +53,15 @@ from solo_npu.models.ops.boxes import fast_nms
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import yolact_priors
 
-__all__ = ["PredictionHead", "ProtoNet", "YolactEdge", "YolactFPN", "build_yolact_edge", "yolact_detect",
-           "yolact_postprocess"]
+__all__ = ["EXPORT_OUTPUT_NAMES", "FEATURE_OUTPUT_NAMES", "PredictionHead", "ProtoNet", "YolactEdge", "YolactFPN",
+           "build_yolact_edge", "yolact_detect", "yolact_postprocess"]
 
 DETECTION_OUTPUT_NAMES = ("boxes", "scores", "labels", "coeffs", "proto")
 HEAD_OUTPUT_NAMES = ("boxes", "conf", "coeffs", "proto")
+# The ModelZoo guide's graph: five FPN levels (P3..P7) then the prototypes, named output0..output5.
+FEATURE_OUTPUT_NAMES = tuple(f"output{i}" for i in range(6))
+EXPORT_OUTPUT_NAMES = {"detections": DETECTION_OUTPUT_NAMES, "heads": HEAD_OUTPUT_NAMES,
+                       "features": FEATURE_OUTPUT_NAMES}
 
 
 class YolactFPN(nn.Module):
@@ -139,7 +146,10 @@ class YolactEdge(nn.Module):
         backbone: returns C3, C4, C5.
         fpn: :class:`YolactFPN`.
         num_classes: foreground classes (the head predicts ``num_classes + 1`` with background 0).
-        export_mode: ``"detections"`` (Fast NMS in the graph) or ``"heads"`` (dense decoded outputs).
+        export_mode: ``"detections"`` (Fast NMS in the graph), ``"heads"`` (dense decoded outputs) or
+            ``"features"`` (FPN maps and prototypes; the prediction head on the host).
+        preapply_sqrt, use_pixel_scales, use_square_anchors: prior settings (see
+            :func:`~solo_npu.models.ops.priors.yolact_priors`).
     """
 
     def __init__(self, backbone: nn.Module, fpn: YolactFPN, proto_net: ProtoNet, head: PredictionHead,
@@ -149,8 +159,8 @@ class YolactEdge(nn.Module):
                  export_mode: str = "detections", preapply_sqrt: bool = False, use_pixel_scales: bool = True,
                  use_square_anchors: bool = True) -> None:
         super().__init__()
-        if export_mode not in ("detections", "heads"):
-            raise ValueError(f"export_mode must be 'detections' or 'heads', got {export_mode!r}")
+        if export_mode not in EXPORT_OUTPUT_NAMES:
+            raise ValueError(f"export_mode must be one of {sorted(EXPORT_OUTPUT_NAMES)}, got {export_mode!r}")
         self.backbone = backbone
         self.fpn = fpn
         self.proto_net = proto_net
@@ -172,7 +182,7 @@ class YolactEdge(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return DETECTION_OUTPUT_NAMES if self.export_mode == "detections" else HEAD_OUTPUT_NAMES
+        return EXPORT_OUTPUT_NAMES[self.export_mode]
 
     def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> tuple[Tensor, ...]:
         """Inference only: returns :meth:`export_forward`. Training raises ``NotImplementedError``."""
@@ -183,13 +193,37 @@ class YolactEdge(nn.Module):
     def dense_forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Decoded dense outputs: ``boxes [B, N, 4]`` (x1y1x2y2 relative to the canvas), ``conf [B, N, C+1]``
         (softmax), ``coeffs [B, N, 32]`` and ``proto [B, Hp, Wp, 32]``."""
+        feats, proto = self.features(images)
+        return (*self.decode_heads(feats), proto)
+
+    def features(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The five FPN maps ``[B, 256, H_l, W_l]`` and the prototypes ``[B, Hp, Wp, 32]``."""
         feats = self.fpn(self.backbone(images))
-        proto = self.proto_net(feats[0]).permute(0, 2, 3, 1).contiguous()
+        return feats, self.proto_net(feats[0]).permute(0, 2, 3, 1).contiguous()
+
+    def decode_heads(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared prediction head on every level, decoded against the priors: ``boxes [B, N, 4]``,
+        softmax ``conf [B, N, C+1]``, ``coeffs [B, N, 32]``. Variances (0.1, 0.2) as YOLACT's
+        ``box_utils.decode``."""
         head = self.prediction_layers[0]
         locs, confs, coeffs = zip(*(head(f) for f in feats))
-        priors = self.priors([tuple(f.shape[-2:]) for f in feats]).to(images.device)
+        priors = self.priors([tuple(f.shape[-2:]) for f in feats]).to(feats[0].device)
         boxes = decode_center_size(torch.cat(locs, 1), priors, (0.1, 0.2))
-        return boxes, torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1), proto
+        return boxes, torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1)
+
+    def detect(self, boxes: Tensor, conf: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Fast NMS on decoded dense outputs: ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` (int32),
+        ``coeffs [B, K, 32]``; empty slots have score 0."""
+        det_boxes, scores, labels, index = yolact_detect(boxes, conf, self.conf_thresh, self.nms_thresh, self.top_k,
+                                                         self.max_num_detections)
+        det_coeffs = coeffs.gather(1, index[..., None].expand(-1, -1, coeffs.shape[-1]))
+        return det_boxes, scores, labels.int(), det_coeffs
+
+    @torch.no_grad()
+    def detect_from_features(self, feats: Sequence[Tensor], proto: Tensor) -> tuple[Tensor, ...]:
+        """Host half of the ``"features"`` export: the ``"detections"`` outputs from the FPN maps and
+        prototypes (``output0..output5``)."""
+        return (*self.detect(*self.decode_heads(feats)), proto)
 
     def priors(self, conv_sizes: Sequence[tuple[int, int]]) -> Tensor:
         """Priors ``[N, 4]`` (cx, cy, w, h) for the levels' ``(H, W)``, with this model's prior settings."""
@@ -204,21 +238,19 @@ class YolactEdge(nn.Module):
         (int32, 0-based foreground), ``coeffs [B, K, 32]``, ``proto [B, Hp, Wp, 32]`` with K =
         ``max_num_detections``; empty slots have score 0.
         """
+        if self.export_mode == "features":
+            feats, proto = self.features(images)
+            return (*feats, proto)
         boxes, conf, coeffs, proto = self.dense_forward(images)
         if self.export_mode == "heads":
             return boxes, conf, coeffs, proto
-        det_boxes, scores, labels, index = yolact_detect(boxes, conf, self.conf_thresh, self.nms_thresh, self.top_k,
-                                                         self.max_num_detections)
-        det_coeffs = coeffs.gather(1, index[..., None].expand(-1, -1, coeffs.shape[-1]))
-        return det_boxes, scores, labels.int(), det_coeffs, proto
+        return (*self.detect(boxes, conf, coeffs), proto)
 
     @torch.no_grad()
     def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
         """Per-image ``boxes``, ``labels``, ``scores`` and ``masks`` (bool) in original-image coordinates."""
         boxes, conf, coeffs, proto = self.dense_forward(images)
-        det_boxes, scores, labels, index = yolact_detect(boxes, conf, self.conf_thresh, self.nms_thresh, self.top_k,
-                                                         self.max_num_detections)
-        det_coeffs = coeffs.gather(1, index[..., None].expand(-1, -1, coeffs.shape[-1]))
+        det_boxes, scores, labels, det_coeffs = self.detect(boxes, conf, coeffs)
         return [yolact_postprocess(det_boxes[i], scores[i], labels[i], det_coeffs[i], proto[i], meta, self.mask_thr)
                 for i, meta in enumerate(metas)]
 
