@@ -1,6 +1,7 @@
 """SOLOv2 size, FLOPs and CPU/accelerator latency; writes the "## SOLOv2 forward" section of docs/benchmarks.md.
 
     python benchmarks/solov2_forward.py [--iters 3] [--device auto] [--no-write]
+    python benchmarks/solov2_forward.py --orders light_r50 [--threads 1]   # only "## SOLOv2 candidate orders"
 
 FLOPs are multiply-accumulates of every Conv2d / Linear counted with forward hooks (the dynamic 1x1
 convolution of post-processing is not included), reported as GMACs. Latency is per image at batch 1:
@@ -16,6 +17,7 @@ import datetime
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,11 +34,19 @@ from solo_npu.models.solov2.postprocess import (  # noqa: E402
     flatten_predictions,
     masks_to_boxes,
     paste_masks,
+    select_exact,
+    select_reference,
     select_static,
 )
 from solo_npu.runtime import resolve_device, synchronize  # noqa: E402
 
 HEADING = "## SOLOv2 forward"
+ORDERS_HEADING = "## SOLOv2 candidate orders"
+ORDER_SPECS = {  # name -> (model config, label, canvas)
+    "r50": ("solov2_r50", "R50-FPN", (800, 1216)),
+    "light_r50": ("solov2_light_r50", "light R50-FPN", (448, 608)),
+    "light_r18": ("solov2_light_r18", "light R18-FPN", (448, 608)),
+}
 
 
 def build(name: str, num_classes: int = 80) -> nn.Module:
@@ -136,6 +146,100 @@ def time_model(model: nn.Module, shape: tuple[int, int], img_shape: tuple[int, i
     return out
 
 
+def crowd(cls_preds: list[torch.Tensor], num_above: int, thr: float) -> list[torch.Tensor]:
+    """Shift the category logits so that exactly ``num_above`` pairs pass ``thr`` after points NMS (a
+    monotone shift: the same local maxima and the same order, as a head earlier or later in training)."""
+    keep = flatten_predictions(cls_preds, cls_preds)[0] > 0  # points NMS keeps these for any shift
+    logits = torch.cat([p.float().flatten(2) for p in cls_preds], dim=2).transpose(1, 2)[keep]
+    top = logits.topk(num_above + 1).values
+    shift = torch.logit(torch.tensor(thr)) - 0.5 * (top[-2] + top[-1])
+    return [p + shift for p in cls_preds]
+
+
+def _median(fn, iters: int) -> tuple[float, object]:
+    out, times = None, []
+    for i in range(iters + 1):
+        t0 = time.perf_counter()
+        out = fn()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], out
+
+
+def _bounded(scores, kernels, mask_feats, cell_strides, cfg, n_pre: int) -> tuple[torch.Tensor, ...]:
+    """The former eager default: the top ``n_pre`` pairs by category score alone."""
+    m, lab, sc = select_static(scores, kernels, mask_feats, cell_strides, cfg, nms_pre=n_pre, pre_budget=n_pre,
+                               by_class=True)
+    keep = sc[0] > 0
+    return m[0][keep], lab[0][keep], sc[0][keep]
+
+
+def _found(out: tuple, ref: tuple) -> int:
+    """How many of ``ref``'s instances (label, score within 1e-5) ``out`` holds."""
+    pairs = list(zip(out[1].tolist(), out[2].tolist()))
+    return sum(any(lab == rl and abs(sc - rs) < 1e-5 for lab, sc in pairs) for rl, rs in zip(ref[1].tolist(),
+                                                                                              ref[2].tolist()))
+
+
+def time_orders(name: str, counts: list[int], iters: int, reference_max: int) -> list[dict]:
+    """Per number of pairs above score_thr: seconds of the bounded order (top nms_pre by category score,
+    the former eager default), the exact order and mmdet's order, and how their instances compare."""
+    cfg_name, label, shape = ORDER_SPECS[name]
+    model = build(cfg_name)
+    make_lively(model)
+    cfg = model.test_cfg
+    images = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cls_preds, kernel_preds, mask_feats = model.forward_head(images)
+    rows = []
+    for count in counts:
+        scores, kernels = flatten_predictions(crowd(cls_preds, count, cfg.score_thr), kernel_preds)
+        assert int((scores > cfg.score_thr).sum()) == count
+        n_pre = min(cfg.nms_pre, 64 * ((count + 63) // 64))
+        args = (scores[0], kernels[0], mask_feats[0], model.cell_strides, cfg)
+        with torch.no_grad():
+            t_bounded, b_out = _median(partial(_bounded, scores, kernels, mask_feats, model.cell_strides, cfg, n_pre),
+                                       iters)
+            t_exact, e_out = _median(partial(select_exact, *args), iters)
+            t_ref, r_out = float("nan"), None
+            if count <= reference_max:
+                t_ref, r_out = _median(partial(select_reference, *args), iters)
+        row = dict(label=label, shape=shape, count=count, bounded=t_bounded, exact=t_exact, reference=t_ref,
+                   same="not run", found="not run")
+        if r_out is not None:
+            same = (len(e_out[2]) == len(r_out[2]) and torch.equal(e_out[1], r_out[1])
+                    and bool((e_out[2] - r_out[2]).abs().max() <= 1e-5) and torch.equal(e_out[0] > 0.5, r_out[0] > 0.5))
+            row.update(same="yes" if same else "NO", found=f"{_found(b_out, r_out)}/{len(r_out[2])}")
+        rows.append(row)
+        print({k: v for k, v in row.items()}, flush=True)
+    return rows
+
+
+def orders_section(rows: list[dict], command: str, info) -> list[str]:
+    date = datetime.date.today().isoformat()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [ORDERS_HEADING, "",
+             f"Measured {date} by `{command}` on {describe_machine()}, {torch.get_num_threads()} torch threads, "
+             f"device {info.device}, load average {load:.1f} at the end.",
+             "One image, fp32, median of the timed runs after one warm-up; the time after the head (selection, "
+             "dynamic conv, Matrix NMS by class, top 100), without pasting. The head's category logits are "
+             "shifted so that exactly the given number of (cell, class) pairs pass score_thr 0.1. Bounded: the "
+             "top min(nms_pre, pairs) by category score alone (the eager default before the exact order). "
+             "Exact: `select_exact` (candidates in descending category score, chunks of 256 after the first 512, "
+             "stopping when the next category score is below the 500th final score). Reference: mmdet's order "
+             "(`select_reference`, every pair through the dynamic conv). `exact = reference` compares count, "
+             "labels, scores (1e-5) and binary masks; `bounded found` is how many of the reference's instances "
+             "(label and score) the bounded order returns.", "",
+             "| model | input | pairs above score_thr | bounded (ms) | exact (ms) | reference (ms) | exact / bounded "
+             "| exact = reference | bounded found |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['shape'][0]}x{r['shape'][1]} | {r['count']} | {1e3 * r['bounded']:.0f} | "
+                     f"{1e3 * r['exact']:.0f} | {1e3 * r['reference']:.0f} | {r['exact'] / r['bounded']:.2f} | "
+                     f"{r['same']} | {r['found']} |")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per model (after one warm-up)")
@@ -143,11 +247,23 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 gives stable numbers on a busy machine")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--orders", nargs="+", choices=sorted(ORDER_SPECS),
+                        help="only the candidate-order section, for these models")
+    parser.add_argument("--pairs", type=int, nargs="+", default=[100, 500, 1500, 5000],
+                        help="pairs above score_thr for --orders")
+    parser.add_argument("--reference-max", type=int, default=5000,
+                        help="--orders: run mmdet's order only up to this many pairs")
     args = parser.parse_args(argv)
     info = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.orders:
+        rows = [r for name in args.orders for r in time_orders(name, args.pairs, args.iters, args.reference_max)]
+        command = (f"python benchmarks/solov2_forward.py --orders {' '.join(args.orders)} --pairs "
+                   f"{' '.join(map(str, args.pairs))} --iters {args.iters} --reference-max {args.reference_max}"
+                   + (f" --threads {args.threads}" if args.threads else ""))
+        return publish(ORDERS_HEADING, orders_section(rows, command, info), write=not args.no_write)
 
     rows = []
     specs = [  # name, label, FLOPs input and its label, latency canvas, resized image on it, original (COCO-like)

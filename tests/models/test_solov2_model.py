@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from solo_npu.models.solov2 import SOLOv2, build_solov2_targets, masks_to_boxes, paste_masks
+from solo_npu.models.solov2.postprocess import flatten_predictions
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
@@ -122,17 +123,50 @@ def test_eager_and_export_modes_agree(batch):
     torch.testing.assert_close(single[0], masks[:1], rtol=0, atol=1e-4)
 
 
-def test_reference_order_matches_bounded_when_few_candidates():
+def test_predict_matches_reference_order_when_crowded():
     model = tiny_model()
     images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(5))
-    model.test_cfg.nms_pre = 3 * model.mask_head.num_cells  # every pair fits: both orders see the same set
-    bounded = model.predict(images, _metas(2))
-    model.test_cfg.bound_before_conv = False
+    cfg = model.test_cfg
+    cfg.max_per_img = cfg.nms_pre  # compare every instance Matrix NMS keeps
+    scores, _ = flatten_predictions(*model.forward_head(images)[:2])
+    assert ((scores > cfg.score_thr).flatten(1).sum(1) > 2 * cfg.nms_pre).all()  # crowded: ~640 pairs, nms_pre 200
+    exact = model.predict(images, _metas(2))
+    cfg.bound_before_conv = False
     reference = model.predict(images, _metas(2))
-    for a, b in zip(bounded, reference):
+    for a, b in zip(exact, reference):
         assert len(a["scores"]) == len(b["scores"]) > 0
-        torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-5)
         assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["masks"], b["masks"])
+    assert model.inexact_images == 0
+
+
+def test_exact_limit_is_logged(caplog):
+    model = tiny_model()
+    model.test_cfg.exact_limit = 64
+    images = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(5))
+    with caplog.at_level("WARNING"):
+        model.predict(images, _metas(1))
+    assert model.inexact_images == 1 and "exact_limit=64" in caplog.text
+
+
+def test_export_exact_flag_output():
+    model = tiny_model()
+    model.export_exact_flag = True
+    images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(5))
+    eager = model.predict(images, _metas(2))
+    flags = {}
+    for budget in (model.test_cfg.nms_pre, model.mask_head.num_cells * model.num_classes):
+        model.test_cfg.pre_budget = budget
+        masks, labels, scores, exact = model.export_forward(images)
+        assert exact.dtype == torch.bool and exact.shape == (2,)
+        flags[budget] = exact.tolist()
+        for i, res in enumerate(eager):
+            if exact[i]:
+                n = len(res["scores"])
+                torch.testing.assert_close(res["scores"], scores[i, :n], rtol=0, atol=1e-5)
+                assert torch.equal(res["labels"], labels[i, :n].long())
+    # ~640 pairs above score_thr: nms_pre of them cannot be proven; all of them always are.
+    assert flags == {model.test_cfg.nms_pre: [False, False], model.mask_head.num_cells * 3: [True, True]}
 
 
 def test_paste_masks_crops_padding_and_resizes():

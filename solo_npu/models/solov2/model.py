@@ -18,6 +18,7 @@ from solo_npu.models.solov2.postprocess import (
     flatten_predictions,
     masks_to_boxes,
     paste_masks,
+    select_exact,
     select_reference,
     select_static,
 )
@@ -40,6 +41,7 @@ class SOLOv2(nn.Module):
         loss_mask_weight: weight of the dice loss.
         test_cfg: :class:`SOLOv2TestConfig`.
         export_topk: K, the instances per image of :meth:`export_forward`.
+        export_exact_flag: :meth:`export_forward` also returns ``exact`` (see there).
         name: a label for reports.
     """
 
@@ -47,7 +49,7 @@ class SOLOv2(nn.Module):
                  scale_ranges: Sequence[Sequence[float]] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)),
                  pos_scale: float = 0.2, max_pos: int = 512, loss_cls: Mapping[str, float] | None = None,
                  loss_mask_weight: float = 3.0, test_cfg: SOLOv2TestConfig | None = None, export_topk: int = 100,
-                 name: str = "solov2") -> None:
+                 export_exact_flag: bool = False, name: str = "solov2") -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -61,7 +63,9 @@ class SOLOv2(nn.Module):
         self.loss_mask_weight = loss_mask_weight
         self.test_cfg = test_cfg or SOLOv2TestConfig()
         self.export_topk = export_topk
+        self.export_exact_flag = export_exact_flag
         self.name = name
+        self.inexact_images = 0  # eager images whose selection test.exact_limit cut short
         self.register_buffer("cell_strides", mask_head.cell_strides(), persistent=False)
         self.num_pos_dropped: Tensor | None = None
 
@@ -99,42 +103,48 @@ class SOLOv2(nn.Module):
         return solov2_loss(cls_preds, kernel_preds, mask_feats, t, gamma=c["gamma"], alpha=c["alpha"],
                            cls_weight=c["weight"], mask_weight=self.loss_mask_weight)
 
-    def export_forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def export_forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """Static-shape inference for TorchScript / ONNX.
 
         Returns:
             ``masks`` float ``[B, K, H/4, W/4]`` (probabilities), ``labels`` int32 ``[B, K]``,
-            ``scores`` float ``[B, K]`` (0 in empty slots), K = ``export_topk``.
+            ``scores`` float ``[B, K]`` (0 in empty slots), K = ``export_topk``; with
+            ``export_exact_flag`` also ``exact`` bool ``[B]``: whether the bound proves that the
+            ``test.pre_budget`` candidates held the reference order's selection (see :func:`select_static`).
         """
         cls_preds, kernel_preds, mask_feats = self.forward_head(images)
         scores, kernels = flatten_predictions(cls_preds, kernel_preds)
-        masks, labels, scores = select_static(scores, kernels, mask_feats, self.cell_strides, self.test_cfg,
-                                              k=self.export_topk)
-        return masks, labels.to(torch.int32), scores
+        out = select_static(scores, kernels, mask_feats, self.cell_strides, self.test_cfg, k=self.export_topk,
+                            return_exact=self.export_exact_flag)
+        return (out[0], out[1].to(torch.int32), *out[2:])
 
     @torch.no_grad()
     def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
         """Eager inference: one dict per image with ``masks`` bool ``[N, H0, W0]``, ``labels`` int64 ``[N]``,
-        ``scores`` float ``[N]`` and ``boxes`` float ``[N, 4]`` in original-image pixels."""
+        ``scores`` float ``[N]`` and ``boxes`` float ``[N, 4]`` in original-image pixels.
+
+        The instances are those of mmdet's order (:func:`select_reference`); with ``test.bound_before_conv``
+        (the default) they are found by :func:`select_exact`, which convolves only the candidates that
+        can enter the top ``nms_pre``.
+        """
         if len(metas) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(metas)} metas")
         cfg = self.test_cfg
         cls_preds, kernel_preds, mask_feats = self.forward_head(images)
         scores, kernels = flatten_predictions(cls_preds, kernel_preds)
-        if cfg.bound_before_conv:
-            # Eager only: as many candidates as pass score_thr (rounded up to 64 so that an NPU sees
-            # few distinct shapes), not always nms_pre. Export keeps nms_pre; the results are equal.
-            num_above = int((scores > cfg.score_thr).flatten(1).sum(1).max())
-            nms_pre = min(cfg.nms_pre, 64 * ((num_above + 63) // 64))
-            masks, labels, scores = select_static(scores, kernels, mask_feats, self.cell_strides, cfg,
-                                                  nms_pre=nms_pre, by_class=True)
-            per_image = []
-            for i in range(images.shape[0]):
-                keep = scores[i] > 0
-                per_image.append((masks[i][keep], labels[i][keep], scores[i][keep]))
-        else:
-            per_image = [select_reference(scores[i], kernels[i], mask_feats[i], self.cell_strides, cfg)
-                         for i in range(images.shape[0])]
+        per_image = []
+        for i in range(images.shape[0]):
+            if not cfg.bound_before_conv:
+                per_image.append(select_reference(scores[i], kernels[i], mask_feats[i], self.cell_strides, cfg))
+                continue
+            masks, labels, image_scores, exact = select_exact(scores[i], kernels[i], mask_feats[i],
+                                                              self.cell_strides, cfg)
+            if not exact:
+                self.inexact_images += 1
+                logger.warning("image %s: test.exact_limit=%d pairs did not prove the top nms_pre=%d selection "
+                               "(%d images so far); raise or unset test.exact_limit for the reference's instances",
+                               metas[i].get("image_id", i), cfg.exact_limit, cfg.nms_pre, self.inexact_images)
+            per_image.append((masks, labels, image_scores))
         results = []
         for (masks, labels, scores), meta in zip(per_image, metas):
             pasted = paste_masks(masks, meta, cfg.mask_thr)
@@ -156,6 +166,21 @@ def _as_dict(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: (_as_dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
 
 
+def _load_backbone(body: ResNet, path: str) -> None:
+    """torchvision ImageNet weights into ``body``: every backbone tensor must come from the file."""
+    try:
+        missing, unexpected = load_torchvision_weights(body, path, strict=False)
+    except RuntimeError as exc:  # shape mismatch: another depth or width
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        raise ValueError(f"model.pretrained={path} does not fit ResNet-{body.depth}: "
+                         f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+    logger.info("backbone init from %s (missing %d, unexpected %d)", path, len(missing), len(unexpected))
+    if missing or unexpected:
+        raise ValueError(f"model.pretrained={path} is not torchvision ResNet-{body.depth} weights: "
+                         f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+
+
 def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
                  head: Mapping[str, Any] | None = None, test: Mapping[str, Any] | None = None,
                  pretrained: str | None = None, name: str = "solov2",
@@ -168,8 +193,10 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
         neck: kwargs of :class:`FPN` (``in_channels`` defaults to the backbone's).
         head: kwargs of :class:`SOLOv2Head` plus ``scale_ranges``, ``pos_scale``, ``max_pos``,
             ``loss_cls`` and ``loss_mask_weight``.
-        test: fields of :class:`SOLOv2TestConfig` plus ``export_topk``.
-        pretrained: torchvision ResNet checkpoint for the backbone (ImageNet init), or ``None``.
+        test: fields of :class:`SOLOv2TestConfig` plus ``export_topk`` and ``export_exact_flag``.
+        pretrained: torchvision ResNet checkpoint for the backbone (ImageNet init). ``None``, ``"none"``
+            and ``"auto"`` load nothing here; a training run resolves ``auto`` to a file first
+            (:func:`solo_npu.engine.backbone_init.backbone_init_file`).
         name: a label for reports.
         deploy: the yaml's ``deploy:`` defaults; read by deploy.py, ignored here.
     """
@@ -179,14 +206,14 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
     head_cfg = _as_dict(head)
     test_cfg = _as_dict(test)
     body = ResNet(**backbone_cfg)
-    if pretrained:
-        missing, unexpected = load_torchvision_weights(body, pretrained)
-        logger.info("backbone init from %s (missing %d, unexpected %d)", pretrained, len(missing), len(unexpected))
+    if pretrained is not None and str(pretrained).strip().lower() not in ("auto", "none", "null", ""):
+        _load_backbone(body, str(pretrained))
     neck_cfg.setdefault("in_channels", body.out_channels)
     model_keys = ("scale_ranges", "pos_scale", "max_pos", "loss_cls", "loss_mask_weight")
     model_kwargs = {k: head_cfg.pop(k) for k in model_keys if k in head_cfg}
     head_cfg.setdefault("in_channels", neck_cfg["out_channels"])
     mask_head = SOLOv2Head(num_classes=int(num_classes), **head_cfg)
     export_topk = int(test_cfg.pop("export_topk", 100))
+    export_exact_flag = bool(test_cfg.pop("export_exact_flag", False))
     return SOLOv2(body, FPN(**neck_cfg), mask_head, test_cfg=SOLOv2TestConfig(**test_cfg), export_topk=export_topk,
-                  name=name, **model_kwargs)
+                  export_exact_flag=export_exact_flag, name=name, **model_kwargs)

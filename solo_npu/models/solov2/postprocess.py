@@ -1,16 +1,23 @@
 """SOLOv2 inference: candidate selection, dynamic convolution, Matrix NMS and mask pasting.
 
-Two orders share the same steps:
+mmdet's order (``select_reference``) sends every (cell, class) pair above ``score_thr`` through the
+dynamic convolution, drops masks whose area is <= the level's stride, multiplies the category score by
+the maskness and keeps the top ``nms_pre`` by that final score for Matrix NMS. Three functions give
+that result at different costs:
 
-* ``select_static`` (the default for eager prediction and the only one for export): the top ``nms_pre``
-  (cell, class) pairs by category score go through the dynamic convolution; every later filter
-  (``score_thr``, mask area <= stride, ``filter_thr``) zeroes scores instead of removing entries, so all
-  shapes are fixed and the function traces to TorchScript / ONNX. It returns ``k`` slots per image.
-* ``select_reference`` (eager, one image): mmdet's order, where every pair above ``score_thr`` goes
-  through the dynamic convolution and ``nms_pre`` applies inside Matrix NMS. Kept for measurement: with
-  an untrained classifier it convolves all cells x classes.
-
-When no more than ``nms_pre`` pairs pass ``score_thr`` both orders give the same instances.
+* ``select_reference`` (eager, one image): the order as written; its cost grows with every pair above
+  ``score_thr`` (all 3872 x 80 of them with an early classifier).
+* ``select_exact`` (eager, one image; the default of ``predict``): the same instances, found by
+  convolving candidates in descending category score, chunk by chunk, and stopping as soon as no
+  remaining candidate can enter the top ``nms_pre``. Maskness is a mean of probabilities above
+  ``mask_thr`` >= 0.5, so it lies in (0.5, 1] and a final score never exceeds its category score: once
+  the next category score is below the ``nms_pre``-th best final score found so far, no later pair can
+  displace one. When fewer than ``nms_pre`` pairs pass ``score_thr`` this is one chunk, the cost of
+  the bounded order.
+* ``select_static`` (batched, fixed shapes; export and TorchScript): the top ``pre_budget`` pairs by
+  category score go through the dynamic convolution, the top ``nms_pre`` of them by final score go to
+  Matrix NMS; later filters zero scores instead of removing entries. It can also return, per image,
+  whether the same bound proves that the budget held the reference's selection.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from torch import Tensor
 from solo_npu.models.solov2.matrix_nms import matrix_nms, matrix_nms_by_class
 
 __all__ = ["SOLOv2TestConfig", "flatten_predictions", "masks_to_boxes", "paste_masks", "points_nms",
-           "select_reference", "select_static"]
+           "select_exact", "select_reference", "select_static"]
 
 
 @dataclass
@@ -41,6 +48,17 @@ class SOLOv2TestConfig:
     sigma: float = 2.0
     max_per_img: int = 100
     bound_before_conv: bool = True
+    """Eager: ``True`` runs :func:`select_exact` (the reference's instances at a bounded cost), ``False``
+    runs :func:`select_reference` (every pair above ``score_thr`` through the dynamic convolution)."""
+    pre_budget: int | None = None
+    """Static graph: pairs (by category score) that go through the dynamic convolution before the top
+    ``nms_pre`` by final score are taken; ``None``: ``2 * nms_pre``."""
+    exact_limit: int | None = None
+    """Eager: the most pairs :func:`select_exact` convolves per image; ``None``: no limit (exact in every
+    regime). When the limit stops it before the bound proves the selection, the result is the
+    static budget's and ``predict`` logs a WARNING."""
+    exact_chunk: int = 256
+    """Eager: pairs per dynamic-convolution chunk after the first ``nms_pre`` (rounded up to 64)."""
 
 
 def points_nms(heat: Tensor) -> Tensor:
@@ -76,13 +94,23 @@ def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float) ->
     area = binary.sum(-1)
     inside = (probs.unsqueeze(-2) @ binary.unsqueeze(-1)).flatten(-3)  # sum of probs over each mask
     maskness = inside / area.clamp(min=1)
-    return probs.unflatten(-1, (h, w)), binary.unflatten(-1, (h, w)), area, maskness
+    # reshape, not unflatten: ONNX opset 11 (what older ATC reads) has no export for aten::unflatten
+    return probs.reshape(*probs.shape[:-1], h, w), binary.reshape(*binary.shape[:-1], h, w), area, maskness
+
+
+def _round64(n: int) -> int:
+    return 64 * ((n + 63) // 64)
 
 
 def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor, cfg: SOLOv2TestConfig,
-                  k: int | None = None, nms_pre: int | None = None,
-                  by_class: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                  k: int | None = None, nms_pre: int | None = None, by_class: bool = False,
+                  pre_budget: int | None = None, return_exact: bool = False) -> tuple[Tensor, ...]:
     """Fixed-shape SOLOv2 selection for a batch.
+
+    The top ``pre_budget`` pairs by category score go through the dynamic convolution; the area filter
+    and ``score_thr`` zero the final score (category score x maskness) of the pairs they reject; the top
+    ``nms_pre`` by final score go to Matrix NMS. Every filter zeroes scores instead of removing entries,
+    so all shapes are fixed and the function traces to TorchScript / ONNX.
 
     Args:
         scores: ``[B, N, C]`` category scores from :func:`flatten_predictions`.
@@ -90,25 +118,39 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
         mask_feats: ``[B, E, h, w]`` mask features.
         cell_strides: ``[N]`` stride of each cell's level.
         k: output slots per image (``cfg.max_per_img`` when ``None``).
-        nms_pre: candidates per image (``cfg.nms_pre`` when ``None``). Eager callers may lower it to the
-            number of pairs above ``score_thr``: the extra candidates are zeroed anyway, so the result
-            is the same.
+        nms_pre: candidates per image for Matrix NMS (``cfg.nms_pre`` when ``None``).
         by_class: eager only: Matrix NMS class by class (:func:`matrix_nms_by_class`), which gives the
             same scores for a fraction of the pairwise intersections when candidates spread over classes.
+        pre_budget: pairs through the dynamic convolution (``cfg.pre_budget``, else ``2 * cfg.nms_pre``,
+            when ``None``; at least ``nms_pre``). ``pre_budget == nms_pre`` is the order that picks the
+            candidates by category score alone.
+        return_exact: also return ``exact [B]`` bool: ``True`` where the bound proves that the candidates
+            are the reference order's (every pair above ``score_thr`` was in the budget, or the best
+            category score left out is below the ``nms_pre``-th final score, which no pair left out can
+            then exceed).
 
     Returns:
-        ``(mask_probs [B, k, h, w], labels [B, k] int64, scores [B, k])`` sorted by score; slots
-        without an instance have score 0.
+        ``(mask_probs [B, k, h, w], labels [B, k] int64, scores [B, k])`` sorted by score, plus ``exact``
+        when asked; slots without an instance have score 0.
     """
     k = cfg.max_per_img if k is None else k
     b, n, c = scores.shape
     k_pre = max(1, min(cfg.nms_pre if nms_pre is None else nms_pre, n * c))
-    cand_scores, flat_idx = scores.flatten(1).topk(k_pre, dim=1)
+    if pre_budget is None:
+        pre_budget = cfg.pre_budget if cfg.pre_budget is not None else 2 * cfg.nms_pre
+    budget = min(max(int(pre_budget), k_pre), n * c)
+    extra = 1 if return_exact and budget < n * c else 0  # the best pair left out, for the bound
+    top_scores, flat_idx = scores.flatten(1).topk(budget + extra, dim=1)
+    next_score = top_scores[:, budget] if extra else top_scores.new_zeros(b)
+    top_scores, flat_idx = top_scores[:, :budget], flat_idx[:, :budget]
     cells = torch.div(flat_idx, c, rounding_mode="floor")
     labels = flat_idx - cells * c
     probs, binary, area, maskness = _masks_and_maskness(_take(kernels, cells), mask_feats, cfg.mask_thr)
-    valid = (cand_scores > cfg.score_thr) & (area > cell_strides[cells])
-    cand_scores = torch.where(valid, cand_scores * maskness, torch.zeros_like(cand_scores))
+    valid = (top_scores > cfg.score_thr) & (area > cell_strides[cells])
+    cand_scores = torch.where(valid, top_scores * maskness, torch.zeros_like(top_scores))
+    if budget > k_pre:
+        cand_scores, order = cand_scores.topk(k_pre, dim=1)
+        probs, binary, area, labels = (_take(t, order) for t in (probs, binary, area, labels))
 
     if by_class:
         decayed = torch.stack([matrix_nms_by_class(binary[i], labels[i], cand_scores[i], area[i], cfg.kernel,
@@ -126,13 +168,105 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
         out_scores = torch.cat([out_scores, out_scores.new_zeros(b, pad)], dim=1)
         out_labels = torch.cat([out_labels, out_labels.new_zeros(b, pad)], dim=1)
         out_masks = torch.cat([out_masks, out_masks.new_zeros(b, pad, *out_masks.shape[2:])], dim=1)
-    return out_masks, out_labels, out_scores
+    if not return_exact:
+        return out_masks, out_labels, out_scores
+    full = valid.sum(1) >= k_pre  # the nms_pre-th final score is a real pair's
+    exact = (next_score <= cfg.score_thr) | (full & (next_score < cand_scores.amin(1)))
+    return out_masks, out_labels, out_scores, exact
+
+
+def _rank(final: Tensor, key: Tensor) -> Tensor:
+    """Order by ``final`` descending, ties by ``key`` ascending (a stable sort of mmdet's candidate order)."""
+    by_key = key.argsort()
+    return by_key[final[by_key].sort(descending=True, stable=True).indices]
+
+
+def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor, cfg: SOLOv2TestConfig,
+                 limit: int | None = None, chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """:func:`select_reference`'s instances for one image, convolving only the pairs that can matter.
+
+    Pairs above ``score_thr`` are taken in descending category score: first ``nms_pre`` of them (rounded
+    up to 64), then chunks of ``chunk`` (rounded up to 64; the last one padded, so an accelerator sees
+    a few shapes). After each chunk the best ``nms_pre`` final scores so far are kept with their masks;
+    the loop stops when the next category score is below the ``nms_pre``-th of them: a final score is
+    at most its category score (maskness <= 1), so no later pair can enter. Ties rank as a stable sort of
+    mmdet's candidate order (cell-major, class-minor).
+
+    Args:
+        scores: ``[N, C]``; kernels: ``[N, E]``; mask_feats: ``[E, h, w]``; cell_strides: ``[N]``.
+        limit: convolve at most this many pairs (``cfg.exact_limit`` when ``None``; no limit when both are).
+        chunk: pairs per chunk after the first (``cfg.exact_chunk`` when ``None``).
+
+    Returns:
+        ``(mask_probs [n, h, w], labels [n], scores [n], exact)``; ``exact`` is ``False`` only when
+        ``limit`` stopped the loop before the bound proved the selection.
+    """
+    n, c = scores.shape
+    h, w = mask_feats.shape[-2:]
+    flat = scores.flatten()
+    cand = torch.nonzero(flat > cfg.score_thr).squeeze(1)  # ascending flat index: mmdet's candidate order
+    cand_scores, order = flat[cand].sort(descending=True, stable=True)
+    cand = cand[order]
+    total = cand.numel()
+    limit = cfg.exact_limit if limit is None else limit
+    stop = total if limit is None else min(total, int(limit))
+    nms_pre = cfg.nms_pre
+    step = _round64(cfg.exact_chunk if chunk is None else chunk)
+    # The best nms_pre so far live in fixed slots; a chunk's entrants overwrite the slots of the pairs
+    # they push out, so no kept mask is copied again. Empty slots hold final score -1 (real ones >= 0).
+    slot_probs = mask_feats.new_empty((nms_pre, h * w), dtype=torch.float32)
+    slot_final = cand_scores.new_full((nms_pre,), -1.0)
+    slot_key = cand.new_full((nms_pre,), n * c)
+    slot_area = cand_scores.new_zeros(nms_pre)
+    done, exact = 0, True
+    while done < stop:
+        size = min(_round64(nms_pre) if done == 0 else step, _round64(stop - done))
+        idx = cand[done:min(done + size, stop)]
+        real = idx.numel()
+        s = cand_scores[done:done + real]
+        if real < size:  # pad to the chunk shape; padding is never valid
+            idx = torch.cat([idx, idx[:1].expand(size - real)])
+            s = torch.cat([s, s.new_zeros(size - real)])
+        cells = torch.div(idx, c, rounding_mode="floor")
+        probs, _, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr)
+        valid = (area > cell_strides[cells]) & (torch.arange(size, device=idx.device) < real)
+        new = torch.nonzero(valid).squeeze(1)
+        new_final = s[new] * maskness[new]
+        pick = _rank(torch.cat([slot_final, new_final]), torch.cat([slot_key, idx[new]]))[:nms_pre]
+        chosen = torch.zeros(nms_pre + new.numel(), dtype=torch.bool, device=idx.device)
+        chosen[pick] = True
+        enter = torch.nonzero(chosen[nms_pre:]).squeeze(1)  # as many as the slots that lost their pair
+        free = torch.nonzero(~chosen[:nms_pre]).squeeze(1)
+        rows = new[enter]
+        slot_probs[free] = probs.flatten(-2)[rows]
+        slot_final[free], slot_key[free], slot_area[free] = new_final[enter], idx[rows], area[rows]
+        done += real
+        if done < total and bool(cand_scores[done] < slot_final.min()):  # min is -1 until nms_pre are kept
+            break
+    else:
+        exact = done >= total
+
+    used = torch.nonzero(slot_final >= 0).squeeze(1)
+    used = used[_rank(slot_final[used], slot_key[used])]  # the reference's order: final desc, then mmdet's
+    kept_probs, kept_final, kept_key, kept_area = slot_probs[used], slot_final[used], slot_key[used], slot_area[used]
+    labels = kept_key - torch.div(kept_key, c, rounding_mode="floor") * c
+    if kept_final.numel() == 0:
+        return kept_probs.view(0, h, w), labels, kept_final, exact
+    binary = (kept_probs > cfg.mask_thr).to(kept_probs.dtype)
+    decayed = matrix_nms_by_class(binary, labels, kept_final, kept_area, cfg.kernel, cfg.sigma)
+    keep = torch.nonzero(decayed >= cfg.filter_thr).squeeze(1)
+    decayed, order = decayed[keep].sort(descending=True, stable=True)
+    order = keep[order[: cfg.max_per_img]]
+    return kept_probs[order].view(-1, h, w), labels[order], decayed[: cfg.max_per_img], exact
 
 
 def select_reference(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor,
                      cfg: SOLOv2TestConfig) -> tuple[Tensor, Tensor, Tensor]:
     """mmdet's order for one image (dynamic shapes): score filter -> dynamic conv -> area filter -> maskness
     -> Matrix NMS (``nms_pre`` applied there) -> ``filter_thr`` -> top ``max_per_img``.
+
+    mmdet sorts with ``torch.sort`` (not stable); here the sorts are stable, which fixes the order of equal
+    scores to one that sort may return (the candidate order: cell-major, class-minor).
 
     Args:
         scores: ``[N, C]``; kernels: ``[N, E]``; mask_feats: ``[E, h, w]``; cell_strides: ``[N]``.
@@ -146,14 +280,14 @@ def select_reference(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_s
     keep = area > cell_strides[cells]
     probs, binary, area, labels = probs[keep], binary[keep], area[keep], labels[keep]
     cand_scores = cand_scores[keep] * maskness[keep]
-    cand_scores, order = cand_scores.sort(descending=True)
+    cand_scores, order = cand_scores.sort(descending=True, stable=True)
     order = order[: cfg.nms_pre]
     cand_scores = cand_scores[: cfg.nms_pre]
     probs, binary, area, labels = probs[order], binary[order], area[order], labels[order]
     decayed = matrix_nms(binary, labels, cand_scores, area, cfg.kernel, cfg.sigma)
     keep = decayed >= cfg.filter_thr
     decayed, probs, labels = decayed[keep], probs[keep], labels[keep]
-    decayed, order = decayed.sort(descending=True)
+    decayed, order = decayed.sort(descending=True, stable=True)
     order = order[: cfg.max_per_img]
     return probs[order], labels[order], decayed[: cfg.max_per_img]
 

@@ -1,0 +1,106 @@
+"""Candidate selection: the exact eager order and the static budget against mmdet's order.
+
+The expected instances are those of ``select_reference``, mmdet's order as written in
+mmdet/models/dense_heads/solov2_head.py ``_predict_by_feat_single`` (score_thr filter -> dynamic conv
+-> ``sum_masks > strides`` -> ``scores *= maskness`` -> ``mask_matrix_nms`` with ``nms_pre`` applied
+to the score-sorted candidates -> ``filter_thr`` -> ``max_per_img``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from solo_npu.models.solov2.postprocess import SOLOv2TestConfig, select_exact, select_reference, select_static
+
+GRIDS, STRIDES = (20, 16, 12, 8, 6), (8, 8, 16, 32, 32)
+CLASSES, EMBED, H, W = 8, 8, 24, 32
+
+
+def synthetic_head(num_above: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Category scores ``[N, C]`` with exactly ``num_above`` pairs above 0.1, kernels ``[N, E]`` and mask
+    features ``[E, H, W]`` whose masks range from empty (area filter) to large, so maskness varies."""
+    g = torch.Generator().manual_seed(seed)
+    cells = sum(s * s for s in GRIDS)
+    scores = torch.rand(cells * CLASSES, generator=g) * 0.1  # all <= 0.1: never above score_thr
+    chosen = torch.randperm(cells * CLASSES, generator=g)[:num_above]
+    # A crowded, early-training-like head: scores within (0.1, 0.5], so maskness reorders them.
+    scores[chosen] = 0.1 + 0.4 * torch.rand(num_above, generator=g).clamp(min=1e-4)
+    feats = torch.randn(EMBED, H, W, generator=g)
+    feats[0] = 1.0  # a constant channel: the kernel's first weight is the mask logit's bias
+    # Kernel scales from 0.05 (logits near the bias: maskness near 0.5) to 2 (saturated: near 1).
+    kernels = torch.randn(cells, EMBED, generator=g) * torch.empty(cells, 1).uniform_(0.05, 2.0, generator=g)
+    kernels[:, 0] = torch.empty(cells).uniform_(-3.0, 1.0, generator=g)
+    strides = torch.cat([torch.full((s * s,), float(st)) for s, st in zip(GRIDS, STRIDES)])
+    return scores.view(cells, CLASSES), kernels, feats, strides
+
+
+def assert_same_instances(got: tuple, ref: tuple) -> None:
+    masks, labels, scores = got[:3]
+    ref_masks, ref_labels, ref_scores = ref
+    assert len(scores) == len(ref_scores) > 0
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(masks, ref_masks, rtol=0, atol=1e-5)
+    assert torch.equal(masks > 0.5, ref_masks > 0.5)
+
+
+def _static_instances(out: tuple, i: int = 0) -> tuple:
+    masks, labels, scores = out[0][i], out[1][i], out[2][i]
+    keep = scores > 0
+    return masks[keep], labels[keep], scores[keep]
+
+
+@pytest.mark.parametrize("num_above", [100, 500, 1500, 5000])
+def test_exact_order_returns_the_reference_instances(num_above):
+    scores, kernels, feats, strides = synthetic_head(num_above)
+    cfg = SOLOv2TestConfig(max_per_img=500)  # every instance Matrix NMS keeps is compared, not only the top 100
+    assert int((scores > cfg.score_thr).sum()) == num_above
+    ref = select_reference(scores, kernels, feats, strides, cfg)
+    for chunk in (64, 256):
+        *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk)
+        assert exact
+        assert_same_instances(got, ref)
+    if num_above > cfg.nms_pre:
+        # The order that takes the top nms_pre by category score alone (the static graph with no extra
+        # budget) picks other candidates here, so the comparison above can tell the orders apart.
+        bounded = select_static(scores[None], kernels[None], feats[None], strides, cfg, pre_budget=cfg.nms_pre)
+        b_masks, b_labels, b_scores = _static_instances(bounded)
+        assert len(b_scores) != len(ref[2]) or not torch.allclose(b_scores, ref[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("num_above", [100, 500, 1500, 5000])
+def test_static_budget_flag_proves_exactness(num_above):
+    scores, kernels, feats, strides = synthetic_head(num_above, seed=1)
+    cfg = SOLOv2TestConfig(max_per_img=500)
+    ref = select_reference(scores, kernels, feats, strides, cfg)
+    flags = {}
+    for budget in (500, 1000, 2000, scores.numel()):
+        out = select_static(scores[None], kernels[None], feats[None], strides, cfg, pre_budget=budget,
+                            return_exact=True)
+        flags[budget] = bool(out[3][0])
+        if flags[budget]:
+            assert_same_instances(_static_instances(out), ref)
+    assert flags[scores.numel()]  # every pair in the budget
+    if num_above <= 500:
+        assert all(flags.values())  # every pair above score_thr fits the smallest budget
+    else:
+        assert not flags[500]  # nms_pre pairs by category score: the bound cannot prove them
+
+
+def test_exact_limit_stops_and_says_so():
+    scores, kernels, feats, strides = synthetic_head(5000, seed=2)
+    cfg = SOLOv2TestConfig(exact_limit=640, max_per_img=500)
+    *got, exact = select_exact(scores, kernels, feats, strides, cfg)
+    assert not exact
+    # What it returns is the static budget's selection with the same number of pairs.
+    static = select_static(scores[None], kernels[None], feats[None], strides, cfg, pre_budget=640)
+    assert_same_instances(got, _static_instances(static))
+    *_, exact = select_exact(scores, kernels, feats, strides, SOLOv2TestConfig(exact_limit=None))
+    assert exact
+
+
+def test_no_pair_above_threshold():
+    scores, kernels, feats, strides = synthetic_head(0)
+    masks, labels, out_scores, exact = select_exact(scores, kernels, feats, strides, SOLOv2TestConfig())
+    assert exact and masks.shape == (0, H, W) and labels.numel() == 0 and out_scores.numel() == 0
