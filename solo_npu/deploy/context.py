@@ -121,6 +121,8 @@ class DeployContext:
         self.cfg = cfg
         self.model_name = model_name or str(cfg.get("model_name") or "model")
         self.adapter: DeployAdapter = build_adapter(cfg.get("model"))
+        if hasattr(self.adapter, "bind_model"):  # a host half that runs part of the network (YolactEdge features)
+            self.adapter.bind_model(self.model)
         self.settings = resolve_settings(cfg, self.adapter.size_divisor)
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,23 +20,25 @@ from solo_npu.models.yolact_edge import build_yolact_edge
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def deploy_cfg(model: str, root: Path, run_dir: Path, input_shape: list[int]):
+def deploy_cfg(model: str, root: Path, run_dir: Path, input_shape: list[int], backends: str = "onnxruntime",
+               extra: tuple[str, ...] = ()):
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return compose("deploy", overrides=[
             f"model={model}", "data=synthetic", f"data.root={root}", "data.generate=false", "model.num_classes=3",
             f"deploy.input_shape=[{input_shape[0]},{input_shape[1]}]", "deploy.batch_sizes=[2]", "deploy.opset=11",
-            "deploy.backends=[onnxruntime]", "deploy.slim=false", "deploy.num_images=4",
-            "stages=[export,preprocess,infer,evaluate]", f"run_dir={run_dir}"])
+            f"deploy.backends=[{backends}]", "deploy.slim=false", "deploy.num_images=4",
+            "stages=[export,preprocess,infer,evaluate]", f"run_dir={run_dir}", *extra])
 
 
-def run(model_name: str, model: nn.Module, root: Path, run_dir: Path, input_shape: list[int]) -> dict:
-    cfg = deploy_cfg(model_name, root, run_dir, input_shape)
+def run(model_name: str, model: nn.Module, root: Path, run_dir: Path, input_shape: list[int],
+        backend: str = "onnxruntime", **kw) -> dict:
+    cfg = deploy_cfg(model_name, root, run_dir, input_shape, **kw)
     ctx = DeployContext(cfg, run_dir, model_name)
     ctx.set_model(model)
     run_pipeline(cfg, model_name, ctx)
-    metrics = ctx.results["evaluate"]["onnxruntime_b2"]["metrics"]
-    results = json.loads((run_dir / "evaluate" / "onnxruntime_b2.json").read_text())
-    return {"metrics": metrics, "results": results}
+    metrics = ctx.results["evaluate"][f"{backend}_b2"]["metrics"]
+    results = json.loads((run_dir / "evaluate" / f"{backend}_b2.json").read_text())
+    return {"metrics": metrics, "results": results, "run_dir": run_dir}
 
 
 def check_coco_results(out: dict, iou_types: tuple[str, ...], root: Path) -> None:
@@ -69,6 +71,34 @@ def test_yolact_edge_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
                               top_k=20, max_num_detections=10)
     out = run("yolact_edge", model, synthetic_coco, tmp_path, [128, 128])
     check_coco_results(out, ("segm", "bbox"), synthetic_coco)
+
+
+def same_detections(a: list[dict], b: list[dict]) -> None:
+    """Equal COCO results: the same detections in the same order, scores within float32 noise."""
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert (x["image_id"], x["category_id"], x["bbox"]) == (y["image_id"], y["category_id"], y["bbox"])
+        assert abs(x["score"] - y["score"]) <= 1e-5
+        assert x["segmentation"]["counts"] == y["segmentation"]["counts"]
+
+
+def test_yolact_edge_pipeline_backends_and_export_modes_agree(synthetic_coco: Path, tmp_path: Path) -> None:
+    """Every backend, in the detections and the features (ModelZoo guide) export modes, gives the same results."""
+    torch.manual_seed(0)
+    kw = dict(num_classes=3, depth=18, fpn_channels=16, proto_channels=8, mask_dim=4, max_size=128, top_k=20,
+              max_num_detections=10)
+    det_model = build_yolact_edge(**kw)
+    feat_model = build_yolact_edge(**kw, export_mode="features")
+    feat_model.load_state_dict(det_model.state_dict())
+    results = {}
+    for mode, model in (("detections", det_model), ("features", feat_model)):
+        out = run("yolact_edge", model, synthetic_coco, tmp_path / mode, [128, 128],
+                  backends="pytorch,torchscript,onnxruntime", extra=(f"model.export_mode={mode}",))
+        for backend in ("pytorch", "torchscript", "onnxruntime"):
+            results[mode, backend] = json.loads((out["run_dir"] / "evaluate" / f"{backend}_b2.json").read_text())
+    reference = results["detections", "pytorch"]
+    for dets in results.values():
+        same_detections(dets, reference)
 
 
 def test_ssd_resnet34_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
