@@ -1,4 +1,4 @@
-"""Hooks: LR schedule, checkpoints, evaluation, logging (console, train.log, TensorBoard, metrics.csv)."""
+"""Hooks: LR schedule, checkpoints, evaluation, logging (console, train.log, TensorBoard, metrics.csv), counts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from solo_npu.engine import comm
 from solo_npu.engine.checkpointer import save_training_state
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError
@@ -276,6 +280,92 @@ class LoggingHook(HookBase):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def gather_fault_counts(datasets: Mapping[str, Any], device: torch.device | str = "cpu") -> dict[str, dict[str, int]]:
+    """Data faults per split and kind, summed over this process's DataLoader workers and over the ranks.
+
+    Annotation faults are found by every rank in the same json, so they are taken once; read faults
+    (:data:`solo_npu.data.READ_FAULTS`) are found by the rank and worker that reads the image, so they are
+    summed. A read fault counts reads: an unreadable image requested in three epochs counts three times.
+    Collective under torch.distributed: every rank calls it with the same splits; ``device`` is where the
+    backend reduces (the accelerator for hccl / nccl).
+    """
+    from solo_npu.data import READ_FAULTS
+
+    counts = {split: ds.fault_counts() for split, ds in datasets.items() if hasattr(ds, "fault_counts")}
+    keys = [(split, kind) for split in sorted(counts) for kind in READ_FAULTS if kind in counts[split]]
+    if comm.is_dist() and keys:
+        summed = torch.tensor([counts[s][k] for s, k in keys], dtype=torch.int32, device=device)
+        dist.all_reduce(summed)
+        for (split, kind), value in zip(keys, summed.tolist()):
+            counts[split][kind] = int(value)
+    return counts
+
+
+class CountsHook(HookBase):
+    """Counts that reach ``summary.json`` (:meth:`summary`) and the log. Register it on every rank.
+
+    - Data faults per split and kind (:func:`gather_fault_counts`), gathered at the end of training and
+      logged in one line. When training fails before its end, :meth:`summary` gives this rank's counts.
+    - Step counters: each name in ``counters`` that the step reports in ``trainer.last`` (for example
+      ``dropped_positives``, the positives beyond ``max_pos`` that the targets leave out) is summed over the
+      epoch's steps and over the ranks, logged at the epoch end and kept per epoch. A reported value may be
+      this rank's count or its mean over the ranks (as the trainer reports losses): both sum to the count of
+      all ranks. A run stopped by ``max_iters`` mid-epoch gets a last, partial entry; after a resume the
+      first entry covers the steps since the resume.
+    """
+
+    def __init__(self, datasets: Mapping[str, Any], counters: Sequence[str] = ("dropped_positives",)) -> None:
+        self.datasets = dict(datasets)
+        self.counters = tuple(counters)
+        self.epoch_counts: list[dict[str, int]] = []
+        self.data_faults: dict[str, dict[str, int]] | None = None
+        self._sums = [0.0] * len(self.counters)
+        self._seen = [0.0] * len(self.counters)
+        self._steps = 0
+
+    def after_step(self) -> None:
+        last = self.trainer.last
+        self._steps += 1
+        for i, key in enumerate(self.counters):
+            value = last.get(key)
+            if value is not None and math.isfinite(float(value)):
+                self._sums[i] += float(value)
+                self._seen[i] = 1.0
+
+    def _close_epoch(self, epoch: int) -> None:
+        sums, seen, steps = self._sums, self._seen, self._steps
+        self._sums, self._seen, self._steps = [0.0] * len(self.counters), [0.0] * len(self.counters), 0
+        if not self.counters:
+            return
+        if comm.is_dist():  # every rank takes part, whether or not its steps reported a counter
+            # float32: HcclAllReduce takes int8/int32/int64/fp16/fp32 on Atlas training products, no fp64
+            # (CANN HCCL API reference, HcclAllReduce); exact for counts below 2**24 per epoch.
+            packed = torch.tensor([*sums, *seen], dtype=torch.float32, device=self.trainer.info.device)
+            dist.all_reduce(packed)
+            sums, seen = packed[: len(sums)].tolist(), packed[len(sums):].tolist()
+        entry = {key: int(round(total)) for key, total, was in zip(self.counters, sums, seen) if was}
+        if entry:
+            self.epoch_counts.append({"epoch": epoch, "iterations": steps, **entry})
+            logger.info("epoch %d counts (all ranks): %s", epoch, ", ".join(f"{k} {v}" for k, v in entry.items()))
+
+    def after_epoch(self) -> None:
+        self._close_epoch(self.trainer.epoch + 1)
+
+    def after_train(self) -> None:
+        if self._steps:
+            self._close_epoch(self.trainer.epoch + 1)
+        self.data_faults = gather_fault_counts(self.datasets, self.trainer.info.device)
+        found = [f"{split} {kind} {n}" for split, kinds in self.data_faults.items() for kind, n in kinds.items() if n]
+        logger.info("data faults (all ranks and workers): %s", ", ".join(found) or "none")
+
+    def summary(self) -> dict[str, Any]:
+        """``data_faults`` ({split: {kind: count}}) and ``epoch_counts`` ([{epoch, iterations, counter: n}])."""
+        faults = self.data_faults
+        if faults is None:  # training stopped early: no collective now, this rank's counts only
+            faults = {split: ds.fault_counts() for split, ds in self.datasets.items() if hasattr(ds, "fault_counts")}
+        return {"data_faults": faults, "epoch_counts": list(self.epoch_counts)}
 
 
 def _fmt_seconds(seconds: float) -> str:
