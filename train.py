@@ -31,7 +31,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from solo_npu.engine.job import run_job
+    from solo_npu.engine.backbone_init import BackboneInitError
+    from solo_npu.engine.job import check_start, run_job
     from solo_npu.engine.launch import launch, torchrun_env
     from solo_npu.engine.logs import setup_logging
 
@@ -42,7 +43,12 @@ def main(cfg: DictConfig) -> None:
     env = torchrun_env()
     if env is None or env.rank == 0:
         setup_logging(run_dir, 0)
-    launch(run_job, OmegaConf.to_container(cfg, resolve=True), run_dir)
+    job_cfg = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        check_start(job_cfg, run_dir)
+    except BackboneInitError as exc:
+        raise SystemExit(f"[Error] {exc}") from None
+    launch(run_job, job_cfg, run_dir)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class TrainConfig:
     sync_bn: bool = False
     freeze_backbone: bool = False
     progress: str = "auto"  # auto (tqdm on a TTY, plain lines otherwise) | tqdm | plain
-    eval_batch_size: int = 2  # per device
+    eval_batch_size: int = 1  # per device; a batch holds images of one canvas, so the AP is that of batch 1
     vis_images: int = 4  # validation images drawn with predictions at the end
     plots: bool = True
 
@@ -126,11 +126,21 @@ def resolve_run_dir(run_dir: str | None, output_root: str, stamp: str) -> str:
     return os.path.join(output_root, stamp)
 
 
+def canvas_side(img_scale: Any, size_divisor: Any = 32) -> int:
+    """``${solo_canvas_side:${data.img_scale},${data.pad.size_divisor}}``: the side of the smallest square
+    canvas, a multiple of ``size_divisor``, that holds every keep-ratio resize to ``img_scale`` =
+    (long, short) in either orientation (no side exceeds ``max(img_scale)``, multi-scale training
+    included). 1333 -> 1344, the canvas of the Ascend ModelZoo SOLOV2 for PyTorch training port."""
+    divisor = max(1, int(size_divisor))
+    return -(-max(int(v) for v in img_scale) // divisor) * divisor
+
+
 _REGISTERED = False
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore and the ``solo_run_dir`` resolver (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore and the ``solo_run_dir`` and ``solo_canvas_side``
+    resolvers (idempotent)."""
     global _REGISTERED
     if _REGISTERED:
         return
@@ -140,4 +150,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainJobConfig)
     if not OmegaConf.has_resolver("solo_run_dir"):
         OmegaConf.register_new_resolver("solo_run_dir", resolve_run_dir)
+    if not OmegaConf.has_resolver("solo_canvas_side"):
+        OmegaConf.register_new_resolver("solo_canvas_side", canvas_side)
     _REGISTERED = True

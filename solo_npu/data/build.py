@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -24,7 +25,7 @@ from solo_npu.data.coco import CocoInstanceDataset
 from solo_npu.data.collate import SLOT_LADDER, FixedShapeCollate
 from solo_npu.data.samplers import GroupedBatchSampler
 from solo_npu.data.synthetic import SHAPE_SCALE, generate_synthetic_coco
-from solo_npu.data.transforms import build_transforms
+from solo_npu.data.transforms import build_transforms, canvas_size, rescale_size
 
 logger = logging.getLogger("solo_npu.data")
 SPLITS = ("train", "val")
@@ -62,6 +63,24 @@ def build_collate(data_cfg: Any) -> FixedShapeCollate:
     )
 
 
+def eval_canvas_groups(data_cfg: Any, dataset: CocoInstanceDataset) -> np.ndarray:
+    """Group id per image of an evaluation split: the canvas the image gets on its own.
+
+    An evaluation batch only holds images of one canvas, so no image is padded for a companion and
+    every prediction (the SOLOv2 grids span the whole canvas) is the one of a batch of one, as mmdet
+    and SOLO evaluate: the AP does not depend on the evaluation batch size.
+    """
+    pad = data_cfg.get("pad") or {}
+    mode, divisor, canvas = str(pad.get("mode", "divisor")), int(pad.get("size_divisor", 32)), pad.get("canvas")
+    scale = tuple(int(v) for v in data_cfg.img_scale)
+    keys: dict[tuple[int, int], int] = {}
+    groups = np.empty(len(dataset), np.int64)
+    for i, rec in enumerate(dataset.records):
+        shape = rescale_size(int(rec["height"]), int(rec["width"]), scale)
+        groups[i] = keys.setdefault(canvas_size([shape], mode, divisor, canvas), len(keys))
+    return groups
+
+
 def _worker_init(worker_id: int) -> None:
     # One torch thread per worker avoids oversubscribing the cores. OpenCV's thread pool is left
     # alone: reconfiguring it (cv2.setNumThreads) in a forked worker can deadlock on the pool state
@@ -85,7 +104,9 @@ def build_dataloader(data_cfg: Any, split: str, *, batch_size: int, distributed:
     """A DataLoader yielding batch dicts of the architecture contract.
 
     The batch sampler (``loader.batch_sampler``, a :class:`GroupedBatchSampler`) is shuffled,
-    aspect-grouped and padded for ``train``, sequential for ``val``. Call
+    aspect-grouped and padded for ``train``; for ``val`` it is in image order and a batch holds only
+    images of one canvas (:func:`eval_canvas_groups`), so the predictions do not depend on the batch
+    size. Call
     ``loader.batch_sampler.set_epoch(epoch, start_iter)`` before each epoch; with ``start_iter`` the
     first batches of that epoch are skipped without being loaded.
 
@@ -106,8 +127,11 @@ def build_dataloader(data_cfg: Any, split: str, *, batch_size: int, distributed:
         dataset = build_dataset(data_cfg, split, seed=seed)
     if not distributed:
         rank, world_size = 0, 1
-    group = bool(data_cfg.get("group_by_aspect_ratio", True)) and train
-    sampler = GroupedBatchSampler(len(dataset), batch_size, dataset.aspect_flags if group else None,
+    if train:
+        groups = dataset.aspect_flags if bool(data_cfg.get("group_by_aspect_ratio", True)) else None
+    else:
+        groups = eval_canvas_groups(data_cfg, dataset) if batch_size > 1 else None
+    sampler = GroupedBatchSampler(len(dataset), batch_size, groups,
                                   shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
                                   epoch=epoch, start_iter=start_iter)
     workers = int(data_cfg.get("num_workers", 0) if num_workers is None else num_workers)

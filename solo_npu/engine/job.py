@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from solo_npu.engine import comm
+from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
     find_resume_file,
     load_training_state,
@@ -36,10 +37,13 @@ def _workers(cfg: DictConfig) -> int:
     return int(cfg.data.get("num_workers", 0) if workers is None else workers)
 
 
-def _build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The model of ``cfg.model`` with ``num_classes`` set from the dataset."""
+def _build_model(cfg: DictConfig, num_classes: int, pretrained: str | None = None) -> nn.Module:
+    """The model of ``cfg.model`` with ``num_classes`` set from the dataset and ``pretrained`` (the
+    resolved ImageNet file, or ``None``) in place of ``model.pretrained``."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     set_num_classes(model_cfg, num_classes)
+    if "pretrained" in model_cfg:
+        model_cfg["pretrained"] = pretrained
     from solo_npu.models import build_model
 
     return build_model(OmegaConf.create(model_cfg))
@@ -64,6 +68,34 @@ def _eval_setup(cfg: DictConfig, info: DeviceInfo, val_set: Any = None) -> tuple
                               rank=comm.get_rank(), world_size=world, seed=int(cfg.runtime.seed),
                               num_workers=_workers(cfg), dataset=val_set)
     return val_set, loader, CocoEvaluator(val_set.coco, val_set.label_to_cat)
+
+
+def _starts_from(cfg: Any, resume_file: Path | None) -> str | None:
+    if resume_file is not None:
+        return str(resume_file)
+    return str(cfg["checkpoint"]) if cfg.get("checkpoint") else None
+
+
+def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Checks a launcher runs once before any worker starts, so that a run that cannot start as
+    configured stops with one line (:class:`~solo_npu.engine.backbone_init.BackboneInitError`)."""
+    if cfg.get("mode", "train") == "train":
+        backbone_init_file(cfg, _starts_from(cfg, find_resume_file(cfg.get("resume"), run_dir)))
+
+
+def _backbone_init(cfg: DictConfig, starts_from: str | None) -> str | None:
+    """The ImageNet file of this training run (logged), or ``None``."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    path = backbone_init_file(plain, starts_from)
+    value = plain["model"].get("pretrained")
+    if starts_from and value not in (None, "auto", "none"):
+        logger.info("model.pretrained=%s not read: the weights come from %s", value, starts_from)
+    elif path is None and str(value).lower() == "auto" and not starts_from:
+        backbone = plain["model"].get("backbone") or {}
+        files = ", ".join(str(p) for p in candidate_files(int(backbone.get("depth", 50)), plain["data"].get("root")))
+        logger.warning("model.pretrained=auto: none of %s exists; the backbone starts from random weights "
+                       "(model.pretrained=none says that on purpose)", files)
+    return path
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -123,8 +155,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     train_set = build_dataset(cfg.data, "train", seed=seed)
     num_classes = len(train_set.label_to_cat)
 
-    model = _build_model(cfg, num_classes)
     resume_file = find_resume_file(cfg.resume, run_dir)
+    model = _build_model(cfg, num_classes, _backbone_init(cfg, _starts_from(cfg, resume_file)))
     if cfg.checkpoint and resume_file is None:
         report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
                               bool(cfg.checkpoint_trust_pickle),

@@ -1,0 +1,113 @@
+"""ImageNet initialisation of the backbone for a training run: which file ``model.pretrained`` means,
+and when starting without one is refused.
+
+``model.pretrained`` is ``auto`` (the torchvision file for the backbone depth under ``data/pretrained/``
+or beside ``data.root``), a path, or ``none`` (random init on purpose). A run that starts from a
+checkpoint (``resume``, ``checkpoint=``) reads no ImageNet file: its weights come from the checkpoint.
+A frozen-BatchNorm backbone (``frozen_stages >= 0``, ``norm_eval``, ``frozen_bn`` or
+``train.freeze_backbone``) started from random weights keeps identity statistics for the whole run and
+cannot reach the reference AP, so that start is an error; from-scratch training (``none`` with
+trainable norms, as the demo does) stays possible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRETRAINED_DIR", "TORCHVISION_RESNET_FILES", "BackboneInitError", "backbone_init_file",
+           "candidate_files", "is_frozen_bn"]
+
+PRETRAINED_DIR = Path("data") / "pretrained"
+# torchvision's ImageNet ResNet weights (IMAGENET1K_V1) under their download names: the model_urls of
+# torchvision < 0.13 (the files mmdet's and SOLO's ``torchvision://resnetN`` fetch), then the same
+# weights re-saved for torchvision >= 0.13. The Ascend ModelZoo SOLOV2 for PyTorch training guide renames
+# resnet50-19c8e357.pth to data/pretrained/resnet50.pth; that name is looked for first.
+TORCHVISION_RESNET_FILES = {
+    18: ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
+    34: ("resnet34-333f7ec4.pth", "resnet34-b627a593.pth"),
+    50: ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth"),
+    101: ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth"),
+    152: ("resnet152-b121ed2d.pth", "resnet152-394f9c45.pth"),
+}
+_NONE = ("none", "null", "")
+
+
+class BackboneInitError(ValueError):
+    """The run would start without the backbone weights it needs; the message is one line."""
+
+
+def _dirs(data_root: str | None) -> list[Path]:
+    dirs = [PRETRAINED_DIR]
+    if data_root:
+        beside = Path(str(data_root)).parent / "pretrained"
+        if beside.resolve() != PRETRAINED_DIR.resolve():
+            dirs.append(beside)
+    return dirs
+
+
+def candidate_files(depth: int, data_root: str | None = None) -> list[Path]:
+    """The files ``model.pretrained=auto`` looks for, in order: ``resnet{depth}.pth`` then torchvision's
+    names, in ``data/pretrained/`` (relative to the launch directory) and in ``pretrained/`` beside
+    ``data.root`` (the ModelZoo layout ``data/{coco,pretrained}``)."""
+    names = [f"resnet{depth}.pth", *TORCHVISION_RESNET_FILES.get(int(depth), ())]
+    return [d / n for d in _dirs(data_root) for n in names]
+
+
+def is_frozen_bn(backbone: Mapping[str, Any], freeze_backbone: bool = False) -> bool:
+    """Whether the backbone keeps fixed BatchNorm statistics or frozen stages while training
+    (defaults as :class:`~solo_npu.models.backbones.resnet.ResNet`: ``norm_eval`` true, nothing frozen)."""
+    norm = str(backbone.get("norm", "bn"))
+    if norm == "gn":
+        return freeze_backbone or int(backbone.get("frozen_stages", -1)) >= 0
+    return (freeze_backbone or norm == "frozen_bn" or int(backbone.get("frozen_stages", -1)) >= 0
+            or bool(backbone.get("norm_eval", True)))
+
+
+def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None) -> str | None:
+    """The ImageNet file to load into the backbone of a training run, or ``None``.
+
+    Args:
+        cfg: the resolved training config (``model``, ``data``, ``train`` sections).
+        starts_from: the checkpoint the run starts from (resume or ``checkpoint=``), if any: then
+            nothing is loaded and nothing is required.
+
+    Raises:
+        BackboneInitError: an explicit ``model.pretrained`` file is missing, or a frozen-BN backbone
+            would start from random weights.
+    """
+    model = cfg.get("model") or {}
+    if "pretrained" not in model or starts_from:
+        return None
+    value = model.get("pretrained")
+    text = "none" if value is None else str(value).strip()
+    backbone = model.get("backbone") or {}
+    depth = int(backbone.get("depth", 50))
+    train = cfg.get("train") or {}
+    frozen = is_frozen_bn(backbone, bool(train.get("freeze_backbone", False)))
+    if text.lower() not in ("auto", *_NONE):
+        if not Path(text).is_file():
+            raise BackboneInitError(f"model.pretrained={text}: no such file (cwd {Path.cwd()})")
+        return text
+    if text.lower() == "auto":
+        data_root = (cfg.get("data") or {}).get("root")
+        candidates = candidate_files(depth, data_root)
+        for path in candidates:
+            if path.is_file():
+                return str(path)
+        if not frozen:
+            return None
+        where = "; ".join(f"{d.resolve()}/{{{','.join(p.name for p in candidates if p.parent == d)}}}"
+                          for d in _dirs(data_root))
+        raise BackboneInitError(
+            f"model.pretrained=auto found no ImageNet ResNet-{depth} weights (looked for {where}) and this "
+            "backbone keeps frozen BatchNorm / stages, which cannot train from random weights: put torchvision's "
+            "file there, pass model.pretrained=PATH, or train from scratch on purpose with model.pretrained=none "
+            "model.backbone.frozen_stages=-1 model.backbone.norm_eval=false")
+    if frozen:
+        raise BackboneInitError(
+            f"model.pretrained=none starts a frozen-BatchNorm ResNet-{depth} backbone from random weights: pass "
+            "model.pretrained=PATH (torchvision ImageNet weights), or for from-scratch training also set "
+            "model.backbone.frozen_stages=-1 model.backbone.norm_eval=false")
+    return None

@@ -1,0 +1,155 @@
+"""ImageNet backbone init of a COCO run: model.pretrained=auto finds torchvision's ResNet file under
+data/pretrained/, loads it (logged), and a frozen-BN backbone without it refuses to start in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_train_cfg
+from omegaconf import OmegaConf
+
+from solo_npu.checkpoints import load_checkpoint
+from solo_npu.data.synthetic import generate_synthetic_coco
+from solo_npu.engine.backbone_init import BackboneInitError, backbone_init_file
+
+ROOT = Path(__file__).resolve().parents[2]
+# A small 1p run: 64-px images, one iteration, LR 0 (every weight stays what it was loaded as).
+TINY_1P = ["+experiment=1p", "data.root=data/coco", "data.img_scale=[96,64]", "data.num_workers=0",
+           "data.max_instances=8", "train.epochs=1", "train.max_iters=1", "train.eval_interval=0",
+           "train.eval_at_end=false", "train.plots=false", "train.progress=plain", "train.checkpoint_interval=0",
+           "optim.base_lr=0.0", "optim.warmup_iters=0", "runtime.device=cpu", "run_dir=run"]
+
+
+def torchvision_resnet50_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under torchvision's ResNet-50 names and shapes (torchvision/models/resnet.py:
+    ``ResNet`` has conv1/bn1, layer1..4 of ``Bottleneck`` blocks [3, 4, 6, 3] with conv1..3/bn1..3 and
+    ``downsample.0`` (1x1 conv) / ``downsample.1`` (BN) in each stage's first block, and ``fc``).
+    No ``num_batches_tracked``: resnet50-19c8e357.pth was saved before BatchNorm had it."""
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, cout: int, cin: int, k: int) -> None:
+        state[f"{name}.weight"] = torch.randn(cout, cin, k, k, generator=g) * 0.05
+
+    def bn(name: str, c: int) -> None:
+        state[f"{name}.weight"] = torch.rand(c, generator=g) + 0.5
+        state[f"{name}.bias"] = torch.randn(c, generator=g) * 0.1
+        state[f"{name}.running_mean"] = torch.randn(c, generator=g) * 0.1
+        state[f"{name}.running_var"] = torch.rand(c, generator=g) + 0.5
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        for i in range(blocks):
+            p = f"layer{stage}.{i}"
+            conv(f"{p}.conv1", planes, inplanes, 1)
+            bn(f"{p}.bn1", planes)
+            conv(f"{p}.conv2", planes, planes, 3)
+            bn(f"{p}.bn2", planes)
+            conv(f"{p}.conv3", planes * 4, planes, 1)
+            bn(f"{p}.bn3", planes * 4)
+            if i == 0:
+                conv(f"{p}.downsample.0", planes * 4, inplanes, 1)
+                bn(f"{p}.downsample.1", planes * 4)
+            inplanes = planes * 4
+    state["fc.weight"] = torch.randn(1000, 2048, generator=g) * 0.01
+    state["fc.bias"] = torch.zeros(1000)
+    return state
+
+
+@pytest.fixture(scope="module")
+def coco_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A launch directory holding data/coco/{train2017,val2017,annotations} (a few 64-px images)."""
+    top = tmp_path_factory.mktemp("coco_layout")
+    generate_synthetic_coco(top / "data" / "coco", 2, 1, size=64, seed=3)
+    return top
+
+
+def _train(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY_1P, *extra], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_1p_loads_data_pretrained_resnet50_and_refuses_without_it(coco_layout: Path) -> None:
+    weights = coco_layout / "data" / "pretrained" / "resnet50.pth"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = torchvision_resnet50_state()
+    torch.save(state, weights)
+    try:
+        proc = _train(coco_layout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        log = (coco_layout / "run" / "train.log").read_text()
+        assert "backbone init from data/pretrained/resnet50.pth (missing 0, unexpected 0)" in log
+        model = load_checkpoint(coco_layout / "run" / "checkpoints" / "last.pth")["model"]
+        backbone = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
+        expected = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        assert set(expected) <= set(backbone)
+        for key, value in expected.items():
+            assert torch.equal(backbone[key].float(), value), key
+    finally:
+        weights.unlink()
+
+    proc = _train(coco_layout, "run_dir=refused")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("[Error] model.pretrained=auto found no ImageNet ResNet-50 weights")
+    for name in ("resnet50.pth", "resnet50-19c8e357.pth", str((coco_layout / "data" / "pretrained").resolve())):
+        assert name in lines[0]
+    assert not (coco_layout / "refused" / "checkpoints").exists()
+
+
+def _cfg(pretrained: object, root: str = "data/coco", frozen_stages: int = 1, norm_eval: bool = True,
+         depth: int = 50) -> dict:
+    return {"model": {"pretrained": pretrained, "backbone": {"depth": depth, "frozen_stages": frozen_stages,
+                                                             "norm": "bn", "norm_eval": norm_eval}},
+            "data": {"root": root}, "train": {"freeze_backbone": False}}
+
+
+def test_auto_accepts_the_modelzoo_and_torchvision_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    pre = tmp_path / "data" / "pretrained"
+    pre.mkdir(parents=True)
+    (pre / "resnet101-5d3b4d8f.pth").write_bytes(b"x")  # torchvision's download name
+    assert backbone_init_file(_cfg("auto", depth=101)) == "data/pretrained/resnet101-5d3b4d8f.pth"
+    (pre / "resnet101.pth").write_bytes(b"x")  # the ModelZoo guide's name comes first
+    assert backbone_init_file(_cfg("auto", depth=101)) == "data/pretrained/resnet101.pth"
+    # ModelZoo layout under another root: data.root=/x/data/coco -> /x/data/pretrained
+    other = tmp_path / "elsewhere" / "data"
+    (other / "pretrained").mkdir(parents=True)
+    (other / "pretrained" / "resnet18-5c106cde.pth").write_bytes(b"x")
+    found = backbone_init_file(_cfg("auto", root=str(other / "coco"), depth=18))
+    assert found == str(other / "pretrained" / "resnet18-5c106cde.pth")
+
+
+def test_when_no_file_is_needed_or_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # resume / fine-tune: the weights come from the checkpoint, nothing is read or required
+    assert backbone_init_file(_cfg("auto"), starts_from="last.pth") is None
+    assert backbone_init_file(_cfg("missing.pth"), starts_from="SOLOv2_R50_1x.pth") is None
+    # scratch on purpose: trainable norms, nothing frozen
+    assert backbone_init_file(_cfg("none", frozen_stages=-1, norm_eval=False)) is None
+    assert backbone_init_file(_cfg("auto", frozen_stages=-1, norm_eval=False)) is None
+    # a frozen-BN backbone from random weights, or a named file that is not there
+    with pytest.raises(BackboneInitError, match="model.pretrained=none starts a frozen-BatchNorm ResNet-50"):
+        backbone_init_file(_cfg("none"))
+    with pytest.raises(BackboneInitError, match="model.pretrained=auto found no ImageNet ResNet-50"):
+        backbone_init_file(_cfg("auto", frozen_stages=-1))  # norm_eval alone freezes the statistics
+    with pytest.raises(BackboneInitError, match="model.pretrained=missing.pth: no such file"):
+        backbone_init_file(_cfg("missing.pth", frozen_stages=-1, norm_eval=False))
+
+
+def test_the_demo_and_the_smoke_runs_start_from_scratch_on_purpose() -> None:
+    for name in ("demo", "smoke"):
+        cfg = OmegaConf.to_container(compose_train_cfg([f"+experiment={name}"]), resolve=True)
+        assert cfg["model"]["pretrained"] == "none"
+        assert backbone_init_file(cfg) is None
+    r50 = OmegaConf.to_container(compose_train_cfg(["+experiment=1p"]), resolve=True)
+    assert r50["model"]["pretrained"] == "auto"
