@@ -186,9 +186,9 @@ class Trainer:
         batch = move_batch(batch, self.info.device)
         with autocast(self.info, self.amp, self.amp_dtype):
             losses = self.model(batch["images"], batch)
-        if not isinstance(losses, Mapping) or not losses:
-            raise TypeError("the model must return a non-empty dict of losses in training mode")
-        loss = sum(v.float() for v in losses.values())
+        if not isinstance(losses, Mapping) or not any(str(k).startswith("loss") for k in losses):
+            raise TypeError("the model must return a dict with loss_* entries in training mode")
+        loss = sum(v.float() for k, v in losses.items() if k.startswith("loss"))  # others are counts (logged)
         if self.iter in self.poison_iters:
             loss = loss * float("nan")
         reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()})

@@ -65,7 +65,7 @@ def test_training_losses_and_gradients():
                  gt_valid=torch.tensor([[True, False, False], [True, False, False]]))
     images = torch.randn(b, 3, 128, 160, generator=torch.Generator().manual_seed(0))
     losses = model(images, batch)
-    assert set(losses) == {"loss_cls", "loss_mask"}
+    assert set(losses) == {"loss_cls", "loss_mask", "dropped_positives"} and float(losses["dropped_positives"]) == 0
     # Reference: per-positive loops over the same head outputs and targets.
     cls_preds, kernel_preds, feats = model.forward_head(images)
     t = build_solov2_targets(batch["gt_masks"], batch["gt_labels"], batch["gt_boxes"], batch["gt_valid"],
@@ -90,7 +90,7 @@ def test_training_losses_and_gradients():
     assert num_pos > 0
     torch.testing.assert_close(losses["loss_mask"], 3.0 * dice_sum / num_pos, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(losses["loss_cls"], focal_sum / (num_pos + 1), rtol=1e-4, atol=1e-5)
-    sum(losses.values()).backward()
+    (losses["loss_cls"] + losses["loss_mask"]).backward()
     assert model.mask_head.conv_kernel.weight.grad.abs().sum() > 0
     assert model.mask_head.conv_cls.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="targets"):

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from solo_npu.models.solov2.targets import build_solov2_targets, downsample_masks
+from solo_npu.models.solov2.targets import build_solov2_targets, downsample_masks, positive_slots
 
 GRIDS = (20, 16, 12, 8, 6)
 RANGES = ((1, 16), (8, 32), (16, 64), (32, 128), (64, 2048))
@@ -120,3 +120,25 @@ def test_downsample_masks_matches_bilinear_threshold():
     masks[1, 8:40, 20:70] = 1
     ref = F.interpolate(masks[None].float(), size=(16, 24), mode="bilinear", align_corners=False)[0] >= 0.5
     assert torch.equal(downsample_masks(masks, 4), ref.float())
+
+
+def test_positive_slots_ladder():
+    assert [positive_slots(n, 1024) for n in (0, 1, 64, 65, 129, 300, 512, 513, 1024)] == [
+        64, 64, 64, 128, 256, 512, 512, 1024, 1024]
+    assert positive_slots(5000, 1024) == 1024  # beyond the top: the top (the rest is counted as dropped)
+    assert [positive_slots(n, 300) for n in (100, 257, 299, 301)] == [128, 300, 300, 300]
+
+
+def test_slots_sized_to_the_batch_keep_every_pair():
+    masks, labels, boxes, valid = _batch([[(0, 0, 64, 64), (10, 10, 50, 50)], [(5, 5, 30, 40)]], [[0, 1], [2]],
+                                         64, 64, 2)
+    fixed = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, pos_slots=512)
+    sized = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, max_pos=1024)
+    most = int(fixed.pos_weights.sum(1).max())
+    assert 0 < most <= 64 and fixed.pos_weights.shape == (2, 512) and sized.pos_weights.shape == (2, 64)
+    for i in range(2):
+        assert _pairs(sized, i) == _pairs(fixed, i)
+    assert torch.equal(sized.labels, fixed.labels) and int(sized.num_dropped) == 0 == int(fixed.num_dropped)
+    pinned = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, pos_slots=8)
+    assert pinned.pos_weights.shape == (2, 8)
+    assert int(pinned.num_dropped) == int(fixed.pos_weights.sum()) - int(pinned.pos_weights.sum()) > 0

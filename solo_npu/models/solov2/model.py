@@ -36,7 +36,10 @@ class SOLOv2(nn.Module):
         backbone, neck, mask_head: the three parts (state-dict prefixes ``backbone.``, ``neck.``, ``mask_head.``).
         scale_ranges: ``(lower, upper)`` of ``sqrt(w * h)`` per level for target assignment.
         pos_scale: centre-region size relative to the box half-size.
-        max_pos: positive (instance, cell) slots per image in the mask loss.
+        max_pos: the most positive (instance, cell) slots per image in the mask loss: the top of the slot
+            ladder (:func:`positive_slots`); positives beyond it are counted, never silently dropped.
+        pos_slots: a fixed number of positive slots (NPU experiments that want one shape); ``None``: the
+            smallest ladder size that holds every positive of the batch.
         loss_cls: ``gamma``, ``alpha``, ``weight`` of the focal loss.
         loss_mask_weight: weight of the dice loss.
         test_cfg: :class:`SOLOv2TestConfig`.
@@ -47,7 +50,8 @@ class SOLOv2(nn.Module):
 
     def __init__(self, backbone: ResNet, neck: FPN, mask_head: SOLOv2Head,
                  scale_ranges: Sequence[Sequence[float]] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)),
-                 pos_scale: float = 0.2, max_pos: int = 512, loss_cls: Mapping[str, float] | None = None,
+                 pos_scale: float = 0.2, max_pos: int = 1024, pos_slots: int | None = None,
+                 loss_cls: Mapping[str, float] | None = None,
                  loss_mask_weight: float = 3.0, test_cfg: SOLOv2TestConfig | None = None, export_topk: int = 100,
                  export_exact_flag: bool = False, name: str = "solov2") -> None:
         super().__init__()
@@ -59,6 +63,7 @@ class SOLOv2(nn.Module):
         self.scale_ranges = tuple((float(lo), float(hi)) for lo, hi in scale_ranges)
         self.pos_scale = pos_scale
         self.max_pos = max_pos
+        self.pos_slots = pos_slots
         self.loss_cls_cfg = {"gamma": 2.0, "alpha": 0.25, "weight": 1.0, **(loss_cls or {})}
         self.loss_mask_weight = loss_mask_weight
         self.test_cfg = test_cfg or SOLOv2TestConfig()
@@ -84,7 +89,8 @@ class SOLOv2(nn.Module):
         return self.mask_head(self.neck(self.backbone(images)))
 
     def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
-        """Training losses ``{"loss_cls", "loss_mask"}`` for a batch dict (``gt_masks``, ``gt_labels``, ...)."""
+        """Training losses ``{"loss_cls", "loss_mask"}`` for a batch dict (``gt_masks``, ``gt_labels``, ...),
+        plus ``dropped_positives``: the batch's positive pairs beyond the slots (a count, not a loss)."""
         if targets is None:
             raise ValueError("SOLOv2.forward needs targets; use predict() or export_forward() for inference")
         masks = targets["gt_masks"]
@@ -97,11 +103,12 @@ class SOLOv2(nn.Module):
         t = build_solov2_targets(targets["gt_masks"], targets["gt_labels"], targets["gt_boxes"],
                                  targets["gt_valid"], self.mask_head.num_grids, self.scale_ranges,
                                  self.pos_scale, mask_stride=images.shape[-1] // mask_feats.shape[-1],
-                                 max_pos=self.max_pos)
-        self.num_pos_dropped = t.num_dropped.detach()  # positives beyond max_pos (read lazily: no host sync)
+                                 max_pos=self.max_pos, pos_slots=self.pos_slots)
+        self.num_pos_dropped = t.num_dropped.detach()
         c = self.loss_cls_cfg
-        return solov2_loss(cls_preds, kernel_preds, mask_feats, t, gamma=c["gamma"], alpha=c["alpha"],
-                           cls_weight=c["weight"], mask_weight=self.loss_mask_weight)
+        losses = solov2_loss(cls_preds, kernel_preds, mask_feats, t, gamma=c["gamma"], alpha=c["alpha"],
+                             cls_weight=c["weight"], mask_weight=self.loss_mask_weight)
+        return {**losses, "dropped_positives": t.num_dropped.detach().float()}
 
     def export_forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """Static-shape inference for TorchScript / ONNX.
@@ -191,7 +198,7 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
         num_classes: object classes.
         backbone: kwargs of :class:`ResNet`.
         neck: kwargs of :class:`FPN` (``in_channels`` defaults to the backbone's).
-        head: kwargs of :class:`SOLOv2Head` plus ``scale_ranges``, ``pos_scale``, ``max_pos``,
+        head: kwargs of :class:`SOLOv2Head` plus ``scale_ranges``, ``pos_scale``, ``max_pos``, ``pos_slots``,
             ``loss_cls`` and ``loss_mask_weight``.
         test: fields of :class:`SOLOv2TestConfig` plus ``export_topk`` and ``export_exact_flag``.
         pretrained: torchvision ResNet checkpoint for the backbone (ImageNet init). ``None``, ``"none"``
@@ -209,7 +216,7 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
     if pretrained is not None and str(pretrained).strip().lower() not in ("auto", "none", "null", ""):
         _load_backbone(body, str(pretrained))
     neck_cfg.setdefault("in_channels", body.out_channels)
-    model_keys = ("scale_ranges", "pos_scale", "max_pos", "loss_cls", "loss_mask_weight")
+    model_keys = ("scale_ranges", "pos_scale", "max_pos", "pos_slots", "loss_cls", "loss_mask_weight")
     model_kwargs = {k: head_cfg.pop(k) for k in model_keys if k in head_cfg}
     head_cfg.setdefault("in_channels", neck_cfg["out_channels"])
     mask_head = SOLOv2Head(num_classes=int(num_classes), **head_cfg)

@@ -7,8 +7,12 @@ one cell away from the centre cell (3 x 3). Where instances overlap on a cell, t
 wins, while each (instance, cell) pair is a mask-loss positive. Mask targets are the instance masks
 resized bilinearly to stride 4 and thresholded at 0.5.
 
-Positive pairs are returned as ``max_pos`` fixed slots per image with 0/1 weights (no boolean
-indexing, no ``nonzero``, no host synchronisation).
+Positive pairs are returned in fixed slots per image with 0/1 weights (no boolean indexing, no
+``nonzero``). The number of slots is the smallest size of a short ladder (64, 128, 256, ... up to
+``max_pos``) that holds every positive of the batch, so the mask loss computes few padding masks while
+an accelerator sees few distinct shapes; that costs one host read of the batch's largest count.
+``pos_slots`` pins one size instead (no host read). Positives beyond the slots are counted in
+``num_dropped``, never dropped silently.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SOLOv2Targets", "build_solov2_targets", "center_of_mass", "downsample_masks"]
+__all__ = ["POS_LADDER", "SOLOv2Targets", "build_solov2_targets", "center_of_mass", "downsample_masks",
+           "positive_slots"]
+
+POS_LADDER = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclass
@@ -32,7 +39,7 @@ class SOLOv2Targets:
         pos_instances: ``[B, P]`` int64 ground-truth slot (0..M-1) of each positive slot.
         pos_weights: ``[B, P]`` float 1 for a real positive, 0 for padding.
         mask_targets: ``[B, M, H/4, W/4]`` float 0/1 instance masks at stride 4.
-        num_dropped: ``[]`` int number of positive pairs that did not fit into ``max_pos``.
+        num_dropped: ``[]`` int number of positive pairs (whole batch) that did not fit into the slots.
     """
 
     labels: Tensor
@@ -74,6 +81,15 @@ def downsample_masks(masks: Tensor, stride: int) -> Tensor:
     return (total >= 2).float()
 
 
+def positive_slots(max_count: int, max_pos: int) -> int:
+    """Slots for a batch whose largest per-image positive count is ``max_count``: the smallest ladder size
+    (:data:`POS_LADDER` below ``max_pos``, then ``max_pos``) that holds it, or ``max_pos``."""
+    for size in (*(v for v in POS_LADDER if v < max_pos), max_pos):
+        if max_count <= size:
+            return size
+    return max_pos
+
+
 def _grid_index(pos: Tensor, size: float, grid: int) -> Tensor:
     # Same arithmetic as mmdet: (pos / size) // (1 / grid), truncating.
     return torch.div(pos / size, 1.0 / grid, rounding_mode="trunc")
@@ -82,7 +98,7 @@ def _grid_index(pos: Tensor, size: float, grid: int) -> Tensor:
 @torch.no_grad()
 def build_solov2_targets(gt_masks: Tensor, gt_labels: Tensor, gt_boxes: Tensor, gt_valid: Tensor,
                          num_grids: Sequence[int], scale_ranges: Sequence[Sequence[float]], pos_scale: float = 0.2,
-                         mask_stride: int = 4, max_pos: int = 512) -> SOLOv2Targets:
+                         mask_stride: int = 4, max_pos: int = 1024, pos_slots: int | None = None) -> SOLOv2Targets:
     """Assign grid cells and mask targets for a padded batch.
 
     Args:
@@ -94,7 +110,8 @@ def build_solov2_targets(gt_masks: Tensor, gt_labels: Tensor, gt_boxes: Tensor, 
         scale_ranges: ``(lower, upper)`` of ``sqrt(w * h)`` per level (both inclusive).
         pos_scale: centre-region size relative to the box half-size.
         mask_stride: stride of the mask features.
-        max_pos: positive (instance, cell) slots kept per image.
+        max_pos: the most positive (instance, cell) slots per image: the top of the slot ladder.
+        pos_slots: a fixed number of slots (no ladder, no host read); ``None``: the ladder.
     """
     b, m, h, w = gt_masks.shape
     if h % mask_stride or w % mask_stride:
@@ -150,13 +167,17 @@ def build_solov2_targets(gt_masks: Tensor, gt_labels: Tensor, gt_boxes: Tensor, 
     cells = torch.cat(cells_levels, dim=1)  # [B, L*M*9], ordered level, instance, offset
     weights = torch.cat(weights_levels, dim=1)
     inst = torch.arange(m, device=device).view(1, 1, m, 1).expand(b, len(num_grids), m, 9).reshape(b, -1)
-    # Compact the positives into max_pos slots (stable: keeps level, instance, offset order).
+    # Compact the positives into the slots (stable: keeps level, instance, offset order).
     num_pairs = weights.shape[1]
+    if pos_slots is None:
+        slots = positive_slots(int(weights.sum(1).max()) if b else 0, max_pos)  # one host read
+    else:
+        slots = int(pos_slots)
     order = torch.sort(weights, dim=1, descending=True, stable=True).indices
-    if num_pairs < max_pos:
-        order = torch.cat([order, order[:, :1].expand(b, max_pos - num_pairs)], dim=1)
-    order = order[:, :max_pos]
-    slot_ok = (torch.arange(max_pos, device=device) < num_pairs).float()
+    if num_pairs < slots:
+        order = torch.cat([order, order[:, :1].expand(b, slots - num_pairs)], dim=1)
+    order = order[:, :slots]
+    slot_ok = (torch.arange(slots, device=device) < num_pairs).float()
     keep_w = torch.gather(weights, 1, order) * slot_ok
     num_dropped = (weights.sum() - keep_w.sum()).round().long()
     mask_targets = downsample_masks(gt_masks, mask_stride)
