@@ -48,13 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from solo_npu.models.backbones.resnet import ResNet
-from solo_npu.models.ops.box_coding import decode_center_size
 from solo_npu.models.ops.boxes import fast_nms
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import yolact_priors
 
 __all__ = ["EXPORT_OUTPUT_NAMES", "FEATURE_OUTPUT_NAMES", "PredictionHead", "ProtoNet", "YolactEdge", "YolactFPN",
-           "build_yolact_edge", "yolact_detect", "yolact_postprocess"]
+           "build_yolact_edge", "yolact_decode", "yolact_detect", "yolact_postprocess"]
 
 DETECTION_OUTPUT_NAMES = ("boxes", "scores", "labels", "coeffs", "proto")
 HEAD_OUTPUT_NAMES = ("boxes", "conf", "coeffs", "proto")
@@ -208,8 +207,7 @@ class YolactEdge(nn.Module):
         head = self.prediction_layers[0]
         locs, confs, coeffs = zip(*(head(f) for f in feats))
         priors = self.priors([tuple(f.shape[-2:]) for f in feats]).to(feats[0].device)
-        boxes = decode_center_size(torch.cat(locs, 1), priors, (0.1, 0.2))
-        return boxes, torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1)
+        return yolact_decode(torch.cat(locs, 1), priors), torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1)
 
     def detect(self, boxes: Tensor, conf: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fast NMS on decoded dense outputs: ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` (int32),
@@ -253,6 +251,15 @@ class YolactEdge(nn.Module):
         det_boxes, scores, labels, det_coeffs = self.detect(boxes, conf, coeffs)
         return [yolact_postprocess(det_boxes[i], scores[i], labels[i], det_coeffs[i], proto[i], meta, self.mask_thr)
                 for i, meta in enumerate(metas)]
+
+
+def yolact_decode(loc: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:
+    """YOLACT ``box_utils.decode``: centre-size offsets ``loc [..., N, 4]`` against ``priors [N, 4]`` ->
+    x1y1x2y2. The far corner is ``x1 + w`` (not ``cx + w / 2``), in the reference's order of float operations."""
+    centers = priors[..., :2] + loc[..., :2] * variances[0] * priors[..., 2:]
+    sizes = priors[..., 2:] * torch.exp(loc[..., 2:] * variances[1])
+    corner = centers - sizes / 2
+    return torch.cat([corner, corner + sizes], dim=-1)
 
 
 def yolact_detect(boxes: Tensor, conf: Tensor, conf_thresh: float = 0.05, nms_thresh: float = 0.5, top_k: int = 200,
