@@ -211,8 +211,8 @@ def memory_stats(info: DeviceInfo) -> dict[str, float]:
     mod = _device_module(info)
     if mod is not None:
         return {
-            "allocated_mb": mod.memory_allocated(info.device) / 2**20,
-            "peak_mb": mod.max_memory_allocated(info.device) / 2**20,
+            "allocated_mb": mod.memory_allocated(info.index) / 2**20,
+            "peak_mb": mod.max_memory_allocated(info.index) / 2**20,
         }
     current, peak = _rss_mb()
     return {"allocated_mb": current, "peak_mb": peak}
@@ -222,7 +222,7 @@ def reset_peak_memory(info: DeviceInfo) -> None:
     """Reset the peak counter of the device allocator (the CPU's max RSS cannot be reset)."""
     mod = _device_module(info)
     if mod is not None:
-        mod.reset_peak_memory_stats(info.device)
+        mod.reset_peak_memory_stats(info.index)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

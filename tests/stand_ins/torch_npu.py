@@ -27,6 +27,8 @@ from torch.optim.optimizer import required
 
 # Message of NpuFusedOptimizerBase.zero_grad (torch_npu/optim/npu_fused_optim_base.py).
 SET_TO_NONE_MESSAGE = "set_to_none is not supported in fused optimizers"
+# Every fused optimiser this process built, newest last (tests read their ``calls``).
+FUSED_OPTIMIZERS: list[NpuFusedOptimizerBase] = []
 REALLOCATED_MESSAGE = (
     "a parameter or gradient was re-allocated after the fused optimizer combined them into one buffer: the real "
     "torch_npu fused optimizer would now step on stale values (NpuFusedSGD: parameters must never be re-allocated)"
@@ -39,8 +41,9 @@ def npu_combine_tensors(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """One flat buffer holding ``tensors``, each re-pointed into it with its value kept.
 
     Follows torch_npu/utils/combine_tensors.py ``npu_combine_tensors``: None for an empty list or zero
-    elements, RuntimeError for a None entry or mixed dtypes; ``torch_npu.npu_change_data_ptr`` becomes
-    ``Tensor.set_`` on the same storage (the tensor object stays the same, as on the device).
+    elements, RuntimeError for a None entry or mixed dtypes. ``torch_npu.npu_change_data_ptr`` (which moves
+    a tensor's data pointer and leaves the tensor object alone) becomes ``Tensor.set_`` on the buffer's
+    storage, or a ``.data`` assignment for tensors that require grad.
     """
     if not tensors:
         return None
@@ -58,9 +61,14 @@ def npu_combine_tensors(tensors: list[torch.Tensor]) -> torch.Tensor | None:
         for t in tensors:
             if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
                 raise RuntimeError("the stand-in combines dense tensors only")
-            value = t.clone()
-            t.set_(flat.untyped_storage(), offset, t.size(), t.stride())
-            t.copy_(value)
+            view = torch.as_strided(flat, t.size(), t.stride(), offset)
+            view.copy_(t)
+            if t.requires_grad:
+                # A parameter keeps its autograd identity (DDP's hooks sit on its gradient accumulator), as
+                # with npu_change_data_ptr; Tensor.set_ on a leaf would drop them, assigning .data does not.
+                t.data = view
+            else:
+                t.set_(flat.untyped_storage(), offset, t.size(), t.stride())
             offset += t.numel()
     return flat
 
@@ -93,6 +101,7 @@ class NpuFusedOptimizerBase(torch.optim.Optimizer):
         self._group_ranges: list[list[tuple[int, int]]] = [[], []]
         self._group_members: list[list[list[torch.Tensor]]] = [[], []]
         self.calls: Counter[str] = Counter()
+        FUSED_OPTIMIZERS.append(self)
 
     def _maybe_init_combined_params_and_grads(self) -> None:
         if self.is_params_grads_combined:
@@ -380,4 +389,27 @@ def install(monkeypatch: Any = None, device_count: int = 2) -> types.ModuleType:
     else:
         sys.modules["torch_npu"] = module
         torch.npu = module.npu
+        _register_accelerator_hooks()
     return module
+
+
+class _HostNpuHooks(torch._C._acc.PrivateUse1Hooks):
+    def is_available(self) -> bool:
+        return True
+
+    def has_primary_context(self, dev_id: int) -> bool:
+        return True
+
+    def is_built(self) -> bool:
+        return True
+
+
+_HOOKS: list[Any] = []
+
+
+def _register_accelerator_hooks() -> None:
+    """Make "npu" the process's accelerator, as torch_npu's C++ PrivateUse1 hooks do (collectives such as
+    ``dist.barrier`` ask for it). Process-wide and irreversible, hence only for a worker of its own."""
+    if not _HOOKS and hasattr(torch._C, "_acc"):
+        _HOOKS.append(_HostNpuHooks())
+        torch._C._acc.register_python_privateuseone_hook(_HOOKS[0])
