@@ -108,3 +108,31 @@ def test_nonfinite_in_a_row_stops_with_checkpoint(smoke_data: list[str], tmp_pat
     assert summary["status"] == "nonfinite" and summary["nonfinite_total"] == 2
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
     assert state["iteration"] == 3 and state["nonfinite_total"] == 2
+
+
+
+def test_eval_ap_does_not_depend_on_the_eval_batch_size(trained: tuple[Path, dict], smoke_data: list[str],
+                                                        tmp_path: Path) -> None:
+    # The references evaluate one image per batch (mmdet configs/_base_/datasets/coco_instance.py
+    # val_dataloader batch_size=1; SOLO tools/test_ins.py imgs_per_gpu=1). A batch of 4 must score the
+    # same: on these portrait and landscape images a shared canvas would move every SOLOv2 grid cell.
+    from omegaconf import OmegaConf
+
+    from solo_npu.data import build_dataloader, build_dataset
+
+    run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.pth"
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    val = build_dataset(cfg.data, "val")
+    alone = {b["metas"][0]["image_id"]: b["metas"][0]["canvas"]
+             for b in build_dataloader(cfg.data, "val", batch_size=1, dataset=val)}
+    assert len(set(alone.values())) >= 2, alone  # the split has images of different canvases
+    batched = {m["image_id"]: m["canvas"] for b in build_dataloader(cfg.data, "val", batch_size=4, dataset=val)
+               for m in b["metas"]}
+    assert batched == alone
+    low = ["model.test.score_thr=0.02", "model.test.filter_thr=0.02"]  # many instances: AP is sensitive
+    results = {n: run_train([*smoke_data, f"checkpoint={ckpt}", f"train.eval_batch_size={n}", *low],
+                            tmp_path / f"bs{n}", "eval") for n in (1, 4)}
+    assert results[1]["segm_ap"] > 0.0
+    for key in ("segm", "bbox"):
+        assert results[4]["results"][key] == results[1]["results"][key], key
