@@ -8,6 +8,11 @@ The results replace the "## Training throughput" section of docs/benchmarks.md.
 
     python benchmarks/train_throughput.py                     # R50 800x1333 and light R50 448x768
     python benchmarks/train_throughput.py --steps 3 --threads 2 --no-write
+    python benchmarks/train_throughput.py --positives --cases light_r18_672 r50 --batch 2 --instances 8 --threads 1
+
+``--positives`` times the same step with positive slots sized to the batch (the default) and with 512
+fixed slots, interleaved in one process (learning rate 0, so both see the same weights), and checks that
+the losses are identical; it writes the "## Training throughput: positive slots" section.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ CASES = {  # name -> (model config, canvas H, W, label)
     "r50": ("solov2_r50", 800, 1344, "R50-FPN", "800x1333 (padded 800x1344)"),
     "light_r50": ("solov2_light_r50", 448, 768, "light R50-FPN", "448x768"),
     "light_r18": ("solov2_light_r18", 448, 768, "light R18-FPN", "448x768"),
+    "light_r18_672": ("solov2_light_r18", 448, 672, "light R18-FPN", "448x672"),
 }
 SECTION = "## Training throughput"
+POSITIVES_SECTION = "## Training throughput: positive slots"
 
 
 def make_batch(batch: int, height: int, width: int, num_classes: int, instances: int = 4) -> dict:
@@ -94,6 +101,88 @@ def run_case(case: str, amp: bool, batch: int, warmup: int, steps: int, device: 
             "loss": trainer.last.get("loss")}
 
 
+def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int) -> dict:
+    """Median step time with slots sized to the batch and with 512 fixed slots (alternating steps) on the CPU."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from solo_npu.engine.trainer import Trainer
+    from solo_npu.models import build_model
+    from solo_npu.runtime import resolve_device
+
+    model_name, height, width, _, _ = CASES[case]
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml")
+    cfg.num_classes = 80
+    info = resolve_device("cpu")
+    model = build_model(cfg)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    trainer = Trainer(model, optimizer, [], info, max_epochs=1, iters_per_epoch=1, grad_clip=35.0, batch_size=batch)
+    data = make_batch(batch, height, width, 80, instances)
+    model.train()
+    times: dict[str, list[float]] = {"sized": [], "fixed": []}
+    losses: dict[str, list[tuple]] = {"sized": [], "fixed": []}
+    for i in range(warmup + steps):
+        for key, slots in (("fixed", 512), ("sized", None)):
+            model.pos_slots = slots
+            t0 = time.perf_counter()
+            trainer.run_step(data)
+            if i >= warmup:
+                times[key].append(time.perf_counter() - t0)
+            losses[key].append((trainer.last["loss_cls"], trainer.last["loss_mask"]))
+    with torch.no_grad():
+        from solo_npu.models.solov2.targets import build_solov2_targets, positive_slots
+
+        t = build_solov2_targets(data["gt_masks"], data["gt_labels"], data["gt_boxes"], data["gt_valid"],
+                                 model.mask_head.num_grids, model.scale_ranges, model.pos_scale, 4, model.max_pos)
+        most = int(t.pos_weights.sum(1).max())
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {"case": case, "batch": batch, "instances": instances, "positives": most,
+            "slots": positive_slots(most, model.max_pos), "fixed_s": med["fixed"], "sized_s": med["sized"],
+            "speedup": med["fixed"] / med["sized"], "identical": losses["sized"] == losses["fixed"],
+            "loss": losses["sized"][-1]}
+
+
+def positives_main(args) -> None:
+    import torch
+
+    rows = []
+    for case in args.cases:
+        cmd = [sys.executable, __file__, "--one-positives", case, "--batch", str(args.batch), "--instances",
+               str(args.instances), "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads",
+               str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        if out.returncode or not line:
+            print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"case {case} failed")
+        rows.append(json.loads(line[0][7:]))
+        print(rows[-1], flush=True)
+    threads = args.threads or torch.get_num_threads()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [POSITIVES_SECTION, "",
+             f"Measured {datetime.date.today().isoformat()} by `OMP_NUM_THREADS={threads} python "
+             f"benchmarks/train_throughput.py --positives --cases {' '.join(args.cases)} --batch {args.batch} "
+             f"--instances {args.instances} --warmup {args.warmup} --steps {args.steps} --threads {threads}` on "
+             f"{describe_machine()}, device cpu, {threads} torch threads, load average {load:.1f} at the end.",
+             f"One training step (forward, losses, backward, clip, SGD with learning rate 0 so that every step sees "
+             f"the same weights) on a random batch of {args.batch} images with {args.instances} box-shaped "
+             "instances each, fp32. `fixed 512`: 512 positive slots per image (the former `max_pos`); `sized`: "
+             "the smallest of 64, 128, 256, 512, 1024 that holds the batch's positives. Steps alternate between "
+             f"the two in one process; median of {args.steps} each after {args.warmup} warm-up rounds. "
+             "`identical`: loss_cls and loss_mask equal bit for bit at every step.", "",
+             "| model | input | positives (most per image) | slots | fixed 512 (s) | sized (s) | speed-up | "
+             "identical losses |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        _, _, _, label, size = CASES[r["case"]]
+        lines.append(f"| {label} | {size} | {r['positives']} | {r['slots']} | {r['fixed_s']:.2f} | "
+                     f"{r['sized_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        write_section(POSITIVES_SECTION, text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["r50", "light_r50"], choices=sorted(CASES))
@@ -104,11 +193,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print json
+    parser.add_argument("--positives", action="store_true", help="sized against 512 fixed positive slots")
+    parser.add_argument("--instances", type=int, default=8, help="--positives: instances per image")
+    parser.add_argument("--one-positives", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.one_positives:
+        print("RESULT " + json.dumps(run_positives(args.one_positives, args.batch, args.instances, args.warmup,
+                                                   args.steps)))
+        return
+    if args.positives:
+        positives_main(args)
+        return
     if args.one:
         case, amp = args.one.split(":")
         print("RESULT " + json.dumps(run_case(case, amp == "amp", args.batch, args.warmup, args.steps, args.device)))
