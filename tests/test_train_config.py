@@ -98,3 +98,51 @@ def test_cli_prints_the_resolved_8p_config_and_rejects_unknown_keys() -> None:
     bad = subprocess.run([sys.executable, "train.py", "model.nonexistent_key=1"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "nonexistent_key" in bad.stderr + bad.stdout
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50])
+def test_light_experiments_use_the_reference_scales(depth: int) -> None:
+    # WXinlong/SOLO configs/solov2/solov2_light_448_r{18,34,50}_fpn_8gpu_3x.py: train img_scale
+    # [(768, 512), (768, 480), ... (768, 352)], test (768, 448), steps [27, 33], 36 epochs;
+    # mmdet configs/solov2/solov2-light_r50_fpn_ms-3x_coco.py: the same scales, test Resize scale (448, 768).
+    cfg = _compose([f"+experiment=solov2_light_r{depth}_3x"])
+    assert cfg.model.name == f"solov2_light_r{depth}_fpn" and cfg.model.backbone.depth == depth
+    assert list(cfg.data.img_scale) == [768, 448]
+    assert list(cfg.data.multiscale_short) == [352, 384, 416, 448, 480, 512]
+    assert cfg.train.epochs == 36 and list(cfg.optim.lr_steps) == [27, 33] and cfg.optim.warmup_ratio == 0.01
+    assert cfg.model.pretrained == "auto" and cfg.model.head.stacked_convs == 2
+
+
+def test_cli_shows_the_light_recipe_scales() -> None:
+    out = subprocess.run([sys.executable, "train.py", "+experiment=solov2_light_r50_3x", "--cfg", "job", "--resolve"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["data"]["img_scale"] == [768, 448]
+    assert printed["data"]["multiscale_short"] == [352, 384, 416, 448, 480, 512]
+    assert printed["model"]["name"] == "solov2_light_r50_fpn" and printed["train"]["epochs"] == 36
+
+
+def test_solo_and_mmdet_schedules() -> None:
+    # SOLO (configs/solov2/solov2_r50_fpn_8gpu_{1x,3x}.py): lr 0.01, clip 35, linear warm-up 500 from 0.01,
+    # steps [9, 11] / 12 epochs and [27, 33] / 36 epochs with short sides 640..800 (long 1333).
+    one = _compose(["+experiment=solov2_r50_1x"])
+    assert (one.train.epochs, list(one.optim.lr_steps), one.data.multiscale_short) == (12, [9, 11], None)
+    assert (one.optim.base_lr, one.optim.grad_clip, one.optim.warmup_iters, one.optim.warmup_ratio) == (
+        0.01, 35.0, 500, 0.01)
+    for name in ("solov2_r50_3x", "solov2_r101_3x"):
+        three = _compose([f"+experiment={name}"])
+        assert (three.train.epochs, list(three.optim.lr_steps)) == (36, [27, 33])
+        assert list(three.data.img_scale) == [1333, 800]
+        assert list(three.data.multiscale_short) == [640, 672, 704, 736, 768, 800]
+    # mmdet 3.x: configs/_base_/schedules/schedule_1x.py LinearLR start_factor 0.001 over 500 iterations,
+    # MultiStepLR milestones [8, 11]; solov2_r50_fpn_1x_coco.py lr 0.01, clip_grad max_norm 35;
+    # solov2_r50_fpn_ms-3x_coco.py / solov2-light_r50_fpn_ms-3x_coco.py LinearLR start_factor 1/3, [27, 33].
+    m1 = _compose(["+experiment=solov2_r50_1x", "optim=mmdet_1x"])
+    assert (m1.train.epochs, list(m1.optim.lr_steps), m1.optim.warmup_ratio, m1.optim.warmup_iters) == (
+        12, [8, 11], 0.001, 500)
+    assert (m1.optim.base_lr, m1.optim.grad_clip) == (0.01, 35.0)
+    m3 = _compose(["+experiment=solov2_light_r50_3x", "optim=mmdet_3x"])
+    assert (m3.train.epochs, list(m3.optim.lr_steps), m3.optim.warmup_iters) == (36, [27, 33], 500)
+    assert m3.optim.warmup_ratio == pytest.approx(1 / 3)
+    assert list(m3.data.multiscale_short) == [352, 384, 416, 448, 480, 512]  # the light scales stay
