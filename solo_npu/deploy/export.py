@@ -2,12 +2,16 @@
 
 Writes ``export/model_b{B}.ts`` and ``export/model_b{B}.onnx`` (plus ``model_dynamic.onnx`` with a
 symbolic batch axis when ATC dynamic-batch gears are asked for) and ``export/manifest.json``: input
-name and shape, output names, per-image output shapes and dtypes, files, opset, weights.
+name and shape, output names, per-image output shapes and dtypes, files, opset, weights and classes.
+
+The example batch is made on the model's device, so a model on an accelerator exports as it is. Every
+ONNX graph goes through onnxslim: with a static input it folds the Shape arithmetic that feeds Resize
+into constants, which ATC needs (its Resize takes constant sizes or scales). The default opset, 13, is
+inside the range every CANN release documents for ATC (v9-v13 up to CANN 6, v9-v18 from CANN 7.0).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import warnings
@@ -21,10 +25,14 @@ import torch
 from torch import nn
 
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.runtime.compat import torchscript_onnx_export_kwargs
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
+
+
+DEFAULT_OPSET = 13
 
 
 def example_input(batch_size: int, input_shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -33,14 +41,35 @@ def example_input(batch_size: int, input_shape: Sequence[int], device: torch.dev
     return torch.randn(batch_size, 3, *input_shape, generator=gen).to(device)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (the CPU for a module without tensors)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def module_example(module: nn.Module, batch_size: int, input_shape: Sequence[int]) -> torch.Tensor:
+    """:func:`example_input` on ``module``'s device: what tracing and ONNX export feed the module."""
+    return example_input(batch_size, input_shape, module_device(module))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def export_torchscript(module: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> Path:
     """Trace ``module`` (no scripting: torch_npu's transfer_to_npu disables it) and save it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        traced = torch.jit.trace(module, (example,), check_trace=False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            traced = torch.jit.trace(module, (example,), check_trace=False)
+    except Exception as exc:  # noqa: BLE001 - any tracer failure is reported as one line
+        logger.debug("TorchScript trace failed", exc_info=True)
+        raise DeployError(f"TorchScript trace of {path.name} failed: {_first_line(exc)}") from exc
     traced.save(str(path))
     return path
 
@@ -50,45 +79,70 @@ def export_onnx(
     example: torch.Tensor,
     path: str | os.PathLike,
     output_names: Sequence[str],
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = False,
 ) -> Path:
-    """Export with the TorchScript-based exporter (static shapes; optional symbolic batch axis)."""
+    """Export with the TorchScript-based exporter (static shapes; optional symbolic batch axis).
+
+    Raises:
+        DeployError: the exporter failed (one line: the operator or error, and the opset).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *output_names)} if dynamic_batch else None
+    try:
+        _torch_onnx_export(module, example, path, output_names, opset, dynamic_axes)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; each is one line for the user
+        logger.debug("ONNX export failed", exc_info=True)
+        raise DeployError(f"ONNX export of {path.name} at opset {int(opset)} failed: {_first_line(exc)} "
+                          f"(deploy.opset={DEFAULT_OPSET} is what current ATC and ONNX Runtime read)") from exc
+    return path
+
+
+def _torch_onnx_export(module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str],
+                       opset: int, dynamic_axes: dict[str, dict[int, str]] | None) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             (example,),
             str(path),
-            dynamo=False,
+            **torchscript_onnx_export_kwargs(),  # dynamo=False where torch has it
             input_names=[INPUT_NAME],
             output_names=list(output_names),
             opset_version=int(opset),
             do_constant_folding=True,
             dynamic_axes=dynamic_axes,
         )
-    return path
 
 
-def slim_onnx(path: str | os.PathLike) -> str | None:
-    """Simplify in place with onnxslim or onnxsim when installed; returns the tool used."""
-    path = str(path)
-    if importlib.util.find_spec("onnxslim") is not None:
+def slim_onnx(path: str | os.PathLike) -> str:
+    """Simplify ``path`` in place with onnxslim (constant folding, shape inference, dead-node removal).
+
+    Raises:
+        DeployError: onnxslim is not installed or fails on the graph.
+    """
+    try:
         import onnxslim
-
+    except ImportError as exc:
+        raise DeployError("onnxslim is not installed (pip install onnxslim, or deploy.slim=false to keep the "
+                          "raw graph, whose Resize sizes ATC may refuse)") from exc
+    path = str(path)
+    try:
         onnx.save(onnxslim.slim(onnx.load(path)), path)
-        return "onnxslim"
-    if importlib.util.find_spec("onnxsim") is not None:
-        import onnxsim
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        logger.debug("onnxslim failed", exc_info=True)
+        raise DeployError(f"onnxslim failed on {path}: {_first_line(exc)} (deploy.slim=false skips it)") from exc
+    return "onnxslim"
 
-        model, ok = onnxsim.simplify(onnx.load(path))
-        if ok:
-            onnx.save(model, path)
-            return "onnxsim"
-    return None
+
+def runtime_sized_resizes(model: onnx.ModelProto) -> list[str]:
+    """Names of Resize nodes whose ``scales`` or ``sizes`` input is computed at run time (not an
+    initializer or a Constant output): ATC wants them constant."""
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name or f"Resize#{i}" for i, node in enumerate(model.graph.node)
+            if node.op_type == "Resize" and any(name and name not in constants for name in node.input[2:4])]
 
 
 def onnx_output_specs(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -121,27 +175,34 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     formats = list(ctx.deploy_cfg.get("export_formats") or ["torchscript", "onnx"])
     files: dict[str, dict[str, str]] = {fmt: {} for fmt in formats}
     for bs in settings.export_batch_sizes:
-        example = example_input(bs, settings.input_shape, ctx.device.device)
+        example = module_example(module, bs, settings.input_shape)
         if "torchscript" in formats:
             files["torchscript"][str(bs)] = str(export_torchscript(module, example, out_dir / f"model_b{bs}.ts"))
         if "onnx" in formats:
-            path = export_onnx(module, example.cpu() if ctx.device.type != "cpu" else example,
-                               out_dir / f"model_b{bs}.onnx", adapter.output_names, settings.opset)
+            path = export_onnx(module, example, out_dir / f"model_b{bs}.onnx", adapter.output_names, settings.opset)
             files["onnx"][str(bs)] = str(path)
         logger.info("export: batch %d done", bs)
     gears = (ctx.deploy_cfg.get("compile") or {}).get("dynamic_batch")
     if gears and "onnx" in formats:
-        example = example_input(min(int(g) for g in gears), settings.input_shape)
+        example = module_example(module, min(int(g) for g in gears), settings.input_shape)
         files["onnx"]["dynamic"] = str(export_onnx(module, example, out_dir / "model_dynamic.onnx",
                                                    adapter.output_names, settings.opset, dynamic_batch=True))
     slimmed = None
-    if ctx.deploy_cfg.get("slim", True) and "onnx" in formats:
-        for path in files["onnx"].values():
-            slimmed = slim_onnx(path)
+    runtime_resizes: dict[str, int] = {}
+    if "onnx" in formats:
+        for key, path in files["onnx"].items():
+            if ctx.deploy_cfg.get("slim", True):
+                slimmed = slim_onnx(path)
+            runtime_resizes[key] = len(runtime_sized_resizes(onnx.load(path, load_external_data=False)))
+        static = {k: n for k, n in runtime_resizes.items() if n and k != "dynamic"}
+        if static:
+            logger.warning("export: Resize nodes with run-time sizes remain (%s); ATC may refuse the graph",
+                           ", ".join(f"batch {k}: {n}" for k, n in static.items()))
     if files.get("onnx"):
         specs = onnx_output_specs(next(iter(files["onnx"].values())))
     else:
-        specs = traced_output_specs(module, settings.input_shape, ctx.device.device)
+        specs = traced_output_specs(module, settings.input_shape, module_device(module))
+    classes = ctx.classes
     manifest = {
         "model": ctx.model_name,
         "input_name": INPUT_NAME,
@@ -152,11 +213,15 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
         "opset": settings.opset,
         "files": files,
         "slimmed_with": slimmed,
+        "runtime_sized_resizes": runtime_resizes,
         "checkpoint": ctx.cfg.get("checkpoint"),
         "random_weights": ctx.random_weights,
+        "num_classes": classes.num_classes,
+        "class_names": None if classes.names is None else list(classes.names),
+        "classes_from": classes.origin,
     }
     write_json(out_dir / "manifest.json", manifest)
-    return {"files": files, "slimmed_with": slimmed}
+    return {"files": files, "slimmed_with": slimmed, "num_classes": classes.num_classes}
 
 
 def load_manifest(ctx: DeployContext) -> dict[str, Any]:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.compile_310p import run_compile
-from solo_npu.deploy.context import DeployContext, DeployError
+from solo_npu.deploy.context import DeployContext, DeployError, read_json
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import run_infer
@@ -38,6 +39,10 @@ STAGES: dict[str, Callable[[DeployContext], dict[str, Any]]] = {
     "report": run_report,
 }
 
+# Command-line overrides that set the class count explicitly (checked against the checkpoint's).
+CLASS_OVERRIDES = {"num_classes": "num_classes", "model.num_classes": "model.num_classes", "data": "data.num_classes",
+                   "data.num_classes": "data.num_classes"}
+
 RANDOM_WEIGHTS_NOTICE = ("NOTE: no checkpoint given, the model has RANDOM weights: AP numbers are meaningless "
                          "(pass checkpoint=PATH, e.g. the best.pth a training run wrote)")
 
@@ -51,6 +56,40 @@ def check_stages(stages: Sequence[str] | None) -> list[str]:
     return [s for s in STAGES if s in stages]
 
 
+def mark_explicit_classes(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Set ``cfg.num_classes`` when the command line chose a class count (``data=``, ``data.num_classes=``,
+    ``model.num_classes=``), so that a checkpoint with another count is refused instead of overridden."""
+    if cfg.get("num_classes") is not None:
+        return
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    for key in keys:
+        if key in CLASS_OVERRIDES:
+            value = OmegaConf.select(cfg, CLASS_OVERRIDES[key])
+            if value is not None:
+                with open_dict(cfg):
+                    cfg.num_classes = int(value)
+                return
+
+
+def _skip_mismatched_evaluate(ctx: DeployContext, stages: list[str]) -> list[str]:
+    """Leave out ``evaluate`` (WARNING) when the model's classes are not the dataset's: AP would be noise."""
+    if "evaluate" not in stages:
+        return stages
+    manifest = ctx.path("export", "manifest.json")
+    if manifest.is_file() and read_json(manifest).get("num_classes") is not None:
+        num_classes = int(read_json(manifest)["num_classes"])
+    else:
+        num_classes = ctx.classes.num_classes
+    data_classes = (ctx.cfg.get("data") or {}).get("num_classes")
+    if data_classes is None or int(data_classes) == num_classes:
+        return stages
+    logger.warning("stage evaluate skipped: the model has %d classes but data %r has %d (pass data=coco "
+                   "data.root=DIR, or a dataset with the checkpoint's classes, to score it)", num_classes,
+                   str(ctx.cfg.data.get("name", "?")), int(data_classes))
+    print(f"NOTE: evaluate skipped, the model has {num_classes} classes and the data {int(data_classes)}")
+    return [s for s in stages if s != "evaluate"]
+
+
 def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployContext | None = None) -> DeployContext:
     """Run ``cfg.stages`` (all by default) in order; returns the context with per-stage results."""
     stages = check_stages(cfg.get("stages"))
@@ -58,6 +97,9 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
     print(f"deploy {ctx.model_name}: stages {stages}, run dir {ctx.run_dir}, device {ctx.device.type}")
     if ctx.random_weights and any(s in stages for s in ("export", "verify", "infer", "evaluate", "benchmark")):
         print(RANDOM_WEIGHTS_NOTICE)
+    if any(s in stages for s in ("export", "verify")):
+        print(f"model: {ctx.classes.describe()}")
+    stages = _skip_mismatched_evaluate(ctx, stages)
     for name in stages:
         start = time.perf_counter()
         ctx.results[name] = STAGES[name](ctx)
@@ -92,6 +134,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 def main(cfg: DictConfig, model_name: str | None = None) -> int:
     """CLI edge: run the task, print expected failures as ``error: ...`` without a traceback."""
     try:
+        if HydraConfig.initialized():
+            mark_explicit_classes(cfg, HydraConfig.get().overrides.task)
         run_task(cfg, model_name)
     except expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)

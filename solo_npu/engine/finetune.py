@@ -37,7 +37,8 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
     """
     from solo_npu.checkpoints.convert import load_model_weights
 
-    report = load_model_weights(model, path, source=source, trust_pickle=trust_pickle, strict=False)
+    report = load_model_weights(model, path, source=source, trust_pickle=trust_pickle, strict=False,
+                                reinit_classifier=allow_classifier_change)
     if report["reinitialised"] and not allow_classifier_change:
         raise ValueError(f"checkpoint {path} was trained on another number of classes "
                          f"({', '.join(report['reinitialised'])}); use +experiment=finetune to adapt it")

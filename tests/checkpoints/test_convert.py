@@ -152,10 +152,13 @@ def test_other_class_count_reinitialises_only_the_classifier(tmp_path, caplog):
     src = build("solov2_tiny", num_classes=3)
     torch.save({"model": src.state_dict()}, tmp_path / "ours.pth")
     dst = build("solov2_tiny", num_classes=5, seed=9)
+    # Outside fine-tuning a classifier of another size is an error naming both counts.
+    with pytest.raises(CheckpointError, match="classifier for 3 classes but the model has 5"):
+        load_model_weights(dst, tmp_path / "ours.pth")
     with caplog.at_level(logging.INFO):
-        report = load_model_weights(dst, tmp_path / "ours.pth")
+        report = load_model_weights(dst, tmp_path / "ours.pth", reinit_classifier=True)
     assert sorted(report["reinitialised"]) == ["mask_head.conv_cls.bias", "mask_head.conv_cls.weight"]
-    assert "re-initialised" in caplog.text
+    assert [r.levelname for r in caplog.records if "re-initialised" in r.getMessage()] == ["WARNING"]
     assert torch.equal(dst.mask_head.conv_kernel.weight, src.mask_head.conv_kernel.weight)
     assert dst.mask_head.conv_cls.weight.shape[0] == 5
     assert torch.allclose(dst.mask_head.conv_cls.bias, torch.full((5,), -4.59512), atol=1e-4)

@@ -21,7 +21,10 @@ __all__ = ["MaskFeatureHead", "SOLOv2Head", "coordinate_features"]
 
 def coordinate_features(feat: Tensor) -> Tensor:
     """Two channels ``(x, y)`` running linearly from -1 to 1 across ``feat``'s width and height."""
-    b, _, h, w = feat.shape
+    b = feat.shape[0]
+    # H and W as Python ints: an export holds the grids as constants (a run-time linspace step is a
+    # float Div of shape values, which onnxslim's shape inference folds as an integer division, to 0)
+    h, w = int(feat.shape[-2]), int(feat.shape[-1])
     x = torch.linspace(-1, 1, w, device=feat.device, dtype=feat.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
     y = torch.linspace(-1, 1, h, device=feat.device, dtype=feat.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
     return torch.cat([x, y], dim=1)

@@ -1,0 +1,179 @@
+"""The checkpoint decides the deployed classes: an 80-class SOLOv2 checkpoint deploys 80 classes with
+the default (3-class synthetic) data config, its classifier exported bit for bit; an explicit class
+count that disagrees is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from onnx import numpy_helper
+
+from solo_npu.deploy.pipeline import main, mark_explicit_classes
+
+ROOT = Path(__file__).resolve().parents[2]
+# The R50 SOLOv2 config shrunk to ResNet-18 at 1/4 width and a narrow head, so that building and
+# exporting take seconds; the layout of the state dict (key names) is the R50 model's.
+TINY = ["model=solov2", "model.pretrained=null", "model.backbone.depth=18", "+model.backbone.base_channels=16",
+        "model.neck.in_channels=[16,32,64,128]", "model.neck.out_channels=32", "model.head.in_channels=32",
+        "model.head.feat_channels=32", "model.head.stacked_convs=1", "model.head.num_groups=8",
+        "model.head.mask_feature.feat_channels=16", "model.head.mask_feature.out_channels=16",
+        "model.test.nms_pre=50", "model.test.export_topk=10", "model.test.max_per_img=10",
+        "deploy.input_shape=[64,96]", "deploy.batch_sizes=[1]"]
+# The 80 COCO class names in the order of mmdet's CocoDataset.METAINFO['classes'] (what an mmdet 3.x
+# checkpoint stores under meta.dataset_meta.classes).
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+# REFERENCE.md "Original WXinlong/SOLO checkpoints": the renames from SOLO's names to mmdet's, inverted.
+TO_SOLO = (("mask_head.cls_convs.", "bbox_head.cate_convs."), ("mask_head.kernel_convs.", "bbox_head.kernel_convs."),
+           ("mask_head.conv_cls.", "bbox_head.solo_cate."), ("mask_head.conv_kernel.", "bbox_head.solo_kernel."),
+           ("mask_head.mask_feature_head.convs_all_levels.", "mask_feat_head.convs_all_levels."),
+           ("mask_head.mask_feature_head.conv_pred.", "mask_feat_head.conv_pred.0."))
+
+
+def tiny_state(num_classes: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    """The state dict of the shrunk R50 SOLOv2 with ``num_classes`` classes, classifier random (not the
+    prior-probability init, so that a re-initialised classifier cannot pass for the checkpoint's)."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("deploy", overrides=TINY)
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    spec.pop("deploy")
+    spec["num_classes"] = num_classes
+    torch.manual_seed(seed)
+    state = instantiate(spec).state_dict()
+    state["mask_head.conv_cls.weight"] = torch.randn_like(state["mask_head.conv_cls.weight"])
+    state["mask_head.conv_cls.bias"] = torch.randn_like(state["mask_head.conv_cls.bias"])
+    return state
+
+
+def to_solo(key: str) -> str:
+    for ours, theirs in TO_SOLO:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    return key
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "deploy.py", *TINY, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def exported_classifier(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier (weight, bias) inside the exported ONNX graph: the initializers of the Convs (one
+    per pyramid level, all sharing them) whose weight is named after ``conv_cls``."""
+    model = onnx.load(str(run_dir / "export" / "model_b1.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and "conv_cls" in n.input[1]]
+    assert len(convs) == 5 and len({tuple(n.input[1:]) for n in convs}) == 1  # 5 levels, one classifier
+    return inits[convs[0].input[1]], inits[convs[0].input[2]]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_80_class_mmdet_checkpoint_deploys_80_classes(tmp_path):
+    state = tiny_state(80)
+    ckpt = tmp_path / "solov2_mmdet.pth"
+    torch.save({"state_dict": state, "meta": {"dataset_meta": {"classes": COCO_CLASSES}}}, ckpt)
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"checkpoint={ckpt}", f"run_dir={run_dir}", "stages=[export]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "model: 80 classes from the checkpoint (mask_head.conv_cls.weight): person, bicycle" in proc.stdout
+    assert "re-initialised" not in proc.stdout + proc.stderr
+
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 80 and manifest["class_names"] == list(COCO_CLASSES)
+    weight, bias = exported_classifier(run_dir)
+    assert np.array_equal(weight, state["mask_head.conv_cls.weight"].numpy())
+    assert np.array_equal(bias, state["mask_head.conv_cls.bias"].numpy())
+    traced = torch.jit.load(str(run_dir / "export" / "model_b1.ts")).state_dict()
+    assert torch.equal(traced["model.mask_head.conv_cls.weight"], state["mask_head.conv_cls.weight"])
+
+    # An explicit 3-class config (data=synthetic on the command line) with that checkpoint: one line.
+    proc = run_cli(f"checkpoint={ckpt}", f"run_dir={tmp_path / 'run3'}", "stages=[export]", "data=synthetic")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: {ckpt} was trained on 80 classes (mask_head.conv_cls.weight) but the config asks for 3")
+    assert not (tmp_path / "run3" / "export").exists()
+
+
+def _deploy(tmp_path: Path, ckpt: Path, *extra: str) -> tuple[int, Path]:
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("deploy", overrides=[*TINY, f"checkpoint={ckpt}", f"run_dir={tmp_path / 'run'}",
+                                           "stages=[export]", "deploy.export_formats=[onnx]", *extra])
+    return main(cfg), tmp_path / "run"
+
+
+def test_original_solo_checkpoint_channel_c_minus_1_is_class_c(tmp_path):
+    # REFERENCE.md: original SOLO configs say num_classes=81 and solo_cate has 80 outputs, channel c-1
+    # holding class c (1-based, 0 = background): our label c-1 is that same channel.
+    state = tiny_state(80, seed=2)
+    ckpt = tmp_path / "SOLOv2_solo.pth"
+    torch.save({"state_dict": {to_solo(k): v for k, v in state.items()},
+                "meta": {"CLASSES": COCO_CLASSES}}, ckpt)
+    code, run_dir = _deploy(tmp_path, ckpt)
+    assert code == 0
+    weight, bias = exported_classifier(run_dir)
+    assert np.array_equal(weight, state["mask_head.conv_cls.weight"].numpy())
+    assert np.array_equal(bias, state["mask_head.conv_cls.bias"].numpy())
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 80 and manifest["class_names"][0] == "person"
+
+
+def test_solo_classifier_with_background_channel_drops_channel_0(tmp_path):
+    state = tiny_state(81, seed=3)  # 81 outputs, 80 names: channel 0 is the background
+    ckpt = tmp_path / "solo81.pth"
+    torch.save({"state_dict": {to_solo(k): v for k, v in state.items()}, "meta": {"CLASSES": COCO_CLASSES}}, ckpt)
+    code, run_dir = _deploy(tmp_path, ckpt)
+    assert code == 0
+    weight, bias = exported_classifier(run_dir)
+    assert np.array_equal(weight, state["mask_head.conv_cls.weight"][1:].numpy())
+    assert np.array_equal(bias, state["mask_head.conv_cls.bias"][1:].numpy())
+
+
+def test_explicit_num_classes_mismatch_and_names_mismatch(tmp_path, capsys):
+    state = tiny_state(5, seed=4)
+    ckpt = tmp_path / "five.pth"
+    torch.save({"model": state}, ckpt)
+    code, _ = _deploy(tmp_path, ckpt, "num_classes=7")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "was trained on 5 classes (mask_head.conv_cls.weight) but the config asks for 7" in err
+    # Names that disagree with the classifier are a one-line error too, not a guess.
+    torch.save({"model": state, "meta": {"dataset_meta": {"classes": ("a", "b")}}}, ckpt)
+    code, _ = _deploy(tmp_path, ckpt)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "has 5 outputs but meta.dataset_meta.classes names 2 classes" in err
+
+
+def test_mark_explicit_classes_reads_command_line_overrides():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("deploy", overrides=["model=solov2", "data=coco"])
+    mark_explicit_classes(cfg, ["model=solov2", "checkpoint=x.pth"])
+    assert cfg.num_classes is None  # the default data (and model=) set no class count
+    mark_explicit_classes(cfg, ["model=solov2", "data=coco"])
+    assert cfg.num_classes == 80
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("deploy", overrides=["model=solov2", "model.num_classes=12"])
+    mark_explicit_classes(cfg, ["model.num_classes=12"])
+    assert cfg.num_classes == 12
