@@ -80,7 +80,7 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
     return DeploySettings(
         input_shape=(shape[0], shape[1]),
         batch_sizes=batch_sizes,
-        opset=int(_pick(user.get("opset"), model_defaults.get("opset"), 17)),
+        opset=int(_pick(user.get("opset"), model_defaults.get("opset"), 13)),
         soc_version=str(_pick(user.get("soc_version"), model_defaults.get("soc_version"), "Ascend310P3")),
         backends=backends,
         num_images=None if num_images is None else int(num_images),
@@ -241,6 +241,8 @@ def _model_classes(model: nn.Module) -> int | None:
 
 def _config_classes(cfg: DictConfig, num_classes: int) -> ModelClasses:
     """Classes the config decided; names from the data config when its count matches."""
+    if not num_classes:  # a model without a ``num_classes`` attribute: its config says
+        num_classes = int(OmegaConf.select(cfg, "model.num_classes", default=0) or 0)
     data = cfg.get("data") or {}
     names = data.get("class_names")
     if names is not None and len(names) == num_classes:
