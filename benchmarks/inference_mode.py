@@ -31,18 +31,23 @@ from solo_npu.runtime import resolve_device, synchronize  # noqa: E402
 HEADING = "## SOLOv2 inference mode"
 
 
-def timed(model: torch.nn.Module, x: torch.Tensor, iters: int, info) -> tuple[float, list[torch.Tensor]]:
+def _flat(out) -> list[torch.Tensor]:
+    return [t.float() for group in out for t in (group if isinstance(group, (list, tuple)) else [group])]
+
+
+def timed(models: dict[str, torch.nn.Module], x: torch.Tensor, iters: int, info) -> dict[str, tuple]:
+    """Best time per model; iterations interleave the models so a loaded machine slows each alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
-        out = model.forward_head(x)  # warm-up (and the outputs to compare)
-        synchronize(info)
-        times = []
+        outs = {name: _flat(model.forward_head(x)) for name, model in models.items()}  # warm-up + outputs
         for _ in range(iters):
-            start = time.perf_counter()
-            model.forward_head(x)
-            synchronize(info)
-            times.append(time.perf_counter() - start)
-    flat = [t.float() for group in out for t in (group if isinstance(group, (list, tuple)) else [group])]
-    return min(times) * 1000, flat
+            for name, model in models.items():
+                synchronize(info)
+                start = time.perf_counter()
+                model.forward_head(x)
+                synchronize(info)
+                times[name].append(time.perf_counter() - start)
+    return {name: (min(times[name]) * 1000, outs[name]) for name in models}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         "BN folded": prepare_for_inference(copy.deepcopy(base)),
         "BN folded + channels-last": prepare_for_inference(copy.deepcopy(base), channels_last=True),
     }
-    results = {name: timed(model, x, args.iters, info) for name, model in variants.items()}
+    results = timed(variants, x, args.iters, info)
     ref_ms, ref_out = results["training layout (today's eager)"]
     rows = []
     for name, (ms, out) in results.items():
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{datetime.date.today()}, {describe_machine()}, {device.type}, {args.threads} thread(s).",
         f"Command: `python benchmarks/inference_mode.py --model {args.model} --shape {args.shape[0]} "
         f"{args.shape[1]} --iters {args.iters} --threads {args.threads} --device {args.device}`. "
-        "Backbone + neck + head at batch 1, best of the timed iterations; max |difference| over every head "
+        "Backbone + neck + head at batch 1, best of the timed iterations (interleaved across the rows); "
+        "max |difference| over every head "
         "output against the training layout.", "",
         f"| {args.model} {args.shape[0]}x{args.shape[1]} | forward ms | speed-up | max abs diff |",
         "| --- | ---: | ---: | ---: |",
