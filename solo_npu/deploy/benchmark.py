@@ -4,8 +4,10 @@ Model-only: the same preprocessed batch run ``iters`` times after ``warmup`` run
 p50 and p99 latency per batch and images/s. End-to-end: read the image files, resize/normalise/pad
 (data transforms), run, paste masks (adapter postprocess), over ``e2e_images`` images. Peak memory
 is the highest :func:`solo_npu.runtime.memory_stats` reading during the model-only runs (device
-allocator; process RSS on CPU, where it includes the model and everything loaded before). The om
-backend is timed by ais_bench's ``--loop`` mode (NPU compute time).
+allocator; process RSS on CPU, where it includes the model and everything loaded before). Each row
+carries its backend's timing scope: "model only", "with host-device copies" (in-process runners on an
+accelerator) or "device compute from ais_bench" (om: ais_bench's ``--loop`` NPU compute time); torch_aie
+times the module call plus stream synchronisation, in another Python when ``deploy.torch_aie.python`` is set.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from solo_npu.deploy import om
+from solo_npu.deploy.backends import OmBackend, batches, build_backends, padded
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
 from solo_npu.deploy.export import load_manifest
-from solo_npu.deploy.infer import batches, compiled_file, make_runner, padded
 from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, load_index, load_inputs
 from solo_npu.deploy.runners import Runner
 from solo_npu.runtime import DeviceInfo, memory_stats, reset_peak_memory
@@ -91,21 +92,6 @@ def time_end_to_end(ctx: DeployContext, runner: Runner, dataset: Any, num_images
     return num_images / (time.perf_counter() - start)
 
 
-def benchmark_om(ctx: DeployContext, batch_size: int, loops: int) -> dict[str, Any] | None:
-    om_cfg = ctx.deploy_cfg.get("om") or {}
-    om_path = compiled_file(ctx, "om", batch_size)
-    launcher = om.ais_bench_launcher(om_cfg.get("launcher"))
-    if not om_path or not om.ais_bench_available(launcher):
-        return None
-    out = ctx.path("benchmark", f"om_b{batch_size}")
-    cmd = om.ais_bench_command(launcher, om_path, out, "perf", batch_size=batch_size, loop=loops,
-                               device_id=ctx.device.index)
-    stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, om_cfg.get("timeout_s")))
-    if "mean_ms" in stats and "throughput" not in stats:
-        stats["throughput"] = 1000.0 * batch_size / stats["mean_ms"]
-    return stats
-
-
 def _ap(metrics: Mapping[str, Any], key: str) -> float | None:
     entry = metrics.get(key)
     if not entry:
@@ -127,30 +113,30 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     dataset = None
     rows = []
-    for backend in ctx.settings.backends:
+    for backend in build_backends(ctx):
         for bs in ctx.settings.batch_sizes:
-            key = f"{backend}_b{bs}"
-            row: dict[str, Any] = {"backend": backend, "batch_size": bs, "AP": _ap(metrics, key)}
-            if backend == "om":
-                stats = benchmark_om(ctx, bs, iters)
-                if stats is None:
-                    continue
-                row.update(stats, e2e_throughput=None)
+            key = f"{backend.name}_b{bs}"
+            why = backend.unavailable(bs)
+            if why is not None:
+                logger.warning("benchmark %s: %s, skipped", key, why)
+                continue
+            row: dict[str, Any] = {"backend": backend.name, "batch_size": bs, "AP": _ap(metrics, key),
+                                   "timing": backend.timing_scope, "device": backend.device}
+            if isinstance(backend, OmBackend):
+                row.update(backend.stats(bs, iters), e2e_throughput=None)
             else:
-                runner = make_runner(ctx, backend, bs, manifest)
-                if runner is None:
-                    continue
                 images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])
+                runner = backend.runner(bs, manifest)
                 with MemorySampler(ctx.device) as memory:
-                    row.update(latency_stats(time_model(runner, images, warmup, iters), bs))
+                    row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
                 row["peak_mb"] = memory.peak_mb
                 num = len(records) if e2e_images is None else min(int(e2e_images), len(records))
-                if num > 0:
+                if runner is not None and num > 0:
                     dataset = dataset or build_deploy_dataset(ctx)[0]
                     row["e2e_throughput"] = time_end_to_end(ctx, runner, dataset, num, bs)
             rows.append(row)
-            logger.info("benchmark %s: %.1f ms/batch, %.2f img/s", key, row.get("mean_ms", float("nan")),
-                        row.get("throughput", float("nan")))
+            logger.info("benchmark %s: %.1f ms/batch, %.2f img/s (%s)", key, row.get("mean_ms", float("nan")),
+                        row.get("throughput", float("nan")), backend.timing_scope)
     eager_ap = _ap(metrics, "eager")
     result = {"device": ctx.device.type, "warmup": warmup, "iters": iters, "rows": rows, "eager_AP": eager_ap}
     write_json(ctx.path("benchmark", "benchmark.json"), result)

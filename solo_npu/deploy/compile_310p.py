@@ -21,7 +21,8 @@ from typing import Any
 from solo_npu.deploy.context import DeployContext, write_json
 from solo_npu.deploy.export import exported_file, load_manifest
 from solo_npu.deploy.om import check_gears, find_om
-from solo_npu.deploy.runners import import_optional
+
+RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
 
 logger = logging.getLogger(__name__)
 
@@ -65,31 +66,33 @@ def atc_command(
     return cmd
 
 
-def torch_aie_script(ts_path: str | Path, out_path: str | Path, batch_size: int, input_shape: Sequence[int],
-                     soc_version: str, precision_policy: str = "FP16", device_id: int = 0) -> str:
-    """A self-contained Python snippet that compiles one TorchScript file with torch_aie."""
+def torch_aie_args(ts_path: str | Path, out_path: str | Path, batch_size: int, input_shape: Sequence[int],
+                   soc_version: str, precision_policy: str = "FP16", device_id: int = 0) -> list[str]:
+    """Arguments of ``torch_aie_runner.py compile`` for one TorchScript file (see that module)."""
     h, w = int(input_shape[0]), int(input_shape[1])
-    return (
-        "import torch, torch_aie\n"
-        f"torch_aie.set_device({int(device_id)})\n"
-        f"ts = torch.jit.load({str(ts_path)!r}).eval()\n"
-        f"inputs = [torch_aie.Input(({int(batch_size)}, 3, {h}, {w}))]\n"
-        f"module = torch_aie.compile(ts, inputs=inputs, precision_policy=torch_aie.PrecisionPolicy.{precision_policy},"
-        f" soc_version={soc_version!r})\n"
-        f"module.save({str(out_path)!r})\n"
-    )
+    return ["compile", "--ts", str(ts_path), "--out", str(out_path), "--batch-size", str(int(batch_size)),
+            "--height", str(h), "--width", str(w), "--soc-version", soc_version,
+            "--precision-policy", precision_policy, "--device-id", str(int(device_id))]
 
 
-def write_compile_script(path: Path, atc_cmds: Sequence[Sequence[str]], aie_snippets: Sequence[str]) -> Path:
+def write_compile_script(path: Path, atc_cmds: Sequence[Sequence[str]], aie_args: Sequence[Sequence[str]],
+                         python: str | None = None) -> Path:
     lines = ["#!/usr/bin/env bash", "# Ascend 310P compilation commands written by deploy.py; run on the 310P host.",
              "# Paths are relative to this script's folder (the run directory), so the folder can be copied.",
              "set -euo pipefail", 'cd "$(dirname "$0")"', f"if [ -f {CANN_ENV} ]; then source {CANN_ENV}; fi", ""]
     lines += [shlex.join(cmd) for cmd in atc_cmds]
-    for snippet in aie_snippets:
-        lines += ["", "python3 - <<'EOF'", snippet.rstrip("\n"), "EOF"]
+    if aie_args:  # the Python that has torch_aie: $PYTHON, else the configured one, else python3
+        lines += ["", f'PYTHON="${{PYTHON:-{python or "python3"}}}"']
+        lines += [f'"$PYTHON" {shlex.join([f"compile/{RUNNER_FILE.name}", *args])}' for args in aie_args]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o755)
     return path
+
+
+def device_id(ctx: DeployContext) -> int:
+    from solo_npu.deploy.backends import device_id as chosen
+
+    return chosen(ctx)
 
 
 def relative(path: str | Path, run_dir: Path) -> str:
@@ -108,68 +111,113 @@ def _run_tool(cmd: Sequence[str], what: str, timeout: float | None, cwd: Path | 
     return True, ""
 
 
-def run_compile(ctx: DeployContext) -> dict[str, Any]:
-    manifest = load_manifest(ctx)
-    settings = ctx.settings
-    ccfg: Mapping[str, Any] = ctx.deploy_cfg.get("compile") or {}
-    out_dir = ctx.path("compile")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    backends = settings.backends
-    atc = str(ccfg.get("atc") or "atc")
+def atc_jobs(ctx: DeployContext, manifest: Mapping[str, Any]) -> list[tuple[str, list[str], Path]]:
+    """(key, ATC command run from the run directory, --output stem) per exported ONNX (and the dynamic one)."""
+    settings, ccfg = ctx.settings, ctx.deploy_cfg.get("compile") or {}
     gears = check_gears(ccfg["dynamic_batch"]) if ccfg.get("dynamic_batch") else []
     common = dict(input_name=manifest["input_name"], input_shape=settings.input_shape,
                   soc_version=settings.soc_version, precision_mode=ccfg.get("precision_mode"),
-                  log=str(ccfg.get("log") or "error"), customize_dtypes=ccfg.get("customize_dtypes"), atc=atc,
-                  extra_args=list(ccfg.get("atc_args") or []))
-    # Commands for every exported model go into the script; tools run only for the enabled backends.
-    run_dir = ctx.run_dir
-    jobs: list[tuple[str, list[str], Path]] = []  # (key, command run from the run dir, --output stem)
+                  log=str(ccfg.get("log") or "error"), customize_dtypes=ccfg.get("customize_dtypes"),
+                  atc=str(ccfg.get("atc") or "atc"), extra_args=list(ccfg.get("atc_args") or []))
+    jobs = []
     for key in [*map(str, settings.export_batch_sizes), *(["dynamic"] if gears else [])]:
         onnx_path = exported_file(manifest, "onnx", key)
         if onnx_path:
-            stem = out_dir / f"model_b{key}" if key != "dynamic" else out_dir / "model_dynamic"
-            cmd = atc_command(relative(onnx_path, run_dir), relative(stem, run_dir),
+            stem = ctx.path("compile", f"model_b{key}" if key != "dynamic" else "model_dynamic")
+            cmd = atc_command(relative(onnx_path, ctx.run_dir), relative(stem, ctx.run_dir),
                               batch_size=int(key) if key != "dynamic" else -1,
                               dynamic_batch=gears if key == "dynamic" else None, **common)
             jobs.append((key, cmd, stem))
-    aie_policy = str((ccfg.get("torch_aie") or {}).get("precision_policy") or "FP16")
-    aie_jobs: list[tuple[str, str, Path]] = []  # (key, python snippet, expected module)
-    script_snippets: list[str] = []
-    for bs in settings.export_batch_sizes:
+    return jobs
+
+
+def torch_aie_jobs(ctx: DeployContext, manifest: Mapping[str, Any], policy: str,
+                   device: int) -> list[tuple[str, list[str], Path]]:
+    """(batch size, runner arguments relative to the run directory, compiled module) per exported TorchScript."""
+    jobs = []
+    for bs in ctx.settings.export_batch_sizes:
         ts_path = exported_file(manifest, "torchscript", bs)
         if ts_path:
-            out = out_dir / f"model_b{bs}_torch_aie.ts"
-            aie_jobs.append((str(bs), torch_aie_script(ts_path, out, bs, settings.input_shape, settings.soc_version,
-                                                       aie_policy, ctx.device.index), out))
-            script_snippets.append(torch_aie_script(relative(ts_path, run_dir), relative(out, run_dir), bs,
-                                                    settings.input_shape, settings.soc_version, aie_policy,
-                                                    ctx.device.index))
-    script = write_compile_script(run_dir / "compile_310p.sh", [j[1] for j in jobs], script_snippets)
+            out = ctx.path("compile", f"model_b{bs}_torch_aie.ts")
+            jobs.append((str(bs), torch_aie_args(relative(ts_path, ctx.run_dir), relative(out, ctx.run_dir), bs,
+                                                 ctx.settings.input_shape, ctx.settings.soc_version, policy, device),
+                         out))
+    return jobs
+
+
+def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
+    """Run ATC for every exported ONNX; the .om files found go to ``result["om"]``."""
+    ccfg = ctx.deploy_cfg.get("compile") or {}
+    atc = str(ccfg.get("atc") or "atc")
+    jobs = atc_jobs(ctx, load_manifest(ctx))
+    if not jobs:
+        return
+    if shutil.which(atc) is None:
+        _note(result, f"atc not found on PATH (source {CANN_ENV} on the 310P host); "
+                      f"the ATC commands are in {result['script']}; continuing without the om backend")
+        return
+    for key, cmd, stem in jobs:
+        ok, msg = _run_tool(cmd, f"atc (batch {key})", ccfg.get("timeout_s"), cwd=ctx.run_dir)
+        om_path = find_om(stem) if ok else None
+        if om_path is not None:
+            result["om"][key] = str(om_path)
+        else:
+            _note(result, msg or f"atc (batch {key}) wrote neither {stem}.om nor {stem}_<os>_<arch>.om")
+
+
+def compile_torch_aie(backend: Any, manifest: Mapping[str, Any], result: dict[str, Any]) -> None:
+    """torch_aie.compile every exported TorchScript, in process or in ``deploy.torch_aie.python``."""
+    from solo_npu.deploy import torch_aie_runner
+
+    ctx = backend.ctx
+    jobs = torch_aie_jobs(ctx, manifest, backend.policy, device_id(ctx))
+    if not jobs:
+        return
+    why = backend.why_no_tool()
+    if why is not None:
+        _note(result, f"{why}; the compile commands are in {result['script']}; continuing without torch_aie")
+        return
+    for key, args, out in jobs:
+        try:
+            if backend.python:
+                backend.run_tool(args, f"torch_aie compile (batch {key})")
+            else:
+                opts = dict(zip(args[1::2], args[2::2]))
+                torch_aie_runner.compile_module(
+                    str(ctx.run_dir / opts["--ts"]), str(out), int(opts["--batch-size"]), int(opts["--height"]),
+                    int(opts["--width"]), opts["--soc-version"], opts["--precision-policy"],
+                    int(opts["--device-id"]))
+        except Exception as exc:  # vendor compiler errors come in many types
+            _note(result, f"torch_aie compile (batch {key}) failed: {(str(exc).splitlines() or [repr(exc)])[0]}")
+            continue
+        if out.is_file():
+            result["torch_aie"][key] = str(out)
+        else:
+            _note(result, f"torch_aie compile (batch {key}) wrote no {out}")
+
+
+def run_compile(ctx: DeployContext) -> dict[str, Any]:
+    """Write compile_310p.sh (every command for every exported model), prepare the enabled backends, then
+    compare what they compiled with eager PyTorch on the verify images."""
+    from solo_npu.deploy.backends import TorchAieBackend, build_backends
+    from solo_npu.deploy.verify import verify_backends
+
+    manifest = load_manifest(ctx)
+    out_dir = ctx.path("compile")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RUNNER_FILE, out_dir / RUNNER_FILE.name)  # the run dir carries its torch_aie runner
+    aie = TorchAieBackend(ctx)
+    script = write_compile_script(ctx.run_dir / "compile_310p.sh", [j[1] for j in atc_jobs(ctx, manifest)],
+                                  [j[1] for j in torch_aie_jobs(ctx, manifest, aie.policy, device_id(ctx))],
+                                  aie.python)
     result: dict[str, Any] = {"script": str(script), "om": {}, "torch_aie": {}, "messages": []}
-    if jobs and "om" in backends:
-        if shutil.which(atc) is None:
-            _note(result, f"atc not found on PATH (source {CANN_ENV} on the 310P host); "
-                          f"the ATC commands are in {script}; continuing without the om backend")
-        else:
-            for key, cmd, stem in jobs:
-                ok, msg = _run_tool(cmd, f"atc (batch {key})", ccfg.get("timeout_s"), cwd=run_dir)
-                om_path = find_om(stem) if ok else None
-                if om_path is not None:
-                    result["om"][key] = str(om_path)
-                else:
-                    _note(result, msg or f"atc (batch {key}) wrote neither {stem}.om nor {stem}_<os>_<arch>.om")
-    if aie_jobs and "torch_aie" in backends:
-        if import_optional("torch_aie") is None:
-            _note(result, f"torch_aie is not installed; the compile snippet is in {script}; "
-                          "continuing without the torch_aie backend")
-        else:
-            for key, snippet, out in aie_jobs:
-                try:
-                    exec(compile(snippet, "<torch_aie compile>", "exec"), {})  # the same code the script holds
-                    result["torch_aie"][key] = str(out)
-                except Exception as exc:  # vendor compiler errors come in many types
-                    _note(result, f"torch_aie compile (batch {key}) failed: {str(exc).splitlines()[0]}")
+    backends = build_backends(ctx)
+    for backend in backends:
+        backend.prepare(manifest, result)
     write_json(out_dir / "compile.json", result)
+    compiled = [b for b in backends if result.get(b.name)]
+    if compiled:
+        result["verify"] = verify_backends(ctx, compiled, "verify_compiled.json")
     return result
 
 

@@ -2,7 +2,8 @@
 
 pytorch (eager export mode), torchscript, onnxruntime (CANN / CUDA / CPU execution providers) and
 torch_aie run in process. The om backend runs ais_bench as a subprocess over a folder of ``.bin``
-files (see :mod:`solo_npu.deploy.om`); it is not a per-batch runner.
+files (see :mod:`solo_npu.deploy.om`); it is not a per-batch runner. :mod:`solo_npu.deploy.backends`
+wraps these into backend objects.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 # Execution provider per device kind; CPU is always appended as the fallback.
 ORT_PROVIDERS = {"npu": "CANNExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+ORT_PACKAGES = {"npu": "onnxruntime-cann", "cuda": "onnxruntime-gpu"}
 
 
 class Runner:
@@ -84,7 +86,8 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo,
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None, requested: str = "auto",
+                 device_id: int | None = None) -> None:
         super().__init__(output_names, device)
         import onnxruntime as ort
 
@@ -99,7 +102,7 @@ class OnnxRuntimeRunner(Runner):
         level = str(options.get("graph_optimization_level", "all")).upper()
         sess_opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}",
                                                      ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        self.providers = ort_providers(device, options.get("provider_options") or {})
+        self.providers = ort_providers(device, options.get("provider_options") or {}, requested, device_id)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=sess_opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -117,20 +120,51 @@ class OnnxRuntimeRunner(Runner):
         return dict(zip(self.output_names, outputs))
 
 
-def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any]) -> list[Any]:
-    """Provider list for the device: [(accelerator provider, options), CPU], only those ORT has."""
+def ort_accelerator(device: DeviceInfo, requested: str = "auto") -> str:
+    """The device kind whose execution provider ONNX Runtime should use: ``"npu"``, ``"cuda"`` or ``"cpu"``.
+
+    The CANN provider is used whenever onnxruntime offers it (onnxruntime-cann on a 310P host needs no
+    torch_npu), unless the run is on CUDA or the user asked for ``runtime.device=cpu``.
+    """
+    import onnxruntime as ort
+
+    if device.type == "cuda":
+        return "cuda"
+    if requested.split(":")[0].lower() == "cpu":
+        return "cpu"
+    if device.type == "npu" or ORT_PROVIDERS["npu"] in ort.get_available_providers():
+        return "npu"
+    return "cpu"
+
+
+def ort_device(device: DeviceInfo, requested: str = "auto", device_id: int | None = None) -> str:
+    """Where ONNX Runtime will run: ``"npu:<id>"``, ``"cuda:<id>"`` or ``"cpu"`` (a missing provider is CPU)."""
+    import onnxruntime as ort
+
+    kind = ort_accelerator(device, requested)
+    if kind == "cpu" or ORT_PROVIDERS[kind] not in ort.get_available_providers():
+        return "cpu"
+    return f"{kind}:{device.index if device_id is None else int(device_id)}"
+
+
+def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any], requested: str = "auto",
+                  device_id: int | None = None) -> list[Any]:
+    """Provider list: [(accelerator provider, {"device_id": id, **options}), CPU], only those ORT has.
+
+    ``device_id`` (``deploy.device_id``) picks the chip or GPU; default the run device's index.
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
+    kind = ort_accelerator(device, requested)
     providers: list[Any] = []
-    wanted = ORT_PROVIDERS[device.type]
-    if device.type != "cpu":
+    if kind != "cpu":
+        wanted = ORT_PROVIDERS[kind]
         if wanted in available:
-            opts = {"device_id": device.index, **dict(provider_options.get(device.type) or {})}
-            providers.append((wanted, opts))
+            index = device.index if device_id is None else int(device_id)
+            providers.append((wanted, {"device_id": index, **dict(provider_options.get(kind) or {})}))
         else:
-            logger.warning("onnxruntime has no %s (install onnxruntime-%s); running on CPU",
-                           wanted, "cann" if device.type == "npu" else "gpu")
+            logger.warning("onnxruntime has no %s (install %s); running on CPU", wanted, ORT_PACKAGES[kind])
     providers.append("CPUExecutionProvider")
     return providers
 
@@ -140,19 +174,21 @@ class TorchAieRunner(PyTorchRunner):
 
     backend = "torch_aie"
 
-    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo) -> None:
+    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo,
+                 device_id: int | None = None) -> None:
         torch_aie = import_optional("torch_aie")
         if torch_aie is None:
             raise DeployError("torch_aie is not installed (install the Ascend torch_aie wheel for this backend)")
         if not Path(path).is_file():
             raise DeployError(f"torch_aie module not found: {path} (run stages=[compile] where torch_aie imports)")
         self.torch_aie = torch_aie
-        torch_aie.set_device(device.index)
+        index = device.index if device_id is None else int(device_id)
+        torch_aie.set_device(index)
         Runner.__init__(self, output_names, device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(str(path)).eval()
-        self.npu = f"npu:{device.index}"
+        self.npu = f"npu:{index}"
 
     @torch.no_grad()
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:

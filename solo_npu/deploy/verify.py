@@ -1,9 +1,25 @@
-"""Verify stage: onnx.checker, then ONNX Runtime and TorchScript against eager PyTorch on real images.
+"""Verify: every backend against eager PyTorch at batch 1, image by image, on real images.
 
-The reference is eager export mode at batch 1, image by image, so a batch-B export is checked for
-both backend parity and correct per-image results. Numbers come from the adapter's ``compare``
-(SOLOv2: max abs difference of scores and masks over the valid top-k slots, label mismatches); the
-stage fails when a ``*_max_abs`` exceeds ``deploy.verify.atol`` or a ``*_mismatch`` is non-zero.
+The verify stage checks the exported files (``onnx.checker``, then the in-process backends of the
+registry: TorchScript, ONNX Runtime, and eager itself at batch sizes above 1); the compile stage calls
+:func:`verify_backends` for what it compiled (om, torch_aie) the same way. Every backend runs over the
+same ``verify/inputs/<stem>.bin`` files with its own ``run_records``, so a tool that runs out of process
+is checked exactly as it runs in ``infer``.
+
+Two kinds of numbers per backend and batch size:
+
+- the adapter's ``compare`` of raw outputs (SOLOv2: max abs difference of scores and masks over the
+  valid top-k slots, label mismatches), reported for diagnosis;
+- detections matched after the adapter's ``postprocess``: each reference detection needs a candidate
+  of the same label with box IoU (and mask IoU for masks) at least ``iou`` and a score within
+  ``score_atol``. Candidates are matched, not compared slot by slot, so near-tied candidates that float
+  rounding reorders (FCOS's top-k, SOLOv2's sort) do not fail a correct export. Unmatched detections whose
+  score is within ``score_atol`` of the lowest kept score (the score threshold or the top-N cut) are
+  allowed to fall on either side of that cut.
+
+A backend passes when every detection is matched. Tolerances come from ``deploy.verify`` for float32
+backends and ``deploy.verify.fp16`` for backends compiled to half precision (om with ATC's default
+precision mode, torch_aie with ``precision_policy: FP16``).
 """
 
 from __future__ import annotations
@@ -12,15 +28,20 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx
+import torch
 
+from solo_npu.deploy import om
 from solo_npu.deploy.context import DeployContext, DeployError, write_json
-from solo_npu.deploy.export import exported_file, load_manifest
-from solo_npu.deploy.infer import padded
+from solo_npu.deploy.export import load_manifest
 from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, select_indices
-from solo_npu.deploy.runners import OnnxRuntimeRunner, PyTorchRunner, TorchScriptRunner
+from solo_npu.deploy.runners import PyTorchRunner
 
 logger = logging.getLogger(__name__)
+
+FP32_DEFAULTS = {"atol": 1e-4, "rtol": 0.0, "score_atol": None, "iou": 0.9}
+FP16_DEFAULTS = {"atol": 2e-2, "rtol": 1e-2, "score_atol": None, "iou": 0.5}
 
 
 def check_onnx(path: str) -> None:
@@ -52,55 +73,167 @@ def _passes(stats: Mapping[str, float], atol: float, rtol: float = 0.0) -> bool:
         v == 0 for k, v in stats.items() if k.endswith("_mismatch"))
 
 
-def run_verify(ctx: DeployContext) -> dict[str, Any]:
-    manifest = load_manifest(ctx)
+def tolerances(vcfg: Mapping[str, Any], precision: str) -> dict[str, float]:
+    """Tolerances for a backend's precision: ``deploy.verify`` (fp32) or ``deploy.verify.fp16``."""
+    base = dict(FP32_DEFAULTS)
+    base.update({k: vcfg[k] for k in FP32_DEFAULTS if vcfg.get(k) is not None})
+    if precision == "fp16":
+        base = dict(FP16_DEFAULTS)
+        fp16 = vcfg.get("fp16") or {}
+        base.update({k: fp16[k] for k in FP16_DEFAULTS if fp16.get(k) is not None})
+    if base["score_atol"] is None:
+        base["score_atol"] = base["atol"]
+    return {k: float(v) for k, v in base.items()}
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes [N, 4] x [M, 4] (x1, y1, x2, y2)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), (inter == 0) & (union == 0))
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _numpy(dets: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in dets.items()}
+
+
+def match_detections(reference: Mapping[str, Any], candidate: Mapping[str, Any], iou: float,
+                     score_atol: float) -> dict[str, float]:
+    """Greedy matching (reference by descending score) of two postprocessed detection sets.
+
+    A pair matches with the same label, box IoU >= ``iou`` (and mask IoU >= ``iou`` when both have masks)
+    and ``|score difference| <= score_atol``; among those the highest box IoU wins. Returns the numbers of
+    detections, matched pairs, unmatched detections on either side beyond the score cut (``unmatched``),
+    the largest score difference and the smallest IoU of the matched pairs.
+    """
+    ref, cand = _numpy(reference), _numpy(candidate)
+    n, m = len(ref["scores"]), len(cand["scores"])
+    pair_iou = _box_iou(ref["boxes"].reshape(-1, 4).astype(np.float64), cand["boxes"].reshape(-1, 4).astype(np.float64))
+    masks = "masks" in ref and "masks" in cand
+    taken = np.zeros(m, bool)
+    matched_ref = np.zeros(n, bool)
+    worst_score, worst_iou = 0.0, 1.0
+    for i in np.argsort(-ref["scores"], kind="stable"):
+        ok = (~taken & (cand["labels"] == ref["labels"][i]) & (pair_iou[i] >= iou)
+              & (np.abs(cand["scores"] - ref["scores"][i]) <= score_atol))
+        for j in np.argsort(-np.where(ok, pair_iou[i], -1.0), kind="stable")[: int(ok.sum())]:
+            mask_iou = _mask_iou(ref["masks"][i], cand["masks"][j]) if masks else 1.0
+            if mask_iou >= iou:
+                taken[j], matched_ref[i] = True, True
+                worst_score = max(worst_score, float(abs(cand["scores"][j] - ref["scores"][i])))
+                worst_iou = min(worst_iou, float(pair_iou[i, j]), mask_iou)
+                break
+    kept = np.concatenate([ref["scores"], cand["scores"]])
+    cut = float(kept.min()) + score_atol if kept.size else 0.0
+    unmatched = int((ref["scores"][~matched_ref] > cut).sum() + (cand["scores"][~taken] > cut).sum())
+    return {"detections": float(n), "matched": float(matched_ref.sum()), "unmatched": float(unmatched),
+            "score_max_diff": worst_score, "min_iou": worst_iou if matched_ref.any() else None}
+
+
+def verify_inputs(ctx: DeployContext) -> tuple[np.ndarray, list[dict], list[dict[str, Any]]]:
+    """The verify images as [N, 3, H, W], their metas, and records of ``verify/inputs/<stem>.bin`` files."""
     vcfg = ctx.deploy_cfg.get("verify") or {}
-    atol = float(vcfg.get("atol", 1e-4))
-    rtol = float(vcfg.get("rtol", 0.0))
-    names = ctx.adapter.output_names
-    for path in (manifest["files"].get("onnx") or {}).values():
-        check_onnx(path)
     dataset, _ = build_deploy_dataset(ctx)
     indices = select_indices(len(dataset), int(vcfg.get("num_images", 2)))
-    images, _ = collate_canvas([dataset[i] for i in indices], ctx.settings.input_shape,
-                               ctx.adapter.pad_position)
+    images, metas = collate_canvas([dataset[i] for i in indices], ctx.settings.input_shape, ctx.adapter.pad_position)
     images = images.numpy()
-    eager = PyTorchRunner(ctx.adapter.export_module(ctx.model()), names, ctx.device)
-    reference = [eager(images[i:i + 1]) for i in range(len(indices))]
+    folder = ctx.path("verify", "inputs")
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, image in enumerate(images):
+        stem = f"verify_{k:03d}"
+        np.ascontiguousarray(image, dtype=np.float32).tofile(folder / f"{stem}.bin")
+        records.append({"stem": stem, "bin": f"verify/inputs/{stem}.bin"})
+    return images, metas, records
+
+
+def _compare_backend(ctx: DeployContext, backend: Any, batch_size: int, records: Sequence[Mapping[str, Any]],
+                     reference: Sequence[Mapping[str, np.ndarray]], metas: Sequence[dict],
+                     reference_dets: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    tol = tolerances(ctx.deploy_cfg.get("verify") or {}, backend.precision)
+    out_dir = ctx.path("verify", f"{backend.name}_b{batch_size}")
+    backend.run_records(records, batch_size, out_dir, manifest)
+    names = ctx.adapter.output_names
+    raw: dict[str, float] = {}
+    dets: dict[str, float] = {"detections": 0.0, "matched": 0.0, "unmatched": 0.0, "score_max_diff": 0.0}
+    min_iou = None
+    for k, record in enumerate(records):
+        out = om.read_output_files(out_dir, record["stem"], names, manifest["outputs"], batch_size=1)
+        stats = ctx.adapter.compare(reference[k], out)
+        raw = {key: max(v, raw.get(key, 0.0)) for key, v in stats.items()}
+        match = match_detections(reference_dets[k], ctx.adapter.postprocess({n: a[0] for n, a in out.items()},
+                                                                              metas[k]), tol["iou"], tol["score_atol"])
+        for key in ("detections", "matched", "unmatched"):
+            dets[key] += match[key]
+        dets["score_max_diff"] = max(dets["score_max_diff"], match["score_max_diff"])
+        if match["min_iou"] is not None:
+            min_iou = match["min_iou"] if min_iou is None else min(min_iou, match["min_iou"])
+    status = "ok" if dets["unmatched"] == 0 else "FAIL"
+    return {"backend": backend.name, "batch": batch_size, "precision": backend.precision, **raw,
+            "raw_within_atol": _passes(raw, tol["atol"], tol["rtol"]), **dets, "min_iou": min_iou,
+            "iou": tol["iou"], "score_atol": tol["score_atol"], "status": status}
+
+
+def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str = "verify.json",
+                    eager_batches: bool = False) -> dict[str, Any]:
+    """Compare each available backend x batch size with eager PyTorch at batch 1; raise when one fails.
+
+    ``eager_batches``: also run eager PyTorch at batch sizes above 1 (a batch must match image by image).
+    """
+    manifest = load_manifest(ctx)
+    images, metas, records = verify_inputs(ctx)
+    eager = PyTorchRunner(ctx.adapter.export_module(ctx.model()), ctx.adapter.output_names, ctx.device)
+    reference = [eager(images[i:i + 1]) for i in range(len(records))]
+    reference_dets = [ctx.adapter.postprocess({n: a[0] for n, a in ref.items()}, metas[k])
+                      for k, ref in enumerate(reference)]
     rows = []
     for bs in ctx.settings.export_batch_sizes:
-        candidates = {}
-        if exported_file(manifest, "onnx", bs):
-            candidates["onnxruntime"] = OnnxRuntimeRunner(exported_file(manifest, "onnx", bs), names, ctx.device,
-                                                          ctx.deploy_cfg.get("onnxruntime"))
-        if exported_file(manifest, "torchscript", bs):
-            candidates["torchscript"] = TorchScriptRunner(exported_file(manifest, "torchscript", bs), names,
-                                                          ctx.device)
-        if bs > 1:
-            candidates["pytorch"] = eager  # the eager batch must match eager image by image too
-        for backend, runner in candidates.items():
-            worst: dict[str, float] = {}
-            for start in range(0, len(indices), bs):
-                members = list(range(start, min(start + bs, len(indices))))
-                out = runner(images[padded(members, bs)])
-                for j, i in enumerate(members):
-                    stats = ctx.adapter.compare(reference[i], {n: a[j:j + 1] for n, a in out.items()})
-                    worst = {k: max(v, worst.get(k, 0.0)) for k, v in stats.items()}
-            status = "ok" if _passes(worst, atol, rtol) else "FAIL"
-            rows.append({"backend": backend, "batch": bs, **worst, "status": status})
-    columns = ["backend", "batch", *[k for k in rows[0] if k not in ("backend", "batch", "status")], "status"] \
-        if rows else ["backend", "batch", "status"]
+        for backend in backends:
+            if backend.name == "pytorch" and not (eager_batches and bs > 1):
+                continue
+            why = backend.unavailable(bs)
+            if why is not None:
+                logger.info("verify: %s batch %d skipped (%s)", backend.name, bs, why)
+                continue
+            rows.append(_compare_backend(ctx, backend, bs, records, reference, metas, reference_dets, manifest))
+    tail = ["status", "detections", "matched", "unmatched", "score_max_diff", "min_iou", "precision"]
+    raw_cols = [k for r in rows for k in r
+                if k not in ("backend", "batch", *tail, "raw_within_atol", "iou", "score_atol")]
+    columns = ["backend", "batch", *dict.fromkeys(raw_cols), *tail]
     table = format_table(rows, columns)
-    print(f"\nverify on {len(indices)} images (reference: eager PyTorch, batch 1; atol {atol:g}, rtol {rtol:g})"
-          f"\n{table}\n")
-    if rows and all(r.get("valid", 1) == 0 for r in rows):
-        print("note: the reference has no valid detections on these images (random weights?): only output "
-              "shapes, dtypes and empty slots were compared")
-    result = {"atol": atol, "rtol": rtol, "num_images": len(indices), "rows": rows, "table": table}
-    write_json(ctx.path("verify", "verify.json"), result)
+    vcfg = ctx.deploy_cfg.get("verify") or {}
+    fp32, fp16 = tolerances(vcfg, "fp32"), tolerances(vcfg, "fp16")
+    print(f"\nverify on {len(records)} images (reference: eager PyTorch, batch 1; detections matched by label, "
+          f"IoU >= {fp32['iou']:g} and score within {fp32['score_atol']:g}; fp16 backends: IoU >= {fp16['iou']:g}, "
+          f"score within {fp16['score_atol']:g})\n{table}\n")
+    if rows and all(r.get("detections", 0) == 0 for r in rows):
+        print("note: the reference has no detections on these images (random weights?): only output shapes, "
+              "dtypes and the raw differences were compared")
+    result = {"atol": fp32["atol"], "rtol": fp32["rtol"], "tolerances": {"fp32": fp32, "fp16": fp16},
+              "num_images": len(records), "rows": rows, "table": table}
+    write_json(ctx.path("verify", filename), result)
     failed = [f"{r['backend']} b{r['batch']}" for r in rows if r["status"] != "ok"]
     if failed:
-        raise DeployError(f"verify failed for {', '.join(failed)} (tolerance {atol:g}); see the table above "
-                          "and verify/verify.json, or raise deploy.verify.atol")
+        raise DeployError(f"verify failed for {', '.join(failed)} (detections unmatched within the tolerances); "
+                          f"see the table above and verify/{filename}, or raise deploy.verify tolerances")
     return {"rows": len(rows), "passed": True}
 
+
+def run_verify(ctx: DeployContext) -> dict[str, Any]:
+    """``onnx.checker``, then every backend that runs the exported files as they are (no compile step)."""
+    from solo_npu.deploy.backends import BACKENDS
+
+    manifest = load_manifest(ctx)
+    for path in (manifest["files"].get("onnx") or {}).values():
+        check_onnx(path)
+    backends = [cls(ctx) for cls in BACKENDS.values() if not cls.compiled]
+    return verify_backends(ctx, backends, "verify.json", eager_batches=True)

@@ -43,7 +43,9 @@ def test_without_tools_writes_script_and_continues(make_ctx, exported_run, monke
         expected = atc_command(f"export/model_b{bs}.onnx", f"compile/model_b{bs}",
                                "input", bs, (128, 160), "Ascend310P3", "allow_fp32_to_fp16")
         assert shlex.join(expected) in script
-        assert f"inputs = [torch_aie.Input(({bs}, 3, 128, 160))]" in script
+        assert (f'"$PYTHON" compile/torch_aie_runner.py compile --ts export/model_b{bs}.ts '
+                f"--out compile/model_b{bs}_torch_aie.ts --batch-size {bs} --height 128 --width 160") in script
+    assert (exported_run / "compile" / "torch_aie_runner.py").is_file()  # the run dir carries its runner
     assert "--input_shape=input:-1,3,128,160 " in script and "--dynamic_batch_size=1,2" in script
     summary = run_infer(ctx)  # om and torch_aie are skipped with a log line, onnxruntime runs
     assert set(summary) == {"onnxruntime_b1", "onnxruntime_b2"}
@@ -87,6 +89,14 @@ def test_atc_and_ais_bench_standins(make_ctx, exported_run, monkeypatch, tmp_pat
                                 "--input_format=NCHW", "--input_shape=input:1,3,128,160", "--soc_version=Ascend310P3",
                                 "--log=info", "--precision_mode=force_fp16"]
     assert calls[1]["argv"][4] == "--input_shape=input:2,3,128,160"
+
+    # compile verified the .om files on the verify images with ais_bench, as infer runs them
+    verify_runs = [json.loads(line) for line in (log / "ais_bench.jsonl").read_text().splitlines()]
+    assert [r[r.index("--input") + 1] for r in verify_runs] == [f"{exported_run}/verify/inputs",
+                                                                f"{exported_run}/verify/om_b2_inputs"]
+    rows = json.loads((exported_run / "verify" / "verify_compiled.json").read_text())["rows"]
+    assert [(r["backend"], r["batch"], r["status"]) for r in rows] == [("om", 1, "ok"), ("om", 2, "ok")]
+    (log / "ais_bench.jsonl").unlink()
 
     run_infer(ctx)
     runs = [json.loads(line) for line in (log / "ais_bench.jsonl").read_text().splitlines()]

@@ -1,0 +1,440 @@
+"""Deploy backends as objects: what each one needs, how it is prepared and run, and what its timing covers.
+
+``BACKENDS`` maps the names of ``deploy.backends`` to classes; the verify, compile, infer and benchmark
+stages build them with :func:`build_backends` and iterate, never branching on names. A backend:
+
+- ``unavailable(batch_size)``: why it cannot run now (a missing tool, file or module), or None;
+- ``prepare(manifest, result)``: its compile step (ATC, torch_aie), recording files and messages in ``result``;
+- ``run_records(records, batch_size, out_dir, manifest)``: run the ``.bin`` files of ``records`` and write
+  ``<stem>_<i>.bin`` per image into ``out_dir``; returns the seconds its timing scope covers;
+- ``latency(batch_size, manifest, images, warmup, iters)``: per-batch latencies (ms) of repeated runs;
+- ``runner(batch_size, manifest)``: an in-process :class:`~solo_npu.deploy.runners.Runner` (images in,
+  outputs out) for the end-to-end timing, or None where the backend is a separate tool;
+- ``timing_scope``: ``"model only"``, ``"with host-device copies"`` or ``"device compute from ais_bench"``;
+- ``device``: where it runs, e.g. ``"cpu"``, ``"cuda:0"``, ``"npu:1"``;
+- ``precision``: ``"fp32"`` or ``"fp16"``, which picks the verify tolerances.
+
+Adding a backend is one subclass added to ``BACKENDS`` plus its tests (docs/deploy.md shows one).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from solo_npu.deploy import om
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.export import exported_file
+from solo_npu.deploy.preprocess import load_inputs
+from solo_npu.deploy.runners import (
+    OnnxRuntimeRunner,
+    PyTorchRunner,
+    Runner,
+    TorchAieRunner,
+    TorchScriptRunner,
+    import_optional,
+    ort_device,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_ONLY = "model only"
+WITH_COPIES = "with host-device copies"
+AIS_BENCH_COMPUTE = "device compute from ais_bench"
+RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
+
+
+def batches(num: int, batch_size: int) -> list[list[int]]:
+    return [list(range(s, min(s + batch_size, num))) for s in range(0, num, batch_size)]
+
+
+def padded(members: Sequence[int], batch_size: int) -> list[int]:
+    """Fill a short last batch by repeating its last image (static-shape models need full batches)."""
+    return list(members) + [members[-1]] * (batch_size - len(members))
+
+
+def write_image_outputs(out_dir: Path, stem: str, outputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+    for i, name in enumerate(names):
+        np.ascontiguousarray(outputs[name]).tofile(out_dir / f"{stem}_{i}.bin")
+
+
+def compiled_file(ctx: DeployContext, kind: str, batch_size: int | str) -> str | None:
+    path = ctx.path("compile", "compile.json")
+    if not path.is_file():
+        return None
+    return (read_json(path).get(kind) or {}).get(str(batch_size))
+
+
+def device_id(ctx: DeployContext) -> int:
+    """``deploy.device_id``, else the index of the run's accelerator, else 0."""
+    chosen = ctx.deploy_cfg.get("device_id")
+    return int(chosen) if chosen is not None else ctx.device.index
+
+
+class Backend:
+    """Base class: an in-process runner over the preprocessed batches; subclasses give ``runner``."""
+
+    name = "base"
+    precision = "fp32"
+    compiled = False  # True: prepare() builds its model (compile stage), verified after compiling
+
+    def __init__(self, ctx: DeployContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def device(self) -> str:
+        return str(self.ctx.device.device)
+
+    @property
+    def timing_scope(self) -> str:
+        return WITH_COPIES if self.ctx.device.is_accelerator else MODEL_ONLY
+
+    def unavailable(self, batch_size: int) -> str | None:
+        return None
+
+    def prepare(self, manifest: Mapping[str, Any], result: dict[str, Any]) -> None:
+        """Compile step; nothing for backends that run the exported files as they are."""
+
+    def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner | None:
+        raise NotImplementedError
+
+    def run_records(self, records: Sequence[Mapping[str, Any]], batch_size: int, out_dir: Path,
+                    manifest: Mapping[str, Any]) -> float:
+        runner = self.runner(batch_size, manifest)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seconds = 0.0
+        for members in batches(len(records), batch_size):
+            images = load_inputs(self.ctx, [records[i] for i in padded(members, batch_size)])
+            start = time.perf_counter()
+            outputs = runner(images)
+            seconds += time.perf_counter() - start
+            for j, i in enumerate(members):
+                write_image_outputs(out_dir, records[i]["stem"], {n: a[j] for n, a in outputs.items()},
+                                    runner.output_names)
+        return seconds
+
+    def latency(self, batch_size: int, manifest: Mapping[str, Any], images: np.ndarray, warmup: int,
+                iters: int, runner: Runner | None = None) -> list[float] | None:
+        """Latencies (ms) of ``iters`` runs of ``images`` after ``warmup`` untimed runs."""
+        from solo_npu.deploy.benchmark import time_model
+
+        return time_model(runner or self.runner(batch_size, manifest), images, warmup, iters)
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "device": self.device, "timing": self.timing_scope, "precision": self.precision}
+
+
+class PyTorchBackend(Backend):
+    """Eager PyTorch, the adapter's export module on the run's device."""
+
+    name = "pytorch"
+
+    def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner:
+        return PyTorchRunner(self.ctx.adapter.export_module(self.ctx.model()), self.ctx.adapter.output_names,
+                             self.ctx.device)
+
+
+class TorchScriptBackend(Backend):
+    name = "torchscript"
+
+    def unavailable(self, batch_size: int) -> str | None:
+        return None if self._file(batch_size) else "not exported"
+
+    def _file(self, batch_size: int) -> str | None:
+        from solo_npu.deploy.export import load_manifest
+
+        return exported_file(load_manifest(self.ctx), "torchscript", batch_size)
+
+    def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner:
+        path = exported_file(manifest, "torchscript", batch_size)
+        if not path:
+            raise DeployError(f"torchscript: no exported model for batch {batch_size} (run stages=[export])")
+        return TorchScriptRunner(path, self.ctx.adapter.output_names, self.ctx.device)
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime; the execution provider follows :func:`solo_npu.deploy.runners.ort_providers`."""
+
+    name = "onnxruntime"
+
+    @property
+    def device(self) -> str:
+        return ort_device(self.ctx.device, self._requested(), device_id(self.ctx))
+
+    @property
+    def timing_scope(self) -> str:
+        return MODEL_ONLY if self.device == "cpu" else WITH_COPIES
+
+    def _requested(self) -> str:
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.select(self.ctx.cfg, "runtime.device", default="auto") or "auto")
+
+    def unavailable(self, batch_size: int) -> str | None:
+        from solo_npu.deploy.export import load_manifest
+
+        return None if exported_file(load_manifest(self.ctx), "onnx", batch_size) else "not exported"
+
+    def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner:
+        path = exported_file(manifest, "onnx", batch_size)
+        if not path:
+            raise DeployError(f"onnxruntime: no exported model for batch {batch_size} (run stages=[export])")
+        return OnnxRuntimeRunner(path, self.ctx.adapter.output_names, self.ctx.device,
+                                 self.ctx.deploy_cfg.get("onnxruntime"), requested=self._requested(),
+                                 device_id=device_id(self.ctx))
+
+
+class OmBackend(Backend):
+    """ATC's ``.om`` run by ais_bench as a subprocess; timings are its NPU compute time."""
+
+    name = "om"
+    timing_scope = AIS_BENCH_COMPUTE
+    compiled = True
+
+    @property
+    def precision(self) -> str:  # ATC's default precision on 310P runs float32 operators in fp16
+        mode = (self.ctx.deploy_cfg.get("compile") or {}).get("precision_mode")
+        return "fp32" if mode == "must_keep_origin_dtype" else "fp16"
+
+    @property
+    def device(self) -> str:
+        return f"npu:{device_id(self.ctx)}"
+
+    @property
+    def _cfg(self) -> Mapping[str, Any]:
+        return self.ctx.deploy_cfg.get("om") or {}
+
+    def _launcher(self) -> list[str]:
+        return om.ais_bench_launcher(self._cfg.get("launcher"))
+
+    def _model(self, batch_size: int) -> tuple[str | None, list[str]]:
+        extra = [str(a) for a in (self._cfg.get("extra_args") or [])]
+        path = compiled_file(self.ctx, "om", batch_size)
+        if not path and compiled_file(self.ctx, "om", "dynamic"):  # one .om with ATC batch gears
+            return compiled_file(self.ctx, "om", "dynamic"), [*extra, "--dymBatch", str(batch_size)]
+        return path, extra
+
+    def unavailable(self, batch_size: int) -> str | None:
+        if not self._model(batch_size)[0]:
+            return "no .om model (see compile_310p.sh in the run dir)"
+        if not om.ais_bench_available(self._launcher()):
+            return f"ais_bench not available ({' '.join(self._launcher())}); install the ais_bench wheel"
+        return None
+
+    def prepare(self, manifest: Mapping[str, Any], result: dict[str, Any]) -> None:
+        from solo_npu.deploy.compile_310p import compile_om
+
+        compile_om(self.ctx, result)
+
+    def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner | None:
+        return None
+
+    def run_records(self, records: Sequence[Mapping[str, Any]], batch_size: int, out_dir: Path,
+                    manifest: Mapping[str, Any]) -> float:
+        """ais_bench over the records' ``.bin`` files (batched files for B > 1); wall seconds of the tool."""
+        om_path, extra = self._model(batch_size)
+        bins = [self.ctx.run_dir / r["bin"] for r in records]
+        names = self.ctx.adapter.output_names
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if batch_size == 1 and len({b.parent for b in bins}) == 1:
+            # ais_bench's own layout is ours: <output>/<dirname>/<name>_<i>.bin, no copy needed
+            input_dir, output, dirname = bins[0].parent, out_dir.parent, out_dir.name
+            basenames = [om.output_name(b) for b in bins]
+            if len(set(basenames)) != len(basenames):
+                raise DeployError("ais_bench names outputs by the input file name up to its first dot, and two "
+                                  "preprocessed files share that prefix; rename the images so their stems differ")
+        else:
+            input_dir = out_dir.parent / f"{out_dir.name}_inputs"
+            groups = om.write_batched_inputs(bins, batch_size, input_dir)
+            output, dirname = out_dir.parent, f"{out_dir.name}_raw"
+        cmd = om.ais_bench_command(self._launcher(), om_path, output, dirname, input_dir, batch_size=batch_size,
+                                   device_id=device_id(self.ctx), extra_args=extra)
+        start = time.perf_counter()
+        om.run_ais_bench(cmd, self._cfg.get("timeout_s"))
+        seconds = time.perf_counter() - start
+        if batch_size == 1 and input_dir == bins[0].parent:
+            for record, basename in zip(records, basenames):
+                if basename != record["stem"]:
+                    for i in range(len(names)):
+                        (out_dir / f"{basename}_{i}.bin").replace(out_dir / f"{record['stem']}_{i}.bin")
+            return seconds
+        raw = output / dirname
+        for j, members in enumerate(groups):
+            outputs = om.read_output_files(raw, f"batch_{j:05d}", names, manifest["outputs"], batch_size)
+            for k, i in enumerate(members):
+                write_image_outputs(out_dir, records[i]["stem"], {n: a[k] for n, a in outputs.items()}, names)
+        shutil.rmtree(raw, ignore_errors=True)  # the per-image files above are the only copy of the outputs kept
+        return seconds
+
+    def latency(self, batch_size: int, manifest: Mapping[str, Any], images: np.ndarray, warmup: int,
+                iters: int, runner: Runner | None = None) -> list[float] | None:
+        return None  # ais_bench reports statistics, not latencies: see stats()
+
+    def stats(self, batch_size: int, iters: int) -> dict[str, float]:
+        """ais_bench ``--loop`` on zero input: NPU compute time (ms) and throughput from its summary."""
+        om_path, extra = self._model(batch_size)
+        out = self.ctx.path("benchmark", f"om_b{batch_size}")
+        cmd = om.ais_bench_command(self._launcher(), om_path, out, "perf", batch_size=batch_size, loop=iters,
+                                   device_id=device_id(self.ctx), extra_args=extra)
+        stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, self._cfg.get("timeout_s")))
+        if "mean_ms" in stats and "throughput" not in stats:
+            stats["throughput"] = 1000.0 * batch_size / stats["mean_ms"]
+        return stats
+
+
+class TorchAieBackend(Backend):
+    """torch_aie: in process when torch_aie imports here, else in ``deploy.torch_aie.python`` through the
+    shipped :mod:`solo_npu.deploy.torch_aie_runner`; timing is the module call plus stream synchronisation."""
+
+    name = "torch_aie"
+    timing_scope = MODEL_ONLY
+    compiled = True
+
+    @property
+    def _cfg(self) -> Mapping[str, Any]:
+        return self.ctx.deploy_cfg.get("torch_aie") or {}
+
+    @property
+    def python(self) -> str | None:
+        return str(self._cfg["python"]) if self._cfg.get("python") else None
+
+    @property
+    def policy(self) -> str:
+        compile_cfg = (self.ctx.deploy_cfg.get("compile") or {}).get("torch_aie") or {}
+        return str(self._cfg.get("precision_policy") or compile_cfg.get("precision_policy") or "FP16")
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.policy.upper() == "FP32" else "fp16"
+
+    @property
+    def device(self) -> str:
+        return f"npu:{device_id(self.ctx)}"
+
+    def in_process(self) -> Any | None:
+        return None if self.python else import_optional("torch_aie")
+
+    def why_no_tool(self) -> str | None:
+        if self.python:
+            if shutil.which(self.python) is None and not Path(self.python).is_file():
+                return f"deploy.torch_aie.python={self.python} does not exist"
+            return None
+        if self.in_process() is None:
+            return ("torch_aie is not installed (install the Ascend torch_aie wheel, or point "
+                    "deploy.torch_aie.python at the Python that has it)")
+        return None
+
+    def unavailable(self, batch_size: int) -> str | None:
+        if not compiled_file(self.ctx, "torch_aie", batch_size):
+            return "not compiled"
+        return self.why_no_tool()
+
+    def prepare(self, manifest: Mapping[str, Any], result: dict[str, Any]) -> None:
+        from solo_npu.deploy.compile_310p import compile_torch_aie
+
+        compile_torch_aie(self, manifest, result)
+
+    def runner_command(self, *args: str) -> list[str]:
+        """``python compile/torch_aie_runner.py ARGS`` as run from the run directory."""
+        return [self.python or sys.executable, str(Path("compile") / RUNNER_FILE.name), *args]
+
+    def run_tool(self, args: Sequence[str], what: str) -> None:
+        cmd = self.runner_command(*args)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.ctx.run_dir,
+                                  timeout=self._cfg.get("timeout_s"))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DeployError(f"{what} could not run ({exc}); command: {' '.join(cmd)}") from exc
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            raise DeployError(f"{what} failed (exit {proc.returncode}): {tail[0]}")
+
+    def _shape_args(self, batch_size: int) -> list[str]:
+        h, w = self.ctx.settings.input_shape
+        return ["--batch-size", str(batch_size), "--height", str(h), "--width", str(w),
+                "--device-id", str(device_id(self.ctx))]
+
+    def _timed(self, batch_size: int) -> Any:
+        from solo_npu.deploy import torch_aie_runner
+
+        return torch_aie_runner.TimedModule(compiled_file(self.ctx, "torch_aie", batch_size), device_id(self.ctx))
+
+    def run_records(self, records: Sequence[Mapping[str, Any]], batch_size: int, out_dir: Path,
+                    manifest: Mapping[str, Any]) -> float:
+        paths = [str((self.ctx.run_dir / r["bin"]).resolve()) for r in records]
+        if [Path(p).stem for p in paths] != [r["stem"] for r in records]:
+            raise DeployError("torch_aie runner: input file names must be <stem>.bin")
+        h, w = self.ctx.settings.input_shape
+        if self.python is None:
+            from solo_npu.deploy import torch_aie_runner
+
+            latencies = torch_aie_runner.run_files(self._timed(batch_size), paths, batch_size, h, w, str(out_dir))
+            return sum(latencies) / 1000.0
+        out_dir.mkdir(parents=True, exist_ok=True)
+        listing = out_dir.parent / f"{out_dir.name}.inputs.txt"
+        timings = out_dir.parent / f"{out_dir.name}.timings.json"
+        listing.write_text("\n".join(paths) + "\n")
+        self.run_tool(["run", "--module", str(Path(compiled_file(self.ctx, "torch_aie", batch_size)).resolve()),
+                       "--list", str(listing.resolve()), "--output-dir", str(out_dir.resolve()),
+                       "--timings", str(timings.resolve()), *self._shape_args(batch_size)],
+                      f"torch_aie runner (batch {batch_size})")
+        latencies = read_json(timings)["latencies_ms"]
+        listing.unlink()
+        timings.unlink()
+        return sum(latencies) / 1000.0
+
+    def latency(self, batch_size: int, manifest: Mapping[str, Any], images: np.ndarray, warmup: int,
+                iters: int, runner: Runner | None = None) -> list[float] | None:
+        """Module call + stream synchronisation of one batch, as the runner times it (never the in-process
+        runner's host-device copies)."""
+        from solo_npu.deploy import torch_aie_runner
+
+        h, w = self.ctx.settings.input_shape
+        out = self.ctx.path("benchmark", f"torch_aie_b{batch_size}")
+        out.mkdir(parents=True, exist_ok=True)
+        first = out / "input.bin"
+        np.ascontiguousarray(images[0], dtype=np.float32).tofile(first)
+        if self.python is None:
+            return torch_aie_runner.run_loop(self._timed(batch_size), str(first), batch_size, h, w, iters, warmup)
+        listing, timings = out / "inputs.txt", out / "timings.json"
+        listing.write_text(f"{first.resolve()}\n")
+        self.run_tool(["run", "--module", str(Path(compiled_file(self.ctx, "torch_aie", batch_size)).resolve()),
+                       "--list", str(listing.resolve()), "--timings", str(timings.resolve()), "--loop", str(iters),
+                       "--warmup", str(warmup), *self._shape_args(batch_size)],
+                      f"torch_aie runner (batch {batch_size})")
+        return read_json(timings)["latencies_ms"]
+
+    def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner | None:
+        if self.python is not None:
+            return None  # another interpreter: no in-process runner for the end-to-end timing
+        return TorchAieRunner(compiled_file(self.ctx, "torch_aie", batch_size), self.ctx.adapter.output_names,
+                              self.ctx.device, device_id(self.ctx))
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (PyTorchBackend, OnnxRuntimeBackend, TorchScriptBackend, TorchAieBackend, OmBackend)
+}
+
+
+def build_backends(ctx: DeployContext, names: Sequence[str] | None = None) -> list[Backend]:
+    """The backends named in ``deploy.backends`` (or ``names``), in that order."""
+    names = list(ctx.settings.backends if names is None else names)
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise DeployError(f"unknown backend(s) {unknown} in deploy.backends: choose from {list(BACKENDS)}")
+    return [BACKENDS[n](ctx) for n in names]
+
+
+def write_outputs_info(ctx: DeployContext, backend: Backend, batch_size: int, out_dir: Path,
+                       records: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any], seconds: float) -> None:
+    write_json(out_dir / "outputs.json", {
+        **backend.describe(), "batch_size": batch_size, "output_names": list(ctx.adapter.output_names),
+        "outputs": manifest["outputs"], "stems": [r["stem"] for r in records], "seconds": seconds})

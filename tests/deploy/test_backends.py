@@ -1,0 +1,106 @@
+"""Backends as objects: the registry, device ids, ONNX Runtime's providers and matched detections."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from solo_npu.deploy import runners
+from solo_npu.deploy.backends import BACKENDS, build_backends
+from solo_npu.deploy.context import DeployError
+from solo_npu.deploy.verify import match_detections, tolerances
+from solo_npu.runtime import DeviceInfo
+
+CPU = DeviceInfo("cpu", torch.device("cpu"), 0)
+CUDA1 = DeviceInfo("cuda", torch.device("cuda", 1), 1)
+NPU0 = DeviceInfo("npu", torch.device("cpu"), 0)  # torch.device("npu") needs torch_npu; only .type/.index matter
+
+
+@pytest.fixture
+def providers(monkeypatch):
+    """Set what ``onnxruntime.get_available_providers()`` reports (onnxruntime-cann, -gpu or plain)."""
+    import onnxruntime
+
+    def use(*names):
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [*names, "CPUExecutionProvider"])
+
+    return use
+
+
+def test_cann_provider_whenever_offered_with_device_id(providers):
+    providers("CANNExecutionProvider")
+    opts = {"npu": {"precision_mode": "force_fp16"}}
+    # no torch_npu (the run device is the CPU): still the CANN provider, on the chosen chip
+    assert runners.ort_providers(CPU, opts, "auto", device_id=3) == [
+        ("CANNExecutionProvider", {"device_id": 3, "precision_mode": "force_fp16"}), "CPUExecutionProvider"]
+    assert runners.ort_device(CPU, "auto", 3) == "npu:3"
+    assert runners.ort_providers(NPU0, {}, "npu") == [("CANNExecutionProvider", {"device_id": 0}),
+                                                      "CPUExecutionProvider"]
+    # runtime.device=cpu asked for the CPU: no accelerator provider
+    assert runners.ort_providers(CPU, opts, "cpu", device_id=3) == ["CPUExecutionProvider"]
+    assert runners.ort_device(CPU, "cpu", 3) == "cpu"
+
+
+def test_cuda_provider_device_id_and_missing_provider_warning(providers, caplog):
+    providers("CUDAExecutionProvider", "CANNExecutionProvider")
+    assert runners.ort_providers(CUDA1, {}, "cuda") == [("CUDAExecutionProvider", {"device_id": 1}),
+                                                        "CPUExecutionProvider"]
+    assert runners.ort_providers(CUDA1, {}, "cuda", device_id=0)[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    providers()  # plain onnxruntime on an NPU host
+    with caplog.at_level(logging.WARNING):
+        assert runners.ort_providers(NPU0, {}, "npu") == ["CPUExecutionProvider"]
+    assert "install onnxruntime-cann" in caplog.text
+    assert runners.ort_device(NPU0, "npu") == "cpu"
+
+
+def test_registry_device_ids_and_timing_scopes(make_ctx, providers):
+    providers()
+    ctx = make_ctx("deploy.backends=[pytorch,onnxruntime,om,torch_aie]", "deploy.device_id=2")
+    backends = {b.name: b for b in build_backends(ctx)}
+    assert list(backends) == ["pytorch", "onnxruntime", "om", "torch_aie"]
+    assert set(BACKENDS) == {"pytorch", "torchscript", "onnxruntime", "om", "torch_aie"}
+    assert backends["om"].device == "npu:2" and backends["torch_aie"].device == "npu:2"
+    assert backends["pytorch"].device == "cpu" and backends["onnxruntime"].device == "cpu"
+    assert {n: b.timing_scope for n, b in backends.items()} == {
+        "pytorch": "model only", "onnxruntime": "model only", "om": "device compute from ais_bench",
+        "torch_aie": "model only"}
+    # ATC's default precision on 310P and torch_aie FP16 are half precision; their verify tolerances follow
+    assert backends["om"].precision == "fp16" and backends["torch_aie"].precision == "fp16"
+    assert tolerances(ctx.deploy_cfg.verify, "fp16")["iou"] == 0.5
+    assert backends["om"].unavailable(1).startswith("no .om model")
+    with pytest.raises(DeployError, match=r"unknown backend\(s\) \['tensorrt'\]"):
+        build_backends(ctx, ["tensorrt"])
+
+
+def _dets(boxes, labels, scores, low=True):
+    """Detections plus, with ``low``, one low-scoring box far away that sets the score cut at 0.1."""
+    boxes, labels, scores = list(boxes), list(labels), list(scores)
+    if low:
+        boxes, labels, scores = [*boxes, [80, 80, 90, 90]], [*labels, 0], [*scores, 0.1]
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels),
+            "scores": torch.tensor(scores, dtype=torch.float32)}
+
+
+def test_matching_ignores_order_and_catches_real_differences():
+    ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]], [1, 2, 1], [0.9, 0.50001, 0.5])
+    # the near-tied pair reordered (as float rounding reorders a top-k), boxes moved by a tenth of a pixel
+    reordered = _dets([[0, 0, 10, 10], [50, 50, 60, 70.1], [20, 20, 40, 40]], [1, 1, 2], [0.9, 0.50002, 0.5])
+    out = match_detections(ref, reordered, iou=0.9, score_atol=1e-4)
+    assert (out["matched"], out["unmatched"]) == (4, 0) and out["score_max_diff"] == pytest.approx(2e-5, abs=1e-6)
+    assert out["min_iou"] == pytest.approx(200 / 201, rel=1e-5)  # 10x20 box grown to 10x20.1: inter / union
+    wrong_label = _dets([[0, 0, 10, 10], [50, 50, 60, 70], [20, 20, 40, 40]], [1, 1, 3], [0.9, 0.5, 0.50001])
+    assert match_detections(ref, wrong_label, 0.9, 1e-4)["unmatched"] == 2  # one each side, above the cut
+    shifted = _dets([[0, 0, 10, 10], [25, 20, 45, 40], [50, 50, 60, 70]], [1, 2, 1], [0.9, 0.50001, 0.5])
+    assert match_detections(ref, shifted, 0.9, 1e-4)["unmatched"] == 2  # IoU 0.6 < 0.9
+    rescored = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]], [1, 2, 1], [0.8, 0.50001, 0.5])
+    assert match_detections(ref, rescored, 0.9, 1e-4)["unmatched"] == 2
+
+
+def test_matching_allows_the_score_cut_either_way():
+    ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2], [0.9, 0.05004], low=False)
+    cand = _dets([[0, 0, 10, 10]], [1], [0.9], low=False)  # the second fell just under the threshold
+    assert match_detections(ref, cand, 0.9, 1e-4)["unmatched"] == 0
+    assert match_detections(ref, _dets(np.zeros((0, 4)), [], [], low=False), 0.9, 1e-4)["unmatched"] == 1
