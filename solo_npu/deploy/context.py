@@ -1,4 +1,9 @@
-"""Shared state of a deploy run: settings, run directory, device, adapter and the (lazily built) model."""
+"""Shared state of a deploy run: settings, run directory, device, adapter and the (lazily built) model.
+
+The checkpoint decides the model's classes: its classifier gives the count and its metadata the names.
+An explicit class count (``num_classes=N``, or ``data=`` / ``data.num_classes=`` / ``model.num_classes=``
+on the command line) must agree with it; only fine-tuning re-initialises a classifier.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +80,7 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
     return DeploySettings(
         input_shape=(shape[0], shape[1]),
         batch_sizes=batch_sizes,
-        opset=int(_pick(user.get("opset"), model_defaults.get("opset"), 17)),
+        opset=int(_pick(user.get("opset"), model_defaults.get("opset"), 13)),
         soc_version=str(_pick(user.get("soc_version"), model_defaults.get("soc_version"), "Ascend310P3")),
         backends=backends,
         num_images=None if num_images is None else int(num_images),
@@ -113,6 +118,20 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+@dataclass(frozen=True)
+class ModelClasses:
+    """The classes the deployed model predicts: count, names (``None`` when unknown) and who decided."""
+
+    num_classes: int
+    names: tuple[str, ...] | None
+    origin: str  # "checkpoint (<where>)" or "config"
+
+    def describe(self) -> str:
+        shown = "" if self.names is None else ": " + ", ".join(self.names[:5]) + (", ..." if len(self.names) > 5
+                                                                                  else "")
+        return f"{self.num_classes} classes from the {self.origin}{shown}"
+
+
 class DeployContext:
     """What every stage receives: config, settings, run directory, device, adapter and model."""
 
@@ -129,6 +148,7 @@ class DeployContext:
         setup_device(self.device, cfg.get("runtime"))
         seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))  # random-weight runs repeat
         self._model: nn.Module | None = None
+        self._classes: ModelClasses | None = None
         self.random_weights = cfg.get("checkpoint") in (None, "")
         self.results: dict[str, Any] = {}
 
@@ -142,40 +162,92 @@ class DeployContext:
     def model(self) -> nn.Module:
         """The eager model in eval mode on the run's device, weights loaded once per process."""
         if self._model is None:
-            self._model = build_eager_model(self.cfg).to(self.device.device).eval()
+            model, self._classes = load_eager_model(self.cfg)
+            self._model = model.to(self.device.device).eval()
         return self._model
+
+    @property
+    def classes(self) -> ModelClasses:
+        """The model's classes (builds the model, which reads them from the checkpoint)."""
+        model = self.model()
+        if self._classes is None:  # a model given with set_model
+            self._classes = _config_classes(self.cfg, _model_classes(model) or 0)
+        return self._classes
 
     def set_model(self, model: nn.Module) -> None:
         """Use an already built model (tests, notebooks) instead of building one from the config."""
         self._model = model.to(self.device.device).eval()
+        self._classes = None
         self.random_weights = False
 
 
 def build_eager_model(cfg: DictConfig) -> nn.Module:
     """Build ``cfg.model`` and load ``cfg.checkpoint`` (random weights, loudly, when there is none)."""
-    model = _build_model(cfg.model)
+    return load_eager_model(cfg)[0]
+
+
+def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
+    """The model of ``cfg.model`` with the checkpoint's classes and weights, and those classes.
+
+    Raises:
+        DeployError: missing or unreadable checkpoint, or an explicit class count that differs from it.
+    """
     checkpoint = cfg.get("checkpoint")
+    explicit = cfg.get("num_classes")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if checkpoint in (None, ""):
         logger.warning(
             "no checkpoint given: the model has RANDOM weights, so AP is meaningless "
             "(pass checkpoint=outputs/.../best.pth)"
         )
-        return model
+        if explicit is not None:
+            model_cfg["num_classes"] = int(explicit)
+        model = _build_model(OmegaConf.create(model_cfg))
+        return model, _config_classes(cfg, _model_classes(model) or 0)
     if not Path(checkpoint).is_file():
         raise DeployError(f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
-    from solo_npu.checkpoints import CheckpointError
-    from solo_npu.checkpoints.convert import load_model_weights
+    from solo_npu.checkpoints import CheckpointError, load_checkpoint
+    from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights
 
+    source = _checkpoint_source(cfg)
     try:
-        load_model_weights(
-            model,
-            checkpoint,
-            source=_checkpoint_source(cfg),
-            trust_pickle=bool(cfg.get("checkpoint_trust_pickle") or False),
-        )
+        ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.get("checkpoint_trust_pickle") or False))
+        found = checkpoint_classes(ckpt, source)
+        if found.num_classes is not None and explicit is not None and int(explicit) != found.num_classes:
+            raise DeployError(f"{checkpoint} was trained on {found.num_classes} classes ({found.origin}) but the "
+                              f"config asks for {int(explicit)}: drop the class override (data=, num_classes=) to "
+                              "deploy the checkpoint's classes, or fine-tune it on the new ones")
+        if found.num_classes is not None:
+            model_cfg["num_classes"] = found.num_classes
+        elif explicit is not None:
+            model_cfg["num_classes"] = int(explicit)
+        model = _build_model(OmegaConf.create(model_cfg))
+        load_model_weights(model, checkpoint, source=source, loaded=ckpt)
     except CheckpointError as exc:
         raise DeployError(str(exc)) from exc
-    return model
+    num_classes = _model_classes(model) or found.num_classes or 0
+    if found.num_classes is None:
+        return model, _config_classes(cfg, num_classes)
+    names = found.names or _config_classes(cfg, num_classes).names
+    classes = ModelClasses(num_classes, names, f"checkpoint ({found.origin})")
+    logger.info("model: %s", classes.describe())
+    return model, classes
+
+
+def _model_classes(model: nn.Module) -> int | None:
+    value = getattr(model, "num_classes", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _config_classes(cfg: DictConfig, num_classes: int) -> ModelClasses:
+    """Classes the config decided; names from the data config when its count matches."""
+    if not num_classes:  # a model without a ``num_classes`` attribute: its config says
+        num_classes = int(OmegaConf.select(cfg, "model.num_classes", default=0) or 0)
+    data = cfg.get("data") or {}
+    names = data.get("class_names")
+    if names is not None and len(names) == num_classes:
+        return ModelClasses(num_classes, tuple(str(n) for n in names), "config")
+    return ModelClasses(num_classes, None, "config")
 
 
 def _build_model(model_cfg: DictConfig) -> nn.Module:
