@@ -23,7 +23,14 @@ from solo_npu.engine.checkpointer import (
 )
 from solo_npu.engine.evaluate import evaluate
 from solo_npu.engine.finetune import freeze_backbone, load_weights, set_num_classes
-from solo_npu.engine.hooks import CheckpointHook, EvalHook, LoggingHook, LRHook
+from solo_npu.engine.hooks import (
+    CheckpointHook,
+    CountsHook,
+    EvalHook,
+    LoggingHook,
+    LRHook,
+    gather_fault_counts,
+)
 from solo_npu.engine.logs import setup_logging
 from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
 from solo_npu.engine.trainer import NonFiniteLossError, Trainer
@@ -134,7 +141,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     results = evaluate(model, loader, evaluator, info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
     summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "segm_ap": results.get("segm", {}).get("AP"),
                "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
-               "world_size": comm.get_world_size(), "device": info.type}
+               "world_size": comm.get_world_size(), "device": info.type,
+               "data_faults": gather_fault_counts({"val": val_set}, info.device)}
     write_summary(run_dir, summary)
     if comm.is_main_process():
         (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -203,12 +211,14 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
 
     val_set, val_loader, evaluator = _eval_setup(cfg, info)
     amp, amp_dtype = bool(cfg.amp.enabled), str(cfg.amp.dtype)
+    counts_hook = CountsHook({"train": train_set, "val": val_set})
     logging_hook = LoggingHook(run_dir, int(cfg.train.log_interval), progress=str(cfg.train.progress))
     hooks = [LRHook(schedule),
              EvalHook(lambda: evaluate(net, val_loader, evaluator, info, amp, amp_dtype),
                       int(cfg.train.eval_interval), bool(cfg.train.eval_at_end)),
              CheckpointHook(run_dir / "checkpoints", state_fn, rank == 0, int(cfg.train.checkpoint_interval),
-                            int(cfg.train.checkpoint_interval_iters))]
+                            int(cfg.train.checkpoint_interval_iters)),
+             counts_hook]
     if rank == 0:
         hooks.append(logging_hook)
     trainer.register_hooks(hooks)
@@ -231,6 +241,7 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
         raise
     finally:
         summary = _train_summary(trainer, logging_hook, status, time.time() - t0, batch_size, info)
+        summary.update(counts_hook.summary())
         if status == "ok":
             summary["ranks_in_sync"] = comm.params_in_sync(model)
             if not summary["ranks_in_sync"]:

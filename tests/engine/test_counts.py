@@ -128,3 +128,20 @@ def test_two_ranks_sum_read_faults_and_counters_but_not_annotation_faults(tmp_pa
     iters = outs[0]["iters"]
     assert outs[0]["summary"]["epoch_counts"] == [{"epoch": e, "iterations": iters, "dropped_positives": 3 * iters}
                                                   for e in (1, 2)]  # rank 0 reports 1, rank 1 reports 2 per step
+
+
+def test_training_summary_json_carries_fault_counts_summed_over_two_workers(smoke_data: list[str],
+                                                                            tmp_path: Path) -> None:
+    from conftest import run_train
+
+    root = _faulty_root(tmp_path)
+    summary = run_train([f"data.root={root}", "data.generate=false", "data.num_workers=2", "train.epochs=2",
+                         "train.eval_interval=0", "train.vis_images=0", "train.plots=false"], tmp_path / "run")
+    train_faults, val_faults = summary["data_faults"]["train"], summary["data_faults"]["val"]
+    assert train_faults["orphan_annotation"] == 2 and train_faults["duplicate_annotation_id"] == 1
+    # 8 training images, batch 2, one process: each epoch requests image 1 (index 0) exactly once.
+    assert train_faults["unreadable_image"] == 2
+    assert set(val_faults) == set(FAULT_KINDS) and not any(val_faults.values())
+    # The model reports dropped_positives at every step; the summary keeps one sum per epoch (4 steps each).
+    assert [(e["epoch"], e["iterations"]) for e in summary["epoch_counts"]] == [(1, 4), (2, 4)]
+    assert all(isinstance(e["dropped_positives"], int) and e["dropped_positives"] >= 0 for e in summary["epoch_counts"])
