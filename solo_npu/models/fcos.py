@@ -13,13 +13,17 @@ Pre-processing (seed 002): BGR float image, keep-ratio resize so that it fits 13
 (``rescale_size``), subtract the caffe mean ``[102.9801, 115.9465, 122.7717]`` (BGR), std 1,
 zero-pad bottom/right to the static 800x1333 canvas.
 
-Post-processing (mmdet ``get_bboxes`` + ``multiclass_nms``): per level the ``nms_pre`` = 1000 points
-with the best ``max_c(sigmoid(cls) * centerness)``; boxes = point -/+ distances, clamped to the
-canvas; every (box, class) with ``sigmoid(cls) > 0.05`` is a candidate ranked by
-``sigmoid(cls) * centerness``; per-class NMS at IoU 0.5; best 100; boxes mapped back to the
-original image. The first half (everything up to the candidate list) is :meth:`FCOS.export_forward`,
-a static graph; the NMS half is :func:`fcos_postprocess`, run on the host by :meth:`FCOS.predict`
-and by every deploy backend.
+Post-processing, as mmdet 3.3.0 ``BaseDenseHead._predict_by_feat_single`` and ``_bbox_post_process``
+do it: points at the cell centres ``((x + 0.5) * s, (y + 0.5) * s)``; per level the ``nms_pre`` = 1000
+best (point, class) pairs by ``sigmoid(cls)`` among those above ``score_thr`` = 0.05
+(``filter_scores_and_topk``); boxes = point -/+ distances, clamped to the resized image
+(``img_shape``, not the padded canvas); boxes mapped back to the original image; score
+``sigmoid(cls) * sigmoid(centerness)``; boxes with a side ``<= min_bbox_size`` (0) dropped; per-class
+NMS suppressing ``IoU > 0.5``; the best 100. The first half (everything up to the candidate list) is
+:meth:`FCOS.export_forward`, a static graph; the rest is :func:`fcos_postprocess`, run on the host by
+:meth:`FCOS.predict` and by every deploy backend. (mmdet before 2.18 and the ModelZoo guide's mmdet
+commit kept the ``nms_pre`` best *points* by ``max_c(cls * centerness)`` instead; the difference is in
+the low-score tail.)
 
 Training is not implemented: this framework uses FCOS as a deployment model.
 """
@@ -35,7 +39,7 @@ from torch import Tensor, nn
 from solo_npu.models.backbones.resnet import ResNet
 from solo_npu.models.necks.fpn import FPN, ConvModule
 from solo_npu.models.ops.box_coding import distance2bbox
-from solo_npu.models.ops.boxes import multiclass_nms
+from solo_npu.models.ops.boxes import batched_nms
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import fcos_points
 
@@ -121,15 +125,18 @@ class FCOS(nn.Module):
         backbone: returns C2..C5.
         neck: FPN producing one map per head stride.
         head: the FCOS head.
-        nms_pre: candidates kept per level before NMS.
-        score_thr, iou_threshold, max_per_img: multi-class NMS settings.
+        nms_pre: (point, class) candidates kept per level before NMS.
+        score_thr, iou_threshold, max_per_img, min_bbox_size: mmdet's ``test_cfg``.
     """
 
     output_names = FCOS_OUTPUT_NAMES
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: FCOSHead, nms_pre: int = 1000,
-                 score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100) -> None:
+                 score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100,
+                 min_bbox_size: float = 0.0) -> None:
         super().__init__()
+        if nms_pre < 1:
+            raise ValueError(f"FCOS needs nms_pre >= 1 (a static candidate count), got {nms_pre}")
         self.backbone = backbone
         self.neck = neck
         self.bbox_head = head
@@ -137,6 +144,7 @@ class FCOS(nn.Module):
         self.score_thr = score_thr
         self.iou_threshold = iou_threshold
         self.max_per_img = max_per_img
+        self.min_bbox_size = min_bbox_size
 
     def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Inference only: returns :meth:`export_forward`. Training raises ``NotImplementedError``."""
@@ -145,11 +153,14 @@ class FCOS(nn.Module):
         return self.export_forward(images)
 
     def export_forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Static-shape candidates for TorchScript / ONNX.
+        """Static-shape candidates for TorchScript / ONNX: per level the ``nms_pre`` best (point, class)
+        pairs by ``sigmoid(cls)`` (mmdet 3.3.0 ``filter_scores_and_topk`` without the threshold, which
+        the host applies), one row per pair.
 
         Returns:
-            ``boxes [B, N, 4]`` (canvas pixels, clamped to the canvas), ``cls_scores [B, N, C]``
-            (sigmoid) and ``centerness [B, N]`` (sigmoid), with ``N = sum_l min(nms_pre, H_l * W_l)``.
+            ``boxes [B, N, 4]`` (canvas pixels, clamped to the canvas), ``cls_scores [B, N, C]`` (the
+            pair's sigmoid score in its class column, 0 in the others) and ``centerness [B, N]``
+            (sigmoid of the pair's point), with ``N = sum_l min(nms_pre, H_l * W_l * C)``.
         """
         feats = self.neck(self.backbone(images))
         cls_scores, bbox_preds, centernesses = self.bbox_head(feats)
@@ -157,24 +168,22 @@ class FCOS(nn.Module):
         sizes = [tuple(c.shape[-2:]) for c in cls_scores]
         points = fcos_points(sizes, self.bbox_head.strides, device=images.device)
         batch = images.shape[0]
+        num_classes = cls_scores[0].shape[1]
+        classes = torch.arange(num_classes, device=images.device)
         all_boxes, all_scores, all_ctr = [], [], []
         for cls, reg, ctr, pts in zip(cls_scores, bbox_preds, centernesses, points):
-            scores = cls.flatten(2).transpose(1, 2).sigmoid()  # [B, HW, C]
+            pair_scores = cls.flatten(2).transpose(1, 2).sigmoid().reshape(batch, -1)  # [B, HW*C]: point * C + class
             dist = reg.flatten(2).transpose(1, 2)  # [B, HW, 4]
             ctr = ctr.flatten(1).sigmoid()  # [B, HW]
-            k = min(self.nms_pre, scores.shape[1])
-            if k < scores.shape[1]:
-                rank = (scores * ctr[..., None]).amax(dim=-1)
-                idx = rank.topk(k, dim=1).indices  # [B, k]
-                scores = scores.gather(1, idx[..., None].expand(-1, -1, scores.shape[-1]))
-                dist = dist.gather(1, idx[..., None].expand(-1, -1, 4))
-                ctr = ctr.gather(1, idx)
-                pts = pts[idx.reshape(-1)].reshape(batch, k, 2)
-            else:
-                pts = pts[None].expand(batch, -1, -1)
+            k = min(self.nms_pre, pair_scores.shape[1])
+            top, pair = pair_scores.topk(k, dim=1)  # [B, k], best first
+            point = torch.div(pair, num_classes, rounding_mode="floor")
+            label = pair - point * num_classes
+            all_scores.append((label[..., None] == classes).to(top.dtype) * top[..., None])
+            dist = dist.gather(1, point[..., None].expand(-1, -1, 4))
+            pts = pts.index_select(0, point.reshape(-1)).reshape(batch, k, 2)
             all_boxes.append(distance2bbox(pts, dist, max_shape=(canvas_h, canvas_w)))
-            all_scores.append(scores)
-            all_ctr.append(ctr)
+            all_ctr.append(ctr.gather(1, point))
         return torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_ctr, 1)
 
     @torch.no_grad()
@@ -182,13 +191,18 @@ class FCOS(nn.Module):
         """Per-image ``boxes``, ``labels``, ``scores`` in original-image coordinates."""
         boxes, cls_scores, centerness = self.export_forward(images)
         return [fcos_postprocess(boxes[i], cls_scores[i], centerness[i], meta, self.score_thr, self.iou_threshold,
-                                 self.max_per_img) for i, meta in enumerate(metas)]
+                                 self.max_per_img, self.min_bbox_size) for i, meta in enumerate(metas)]
 
 
 def fcos_postprocess(boxes: Tensor, cls_scores: Tensor, centerness: Tensor, meta: Mapping[str, Any],
-                     score_thr: float = 0.05, iou_threshold: float = 0.5,
-                     max_per_img: int = 100) -> dict[str, Tensor]:
-    """Host half of FCOS inference for one image: multi-class NMS and mapping to the original image.
+                     score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100,
+                     min_bbox_size: float = 0.0) -> dict[str, Tensor]:
+    """Host half of FCOS inference for one image (mmdet 3.3.0 order).
+
+    Every (row, class) with ``cls_scores > score_thr`` is a candidate; its box is clamped to the resized
+    image (``meta["img_shape"]`` at ``meta["pad"]`` in the canvas) and mapped to the original image;
+    its score is ``cls_score * centerness``; boxes with a side ``<= min_bbox_size`` are dropped; per-class
+    NMS (``IoU > iou_threshold`` suppresses); the ``max_per_img`` best.
 
     Args:
         boxes: ``[N, 4]`` canvas boxes; cls_scores: ``[N, C]``; centerness: ``[N]`` (outputs of
@@ -196,16 +210,29 @@ def fcos_postprocess(boxes: Tensor, cls_scores: Tensor, centerness: Tensor, meta
         meta: image meta dict.
     """
     boxes, cls_scores, centerness = (torch.as_tensor(t).float() for t in (boxes, cls_scores, centerness))
-    kept_boxes, scores, labels = multiclass_nms(boxes, cls_scores, score_thr, iou_threshold, max_per_img,
-                                                score_factors=centerness)
-    return {"boxes": boxes_to_original(kept_boxes, meta), "labels": labels.long(), "scores": scores.float()}
+    if cls_scores.dim() != 2 or boxes.shape[0] != cls_scores.shape[0] or centerness.shape != boxes.shape[:1]:
+        raise ValueError(f"fcos_postprocess expects boxes [N, 4], cls_scores [N, C] and centerness [N], got "
+                         f"{tuple(boxes.shape)}, {tuple(cls_scores.shape)} and {tuple(centerness.shape)}")
+    top, left = meta.get("pad", (0, 0))
+    img_h, img_w = meta["img_shape"]
+    box_idx, labels = (cls_scores > score_thr).nonzero(as_tuple=True)
+    cand = boxes[box_idx]
+    cand = torch.stack([cand[:, 0].clamp(left, left + img_w), cand[:, 1].clamp(top, top + img_h),
+                        cand[:, 2].clamp(left, left + img_w), cand[:, 3].clamp(top, top + img_h)], dim=1)
+    cand = boxes_to_original(cand, meta, clip=False)  # mmdet rescales without clipping
+    scores = cls_scores[box_idx, labels] * centerness[box_idx]
+    wh = cand[:, 2:] - cand[:, :2]
+    sized = (wh > min_bbox_size).all(dim=1)
+    cand, scores, labels = cand[sized], scores[sized], labels[sized]
+    keep = batched_nms(cand, scores, labels, iou_threshold)[:max_per_img]
+    return {"boxes": cand[keep], "labels": labels[keep].long(), "scores": scores[keep]}
 
 
 def build_fcos(num_classes: int = 80, name: str = "fcos", depth: int = 50, style: str = "caffe",
                norm: str = "frozen_bn", fpn_channels: int = 256, feat_channels: int = 256, stacked_convs: int = 4,
                num_groups: int = 32, strides: Sequence[int] = (8, 16, 32, 64, 128), centerness_on_reg: bool = False,
                nms_pre: int = 1000, score_thr: float = 0.05, iou_threshold: float = 0.5,
-               max_per_img: int = 100) -> FCOS:
+               max_per_img: int = 100, min_bbox_size: float = 0.0) -> FCOS:
     """FCOS R50-caffe-FPN GN-head (seed 002 defaults); smaller ``depth`` / widths for tests.
     ``name`` is the config's label, kept as ``model.name``."""
     backbone = ResNet(depth=depth, style=style, norm=norm, frozen_stages=1, out_indices=(0, 1, 2, 3))
@@ -213,6 +240,6 @@ def build_fcos(num_classes: int = 80, name: str = "fcos", depth: int = 50, style
                add_extra_convs="on_output", relu_before_extra_convs=True)
     head = FCOSHead(num_classes, fpn_channels, feat_channels, stacked_convs, strides, "gn", num_groups,
                     centerness_on_reg)
-    model = FCOS(backbone, neck, head, nms_pre, score_thr, iou_threshold, max_per_img)
+    model = FCOS(backbone, neck, head, nms_pre, score_thr, iou_threshold, max_per_img, min_bbox_size)
     model.name = name
     return model.eval()

@@ -86,13 +86,14 @@ def test_centerness_reads_the_classification_branch() -> None:
 def test_export_forward_shapes_and_candidate_count() -> None:
     model = tiny_fcos()
     boxes, scores, ctr = model.export_forward(torch.randn(2, 3, 64, 96))
-    # levels 8x12, 4x6, 2x3, 1x2, 1x1 with nms_pre=40: 40 + 24 + 6 + 2 + 1
-    assert boxes.shape == (2, 73, 4) and scores.shape == (2, 73, 80) and ctr.shape == (2, 73)
+    # levels 8x12, 4x6, 2x3, 1x2, 1x1 hold 7680 ... 80 (point, class) pairs; nms_pre=40 of each
+    assert boxes.shape == (2, 200, 4) and scores.shape == (2, 200, 80) and ctr.shape == (2, 200)
     assert boxes[..., 0::2].max() <= 96 and boxes[..., 1::2].max() <= 64 and boxes.min() >= 0
 
 
-def test_candidates_match_mmdet_get_bboxes_reference() -> None:
-    """Per level: top nms_pre points by max(sigmoid(cls) * centerness), point -/+ exp(scale * reg) distances."""
+def test_candidates_match_mmdet_filter_scores_and_topk() -> None:
+    """Per level: the nms_pre best (point, class) pairs by sigmoid(cls) (mmdet 3.3.0
+    ``filter_scores_and_topk``), box = point -/+ exp(scale * reg) distances, centerness of the point."""
     model = tiny_fcos()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
@@ -102,22 +103,22 @@ def test_candidates_match_mmdet_get_bboxes_reference() -> None:
     for level, (cls, reg, cen) in enumerate(zip(cls_l, reg_l, ctr_l)):
         stride = model.bbox_head.strides[level]
         h, w = cls.shape[-2:]
-        s = cls[0].permute(1, 2, 0).reshape(-1, 80).sigmoid()
+        s = cls[0].permute(1, 2, 0).reshape(-1).sigmoid()  # pair = point * 80 + class
         c = cen[0].reshape(-1).sigmoid()
         d = reg[0].permute(1, 2, 0).reshape(-1, 4)
-        keep = torch.arange(h * w)  # mmdet selects only when a level has more than nms_pre points
-        if h * w > 40:
-            keep = (s * c[:, None]).max(dim=1).values.topk(40).indices
+        top, pair = s.sort(descending=True)
+        top, pair = top[:40], pair[:40]
+        keep, label = pair // 80, pair % 80
         ys, xs = keep // w, keep % w
-        px, py = xs * stride + stride // 2, ys * stride + stride // 2
+        px, py = (xs + 0.5) * stride, (ys + 0.5) * stride
         ref = torch.stack([px - d[keep, 0], py - d[keep, 1], px + d[keep, 2], py + d[keep, 3]], 1)
         ref = torch.stack([ref[:, 0].clamp(0, 96), ref[:, 1].clamp(0, 64), ref[:, 2].clamp(0, 96),
                            ref[:, 3].clamp(0, 64)], 1)
-        n = keep.numel()
-        torch.testing.assert_close(boxes[0, offset:offset + n], ref)
-        torch.testing.assert_close(scores[0, offset:offset + n], s[keep])
-        torch.testing.assert_close(ctr[0, offset:offset + n], c[keep])
-        offset += n
+        torch.testing.assert_close(boxes[0, offset:offset + 40], ref)
+        torch.testing.assert_close(scores[0, offset:offset + 40].gather(1, label[:, None])[:, 0], top)
+        torch.testing.assert_close(scores[0, offset:offset + 40].sum(1), top)  # 0 in the other columns
+        torch.testing.assert_close(ctr[0, offset:offset + 40], c[keep])
+        offset += 40
     assert offset == boxes.shape[1]
 
 
