@@ -57,6 +57,7 @@ def tiny_fcos(seed: int = 0, **kw) -> FCOS:
     (16, (4, 5), 13, (56.0, 40.0)),      # index 13 = row 2, column 3: (3.5 * 16, 2.5 * 16)
     (64, (2, 2), 3, (96.0, 96.0)),
     (128, (3, 2), 4, (64.0, 320.0)),     # row 2, column 0: (0.5 * 128, 2.5 * 128)
+    (5, (2, 2), 3, (7.5, 7.5)),          # an odd stride: (1 + 0.5) * 5, not 1 * 5 + 5 // 2
 ])
 def test_points_are_cell_centres(stride: int, size: tuple[int, int], index: int, point: tuple[float, float]) -> None:
     pts = fcos_points([size], [stride])[0]

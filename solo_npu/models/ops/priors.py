@@ -2,8 +2,9 @@
 
 Orders match the reference heads' output layouts, so decoded boxes line up with predictions:
 
-* :func:`fcos_points`: row-major ``(y, x)`` per level, point = ``(x * s + s // 2, y * s + s // 2)``
-  (mmdet's FCOS).
+* :func:`fcos_points`: row-major ``(y, x)`` per level, point = ``((x + 0.5) * s, (y + 0.5) * s)``
+  (mmdet 3.3.0 ``MlvlPointGenerator`` with its default offset 0.5; the same as mmdet 1.x/2.x's
+  ``x * s + s // 2`` for the even FCOS strides).
 * :func:`ssd_default_boxes`: MLPerf SSD ``DefaultBoxes``: per level, size-major (every prior shape over
   all positions, then the next shape), positions row-major; ``(cx, cy, w, h)`` relative to the image and
   clamped to ``[0, 1]``. 8732 boxes for SSD300.
@@ -44,7 +45,7 @@ def fcos_points(sizes: Sequence[tuple[int, int]], strides: Sequence[int],
     points = []
     for (h, w), s in zip(sizes, strides):
         ys, xs = _grid(h, w, device)
-        points.append(torch.stack([xs * s + s // 2, ys * s + s // 2], dim=-1))
+        points.append(torch.stack([(xs + 0.5) * s, (ys + 0.5) * s], dim=-1))
     return points
 
 
