@@ -99,3 +99,90 @@ def install_tool(bin_dir: Path, name: str, body: str) -> Path:
     path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
     path.chmod(0o755)
     return path
+
+
+# torch_aie. Sources: Ascend/ModelZoo-PyTorch, AscendIE/TorchAIE/built-in/cv/segmentation/SOLOV2
+#  solov2_export_torch_aie_ts.py export_torch_aie: torch_aie.set_device(0); torch_aie.compile(trace_model,
+#      inputs=[torch_aie.Input((batch_size, 3, 800, 1216))], allow_tensor_replace_int=True, torch_executed_ops=[],
+#      precision_policy=torch_aie.PrecisionPolicy.FP32, soc_version=soc_version); the result has .save(path);
+#  solov2_inference.py: torch_aie.set_device(id); torch.jit.load(compiled); tensor.to(f"npu:{id}");
+#      stream = torch_aie.npu.Stream(f"npu:{id}"); with torch_aie.npu.stream(stream): module(x); stream.synchronize();
+#      outputs .to("cpu"). torch_aie.Input also takes min_shape / max_shape / dtype (other ModelZoo examples).
+# The stand-in validates those argument types, checks the compiled input shape by running it once, logs every
+# call to $STANDIN_LOG/torch_aie.jsonl, and keeps "npu:N" tensors on the CPU (the real wheel registers the device).
+FAKE_TORCH_AIE = '''
+import contextlib, enum, json, os
+import torch
+
+class PrecisionPolicy(enum.Enum):
+    FP16 = 1
+    FP32 = 2
+    PREF_FP32 = 3
+
+class Input:
+    def __init__(self, shape=None, min_shape=None, max_shape=None, dtype=torch.float32):
+        if shape is None and (min_shape is None or max_shape is None):
+            raise ValueError("Input needs shape or min_shape and max_shape")
+        self.shape, self.min_shape, self.max_shape, self.dtype = shape, min_shape, max_shape, dtype
+
+def _log(**event):
+    with open(os.path.join(os.environ["STANDIN_LOG"], "torch_aie.jsonl"), "a") as f:
+        f.write(json.dumps(event) + "\\n")
+
+def set_device(device_id):
+    if not isinstance(device_id, int) or device_id < 0:
+        raise TypeError("set_device takes a device index, got {!r}".format(device_id))
+    _log(call="set_device", device_id=device_id)
+
+def compile(module, inputs=None, precision_policy=PrecisionPolicy.FP32, soc_version=None,
+            allow_tensor_replace_int=False, torch_executed_ops=(), **options):
+    if not isinstance(module, torch.jit.ScriptModule):
+        raise TypeError("torch_aie.compile takes a TorchScript module")
+    if not inputs or not all(isinstance(i, Input) for i in inputs):
+        raise TypeError("inputs must be a list of torch_aie.Input")
+    if not isinstance(precision_policy, PrecisionPolicy) or not soc_version:
+        raise ValueError("precision_policy must be a torch_aie.PrecisionPolicy and soc_version a chip name")
+    with torch.no_grad():
+        module(*[torch.zeros(tuple(i.shape)) for i in inputs])
+    _log(call="compile", shapes=[list(i.shape) for i in inputs], precision_policy=precision_policy.name,
+         soc_version=soc_version, allow_tensor_replace_int=allow_tensor_replace_int)
+    return module
+
+class _Stream:
+    def __init__(self, device):
+        if not str(device).startswith("npu:"):
+            raise ValueError("Stream takes 'npu:<id>'")
+        _log(call="Stream", device=device)
+    def synchronize(self):
+        pass
+
+class npu:
+    Stream = _Stream
+    @staticmethod
+    @contextlib.contextmanager
+    def stream(stream):
+        yield stream
+
+_to = torch.Tensor.to
+def _npu_to(self, *args, **kwargs):
+    if args and isinstance(args[0], str) and args[0].startswith("npu"):
+        args = ("cpu",) + args[1:]
+    return _to(self, *args, **kwargs)
+torch.Tensor.to = _npu_to
+'''
+
+
+def python_with_fake_torch_aie(root: Path) -> Path:
+    """A second interpreter (a venv without pip) that sees torch and numpy and the torch_aie stand-in,
+    but not this project: ``root/venv/bin/python``."""
+    import site
+    import venv
+
+    fake = root / "fake"
+    (fake / "torch_aie").mkdir(parents=True)
+    (fake / "torch_aie" / "__init__.py").write_text(FAKE_TORCH_AIE)
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(root / "venv")
+    python = root / "venv" / "bin" / "python"
+    packages = next((root / "venv" / "lib").glob("python3*/site-packages"))
+    (packages / "deps.pth").write_text("\n".join([*site.getsitepackages(), str(fake)]) + "\n")
+    return python

@@ -1,0 +1,77 @@
+"""torch_aie from another Python: the shipped runner compiles and runs in a second interpreter that has a
+torch_aie stand-in (and not this project), and the pipeline scores its outputs like any backend."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+
+import pytest
+from deploy_standins import python_with_fake_torch_aie
+
+from solo_npu.deploy.backends import RUNNER_FILE
+from solo_npu.deploy.benchmark import run_benchmark
+from solo_npu.deploy.compile_310p import run_compile
+from solo_npu.deploy.evaluate import run_evaluate
+from solo_npu.deploy.export import run_export
+from solo_npu.deploy.infer import read_image_outputs, run_infer
+from solo_npu.deploy.preprocess import run_preprocess
+
+
+def test_runner_is_self_contained_python39():
+    source = RUNNER_FILE.read_text()
+    ast.parse(source, feature_version=(3, 9))  # torch_aie 6.3 ships for Python 3.9
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source))
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names
+                if not isinstance(node, ast.ImportFrom) or node.module != "__future__"}
+    imported |= {node.module.split(".")[0] for node in ast.walk(ast.parse(source))
+                 if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__"}
+    assert imported <= {"argparse", "json", "os", "sys", "time", "numpy", "torch", "torch_aie"}
+
+
+def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
+    python = python_with_fake_torch_aie(tmp_path / "py")
+    log = tmp_path / "log"
+    log.mkdir()
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    probe = subprocess.run([str(python), "-I", "-c", "import torch_aie, torch\n"
+                            "try:\n import solo_npu\nexcept ImportError:\n print('isolated')"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "isolated", probe.stderr  # torch_aie and torch there, the project not
+
+    ctx = make_ctx("deploy.backends=[onnxruntime,torch_aie]", f"deploy.torch_aie.python={python}",
+                   "deploy.device_id=2", "deploy.export_formats=[torchscript,onnx]", "deploy.benchmark.e2e_images=0")
+    run_export(ctx)
+    run_preprocess(ctx)
+    compiled = run_compile(ctx)
+    assert set(compiled["torch_aie"]) == {"1", "2"} and not compiled["messages"]
+    events = [json.loads(line) for line in (log / "torch_aie.jsonl").read_text().splitlines()]
+    compiles = [e for e in events if e["call"] == "compile"]
+    assert [c["shapes"] for c in compiles] == [[[1, 3, 128, 160]], [[2, 3, 128, 160]]]
+    assert {(c["precision_policy"], c["soc_version"], c["allow_tensor_replace_int"]) for c in compiles} == {
+        ("FP16", "Ascend310P3", True)}
+    assert {e["device_id"] for e in events if e["call"] == "set_device"} == {2}
+    rows = json.loads(ctx.path("verify", "verify_compiled.json").read_text())["rows"]
+    assert [(r["backend"], r["batch"], r["status"]) for r in rows] == [("torch_aie", 1, "ok"), ("torch_aie", 2, "ok")]
+
+    summary = run_infer(ctx)
+    assert summary["torch_aie_b2"]["timing"] == "model only" and summary["torch_aie_b2"]["device"] == "npu:2"
+    assert {e["device"] for e in [json.loads(x) for x in (log / "torch_aie.jsonl").read_text().splitlines()]
+            if e["call"] == "Stream"} == {"npu:2"}
+    info = json.loads(ctx.path("infer", "torch_aie_b2", "outputs.json").read_text())
+    for stem in info["stems"]:
+        got = read_image_outputs(ctx.path("infer", "torch_aie_b2"), stem, info["output_names"], info["outputs"])
+        ref = read_image_outputs(ctx.path("infer", "onnxruntime_b1"), stem, info["output_names"], info["outputs"])
+        assert (got["labels"] == ref["labels"]).all() or abs(got["scores"] - ref["scores"]).max() < 1e-3
+
+    metrics = run_evaluate(ctx)
+    ap = {k: v["metrics"]["segm"]["AP"] for k, v in metrics.items()}
+    assert ap["torch_aie_b1"] == pytest.approx(ap["onnxruntime_b1"], abs=5e-3)
+    assert ap["torch_aie_b2"] == pytest.approx(ap["onnxruntime_b1"], abs=5e-3)
+
+    bench = run_benchmark(ctx)
+    rows = {(r["backend"], r["batch_size"]): r for r in bench["rows"]}
+    aie = rows[("torch_aie", 2)]
+    assert aie["timing"] == "model only" and aie["iters"] == 2 and aie["mean_ms"] > 0
+    assert aie["throughput"] == pytest.approx(1000 * 2 / aie["mean_ms"])
