@@ -12,7 +12,7 @@ from solo_npu.runtime import describe_machine
 BENCH_COLUMNS = {
     "backend": "backend", "batch_size": "batch", "mean_ms": "latency mean (ms)", "p50_ms": "p50 (ms)",
     "p99_ms": "p99 (ms)", "throughput": "model img/s", "e2e_throughput": "e2e img/s", "peak_mb": "peak MB",
-    "AP": "AP",
+    "AP": "AP", "timing": "timing", "device": "device",
 }
 
 
