@@ -28,7 +28,7 @@ def _compose(overrides: list[str]):
 def test_npu_experiments_pad_to_one_square_canvas(experiment: str, side: int) -> None:
     cfg = _compose([f"+experiment={experiment}"])
     assert cfg.data.pad.mode == "fixed" and list(cfg.data.pad.canvas) == [side, side]
-    assert cfg.data.instance_slots == "fixed" and cfg.model.head.pos_slots == cfg.model.head.max_pos
+    assert cfg.data.instance_slots == "fixed" and cfg.model.head.pos_slots == 512  # one loss shape, as before the ladder
 
 
 @pytest.mark.parametrize("experiment", [e for e, _ in NPU_RUNS])
