@@ -1,5 +1,6 @@
-"""Device runtime: the one place that knows about NPU, CUDA and CPU."""
+"""Device runtime: the one place that knows about NPU, CUDA and CPU (and about torch release differences)."""
 
+from solo_npu.runtime.compat import has_device_generic_grad_scaler, torchscript_onnx_export_kwargs
 from solo_npu.runtime.device import (
     DeviceError,
     DeviceInfo,
@@ -12,6 +13,7 @@ from solo_npu.runtime.device import (
     ddp_options,
     describe_machine,
     dist_backend,
+    grad_scaler_class,
     import_torch_npu,
     is_fused_optimizer,
     is_npu_available,
@@ -40,6 +42,8 @@ __all__ = [
     "clip_grad_norm",
     "ddp_options",
     "dist_backend",
+    "grad_scaler_class",
+    "has_device_generic_grad_scaler",
     "import_torch_npu",
     "is_fused_optimizer",
     "is_npu_available",
@@ -51,5 +55,6 @@ __all__ = [
     "setup_device",
     "sgd_class",
     "synchronize",
+    "torchscript_onnx_export_kwargs",
     "zero_grad",
 ]

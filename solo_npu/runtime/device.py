@@ -8,6 +8,7 @@ synchronise and how much memory is in use.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -151,32 +152,81 @@ def autocast(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> contextlib
     return torch.autocast(device_type=info.type, dtype=amp_dtype(info, dtype))
 
 
-class StaticGradScaler(torch.amp.GradScaler):
+def grad_scaler_class(device_type: str) -> type:
+    """The GradScaler class for the device kind, found by feature rather than by version number.
+
+    torch >= 2.3 has one class for every device, ``torch.amp.GradScaler(device, ...)``. Older releases
+    (torch 2.1, the oldest line torch_npu still maintains) have ``torch.cuda.amp.GradScaler`` for CUDA
+    and, on Ascend, ``torch_npu.npu.amp.GradScaler`` (torch_npu/npu/amp/grad_scaler.py of the v2.1.0
+    branches: ``GradScaler(init_scale, growth_factor, backoff_factor, growth_interval, dynamic, enabled)``).
+
+    Raises:
+        DeviceError: NPU on torch < 2.3 and torch_npu lacks ``npu.amp.GradScaler``.
+    """
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler
+    if device_type == "npu":
+        npu_scaler = getattr(getattr(getattr(import_torch_npu(), "npu", None), "amp", None), "GradScaler", None)
+        if npu_scaler is None:
+            raise DeviceError(
+                f"torch {torch.__version__} has no torch.amp.GradScaler and torch_npu.npu.amp.GradScaler is missing")
+        return npu_scaler
+    return torch.cuda.amp.GradScaler
+
+
+def _grad_scaler_args(base: type, device: str, init_scale: float, enabled: bool) -> tuple[tuple, dict[str, Any]]:
+    # torch.amp.GradScaler takes the device kind first; the per-device classes of torch < 2.3 do not.
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    args = (device,) if amp_scaler is not None and issubclass(base, amp_scaler) else ()
+    return args, {"init_scale": init_scale, "enabled": enabled}
+
+
+class StaticGradScaler:
     """A GradScaler whose scale never changes (apex ``loss_scale=128``).
 
     Steps whose gradients hold inf/NaN are still skipped by ``step``; ``update`` puts the scale back
-    to its fixed value instead of backing off or growing.
+    to its fixed value instead of backing off or growing. ``StaticGradScaler(device, scale)`` returns
+    an instance of a subclass of ``grad_scaler_class(device)``, so it works on every torch the project
+    supports. torch_npu's own ``dynamic=False`` mode is not used: it stops checking gradients for
+    inf/NaN (``_unscale_grads_`` only checks when dynamic), so overflowing steps would be applied.
     """
 
+    static_scale: float
+    _base: type
+
+    def __new__(cls, device: str, scale: float, enabled: bool = True) -> StaticGradScaler:
+        if cls is StaticGradScaler:
+            cls = _static_scaler_class(grad_scaler_class(device))
+        return object.__new__(cls)
+
     def __init__(self, device: str, scale: float, enabled: bool = True) -> None:
-        super().__init__(device, init_scale=scale, enabled=enabled)
+        args, kwargs = _grad_scaler_args(self._base, device, float(scale), enabled)
+        super().__init__(*args, **kwargs)
         self.static_scale = float(scale)
 
     def update(self, new_scale: float | torch.Tensor | None = None) -> None:
-        super().update(self.static_scale if new_scale is None else new_scale)
+        super().update(self.static_scale if new_scale is None else new_scale)  # type: ignore[misc]
+
+
+@functools.cache
+def _static_scaler_class(base: type) -> type:
+    return type(f"Static{base.__name__}", (StaticGradScaler, base), {"__module__": __name__, "_base": base})
 
 
 def make_grad_scaler(
     info: DeviceInfo, enabled: bool, loss_scale: str | float | None = "dynamic", dtype: str = "fp16"
-) -> torch.amp.GradScaler:
-    """A GradScaler: dynamic, or static like apex O1 with ``loss_scale=128``.
+) -> Any:
+    """A GradScaler (of :func:`grad_scaler_class`): dynamic, or static like apex O1 with ``loss_scale=128``.
 
     Only fp16 needs loss scaling: the scaler is disabled when AMP is off or runs in bf16 (always the
     case on CPU), and then ``scale``/``step``/``update`` pass straight through.
     """
     use = enabled and amp_dtype(info, dtype) == torch.float16
     if loss_scale in (None, "dynamic"):
-        return torch.amp.GradScaler(info.type, enabled=use)
+        base = grad_scaler_class(info.type)
+        args, kwargs = _grad_scaler_args(base, info.type, 2.0**16, use)
+        return base(*args, **kwargs)
     scale = float(loss_scale)
     if scale <= 0:
         raise ValueError(f"amp.loss_scale must be 'dynamic' or a positive number (got {loss_scale!r})")

@@ -14,6 +14,7 @@ from torch import nn
 
 from solo_npu.models.solov2 import SOLOv2, build_solov2_targets, masks_to_boxes, paste_masks
 from solo_npu.models.solov2.postprocess import flatten_predictions
+from solo_npu.runtime import torchscript_onnx_export_kwargs
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
@@ -247,7 +248,7 @@ def test_export_traces_and_runs_in_onnxruntime(tmp_path):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
         path = tmp_path / "solov2.onnx"
         torch.onnx.export(wrapper, (images,), str(path), opset_version=17, input_names=["input"],
-                          output_names=["masks", "labels", "scores"], dynamo=False)
+                          output_names=["masks", "labels", "scores"], **torchscript_onnx_export_kwargs())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     masks, labels, scores = sess.run(None, {"input": images.numpy()})
     assert labels.dtype == np.int32 and masks.shape == tuple(expected[0].shape)
