@@ -1,22 +1,37 @@
 # solo-npu developer commands. Override TORCH_SPEC to pick the torch build you need, e.g.
-#   make install TORCH_SPEC="torch==2.1.0"          (the one your torch_npu wheel matches)
+#   make install TORCH_SPEC='torch==2.1.0 "numpy<2"'   (the torch your torch_npu wheel matches; torch 2.1 needs numpy 1.x)
 #   make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu121"
+#
+# Supported torch: 2.1.0 and newer (pyproject: torch>=2.1). The floor is the oldest torch that torch_npu
+# still ships and maintains: torch 2.1.0 <-> torch-npu 2.1.0.post17 (CANN 8.3.RC1), see docker/README.md.
+# `make test` runs the suite on the pinned torch below; `make test-floor` runs it again on the floor.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
+TESTS ?= tests
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test lint clean
+# Floor lane: its own venv with the oldest supported torch from PyPI (there the x86_64 wheel of 2.1.0 is
+# the CUDA 12.1 build, about 2.5 GB with its nvidia-* wheels; it runs on the CPU) and a numpy it was built
+# against. It runs the whole suite: tests that need a newer torch feature skip themselves by feature
+# detection and say so (pytest -rs lists them).
+FLOOR_TORCH_VERSION := 2.1.0
+FLOOR_VENV ?= .venv-floor
+FLOOR_TORCH_SPEC ?= torch==$(FLOOR_TORCH_VERSION) "numpy<2"
+FLOOR_TESTS ?= tests
+
+.PHONY: install demo test test-floor lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(PY)
+# TORCH_SPEC is repeated with the package so that resolving its dependencies cannot move torch or numpy.
+$(VENV)/.installed: pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	$(PIP) install --quiet -e ".[$(EXTRAS)]" $(TORCH_SPEC)
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,7 +42,13 @@ demo: install
 	bash scripts/demo.sh
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider $(TESTS)
+
+test-floor:
+	$(MAKE) install VENV=$(FLOOR_VENV) TORCH_SPEC='$(FLOOR_TORCH_SPEC)'
+	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
+		assert v == '$(FLOOR_TORCH_VERSION)', f'$(FLOOR_VENV) holds torch {v}, not $(FLOOR_TORCH_VERSION)'"
+	$(MAKE) test VENV=$(FLOOR_VENV) TORCH_SPEC='$(FLOOR_TORCH_SPEC)' TESTS='-rs $(FLOOR_TESTS)'
 
 lint: install
 	$(VENV)/bin/ruff check .

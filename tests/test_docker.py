@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["docker/Dockerfile", "docker/Dockerfile.npu"]
@@ -51,3 +52,37 @@ def test_npu_image_and_run_lines_mount_the_driver():
         "/etc/ascend_install.info",
     ]:
         assert needed in readme, needed
+
+
+def _one(pattern: str, text: str, where: str) -> str:
+    found = set(re.findall(pattern, text, re.M))
+    assert len(found) == 1, f"{where}: expected one value for {pattern!r}, found {sorted(found)}"
+    return found.pop()
+
+
+def test_torch_floor_is_the_same_everywhere():
+    """pyproject, Makefile, README, Dockerfile.npu and docker/README.md name one floor, paired with one
+    torch-npu release whose version carries that torch (torch_npu wheels are named {torch}[.postN])."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    dockerfile = (ROOT / "docker/Dockerfile.npu").read_text()
+    docker_readme = (ROOT / "docker/README.md").read_text()
+
+    floor = _one(r"^FLOOR_TORCH_VERSION :?= *(\S+)$", makefile, "Makefile")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", floor)
+    assert Version(_one(r'"torch>=([\d.]+)"', pyproject, "pyproject.toml")) == Version(floor)  # 2.1 == 2.1.0
+    assert _one(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, "Dockerfile.npu") == floor
+
+    npu = _one(r"^ARG TORCH_NPU_VERSION=(\S+)$", dockerfile, "Dockerfile.npu")
+    assert re.fullmatch(re.escape(floor) + r"(\.post\d+)?", npu), (floor, npu)
+    row = _one(r"^\| *([\d.]+) \(floor\) *\| *(\S+) *\| *([\w.]+) *\|", docker_readme, "docker/README.md")
+    assert row[:2] == (floor, npu), row
+    cann = row[2].lower()
+    assert _one(r"^ARG BASE_IMAGE=ascendai/cann:([\w.]+)-", dockerfile, "Dockerfile.npu") == cann
+
+    assert f"torch {floor} with torch-npu {npu}" in readme.replace("\n  ", " ")
+    assert f"Supported torch: {floor}" in readme
+    assert f"torch=={floor}" in readme and f"torch-npu=={npu}" in readme
+    # the floor lane is part of CI
+    assert "make test-floor" in (ROOT / ".ci/run").read_text()
