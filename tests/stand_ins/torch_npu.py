@@ -393,23 +393,22 @@ def install(monkeypatch: Any = None, device_count: int = 2) -> types.ModuleType:
     return module
 
 
-class _HostNpuHooks(torch._C._acc.PrivateUse1Hooks):
-    def is_available(self) -> bool:
-        return True
-
-    def has_primary_context(self, dev_id: int) -> bool:
-        return True
-
-    def is_built(self) -> bool:
-        return True
-
-
 _HOOKS: list[Any] = []
 
 
 def _register_accelerator_hooks() -> None:
     """Make "npu" the process's accelerator, as torch_npu's C++ PrivateUse1 hooks do (collectives such as
     ``dist.barrier`` ask for it). Process-wide and irreversible, hence only for a worker of its own."""
-    if not _HOOKS and hasattr(torch._C, "_acc"):
+    if not _HOOKS and hasattr(torch._C, "_acc"):  # older torch (2.1) has no torch._C._acc
+        class _HostNpuHooks(torch._C._acc.PrivateUse1Hooks):
+            def is_available(self) -> bool:
+                return True
+
+            def has_primary_context(self, dev_id: int) -> bool:
+                return True
+
+            def is_built(self) -> bool:
+                return True
+
         _HOOKS.append(_HostNpuHooks())
         torch._C._acc.register_python_privateuseone_hook(_HOOKS[0])
