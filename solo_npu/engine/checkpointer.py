@@ -49,7 +49,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def training_state(trainer: Any, schedule: Any = None, config: dict | None = None,
                    extra: dict | None = None) -> dict[str, Any]:
-    """Everything needed to continue ``trainer`` exactly where it is."""
+    """Everything needed to continue ``trainer`` exactly where it is, its hooks' state included (``hooks``)."""
     return {
         "format": FORMAT,
         "model": unwrap(trainer.model).state_dict(),
@@ -60,6 +60,7 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
         "inner_iter": trainer.inner_iter,  # sampler position inside the epoch
         "iteration": trainer.iter,
         "nonfinite_total": trainer.nonfinite_total,
+        "hooks": trainer.hooks_state_dict(),
         "rng": rng_state(),
         "config": config or {},
         **(extra or {}),
@@ -67,7 +68,10 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
 
 
 def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None) -> None:
-    """Load a ``training_state`` dict into ``trainer`` (model, optimiser, scaler, schedule, counters, RNG)."""
+    """Load a ``training_state`` dict into ``trainer`` (model, optimiser, scaler, schedule, counters, hooks, RNG).
+
+    Register the hooks first: each takes its own state back (:meth:`~solo_npu.engine.trainer.Trainer.load_hooks_state`).
+    """
     if state.get("format") != FORMAT:
         raise CheckpointError("not a training checkpoint of this project (use checkpoint=... to start from weights)")
     unwrap(trainer.model).load_state_dict(state["model"])
@@ -80,7 +84,18 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     trainer.inner_iter = int(state["inner_iter"])
     trainer.iter = int(state["iteration"])
     trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
+    trainer.load_hooks_state(state["hooks"] if "hooks" in state else _hooks_state_of_older_format(state))
     set_rng_state(state["rng"])
+
+
+def _hooks_state_of_older_format(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Checkpoints written before hooks saved their own state kept the evaluations and the best metric at the top."""
+    hooks: dict[str, dict[str, Any]] = {}
+    if state.get("eval_history"):
+        hooks["EvalHook"] = {"history": list(state["eval_history"])}
+    if state.get("best_metric") is not None:
+        hooks["CheckpointHook"] = {"best": state["best_metric"]}
+    return hooks
 
 
 def find_resume_file(resume: str | None, run_dir: str | Path) -> Path | None:

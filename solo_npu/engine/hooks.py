@@ -1,11 +1,13 @@
-"""Hooks: LR schedule, checkpoints, evaluation, logging (console, train.log, TensorBoard, metrics.csv), counts."""
+"""Hooks: LR schedule, evaluation, checkpoints, logging through the writers, throughput, counts.
+
+Hooks talk through the trainer's :class:`~solo_npu.engine.events.EventStorage` (``trainer.storage``);
+a hook with state of its own saves it through ``state_dict`` / ``load_state_dict`` into the checkpoint.
+"""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,8 +18,10 @@ import torch.distributed as dist
 
 from solo_npu.engine import comm
 from solo_npu.engine.checkpointer import save_training_state
+from solo_npu.engine.events import EventStorage
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError
+from solo_npu.engine.writers import EventWriter
 from solo_npu.runtime import memory_stats
 
 logger = logging.getLogger(__name__)
@@ -34,21 +38,21 @@ class LRHook(HookBase):
 
 
 class EvalHook(HookBase):
-    """Evaluates every ``interval`` epochs and at the end; results go to ``trainer.eval_history``.
+    """Evaluates every ``interval`` epochs and at the end.
 
     ``eval_fn`` runs on every rank (evaluation is distributed) and returns the evaluator's dict
-    (``{"segm": {"AP": ...}, "bbox": {...}}``).
+    (``{"segm": {"AP": ...}, "bbox": {...}}``). Each result is published to the storage as
+    ``val/{task}_{metric}`` at the evaluation's iteration and epoch (completed epochs). The hook's state is
+    the list of evaluations (``{"epoch", "iteration", "results", "seconds"}``); loading it puts the latest
+    results back into the storage (not published again: the writers wrote them before).
     """
 
     def __init__(self, eval_fn: Callable[[], dict[str, Any]], interval: int = 1, at_end: bool = True) -> None:
         self.eval_fn = eval_fn
         self.interval = int(interval)
         self.at_end = at_end
+        self.history: list[dict[str, Any]] = []
         self._evaluated_at: int | None = None
-
-    def before_train(self) -> None:
-        if not hasattr(self.trainer, "eval_history"):
-            self.trainer.eval_history = []
 
     def _evaluate(self) -> None:
         t = self.trainer
@@ -57,11 +61,18 @@ class EvalHook(HookBase):
         t.model.train()
         entry = {"epoch": t.epoch + (1 if t.inner_iter >= t.iters_per_epoch else 0), "iteration": t.iter,
                  "results": results, "seconds": time.perf_counter() - t0}
-        t.eval_history.append(entry)
+        self.history.append(entry)
         self._evaluated_at = t.iter
+        self._put(entry, publish=True)
         ap = results.get("segm", {}).get("AP", float("nan"))
         logger.info("evaluation at epoch %d (iteration %d): segm AP %.4f (%.1f s)", entry["epoch"], t.iter, ap,
                     entry["seconds"])
+
+    def _put(self, entry: dict[str, Any], publish: bool) -> None:
+        scalars = {f"{task}_{k}": float(v) for task, res in entry["results"].items() if isinstance(res, dict)
+                   for k, v in res.items() if isinstance(v, (int, float))}
+        self.trainer.storage.put_scalars(scalars, prefix="val/", publish=publish, iteration=entry["iteration"],
+                                         epoch=entry["epoch"])
 
     def after_epoch(self) -> None:
         t = self.trainer
@@ -73,10 +84,26 @@ class EvalHook(HookBase):
         if self.at_end and self._evaluated_at != self.trainer.iter:
             self._evaluate()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(e) for e in self.history], "evaluated_at": self._evaluated_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(e) for e in state.get("history", [])]
+        self._evaluated_at = state.get("evaluated_at")
+        if self.history:
+            self._put(self.history[-1], publish=False)
+
 
 class CheckpointHook(HookBase):
     """``last.pth`` at every epoch end and every ``interval_iters`` iterations, ``epoch_N.pth`` every
-    ``interval_epochs`` epochs, ``best.pth`` when segm AP improves. Only the main process writes."""
+    ``interval_epochs`` epochs, ``best.pth`` when ``best_metric`` improves (``task.metric`` of the evaluation
+    results, read from the storage as ``val/task_metric``). Only the main process writes.
+
+    Register it after the hooks whose state the checkpoint saves (evaluation, counts), so that a checkpoint
+    written at a step or an epoch end holds their state after that step or epoch. The best value is put in
+    the storage as ``best_metric``; the hook's state is that value and the iteration of the last result it
+    compared.
+    """
 
     def __init__(self, ckpt_dir: str | Path, state_fn: Callable[[], dict[str, Any]], is_main: bool,
                  interval_epochs: int = 1, interval_iters: int = 0, best_metric: str = "segm.AP") -> None:
@@ -86,13 +113,10 @@ class CheckpointHook(HookBase):
         self.interval_epochs = int(interval_epochs)
         self.interval_iters = int(interval_iters)
         self.best_metric = best_metric
+        self._best_scalar = "val/" + best_metric.replace(".", "_", 1)
+        self.best: float | None = None
+        self._compared_at: int | None = None
         self._saved_at: int | None = None
-        self._seen_evals = 0
-
-    def before_train(self) -> None:
-        if not hasattr(self.trainer, "best_metric"):
-            self.trainer.best_metric = None
-        self._seen_evals = len(getattr(self.trainer, "eval_history", []))
 
     def save(self, name: str) -> None:
         if self.is_main:
@@ -122,164 +146,146 @@ class CheckpointHook(HookBase):
             logger.error("stopped at iteration %d; state saved to %s", self.trainer.iter, self.dir / "last.pth")
 
     def _update_best(self) -> None:
-        history = getattr(self.trainer, "eval_history", [])
-        new, self._seen_evals = history[self._seen_evals:], len(history)
-        for entry in new:
-            value: Any = entry["results"]
-            for key in self.best_metric.split("."):
-                value = value.get(key, float("nan")) if isinstance(value, dict) else float("nan")
-            best = self.trainer.best_metric
-            if math.isfinite(value) and (best is None or value > best):
-                self.trainer.best_metric = float(value)
-                self.save("best.pth")
-                logger.info("new best %s %.4f: saved best.pth", self.best_metric, value)
+        latest = self.trainer.storage.latest().get(self._best_scalar)
+        if latest is None or latest[1] == self._compared_at:
+            return
+        value, self._compared_at = latest
+        if math.isfinite(value) and (self.best is None or value > self.best):
+            self.best = value
+            self.trainer.storage.put_scalar("best_metric", value)
+            self.save("best.pth")
+            logger.info("new best %s %.4f: saved best.pth", self.best_metric, value)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "compared_at": self._compared_at}
 
-class MetricsWriter:
-    """``metrics.csv`` (long format: iteration, epoch, name, value) and TensorBoard scalars."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.csv"
-        new = not self.path.exists()
-        self._file = open(self.path, "a", newline="")
-        self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(["iteration", "epoch", "name", "value"])
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception as exc:  # tensorboard missing or broken: the csv still has everything
-                logger.warning("TensorBoard disabled: %s", exc)
-
-    def write(self, iteration: int, epoch: int, scalars: dict[str, float]) -> None:
-        for name, value in scalars.items():
-            self._csv.writerow([iteration, epoch, name, f"{value:.6g}"])
-            if self._tb is not None:
-                self._tb.add_scalar(name, value, iteration)
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+        self._compared_at = state.get("compared_at")
+        if self.best is not None:
+            self.trainer.storage.put_scalar("best_metric", self.best)
 
 
 class LoggingHook(HookBase):
-    """Rank-0 progress: a tqdm bar on a TTY, plain lines otherwise; metrics.csv, TensorBoard, throughput.
+    """Rank-0 progress: every ``log_interval`` steps (and at the end) the interval's means are published to
+    the storage as ``train/...`` and every writer writes what was published since its last write (the
+    evaluation results too, after each epoch). Writers: :mod:`solo_npu.engine.writers`.
 
-    Each line holds epoch, iteration, losses, lr, images/s, memory and ``FPS: x`` (the ModelZoo runner's
-    marker). ``fps`` is the mean throughput after the first ``warmup_steps`` steps.
+    Published per interval: the mean of each ``loss*`` and of ``grad_norm`` over the interval's steps (NaN
+    when a skipped step left one out), the last step's ``lr``, ``images_per_sec`` (images of the interval
+    over its step time), ``memory_mb`` and ``nonfinite_total``; put beside them: ``memory_peak_mb`` and
+    ``eta_seconds``.
     """
 
-    def __init__(self, run_dir: str | Path, log_interval: int = 50, progress: str = "auto",
-                 warmup_steps: int = 5, tensorboard: bool = True) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, writers: Sequence[EventWriter], log_interval: int = 50) -> None:
+        self.writers = list(writers)
         self.log_interval = max(1, int(log_interval))
-        use_tty = sys.stdout.isatty() if progress == "auto" else progress == "tqdm"
-        self.use_tqdm = use_tty
-        self.warmup_steps = int(warmup_steps)
-        self.tensorboard = tensorboard
-        self.loss_history: list[tuple[int, dict[str, float]]] = []
-        self._window: list[dict[str, float]] = []
-        self._steps = 0
-        self._timed_images = 0.0
-        self._timed_seconds = 0.0
-        self._all_images = 0.0
-        self._all_seconds = 0.0
-        self._bar = None
-        self._writer: MetricsWriter | None = None
-        self._evals_written = 0
-        self.start_time = time.time()
+        self._since = 0  # iteration of the previous interval
+        self._cursor = 0  # first published event not yet written
 
     @property
-    def fps(self) -> float:
-        """Mean images/s after the warm-up steps (over all steps when the run is shorter than that)."""
-        if self._timed_seconds > 0:
-            return self._timed_images / self._timed_seconds
-        return self._all_images / self._all_seconds if self._all_seconds > 0 else 0.0
+    def use_tqdm(self) -> bool:
+        return any(getattr(w, "progress_bar", False) for w in self.writers)
 
     def before_train(self) -> None:
-        t = self.trainer
-        self._writer = MetricsWriter(self.run_dir, self.tensorboard)
-        self._evals_written = len(getattr(t, "eval_history", []))
-        self.start_time = time.time()
-        if self.use_tqdm:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=t.max_iters, initial=t.iter, dynamic_ncols=True, desc="train")
+        self._since = self.trainer.iter
+        self._cursor = self.trainer.storage.num_events
+        for w in self.writers:
+            w.open(self.trainer)
 
     def after_step(self) -> None:
         t = self.trainer
-        self._steps += 1
-        self._all_images += t.images_per_step
-        self._all_seconds += t.last["step_time"]
-        if self._steps > self.warmup_steps:
-            self._timed_images += t.images_per_step
-            self._timed_seconds += t.last["step_time"]
-        self._window.append(dict(t.last))
-        if self._bar is not None:
-            self._bar.update(1)
+        for w in self.writers:
+            w.step(t.storage)
         if t.iter % self.log_interval == 0 or t.iter >= t.max_iters:
-            self._log()
+            self._publish_interval()
+            self._write()
 
-    def _log(self) -> None:
-        t = self.trainer
-        window, self._window = self._window, []
-        keys = [k for k in window[-1] if k.startswith("loss") or k in ("lr", "grad_norm")]
-        mean = {k: sum(w.get(k, float("nan")) for w in window) / len(window) for k in keys}
-        mean["lr"] = window[-1].get("lr", float("nan"))
-        seconds = sum(w["step_time"] for w in window)
-        ips = t.images_per_step * len(window) / max(seconds, 1e-9)
+    def _publish_interval(self) -> None:
+        t, storage = self.trainer, self.trainer.storage
+        since, self._since = self._since, t.iter
+        step_times = storage.history("step_time").values_after(since)
+        n = len(step_times)
+        if n == 0:
+            return
+        nan = float("nan")
+        last = storage.step_scalars()
+        mean = {}
+        for key in [k for k in last if k.startswith("loss") or k in ("lr", "grad_norm")]:
+            values = storage.history(key).values_after(since)
+            mean[key] = sum(values) / n if len(values) == n else nan
+        mean["lr"] = last.get("lr", nan)
+        seconds = sum(step_times)
         mem = memory_stats(t.info)
-        remaining = (t.max_iters - t.iter) * seconds / len(window)
-        self.loss_history.append((t.iter, {k: v for k, v in mean.items() if k.startswith("loss")}))
-        losses = " ".join(f"{k}: {v:.4f}" for k, v in mean.items() if k.startswith("loss"))
-        line = (f"epoch [{t.epoch + 1}/{t.max_epochs}] iter [{t.inner_iter}/{t.iters_per_epoch}] "
-                f"({t.iter}/{t.max_iters}) {losses} lr: {mean['lr']:.3e} images/s: {ips:.2f} "
-                f"mem: {mem['allocated_mb']:.0f}MB (peak {mem['peak_mb']:.0f}MB) "
-                f"data: {window[-1]['data_time']:.3f}s eta: {_fmt_seconds(remaining)} FPS: {ips:.3f}")
-        if t.nonfinite_total:
-            line += f" nonfinite: {t.nonfinite_total}"
-        if self._bar is not None:
-            self._bar.set_postfix_str(f"loss {mean.get('loss', float('nan')):.3f} lr {mean['lr']:.2e} {ips:.1f} img/s")
-        logger.info(line)
-        scalars = {f"train/{k}": v for k, v in mean.items() if math.isfinite(v)}
-        scalars.update({"train/images_per_sec": ips, "train/memory_mb": mem["allocated_mb"],
-                        "train/nonfinite_total": float(t.nonfinite_total)})
-        self._writer.write(t.iter, t.epoch, scalars)
+        storage.put_scalars(mean, prefix="train/", publish=True)
+        storage.put_scalars({"images_per_sec": t.images_per_step * n / max(seconds, 1e-9),
+                             "memory_mb": mem["allocated_mb"], "nonfinite_total": float(t.nonfinite_total)},
+                            prefix="train/", publish=True)
+        storage.put_scalars({"memory_peak_mb": mem["peak_mb"], "eta_seconds": (t.max_iters - t.iter) * seconds / n})
 
-    def _write_evals(self) -> None:
-        history = getattr(self.trainer, "eval_history", [])
-        for entry in history[self._evals_written:]:
-            scalars = {f"val/{task}_{k}": float(v) for task, res in entry["results"].items()
-                       if isinstance(res, dict) for k, v in res.items() if isinstance(v, (int, float))}
-            self._writer.write(entry["iteration"], entry["epoch"], scalars)
-        self._evals_written = len(history)
+    def _write(self) -> None:
+        storage = self.trainer.storage
+        events = storage.events(self._cursor)
+        self._cursor = storage.num_events
+        for w in self.writers:
+            w.write(events, storage)
+        storage.discard_events(self._cursor)
 
     def after_epoch(self) -> None:
-        self._write_evals()
+        self._write()
 
     def after_train(self) -> None:
-        if self._window:
-            self._log()
-        self._write_evals()
+        if self.trainer.iter > self._since:
+            self._publish_interval()
+        self._write()
         self._close()
-        logger.info("training done: %d iterations, %.1f s, mean %.2f images/s, FPS: %.3f", self.trainer.iter,
-                    time.time() - self.start_time, self.fps, self.fps)
 
     def on_failure(self, exc: BaseException) -> None:
         self._close()
 
     def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for w in self.writers:
+            w.close()
+
+
+class ThroughputHook(HookBase):
+    """Training throughput: mean images/s after the first ``warmup_steps`` steps of this process (over all
+    steps when the run is shorter), put in the storage as ``fps`` after every step; the closing log line."""
+
+    def __init__(self, warmup_steps: int = 5) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self._steps = 0
+        self._timed = [0.0, 0.0]  # images, seconds after the warm-up
+        self._all = [0.0, 0.0]
+        self._start = time.time()
+
+    @property
+    def fps(self) -> float:
+        images, seconds = self._timed if self._timed[1] > 0 else self._all
+        return images / seconds if seconds > 0 else 0.0
+
+    def before_train(self) -> None:
+        self._start = time.time()
+
+    def after_step(self) -> None:
+        t = self.trainer
+        step_time = t.storage.step_scalars()["step_time"]
+        self._steps += 1
+        self._all[0] += t.images_per_step
+        self._all[1] += step_time
+        if self._steps > self.warmup_steps:
+            self._timed[0] += t.images_per_step
+            self._timed[1] += step_time
+        t.storage.put_scalar("fps", self.fps)
+
+    def after_train(self) -> None:
+        logger.info("training done: %d iterations, %.1f s, mean %.2f images/s, FPS: %.3f", self.trainer.iter,
+                    time.time() - self._start, self.fps, self.fps)
+
+
+def local_fault_counts(datasets: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """This process's data faults per split and kind (its DataLoader workers' included), no collective."""
+    return {split: ds.fault_counts() for split, ds in datasets.items() if hasattr(ds, "fault_counts")}
 
 
 def gather_fault_counts(datasets: Mapping[str, Any], device: torch.device | str = "cpu") -> dict[str, dict[str, int]]:
@@ -293,7 +299,7 @@ def gather_fault_counts(datasets: Mapping[str, Any], device: torch.device | str 
     """
     from solo_npu.data import READ_FAULTS
 
-    counts = {split: ds.fault_counts() for split, ds in datasets.items() if hasattr(ds, "fault_counts")}
+    counts = local_fault_counts(datasets)
     keys = [(split, kind) for split in sorted(counts) for kind in READ_FAULTS if kind in counts[split]]
     if comm.is_dist() and keys:
         summed = torch.tensor([counts[s][k] for s, k in keys], dtype=torch.int32, device=device)
@@ -304,41 +310,48 @@ def gather_fault_counts(datasets: Mapping[str, Any], device: torch.device | str 
 
 
 class CountsHook(HookBase):
-    """Counts that reach ``summary.json`` (:meth:`summary`) and the log. Register it on every rank.
+    """Counts that reach ``summary.json`` and the log, written to the storage as records (read them with
+    :func:`count_summary`). Register it on every rank.
 
-    - Data faults per split and kind (:func:`gather_fault_counts`), gathered at the end of training and
-      logged in one line. When training fails before its end, :meth:`summary` gives this rank's counts.
-    - Step counters: each name in ``counters`` that the step reports in ``trainer.last`` (for example
+    - Data faults per split and kind (:func:`gather_fault_counts`), gathered at the end of training, logged
+      in one line and put as a ``data_faults`` record. When training fails before its end, the record holds
+      this rank's counts (no collective on the way out). Read faults count the reads of this process since
+      it started: a resumed run counts again from zero.
+    - Step counters: each name in ``counters`` that a step puts in the storage (for example
       ``dropped_positives``, the positives beyond ``max_pos`` that the targets leave out) is summed over the
-      epoch's steps and over the ranks, logged at the epoch end and kept per epoch. A reported value may be
-      this rank's count or its mean over the ranks (as the trainer reports losses): both sum to the count of
-      all ranks. A run stopped by ``max_iters`` mid-epoch gets a last, partial entry; after a resume the
-      first entry covers the steps since the resume.
+      epoch's steps and over the ranks, logged at the epoch end and put as an ``epoch_counts`` record
+      ``{"epoch", "iterations", name: count}``. A step's value may be this rank's count or its mean over
+      the ranks (as the trainer reports losses): both sum to the count of all ranks. A run stopped by
+      ``max_iters`` mid-epoch gets a last, partial record.
+
+    State (:meth:`state_dict`): the closed epochs' entries and the open epoch's sums. A run resumed from a
+    checkpoint continues the open epoch, so its entries equal an uninterrupted run's when the step values
+    are the same on every rank (the trainer's all-reduced values are); a counter reported per rank gets the
+    main process's partial sum, the one the checkpoint holds, on every rank.
     """
 
     def __init__(self, datasets: Mapping[str, Any], counters: Sequence[str] = ("dropped_positives",)) -> None:
         self.datasets = dict(datasets)
         self.counters = tuple(counters)
         self.epoch_counts: list[dict[str, int]] = []
-        self.data_faults: dict[str, dict[str, int]] | None = None
         self._sums = [0.0] * len(self.counters)
         self._seen = [0.0] * len(self.counters)
         self._steps = 0
 
     def after_step(self) -> None:
-        last = self.trainer.last
+        step = self.trainer.storage.step_scalars()
         self._steps += 1
         for i, key in enumerate(self.counters):
-            value = last.get(key)
-            if value is not None and math.isfinite(float(value)):
-                self._sums[i] += float(value)
+            value = step.get(key)
+            if value is not None and math.isfinite(value):
+                self._sums[i] += value
                 self._seen[i] = 1.0
 
-    def _close_epoch(self, epoch: int) -> None:
-        sums, seen, steps = self._sums, self._seen, self._steps
-        self._sums, self._seen, self._steps = [0.0] * len(self.counters), [0.0] * len(self.counters), 0
+    def _reduce_open_epoch(self, epoch: int) -> dict[str, int] | None:
+        """The open epoch's entry summed over the ranks (collective), or ``None`` when no step reported."""
         if not self.counters:
-            return
+            return None
+        sums, seen = list(self._sums), list(self._seen)
         if comm.is_dist():  # every rank takes part, whether or not its steps reported a counter
             # float32: HcclAllReduce takes int8/int32/int64/fp16/fp32 on Atlas training products, no fp64
             # (CANN HCCL API reference, HcclAllReduce); exact for counts below 2**24 per epoch.
@@ -346,30 +359,52 @@ class CountsHook(HookBase):
             dist.all_reduce(packed)
             sums, seen = packed[: len(sums)].tolist(), packed[len(sums):].tolist()
         entry = {key: int(round(total)) for key, total, was in zip(self.counters, sums, seen) if was}
-        if entry:
-            self.epoch_counts.append({"epoch": epoch, "iterations": steps, **entry})
-            logger.info("epoch %d counts (all ranks): %s", epoch, ", ".join(f"{k} {v}" for k, v in entry.items()))
+        if not entry:
+            return None
+        logger.info("epoch %d counts (all ranks): %s", epoch, ", ".join(f"{k} {v}" for k, v in entry.items()))
+        return {"epoch": epoch, "iterations": self._steps, **entry}
 
     def after_epoch(self) -> None:
-        self._close_epoch(self.trainer.epoch + 1)
+        entry = self._reduce_open_epoch(self.trainer.epoch + 1)
+        self._sums, self._seen, self._steps = [0.0] * len(self.counters), [0.0] * len(self.counters), 0
+        if entry is not None:
+            self.epoch_counts.append(entry)
+            self.trainer.storage.put_record("epoch_counts", entry)
 
     def after_train(self) -> None:
-        if self._steps:
-            self._close_epoch(self.trainer.epoch + 1)
-        self.data_faults = gather_fault_counts(self.datasets, self.trainer.info.device)
-        found = [f"{split} {kind} {n}" for split, kinds in self.data_faults.items() for kind, n in kinds.items() if n]
+        storage = self.trainer.storage
+        if self._steps:  # stopped mid-epoch: a partial record; the state keeps the epoch open for a resume
+            entry = self._reduce_open_epoch(self.trainer.epoch + 1)
+            if entry is not None:
+                storage.put_record("epoch_counts", entry)
+        faults = gather_fault_counts(self.datasets, self.trainer.info.device)
+        storage.put_record("data_faults", faults)
+        found = [f"{split} {kind} {n}" for split, kinds in faults.items() for kind, n in kinds.items() if n]
         logger.info("data faults (all ranks and workers): %s", ", ".join(found) or "none")
 
+    def on_failure(self, exc: BaseException) -> None:
+        self.trainer.storage.put_record("data_faults", local_fault_counts(self.datasets))
+
     def summary(self) -> dict[str, Any]:
-        """``data_faults`` ({split: {kind: count}}) and ``epoch_counts`` ([{epoch, iterations, counter: n}])."""
-        faults = self.data_faults
-        if faults is None:  # training stopped early: no collective now, this rank's counts only
-            faults = {split: ds.fault_counts() for split, ds in self.datasets.items() if hasattr(ds, "fault_counts")}
-        return {"data_faults": faults, "epoch_counts": list(self.epoch_counts)}
+        """:func:`count_summary` of the trainer's storage."""
+        return count_summary(self.trainer.storage)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_counts": [dict(e) for e in self.epoch_counts], "open_steps": self._steps,
+                "open_sums": dict(zip(self.counters, self._sums)), "open_seen": dict(zip(self.counters, self._seen))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch_counts = [dict(e) for e in state.get("epoch_counts", [])]
+        self._steps = int(state.get("open_steps", 0))
+        sums, seen = state.get("open_sums", {}), state.get("open_seen", {})
+        self._sums = [float(sums.get(k, 0.0)) for k in self.counters]
+        self._seen = [float(seen.get(k, 0.0)) for k in self.counters]
+        for entry in self.epoch_counts:
+            self.trainer.storage.put_record("epoch_counts", entry)
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
+def count_summary(storage: EventStorage) -> dict[str, Any]:
+    """``data_faults`` ({split: {kind: count}}, the latest record) and ``epoch_counts`` ([{epoch, iterations,
+    counter: n}]) as :class:`CountsHook` put them in ``storage``."""
+    faults = storage.records("data_faults")
+    return {"data_faults": faults[-1] if faults else {}, "epoch_counts": storage.records("epoch_counts")}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,14 @@ from solo_npu.engine.hooks import (
     EvalHook,
     LoggingHook,
     LRHook,
+    ThroughputHook,
+    count_summary,
     gather_fault_counts,
 )
 from solo_npu.engine.logs import setup_logging
 from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
-from solo_npu.engine.trainer import NonFiniteLossError, Trainer
+from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
+from solo_npu.engine.writers import default_writers, use_progress_bar
 from solo_npu.runtime import DeviceInfo, ddp_options, make_grad_scaler, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -115,9 +118,8 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     cfg = OmegaConf.create(cfg_dict)
     OmegaConf.set_struct(cfg, True)
     rank = comm.get_rank()
-    progress = str(cfg.train.progress)
-    use_tqdm = progress == "tqdm" or (progress == "auto" and sys.stdout.isatty())
-    setup_logging(run_dir, rank, use_tqdm)
+    progress_bar = use_progress_bar(str(cfg.train.progress))
+    setup_logging(run_dir, rank, progress_bar)
     if rank == 0:
         OmegaConf.save(cfg, run_dir / "config.yaml")
     logger.info("run directory %s, device %s, world size %d", run_dir, info.device, comm.get_world_size())
@@ -126,7 +128,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
         return eval_only(cfg, run_dir, info)
     if cfg.mode != "train":
         raise ValueError(f"mode must be train or eval, got {cfg.mode!r}")
-    return train(cfg, run_dir, info)
+    return train(cfg, run_dir, info, progress_bar)
 
 
 def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
@@ -150,20 +152,65 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     return summary
 
 
-def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
-    """Build data, model, optimiser and hooks; resume when asked; train; write the summary and plots."""
-    from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
+@dataclass
+class TrainData:
+    """The training split and loader, and the validation split, loader and evaluator."""
 
+    train_set: Any
+    loader: Any
+    val_set: Any
+    val_loader: Any
+    evaluator: Any
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train_set.label_to_cat)
+
+
+def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool = False) -> dict[str, Any]:
+    """Build data, model and optimiser, trainer and hooks; resume when asked; train; write the summary and plots.
+
+    ``progress_bar``: whether the console shows a tqdm bar (decided once, by :func:`use_progress_bar`).
+    """
     if cfg.finetune.enabled and not cfg.checkpoint:
         raise ValueError("finetune.enabled=true needs checkpoint=PATH (the weights to start from)")
     t0 = time.time()
-    rank, world = comm.get_rank(), comm.get_world_size()
-    seed = int(cfg.runtime.seed)
+    resume_file = find_resume_file(cfg.resume, run_dir)
+    data = _build_data(cfg, info)
+    model, optimizer, lr = _build_model_and_optimizer(cfg, info, data.num_classes, resume_file)
+    trainer, schedule = _build_trainer(cfg, info, model, optimizer, lr, data)
+    trainer.register_hooks(_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar))
+    if resume_file is not None:
+        restore_training_state(trainer, load_training_state(resume_file), schedule)
+        logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
+                    trainer.iter, trainer.inner_iter)
+    summary = _run(trainer, model, run_dir, t0, int(cfg.train.batch_size), info)
+    if comm.get_rank() == 0 and cfg.train.plots:
+        from solo_npu.engine.report import save_plots, save_prediction_images
+
+        save_plots(run_dir)
+        save_prediction_images(model, data.val_set, run_dir / "predictions", int(cfg.train.vis_images), info)
+    return summary
+
+
+def _build_data(cfg: DictConfig, info: DeviceInfo) -> TrainData:
+    """The splits, their loaders (distributed over the ranks) and the evaluator. Draws nothing from the
+    global RNGs, so the model's initial weights do not depend on it."""
+    from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
+
+    world, seed = comm.get_world_size(), int(cfg.runtime.seed)
     ensure_synthetic(cfg.data)
     train_set = build_dataset(cfg.data, "train", seed=seed)
-    num_classes = len(train_set.label_to_cat)
+    loader = build_dataloader(cfg.data, "train", batch_size=int(cfg.train.batch_size), distributed=world > 1,
+                              rank=comm.get_rank(), world_size=world, seed=seed, num_workers=_workers(cfg),
+                              dataset=train_set)
+    val_set, val_loader, evaluator = _eval_setup(cfg, info)
+    return TrainData(train_set, loader, val_set, val_loader, evaluator)
 
-    resume_file = find_resume_file(cfg.resume, run_dir)
+
+def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: int,
+                               resume_file: Path | None) -> tuple[nn.Module, torch.optim.Optimizer, float]:
+    """The model (initial weights, frozen parts, device, SyncBN) and its optimiser at the scaled learning rate."""
     model = _build_model(cfg, num_classes, _backbone_init(cfg, _starts_from(cfg, resume_file)))
     if cfg.checkpoint and resume_file is None:
         report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
@@ -174,19 +221,21 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     if cfg.train.freeze_backbone:
         logger.info("froze %d backbone parameters", freeze_backbone(model))
     _place(model, cfg, info)
+    world = comm.get_world_size()
     if cfg.train.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    total_batch = int(cfg.train.batch_size) * world
+    lr = scaled_lr(cfg.optim.base_lr, total_batch, int(cfg.optim.base_batch_size), bool(cfg.optim.auto_scale_lr))
+    return model, build_optimizer(model, cfg.optim, info, lr), lr
 
-    batch_size = int(cfg.train.batch_size)
-    lr = scaled_lr(cfg.optim.base_lr, batch_size * world, int(cfg.optim.base_batch_size), bool(cfg.optim.auto_scale_lr))
-    optimizer = build_optimizer(model, cfg.optim, info, lr)
+
+def _build_trainer(cfg: DictConfig, info: DeviceInfo, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+                   data: TrainData) -> tuple[Trainer, WarmupStepSchedule]:
+    """The trainer over the model (wrapped in DDP on more than one rank) and the learning-rate schedule."""
     net: nn.Module = model
-    if world > 1:  # after the optimiser: a fused one rules out gradient bucket views
+    if comm.get_world_size() > 1:  # after the optimiser: a fused one rules out gradient bucket views
         net = nn.parallel.DistributedDataParallel(model, **ddp_options(info, optimizer))
-    scaler = make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype))
-    loader = build_dataloader(cfg.data, "train", batch_size=batch_size, distributed=world > 1, rank=rank,
-                              world_size=world, seed=seed, num_workers=_workers(cfg), dataset=train_set)
-    iters_per_epoch = len(loader.batch_sampler)
+    iters_per_epoch = len(data.loader.batch_sampler)
     total_iters = iters_per_epoch * int(cfg.train.epochs)
     if cfg.train.max_iters:
         total_iters = min(total_iters, int(cfg.train.max_iters))
@@ -194,43 +243,42 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
                                   int(cfg.optim.warmup_iters), float(cfg.optim.warmup_ratio),
                                   policy=str(cfg.optim.policy), total_iters=total_iters,
                                   min_lr_ratio=float(cfg.optim.min_lr_ratio))
+    batch_size = int(cfg.train.batch_size)
     logger.info("%d training images, %d classes, %d iterations per epoch, total batch %d, lr %.4g",
-                len(train_set), num_classes, iters_per_epoch, batch_size * world, lr)
-
-    trainer = Trainer(net, optimizer, loader, info, max_epochs=int(cfg.train.epochs), iters_per_epoch=iters_per_epoch,
-                      max_iters=cfg.train.max_iters, scaler=scaler, amp=bool(cfg.amp.enabled),
-                      amp_dtype=str(cfg.amp.dtype), grad_clip=cfg.optim.grad_clip,
+                len(data.train_set), data.num_classes, iters_per_epoch, batch_size * comm.get_world_size(), lr)
+    trainer = Trainer(net, optimizer, data.loader, info, max_epochs=int(cfg.train.epochs),
+                      iters_per_epoch=iters_per_epoch, max_iters=cfg.train.max_iters,
+                      scaler=make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype)),
+                      amp=bool(cfg.amp.enabled), amp_dtype=str(cfg.amp.dtype), grad_clip=cfg.optim.grad_clip,
                       max_nonfinite=int(cfg.train.max_nonfinite), batch_size=batch_size,
                       poison_iters=list(cfg.debug.nonfinite_iters))
-    trainer.eval_history, trainer.best_metric = [], None
+    return trainer, schedule
+
+
+def _build_hooks(cfg: DictConfig, run_dir: Path, info: DeviceInfo, trainer: Trainer, schedule: WarmupStepSchedule,
+                 data: TrainData, progress_bar: bool) -> list[HookBase]:
+    """LR, evaluation, counts, checkpoints (after the hooks whose state they save), writers (rank 0), throughput."""
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-
-    def state_fn() -> dict[str, Any]:
-        return training_state(trainer, schedule, config_dict, {"best_metric": trainer.best_metric,
-                                                               "eval_history": trainer.eval_history})
-
-    val_set, val_loader, evaluator = _eval_setup(cfg, info)
     amp, amp_dtype = bool(cfg.amp.enabled), str(cfg.amp.dtype)
-    counts_hook = CountsHook({"train": train_set, "val": val_set})
-    logging_hook = LoggingHook(run_dir, int(cfg.train.log_interval), progress=str(cfg.train.progress))
-    hooks = [LRHook(schedule),
-             EvalHook(lambda: evaluate(net, val_loader, evaluator, info, amp, amp_dtype),
-                      int(cfg.train.eval_interval), bool(cfg.train.eval_at_end)),
-             CheckpointHook(run_dir / "checkpoints", state_fn, rank == 0, int(cfg.train.checkpoint_interval),
-                            int(cfg.train.checkpoint_interval_iters)),
-             counts_hook]
-    if rank == 0:
-        hooks.append(logging_hook)
-    trainer.register_hooks(hooks)
+    net = trainer.model
+    hooks: list[HookBase] = [
+        LRHook(schedule),
+        EvalHook(lambda: evaluate(net, data.val_loader, data.evaluator, info, amp, amp_dtype),
+                 int(cfg.train.eval_interval), bool(cfg.train.eval_at_end)),
+        CountsHook({"train": data.train_set, "val": data.val_set}),
+        CheckpointHook(run_dir / "checkpoints", lambda: training_state(trainer, schedule, config_dict),
+                       comm.is_main_process(), int(cfg.train.checkpoint_interval),
+                       int(cfg.train.checkpoint_interval_iters)),
+    ]
+    if comm.get_rank() == 0:
+        hooks.append(LoggingHook(default_writers(run_dir, progress_bar), int(cfg.train.log_interval)))
+    hooks.append(ThroughputHook())
+    return hooks
 
-    if resume_file is not None:
-        state = load_training_state(resume_file)
-        restore_training_state(trainer, state, schedule)
-        trainer.eval_history = list(state.get("eval_history", []))
-        trainer.best_metric = state.get("best_metric")
-        logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
-                    trainer.iter, trainer.inner_iter)
 
+def _run(trainer: Trainer, model: nn.Module, run_dir: Path, t0: float, batch_size: int,
+         info: DeviceInfo) -> dict[str, Any]:
+    """Train; write ``summary.json`` whether training ends, stops on non-finite losses or fails."""
     status = "failed"
     try:
         trainer.train()
@@ -240,30 +288,23 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
         logger.error("%s", exc)
         raise
     finally:
-        summary = _train_summary(trainer, logging_hook, status, time.time() - t0, batch_size, info)
-        summary.update(counts_hook.summary())
+        summary = train_summary(trainer, status, time.time() - t0, batch_size, info)
         if status == "ok":
             summary["ranks_in_sync"] = comm.params_in_sync(model)
             if not summary["ranks_in_sync"]:
                 logger.error("the ranks ended with different weights")
         write_summary(run_dir, summary)
-    if rank == 0 and cfg.train.plots:
-        from solo_npu.engine.report import save_plots, save_prediction_images
-
-        save_plots(run_dir)
-        save_prediction_images(model, val_set, run_dir / "predictions", int(cfg.train.vis_images), info)
     return summary
 
 
-def _train_summary(trainer: Trainer, logging_hook: LoggingHook, status: str, duration: float, batch_size: int,
-                   info: DeviceInfo) -> dict[str, Any]:
-    last_eval = trainer.eval_history[-1]["results"] if getattr(trainer, "eval_history", None) else {}
-    losses = [v for _, v in logging_hook.loss_history]
+def train_summary(trainer: Trainer, status: str, duration: float, batch_size: int, info: DeviceInfo) -> dict[str, Any]:
+    """``summary.json`` of a training run, from the trainer's loop state and its storage."""
+    storage = trainer.storage
     return {
-        "mode": "train", "status": status, "fps": logging_hook.fps,
-        "final_loss": losses[-1].get("loss") if losses else trainer.last.get("loss"),
-        "segm_ap": last_eval.get("segm", {}).get("AP"), "bbox_ap": last_eval.get("bbox", {}).get("AP"),
-        "best_segm_ap": trainer.best_metric, "duration_sec": duration, "iterations": trainer.iter,
+        "mode": "train", "status": status, "fps": storage.latest_value("fps", 0.0),
+        "final_loss": storage.latest_value("train/loss", storage.latest_value("loss")),
+        "segm_ap": storage.latest_value("val/segm_AP"), "bbox_ap": storage.latest_value("val/bbox_AP"),
+        "best_segm_ap": storage.latest_value("best_metric"), "duration_sec": duration, "iterations": trainer.iter,
         "epochs": trainer.epoch, "nonfinite_total": trainer.nonfinite_total, "world_size": comm.get_world_size(),
-        "batch_size": batch_size, "device": info.type,
+        "batch_size": batch_size, "device": info.type, **count_summary(storage),
     }

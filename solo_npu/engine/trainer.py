@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from solo_npu.engine import comm
+from solo_npu.engine.events import EventStorage
 from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
 
 logger = logging.getLogger(__name__)
@@ -24,9 +25,19 @@ class NonFiniteLossError(RuntimeError):
 
 
 class HookBase:
-    """Called by the trainer around the loop; ``self.trainer`` is set when registered."""
+    """Called by the trainer around the loop; ``self.trainer`` is set when registered.
+
+    Hooks read and write numbers through ``self.trainer.storage``. A hook with state that a resumed run
+    needs returns it from :meth:`state_dict` (plain types and tensors: checkpoints load with
+    ``weights_only=True``) and takes it back in :meth:`load_state_dict`, which runs after registration.
+    """
 
     trainer: Trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def before_train(self) -> None: ...
 
@@ -80,9 +91,12 @@ def epoch_batches(loader: Iterable, epoch: int, start_iter: int = 0) -> Iterator
 class Trainer:
     """Runs ``model(images, targets)`` -> loss dict, backward, clip, step; hooks do everything else.
 
-    State that hooks read and checkpoints save: ``epoch`` (current, 0-based), ``iter`` (optimiser
+    Loop state that hooks read and checkpoints save: ``epoch`` (current, 0-based), ``iter`` (optimiser
     steps attempted so far, skipped ones included), ``inner_iter`` (batches of the current epoch
-    consumed), ``nonfinite_total`` / ``nonfinite_in_row``, and ``last`` (the latest step's numbers).
+    consumed), ``nonfinite_total`` / ``nonfinite_in_row``. Numbers go to ``storage``
+    (:class:`~solo_npu.engine.events.EventStorage`): each step puts its losses (averaged over the ranks),
+    ``grad_norm`` (not on a skipped step), ``lr``, ``data_time``, ``step_time`` and ``images_per_sec`` at
+    its iteration; ``last`` is a read-only view of the current step's scalars.
     """
 
     def __init__(
@@ -124,7 +138,7 @@ class Trainer:
         self.inner_iter = 0
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
-        self.last: dict[str, float] = {}
+        self.storage = EventStorage()
         self.stop_reason: str | None = None
         self.hooks: list[HookBase] = []
         self.register_hooks(hooks)
@@ -133,6 +147,40 @@ class Trainer:
         for h in hooks:
             h.trainer = self
             self.hooks.append(h)
+
+    @property
+    def last(self) -> Mapping[str, float]:
+        """The scalars put in the storage during the current (or latest) step, in put order."""
+        return self.storage.step_scalars()
+
+    def hooks_state_dict(self) -> dict[str, dict[str, Any]]:
+        """``{hook class name: state}`` of the hooks with state (a repeated class gets ``#2``, ``#3``...)."""
+        states: dict[str, dict[str, Any]] = {}
+        for key, hook in self._hook_keys():
+            state = hook.state_dict()
+            if state:
+                states[key] = state
+        return states
+
+    def load_hooks_state(self, states: Mapping[str, dict[str, Any]]) -> None:
+        """Give each registered hook its saved state; state of a hook not registered here is reported."""
+        keys = dict(self._hook_keys())
+        for key, state in states.items():
+            if key in keys:
+                keys[key].load_state_dict(state)
+        unused = sorted(set(states) - set(keys))
+        if unused:
+            logger.warning("the checkpoint holds state of hooks not registered in this run: %s (not used)",
+                           ", ".join(unused))
+
+    def _hook_keys(self) -> list[tuple[str, HookBase]]:
+        seen: dict[str, int] = {}
+        keys = []
+        for hook in self.hooks:
+            name = type(hook).__qualname__
+            seen[name] = seen.get(name, 0) + 1
+            keys.append((name if seen[name] == 1 else f"{name}#{seen[name]}", hook))
+        return keys
 
     def _call(self, name: str, *args: Any) -> None:
         for h in self.hooks:
@@ -145,6 +193,7 @@ class Trainer:
     def train(self) -> None:
         """Run from the current (``epoch``, ``inner_iter``) to the end of the schedule."""
         self.model.train()
+        self.storage.iter, self.storage.epoch = self.iter, self.epoch
         self._call("before_train")
         try:
             while not self.done:
@@ -167,9 +216,9 @@ class Trainer:
                     self.run_step(batch)
                     self.iter += 1
                     self.inner_iter += 1
-                    self.last["data_time"] = data_time
-                    self.last["step_time"] = time.perf_counter() - t0
-                    self.last["images_per_sec"] = self.images_per_step / max(self.last["step_time"], 1e-9)
+                    step_time = time.perf_counter() - t0
+                    self.storage.put_scalars({"data_time": data_time, "step_time": step_time,
+                                              "images_per_sec": self.images_per_step / max(step_time, 1e-9)})
                     self._call("after_step")
                 if self.inner_iter >= self.iters_per_epoch:
                     self._call("after_epoch")
@@ -182,7 +231,8 @@ class Trainer:
         self._call("after_train")
 
     def run_step(self, batch: Mapping[str, Any]) -> None:
-        """One optimiser step; a non-finite loss skips the update and is counted."""
+        """One optimiser step (the storage's step ``iter + 1``); a non-finite loss skips the update and is counted."""
+        self.storage.begin_step(self.iter + 1, self.epoch)
         batch = move_batch(batch, self.info.device)
         with autocast(self.info, self.amp, self.amp_dtype):
             losses = self.model(batch["images"], batch)
@@ -207,12 +257,12 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skips the update itself on fp16 overflow
         self.scaler.update()
         self.nonfinite_in_row = 0
-        self.last = {**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
+        self.storage.put_scalars({**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
 
     def _nonfinite(self, values: dict[str, float]) -> None:
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
-        self.last = {**values, "lr": self.optimizer.param_groups[0]["lr"]}
+        self.storage.put_scalars({**values, "lr": self.optimizer.param_groups[0]["lr"]})
         logger.warning("non-finite loss at iteration %d (%s): step skipped (%d in a row, %d in total)",
                        self.iter, ", ".join(f"{k}={v:.4g}" for k, v in values.items()), self.nonfinite_in_row,
                        self.nonfinite_total)

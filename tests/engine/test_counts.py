@@ -51,7 +51,7 @@ class _ReportsCounter(HookBase):
         self.per_step = per_step
 
     def after_step(self) -> None:
-        self.trainer.last["dropped_positives"] = float(self.per_step)
+        self.trainer.storage.put_scalar("dropped_positives", float(self.per_step))
 
 
 def _requests_of_index_0(loader: DataLoader) -> int:

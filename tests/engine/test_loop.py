@@ -123,9 +123,10 @@ def test_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
 
 def test_progress_bar_shows_iterations_eta_and_losses(tmp_path: Path, capsys) -> None:
     from solo_npu.engine.hooks import LoggingHook
+    from solo_npu.engine.writers import default_writers, use_progress_bar
 
     trainer, _ = make_trainer(epochs=2)
-    hook = LoggingHook(tmp_path, log_interval=4, progress="tqdm", tensorboard=False)
+    hook = LoggingHook(default_writers(tmp_path, use_progress_bar("tqdm"), tensorboard=False), log_interval=4)
     trainer.register_hooks([hook])
     trainer.train()
     err = capsys.readouterr().err

@@ -1,0 +1,172 @@
+"""Writers of the training progress: console (tqdm bar or plain lines), ``metrics.csv``, TensorBoard.
+
+Each writer is handed the scalars published to the trainer's :class:`~solo_npu.engine.events.EventStorage`
+since the previous write (``train/...`` interval means, ``val/...`` evaluation results) by
+:class:`~solo_npu.engine.hooks.LoggingHook`, and writes them its own way. Non-finite values (the mean of
+an interval with a skipped step) are printed on the console but left out of the csv and TensorBoard, whose
+curves they would break.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from solo_npu.engine.events import EventStorage, ScalarEvent
+
+logger = logging.getLogger(__name__)
+
+
+def use_progress_bar(progress: str) -> bool:
+    """Whether the console shows a tqdm bar (``train.progress``): ``tqdm`` yes, ``plain`` no, ``auto`` on a TTY.
+
+    The one place this is decided: the job passes the answer to the logging setup (which then writes
+    log lines through the bar) and to :class:`ConsoleWriter`.
+    """
+    if progress not in ("auto", "tqdm", "plain"):
+        raise ValueError(f"train.progress must be auto, tqdm or plain, got {progress!r}")
+    return sys.stdout.isatty() if progress == "auto" else progress == "tqdm"
+
+
+class EventWriter:
+    """Base class: ``open`` before training, ``step`` after every step, ``write`` new events, ``close``."""
+
+    def open(self, trainer: Any) -> None: ...
+
+    def step(self, storage: EventStorage) -> None: ...
+
+    def write(self, events: Sequence[ScalarEvent], storage: EventStorage) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleWriter(EventWriter):
+    """One log line per interval (and a tqdm bar when ``progress_bar``).
+
+    The line holds epoch, iteration, losses, lr, images/s, memory and ``FPS: x`` (the marker the ModelZoo
+    runner greps), from the interval's ``train/...`` events; the last step's ``data_time`` and the interval's
+    ``memory_peak_mb`` and ``eta_seconds`` come from the storage. The loop position (epoch, iteration and
+    their totals) is the trainer's.
+    """
+
+    def __init__(self, progress_bar: bool = False) -> None:
+        self.progress_bar = bool(progress_bar)
+        self._trainer: Any = None
+        self._bar: Any = None
+
+    def open(self, trainer: Any) -> None:
+        self._trainer = trainer
+        if self.progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=trainer.max_iters, initial=trainer.iter, dynamic_ncols=True, desc="train")
+
+    def step(self, storage: EventStorage) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def write(self, events: Sequence[ScalarEvent], storage: EventStorage) -> None:
+        t = self._trainer
+        train = {e.name[len("train/"):]: e.value for e in events
+                 if e.name.startswith("train/") and e.iteration == t.iter}
+        if not train:
+            return
+        nan = float("nan")
+        lr, ips = train.get("lr", nan), train.get("images_per_sec", nan)
+        losses = " ".join(f"{k}: {v:.4f}" for k, v in train.items() if k.startswith("loss"))
+        line = (f"epoch [{t.epoch + 1}/{t.max_epochs}] iter [{t.inner_iter}/{t.iters_per_epoch}] "
+                f"({t.iter}/{t.max_iters}) {losses} lr: {lr:.3e} images/s: {ips:.2f} "
+                f"mem: {train.get('memory_mb', nan):.0f}MB (peak {storage.latest_value('memory_peak_mb', nan):.0f}MB) "
+                f"data: {storage.latest_value('data_time', nan):.3f}s "
+                f"eta: {format_seconds(storage.latest_value('eta_seconds', 0.0))} FPS: {ips:.3f}")
+        if train.get("nonfinite_total"):
+            line += f" nonfinite: {int(train['nonfinite_total'])}"
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {train.get('loss', nan):.3f} lr {lr:.2e} {ips:.1f} img/s")
+        logger.info(line)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class CSVWriter(EventWriter):
+    """``metrics.csv`` in long format (iteration, epoch, name, value), appended to across resumes."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / "metrics.csv"
+        self._file: Any = None
+        self._csv: Any = None
+
+    def open(self, trainer: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(["iteration", "epoch", "name", "value"])
+
+    def write(self, events: Sequence[ScalarEvent], storage: EventStorage) -> None:
+        for e in events:
+            if math.isfinite(e.value):
+                self._csv.writerow([e.iteration, e.epoch, e.name, f"{e.value:.6g}"])
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class TensorBoardWriter(EventWriter):
+    """TensorBoard scalars under ``log_dir``, tagged with the event names at their iteration.
+
+    When TensorBoard cannot be imported, the writer says so at WARNING once and writes nothing (the csv
+    holds the same numbers).
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self._tb: Any = None
+
+    def open(self, trainer: Any) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.log_dir))
+        except Exception as exc:  # tensorboard missing or broken: the csv still has everything
+            logger.warning("TensorBoard disabled: %s", exc)
+
+    def write(self, events: Sequence[ScalarEvent], storage: EventStorage) -> None:
+        if self._tb is None:
+            return
+        for e in events:
+            if math.isfinite(e.value):
+                self._tb.add_scalar(e.name, e.value, e.iteration)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def default_writers(run_dir: str | Path, progress_bar: bool = False, tensorboard: bool = True) -> list[EventWriter]:
+    """Console, ``<run_dir>/metrics.csv`` and (unless ``tensorboard`` is false) ``<run_dir>/tensorboard``."""
+    writers: list[EventWriter] = [ConsoleWriter(progress_bar), CSVWriter(run_dir)]
+    if tensorboard:
+        writers.append(TensorBoardWriter(Path(run_dir) / "tensorboard"))
+    return writers
+
+
+def format_seconds(seconds: float) -> str:
+    """``H:MM:SS``."""
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
