@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 MODEL_ONLY = "model only"
 WITH_COPIES = "with host-device copies"
 AIS_BENCH_COMPUTE = "device compute from ais_bench"
+# Where a benchmark row's peak memory comes from (the report's "memory" column).
+ALLOCATOR_PEAK = "allocator peak"        # torch's device allocator (torch_npu / CUDA)
+PROCESS_RSS = "process RSS"              # CPU runs: the whole process, model and data included
+NPU_SMI = "npu-smi chip used"            # npu-smi's Memory-Usage of the chip: every process on it
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
 
 
@@ -97,6 +101,11 @@ class Backend:
     def timing_scope(self) -> str:
         return WITH_COPIES if self.ctx.device.is_accelerator else MODEL_ONLY
 
+    @property
+    def memory_source(self) -> str | None:
+        """What the benchmark's peak memory measures for this backend (None: not measured)."""
+        return ALLOCATOR_PEAK if self.ctx.device.is_accelerator else PROCESS_RSS
+
     def unavailable(self, batch_size: int) -> str | None:
         return None
 
@@ -128,8 +137,9 @@ class Backend:
 
         return time_model(runner or self.runner(batch_size, manifest), images, warmup, iters)
 
-    def describe(self) -> dict[str, str]:
-        return {"backend": self.name, "device": self.device, "timing": self.timing_scope, "precision": self.precision}
+    def describe(self) -> dict[str, str | None]:
+        return {"backend": self.name, "device": self.device, "timing": self.timing_scope, "precision": self.precision,
+                "memory": self.memory_source}
 
 
 class PyTorchBackend(Backend):
@@ -173,6 +183,11 @@ class OnnxRuntimeBackend(Backend):
     def timing_scope(self) -> str:
         return MODEL_ONLY if self.device == "cpu" else WITH_COPIES
 
+    @property
+    def memory_source(self) -> str | None:
+        # onnxruntime's device arena is not torch's allocator: npu-smi sees it on a chip, nothing here on CUDA
+        return PROCESS_RSS if self.device == "cpu" else NPU_SMI if self.device.startswith("npu") else None
+
     def _requested(self) -> str:
         from omegaconf import OmegaConf
 
@@ -197,6 +212,7 @@ class OmBackend(Backend):
 
     name = "om"
     timing_scope = AIS_BENCH_COMPUTE
+    memory_source = NPU_SMI  # ais_bench's summary has timings only (summary.py, Summary.report)
     compiled = True
 
     @property
@@ -266,12 +282,16 @@ class OmBackend(Backend):
                     for i in range(len(names)):
                         (out_dir / f"{basename}_{i}.bin").replace(out_dir / f"{record['stem']}_{i}.bin")
             return seconds
+        if not (self.ctx.deploy_cfg.get("infer") or {}).get("keep_raw", False):
+            shutil.rmtree(input_dir, ignore_errors=True)  # the batched copy of the inputs has served its purpose
         raw = output / dirname
         for j, members in enumerate(groups):
             outputs = om.read_output_files(raw, f"batch_{j:05d}", names, manifest["outputs"], batch_size)
             for k, i in enumerate(members):
                 write_image_outputs(out_dir, records[i]["stem"], {n: a[k] for n, a in outputs.items()}, names)
-        shutil.rmtree(raw, ignore_errors=True)  # the per-image files above are the only copy of the outputs kept
+            for i in range(len(names)):  # each batched file goes as soon as it is split: never two full copies
+                (raw / f"batch_{j:05d}_{i}.bin").unlink(missing_ok=True)
+        shutil.rmtree(raw, ignore_errors=True)
         return seconds
 
     def latency(self, batch_size: int, manifest: Mapping[str, Any], images: np.ndarray, warmup: int,
@@ -285,6 +305,7 @@ class OmBackend(Backend):
         cmd = om.ais_bench_command(self._launcher(), om_path, out, "perf", batch_size=batch_size, loop=iters,
                                    device_id=device_id(self.ctx), extra_args=extra)
         stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, self._cfg.get("timeout_s")))
+        shutil.rmtree(out / "perf", ignore_errors=True)  # outputs of the zero input: only the summary is wanted
         if "mean_ms" in stats and "throughput" not in stats:
             stats["throughput"] = 1000.0 * batch_size / stats["mean_ms"]
         return stats
@@ -296,6 +317,7 @@ class TorchAieBackend(Backend):
 
     name = "torch_aie"
     timing_scope = MODEL_ONLY
+    memory_source = NPU_SMI
     compiled = True
 
     @property

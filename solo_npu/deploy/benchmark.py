@@ -2,17 +2,25 @@
 
 Model-only: the same preprocessed batch run ``iters`` times after ``warmup`` runs (excluded); mean,
 p50 and p99 latency per batch and images/s. End-to-end: read the image files, resize/normalise/pad
-(data transforms), run, paste masks (adapter postprocess), over ``e2e_images`` images. Peak memory
-is the highest :func:`solo_npu.runtime.memory_stats` reading during the model-only runs (device
-allocator; process RSS on CPU, where it includes the model and everything loaded before). Each row
-carries its backend's timing scope: "model only", "with host-device copies" (in-process runners on an
+(data transforms), run, paste masks (adapter postprocess), over ``e2e_images`` images. Each row carries
+its backend's timing scope: "model only", "with host-device copies" (in-process runners on an
 accelerator) or "device compute from ais_bench" (om: ais_bench's ``--loop`` NPU compute time); torch_aie
 times the module call plus stream synchronisation, in another Python when ``deploy.torch_aie.python`` is set.
+
+Peak memory, and where it comes from (the row's ``memory``): torch's device allocator for in-process
+runners on an accelerator, the process RSS on CPU (model and everything loaded before included), and
+``npu-smi info``'s Memory-Usage of the chip for om, torch_aie and onnxruntime's CANN provider, sampled while
+they run (ais_bench's summary reports timings only; npu-smi counts every process on the chip).
+AP: every iou type evaluate scored, for the batch sizes infer ran (``deploy.infer.batch_sizes``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from solo_npu.deploy.backends import OmBackend, batches, build_backends, padded
+from solo_npu.deploy.backends import (
+    ALLOCATOR_PEAK,
+    NPU_SMI,
+    PROCESS_RSS,
+    Backend,
+    OmBackend,
+    batches,
+    build_backends,
+    padded,
+)
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
 from solo_npu.deploy.export import load_manifest
 from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, load_index, load_inputs
@@ -61,6 +78,72 @@ class MemorySampler:
             self.peak_mb = max(self.peak_mb, memory_stats(self.device)["peak_mb"])
 
 
+# A chip row of ``npu-smi info``: "| <chip> <device> | <bus id> | <AICore%> <used> / <total> [<HBM used> / <total>] |"
+# (the table the Ascend ModelZoo SOLOV2 torch_aie inference guide shows for a 310P3; on chips with HBM the
+# last pair is the HBM).
+_BUS_ID = r"[0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+\.[0-9A-Fa-f]+"
+_NPU_SMI_CHIP_ROW = re.compile(rf"^\|\s*\d+\s+(\d+)\s*\|\s*{_BUS_ID}\s*\|(.*)\|")
+
+
+def npu_smi_memory_mb(text: str, device_id: int) -> tuple[float, float] | None:
+    """(used, total) MB of logical device ``device_id`` in ``npu-smi info`` output, or None if absent."""
+    for line in text.splitlines():
+        m = _NPU_SMI_CHIP_ROW.match(line.strip())
+        if m and int(m.group(1)) == device_id:
+            pairs = re.findall(r"(\d+)\s*/\s*(\d+)", m.group(2))
+            if pairs:
+                return float(pairs[-1][0]), float(pairs[-1][1])
+    return None
+
+
+class NpuSmiSampler:
+    """Highest chip memory in use (``npu-smi info``) while active; ``peak_mb`` None when never read."""
+
+    def __init__(self, device_id: int, command: str = "npu-smi", interval_s: float = 0.2) -> None:
+        self.device_id, self.command, self.interval_s = device_id, command, interval_s
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        try:
+            proc = subprocess.run([self.command, "info"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        found = npu_smi_memory_mb(proc.stdout, self.device_id) if proc.returncode == 0 else None
+        if found is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, found[0])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> NpuSmiSampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+
+def memory_sampler(ctx: DeployContext, backend: Backend) -> tuple[Any, str | None]:
+    """The sampler for ``backend``'s memory source and the source as the row states it."""
+    source = backend.memory_source
+    if source in (ALLOCATOR_PEAK, PROCESS_RSS):
+        return MemorySampler(ctx.device), source
+    if source == NPU_SMI:
+        command = str((ctx.deploy_cfg.get("benchmark") or {}).get("npu_smi") or "npu-smi")
+        if shutil.which(command) is None:
+            return contextlib.nullcontext(None), f"not measured ({command} not found)"
+        return NpuSmiSampler(int(backend.device.rpartition(":")[2] or 0), command), source
+    return contextlib.nullcontext(None), None
+
+
 def latency_stats(latencies_ms: Sequence[float], batch_size: int) -> dict[str, float]:
     lat = np.asarray(latencies_ms, dtype=np.float64)
     mean = float(lat.mean())
@@ -92,13 +175,15 @@ def time_end_to_end(ctx: DeployContext, runner: Runner, dataset: Any, num_images
     return num_images / (time.perf_counter() - start)
 
 
-def _ap(metrics: Mapping[str, Any], key: str) -> float | None:
+def ap_by_type(metrics: Mapping[str, Any], key: str) -> dict[str, float]:
+    """``{iou type: AP}`` of one evaluated key (empty when it was not scored)."""
     entry = metrics.get(key)
-    if not entry:
-        return None
-    per_type = entry["metrics"]
-    first = next(iter(per_type.values()), None)
-    return None if first is None else float(first["AP"])
+    return {t: float(m["AP"]) for t, m in entry["metrics"].items()} if entry else {}
+
+
+def _ap(metrics: Mapping[str, Any], key: str) -> float | None:
+    """AP of the model's first iou type (segm for mask models)."""
+    return next(iter(ap_by_type(metrics, key).values()), None)
 
 
 def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
@@ -120,16 +205,20 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
             if why is not None:
                 logger.warning("benchmark %s: %s, skipped", key, why)
                 continue
+            sampler, source = memory_sampler(ctx, backend)
             row: dict[str, Any] = {"backend": backend.name, "batch_size": bs, "AP": _ap(metrics, key),
-                                   "timing": backend.timing_scope, "device": backend.device}
+                                   "AP_by_type": ap_by_type(metrics, key), "timing": backend.timing_scope,
+                                   "device": backend.device, "memory": source}
             if isinstance(backend, OmBackend):
-                row.update(backend.stats(bs, iters), e2e_throughput=None)
+                with sampler as memory:
+                    row.update(backend.stats(bs, iters), e2e_throughput=None)
+                row["peak_mb"] = None if memory is None else memory.peak_mb
             else:
                 images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])
                 runner = backend.runner(bs, manifest)
-                with MemorySampler(ctx.device) as memory:
+                with sampler as memory:
                     row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
-                row["peak_mb"] = memory.peak_mb
+                row["peak_mb"] = None if memory is None else memory.peak_mb
                 num = len(records) if e2e_images is None else min(int(e2e_images), len(records))
                 if runner is not None and num > 0:
                     dataset = dataset or build_deploy_dataset(ctx)[0]
@@ -137,7 +226,12 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
             rows.append(row)
             logger.info("benchmark %s: %.1f ms/batch, %.2f img/s (%s)", key, row.get("mean_ms", float("nan")),
                         row.get("throughput", float("nan")), backend.timing_scope)
+    from solo_npu.deploy.evaluate import score_types
+    from solo_npu.deploy.infer import infer_batch_sizes
+
     eager_ap = _ap(metrics, "eager")
-    result = {"device": ctx.device.type, "warmup": warmup, "iters": iters, "rows": rows, "eager_AP": eager_ap}
+    result = {"device": ctx.device.type, "warmup": warmup, "iters": iters, "rows": rows, "eager_AP": eager_ap,
+              "eager_AP_by_type": ap_by_type(metrics, "eager"), "ap_types": list(score_types(ctx.adapter.iou_types)),
+              "ap_batch_sizes": infer_batch_sizes(ctx)}
     write_json(ctx.path("benchmark", "benchmark.json"), result)
     return result

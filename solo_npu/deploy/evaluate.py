@@ -1,60 +1,82 @@
-"""Evaluate stage: raw outputs of every backend -> adapter postprocess -> COCO json -> AP.
+"""Evaluate stage: every backend's COCO results -> AP for every iou type the model's results carry.
 
-Reads ``infer/<backend>_b<B>/`` (any backend, ais_bench's om outputs included), writes
-``evaluate/<backend>_b<B>.json`` (COCO results) and ``evaluate/metrics.json``. With
-``deploy.evaluate.eager=true`` the eager ``model.predict`` on the same preprocessed inputs is scored
-too (key ``eager``), the reference every backend is compared with.
+Reads ``infer/<backend>_b<B>/``. Where the raw outputs are still there (``deploy.infer.keep_raw``, or
+ais_bench outputs put there by hand) they go through the adapter's postprocess into
+``evaluate/<backend>_b<B>.json`` first; otherwise the infer stage has already written that file and deleted
+the raw outputs. Writes ``evaluate/metrics.json``. With ``deploy.evaluate.eager=true`` the eager
+``model.predict`` on the same preprocessed inputs is scored too (key ``eager``), the reference every
+backend is compared with.
+
+Every result carries a box (taken from its mask when the model gives none), so mask models are scored on
+``segm`` and ``bbox`` and box models on ``bbox``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
-from solo_npu.deploy.infer import batches, read_image_outputs
+from solo_npu.deploy.infer import batches, collect_results, raw_files, results_path
 from solo_npu.deploy.preprocess import load_index, load_inputs, metas_of
 
 logger = logging.getLogger(__name__)
 
 
-def _evaluator(ctx: DeployContext, index: dict[str, Any]):
-    from solo_npu.evaluation import CocoEvaluator
+def score_types(iou_types: Sequence[str]) -> tuple[str, ...]:
+    """The adapter's iou types plus ``bbox``: COCO results always carry a box (from the mask when needed)."""
+    return tuple(dict.fromkeys([*iou_types, "bbox"]))
+
+
+def _ground_truth(index: dict[str, Any]) -> Any:
+    from solo_npu.evaluation.coco_eval import load_coco
 
     try:
-        return CocoEvaluator(index["ann_file"], index["label_to_cat"], iou_types=ctx.adapter.iou_types)
+        return load_coco(index["ann_file"])
     except FileNotFoundError as exc:
         raise DeployError(f"{exc} (the annotation file used by preprocess has moved; re-run preprocess)") from exc
 
 
-def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any]) -> dict[str, Any]:
+def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]) -> dict[str, Any]:
+    from solo_npu.evaluation.coco_eval import evaluate_coco
+
+    types = score_types(ctx.adapter.iou_types)
+    if not image_ids:
+        return evaluate_coco(gt, [], types)
+    return evaluate_coco(gt, results, types, img_ids=image_ids)
+
+
+def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: Any = None) -> dict[str, Any]:
     """Score one ``infer/<key>`` folder; returns the metrics and the postprocess time per image."""
+    gt = gt if gt is not None else _ground_truth(index)
     out_dir = ctx.path("infer", key)
     info = read_json(out_dir / "outputs.json", f"outputs of {key}", stage="infer")
-    records = {r["stem"]: r for r in index["images"]}
-    evaluator = _evaluator(ctx, index)
-    post_seconds = 0.0
-    for stem in info["stems"]:
-        if stem not in records:
-            raise DeployError(f"infer/{key} holds outputs for {stem!r}, which preprocess did not write; re-run infer")
-        outputs = read_image_outputs(out_dir, stem, info["output_names"], info["outputs"])
-        meta = metas_of([records[stem]])[0]
-        start = time.perf_counter()
-        result = ctx.adapter.postprocess(outputs, meta)
-        post_seconds += time.perf_counter() - start
-        evaluator.process([meta], [result])
-    metrics = evaluator.evaluate()
-    evaluator.dump(ctx.path("evaluate", f"{key}.json"))
-    return {"metrics": metrics, "postprocess_ms": 1000 * post_seconds / max(1, len(info["stems"]))}
+    names = info["output_names"]
+    if all(f.is_file() for f in raw_files(out_dir, info["stems"], len(names))):
+        collected = collect_results(ctx, key, index["images"], index["label_to_cat"])
+    elif info.get("raw_kept") is False and results_path(ctx, key).is_file():
+        collected = info
+    else:
+        raise DeployError(f"infer/{key} has neither all raw outputs nor {results_path(ctx, key)}: re-run infer")
+    results = json.loads(results_path(ctx, key).read_text())
+    return {"metrics": _score(ctx, gt, results, collected["image_ids"]), "postprocess_ms": collected["postprocess_ms"],
+            "images": len(collected["image_ids"]), "detections": len(results)}
 
 
 def evaluate_eager(ctx: DeployContext, index: dict[str, Any], batch_size: int = 1) -> dict[str, Any]:
     """``model.predict`` on the preprocessed inputs: the eager reference for every backend."""
+    from solo_npu.evaluation import CocoEvaluator
+
     records = index["images"]
-    evaluator = _evaluator(ctx, index)
+    try:
+        evaluator = CocoEvaluator(index["ann_file"], index["label_to_cat"],
+                                  iou_types=score_types(ctx.adapter.iou_types))
+    except FileNotFoundError as exc:
+        raise DeployError(f"{exc} (the annotation file used by preprocess has moved; re-run preprocess)") from exc
     model = ctx.model()
     for members in batches(len(records), batch_size):
         recs = [records[i] for i in members]
@@ -74,7 +96,8 @@ def run_evaluate(ctx: DeployContext) -> dict[str, Any]:
     keys = sorted(p.parent.name for p in infer_root.glob("*/outputs.json")) if infer_root.is_dir() else []
     if not keys:
         raise DeployError(f"no inference outputs under {infer_root}: run stages=[infer] first")
-    summary = {key: evaluate_outputs(ctx, key, index) for key in keys}
+    gt = _ground_truth(index)
+    summary = {key: evaluate_outputs(ctx, key, index, gt) for key in keys}
     if (ctx.deploy_cfg.get("evaluate") or {}).get("eager"):
         summary["eager"] = evaluate_eager(ctx, index)
     write_json(ctx.path("evaluate", "metrics.json"), summary)

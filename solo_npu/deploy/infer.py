@@ -1,9 +1,15 @@
-"""Infer stage: run every backend of ``deploy.backends`` x batch size over the preprocessed inputs.
+"""Infer stage: run every backend of ``deploy.backends`` over the preprocessed inputs at the batch sizes of
+``deploy.infer.batch_sizes`` (by default only the smallest of ``deploy.batch_sizes``: the other batch sizes
+only feed the benchmark timings, which run one batch repeatedly).
 
 All backends write the same layout, ais_bench's, so one postprocess serves them all::
 
     infer/<backend>_b<B>/<stem>_<i>.bin     raw output i of one image (no batch axis)
     infer/<backend>_b<B>/outputs.json       backend, device, timing scope, batch size, output specs, stems
+
+Raw outputs are large (SOLOv2 at 800x1216: 24.3 MB per image), so unless ``deploy.infer.keep_raw`` is set they
+live only until the backend has finished: they are turned into COCO results (``evaluate/<backend>_b<B>.json``,
+what the evaluate stage scores) and deleted, so at most one backend's raw outputs are on disk at a time.
 
 Each backend object (:mod:`solo_npu.deploy.backends`) says whether it can run and runs the files its way.
 """
@@ -11,6 +17,7 @@ Each backend object (:mod:`solo_npu.deploy.backends`) says whether it can run an
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,17 +26,48 @@ import numpy as np
 
 from solo_npu.deploy import om
 from solo_npu.deploy.backends import batches, build_backends, padded, write_image_outputs, write_outputs_info
-from solo_npu.deploy.context import DeployContext, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
 from solo_npu.deploy.export import load_manifest
-from solo_npu.deploy.preprocess import load_index
+from solo_npu.deploy.preprocess import load_index, metas_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batches", "infer_dir", "padded", "read_image_outputs", "run_infer", "write_image_outputs"]
+__all__ = ["batches", "collect_results", "infer_batch_sizes", "infer_dir", "padded", "raw_files",
+           "read_image_outputs", "results_path", "run_infer", "write_image_outputs"]
 
 
 def infer_dir(ctx: DeployContext, backend: str, batch_size: int) -> Path:
     return ctx.path("infer", f"{backend}_b{batch_size}")
+
+
+def results_path(ctx: DeployContext, key: str) -> Path:
+    """The COCO results of ``infer/<key>``: what evaluate scores."""
+    return ctx.path("evaluate", f"{key}.json")
+
+
+def infer_batch_sizes(ctx: DeployContext) -> list[int]:
+    """Batch sizes whose outputs are computed for every image and scored (``deploy.infer.batch_sizes``).
+
+    null: the smallest of ``deploy.batch_sizes``; ``all``: every one; a list: those (each must be one of
+    ``deploy.batch_sizes``, which are the exported models).
+    """
+    chosen = (ctx.deploy_cfg.get("infer") or {}).get("batch_sizes")
+    sizes = list(ctx.settings.batch_sizes)
+    if chosen is None:
+        return [min(sizes)]
+    if isinstance(chosen, str):
+        if chosen != "all":
+            raise DeployError(f"deploy.infer.batch_sizes={chosen!r}: give null, all or a list such as [1]")
+        return sorted(set(sizes))
+    picked = sorted({int(b) for b in chosen})
+    missing = [b for b in picked if b not in sizes]
+    if missing or not picked:
+        raise DeployError(f"deploy.infer.batch_sizes={picked}: each must be one of deploy.batch_sizes={sizes}")
+    return picked
+
+
+def keep_raw(ctx: DeployContext) -> bool:
+    return bool((ctx.deploy_cfg.get("infer") or {}).get("keep_raw", False))
 
 
 def read_image_outputs(out_dir: Path, stem: str, names: Sequence[str],
@@ -38,12 +76,49 @@ def read_image_outputs(out_dir: Path, stem: str, names: Sequence[str],
     return {name: arr[0] for name, arr in batched.items()}
 
 
+def raw_files(out_dir: Path, stems: Sequence[str], num_outputs: int) -> list[Path]:
+    return [out_dir / f"{stem}_{i}.bin" for stem in stems for i in range(num_outputs)]
+
+
+def collect_results(ctx: DeployContext, key: str, records: Sequence[Mapping[str, Any]],
+                    label_to_cat: Sequence[int]) -> dict[str, Any]:
+    """Raw outputs of ``infer/<key>`` -> adapter postprocess -> COCO results json; returns counts and the
+    postprocess time per image. Images whose file could not be read (``image_ok`` false) are left out."""
+    from solo_npu.evaluation.coco_eval import results_to_coco
+
+    out_dir = ctx.path("infer", key)
+    info = read_json(out_dir / "outputs.json", f"outputs of {key}", stage="infer")
+    by_stem = {r["stem"]: r for r in records}
+    entries: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    post_seconds = 0.0
+    for stem in info["stems"]:
+        if stem not in by_stem:
+            raise DeployError(f"infer/{key} holds outputs for {stem!r}, which preprocess did not write; re-run infer")
+        meta = metas_of([by_stem[stem]])[0]
+        if not by_stem[stem].get("image_ok", True):
+            continue
+        outputs = read_image_outputs(out_dir, stem, info["output_names"], info["outputs"])
+        start = time.perf_counter()
+        result = ctx.adapter.postprocess(outputs, meta)
+        post_seconds += time.perf_counter() - start
+        image_ids.append(int(meta["image_id"]))
+        entries.extend(results_to_coco([int(meta["image_id"])], [result], label_to_cat))
+    path = results_path(ctx, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, entries)
+    return {"results": str(path.relative_to(ctx.run_dir)), "image_ids": image_ids, "detections": len(entries),
+            "postprocess_ms": 1000 * post_seconds / max(1, len(image_ids))}
+
+
 def run_infer(ctx: DeployContext) -> dict[str, Any]:
     manifest = load_manifest(ctx)
-    records = load_index(ctx)["images"]
+    index = load_index(ctx)
+    records = index["images"]
+    keep = keep_raw(ctx)
     summary: dict[str, Any] = {}
     for backend in build_backends(ctx):
-        for bs in ctx.settings.batch_sizes:
+        for bs in infer_batch_sizes(ctx):
             why = backend.unavailable(bs)
             if why is not None:
                 logger.warning("%s batch %d: %s, skipped", backend.name, bs, why)
@@ -51,9 +126,20 @@ def run_infer(ctx: DeployContext) -> dict[str, Any]:
             out_dir = infer_dir(ctx, backend.name, bs)
             seconds = backend.run_records(records, bs, out_dir, manifest)
             write_outputs_info(ctx, backend, bs, out_dir, records, manifest, seconds)
-            summary[f"{backend.name}_b{bs}"] = {"images": len(records), "seconds": seconds,
-                                                "timing": backend.timing_scope, "device": backend.device}
-            logger.info("infer %s batch %d: %d images in %.2f s (%s)", backend.name, bs, len(records), seconds,
-                        backend.timing_scope)
+            key = f"{backend.name}_b{bs}"
+            entry: dict[str, Any] = {"images": len(records), "seconds": seconds, "timing": backend.timing_scope,
+                                     "device": backend.device}
+            if not keep:  # raw outputs -> COCO results, then drop the raw files (the only large part)
+                files = raw_files(out_dir, [r["stem"] for r in records], len(ctx.adapter.output_names))
+                entry["raw_bytes"] = sum(f.stat().st_size for f in files if f.is_file())
+                collected = collect_results(ctx, key, records, index["label_to_cat"])
+                for f in files:
+                    f.unlink(missing_ok=True)
+                info = read_json(out_dir / "outputs.json")
+                write_json(out_dir / "outputs.json", {**info, "raw_kept": False, **collected})
+                entry.update(results=collected["results"], postprocess_ms=collected["postprocess_ms"])
+            summary[key] = entry
+            logger.info("infer %s batch %d: %d images in %.2f s (%s)%s", backend.name, bs, len(records), seconds,
+                        backend.timing_scope, "" if keep else ", raw outputs turned into COCO results and deleted")
     write_json(ctx.path("infer", "summary.json"), summary)
     return summary

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.compile_310p import run_compile
 from solo_npu.deploy.context import DeployContext, DeployError, read_json
+from solo_npu.deploy.disk import check_disk, run_plan
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import run_infer
@@ -29,6 +30,7 @@ from solo_npu.deploy.verify import run_verify
 logger = logging.getLogger(__name__)
 
 STAGES: dict[str, Callable[[DeployContext], dict[str, Any]]] = {
+    "plan": run_plan,  # the disk estimate only (runs nothing); the check itself runs before preprocess / infer
     "export": run_export,
     "verify": run_verify,
     "compile": run_compile,
@@ -100,7 +102,11 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
     if any(s in stages for s in ("export", "verify")):
         print(f"model: {ctx.classes.describe()}")
     stages = _skip_mismatched_evaluate(ctx, stages)
-    for name in stages:
+    checked = False
+    for i, name in enumerate(stages):
+        if name in ("preprocess", "infer") and not checked:  # the large writes start here
+            check_disk(ctx, stages[i:])
+            checked = True
         start = time.perf_counter()
         ctx.results[name] = STAGES[name](ctx)
         logger.info("stage %s done in %.1f s", name, time.perf_counter() - start)

@@ -6,13 +6,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from solo_npu.deploy.context import DeployContext, read_json, write_json
+from solo_npu.deploy.evaluate import score_types
 from solo_npu.deploy.verify import format_table
 from solo_npu.runtime import describe_machine
 
+# One meaning per column: the timing scope and the memory source vary by backend, so each row states them.
 BENCH_COLUMNS = {
     "backend": "backend", "batch_size": "batch", "mean_ms": "latency mean (ms)", "p50_ms": "p50 (ms)",
-    "p99_ms": "p99 (ms)", "throughput": "model img/s", "e2e_throughput": "e2e img/s", "peak_mb": "peak MB",
-    "AP": "AP", "timing": "timing", "device": "device",
+    "p99_ms": "p99 (ms)", "throughput": "model img/s", "timing": "timing scope", "e2e_throughput": "e2e img/s",
+    "peak_mb": "peak MB", "memory": "memory source", "device": "device",
 }
 
 
@@ -33,14 +35,27 @@ def _optional(ctx: DeployContext, *parts: str) -> Any:
     return read_json(path) if path.is_file() else None
 
 
-def _fmt_row(row: dict[str, Any]) -> dict[str, Any]:
+def _fmt_row(row: dict[str, Any], ap_types: list[str]) -> dict[str, Any]:
     out = {}
     for key, title in BENCH_COLUMNS.items():
         value = row.get(key)
         if isinstance(value, float):
-            value = f"{value:.3f}" if key == "AP" else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+            value = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
         out[title] = value
+    by_type = row.get("AP_by_type") or ({ap_types[0]: row["AP"]} if row.get("AP") is not None and ap_types else {})
+    for t in ap_types:
+        out[f"{t} AP"] = None if by_type.get(t) is None else f"{by_type[t]:.3f}"
     return out
+
+
+def _classes_line(manifest: dict[str, Any], ctx: DeployContext) -> str:
+    """How many classes the deployed model predicts, which, and who decided (the export manifest)."""
+    if manifest.get("num_classes") is None:
+        return "- classes: unknown (re-run stages=[export] to record them)"
+    names = manifest.get("class_names")
+    shown = "" if not names else ": " + ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)"
+                                                                   if len(names) > 10 else "")
+    return f"- classes: {manifest['num_classes']} from the {manifest.get('classes_from') or 'config'}{shown}"
 
 
 def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
@@ -55,28 +70,47 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         f"checkpoint {manifest.get('checkpoint') or ctx.cfg.get('checkpoint')}"
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     num_images = len(index["images"]) if index else 0
+    ap_types = list(bench.get("ap_types") or score_types(ctx.adapter.iou_types))
+    ap_batches = list(bench.get("ap_batch_sizes") or [])
+    plan = _optional(ctx, "plan.json")
     lines = [
         f"# Deploy report: {ctx.model_name}",
         "",
         f"- date: {date}",
         f"- machine: {machine_description()} (device {ctx.device.type})",
         f"- input: Bx3x{h}x{w}, {num_images} images, {weights}",
+        _classes_line(manifest, ctx),
         f"- timing: {bench.get('warmup', '-')} warm-up runs excluded, {bench.get('iters', '-')} timed runs; "
-        "latency is per batch; e2e = image file to pasted masks",
+        "latency is per batch; e2e = image file to pasted masks (in-process runners only)",
+        "- timing scope: `model only` = the model call, inputs and outputs already where it runs; "
+        "`with host-device copies` = numpy in, numpy out; `device compute from ais_bench` = ais_bench's "
+        "NPU_compute_time (no host-device copies)",
+        f"- AP: COCO {', '.join(ap_types) or '-'} over {num_images} images, scored at batch "
+        f"{', '.join(str(b) for b in ap_batches) or '-'}; other batch sizes are timed only",
         "",
-        format_table([_fmt_row(r) for r in bench["rows"]], list(BENCH_COLUMNS.values())),
+        format_table([_fmt_row(r, ap_types) for r in bench["rows"]],
+                     [*BENCH_COLUMNS.values(), *(f"{t} AP" for t in ap_types)]),
     ]
-    if bench.get("eager_AP") is not None:
-        lines += ["", f"Eager PyTorch `model.predict` on the same inputs: AP {bench['eager_AP']:.3f}"]
+    eager = bench.get("eager_AP_by_type") or ({ap_types[0]: bench["eager_AP"]}
+                                              if bench.get("eager_AP") is not None and ap_types else {})
+    if eager:
+        lines += ["", "Eager PyTorch `model.predict` on the same inputs: "
+                  + ", ".join(f"{t} AP {v:.3f}" for t, v in eager.items())]
     if ctx.adapter.anchors:
         lines += ["", "Published anchors:", "", format_table(ctx.adapter.anchors, list(ctx.adapter.anchors[0]))]
     if verify:
         lines += ["", f"Verify ({verify['num_images']} images, atol {verify['atol']:g}):", "", verify["table"]]
     if compiled and compiled.get("messages"):
         lines += ["", "Compile:", *[f"- {m}" for m in compiled["messages"]]]
+    if plan:
+        lines += ["", f"Disk estimate ({plan['num_images']} images, peak {plan['peak'] / 1e9:.2f} GB; "
+                  f"stages=[plan]): inputs {plan['parts']['inputs'] / 1e9:.2f} GB, raw outputs at peak "
+                  f"{plan['raw_peak'] / 1e9:.2f} GB"]
     text = "\n".join(lines) + "\n"
     data = {"model": ctx.model_name, "date": date, "machine": machine_description(), "input_shape": [3, h, w],
             "num_images": num_images, "random_weights": random_weights, "benchmark": bench,
+            "num_classes": manifest.get("num_classes"), "class_names": manifest.get("class_names"),
+            "classes_from": manifest.get("classes_from"), "ap_types": ap_types, "plan": plan,
             "anchors": ctx.adapter.anchors, "verify": verify, "compile": compiled}
     return text, data
 

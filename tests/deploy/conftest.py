@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from solo_npu.data import CocoInstanceDataset, Compose, FixedShapeCollate, Normalize
 from solo_npu.deploy.context import DeployContext
 from solo_npu.deploy.preprocess import FitCanvasResize
+from solo_npu.models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CANVAS = (128, 160)  # H, W of the static model input used by the deploy tests
@@ -30,7 +30,9 @@ def compose_deploy_cfg(overrides: list[str]) -> DictConfig:
 def base_overrides(data_root: Path) -> list[str]:
     return ["model=solov2_tiny", "data=synthetic", f"data.root={data_root}", "data.generate=false",
             f"deploy.input_shape=[{CANVAS[0]},{CANVAS[1]}]", "deploy.batch_sizes=[1,2]",
-            "deploy.benchmark.warmup=1", "deploy.benchmark.iters=2", "deploy.onnxruntime.intra_op_num_threads=1"]
+            "deploy.benchmark.warmup=1", "deploy.benchmark.iters=2", "deploy.onnxruntime.intra_op_num_threads=1",
+            # these tests compare raw outputs across batch sizes: infer runs all of them and keeps the raw files
+            "deploy.infer.batch_sizes=all", "deploy.infer.keep_raw=true"]
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +55,7 @@ def fitted_tiny(synthetic_coco: Path) -> nn.Module:
     torch.manual_seed(0)
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "solov2_tiny.yaml")
     cfg.num_classes = 3
-    model = instantiate(cfg)
+    model = build_model(cfg)  # the yaml's deploy: block is not the builder's
     transforms = Compose([FitCanvasResize(CANVAS), Normalize()])
     dataset = CocoInstanceDataset(synthetic_coco / "annotations" / "instances_val2017.json",
                                   synthetic_coco / "val2017", transforms=transforms, train=True, max_instances=8)
