@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# Checks that need a CUDA GPU, run as one script on a machine that has one:
+# Every GPU figure and CUDA check, as one script for a machine with a CUDA GPU (under 10 minutes on an
+# H100/H200-class GPU):
 #   bash benchmarks/gpu_suite.sh [SECTION ...]      (default: every section)
-# Each section prints "PASS <name>" or "FAIL <name>: <reason>" and the script exits non-zero if any failed.
+# Each section prints "PASS <name>" or "FAIL <name>: <reason>"; the script exits non-zero if any failed.
+# Figures go into docs/benchmarks.md (each section names the device) and, when $OUT is set, a copy of
+# docs/benchmarks.md and the deploy reports are written there.
+#
+# Packages the GPU machine may lack (hydra-core, omegaconf, antlr4-python3-runtime, pycocotools,
+# onnxslim) can travel as wheels in .whl/: they are installed into /tmp/site first when that folder
+# exists. ONNX Runtime's CUDA provider needs onnxruntime-gpu; without it the onnxruntime rows run on the
+# CPU provider and the report says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 [[ -x "${PYTHON}" ]] || PYTHON=python3
+if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
+    "${PYTHON}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:${PYTHONPATH}}"
+fi
 export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
+export PYTHONUNBUFFERED=1
 failed=0
 
 section() {  # section NAME: run the python code on stdin, report PASS/FAIL
@@ -57,9 +70,41 @@ print("export from cuda: TorchScript and ONNX match the CUDA model")
 PY
 }
 
+# train_throughput: R50 at 1333x800 (canvas 800x1344), fp32 and AMP, batch 2/4/8: images/s and allocator
+# peak. Anchors: Ascend ModelZoo SOLOV2 training guide 1p GPU 8.1 img/s, 8p GPU 38.3; 8xV100 about 39.
+train_throughput() {
+    if "${PYTHON}" benchmarks/train_throughput.py --cases r50 light_r50 --batch 2 4 8 --warmup 3 --steps 10 \
+        --device cuda; then echo "PASS train_throughput"; else echo "FAIL train_throughput"; failed=1; fi
+    if "${PYTHON}" benchmarks/train_throughput.py --positives --cases r50 light_r18_672 --batch 2 --instances 8 \
+        --warmup 3 --steps 10; then echo "PASS positives"; else echo "FAIL positives"; failed=1; fi
+}
+
+# forward: backbone + neck + head in its training layout against the inference mode (BN folded,
+# channels-last), and the SOLOv2 forward / post-processing table, on the GPU.
+forward() {
+    if "${PYTHON}" benchmarks/inference_mode.py --model solov2_r50 --shape 800 1216 --iters 20 --device cuda \
+        && "${PYTHON}" benchmarks/solov2_forward.py --device cuda --iters 10; then
+        echo "PASS forward"; else echo "FAIL forward"; failed=1; fi
+}
+
+# deploy_cuda: the deploy pipeline on CUDA for SOLOv2 R50 at 800x1216, batch 1/4/8 (eager, TorchScript,
+# ONNX Runtime), p50/p99 latency and images/s in its report. Goal: 100 fps end to end at batch 1
+# (Ascend ModelZoo SOLOV2 torch_aie guide, 310P3: 26.19 fps).
+deploy_cuda() {
+    local run=outputs/gpu_suite/deploy_solov2_cuda
+    rm -rf "${run}"
+    if "${PYTHON}" deploy.py model=solov2 runtime.device=cuda run_dir="${run}" deploy.batch_sizes=[1,4,8] \
+        deploy.num_images=64 deploy.benchmark.iters=20 deploy.infer.batch_sizes=[1]; then
+        echo "PASS deploy_cuda"; else echo "FAIL deploy_cuda"; failed=1; fi
+    [[ -n "${OUT:-}" && -f "${run}/report.md" ]] && cp "${run}/report.md" "${OUT}/deploy_solov2_cuda.md"
+}
+
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(export_on_cuda)
+[[ ${#sections[@]} -gt 0 ]] || sections=(export_on_cuda train_throughput forward deploy_cuda)
+"${PYTHON}" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 for s in "${sections[@]}"; do
     "${s}"
 done
+[[ -n "${OUT:-}" ]] && cp docs/benchmarks.md "${OUT}/benchmarks.md"
 exit "${failed}"

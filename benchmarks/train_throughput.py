@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import subprocess
@@ -147,7 +148,7 @@ def positives_main(args) -> None:
 
     rows = []
     for case in args.cases:
-        cmd = [sys.executable, __file__, "--one-positives", case, "--batch", str(args.batch), "--instances",
+        cmd = [sys.executable, __file__, "--one-positives", case, "--batch", str(args.batch[0]), "--instances",
                str(args.instances), "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads",
                str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -161,11 +162,11 @@ def positives_main(args) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [POSITIVES_SECTION, "",
              f"Measured {datetime.date.today().isoformat()} by `OMP_NUM_THREADS={threads} python "
-             f"benchmarks/train_throughput.py --positives --cases {' '.join(args.cases)} --batch {args.batch} "
+             f"benchmarks/train_throughput.py --positives --cases {' '.join(args.cases)} --batch {args.batch[0]} "
              f"--instances {args.instances} --warmup {args.warmup} --steps {args.steps} --threads {threads}` on "
              f"{describe_machine()}, device cpu, {threads} torch threads, load average {load:.1f} at the end.",
              f"One training step (forward, losses, backward, clip, SGD with learning rate 0 so that every step sees "
-             f"the same weights) on a random batch of {args.batch} images with {args.instances} box-shaped "
+             f"the same weights) on a random batch of {args.batch[0]} images with {args.instances} box-shaped "
              "instances each, fp32. `fixed 512`: 512 positive slots per image (the former `max_pos`); `sized`: "
              "the smallest of 64, 128, 256, 512, 1024 that holds the batch's positives. Steps alternate between "
              f"the two in one process; median of {args.steps} each after {args.warmup} warm-up rounds. "
@@ -186,7 +187,7 @@ def positives_main(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["r50", "light_r50"], choices=sorted(CASES))
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="images per step (several: one row each)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     if args.one_positives:
-        print("RESULT " + json.dumps(run_positives(args.one_positives, args.batch, args.instances, args.warmup,
+        print("RESULT " + json.dumps(run_positives(args.one_positives, args.batch[0], args.instances, args.warmup,
                                                    args.steps)))
         return
     if args.positives:
@@ -210,21 +211,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.one:
         case, amp = args.one.split(":")
-        print("RESULT " + json.dumps(run_case(case, amp == "amp", args.batch, args.warmup, args.steps, args.device)))
+        print("RESULT " + json.dumps(run_case(case, amp == "amp", args.batch[0], args.warmup, args.steps, args.device)))
         return
     rows = []
-    for case in args.cases:
-        for amp in ("fp32", "amp"):
-            cmd = [sys.executable, __file__, "--one", f"{case}:{amp}", "--batch", str(args.batch), "--warmup",
-                   str(args.warmup), "--steps", str(args.steps), "--device", args.device, "--threads",
-                   str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if out.returncode or not line:
-                print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"case {case}:{amp} failed")
-            rows.append(json.loads(line[0][7:]))
-            print(rows[-1], flush=True)
+    for case, batch, amp in itertools.product(args.cases, args.batch, ("fp32", "amp")):
+        cmd = [sys.executable, __file__, "--one", f"{case}:{amp}", "--batch", str(batch), "--warmup",
+               str(args.warmup), "--steps", str(args.steps), "--device", args.device, "--threads",
+               str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        if out.returncode or not line:
+            print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"case {case}:{amp} batch {batch} failed")
+        rows.append(json.loads(line[0][7:]))
+        print(rows[-1], flush=True)
     import torch
 
     device = rows[0]["device"]
@@ -232,20 +232,22 @@ def main(argv: list[str] | None = None) -> None:
     threads = args.threads or torch.get_num_threads()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [SECTION, "",
-             f"Measured {datetime.date.today().isoformat()} by `python benchmarks/train_throughput.py --steps "
-             f"{args.steps} --batch {args.batch}` on {describe_machine()}, device {device}, {threads} torch threads, "
+             f"Measured {datetime.date.today().isoformat()} by `python benchmarks/train_throughput.py --cases "
+             f"{' '.join(args.cases)} --steps {args.steps} --batch {' '.join(map(str, args.batch))} --device "
+             f"{args.device}` on {describe_machine()}, device {device}, {threads} torch threads, "
              f"load average {load:.1f} at the end.",
-             f"Random batch of {args.batch} image(s) with 4 box-shaped instances each; SGD step with grad clip "
+             "Random batches with 4 box-shaped instances per image; SGD step with grad clip "
              f"(the trainer's `run_step`); median of {args.steps} steps after {args.warmup} warm-up. AMP = "
              f"{amp_name}. Peak memory: {'process max RSS' if device == 'cpu' else 'allocator peak'}.", "",
-             "| model | input | precision | step (s) | images/s | peak memory (MB) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| model | input | batch | precision | step (s) | images/s | peak memory (MB) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         _, _, _, label, size = CASES[r["case"]]
-        lines.append(f"| {label} | {size} | {'AMP' if r['amp'] else 'fp32'} | {r['step_s']:.2f} | "
+        lines.append(f"| {label} | {size} | {r['batch']} | {'AMP' if r['amp'] else 'fp32'} | {r['step_s']:.2f} | "
                      f"{r['images_per_s']:.3f} | {r['peak_mb']:.0f} |")
-    lines += ["", "Anchors (not measured here): SOLOv2 R50 1x training, seed 003: 1p GPU 8.1 images/s, 8p GPU 38.3, "
-              "8p NPU 6.2 (15.34 in a newer README), 1p NPU 1.1; 8xV100 1x about 10 h (~39 images/s).", ""]
+    lines += ["", "Anchors (not measured here): SOLOv2 R50 1x training, Ascend ModelZoo SOLOV2 for PyTorch "
+              "training guide: 1p GPU 8.1 images/s, 8p GPU 38.3, 8p NPU 6.2 (15.34 in a newer README), "
+              "1p NPU 1.1; 8xV100 1x about 10 h (~39 images/s).", ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
