@@ -91,6 +91,11 @@ def test_kill_9_then_resume_matches_uninterrupted_run(synthetic_coco: Path, tmp_
         assert torch.equal(value, got["model"][key]), key
     for a, b in zip(ref["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    # The counts hook's state came back with the checkpoint: the epoch the kill cut in two has one entry
+    # over all its 9 steps, as in the uninterrupted run.
+    ref_counts = json.loads((ref_dir / "summary.json").read_text())["epoch_counts"]
+    got_counts = json.loads((run_dir / "summary.json").read_text())["epoch_counts"]
+    assert got_counts == ref_counts and [e["iterations"] for e in got_counts] == [9, 9, 9]
 
 
 def test_torchrun_workers_join_instead_of_launching(synthetic_coco: Path, tmp_path: Path) -> None:
