@@ -36,7 +36,8 @@ from solo_npu.deploy.infer import infer_batch_sizes, keep_raw
 logger = logging.getLogger(__name__)
 
 FLOAT32 = 4
-META_BYTES = 1024  # per image: preprocess/meta/<stem>.json, its lines in dataset.info / meta.info / index.json
+META_BYTES = 2048  # per image: meta/<stem>.json and its records in dataset.info, meta.info, index.json (which
+#                   repeat the run-dir path: measured 1152 bytes with a 60-character one)
 # Per detection slot in the COCO results json: an entry with a bbox, plus an RLE string for mask models.
 RESULT_BYTES = {"bbox": 192, "segm": 4096}
 DEFAULT_DETECTIONS = 200  # slots per image when the contract has no "scores" output (SSD keeps 200 per image)
