@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solo_npu.deploy.adapters import build_adapter  # noqa: E402
+from solo_npu.deploy.adapters import ModelAdapter  # noqa: E402
 from solo_npu.deploy.benchmark import latency_stats, time_model  # noqa: E402
 from solo_npu.deploy.context import build_eager_model  # noqa: E402
 from solo_npu.deploy.export import example_input, export_onnx, export_torchscript  # noqa: E402
@@ -46,9 +46,9 @@ def main() -> None:
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("deploy", overrides=[f"model={args.model}", f"checkpoint={args.checkpoint or 'null'}"])
     device = resolve_device("cpu")
-    adapter = build_adapter(cfg.model)
     model = build_eager_model(cfg).eval()
-    module = adapter.export_module(model)
+    adapter = ModelAdapter(model)
+    module = adapter.export_module()
     images = example_input(args.batch, args.shape).numpy()
     tmp = Path(tempfile.mkdtemp(prefix="ort_vs_eager_"))
     onnx_path = args.onnx or export_onnx(module, torch.from_numpy(images), tmp / "model.onnx", adapter.output_names)

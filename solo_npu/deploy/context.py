@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from solo_npu.deploy.adapters import DeployAdapter, build_adapter
+from solo_npu.deploy.adapters import ModelAdapter
+from solo_npu.models import build_model, split_model_config
 from solo_npu.runtime import DeviceInfo, resolve_device, seed_everything, setup_device
 
 logger = logging.getLogger(__name__)
@@ -133,15 +134,17 @@ class ModelClasses:
 
 
 class DeployContext:
-    """What every stage receives: config, settings, run directory, device, adapter and model."""
+    """What every stage receives: config, settings, run directory, device, adapter and model.
+
+    The model is built (and its checkpoint read) on first use; the adapter and the settings, which check
+    the input shape against the model's size divisor, follow it.
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike | None = None, model_name: str | None = None):
         self.cfg = cfg
         self.model_name = model_name or str(cfg.get("model_name") or "model")
-        self.adapter: DeployAdapter = build_adapter(cfg.get("model"))
-        if hasattr(self.adapter, "bind_model"):  # a host half that runs part of the network (YolactEdge features)
-            self.adapter.bind_model(self.model)
-        self.settings = resolve_settings(cfg, self.adapter.size_divisor)
+        self._adapter: ModelAdapter | None = None
+        self._settings: DeploySettings | None = None
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device: DeviceInfo = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
@@ -158,6 +161,21 @@ class DeployContext:
     @property
     def deploy_cfg(self) -> DictConfig:
         return self.cfg.get("deploy") or OmegaConf.create({})
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The deploy view of the model (builds the model), with the model yaml's published anchors."""
+        if self._adapter is None:
+            anchors = split_model_config(self.cfg.get("model") or {})[1].get("anchors")
+            self._adapter = ModelAdapter(self.model(), anchors)
+        return self._adapter
+
+    @property
+    def settings(self) -> DeploySettings:
+        """``cfg.deploy`` over the model yaml's defaults, checked against the model's size divisor."""
+        if self._settings is None:
+            self._settings = resolve_settings(self.cfg, self.adapter.size_divisor)
+        return self._settings
 
     def model(self) -> nn.Module:
         """The eager model in eval mode on the run's device, weights loaded once per process."""
@@ -178,6 +196,7 @@ class DeployContext:
         """Use an already built model (tests, notebooks) instead of building one from the config."""
         self._model = model.to(self.device.device).eval()
         self._classes = None
+        self._adapter = self._settings = None
         self.random_weights = False
 
 
@@ -194,34 +213,28 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
     """
     checkpoint = cfg.get("checkpoint")
     explicit = cfg.get("num_classes")
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if checkpoint in (None, ""):
         logger.warning(
             "no checkpoint given: the model has RANDOM weights, so AP is meaningless "
             "(pass checkpoint=outputs/.../best.pth)"
         )
-        if explicit is not None:
-            model_cfg["num_classes"] = int(explicit)
-        model = _build_model(OmegaConf.create(model_cfg))
+        model = build_model(cfg.model, num_classes=explicit)
         return model, _config_classes(cfg, _model_classes(model) or 0)
     if not Path(checkpoint).is_file():
         raise DeployError(f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
     from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights
 
-    source = _checkpoint_source(cfg)
+    source = str(cfg.get("checkpoint_source") or "auto")
     try:
         ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.get("checkpoint_trust_pickle") or False))
-        found = checkpoint_classes(ckpt, source)
+        # A weightless model of the config reads the file's layout and classifier size.
+        found = checkpoint_classes(ckpt, build_model(cfg.model, num_classes=explicit, device="meta"), source)
         if found.num_classes is not None and explicit is not None and int(explicit) != found.num_classes:
             raise DeployError(f"{checkpoint} was trained on {found.num_classes} classes ({found.origin}) but the "
                               f"config asks for {int(explicit)}: drop the class override (data=, num_classes=) to "
                               "deploy the checkpoint's classes, or fine-tune it on the new ones")
-        if found.num_classes is not None:
-            model_cfg["num_classes"] = found.num_classes
-        elif explicit is not None:
-            model_cfg["num_classes"] = int(explicit)
-        model = _build_model(OmegaConf.create(model_cfg))
+        model = build_model(cfg.model, num_classes=found.num_classes if found.num_classes is not None else explicit)
         load_model_weights(model, checkpoint, source=source, loaded=ckpt)
     except CheckpointError as exc:
         raise DeployError(str(exc)) from exc
@@ -248,23 +261,3 @@ def _config_classes(cfg: DictConfig, num_classes: int) -> ModelClasses:
     if names is not None and len(names) == num_classes:
         return ModelClasses(num_classes, tuple(str(n) for n in names), "config")
     return ModelClasses(num_classes, None, "config")
-
-
-def _build_model(model_cfg: DictConfig) -> nn.Module:
-    try:
-        from solo_npu.models import build_model
-    except ImportError:  # fall back to plain instantiate without the deploy block
-        from hydra.utils import instantiate
-
-        spec = OmegaConf.to_container(model_cfg, resolve=True)
-        spec.pop("deploy", None)
-        return instantiate(spec)
-    return build_model(model_cfg)
-
-
-def _checkpoint_source(cfg: DictConfig) -> str:
-    """``checkpoint_source``, or the model yaml's ``deploy.checkpoint_source`` when left at auto."""
-    source = str(cfg.get("checkpoint_source") or "auto")
-    if source == "auto":
-        source = str(OmegaConf.select(cfg, "model.deploy.checkpoint_source", default=None) or "auto")
-    return source

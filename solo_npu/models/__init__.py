@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from solo_npu.models.backbones import FrozenBatchNorm2d, ResNet, load_torchvision_weights
@@ -12,14 +14,45 @@ from solo_npu.models.necks import FPN, ConvModule
 from solo_npu.models.solov2 import SOLOv2, build_solov2
 
 __all__ = ["FPN", "SOLOv2", "ConvModule", "FrozenBatchNorm2d", "ResNet", "build_model", "build_solov2",
-           "load_torchvision_weights"]
+           "load_torchvision_weights", "split_model_config"]
 
 
-def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Instantiate a model config (``conf/model/*.yaml``) with Hydra; its ``deploy:`` block is left out."""
+def split_model_config(model_cfg: Mapping[str, Any],
+                       num_classes: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model config (``conf/model/*.yaml``) resolved, as (the builder's ``_target_`` and arguments, its
+    ``deploy:`` block). The deploy block is read by deploy.py only; no builder sees it.
+
+    Args:
+        num_classes: replaces the config's ``num_classes`` (before resolving, so that an unresolvable
+            ``${data.num_classes}`` is never read).
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    if OmegaConf.is_config(model_cfg):
+        if num_classes is not None:
+            model_cfg = copy.copy(model_cfg)  # keeps the parent: other interpolations still resolve
+            with open_dict(model_cfg):
+                model_cfg.num_classes = int(num_classes)
+        spec = OmegaConf.to_container(model_cfg, resolve=True)
+    else:
+        spec = {**model_cfg, **({} if num_classes is None else {"num_classes": int(num_classes)})}
+    spec.pop("defaults", None)
+    return spec, dict(spec.pop("deploy", None) or {})
+
+
+def build_model(model_cfg: Mapping[str, Any], num_classes: int | None = None,
+                device: torch.device | str | None = None) -> nn.Module:
+    """Instantiate a model config with Hydra, without its ``deploy:`` block.
+
+    Args:
+        num_classes: replaces the config's ``num_classes``.
+        device: build the parameters there; ``"meta"`` gives a weightless model whose structure, state-dict
+            shapes and facts (output names, checkpoint layouts) can be read at no cost.
+    """
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    spec = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
-    spec.pop("deploy", None)
-    return instantiate(spec)
+    spec, _ = split_model_config(model_cfg, num_classes)
+    if device is None:
+        return instantiate(spec)
+    with torch.device(device):
+        return instantiate(spec)

@@ -1,8 +1,8 @@
 """FCOS (Tian et al., 2019): R50-caffe FPN with a GroupNorm head, inference only.
 
 Faithful to mmdet's ``fcos_r50_caffe_fpn_gn-head_1x`` (the model of seed 002, checkpoint
-``fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth``; load it with
-:func:`solo_npu.checkpoints.convert_detectors.convert_fcos_state_dict`).
+``fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth``; :meth:`FCOS.convert_state_dict` reads it and
+mmdet >= 2 checkpoints).
 
 Architecture: caffe-style ResNet-50 (stride on the first 1x1 conv, frozen BN) -> FPN over C3..C5
 (``start_level=1``) with two extra stride-2 convs on the P5 output (P6, P7; ReLU before the second)
@@ -30,6 +30,7 @@ Training is not implemented: this framework uses FCOS as a deployment model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from solo_npu.models.backbones.resnet import ResNet
-from solo_npu.models.necks.fpn import FPN, ConvModule
+from solo_npu.models.contract import Preprocessing, as_float_tensor
+from solo_npu.models.necks.fpn import FPN, ConvModule, init_normal_convs
 from solo_npu.models.ops.box_coding import distance2bbox
 from solo_npu.models.ops.boxes import batched_nms
 from solo_npu.models.ops.geometry import boxes_to_original
@@ -46,6 +48,9 @@ from solo_npu.models.ops.priors import fcos_points
 __all__ = ["FCOS", "FCOSHead", "Scale", "build_fcos", "fcos_postprocess"]
 
 FCOS_OUTPUT_NAMES = ("boxes", "cls_scores", "centerness")
+# mmdet v1 head names -> mmdet >= 2 (ours); backbone and neck names are already ours.
+_MMDET_V1_HEAD = {"bbox_head.fcos_cls.": "bbox_head.conv_cls.", "bbox_head.fcos_reg.": "bbox_head.conv_reg.",
+                  "bbox_head.fcos_centerness.": "bbox_head.conv_centerness."}
 
 
 class Scale(nn.Module):
@@ -95,11 +100,7 @@ class FCOSHead(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_normal_convs(self)
         nn.init.constant_(self.conv_cls.bias, -4.59511985)  # prior probability 0.01
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -129,7 +130,14 @@ class FCOS(nn.Module):
         score_thr, iou_threshold, max_per_img, min_bbox_size: mmdet's ``test_cfg``.
     """
 
+    # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
     output_names = FCOS_OUTPUT_NAMES
+    iou_types = ("bbox",)
+    # mmdet caffe pipeline: keep-ratio fit, BGR, caffe mean, std 1, zero padding bottom / right
+    preprocessing = Preprocessing("keep_ratio", "caffe", mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0),
+                                  pad_position="top_left")
+    checkpoint_layouts = ("fcos",)
+    classifier_prefixes = ("bbox_head.conv_cls.",)
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: FCOSHead, nms_pre: int = 1000,
                  score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100,
@@ -137,14 +145,13 @@ class FCOS(nn.Module):
         super().__init__()
         if nms_pre < 1:
             raise ValueError(f"FCOS needs nms_pre >= 1 (a static candidate count), got {nms_pre}")
-        self.backbone = backbone
-        self.neck = neck
-        self.bbox_head = head
-        self.nms_pre = nms_pre
-        self.score_thr = score_thr
-        self.iou_threshold = iou_threshold
-        self.max_per_img = max_per_img
-        self.min_bbox_size = min_bbox_size
+        self.backbone, self.neck, self.bbox_head = backbone, neck, head
+        self.nms_pre, self.score_thr, self.iou_threshold = nms_pre, score_thr, iou_threshold
+        self.max_per_img, self.min_bbox_size = max_per_img, min_bbox_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.bbox_head.num_classes
 
     def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Inference only: returns :meth:`export_forward`. Training raises ``NotImplementedError``."""
@@ -192,6 +199,35 @@ class FCOS(nn.Module):
         boxes, cls_scores, centerness = self.export_forward(images)
         return [fcos_postprocess(boxes[i], cls_scores[i], centerness[i], meta, self.score_thr, self.iou_threshold,
                                  self.max_per_img, self.min_bbox_size) for i, meta in enumerate(metas)]
+
+    @staticmethod
+    def checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:
+        """mmdet files keep their weights under ``state_dict`` (ours under ``model``)."""
+        return "fcos" if container == "state_dict" else None
+
+    def postprocess(self, outputs: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Tensor]:
+        """:func:`fcos_postprocess` of one image's :meth:`export_forward` outputs with this model's thresholds."""
+        return fcos_postprocess(as_float_tensor(outputs["boxes"]), as_float_tensor(outputs["cls_scores"]),
+                                as_float_tensor(outputs["centerness"]), meta, self.score_thr, self.iou_threshold,
+                                self.max_per_img, self.min_bbox_size)
+
+    @staticmethod
+    def convert_state_dict(state: Mapping[str, Tensor], layout: str = "fcos",
+                           num_classes: int | None = None) -> dict[str, Tensor]:
+        """An mmdet v1 / v2 / v3 FCOS state dict (``fcos``) in this model's names: v1 head names renamed,
+        the level scales as scalars."""
+        if layout != "fcos":
+            raise ValueError(f"FCOS reads 'fcos' (mmdet) checkpoints, not {layout!r}")
+        out = {}
+        for key, value in state.items():
+            for old, new in _MMDET_V1_HEAD.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            if re.fullmatch(r"bbox_head\.scales\.\d+\.scale", key) and value.numel() == 1:
+                value = value.reshape(())
+            out[key] = value
+        return out
 
 
 def fcos_postprocess(boxes: Tensor, cls_scores: Tensor, centerness: Tensor, meta: Mapping[str, Any],

@@ -1,7 +1,7 @@
 """SSD-ResNet34, the MLPerf training v0.7 single-stage detector (300x300), inference only.
 
-Faithful to NVIDIA's MLPerf v0.7 PyTorch submission (seed 004, checkpoint ``iter_183250.pt``; load it
-with :func:`solo_npu.checkpoints.convert_detectors.convert_ssd_resnet34_state_dict`).
+Faithful to NVIDIA's MLPerf v0.7 PyTorch submission (seed 004, checkpoint ``iter_183250.pt``;
+:meth:`SSDResNet34.convert_state_dict` reads it).
 
 Architecture: ResNet-34 stem + ``layer1..layer3`` with ``layer3`` at stride 1 (38x38 features at 300x300,
 256 channels) -> five extra blocks (1x1 conv + ReLU, 3x3 conv + ReLU; 256/256/128/128/128 middle
@@ -25,6 +25,7 @@ Training is not implemented: this framework uses SSD-ResNet34 as a deployment mo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from solo_npu.models.backbones.resnet import ResNet
+from solo_npu.models.contract import Preprocessing, as_float_tensor
 from solo_npu.models.ops.box_coding import decode_center_size
 from solo_npu.models.ops.boxes import multiclass_nms
 from solo_npu.models.ops.geometry import boxes_to_original
@@ -41,6 +43,9 @@ __all__ = ["ResNet34Trunk", "SSDResNet34", "build_ssd_resnet34", "default_boxes_
 
 SSD_OUTPUT_NAMES = ("ploc", "plabel")
 NUM_DEFAULTS = (4, 6, 6, 6, 4, 4)
+# Reference trunk module indices -> ours: NVIDIA's ``model.{i}`` and the ``feature_extractor`` variant.
+_NVIDIA_TRUNK = {"0": "conv1", "1": "bn1", "3": "layer1", "4": "layer2", "5": "layer3"}
+_FEATURE_EXTRACTOR_TRUNK = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3"}
 
 
 class ResNet34Trunk(nn.Module):
@@ -104,7 +109,13 @@ class SSDResNet34(nn.Module):
         fig_size: input side; the default boxes are the MLPerf SSD300 ones.
     """
 
+    # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
     output_names = SSD_OUTPUT_NAMES
+    iou_types = ("bbox",)
+    # MLPerf eval transform: stretch to the input, RGB, ImageNet mean / std; the image fills the input
+    preprocessing = Preprocessing("stretch", "pytorch", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                                  pad_position="top_left")
+    checkpoint_layouts = ("ssd_resnet34",)
 
     def __init__(self, backbone: nn.Module, out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),
                  mid_channels: Sequence[int] = (256, 256, 128, 128, 128), num_classes: int = 80,
@@ -116,6 +127,7 @@ class SSDResNet34(nn.Module):
         self.additional_blocks = nn.ModuleList(
             _extra_block(cin, mid, cout, s, p)
             for cin, mid, cout, s, p in zip(out_channels[:-1], mid_channels, out_channels[1:], strides, paddings))
+        self.num_classes = num_classes
         self.label_num = num_classes + 1
         self.num_defaults = tuple(num_defaults)
         self.loc = nn.ModuleList(nn.Conv2d(c, nd * 4, 3, padding=1) for c, nd in zip(out_channels, num_defaults))
@@ -157,10 +169,59 @@ class SSDResNet34(nn.Module):
     def predict(self, images: Tensor, metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
         """Per-image ``boxes``, ``labels``, ``scores`` in original-image coordinates."""
         ploc, plabel = self.export_forward(images)
-        size = tuple(images.shape[-2:])
-        dboxes = self.dboxes if size == (self.fig_size, self.fig_size) else default_boxes_for(size).to(ploc)
+        dboxes = self.default_boxes(images.shape[-2:])
         return [ssd_postprocess(ploc[i], plabel[i], meta, dboxes, self.score_thr, self.iou_threshold,
                                 self.max_per_class, self.max_output) for i, meta in enumerate(metas)]
+
+    def default_boxes(self, canvas: Sequence[int]) -> Tensor:
+        """The default boxes of a ``canvas`` input: the held SSD300 set at ``fig_size``, else computed."""
+        size = (int(canvas[0]), int(canvas[1]))
+        return self.dboxes if size == (self.fig_size, self.fig_size) else default_boxes_for(size).to(self.dboxes)
+
+    def postprocess(self, outputs: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Tensor]:
+        """:func:`ssd_postprocess` of one image's ``ploc`` / ``plabel`` with this model's boxes and thresholds."""
+        ploc = as_float_tensor(outputs["ploc"])
+        dboxes = self.default_boxes(meta.get("canvas", meta["img_shape"])).to(ploc.device)
+        return ssd_postprocess(ploc, as_float_tensor(outputs["plabel"]), meta, dboxes, self.score_thr,
+                               self.iou_threshold, self.max_per_class, self.max_output)
+
+    def convert_state_dict(self, state: Mapping[str, Tensor], layout: str = "ssd_resnet34",
+                           num_classes: int | None = None) -> dict[str, Tensor]:
+        """An MLPerf SSD-ResNet34 state dict (``ssd_resnet34``) in this model's names: the trunk
+        ``model.{0,1,3,4,5}`` (or ``feature_extractor.feature_extractor.{0,1,4,5,6}``) -> ``backbone.*``;
+        each fused ``mbox.i`` conv (class channels first, then box channels) split into ``conf.i`` and
+        ``loc.i``.
+
+        Raises:
+            CheckpointError: an unknown trunk index, or an ``mbox`` conv of another width.
+        """
+        from solo_npu.checkpoints.io import CheckpointError
+
+        if layout != "ssd_resnet34":
+            raise ValueError(f"SSD-ResNet34 reads 'ssd_resnet34' (MLPerf) checkpoints, not {layout!r}")
+        label_num = self.label_num if num_classes is None else num_classes + 1
+        out = {}
+        for key, value in state.items():
+            m = re.match(r"(model|feature_extractor\.feature_extractor)\.(\d+)\.(.*)", key)
+            if m:
+                table = _NVIDIA_TRUNK if m.group(1) == "model" else _FEATURE_EXTRACTOR_TRUNK
+                if m.group(2) not in table:
+                    raise CheckpointError(f"unexpected SSD trunk key {key!r}")
+                out[f"backbone.{table[m.group(2)]}.{m.group(3)}"] = value
+                continue
+            m = re.match(r"mbox\.(\d+)\.(weight|bias)", key)
+            if m:
+                level, kind = int(m.group(1)), m.group(2)
+                nd = self.num_defaults[level]
+                n_conf, n_loc = nd * label_num, nd * 4
+                if value.shape[0] != n_conf + n_loc:
+                    raise CheckpointError(f"{key} has {value.shape[0]} output channels, expected {n_conf + n_loc} "
+                                          f"({nd} priors x ({label_num} classes + 4))")
+                out[f"conf.{level}.{kind}"] = value[:n_conf].clone()
+                out[f"loc.{level}.{kind}"] = value[n_conf:].clone()
+                continue
+            out[key] = value
+        return out
 
 
 def ssd_postprocess(ploc: Tensor, plabel: Tensor, meta: Mapping[str, Any], dboxes: Tensor | None = None,

@@ -1,7 +1,7 @@
 """YolactEdge (Liu et al., 2021) R50-FPN image model, inference only.
 
 Faithful to ``yolact_edge_resnet50_config`` (seed 001, checkpoint ``yolact_edge_resnet50_54_800000.pth``;
-load it with :func:`solo_npu.checkpoints.convert_detectors.convert_yolact_edge_state_dict`). The video
+:meth:`YolactEdge.convert_state_dict` reads it). The video
 parts of YolactEdge (flow network, partial backbone, feature warping) do not change single-image
 outputs and are not built.
 
@@ -40,14 +40,17 @@ Training is not implemented: this framework uses YolactEdge as a deployment mode
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from solo_npu.models.backbones.resnet import ResNet
+from solo_npu.models.contract import Preprocessing, as_float_tensor, compare_raw_outputs
 from solo_npu.models.ops.boxes import fast_nms
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import yolact_priors
@@ -61,6 +64,8 @@ HEAD_OUTPUT_NAMES = ("boxes", "conf", "coeffs", "proto")
 FEATURE_OUTPUT_NAMES = tuple(f"output{i}" for i in range(6))
 EXPORT_OUTPUT_NAMES = {"detections": DETECTION_OUTPUT_NAMES, "heads": HEAD_OUTPUT_NAMES,
                        "features": FEATURE_OUTPUT_NAMES}
+# Modules of the released checkpoints that single images do not use (video and training parts).
+_UNUSED_MODULES = ("flow_net.", "flow_net_pre_convs.", "spa.", "partial_backbone.", "class_existence_fc.")
 
 
 class YolactFPN(nn.Module):
@@ -150,6 +155,13 @@ class YolactEdge(nn.Module):
         preapply_sqrt, use_pixel_scales, use_square_anchors: prior settings (see
             :func:`~solo_npu.models.ops.priors.yolact_priors`).
     """
+
+    # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
+    iou_types = ("segm", "bbox")
+    # YOLACT FastBaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
+    preprocessing = Preprocessing("stretch", "pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38),
+                                  pad_position="top_left")
+    checkpoint_layouts = ("yolact_edge",)
 
     def __init__(self, backbone: nn.Module, fpn: YolactFPN, proto_net: ProtoNet, head: PredictionHead,
                  num_classes: int = 80, scales: Sequence[float] = (24, 48, 96, 192, 384),
@@ -251,6 +263,68 @@ class YolactEdge(nn.Module):
         det_boxes, scores, labels, det_coeffs = self.detect(boxes, conf, coeffs)
         return [yolact_postprocess(det_boxes[i], scores[i], labels[i], det_coeffs[i], proto[i], meta, self.mask_thr)
                 for i, meta in enumerate(metas)]
+
+    def postprocess(self, outputs: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Host half for one image of any export mode: ``"features"`` runs the prediction head, decoding and
+        Fast NMS of this model, ``"heads"`` Fast NMS; then :func:`yolact_postprocess`."""
+        if self.export_mode == "features":
+            device = next(self.parameters()).device
+            feats = [as_float_tensor(outputs[name])[None].to(device) for name in FEATURE_OUTPUT_NAMES[:-1]]
+            proto = as_float_tensor(outputs[FEATURE_OUTPUT_NAMES[-1]])[None].to(device)
+            boxes, scores, labels, coeffs, proto = (t[0].cpu() for t in self.detect_from_features(feats, proto))
+            return yolact_postprocess(boxes, scores, labels, coeffs, proto, meta, self.mask_thr)
+        proto = as_float_tensor(outputs["proto"])
+        if self.export_mode == "heads":
+            boxes, scores, labels, index = yolact_detect(
+                as_float_tensor(outputs["boxes"])[None], as_float_tensor(outputs["conf"])[None], self.conf_thresh,
+                self.nms_thresh, self.top_k, self.max_num_detections)
+            coeffs = as_float_tensor(outputs["coeffs"])[index[0]]
+            return yolact_postprocess(boxes[0], scores[0], labels[0], coeffs, proto, meta, self.mask_thr)
+        return yolact_postprocess(as_float_tensor(outputs["boxes"]), as_float_tensor(outputs["scores"]),
+                                  torch.as_tensor(np.asarray(outputs["labels"]).astype(np.int64)),
+                                  as_float_tensor(outputs["coeffs"]), proto, meta, self.mask_thr)
+
+    def compare_outputs(self, reference: Mapping[str, np.ndarray],
+                        candidate: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Dense and feature modes: every output. Detection mode: only the slots the reference fills (score > 0)."""
+        if self.export_mode != "detections":
+            return compare_raw_outputs(self.output_names, reference, candidate)
+        valid = np.asarray(reference["scores"]) > 0
+        stats = {"valid": float(valid.sum())}
+        for name in ("boxes", "scores", "coeffs"):
+            diff = np.abs(np.asarray(reference[name], np.float64) - np.asarray(candidate[name], np.float64))
+            diff = diff.reshape(*valid.shape, -1).max(axis=-1)
+            stats[f"{name}_max_abs"] = float(np.where(valid, diff, 0).max(initial=0.0))
+        labels_diff = np.asarray(reference["labels"]) != np.asarray(candidate["labels"])
+        stats["labels_mismatch"] = float((labels_diff & valid).sum())
+        stats["proto_max_abs"] = float(np.abs(np.asarray(reference["proto"], np.float64) -
+                                              np.asarray(candidate["proto"], np.float64)).max(initial=0.0))
+        return stats
+
+    def convert_state_dict(self, state: Mapping[str, Tensor], layout: str = "yolact_edge",
+                           num_classes: int | None = None) -> dict[str, Tensor]:
+        """A YolactEdge (or YOLACT) state dict (``yolact_edge``) in this model's names: ``backbone.layers.N``
+        -> ``backbone.layer{N+1}``, ``fpn_phase_1`` / ``fpn_phase_2`` (or YOLACT's ``fpn``) -> ``fpn``;
+        the video-only modules and extra FPN downsample layers dropped."""
+        if layout != "yolact_edge":
+            raise ValueError(f"YolactEdge reads 'yolact_edge' checkpoints, not {layout!r}")
+        has_layers = any(k.startswith("backbone.layers.") for k in state)
+        num_downsample = len(self.fpn.downsample_layers)
+        out = {}
+        for key, value in state.items():
+            if key.startswith(_UNUSED_MODULES):
+                continue
+            if has_layers and re.match(r"backbone\.layer\d", key):
+                continue  # stale pre-"layers" copies, dropped by the reference loader as well
+            m = re.match(r"backbone\.layers\.(\d+)\.(.*)", key)
+            if m:
+                key = f"backbone.layer{int(m.group(1)) + 1}.{m.group(2)}"
+            key = key.replace("fpn_phase_1.", "fpn.").replace("fpn_phase_2.", "fpn.")
+            m = re.match(r"fpn\.downsample_layers\.(\d+)\.", key)
+            if m and int(m.group(1)) >= num_downsample:
+                continue
+            out[key] = value
+        return out
 
 
 def yolact_decode(loc: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from solo_npu.checkpoints import CheckpointError
 from solo_npu.checkpoints.convert import load_model_weights, main
+from solo_npu.models import build_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 VARIANTS = {  # depth, head feat, stacked convs, mask-feature feat / out
@@ -23,9 +23,7 @@ VARIANTS = {  # depth, head feat, stacked convs, mask-feature feat / out
 
 def build(name: str, num_classes: int = 80, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    cfg.num_classes = num_classes
-    return instantiate(cfg).eval()
+    return build_model(OmegaConf.load(CONF / f"{name}.yaml"), num_classes=num_classes).eval()
 
 
 def resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:

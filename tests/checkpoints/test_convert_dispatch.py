@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import OmegaConf
 
 from solo_npu.checkpoints import save_checkpoint
 from solo_npu.checkpoints.convert import load_model_weights, main
@@ -40,10 +41,15 @@ def test_auto_reads_reference_and_own_fcos_checkpoints(tmp_path):
             torch.testing.assert_close(a, b)
 
 
-def test_cli_converts_detector_checkpoint(tmp_path):
+def test_cli_converts_detector_checkpoint(tmp_path, capsys):
     src = _fcos(0)
     ref = save_checkpoint(_mmdet_v1(src.state_dict()), tmp_path / "fcos_v1.pth")
-    assert main([str(ref), str(tmp_path / "clean.pth"), "--from", "fcos"]) == 0
+    # The model reads its reference layout: without its config the CLI (SOLOv2 layouts) refuses, naming it.
+    assert main([str(ref), str(tmp_path / "clean.pth"), "--from", "fcos"]) == 1
+    assert "SOLOv2 does not read 'fcos' checkpoints" in capsys.readouterr().out
+    config = tmp_path / "fcos_tiny.yaml"
+    OmegaConf.save(OmegaConf.create({"_target_": "solo_npu.models.fcos.build_fcos", "num_classes": 80, **TINY}), config)
+    assert main([str(ref), str(tmp_path / "clean.pth"), "--from", "fcos", "--model-config", str(config)]) == 0
     dst = _fcos(1)
     report = load_model_weights(dst, tmp_path / "clean.pth")
     assert report["source"] == "ours" and not report["missing"]

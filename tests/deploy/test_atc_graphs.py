@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from solo_npu.deploy.adapters import build_adapter
+from solo_npu.deploy.adapters import ModelAdapter
 from solo_npu.deploy.context import DeployError
 from solo_npu.deploy.export import example_input, export_onnx, module_device, module_example, slim_onnx
+from solo_npu.models import build_model, split_model_config
 from solo_npu.models.fcos import build_fcos
 from solo_npu.models.ssd_resnet34 import SSDResNet34
 from solo_npu.models.yolact_edge import build_yolact_edge
@@ -36,9 +36,7 @@ def build(name: str) -> tuple[nn.Module, list[int]]:
     if name == "solov2":
         cfg = OmegaConf.load(ROOT / "conf" / "model" / "solov2_tiny.yaml")
         cfg.num_classes = 3
-        spec = OmegaConf.to_container(cfg)
-        spec.pop("deploy")
-        return instantiate(spec).eval(), [128, 160]
+        return build_model(cfg).eval(), [128, 160]
     if name == "fcos":
         return build_fcos(num_classes=3, depth=18, fpn_channels=16, feat_channels=16, stacked_convs=1, num_groups=4,
                           nms_pre=50).eval(), [128, 160]
@@ -68,8 +66,8 @@ def run_onnx(path: Path, x: np.ndarray) -> list[np.ndarray]:
 @pytest.mark.parametrize("name", ["solov2", "fcos", "yolact_edge", "ssd_resnet34"])
 def test_export_slim_and_resize_sizes(name, opset, tmp_path):
     model, shape = build(name)
-    adapter = build_adapter(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
-    module = adapter.export_module(model)
+    adapter = ModelAdapter(model)
+    module = adapter.export_module()
     x = example_input(1, shape)
     raw = export_onnx(module, x, tmp_path / "raw.onnx", adapter.output_names, opset)
     slim = tmp_path / "slim.onnx"
@@ -96,11 +94,10 @@ def solov2_r50_graph_at_seed_shape() -> nn.Module:
                  "model.head.mask_feature.out_channels=8", "data.num_classes=80"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("deploy", overrides=overrides)
-    spec = OmegaConf.to_container(cfg.model, resolve=True)
-    deploy = spec.pop("deploy")
+    spec, deploy = split_model_config(cfg.model)
     assert deploy["input_shape"] == [800, 1216] and spec["test"]["export_topk"] == 100
     torch.manual_seed(0)
-    return instantiate(spec).eval()
+    return build_model(cfg.model).eval()
 
 
 @pytest.mark.parametrize("opset", [11, 13])
@@ -108,8 +105,8 @@ def test_solov2_output_contract_of_the_310p_guide(opset, tmp_path):
     """Ascend ModelZoo SOLOV2 torch_aie guide (310P3): input 1x3x800x1216; outputs masks 1x100x200x304
     float32, labels 1x100 int32, scores 1x100 float32 (REFERENCE.md, seed table)."""
     model = solov2_r50_graph_at_seed_shape()
-    adapter = build_adapter(OmegaConf.load(ROOT / "conf" / "model" / "solov2.yaml"))
-    path = export_onnx(adapter.export_module(model), example_input(1, [800, 1216]), tmp_path / "s.onnx",
+    adapter = ModelAdapter(model)
+    path = export_onnx(adapter.export_module(), example_input(1, [800, 1216]), tmp_path / "s.onnx",
                        adapter.output_names, opset)
     slim_onnx(path)
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True).graph

@@ -1,5 +1,5 @@
-"""Detector adapters and model configs: config -> model / adapter, pre-processing, and postprocess parity
-with each model's eager ``predict``."""
+"""The generic adapter on the detectors and their configs: config -> model / adapter, pre-processing, and
+postprocess parity with each model's eager ``predict``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_npu.deploy.adapters import build_adapter
-from solo_npu.deploy.adapters_detectors import FCOSAdapter, SSDResNet34Adapter, StretchResize, YolactEdgeAdapter
-from solo_npu.models import build_model
+from solo_npu.deploy.adapters import ModelAdapter, StretchResize
+from solo_npu.models import build_model, split_model_config
 from solo_npu.models.fcos import FCOS
 from solo_npu.models.ssd_resnet34 import SSDResNet34
 from solo_npu.models.yolact_edge import YolactEdge, build_yolact_edge
@@ -20,22 +19,21 @@ from solo_npu.models.yolact_edge import YolactEdge, build_yolact_edge
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 
-@pytest.mark.parametrize("name, model_type, adapter_type, shape, anchor_key", [
-    ("fcos", FCOS, FCOSAdapter, [1, 3, 800, 1333], "bbox_AP"),
-    ("yolact_edge", YolactEdge, YolactEdgeAdapter, [1, 3, 550, 550], "segm_AP"),
-    ("ssd_resnet34", SSDResNet34, SSDResNet34Adapter, [1, 3, 300, 300], "bbox_AP"),
+@pytest.mark.parametrize("name, model_type, shape, outputs, iou_types, anchor_key", [
+    ("fcos", FCOS, [1, 3, 800, 1333], ("boxes", "cls_scores", "centerness"), ("bbox",), "bbox_AP"),
+    ("yolact_edge", YolactEdge, [1, 3, 550, 550], ("boxes", "scores", "labels", "coeffs", "proto"),
+     ("segm", "bbox"), "segm_AP"),
+    ("ssd_resnet34", SSDResNet34, [1, 3, 300, 300], ("ploc", "plabel"), ("bbox",), "bbox_AP"),
 ])
-def test_model_configs_build_model_and_adapter(name, model_type, adapter_type, shape, anchor_key) -> None:
+def test_model_configs_build_model_and_adapter(name, model_type, shape, outputs, iou_types, anchor_key) -> None:
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     assert cfg.num_classes == 80 and list(cfg.deploy.input_shape) == shape
-    adapter = build_adapter(cfg)
-    assert isinstance(adapter, adapter_type)
-    assert list(adapter.output_names) == list(cfg.deploy.output_names)
-    assert list(adapter.iou_types) == list(cfg.deploy.iou_types)
-    assert adapter.anchors and anchor_key in adapter.anchors[0]
     small = OmegaConf.merge(cfg, {"depth": 18} if name != "ssd_resnet34" else {})
     model = build_model(small)
     assert isinstance(model, model_type) and model.name == cfg.name and not model.training
+    adapter = ModelAdapter(model, split_model_config(cfg)[1]["anchors"])
+    assert adapter.output_names == outputs and adapter.iou_types == iou_types  # the seed guides' outputs
+    assert adapter.anchors and anchor_key in adapter.anchors[0]
 
 
 def test_seed_anchor_figures() -> None:
@@ -55,15 +53,15 @@ def sample(h: int, w: int, rgb: tuple[int, int, int]) -> dict:
 
 
 def test_transforms_follow_each_reference_pipeline() -> None:
-    out = YolactEdgeAdapter().transforms((64, 64))(sample(30, 50, (124, 117, 104)), None)
+    out = ModelAdapter(YolactEdge).transforms((64, 64))(sample(30, 50, (124, 117, 104)), None)
     assert out["image"].shape == (3, 64, 64) and out["meta"]["img_shape"] == (64, 64)
     assert out["meta"]["scale_factor"] == pytest.approx((64 / 30, 64 / 50))
     np.testing.assert_allclose(out["image"][:, 0, 0], [(124 - 123.68) / 58.40, (117 - 116.78) / 57.12,
                                                        (104 - 103.94) / 57.38], rtol=1e-4, atol=1e-6)
-    out = FCOSAdapter().transforms((64, 96))(sample(40, 40, (10, 20, 30)), None)
+    out = ModelAdapter(FCOS).transforms((64, 96))(sample(40, 40, (10, 20, 30)), None)
     assert out["meta"]["img_shape"] == (64, 64)  # keep ratio, fitted into the canvas
     np.testing.assert_allclose(out["image"][:, 0, 0], [30 - 102.9801, 20 - 115.9465, 10 - 122.7717], rtol=1e-5)
-    out = SSDResNet34Adapter().transforms((32, 32))(sample(10, 20, (0, 0, 0)), None)
+    out = ModelAdapter(SSDResNet34).transforms((32, 32))(sample(10, 20, (0, 0, 0)), None)
     np.testing.assert_allclose(out["image"][:, 0, 0], [-123.675 / 58.395, -116.28 / 57.12, -103.53 / 57.375],
                                rtol=1e-5)
     resized = StretchResize((20, 40))(sample(10, 10, (0, 0, 0)), None)
@@ -87,12 +85,13 @@ def test_yolact_adapter_modes_agree_with_predict() -> None:
         model.export_mode = "heads"
         heads = dict(zip(model.output_names, (t[0].numpy() for t in model.export_forward(x))))
     assert len(expected["scores"]) > 0
-    adapter_kw = dict(conf_thresh=0.0125, top_k=16, max_num=12)
     for mode, outputs in (("detections", det), ("heads", heads)):
-        got = YolactEdgeAdapter(export_mode=mode, **adapter_kw).postprocess(outputs, meta)
+        model.export_mode = mode  # the model's own thresholds serve both modes
+        got = ModelAdapter(model).postprocess(outputs, meta)
         for key in ("boxes", "scores", "labels", "masks"):
             torch.testing.assert_close(got[key], expected[key])
-    stats = YolactEdgeAdapter().compare(det, {**det, "scores": det["scores"] + 1e-3})
+    model.export_mode = "detections"
+    stats = ModelAdapter(model).compare(det, {**det, "scores": det["scores"] + 1e-3})
     assert stats["scores_max_abs"] == pytest.approx(1e-3, rel=1e-3) and stats["labels_mismatch"] == 0
 
 
@@ -105,7 +104,7 @@ def test_ssd_adapter_agrees_with_predict() -> None:
     with torch.no_grad():
         expected = model.predict(x, [meta])[0]
         ploc, plabel = model.export_forward(x)
-    got = SSDResNet34Adapter(max_output=30).postprocess({"ploc": ploc[0].numpy(), "plabel": plabel[0].numpy()}, meta)
+    got = ModelAdapter(model).postprocess({"ploc": ploc[0].numpy(), "plabel": plabel[0].numpy()}, meta)
     assert len(expected["scores"]) == 30
     for key in ("boxes", "scores", "labels"):
         torch.testing.assert_close(got[key], expected[key])

@@ -16,9 +16,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_npu.deploy.adapters import build_adapter
-from solo_npu.deploy.adapters_detectors import YolactEdgeAdapter
+from solo_npu.deploy.adapters import ModelAdapter
 from solo_npu.deploy.export import export_onnx
+from solo_npu.models import build_model
 from solo_npu.models.yolact_edge import YolactEdge, build_yolact_edge
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
@@ -41,9 +41,9 @@ def test_features_export_has_the_guides_six_outputs(tmp_path) -> None:
     # Full channel widths (256 FPN channels, 32 prototypes) on a ResNet-18 trunk: the same strides as R50.
     torch.manual_seed(0)
     model = build_yolact_edge(depth=18, proto_channels=8, export_mode="features")
-    adapter = YolactEdgeAdapter(export_mode="features")
+    adapter = ModelAdapter(model)
     assert adapter.output_names == model.output_names == tuple(f"output{i}" for i in range(6))
-    path = export_onnx(adapter.export_module(model), torch.zeros(2, 3, 550, 550), tmp_path / "f.onnx",
+    path = export_onnx(adapter.export_module(), torch.zeros(2, 3, 550, 550), tmp_path / "f.onnx",
                        adapter.output_names, opset=11)
     graph = onnx.load(str(path)).graph
     shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
@@ -58,15 +58,13 @@ def test_features_export_has_the_guides_six_outputs(tmp_path) -> None:
 def test_config_switches_model_and_adapter_together() -> None:
     cfg = OmegaConf.load(CONF / "yolact_edge.yaml")
     cfg.export_mode = "features"
-    adapter = build_adapter(cfg)
-    assert adapter.export_mode == "features" and adapter.output_names[-1] == "output5"
+    adapter = ModelAdapter(build_model(cfg, device="meta"))  # the adapter reads the model: one export_mode
+    assert adapter.output_names == tuple(f"output{i}" for i in range(6))
     with pytest.raises(ValueError, match="export_mode"):
-        YolactEdgeAdapter(export_mode="features").export_module(tiny("detections"))
-    with pytest.raises(RuntimeError, match="needs the model"):
-        YolactEdgeAdapter(export_mode="features").postprocess({}, meta_for(96, 96, 96))
+        build_yolact_edge(export_mode="boxes", **TINY)
 
 
-def results_of(adapter: YolactEdgeAdapter, outputs: list[np.ndarray], metas: list[dict]) -> list[dict]:
+def results_of(adapter: ModelAdapter, outputs: list[np.ndarray], metas: list[dict]) -> list[dict]:
     return [adapter.postprocess({n: o[i] for n, o in zip(adapter.output_names, outputs)}, meta)
             for i, meta in enumerate(metas)]
 
@@ -74,9 +72,7 @@ def results_of(adapter: YolactEdgeAdapter, outputs: list[np.ndarray], metas: lis
 def test_features_mode_gives_the_detections_modes_results(tmp_path) -> None:
     det_model, feat_model = tiny("detections"), tiny("features")
     feat_model.load_state_dict(det_model.state_dict())  # the same checkpoint
-    det_adapter = YolactEdgeAdapter(export_mode="detections")
-    feat_adapter = YolactEdgeAdapter(export_mode="features")
-    feat_adapter.bind_model(lambda: feat_model)
+    det_adapter, feat_adapter = ModelAdapter(det_model), ModelAdapter(feat_model)
     x = torch.randn(3, 3, 96, 96)
     metas = [meta_for(60, 90, 96), meta_for(96, 96, 96), meta_for(120, 70, 96)]
     found = 0

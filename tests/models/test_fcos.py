@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from solo_npu.checkpoints.convert_detectors import convert_fcos_state_dict
+from solo_npu.checkpoints.convert import read_checkpoint
 from solo_npu.deploy.adapters import ExportWrapper
 from solo_npu.deploy.export import export_onnx, export_torchscript
 from solo_npu.models.fcos import FCOS, build_fcos, fcos_postprocess
@@ -49,7 +49,9 @@ def test_mmdet_checkpoint_loads_strict_and_reproduces_outputs(layout: str) -> No
         state = dict(src.state_dict())
         state.update({k: v.reshape(1) for k, v in state.items() if k.endswith(".scale")})
         ckpt = {"meta": {}, "state_dict": state}
-    result = dst.load_state_dict(convert_fcos_state_dict(ckpt), strict=True)
+    state, _, layout = read_checkpoint(ckpt, dst)  # auto: mmdet's state_dict container
+    assert layout == "fcos"
+    result = dst.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 64, 96)
     for a, b in zip(src.export_forward(x), dst.export_forward(x)):
@@ -66,7 +68,7 @@ def test_full_size_model_accepts_reference_key_set() -> None:
     assert ckpt["bbox_head.fcos_cls.weight"].shape == (80, 256, 3, 3)
     assert ckpt["neck.lateral_convs.0.conv.weight"].shape == (256, 512, 1, 1)  # start_level=1: C3
     assert model.backbone.layer2[0].conv1.stride == (2, 2)  # caffe style: stride on the 1x1 conv
-    model.load_state_dict(convert_fcos_state_dict(ckpt), strict=True)
+    model.load_state_dict(read_checkpoint(ckpt, model, "fcos")[0], strict=True)
 
 
 def test_centerness_reads_the_classification_branch() -> None:

@@ -218,14 +218,13 @@ def test_configured_constants_equal_mmdet() -> None:
     test_cfg = {"nms_pre": 1000, "min_bbox_size": 0, "score_thr": 0.05, "iou_threshold": 0.5, "max_per_img": 100}
     for key, value in test_cfg.items():
         assert cfg[key] == value, key
-    for key in ("score_thr", "iou_threshold", "max_per_img"):
-        assert cfg.deploy.adapter[key] == test_cfg[key], key
+    assert set(cfg.deploy) == {"input_shape", "opset", "batch_sizes", "soc_version", "anchors"}  # said once
     assert list(cfg.strides) == [8, 16, 32, 64, 128] and cfg.num_classes == 80
     assert cfg.style == "caffe" and cfg.norm == "frozen_bn" and cfg.centerness_on_reg is False
     assert cfg.stacked_convs == 4 and cfg.feat_channels == 256 and cfg.num_groups == 32
-    pre = cfg.deploy.preprocessing
+    pre = FCOS.preprocessing
     assert list(pre.mean) == [102.9801, 115.9465, 122.7717] and list(pre.std) == [1.0, 1.0, 1.0]
-    assert pre.channel_order == "bgr" and pre.resize == "keep_ratio" and list(pre.scale) == [1333, 800]
+    assert pre.style == "caffe" and pre.resize == "keep_ratio" and list(cfg.deploy.input_shape) == [1, 3, 800, 1333]
     model = build_fcos(**TINY)
     assert (model.score_thr, model.iou_threshold, model.max_per_img, model.min_bbox_size) == (0.05, 0.5, 100, 0)
     assert build_fcos(depth=18, fpn_channels=8, feat_channels=8, stacked_convs=1, num_groups=4).nms_pre == 1000

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from solo_npu.models import build_model
 from solo_npu.models.solov2 import SOLOv2, build_solov2_targets, masks_to_boxes, paste_masks
 from solo_npu.models.solov2.postprocess import flatten_predictions
 from solo_npu.runtime import torchscript_onnx_export_kwargs
@@ -24,7 +24,7 @@ def tiny_model(num_classes: int = 3, seed: int = 0, lively: bool = True) -> SOLO
     torch.manual_seed(seed)
     cfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
     cfg.num_classes = num_classes
-    model = instantiate(cfg).eval()
+    model = build_model(cfg).eval()
     if lively:
         g = torch.Generator().manual_seed(seed)
         for mod in model.mask_head.modules():

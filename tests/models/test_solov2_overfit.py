@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from solo_npu.data import CocoInstanceDataset, build_dataloader, build_transforms
 from solo_npu.data.synthetic import generate_synthetic_coco
 from solo_npu.evaluation import CocoEvaluator
+from solo_npu.models import build_model
 from solo_npu.models.solov2 import paste_masks
 from solo_npu.models.solov2.targets import downsample_masks
 
@@ -45,7 +45,7 @@ def test_tiny_solov2_overfits_eight_images(tmp_path, data_cfg_for):
     torch.manual_seed(0)
     mcfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
     mcfg.num_classes = int(cfg.num_classes)
-    model = instantiate(mcfg).train()
+    model = build_model(mcfg).train()
     iters = 160
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=iters, pct_start=0.1)

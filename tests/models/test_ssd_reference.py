@@ -229,12 +229,13 @@ def test_configured_constants_equal_the_reference() -> None:
     cfg = OmegaConf.load(CONF / "ssd_resnet34.yaml")
     reference = {"score_thr": 0.05, "iou_threshold": 0.5, "max_per_class": 200, "max_output": 200}
     for key, value in reference.items():
-        assert cfg[key] == value and cfg.deploy.adapter[key] == value, key
+        assert cfg[key] == value, key
+    assert set(cfg.deploy) == {"input_shape", "opset", "batch_sizes", "soc_version", "anchors"}  # said once
     assert cfg.fig_size == 300 and cfg.num_classes == 80
     assert list(cfg.out_channels) == [256, 512, 512, 256, 256, 256]  # ssd300.py out_chan
     assert list(cfg.mid_channels) == [256, 256, 128, 128, 128]  # _build_additional_features
-    pre = cfg.deploy.preprocessing  # transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    assert pre.channel_order == "rgb" and pre.resize == "stretch" and list(pre.scale) == [300, 300]
+    pre = SSDResNet34.preprocessing  # transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    assert pre.style == "pytorch" and pre.resize == "stretch" and list(cfg.deploy.input_shape) == [1, 3, 300, 300]
     torch.testing.assert_close(torch.tensor(list(pre.mean)), torch.tensor([0.485, 0.456, 0.406]) * 255)
     torch.testing.assert_close(torch.tensor(list(pre.std)), torch.tensor([0.229, 0.224, 0.225]) * 255)
     model = build_ssd_resnet34(depth=18, out_channels=(256, 8, 8, 8, 8, 8), mid_channels=(8,) * 5)

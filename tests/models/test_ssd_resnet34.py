@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from solo_npu.checkpoints import CheckpointError, save_checkpoint
-from solo_npu.checkpoints.convert_detectors import convert_ssd_resnet34_state_dict, load_detector_weights
+from solo_npu.checkpoints.convert import load_model_weights, read_checkpoint
 from solo_npu.deploy.adapters import ExportWrapper
 from solo_npu.deploy.export import export_onnx, export_torchscript
 from solo_npu.models.ops import box_iou, ssd_default_boxes
@@ -84,7 +84,9 @@ def test_reference_checkpoint_loads_strict_and_reproduces_outputs(layout: str) -
         assert ckpt["model"]["module.mbox.1.weight"].shape == (6 * 85, 16, 3, 3)
     else:
         ckpt = to_feature_extractor_names(src)
-    result = dst.load_state_dict(convert_ssd_resnet34_state_dict(ckpt), strict=True)
+    state, _, layout = read_checkpoint(ckpt, dst)  # auto: keys that are not the model's
+    assert layout == "ssd_resnet34"
+    result = dst.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 300, 300)
     with torch.no_grad():
@@ -92,18 +94,19 @@ def test_reference_checkpoint_loads_strict_and_reproduces_outputs(layout: str) -
             torch.testing.assert_close(a, b)
 
 
-def test_load_detector_weights_from_file_and_bad_checkpoints(tmp_path) -> None:
+def test_load_model_weights_from_file_and_bad_checkpoints(tmp_path) -> None:
     model = tiny_ssd(0)
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     path = save_checkpoint({"model": state, "epoch": 3}, tmp_path / "iter.pt")
     other = tiny_ssd(1)
-    assert load_detector_weights(other, path, "ssd_resnet34") == ([], [])
+    report = load_model_weights(other, path, "ssd_resnet34")
+    assert report["missing"] == report["unexpected"] == []
     torch.testing.assert_close(other.conf[2].weight, model.conf[2].weight)
     bad = {"mbox.0.weight": torch.zeros(10, 16, 3, 3)}
     with pytest.raises(CheckpointError, match="mbox.0.weight has 10 output channels, expected 340"):
-        convert_ssd_resnet34_state_dict(bad)
-    with pytest.raises(ValueError, match="unknown detector checkpoint kind"):
-        load_detector_weights(other, path, "retinanet")
+        read_checkpoint(bad, other, "ssd_resnet34")
+    with pytest.raises(CheckpointError, match="SSDResNet34 does not read 'retinanet'"):
+        load_model_weights(other, path, "retinanet")
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from solo_npu.checkpoints.convert_detectors import convert_yolact_edge_state_dict
+from solo_npu.checkpoints.convert import read_checkpoint
 from solo_npu.deploy.adapters import ExportWrapper
 from solo_npu.deploy.export import export_onnx, export_torchscript
 from solo_npu.models.yolact_edge import YolactEdge, build_yolact_edge, crop_masks, yolact_postprocess
@@ -41,7 +41,9 @@ def test_yolact_edge_checkpoint_loads_strict_and_reproduces_outputs() -> None:
     src, dst = tiny_yolact(0), tiny_yolact(1)
     ckpt = to_yolact_edge_names(src.state_dict())
     assert "fpn_phase_2.downsample_layers.1.weight" in ckpt and "backbone.layers.3.1.conv2.weight" in ckpt
-    result = dst.load_state_dict(convert_yolact_edge_state_dict(ckpt), strict=True)
+    state, _, layout = read_checkpoint(ckpt, dst)  # auto: keys that are not the model's
+    assert layout == "yolact_edge"
+    result = dst.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """Necks."""
 
-from solo_npu.models.necks.fpn import FPN, ConvModule
+from solo_npu.models.necks.fpn import FPN, ConvModule, init_normal_convs
 
-__all__ = ["FPN", "ConvModule"]
+__all__ = ["FPN", "ConvModule", "init_normal_convs"]

@@ -7,7 +7,16 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FPN", "ConvModule"]
+__all__ = ["FPN", "ConvModule", "init_normal_convs"]
+
+
+def init_normal_convs(module: nn.Module, std: float = 0.01) -> None:
+    """Normal(0, ``std``) weights and zero biases for every convolution in ``module`` (mmdet's head init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 _EXTRA_MODES = (False, "on_input", "on_lateral", "on_output")
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from solo_npu.models.necks.fpn import ConvModule
+from solo_npu.models.necks.fpn import ConvModule, init_normal_convs
 
 __all__ = ["MaskFeatureHead", "SOLOv2Head", "coordinate_features"]
 
@@ -108,11 +108,7 @@ class SOLOv2Head(nn.Module):
 
     def init_weights(self) -> None:
         """Normal(0, 0.01) convs, zero biases, classifier bias for a 0.01 prior (as mmdet)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_normal_convs(self)
         self.reset_classifier(self.num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:

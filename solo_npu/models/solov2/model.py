@@ -6,11 +6,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from solo_npu.models.backbones.resnet import ResNet, load_torchvision_weights
+from solo_npu.models.contract import Preprocessing, as_float_tensor
 from solo_npu.models.necks.fpn import FPN
+from solo_npu.models.solov2.checkpoint import SOLOV2_LAYOUTS, convert_solov2_state_dict, solov2_checkpoint_layout
 from solo_npu.models.solov2.head import SOLOv2Head
 from solo_npu.models.solov2.losses import solov2_loss
 from solo_npu.models.solov2.postprocess import (
@@ -74,11 +77,31 @@ class SOLOv2(nn.Module):
         self.register_buffer("cell_strides", mask_head.cell_strides(), persistent=False)
         self.num_pos_dropped: Tensor | None = None
 
+    # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
+    iou_types = ("segm",)
+    size_divisor = 32
+    preprocessing = Preprocessing()  # keep-ratio fit, centred zero padding, the data config's normalisation
     classifier_prefixes = ("mask_head.conv_cls.",)
+    checkpoint_layouts = SOLOV2_LAYOUTS
+    partial_checkpoint_layouts = ("torchvision",)
 
     @property
     def num_classes(self) -> int:
         return self.mask_head.num_classes
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Outputs of :meth:`export_forward`."""
+        return ("masks", "labels", "scores", "exact") if self.export_exact_flag else ("masks", "labels", "scores")
+
+    @staticmethod
+    def checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:
+        return solov2_checkpoint_layout(state, container)
+
+    @staticmethod
+    def convert_state_dict(state: Mapping[str, Tensor], layout: str,
+                           num_classes: int | None = None) -> dict[str, Tensor]:
+        return convert_solov2_state_dict(state, layout, num_classes)
 
     def reset_classifier(self) -> None:
         """Fresh prior-probability initialisation of the category classifier (fine-tuning on new classes)."""
@@ -159,6 +182,39 @@ class SOLOv2(nn.Module):
                             "boxes": masks_to_boxes(pasted)})
         return results
 
+    def postprocess(self, outputs: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Host half for one image of :meth:`export_forward`'s outputs (any backend): the fixed K entries
+        sorted by score, the valid ones (score > 0) pasted onto the original image."""
+        scores = as_float_tensor(outputs["scores"])
+        labels = torch.as_tensor(np.asarray(outputs["labels"]).astype(np.int64))
+        masks = as_float_tensor(outputs["masks"])
+        # The graph returns a fixed K sorted by score; valid entries are a prefix after a stable sort.
+        scores, order = torch.sort(scores, descending=True, stable=True)
+        num = int((scores > 0).sum())
+        keep = order[:num]
+        pasted = paste_masks(masks[keep], dict(meta), self.test_cfg.mask_thr)
+        return {"masks": pasted, "labels": labels[keep], "scores": scores[:num], "boxes": masks_to_boxes(pasted)}
+
+    @staticmethod
+    def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Scores and masks of the valid entries (reference score > 0), and whether their labels agree;
+        padding slots may hold arbitrary ties."""
+        ref_scores = np.asarray(reference["scores"], dtype=np.float64)
+        out_scores = np.asarray(candidate["scores"], dtype=np.float64)
+        if ref_scores.shape != out_scores.shape:
+            raise ValueError(f"scores: shape {out_scores.shape} differs from the reference {ref_scores.shape}")
+        valid = ref_scores > 0
+        ref_masks = np.asarray(reference["masks"], dtype=np.float64)
+        out_masks = np.asarray(candidate["masks"], dtype=np.float64)
+        mask_diff = np.abs(ref_masks - out_masks).max(axis=(-2, -1)) if ref_masks.size else np.zeros_like(valid)
+        label_diff = np.asarray(reference["labels"]) != np.asarray(candidate["labels"])
+        return {
+            "scores_max_abs": float(np.where(valid, np.abs(ref_scores - out_scores), 0).max(initial=0.0)),
+            "masks_max_abs": float(np.where(valid, mask_diff, 0).max(initial=0.0)),
+            "labels_mismatch": float((label_diff & valid).sum()),
+            "valid": float(valid.sum()),
+        }
+
 
 def _as_dict(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if cfg is None:
@@ -190,8 +246,7 @@ def _load_backbone(body: ResNet, path: str) -> None:
 
 def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
                  head: Mapping[str, Any] | None = None, test: Mapping[str, Any] | None = None,
-                 pretrained: str | None = None, name: str = "solov2",
-                 deploy: Mapping[str, Any] | None = None) -> SOLOv2:
+                 pretrained: str | None = None, name: str = "solov2") -> SOLOv2:
     """Build SOLOv2 from plain (or OmegaConf) dicts; the ``_target_`` of ``conf/model/solov2_*.yaml``.
 
     Args:
@@ -205,9 +260,7 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
             and ``"auto"`` load nothing here; a training run resolves ``auto`` to a file first
             (:func:`solo_npu.engine.backbone_init.backbone_init_file`).
         name: a label for reports.
-        deploy: the yaml's ``deploy:`` defaults; read by deploy.py, ignored here.
     """
-    del deploy
     backbone_cfg = _as_dict(backbone)
     neck_cfg = {"out_channels": 256, "num_outs": 5, **_as_dict(neck)}
     head_cfg = _as_dict(head)
