@@ -109,6 +109,19 @@ def read_json(path: str | os.PathLike, what: str = "file", stage: str | None = N
     return json.loads(path.read_text())
 
 
+def read_stage_json(ctx: DeployContext, stage: str, filename: str, what: str, holds: str, otherwise: str) -> Any:
+    """A stage's json record whose ``input_shape`` ([3, H, W]) must be the run's ``deploy.input_shape``.
+
+    Raises:
+        DeployError: the file is missing (run ``stage`` first) or was written for another input shape.
+    """
+    record = read_json(ctx.path(stage, filename), what, stage=stage)
+    if list(record["input_shape"][1:]) != list(ctx.settings.input_shape):
+        raise DeployError(f"the {what} in {ctx.path(stage)} {holds} {record['input_shape'][1:]} but deploy.input_shape "
+                          f"is {list(ctx.settings.input_shape)}: re-run stages=[{stage}] or {otherwise}")
+    return record
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer, np.floating)):
         return obj.item()

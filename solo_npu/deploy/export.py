@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
 from solo_npu.runtime.compat import torchscript_onnx_export_kwargs
 
 logger = logging.getLogger(__name__)
@@ -225,13 +225,8 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
 
 
 def load_manifest(ctx: DeployContext) -> dict[str, Any]:
-    manifest = read_json(ctx.path("export", "manifest.json"), "export manifest", stage="export")
-    if list(manifest["input_shape"][1:]) != list(ctx.settings.input_shape):
-        raise DeployError(
-            f"the exported models in {ctx.path('export')} take {manifest['input_shape'][1:]} but deploy.input_shape "
-            f"is {list(ctx.settings.input_shape)}: re-run stages=[export] or drop the deploy.input_shape override"
-        )
-    return manifest
+    return read_stage_json(ctx, "export", "manifest.json", "exported models", "take",
+                           "drop the deploy.input_shape override")
 
 
 def exported_file(manifest: dict[str, Any], fmt: str, batch_size: int | str) -> str | None:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from solo_npu.data import CocoInstanceDataset, FixedShapeCollate, ensure_synthetic
 from solo_npu.data.transforms import Compose, Normalize, Resize
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +130,7 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_index(ctx: DeployContext) -> dict[str, Any]:
-    index = read_json(ctx.path("preprocess", "index.json"), "preprocessed inputs", stage="preprocess")
-    if tuple(index["input_shape"][1:]) != tuple(ctx.settings.input_shape):
-        raise DeployError(
-            f"the preprocessed inputs in {ctx.path('preprocess')} are {index['input_shape'][1:]} but "
-            f"deploy.input_shape is {list(ctx.settings.input_shape)}: re-run stages=[preprocess] or use a new run_dir"
-        )
-    return index
+    return read_stage_json(ctx, "preprocess", "index.json", "preprocessed inputs", "are", "use a new run_dir")
 
 
 def load_inputs(ctx: DeployContext, records: Sequence[dict[str, Any]]) -> np.ndarray:

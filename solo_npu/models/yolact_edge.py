@@ -177,19 +177,14 @@ class YolactEdge(nn.Module):
         self.proto_net = proto_net
         self.prediction_layers = nn.ModuleList([head])
         self.semantic_seg_conv = nn.Conv2d(head.upfeature[0].in_channels, num_classes, 1)  # training-only branch
-        self.num_classes = num_classes
-        self.scales = tuple(scales)
-        self.aspect_ratios = tuple(aspect_ratios)
-        self.max_size = max_size
-        self.preapply_sqrt = preapply_sqrt
-        self.use_pixel_scales = use_pixel_scales
+        self.num_classes, self.export_mode = num_classes, export_mode
+        # prior settings
+        self.scales, self.aspect_ratios, self.max_size = tuple(scales), tuple(aspect_ratios), max_size
+        self.preapply_sqrt, self.use_pixel_scales = preapply_sqrt, use_pixel_scales
         self.use_square_anchors = use_square_anchors
-        self.conf_thresh = conf_thresh
-        self.nms_thresh = nms_thresh
-        self.top_k = top_k
-        self.max_num_detections = max_num_detections
-        self.mask_thr = mask_thr
-        self.export_mode = export_mode
+        # Fast NMS and mask settings
+        self.conf_thresh, self.nms_thresh, self.top_k = conf_thresh, nms_thresh, top_k
+        self.max_num_detections, self.mask_thr = max_num_detections, mask_thr
 
     @property
     def output_names(self) -> tuple[str, ...]:
