@@ -39,7 +39,9 @@ from solo_npu.deploy.backends import (
     padded,
 )
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.evaluate import score_types
 from solo_npu.deploy.export import load_manifest
+from solo_npu.deploy.infer import infer_batch_sizes
 from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, load_index, load_inputs
 from solo_npu.deploy.runners import Runner
 from solo_npu.runtime import DeviceInfo, memory_stats, reset_peak_memory
@@ -226,9 +228,6 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
             rows.append(row)
             logger.info("benchmark %s: %.1f ms/batch, %.2f img/s (%s)", key, row.get("mean_ms", float("nan")),
                         row.get("throughput", float("nan")), backend.timing_scope)
-    from solo_npu.deploy.evaluate import score_types
-    from solo_npu.deploy.infer import infer_batch_sizes
-
     eager_ap = _ap(metrics, "eager")
     result = {"device": ctx.device.type, "warmup": warmup, "iters": iters, "rows": rows, "eager_AP": eager_ap,
               "eager_AP_by_type": ap_by_type(metrics, "eager"), "ap_types": list(score_types(ctx.adapter.iou_types)),
