@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from solo_npu.data import CocoInstanceDataset, build_dataloader, build_transforms
+from solo_npu.data import CocoInstanceDataset, build_transforms
+from solo_npu.data.build import build_collate
 from solo_npu.data.synthetic import generate_synthetic_coco
 from solo_npu.evaluation import CocoEvaluator
 from solo_npu.models import build_model
@@ -27,8 +28,8 @@ def _first_batch(cfg):
     # The val images (8) through the deterministic val transforms, with their masks for training.
     ds = CocoInstanceDataset(root / cfg.val.ann_file, root / cfg.val.img_dir, transforms=build_transforms(cfg, False),
                              train=False, max_instances=int(cfg.max_instances), with_masks=True)
-    loader = build_dataloader(cfg, "val", batch_size=len(ds), dataset=ds, num_workers=0)
-    return ds, next(iter(loader))
+    # All eight in one training-style batch (the val loader would group them by canvas).
+    return ds, build_collate(cfg)([ds[i] for i in range(len(ds))])
 
 
 def _segm(ds, batch, results) -> dict[str, float]:
