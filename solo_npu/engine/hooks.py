@@ -21,7 +21,7 @@ from solo_npu.engine.checkpointer import save_training_state
 from solo_npu.engine.events import EventStorage
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError
-from solo_npu.engine.writers import EventWriter
+from solo_npu.engine.writers import ConsoleWriter, EventWriter
 from solo_npu.runtime import memory_stats
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ class LoggingHook(HookBase):
 
     @property
     def use_tqdm(self) -> bool:
-        return any(getattr(w, "progress_bar", False) for w in self.writers)
+        """Whether a console writer shows a tqdm bar."""
+        return any(isinstance(w, ConsoleWriter) and w.progress_bar for w in self.writers)
 
     def before_train(self) -> None:
         self._since = self.trainer.iter

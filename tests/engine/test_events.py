@@ -124,3 +124,22 @@ def test_interval_means_follow_the_steps_of_the_interval(tmp_path: Path) -> None
     assert grad[0][1] == pytest.approx(sum(r["grad_norm"] for r in seen[:3]) / 3) and math.isnan(grad[1][1])
     assert storage.history("train/lr").items()[1][1] == seen[5]["lr"]  # the last step's, not a mean
     assert storage.history("train/nonfinite_total").items() == [(3, 0.0), (6, 1.0)]
+
+
+def test_throughput_counts_the_steps_after_the_warm_up() -> None:
+    """fps: images over seconds of the steps after the first ``warmup_steps``, all steps until there are some."""
+    from types import SimpleNamespace
+
+    from solo_npu.engine.hooks import ThroughputHook
+
+    storage = EventStorage()
+    hook = ThroughputHook(warmup_steps=2)
+    hook.trainer = SimpleNamespace(storage=storage, images_per_step=4)
+    fps = []
+    for i, step_time in enumerate([1.0, 1.0, 0.5, 0.25, 0.25], 1):
+        storage.begin_step(i, 0)
+        storage.put_scalar("step_time", step_time)
+        hook.after_step()
+        fps.append(storage.latest_value("fps"))
+    assert fps[:2] == [4.0, 4.0]  # 4 images in 1 s, 8 in 2 s: still warming up, so all steps count
+    assert fps[2:] == [4 / 0.5, 8 / 0.75, 12 / 1.0]  # steps 3.. only
