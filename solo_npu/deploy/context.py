@@ -22,6 +22,7 @@ from torch import nn
 
 from solo_npu.deploy.adapters import ModelAdapter
 from solo_npu.models import build_model, split_model_config
+from solo_npu.models.inference import prepare_for_inference
 from solo_npu.runtime import DeviceInfo, resolve_device, seed_everything, setup_device
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,9 @@ class DeployContext:
         """The eager model in eval mode on the run's device, weights loaded once per process."""
         if self._model is None:
             model, self._classes = load_eager_model(self.cfg)
-            self._model = model.to(self.device.device).eval()
+            # Inference mode (frozen BatchNorm folded into the convolutions): what eager, TorchScript and
+            # ONNX run; the same outputs to float rounding. A model given with set_model is left as it is.
+            self._model = prepare_for_inference(model.to(self.device.device))
         return self._model
 
     @property
