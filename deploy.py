@@ -14,7 +14,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from solo_npu.config import register_configs
+from solo_npu.config.deploy_schema import check_deploy_overrides
 from solo_npu.deploy.pipeline import main as deploy_main
+
+register_configs()  # conf/deploy.yaml starts from the deploy_schema structured config
 
 
 @hydra.main(config_path="conf", config_name="deploy", version_base="1.3")
@@ -26,4 +30,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    unknown = check_deploy_overrides(sys.argv[1:])  # one line naming the key, before Hydra's longer report
+    if unknown:
+        print(f"error: {unknown}", file=sys.stderr)
+        sys.exit(1)
     main()

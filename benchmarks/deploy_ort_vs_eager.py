@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from solo_npu.config import register_configs  # noqa: E402
 from solo_npu.deploy.adapters import ModelAdapter  # noqa: E402
 from solo_npu.deploy.benchmark import latency_stats, time_model  # noqa: E402
 from solo_npu.deploy.context import build_eager_model  # noqa: E402
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--ts", default=None, help="an exported TorchScript file (default: trace to a temp dir)")
     args = parser.parse_args()
 
+    register_configs()  # conf/deploy.yaml starts from the deploy_schema structured config
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("deploy", overrides=[f"model={args.model}", f"checkpoint={args.checkpoint or 'null'}"])
     device = resolve_device("cpu")

@@ -2,8 +2,8 @@
 
 They are registered in Hydra's ConfigStore (``register_configs``) and used as the first entry of
 ``conf/config.yaml``'s defaults list, so a misspelled key in a yaml file or on the command line fails
-with an error that names the key. The ``model``, ``data`` and ``runtime`` groups are typed ``Any``:
-their own yaml files define their keys and struct mode still rejects unknown ones.
+with an error that names the key. The ``data`` and ``runtime`` groups are typed too (values in their yaml
+files); ``model`` is typed ``Any``: a model yaml holds its builder's arguments.
 """
 
 from __future__ import annotations
@@ -87,12 +87,89 @@ class DebugConfig:
 
 
 @dataclass
-class TrainJobConfig:
-    """The root of ``conf/config.yaml``."""
+class SplitConfig:
+    img_dir: str = MISSING  # relative to data.root
+    ann_file: str = MISSING  # COCO instances json, relative to data.root
+
+
+@dataclass
+class NormalizeConfig:
+    style: str = MISSING  # pytorch (RGB) | caffe (BGR)
+    mean: list[float] | None = MISSING
+    std: list[float] | None = MISSING
+
+
+@dataclass
+class PadConfig:
+    mode: str = MISSING  # divisor | fixed
+    size_divisor: int = MISSING
+    canvas: list[int] | None = MISSING  # [H, W] when mode is fixed
+    position: str = MISSING  # top_left | centre
+
+
+@dataclass
+class DataConfig:
+    """``data:`` (conf/data/*.yaml, read by solo_npu.data and the deploy stages); the values and their
+    meaning are in the yaml files. The synthetic generator's keys are null for other datasets."""
+
+    name: str = MISSING
+    root: str = MISSING
+    generate: bool = MISSING  # generate the synthetic dataset on first use
+    train: SplitConfig = MISSING  # the training split
+    val: SplitConfig = MISSING  # the evaluation split
+    num_classes: int = MISSING
+    class_names: list[str] | None = MISSING
+    img_scale: list[int] = MISSING  # (long, short)
+    multiscale_short: list[int] | None = MISSING
+    flip_prob: float = MISSING
+    normalize: NormalizeConfig = MISSING  # pixel normalisation of the images
+    pad: PadConfig = MISSING  # canvas of a batch
+    max_instances: int = MISSING
+    instance_slots: str = MISSING  # ladder | fixed
+    slot_ladder: list[int] = MISSING
+    num_workers: int = MISSING
+    pin_memory: bool | None = MISSING
+    group_by_aspect_ratio: bool = MISSING
+    num_train: int | None = None  # synthetic: images per split, side, seed, shape sizes and count
+    num_val: int | None = None
+    size: int | None = None
+    seed: int | None = None
+    shape_scale: list[float] | None = None
+    max_shapes: int | None = None
+
+
+@dataclass
+class NpuRuntimeConfig:
+    jit_compile: bool = MISSING
+    env: dict[str, Any] = MISSING  # extra environment variables set before the device is initialised
+
+
+@dataclass
+class RuntimeConfig:
+    """``runtime:`` (conf/runtime/default.yaml, read by solo_npu.runtime); values in the yaml."""
+
+    device: str = MISSING  # auto | npu | cuda | cpu
+    seed: int = MISSING
+    deterministic: bool = MISSING
+    cudnn_benchmark: bool = MISSING
+    channels_last: bool = MISSING
+    npu: NpuRuntimeConfig = MISSING  # NPU-only settings
+
+
+@dataclass
+class JobConfig:
+    """What the roots of conf/config.yaml and conf/deploy.yaml share: the config groups. ``model`` is typed
+    ``Any``: a model yaml holds its builder's arguments (``_target_``), which the builder checks."""
 
     model: Any = MISSING
-    data: Any = MISSING
-    runtime: Any = MISSING
+    data: DataConfig = MISSING
+    runtime: RuntimeConfig = MISSING
+
+
+@dataclass
+class TrainJobConfig(JobConfig):
+    """The root of ``conf/config.yaml``."""
+
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     amp: AmpConfig = field(default_factory=AmpConfig)
@@ -139,15 +216,18 @@ _REGISTERED = False
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore and the ``solo_run_dir`` and ``solo_canvas_side``
-    resolvers (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore (``train_schema`` for conf/config.yaml, ``deploy_schema``
+    for conf/deploy.yaml) and the ``solo_run_dir`` and ``solo_canvas_side`` resolvers (idempotent)."""
     global _REGISTERED
     if _REGISTERED:
         return
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
+    from solo_npu.config.deploy_schema import DeployJobConfig
+
     ConfigStore.instance().store(name="train_schema", node=TrainJobConfig)
+    ConfigStore.instance().store(name="deploy_schema", node=DeployJobConfig)
     if not OmegaConf.has_resolver("solo_run_dir"):
         OmegaConf.register_new_resolver("solo_run_dir", resolve_run_dir)
     if not OmegaConf.has_resolver("solo_canvas_side"):

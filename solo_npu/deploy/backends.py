@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from solo_npu.config.deploy_schema import OmConfig, TorchAieConfig
 from solo_npu.deploy import om
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
 from solo_npu.deploy.export import exported_file
@@ -79,7 +80,7 @@ def compiled_file(ctx: DeployContext, kind: str, batch_size: int | str) -> str |
 
 def device_id(ctx: DeployContext) -> int:
     """``deploy.device_id``, else the index of the run's accelerator, else 0."""
-    chosen = ctx.deploy_cfg.get("device_id")
+    chosen = ctx.deploy_cfg.device_id
     return int(chosen) if chosen is not None else ctx.device.index
 
 
@@ -203,7 +204,7 @@ class OnnxRuntimeBackend(Backend):
         if not path:
             raise DeployError(f"onnxruntime: no exported model for batch {batch_size} (run stages=[export])")
         return OnnxRuntimeRunner(path, self.ctx.adapter.output_names, self.ctx.device,
-                                 self.ctx.deploy_cfg.get("onnxruntime"), requested=self._requested(),
+                                 self.ctx.deploy_cfg.onnxruntime, requested=self._requested(),
                                  device_id=device_id(self.ctx))
 
 
@@ -217,7 +218,7 @@ class OmBackend(Backend):
 
     @property
     def precision(self) -> str:  # ATC's default precision on 310P runs float32 operators in fp16
-        mode = (self.ctx.deploy_cfg.get("compile") or {}).get("precision_mode")
+        mode = self.ctx.deploy_cfg.compile.precision_mode
         return "fp32" if mode == "must_keep_origin_dtype" else "fp16"
 
     @property
@@ -225,14 +226,14 @@ class OmBackend(Backend):
         return f"npu:{device_id(self.ctx)}"
 
     @property
-    def _cfg(self) -> Mapping[str, Any]:
-        return self.ctx.deploy_cfg.get("om") or {}
+    def _cfg(self) -> OmConfig:
+        return self.ctx.deploy_cfg.om
 
     def _launcher(self) -> list[str]:
-        return om.ais_bench_launcher(self._cfg.get("launcher"))
+        return om.ais_bench_launcher(self._cfg.launcher)
 
     def _model(self, batch_size: int) -> tuple[str | None, list[str]]:
-        extra = [str(a) for a in (self._cfg.get("extra_args") or [])]
+        extra = [str(a) for a in self._cfg.extra_args]
         path = compiled_file(self.ctx, "om", batch_size)
         if not path and compiled_file(self.ctx, "om", "dynamic"):  # one .om with ATC batch gears
             return compiled_file(self.ctx, "om", "dynamic"), [*extra, "--dymBatch", str(batch_size)]
@@ -274,7 +275,7 @@ class OmBackend(Backend):
         cmd = om.ais_bench_command(self._launcher(), om_path, output, dirname, input_dir, batch_size=batch_size,
                                    device_id=device_id(self.ctx), extra_args=extra)
         start = time.perf_counter()
-        om.run_ais_bench(cmd, self._cfg.get("timeout_s"))
+        om.run_ais_bench(cmd, self._cfg.timeout_s)
         seconds = time.perf_counter() - start
         if batch_size == 1 and input_dir == bins[0].parent:
             for record, basename in zip(records, basenames):
@@ -282,7 +283,7 @@ class OmBackend(Backend):
                     for i in range(len(names)):
                         (out_dir / f"{basename}_{i}.bin").replace(out_dir / f"{record['stem']}_{i}.bin")
             return seconds
-        if not (self.ctx.deploy_cfg.get("infer") or {}).get("keep_raw", False):
+        if not self.ctx.deploy_cfg.infer.keep_raw:
             shutil.rmtree(input_dir, ignore_errors=True)  # the batched copy of the inputs has served its purpose
         raw = output / dirname
         for j, members in enumerate(groups):
@@ -304,7 +305,7 @@ class OmBackend(Backend):
         out = self.ctx.path("benchmark", f"om_b{batch_size}")
         cmd = om.ais_bench_command(self._launcher(), om_path, out, "perf", batch_size=batch_size, loop=iters,
                                    device_id=device_id(self.ctx), extra_args=extra)
-        stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, self._cfg.get("timeout_s")))
+        stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, self._cfg.timeout_s))
         shutil.rmtree(out / "perf", ignore_errors=True)  # outputs of the zero input: only the summary is wanted
         if "mean_ms" in stats and "throughput" not in stats:
             stats["throughput"] = 1000.0 * batch_size / stats["mean_ms"]
@@ -321,17 +322,16 @@ class TorchAieBackend(Backend):
     compiled = True
 
     @property
-    def _cfg(self) -> Mapping[str, Any]:
-        return self.ctx.deploy_cfg.get("torch_aie") or {}
+    def _cfg(self) -> TorchAieConfig:
+        return self.ctx.deploy_cfg.torch_aie
 
     @property
     def python(self) -> str | None:
-        return str(self._cfg["python"]) if self._cfg.get("python") else None
+        return str(self._cfg.python) if self._cfg.python else None
 
     @property
     def policy(self) -> str:
-        compile_cfg = (self.ctx.deploy_cfg.get("compile") or {}).get("torch_aie") or {}
-        return str(self._cfg.get("precision_policy") or compile_cfg.get("precision_policy") or "FP16")
+        return str(self._cfg.precision_policy or self.ctx.deploy_cfg.compile.torch_aie.precision_policy)
 
     @property
     def precision(self) -> str:
@@ -372,7 +372,7 @@ class TorchAieBackend(Backend):
         cmd = self.runner_command(*args)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.ctx.run_dir,
-                                  timeout=self._cfg.get("timeout_s"))
+                                  timeout=self._cfg.timeout_s)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DeployError(f"{what} could not run ({exc}); command: {' '.join(cmd)}") from exc
         if proc.returncode != 0:

@@ -49,25 +49,24 @@ from solo_npu.runtime import DeviceInfo, memory_stats, reset_peak_memory
 logger = logging.getLogger(__name__)
 
 
-class MemorySampler:
-    """Highest ``memory_stats(device)["allocated_mb"]`` seen by a background thread while active.
+class PollingSampler:
+    """A background thread that calls ``sample()`` every ``interval_s`` while the sampler is active, once
+    on entry and once on exit; subclasses keep the highest reading in ``peak_mb``."""
 
-    On CPU that is the process RSS, so each benchmark row gets its own peak even though the process's
-    max RSS never resets; on accelerators the allocator's own peak (reset per row) is used as well.
-    """
-
-    def __init__(self, device: DeviceInfo, interval_s: float = 0.02) -> None:
-        self.device, self.interval_s, self.peak_mb = device, interval_s, 0.0
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, memory_stats(self.device)["allocated_mb"])
-            self._stop.wait(self.interval_s)
+    def sample(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> MemorySampler:
-        reset_peak_memory(self.device)
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> PollingSampler:
+        self.sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -76,6 +75,30 @@ class MemorySampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.sample()
+
+
+class MemorySampler(PollingSampler):
+    """Highest ``memory_stats(device)["allocated_mb"]`` seen while active.
+
+    On CPU that is the process RSS, so each benchmark row gets its own peak even though the process's
+    max RSS never resets; on accelerators the allocator's own peak (reset per row) is used as well.
+    """
+
+    def __init__(self, device: DeviceInfo, interval_s: float = 0.02) -> None:
+        super().__init__(interval_s)
+        self.device, self.peak_mb = device, 0.0
+
+    def sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, memory_stats(self.device)["allocated_mb"])
+
+    def __enter__(self) -> MemorySampler:
+        reset_peak_memory(self.device)
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         if self.device.is_accelerator:
             self.peak_mb = max(self.peak_mb, memory_stats(self.device)["peak_mb"])
 
@@ -98,14 +121,13 @@ def npu_smi_memory_mb(text: str, device_id: int) -> tuple[float, float] | None:
     return None
 
 
-class NpuSmiSampler:
+class NpuSmiSampler(PollingSampler):
     """Highest chip memory in use (``npu-smi info``) while active; ``peak_mb`` None when never read."""
 
     def __init__(self, device_id: int, command: str = "npu-smi", interval_s: float = 0.2) -> None:
-        self.device_id, self.command, self.interval_s = device_id, command, interval_s
+        super().__init__(interval_s)
+        self.device_id, self.command = device_id, command
         self.peak_mb: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def sample(self) -> None:
         try:
@@ -116,22 +138,6 @@ class NpuSmiSampler:
         if found is not None:
             self.peak_mb = max(self.peak_mb or 0.0, found[0])
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def __enter__(self) -> NpuSmiSampler:
-        self.sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
-
 
 def memory_sampler(ctx: DeployContext, backend: Backend) -> tuple[Any, str | None]:
     """The sampler for ``backend``'s memory source and the source as the row states it."""
@@ -139,7 +145,7 @@ def memory_sampler(ctx: DeployContext, backend: Backend) -> tuple[Any, str | Non
     if source in (ALLOCATOR_PEAK, PROCESS_RSS):
         return MemorySampler(ctx.device), source
     if source == NPU_SMI:
-        command = str((ctx.deploy_cfg.get("benchmark") or {}).get("npu_smi") or "npu-smi")
+        command = str(ctx.deploy_cfg.benchmark.npu_smi)
         if shutil.which(command) is None:
             return contextlib.nullcontext(None), f"not measured ({command} not found)"
         return NpuSmiSampler(int(backend.device.rpartition(":")[2] or 0), command), source
@@ -191,11 +197,11 @@ def _ap(metrics: Mapping[str, Any], key: str) -> float | None:
 def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
     manifest = load_manifest(ctx)
     records = load_index(ctx)["images"]
-    bcfg = ctx.deploy_cfg.get("benchmark") or {}
-    warmup, iters = int(bcfg.get("warmup", 2)), int(bcfg.get("iters", 10))
+    settings = ctx.deploy_cfg.benchmark
+    warmup, iters = int(settings.warmup), int(settings.iters)
     if iters < 1:
         raise DeployError(f"deploy.benchmark.iters={iters}: give at least 1 timed iteration")
-    e2e_images = bcfg.get("e2e_images")
+    e2e_images = settings.e2e_images
     metrics_path = ctx.path("evaluate", "metrics.json")
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     dataset = None

@@ -113,12 +113,11 @@ def _run_tool(cmd: Sequence[str], what: str, timeout: float | None, cwd: Path | 
 
 def atc_jobs(ctx: DeployContext, manifest: Mapping[str, Any]) -> list[tuple[str, list[str], Path]]:
     """(key, ATC command run from the run directory, --output stem) per exported ONNX (and the dynamic one)."""
-    settings, ccfg = ctx.settings, ctx.deploy_cfg.get("compile") or {}
-    gears = check_gears(ccfg["dynamic_batch"]) if ccfg.get("dynamic_batch") else []
+    settings, ccfg = ctx.settings, ctx.deploy_cfg.compile
+    gears = check_gears(ccfg.dynamic_batch) if ccfg.dynamic_batch else []
     common = dict(input_name=manifest["input_name"], input_shape=settings.input_shape,
-                  soc_version=settings.soc_version, precision_mode=ccfg.get("precision_mode"),
-                  log=str(ccfg.get("log") or "error"), customize_dtypes=ccfg.get("customize_dtypes"),
-                  atc=str(ccfg.get("atc") or "atc"), extra_args=list(ccfg.get("atc_args") or []))
+                  soc_version=settings.soc_version, precision_mode=ccfg.precision_mode, log=str(ccfg.log),
+                  customize_dtypes=ccfg.customize_dtypes, atc=str(ccfg.atc), extra_args=list(ccfg.atc_args))
     jobs = []
     for key in [*map(str, settings.export_batch_sizes), *(["dynamic"] if gears else [])]:
         onnx_path = exported_file(manifest, "onnx", key)
@@ -147,8 +146,8 @@ def torch_aie_jobs(ctx: DeployContext, manifest: Mapping[str, Any], policy: str,
 
 def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
     """Run ATC for every exported ONNX; the .om files found go to ``result["om"]``."""
-    ccfg = ctx.deploy_cfg.get("compile") or {}
-    atc = str(ccfg.get("atc") or "atc")
+    ccfg = ctx.deploy_cfg.compile
+    atc = str(ccfg.atc)
     jobs = atc_jobs(ctx, load_manifest(ctx))
     if not jobs:
         return
@@ -157,7 +156,7 @@ def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
                       f"the ATC commands are in {result['script']}; continuing without the om backend")
         return
     for key, cmd, stem in jobs:
-        ok, msg = _run_tool(cmd, f"atc (batch {key})", ccfg.get("timeout_s"), cwd=ctx.run_dir)
+        ok, msg = _run_tool(cmd, f"atc (batch {key})", ccfg.timeout_s, cwd=ctx.run_dir)
         om_path = find_om(stem) if ok else None
         if om_path is not None:
             result["om"][key] = str(om_path)

@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import nn
 
+from solo_npu.config.deploy_schema import DeployConfig, ModelDeployConfig, unknown_key
 from solo_npu.deploy.adapters import ModelAdapter
-from solo_npu.models import build_model, split_model_config
+from solo_npu.models import build_model
 from solo_npu.models.inference import prepare_for_inference
 from solo_npu.runtime import DeviceInfo, resolve_device, seed_everything, setup_device
 
@@ -49,31 +51,77 @@ class DeploySettings:
         return sorted(set(self.batch_sizes))
 
 
-def _pick(user: Any, default: Any, fallback: Any) -> Any:
-    return user if user is not None else (default if default is not None else fallback)
+def typed_deploy_config(cfg: DictConfig) -> DeployConfig:
+    """``cfg.deploy`` as a DictConfig typed by :class:`DeployConfig` (deploy.py composes it so; a config
+    built by hand is merged into the schema here, in place).
+
+    Raises:
+        DeployError: a key no deploy setting has (also one added with ``+deploy.KEY=``, which Hydra lets
+            through), or a value of the wrong type; the message names the key.
+    """
+    node = cfg.get("deploy")
+    if not (OmegaConf.is_config(node) and OmegaConf.get_type(node) is DeployConfig):
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(DeployConfig), node or {})
+        except (ConfigKeyError, ValidationError) as exc:
+            raise DeployError(f"deploy.{exc.full_key}: {str(exc).splitlines()[0]}") from None
+        with open_dict(cfg):
+            cfg.deploy = node
+    for path in _key_paths(node):
+        why = unknown_key(["deploy", *path])
+        if why is not None:
+            raise DeployError(f"unknown setting deploy.{'.'.join(path)}: {why}")
+    return node  # type: ignore[return-value]  # a DictConfig with DeployConfig's fields
+
+
+def _key_paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path below ``node`` (a DictConfig), leaves and groups alike."""
+    if not isinstance(node, DictConfig):
+        return []
+    paths = []
+    for key in node.keys():
+        paths.append((*prefix, str(key)))
+        paths += _key_paths(node._get_node(key), (*prefix, str(key)))
+    return paths
+
+
+def model_deploy_defaults(cfg: DictConfig) -> ModelDeployConfig:
+    """The model yaml's ``deploy:`` block over :class:`ModelDeployConfig` (SOLOv2's values where it is silent).
+
+    Raises:
+        DeployError: a key the block may not have (the message names it).
+    """
+    block = OmegaConf.select(cfg, "model.deploy", default=None) or {}
+    try:
+        return OmegaConf.merge(OmegaConf.structured(ModelDeployConfig), block)  # type: ignore[return-value]
+    except (ConfigKeyError, ValidationError) as exc:
+        raise DeployError(f"model.deploy.{exc.full_key}: {str(exc).splitlines()[0]} (a model yaml's deploy: "
+                          f"block holds {', '.join(f.name for f in fields(ModelDeployConfig))})") from None
+
+
+def _pick(user: Any, model_default: Any) -> Any:
+    return user if user is not None else model_default
 
 
 def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
     """Merge ``cfg.deploy`` (user overrides, null = unset) over ``cfg.model.deploy`` (model defaults)."""
-    user = cfg.get("deploy") or {}
-    model_defaults = (cfg.get("model") or {}).get("deploy") or {}
-    shape = _pick(user.get("input_shape"), model_defaults.get("input_shape"), [800, 1216])
-    shape = [int(s) for s in shape]
-    if len(shape) == 4:  # [B, 3, H, W] as written in the seed documents
+    user = typed_deploy_config(cfg)
+    model_defaults = model_deploy_defaults(cfg)
+    shape = [int(s) for s in _pick(user.input_shape, model_defaults.input_shape)]
+    if len(shape) == 4:  # [B, 3, H, W] as the Ascend ModelZoo inference guides write it
         shape = shape[2:]
     if len(shape) != 2 or min(shape) <= 0 or shape[0] % size_divisor or shape[1] % size_divisor:
         raise DeployError(
             f"deploy.input_shape={shape}: give [H, W] (or [B, 3, H, W]) with H and W positive multiples of "
             f"{size_divisor}, e.g. deploy.input_shape=[800,1216]"
         )
-    if user.get("batch_size") is not None:
+    if user.batch_size is not None:
         batch_sizes = [int(user.batch_size)]
     else:
-        batch_sizes = [int(b) for b in _pick(user.get("batch_sizes"), model_defaults.get("batch_sizes"), [1, 4, 8])]
+        batch_sizes = [int(b) for b in _pick(user.batch_sizes, model_defaults.batch_sizes)]
     if not batch_sizes or min(batch_sizes) < 1:
         raise DeployError(f"deploy.batch_sizes={batch_sizes}: give positive batch sizes, e.g. [1,4,8]")
-    num_images = user.get("num_images")
-    backends = list(user.get("backends") or ["pytorch", "torchscript", "onnxruntime"])
+    backends = list(user.backends)
     from solo_npu.deploy.backends import BACKENDS  # the registry (imports this module)
 
     unknown = [b for b in backends if b not in BACKENDS]
@@ -82,10 +130,10 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
     return DeploySettings(
         input_shape=(shape[0], shape[1]),
         batch_sizes=batch_sizes,
-        opset=int(_pick(user.get("opset"), model_defaults.get("opset"), 13)),
-        soc_version=str(_pick(user.get("soc_version"), model_defaults.get("soc_version"), "Ascend310P3")),
+        opset=int(_pick(user.opset, model_defaults.opset)),
+        soc_version=str(_pick(user.soc_version, model_defaults.soc_version)),
         backends=backends,
-        num_images=None if num_images is None else int(num_images),
+        num_images=None if user.num_images is None else int(user.num_images),
     )
 
 
@@ -156,7 +204,8 @@ class DeployContext:
 
     def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike | None = None, model_name: str | None = None):
         self.cfg = cfg
-        self.model_name = model_name or str(cfg.get("model_name") or "model")
+        typed_deploy_config(cfg)  # unknown keys and wrong types fail here, naming the key
+        self.model_name = model_name or "model"
         self._adapter: ModelAdapter | None = None
         self._settings: DeploySettings | None = None
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
@@ -173,14 +222,15 @@ class DeployContext:
         return self.run_dir.joinpath(*parts)
 
     @property
-    def deploy_cfg(self) -> DictConfig:
-        return self.cfg.get("deploy") or OmegaConf.create({})
+    def deploy_cfg(self) -> DeployConfig:
+        """``cfg.deploy``, typed by :class:`DeployConfig`: stages read its fields (``.verify.atol``)."""
+        return self.cfg.deploy
 
     @property
     def adapter(self) -> ModelAdapter:
         """The deploy view of the model (builds the model), with the model yaml's published anchors."""
         if self._adapter is None:
-            anchors = split_model_config(self.cfg.get("model") or {})[1].get("anchors")
+            anchors = OmegaConf.to_container(model_deploy_defaults(self.cfg).anchors, resolve=True)
             self._adapter = ModelAdapter(self.model(), anchors)
         return self._adapter
 
@@ -241,9 +291,9 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
     from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights
 
-    source = str(cfg.get("checkpoint_source") or "auto")
+    source = str(cfg.checkpoint_source)
     try:
-        ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.get("checkpoint_trust_pickle") or False))
+        ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.checkpoint_trust_pickle))
         # A weightless model of the config reads the file's layout and classifier size.
         found = checkpoint_classes(ckpt, build_model(cfg.model, num_classes=explicit, device="meta"), source)
         if found.num_classes is not None and explicit is not None and int(explicit) != found.num_classes:

@@ -144,7 +144,7 @@ def _planned_images(ctx: DeployContext) -> int:
     from solo_npu.deploy.preprocess import dataset_files
 
     data = ctx.cfg.data
-    split = str(ctx.deploy_cfg.get("split") or "val")
+    split = str(ctx.deploy_cfg.split)
     ann_file, _ = dataset_files(data, split)
     if ann_file.is_file():
         with open(ann_file) as f:
@@ -180,12 +180,11 @@ def plan_disk(ctx: DeployContext, stages: Sequence[str] | None = None) -> DiskEs
     specs, model_bytes = _contract(ctx, "export" in stages)
     backends = list(ctx.settings.backends)
     sizes = ctx.settings.export_batch_sizes
-    formats = list(ctx.deploy_cfg.get("export_formats") or ["torchscript", "onnx"])
-    dynamic = 1 if (ctx.deploy_cfg.get("compile") or {}).get("dynamic_batch") else 0
+    formats = list(ctx.deploy_cfg.export_formats)
+    dynamic = 1 if ctx.deploy_cfg.compile.dynamic_batch else 0
     compiled = sum(1 for b in backends if b in ("om", "torch_aie"))
     files = len(sizes) * (len(formats) + compiled) + dynamic * (1 + ("om" in backends))
-    verify_images = int((ctx.deploy_cfg.get("verify") or {}).get("num_images", 2)) if (
-        "verify" in stages or "compile" in stages) else 0
+    verify_images = int(ctx.deploy_cfg.verify.num_images) if ("verify" in stages or "compile" in stages) else 0
     return estimate_disk(_planned_images(ctx), ctx.settings.input_shape, specs, backends, infer_batch_sizes(ctx),
                          sizes, ctx.adapter.iou_types, keep_raw(ctx), verify_images,
                          model_bytes, files)
@@ -218,15 +217,15 @@ def check_disk(ctx: DeployContext, stages: Sequence[str]) -> DiskEstimate | None
         logger.info("disk check skipped: %s", exc)
         return None
     needed = still_needed(ctx, estimate, stages)
-    dcfg = ctx.deploy_cfg.get("disk") or {}
-    reserve = int(float(dcfg.get("reserve_gb", 1.0)) * GB)
+    disk = ctx.deploy_cfg.disk
+    reserve = int(float(disk.reserve_gb) * GB)
     free = free_bytes(ctx.run_dir)
     if needed + reserve > free:
         message = (f"the run needs about {needed / GB:.1f} GB more disk (inputs {estimate.parts['inputs'] / GB:.1f} GB,"
                    f" raw outputs {estimate.raw_peak / GB:.1f} GB at peak, for {estimate.num_images} images) plus "
                    f"{reserve / GB:.1f} GB reserve, but {ctx.run_dir} has {free / GB:.1f} GB free: free space, use "
                    "run_dir= on a larger disk or fewer images (deploy.num_images=N); stages=[plan] shows the estimate")
-        if dcfg.get("check", True):
+        if disk.check:
             raise DeployError(message)
         logger.warning("%s (deploy.disk.check=false: going on)", message)
     else:

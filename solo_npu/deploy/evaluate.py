@@ -98,7 +98,7 @@ def run_evaluate(ctx: DeployContext) -> dict[str, Any]:
         raise DeployError(f"no inference outputs under {infer_root}: run stages=[infer] first")
     gt = _ground_truth(index)
     summary = {key: evaluate_outputs(ctx, key, index, gt) for key in keys}
-    if (ctx.deploy_cfg.get("evaluate") or {}).get("eager"):
+    if ctx.deploy_cfg.evaluate.eager:
         summary["eager"] = evaluate_eager(ctx, index)
     write_json(ctx.path("evaluate", "metrics.json"), summary)
     for key, entry in summary.items():

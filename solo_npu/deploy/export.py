@@ -172,7 +172,7 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     adapter = ctx.adapter
     out_dir = ctx.path("export")
     module = adapter.export_module(ctx.model())
-    formats = list(ctx.deploy_cfg.get("export_formats") or ["torchscript", "onnx"])
+    formats = list(ctx.deploy_cfg.export_formats)
     files: dict[str, dict[str, str]] = {fmt: {} for fmt in formats}
     for bs in settings.export_batch_sizes:
         example = module_example(module, bs, settings.input_shape)
@@ -182,7 +182,7 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
             path = export_onnx(module, example, out_dir / f"model_b{bs}.onnx", adapter.output_names, settings.opset)
             files["onnx"][str(bs)] = str(path)
         logger.info("export: batch %d done", bs)
-    gears = (ctx.deploy_cfg.get("compile") or {}).get("dynamic_batch")
+    gears = ctx.deploy_cfg.compile.dynamic_batch
     if gears and "onnx" in formats:
         example = module_example(module, min(int(g) for g in gears), settings.input_shape)
         files["onnx"]["dynamic"] = str(export_onnx(module, example, out_dir / "model_dynamic.onnx",
@@ -191,7 +191,7 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     runtime_resizes: dict[str, int] = {}
     if "onnx" in formats:
         for key, path in files["onnx"].items():
-            if ctx.deploy_cfg.get("slim", True):
+            if ctx.deploy_cfg.slim:
                 slimmed = slim_onnx(path)
             runtime_resizes[key] = len(runtime_sized_resizes(onnx.load(path, load_external_data=False)))
         static = {k: n for k, n in runtime_resizes.items() if n and k != "dynamic"}

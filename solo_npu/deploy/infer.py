@@ -51,7 +51,7 @@ def infer_batch_sizes(ctx: DeployContext) -> list[int]:
     null: the smallest of ``deploy.batch_sizes``; ``all``: every one; a list: those (each must be one of
     ``deploy.batch_sizes``, which are the exported models).
     """
-    chosen = (ctx.deploy_cfg.get("infer") or {}).get("batch_sizes")
+    chosen = ctx.deploy_cfg.infer.batch_sizes
     sizes = list(ctx.settings.batch_sizes)
     if chosen is None:
         return [min(sizes)]
@@ -67,7 +67,7 @@ def infer_batch_sizes(ctx: DeployContext) -> list[int]:
 
 
 def keep_raw(ctx: DeployContext) -> bool:
-    return bool((ctx.deploy_cfg.get("infer") or {}).get("keep_raw", False))
+    return bool(ctx.deploy_cfg.infer.keep_raw)
 
 
 def read_image_outputs(out_dir: Path, stem: str, names: Sequence[str],

@@ -94,8 +94,8 @@ def _skip_mismatched_evaluate(ctx: DeployContext, stages: list[str]) -> list[str
 
 def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployContext | None = None) -> DeployContext:
     """Run ``cfg.stages`` (all by default) in order; returns the context with per-stage results."""
-    stages = check_stages(cfg.get("stages"))
-    ctx = ctx or DeployContext(cfg, cfg.get("run_dir"), model_name)
+    stages = check_stages(cfg.stages)
+    ctx = ctx or DeployContext(cfg, cfg.run_dir, model_name)
     print(f"deploy {ctx.model_name}: stages {stages}, run dir {ctx.run_dir}, device {ctx.device.type}")
     if ctx.random_weights and any(s in stages for s in ("export", "verify", "infer", "evaluate", "benchmark")):
         print(RANDOM_WEIGHTS_NOTICE)
@@ -115,7 +115,7 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
 
 def run_task(cfg: DictConfig, model_name: str | None = None) -> Any:
     """``task=deploy`` (the pipeline) or ``task=predict`` (images -> overlays + json)."""
-    task = str(cfg.get("task") or "deploy")
+    task = str(cfg.task)
     if task == "deploy":
         return run_pipeline(cfg, model_name)
     if task == "predict":
@@ -123,7 +123,7 @@ def run_task(cfg: DictConfig, model_name: str | None = None) -> Any:
             from solo_npu.deploy.predict import run_predict
         except ImportError as exc:
             raise DeployError(f"task=predict is not available: {exc}") from exc
-        if not cfg.get("input"):
+        if not cfg.input:
             raise DeployError("task=predict needs input=IMAGE_OR_DIR (and output=DIR)")
         return run_predict(cfg)
     raise DeployError(f"unknown task {task!r}: use task=deploy or task=predict")

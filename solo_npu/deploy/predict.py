@@ -133,8 +133,6 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
 
     device = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
     model = build_eager_model(cfg)
-    output = cfg.get("output") or "outputs/predict"
     names = cfg.data.get("class_names")
-    score_thr = OmegaConf.select(cfg, "score_thr", default=None)
-    return run_predict(model, cfg.input, output, list(names) if names is not None else None, cfg.data, device,
-                       0.3 if score_thr is None else float(score_thr))
+    return run_predict(model, cfg.input, str(cfg.output), list(names) if names is not None else None, cfg.data,
+                       device, float(cfg.score_thr))

@@ -64,7 +64,7 @@ def dataset_files(data_cfg: DictConfig, split: str = "val") -> tuple[Path, Path]
 
 def build_deploy_dataset(ctx: DeployContext) -> tuple[CocoInstanceDataset, Path]:
     """The evaluation split as a CocoInstanceDataset with the deploy transforms; errors are one line."""
-    split = str(ctx.deploy_cfg.get("split") or "val")
+    split = str(ctx.deploy_cfg.split)
     ensure_synthetic(ctx.cfg.data)
     ann_file, img_dir = dataset_files(ctx.cfg.data, split)
     try:

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 import torch
 
+from solo_npu.config.deploy_schema import VerifyConfig
 from solo_npu.deploy import om
 from solo_npu.deploy.context import DeployContext, DeployError, write_json
 from solo_npu.deploy.export import load_manifest
@@ -39,10 +40,6 @@ from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, sel
 from solo_npu.deploy.runners import PyTorchRunner
 
 logger = logging.getLogger(__name__)
-
-FP32_DEFAULTS = {"atol": 1e-4, "rtol": 0.0, "score_atol": None, "iou": 0.9}
-FP16_DEFAULTS = {"atol": 2e-2, "rtol": 1e-2, "score_atol": None, "iou": 0.5}
-
 
 def check_onnx(path: str) -> None:
     """onnx.checker on a file; a corrupt or truncated file becomes a one-line DeployError."""
@@ -73,17 +70,13 @@ def _passes(stats: Mapping[str, float], atol: float, rtol: float = 0.0) -> bool:
         v == 0 for k, v in stats.items() if k.endswith("_mismatch"))
 
 
-def tolerances(vcfg: Mapping[str, Any], precision: str) -> dict[str, float]:
-    """Tolerances for a backend's precision: ``deploy.verify`` (fp32) or ``deploy.verify.fp16``."""
-    base = dict(FP32_DEFAULTS)
-    base.update({k: vcfg[k] for k in FP32_DEFAULTS if vcfg.get(k) is not None})
-    if precision == "fp16":
-        base = dict(FP16_DEFAULTS)
-        fp16 = vcfg.get("fp16") or {}
-        base.update({k: fp16[k] for k in FP16_DEFAULTS if fp16.get(k) is not None})
-    if base["score_atol"] is None:
-        base["score_atol"] = base["atol"]
-    return {k: float(v) for k, v in base.items()}
+def tolerances(verify: VerifyConfig, precision: str) -> dict[str, float]:
+    """Tolerances for a backend's precision: ``deploy.verify`` (fp32) or ``deploy.verify.fp16``; a null
+    ``score_atol`` is the same group's ``atol``."""
+    group = verify.fp16 if precision == "fp16" else verify
+    score_atol = group.atol if group.score_atol is None else group.score_atol
+    return {"atol": float(group.atol), "rtol": float(group.rtol), "score_atol": float(score_atol),
+            "iou": float(group.iou)}
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,9 +134,8 @@ def match_detections(reference: Mapping[str, Any], candidate: Mapping[str, Any],
 
 def verify_inputs(ctx: DeployContext) -> tuple[np.ndarray, list[dict], list[dict[str, Any]]]:
     """The verify images as [N, 3, H, W], their metas, and records of ``verify/inputs/<stem>.bin`` files."""
-    vcfg = ctx.deploy_cfg.get("verify") or {}
     dataset, _ = build_deploy_dataset(ctx)
-    indices = select_indices(len(dataset), int(vcfg.get("num_images", 2)))
+    indices = select_indices(len(dataset), int(ctx.deploy_cfg.verify.num_images))
     images, metas = collate_canvas([dataset[i] for i in indices], ctx.settings.input_shape, ctx.adapter.pad_position)
     images = images.numpy()
     folder = ctx.path("verify", "inputs")
@@ -159,7 +151,7 @@ def verify_inputs(ctx: DeployContext) -> tuple[np.ndarray, list[dict], list[dict
 def _compare_backend(ctx: DeployContext, backend: Any, batch_size: int, records: Sequence[Mapping[str, Any]],
                      reference: Sequence[Mapping[str, np.ndarray]], metas: Sequence[dict],
                      reference_dets: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
-    tol = tolerances(ctx.deploy_cfg.get("verify") or {}, backend.precision)
+    tol = tolerances(ctx.deploy_cfg.verify, backend.precision)
     out_dir = ctx.path("verify", f"{backend.name}_b{batch_size}")
     backend.run_records(records, batch_size, out_dir, manifest)
     names = ctx.adapter.output_names
@@ -210,8 +202,7 @@ def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str =
                 if k not in ("backend", "batch", *tail, "raw_within_atol", "iou", "score_atol")]
     columns = ["backend", "batch", *dict.fromkeys(raw_cols), *tail]
     table = format_table(rows, columns)
-    vcfg = ctx.deploy_cfg.get("verify") or {}
-    fp32, fp16 = tolerances(vcfg, "fp32"), tolerances(vcfg, "fp16")
+    fp32, fp16 = tolerances(ctx.deploy_cfg.verify, "fp32"), tolerances(ctx.deploy_cfg.verify, "fp16")
     print(f"\nverify on {len(records)} images (reference: eager PyTorch, batch 1; detections matched by label, "
           f"IoU >= {fp32['iou']:g} and score within {fp32['score_atol']:g}; fp16 backends: IoU >= {fp16['iou']:g}, "
           f"score within {fp16['score_atol']:g})\n{table}\n")

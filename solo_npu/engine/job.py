@@ -123,7 +123,8 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     setup_logging(run_dir, rank, progress_bar)
     if rank == 0:
         OmegaConf.save(cfg, run_dir / "config.yaml")
-    logger.info("run directory %s, device %s, world size %d", run_dir, info.device, comm.get_world_size())
+    logger.info("experiment %s: run directory %s, device %s, world size %d", cfg.experiment_name, run_dir, info.device,
+                comm.get_world_size())
     seed_everything(int(cfg.runtime.seed), bool(cfg.runtime.deterministic))
     if cfg.mode == "eval":
         return eval_only(cfg, run_dir, info)

@@ -1,15 +1,15 @@
 """FCOS (Tian et al., 2019): R50-caffe FPN with a GroupNorm head, inference only.
 
-Faithful to mmdet's ``fcos_r50_caffe_fpn_gn-head_1x`` (the model of seed 002, checkpoint
-``fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth``; :meth:`FCOS.convert_state_dict` reads it and
-mmdet >= 2 checkpoints).
+Faithful to mmdet's ``fcos_r50_caffe_fpn_gn-head_1x`` (the model of the Ascend ModelZoo FCOS offline
+inference guide (310P), checkpoint ``fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth``;
+:meth:`FCOS.convert_state_dict` reads it and mmdet >= 2 checkpoints).
 
 Architecture: caffe-style ResNet-50 (stride on the first 1x1 conv, frozen BN) -> FPN over C3..C5
 (``start_level=1``) with two extra stride-2 convs on the P5 output (P6, P7; ReLU before the second)
 -> shared head with 4 conv+GN(32)+ReLU per branch; centerness on the classification branch (mmdet
 v1, and mmdet >= 2 unless ``centerness_on_reg``); box distances ``exp(scale_l * x)`` in pixels.
 
-Pre-processing (seed 002): BGR float image, keep-ratio resize so that it fits 1333x800
+Pre-processing (as that guide runs it): BGR float image, keep-ratio resize so that it fits 1333x800
 (``rescale_size``), subtract the caffe mean ``[102.9801, 115.9465, 122.7717]`` (BGR), std 1,
 zero-pad bottom/right to the static 800x1333 canvas.
 
@@ -269,7 +269,7 @@ def build_fcos(num_classes: int = 80, name: str = "fcos", depth: int = 50, style
                num_groups: int = 32, strides: Sequence[int] = (8, 16, 32, 64, 128), centerness_on_reg: bool = False,
                nms_pre: int = 1000, score_thr: float = 0.05, iou_threshold: float = 0.5,
                max_per_img: int = 100, min_bbox_size: float = 0.0) -> FCOS:
-    """FCOS R50-caffe-FPN GN-head (seed 002 defaults); smaller ``depth`` / widths for tests.
+    """FCOS R50-caffe-FPN GN-head (the FCOS guide's model by default); smaller ``depth`` / widths for tests.
     ``name`` is the config's label, kept as ``model.name``."""
     backbone = ResNet(depth=depth, style=style, norm=norm, frozen_stages=1, out_indices=(0, 1, 2, 3))
     neck = FPN(backbone.stage_channels, fpn_channels, num_outs=len(strides), start_level=1,

@@ -1,6 +1,7 @@
 """SSD-ResNet34, the MLPerf training v0.7 single-stage detector (300x300), inference only.
 
-Faithful to NVIDIA's MLPerf v0.7 PyTorch submission (seed 004, checkpoint ``iter_183250.pt``;
+Faithful to NVIDIA's MLPerf v0.7 PyTorch submission (the model of the Ascend
+ModelZoo SSD-ResNet34 offline inference guide (310/310P), checkpoint ``iter_183250.pt``;
 :meth:`SSDResNet34.convert_state_dict` reads it).
 
 Architecture: ResNet-34 stem + ``layer1..layer3`` with ``layer3`` at stride 1 (38x38 features at 300x300,
@@ -17,7 +18,7 @@ Pre-processing (MLPerf eval transform): RGB, resize to 300x300 ignoring the aspe
 Post-processing (MLPerf ``Encoder.decode_batch(ploc, plabel, 0.5, 200)``): boxes decoded against the 8732
 default boxes with ``scale_xy = 0.1`` / ``scale_wh = 0.2``; softmax over 81 classes; per foreground class
 the candidates above 0.05, at most 200, greedy NMS at IoU 0.5; the best 200 overall; boxes scaled to the
-original image. :meth:`SSDResNet34.export_forward` is the raw static graph (the seed's ONNX outputs);
+original image. :meth:`SSDResNet34.export_forward` is the raw static graph (the guide's ONNX outputs);
 :func:`ssd_postprocess` is the host half used by :meth:`SSDResNet34.predict` and every deploy backend.
 
 Training is not implemented: this framework uses SSD-ResNet34 as a deployment model.
@@ -253,8 +254,9 @@ def build_ssd_resnet34(num_classes: int = 80, name: str = "ssd_resnet34", depth:
                        mid_channels: Sequence[int] = (256, 256, 128, 128, 128), fig_size: int = 300,
                        score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_class: int = 200,
                        max_output: int = 200) -> SSDResNet34:
-    """SSD-ResNet34 (seed 004 defaults). ``depth=18`` and smaller extra-block widths for tests; the
-    trunk's output channels must equal ``out_channels[0]``. ``name`` is the config's label (``model.name``)."""
+    """SSD-ResNet34 (the SSD-ResNet34 guide's model by default). ``depth=18`` and smaller extra-block widths
+    for tests; the trunk's output channels must equal ``out_channels[0]``. ``name`` is the config's label
+    (``model.name``)."""
     backbone = ResNet34Trunk(depth)
     if backbone.out_channels != out_channels[0]:
         raise ValueError(f"trunk gives {backbone.out_channels} channels but out_channels[0]={out_channels[0]}")

@@ -1,6 +1,7 @@
 """YolactEdge (Liu et al., 2021) R50-FPN image model, inference only.
 
-Faithful to ``yolact_edge_resnet50_config`` (seed 001, checkpoint ``yolact_edge_resnet50_54_800000.pth``;
+Faithful to ``yolact_edge_resnet50_config`` (the model of the Ascend ModelZoo YolactEdge
+inference guide (310P), checkpoint ``yolact_edge_resnet50_54_800000.pth``;
 :meth:`YolactEdge.convert_state_dict` reads it). The video
 parts of YolactEdge (flow network, partial backbone, feature warping) do not change single-image
 outputs and are not built.
@@ -418,7 +419,7 @@ def build_yolact_edge(num_classes: int = 80, name: str = "yolact_edge", depth: i
                       max_num_detections: int = 100, mask_thr: float = 0.5,
                       export_mode: str = "detections", preapply_sqrt: bool = False, use_pixel_scales: bool = True,
                       use_square_anchors: bool = True) -> YolactEdge:
-    """YolactEdge R50-FPN at 550x550 (seed 001 defaults); smaller ``depth`` / widths for tests.
+    """YolactEdge R50-FPN at 550x550 (the YolactEdge guide's model by default); smaller ``depth`` / widths for tests.
     ``name`` is the config's label, kept as ``model.name``."""
     backbone = ResNet(depth=depth, style="pytorch", norm="frozen_bn", frozen_stages=-1, out_indices=(1, 2, 3))
     fpn = YolactFPN(backbone.out_channels, fpn_channels, num_downsample=2)

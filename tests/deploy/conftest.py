@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from solo_npu.config import register_configs
 from solo_npu.data import CocoInstanceDataset, Compose, FixedShapeCollate, Normalize
 from solo_npu.deploy.context import DeployContext
 from solo_npu.deploy.preprocess import FitCanvasResize
@@ -19,6 +20,8 @@ from solo_npu.models import build_model
 ROOT = Path(__file__).resolve().parents[2]
 CANVAS = (128, 160)  # H, W of the static model input used by the deploy tests
 FIT_ITERS = 100
+
+register_configs()  # conf/deploy.yaml starts from the deploy_schema structured config (as deploy.py registers it)
 
 
 def compose_deploy_cfg(overrides: list[str]) -> DictConfig:

@@ -84,9 +84,10 @@ def test_backend_ap_matches_eager(pipeline_run):
 
 def test_stages_rerun_alone_and_report(pipeline_run, make_ctx, capsys):
     """benchmark + report from what earlier stages wrote, in a fresh context on the same run dir."""
-    # Published figures come from the model yaml's deploy.anchors (solov2.yaml holds the seed's).
+    # Published figures come from the model yaml's deploy.anchors (solov2.yaml holds the SOLOV2 guide's).
     ctx = make_ctx("deploy.backends=[pytorch,onnxruntime]", "stages=[benchmark,report]",
-                   "deploy.benchmark.e2e_images=2", '+model.deploy.anchors=[{source:"seed 000 (torch_aie)",fps:26.19}]',
+                   "deploy.benchmark.e2e_images=2",
+                   '+model.deploy.anchors=[{source:"SOLOV2 torch_aie guide",fps:26.19}]',
                    run_dir=pipeline_run.run_dir)
     run_pipeline(ctx.cfg, ctx=ctx)
     out = capsys.readouterr().out
@@ -97,5 +98,5 @@ def test_stages_rerun_alone_and_report(pipeline_run, make_ctx, capsys):
         assert r["p50_ms"] > 0 and r["mean_ms"] > 0 and r["e2e_throughput"] > 0
         assert r["throughput"] == pytest.approx(1000 * bs / r["mean_ms"])
         assert r["AP"] is not None and r["peak_mb"] > 100  # process RSS with torch loaded
-    assert "| backend | batch | latency mean (ms) |" in out and "seed 000 (torch_aie)" in out
+    assert "| backend | batch | latency mean (ms) |" in out and "SOLOV2 torch_aie guide" in out
     assert (ctx.run_dir / "report.md").read_text().count("| onnxruntime |") == 2

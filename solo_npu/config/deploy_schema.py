@@ -1,0 +1,232 @@
+"""Structured-config schema of ``conf/deploy.yaml`` (deploy.py): the type of every deploy setting.
+
+``DeployJobConfig`` is registered in Hydra's ConfigStore as ``deploy_schema`` and is the first entry of
+``conf/deploy.yaml``'s defaults list, so ``conf/deploy/*.yaml`` and every ``deploy.*`` override are validated
+against ``DeployConfig``: a misspelled key fails naming it, a value of the wrong type fails naming its key.
+The values live in one place, ``conf/deploy/default.yaml`` (with their meaning); the schema gives types
+only (``MISSING``), so no second copy of a default can disagree with it. Stages read the typed fields
+(``ctx.deploy_cfg.verify.atol``), never ``.get(key, default)``.
+
+Null ``deploy.input_shape``, ``batch_sizes``, ``opset`` and ``soc_version`` fall back to the model yaml's
+``deploy:`` block, typed by :class:`ModelDeployConfig`, whose field defaults (SOLOv2's) are the one place
+for what a model yaml leaves out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from omegaconf import MISSING
+
+from solo_npu.config.schema import JobConfig
+
+
+@dataclass
+class Tolerances:
+    """How close a backend's results must be to eager PyTorch's (solo_npu/deploy/verify.py)."""
+
+    atol: float = MISSING
+    rtol: float = MISSING
+    score_atol: float | None = MISSING  # null: atol
+    iou: float = MISSING
+
+
+@dataclass
+class VerifyConfig(Tolerances):
+    """``deploy.verify``: the float32 tolerances, and ``fp16`` for backends compiled to half precision (om
+    with ATC's default, torch_aie FP16)."""
+
+    num_images: int = MISSING
+    fp16: Tolerances = MISSING
+
+
+@dataclass
+class InferConfig:
+    batch_sizes: Any = MISSING  # null | all | a list of deploy.batch_sizes
+    keep_raw: bool = MISSING
+
+
+@dataclass
+class DiskConfig:
+    check: bool = MISSING
+    reserve_gb: float = MISSING
+
+
+@dataclass
+class EvaluateConfig:
+    eager: bool = MISSING
+
+
+@dataclass
+class TorchAieCompileConfig:
+    precision_policy: str = MISSING
+
+
+@dataclass
+class CompileConfig:
+    atc: str = MISSING
+    precision_mode: str | None = MISSING
+    log: str = MISSING
+    dynamic_batch: list[int] | None = MISSING
+    customize_dtypes: str | None = MISSING
+    atc_args: list[str] = MISSING
+    timeout_s: float | None = MISSING
+    torch_aie: TorchAieCompileConfig = MISSING
+
+
+@dataclass
+class ProviderOptions:
+    npu: dict[str, Any] = MISSING  # CANNExecutionProvider options, any key onnxruntime-cann takes
+    cuda: dict[str, Any] = MISSING  # CUDAExecutionProvider options
+
+
+@dataclass
+class OnnxRuntimeConfig:
+    intra_op_num_threads: int = MISSING
+    inter_op_num_threads: int = MISSING
+    graph_optimization_level: str = MISSING
+    provider_options: ProviderOptions = MISSING
+
+
+@dataclass
+class TorchAieConfig:
+    python: str | None = MISSING
+    precision_policy: str | None = MISSING  # null: compile.torch_aie.precision_policy
+    timeout_s: float | None = MISSING
+
+
+@dataclass
+class OmConfig:
+    launcher: str | None = MISSING
+    extra_args: list[str] = MISSING
+    timeout_s: float | None = MISSING
+
+
+@dataclass
+class BenchmarkConfig:
+    warmup: int = MISSING
+    iters: int = MISSING
+    e2e_images: int | None = MISSING
+    npu_smi: str = MISSING
+
+
+@dataclass
+class DeployConfig:
+    """``deploy:`` (conf/deploy/default.yaml). Null ``input_shape``, ``batch_sizes``, ``opset`` and
+    ``soc_version`` fall back to the model yaml's ``deploy:`` block (:class:`ModelDeployConfig`)."""
+
+    input_shape: list[int] | None = MISSING
+    batch_size: int | None = MISSING
+    batch_sizes: list[int] | None = MISSING
+    opset: int | None = MISSING
+    soc_version: str | None = MISSING
+    backends: list[str] = MISSING
+    device_id: int | None = MISSING
+    export_formats: list[str] = MISSING
+    slim: bool = MISSING
+    split: str = MISSING
+    num_images: int | None = MISSING
+    verify: VerifyConfig = MISSING  # verify and the compile stage's check of what it compiled
+    infer: InferConfig = MISSING  # which batch sizes score every image; raw outputs kept or not
+    disk: DiskConfig = MISSING  # the free-space check before preprocess / infer
+    evaluate: EvaluateConfig = MISSING
+    compile: CompileConfig = MISSING  # ATC and torch_aie
+    onnxruntime: OnnxRuntimeConfig = MISSING  # session options and execution-provider options
+    torch_aie: TorchAieConfig = MISSING
+    om: OmConfig = MISSING  # ais_bench
+    benchmark: BenchmarkConfig = MISSING
+
+
+@dataclass
+class ModelDeployConfig:
+    """The ``deploy:`` block of a model yaml (``conf/model/*.yaml``): the model's deploy defaults, read by
+    deploy.py only (the model builder never sees it). Unset fields take SOLOv2's values."""
+
+    input_shape: list[int] = field(default_factory=lambda: [800, 1216])  # [H, W] or [B, 3, H, W]
+    opset: int = 13  # inside ATC's documented range since CANN 5
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8])
+    soc_version: str = "Ascend310P3"
+    # Published figures shown beside the benchmark table: {source, device, batch, fps, segm_AP / bbox_AP}.
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class DeployJobConfig(JobConfig):
+    """The root of ``conf/deploy.yaml`` (its values and their meaning are there)."""
+
+    deploy: DeployConfig = MISSING
+    task: str = MISSING  # deploy | predict
+    checkpoint: str | None = MISSING
+    checkpoint_source: str = MISSING  # auto | ours | a layout the model reads (its checkpoint_layouts)
+    checkpoint_trust_pickle: bool = MISSING
+    num_classes: int | None = MISSING
+    run_dir: str | None = MISSING
+    stages: list[str] = MISSING
+    input: str | None = MISSING
+    output: str = MISSING
+    score_thr: float = MISSING
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _without_none(tp: Any) -> Any:
+    """``X`` for ``X | None``; any other type as it is."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+
+
+def unknown_key(path: Sequence[str], schema: type = DeployJobConfig) -> str | None:
+    """Why ``path`` (a dotted key split into parts) names no setting of ``schema``, or None when it does.
+
+    Parts below a ``dict`` field (provider options) and below a config group typed ``Any`` are not checked.
+    """
+    cls: Any = schema
+    for depth, part in enumerate(path):
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            if typing.get_origin(cls) is dict or cls is Any:
+                return None
+            return f"{'.'.join(path[:depth])} is a value, not a group of settings"
+        types = _field_types(cls)
+        if part not in types:
+            where = ".".join(path[:depth]) or "the config"
+            close = difflib.get_close_matches(part, list(types), n=1)
+            hint = f"did you mean {'.'.join([*path[:depth], close[0]])}?" if close else ""
+            return f"{where} has no setting {part!r} ({hint or 'its settings: ' + ', '.join(types)})"
+        cls = _without_none(types[part])
+    return None
+
+
+def check_deploy_overrides(overrides: Sequence[str]) -> str | None:
+    """The first command-line override of deploy.py that sets a key no deploy setting has, as one line
+    naming it (``deploy.verfy.atol=1``: ``deploy has no setting 'verfy' (did you mean deploy.verify?)``);
+    None when all are known. Keys inside ``model`` (its builder's arguments) and ``hydra.*`` are left to
+    Hydra and the builder; config-group choices (``deploy=310p``) name a group, which is a setting."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        if text.startswith("-") or "=" not in text and not text.startswith("~"):
+            continue  # Hydra's own flags (--cfg job, -m)
+        try:
+            override = parser.parse_override(text)
+        except HydraException:
+            continue  # Hydra reports its own grammar errors
+        key = override.key_or_group
+        if override.package is not None or "/" in key:
+            continue
+        parts = key.split(".")
+        if parts[0] == "hydra":
+            continue
+        why = unknown_key(parts)
+        if why is not None:
+            return f"unknown setting {key} in {text!r}: {why}"
+    return None
