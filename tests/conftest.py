@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from synthetic_support import SYNTHETIC_SIZE, SYNTHETIC_TRAIN, SYNTHETIC_VAL, synthetic_data_cfg
 
 from solo_npu.data.synthetic import generate_synthetic_coco
-
-SYNTHETIC_TRAIN, SYNTHETIC_VAL, SYNTHETIC_SIZE = 16, 8, 128
-_CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data" / "synthetic.yaml"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,23 +27,6 @@ def synthetic_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a synthetic COCO dataset (16 train / 8 val images of about 128 px), shared by the session."""
     root = tmp_path_factory.mktemp("synthetic_coco")
     return generate_synthetic_coco(root, SYNTHETIC_TRAIN, SYNTHETIC_VAL, size=SYNTHETIC_SIZE, seed=0)
-
-
-def synthetic_data_cfg(root: str | Path, **overrides: Any) -> DictConfig:
-    """A data config shaped like conf/data/synthetic.yaml for the dataset at ``root``.
-
-    Sized for tests: 128-px images resized to (160, 128), no workers, ``generate`` off. ``overrides``
-    are dotted keys (``pad__mode="fixed"`` or ``**{"pad.mode": "fixed"}``) merged last.
-    """
-    cfg = OmegaConf.load(_CONF_DATA)
-    cfg.merge_with({
-        "root": str(root), "generate": False, "num_train": SYNTHETIC_TRAIN, "num_val": SYNTHETIC_VAL,
-        "size": SYNTHETIC_SIZE, "img_scale": [160, 128], "num_workers": 0, "pin_memory": False,
-    })
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key.replace("__", "."), value, merge=False)
-    OmegaConf.set_struct(cfg, True)
-    return cfg
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_data_cfg
+from synthetic_support import synthetic_data_cfg
 from omegaconf import OmegaConf
 
 from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic

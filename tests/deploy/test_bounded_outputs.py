@@ -7,8 +7,8 @@ import json
 import shlex
 
 import pytest
-from conftest import CANVAS, compose_deploy_cfg
 from deploy_standins import AIS_BENCH, ATC, install_tool
+from deploy_support import CANVAS, compose_deploy_cfg
 
 from solo_npu.deploy.benchmark import NpuSmiSampler, npu_smi_memory_mb, run_benchmark
 from solo_npu.deploy.compile_310p import atc_command, run_compile

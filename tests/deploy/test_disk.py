@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import compose_deploy_cfg
+from deploy_support import compose_deploy_cfg
 
 from solo_npu.data.synthetic import generate_synthetic_coco
 from solo_npu.deploy import disk, infer

@@ -2,47 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
-
-from solo_npu.config import register_configs
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def compose_train_cfg(overrides: list[str]) -> DictConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
-def run_train(overrides: list[str], run_dir: Path, extra_experiment: str | None = None) -> dict[str, Any]:
-    """Compose ``+experiment=smoke`` (then ``extra_experiment``) plus ``overrides`` and run the job here."""
-    from solo_npu.engine.job import run_job
-    from solo_npu.engine.launch import launch
-
-    experiments = "smoke" if extra_experiment is None else f"[smoke,{extra_experiment}]"
-    cfg = compose_train_cfg([f"+experiment={experiments}", *overrides])
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        launch(run_job, OmegaConf.to_container(cfg, resolve=True), run_dir)
-    finally:  # give pytest its logging back
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-                h.close()
-        for h in handlers:
-            if h not in root.handlers:
-                root.addHandler(h)
-        root.setLevel(level)
-    return json.loads((run_dir / "summary.json").read_text())
+from engine_support import CONF_DIR, compose_train_cfg, run_train  # noqa: F401  (fixtures' helpers)
 
 
 @pytest.fixture(scope="session")

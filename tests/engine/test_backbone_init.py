@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train_cfg
+from engine_support import compose_train_cfg
 from omegaconf import OmegaConf
 
 from solo_npu.checkpoints import load_checkpoint

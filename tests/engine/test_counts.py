@@ -132,7 +132,7 @@ def test_two_ranks_sum_read_faults_and_counters_but_not_annotation_faults(tmp_pa
 
 def test_training_summary_json_carries_fault_counts_summed_over_two_workers(smoke_data: list[str],
                                                                             tmp_path: Path) -> None:
-    from conftest import run_train
+    from engine_support import run_train
 
     root = _faulty_root(tmp_path)
     summary = run_train([f"data.root={root}", "data.generate=false", "data.num_workers=2", "train.epochs=2",

@@ -42,7 +42,7 @@ def _npu_job(cfg: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[str, 
                     "torch_npu.npu.amp.GradScaler, which the stand-in does not reproduce")
 def test_8p_experiment_first_steps_with_fused_sgd(synthetic_coco: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import compose_train_cfg
+    from engine_support import compose_train_cfg
 
     from solo_npu.engine.launch import launch
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from engine_support import run_train
 
 from solo_npu.checkpoints import load_checkpoint
 from solo_npu.engine.trainer import NonFiniteLossError
