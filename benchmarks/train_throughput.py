@@ -143,6 +143,18 @@ def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int
             "loss": losses["sized"][-1]}
 
 
+def run_child(cmd: list[str], what: str) -> dict:
+    """Run one case in its own process (its own peak memory) and return the json it prints."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not line:
+        print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"{what} failed")
+    row = json.loads(line[0][7:])
+    print(row, flush=True)
+    return row
+
+
 def positives_main(args) -> None:
     import torch
 
@@ -151,13 +163,7 @@ def positives_main(args) -> None:
         cmd = [sys.executable, __file__, "--one-positives", case, "--batch", str(args.batch[0]), "--instances",
                str(args.instances), "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads",
                str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if out.returncode or not line:
-            print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
-            raise SystemExit(f"case {case} failed")
-        rows.append(json.loads(line[0][7:]))
-        print(rows[-1], flush=True)
+        rows.append(run_child(cmd, f"case {case}"))
     threads = args.threads or torch.get_num_threads()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [POSITIVES_SECTION, "",
@@ -218,13 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, __file__, "--one", f"{case}:{amp}", "--batch", str(batch), "--warmup",
                str(args.warmup), "--steps", str(args.steps), "--device", args.device, "--threads",
                str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if out.returncode or not line:
-            print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
-            raise SystemExit(f"case {case}:{amp} batch {batch} failed")
-        rows.append(json.loads(line[0][7:]))
-        print(rows[-1], flush=True)
+        rows.append(run_child(cmd, f"case {case}:{amp} batch {batch}"))
     import torch
 
     device = rows[0]["device"]
