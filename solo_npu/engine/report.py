@@ -59,17 +59,29 @@ def save_plots(run_dir: str | Path) -> list[Path]:
     return written
 
 
+def _ground_truth(dataset: Any, image_id: int) -> dict[str, np.ndarray]:
+    """The image's non-crowd instance masks and contiguous labels, from the dataset's COCO annotations."""
+    coco = dataset.coco
+    anns = [a for a in coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)
+            and a.get("category_id") in dataset.cat_to_label]
+    info = coco.imgs[image_id]
+    masks = np.stack([coco.annToMask(a) for a in anns]) if anns else np.zeros((0, info["height"], info["width"]),
+                                                                               np.uint8)
+    return {"masks": masks, "labels": np.array([dataset.cat_to_label[a["category_id"]] for a in anns], np.int64)}
+
+
 @torch.no_grad()
 def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, count: int, info: DeviceInfo,
                            collate: Any = None) -> list[Path]:
-    """Draw the model's predictions on the first ``count`` images of ``dataset`` (PNG files)."""
+    """Draw the ground truth beside the model's predictions for the first ``count`` images of ``dataset`` (PNG
+    files, enlarged so that small images stay legible)."""
     if count <= 0:
         return []
     try:
         import cv2
 
         from solo_npu.data import FixedShapeCollate
-        from solo_npu.utils.visualize import draw_instances
+        from solo_npu.utils.visualize import ground_truth_beside_prediction
     except ImportError as exc:
         logger.warning("prediction images skipped: %s", exc)
         return []
@@ -86,8 +98,8 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
         image = cv2.imread(str(Path(dataset.img_dir) / meta["file_name"]), cv2.IMREAD_COLOR)
         if image is None:
             continue
-        drawn = draw_instances(image[:, :, ::-1].copy(), result["masks"], result["labels"], result["scores"],
-                               class_names=getattr(dataset, "class_names", None))
+        drawn = ground_truth_beside_prediction(image[:, :, ::-1].copy(), _ground_truth(dataset, meta["image_id"]),
+                                               result, class_names=getattr(dataset, "class_names", None))
         path = out_dir / f"{Path(meta['file_name']).stem}.png"
         cv2.imwrite(str(path), np.ascontiguousarray(np.asarray(drawn)[:, :, ::-1]))
         written.append(path)

@@ -72,6 +72,54 @@ def draw_instances(image_rgb: np.ndarray, masks: Any, labels: Any, scores: Any,
     return out
 
 
+def upscale_factor(height: int, width: int, min_side: int) -> int:
+    """The smallest integer factor that brings the shorter side to at least ``min_side`` (1 if it already is)."""
+    return max(1, -(-int(min_side) // max(1, min(height, width))))
+
+
+def _caption(panel: np.ndarray, text: str, height: int = 22) -> np.ndarray:
+    bar = np.full((height, panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([bar, panel], axis=0)
+
+
+def ground_truth_beside_prediction(image_rgb: np.ndarray, gt: dict[str, Any], pred: dict[str, Any],
+                                   class_names: Sequence[str] | None = None, score_thr: float = 0.3,
+                                   min_side: int = 512) -> np.ndarray:
+    """Ground truth (left) and prediction (right) of one image, upscaled so that small images stay legible.
+
+    The image is enlarged by an integer factor (bilinear) and the masks by pixel repetition, so every mask
+    pixel becomes an exact block; labels and contours are drawn at the enlarged size.
+
+    Args:
+        image_rgb: uint8 [H, W, 3].
+        gt: ``masks`` [N, H, W] and ``labels`` [N].
+        pred: ``masks`` [K, H, W], ``labels`` [K] and ``scores`` [K].
+        class_names: label -> name.
+        score_thr: predictions below it are not drawn.
+        min_side: the shorter side of each panel after enlarging (at least).
+
+    Returns:
+        uint8 RGB image: two captioned panels side by side.
+    """
+    image = np.asarray(image_rgb)
+    h, w = image.shape[:2]
+    f = upscale_factor(h, w, min_side)
+    big = cv2.resize(image, (w * f, h * f), interpolation=cv2.INTER_LINEAR) if f > 1 else image.copy()
+
+    def enlarge(masks: Any) -> np.ndarray:
+        masks = _numpy(masks).astype(bool).reshape(-1, h, w)
+        return masks.repeat(f, axis=1).repeat(f, axis=2)
+
+    gt_labels = _numpy(gt["labels"])
+    left = draw_instances(big, enlarge(gt["masks"]), gt_labels, np.ones(len(gt_labels), np.float32), class_names,
+                          score_thr=0.0)
+    right = draw_instances(big, enlarge(pred["masks"]), pred["labels"], pred["scores"], class_names, score_thr)
+    gap = np.full((left.shape[0] + 22, 6, 3), 255, np.uint8)
+    return np.concatenate([_caption(left, "ground truth"), gap,
+                           _caption(right, f"prediction (score >= {score_thr:g})")], axis=1)
+
+
 def save_image(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image (format from the extension), creating the directory."""
     path = Path(path)

@@ -43,7 +43,12 @@ def test_training_run_learns_and_writes_artefacts(trained: tuple[Path, dict]) ->
     for name in ("config.yaml", "loss.png", "ap.png", "checkpoints/last.pth", "checkpoints/best.pth",
                  "checkpoints/epoch_3.pth"):
         assert (run_dir / name).is_file(), name
-    assert len(list((run_dir / "predictions").glob("*.png"))) == 2
+    pngs = sorted((run_dir / "predictions").glob("*.png"))
+    assert len(pngs) == 2
+    from PIL import Image
+
+    with Image.open(pngs[0]) as png:  # ground truth beside the prediction, each panel at least 512 px high
+        assert png.height >= 512 and png.width >= 2 * 512
     assert list((run_dir / "tensorboard").glob("events.*"))
     state = load_checkpoint(run_dir / "checkpoints" / "last.pth")  # weights_only loading works
     assert (state["epoch"], state["inner_iter"], state["iteration"]) == (2, 9, 27)

@@ -32,3 +32,26 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="do not match"):
         draw_instances(np.zeros((4, 4, 3), np.uint8), np.zeros((1, 5, 4)), [0], [1.0], None)
     assert draw_instances(np.zeros((4, 4, 3), np.uint8), np.zeros((0, 4, 4)), [], [], None).sum() == 0
+
+
+def test_ground_truth_beside_prediction_enlarges_masks_exactly():
+    from solo_npu.utils.visualize import ground_truth_beside_prediction, upscale_factor
+
+    assert upscale_factor(128, 160, 512) == 4 and upscale_factor(600, 800, 512) == 1
+    image = np.full((32, 40, 3), 100, np.uint8)
+    gt_mask = np.zeros((1, 32, 40), bool)
+    gt_mask[0, 20:30, 5:15] = True  # lower left
+    pred_mask = np.zeros((1, 32, 40), bool)
+    pred_mask[0, 20:30, 25:35] = True  # lower right
+    out = ground_truth_beside_prediction(image, {"masks": gt_mask, "labels": np.array([0])},
+                                         {"masks": pred_mask, "labels": np.array([1]), "scores": np.array([0.8])},
+                                         ["a", "b"], min_side=128)
+    f, bar, gap = 4, 22, 6  # 32 -> 128: factor 4; a caption bar above each panel, a gap between them
+    assert out.shape == (bar + 32 * f, 2 * 40 * f + gap, 3)
+    left, right = out[bar:, : 40 * f], out[bar:, 40 * f + gap:]
+    gt_colour = np.round(0.5 * 100 + 0.5 * palette(2)[0].astype(np.float32)).astype(np.uint8)
+    pred_colour = np.round(0.5 * 100 + 0.5 * palette(2)[1].astype(np.float32)).astype(np.uint8)
+    np.testing.assert_array_equal(left[26 * f, 10 * f], gt_colour)  # inside the enlarged ground truth
+    np.testing.assert_array_equal(right[26 * f, 30 * f], pred_colour)  # inside the enlarged prediction
+    assert (left[26 * f, 30 * f] == 100).all() and (right[26 * f, 10 * f] == 100).all()
+    assert (left[2 * f:18 * f, 20 * f:38 * f] == 100).all()  # nothing drawn away from the instances
