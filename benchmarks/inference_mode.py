@@ -1,7 +1,8 @@
 """SOLOv2 forward (backbone + neck + head) in its training layout against its inference mode, in one run.
 
 Inference mode (``solo_npu.models.inference.prepare_for_inference``) folds the frozen BatchNorms into the
-convolutions and can switch to channels-last; the outputs of both are compared too.
+convolutions and can switch to channels-last, where the 1x1 convolutions also run on oneDNN; the outputs of
+all rows are compared too.
 
 Usage: ``python benchmarks/inference_mode.py [--model solov2_r50] [--shape 800 1216] [--iters 3]
 [--threads 1] [--no-write]``
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {
         "training layout (today's eager)": base,
         "BN folded": prepare_for_inference(copy.deepcopy(base)),
-        "BN folded + channels-last": prepare_for_inference(copy.deepcopy(base), channels_last=True),
+        "BN folded + channels-last (1x1 on oneDNN)": prepare_for_inference(copy.deepcopy(base), channels_last=True),
     }
     results = timed(variants, x, args.iters, info)
     ref_ms, ref_out = results["training layout (today's eager)"]

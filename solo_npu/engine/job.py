@@ -141,7 +141,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     val_set, loader, evaluator = _eval_setup(cfg, info)
     model = _build_model(cfg, len(val_set.label_to_cat))
     load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle))
-    prepare_for_inference(model)  # frozen BatchNorm folded into the convolutions: same outputs, less work
+    # Frozen BatchNorm folded into the convolutions (and channels-last on the CPU): same outputs, less work.
+    prepare_for_inference(model, channels_last=info.inference_channels_last)
     _place(model, cfg, info)
     results = evaluate(model, loader, evaluator, info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
     summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "segm_ap": results.get("segm", {}).get("AP"),

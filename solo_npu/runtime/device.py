@@ -60,6 +60,13 @@ class DeviceInfo:
     def is_accelerator(self) -> bool:
         return self.type != "cpu"
 
+    @property
+    def inference_channels_last(self) -> bool:
+        """Whether eager inference runs channels-last here: on the CPU, where oneDNN's channels-last
+        convolutions measured 1.4x faster on SOLOv2 R50 (``benchmarks/inference_mode.py``); accelerators
+        keep NCHW (the NPU kernels' native layout; CUDA not measured)."""
+        return self.type == "cpu"
+
 
 def import_torch_npu() -> ModuleType | None:
     """Import torch_npu when it is installed; None otherwise (never raises for a missing package)."""

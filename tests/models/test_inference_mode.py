@@ -63,3 +63,51 @@ def test_tiny_solov2_export_outputs_unchanged_in_inference_mode():
     assert torch.equal(labels, labels_ref)
     torch.testing.assert_close(scores, scores_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(masks, masks_ref, rtol=1e-4, atol=1e-4)
+
+
+def _conv_kinds(model: nn.Module) -> tuple[int, int]:
+    from solo_npu.models.inference import PointwiseConv2d
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return sum(isinstance(m, PointwiseConv2d) for m in convs), len(convs)
+
+
+def test_channels_last_runs_pointwise_convolutions_on_onednn_with_the_same_outputs():
+    """1x1 stride-1 convolutions go to oneDNN (torch sends them to its GEMM path at batch 1 on one thread);
+    the reference is the unprepared model, through ``nn.Conv2d``."""
+    from solo_npu.models.inference import PointwiseConv2d
+
+    torch.manual_seed(0)
+    net = ResNet(depth=50, norm="frozen_bn", frozen_stages=-1, base_channels=8).eval()
+    _randomise_norms(net)
+    plain = prepare_for_inference(ResNet(depth=50, norm="frozen_bn", frozen_stages=-1, base_channels=8))
+    x = torch.randn(1, 3, 64, 96)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            ref = net(x)
+            prepare_for_inference(net, channels_last=True)
+            out = net(x)
+    finally:
+        torch.set_num_threads(threads)
+    pointwise, total = _conv_kinds(net)
+    # Bottleneck conv1 and conv3 of 16 blocks; the downsample 1x1s of stages 2-4 have stride 2.
+    expected = 2 * 16 + 1 if torch.backends.mkldnn.is_available() else 0  # + stage 1's stride-1 downsample
+    assert pointwise == expected and total == 53
+    assert list(net.state_dict()) == list(plain.state_dict())  # the same names as plain inference mode
+    for r, o in zip(ref, out):
+        assert (o - r).abs().max() <= 1e-5 * r.abs().max()
+    conv = next(m for m in net.modules() if isinstance(m, PointwiseConv2d))
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, torch.randn(1, conv.in_channels, 4, 4))
+    assert "mkldnn_convolution" not in str(traced.graph) and "_convolution" in str(traced.graph)
+    y = torch.randn(1, conv.in_channels, 4, 4, requires_grad=True)
+    conv(y).sum().backward()  # with autograd: nn.Conv2d's own path
+    assert y.grad is not None and y.grad.shape == y.shape
+
+
+def test_inference_mode_without_channels_last_keeps_plain_convolutions():
+    net = ResNet(depth=50, norm="frozen_bn", base_channels=8)
+    prepare_for_inference(net)
+    assert _conv_kinds(net)[0] == 0

@@ -122,8 +122,7 @@ class FPN(nn.Module):
             raise ValueError(f"FPN expects {len(self.in_channels)} feature maps, got {len(inputs)}")
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                              mode="nearest")
+            laterals[i - 1] += F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
         used = len(laterals)
         outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
         if self.num_outs > used:
