@@ -20,7 +20,9 @@ PIP := $(PY) -m pip
 # now and then (measured on 2 cores: tests/engine/test_counts.py's two-rank test one run in three,
 # test_evaluator_dist once in a full run), so the lane leaves out every test named "two_rank*" and
 # tests/engine/test_counts.py (plain-Python fault counts, the same on every torch). Tests that need a newer
-# torch feature skip themselves by feature detection and say so (pytest -rs lists them).
+# torch feature skip themselves by feature detection and say so (pytest -rs lists them). Any test that still
+# hangs fails after 600 s with its traceback (pytest-timeout, pyproject's timeout = 600; tests/conftest.py
+# then ends the ranks it left running), and the run goes on.
 FLOOR_TORCH_VERSION := 2.1.0
 FLOOR_VENV ?= .venv-floor
 FLOOR_TORCH_SPEC ?= torch==$(FLOOR_TORCH_VERSION) "numpy<2"

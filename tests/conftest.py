@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,18 @@ def make_synthetic_cfg(synthetic_coco: Path):
 def data_cfg_for():
     """``data_cfg_for(root, **overrides)``: :func:`synthetic_data_cfg` for a dataset a test generated itself."""
     return synthetic_data_cfg
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """End the ranks a test left running. A test that pytest-timeout interrupted in mp.spawn's join leaves
+    its (non-daemonic) ranks alive, and multiprocessing joins those when pytest exits: a hung rank would
+    hold the run after its summary. A test that ended normally has joined its ranks, so any still alive
+    after its teardown are leftovers."""
+    for child in multiprocessing.active_children():
+        if not child.daemon:
+            child.kill()
+            child.join(10)
 
 
 def pytest_configure(config: pytest.Config) -> None:
