@@ -4,6 +4,7 @@ import sys
 import pytest
 import torch
 from stand_ins import torch_npu as npu_stand_in
+from stand_ins.child import in_child
 
 from solo_npu import runtime
 from solo_npu.runtime import device as dev
@@ -26,7 +27,10 @@ def no_npu(monkeypatch):
 
 @pytest.fixture
 def fake_npu(monkeypatch):
-    """The torch_npu stand-in (tests/stand_ins/torch_npu.py) with two devices; returns what it was asked."""
+    """The torch_npu stand-in (tests/stand_ins/torch_npu.py) with two devices; returns what it was asked.
+
+    Installing it names the PrivateUse1 backend "npu" for the life of the process, so every test that uses
+    it runs in a child pytest process (``@in_child``, tests/stand_ins/child.py)."""
     return npu_stand_in.install(monkeypatch, device_count=2).npu.calls
 
 
@@ -52,6 +56,7 @@ def test_unknown_device_name():
         runtime.resolve_device("tpu")
 
 
+@in_child
 def test_fake_npu_is_preferred_and_ranks_wrap(fake_npu, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # npu still wins
     info = runtime.resolve_device("auto", local_rank=3)
@@ -62,6 +67,7 @@ def test_fake_npu_is_preferred_and_ranks_wrap(fake_npu, monkeypatch):
     assert runtime.amp_dtype(info, "bf16") == torch.bfloat16
 
 
+@in_child
 def test_fake_npu_setup_applies_env_and_compile_mode(fake_npu, monkeypatch):
     for key in dev.NPU_ENV_DEFAULTS:
         monkeypatch.delenv(key, raising=False)
@@ -76,6 +82,7 @@ def test_fake_npu_setup_applies_env_and_compile_mode(fake_npu, monkeypatch):
     assert os.environ["MY_VAR"] == "7"
 
 
+@in_child
 def test_fused_sgd_only_on_npu(fake_npu):
     npu = runtime.resolve_device("npu")
     cpu = runtime.DeviceInfo("cpu", torch.device("cpu"))
@@ -132,6 +139,7 @@ def test_memory_stats_cpu_reports_rss():
     assert stats["allocated_mb"] > 10 and stats["peak_mb"] >= stats["allocated_mb"] * 0.5
 
 
+@in_child
 def test_accelerator_rng_states_round_trip_on_fake_npu(fake_npu, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     states = runtime.accelerator_rng_states()
@@ -156,6 +164,7 @@ def _two_params_with_grads(grads=((3.0,), (4.0,))) -> list[torch.nn.Parameter]:
     return params
 
 
+@in_child
 def test_zero_grad_keeps_a_fused_optimizers_buffer_and_drops_plain_gradients(fake_npu):
     fused = npu_stand_in.NpuFusedSGD(_two_params_with_grads(), lr=0.1)
     fused.step()  # combines parameters and gradients into one buffer
@@ -170,6 +179,7 @@ def test_zero_grad_keeps_a_fused_optimizers_buffer_and_drops_plain_gradients(fak
     assert all(p.grad is None for p in plain.param_groups[0]["params"])
 
 
+@in_child
 @pytest.mark.parametrize("fused", [True, False])
 def test_clip_grad_norm_measures_and_clips_with_either_optimizer(fake_npu, fused):
     cls = npu_stand_in.NpuFusedSGD if fused else torch.optim.SGD
@@ -183,6 +193,7 @@ def test_clip_grad_norm_measures_and_clips_with_either_optimizer(fake_npu, fused
     assert (opt.calls["clip_grad_norm_fused_"] == 2) if fused else not hasattr(opt, "calls")
 
 
+@in_child
 def test_ddp_options_rule_out_bucket_views_for_fused_optimizers(fake_npu):
     npu = runtime.resolve_device("npu:1")
     cpu = runtime.DeviceInfo("cpu", torch.device("cpu"))
@@ -222,6 +233,7 @@ def _ddp_fused_steps(options: dict, steps: int = 3) -> tuple[torch.nn.Module, to
     return model, reference
 
 
+@in_child
 def test_ddp_bucket_views_detach_gradients_from_a_fused_buffer(fake_npu, single_process_group):
     # With bucket views DDP re-points every .grad at its bucket after the optimiser combined them: the real
     # fused optimiser would step on a stale buffer; the stand-in raises.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from stand_ins import torch_npu as npu_stand_in
+from stand_ins.child import in_child
 
 
 def _model() -> torch.nn.Module:
@@ -79,6 +80,7 @@ def test_parameters_without_a_gradient_at_first_use_are_never_updated() -> None:
     assert torch.equal(model[0].weight, before)
 
 
+@in_child  # torch.device("npu", 1) needs the PrivateUse1 backend named "npu"
 def test_npu_module_checks_devices() -> None:
     npu = npu_stand_in.build(device_count=2).npu
     assert npu.device_count() == 2 and npu.is_available()
