@@ -101,3 +101,22 @@ def test_self_intersections_upper_blocks_equal_the_full_product():
     for block in (64, 100, 128):
         assert torch.equal(self_intersections(flat, block=block), full)
     assert torch.equal(self_intersections(flat[0, :40]), full[0, :40, :40])  # small N: one matmul
+
+
+def test_tie_rank_orders_equal_scores_as_the_input_order_would():
+    """Masks given in a shuffled order with ``tie_rank`` = their position in the original order decay
+    exactly as the original order does; without it, the shuffled order decides the ties (and differs)."""
+    g = torch.Generator().manual_seed(5)
+    n = 48
+    masks = (torch.rand(n, 16, 20, generator=g) > 0.4).float()
+    masks[1::2] = masks[::2] * (torch.rand(n // 2, 16, 20, generator=g) > 0.2)  # overlapping pairs
+    labels = torch.randint(0, 3, (n,), generator=g)
+    scores = 0.1 * torch.randint(1, 4, (n,), generator=g).float()  # three values: ties everywhere
+    perm = torch.randperm(n, generator=g)
+    ref = matrix_nms(masks, labels, scores)
+    for fn in (matrix_nms, matrix_nms_by_class):
+        assert torch.equal(fn(masks[perm], labels[perm], scores[perm], tie_rank=perm), ref[perm])
+    assert not torch.equal(matrix_nms(masks[perm], labels[perm], scores[perm]), ref[perm])
+    mostly_one = torch.zeros_like(labels)  # the whole-matrix path of matrix_nms_by_class
+    assert torch.equal(matrix_nms_by_class(masks[perm], mostly_one[perm], scores[perm], tie_rank=perm),
+                       matrix_nms(masks, mostly_one, scores)[perm])

@@ -104,3 +104,20 @@ def test_no_pair_above_threshold():
     scores, kernels, feats, strides = synthetic_head(0)
     masks, labels, out_scores, exact = select_exact(scores, kernels, feats, strides, SOLOv2TestConfig())
     assert exact and masks.shape == (0, H, W) and labels.numel() == 0 and out_scores.numel() == 0
+
+
+@pytest.mark.parametrize("num_above", [300, 1500])
+def test_exact_order_breaks_ties_as_the_reference(num_above):
+    """Equal final scores in quantity: a head whose kernels repeat (identical masks and maskness) and whose
+    category scores take a few values. The reference's stable sorts order ties by mmdet's candidate order
+    (cell-major, class-minor); the exact order must return the same instances in the same order."""
+    scores, kernels, feats, strides = synthetic_head(num_above, seed=3)
+    above = scores > 0.1
+    scores[above] = 0.1 + 0.1 * torch.randint(1, 4, (int(above.sum()),), generator=torch.Generator().manual_seed(4))
+    kernels = kernels[torch.arange(kernels.shape[0]) % 7]  # 7 distinct masks, each repeated across the cells
+    cfg = SOLOv2TestConfig(max_per_img=500)
+    ref = select_reference(scores, kernels, feats, strides, cfg)
+    for chunk in (64, 256):
+        *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk)
+        assert exact
+        assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2]) and torch.equal(got[0], ref[0])

@@ -28,11 +28,12 @@ def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
 
 
 def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor | None = None,
-               kernel: str = "gaussian", sigma: float = 2.0) -> Tensor:
+               kernel: str = "gaussian", sigma: float = 2.0, tie_rank: Tensor | None = None) -> Tensor:
     """Decayed scores: every mask is decayed by the higher-ranked masks of its class.
 
-    Mask ``i`` ranks above mask ``j`` when its score is higher, or equal with ``i < j``; the inputs
-    need not be sorted (no sort or gather of the masks is needed). Works with or without a leading
+    Mask ``i`` ranks above mask ``j`` when its score is higher, or equal with ``i < j`` (with
+    ``tie_rank``: ``tie_rank[i] < tie_rank[j]``); the inputs need not be sorted (no sort or gather of
+    the masks is needed). Works with or without a leading
     batch dimension and with static shapes only, so it traces and exports as is. Padding entries with
     score 0 rank below every real one and therefore never decay them.
 
@@ -43,6 +44,7 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
         mask_area: ``[..., N]`` pixel count of each mask (computed when ``None``).
         kernel: ``"gaussian"`` (``exp(-sigma * iou^2)``) or ``"linear"`` (``1 - iou``).
         sigma: width of the gaussian kernel.
+        tie_rank: ``[..., N]`` distinct integers that order masks of equal score (the input order when ``None``).
 
     Returns:
         ``[..., N]`` decayed scores in the input order.
@@ -56,9 +58,9 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
     mask_area = mask_area.float()
     inter = self_intersections(flat)  # [..., N, N]
     union = mask_area.unsqueeze(-1) + mask_area.unsqueeze(-2) - inter
-    ar = torch.arange(n, device=scores.device)
+    ar = torch.arange(n, device=scores.device) if tie_rank is None else tie_rank
     s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)
-    upper = (s_i > s_j) | ((s_i == s_j) & (ar.view(-1, 1) < ar.view(1, -1)))  # (i, j): mask i ranks above j
+    upper = (s_i > s_j) | ((s_i == s_j) & (ar.unsqueeze(-1) < ar.unsqueeze(-2)))  # (i, j): mask i ranks above j
     same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
     decay_iou = torch.where(upper & same, inter / union.clamp(min=1e-6), torch.zeros_like(inter))
     # For each mask i, the largest IoU it has with any higher-ranked mask of its class.
@@ -74,7 +76,7 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
 
 
 def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor | None = None,
-                        kernel: str = "gaussian", sigma: float = 2.0) -> Tensor:
+                        kernel: str = "gaussian", sigma: float = 2.0, tie_rank: Tensor | None = None) -> Tensor:
     """:func:`matrix_nms` of one image (``masks [N, ...]``), computed class by class.
 
     Only pairs of the same class decay each other, and a mask of another class contributes a factor
@@ -83,8 +85,8 @@ def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area
     of ``N^2``. Entries with score <= 0 cannot decay anything and decay to 0 themselves, so they are
     skipped. When one class holds most candidates (``sum_c n_c^2 > N^2 / 2``) the whole matrix is
     computed instead, which saves copying the masks class by class. The result equals
-    :func:`matrix_nms` bit for bit (the same arithmetic on the same pairs). Eager only: the loop over
-    classes depends on the data.
+    :func:`matrix_nms` bit for bit (the same arithmetic on the same pairs), ``tie_rank`` included. Eager
+    only: the loop over classes depends on the data.
     """
     if masks.dim() < 2 or labels.dim() != 1:
         raise ValueError(f"matrix_nms_by_class takes one image: masks [N, ...], labels [N]; got {tuple(masks.shape)}")
@@ -102,7 +104,9 @@ def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area
     if sum(c * c for c in counts) > 0.5 * len(live) ** 2:
         # Mostly one class: the whole matrix costs about as much and needs no copy of the masks (the
         # scores are the same either way).
-        return matrix_nms(flat, labels, scores, mask_area, kernel, sigma)
+        return matrix_nms(flat, labels, scores, mask_area, kernel, sigma, tie_rank)
+    if tie_rank is None:
+        tie_rank = torch.arange(len(scores), device=scores.device)
     for idx in live.split(counts):
-        out[idx] = matrix_nms(flat[idx], labels[idx], scores[idx], mask_area[idx], kernel, sigma)
+        out[idx] = matrix_nms(flat[idx], labels[idx], scores[idx], mask_area[idx], kernel, sigma, tie_rank[idx])
     return out

@@ -212,12 +212,10 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
     stop = total if limit is None else min(total, int(limit))
     nms_pre = cfg.nms_pre
     step = _round64(cfg.exact_chunk if chunk is None else chunk)
-    # The best nms_pre so far live in fixed slots; a chunk's entrants overwrite the slots of the pairs
-    # they push out, so no kept mask is copied again. Empty slots hold final score -1 (real ones >= 0).
-    slot_probs = mask_feats.new_empty((nms_pre, h * w), dtype=torch.float32)
-    slot_final = cand_scores.new_full((nms_pre,), -1.0)
-    slot_key = cand.new_full((nms_pre,), n * c)
-    slot_area = cand_scores.new_zeros(nms_pre)
+    # The first chunk's rows are the slots (no copy). Each later chunk's entrants overwrite the rows of the
+    # pairs they push out, so no kept mask is copied twice. A row outside the best nms_pre has final -1
+    # (real final scores are >= 0).
+    slot_probs = slot_binary = slot_final = slot_key = slot_area = None
     done, exact = 0, True
     while done < stop:
         size = min(_round64(nms_pre) if done == 0 else step, _round64(stop - done))
@@ -228,36 +226,55 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
             idx = torch.cat([idx, idx[:1].expand(size - real)])
             s = torch.cat([s, s.new_zeros(size - real)])
         cells = torch.div(idx, c, rounding_mode="floor")
-        probs, _, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr)
+        probs, binary, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr)
         valid = (area > cell_strides[cells]) & (torch.arange(size, device=idx.device) < real)
-        new = torch.nonzero(valid).squeeze(1)
-        new_final = s[new] * maskness[new]
-        pick = _rank(torch.cat([slot_final, new_final]), torch.cat([slot_key, idx[new]]))[:nms_pre]
-        chosen = torch.zeros(nms_pre + new.numel(), dtype=torch.bool, device=idx.device)
-        chosen[pick] = True
-        enter = torch.nonzero(chosen[nms_pre:]).squeeze(1)  # as many as the slots that lost their pair
-        free = torch.nonzero(~chosen[:nms_pre]).squeeze(1)
-        rows = new[enter]
-        slot_probs[free] = probs.flatten(-2)[rows]
-        slot_final[free], slot_key[free], slot_area[free] = new_final[enter], idx[rows], area[rows]
+        if slot_final is None:
+            final = torch.where(valid, s * maskness, torch.full_like(s, -1.0))
+            best = torch.zeros(size, dtype=torch.bool, device=idx.device)
+            best[_rank(final, idx)[:nms_pre]] = True  # padding keeps final -1 whatever its key
+            slot_final = torch.where(best, final, torch.full_like(final, -1.0))
+            slot_probs, slot_binary, slot_key, slot_area = probs.flatten(-2), binary.flatten(-2), idx, area
+        else:
+            new = torch.nonzero(valid).squeeze(1)
+            new_final = s[new] * maskness[new]
+            slots = slot_final.numel()
+            pick = _rank(torch.cat([slot_final, new_final]), torch.cat([slot_key, idx[new]]))[:nms_pre]
+            chosen = torch.zeros(slots + new.numel(), dtype=torch.bool, device=idx.device)
+            chosen[pick] = True
+            enter = torch.nonzero(chosen[slots:]).squeeze(1)
+            free = torch.nonzero(~chosen[:slots]).squeeze(1)  # at least as many as the entrants
+            slot_final[free] = -1.0
+            free, rows = free[:enter.numel()], new[enter]
+            slot_probs[free] = probs.flatten(-2)[rows]
+            slot_binary[free] = binary.flatten(-2)[rows]
+            slot_final[free], slot_key[free], slot_area[free] = new_final[enter], idx[rows], area[rows]
         done += real
-        if done < total and bool(cand_scores[done] < slot_final.min()):  # min is -1 until nms_pre are kept
+        # The nms_pre-th best final score so far (-1 until nms_pre are kept) bounds every later pair.
+        if done < total and bool(cand_scores[done] < _kth_best(slot_final, nms_pre)):
             break
     else:
         exact = done >= total
 
+    if slot_final is None or not bool((slot_final >= 0).any()):
+        empty = mask_feats.new_zeros((0, h, w), dtype=torch.float32)
+        return empty, cand.new_zeros(0), cand_scores.new_zeros(0), exact
+    # Matrix NMS on the slots where they lie: ties of equal final score rank as the reference's order
+    # (final descending, then mmdet's candidate order), through each slot's position in that order.
     used = torch.nonzero(slot_final >= 0).squeeze(1)
-    used = used[_rank(slot_final[used], slot_key[used])]  # the reference's order: final desc, then mmdet's
-    kept_probs, kept_final, kept_key, kept_area = slot_probs[used], slot_final[used], slot_key[used], slot_area[used]
-    labels = kept_key - torch.div(kept_key, c, rounding_mode="floor") * c
-    if kept_final.numel() == 0:
-        return kept_probs.view(0, h, w), labels, kept_final, exact
-    binary = (kept_probs > cfg.mask_thr).to(kept_probs.dtype)
-    decayed = matrix_nms_by_class(binary, labels, kept_final, kept_area, cfg.kernel, cfg.sigma)
-    keep = torch.nonzero(decayed >= cfg.filter_thr).squeeze(1)
-    decayed, order = decayed[keep].sort(descending=True, stable=True)
-    order = keep[order[: cfg.max_per_img]]
-    return kept_probs[order].view(-1, h, w), labels[order], decayed[: cfg.max_per_img], exact
+    used = used[_rank(slot_final[used], slot_key[used])]
+    position = torch.full_like(slot_key, slot_key.numel())
+    position[used] = torch.arange(used.numel(), device=used.device)
+    labels = slot_key - torch.div(slot_key, c, rounding_mode="floor") * c
+    decayed = matrix_nms_by_class(slot_binary, labels, slot_final.clamp(min=0), slot_area, cfg.kernel, cfg.sigma,
+                                  tie_rank=position)
+    keep = torch.nonzero((decayed >= cfg.filter_thr) & (slot_final >= 0)).squeeze(1)
+    keep = keep[_rank(decayed[keep], position[keep])][: cfg.max_per_img]
+    return slot_probs[keep].view(-1, h, w), labels[keep], decayed[keep], exact
+
+
+def _kth_best(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th largest of ``values`` (its smallest when it has at most ``k``)."""
+    return values.min() if values.numel() <= k else values.topk(k).values[-1]
 
 
 def select_reference(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor,
