@@ -76,7 +76,7 @@ train_throughput() {
     if "${PYTHON}" benchmarks/train_throughput.py --cases r50 light_r50 --batch 2 4 8 --warmup 3 --steps 10 \
         --device cuda; then echo "PASS train_throughput"; else echo "FAIL train_throughput"; failed=1; fi
     if "${PYTHON}" benchmarks/train_throughput.py --positives --cases r50 light_r18_672 --batch 2 --instances 8 \
-        --warmup 3 --steps 10; then echo "PASS positives"; else echo "FAIL positives"; failed=1; fi
+        --warmup 3 --steps 10 --device cuda; then echo "PASS positives"; else echo "FAIL positives"; failed=1; fi
 }
 
 # forward: backbone + neck + head in its training layout against the inference mode (BN folded,

@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, (ms, out) in results.items():
         diff = max(float((o - r).abs().max()) for o, r in zip(out, ref_out))
         rows.append(f"| {name} | {ms:.0f} | {ref_ms / ms:.2f}x | {diff:.1e} |")
-    publish(HEADING, [
-        HEADING, "",
+    heading = HEADING if device.type == "cpu" else f"{HEADING} ({device.type})"
+    publish(heading, [
+        heading, "",
         f"{datetime.date.today()}, {describe_machine()}, {device.type}, {args.threads} thread(s).",
         f"Command: `python benchmarks/inference_mode.py --model {args.model} --shape {args.shape[0]} "
         f"{args.shape[1]} --iters {args.iters} --threads {args.threads} --device {args.device}`. "

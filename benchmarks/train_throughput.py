@@ -102,31 +102,34 @@ def run_case(case: str, amp: bool, batch: int, warmup: int, steps: int, device: 
             "loss": trainer.last.get("loss")}
 
 
-def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int) -> dict:
-    """Median step time with slots sized to the batch and with 512 fixed slots (alternating steps) on the CPU."""
+def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int, device: str = "cpu") -> dict:
+    """Median step time with slots sized to the batch and with 512 fixed slots (alternating steps), fp32."""
     import torch
     from omegaconf import OmegaConf
 
     from solo_npu.engine.trainer import Trainer
     from solo_npu.models import build_model
-    from solo_npu.runtime import resolve_device
+    from solo_npu.runtime import resolve_device, synchronize
 
     model_name, height, width, _, _ = CASES[case]
     cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml")
     cfg.num_classes = 80
-    info = resolve_device("cpu")
-    model = build_model(cfg)
+    info = resolve_device(device)
+    model = build_model(cfg).to(info.device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     trainer = Trainer(model, optimizer, [], info, max_epochs=1, iters_per_epoch=1, grad_clip=35.0, batch_size=batch)
-    data = make_batch(batch, height, width, 80, instances)
+    data = {k: (v.to(info.device) if isinstance(v, torch.Tensor) else v)
+            for k, v in make_batch(batch, height, width, 80, instances).items()}
     model.train()
     times: dict[str, list[float]] = {"sized": [], "fixed": []}
     losses: dict[str, list[tuple]] = {"sized": [], "fixed": []}
     for i in range(warmup + steps):
         for key, slots in (("fixed", 512), ("sized", None)):
             model.pos_slots = slots
+            synchronize(info)
             t0 = time.perf_counter()
             trainer.run_step(data)
+            synchronize(info)
             if i >= warmup:
                 times[key].append(time.perf_counter() - t0)
             losses[key].append((trainer.last["loss_cls"], trainer.last["loss_mask"]))
@@ -137,7 +140,7 @@ def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int
                                  model.mask_head.num_grids, model.scale_ranges, model.pos_scale, 4, model.max_pos)
         most = int(t.pos_weights.sum(1).max())
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"case": case, "batch": batch, "instances": instances, "positives": most,
+    return {"case": case, "device": info.type, "batch": batch, "instances": instances, "positives": most,
             "slots": positive_slots(most, model.max_pos), "fixed_s": med["fixed"], "sized_s": med["sized"],
             "speedup": med["fixed"] / med["sized"], "identical": losses["sized"] == losses["fixed"],
             "loss": losses["sized"][-1]}
@@ -162,32 +165,41 @@ def positives_main(args) -> None:
     for case in args.cases:
         cmd = [sys.executable, __file__, "--one-positives", case, "--batch", str(args.batch[0]), "--instances",
                str(args.instances), "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads",
-               str(args.threads)]
+               str(args.threads), "--device", args.device]
         rows.append(run_child(cmd, f"case {case}"))
     threads = args.threads or torch.get_num_threads()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [POSITIVES_SECTION, "",
+    device = rows[0]["device"]
+    section = POSITIVES_SECTION if device == "cpu" else f"{POSITIVES_SECTION} ({device})"
+    lines = [section, "",
              f"Measured {datetime.date.today().isoformat()} by `OMP_NUM_THREADS={threads} python "
              f"benchmarks/train_throughput.py --positives --cases {' '.join(args.cases)} --batch {args.batch[0]} "
-             f"--instances {args.instances} --warmup {args.warmup} --steps {args.steps} --threads {threads}` on "
-             f"{describe_machine()}, device cpu, {threads} torch threads, load average {load:.1f} at the end.",
+             f"--instances {args.instances} --warmup {args.warmup} --steps {args.steps} --threads {threads} "
+             f"--device {args.device}` on {describe_machine()}, device {device}, {threads} torch threads, load "
+             f"average {load:.1f} at the end.",
              f"One training step (forward, losses, backward, clip, SGD with learning rate 0 so that every step sees "
              f"the same weights) on a random batch of {args.batch[0]} images with {args.instances} box-shaped "
              "instances each, fp32. `fixed 512`: 512 positive slots per image (the former `max_pos`); `sized`: "
              "the smallest of 64, 128, 256, 512, 1024 that holds the batch's positives. Steps alternate between "
              f"the two in one process; median of {args.steps} each after {args.warmup} warm-up rounds. "
-             "`identical`: loss_cls and loss_mask equal bit for bit at every step.", "",
+             "`identical`: loss_cls and loss_mask equal bit for bit at every step. `per 64 slots`: the step time "
+             "that 64 positive slots cost, (fixed - sized) / (512 - slots) x 64; `limit`: the speed-up if the "
+             "slots cost nothing at all, fixed / (sized - slots x per-slot cost): what any slot count can reach "
+             "with the rest of the step (backbone, FPN, head convolutions, focal loss, backward, SGD) as it is.", "",
              "| model | input | positives (most per image) | slots | fixed 512 (s) | sized (s) | speed-up | "
-             "identical losses |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "identical losses | per 64 slots (ms) | limit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         _, _, _, label, size = CASES[r["case"]]
+        per_slot = (r["fixed_s"] - r["sized_s"]) / (512 - r["slots"])
+        limit = r["fixed_s"] / (r["sized_s"] - r["slots"] * per_slot)
         lines.append(f"| {label} | {size} | {r['positives']} | {r['slots']} | {r['fixed_s']:.2f} | "
-                     f"{r['sized_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+                     f"{r['sized_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} | "
+                     f"{64e3 * per_slot:.0f} | {limit:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(POSITIVES_SECTION, text)
+        write_section(section, text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     if args.one_positives:
+        device = "cpu" if args.device == "auto" else args.device
         print("RESULT " + json.dumps(run_positives(args.one_positives, args.batch[0], args.instances, args.warmup,
-                                                   args.steps)))
+                                                   args.steps, device)))
         return
     if args.positives:
         positives_main(args)
