@@ -190,3 +190,21 @@ def test_checkpoint_source_comment_lists_every_layout():
                            and (line.startswith("checkpoint_source:") or line.startswith(" ")))
         documented = set(re.findall(r"[a-z_0-9]+", comment.split("(")[0] + " " + comment))
         assert layouts <= documented, (name, layouts - documented)
+
+
+def test_config_yaml_values_equal_the_schema_defaults():
+    """conf/config.yaml writes out the typed sections for readers; a value there that differs from the
+    schema's default would make the two disagree about what a run gets when a key is left out."""
+    from dataclasses import MISSING as NO_DEFAULT
+
+    written = yaml.safe_load((CONF / "config.yaml").read_text())
+    defaults = TrainJobConfig()
+    differ = []
+    for f in fields(TrainJobConfig):
+        value = written.get(f.name)
+        if not isinstance(value, dict) or f.default_factory is NO_DEFAULT:
+            continue
+        section = getattr(defaults, f.name)
+        differ += [f"{f.name}.{k}: yaml {v!r}, schema {getattr(section, k)!r}" for k, v in value.items()
+                   if getattr(section, k) != v]
+    assert not differ, differ
