@@ -134,3 +134,19 @@ def test_fpn_extra_convs(mode):
     feats = [torch.randn(1, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate([8, 16, 32])]
     outs = fpn(feats)
     assert [o.shape[-1] for o in outs] == [16, 8, 4, 2, 1]
+
+
+def test_fpn_with_lateral_relu_trains_and_infers_alike():
+    """The top-down sums are written in place only without autograd: with ``act=True`` the lateral ReLU
+    keeps its output for backward, so an in-place sum there would break training."""
+    from solo_npu.models.necks.fpn import FPN
+
+    torch.manual_seed(0)
+    fpn = FPN([8, 16, 32], 8, 3, act=True, norm="gn", num_groups=4)
+    feats = [torch.randn(1, 8, 16, 16, requires_grad=True), torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    outs = fpn(feats)
+    sum(o.sum() for o in outs).backward()
+    assert feats[0].grad is not None and feats[0].grad.abs().sum() > 0
+    with torch.no_grad():
+        for a, b in zip(outs, fpn(feats)):
+            assert torch.equal(a.detach(), b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -122,7 +123,9 @@ class FPN(nn.Module):
             raise ValueError(f"FPN expects {len(self.in_channels)} feature maps, got {len(inputs)}")
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] += F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            up = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            # In place only without autograd: a lateral ReLU (act=True) saves its output for backward.
+            laterals[i - 1] = laterals[i - 1] + up if torch.is_grad_enabled() else laterals[i - 1].add_(up)
         used = len(laterals)
         outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
         if self.num_outs > used:
