@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import describe_machine, publish  # noqa: E402
 
-from solo_npu.models.solov2.postprocess import paste_masks  # noqa: E402
+from solo_npu.models.solov2.paste import paste_masks  # noqa: E402
 
 HEADING = "## Mask pasting"
 CASES = [  # label, low-res masks [h, w], meta (canvas = 4 x low-res)

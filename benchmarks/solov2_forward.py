@@ -32,10 +32,9 @@ from common import describe_machine, publish  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
 from solo_npu.models.inference import prepare_for_inference  # noqa: E402
+from solo_npu.models.solov2.paste import masks_to_boxes, paste_masks  # noqa: E402
 from solo_npu.models.solov2.postprocess import (  # noqa: E402
     flatten_predictions,
-    masks_to_boxes,
-    paste_masks,
     select_exact,
     select_reference,
     select_static,

@@ -16,11 +16,10 @@ from solo_npu.models.necks.fpn import FPN
 from solo_npu.models.solov2.checkpoint import SOLOV2_LAYOUTS, convert_solov2_state_dict, solov2_checkpoint_layout
 from solo_npu.models.solov2.head import SOLOv2Head
 from solo_npu.models.solov2.losses import solov2_loss
+from solo_npu.models.solov2.paste import masks_to_boxes, paste_masks
 from solo_npu.models.solov2.postprocess import (
     SOLOv2TestConfig,
     flatten_predictions,
-    masks_to_boxes,
-    paste_masks,
     select_exact,
     select_reference,
     select_static,
