@@ -5,10 +5,8 @@ Evaluation and export share it. A BatchNorm whose statistics no longer change (`
 with scaled weights and a bias: the fold removes a full read and write of every backbone activation.
 GroupNorm (the SOLOv2 head) depends on its input and stays as it is.
 
-On the CPU, channels-last adds one more change: torch sends a 1x1, stride-1 convolution of a small batch on
-one thread to its generic GEMM path (``thnn_conv2d``: a bias copy, then an addmm), which runs at about half
-the speed of oneDNN's convolution on the same machine. :class:`PointwiseConv2d` calls oneDNN directly for
-those layers in eager CPU inference; a traced or exported graph still records an ordinary convolution.
+On the CPU, channels-last adds one more change: the 1x1 convolutions run on oneDNN
+(:func:`solo_npu.runtime.onednn.use_onednn_pointwise`).
 """
 
 from __future__ import annotations
@@ -19,10 +17,11 @@ import torch
 from torch import nn
 
 from solo_npu.models.backbones.resnet import FrozenBatchNorm2d
+from solo_npu.runtime.onednn import use_onednn_pointwise
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PointwiseConv2d", "fold_frozen_norms", "prepare_for_inference", "use_onednn_pointwise"]
+__all__ = ["fold_frozen_norms", "prepare_for_inference"]
 
 _FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
@@ -82,56 +81,12 @@ def fold_frozen_norms(model: nn.Module) -> int:
     return folded
 
 
-class PointwiseConv2d(nn.Conv2d):
-    """A 1x1, stride-1, ungrouped convolution that runs on oneDNN for float32 CPU tensors without autograd.
-
-    Same parameters and state-dict names as the ``nn.Conv2d`` it replaces; anything else (another device
-    or dtype, gradients, TorchScript, tracing, ONNX export) takes ``nn.Conv2d``'s own path.
-    """
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> PointwiseConv2d:
-        new = cls.__new__(cls)
-        new.__dict__.update(conv.__dict__)  # the same Parameter objects, hooks and attributes
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-                and not torch.onnx.is_in_onnx_export()):
-            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
-        return super().forward(x)
-
-
-def _pointwise(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
-
-
-def use_onednn_pointwise(model: nn.Module) -> int:
-    """Replace every 1x1, stride-1 ``nn.Conv2d`` of ``model`` by :class:`PointwiseConv2d`, in place.
-
-    Returns:
-        The number of convolutions replaced (0 where torch has no oneDNN).
-    """
-    if not torch.backends.mkldnn.is_available():
-        return 0
-    replaced = 0
-    for module in list(model.modules()):
-        for name, child in list(module._modules.items()):
-            if child is not None and _pointwise(child):
-                module._modules[name] = PointwiseConv2d.from_conv(child)
-                replaced += 1
-    return replaced
-
-
 def prepare_for_inference(model: nn.Module, *, channels_last: bool = False) -> nn.Module:
     """Put ``model`` into its inference mode, in place: eval, frozen norms folded, optional channels-last.
 
     Only for a model that will not be trained further (evaluation of a copy, export, deployment): the
     folded weights are no longer the checkpoint's parameters. With ``channels_last`` the 1x1 convolutions
-    also run on oneDNN in eager CPU inference (:class:`PointwiseConv2d`).
+    also run on oneDNN in eager CPU inference (:class:`solo_npu.runtime.onednn.PointwiseConv2d`).
     """
     model.eval()
     folded = fold_frozen_norms(model)

@@ -27,3 +27,12 @@ def torchscript_onnx_export_kwargs() -> dict[str, Any]:
 def has_device_generic_grad_scaler() -> bool:
     """True when ``torch.amp.GradScaler(device)`` exists (torch >= 2.3), which also scales on the CPU."""
     return hasattr(torch.amp, "GradScaler")
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` ("cpu", "cuda", ...): ``torch.is_autocast_enabled(device)``
+    from torch 2.4 on; before, only the CPU's has its own function (``is_autocast_cpu_enabled``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument; the plain call answers for CUDA
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()

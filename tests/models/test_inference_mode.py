@@ -66,7 +66,7 @@ def test_tiny_solov2_export_outputs_unchanged_in_inference_mode():
 
 
 def _conv_kinds(model: nn.Module) -> tuple[int, int]:
-    from solo_npu.models.inference import PointwiseConv2d
+    from solo_npu.runtime.onednn import PointwiseConv2d
 
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     return sum(isinstance(m, PointwiseConv2d) for m in convs), len(convs)
@@ -75,7 +75,7 @@ def _conv_kinds(model: nn.Module) -> tuple[int, int]:
 def test_channels_last_runs_pointwise_convolutions_on_onednn_with_the_same_outputs():
     """1x1 stride-1 convolutions go to oneDNN (torch sends them to its GEMM path at batch 1 on one thread);
     the reference is the unprepared model, through ``nn.Conv2d``."""
-    from solo_npu.models.inference import PointwiseConv2d
+    from solo_npu.runtime.onednn import PointwiseConv2d
 
     torch.manual_seed(0)
     net = ResNet(depth=50, norm="frozen_bn", frozen_stages=-1, base_channels=8).eval()
@@ -105,6 +105,10 @@ def test_channels_last_runs_pointwise_convolutions_on_onednn_with_the_same_outpu
     y = torch.randn(1, conv.in_channels, 4, 4, requires_grad=True)
     conv(y).sum().backward()  # with autograd: nn.Conv2d's own path
     assert y.grad is not None and y.grad.shape == y.shape
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps its precision
+        assert conv(torch.randn(1, conv.in_channels, 4, 4)).dtype == torch.bfloat16
+    with torch.no_grad():
+        assert conv(torch.randn(1, conv.in_channels, 4, 4)).dtype == torch.float32
 
 
 def test_inference_mode_without_channels_last_keeps_plain_convolutions():

@@ -107,3 +107,14 @@ def test_onnx_export_kwargs_select_the_torchscript_exporter(tmp_path):
         expected = module(x).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_autocast_enabled_on_this_torch():
+    """``autocast_enabled(device)`` answers on both releases (torch < 2.4 has no device argument)."""
+    from solo_npu.runtime.compat import autocast_enabled
+
+    assert not autocast_enabled("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_enabled("cpu")
+        assert not autocast_enabled("cuda")
+    assert not autocast_enabled("cpu")

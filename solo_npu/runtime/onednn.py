@@ -1,0 +1,63 @@
+"""oneDNN for the CPU convolutions that torch would not send there.
+
+torch sends a 1x1, stride-1 convolution of a small batch (fewer than 16 images) on one thread to its
+generic GEMM path (``thnn_conv2d``: a bias copy, then an addmm; the rule is in ATen's ConvUtils
+``use_mkldnn``), which ran at about half oneDNN's speed per multiply-accumulate on a 2-core AMD EPYC
+(SOLOv2 R50 at 800x1216: ``benchmarks/inference_mode.py``). :class:`PointwiseConv2d` calls oneDNN's
+convolution directly for those layers in eager CPU inference; a traced or exported graph still records an
+ordinary convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from solo_npu.runtime.compat import autocast_enabled
+
+__all__ = ["PointwiseConv2d", "use_onednn_pointwise"]
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1, ungrouped convolution that runs on oneDNN for float32 CPU tensors without autograd.
+
+    Same parameters and state-dict names as the ``nn.Conv2d`` it replaces; anything else (another device
+    or dtype, gradients, CPU autocast, TorchScript, tracing, ONNX export) takes ``nn.Conv2d``'s own path,
+    so autocast still runs the layer in the precision it asked for.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> PointwiseConv2d:
+        new = cls.__new__(cls)
+        new.__dict__.update(conv.__dict__)  # the same Parameter objects, hooks and attributes
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and not torch.is_grad_enabled() and not autocast_enabled("cpu") and not torch.jit.is_scripting()
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()):
+            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
+        return super().forward(x)
+
+
+def _pointwise(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def use_onednn_pointwise(model: nn.Module) -> int:
+    """Replace every 1x1, stride-1 ``nn.Conv2d`` of ``model`` by :class:`PointwiseConv2d`, in place.
+
+    Returns:
+        The number of convolutions replaced (0 where torch has no oneDNN).
+    """
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    replaced = 0
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if child is not None and _pointwise(child):
+                module._modules[name] = PointwiseConv2d.from_conv(child)
+                replaced += 1
+    return replaced
