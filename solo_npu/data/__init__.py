@@ -2,7 +2,7 @@
 
 from solo_npu.data.build import build_collate, build_dataloader, build_dataset, ensure_synthetic
 from solo_npu.data.coco import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, load_clean_coco, segmentation_to_rle
-from solo_npu.data.collate import FixedShapeCollate
+from solo_npu.data.collate import FixedShapeCollate, pad_instance_slots
 from solo_npu.data.samplers import GroupedBatchSampler
 from solo_npu.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
 from solo_npu.data.synthetic import generate_synthetic_coco
@@ -35,6 +35,7 @@ __all__ = [
     "canvas_size",
     "ensure_synthetic",
     "generate_synthetic_coco",
+    "pad_instance_slots",
     "load_clean_coco",
     "pad_offset",
     "rescale_size",

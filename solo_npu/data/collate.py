@@ -1,11 +1,13 @@
 """Fixed-shape batch collation (see the batch contract in docs/architecture.md).
 
 Images are padded to one canvas (a fixed one, or the batch maximum rounded up to a size divisor)
-and the ground truth to M instance slots with a ``gt_valid`` mask. M is either always
-``max_instances`` (``instance_slots="fixed"``: one shape for every batch of a fixed canvas) or the
-smallest rung of a short ladder that holds every instance of the batch (``"ladder"``): a COCO image
-has 7 instances on average, so most batches carry 8-16 canvas-size mask slots instead of 100, while an
-accelerator still sees only a handful of distinct shapes.
+and the ground truth to M instance slots with a ``gt_valid`` mask. The loader always hands over the
+smallest rung of a short ladder that holds every instance of the batch: a COCO image has 7 instances on
+average, so most batches carry 8-16 canvas-size mask slots instead of 100 through the workers' shared
+memory. With ``instance_slots="fixed"`` (one shape for every training step) the batch also says
+``instance_slots: max_instances`` and :func:`pad_instance_slots` pads it to that many slots where it
+lands, on the device, after the copy (the trainer's ``move_batch`` does this), so the model still sees one
+shape while shared memory and the workers only carry real instances.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 
 from solo_npu.data.transforms import canvas_size, pad_offset
 
+__all__ = ["SLOT_LADDER", "FixedShapeCollate", "pad_instance_slots"]
+
 logger = logging.getLogger("solo_npu.data")
 SLOT_LADDER = (8, 16, 32, 64)  # rungs below max_instances; max_instances is always the top rung
 
@@ -28,9 +32,10 @@ class FixedShapeCollate:
 
     Args:
         max_instances: the most ground-truth slots per image (larger images keep their largest instances).
-        instance_slots: ``fixed`` (M = ``max_instances`` always) or ``ladder`` (M = the smallest rung of
-            ``slot_ladder`` + [``max_instances``] that holds every kept instance of the batch).
-        slot_ladder: the rungs below ``max_instances`` for ``ladder``.
+        instance_slots: ``ladder`` (M = the smallest rung of ``slot_ladder`` + [``max_instances``] that
+            holds every kept instance of the batch) or ``fixed`` (the same batch, marked to be padded to
+            M = ``max_instances`` on the device: :func:`pad_instance_slots`).
+        slot_ladder: the rungs below ``max_instances``.
         mode: ``divisor`` or ``fixed`` (see :func:`solo_npu.data.transforms.canvas_size`).
         size_divisor: canvas multiple in ``divisor`` mode.
         canvas: ``[H, W]`` in ``fixed`` mode.
@@ -47,7 +52,7 @@ class FixedShapeCollate:
         self.max_instances = int(max_instances)
         self.instance_slots = instance_slots
         rungs = sorted({int(r) for r in slot_ladder if 0 < int(r) < self.max_instances})
-        self.rungs = (*rungs, self.max_instances) if instance_slots == "ladder" else (self.max_instances,)
+        self.rungs = (*rungs, self.max_instances)
         self.mode = mode
         self.size_divisor = int(size_divisor)
         self.canvas = tuple(int(c) for c in canvas) if canvas is not None else None
@@ -87,6 +92,8 @@ class FixedShapeCollate:
                  "metas": metas}
         if gt_masks is not None:
             batch["gt_masks"] = gt_masks
+        if self.instance_slots == "fixed":
+            batch["instance_slots"] = self.max_instances
         return batch
 
     def _keep(self, sample: dict[str, Any]) -> np.ndarray:
@@ -103,3 +110,23 @@ class FixedShapeCollate:
         logger.warning("%s: %d instances, keeping the largest %d (max_instances)",
                        sample["meta"].get("file_name"), n, self.max_instances)
         return np.sort(np.argsort(-area, kind="stable")[: self.max_instances])
+
+
+_SLOT_FILL = {"gt_masks": 0, "gt_labels": -1, "gt_boxes": 0, "gt_valid": False}
+
+
+def pad_instance_slots(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its ground truth padded to ``batch["instance_slots"]`` slots (empty slots: label -1,
+    zero masks and boxes, ``gt_valid`` False), on the tensors' device; a batch without that key as it is."""
+    slots = batch.get("instance_slots")
+    valid = batch.get("gt_valid")
+    if slots is None or valid is None or valid.shape[1] >= int(slots):
+        return batch
+    out = dict(batch)
+    for key, fill in _SLOT_FILL.items():
+        t = batch.get(key)
+        if t is None:
+            continue
+        pad = t.new_full((t.shape[0], int(slots) - t.shape[1], *t.shape[2:]), fill)
+        out[key] = torch.cat([t, pad], dim=1)
+    return out

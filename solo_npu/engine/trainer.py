@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from solo_npu.data.collate import pad_instance_slots
 from solo_npu.engine import comm
 from solo_npu.engine.events import EventStorage
 from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
@@ -55,8 +56,10 @@ class HookBase:
 
 
 def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors of the batch dict on ``device`` (non-blocking); other values as they are."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Tensors of the batch dict on ``device`` (non-blocking); other values as they are. A batch of fixed
+    instance slots is padded to them there (:func:`solo_npu.data.collate.pad_instance_slots`)."""
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return pad_instance_slots(moved)
 
 
 def epoch_batches(loader: Iterable, epoch: int, start_iter: int = 0) -> Iterator:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_support import synthetic_data_cfg
 from omegaconf import OmegaConf
+from synthetic_support import synthetic_data_cfg
 
 from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
 

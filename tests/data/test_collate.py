@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from solo_npu.data.collate import FixedShapeCollate
+from solo_npu.data.collate import FixedShapeCollate, pad_instance_slots
 
 
 def _sample(h: int, w: int, areas: list[int], image_id: int = 1) -> dict:
@@ -66,15 +66,23 @@ def test_without_masks_the_gt_masks_key_is_absent_and_bad_config_fails():
         FixedShapeCollate(2, mode="fixed")([_sample(8, 8, [2])])
 
 
-def test_ladder_slots_fit_the_batch_and_keep_every_value_of_the_fixed_layout():
+def test_ladder_slots_fit_the_batch_and_fixed_slots_are_padded_where_the_batch_lands():
     samples = [_sample(20, 30, [5, 7, 2], 1), _sample(20, 30, [4] * 9, 2)]  # 9 instances: rung 16
-    fixed = FixedShapeCollate(max_instances=100, instance_slots="fixed")(samples)
+    fixed = FixedShapeCollate(max_instances=100, instance_slots="fixed", slot_ladder=[8, 16, 32])(samples)
     ladder = FixedShapeCollate(max_instances=100, instance_slots="ladder", slot_ladder=[8, 16, 32])(samples)
-    assert fixed["gt_masks"].shape[1] == 100 and ladder["gt_masks"].shape[1] == 16
+    # The loader carries the rung either way; a fixed batch says how many slots the model gets.
+    assert ladder["gt_masks"].shape[1] == 16 and "instance_slots" not in ladder
+    assert fixed["gt_masks"].shape[1] == 16 and fixed["instance_slots"] == 100
+    padded = pad_instance_slots(fixed)
+    assert padded["gt_masks"].shape == (2, 100, 32, 32) and padded["gt_boxes"].shape == (2, 100, 4)
     for key in ("gt_masks", "gt_labels", "gt_boxes", "gt_valid"):
-        assert torch.equal(ladder[key], fixed[key][:, :16]), key
-    assert fixed["gt_valid"][:, 16:].sum() == 0  # the dropped slots held nothing
-    assert torch.equal(ladder["images"], fixed["images"])
+        assert padded[key].shape[:2] == (2, 100) and padded[key].dtype == ladder[key].dtype, key
+        assert torch.equal(padded[key][:, :16], ladder[key]), key
+    # Every added slot is empty: no mask, label -1, a zero box, not valid.
+    assert padded["gt_masks"][:, 16:].sum() == 0 and padded["gt_boxes"][:, 16:].abs().sum() == 0
+    assert (padded["gt_labels"][:, 16:] == -1).all() and not padded["gt_valid"][:, 16:].any()
+    assert [int(v.sum()) for v in padded["gt_valid"]] == [3, 9]
+    assert torch.equal(padded["images"], ladder["images"]) and pad_instance_slots(ladder) is ladder
 
 
 def test_ladder_rungs_small_batch_top_rung_and_bad_mode():
