@@ -301,8 +301,9 @@ class CocoInstanceDataset(Dataset):
             h, w = rec["height"], rec["width"]
             if anns:
                 rles = [segmentation_to_rle(a["seg"], h, w) for a in anns]
-                masks = np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
-                nonempty = masks.reshape(len(anns), -1).any(axis=1)
+                # [N, H, W] view of pycocotools' column-major [H, W, N]; Resize's gathers write it in C order.
+                masks = mask_utils.decode(rles).transpose(2, 0, 1)
+                nonempty = masks.any(axis=(1, 2))
                 if not nonempty.all():
                     self._read_fault("empty_mask", rec["file_name"])
                     masks = masks[nonempty]

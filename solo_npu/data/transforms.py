@@ -33,7 +33,7 @@ def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     src_h, src_w = masks.shape[-2:]
     rows = np.minimum(((np.arange(height) + 0.5) * src_h / height).astype(np.int64), src_h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * src_w / width).astype(np.int64), src_w - 1)
-    return masks[:, rows][:, :, cols]
+    return np.take(np.take(masks, cols, axis=2), rows, axis=1)  # C-ordered output whatever the input's order
 
 
 class Resize:
@@ -76,7 +76,7 @@ class RandomFlip:
         flip = bool(rng.random() < self.prob)
         sample["meta"]["flip"] = flip
         if flip:
-            sample["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
+            sample["image"] = cv2.flip(sample["image"], 1)  # the same pixels as image[:, ::-1], in one C pass
             if sample.get("masks") is not None:
                 sample["masks"] = np.ascontiguousarray(sample["masks"][:, :, ::-1])
             sample["boxes"] = flip_boxes(sample["boxes"], sample["image"].shape[1])
@@ -103,15 +103,18 @@ class Normalize:
             raise ValueError(f"normalize.style must be 'pytorch' or 'caffe', got {style!r}")
         self.style = style
         default_mean, default_std = (PYTORCH_MEAN, PYTORCH_STD) if style == "pytorch" else (CAFFE_MEAN, CAFFE_STD)
-        self.mean = np.asarray(mean if mean is not None else default_mean, np.float32).reshape(1, 1, 3)
-        self.std = np.asarray(std if std is not None else default_std, np.float32).reshape(1, 1, 3)
+        self.mean = torch.tensor(mean if mean is not None else default_mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std if std is not None else default_std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
-        image = sample["image"]
+        # (x - mean) / std in float32, written channel by channel into a CHW tensor: the values of
+        # ``(image.astype(float32) - mean) / std`` without its HWC float temporaries and transposed copy.
+        image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
         if self.style == "caffe":
-            image = image[..., ::-1]
-        image = (image.astype(np.float32) - self.mean) / self.std
-        sample["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            image = image.flip(0)  # RGB -> BGR
+        out = torch.empty(image.shape, dtype=torch.float32)
+        out.copy_(image)
+        sample["image"] = out.sub_(self.mean).div_(self.std)
         return sample
 
 

@@ -97,3 +97,32 @@ def test_canvas_and_padding_offsets():
     assert pad_offset((71, 101), (128, 160), "center") == (28, 29)
     with pytest.raises(ValueError, match="position"):
         pad_offset((1, 1), (2, 2), "middle")
+
+
+@pytest.mark.parametrize("style", ["pytorch", "caffe"])
+def test_normalisation_equals_the_float32_formula_bit_for_bit(style):
+    """The CHW tensor equals numpy's ``(image[..., order].astype(float32) - mean) / std`` transposed, exactly."""
+    image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    norm = Normalize(style)
+    out = norm({"image": image.copy()})["image"]
+    order = [0, 1, 2] if style == "pytorch" else [2, 1, 0]
+    mean = np.array([123.675, 116.28, 103.53] if style == "pytorch" else [103.53, 116.28, 123.675], np.float32)
+    std = np.array([58.395, 57.12, 57.375] if style == "pytorch" else [1.0, 1.0, 1.0], np.float32)
+    expected = ((image[..., order].astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    assert out.shape == (3, 37, 53) and out.is_contiguous()
+    assert np.array_equal(out.numpy(), expected)
+
+
+def test_flip_and_resize_equal_their_numpy_definitions():
+    rng = np.random.default_rng(2)
+    s = _sample(33, 47)
+    s["image"] = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    s["masks"] = rng.integers(0, 2, (4, 33, 47), dtype=np.uint8)
+    flipped = RandomFlip(1.0)({**s, "meta": dict(s["meta"])}, np.random.default_rng(0))
+    assert np.array_equal(flipped["image"], s["image"][:, ::-1]) and flipped["image"].flags.c_contiguous
+    assert np.array_equal(flipped["masks"], s["masks"][:, :, ::-1])
+    # Nearest with pixel-centre sampling: destination pixel i reads source floor((i + 0.5) * src / dst).
+    out = resize_nearest(s["masks"], 50, 29)
+    rows = [min(int((i + 0.5) * 33 / 50), 32) for i in range(50)]
+    cols = [min(int((j + 0.5) * 47 / 29), 46) for j in range(29)]
+    assert np.array_equal(out, s["masks"][:, rows][:, :, cols])
