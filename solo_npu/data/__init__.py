@@ -1,6 +1,6 @@
 """Data: COCO dataset, transforms, fixed-shape collation, samplers, synthetic data, loader builders."""
 
-from solo_npu.data.build import build_collate, build_dataloader, build_dataset, ensure_synthetic
+from solo_npu.data.build import build_collate, build_dataloader, build_dataset, ensure_synthetic, stop_workers
 from solo_npu.data.coco import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, load_clean_coco, segmentation_to_rle
 from solo_npu.data.collate import FixedShapeCollate, pad_instance_slots
 from solo_npu.data.samplers import GroupedBatchSampler
@@ -36,6 +36,7 @@ __all__ = [
     "ensure_synthetic",
     "generate_synthetic_coco",
     "pad_instance_slots",
+    "stop_workers",
     "load_clean_coco",
     "pad_offset",
     "rescale_size",

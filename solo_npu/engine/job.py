@@ -144,7 +144,12 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     # Frozen BatchNorm folded into the convolutions (and channels-last on the CPU): same outputs, less work.
     prepare_for_inference(model, channels_last=info.inference_channels_last)
     _place(model, cfg, info)
-    results = evaluate(model, loader, evaluator, info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
+    from solo_npu.data import stop_workers
+
+    try:
+        results = evaluate(model, loader, evaluator, info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
+    finally:
+        stop_workers(loader)
     summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "segm_ap": results.get("segm", {}).get("AP"),
                "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
                "world_size": comm.get_world_size(), "device": info.type,
@@ -188,7 +193,13 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
         restore_training_state(trainer, load_training_state(resume_file), schedule)
         logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
                     trainer.iter, trainer.inner_iter)
-    summary = _run(trainer, model, run_dir, t0, int(cfg.train.batch_size), info)
+    from solo_npu.data import stop_workers
+
+    try:
+        summary = _run(trainer, model, run_dir, t0, int(cfg.train.batch_size), info)
+    finally:  # before the launcher tears the process group down (see stop_workers)
+        for loader in (data.loader, data.val_loader):
+            stop_workers(loader)
     if comm.get_rank() == 0 and cfg.train.plots:
         from solo_npu.engine.report import save_plots, save_prediction_images
 

@@ -114,3 +114,22 @@ def test_batches_do_not_depend_on_worker_count_across_epochs(make_synthetic_cfg)
             assert a["metas"] == b["metas"] and torch.equal(a["images"], b["images"])
             assert torch.equal(a["gt_masks"], b["gt_masks"]) and torch.equal(a["gt_boxes"], b["gt_boxes"])
     assert loaders[1].persistent_workers
+
+
+def test_stop_workers_ends_the_persistent_workers_and_the_loader_still_works(make_synthetic_cfg):
+    import multiprocessing
+
+    from solo_npu.data import stop_workers
+
+    cfg = make_synthetic_cfg()
+    loader = build_dataloader(cfg, "train", batch_size=4, seed=2, num_workers=2)
+    before = set(multiprocessing.active_children())
+    first = [b["metas"] for b in loader]
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)  # persistent: alive after the epoch
+    stop_workers(loader)
+    assert not any(w.is_alive() for w in workers)
+    stop_workers(loader)  # nothing left to stop
+    assert [b["metas"] for b in loader] == first  # a new iterator starts new workers: the same batches
+    stop_workers(loader)
+    stop_workers(build_dataloader(cfg, "train", batch_size=4, seed=2, num_workers=0))  # no workers at all

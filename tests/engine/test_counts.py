@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from solo_npu.data import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, build_dataloader, build_dataset
+from solo_npu.data import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, build_dataloader, build_dataset, stop_workers
 from solo_npu.data.synthetic import generate_synthetic_coco
 from solo_npu.engine.hooks import CountsHook, HookBase
 from solo_npu.engine.trainer import Trainer
@@ -75,6 +75,7 @@ def _train(root: Path, rank: int, world: int, workers: int) -> dict:
     counts = CountsHook({"train": train_set})
     trainer.register_hooks([_ReportsCounter(rank + 1), counts])
     trainer.train()
+    stop_workers(loader)  # as job.train does before the process group is torn down
     return {"summary": counts.summary(), "expected_reads": expected_reads, "iters": len(loader.batch_sampler)}
 
 
@@ -110,6 +111,7 @@ def _rank(rank: int, world: int, init_file: str, root: str, out_dir: str) -> Non
     try:
         out = _train(Path(root), rank, world, workers=2)
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
+        dist.barrier()  # as the launcher does before destroy_process_group
     finally:
         dist.destroy_process_group()
 

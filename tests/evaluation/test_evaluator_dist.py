@@ -38,6 +38,7 @@ def _worker(rank: int, world_size: int, init_file: str, ann_file: str, out_dir: 
         summary = evaluator.evaluate()
         evaluator.dump(Path(out_dir) / f"results_{rank}.json")
         (Path(out_dir) / f"summary_{rank}.json").write_text(json.dumps(summary))
+        dist.barrier()  # as the launcher does: see tests/engine/test_counts.py
     finally:
         dist.destroy_process_group()
 
