@@ -19,6 +19,7 @@ from solo_npu.runtime.device import (
     is_npu_available,
     make_grad_scaler,
     memory_stats,
+    prefers_few_shapes,
     reset_peak_memory,
     resolve_device,
     seed_everything,
@@ -30,6 +31,7 @@ from solo_npu.runtime.device import (
 )
 
 __all__ = [
+    "prefers_few_shapes",
     "describe_machine",
     "set_accelerator_rng_states",
     "accelerator_rng_states",

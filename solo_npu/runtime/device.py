@@ -68,6 +68,15 @@ class DeviceInfo:
         return self.type == "cpu"
 
 
+def prefers_few_shapes(device: torch.device) -> bool:
+    """Whether work sizes that vary from call to call should be padded to a few sizes on ``device``.
+
+    NPU operators are compiled per input shape and CUDA kernels are tuned per shape, so a handful of
+    padded sizes beats exact ones there; on the CPU every padded row is only extra work.
+    """
+    return torch.device(device).type != "cpu"
+
+
 def import_torch_npu() -> ModuleType | None:
     """Import torch_npu when it is installed; None otherwise (never raises for a missing package)."""
     if "torch_npu" in sys.modules:

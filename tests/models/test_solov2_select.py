@@ -57,8 +57,8 @@ def test_exact_order_returns_the_reference_instances(num_above):
     cfg = SOLOv2TestConfig(max_per_img=500)  # every instance Matrix NMS keeps is compared, not only the top 100
     assert int((scores > cfg.score_thr).sum()) == num_above
     ref = select_reference(scores, kernels, feats, strides, cfg)
-    for chunk in (64, 256):
-        *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk)
+    for chunk, pad in ((64, None), (256, None), (100, 64), (256, 64)):  # pad 64: the accelerator's chunk shapes
+        *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk, pad=pad)
         assert exact
         assert_same_instances(got, ref)
     if num_above > cfg.nms_pre:
@@ -117,7 +117,7 @@ def test_exact_order_breaks_ties_as_the_reference(num_above):
     kernels = kernels[torch.arange(kernels.shape[0]) % 7]  # 7 distinct masks, each repeated across the cells
     cfg = SOLOv2TestConfig(max_per_img=500)
     ref = select_reference(scores, kernels, feats, strides, cfg)
-    for chunk in (64, 256):
-        *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk)
+    for chunk, pad in ((64, None), (256, 64)):
+        *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk, pad=pad)
         assert exact
         assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2]) and torch.equal(got[0], ref[0])

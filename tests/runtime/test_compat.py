@@ -118,3 +118,8 @@ def test_autocast_enabled_on_this_torch():
         assert autocast_enabled("cpu")
         assert not autocast_enabled("cuda")
     assert not autocast_enabled("cpu")
+
+
+def test_only_accelerators_pad_work_sizes_to_a_few_shapes():
+    assert not runtime.prefers_few_shapes(torch.device("cpu"))
+    assert runtime.prefers_few_shapes(torch.device("cuda", 1)) and runtime.prefers_few_shapes("meta")

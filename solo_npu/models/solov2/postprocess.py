@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from solo_npu.models.solov2.matrix_nms import matrix_nms, matrix_nms_by_class
+from solo_npu.runtime import prefers_few_shapes
 
 __all__ = ["SOLOv2TestConfig", "flatten_predictions", "points_nms", "select_exact", "select_reference",
            "select_static"]
@@ -99,8 +100,8 @@ def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float) ->
     return probs.reshape(*probs.shape[:-1], h, w), binary.reshape(*binary.shape[:-1], h, w), area, maskness
 
 
-def _round64(n: int) -> int:
-    return 64 * ((n + 63) // 64)
+def _round_up(n: int, unit: int) -> int:
+    return unit * ((n + unit - 1) // unit)
 
 
 def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor, cfg: SOLOv2TestConfig,
@@ -183,13 +184,15 @@ def _rank(final: Tensor, key: Tensor) -> Tensor:
 
 
 def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strides: Tensor, cfg: SOLOv2TestConfig,
-                 limit: int | None = None, chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor, bool]:
+                 limit: int | None = None, chunk: int | None = None,
+                 pad: int | None = None) -> tuple[Tensor, Tensor, Tensor, bool]:
     """:func:`select_reference`'s instances for one image, convolving only the pairs that can matter.
 
-    Pairs above ``score_thr`` are taken in descending category score: first ``nms_pre`` of them (rounded
-    up to 64), then chunks of ``chunk`` (rounded up to 64; the last one padded, so an accelerator sees
-    a few shapes). After each chunk the best ``nms_pre`` final scores so far are kept with their masks;
-    the loop stops when the next category score is below the ``nms_pre``-th of them: a final score is
+    Pairs above ``score_thr`` are taken in descending category score: first ``nms_pre`` of them, then
+    chunks of ``chunk``; on an accelerator every chunk is padded to a multiple of 64, so it sees a few
+    shapes (on the CPU padding would only add work). After each chunk the best ``nms_pre`` final scores
+    so far are kept with their masks; the loop stops when the next category score is below the
+    ``nms_pre``-th of them: a final score is
     at most its category score (maskness <= 1), so no later pair can enter. Ties rank as a stable sort of
     mmdet's candidate order (cell-major, class-minor).
 
@@ -197,6 +200,8 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
         scores: ``[N, C]``; kernels: ``[N, E]``; mask_feats: ``[E, h, w]``; cell_strides: ``[N]``.
         limit: convolve at most this many pairs (``cfg.exact_limit`` when ``None``; no limit when both are).
         chunk: pairs per chunk after the first (``cfg.exact_chunk`` when ``None``).
+        pad: chunk sizes are multiples of this (``None``: 64 where the device prefers a few shapes,
+            :func:`solo_npu.runtime.prefers_few_shapes`, else 1).
 
     Returns:
         ``(mask_probs [n, h, w], labels [n], scores [n], exact)``; ``exact`` is ``False`` only when
@@ -212,14 +217,15 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
     limit = cfg.exact_limit if limit is None else limit
     stop = total if limit is None else min(total, int(limit))
     nms_pre = cfg.nms_pre
-    step = _round64(cfg.exact_chunk if chunk is None else chunk)
+    unit = (64 if prefers_few_shapes(mask_feats.device) else 1) if pad is None else int(pad)
+    step = _round_up(cfg.exact_chunk if chunk is None else chunk, unit)
     # The first chunk's rows are the slots (no copy). Each later chunk's entrants overwrite the rows of the
     # pairs they push out, so no kept mask is copied twice. A row outside the best nms_pre has final -1
     # (real final scores are >= 0).
     slot_probs = slot_binary = slot_final = slot_key = slot_area = None
     done, exact = 0, True
     while done < stop:
-        size = min(_round64(nms_pre) if done == 0 else step, _round64(stop - done))
+        size = min(_round_up(nms_pre, unit) if done == 0 else step, _round_up(stop - done, unit))
         idx = cand[done:min(done + size, stop)]
         real = idx.numel()
         s = cand_scores[done:done + real]
