@@ -69,10 +69,12 @@ class DeviceInfo:
 
 
 def prefers_few_shapes(device: torch.device) -> bool:
-    """Whether work sizes that vary from call to call should be padded to a few sizes on ``device``.
+    """Whether work on ``device`` should come in a few fixed shapes (padded, batched) rather than in exact,
+    varying ones.
 
-    NPU operators are compiled per input shape and CUDA kernels are tuned per shape, so a handful of
-    padded sizes beats exact ones there; on the CPU every padded row is only extra work.
+    NPU operators are compiled per input shape, and CUDA pays per kernel launch and tunes per shape, so a
+    handful of padded or batched shapes beats exact ones there; on the CPU every padded row is only extra
+    work.
     """
     return torch.device(device).type != "cpu"
 

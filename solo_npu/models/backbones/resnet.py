@@ -10,15 +10,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from solo_npu.models.ops.sums import inference_add
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BasicBlock", "Bottleneck", "FrozenBatchNorm2d", "ResNet", "build_norm", "load_torchvision_weights"]
-
-
-def _add(x: Tensor, y: Tensor) -> Tensor:
-    """``x + y``; without autograd written into ``x`` (no new activation-sized tensor in inference). With
-    autograd the sum is a new tensor: an op before it may have saved ``x`` for its backward."""
-    return x + y if torch.is_grad_enabled() else x.add_(y)
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -106,7 +102,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(_add(out, identity))
+        return self.relu(inference_add(out, identity))
 
 
 class Bottleneck(nn.Module):
@@ -143,7 +139,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(_add(out, identity))
+        return self.relu(inference_add(out, identity))
 
 
 _ARCH: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {

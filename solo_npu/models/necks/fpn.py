@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from solo_npu.models.ops.sums import inference_add
 
 __all__ = ["FPN", "ConvModule", "init_normal_convs"]
 
@@ -124,8 +125,7 @@ class FPN(nn.Module):
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             up = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
-            # In place only without autograd: a lateral ReLU (act=True) saves its output for backward.
-            laterals[i - 1] = laterals[i - 1] + up if torch.is_grad_enabled() else laterals[i - 1].add_(up)
+            laterals[i - 1] = inference_add(laterals[i - 1], up)  # a lateral ReLU (act=True) keeps its output
         used = len(laterals)
         outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
         if self.num_outs > used:

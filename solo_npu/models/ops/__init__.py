@@ -1,4 +1,5 @@
-"""Detection ops in plain PyTorch: IoU, NMS (greedy, batched, multi-class, Fast NMS), box coding, priors."""
+"""Detection ops in plain PyTorch: IoU, NMS (greedy, batched, multi-class, Fast NMS), box coding, priors,
+and the inference-time in-place sum."""
 
 from solo_npu.models.ops.box_coding import (
     bbox2distance,
@@ -20,6 +21,7 @@ from solo_npu.models.ops.boxes import (
 )
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import fcos_points, ssd_default_boxes, yolact_priors
+from solo_npu.models.ops.sums import inference_add
 
 __all__ = [
     "batched_nms",
@@ -34,6 +36,7 @@ __all__ = [
     "encode_center_size",
     "fast_nms",
     "fcos_points",
+    "inference_add",
     "multiclass_nms",
     "nms",
     "pairwise_box_iou",

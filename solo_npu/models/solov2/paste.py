@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from solo_npu.runtime import prefers_few_shapes
+
 __all__ = ["masks_to_boxes", "paste_masks"]
 
 
@@ -93,7 +95,8 @@ def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regi
     False elsewhere. Values equal the two-resize reference up to float rounding (~1e-7).
 
     ``regions`` picks that per-mask loop (default on the CPU) or whole masks in batches of 32 (default
-    on accelerators, where a few large kernels beat many small launches).
+    where the device prefers a few shapes, :func:`solo_npu.runtime.prefers_few_shapes`: on accelerators a
+    few large kernels beat many small launches of varying size).
     """
     h0, w0 = (int(v) for v in meta["ori_shape"][:2])
     n = masks.shape[0]
@@ -118,7 +121,9 @@ def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regi
         x = _apply_bands(x, -1, sx[rx] - x_off, bx[rx])
         return _apply_bands(x, -2, sy[ry] - y_off, by[ry])
 
-    if not (masks.device.type == "cpu" if regions is None else regions):
+    if regions is None:
+        regions = not prefers_few_shapes(masks.device)
+    if not regions:
         for i in range(0, n, 32):
             out[i:i + 32] = resample(probs[i:i + 32], slice(None), slice(None), 0, 0)[:, :h0, :w0] > mask_thr
         return out
