@@ -8,10 +8,13 @@ is one of the workers.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
 import socket
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +85,29 @@ def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, no
     env = DistEnv(node_rank * nproc + local_rank, local_rank, world_size, master_addr, master_port)
     os.environ["LOCAL_WORLD_SIZE"] = str(nproc)
     _run_worker(job, cfg, run_dir, env, timeout_min)
+    _leave_worker()
+
+
+def _leave_worker() -> None:
+    """End a spawned worker whose job succeeded, without tearing the interpreter down.
+
+    gloo's run-loop threads drop their last reference to a finished collective after the waiting rank has
+    moved on. A collective issued during backward (DDP's all-reduces) carries autograd's thread-local state,
+    which owns a Python object (the contextvars context ``torch.autograd`` stashes there), and so does a
+    barrier queued behind it. If that last reference goes while the interpreter is finalizing, the thread
+    cannot take the GIL, Python ends it inside a C++ destructor, and the rank aborts with "terminate called
+    without an active exception" after its job had succeeded. The worker has nothing left to do: join its
+    non-daemon threads, run the exit handlers (logging, multiprocessing finalizers), flush, exit 0.
+    A failing job never gets here; its exception reaches torch.multiprocessing as before.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os._exit(0)
 
 
 def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:

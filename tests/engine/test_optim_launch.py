@@ -102,3 +102,37 @@ def test_bad_launcher_settings_fail_clearly(tmp_path: Path, monkeypatch: pytest.
         launch(_job, {"launcher": {"nproc_per_node": 2, "nnodes": 2, "master_port": 0}}, tmp_path)
     with pytest.raises(ValueError, match="node_rank"):
         launch(_job, {"launcher": {"nproc_per_node": 1, "nnodes": 2, "node_rank": 2}}, tmp_path)
+
+
+def _job_with_exit_handler(cfg: dict, run_dir: Path, info) -> None:
+    import atexit
+    import threading
+
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    # A non-daemon thread still writing when the job returns, and an exit handler: both must finish.
+    writer = threading.Thread(target=lambda: (run_dir / f"thread{rank}.txt").write_text("done"))
+    atexit.register(lambda: (run_dir / f"atexit{rank}.txt").write_text(str(rank)))
+    writer.start()
+    if cfg["fail"] and rank == 1:
+        raise RuntimeError("rank 1 failed on purpose")
+
+
+def test_spawned_worker_ends_after_its_exit_handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker leaves without interpreter teardown only after its threads and exit handlers ran;
+    a failing rank still fails the launch."""
+    from torch.multiprocessing.spawn import ProcessException
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = {"fail": False, "runtime": {"device": "cpu"}, "launcher": {"nproc_per_node": 2}}
+    assert launch(_job_with_exit_handler, cfg, tmp_path) is None
+    for rank in (0, 1):
+        assert (tmp_path / f"atexit{rank}.txt").read_text() == str(rank)
+        assert (tmp_path / f"thread{rank}.txt").read_text() == "done"
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    # Whichever rank torch.multiprocessing reports first (rank 1's error, or rank 0's barrier losing its peer).
+    with pytest.raises(ProcessException):
+        launch(_job_with_exit_handler, {**cfg, "fail": True}, failing)
