@@ -36,3 +36,19 @@ def autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4: no device argument; the plain call answers for CUDA
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+@functools.cache
+def has_int8_matmul(device_type: str) -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32 matrix product) runs on ``device_type`` for any shape.
+
+    The CPU kernel arrived after torch 2.1; the CUDA one needs sizes in multiples of 8 and the NPU has none,
+    so only the CPU is asked for (other devices answer False). Checked once by running it on a tiny input.
+    """
+    if device_type != "cpu" or not hasattr(torch, "_int_mm"):
+        return False
+    a = torch.ones(3, 5, dtype=torch.int8)
+    try:
+        return bool(torch.equal(torch._int_mm(a, a.t()), torch.full((3, 3), 5, dtype=torch.int32)))
+    except (RuntimeError, NotImplementedError):
+        return False

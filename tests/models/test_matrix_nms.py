@@ -9,6 +9,7 @@ import torch
 
 from solo_npu.models.solov2 import matrix_nms, matrix_nms_by_class
 from solo_npu.models.solov2.matrix_nms import self_intersections
+from solo_npu.runtime import compat
 
 
 def naive_matrix_nms(masks, labels, scores, kernel, sigma):
@@ -101,6 +102,27 @@ def test_self_intersections_upper_blocks_equal_the_full_product():
     for block in (64, 100, 128):
         assert torch.equal(self_intersections(flat, block=block), full)
     assert torch.equal(self_intersections(flat[0, :40]), full[0, :40, :40])  # small N: one matmul
+
+
+def test_int8_intersections_equal_float_ones(monkeypatch: pytest.MonkeyPatch):
+    """Where the CPU has an int8 matrix product, one image's intersections are int8 products with int32
+    sums; they equal a float64 product and the float32 path bit for bit, and Matrix NMS decays the same."""
+    assert not compat.has_int8_matmul("cuda") and not compat.has_int8_matmul("npu")
+    if not compat.has_int8_matmul("cpu"):
+        pytest.skip("this torch has no CPU int8 matrix product (torch._int_mm arrived on the CPU after 2.1)")
+    g = torch.Generator().manual_seed(7)
+    base = torch.rand(5, 3000, generator=g) > 0.5
+    flat = base[torch.randint(0, 5, (300,), generator=g)] ^ (torch.rand(300, 3000, generator=g) > 0.8)  # bool
+    labels = torch.randint(0, 4, (300,), generator=g)
+    scores = torch.rand(300, generator=g)
+    expected = (flat.double() @ flat.double().t()).float()
+    int8 = self_intersections(flat)
+    assert torch.equal(int8, expected) and torch.equal(self_intersections(flat.float()), expected)
+    by_int8 = (matrix_nms(flat, labels, scores), matrix_nms_by_class(flat.float(), labels, scores))
+    monkeypatch.setattr(compat, "has_int8_matmul", lambda device_type: False)
+    assert torch.equal(self_intersections(flat.float()), int8)
+    assert torch.equal(matrix_nms(flat, labels, scores), by_int8[0])
+    assert torch.equal(matrix_nms_by_class(flat.float(), labels, scores), by_int8[1])
 
 
 def test_tie_rank_orders_equal_scores_as_the_input_order_would():

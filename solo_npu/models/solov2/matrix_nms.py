@@ -5,23 +5,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from solo_npu.runtime import compat
+
 __all__ = ["matrix_nms", "matrix_nms_by_class", "self_intersections"]
 
 
 def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
-    """``flat @ flat^T`` for 0/1 masks ``[..., N, P]``: pairwise intersections ``[..., N, N]``.
+    """``flat @ flat^T`` for 0/1 masks ``[..., N, P]`` of any dtype: pairwise intersections ``[..., N, N]`` float32.
 
-    The matrix is symmetric, so in eager mode only the blocks on and above the diagonal are multiplied
-    (rows in blocks of ``block``) and mirrored: about half the multiply-accumulates for large ``N``. The
-    entries are sums of 0/1 products, exact in float32, so the result equals the plain product bit for
-    bit. Traced and exported graphs keep the single matmul.
+    Eager, one image (``[N, P]``), on a device with an int8 matrix product (:func:`has_int8_matmul`: the
+    CPU from torch 2.2 on), the masks are multiplied as int8 with int32 sums, several times faster than in
+    float32; elsewhere in float32. Both sums are exact (0/1 products, fewer than 2^24 of them), so every
+    path gives the same matrix bit for bit. The matrix is symmetric, so in eager mode only the blocks on
+    and above the diagonal are multiplied (rows in blocks of ``block``) and mirrored: about half the
+    multiply-accumulates for large ``N``. Traced and exported graphs keep the single float matmul.
     """
-    n = flat.shape[-2]
-    if n <= 2 * block or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return flat @ flat.transpose(-1, -2)
-    inter = flat.new_empty(*flat.shape[:-2], n, n)
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        dense = flat.float()
+        return dense @ dense.transpose(-1, -2)
+    if flat.dim() == 2 and compat.has_int8_matmul(flat.device.type):
+        q = flat.to(torch.int8)
+
+        def product(a: Tensor, b: Tensor) -> Tensor:
+            return torch._int_mm(a, b.t()).float()
+    else:
+        q = flat.float()
+
+        def product(a: Tensor, b: Tensor) -> Tensor:
+            return a @ b.transpose(-1, -2)
+    n = q.shape[-2]
+    if n <= 2 * block:
+        return product(q, q)
+    inter = torch.empty(*q.shape[:-2], n, n, dtype=torch.float32, device=q.device)
     for start in range(0, n, block):
-        part = flat[..., start:start + block, :] @ flat[..., start:, :].transpose(-1, -2)  # [..., b, n - start]
+        part = product(q[..., start:start + block, :], q[..., start:, :])  # [..., b, n - start]
         inter[..., start:start + block, start:] = part
         inter[..., start:, start:start + block] = part.transpose(-1, -2)
     return inter
@@ -52,9 +69,9 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
     n = scores.shape[-1]
     if n == 0:
         return scores
-    flat = masks.reshape(*masks.shape[: scores.dim()], -1).float()
+    flat = masks.reshape(*masks.shape[: scores.dim()], -1)
     if mask_area is None:
-        mask_area = flat.sum(-1)
+        mask_area = flat.sum(-1, dtype=torch.float32)
     mask_area = mask_area.float()
     inter = self_intersections(flat)  # [..., N, N]
     union = mask_area.unsqueeze(-1) + mask_area.unsqueeze(-2) - inter
@@ -92,7 +109,9 @@ def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area
         raise ValueError(f"matrix_nms_by_class takes one image: masks [N, ...], labels [N]; got {tuple(masks.shape)}")
     flat = masks.reshape(masks.shape[0], -1)
     if mask_area is None:
-        mask_area = flat.float().sum(-1)
+        mask_area = flat.sum(-1, dtype=torch.float32)
+    if compat.has_int8_matmul(flat.device.type):
+        flat = flat.to(torch.int8)  # what self_intersections multiplies; a quarter of float's bytes to gather
     out = torch.zeros_like(scores)
     live = torch.nonzero(scores > 0).squeeze(1)
     if live.numel() == 0:
