@@ -82,7 +82,7 @@ train_throughput() {
 # forward: backbone + neck + head in its training layout against the inference mode (BN folded,
 # channels-last), and the SOLOv2 forward / post-processing table, on the GPU.
 forward() {
-    if "${PYTHON}" benchmarks/inference_mode.py --model solov2_r50 --shape 800 1216 --iters 20 --device cuda \
+    if "${PYTHON}" benchmarks/inference_mode.py --model solov2_r50 --shape 800 1216 --iters 20 --device cuda --compile \
         && "${PYTHON}" benchmarks/solov2_forward.py --device cuda --iters 10; then
         echo "PASS forward"; else echo "FAIL forward"; failed=1; fi
 }

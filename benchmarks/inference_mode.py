@@ -5,7 +5,10 @@ convolutions and can switch to channels-last, where the 1x1 convolutions also ru
 all rows are compared too.
 
 Usage: ``python benchmarks/inference_mode.py [--model solov2_r50] [--shape 800 1216] [--iters 3]
-[--threads 1] [--no-write]``
+[--threads 1] [--compile] [--no-write]``
+
+``--compile`` adds the inference mode of this device (channels-last on the CPU, NCHW elsewhere) under
+``torch.compile`` (default inductor backend), with its compile time (the first call) in the row's name.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of this device's inference mode")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,6 +81,18 @@ def main(argv: list[str] | None = None) -> None:
         "BN folded": prepare_for_inference(copy.deepcopy(base)),
         "BN folded + channels-last (1x1 on oneDNN)": prepare_for_inference(copy.deepcopy(base), channels_last=True),
     }
+    if args.compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold, as a first use
+        layout = "channels-last" if info.inference_channels_last else "NCHW"
+        compiled = prepare_for_inference(copy.deepcopy(base), channels_last=info.inference_channels_last)
+        compiled.forward_head = torch.compile(compiled.forward_head)
+        with torch.no_grad():
+            synchronize(info)
+            start = time.perf_counter()
+            compiled.forward_head(x)
+            synchronize(info)
+        variants[f"BN folded + {layout} + torch.compile (compiling took "
+                 f"{time.perf_counter() - start:.0f} s)"] = compiled
     results = timed(variants, x, args.iters, info)
     ref_ms, ref_out = results["training layout (today's eager)"]
     rows = []
@@ -85,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
         heading, "",
         f"{datetime.date.today()}, {describe_machine()}, {device.type}, {args.threads} thread(s).",
         f"Command: `python benchmarks/inference_mode.py --model {args.model} --shape {args.shape[0]} "
-        f"{args.shape[1]} --iters {args.iters} --threads {args.threads} --device {args.device}`. "
+        f"{args.shape[1]} --iters {args.iters} --threads {args.threads} --device {args.device}"
+        f"{' --compile' if args.compile else ''}`. "
         "Backbone + neck + head at batch 1, best of the timed iterations (interleaved across the rows); "
         "max |difference| over every head "
-        "output against the training layout.", "",
+        "output against the training layout."
+        + (" torch.compile's compile time is its first call's; inductor caches compiled kernels on disk "
+           "(TORCHINDUCTOR_CACHE_DIR), and this run started with an empty cache." if args.compile else ""), "",
         f"| {args.model} {args.shape[0]}x{args.shape[1]} | forward ms | speed-up | max abs diff |",
         "| --- | ---: | ---: | ---: |",
         *rows,

@@ -7,6 +7,7 @@ the rest of the code asks these helpers instead of testing ``torch.__version__``
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from typing import Any
 
@@ -52,3 +53,19 @@ def has_int8_matmul(device_type: str) -> bool:
         return bool(torch.equal(torch._int_mm(a, a.t()), torch.full((3, 3), 5, dtype=torch.int32)))
     except (RuntimeError, NotImplementedError):
         return False
+
+
+def _find_is_compiling() -> Any:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling
+    return importlib.import_module("torch._dynamo").is_compiling  # torch < 2.3
+
+
+_IS_COMPILING = _find_is_compiling()
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing the calling code: ``torch.compiler.is_compiling`` from torch 2.3 on,
+    ``torch._dynamo.is_compiling`` before."""
+    return bool(_IS_COMPILING())

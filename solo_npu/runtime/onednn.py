@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from solo_npu.runtime.compat import autocast_enabled
+from solo_npu.runtime.compat import autocast_enabled, is_compiling
 
 __all__ = ["PointwiseConv2d", "use_onednn_pointwise"]
 
@@ -22,8 +22,9 @@ class PointwiseConv2d(nn.Conv2d):
     """A 1x1, stride-1, ungrouped convolution that runs on oneDNN for float32 CPU tensors without autograd.
 
     Same parameters and state-dict names as the ``nn.Conv2d`` it replaces; anything else (another device
-    or dtype, gradients, CPU autocast, TorchScript, tracing, ONNX export) takes ``nn.Conv2d``'s own path,
-    so autocast still runs the layer in the precision it asked for.
+    or dtype, gradients, CPU autocast, TorchScript, tracing, ONNX export, torch.compile) takes
+    ``nn.Conv2d``'s own path, so autocast still runs the layer in the precision it asked for and a compiled
+    graph holds an ordinary convolution.
     """
 
     @classmethod
@@ -33,9 +34,10 @@ class PointwiseConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.is_grad_enabled() and not autocast_enabled("cpu") and not torch.jit.is_scripting()
-                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()):
+        if (not is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not autocast_enabled("cpu") and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+                and not torch.onnx.is_in_onnx_export()):
             return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
         return super().forward(x)
 

@@ -115,3 +115,24 @@ def test_inference_mode_without_channels_last_keeps_plain_convolutions():
     net = ResNet(depth=50, norm="frozen_bn", base_channels=8)
     prepare_for_inference(net)
     assert _conv_kinds(net)[0] == 0
+
+
+def test_pointwise_convolution_compiles_to_an_ordinary_convolution():
+    """Under torch.compile the oneDNN call is not traced (dynamo had failed on it); the compiled layer takes
+    nn.Conv2d's path and gives the eager result."""
+    from solo_npu.runtime.onednn import PointwiseConv2d
+
+    torch.manual_seed(0)
+    conv = PointwiseConv2d.from_conv(nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
+    seen = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:  # records the graph, runs it eagerly
+        seen.append(str(gm.graph))
+        return gm.forward
+
+    with torch.no_grad():
+        ref = conv(x)
+        out = torch.compile(conv, backend=backend)(x)
+    assert seen and "mkldnn_convolution" not in seen[0] and "conv2d" in seen[0]
+    assert (out - ref).abs().max() <= 1e-6
