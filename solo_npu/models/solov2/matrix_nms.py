@@ -7,23 +7,28 @@ from torch import Tensor
 
 from solo_npu.runtime import compat
 
-__all__ = ["matrix_nms", "matrix_nms_by_class", "self_intersections"]
+__all__ = ["mask_product_dtype", "matrix_nms", "matrix_nms_by_class", "self_intersections"]
+
+
+def mask_product_dtype(device: torch.device) -> torch.dtype:
+    """The dtype in which :func:`self_intersections` multiplies one image's 0/1 masks on ``device`` in eager
+    mode: int8 (int32 sums) where the device has an int8 matrix product (:func:`has_int8_matmul`: the CPU
+    from torch 2.2 on), float32 elsewhere. Masks already in it are multiplied without a conversion."""
+    return torch.int8 if compat.has_int8_matmul(torch.device(device).type) else torch.float32
 
 
 def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
     """``flat @ flat^T`` for 0/1 masks ``[..., N, P]`` of any dtype: pairwise intersections ``[..., N, N]`` float32.
 
-    Eager, one image (``[N, P]``), on a device with an int8 matrix product (:func:`has_int8_matmul`: the
-    CPU from torch 2.2 on), the masks are multiplied as int8 with int32 sums, several times faster than in
-    float32; elsewhere in float32. Both sums are exact (0/1 products, fewer than 2^24 of them), so every
-    path gives the same matrix bit for bit. The matrix is symmetric, so in eager mode only the blocks on
-    and above the diagonal are multiplied (rows in blocks of ``block``) and mirrored: about half the
-    multiply-accumulates for large ``N``. Traced and exported graphs keep the single float matmul.
+    Eager, one image (``[N, P]``), the masks are multiplied in :func:`mask_product_dtype`: as int8 with
+    int32 sums on the CPU, several times faster than in float32. Both sums are exact (0/1 products, fewer
+    than 2^24 of them), so every path gives the same matrix bit for bit. The matrix is symmetric, so in
+    eager mode only the blocks on and above the diagonal are multiplied (rows in blocks of ``block``) and
+    mirrored: about half the multiply-accumulates for large ``N``. Traced and exported graphs keep the
+    single float matmul.
     """
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        dense = flat.float()
-        return dense @ dense.transpose(-1, -2)
-    if flat.dim() == 2 and compat.has_int8_matmul(flat.device.type):
+    graph = torch.jit.is_tracing() or torch.jit.is_scripting()
+    if not graph and flat.dim() == 2 and mask_product_dtype(flat.device) == torch.int8:
         q = flat.to(torch.int8)
 
         def product(a: Tensor, b: Tensor) -> Tensor:
@@ -34,7 +39,7 @@ def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
         def product(a: Tensor, b: Tensor) -> Tensor:
             return a @ b.transpose(-1, -2)
     n = q.shape[-2]
-    if n <= 2 * block:
+    if graph or n <= 2 * block:
         return product(q, q)
     inter = torch.empty(*q.shape[:-2], n, n, dtype=torch.float32, device=q.device)
     for start in range(0, n, block):
@@ -110,8 +115,7 @@ def matrix_nms_by_class(masks: Tensor, labels: Tensor, scores: Tensor, mask_area
     flat = masks.reshape(masks.shape[0], -1)
     if mask_area is None:
         mask_area = flat.sum(-1, dtype=torch.float32)
-    if compat.has_int8_matmul(flat.device.type):
-        flat = flat.to(torch.int8)  # what self_intersections multiplies; a quarter of float's bytes to gather
+    flat = flat.to(mask_product_dtype(flat.device))  # what self_intersections multiplies, gathered class by class
     out = torch.zeros_like(scores)
     live = torch.nonzero(scores > 0).squeeze(1)
     if live.numel() == 0:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from solo_npu.models.solov2.matrix_nms import matrix_nms, matrix_nms_by_class
-from solo_npu.runtime import compat, prefers_few_shapes
+from solo_npu.models.solov2.matrix_nms import mask_product_dtype, matrix_nms, matrix_nms_by_class
+from solo_npu.runtime import prefers_few_shapes
 
 __all__ = ["SOLOv2TestConfig", "flatten_predictions", "points_nms", "select_exact", "select_reference",
            "select_static"]
@@ -83,13 +83,13 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
 
 
 def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float,
-                        int8_binary: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        binary_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mask probabilities ``[.., K, h, w]``, 0/1 masks, areas and maskness of kernels ``[.., K, E]``.
 
     The ``K x h x w`` tensors are the largest of post-processing (500 x 200 x 304 floats for R50), so the
     sigmoid runs in place, reductions run over one flattened axis, and the maskness numerator is a batch of
-    dot products rather than a masked copy. The 0/1 masks are float32, or with ``int8_binary`` the
-    comparison's bytes as int8 (no copy), which is what the int8 Matrix NMS intersections multiply.
+    dot products rather than a masked copy. The 0/1 masks come in ``binary_dtype``: float32, or int8 as
+    the comparison's bytes (no copy), the dtype Matrix NMS multiplies on the CPU (:func:`mask_product_dtype`).
     """
     h, w = mask_feats.shape[-2:]
     logits = kernels @ mask_feats.to(kernels.dtype).flatten(-2)  # dynamic 1x1 conv as one (batched) matmul
@@ -99,7 +99,7 @@ def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float,
     area = binary.sum(-1)
     inside = (probs.unsqueeze(-2) @ binary.unsqueeze(-1)).flatten(-3)  # sum of probs over each mask
     maskness = inside / area.clamp(min=1)
-    if int8_binary:
+    if binary_dtype == torch.int8:
         binary = above.view(torch.int8)
     # reshape, not unflatten: ONNX opset 11 (what older ATC reads) has no export for aten::unflatten
     return probs.reshape(*probs.shape[:-1], h, w), binary.reshape(*binary.shape[:-1], h, w), area, maskness
@@ -224,7 +224,7 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
     nms_pre = cfg.nms_pre
     unit = (64 if prefers_few_shapes(mask_feats.device) else 1) if pad is None else int(pad)
     step = _round_up(cfg.exact_chunk if chunk is None else chunk, unit)
-    int8_binary = compat.has_int8_matmul(mask_feats.device.type)  # the slots' masks as Matrix NMS multiplies them
+    binary_dtype = mask_product_dtype(mask_feats.device)  # the slots' masks as Matrix NMS will multiply them
     # The first chunk's rows are the slots (no copy). Each later chunk's entrants overwrite the rows of the
     # pairs they push out, so no kept mask is copied twice. A row outside the best nms_pre has final -1
     # (real final scores are >= 0).
@@ -239,7 +239,7 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
             idx = torch.cat([idx, idx[:1].expand(size - real)])
             s = torch.cat([s, s.new_zeros(size - real)])
         cells = torch.div(idx, c, rounding_mode="floor")
-        probs, binary, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr, int8_binary)
+        probs, binary, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr, binary_dtype)
         valid = (area > cell_strides[cells]) & (torch.arange(size, device=idx.device) < real)
         if slot_final is None:
             final = torch.where(valid, s * maskness, torch.full_like(s, -1.0))
