@@ -55,6 +55,21 @@ def has_int8_matmul(device_type: str) -> bool:
         return False
 
 
+@functools.cache
+def has_onednn_matmul() -> bool:
+    """Whether oneDNN's float32 matrix product (``torch.ops.mkldnn._linear_pointwise``, the op inductor
+    lowers CPU linear layers to; torch 2.0 and newer builds with oneDNN) runs here. Checked once by
+    comparing it with ``@`` on a tiny input."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        a, b = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3)
+        return bool(torch.equal(op(a, b, None, "none", [], ""), a @ b.t()))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def _find_is_compiling() -> Any:
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from solo_npu.models.solov2.matrix_nms import mask_product_dtype, matrix_nms, matrix_nms_by_class
 from solo_npu.runtime import prefers_few_shapes
+from solo_npu.runtime.onednn import matmul_nt, onednn_applies
 
 __all__ = ["SOLOv2TestConfig", "flatten_predictions", "points_nms", "select_exact", "select_reference",
            "select_static"]
@@ -82,17 +83,29 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
     return torch.gather(x, 1, idx)
 
 
-def _masks_and_maskness(kernels: Tensor, mask_feats: Tensor, mask_thr: float,
+def _features(mask_feats: Tensor) -> Tensor:
+    """One image's mask features ``[E, h, w]`` as ``[h * w, E]`` for :func:`_dynamic_conv` (no copy when
+    they are channels-last; otherwise one copy per image where oneDNN multiplies them)."""
+    flat = mask_feats.flatten(-2).t()
+    return flat.contiguous() if onednn_applies(flat) else flat
+
+
+def _dynamic_conv(kernels: Tensor, feats: Tensor) -> Tensor:
+    """Logits ``[K, h * w]`` of kernels ``[K, E]`` over one image's features from :func:`_features`: the
+    dynamic 1x1 convolution as one matrix product (on oneDNN in eager CPU inference)."""
+    return matmul_nt(kernels, feats.to(kernels.dtype))
+
+
+def _masks_and_maskness(logits: Tensor, size: tuple[int, int], mask_thr: float,
                         binary_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Mask probabilities ``[.., K, h, w]``, 0/1 masks, areas and maskness of kernels ``[.., K, E]``.
+    """Mask probabilities ``[.., K, h, w]``, 0/1 masks, areas and maskness of dynamic-conv logits ``[.., K, h * w]``.
 
     The ``K x h x w`` tensors are the largest of post-processing (500 x 200 x 304 floats for R50), so the
     sigmoid runs in place, reductions run over one flattened axis, and the maskness numerator is a batch of
     dot products rather than a masked copy. The 0/1 masks come in ``binary_dtype``: float32, or int8 as
     the comparison's bytes (no copy), the dtype Matrix NMS multiplies on the CPU (:func:`mask_product_dtype`).
     """
-    h, w = mask_feats.shape[-2:]
-    logits = kernels @ mask_feats.to(kernels.dtype).flatten(-2)  # dynamic 1x1 conv as one (batched) matmul
+    h, w = size
     probs = logits.float().sigmoid_()
     above = probs > mask_thr
     binary = above.to(probs.dtype)
@@ -152,7 +165,9 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
     top_scores, flat_idx = top_scores[:, :budget], flat_idx[:, :budget]
     cells = torch.div(flat_idx, c, rounding_mode="floor")
     labels = flat_idx - cells * c
-    probs, binary, area, maskness = _masks_and_maskness(_take(kernels, cells), mask_feats, cfg.mask_thr)
+    kernels = _take(kernels, cells)
+    logits = kernels @ mask_feats.to(kernels.dtype).flatten(-2)  # dynamic 1x1 conv as one batched matmul
+    probs, binary, area, maskness = _masks_and_maskness(logits, mask_feats.shape[-2:], cfg.mask_thr)
     valid = (top_scores > cfg.score_thr) & (area > cell_strides[cells])
     cand_scores = torch.where(valid, top_scores * maskness, torch.zeros_like(top_scores))
     if budget > k_pre:
@@ -225,6 +240,7 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
     unit = (64 if prefers_few_shapes(mask_feats.device) else 1) if pad is None else int(pad)
     step = _round_up(cfg.exact_chunk if chunk is None else chunk, unit)
     binary_dtype = mask_product_dtype(mask_feats.device)  # the slots' masks as Matrix NMS will multiply them
+    feats = _features(mask_feats)
     # The first chunk's rows are the slots (no copy). Each later chunk's entrants overwrite the rows of the
     # pairs they push out, so no kept mask is copied twice. A row outside the best nms_pre has final -1
     # (real final scores are >= 0).
@@ -239,7 +255,8 @@ def select_exact(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_strid
             idx = torch.cat([idx, idx[:1].expand(size - real)])
             s = torch.cat([s, s.new_zeros(size - real)])
         cells = torch.div(idx, c, rounding_mode="floor")
-        probs, binary, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr, binary_dtype)
+        probs, binary, area, maskness = _masks_and_maskness(_dynamic_conv(kernels[cells], feats), (h, w),
+                                                            cfg.mask_thr, binary_dtype)
         valid = (area > cell_strides[cells]) & (torch.arange(size, device=idx.device) < real)
         if slot_final is None:
             final = torch.where(valid, s * maskness, torch.full_like(s, -1.0))
@@ -306,7 +323,8 @@ def select_reference(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_s
     """
     cells, labels = torch.nonzero(scores > cfg.score_thr, as_tuple=True)
     cand_scores = scores[cells, labels]
-    probs, binary, area, maskness = _masks_and_maskness(kernels[cells], mask_feats, cfg.mask_thr)
+    probs, binary, area, maskness = _masks_and_maskness(_dynamic_conv(kernels[cells], _features(mask_feats)),
+                                                        mask_feats.shape[-2:], cfg.mask_thr)
     keep = area > cell_strides[cells]
     probs, binary, area, labels = probs[keep], binary[keep], area[keep], labels[keep]
     cand_scores = cand_scores[keep] * maskness[keep]
