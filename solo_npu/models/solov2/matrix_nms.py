@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from solo_npu.runtime import compat
+from solo_npu.runtime.onednn import matmul_nt
 
 __all__ = ["mask_product_dtype", "matrix_nms", "matrix_nms_by_class", "self_intersections"]
 
@@ -21,7 +22,8 @@ def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
     """``flat @ flat^T`` for 0/1 masks ``[..., N, P]`` of any dtype: pairwise intersections ``[..., N, N]`` float32.
 
     Eager, one image (``[N, P]``), the masks are multiplied in :func:`mask_product_dtype`: as int8 with
-    int32 sums on the CPU, several times faster than in float32. Both sums are exact (0/1 products, fewer
+    int32 sums on the CPU, several times faster than in float32 (where the CPU has no int8 product, the float
+    product runs on oneDNN, :func:`solo_npu.runtime.onednn.matmul_nt`). Both sums are exact (0/1 products, fewer
     than 2^24 of them), so every path gives the same matrix bit for bit. The matrix is symmetric, so in
     eager mode only the blocks on and above the diagonal are multiplied (rows in blocks of ``block``) and
     mirrored: about half the multiply-accumulates for large ``N``. Traced and exported graphs keep the
@@ -37,7 +39,7 @@ def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
         q = flat.float()
 
         def product(a: Tensor, b: Tensor) -> Tensor:
-            return a @ b.transpose(-1, -2)
+            return matmul_nt(a, b) if a.dim() == 2 else a @ b.transpose(-1, -2)  # matmul_nt: oneDNN on the CPU
     n = q.shape[-2]
     if graph or n <= 2 * block:
         return product(q, q)
