@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> str:
     if not has_onednn_matmul():
         raise SystemExit("this torch has no oneDNN matrix product (torch.ops.mkldnn._linear_pointwise)")
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the models' random initialisation, so every run sees the same heads
     products = product_rows(args.ks, args.iters)
     selects = select_rows(args.models, args.pairs, args.iters)
     command = (f"python benchmarks/onednn_matmul.py --models {' '.join(args.models)} --pairs "
