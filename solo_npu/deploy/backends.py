@@ -176,9 +176,14 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
+    def __init__(self, ctx: DeployContext) -> None:
+        super().__init__(ctx)
+        self.in_use: str | None = None  # where the last session really runs (see runner())
+
     @property
     def device(self) -> str:
-        return ort_device(self.ctx.device, self._requested(), device_id(self.ctx))
+        """Where the last session runs; before one exists, where the offered providers should run it."""
+        return self.in_use or ort_device(self.ctx.device, self._requested(), device_id(self.ctx))
 
     @property
     def timing_scope(self) -> str:
@@ -203,9 +208,11 @@ class OnnxRuntimeBackend(Backend):
         path = exported_file(manifest, "onnx", batch_size)
         if not path:
             raise DeployError(f"onnxruntime: no exported model for batch {batch_size} (run stages=[export])")
-        return OnnxRuntimeRunner(path, self.ctx.adapter.output_names, self.ctx.device,
-                                 self.ctx.deploy_cfg.onnxruntime, requested=self._requested(),
-                                 device_id=device_id(self.ctx))
+        runner = OnnxRuntimeRunner(path, self.ctx.adapter.output_names, self.ctx.device,
+                                   self.ctx.deploy_cfg.onnxruntime, requested=self._requested(),
+                                   device_id=device_id(self.ctx))
+        self.in_use = runner.device_name  # a provider that fell back to the CPU reports the CPU from here on
+        return runner
 
 
 class OmBackend(Backend):

@@ -213,6 +213,8 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
             if why is not None:
                 logger.warning("benchmark %s: %s, skipped", key, why)
                 continue
+            # the runner first: its device (an onnxruntime session that fell back to the CPU) sets the row's
+            runner = None if isinstance(backend, OmBackend) else backend.runner(bs, manifest)
             sampler, source = memory_sampler(ctx, backend)
             row: dict[str, Any] = {"backend": backend.name, "batch_size": bs, "AP": _ap(metrics, key),
                                    "AP_by_type": ap_by_type(metrics, key), "timing": backend.timing_scope,
@@ -223,7 +225,6 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
                 row["peak_mb"] = None if memory is None else memory.peak_mb
             else:
                 images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])
-                runner = backend.runner(bs, manifest)
                 with sampler as memory:
                     row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
                 row["peak_mb"] = None if memory is None else memory.peak_mb

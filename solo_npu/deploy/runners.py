@@ -108,6 +108,8 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise DeployError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]} "
                               "(re-export with stages=[export])") from exc
+        self.provider = provider_in_use(self.session, self.providers)
+        self.device_name = ort_device_name(self.provider, self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = list(self.session.get_inputs()[0].shape)
 
@@ -145,6 +147,40 @@ def ort_device(device: DeviceInfo, requested: str = "auto", device_id: int | Non
     if kind == "cpu" or ORT_PROVIDERS[kind] not in ort.get_available_providers():
         return "cpu"
     return f"{kind}:{device.index if device_id is None else int(device_id)}"
+
+
+def provider_name(entry: Any) -> str:
+    """The name of a provider list entry: ``"X"`` or ``("X", {options})``."""
+    return entry[0] if isinstance(entry, tuple) else str(entry)
+
+
+def provider_in_use(session: Any, providers: Sequence[Any]) -> str:
+    """The execution provider ``session`` runs on, with one WARNING when it is not the one asked for.
+
+    onnxruntime's Python ``InferenceSession`` catches a provider that fails to start (a CANN or CUDA
+    provider without its driver, an option it rejects), prints "Falling back to ['CPUExecutionProvider'] and
+    retrying." with ``print`` and builds a CPU session instead (onnxruntime 1.32,
+    ``capi/onnxruntime_inference_collection.py``, ``InferenceSession.__init__`` and
+    ``_create_inference_session``: ``_fallback_providers = ["CPUExecutionProvider"]``); a provider its wheel
+    does not have is dropped with a Python warning. ``session.get_providers()`` lists what it really runs.
+    Like a missing provider (:func:`ort_providers`), a fallback is a WARNING and the run goes on on the CPU.
+    """
+    wanted = provider_name(providers[0]) if providers else ORT_PROVIDERS["cpu"]
+    used = list(session.get_providers()) or [ORT_PROVIDERS["cpu"]]
+    if used[0] != wanted:
+        logger.warning("onnxruntime was asked for %s but the session runs on %s (the provider did not start; "
+                       "onnxruntime's 'EP Error' output above says why): reporting this backend as %s", wanted, used[0],
+                       ort_device_name(used[0], providers))
+    return used[0]
+
+
+def ort_device_name(provider: str, providers: Sequence[Any]) -> str:
+    """``"npu:<id>"`` / ``"cuda:<id>"`` for the CANN / CUDA provider (its ``device_id`` option), else ``"cpu"``."""
+    kind = next((k for k, name in ORT_PROVIDERS.items() if name == provider), "cpu")
+    if kind == "cpu":
+        return "cpu"
+    options = next((p[1] for p in providers if isinstance(p, tuple) and p[0] == provider), {})
+    return f"{kind}:{int(options.get('device_id', 0))}"
 
 
 def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any], requested: str = "auto",

@@ -56,6 +56,73 @@ def test_cuda_provider_device_id_and_missing_provider_warning(providers, caplog)
     assert runners.ort_device(NPU0, "npu") == "cpu"
 
 
+def tiny_onnx(path, shape=(1, 3, 8, 8)):
+    """A one-node ONNX (``output = Relu(input)``) for tests of the session, not of a model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@pytest.fixture
+def provider_fails(monkeypatch):
+    """``onnxruntime.InferenceSession`` whose accelerator provider fails to start, as a CANN or CUDA provider
+    does without its driver. The real Python layer handles it (onnxruntime 1.32,
+    capi/onnxruntime_inference_collection.py): ``InferenceSession.__init__`` (lines 693-707) catches the
+    RuntimeError of ``_create_inference_session``, prints "Falling back to ['CPUExecutionProvider'] and
+    retrying." and builds the session again with ``_fallback_providers``, ``["CPUExecutionProvider"]`` unless
+    TensorRT is asked for (lines 724-731); ``get_providers()`` then answers ``['CPUExecutionProvider']``."""
+    import onnxruntime
+
+    class ProviderFails(onnxruntime.InferenceSession):
+        def _create_inference_session(self, providers, provider_options, disabled_optimizers=None):
+            names = [p[0] if isinstance(p, tuple) else p for p in providers or []]
+            failing = [n for n in names if n in ("CANNExecutionProvider", "CUDAExecutionProvider")]
+            if failing:
+                self._fallback_providers = ["CPUExecutionProvider"]  # what the real method sets first
+                raise RuntimeError(f"{failing[0]} failed to start (no driver)")
+            return super()._create_inference_session(providers, provider_options, disabled_optimizers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", ProviderFails)
+
+
+def test_onnxruntime_fallback_to_cpu_is_a_warning_and_reported_as_cpu(make_ctx, providers, provider_fails,
+                                                                      tmp_path, caplog, capsys):
+    providers("CANNExecutionProvider")  # onnxruntime-cann offers CANN; here it cannot start
+    ctx = make_ctx("deploy.backends=[onnxruntime]", "deploy.device_id=1")
+    (backend,) = build_backends(ctx)
+    assert backend.device == "npu:1"  # before a session exists: what the offered provider would run on
+    manifest = {"files": {"onnx": {"1": str(tiny_onnx(tmp_path / "tiny.onnx"))}}}
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        runner = backend.runner(1, manifest)
+    assert "Falling back to ['CPUExecutionProvider'] and retrying." in capsys.readouterr().out
+    assert runner.session.get_providers() == ["CPUExecutionProvider"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "CANNExecutionProvider" in warnings[0] and "CPUExecutionProvider" in warnings[0]
+    # the session's provider, not the offered one, decides what the backend reports
+    assert backend.describe() == {"backend": "onnxruntime", "device": "cpu", "timing": "model only",
+                                  "precision": "fp32", "memory": "process RSS"}
+    x = np.linspace(-1, 1, 192, dtype=np.float32).reshape(1, 3, 8, 8)
+    np.testing.assert_array_equal(runner.session.run(None, {"input": x})[0], np.maximum(x, 0))
+
+
+def test_onnxruntime_cuda_fallback_to_cpu(providers, provider_fails, tmp_path, caplog):
+    providers("CUDAExecutionProvider")
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        runner = runners.OnnxRuntimeRunner(tiny_onnx(tmp_path / "tiny.onnx"), ["output"], CUDA1, requested="cuda")
+    assert runner.providers[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert (runner.provider, runner.device_name) == ("CPUExecutionProvider", "cpu")
+    assert "asked for CUDAExecutionProvider but the session runs on CPUExecutionProvider" in caplog.text
+    providers()  # plain onnxruntime asked for the CPU: the provider in use is the one asked for, no WARNING
+    caplog.clear()
+    runner = runners.OnnxRuntimeRunner(tmp_path / "tiny.onnx", ["output"], CPU, requested="cpu")
+    assert (runner.provider, runner.device_name, caplog.text) == ("CPUExecutionProvider", "cpu", "")
+
+
 def test_registry_device_ids_and_timing_scopes(make_ctx, providers):
     providers()
     ctx = make_ctx("deploy.backends=[pytorch,onnxruntime,om,torch_aie]", "deploy.device_id=2")
