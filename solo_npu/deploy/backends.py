@@ -55,6 +55,9 @@ ALLOCATOR_PEAK = "allocator peak"        # torch's device allocator (torch_npu /
 PROCESS_RSS = "process RSS"              # CPU runs: the whole process, model and data included
 NPU_SMI = "npu-smi chip used"            # npu-smi's Memory-Usage of the chip: every process on it
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
+# GE precision modes that keep float32 operators in float32 (ATC / GE option docs; any other runs them in fp16)
+FP32_PRECISION_MODES = ("must_keep_origin_dtype", "force_fp32")
+FP32_PRECISION_MODES_V2 = ("origin",)
 
 
 def batches(num: int, batch_size: int) -> list[list[int]]:
@@ -188,6 +191,22 @@ class OnnxRuntimeBackend(Backend):
     @property
     def timing_scope(self) -> str:
         return MODEL_ONLY if self.device == "cpu" else WITH_COPIES
+
+    @property
+    def precision(self) -> str:
+        """fp16 on the CANN provider unless its options keep float32 operators in float32.
+
+        onnxruntime's cann_graph.cc (``BuildONNXModel``) hands GE a precision mode only when one is given:
+        ``if (!info.precision_mode.empty()) options.emplace(ge::ir_option::PRECISION_MODE, ...)``; otherwise
+        GE's default applies, force_fp16 outside training (GraphEngine's ge/init/gelib.cc: "This is not train
+        mode, precision_mode need to be set force_fp16"; ``precision_mode_v2``'s default is fp16), as ATC's is.
+        """
+        if not self.device.startswith("npu"):
+            return "fp32"
+        options = self.ctx.deploy_cfg.onnxruntime.provider_options.npu or {}
+        keeps = (str(options.get("precision_mode", "")) in FP32_PRECISION_MODES
+                 or str(options.get("precision_mode_v2", "")) in FP32_PRECISION_MODES_V2)
+        return "fp32" if keeps else "fp16"
 
     @property
     def memory_source(self) -> str | None:

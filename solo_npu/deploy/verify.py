@@ -19,7 +19,7 @@ Two kinds of numbers per backend and batch size:
 
 A backend passes when every detection is matched. Tolerances come from ``deploy.verify`` for float32
 backends and ``deploy.verify.fp16`` for backends compiled to half precision (om with ATC's default
-precision mode, torch_aie with ``precision_policy: FP16``).
+precision mode, torch_aie with ``precision_policy: FP16``, onnxruntime's CANN provider with GE's default).
 """
 
 from __future__ import annotations

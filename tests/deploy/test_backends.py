@@ -123,6 +123,42 @@ def test_onnxruntime_cuda_fallback_to_cpu(providers, provider_fails, tmp_path, c
     assert (runner.provider, runner.device_name, caplog.text) == ("CPUExecutionProvider", "cpu", "")
 
 
+@pytest.mark.parametrize("options, precision", [
+    ([], "fp16"),  # GE's default precision mode: force_fp16
+    (["deploy=310p"], "fp16"),  # the preset leaves the provider's precision at its default
+    (["+deploy.onnxruntime.provider_options.npu.precision_mode=allow_fp32_to_fp16"], "fp16"),
+    (["+deploy.onnxruntime.provider_options.npu.precision_mode=must_keep_origin_dtype"], "fp32"),
+    (["+deploy.onnxruntime.provider_options.npu.precision_mode=force_fp32"], "fp32"),
+    (["+deploy.onnxruntime.provider_options.npu.precision_mode_v2=origin"], "fp32"),
+    (["+deploy.onnxruntime.provider_options.npu.precision_mode_v2=fp16"], "fp16"),
+])
+def test_cann_provider_precision_picks_verify_tolerances(make_ctx, providers, monkeypatch, tmp_path, options,
+                                                         precision):
+    """The CANN provider runs GE's default precision (fp16) unless its options keep float32."""
+    import onnxruntime
+
+    class CannRuns(onnxruntime.InferenceSession):  # a CANN provider that starts (computing on the CPU here)
+        def _create_inference_session(self, providers, provider_options, disabled_optimizers=None):
+            kept = [p for p in providers if (p[0] if isinstance(p, tuple) else p) != "CANNExecutionProvider"]
+            return super()._create_inference_session(kept, provider_options, disabled_optimizers)
+
+        def get_providers(self):
+            return ["CANNExecutionProvider", *super().get_providers()]
+
+    providers("CANNExecutionProvider")
+    monkeypatch.setattr(onnxruntime, "InferenceSession", CannRuns)
+    ctx = make_ctx(*options)
+    backend = BACKENDS["onnxruntime"](ctx)
+    assert (backend.device, backend.precision) == ("npu:0", precision)
+    backend.runner(1, {"files": {"onnx": {"1": str(tiny_onnx(tmp_path / "tiny.onnx"))}}})
+    assert (backend.device, backend.precision) == ("npu:0", precision)  # the session runs CANN: unchanged
+    expected = ctx.deploy_cfg.verify.fp16 if precision == "fp16" else ctx.deploy_cfg.verify
+    assert tolerances(ctx.deploy_cfg.verify, backend.precision)["iou"] == expected.iou
+    providers()  # no CANN provider: the CPU, in float32 whatever the CANN options say
+    backend = BACKENDS["onnxruntime"](ctx)
+    assert (backend.device, backend.precision) == ("cpu", "fp32")
+
+
 def test_registry_device_ids_and_timing_scopes(make_ctx, providers):
     providers()
     ctx = make_ctx("deploy.backends=[pytorch,onnxruntime,om,torch_aie]", "deploy.device_id=2")
