@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from solo_npu.data import build_collate, build_transforms
@@ -25,9 +26,30 @@ from solo_npu.utils.visualize import draw_instances, save_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "run_predict"]
+__all__ = ["COCO_CATEGORY_IDS", "COCO_CLASS_NAMES", "IMAGE_SUFFIXES", "default_category_ids", "list_images",
+           "run_predict"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# The 80 COCO classes in label order: the ``id`` and ``name`` of each entry of the ``categories`` list of the
+# official COCO 2017 annotation files (instances_val2017.json), ids 1..90 with 10 of them unused. A model
+# trained on COCO predicts label k for the k-th of them, as mmdet's CocoMetric writes ``cat_ids[label]``.
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
 
 
 def list_images(inputs: str | os.PathLike) -> list[Path]:
@@ -51,6 +73,31 @@ def _device(device: Any) -> torch.device:
     return torch.device(device)
 
 
+def _coco_name(name: str) -> str:
+    # mmdet 1.x and original SOLO checkpoints spell the COCO names with underscores ("traffic_light").
+    return str(name).strip().lower().replace("_", " ")
+
+
+def default_category_ids(num_classes: int, class_names: Sequence[str] | None = None) -> list[int]:
+    """label -> category id in ``predictions.json`` when no annotation file gives the dataset's ids.
+
+    The 80 COCO classes (by name, in any order; or 80 classes without names) get COCO's category ids
+    (:data:`COCO_CATEGORY_IDS`); any other class list gets ``label + 1``, with a WARNING that says so.
+    """
+    coco = {name: cat for name, cat in zip(COCO_CLASS_NAMES, COCO_CATEGORY_IDS)}
+    if class_names is not None:
+        names = [_coco_name(n) for n in class_names]
+        if len(names) == len(coco) and set(names) == set(coco):
+            return [coco[n] for n in names]
+    elif num_classes == len(coco):
+        logger.warning("the model's 80 classes have no names: taken to be COCO's, category_id in predictions.json "
+                       "is COCO's (1..90); configure the dataset (data.root and its ann_file) to write its ids")
+        return list(COCO_CATEGORY_IDS)
+    logger.warning("category_id in predictions.json is label + 1 (1..%d): the classes are not COCO's 80 and no "
+                   "annotation file gives their ids (configure the dataset: data.root and its ann_file)", num_classes)
+    return list(range(1, num_classes + 1))
+
+
 def _sample(image_rgb: np.ndarray, image_id: int, file_name: str) -> dict[str, Any]:
     h, w = image_rgb.shape[:2]
     return {"image": image_rgb, "masks": None, "boxes": np.zeros((0, 4), np.float32),
@@ -71,11 +118,12 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             then the model, checkpoint, ``input``, ``output``, ``data`` and device come from it.
         inputs: an image file or a directory of images.
         output_dir: where ``<stem>.png`` overlays and ``predictions.json`` go.
-        class_names: label -> name for the overlays and the json.
+        class_names: label -> name for the overlays and the json (``category_name``).
         data_cfg: the ``data`` config (resize scale, normalisation, padding), as in training.
         device: a DeviceInfo, torch.device, name, or ``None`` for automatic selection.
         score_thr: instances drawn on the overlays score at least this; the json keeps all.
-        label_to_cat: label -> category id in the json (default ``label + 1``).
+        label_to_cat: label -> category id in the json, e.g. the dataset's ``label_to_cat`` (default:
+            :func:`default_category_ids`: COCO's ids for the 80 COCO classes, otherwise ``label + 1``).
 
     Returns:
         ``{"images", "skipped", "instances", "output_dir", "predictions"}``.
@@ -94,7 +142,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
     names = list(class_names) if class_names is not None else None
     if label_to_cat is None:
         num = len(names) if names is not None else int(getattr(model, "num_classes", 0) or 0)
-        label_to_cat = list(range(1, num + 1))
+        label_to_cat = default_category_ids(num, names)
     cats = list(label_to_cat)
     entries: list[dict[str, Any]] = []
     skipped = instances = 0
@@ -125,14 +173,59 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             "predictions": str(pred_path)}
 
 
-def _run_from_config(cfg: Any) -> dict[str, Any]:
-    """``task=predict`` of deploy.py: model and checkpoint from the deploy config."""
-    from omegaconf import OmegaConf
+def _dataset_categories(cfg: Any, num_classes: int) -> tuple[list[int], list[str]] | None:
+    """(label -> category id, class names) of the configured annotation file, the map evaluation uses;
+    ``None`` when no annotation file is there or its class count is not the model's."""
+    from solo_npu.data import CocoInstanceDataset
+    from solo_npu.deploy.context import DeployError
+    from solo_npu.deploy.preprocess import dataset_files
 
-    from solo_npu.deploy.context import build_eager_model
+    split = str(OmegaConf.select(cfg, "deploy.split", default="val") or "val")
+    try:
+        ann_file, img_dir = dataset_files(cfg.data, split)
+    except DeployError:
+        return None
+    if not ann_file.is_file() or not img_dir.is_dir():
+        logger.info("no annotation file at %s: category ids are not the dataset's", ann_file)
+        return None
+    quiet = logging.getLogger("solo_npu.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the dataset's faults are evaluation's business, not prediction's
+    try:
+        dataset = CocoInstanceDataset(ann_file, img_dir, train=False, with_masks=False)
+    finally:
+        quiet.setLevel(level)
+    if len(dataset.label_to_cat) != num_classes:
+        logger.info("%s has %d categories and the model %d: its category ids are not used", ann_file,
+                    len(dataset.label_to_cat), num_classes)
+        return None
+    logger.info("category ids from %s", ann_file)
+    return list(dataset.label_to_cat), list(dataset.class_names)
+
+
+def _run_from_config(cfg: Any) -> dict[str, Any]:
+    """``task=predict`` of deploy.py: model and checkpoint from the deploy config.
+
+    Category ids: the configured annotation file's when it has the model's class count (what evaluation
+    writes), else :func:`default_category_ids`. Names: the data config's, else the checkpoint's, else the
+    annotation file's.
+    """
+    from solo_npu.deploy.context import load_eager_model
 
     device = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
-    model = build_eager_model(cfg)
+    model, classes = load_eager_model(cfg)
+    num = classes.num_classes
     names = cfg.data.get("class_names")
-    return run_predict(model, cfg.input, str(cfg.output), list(names) if names is not None else None, cfg.data,
-                       device, float(cfg.score_thr))
+    names = [str(n) for n in names] if names is not None and len(names) == num else None
+    names = names or (list(classes.names) if classes.names is not None else None)
+    found = _dataset_categories(cfg, num)
+    if found is not None:
+        label_to_cat, dataset_names = found
+        if names is not None and [_coco_name(n) for n in names] != [_coco_name(n) for n in dataset_names]:
+            logger.warning("the model's class names (%s, ...) are not the annotation file's (%s, ...); its category "
+                           "ids are written by label", ", ".join(names[:3]), ", ".join(dataset_names[:3]))
+        names = names or dataset_names
+    else:
+        label_to_cat = default_category_ids(num, names)
+    return run_predict(model, cfg.input, str(cfg.output), names, cfg.data, device, float(cfg.score_thr),
+                       label_to_cat=label_to_cat)
