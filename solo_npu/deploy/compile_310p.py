@@ -79,7 +79,11 @@ def write_compile_script(path: Path, atc_cmds: Sequence[Sequence[str]], aie_args
                          python: str | None = None) -> Path:
     lines = ["#!/usr/bin/env bash", "# Ascend 310P compilation commands written by deploy.py; run on the 310P host.",
              "# Paths are relative to this script's folder (the run directory), so the folder can be copied.",
-             "set -euo pipefail", 'cd "$(dirname "$0")"', f"if [ -f {CANN_ENV} ]; then source {CANN_ENV}; fi", ""]
+             "set -euo pipefail", 'cd "$(dirname "$0")"',
+             "# CANN's environment ($CANN_SET_ENV picks another install). Its set_env.sh appends to variables that",
+             "# may be unset (export PYTHONPATH=...:$PYTHONPATH, the same for LD_LIBRARY_PATH): sourced without -u.",
+             f'CANN_SET_ENV="${{CANN_SET_ENV:-{CANN_ENV}}}"',
+             'if [ -f "$CANN_SET_ENV" ]; then set +u; source "$CANN_SET_ENV"; set -u; fi', ""]
     lines += [shlex.join(cmd) for cmd in atc_cmds]
     if aie_args:  # the Python that has torch_aie: $PYTHON, else the configured one, else python3
         lines += ["", f'PYTHON="${{PYTHON:-{python or "python3"}}}"']

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from deploy_standins import AIS_BENCH, ATC, install_tool
 
-from solo_npu.deploy import om
+from solo_npu.deploy import compile_310p, om
 from solo_npu.deploy.benchmark import run_benchmark
-from solo_npu.deploy.compile_310p import atc_command, run_compile
+from solo_npu.deploy.compile_310p import atc_command, run_compile, write_compile_script
 from solo_npu.deploy.context import DeployError
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
@@ -49,6 +51,38 @@ def test_without_tools_writes_script_and_continues(make_ctx, exported_run, monke
     assert "--input_shape=input:-1,3,128,160 " in script and "--dynamic_batch_size=1,2" in script
     summary = run_infer(ctx)  # om and torch_aie are skipped with a log line, onnxruntime runs
     assert set(summary) == {"onnxruntime_b1", "onnxruntime_b2"}
+
+
+# CANN's ascend-toolkit/set_env.sh appends to variables without a default, in this form (PATH, LD_LIBRARY_PATH,
+# PYTHONPATH, ...); under `set -u` an unset one stops the sourcing script with "unbound variable".
+FAKE_SET_ENV = """export ASCEND_TOOLKIT_HOME={home}
+export PATH=${{ASCEND_TOOLKIT_HOME}}/bin:$PATH
+export LD_LIBRARY_PATH=${{ASCEND_TOOLKIT_HOME}}/lib64:$LD_LIBRARY_PATH
+export PYTHONPATH=${{ASCEND_TOOLKIT_HOME}}/python/site-packages:$PYTHONPATH
+"""
+
+
+def test_compile_script_sources_cann_env_with_unset_variables_and_runs_atc(monkeypatch, tmp_path):
+    """`bash compile_310p.sh` on a host where PYTHONPATH and LD_LIBRARY_PATH are unset reaches atc."""
+    home, run_dir, log = tmp_path / "toolkit", tmp_path / "run", tmp_path / "log"
+    for folder in (home / "bin", run_dir / "compile", log):
+        folder.mkdir(parents=True)
+    install_tool(home / "bin", "atc", ATC)  # on PATH only once set_env.sh has run, as on a 310P host
+    set_env = tmp_path / "set_env.sh"
+    set_env.write_text(FAKE_SET_ENV.format(home=home))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "CANN_SET_ENV")}
+    env.update(PATH="/usr/bin:/bin", STANDIN_LOG=str(log))
+    cmd = atc_command("export/model_b1.onnx", "compile/model_b1", "input", 1, (128, 160))
+    for default, extra in ((str(set_env), {}), (compile_310p.CANN_ENV, {"CANN_SET_ENV": str(set_env)})):
+        monkeypatch.setattr(compile_310p, "CANN_ENV", default)  # the default install, or $CANN_SET_ENV
+        script = write_compile_script(run_dir / "compile_310p.sh", [cmd], [])
+        (log / "atc.jsonl").unlink(missing_ok=True)
+        proc = subprocess.run(["bash", str(script)], env={**env, **extra}, cwd=tmp_path, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+        calls = [json.loads(line) for line in (log / "atc.jsonl").read_text().splitlines()]
+        assert calls == [{"argv": cmd[1:], "cwd": str(run_dir)}]
+        assert (run_dir / "compile" / "model_b1.om").is_file()
 
 
 def test_single_gear_dynamic_batch_is_refused(make_ctx, exported_run):
