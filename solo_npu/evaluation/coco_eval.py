@@ -31,6 +31,18 @@ def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def image_id_of(value: Any) -> Any:
+    """An image id as the annotation file has it: numpy and torch scalars become Python ones, and any other
+    id (a string) stays as it is; pycocotools indexes images by any hashable ``id``."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _sorted_ids(ids: Iterable[Any]) -> list[Any]:
+    return sorted(set(ids), key=lambda i: (type(i).__name__, i))  # one annotation file may mix int and str ids
+
+
 def load_coco(coco_gt: COCO | str | os.PathLike) -> COCO:
     """A COCO object from an object or an annotation file path (quietly)."""
     if isinstance(coco_gt, COCO):
@@ -41,7 +53,7 @@ def load_coco(coco_gt: COCO | str | os.PathLike) -> COCO:
         return COCO(str(coco_gt))
 
 
-def results_to_coco(image_ids: Sequence[int], results: Sequence[dict[str, Any]],
+def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],
                     label_to_cat: Sequence[int]) -> list[dict[str, Any]]:
     """Per-image predictions -> COCO result entries (``segmentation`` RLE with str counts, ``bbox`` xywh).
 
@@ -78,7 +90,7 @@ def results_to_coco(image_ids: Sequence[int], results: Sequence[dict[str, Any]],
             raise ValueError(f"image {image_id}: a result needs masks or boxes")
         cats = cat_lut[labels]
         for i, (cat, score, box) in enumerate(zip(cats.tolist(), scores.tolist(), boxes.tolist())):
-            entry = {"image_id": int(image_id), "category_id": int(cat), "score": float(score),
+            entry = {"image_id": image_id_of(image_id), "category_id": int(cat), "score": float(score),
                      "bbox": [round(v, 2) for v in box]}
             if rles is not None:
                 rle = rles[i]
@@ -105,7 +117,7 @@ def _check_results(coco_gt: COCO, coco_results: list[dict[str, Any]]) -> None:
 
 def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str, Any]],
                   iou_types: Iterable[str] = ("segm", "bbox"),
-                  img_ids: Iterable[int] | None = None) -> dict[str, dict[str, float]]:
+                  img_ids: Iterable[Any] | None = None) -> dict[str, dict[str, float]]:
     """Run COCOeval per IoU type; returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` in 0..1.
 
     Empty results give zeros. Metrics that COCO leaves undefined (no ground truth in an area range)
@@ -132,7 +144,7 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
             coco_dt = coco_gt.loadRes(dets)
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if img_ids is not None:
-                evaluator.params.imgIds = sorted(set(int(i) for i in img_ids))
+                evaluator.params.imgIds = _sorted_ids(image_id_of(i) for i in img_ids)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
@@ -150,6 +162,11 @@ class CocoEvaluator:
         iou_types: which of ``segm`` / ``bbox`` to evaluate.
         restrict_to_processed: evaluate only the images that went through :meth:`process` (so a
             partial or sharded pass is scored on what it saw); otherwise all images of ``coco_gt``.
+
+    An image that went through :meth:`process` with ``image_ok`` false (unreadable, or not the size the
+    annotation file gives) is scored with no predictions: its objects count as missed, as COCOeval and
+    mmdet's CocoMetric (mmdet/evaluation/metrics/coco_metric.py: ``img_ids = get_img_ids()``) score every
+    image of the annotation file. Leaving it out would raise the AP. The log says how many there were.
     """
 
     def __init__(self, coco_gt: COCO | str | os.PathLike, label_to_cat: Sequence[int],
@@ -161,45 +178,65 @@ class CocoEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self._results: dict[int, list[dict[str, Any]]] = {}
-        self._merged: dict[int, list[dict[str, Any]]] | None = None
+        self._results: dict[Any, list[dict[str, Any]]] = {}
+        self._unusable: set[Any] = set()  # processed, image not usable: scored without predictions
+        self._merged: dict[Any, list[dict[str, Any]]] | None = None
+        self._merged_unusable: set[Any] = set()
 
     def process(self, metas: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> None:
         """Add one batch: ``metas`` from the batch dict, ``results`` from ``model.predict``."""
         for meta, res in zip(metas, results, strict=True):
-            image_id = int(meta["image_id"])
+            image_id = image_id_of(meta["image_id"])
             if not meta.get("image_ok", True):
-                continue  # the image could not be read; it is counted as a data fault, not scored
+                # The image could not be used (a data fault): scored with no predictions, not left out.
+                self._unusable.add(image_id)
+                continue
             self._results[image_id] = results_to_coco([image_id], [res], self.label_to_cat)
 
     @property
     def num_images(self) -> int:
-        return len(self._results)
+        """Images processed on this rank: each is scored, those in :attr:`num_without_predictions` too."""
+        return len(self._results.keys() | self._unusable)
 
-    def _gather(self) -> dict[int, list[dict[str, Any]]]:
+    @property
+    def num_without_predictions(self) -> int:
+        """Processed images that could not be used (``image_ok`` false): scored with no predictions."""
+        return len(self._unusable - self._results.keys())
+
+    def _gather(self) -> tuple[dict[Any, list[dict[str, Any]]], set[Any]]:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return dict(self._results)
-        parts: list[dict[int, list[dict[str, Any]]] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self._results)
-        merged: dict[int, list[dict[str, Any]]] = {}
+            return dict(self._results), self._unusable - self._results.keys()
+        parts: list[tuple[dict[Any, list[dict[str, Any]]], set[Any]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self._results, self._unusable))
+        merged: dict[Any, list[dict[str, Any]]] = {}
+        unusable: set[Any] = set()
         for part in parts:  # an image seen by several ranks (padded samplers) counts once
-            for image_id, entries in (part or {}).items():
+            results, failed = part or ({}, set())
+            for image_id, entries in results.items():
                 merged.setdefault(image_id, entries)
-        return merged
+            unusable |= failed
+        return merged, unusable - merged.keys()
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Gather, evaluate on rank 0 and broadcast: every rank returns the same summary."""
-        self._merged = self._gather()
+        self._merged, self._merged_unusable = self._gather()
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         summary = None
         if not distributed or dist.get_rank() == 0:
-            results = [e for image_id in sorted(self._merged) for e in self._merged[image_id]]
-            img_ids = sorted(self._merged) if self.restrict_to_processed else None
+            results = [e for image_id in _sorted_ids(self._merged) for e in self._merged[image_id]]
+            processed = _sorted_ids(self._merged.keys() | self._merged_unusable)
+            img_ids = processed if self.restrict_to_processed else None
             if img_ids is not None and not img_ids:
                 summary = {t: _zeros() for t in self.iou_types}
             else:
                 summary = evaluate_coco(self.coco_gt, results, self.iou_types, img_ids=img_ids)
-            logger.info("evaluated %d images: %s", len(self._merged), summary)
+            scored = len(processed) if img_ids is not None else len(self.coco_gt.imgs)
+            if self._merged_unusable:
+                logger.warning("%d of the %d images scored have no predictions: their image could not be used "
+                               "(unreadable, or not the size the annotation file gives), so their objects count "
+                               "as missed", len(self._merged_unusable), scored)
+            logger.info("evaluated %d images (%d of them without predictions): %s", scored,
+                        len(self._merged_unusable), summary)
         if distributed:
             box = [summary]
             dist.broadcast_object_list(box, src=0)
@@ -209,7 +246,7 @@ class CocoEvaluator:
     def dump(self, path: str | os.PathLike) -> Path:
         """Write the results json (gathered ones after :meth:`evaluate`, else this rank's)."""
         source = self._merged if self._merged is not None else self._results
-        results = [e for image_id in sorted(source) for e in source[image_id]]
+        results = [e for image_id in _sorted_ids(source) for e in source[image_id]]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from solo_npu.data import CocoInstanceDataset
 from solo_npu.evaluation import CocoEvaluator, evaluate_coco, load_coco, results_to_coco
 
 
@@ -16,7 +18,7 @@ def _gt_predictions(coco, cat_to_label, shift: int = 0):
     """Ground truth as model output: one result dict per image, masks optionally shifted right."""
     image_ids, results = [], []
     for img_id in sorted(coco.getImgIds()):
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id]))  # a list: pycocotools iterates a str id
         info = coco.imgs[img_id]
         masks = np.stack([coco.annToMask(a) for a in anns]).astype(bool)
         if shift:
@@ -92,10 +94,9 @@ def test_evaluator_batches_subset_and_dump(val_gt, tmp_path):
     evaluator = CocoEvaluator(coco, label_to_cat)
     for start in range(0, 4, 2):  # only the first 4 images, two batches
         evaluator.process([{"image_id": i} for i in ids[start:start + 2]], results[start:start + 2])
-    evaluator.process([{"image_id": ids[5], "image_ok": False}], [results[5]])  # unreadable: not scored
     assert evaluator.num_images == 4
     summary = evaluator.evaluate()
-    assert summary["segm"]["AP"] == pytest.approx(1.0)
+    assert summary["segm"]["AP"] == pytest.approx(1.0)  # the subset processed, not the whole file
     dumped = json.loads(evaluator.dump(tmp_path / "out" / "results.json").read_text())
     assert sorted({d["image_id"] for d in dumped}) == ids[:4]
     everything = CocoEvaluator(coco, label_to_cat, iou_types=("segm",), restrict_to_processed=False)
@@ -123,3 +124,62 @@ def test_box_only_results_score_bbox_and_refuse_segm(synthetic_coco):
     assert evaluate_coco(gt, entries, iou_types=("bbox",))["bbox"]["AP"] > 0.99
     with pytest.raises(ValueError, match="segm evaluation needs masks"):
         evaluate_coco(gt, entries, iou_types=("segm",))
+
+
+def test_unusable_image_is_scored_without_predictions(val_gt, caplog):
+    """Perfect predictions on N images of which one could not be used (``image_ok`` false): the AP is over
+    all N, that image's objects missed (COCOeval and mmdet's CocoMetric score every image), not over N - 1."""
+    coco, cat_to_label, label_to_cat = val_gt
+    ids, results = _gt_predictions(coco, cat_to_label)
+    n, faulty = 5, 2
+    assert coco.getAnnIds(imgIds=ids[faulty])  # the faulty image has ground truth
+    evaluator = CocoEvaluator(coco, label_to_cat)
+    for i in range(n):
+        meta = {"image_id": ids[i], "image_ok": i != faulty}
+        evaluator.process([meta], [results[i]])
+    with caplog.at_level(logging.INFO, logger="solo_npu.evaluation"):
+        summary = evaluator.evaluate()
+    kept = [i for i in range(n) if i != faulty]
+    over_n = evaluate_coco(coco, results_to_coco([ids[i] for i in kept], [results[i] for i in kept], label_to_cat),
+                           img_ids=ids[:n])
+    assert summary == over_n
+    assert summary["segm"]["AP"] < 1.0 and summary["bbox"]["AP"] < 1.0
+    over_n_minus_1 = evaluate_coco(coco, results_to_coco([ids[i] for i in kept], [results[i] for i in kept],
+                                                         label_to_cat), img_ids=[ids[i] for i in kept])
+    assert over_n_minus_1["segm"]["AP"] == pytest.approx(1.0)
+    assert evaluator.num_images == n and evaluator.num_without_predictions == 1
+    assert "1 of the 5 images scored have no predictions" in caplog.text
+    assert "evaluated 5 images (1 of them without predictions)" in caplog.text
+    # The same image read fine by another pass (or another rank) is scored with its predictions.
+    evaluator.process([{"image_id": ids[faulty]}], [results[faulty]])
+    assert evaluator.num_without_predictions == 0
+    assert evaluator.evaluate()["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_string_image_ids_are_kept(synthetic_coco, tmp_path):
+    """pycocotools indexes images by any hashable id: an annotation file with string ids evaluates, and the
+    results carry the ids as the file has them."""
+    ann = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())
+    for image in ann["images"]:
+        image["id"] = f"img_{image['id']}"
+    for a in ann["annotations"]:
+        a["image_id"] = f"img_{a['image_id']}"
+    ann_file = tmp_path / "string_ids.json"
+    ann_file.write_text(json.dumps(ann))
+    dataset = CocoInstanceDataset(ann_file, synthetic_coco / "val2017", train=False, with_masks=False)
+    coco = dataset.coco
+    cat_to_label = {c: i for i, c in enumerate(dataset.label_to_cat)}
+    ids, results = _gt_predictions(coco, cat_to_label)
+    evaluator = CocoEvaluator(coco, dataset.label_to_cat)
+    for i in range(len(dataset)):
+        meta = dataset[(i, 0)]["meta"]
+        evaluator.process([meta], [results[ids.index(meta["image_id"])]])
+    summary = evaluator.evaluate()
+    assert summary["segm"]["AP"] == pytest.approx(1.0) and summary["bbox"]["AP"] == pytest.approx(1.0)
+    dumped = json.loads(evaluator.dump(tmp_path / "results.json").read_text())
+    assert {d["image_id"] for d in dumped} == set(ids) and all(isinstance(i, str) for i in ids)
+    # numpy and torch integer ids become plain ints (json), as before
+    (entry, *_) = results_to_coco([np.int64(4)], [results[0]], dataset.label_to_cat)
+    assert type(entry["image_id"]) is int
+    (entry, *_) = results_to_coco([torch.tensor(4)], [results[0]], dataset.label_to_cat)
+    assert type(entry["image_id"]) is int
