@@ -89,8 +89,7 @@ def read_checkpoint(ckpt: Any, model: nn.Module | type, source: str = "auto",
         model: decides the layouts (a weightless ``device="meta"`` model will do; a model class whose
             layout methods need no instance, as SOLOv2's, too).
         source: ``auto`` or a layout the model reads.
-        num_classes: the classes the weights are for, passed to the model's converter (a SOLO
-            classifier with one output more loses its background channel); ``None`` keeps every output.
+        num_classes: the classes the weights are for, passed to the model's converter (``None``: unknown).
 
     Raises:
         CheckpointError: not a state dict, a layout the model does not read, or a bad reference file.
@@ -152,9 +151,9 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
     """The class count (and names) of a loaded checkpoint, as ``model`` reads it.
 
     The count is the output channels of the model's classifier (the first of ``classifier_prefixes``,
-    in the model's names) in the file. Names come from the metadata; a classifier with one output more
-    than the names (an original SOLO background channel 0) counts the names. A model without a
-    classifier (or no model) counts the names only.
+    in the model's names) in the file; every output is a class (original SOLO classifiers have no
+    background channel either, see :mod:`solo_npu.models.solov2.checkpoint`). Names come from the
+    metadata. A model without a classifier (or no model) counts the names only.
 
     Raises:
         CheckpointError: the names disagree with the classifier.
@@ -173,8 +172,6 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
     outputs = int(weight.shape[0])
     if names is None or len(names) == outputs:
         return CheckpointClasses(outputs, names, key)
-    if len(names) + 1 == outputs:  # background channel 0, dropped on loading
-        return CheckpointClasses(len(names), names, key)
     raise CheckpointError(f"the checkpoint's classifier ({key}) has {outputs} outputs but {names_at} "
                           f"names {len(names)} classes")
 

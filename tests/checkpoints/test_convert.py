@@ -11,8 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from solo_npu.checkpoints import CheckpointError
-from solo_npu.checkpoints.convert import load_model_weights, main
-from solo_npu.models import build_model
+from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights, main
+from solo_npu.engine.finetune import load_weights
+from solo_npu.models import SOLOv2, build_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 VARIANTS = {  # depth, head feat, stacked convs, mask-feature feat / out
@@ -112,11 +113,9 @@ def test_mmdet_and_solo_layouts_load_strict(tmp_path, name):
                 "mask_head.mask_feature_head.convs_all_levels.3.conv2.gn.weight"):
         assert (sd[key] == index[key]).all()
 
-    # Original SOLO: renamed head, classifier with a background channel 0 (81 outputs for 80 classes).
+    # Original SOLO: renamed head; its classifier has one output per class (80 for num_classes=81).
     solo = {to_solo_names(k): v for k, v in tagged.items()}
-    cls_w, cls_b = solo["bbox_head.solo_cate.weight"], solo["bbox_head.solo_cate.bias"]
-    solo["bbox_head.solo_cate.weight"] = torch.cat([torch.full((1, *cls_w.shape[1:]), -7.0), cls_w.clone()])
-    solo["bbox_head.solo_cate.bias"] = torch.cat([torch.tensor([-7.0]), cls_b.clone()])
+    assert solo["bbox_head.solo_cate.weight"].shape[0] == 80
     assert not any(k.startswith("mask_head.") for k in solo)
     torch.save({"state_dict": solo, "meta": {}}, tmp_path / "solo.pth")
     fresh = build(name, seed=1)
@@ -160,6 +159,52 @@ def test_other_class_count_reinitialises_only_the_classifier(tmp_path, caplog):
     assert torch.equal(dst.mask_head.conv_kernel.weight, src.mask_head.conv_kernel.weight)
     assert dst.mask_head.conv_cls.weight.shape[0] == 5
     assert torch.allclose(dst.mask_head.conv_cls.bias, torch.full((5,), -4.59512), atol=1e-4)
+
+
+def solo_file(path: Path, num_classes: int, names: list[str] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """An original SOLO checkpoint of the tiny model (SOLO's key names, small random tensors) at ``path``;
+    returns its state dict."""
+    gen = torch.Generator().manual_seed(seed)
+    solo = {to_solo_names(k): torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+            for k, v in build("solov2_tiny", num_classes=num_classes).state_dict().items()}
+    meta = {"mmdet_version": "1.0.0+unknown", "epoch": 12}
+    if names is not None:
+        meta["CLASSES"] = tuple(names)
+    torch.save({"meta": meta, "state_dict": solo}, path)
+    return solo
+
+
+def test_solo_classifier_has_no_background_channel(tmp_path, caplog, capsys):
+    # The original SOLO head's solo_cate has num_classes - 1 = 80 outputs for its num_classes=81 configs,
+    # channel k = class k: into a 79-class model it is a class-count mismatch, never a shifted classifier.
+    path = tmp_path / "SOLOv2_tiny_1x.pth"
+    solo = solo_file(path, 80, [f"class{i}" for i in range(80)])
+    cls_w = solo["bbox_head.solo_cate.weight"]
+    assert checkpoint_classes(torch.load(path, weights_only=True), SOLOv2).num_classes == 80
+    same = build("solov2_tiny", num_classes=80, seed=1)
+    assert load_model_weights(same, path)["source"] == "solo"
+    assert torch.equal(same.mask_head.conv_cls.weight, cls_w)
+
+    fewer = build("solov2_tiny", num_classes=79, seed=1)
+    with pytest.raises(CheckpointError, match="classifier for 80 classes but the model has 79"):
+        load_model_weights(fewer, path)
+    with pytest.raises(CheckpointError, match="classifier for 80 classes but the model has 79"):
+        load_weights(fewer, str(path))  # evaluation
+    with caplog.at_level(logging.INFO):
+        report = load_weights(fewer, str(path), allow_classifier_change=True)  # fine-tuning
+    assert sorted(report["reinitialised"]) == ["mask_head.conv_cls.bias", "mask_head.conv_cls.weight"]
+    assert [r.levelname for r in caplog.records if "re-initialised" in r.getMessage()] == ["WARNING"]
+    assert not any(torch.equal(fewer.mask_head.conv_cls.weight[i], cls_w[j]) for i in range(79) for j in (i, i + 1))
+    assert torch.equal(fewer.mask_head.conv_kernel.weight, solo["bbox_head.solo_kernel.weight"])
+
+    assert main([str(path), str(tmp_path / "out.pth"), "--model-config", str(CONF / "solov2_tiny.yaml"),
+                 "--num-classes", "79"]) == 1
+    assert "classifier for 80 classes but the model has 79" in capsys.readouterr().out
+    assert not (tmp_path / "out.pth").exists()
+    # 80 outputs with 79 names: the file contradicts itself (no output is taken for a background).
+    solo_file(path, 80, [f"class{i}" for i in range(79)])
+    with pytest.raises(CheckpointError, match="has 80 outputs but meta.CLASSES names 79 classes"):
+        checkpoint_classes(torch.load(path, weights_only=True), SOLOv2)
 
 
 def test_shape_mismatch_names_key_and_shapes(tmp_path):

@@ -1,10 +1,14 @@
 """The reference checkpoints SOLOv2 reads: mmdet 3.x, original WXinlong/SOLO and torchvision ResNet.
 
 mmdet 3.x names are this project's names. Original SOLO checkpoints rename the head (``bbox_head.`` ->
-``mask_head.``, ``mask_feat_head.`` -> ``mask_head.mask_feature_head.``); their classifier has
-``num_classes - 1`` outputs for ``num_classes=81`` (channel c-1 is class c), which is our contiguous
-layout, and a classifier with one extra output has its background channel 0 dropped. torchvision
-ResNet weights initialise ``backbone.*``.
+``mask_head.``, ``mask_feat_head.`` -> ``mask_head.mask_feature_head.``). Their classifier has no
+background channel: the original SOLO repository's ``mmdet/models/anchor_heads/solov2_head.py`` (and
+``solo_head.py``, ``solov2_light_head.py``) sets ``self.cate_out_channels = self.num_classes - 1`` and
+builds ``self.solo_cate = nn.Conv2d(self.seg_feat_channels, self.cate_out_channels, 3, padding=1)``; its
+configs say ``num_classes=81``, so the COCO classifier has 80 outputs and channel k is class k
+(``tools/test_ins.py`` writes ``dataset.cat_ids[label]``), which is our contiguous layout. Its outputs
+are kept as they are; a classifier for another number of classes goes through the same class-count
+check as any other file. torchvision ResNet weights initialise ``backbone.*``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ SOLO_RENAMES = (
     ("mask_feat_head.convs_all_levels.", "mask_head.mask_feature_head.convs_all_levels."),
     ("mask_feat_head.conv_pred.0.", "mask_head.mask_feature_head.conv_pred."),
 )
-CLASSIFIER = ("mask_head.conv_cls.weight", "mask_head.conv_cls.bias")
 
 
 def solov2_checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:
@@ -52,8 +55,8 @@ def convert_solov2_state_dict(state: Mapping[str, Tensor], layout: str,
     """Rename ``state`` from ``layout`` (one of :data:`SOLOV2_LAYOUTS`) to this project's names.
 
     Args:
-        num_classes: the target model's classes; a SOLO classifier with ``num_classes + 1`` outputs
-            loses its background channel 0.
+        num_classes: the target model's classes (part of the model contract; no SOLOv2 layout needs it:
+            every classifier output is a class, see the module docstring).
     """
     if layout == "mmdet":
         return {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
@@ -68,10 +71,4 @@ def convert_solov2_state_dict(state: Mapping[str, Tensor], layout: str,
                 key = new + key[len(old):]
                 break
         out[key] = value
-    weight = out.get(CLASSIFIER[0])
-    if num_classes is not None and weight is not None and weight.shape[0] == num_classes + 1:
-        logger.info("SOLO classifier has %d outputs: dropping background channel 0", weight.shape[0])
-        for name in CLASSIFIER:
-            if name in out:
-                out[name] = out[name][1:]
     return out
