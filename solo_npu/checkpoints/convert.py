@@ -15,9 +15,13 @@ classifier (``classifier_prefixes``) and the names from the file's metadata (mmd
 CLI::
 
     python -m solo_npu.checkpoints.convert SRC DST --from auto|ours|<layout> [--trust-pickle] \
-        [--model-config conf/model/X.yaml --num-classes 80]
+        [--model-config conf/model/X.yaml --num-classes 80] [--allow-partial]
 
 Without ``--model-config`` the CLI renames SOLOv2 layouts (the default model) and checks nothing.
+With it, the file must fill the model: a model tensor the file lacks, or a file tensor the model has no
+place for (e.g. the ``conv_offset`` of a deformable convolution), is an error (exit 1) naming both
+counts. ``--allow-partial`` writes the tensors the file has, and no others: never a random
+initialisation presented as trained weights.
 """
 
 from __future__ import annotations
@@ -240,6 +244,10 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised}
 
 
+def _few(keys: Sequence[str], count: int = 3) -> str:
+    return "[" + ", ".join(keys[:count]) + (", ..." if len(keys) > count else "") + "]"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Convert ``SRC`` to a clean checkpoint ``{"model": state_dict, "meta": {...}}`` at ``DST``."""
     from solo_npu.models import SOLOv2, build_model
@@ -253,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: rename SOLOv2 layouts without checks)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of --model-config's model (default: the checkpoint's)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="with --model-config: accept a file that lacks some model tensors or has tensors the "
+                        "model has no place for, and write only the file's tensors the model has")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    partial: dict[str, list[str]] | None = None
     try:
         ckpt = load_checkpoint(args.src, trust_pickle=args.trust_pickle)
         if args.model_config:
@@ -268,10 +280,24 @@ def main(argv: list[str] | None = None) -> int:
                 raise CheckpointError(f"{args.src} does not say how many classes it has: pass --num-classes")
             model = build_model(config, num_classes=num_classes)
             report = load_model_weights(model, args.src, args.source, strict=False, loaded=ckpt)
+            source, missing, unexpected = report["source"], report["missing"], report["unexpected"]
+            # A BatchNorm counter, not a weight (files of torch < 0.4.1 lack it): the model's 0 is written.
+            counters = [k for k in missing if k.endswith("num_batches_tracked")]
+            missing = [k for k in missing if k not in counters]
+            if (missing or unexpected) and not args.allow_partial:
+                raise CheckpointError(
+                    f"{args.src} ({source} layout) does not fill {args.model_config}: {len(missing)} model tensors "
+                    f"missing from the file {_few(missing)}, {len(unexpected)} file tensors the model has no place "
+                    f"for {_few(unexpected)}; pass --allow-partial to write only the file's tensors")
+            print(f"missing keys ({len(missing)}): {missing}")
+            print(f"unexpected keys ({len(unexpected)}): {unexpected}")
+            if counters:
+                print(f"{len(counters)} num_batches_tracked counters not in the file: written as the model's 0")
             state = model.state_dict()
-            source = report["source"]
-            print(f"missing keys ({len(report['missing'])}): {report['missing']}")
-            print(f"unexpected keys ({len(report['unexpected'])}): {report['unexpected']}")
+            if missing or unexpected:  # --allow-partial
+                partial = {"missing": missing + counters, "dropped": unexpected}
+                absent = set(partial["missing"])
+                state = {k: v for k, v in state.items() if k not in absent}
         else:
             classes = checkpoint_classes(ckpt, SOLOv2, args.source)
             state, _, source = read_checkpoint(ckpt, SOLOv2, args.source, classes.num_classes)
@@ -280,10 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}")
         return 1
     meta: dict[str, Any] = {"source": source, "converted_from": str(Path(args.src).name)}
+    if partial is not None:
+        meta["partial"] = partial
     if classes.names is not None:
         meta["dataset_meta"] = {"classes": list(classes.names)}
     save_checkpoint({"model": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, args.dst)
     print(f"wrote {args.dst} ({len(state)} tensors, {source} layout)")
+    if partial is not None:
+        print(f"--allow-partial: {args.dst} holds only the file's tensors: the {len(partial['missing'])} model tensors "
+              f"missing from the file are NOT in it, the {len(partial['dropped'])} unexpected ones were dropped "
+              "(listed in its meta.partial)")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,38 @@ def test_torchvision_backbone_init_and_pickle_guard(tmp_path):
     with pytest.raises(CheckpointError, match="trust"):
         load_model_weights(model, tmp_path / "pickled.pth")
     assert load_model_weights(model, tmp_path / "pickled.pth", trust_pickle=True)["source"] == "mmdet"
+
+
+def test_cli_with_model_config_refuses_partial_files_unless_asked(tmp_path, capsys):
+    config = str(CONF / "solov2_tiny.yaml")
+    full = build("solov2_tiny", num_classes=3).state_dict()
+    # A file without the neck, and one with a deformable convolution's offsets the model has no place for.
+    no_neck = {k: v for k, v in full.items() if not k.startswith("neck.")}
+    dcn = {**full, "mask_head.kernel_convs.1.conv.conv_offset.weight": torch.zeros(18, 32, 3, 3),
+           "mask_head.kernel_convs.1.conv.conv_offset.bias": torch.zeros(18)}
+    torch.save({"state_dict": no_neck, "meta": {}}, tmp_path / "no_neck.pth")
+    torch.save({"state_dict": dcn, "meta": {}}, tmp_path / "dcn.pth")
+    missing = sum(k.startswith("neck.") for k in full)
+
+    for name, line in (("no_neck", rf"{missing} model tensors missing from the file \[neck\.lateral_convs\.0\."),
+                       ("dcn", r"2 file tensors the model has no place for \[mask_head\.kernel_convs\.1\.conv\.conv_")):
+        args = [str(tmp_path / f"{name}.pth"), str(tmp_path / f"{name}_out.pth"), "--model-config", config]
+        assert main(args) == 1
+        printed = capsys.readouterr().out.strip().splitlines()
+        assert len(printed) == 1 and "--allow-partial" in printed[0]
+        assert re.search(line, printed[0]), printed[0]
+        assert not (tmp_path / f"{name}_out.pth").exists()
+
+        assert main([*args, "--allow-partial"]) == 0
+        assert "--allow-partial" in capsys.readouterr().out
+        out = torch.load(tmp_path / f"{name}_out.pth", weights_only=True)
+        src = torch.load(tmp_path / f"{name}.pth", weights_only=True)["state_dict"]
+        assert set(out["model"]) == set(full) & set(src)
+        assert all(torch.equal(v, full[k]) for k, v in out["model"].items())
+        # What the file lacked stays missing: the written file cannot pass for a complete model.
+        if name == "no_neck":
+            assert len(out["meta"]["partial"]["missing"]) == missing
+            with pytest.raises(CheckpointError, match=r"missing \['neck\."):
+                load_model_weights(build("solov2_tiny", num_classes=3), tmp_path / f"{name}_out.pth")
+        else:
+            assert sorted(out["meta"]["partial"]["dropped"]) == sorted(k for k in dcn if "conv_offset" in k)
