@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,79 @@ def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],
     return entries
 
 
+def _is_polygon(p: Any) -> bool:
+    return isinstance(p, list) and all(isinstance(v, (int, float)) for v in p)
+
+
+def _mask_readable(seg: Any) -> bool:
+    """Whether pycocotools' ``COCO.annToRLE`` turns ``seg`` into a mask without failing."""
+    if isinstance(seg, dict):
+        return "size" in seg and isinstance(seg.get("counts"), (list, str, bytes))
+    # frPyObjects reads a list by the length of its first element: 4 numbers are a box (frBbox), more are
+    # polygons (frPoly, each a flat list of numbers); anything else, or an empty list, fails.
+    return isinstance(seg, list) and bool(seg) and all(_is_polygon(p) for p in seg) and len(seg[0]) > 4
+
+
+# Built once per ground truth (training evaluates the same COCO object every epoch).
+_SEGM_GT: weakref.WeakKeyDictionary[COCO, COCO] = weakref.WeakKeyDictionary()
+
+
+def segm_ground_truth(coco_gt: COCO) -> COCO:
+    """``coco_gt`` as the segm evaluation scores it: annotations without a mask pycocotools can read repaired.
+
+    pycocotools' ``COCO.annToRLE`` (coco.py), which COCOeval calls on every ground truth of a segm evaluation,
+    hands a list to ``frPyObjects`` (_mask.pyx). That takes a list whose first polygon has 4 coordinates for
+    boxes and fails in ``frBbox`` (a list, not an ndarray), indexes ``[0]`` of an empty list (IndexError), and
+    rejects shorter or nested polygons; a missing or ``null`` segmentation fails too. The dataset already
+    leaves such annotations out of training (``degenerate_segmentation``); here, instead of crashing at the end
+    of the evaluation:
+
+    - polygons of at least 6 coordinates among them are kept as the mask (the others dropped, as in training);
+    - an annotation with none left becomes an ignored region (``iscrowd=1``, its box as the polygon): a
+      detection on it is neither a hit nor a false positive, and its object is not a miss, as COCOeval treats
+      crowd regions;
+    - one without a box either is left out.
+
+    The bbox evaluation needs no mask and scores the unchanged ground truth. Returns ``coco_gt`` itself when
+    nothing needs repair; otherwise a copy, with one WARNING naming what was changed.
+    """
+    cached = _SEGM_GT.get(coco_gt)
+    if cached is not None:
+        return cached
+    anns: list[dict[str, Any]] = []
+    changed: dict[str, list[Any]] = {"scored on their usable polygons": [], "made ignored regions": [],
+                                     "without a box left out": []}
+    for ann in coco_gt.dataset.get("annotations", []):
+        seg = ann.get("segmentation")
+        if _mask_readable(seg):
+            anns.append(ann)
+            continue
+        polys = [p for p in seg if _is_polygon(p) and len(p) >= 6] if isinstance(seg, list) else []
+        box = ann.get("bbox")
+        if polys:
+            anns.append({**ann, "segmentation": polys})
+            changed["scored on their usable polygons"].append(ann.get("id"))
+        elif isinstance(box, (list, tuple)) and len(box) == 4 and box[2] > 0 and box[3] > 0:
+            x, y, w, h = (float(v) for v in box)
+            anns.append({**ann, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]], "iscrowd": 1})
+            changed["made ignored regions"].append(ann.get("id"))
+        else:
+            changed["without a box left out"].append(ann.get("id"))
+    if not any(changed.values()):
+        _SEGM_GT[coco_gt] = coco_gt
+        return coco_gt
+    repaired = COCO()
+    repaired.dataset = {**coco_gt.dataset, "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        repaired.createIndex()
+    parts = [f"{len(ids)} {what} (annotation ids {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''})"
+             for what, ids in changed.items() if ids]
+    logger.warning("segm evaluation: %d ground-truth annotations have no segmentation pycocotools can read (empty, "
+                   "or a polygon of fewer than 3 points): %s", sum(map(len, changed.values())), "; ".join(parts))
+    _SEGM_GT[coco_gt] = repaired
+    return repaired
+
+
 def _zeros() -> dict[str, float]:
     return dict.fromkeys(METRIC_NAMES, 0.0)
 
@@ -139,10 +213,11 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
             dets = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
         else:
             dets = [{k: v for k, v in r.items() if k != "segmentation"} for r in coco_results]
+        gt = segm_ground_truth(coco_gt) if iou_type == "segm" else coco_gt
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
-            coco_dt = coco_gt.loadRes(dets)
-            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            coco_dt = gt.loadRes(dets)
+            evaluator = COCOeval(gt, coco_dt, iou_type)
             if img_ids is not None:
                 evaluator.params.imgIds = _sorted_ids(image_id_of(i) for i in img_ids)
             evaluator.evaluate()

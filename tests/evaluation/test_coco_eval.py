@@ -183,3 +183,69 @@ def test_string_image_ids_are_kept(synthetic_coco, tmp_path):
     assert type(entry["image_id"]) is int
     (entry, *_) = results_to_coco([torch.tensor(4)], [results[0]], dataset.label_to_cat)
     assert type(entry["image_id"]) is int
+
+
+def _with_annotations(synthetic_coco, tmp_path, extra: list[dict]):
+    ann = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())
+    ann["annotations"] += extra
+    path = tmp_path / "with_extra.json"
+    path.write_text(json.dumps(ann))
+    return path
+
+
+@pytest.mark.parametrize("segmentation", [[[2, 2, 14, 12]], []], ids=["4-coordinate polygon", "empty list"])
+def test_degenerate_ground_truth_is_an_ignored_region_in_segm(synthetic_coco, tmp_path, segmentation, caplog):
+    """A validation annotation the dataset flags as degenerate (pycocotools reads a 4-number polygon as a box
+    and fails, and indexes [0] of an empty list) no longer crashes COCOeval: its box is an ignored region in the
+    segm evaluation and a plain object in the bbox one."""
+    gt = load_coco(synthetic_coco / "annotations" / "instances_val2017.json")
+    first = sorted(gt.getImgIds())[0]
+    cat = gt.loadAnns(gt.getAnnIds(imgIds=[first]))[0]["category_id"]
+    bad = {"id": 10_000, "image_id": first, "category_id": cat, "segmentation": segmentation,
+           "bbox": [2, 2, 12, 10], "area": 120, "iscrowd": 0}
+    dataset = CocoInstanceDataset(_with_annotations(synthetic_coco, tmp_path, [bad]), synthetic_coco / "val2017",
+                                  train=False)
+    assert dataset.fault_counts()["degenerate_segmentation"] == 1
+    cat_to_label = {c: i for i, c in enumerate(dataset.label_to_cat)}
+    ids, results = _gt_predictions(gt, cat_to_label)  # perfect predictions of every other object
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_cat)
+    evaluator.process([{"image_id": i} for i in ids], results)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.evaluation"):
+        summary = evaluator.evaluate()
+    assert summary["segm"]["AP"] == pytest.approx(1.0)  # the region is neither missed nor required
+    assert summary["bbox"]["AP"] < 1.0  # the bbox evaluation misses the object's box
+    assert "1 made ignored regions (annotation ids 10000)" in caplog.text
+    # A detection on the region: ignored by segm (not a false positive), the box found by bbox.
+    box_mask = np.zeros((1, *results[0]["masks"].shape[1:]), bool)
+    box_mask[0, 2:12, 2:14] = True
+    results[0] = {"masks": torch.cat([results[0]["masks"], torch.from_numpy(box_mask)]),
+                  "labels": torch.cat([results[0]["labels"], torch.tensor([cat_to_label[cat]])]),
+                  "scores": torch.cat([results[0]["scores"], torch.tensor([1.0])])}
+    evaluator.reset()
+    evaluator.process([{"image_id": i} for i in ids], results)
+    summary = evaluator.evaluate()
+    assert summary["segm"]["AP"] == pytest.approx(1.0) and summary["bbox"]["AP"] == pytest.approx(1.0)
+
+
+def test_segm_ground_truth_keeps_usable_polygons_and_leaves_out_boxless_annotations(synthetic_coco, tmp_path,
+                                                                                    caplog):
+    from solo_npu.evaluation.coco_eval import segm_ground_truth
+
+    extra = [{"id": 10_001, "image_id": 1, "category_id": 1, "bbox": [2, 2, 12, 10], "area": 120, "iscrowd": 0,
+              "segmentation": [[1, 1, 2, 2], [2, 2, 14, 2, 14, 12, 2, 12]]},  # first polygon 4 numbers
+             {"id": 10_002, "image_id": 1, "category_id": 1, "area": 0, "iscrowd": 0, "segmentation": []},
+             {"id": 10_003, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0}]
+    gt = load_coco(_with_annotations(synthetic_coco, tmp_path, extra))
+    with caplog.at_level(logging.WARNING, logger="solo_npu.evaluation"):
+        fixed = segm_ground_truth(gt)
+    assert fixed is not gt and segm_ground_truth(gt) is fixed  # built once per ground truth
+    assert fixed.anns[10_001]["segmentation"] == [[2, 2, 14, 2, 14, 12, 2, 12]] and not fixed.anns[10_001]["iscrowd"]
+    assert 10_002 not in fixed.anns
+    assert fixed.anns[10_003]["iscrowd"] == 1 and fixed.anns[10_003]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]
+    assert len(fixed.anns) == len(gt.anns) - 1 and gt.anns[10_001]["segmentation"][0] == [1, 1, 2, 2]  # a copy
+    for ann in fixed.anns.values():
+        fixed.annToRLE(ann)  # every ground truth reads as a mask
+    assert ("3 ground-truth annotations have no segmentation pycocotools can read" in caplog.text
+            and "1 without a box left out (annotation ids 10002)" in caplog.text)
+    clean = load_coco(synthetic_coco / "annotations" / "instances_val2017.json")
+    assert segm_ground_truth(clean) is clean
