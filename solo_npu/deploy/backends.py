@@ -268,9 +268,7 @@ class OmBackend(Backend):
     def unavailable(self, batch_size: int) -> str | None:
         if not self._model(batch_size)[0]:
             return "no .om model (see compile_310p.sh in the run dir)"
-        if not om.ais_bench_available(self._launcher()):
-            return f"ais_bench not available ({' '.join(self._launcher())}); install the ais_bench wheel"
-        return None
+        return om.ais_bench_missing(self._launcher())
 
     def prepare(self, manifest: Mapping[str, Any], result: dict[str, Any]) -> None:
         from solo_npu.deploy.compile_310p import compile_om

@@ -22,6 +22,7 @@ For batch sizes above 1 we concatenate B preprocessed images into one input file
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -42,6 +43,7 @@ from solo_npu.deploy.context import DeployError
 logger = logging.getLogger(__name__)
 
 MAX_GEARS = 100  # ATC --dynamic_batch_size: (1, 100] gears
+AIS_BENCH_MODULES = ("ais_bench", "aclruntime")  # the two wheels python -m ais_bench imports
 
 
 def find_om(stem: str | Path) -> Path | None:
@@ -92,10 +94,40 @@ def ais_bench_launcher(setting: str | Sequence[str] | None) -> list[str]:
     return shlex.split(setting) if isinstance(setting, str) else [str(s) for s in setting]
 
 
-def ais_bench_available(launcher: Sequence[str]) -> bool:
-    if list(launcher[1:3]) == ["-m", "ais_bench"] and launcher[0] == sys.executable:
-        return importlib.util.find_spec("ais_bench") is not None
-    return shutil.which(launcher[0]) is not None
+def ais_bench_missing(launcher: Sequence[str]) -> str | None:
+    """Why ``launcher`` cannot start ais_bench (its command or a wheel is missing), or None.
+
+    ``python -m ais_bench`` needs two wheels: ais_bench and aclruntime, which ais_bench's inference module
+    imports first (Ascend/tools, ``ais-bench_workload/tool/ais_bench/ais_bench/infer/interface.py``:
+    ``import aclruntime``; the tool's Readme installs the aclruntime package and the ais_bench package).
+    """
+    shown = " ".join(launcher)
+    if shutil.which(launcher[0]) is None and not Path(launcher[0]).is_file():
+        return f"ais_bench not available ({shown}): {launcher[0]} not found"
+    if list(launcher[1:3]) != ["-m", "ais_bench"]:
+        return None  # a command of the user's own: it is found, the rest is up to it
+    missing = missing_modules(launcher[0], AIS_BENCH_MODULES)
+    if not missing:
+        return None
+    return (f"ais_bench not available ({shown}): {' and '.join(missing)} not installed there (python -m ais_bench "
+            "needs the ais_bench wheel and the aclruntime wheel it imports, built for that Python and architecture)")
+
+
+def missing_modules(python: str, names: tuple[str, ...]) -> list[str]:
+    """The modules of ``names`` that ``python`` cannot find (this interpreter: without a subprocess)."""
+    if python == sys.executable:
+        return [n for n in names if importlib.util.find_spec(n) is None]
+    return list(_missing_in_other_python(python, names))
+
+
+@functools.lru_cache(maxsize=8)
+def _missing_in_other_python(python: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    code = "import importlib.util as u, sys; print(' '.join(n for n in sys.argv[1:] if u.find_spec(n) is None))"
+    try:
+        proc = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return names
+    return tuple(proc.stdout.split()) if proc.returncode == 0 else names
 
 
 def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str | Path, output_dirname: str,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,10 @@ import pytest
 from deploy_standins import AIS_BENCH, ATC, install_tool
 
 from solo_npu.deploy import compile_310p, om
+from solo_npu.deploy.backends import OmBackend
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.compile_310p import atc_command, run_compile, write_compile_script
-from solo_npu.deploy.context import DeployError
+from solo_npu.deploy.context import DeployError, write_json
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import read_image_outputs, run_infer
@@ -83,6 +86,34 @@ def test_compile_script_sources_cann_env_with_unset_variables_and_runs_atc(monke
         calls = [json.loads(line) for line in (log / "atc.jsonl").read_text().splitlines()]
         assert calls == [{"argv": cmd[1:], "cwd": str(run_dir)}]
         assert (run_dir / "compile" / "model_b1.om").is_file()
+
+
+def test_om_needs_both_ais_bench_and_aclruntime(make_ctx, monkeypatch, tmp_path):
+    """`python -m ais_bench` imports aclruntime, a wheel of its own (Ascend/tools,
+    ais-bench_workload/tool/ais_bench/ais_bench/infer/interface.py: `import aclruntime`)."""
+    site = tmp_path / "site"
+    (site / "ais_bench").mkdir(parents=True)
+    (site / "ais_bench" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))  # for the other interpreter below
+    ctx = make_ctx("deploy.backends=[om]", run_dir=tmp_path / "run")
+    write_json(ctx.path("compile", "compile.json"), {"om": {"1": "compile/model_b1.om"}})
+    why = OmBackend(ctx).unavailable(1)  # the default launcher: python -m ais_bench in this interpreter
+    assert why.startswith(f"ais_bench not available ({sys.executable} -m ais_bench): aclruntime not installed")
+    other = tmp_path / "python3"
+    other.symlink_to(sys.executable)  # another path: the check runs that interpreter
+    assert om.ais_bench_missing([str(other), "-m", "ais_bench"]).startswith(
+        f"ais_bench not available ({other} -m ais_bench): aclruntime not installed")
+    (site / "aclruntime.py").write_text("")
+    importlib.invalidate_caches()
+    assert om.ais_bench_missing([sys.executable, "-m", "ais_bench"]) is None and OmBackend(ctx).unavailable(1) is None
+    om._missing_in_other_python.cache_clear()
+    assert om.ais_bench_missing([str(other), "-m", "ais_bench"]) is None
+    (site / "ais_bench" / "__init__.py").unlink()
+    (site / "ais_bench").rmdir()
+    importlib.invalidate_caches()
+    assert "ais_bench not installed" in om.ais_bench_missing([sys.executable, "-m", "ais_bench"])
+    assert om.ais_bench_missing([str(tmp_path / "nowhere"), "-m", "ais_bench"]).endswith("nowhere not found")
 
 
 def test_single_gear_dynamic_batch_is_refused(make_ctx, exported_run):
