@@ -55,13 +55,22 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
         map_location: passed to ``torch.load``.
 
     Raises:
-        CheckpointError: the file is missing, or holds objects that need ``trust_pickle``.
+        CheckpointError: the file is missing, holds objects that need ``trust_pickle``, or (with it) pickles
+            objects of a package that is not installed (mmengine training checkpoints keep ``ConfigDict`` and
+            ``HistoryBuffer`` objects in ``message_hub``).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
+    except ModuleNotFoundError as exc:  # unpickling imports the module of every pickled class
+        package = (exc.name or "?").split(".")[0]
+        # mmdet's tools/model_converters/publish_model.py keeps only `meta` and `state_dict` (plain data).
+        raise CheckpointError(
+            f"{path} pickles objects of the package {package!r}, which is not installed: install {package}, or "
+            "re-save the file as a plain state dict where it is installed (for mmdet / mmengine / mmcv files: "
+            "mmdet's tools/model_converters/publish_model.py keeps only meta and state_dict)") from exc
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError depending on version
         if not trust_pickle and "weights_only" in str(exc):
             raise CheckpointError(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_npu.checkpoints import CheckpointError
+from solo_npu.checkpoints import CheckpointError, load_checkpoint
 from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights, main
 from solo_npu.engine.finetune import load_weights
 from solo_npu.models import SOLOv2, build_model
@@ -273,3 +275,25 @@ def test_cli_with_model_config_refuses_partial_files_unless_asked(tmp_path, caps
                 load_model_weights(build("solov2_tiny", num_classes=3), tmp_path / f"{name}_out.pth")
         else:
             assert sorted(out["meta"]["partial"]["dropped"]) == sorted(k for k in dcn if "conv_offset" in k)
+
+
+def test_trust_pickle_names_the_missing_package(tmp_path, monkeypatch):
+    # An mmengine training checkpoint pickles mmengine objects (ConfigDict, HistoryBuffer in message_hub).
+    package, config = types.ModuleType("mmengine"), types.ModuleType("mmengine.config")
+    config_dict = type("ConfigDict", (dict,), {"__module__": "mmengine.config"})
+    config.ConfigDict, package.config = config_dict, config
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "mmengine", package)
+        patch.setitem(sys.modules, "mmengine.config", config)
+        state = build("solov2_tiny", num_classes=3).state_dict()
+        torch.save({"meta": {}, "state_dict": state, "message_hub": config_dict(a=1)}, tmp_path / "mmengine.pth")
+    monkeypatch.setitem(sys.modules, "mmengine", None)  # not installed, whatever this environment has
+    monkeypatch.setitem(sys.modules, "mmengine.config", None)
+    with pytest.raises(CheckpointError, match="--trust-pickle"):
+        load_checkpoint(tmp_path / "mmengine.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "mmengine.pth", trust_pickle=True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "package 'mmengine', which is not installed" in message
+    assert "install mmengine" in message and "publish_model.py" in message
