@@ -182,9 +182,12 @@ class CocoInstanceDataset(Dataset):
                 self._fault("missing_image", name)
                 continue
             anns = []
+            crowd = False
             for ann in self.coco.imgToAnns.get(image_id, []):
                 if ann.get("iscrowd", 0):
-                    continue  # crowd regions are never training targets; COCOeval handles them itself
+                    # Crowd regions are never training targets; COCOeval handles them itself.
+                    crowd = crowd or ann.get("category_id") in self.cat_to_label
+                    continue
                 if ann.get("category_id") not in self.cat_to_label:
                     self._fault("bad_category", name)
                     continue
@@ -201,10 +204,13 @@ class CocoInstanceDataset(Dataset):
                 area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
                 anns.append({"seg": seg, "box": (x1, y1, x2, y2), "label": self.cat_to_label[ann["category_id"]],
                              "area": area})
-            if not anns:
+            if not anns and not crowd:
                 self._fault("empty_image", name)
                 if self.train:
                     continue
+            # An image whose only annotations are crowd regions stays in training as a negative (no instance),
+            # as in mmdet: CocoDataset.filter_data (mmdet/datasets/coco.py) keeps every image of
+            # ``cat_img_map``, which lists crowd annotations too.
             if len(anns) > self.max_instances:
                 self._fault("too_many_instances", name)
                 anns = sorted(anns, key=lambda a: -a["area"])[: self.max_instances]
@@ -310,6 +316,6 @@ class CocoInstanceDataset(Dataset):
                     anns = [a for a, keep in zip(anns, nonempty) if keep]
             else:
                 masks = np.zeros((0, h, w), np.uint8)
-            if self.train and not anns:
-                return None
+            if self.train and not anns and rec["anns"]:
+                return None  # every instance's mask was empty: not an image to train on
         return self._sample(rec, image, masks, anns)

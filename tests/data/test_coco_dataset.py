@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,48 @@ def test_annotation_without_id_is_a_clear_error(tmp_path):
     ann_file.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="annotation 1 has no id"):
         CocoInstanceDataset(ann_file, img_dir)
+
+
+def test_crowd_only_image_trains_as_a_negative(tmp_path):
+    """An image whose only annotation is a crowd region stays in training with no instance (mmdet's
+    CocoDataset.filter_data keeps it: cat_img_map lists crowd annotations); an image with no annotation is
+    still skipped. Such a sample goes through the training transforms, the collate, the SOLOv2 targets and
+    losses: every cell is background, the mask loss is 0 and the gradients are finite."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from solo_npu.data import build_collate, build_transforms
+    from solo_npu.models import build_model
+
+    root = generate_synthetic_coco(tmp_path / "crowd", 4, 0, size=64, seed=3)
+    ann_file, img_dir = _paths(root)
+    data = json.loads(ann_file.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in (2, 3)]
+    data["annotations"].append({"id": 9100, "image_id": 2, "category_id": 1, "iscrowd": 1, "area": 400.0,
+                                "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]], "bbox": [0, 0, 20, 20]})
+    ann_file.write_text(json.dumps(data))  # image 2: one crowd region; image 3: no annotation at all
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic.yaml")
+    cfg.img_scale, cfg.flip_prob = [64, 64], 1.0
+    ds = CocoInstanceDataset(ann_file, img_dir, transforms=build_transforms(cfg, train=True), train=True)
+    assert ds.image_ids == [1, 2, 4]
+    assert ds.fault_counts()["empty_image"] == 1  # image 3, skipped
+    crowd = ds[(1, 0)]
+    assert crowd["meta"]["image_id"] == 2 and crowd["meta"]["image_ok"]
+    assert len(crowd["labels"]) == 0 and crowd["masks"].shape == (0, *crowd["image"].shape[-2:])
+
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / "solov2_tiny.yaml"),
+                        num_classes=3).train()
+    collate = build_collate(cfg)
+    for samples in ([crowd], [crowd, ds[(0, 0)]]):
+        batch = collate(samples)
+        assert not batch["gt_valid"][0].any()
+        losses = model(batch["images"], batch)
+        assert all(torch.isfinite(v) for v in losses.values())
+        if len(samples) == 1:
+            assert losses["loss_mask"] == 0 and losses["loss_cls"] > 0  # background everywhere
+        model.zero_grad()
+        (losses["loss_cls"] + losses["loss_mask"]).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
