@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import numbers
 import os
 import weakref
 from collections.abc import Iterable, Sequence
@@ -101,7 +102,7 @@ def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],
 
 
 def _is_polygon(p: Any) -> bool:
-    return isinstance(p, list) and all(isinstance(v, (int, float)) for v in p)
+    return isinstance(p, list) and all(isinstance(v, numbers.Real) for v in p)
 
 
 def _mask_readable(seg: Any) -> bool:
