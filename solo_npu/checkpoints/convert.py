@@ -17,11 +17,13 @@ CLI::
     python -m solo_npu.checkpoints.convert SRC DST --from auto|ours|<layout> [--trust-pickle] \
         [--model-config conf/model/X.yaml --num-classes 80] [--allow-partial]
 
-Without ``--model-config`` the CLI renames SOLOv2 layouts (the default model) and checks nothing.
-With it, the file must fill the model: a model tensor the file lacks, or a file tensor the model has no
-place for (e.g. the ``conv_offset`` of a deformable convolution), is an error (exit 1) naming both
-counts. ``--allow-partial`` writes the tensors the file has, and no others: never a random
-initialisation presented as trained weights.
+Without ``--model-config`` the CLI renames SOLOv2 layouts (the default model) and checks the names
+against SOLOv2's (every variant has the same names up to layer and level numbers): a file with names a
+SOLOv2 does not have, or without some it has (a torchvision file: the backbone's), is an error (exit 1);
+shapes are not checked. With ``--model-config`` the file must fill the model: a model tensor the file
+lacks, or a file tensor the model has no place for (e.g. the ``conv_offset`` of a deformable
+convolution), is an error naming both counts. ``--allow-partial`` writes the tensors the file has, and
+no others: never a random initialisation presented as trained weights.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from solo_npu.checkpoints.io import CheckpointError, load_checkpoint, save_checkpoint
@@ -244,6 +248,23 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised}
 
 
+def _solov2_name_mismatch(state: Mapping[str, Tensor], layout: str) -> tuple[list[str], list[str]]:
+    """(SOLOv2 names the file lacks, the file's names SOLOv2 does not have), layer and level numbers
+    written ``#``. A torchvision file is only asked for the backbone; no file for BatchNorm counters."""
+    from solo_npu.models.solov2.model import SOLOv2, build_solov2
+
+    def pattern(key: str) -> str:
+        return re.sub(r"\d+", "#", key)
+
+    with torch.device("meta"):
+        names = {pattern(k) for k in build_solov2(num_classes=1).state_dict()}
+    found = {pattern(k) for k in state}
+    partial = layout in SOLOv2.partial_checkpoint_layouts
+    required = {n for n in names
+                if not n.endswith("num_batches_tracked") and (not partial or n.startswith("backbone."))}
+    return sorted(required - found), [k for k in state if pattern(k) not in names]
+
+
 def _few(keys: Sequence[str], count: int = 3) -> str:
     return "[" + ", ".join(keys[:count]) + (", ..." if len(keys) > count else "") + "]"
 
@@ -301,7 +322,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             classes = checkpoint_classes(ckpt, SOLOv2, args.source)
             state, _, source = read_checkpoint(ckpt, SOLOv2, args.source, classes.num_classes)
-            print("missing keys: not checked (pass --model-config to check against a model)")
+            lacking, unknown = _solov2_name_mismatch(state, source)
+            if (lacking or unknown) and not args.allow_partial:
+                raise CheckpointError(
+                    f"{args.src} ({source} layout) does not have SOLOv2's names: {len(unknown)} tensors a SOLOv2 has "
+                    f"no place for {_few(unknown)}, {len(lacking)} SOLOv2 names missing {_few(lacking)}; pass "
+                    "--model-config to check it against a model, or --allow-partial to write the SOLOv2 tensors "
+                    "it has")
+            if lacking or unknown:  # --allow-partial
+                partial = {"missing": lacking, "dropped": unknown}
+                state = {k: v for k, v in state.items() if k not in unknown}
+            print("missing keys: not checked against a model (pass --model-config to check the shapes too)")
     except CheckpointError as exc:
         print(f"error: {exc}")
         return 1

@@ -297,3 +297,47 @@ def test_trust_pickle_names_the_missing_package(tmp_path, monkeypatch):
     assert "\n" not in message
     assert "package 'mmengine', which is not installed" in message
     assert "install mmengine" in message and "publish_model.py" in message
+
+
+def test_adelaidet_and_unknown_layouts_are_refused(tmp_path, capsys):
+    # AdelaiDet's SOLOv2 (detectron2 names, saved under "model" as ours): backbone.bottom_up / fpn_lateral, ins_head.
+    adelaidet = {"backbone.bottom_up.stem.conv1.weight": (16, 3, 7, 7),
+                 "backbone.bottom_up.res2.0.conv1.weight": (16, 16, 1, 1),
+                 "backbone.fpn_lateral2.weight": (32, 16, 1, 1), "ins_head.cate_tower.0.weight": (32, 32, 3, 3),
+                 "ins_head.cate_pred.weight": (3, 32, 3, 3), "ins_head.cate_pred.bias": (3,),
+                 "ins_head.kernel_pred.weight": (16, 32, 3, 3), "mask_head.conv_pred.0.weight": (16, 16, 1, 1)}
+    path = tmp_path / "SOLOv2_R50_3x.pth"
+    torch.save({"model": {k: torch.zeros(s) for k, s in adelaidet.items()}, "iteration": 90000}, path)
+    unsupported = "AdelaiDet / detectron2 SOLOv2 checkpoints are not supported"
+    for source in ("auto", "mmdet"):
+        with pytest.raises(CheckpointError, match=unsupported):
+            load_model_weights(build("solov2_tiny", num_classes=3), path, source=source)
+    with pytest.raises(CheckpointError, match=unsupported):
+        load_weights(build("solov2_tiny", num_classes=3), str(path))
+    for extra in ([], ["--model-config", str(CONF / "solov2_tiny.yaml"), "--num-classes", "3"]):
+        assert main([str(path), str(tmp_path / "out.pth"), *extra]) == 1
+        assert unsupported in capsys.readouterr().out
+    assert not (tmp_path / "out.pth").exists()
+
+    # Without --model-config the CLI checks the names against SOLOv2's: another detector, or a head alone, is refused.
+    full = build("solov2_tiny", num_classes=3).state_dict()
+    mask_rcnn = {"backbone.conv1.weight": full["backbone.conv1.weight"], "roi_head.mask_head.conv_logits.weight":
+                 torch.zeros(80, 16, 1, 1), "rpn_head.rpn_conv.weight": torch.zeros(16, 16, 3, 3)}
+    head_only = {k: v for k, v in full.items() if k.startswith("mask_head.")}
+    for name, state, line in (("mask_rcnn", mask_rcnn, r"2 tensors a SOLOv2 has no place for \[roi_head\."),
+                              ("head_only", head_only, r"0 tensors a SOLOv2 has no place for \[\], \d+ SOLOv2 names "
+                                                       r"missing \[backbone\.")):
+        torch.save({"state_dict": state, "meta": {}}, tmp_path / f"{name}.pth")
+        args = [str(tmp_path / f"{name}.pth"), str(tmp_path / f"{name}_out.pth")]
+        assert main(args) == 1
+        printed = capsys.readouterr().out.strip().splitlines()
+        assert len(printed) == 1 and re.search(line, printed[0]), printed
+        assert not (tmp_path / f"{name}_out.pth").exists()
+        assert main([*args, "--allow-partial"]) == 0
+        assert "--allow-partial" in capsys.readouterr().out
+        written = torch.load(tmp_path / f"{name}_out.pth", weights_only=True)["model"]
+        assert set(written) == {k for k in state if not k.startswith(("roi_head.", "rpn_head."))}
+    # A torchvision ResNet only has to fill the backbone.
+    torch.save(tagged_state({**resnet_shapes(18), "fc.weight": (1000, 512)}), tmp_path / "resnet18.pth")
+    assert main([str(tmp_path / "resnet18.pth"), str(tmp_path / "resnet18_out.pth")]) == 0
+    assert "torchvision layout" in capsys.readouterr().out

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
+from solo_npu.checkpoints.io import CheckpointError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SOLOV2_LAYOUTS", "convert_solov2_state_dict", "solov2_checkpoint_layout"]
@@ -32,10 +34,28 @@ SOLO_RENAMES = (
     ("mask_feat_head.conv_pred.0.", "mask_head.mask_feature_head.conv_pred."),
 )
 
+# AdelaiDet's SOLOv2 (adet/modeling/solov2/solov2.py) is a detectron2 model with other modules and names: a
+# detectron2 FPN backbone (`backbone.bottom_up.` ResNet, `backbone.fpn_lateral2.`), `ins_head.` (cate_tower,
+# kernel_tower, cate_pred, kernel_pred) and a `mask_head.` of its own, saved under `model` as ours is.
+DETECTRON2_PREFIXES = ("backbone.bottom_up.", "backbone.fpn_lateral", "backbone.fpn_output", "ins_head.")
+
+
+def _refuse_detectron2(state: Mapping[str, Tensor]) -> None:
+    found = next((k for k in state if k.startswith(DETECTRON2_PREFIXES)), None)
+    if found is not None:
+        raise CheckpointError(f"AdelaiDet / detectron2 SOLOv2 checkpoints are not supported (key {found!r}): "
+                              "SOLOv2 reads this project's, mmdet's, the original SOLO repository's and "
+                              "torchvision ResNet files")
+
 
 def solov2_checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:
     """``solo``, ``torchvision``, ``ours`` (our ``model`` container or our names) or ``mmdet``
-    (a ``state_dict`` container); ``None`` when the keys say nothing."""
+    (a ``state_dict`` container); ``None`` when the keys say nothing.
+
+    Raises:
+        CheckpointError: an AdelaiDet / detectron2 file (not supported).
+    """
+    _refuse_detectron2(state)
     keys = list(state)
     if any(k.startswith(("bbox_head.", "mask_feat_head.")) for k in keys):
         return "solo"
@@ -57,7 +77,11 @@ def convert_solov2_state_dict(state: Mapping[str, Tensor], layout: str,
     Args:
         num_classes: the target model's classes (part of the model contract; no SOLOv2 layout needs it:
             every classifier output is a class, see the module docstring).
+
+    Raises:
+        CheckpointError: an AdelaiDet / detectron2 file (not supported).
     """
+    _refuse_detectron2(state)
     if layout == "mmdet":
         return {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
     if layout == "torchvision":
