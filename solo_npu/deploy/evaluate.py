@@ -41,7 +41,7 @@ def _ground_truth(index: dict[str, Any]) -> Any:
         raise DeployError(f"{exc} (the annotation file used by preprocess has moved; re-run preprocess)") from exc
 
 
-def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]) -> dict[str, Any]:
+def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids: Sequence[Any]) -> dict[str, Any]:
     from solo_npu.evaluation.coco_eval import evaluate_coco
 
     types = score_types(ctx.adapter.iou_types)

@@ -82,33 +82,42 @@ def raw_files(out_dir: Path, stems: Sequence[str], num_outputs: int) -> list[Pat
 
 def collect_results(ctx: DeployContext, key: str, records: Sequence[Mapping[str, Any]],
                     label_to_cat: Sequence[int]) -> dict[str, Any]:
-    """Raw outputs of ``infer/<key>`` -> adapter postprocess -> COCO results json; returns counts and the
-    postprocess time per image. Images whose file could not be read (``image_ok`` false) are left out."""
-    from solo_npu.evaluation.coco_eval import results_to_coco
+    """Raw outputs of ``infer/<key>`` -> adapter postprocess -> COCO results json; returns the scored image
+    ids, counts and the postprocess time per image. An image whose file could not be used (``image_ok``
+    false) is scored with no predictions, its objects missed, as :class:`solo_npu.evaluation.CocoEvaluator`
+    scores it for the eager reference."""
+    from solo_npu.evaluation.coco_eval import image_id_of, results_to_coco
 
     out_dir = ctx.path("infer", key)
     info = read_json(out_dir / "outputs.json", f"outputs of {key}", stage="infer")
     by_stem = {r["stem"]: r for r in records}
     entries: list[dict[str, Any]] = []
-    image_ids: list[int] = []
+    image_ids: list[Any] = []
+    unusable = 0
     post_seconds = 0.0
     for stem in info["stems"]:
         if stem not in by_stem:
             raise DeployError(f"infer/{key} holds outputs for {stem!r}, which preprocess did not write; re-run infer")
         meta = metas_of([by_stem[stem]])[0]
+        image_id = image_id_of(meta["image_id"])
+        image_ids.append(image_id)
         if not by_stem[stem].get("image_ok", True):
+            unusable += 1
             continue
         outputs = read_image_outputs(out_dir, stem, info["output_names"], info["outputs"])
         start = time.perf_counter()
         result = ctx.adapter.postprocess(outputs, meta)
         post_seconds += time.perf_counter() - start
-        image_ids.append(int(meta["image_id"]))
-        entries.extend(results_to_coco([int(meta["image_id"])], [result], label_to_cat))
+        entries.extend(results_to_coco([image_id], [result], label_to_cat))
+    if unusable:
+        logger.warning("%s: %d of the %d images scored could not be read and have no predictions", key, unusable,
+                       len(image_ids))
     path = results_path(ctx, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, entries)
     return {"results": str(path.relative_to(ctx.run_dir)), "image_ids": image_ids, "detections": len(entries),
-            "postprocess_ms": 1000 * post_seconds / max(1, len(image_ids))}
+            "without_predictions": unusable,
+            "postprocess_ms": 1000 * post_seconds / max(1, len(image_ids) - unusable)}
 
 
 def run_infer(ctx: DeployContext) -> dict[str, Any]:
