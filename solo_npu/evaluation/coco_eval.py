@@ -118,6 +118,70 @@ def _mask_readable(seg: Any) -> bool:
 _SEGM_GT: weakref.WeakKeyDictionary[COCO, COCO] = weakref.WeakKeyDictionary()
 
 
+_COMPLETE_GT: weakref.WeakKeyDictionary[COCO, COCO] = weakref.WeakKeyDictionary()
+
+
+def complete_ground_truth(coco_gt: COCO) -> COCO:
+    """``coco_gt`` with the fields COCOeval reads from every ground truth filled in where annotations lack them.
+
+    pycocotools' COCOeval (cocoeval.py) reads ``o['iscrowd']`` of every ground truth in ``evaluateImg``, its
+    ``area`` for the small/medium/large ranges and, in a bbox evaluation, its ``bbox`` (``computeIoU``): an
+    annotation file without them (some converters write only ``segmentation``) fails with a KeyError at the
+    end of an evaluation, although the dataset reads it. Here a missing ``iscrowd`` is 0 (what the dataset
+    takes), a missing ``area`` the pixel count of the segmentation (as COCO's own areas are) or else the box's
+    w x h, a missing ``bbox`` the box of the segmentation; an annotation whose missing ``area`` or ``bbox``
+    cannot be made is left out. Returns ``coco_gt`` itself when nothing is missing; otherwise a copy, with
+    one WARNING that counts what was filled.
+    """
+    cached = _COMPLETE_GT.get(coco_gt)
+    if cached is not None:
+        return cached
+    anns: list[dict[str, Any]] = []
+    filled = {"iscrowd": 0, "area": 0, "bbox": 0}
+    left_out: list[Any] = []
+    for ann in coco_gt.dataset.get("annotations", []):
+        missing = [key for key in filled if ann.get(key) is None]
+        if not missing:
+            anns.append(ann)
+            continue
+        new = dict(ann)
+        rle = None
+        if ({"area", "bbox"} & set(missing) and _mask_readable(ann.get("segmentation"))
+                and ann.get("image_id") in coco_gt.imgs):
+            rle = coco_gt.annToRLE(ann)
+        if "iscrowd" in missing:
+            new["iscrowd"] = 0
+        if "bbox" in missing and rle is not None:
+            new["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+        if "area" in missing:
+            box = new.get("bbox")
+            if rle is not None:
+                new["area"] = float(mask_utils.area(rle))
+            elif isinstance(box, (list, tuple)) and len(box) == 4:
+                new["area"] = float(box[2]) * float(box[3])
+        if new.get("area") is None or new.get("bbox") is None:
+            left_out.append(ann.get("id"))
+            continue
+        for key in missing:
+            filled[key] += 1
+        anns.append(new)
+    if not any(filled.values()) and not left_out:
+        _COMPLETE_GT[coco_gt] = coco_gt
+        return coco_gt
+    complete = COCO()
+    complete.dataset = {**coco_gt.dataset, "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        complete.createIndex()
+    parts = [f"{n} without {key}" for key, n in filled.items() if n]
+    if left_out:
+        parts.append(f"{len(left_out)} without a box or a readable segmentation left out (annotation ids "
+                     f"{', '.join(map(str, left_out[:10]))}{' ...' if len(left_out) > 10 else ''})")
+    logger.warning("evaluation: ground-truth annotations lack fields COCOeval reads, filled in: %s (iscrowd 0, "
+                   "area and bbox from the segmentation)", "; ".join(parts))
+    _COMPLETE_GT[coco_gt] = complete
+    return complete
+
+
 def segm_ground_truth(coco_gt: COCO) -> COCO:
     """``coco_gt`` as the segm evaluation scores it: annotations without a mask pycocotools can read repaired.
 
@@ -214,7 +278,8 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
             dets = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
         else:
             dets = [{k: v for k, v in r.items() if k != "segmentation"} for r in coco_results]
-        gt = segm_ground_truth(coco_gt) if iou_type == "segm" else coco_gt
+        gt = complete_ground_truth(coco_gt)
+        gt = segm_ground_truth(gt) if iou_type == "segm" else gt
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
             coco_dt = gt.loadRes(dets)

@@ -249,3 +249,22 @@ def test_segm_ground_truth_keeps_usable_polygons_and_leaves_out_boxless_annotati
             and "1 without a box left out (annotation ids 10002)" in caplog.text)
     clean = load_coco(synthetic_coco / "annotations" / "instances_val2017.json")
     assert segm_ground_truth(clean) is clean
+
+
+def test_ground_truth_without_iscrowd_area_or_bbox_is_completed(synthetic_coco, tmp_path, val_gt, caplog):
+    """COCOeval reads iscrowd, area and (bbox evaluation) bbox of every ground truth: an annotation file whose
+    annotations lack them scores as the complete file does instead of failing with a KeyError."""
+    coco, cat_to_label, label_to_cat = val_gt
+    entries = results_to_coco(*_gt_predictions(coco, cat_to_label, shift=2), label_to_cat)
+    complete = evaluate_coco(coco, entries)
+    ann = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())
+    for i, a in enumerate(ann["annotations"]):
+        del a[("iscrowd", "area", "bbox")[i % 3]]
+    ann["annotations"].append({"id": 10 ** 6, "image_id": ann["images"][0]["id"], "category_id": 1,
+                               "segmentation": []})  # no box and no readable mask: left out
+    path = tmp_path / "lacking.json"
+    path.write_text(json.dumps(ann))
+    with caplog.at_level(logging.WARNING, logger="solo_npu.evaluation"):
+        lacking = evaluate_coco(load_coco(path), entries)
+    assert lacking == complete and 0 < complete["segm"]["AP"] < 1
+    assert "lack fields COCOeval reads" in caplog.text and "1 without a box or a readable segmentation" in caplog.text
