@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,13 +21,14 @@ from typing import Any
 
 from solo_npu.deploy.context import DeployContext, write_json
 from solo_npu.deploy.export import exported_file, load_manifest
-from solo_npu.deploy.om import check_gears, find_om
+from solo_npu.deploy.om import check_gears, find_om, last_line
 
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
 
 logger = logging.getLogger(__name__)
 
 CANN_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
+ERROR_CODE = re.compile(r"^E[A-Z0-9]\d{4}:")  # CANN error codes: E10001, EZ3003, EC0010, E19999, ...
 
 
 def atc_command(
@@ -110,9 +112,22 @@ def _run_tool(cmd: Sequence[str], what: str, timeout: float | None, cwd: Path | 
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"{what} could not run: {exc}"
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        return False, f"{what} failed (exit {proc.returncode}): {tail[0]}"
+        return False, f"{what} failed (exit {proc.returncode}): {atc_error(proc.stdout, proc.stderr)}"
     return True, ""
+
+
+def atc_error(stdout: str, stderr: str) -> str:
+    """The reason ATC failed: its first error-code line (``E10031: ...``), else the last line of output.
+
+    ATC prints "ATC run failed, Please check the detail log, ..." and then its error messages on stdout, each
+    an ``EXXXXX: <message>`` line followed by indented cause / solution / TraceBack lines (hicann/ge,
+    api/atc/main_impl.cc, ``CheckRet`` and ``OutputErrMessageToStdout``): the last line is a trace frame.
+    """
+    for text in (stdout, stderr):
+        for line in (text or "").splitlines():
+            if ERROR_CODE.match(line):
+                return line.strip()
+    return last_line(stderr) or last_line(stdout) or "no output"
 
 
 def atc_jobs(ctx: DeployContext, manifest: Mapping[str, Any]) -> list[tuple[str, list[str], Path]]:

@@ -145,15 +145,31 @@ def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str 
 
 
 def run_ais_bench(cmd: Sequence[str], timeout: float | None = None) -> str:
-    """Run ais_bench; its stdout on success, a DeployError with the last line of output otherwise."""
+    """Run ais_bench; its stdout on success, a DeployError with its reason (:func:`ais_bench_error`) otherwise."""
     try:
         proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DeployError(f"ais_bench could not run ({exc}); command: {shlex.join(cmd)}") from exc
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        raise DeployError(f"ais_bench failed (exit {proc.returncode}): {tail[0]}")
+        raise DeployError(f"ais_bench failed (exit {proc.returncode}): {ais_bench_error(proc.stdout, proc.stderr)}")
     return proc.stdout
+
+
+def ais_bench_error(stdout: str, stderr: str) -> str:
+    """The reason ais_bench failed: its last ``[ERROR]`` line, else the last line of stderr (or stdout).
+
+    ais_bench logs to stdout (``infer/utils.py``: ``logging.basicConfig(stream=sys.stdout, format='[%(levelname)s]
+    %(message)s')``) and then raises a bare ``RuntimeError()`` (``io_oprations.py``, ``utils.py``), so the last
+    line of stderr is only "RuntimeError"; argparse errors (a bad flag value) are on stderr, exit status 2.
+    """
+    errors = [line[len("[ERROR]"):].strip() for line in stdout.splitlines() if line.startswith("[ERROR]")]
+    errors = [e for e in errors if e]
+    return errors[-1] if errors else last_line(stderr) or last_line(stdout) or "no output"
+
+
+def last_line(text: str | None) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def write_batched_inputs(bin_paths: Sequence[Path], batch_size: int, out_dir: Path) -> list[list[int]]:

@@ -14,64 +14,140 @@ from pathlib import Path
 # ATC. Sources: CANN "ATC Instructions" (hiascend.com, atctool), parameter pages
 #  --output (atlasatcparam_16_0029): the model is written to "<output>.om" or "<output>_<os>_<arch>.om",
 #      e.g. tf_resnet50_linux_x86_64.om; here the suffix comes from $STANDIN_ATC_SUFFIX (empty: <output>.om).
-#  --dynamic_batch_size (atlasatcparam_16_0018): gears in (1, 100], "at least 2 gears, at most 100", with -1 as
-#      the batch dimension of --input_shape; anything else is refused (non-zero exit).
+#  --dynamic_batch_size (atlasatcparam_16_0018): gears in (1, 100] with -1 as the batch dimension of --input_shape.
+# What it prints, all on stdout (hicann/ge, api/atc/main_impl.cc, main_impl and CheckRet): "ATC start working now,
+#  please wait for a moment.", then "..." and either "ATC run success, welcome to the next use." or "ATC run failed,
+#  Please check the detail log, Try 'atc --help' for more information" followed by the error manager's messages
+#  (OutputErrMessageToStdout): an "EXXXXX: <message>" line, then indented lines (a TraceBack with [FUNC:..][FILE:..]).
+#  A failure returns FAILED (-1 as int32): exit status 255.
+# The checks it makes here, with GE's codes: no -1 batch in --input_shape with --dynamic_batch_size is E10031
+#  (mindspore-ai/graphengine, ge/ir_build/atc_ir_common.cc, CheckDynamicBatchSizeInputShapeValid); fewer than 2
+#  gears E10035, more than 100 E10036 (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams).
 # The .om it writes holds the path of the ONNX it was given, for the ais_bench stand-in to run.
 ATC = """
 import json, os, sys
+print("ATC start working now, please wait for a moment.")
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 with open(os.path.join(os.environ["STANDIN_LOG"], "atc.jsonl"), "a") as f:
     f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd()}) + "\\n")
+
+def fail(code, message, function, source):
+    print("...")
+    print("ATC run failed, Please check the detail log, Try 'atc --help' for more information")
+    print("{}: {}".format(code, message))
+    print("        TraceBack (most recent call last):")
+    print("        [Check][Param] failed[FUNC:{}][FILE:{}][LINE:1]".format(function, source))
+    print("        ATC generate offline model failed.[FUNC:GenerateOmModel][FILE:main_impl.cc][LINE:1]")
+    print()
+    sys.exit(255)
+
 if "dynamic_batch_size" in args:
     gears = args["dynamic_batch_size"].strip('"').split(",")
-    if not 1 < len(gears) <= 100 or ":-1," not in args["input_shape"]:
-        sys.exit("E10001: --dynamic_batch_size needs 2 to 100 gears and -1 as the batch of --input_shape")
+    if ":-1," not in args["input_shape"]:
+        fail("E10031", "At least one batch n must be equal to -1 when set --dynamic_batch_size.",
+             "CheckDynamicBatchSizeInputShapeValid", "atc_ir_common.cc")
+    if len(gears) < 2:
+        fail("E10035", "Input parameter[--dynamic_batch_size]'s value size [{}] must be greater than [1].".format(
+            len(gears)), "CheckDynamicParams", "multi_batch_options.cc")
+    if len(gears) > 100:
+        fail("E10036", "Input parameter[--dynamic_batch_size]'s value size [{}] must be less than [101].".format(
+            len(gears)), "CheckDynamicParams", "multi_batch_options.cc")
 with open(args["output"] + os.environ.get("STANDIN_ATC_SUFFIX", "") + ".om", "w") as f:
     f.write(os.path.abspath(args["model"]))
+print("...")
+print("ATC run success, welcome to the next use.")
 """
 
 # ais_bench. Source: Ascend/tools, ais-bench_workload/tool/ais_bench/ais_bench/infer/
-#  __main__.py get_args: --output_dirname without --output is an error; --device in [0, 255];
-#      main: output_prefix = os.path.join(args.output, args.output_dirname).
-#  utils.py get_fileslist_from_dir: the *.bin files of --input, natural-sorted.
-#  io_oprations.py get_files_count_per_batch: files per batch = model input bytes / file bytes (must divide);
-#      list_split pads a short last batch with a filler whose outputs are not written;
-#      save_tensors_to_file: each output i is split along the batch axis into one file per input file,
-#      named "<input basename up to its first dot>_<i>.bin".
+#  __main__.py get_args: the flags below with their types (argparse: a bad value exits 2 with "error: argument
+#      --device/-d: device:N is invalid. valid value range is [0, 255]" on stderr); --output_dirname without
+#      --output is logger.error(...) then RuntimeError('error bad parameters --output_dirname');
+#      main: output_prefix = os.path.join(args.output, args.output_dirname); --input is split on "," (a folder,
+#      or files); warmup() runs --warmup_count (default 1) untimed inferences and resets the summary first.
+#  utils.py: logging.basicConfig(stream=sys.stdout, format='[%(levelname)s] %(message)s'), so its messages,
+#      errors included, go to stdout; the code then raises a bare RuntimeError(), whose traceback on stderr
+#      ends in "RuntimeError". get_fileslist_from_dir: the *.npy/*.NPY/*.bin/*.BIN files of --input,
+#      natural-sorted; list_split pads a short last batch with a filler whose outputs are not written.
+#  io_oprations.py check_input_parameter / create_infileslist_from_inputs_list: files are taken in the order
+#      given, a missing one is an error; get_files_count_per_batch: files per batch = model input bytes /
+#      file bytes (must divide: "arg0 tensorsize: .. filesize: .. not match"); save_tensors_to_file: each output
+#      i is split along the batch axis into one file per input file, named "<input basename up to its first
+#      dot>_<i>.bin".
 #  summary.py Summary.report: "<output_prefix>_summary.json" with NPU_compute_time / H2D_latency / D2H_latency
 #      {min, max, mean, median, percentile(99%), count} and throughput = 1000 * batchsize / mean NPU time,
 #      and the log line "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X".
 # Timings are fixed (2.0 ms mean NPU time) so tests can check how they are read.
 AIS_BENCH = """
-import json, os, re, sys
+import argparse, json, logging, os, re, sys
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
-argv = sys.argv[1:]
-opts = {argv[i][2:]: argv[i + 1] for i in range(0, len(argv), 2)}
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="[%(levelname)s] %(message)s")
+logger = logging.getLogger(__name__)
 with open(os.path.join(os.environ["STANDIN_LOG"], "ais_bench.jsonl"), "a") as f:
-    f.write(json.dumps(argv) + "\\n")
-if "output_dirname" in opts and "output" not in opts:
-    sys.exit("RuntimeError: error bad parameters --output_dirname")
-if not 0 <= int(opts.get("device", 0)) <= 255:
-    sys.exit("device:{} is invalid. valid value range is [0, 255]".format(opts["device"]))
-sess = ort.InferenceSession(Path(opts["model"]).read_text(), providers=["CPUExecutionProvider"])
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+
+def check_device_range_valid(value):
+    ivalue = int(value)
+    if ivalue < 0 or ivalue > 255:
+        raise argparse.ArgumentTypeError("device:{} is invalid. valid value range is [0, 255]".format(ivalue))
+    return ivalue
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", "-m", required=True)
+parser.add_argument("--input", "-i", default=None)
+parser.add_argument("--output", "-o", default=None)
+parser.add_argument("--output_dirname", type=str, default=None)
+parser.add_argument("--outfmt", default="BIN", choices=["NPY", "BIN", "TXT"])
+parser.add_argument("--loop", "-l", type=int, default=1)
+parser.add_argument("--device", "-d", type=check_device_range_valid, default=0)
+parser.add_argument("--dymBatch", type=int, default=0)
+parser.add_argument("--batchsize", type=int, default=None)
+parser.add_argument("--warmup_count", type=int, default=1)
+args = parser.parse_args()
+if args.output is None and args.output_dirname is not None:
+    logger.error("parameter --output_dirname cann't be used alone. Please use it together with the parameter "
+                 "--output!\\n")
+    raise RuntimeError("error bad parameters --output_dirname")
+sess = ort.InferenceSession(Path(args.model).read_text(), providers=["CPUExecutionProvider"])
 shape = sess.get_inputs()[0].shape
-if "dymBatch" in opts:
-    shape = [int(opts["dymBatch"]), *shape[1:]]
+if args.dymBatch:
+    shape = [args.dymBatch, *shape[1:]]
 model_bytes = 4 * int(np.prod(shape))
-out = Path(opts["output"]) / opts["output_dirname"] if "output" in opts else None
+out = os.path.join(args.output, args.output_dirname) if args.output else None
 if out is not None:
-    out.mkdir(parents=True, exist_ok=True)
-runs = int(opts.get("loop", 1))
-if "input" in opts:
-    key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split("([0-9]+)", str(p))]
-    files = sorted(Path(opts["input"]).glob("*.bin"), key=key)
+    os.makedirs(out, exist_ok=True)
+    logger.info("output path:{}".format(out))
+
+def fileslist_from_dir(folder):
+    files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith((".npy", ".NPY", ".bin", ".BIN"))]
     if not files:
-        sys.exit("not find valid [*.npy *.NPY *.bin *.BIN] files")
-    per_batch, rest = divmod(model_bytes, files[0].stat().st_size)
-    if rest:
-        sys.exit("arg0 tensorsize: {} filesize: {} not match".format(model_bytes, files[0].stat().st_size))
+        logger.error("{} of input args not find valid file,valid file format:[*.npy *.NPY *.bin *.BIN]".format(folder))
+        raise RuntimeError()
+    key = lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split("([0-9]+)", p)]
+    return sorted(sorted(files), key=key)
+
+runs = args.loop
+if args.input is not None:
+    inputs = args.input.split(",")
+    if os.path.isfile(inputs[0]):
+        for i, p in enumerate(inputs):
+            if not os.path.isfile(p):
+                logger.error("Invalid input args.--input:{} input[{}]:{} {} not exist".format(inputs, i, p, p))
+                raise RuntimeError()
+        files = inputs
+    elif os.path.isdir(inputs[0]) and len(inputs) == 1:
+        files = fileslist_from_dir(inputs[0])
+    else:
+        logger.error("Invalid args. {}  of --input is invalid".format(inputs[0]))
+        raise RuntimeError()
+    filesize = os.path.getsize(files[0])
+    if filesize == 0 or model_bytes % filesize:
+        logger.error("arg0 tensorsize: {} filesize: {} not match".format(model_bytes, filesize))
+        raise RuntimeError()
+    per_batch = model_bytes // filesize
+    logger.info("get filesperbatch files0 size:{} tensor0size:{} filesperbatch:{} runcount:{}".format(
+        filesize, model_bytes, per_batch, -(-len(files) // per_batch)))
     runs = 0
     for start in range(0, len(files), per_batch):
         group = files[start:start + per_batch]
@@ -79,15 +155,16 @@ if "input" in opts:
         data += [data[0]] * (per_batch - len(group))  # the padding filler
         outputs = sess.run(None, {"input": np.concatenate(data).reshape(shape)})
         runs += 1
-        for i, y in enumerate(outputs):
+        for i, y in enumerate(outputs if out is not None else []):  # no --output: nothing saved
             for j, part in enumerate(np.array_split(y, per_batch, axis=0)[:len(group)]):
-                part.tofile(out / "{}_{}.bin".format(group[j].name.split(".")[0], i))
-batch = int(opts.get("batchsize") or shape[0])
+                part.tofile(os.path.join(out, "{}_{}.bin".format(os.path.basename(group[j]).split(".")[0], i)))
+logger.info("warm up {} done".format(args.warmup_count))
+batch = args.batchsize or shape[0]
 times = {"min": 1.5, "max": 2.5, "mean": 2.0, "median": 1.9, "percentile(99%)": 2.4, "count": runs}
 summary = {"filesinfo": {}, "NPU_compute_time": times, "H2D_latency": dict(times, mean=0.1),
            "D2H_latency": dict(times, mean=0.1), "throughput": 1000 * batch / 2.0, "pid": os.getpid()}
 if out is not None:
-    Path(str(out) + "_summary.json").write_text(json.dumps(summary))
+    Path(out + "_summary.json").write_text(json.dumps(summary))
 print("[INFO] NPU_compute_time (ms): min = 1.5, max = 2.5, mean = 2.0, median = 1.9, percentile(99%) = 2.4")
 print("[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean(2.0): {}".format(batch, 1000 * batch / 2.0))
 """

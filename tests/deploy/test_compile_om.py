@@ -212,3 +212,45 @@ def test_parse_summary_from_file_then_log_and_output_listing(tmp_path):
     for name in ("a_0.bin", "a_1.bin", "a_2.bin", "b_x_0.bin", "b_x_1.bin", "b_x_2.bin", "perf_summary.json"):
         (tmp_path / name).write_bytes(b"")
     assert om.list_output_basenames(tmp_path, 3) == ["a", "b_x"]
+
+
+def test_atc_failure_reports_its_error_code_line(make_ctx, exported_run, monkeypatch, tmp_path):
+    """ATC prints its banner, then "E10031: ..." and trace lines on stdout: the E-code line is the reason."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    install_tool(bin_dir, "atc", ATC)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    # a dynamic batch asked through atc_args for a static-batch ONNX: ATC refuses it (no -1 in --input_shape)
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.atc_args=['--dynamic_batch_size=1,2']",
+                   run_dir=exported_run)
+    result = run_compile(ctx)
+    assert result["om"] == {}
+    assert result["messages"][0] == ("atc (batch 1) failed (exit 255): E10031: At least one batch n must be equal "
+                                     "to -1 when set --dynamic_batch_size.")
+    assert len(result["messages"]) == 2
+
+
+def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp_path):
+    """ais_bench logs "[ERROR] ..." on stdout and raises a bare RuntimeError: the [ERROR] line is the reason."""
+    bin_dir, log, inputs = tmp_path / "bin", tmp_path / "log", tmp_path / "inputs"
+    for folder in (bin_dir, log, inputs):
+        folder.mkdir()
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    model = tmp_path / "model_b1.om"  # the ATC stand-in's .om: the path of its ONNX
+    model.write_text(json.loads((exported_run / "export" / "manifest.json").read_text())["files"]["onnx"]["1"])
+    (inputs / "a.bin").write_bytes(bytes(100))  # not a whole input of 1x3x128x160 float32
+    launcher = [str(bin_dir / "ais_bench")]
+    cmd = om.ais_bench_command(launcher, model, tmp_path / "out", "b1", inputs, batch_size=1)
+    with pytest.raises(DeployError) as err:
+        om.run_ais_bench(cmd)
+    assert str(err.value) == "ais_bench failed (exit 1): arg0 tensorsize: 245760 filesize: 100 not match"
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # what the message was taken from
+    assert proc.stderr.rstrip().splitlines()[-1] == "RuntimeError" and "[ERROR] arg0" in proc.stdout
+    with pytest.raises(DeployError, match=r"^ais_bench failed \(exit 1\): parameter --output_dirname cann't be used"):
+        om.run_ais_bench([*launcher, "--model", str(model), "--output_dirname", "b1"])
+    bad_device = om.ais_bench_command(launcher, model, tmp_path / "out", "b1", inputs, device_id=300)
+    with pytest.raises(DeployError, match=r"\(exit 2\): .*argument --device/-d: device:300 is invalid"):
+        om.run_ais_bench(bad_device)
