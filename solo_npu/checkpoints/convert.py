@@ -184,15 +184,68 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
                           f"names {len(names)} classes")
 
 
+def _name_key(name: str) -> str:
+    # mmdet 1.x and the original SOLO repository spell COCO's names with underscores ("traffic_light").
+    return str(name).strip().lower().replace("_", " ")
+
+
+def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequence[str],
+                       prefixes: tuple[str, ...], path: str | os.PathLike) -> tuple[list[str], str | None]:
+    """Compare the checkpoint's class names with ``class_names`` (label order) when the classifier in
+    ``state`` has one output per name. Same names in another order: the classifier rows of ``state`` are
+    put in label order (changed in place). Returns (keys reordered, the WARNING to log or ``None``).
+
+    Reordering rather than refusing: every output channel of these classifiers is one class's own
+    sigmoid logit (SOLOv2's and FCOS's focal-loss classifiers) and nothing else in the model is indexed
+    by class, so permuting the output rows (weight and bias) is exactly the trained classifier with the
+    dataset's label numbers. A file whose names are not channel k's name k (mmdet names channel k
+    ``CLASSES[k]`` in its own results and visualisation) cannot be told apart, nor a file without names.
+    """
+    names, names_at = checkpoint_class_names(ckpt)
+    weight = state.get(prefixes[0] + "weight") if prefixes else None
+    if names is None or weight is None or int(weight.shape[0]) != len(class_names):
+        return [], None  # no names, or another class count (the class-count check decides)
+    if len(names) != len(class_names):
+        return [], (f"{path}: {names_at} names {len(names)} classes but its classifier has {len(class_names)} "
+                    "outputs: class names not compared")
+    ours, theirs = [_name_key(n) for n in class_names], [_name_key(n) for n in names]
+    if ours == theirs:
+        return [], None
+    if sorted(ours) == sorted(theirs) and len(set(ours)) == len(ours):
+        order = [theirs.index(n) for n in ours]
+        keys = [k for k in state if k.startswith(prefixes)]
+        bad = [k for k in keys if state[k].dim() == 0 or state[k].shape[0] != len(order)]
+        if bad:
+            raise CheckpointError(f"{path} lists the dataset's classes in another order ({names_at}) but its "
+                                  f"classifier cannot be reordered by name ({bad[0]}: {tuple(state[bad[0]].shape)})")
+        for key in keys:
+            state[key] = state[key][order]
+        moved = [f"label {i} {class_names[i]!r} <- channel {j}" for i, j in enumerate(order) if i != j]
+        return keys, (f"{path} has the dataset's {len(order)} classes in another order ({names_at}): classifier "
+                      f"channels reordered by name ({len(moved)} moved: {', '.join(moved[:3])}"
+                      f"{', ...' if len(moved) > 3 else ''})")
+    diffs = [f"label {i}: {a!r} in the checkpoint, {b!r} in the dataset"
+             for i, (a, b) in enumerate(zip(names, class_names)) if _name_key(a) != _name_key(b)]
+    return [], (f"{path} was trained on other classes than the dataset's ({names_at}; {len(diffs)} of "
+                f"{len(names)} names differ: {'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''}): its "
+                "classifier is used as it is, channel k for label k")
+
+
 def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", trust_pickle: bool = False,
                        strict: bool | None = None, reinit_classifier: bool = False,
-                       loaded: Any = None) -> dict[str, Any]:
+                       loaded: Any = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Load a checkpoint of any layout ``model`` reads into it (:func:`read_checkpoint`).
 
     A classifier of another size (the model's ``classifier_prefixes``) is an error naming both class
     counts, unless ``reinit_classifier`` (fine-tuning): then it is skipped and re-initialised with
     ``model.reset_classifier()``, with a WARNING. Any other shape mismatch is an error naming the key and
     both shapes.
+
+    With ``class_names`` (the dataset's, in label order) and class names in the file's metadata
+    (:func:`checkpoint_class_names`) for a classifier of the same size: the same names in another order
+    reorder the classifier's channels by name, with a WARNING that says so; other names (the same
+    count) are a WARNING naming the first differences. Names compare case-insensitively, ``_`` as a
+    space. See :func:`_match_class_names` for why reordering is exact.
 
     Args:
         source: ``auto`` or a layout the model reads.
@@ -202,13 +255,15 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
         reinit_classifier: allow a classifier trained on another number of classes to be replaced
             by a fresh one (fine-tuning only).
         loaded: the checkpoint already read from ``path`` (read once by callers that inspect it first).
+        class_names: the names of the model's labels 0..N-1 (the dataset's), or ``None``: not compared.
 
     Returns:
-        ``{"source", "missing", "unexpected", "reinitialised"}`` (``source``: the layout read).
+        ``{"source", "missing", "unexpected", "reinitialised", "reordered"}`` (``source``: the layout
+        read; ``reordered``: classifier keys whose channels were put in the dataset's order).
 
     Raises:
-        CheckpointError: unreadable file, unknown layout, shape or class-count mismatch, or strict key
-            mismatch.
+        CheckpointError: unreadable file, unknown layout, shape or class-count mismatch, strict key
+            mismatch, or a classifier that the names say to reorder but that has no row per class.
     """
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle) if loaded is None else loaded
     state, _, source = read_checkpoint(ckpt, model, source, _model_num_classes(model))
@@ -232,6 +287,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
         raise CheckpointError(f"{path} has a classifier for {class_counts[0]} classes but the model has "
                               f"{class_counts[1]} ({reinitialised[0]}): build the model with the checkpoint's "
                               "classes, or fine-tune (+experiment=finetune) to train a new classifier")
+    reordered, names_warning = [], None
+    if class_names is not None and not reinitialised:
+        reordered, names_warning = _match_class_names(state, ckpt, class_names, cls_prefixes, path)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in reinitialised]
     unexpected = list(result.unexpected_keys)
@@ -244,8 +302,11 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
             model.reset_classifier()
         logger.warning("classifier re-initialised for fine-tuning: the checkpoint has %d classes, the model %d (%s)",
                        class_counts[0], class_counts[1], ", ".join(reinitialised))
+    if names_warning is not None:
+        logger.warning("%s", names_warning)
     logger.info("loaded %s weights from %s (missing %d, unexpected %d)", source, path, len(missing), len(unexpected))
-    return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised}
+    return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
+            "reordered": reordered}
 
 
 def _solov2_name_mismatch(state: Mapping[str, Tensor], layout: str) -> tuple[list[str], list[str]]:

@@ -145,11 +145,21 @@ class CocoInstanceDataset(Dataset):
         self.with_masks = train if with_masks is None else with_masks
         self.epoch = 0
 
-        cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
+        listed = self.coco.getCatIds()  # the order of the file's `categories` (pycocotools)
+        cats = sorted(self.coco.loadCats(listed), key=lambda c: c["id"])
         self.cat_ids: list[int] = [c["id"] for c in cats]
         self.cat_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
         self.label_to_cat: list[int] = list(self.cat_ids)
         self.class_names: list[str] = [c.get("name", str(c["id"])) for c in cats]
+        if list(listed) != self.cat_ids:
+            # mmdet (mmdet/datasets/coco.py: cat_ids = coco.get_cat_ids(cat_names=classes), cat2label by position)
+            # and the original SOLO number the classes in the order pycocotools' getCatIds returns them: the file's.
+            shown = ", ".join(str(c) for c in listed[:8]) + (", ..." if len(listed) > 8 else "")
+            logger.warning("%s lists its categories in another order than their ids (ids %s): labels here follow "
+                           "the ids in ascending order (label 0 = id %d %r); mmdet and SOLO number them in the "
+                           "file's order, so a checkpoint trained there has its classes in another order "
+                           "(reordered by name where the checkpoint names them)", ann_file, shown,
+                           self.cat_ids[0], self.class_names[0])
 
         self._fault_files: dict[str, dict[str, None]] = defaultdict(dict)  # ordered sets of file names
         self._init_counts: dict[str, int] = defaultdict(int)

@@ -140,7 +140,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     t0 = time.time()
     val_set, loader, evaluator = _eval_setup(cfg, info)
     model = _build_model(cfg, len(val_set.label_to_cat))
-    load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle))
+    load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
+                 class_names=val_set.class_names)
     # Frozen BatchNorm folded into the convolutions (and channels-last on the CPU): same outputs, less work.
     prepare_for_inference(model, channels_last=info.inference_channels_last)
     _place(model, cfg, info)
@@ -186,7 +187,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     t0 = time.time()
     resume_file = find_resume_file(cfg.resume, run_dir)
     data = _build_data(cfg, info)
-    model, optimizer, lr = _build_model_and_optimizer(cfg, info, data.num_classes, resume_file)
+    model, optimizer, lr = _build_model_and_optimizer(cfg, info, data.num_classes, resume_file,
+                                                      data.train_set.class_names)
     trainer, schedule = _build_trainer(cfg, info, model, optimizer, lr, data)
     trainer.register_hooks(_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar))
     if resume_file is not None:
@@ -223,14 +225,16 @@ def _build_data(cfg: DictConfig, info: DeviceInfo) -> TrainData:
     return TrainData(train_set, loader, val_set, val_loader, evaluator)
 
 
-def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: int,
-                               resume_file: Path | None) -> tuple[nn.Module, torch.optim.Optimizer, float]:
-    """The model (initial weights, frozen parts, device, SyncBN) and its optimiser at the scaled learning rate."""
+def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: int, resume_file: Path | None,
+                               class_names: list[str] | None = None) -> tuple[nn.Module, torch.optim.Optimizer, float]:
+    """The model (initial weights, frozen parts, device, SyncBN) and its optimiser at the scaled learning rate.
+    ``class_names``: the dataset's, compared with a ``checkpoint=`` file's (see :func:`load_weights`)."""
     model = _build_model(cfg, num_classes, _backbone_init(cfg, _starts_from(cfg, resume_file)))
     if cfg.checkpoint and resume_file is None:
         report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
                               bool(cfg.checkpoint_trust_pickle),
-                              allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier))
+                              allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier),
+                              class_names=class_names)
         logger.info("initial weights from %s (%s)", cfg.checkpoint,
                     ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()))
     if cfg.train.freeze_backbone:
