@@ -323,12 +323,13 @@ class OmBackend(Backend):
                 iters: int, runner: Runner | None = None) -> list[float] | None:
         return None  # ais_bench reports statistics, not latencies: see stats()
 
-    def stats(self, batch_size: int, iters: int) -> dict[str, float]:
-        """ais_bench ``--loop`` on zero input: NPU compute time (ms) and throughput from its summary."""
+    def stats(self, batch_size: int, iters: int, warmup: int = 1) -> dict[str, float]:
+        """ais_bench ``--loop iters --warmup_count warmup`` on zero input: NPU compute time (ms) and throughput from
+        its summary (ais_bench runs ``warmup`` untimed inferences first and then resets its summary)."""
         om_path, extra = self._model(batch_size)
         out = self.ctx.path("benchmark", f"om_b{batch_size}")
         cmd = om.ais_bench_command(self._launcher(), om_path, out, "perf", batch_size=batch_size, loop=iters,
-                                   device_id=device_id(self.ctx), extra_args=extra)
+                                   warmup=warmup, device_id=device_id(self.ctx), extra_args=extra)
         stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, self._cfg.timeout_s))
         shutil.rmtree(out / "perf", ignore_errors=True)  # outputs of the zero input: only the summary is wanted
         if "mean_ms" in stats and "throughput" not in stats:

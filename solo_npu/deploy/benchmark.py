@@ -221,7 +221,7 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
                                    "device": backend.device, "memory": source}
             if isinstance(backend, OmBackend):
                 with sampler as memory:
-                    row.update(backend.stats(bs, iters), e2e_throughput=None)
+                    row.update(backend.stats(bs, iters, warmup), e2e_throughput=None)
                 row["peak_mb"] = None if memory is None else memory.peak_mb
             else:
                 images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])

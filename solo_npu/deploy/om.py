@@ -132,7 +132,9 @@ def _missing_in_other_python(python: str, names: tuple[str, ...]) -> tuple[str, 
 
 def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str | Path, output_dirname: str,
                       input_dir: str | Path | None = None, batch_size: int | None = None, loop: int | None = None,
-                      device_id: int = 0, extra_args: Sequence[str] = ()) -> list[str]:
+                      device_id: int = 0, extra_args: Sequence[str] = (), warmup: int | None = None) -> list[str]:
+    """The ais_bench command line; ``warmup``: ``--warmup_count`` (ais_bench's own default is 1 untimed run,
+    ``__main__.py``, ``get_args``)."""
     cmd = [*launcher, "--model", str(om_path)]
     if input_dir is not None:
         cmd += ["--input", str(input_dir)]
@@ -141,6 +143,8 @@ def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str 
         cmd += ["--batchsize", str(int(batch_size))]
     if loop is not None:
         cmd += ["--loop", str(int(loop))]
+    if warmup is not None:
+        cmd += ["--warmup_count", str(int(warmup))]
     return cmd + [str(a) for a in extra_args]
 
 

@@ -254,3 +254,22 @@ def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp
     bad_device = om.ais_bench_command(launcher, model, tmp_path / "out", "b1", inputs, device_id=300)
     with pytest.raises(DeployError, match=r"\(exit 2\): .*argument --device/-d: device:300 is invalid"):
         om.run_ais_bench(bad_device)
+
+
+def test_om_benchmark_passes_the_warmup_count(make_ctx, exported_run, monkeypatch, tmp_path):
+    """deploy.benchmark.warmup reaches ais_bench as --warmup_count (its own default is 1, __main__.py get_args)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    model = tmp_path / "model_b1.om"  # the ATC stand-in's .om: the path of its ONNX
+    model.write_text(json.loads((exported_run / "export" / "manifest.json").read_text())["files"]["onnx"]["1"])
+    ctx = make_ctx("deploy.backends=[om]", "deploy.batch_sizes=[1]", "deploy.om.launcher=ais_bench",
+                   "deploy.benchmark.warmup=3", "deploy.benchmark.iters=4", run_dir=exported_run)
+    write_json(ctx.path("compile", "compile.json"), {"om": {"1": str(model)}, "torch_aie": {}, "messages": []})
+    bench = run_benchmark(ctx)
+    assert [(r["backend"], r["batch_size"], r["mean_ms"]) for r in bench["rows"]] == [("om", 1, 2.0)]
+    perf = json.loads((log / "ais_bench.jsonl").read_text().splitlines()[-1])
+    assert perf[perf.index("--loop") + 1] == "4" and perf[perf.index("--warmup_count") + 1] == "3"
