@@ -278,6 +278,10 @@ def _build_hooks(cfg: DictConfig, run_dir: Path, info: DeviceInfo, trainer: Trai
                  data: TrainData, progress_bar: bool) -> list[HookBase]:
     """LR, evaluation, counts, checkpoints (after the hooks whose state they save), writers (rank 0), throughput."""
     config_dict = OmegaConf.to_container(cfg, resolve=True)
+    if not config_dict["data"].get("class_names"):
+        # Checkpoints carry the class names in label order (from the annotation file when the config has
+        # none), so evaluation and fine-tuning can compare them with their dataset's.
+        config_dict["data"]["class_names"] = list(data.train_set.class_names)
     amp, amp_dtype = bool(cfg.amp.enabled), str(cfg.amp.dtype)
     net = trainer.model
     hooks: list[HookBase] = [

@@ -54,6 +54,9 @@ def test_training_run_learns_and_writes_artefacts(trained: tuple[Path, dict]) ->
     assert (state["epoch"], state["inner_iter"], state["iteration"]) == (2, 9, 27)
     assert {"model", "optimizer", "scaler", "scheduler", "rng", "config"} <= set(state)
     assert state["config"]["train"]["epochs"] == 3
+    # the class names in label order, read from the annotation file (the data config has none), so that
+    # evaluation and fine-tuning can compare them with their dataset's
+    assert state["config"]["data"]["class_names"] == ["circle", "rectangle", "triangle"]
     assert state["scheduler"]["base_lr"] == pytest.approx(0.04 * 2 / 16)
 
 
