@@ -232,6 +232,8 @@ class TorchAieRunner(PyTorchRunner):
         with self.torch_aie.npu.stream(stream):
             outputs = self.module(torch.from_numpy(images).to(self.npu))
             stream.synchronize()
+        if isinstance(outputs, torch.Tensor):  # one output: the module returns it as it is (TimedModule does the same)
+            outputs = (outputs,)
         return {n: t.cpu().numpy() for n, t in zip(self.output_names, outputs)}
 
 

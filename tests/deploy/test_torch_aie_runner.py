@@ -4,11 +4,15 @@ torch_aie stand-in (and not this project), and the pipeline scores its outputs l
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
+import sys
 
+import numpy as np
 import pytest
-from deploy_standins import python_with_fake_torch_aie
+import torch
+from deploy_standins import FAKE_TORCH_AIE, python_with_fake_torch_aie
 
 from solo_npu.deploy.backends import RUNNER_FILE
 from solo_npu.deploy.benchmark import run_benchmark
@@ -17,6 +21,8 @@ from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import read_image_outputs, run_infer
 from solo_npu.deploy.preprocess import run_preprocess
+from solo_npu.deploy.runners import TorchAieRunner
+from solo_npu.runtime import DeviceInfo
 
 
 def test_runner_is_self_contained_python39():
@@ -75,3 +81,30 @@ def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
     aie = rows[("torch_aie", 2)]
     assert aie["timing"] == "model only" and aie["iters"] == 2 and aie["mean_ms"] > 0
     assert aie["throughput"] == pytest.approx(1000 * 2 / aie["mean_ms"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_in_process_runner_keeps_a_lone_output_whole(tmp_path, monkeypatch):
+    """A compiled module returns what its TorchScript returns: one Tensor for a one-output model (Ascend
+    ModelZoo SOLOV2 solov2_inference.py iterates the result); it must not be split along the batch."""
+    package = tmp_path / "torch_aie"
+    package.mkdir()
+    (package / "__init__.py").write_text(FAKE_TORCH_AIE)
+    monkeypatch.setenv("STANDIN_LOG", str(tmp_path))
+    monkeypatch.setattr(torch.Tensor, "to", torch.Tensor.to)  # the stand-in patches it: restored afterwards
+    spec = importlib.util.spec_from_file_location("torch_aie", package / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "torch_aie", module)
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    path = tmp_path / "double.ts"
+    torch.jit.script(Double()).save(str(path))
+    runner = TorchAieRunner(path, ["out"], DeviceInfo("cpu", torch.device("cpu"), 0), device_id=0)
+    images = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    out = runner(images)
+    assert list(out) == ["out"] and out["out"].shape == (2, 3, 4, 5)
+    np.testing.assert_array_equal(out["out"], 2 * images)
