@@ -285,13 +285,15 @@ class OmBackend(Backend):
         bins = [self.ctx.run_dir / r["bin"] for r in records]
         names = self.ctx.adapter.output_names
         out_dir.mkdir(parents=True, exist_ok=True)
-        if batch_size == 1 and len({b.parent for b in bins}) == 1:
+        single = batch_size == 1 and len({b.parent for b in bins}) == 1
+        if single:
             # ais_bench's own layout is ours: <output>/<dirname>/<name>_<i>.bin, no copy needed
-            input_dir, output, dirname = bins[0].parent, out_dir.parent, out_dir.name
+            output, dirname = out_dir.parent, out_dir.name
             basenames = [om.output_name(b) for b in bins]
             if len(set(basenames)) != len(basenames):
                 raise DeployError("ais_bench names outputs by the input file name up to its first dot, and two "
                                   "preprocessed files share that prefix; rename the images so their stems differ")
+            input_dir, links = om.single_file_inputs(bins, out_dir.parent / f"{out_dir.name}_inputs")
         else:
             input_dir = out_dir.parent / f"{out_dir.name}_inputs"
             groups = om.write_batched_inputs(bins, batch_size, input_dir)
@@ -301,7 +303,9 @@ class OmBackend(Backend):
         start = time.perf_counter()
         om.run_ais_bench(cmd, self._cfg.timeout_s)
         seconds = time.perf_counter() - start
-        if batch_size == 1 and input_dir == bins[0].parent:
+        if single:
+            if links is not None:
+                shutil.rmtree(links, ignore_errors=True)
             for record, basename in zip(records, basenames):
                 if basename != record["stem"]:
                     for i in range(len(names)):

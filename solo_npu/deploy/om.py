@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import json
 import logging
+import os
 import platform
 import re
 import shlex
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 MAX_GEARS = 100  # ATC --dynamic_batch_size: (1, 100] gears
 AIS_BENCH_MODULES = ("ais_bench", "aclruntime")  # the two wheels python -m ais_bench imports
+AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")  # what it reads from an input folder
+MAX_ARG_CHARS = 100_000  # one command-line argument: Linux refuses more than 128 KiB (MAX_ARG_STRLEN)
 
 
 def find_om(stem: str | Path) -> Path | None:
@@ -174,6 +177,33 @@ def ais_bench_error(stdout: str, stderr: str) -> str:
 def last_line(text: str | None) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def single_file_inputs(bins: Sequence[Path], scratch: Path) -> tuple[str, Path | None]:
+    """``--input`` for one input file per inference, and the folder of hard links made for it (or None).
+
+    ais_bench reads every ``*.bin`` / ``*.npy`` of an input folder (``infer/utils.py``,
+    ``get_fileslist_from_dir``), so the files' own folder is used only when it holds exactly them: a folder
+    with files left by an earlier run (more images preprocessed before) would be inferred in full. Otherwise
+    the files go comma-separated (``io_oprations.py``, ``check_input_parameter``: a list of files), or, when
+    that list is too long for one argument, as hard links (not symbolic ones, which newer ais_bench refuses)
+    in ``scratch``.
+    """
+    folder = Path(bins[0]).parent
+    present = {p.name for p in folder.iterdir() if p.name.endswith(AIS_BENCH_INPUT_SUFFIXES)}
+    if present == {Path(b).name for b in bins}:
+        return str(folder), None
+    listed = ",".join(str(b) for b in bins)
+    if len(listed) <= MAX_ARG_CHARS:
+        return listed, None
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for path in bins:
+        try:
+            os.link(path, scratch / Path(path).name)
+        except OSError:  # another file system: a copy
+            shutil.copyfile(path, scratch / Path(path).name)
+    return str(scratch), scratch
 
 
 def write_batched_inputs(bin_paths: Sequence[Path], batch_size: int, out_dir: Path) -> list[list[int]]:

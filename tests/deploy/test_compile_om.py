@@ -273,3 +273,50 @@ def test_om_benchmark_passes_the_warmup_count(make_ctx, exported_run, monkeypatc
     assert [(r["backend"], r["batch_size"], r["mean_ms"]) for r in bench["rows"]] == [("om", 1, 2.0)]
     perf = json.loads((log / "ais_bench.jsonl").read_text().splitlines()[-1])
     assert perf[perf.index("--loop") + 1] == "4" and perf[perf.index("--warmup_count") + 1] == "3"
+
+
+def test_single_file_inputs_use_the_folder_only_when_it_holds_exactly_them(tmp_path, monkeypatch):
+    """ais_bench infers every *.bin / *.npy of an --input folder (utils.py get_fileslist_from_dir)."""
+    folder = tmp_path / "bins"
+    folder.mkdir()
+    bins = [folder / f"{i:03d}.bin" for i in range(3)]
+    for path in bins:
+        path.write_bytes(bytes(8))
+    (folder / "notes.txt").write_text("")  # not an input for ais_bench
+    assert om.single_file_inputs(bins, tmp_path / "links") == (str(folder), None)
+    (folder / "old.bin").write_bytes(bytes(8))  # left by an earlier, larger run
+    assert om.single_file_inputs(bins, tmp_path / "links") == (",".join(map(str, bins)), None)
+    monkeypatch.setattr(om, "MAX_ARG_CHARS", 10)  # a list too long for one argument: hard links
+    listed, links = om.single_file_inputs(bins, tmp_path / "links")
+    assert listed == str(tmp_path / "links") and links == tmp_path / "links"
+    assert sorted(p.name for p in links.iterdir()) == [p.name for p in bins]
+    assert all(not p.is_symlink() and p.stat().st_nlink == 2 for p in links.iterdir())
+
+
+def test_om_batch1_ignores_stale_files_in_the_input_folder(make_ctx, exported_run, monkeypatch, tmp_path):
+    """A .bin left in preprocess/bins by an earlier run is neither inferred nor written out."""
+    from solo_npu.deploy.export import load_manifest
+    from solo_npu.deploy.preprocess import load_index
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    model = tmp_path / "model_b1.om"  # the ATC stand-in's .om: the path of its ONNX
+    model.write_text(json.loads((exported_run / "export" / "manifest.json").read_text())["files"]["onnx"]["1"])
+    ctx = make_ctx("deploy.backends=[om]", "deploy.om.launcher=ais_bench", run_dir=exported_run)
+    write_json(ctx.path("compile", "compile.json"), {"om": {"1": str(model)}, "torch_aie": {}, "messages": []})
+    records = load_index(ctx)["images"]
+    bins = exported_run / "preprocess" / "bins"
+    stale = bins / "zz_stale.bin"
+    stale.write_bytes((bins / Path(records[0]["bin"]).name).read_bytes())
+    try:
+        out = tmp_path / "infer" / "om_b1"
+        OmBackend(ctx).run_records(records, 1, out, load_manifest(ctx))
+    finally:
+        stale.unlink()
+    assert sorted(p.name for p in out.glob("*_0.bin")) == sorted(f"{r['stem']}_0.bin" for r in records)
+    run = json.loads((log / "ais_bench.jsonl").read_text().splitlines()[-1])
+    assert run[run.index("--input") + 1] == ",".join(str(exported_run / r["bin"]) for r in records)
