@@ -121,10 +121,12 @@ require_checkpoint() {
 setup_env() {
     RUN_KIND="$1"
     export ASCEND_DEVICE_ID="${device_id}"
-    if [[ -d /usr/local/Ascend ]]; then
-        # shellcheck source=/dev/null
-        source "${SCRIPT_DIR}/env_npu.sh"
-    fi
+    case "${device}" in
+        cpu|cuda|cuda:*) ;;
+        *)  # the CANN environment, as the Ascend ModelZoo scripts source test/env_npu.sh
+            # shellcheck source=/dev/null
+            source "${SCRIPT_DIR}/env_npu.sh" ;;
+    esac
     OUTPUT_DIR="${OUTPUT_DIR:-${PWD}/output}/${device_id}"
     if [[ -e "${OUTPUT_DIR}" ]]; then
         local moved n=0

@@ -1,14 +1,35 @@
 #!/usr/bin/env bash
-# Ascend environment for training: CANN toolkit variables plus the settings Huawei recommends for
-# multi-device runs. Sourced by the scripts when /usr/local/Ascend exists; harmless elsewhere.
-CANN_ROOT="${ASCEND_HOME_PATH:-/usr/local/Ascend/ascend-toolkit/latest}"
-for env_file in /usr/local/Ascend/ascend-toolkit/set_env.sh "${CANN_ROOT}/../set_env.sh" /usr/local/Ascend/nnal/atb/set_env.sh; do
-    if [[ -f "${env_file}" ]]; then
-        # shellcheck source=/dev/null
-        source "${env_file}" >/dev/null 2>&1 || true
-        break
-    fi
-done
+# Ascend environment for training: CANN's set_env.sh plus the settings Huawei recommends for multi-device runs.
+# Sourced by the scripts unless --device is cpu or cuda; `source scripts/env_npu.sh` works in a shell too.
+# CANN is found as the Ascend ModelZoo SOLOv2 test/env_npu.sh finds it: the Install_Path line of
+# /etc/Ascend/ascend_cann_install.info (CANN_INSTALL_PATH_CONF names another file), else /usr/local/Ascend;
+# there ascend-toolkit/set_env.sh when ascend-toolkit/latest exists, else nnae/set_env.sh.
+CANN_INSTALL_PATH_CONF="${CANN_INSTALL_PATH_CONF:-/etc/Ascend/ascend_cann_install.info}"
+CANN_INSTALL_PATH=""
+if [[ -f "${CANN_INSTALL_PATH_CONF}" ]]; then
+    CANN_INSTALL_PATH="$(grep Install_Path "${CANN_INSTALL_PATH_CONF}" | head -n 1 | cut -d "=" -f 2)"
+fi
+CANN_INSTALL_PATH="${CANN_INSTALL_PATH:-/usr/local/Ascend}"
+if [[ -d "${CANN_INSTALL_PATH}/ascend-toolkit/latest" ]]; then
+    _cann_env="${CANN_INSTALL_PATH}/ascend-toolkit/set_env.sh"
+else
+    _cann_env="${CANN_INSTALL_PATH}/nnae/set_env.sh"
+fi
+if [[ -f "${_cann_env}" ]]; then
+    # set_env.sh appends to LD_LIBRARY_PATH, PYTHONPATH, ... without a default for an unset one: under `set -u` (the
+    # scripts run with it) that would end the shell with no message. The shell's options are put back afterwards;
+    # set_env.sh's own messages stay visible.
+    _cann_opts="$(set +o)"
+    set +u
+    # shellcheck source=/dev/null
+    source "${_cann_env}" || echo "[Warning] ${_cann_env} returned $?" >&2
+    eval "${_cann_opts}"
+    unset _cann_opts
+elif [[ -z "${ASCEND_HOME_PATH:-}" ]]; then  # set by a set_env.sh sourced before
+    echo "[Warning] CANN's set_env.sh not found: no ${_cann_env} (install path ${CANN_INSTALL_PATH}: the Install_Path" \
+         "of ${CANN_INSTALL_PATH_CONF} when that file exists, else /usr/local/Ascend); torch_npu needs its environment" >&2
+fi
+unset _cann_env
 export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1800}"
 export HCCL_WHITELIST_DISABLE="${HCCL_WHITELIST_DISABLE:-1}"
 export TASK_QUEUE_ENABLE="${TASK_QUEUE_ENABLE:-2}"

@@ -130,7 +130,9 @@ with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
 run_dir = Path(cfg.run_dir)
 run_dir.mkdir(parents=True, exist_ok=True)
 OmegaConf.save(cfg, run_dir / "config.yaml")
-(run_dir / "call.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": os.environ.get("ASCEND_DEVICE_ID")}}))
+environ = {{k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_TOOLKIT_HOME", "CANN_SOURCED")}}
+(run_dir / "call.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": os.environ.get("ASCEND_DEVICE_ID"),
+                                               "environ": environ}}))
 summary = {{"mode": cfg.mode, "fps": 10.0, "segm_ap": 0.25, "final_loss": 1.0, "duration_sec": 1.0,
            "world_size": cfg.launcher.nproc_per_node, "batch_size": cfg.train.batch_size, "device": "npu"}}
 (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -151,10 +153,11 @@ def stand_in_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wrapper
 
 
-def run_stand_in(python: Path, name: str, cwd: Path, *args: str, ascend_device_id: str | None = None
+def run_stand_in(python: Path, name: str, cwd: Path, *args: str, ascend_device_id: str | None = None,
+                 env_update: dict[str, str] | None = None, env_drop: tuple[str, ...] = ()
                  ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "ASCEND_DEVICE_ID"}
-    env.update(PYTHON=str(python), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if k not in ("ASCEND_DEVICE_ID", *env_drop)}
+    env.update(PYTHON=str(python), OMP_NUM_THREADS="1", **(env_update or {}))
     if ascend_device_id is not None:
         env["ASCEND_DEVICE_ID"] = ascend_device_id
     return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], cwd=cwd, env=env, capture_output=True,
@@ -288,3 +291,65 @@ def test_pretrained_path_reaches_model_pretrained(stand_in_python: Path, synthet
     proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
                         "--pretrained=nowhere/resnet50.pth")
     assert proc.returncode == 1 and '[Error] pretrained "nowhere/resnet50.pth" not found' in proc.stdout
+
+
+# ---------------------------------------------------------------- the CANN environment (scripts/env_npu.sh)
+def fake_cann(tmp_path: Path, layout: str = "ascend-toolkit") -> dict[str, str]:
+    """A CANN install under tmp_path/Ascend and the install-info file naming it; the environment that points
+    env_npu.sh at them (CANN_INSTALL_PATH_CONF, standing in for /etc/Ascend/ascend_cann_install.info).
+
+    Its set_env.sh has the form of CANN's: it extends LD_LIBRARY_PATH and PYTHONPATH with no default for an unset
+    one (``export PYTHONPATH=${ASCEND_TOOLKIT_HOME}/python/site-packages:$PYTHONPATH``), and reports on stderr.
+    ``layout``: "ascend-toolkit" (ascend-toolkit/latest and ascend-toolkit/set_env.sh), "nnae" (nnae/set_env.sh
+    only) or "nnal" (only nnal/atb/set_env.sh, which is no replacement for the toolkit's).
+    """
+    root = tmp_path / "Ascend"
+    env_file = {"ascend-toolkit": root / "ascend-toolkit" / "set_env.sh", "nnae": root / "nnae" / "set_env.sh",
+                "nnal": root / "nnal" / "atb" / "set_env.sh"}[layout]
+    home = root / layout / "latest"
+    home.mkdir(parents=True)
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text(f"export LD_LIBRARY_PATH={root}/driver/lib64:$LD_LIBRARY_PATH\n"
+                        f"export ASCEND_TOOLKIT_HOME={home}\n"
+                        "export LD_LIBRARY_PATH=${ASCEND_TOOLKIT_HOME}/lib64:$LD_LIBRARY_PATH\n"
+                        "export PYTHONPATH=${ASCEND_TOOLKIT_HOME}/python/site-packages:$PYTHONPATH\n"
+                        f"export CANN_SOURCED={layout}\n"
+                        f"echo 'set_env.sh of {layout} sourced' >&2\n")
+    info = tmp_path / "ascend_cann_install.info"
+    info.write_text(f"Install_Path={root}\n")
+    return {"CANN_INSTALL_PATH_CONF": str(info)}
+
+
+def test_cann_set_env_is_sourced_under_nounset(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
+    """CANN's set_env.sh expands an unset PYTHONPATH / LD_LIBRARY_PATH: the scripts (set -u) get past it, with the
+    variables it sets and its messages."""
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", cwd, f"--data_path={synthetic_coco}", "--device=npu",
+                        env_update=fake_cann(tmp_path), env_drop=("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_HOME_PATH"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "set_env.sh of ascend-toolkit sourced" in proc.stderr and "Final Train Accuracy" in proc.stdout
+    environ = json.loads((cwd / "output" / "0" / "run" / "call.json").read_text())["environ"]
+    home = tmp_path / "Ascend" / "ascend-toolkit" / "latest"
+    assert environ["LD_LIBRARY_PATH"] == f"{home}/lib64:{tmp_path}/Ascend/driver/lib64:"
+    assert environ["PYTHONPATH"] == f"{home}/python/site-packages:" and environ["ASCEND_TOOLKIT_HOME"] == str(home)
+
+
+@pytest.mark.parametrize(("layout", "sourced"), [("ascend-toolkit", "ascend-toolkit"), ("nnae", "nnae"),
+                                                 ("nnal", None)])
+@pytest.mark.parametrize("nounset", [True, False])
+def test_env_npu_finds_cann_as_the_modelzoo_env_npu_does(tmp_path: Path, layout: str, sourced: str | None,
+                                                         nounset: bool) -> None:
+    """Install_Path of the install-info file; there ascend-toolkit/set_env.sh when ascend-toolkit/latest exists, else
+    nnae/set_env.sh (Ascend/ModelZoo-PyTorch, PyTorch/contrib/cv/detection/SOLOv2/test/env_npu.sh); the shell's
+    options are as before."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_HOME_PATH")}
+    env.update(fake_cann(tmp_path, layout))
+    script = (f"{'set -uo pipefail; ' if nounset else ''}source {ROOT / 'scripts' / 'env_npu.sh'}; "
+              'echo "sourced=${CANN_SOURCED:-none} options=$-"')
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = re.search(r"^sourced=(\S+) options=(\S*)$", proc.stdout, re.M)
+    assert found and found.group(1) == (sourced or "none") and ("u" in found.group(2)) == nounset
+    if sourced is None:
+        assert f"[Warning] CANN's set_env.sh not found: no {tmp_path}/Ascend/nnae/set_env.sh" in proc.stderr
