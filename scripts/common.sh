@@ -12,9 +12,12 @@
 #   --batch_size=N     images per device for training (train_eval_1p.sh evaluates one image per batch)
 #   --epochs=N         training epochs
 #   --device=KIND      auto | npu | cuda | cpu (default auto)
-#   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh)
-#   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch
+#   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh); --ckpt_path=PATH is the same
+#   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch;
+#                      --more_path1=PATH (the ModelZoo templates' pretrained weights) is the same
 #   key=value          any further Hydra override of train.py, passed through last
+# Another --name=value (e.g. --conda_name, --precision_mode, --profiling, passed by ModelZoo automation) is ignored
+# with a warning, as the ModelZoo scripts ignore options they do not take.
 # An existing output/N is renamed to output/N.<date>-<time> (never deleted): checkpoints of an interrupted run
 # stay there for resume=PATH.
 set -uo pipefail
@@ -33,6 +36,8 @@ checkpoint=""
 pretrained=""
 apex=""
 EXTRA=()
+# The options parse_args takes, which may also be given as --name VALUE.
+OPTIONS=" --data_path --device_id --batch_size --epochs --device --checkpoint --ckpt_path --pretrained --more_path1 --apex "
 
 # abs_file NAME PATH: sets ABS_FILE to PATH made absolute (train.py runs from the repository root); exits when
 # PATH is not a file.
@@ -47,10 +52,10 @@ abs_file() {
 parse_args() {
     local device_id_arg=""
     while [[ $# -gt 0 ]]; do
-        local arg="$1" value=""
+        local given="$1" arg="$1" value=""
         case "${arg}" in
             --*=*) value="${arg#*=}"; arg="${arg%%=*}" ;;
-            --*) if [[ $# -gt 1 ]]; then value="$2"; shift; fi ;;
+            --*) if [[ "${OPTIONS}" == *" ${arg} "* && $# -gt 1 ]]; then value="$2"; shift; fi ;;
         esac
         case "${arg}" in
             --data_path) data_path="${value}" ;;
@@ -58,10 +63,10 @@ parse_args() {
             --batch_size) batch_size="${value}" ;;
             --epochs) epochs="${value}" ;;
             --device) device="${value}" ;;
-            --checkpoint) checkpoint="${value}" ;;
-            --pretrained) pretrained="${value}" ;;
+            --checkpoint|--ckpt_path) checkpoint="${value}" ;;
+            --pretrained|--more_path1) pretrained="${value}" ;;
             --apex) apex="${value}" ;;
-            --*) echo "[Error] unknown option ${arg}" >&2; exit 1 ;;
+            --*) echo "[Warning] unknown option ${given} ignored" ;;
             *=*) EXTRA+=("${arg}") ;;
             *) echo "[Error] unexpected argument ${arg} (use --name=value or a key=value override)" >&2; exit 1 ;;
         esac

@@ -293,6 +293,27 @@ def test_pretrained_path_reaches_model_pretrained(stand_in_python: Path, synthet
     assert proc.returncode == 1 and '[Error] pretrained "nowhere/resnet50.pth" not found' in proc.stdout
 
 
+def test_modelzoo_option_names_are_taken_and_other_options_ignored(stand_in_python: Path, synthetic_coco: Path,
+                                                                    tmp_path: Path) -> None:
+    """--ckpt_path and --more_path1 (the ModelZoo templates' pretrained weights) are --checkpoint and --pretrained;
+    an option the scripts do not take is ignored with one warning, as the ModelZoo scripts' ``for para in $*``
+    loops ignore it (e.g. --conda_name of Ascend/ModelZoo-PyTorch SOLOv2 test/train_ID4115_solov2_RT2_*.sh)."""
+    ckpt, weights = tmp_path / "w.pth", tmp_path / "resnet50.pth"
+    ckpt.write_bytes(b"")
+    weights.write_bytes(b"")
+    proc = run_stand_in(stand_in_python, "train_finetune_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        f"--ckpt_path={ckpt}", f"--more_path1={weights}", "--conda_name=solo",
+                        "--precision_mode=allow_mix_precision", "--profiling", "train.log_interval=7")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("[Warning] unknown option")]
+    assert warnings == ["[Warning] unknown option --conda_name=solo ignored",
+                        "[Warning] unknown option --precision_mode=allow_mix_precision ignored",
+                        "[Warning] unknown option --profiling ignored"]
+    _, _, cfg = recorded(tmp_path / "output" / "0")
+    assert cfg["checkpoint"] == str(ckpt) and cfg["model"]["pretrained"] == str(weights)
+    assert cfg["train"]["log_interval"] == 7  # the override after a bare unknown option is still an override
+
+
 # ---------------------------------------------------------------- the CANN environment (scripts/env_npu.sh)
 def fake_cann(tmp_path: Path, layout: str = "ascend-toolkit") -> dict[str, str]:
     """A CANN install under tmp_path/Ascend and the install-info file naming it; the environment that points
