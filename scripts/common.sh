@@ -11,7 +11,9 @@
 #                      Without it the experiment decides (1p, 8p and performance runs are O1).
 #   --batch_size=N     images per device for training (train_eval_1p.sh evaluates one image per batch)
 #   --epochs=N         training epochs
-#   --device=KIND      auto | npu | cuda | cpu (default auto)
+#   --device=KIND      npu (default) | auto | cuda | cpu. These are NPU scripts: without an NPU (torch_npu missing
+#                      or failing to import, no device visible) a default run stops with the runtime's error instead
+#                      of training elsewhere; auto falls back to CUDA, then CPU.
 #   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh); --ckpt_path=PATH is the same
 #   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch;
 #                      --more_path1=PATH (the ModelZoo templates' pretrained weights) is the same
@@ -31,7 +33,7 @@ data_path=""
 device_id=""
 batch_size=""
 epochs=""
-device="auto"
+device="npu"
 checkpoint=""
 pretrained=""
 apex=""

@@ -2,7 +2,7 @@
 # COCO segm/bbox AP of --checkpoint on val2017 on one device, one image per batch (as the ModelZoo evaluation
 # runs): padding images of different shapes to one canvas would make the AP depend on the batch composition.
 # --batch_size is not a training batch here and is ignored with a warning; train.eval_batch_size=N overrides.
-# Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco --checkpoint=PATH [--device_id=N] [--apex=O1|O0] [--device=auto] [key=value ...]
+# Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco --checkpoint=PATH [--device_id=N] [--apex=O1|O0] [--device=npu|auto|cuda|cpu] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 parse_args "$@"
 require_checkpoint

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full 1x training on one device (AMP, static loss scale 128), evaluated on COCO val2017.
-# Usage: bash scripts/train_full_1p.sh --data_path=/path/to/coco [--device_id=N] [--apex=O1|O0] [--batch_size=N] [--epochs=N] [--device=auto] [--pretrained=PATH] [key=value ...]
+# Usage: bash scripts/train_full_1p.sh --data_path=/path/to/coco [--device_id=N] [--apex=O1|O0] [--batch_size=N] [--epochs=N] [--device=npu|auto|cuda|cpu] [--pretrained=PATH] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 parse_args "$@"
 setup_env 1p

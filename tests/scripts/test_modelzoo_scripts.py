@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -111,6 +112,18 @@ def test_train_full_8p_as_two_cpu_processes(synthetic_coco: Path, tmp_path: Path
     case = case_log(tmp_path / "output" / "0")
     assert case["RankSize"] == "2" and case["BatchSize"] == "4" and case["CaseName"] == "SOLOv2_for_PyTorch_bs4_2p_acc"
     assert 0.0 <= float(summary_lines(out.stdout)["Final Train Accuracy"]) <= 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_npu") is not None, reason="torch_npu is installed here")
+def test_default_device_is_npu_and_no_npu_stops_the_run(synthetic_coco: Path, tmp_path: Path) -> None:
+    """These are NPU scripts: without torch_npu a run without --device stops with the runtime's one-line error
+    instead of training on the CPU."""
+    out = run_script("train_performance_1p.sh", tmp_path, f"--data_path={synthetic_coco}", "train.max_iters=1",
+                     *SHRINK)
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "DeviceError: device=npu requested but torch_npu is not installed" in out.stdout
+    assert "runtime.device=npu:0" in (tmp_path / "output" / "0" / "train_0.log").read_text()
+    assert not (tmp_path / "output" / "0" / "run" / "summary.json").exists()
 
 
 # ---------------------------------------------------------------- argument handling, with train.py stood in
