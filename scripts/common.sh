@@ -78,12 +78,12 @@ parse_args() {
         echo "[Error] para \"data_path\" must be config"
         exit 1
     fi
-    local missing=()
+    local missing=""
     for f in annotations/instances_train2017.json annotations/instances_val2017.json train2017 val2017; do
-        [[ -e "${data_path}/${f}" ]] || missing+=("${f}")
+        [[ -e "${data_path}/${f}" ]] || missing+=" ${f}"
     done
-    if [[ ${#missing[@]} -gt 0 ]]; then
-        echo "[Error] data_path \"${data_path}\" is not a COCO layout: missing ${missing[*]}"
+    if [[ -n "${missing}" ]]; then
+        echo "[Error] data_path \"${data_path}\" is not a COCO layout: missing${missing}"
         exit 1
     fi
     data_path="$(cd "${data_path}" && pwd)"  # train.py runs from the repository root
@@ -170,9 +170,11 @@ run_train() {
         O1) args+=("amp.enabled=true" "amp.loss_scale=128") ;;
         O0) args+=("amp.enabled=false") ;;
     esac
-    echo "${PYTHON} train.py $* ${args[*]} ${EXTRA[*]}" > "${LOG_FILE}"
+    # ${A[@]+"${A[@]}"}: an empty array under set -u is an unbound variable for bash < 4.4 (CentOS 7 has 4.2)
+    echo "${PYTHON} train.py $* ${args[*]+${args[*]}} ${EXTRA[*]+${EXTRA[*]}}" > "${LOG_FILE}"
     echo "device id ${device_id}, ASCEND_DEVICE_ID=${ASCEND_DEVICE_ID}, runtime.device=${run_device}" >> "${LOG_FILE}"
-    (cd "${REPO_DIR}" && "${PYTHON}" train.py "$@" "${args[@]}" train.progress=plain "${EXTRA[@]}") >> "${LOG_FILE}" 2>&1
+    (cd "${REPO_DIR}" && "${PYTHON}" train.py "$@" ${args[@]+"${args[@]}"} train.progress=plain \
+        ${EXTRA[@]+"${EXTRA[@]}"}) >> "${LOG_FILE}" 2>&1
     local rc=$?
     if [[ ${rc} -ne 0 ]]; then
         tail -n 30 "${LOG_FILE}"

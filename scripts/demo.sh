@@ -44,5 +44,6 @@ print(f"deploy.input_shape=[{short_side},{long_side}]")  # landscape canvas [H, 
 PY
 )
 read -r -a DEPLOY_ARGS <<< "${DEPLOY_OVERRIDES:-}"
-"${PYTHON}" deploy.py model=solov2_light_r18 data=synthetic checkpoint="${ckpt}" "${MODEL_OVERRIDES[@]}" \
-    deploy.batch_sizes=[1,4] "${DEPLOY_ARGS[@]}"
+# ${A[@]+"${A[@]}"}: an empty array under set -u is an unbound variable for bash < 4.4
+"${PYTHON}" deploy.py model=solov2_light_r18 data=synthetic checkpoint="${ckpt}" ${MODEL_OVERRIDES[@]+"${MODEL_OVERRIDES[@]}"} \
+    deploy.batch_sizes=[1,4] ${DEPLOY_ARGS[@]+"${DEPLOY_ARGS[@]}"}
