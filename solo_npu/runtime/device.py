@@ -120,29 +120,53 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> DeviceInfo:
             wrapping around the visible devices.
 
     Raises:
-        DeviceError: an explicitly requested device kind is not available.
+        DeviceError: an explicitly requested device kind is not available, or an explicit index is not one of
+            the visible devices.
     """
     name = (name or "auto").lower()
     explicit_index: int | None = None
     if ":" in name:
         name, idx = name.split(":", 1)
+        if not idx.isdigit():
+            raise DeviceError(f"bad device {name}:{idx}: the index after ':' is a device number (e.g. {name}:0)")
         explicit_index = int(idx)
     if name not in ("auto", *DEVICE_KINDS):
         raise DeviceError(f"unknown device {name!r}: use one of auto, npu, cuda, cpu")
 
+    def index_of(kind: str, count: int, visible_env: str) -> int:
+        # Indices count the visible devices from 0. torch.npu.set_device passes an index beyond them to ACL,
+        # which fails with a bare error code (Ascend/pytorch torch_npu/csrc/npu/Module.cpp
+        # THNPModule_setDevice_wrap -> csrc/core/npu/sys_ctrl/npu_sys_ctrl.cpp ExchangeDevice: 107001).
+        if explicit_index is None:
+            return local_rank % count
+        if explicit_index >= count:
+            visible = f"{kind}:0" if count == 1 else f"{kind}:0 to {kind}:{count - 1}"
+            raise DeviceError(
+                f"device={kind}:{explicit_index} requested but {count} {kind} device{'s are' if count > 1 else ' is'}"
+                f" visible ({visible}): indices count the visible devices from 0"
+                f" ({visible_env}={os.environ.get(visible_env, '<unset>')})")
+        return explicit_index
+
     if name in ("auto", "npu"):
         count = _npu_device_count()
         if count:
-            index = explicit_index if explicit_index is not None else local_rank % count
+            index = index_of("npu", count, "ASCEND_RT_VISIBLE_DEVICES")
             return DeviceInfo("npu", torch.device("npu", index), index)
         if name == "npu":
-            hint = "torch_npu is not installed (pip install .[npu])" if import_torch_npu() is None else (
-                "torch_npu imports but reports no device (check the driver and ASCEND_RT_VISIBLE_DEVICES)")
+            from importlib.util import find_spec
+
+            if import_torch_npu() is not None:
+                hint = "torch_npu imports but reports no device (check the driver and ASCEND_RT_VISIBLE_DEVICES)"
+            elif find_spec("torch_npu") is None:
+                hint = "torch_npu is not installed (pip install .[npu])"
+            else:
+                hint = ("torch_npu is installed but does not import (python -c 'import torch_npu' shows why; "
+                        "is CANN's set_env.sh sourced? scripts/env_npu.sh does it)")
             raise DeviceError(f"device=npu requested but {hint}")
     if name in ("auto", "cuda"):
         if torch.cuda.is_available():
             count = torch.cuda.device_count()
-            index = explicit_index if explicit_index is not None else local_rank % count
+            index = index_of("cuda", count, "CUDA_VISIBLE_DEVICES")
             return DeviceInfo("cuda", torch.device("cuda", index), index)
         if name == "cuda":
             raise DeviceError("device=cuda requested but torch.cuda.is_available() is False")

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -54,6 +55,42 @@ def test_explicit_cuda_without_cuda_fails(no_npu):
 def test_unknown_device_name():
     with pytest.raises(runtime.DeviceError, match="unknown device 'tpu'"):
         runtime.resolve_device("tpu")
+    with pytest.raises(runtime.DeviceError, match=r"^bad device npu:x: the index after ':' is a device number"):
+        runtime.resolve_device("npu:x")
+
+
+def test_explicit_npu_with_a_torch_npu_that_does_not_import_says_so(no_npu, monkeypatch):
+    # A broken CANN environment makes `import torch_npu` fail although the package is there.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "torch_npu" else real_find_spec(name, *a))
+    with pytest.raises(runtime.DeviceError, match=r"torch_npu is installed but does not import .*set_env\.sh"):
+        runtime.resolve_device("npu")
+
+
+def test_explicit_cuda_index_beyond_the_visible_devices_is_one_clear_error(no_npu, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert runtime.resolve_device("cuda:0").index == 0
+    message = (r"^device=cuda:1 requested but 1 cuda device is visible \(cuda:0\): "
+               r"indices count the visible devices from 0 \(CUDA_VISIBLE_DEVICES=1\)$")
+    with pytest.raises(runtime.DeviceError, match=message):
+        runtime.resolve_device("cuda:1")
+
+
+@in_child
+def test_explicit_npu_index_beyond_the_visible_devices_is_one_clear_error(fake_npu, monkeypatch):
+    # With ASCEND_RT_VISIBLE_DEVICES=4,5 the two devices are npu:0 and npu:1; torch_npu would hand npu:4 to ACL,
+    # which fails with error code 107001 (the stand-in's set_device raises the same).
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "4,5")
+    assert runtime.resolve_device("npu:1", local_rank=0).index == 1
+    with pytest.raises(runtime.DeviceError, match=r"^device=npu:4 requested but 2 npu devices are visible "
+                                                  r"\(npu:0 to npu:1\): indices count the visible devices from 0 "
+                                                  r"\(ASCEND_RT_VISIBLE_DEVICES=4,5\)$"):
+        runtime.resolve_device("npu:4")
+    with pytest.raises(RuntimeError, match="error code is 107001"):
+        torch.npu.set_device(4)
 
 
 @in_child

@@ -8,6 +8,12 @@ from stand_ins import torch_npu as npu_stand_in
 from stand_ins.child import in_child
 
 
+@pytest.fixture
+def host_npu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host tensors count as NPU tensors, as for the installed stand-in (``install(npu_memory="cpu")``)."""
+    monkeypatch.setattr(npu_stand_in, "NPU_MEMORY", "cpu")
+
+
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
@@ -15,7 +21,7 @@ def _model() -> torch.nn.Module:
 
 @pytest.mark.parametrize("kwargs", [dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.9, nesterov=True),
                                     dict(momentum=0.5, dampening=0.3), dict()])
-def test_fused_sgd_matches_torch_sgd(kwargs) -> None:
+def test_fused_sgd_matches_torch_sgd(kwargs, host_npu_memory) -> None:
     # op-plugin docs (torch_npu-optim-NpuFusedSGD.md): "core function compatible with torch.optim.SGD".
     model, reference = _model(), _model()
     fused = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1, **kwargs)
@@ -51,7 +57,7 @@ def test_fused_sgd_raises_where_torch_npu_raises() -> None:
         npu_stand_in.NpuFusedSGD([double], lr=0.1).step()
 
 
-def test_combined_buffer_holds_gradients_and_reallocation_is_caught() -> None:
+def test_combined_buffer_holds_gradients_and_reallocation_is_caught(host_npu_memory) -> None:
     model = _model()
     opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1)
     model(torch.randn(2, 4)).sum().backward()
@@ -68,7 +74,7 @@ def test_combined_buffer_holds_gradients_and_reallocation_is_caught() -> None:
         opt.step()
 
 
-def test_parameters_without_a_gradient_at_first_use_are_never_updated() -> None:
+def test_parameters_without_a_gradient_at_first_use_are_never_updated(host_npu_memory) -> None:
     # _maybe_init_combined_params_and_grads skips p.grad is None, and the buffer is built once.
     model = _model()
     opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1)
@@ -92,3 +98,37 @@ def test_npu_module_checks_devices() -> None:
         npu.get_device_name(5)
     npu.set_compile_mode(jit_compile=False)
     assert npu.calls["jitCompile"] == "disable"
+
+
+def test_combine_refuses_tensors_off_the_npu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch_npu/utils/combine_tensors.py: RuntimeError("Tensors to combine must be on NPU, got {}.").
+    with pytest.raises(RuntimeError, match=r"^Tensors to combine must be on NPU, got cpu\.$"):
+        npu_stand_in.npu_combine_tensors([torch.zeros(2)])
+    model = _model()
+    opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1)  # built on parameters left on the host
+    model(torch.randn(2, 4)).sum().backward()
+    with pytest.raises(RuntimeError, match="must be on NPU, got cpu"):
+        opt.step()
+    monkeypatch.setattr(npu_stand_in, "NPU_MEMORY", "cpu")  # the installed stand-in's NPU memory
+    assert npu_stand_in.npu_combine_tensors([torch.ones(2), torch.ones(3)]).tolist() == [1.0] * 5
+    with pytest.raises(RuntimeError, match=r"must be on NPU, got meta\.$"):
+        npu_stand_in.npu_combine_tensors([torch.ones(2), torch.empty(2, device="meta")])
+
+
+def test_set_device_beyond_the_device_count_raises() -> None:
+    # npu/utils.py set_device ignores a negative index; _npu_setDevice raises the ACL error 107001
+    # (ACL_ERROR_RT_INVALID_DEVICEID) for an index the runtime does not have.
+    npu = npu_stand_in.build(device_count=2).npu
+    npu.set_device(1)
+    with pytest.raises(RuntimeError, match="NPU function error: c10_npu::SetDevice\\(device\\), error code is 107001"):
+        npu.set_device(2)
+    npu.set_device(-1)
+    assert npu.current_device() == 1
+
+
+@pytest.mark.parametrize(("bf16", "dtypes"), [(True, [torch.float16, torch.bfloat16, torch.float32]),
+                                              (False, [torch.float16, torch.float32])])
+def test_amp_dtypes_follow_bf16_support(bf16: bool, dtypes: list[torch.dtype]) -> None:
+    # torch_npu/npu/autocast_utils.py get_amp_supported_dtype.
+    npu = npu_stand_in.build(bf16=bf16).npu
+    assert npu.is_bf16_supported() is bf16 and npu.get_amp_supported_dtype() == dtypes

@@ -29,6 +29,16 @@ from torch.optim.optimizer import required
 SET_TO_NONE_MESSAGE = "set_to_none is not supported in fused optimizers"
 # Every fused optimiser this process built, newest last (tests read their ``calls``).
 FUSED_OPTIMIZERS: list[NpuFusedOptimizerBase] = []
+# The device type of the tensors the stand-in takes for NPU tensors. The real npu_combine_tensors refuses a tensor whose
+# device type is not "npu"; the installed stand-in keeps NPU tensors in host memory and takes "cpu" ones as well
+# (``install(npu_memory=...)``); the bare module (its classes used without ``install``) takes "npu" ones only.
+NPU_MEMORY = "npu"
+# What torch_npu raises for a device index the runtime does not have: torch_npu/csrc/npu/Module.cpp @ b1190f22
+# (THNPModule_setDevice_wrap) calls NpuSysCtrl::ExchangeDevice, whose NPU_CHECK_ERROR_WITHOUT_UCE(c10_npu::SetDevice(
+# device)) turns ACL_ERROR_RT_INVALID_DEVICEID (107001) into a RuntimeError (csrc/core/npu/sys_ctrl/npu_sys_ctrl.cpp
+# @ 0037c399).
+INVALID_DEVICE_MESSAGE = ("ExchangeDevice:torch_npu/csrc/core/npu/sys_ctrl/npu_sys_ctrl.cpp NPU function error: "
+                          "c10_npu::SetDevice(device), error code is 107001\n[ERROR] ERR00100 PTA call acl api failed")
 REALLOCATED_MESSAGE = (
     "a parameter or gradient was re-allocated after the fused optimizer combined them into one buffer: the real "
     "torch_npu fused optimizer would now step on stale values (NpuFusedSGD: parameters must never be re-allocated)"
@@ -40,18 +50,22 @@ REALLOCATED_MESSAGE = (
 def npu_combine_tensors(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """One flat buffer holding ``tensors``, each re-pointed into it with its value kept.
 
-    Follows torch_npu/utils/combine_tensors.py ``npu_combine_tensors``: None for an empty list or zero
-    elements, RuntimeError for a None entry or mixed dtypes. ``torch_npu.npu_change_data_ptr`` (which moves
-    a tensor's data pointer and leaves the tensor object alone) becomes ``Tensor.set_`` on the buffer's
-    storage, or a ``.data`` assignment for tensors that require grad.
+    Follows torch_npu/utils/combine_tensors.py @ 0d390eec ``npu_combine_tensors``: None for an empty list or
+    zero elements, RuntimeError for a None entry, then per tensor for a dtype other than the first one's or a
+    tensor not on the NPU (``tensor.device.type != "npu"``; see NPU_MEMORY). ``torch_npu.npu_change_data_ptr``
+    (which moves a tensor's data pointer and leaves the tensor object alone) becomes ``Tensor.set_`` on the
+    buffer's storage, or a ``.data`` assignment for tensors that require grad.
     """
     if not tensors:
         return None
     if any(t is None for t in tensors):
         raise RuntimeError("Tensors to combine must not have `None`.")
     dtype = tensors[0].dtype
-    if any(t.dtype != dtype for t in tensors):
-        raise RuntimeError("Tensors to combine must have the same dtype.")
+    for t in tensors:
+        if t.dtype != dtype:
+            raise RuntimeError("Tensors to combine must have the same dtype.")
+        if t.device.type not in ("npu", NPU_MEMORY):
+            raise RuntimeError(f"Tensors to combine must be on NPU, got {t.device.type}.")
     total = sum(t.numel() for t in tensors)
     if total == 0:
         return None
@@ -279,9 +293,10 @@ class _NpuModule(types.ModuleType):
     """The device functions solo_npu calls; signatures of torch_npu/npu/utils.py, memory.py, random.py and
     npu_config.py. Host memory stands in for device memory, so the allocator counters stay at zero."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, bf16: bool = True) -> None:
         super().__init__("torch_npu.npu")
         self._count = count
+        self._bf16 = bf16
         self._current = 0
         self.calls: dict[str, Any] = {}
         self._rng = [torch.Generator().manual_seed(i) for i in range(count)]
@@ -307,10 +322,14 @@ class _NpuModule(types.ModuleType):
         return self._count
 
     def set_device(self, device: Any) -> None:
+        # npu/utils.py set_device: a negative index is ignored; another one beyond the devices raises in ACL.
         index = self._index(device)
-        if index >= 0:
-            self._current = index
-            self.calls["set_device"] = device
+        if index < 0:
+            return
+        if index >= self._count:
+            raise RuntimeError(INVALID_DEVICE_MESSAGE)
+        self._current = index
+        self.calls["set_device"] = device
 
     def current_device(self) -> int:
         return self._current
@@ -355,30 +374,35 @@ class _NpuModule(types.ModuleType):
         self.calls["jitCompile"] = "enable" if jit_compile else "disable"
 
     def get_amp_supported_dtype(self) -> list[torch.dtype]:
-        # torch.autocast asks the PrivateUse1 backend module for its AMP dtypes (torch/amp/autocast_mode.py).
-        return [torch.float16, torch.bfloat16]
+        # torch.autocast asks the PrivateUse1 backend module for its AMP dtypes (torch/amp/autocast_mode.py);
+        # torch_npu answers from torch_npu/npu/autocast_utils.py @ 287c65d6.
+        if self.is_bf16_supported():
+            return [torch.float16, torch.bfloat16, torch.float32]
+        return [torch.float16, torch.float32]
 
     def is_bf16_supported(self) -> bool:
-        return True
+        return self._bf16
 
 
-def build(device_count: int = 2) -> types.ModuleType:
-    """A fresh ``torch_npu`` module object with ``npu``, ``optim`` and ``utils``."""
+def build(device_count: int = 2, bf16: bool = True) -> types.ModuleType:
+    """A fresh ``torch_npu`` module object with ``npu``, ``optim`` and ``utils``; ``bf16``: what
+    ``npu.is_bf16_supported()`` answers (the chip's bf16 support)."""
     module = types.ModuleType("torch_npu")
     module.__file__ = __file__
-    module.npu = _NpuModule(device_count)
+    module.npu = _NpuModule(device_count, bf16)
     module.optim = types.SimpleNamespace(NpuFusedOptimizerBase=NpuFusedOptimizerBase, NpuFusedSGD=NpuFusedSGD)
     module.utils = types.SimpleNamespace(npu_combine_tensors=npu_combine_tensors,
                                          is_combined_tensor_valid=is_combined_tensor_valid)
     return module
 
 
-def install(monkeypatch: Any = None, device_count: int = 2) -> types.ModuleType:
+def install(monkeypatch: Any = None, device_count: int = 2, npu_memory: str = "cpu") -> types.ModuleType:
     """Make ``import torch_npu`` and ``torch.npu`` answer with the stand-in, as importing the real one does.
 
-    The real torch_npu names PyTorch's PrivateUse1 backend "npu" and registers its ``npu`` module as
-    ``torch.npu``. With ``monkeypatch`` everything is undone after the test; without it (a spawned worker)
-    it stays for the life of the process.
+    The real torch_npu (torch_npu/__init__.py @ 0036adaa) names PyTorch's PrivateUse1 backend "npu" and registers
+    its ``npu`` module as ``torch.npu``. ``npu_memory``: the device type of the tensors taken for NPU tensors
+    (NPU_MEMORY; the host's by default, where the tests keep them). With ``monkeypatch`` everything is undone
+    after the test; without it (a spawned worker) it stays for the life of the process.
     """
     if torch._C._get_privateuse1_backend_name() != "npu":
         torch.utils.rename_privateuse1_backend("npu")
@@ -386,7 +410,10 @@ def install(monkeypatch: Any = None, device_count: int = 2) -> types.ModuleType:
     if monkeypatch is not None:
         monkeypatch.setitem(sys.modules, "torch_npu", module)
         monkeypatch.setattr(torch, "npu", module.npu, raising=False)
+        monkeypatch.setattr(sys.modules[__name__], "NPU_MEMORY", npu_memory)
     else:
+        global NPU_MEMORY
+        NPU_MEMORY = npu_memory
         sys.modules["torch_npu"] = module
         torch.npu = module.npu
         _register_accelerator_hooks()
