@@ -173,9 +173,13 @@ run_train() {
     # ${A[@]+"${A[@]}"}: an empty array under set -u is an unbound variable for bash < 4.4 (CentOS 7 has 4.2)
     echo "${PYTHON} train.py $* ${args[*]+${args[*]}} ${EXTRA[*]+${EXTRA[*]}}" > "${LOG_FILE}"
     echo "device id ${device_id}, ASCEND_DEVICE_ID=${ASCEND_DEVICE_ID}, runtime.device=${run_device}" >> "${LOG_FILE}"
+    # E2E Training Duration is the wall clock of the run, timed as the ModelZoo scripts time it (start_time and
+    # end_time from date +%s around training and evaluation), so it includes start-up and the workers' spawning.
+    RUN_START=$(date +%s)
     (cd "${REPO_DIR}" && "${PYTHON}" train.py "$@" ${args[@]+"${args[@]}"} train.progress=plain \
         ${EXTRA[@]+"${EXTRA[@]}"}) >> "${LOG_FILE}" 2>&1
     local rc=$?
+    RUN_END=$(date +%s)
     if [[ ${rc} -ne 0 ]]; then
         tail -n 30 "${LOG_FILE}"
         echo "[Error] train.py failed with exit code ${rc}; full log: ${LOG_FILE}"
@@ -192,7 +196,7 @@ summarize() {
         echo "[Error] ${summary} is missing; see ${LOG_FILE}"
         exit 1
     fi
-    read -r FPS AP LOSS E2E RANKS BS DEV AMP <<< "$("${PYTHON}" - "${summary}" "${RUN_DIR}/config.yaml" <<'PY'
+    read -r FPS AP LOSS RANKS BS DEV AMP <<< "$("${PYTHON}" - "${summary}" "${RUN_DIR}/config.yaml" <<'PY'
 import json, os, sys
 import yaml
 s = json.load(open(sys.argv[1]))
@@ -203,10 +207,11 @@ train = cfg.get("train", {})
 batch = train.get("eval_batch_size", 1) if s.get("mode") == "eval" else s.get("batch_size", train.get("batch_size", 0))
 amp = cfg.get("amp", {}).get("enabled")
 print(num(s.get("fps"), ".3f"), num(s.get("segm_ap"), ".4f"), num(s.get("final_loss"), ".4f"),
-      int(round(s.get("duration_sec", 0))), s.get("world_size", 1), batch, s.get("device", "unknown"),
+      s.get("world_size", 1), batch, s.get("device", "unknown"),
       {True: "O1", False: "O0"}.get(amp, "unknown"))
 PY
 )"
+    local E2E=$(( RUN_END - RUN_START ))
     local total_bs=$(( BS * RANKS ))
     local step_ms="None"
     if [[ "${FPS}" != "None" ]] && "${PYTHON}" -c "import sys; sys.exit(float('${FPS}') <= 0)"; then

@@ -131,8 +131,9 @@ def test_default_device_is_npu_and_no_npu_stops_the_run(synthetic_coco: Path, tm
 # would reject fails here too), records them with the ASCEND_DEVICE_ID it was started with, and writes the
 # config.yaml and summary.json that train.py writes into run_dir; the scripts' own python calls run unchanged.
 FAKE_TRAIN = '''
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
+time.sleep(float(os.environ.get("FAKE_TRAIN_SECONDS", "0")))  # reports duration_sec 1.0 whatever it took
 sys.path.insert(0, {root!r})
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -325,6 +326,17 @@ def test_modelzoo_option_names_are_taken_and_other_options_ignored(stand_in_pyth
     _, _, cfg = recorded(tmp_path / "output" / "0")
     assert cfg["checkpoint"] == str(ckpt) and cfg["model"]["pretrained"] == str(weights)
     assert cfg["train"]["log_interval"] == 7  # the override after a bare unknown option is still an override
+
+
+def test_e2e_duration_is_the_wall_clock_of_the_run(stand_in_python: Path, synthetic_coco: Path,
+                                                   tmp_path: Path) -> None:
+    """E2E Training Duration is timed around train.py, as the ModelZoo scripts time start_time..end_time, not
+    the job's own duration_sec (taken after start-up)."""
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        env_update={"FAKE_TRAIN_SECONDS": "2.2"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    e2e = int(summary_lines(proc.stdout)["E2E Training Duration sec"])
+    assert e2e >= 2 and case_log(tmp_path / "output" / "0")["E2ETrainingTime"] == str(e2e)
 
 
 # ---------------------------------------------------------------- the CANN environment (scripts/env_npu.sh)
