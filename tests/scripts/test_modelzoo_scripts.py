@@ -388,14 +388,16 @@ def test_env_npu_finds_cann_as_the_modelzoo_env_npu_does(tmp_path: Path, layout:
                                                          nounset: bool) -> None:
     """Install_Path of the install-info file; there ascend-toolkit/set_env.sh when ascend-toolkit/latest exists, else
     nnae/set_env.sh (Ascend/ModelZoo-PyTorch, PyTorch/contrib/cv/detection/SOLOv2/test/env_npu.sh); the shell's
-    options are as before."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_HOME_PATH")}
+    options are as before; the event log is off."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_HOME_PATH", "ASCEND_GLOBAL_EVENT_ENABLE")}
     env.update(fake_cann(tmp_path, layout))
     script = (f"{'set -uo pipefail; ' if nounset else ''}source {ROOT / 'scripts' / 'env_npu.sh'}; "
-              'echo "sourced=${CANN_SOURCED:-none} options=$-"')
+              'echo "sourced=${CANN_SOURCED:-none} options=$- event=${ASCEND_GLOBAL_EVENT_ENABLE:-}"')
     proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    found = re.search(r"^sourced=(\S+) options=(\S*)$", proc.stdout, re.M)
+    found = re.search(r"^sourced=(\S+) options=(\S*) event=(\S*)$", proc.stdout, re.M)
     assert found and found.group(1) == (sourced or "none") and ("u" in found.group(2)) == nounset
+    assert found.group(3) == "0"  # ASCEND_GLOBAL_EVENT_ENABLE=0, as the ModelZoo env_npu.sh sets it
     if sourced is None:
         assert f"[Warning] CANN's set_env.sh not found: no {tmp_path}/Ascend/nnae/set_env.sh" in proc.stderr
