@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared by the ModelZoo-style scripts: argument parsing, dataset checks, running train.py and the
 # summary lines. Sourced, not run. Every script accepts:
-#   --data_path=PATH   COCO layout (annotations/instances_{train,val}2017.json, train2017/, val2017/); required
+#   --data_path=PATH   COCO layout (annotations/instances_{train,val}2017.json, train2017/, val2017/); required.
+#                      train_eval_1p.sh needs the val split only (COCO_SPLITS="val").
 #   --device_id=N      device index; logs go to output/N/train_N.log. Which index is used:
 #                        --device_id, else a pre-set ASCEND_DEVICE_ID, else 0
 #                      (the ModelZoo scripts let a pre-set ASCEND_DEVICE_ID win; here the command line does, and
@@ -38,6 +39,7 @@ checkpoint=""
 pretrained=""
 apex=""
 EXTRA=()
+COCO_SPLITS="train val"  # the splits --data_path must hold
 # The options parse_args takes, which may also be given as --name VALUE.
 OPTIONS=" --data_path --device_id --batch_size --epochs --device --checkpoint --ckpt_path --pretrained --more_path1 --apex "
 
@@ -78,9 +80,11 @@ parse_args() {
         echo "[Error] para \"data_path\" must be config"
         exit 1
     fi
-    local missing=""
-    for f in annotations/instances_train2017.json annotations/instances_val2017.json train2017 val2017; do
-        [[ -e "${data_path}/${f}" ]] || missing+=" ${f}"
+    local missing="" split f
+    for split in ${COCO_SPLITS}; do
+        for f in "annotations/instances_${split}2017.json" "${split}2017"; do
+            [[ -e "${data_path}/${f}" ]] || missing+=" ${f}"
+        done
     done
     if [[ -n "${missing}" ]]; then
         echo "[Error] data_path \"${data_path}\" is not a COCO layout: missing${missing}"

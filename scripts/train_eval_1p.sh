@@ -4,6 +4,7 @@
 # --batch_size is not a training batch here and is ignored with a warning; train.eval_batch_size=N overrides.
 # Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco --checkpoint=PATH [--device_id=N] [--apex=O1|O0] [--device=npu|auto|cuda|cpu] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
+COCO_SPLITS="val"  # evaluation reads val2017 only
 parse_args "$@"
 require_checkpoint
 if [[ -n "${batch_size}" ]]; then

@@ -270,6 +270,22 @@ def test_eval_runs_one_image_per_batch_whatever_batch_size_says(stand_in_python:
     assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_for_PyTorch_bs1_1p_eval"  # ModelZoo: bs1
 
 
+def test_eval_needs_the_val_split_only(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
+    data = tmp_path / "coco_val"
+    (data / "annotations").mkdir(parents=True)
+    val_ann = Path("annotations") / "instances_val2017.json"
+    (data / val_ann).symlink_to(synthetic_coco / val_ann)
+    (data / "val2017").symlink_to(synthetic_coco / "val2017")
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"")
+    proc = run_stand_in(stand_in_python, "train_eval_1p.sh", tmp_path, f"--data_path={data}", f"--checkpoint={ckpt}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert recorded(tmp_path / "output" / "0")[2]["mode"] == "eval"
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={data}")
+    assert proc.returncode == 1
+    assert "is not a COCO layout: missing annotations/instances_train2017.json train2017" in proc.stdout
+
+
 def test_existing_output_is_moved_aside_not_deleted(stand_in_python: Path, synthetic_coco: Path,
                                                      tmp_path: Path) -> None:
     old = tmp_path / "output" / "0" / "run" / "checkpoints"
