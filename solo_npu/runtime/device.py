@@ -90,6 +90,13 @@ def import_torch_npu() -> ModuleType | None:
     except Exception as exc:  # a broken CANN install raises all kinds of errors at import time
         logger.warning("torch_npu is installed but failed to import (%s); NPU disabled", exc)
         return None
+    except SystemExit:
+        # torch_npu/__init__.py prints the ImportError of a CANN library it cannot load (libhccl.so,
+        # libascendcl.so: CANN's set_env.sh not sourced) and calls sys.exit(), which would end the run with
+        # status 0 as if it had succeeded.
+        logger.warning("torch_npu is installed but failed to import: it could not load a CANN library (see the "
+                       "ImportError above; source CANN's set_env.sh); NPU disabled")
+        return None
 
 
 def _npu_device_count() -> int:

@@ -1,4 +1,5 @@
 import importlib.util
+import logging
 import os
 import sys
 
@@ -281,3 +282,27 @@ def test_ddp_bucket_views_detach_gradients_from_a_fused_buffer(fake_npu, single_
     # NpuFusedSGD is documented as compatible with torch.optim.SGD: same weights after the same steps.
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_torch_npu_that_exits_on_import_is_not_a_successful_run(tmp_path, monkeypatch, caplog):
+    """torch_npu/__init__.py (Ascend/pytorch) prints the ImportError of libhccl.so / libascendcl.so and calls
+    sys.exit() when CANN's libraries cannot be loaded: status 0. That must be a disabled NPU and, when the NPU
+    was asked for, the runtime's one-line error, not the end of the process."""
+    package = tmp_path / "torch_npu"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import sys, traceback\n"
+        "try:\n"
+        "    raise ImportError('libhccl.so: cannot open shared object file: No such file or directory')\n"
+        "except ImportError:\n"
+        "    traceback.print_exc()\n"
+        "    sys.exit()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
+    from solo_npu.runtime.device import import_torch_npu
+
+    with caplog.at_level(logging.WARNING):
+        assert import_torch_npu() is None
+    assert "could not load a CANN library" in caplog.text and "torch_npu" not in sys.modules
+    with pytest.raises(runtime.DeviceError, match=r"torch_npu is installed but does not import"):
+        runtime.resolve_device("npu")
