@@ -81,6 +81,15 @@ def compiled_file(ctx: DeployContext, kind: str, batch_size: int | str) -> str |
     return (read_json(path).get(kind) or {}).get(str(batch_size))
 
 
+def compiled_gears(ctx: DeployContext) -> list[int] | None:
+    """The batch gears of the dynamic-batch ``.om`` as compile recorded them (else ``deploy.compile.dynamic_batch``;
+    None when neither says)."""
+    path = ctx.path("compile", "compile.json")
+    recorded = read_json(path).get("om_gears") if path.is_file() else None
+    gears = recorded or ctx.deploy_cfg.compile.dynamic_batch
+    return [int(g) for g in gears] if gears else None
+
+
 def device_id(ctx: DeployContext) -> int:
     """``deploy.device_id``, else the index of the run's accelerator, else 0."""
     chosen = ctx.deploy_cfg.device_id
@@ -259,14 +268,24 @@ class OmBackend(Backend):
         return om.ais_bench_launcher(self._cfg.launcher)
 
     def _model(self, batch_size: int) -> tuple[str | None, list[str]]:
+        """The .om for ``batch_size`` and the ais_bench arguments it needs: its own static-batch one, else the
+        dynamic-batch one with ``--dymBatch`` when ``batch_size`` is one of its gears. ais_bench runs a dynamic .om
+        at its gears only (Ascend/tools ais_bench, backend/base/module/ModelInfer/ModelInferenceProcessor.cpp,
+        ``SetDynamicBatchsize``: ``ModelProcess::CheckDynamicBatchSize`` fails for a size that is not one)."""
         extra = [str(a) for a in self._cfg.extra_args]
         path = compiled_file(self.ctx, "om", batch_size)
-        if not path and compiled_file(self.ctx, "om", "dynamic"):  # one .om with ATC batch gears
-            return compiled_file(self.ctx, "om", "dynamic"), [*extra, "--dymBatch", str(batch_size)]
-        return path, extra
+        if path:
+            return path, extra
+        dynamic, gears = compiled_file(self.ctx, "om", "dynamic"), compiled_gears(self.ctx)
+        if dynamic and (gears is None or batch_size in gears):
+            return dynamic, [*extra, "--dymBatch", str(batch_size)]
+        return None, extra
 
     def unavailable(self, batch_size: int) -> str | None:
         if not self._model(batch_size)[0]:
+            gears = compiled_gears(self.ctx)
+            if compiled_file(self.ctx, "om", "dynamic") and gears is not None:
+                return f"batch {batch_size} is not one of the .om's gears {gears} and has no .om of its own"
             return "no .om model (see compile_310p.sh in the run dir)"
         return om.ais_bench_missing(self._launcher())
 

@@ -164,7 +164,8 @@ def torch_aie_jobs(ctx: DeployContext, manifest: Mapping[str, Any], policy: str,
 
 
 def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
-    """Run ATC for every exported ONNX; the .om files found go to ``result["om"]``."""
+    """Run ATC for every exported ONNX; the .om files found go to ``result["om"]``, the gears of the dynamic-batch
+    one to ``result["om_gears"]`` (ais_bench runs it at those batch sizes only)."""
     ccfg = ctx.deploy_cfg.compile
     atc = str(ccfg.atc)
     jobs = atc_jobs(ctx, load_manifest(ctx))
@@ -179,6 +180,8 @@ def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
         om_path = find_om(stem) if ok else None
         if om_path is not None:
             result["om"][key] = str(om_path)
+            if key == "dynamic":
+                result["om_gears"] = check_gears(ccfg.dynamic_batch)
         else:
             _note(result, msg or f"atc (batch {key}) wrote neither {stem}.om nor {stem}_<os>_<arch>.om")
 

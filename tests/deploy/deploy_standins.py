@@ -7,6 +7,7 @@ CPU with onnxruntime or TorchScript, in float32.
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -23,7 +24,8 @@ from pathlib import Path
 # The checks it makes here, with GE's codes: no -1 batch in --input_shape with --dynamic_batch_size is E10031
 #  (mindspore-ai/graphengine, ge/ir_build/atc_ir_common.cc, CheckDynamicBatchSizeInputShapeValid); fewer than 2
 #  gears E10035, more than 100 E10036 (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams).
-# The .om it writes holds the path of the ONNX it was given, for the ais_bench stand-in to run.
+# The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>},
+#  for the ais_bench stand-in to run; the real .om carries its gears (read back with aclmdlGetDynamicBatch).
 ATC = """
 import json, os, sys
 print("ATC start working now, please wait for a moment.")
@@ -52,8 +54,9 @@ if "dynamic_batch_size" in args:
     if len(gears) > 100:
         fail("E10036", "Input parameter[--dynamic_batch_size]'s value size [{}] must be less than [101].".format(
             len(gears)), "CheckDynamicParams", "multi_batch_options.cc")
+gears = [int(g) for g in args["dynamic_batch_size"].strip('"').split(",")] if "dynamic_batch_size" in args else None
 with open(args["output"] + os.environ.get("STANDIN_ATC_SUFFIX", "") + ".om", "w") as f:
-    f.write(os.path.abspath(args["model"]))
+    f.write(json.dumps({"onnx": os.path.abspath(args["model"]), "gears": gears}))
 print("...")
 print("ATC run success, welcome to the next use.")
 """
@@ -73,6 +76,14 @@ print("ATC run success, welcome to the next use.")
 #      file bytes (must divide: "arg0 tensorsize: .. filesize: .. not match"); save_tensors_to_file: each output
 #      i is split along the batch axis into one file per input file, named "<input basename up to its first
 #      dot>_<i>.bin".
+#  --dymBatch B on a .om built with ATC --dynamic_batch_size (backend/base/module/ModelInfer/):
+#      ModelInferenceProcessor::SetDynamicBatchsize first calls ModelProcess::CheckDynamicBatchSize (model_process.cpp),
+#      which logs "[ERROR] the dymBatch parameter is not correct" and "[ERROR] model has dynamic batch size:{[1][2]},
+#      please set correct dynamic batch size" (GetDymBatchInfo) when B is not a gear, or "[ERROR] the
+#      dynamic_batch_size parameter is not specified for model conversion" on a .om without gears; CHECK_RET_EQ logs
+#      "[WARN] Check failed:..." and PyInferenceSession::SetDynamicBatchsize throws std::runtime_error(GetError(1)),
+#      a Python RuntimeError "[1][ACL: invalid parameter] " (ErrorCode.cpp GetError, APP_ERR_ACL_LOG_STRING). A gear
+#      B scales the input size to size * B / largest gear. A dynamic .om without --dymBatch is not modelled here.
 #  summary.py Summary.report: "<output_prefix>_summary.json" with NPU_compute_time / H2D_latency / D2H_latency
 #      {min, max, mean, median, percentile(99%), count} and throughput = 1000 * batchsize / mean NPU time,
 #      and the log line "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X".
@@ -109,10 +120,26 @@ if args.output is None and args.output_dirname is not None:
     logger.error("parameter --output_dirname cann't be used alone. Please use it together with the parameter "
                  "--output!\\n")
     raise RuntimeError("error bad parameters --output_dirname")
-sess = ort.InferenceSession(Path(args.model).read_text(), providers=["CPUExecutionProvider"])
+om = json.loads(Path(args.model).read_text())  # what the ATC stand-in writes
+sess = ort.InferenceSession(om["onnx"], providers=["CPUExecutionProvider"])
 shape = sess.get_inputs()[0].shape
+
+def acl_invalid_parameter(*errors):
+    for error in errors:
+        print("[ERROR] " + error)
+    print("[WARN] Check failed:processModel->CheckDynamicBatchSize(batchsize, is_dymbatch), ret:1\\n")
+    raise RuntimeError("[1][ACL: invalid parameter] ")
+
 if args.dymBatch:
+    if not om["gears"]:
+        acl_invalid_parameter("the dynamic_batch_size parameter is not specified for model conversion")
+    if args.dymBatch not in om["gears"]:
+        listed = "".join("[{}]".format(g) for g in om["gears"])
+        acl_invalid_parameter("the dymBatch parameter is not correct",
+                              "model has dynamic batch size:{" + listed + "}, please set correct dynamic batch size")
     shape = [args.dymBatch, *shape[1:]]
+elif om["gears"]:
+    sys.exit("ais_bench stand-in: a dynamic-batch .om run without --dymBatch is not modelled")
 model_bytes = 4 * int(np.prod(shape))
 out = os.path.join(args.output, args.output_dirname) if args.output else None
 if out is not None:
@@ -168,6 +195,12 @@ if out is not None:
 print("[INFO] NPU_compute_time (ms): min = 1.5, max = 2.5, mean = 2.0, median = 1.9, percentile(99%) = 2.4")
 print("[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean(2.0): {}".format(batch, 1000 * batch / 2.0))
 """
+
+
+def write_om(path: Path, onnx: str | Path, gears: list[int] | None = None) -> Path:
+    """A .om as the ATC stand-in writes it: the ONNX it stands for and its batch gears (None: a static batch)."""
+    path.write_text(json.dumps({"onnx": str(onnx), "gears": gears}))
+    return path
 
 
 def install_tool(bin_dir: Path, name: str, body: str) -> Path:

@@ -6,13 +6,14 @@ import importlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from deploy_standins import AIS_BENCH, ATC, install_tool
+from deploy_standins import AIS_BENCH, ATC, install_tool, write_om
 
 from solo_npu.deploy import compile_310p, om
 from solo_npu.deploy.backends import OmBackend
@@ -32,6 +33,10 @@ def exported_run(make_ctx, tmp_path_factory):
     run_export(ctx)
     run_preprocess(ctx)
     return run_dir
+
+
+def exported_onnx(run_dir, key):
+    return json.loads((run_dir / "export" / "manifest.json").read_text())["files"]["onnx"][key]
 
 
 def test_without_tools_writes_script_and_continues(make_ctx, exported_run, monkeypatch, tmp_path, capsys):
@@ -239,8 +244,7 @@ def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp
         folder.mkdir()
     install_tool(bin_dir, "ais_bench", AIS_BENCH)
     monkeypatch.setenv("STANDIN_LOG", str(log))
-    model = tmp_path / "model_b1.om"  # the ATC stand-in's .om: the path of its ONNX
-    model.write_text(json.loads((exported_run / "export" / "manifest.json").read_text())["files"]["onnx"]["1"])
+    model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
     (inputs / "a.bin").write_bytes(bytes(100))  # not a whole input of 1x3x128x160 float32
     launcher = [str(bin_dir / "ais_bench")]
     cmd = om.ais_bench_command(launcher, model, tmp_path / "out", "b1", inputs, batch_size=1)
@@ -264,8 +268,7 @@ def test_om_benchmark_passes_the_warmup_count(make_ctx, exported_run, monkeypatc
     install_tool(bin_dir, "ais_bench", AIS_BENCH)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("STANDIN_LOG", str(log))
-    model = tmp_path / "model_b1.om"  # the ATC stand-in's .om: the path of its ONNX
-    model.write_text(json.loads((exported_run / "export" / "manifest.json").read_text())["files"]["onnx"]["1"])
+    model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
     ctx = make_ctx("deploy.backends=[om]", "deploy.batch_sizes=[1]", "deploy.om.launcher=ais_bench",
                    "deploy.benchmark.warmup=3", "deploy.benchmark.iters=4", run_dir=exported_run)
     write_json(ctx.path("compile", "compile.json"), {"om": {"1": str(model)}, "torch_aie": {}, "messages": []})
@@ -304,8 +307,7 @@ def test_om_batch1_ignores_stale_files_in_the_input_folder(make_ctx, exported_ru
     install_tool(bin_dir, "ais_bench", AIS_BENCH)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("STANDIN_LOG", str(log))
-    model = tmp_path / "model_b1.om"  # the ATC stand-in's .om: the path of its ONNX
-    model.write_text(json.loads((exported_run / "export" / "manifest.json").read_text())["files"]["onnx"]["1"])
+    model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
     ctx = make_ctx("deploy.backends=[om]", "deploy.om.launcher=ais_bench", run_dir=exported_run)
     write_json(ctx.path("compile", "compile.json"), {"om": {"1": str(model)}, "torch_aie": {}, "messages": []})
     records = load_index(ctx)["images"]
@@ -320,3 +322,44 @@ def test_om_batch1_ignores_stale_files_in_the_input_folder(make_ctx, exported_ru
     assert sorted(p.name for p in out.glob("*_0.bin")) == sorted(f"{r['stem']}_0.bin" for r in records)
     run = json.loads((log / "ais_bench.jsonl").read_text().splitlines()[-1])
     assert run[run.index("--input") + 1] == ",".join(str(exported_run / r["bin"]) for r in records)
+
+
+def test_dynamic_om_runs_at_its_gears_only(make_ctx, exported_run, monkeypatch, tmp_path):
+    """ais_bench runs a .om built with --dynamic_batch_size at its gears only (ModelProcess::CheckDynamicBatchSize):
+    compile records the gears, and a batch size that has neither a .om of its own nor a gear is skipped, naming them."""
+    from solo_npu.deploy.export import load_manifest
+    from solo_npu.deploy.preprocess import load_index
+
+    bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
+    bin_dir.mkdir()
+    log.mkdir()
+    for stage in ("export", "preprocess"):
+        shutil.copytree(exported_run / stage, run_dir / stage)
+    install_tool(bin_dir, "atc", ATC)
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.dynamic_batch=[1,2]", "deploy.om.launcher=ais_bench",
+                   run_dir=run_dir)
+    compiled = run_compile(ctx)
+    dynamic = compiled["om"]["dynamic"]
+    assert compiled["om_gears"] == [1, 2] and json.loads(Path(dynamic).read_text())["gears"] == [1, 2]
+    # only the dynamic .om left (as when the static builds failed), and a batch size that is not one of its gears
+    write_json(ctx.path("compile", "compile.json"), {"om": {"dynamic": dynamic}, "om_gears": [1, 2]})
+    ctx = make_ctx("deploy.backends=[om]", "deploy.batch_sizes=[1,2,3]", "deploy.om.launcher=ais_bench",
+                   run_dir=run_dir)
+    backend = OmBackend(ctx)
+    assert backend.unavailable(2) is None
+    assert backend.unavailable(3) == "batch 3 is not one of the .om's gears [1, 2] and has no .om of its own"
+
+    records = load_index(ctx)["images"][:2]
+    out = run_dir / "infer" / "om_b2"
+    backend.run_records(records, 2, out, load_manifest(ctx))
+    run = json.loads((log / "ais_bench.jsonl").read_text().splitlines()[-1])
+    assert run[:2] == ["--model", dynamic] and run[run.index("--dymBatch") + 1] == "2"
+    assert sorted(p.name for p in out.glob("*_0.bin")) == sorted(f"{r['stem']}_0.bin" for r in records)
+    # ais_bench itself refuses a batch size that is not a gear, with the gears in its last [ERROR] line
+    cmd = om.ais_bench_command(["ais_bench"], dynamic, tmp_path / "out", "b3", extra_args=["--dymBatch", "3"])
+    with pytest.raises(DeployError, match=r"^ais_bench failed \(exit 1\): model has dynamic batch size:"
+                                          r"\{\[1\]\[2\]\}, please set correct dynamic batch size$"):
+        om.run_ais_bench(cmd)
