@@ -301,9 +301,8 @@ class OmBackend(Backend):
                     manifest: Mapping[str, Any]) -> float:
         """ais_bench over the records' ``.bin`` files (batched files for B > 1); wall seconds of the tool."""
         om_path, extra = self._model(batch_size)
-        bins = [self.ctx.run_dir / r["bin"] for r in records]
+        bins = [om.owner_only(self.ctx.run_dir / r["bin"]) for r in records]  # newer ais_bench checks each
         names = self.ctx.adapter.output_names
-        out_dir.mkdir(parents=True, exist_ok=True)
         single = batch_size == 1 and len({b.parent for b in bins}) == 1
         if single:
             # ais_bench's own layout is ours: <output>/<dirname>/<name>_<i>.bin, no copy needed
@@ -314,9 +313,11 @@ class OmBackend(Backend):
                                   "preprocessed files share that prefix; rename the images so their stems differ")
             input_dir, links = om.single_file_inputs(bins, out_dir.parent / f"{out_dir.name}_inputs")
         else:
+            out_dir.mkdir(parents=True, exist_ok=True)  # the per-image files split from ais_bench's batched ones
             input_dir = out_dir.parent / f"{out_dir.name}_inputs"
             groups = om.write_batched_inputs(bins, batch_size, input_dir)
             output, dirname = out_dir.parent, f"{out_dir.name}_raw"
+        self._hand_over(om_path, output, dirname)
         cmd = om.ais_bench_command(self._launcher(), om_path, output, dirname, input_dir, batch_size=batch_size,
                                    device_id=device_id(self.ctx), extra_args=extra)
         start = time.perf_counter()
@@ -342,6 +343,15 @@ class OmBackend(Backend):
         shutil.rmtree(raw, ignore_errors=True)
         return seconds
 
+    @staticmethod
+    def _hand_over(om_path: str | Path, output: Path, dirname: str) -> None:
+        """The .om and ``--output`` as newer ais_bench accepts them whatever the umask (see :mod:`om`); the output
+        folder ``<output>/<dirname>`` is its own to make, and checked by it when it exists."""
+        om.owner_only(om_path)
+        om.owner_only_dir(output)
+        if (output / dirname).exists():
+            om.owner_only(output / dirname)
+
     def latency(self, batch_size: int, manifest: Mapping[str, Any], images: np.ndarray, warmup: int,
                 iters: int, runner: Runner | None = None) -> list[float] | None:
         return None  # ais_bench reports statistics, not latencies: see stats()
@@ -351,6 +361,7 @@ class OmBackend(Backend):
         its summary (ais_bench runs ``warmup`` untimed inferences first and then resets its summary)."""
         om_path, extra = self._model(batch_size)
         out = self.ctx.path("benchmark", f"om_b{batch_size}")
+        self._hand_over(om_path, out, "perf")
         cmd = om.ais_bench_command(self._launcher(), om_path, out, "perf", batch_size=batch_size, loop=iters,
                                    warmup=warmup, device_id=device_id(self.ctx), extra_args=extra)
         stats = om.parse_summary(out, "perf", om.run_ais_bench(cmd, self._cfg.timeout_s))

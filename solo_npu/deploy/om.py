@@ -18,6 +18,16 @@ What the real tools do (and the test stand-ins copy):
 
 For batch sizes above 1 we concatenate B preprocessed images into one input file ourselves
 (``batch_00000.bin`` ...), so the grouping never depends on the tool, and split its outputs back into images.
+
+Newer ais_bench releases refuse paths others could change (the same tool in Yanguan619/aclruntime,
+``ais_bench/infer/common/path_security_check.py``, ``FileStat.check_linux_permission``): the ``.om``, the
+``--input`` files and folders and every entry of an input folder must not be a symbolic link nor group or
+other writable ("permission should not be over 0o755"), an existing ``--output`` folder must not be group
+writable nor open to others at all ("should not be over 0o750"; ``infer/args_check.py``,
+``check_output_path_legality``) and an existing ``<output>/<output_dirname>`` not group or other writable
+(``infer_process.py`` ``main``: ``check_output_dir_legality``; a missing one it makes 0o750 itself). So whatever
+the umask, what is handed to ais_bench is made :data:`PRIVATE_FILE` / :data:`PRIVATE_DIR` at most
+(:func:`owner_only`, :func:`owner_only_dir`), and the output folder is left for ais_bench to make.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import platform
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -47,6 +58,8 @@ MAX_GEARS = 100  # ATC --dynamic_batch_size: (1, 100] gears
 AIS_BENCH_MODULES = ("ais_bench", "aclruntime")  # the two wheels python -m ais_bench imports
 AIS_BENCH_INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")  # what it reads from an input folder
 MAX_ARG_CHARS = 100_000  # one command-line argument: Linux refuses more than 128 KiB (MAX_ARG_STRLEN)
+PRIVATE_FILE, PRIVATE_DIR = 0o640, 0o750  # the most a file / folder handed to ais_bench may allow
+NOT_FOR_OTHERS = 0o027  # the bits both take away: group write, and anything for others
 
 
 def find_om(stem: str | Path) -> Path | None:
@@ -179,6 +192,23 @@ def last_line(text: str | None) -> str:
     return lines[-1] if lines else ""
 
 
+def owner_only(path: str | Path) -> Path:
+    """Take group write and all of others' permissions away from ``path`` (a file or folder the user owns)."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & NOT_FOR_OTHERS:
+        os.chmod(path, mode & ~NOT_FOR_OTHERS)
+    return Path(path)
+
+
+def owner_only_dir(path: str | Path) -> Path:
+    """The folder ``path``, made with its missing parents as :data:`PRIVATE_DIR` (the umask can only take more
+    away), or narrowed to it when it exists."""
+    path = Path(path)
+    for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    return owner_only(path)
+
+
 def single_file_inputs(bins: Sequence[Path], scratch: Path) -> tuple[str, Path | None]:
     """``--input`` for one input file per inference, and the folder of hard links made for it (or None).
 
@@ -192,17 +222,17 @@ def single_file_inputs(bins: Sequence[Path], scratch: Path) -> tuple[str, Path |
     folder = Path(bins[0]).parent
     present = {p.name for p in folder.iterdir() if p.name.endswith(AIS_BENCH_INPUT_SUFFIXES)}
     if present == {Path(b).name for b in bins}:
-        return str(folder), None
+        return str(owner_only(folder)), None
     listed = ",".join(str(b) for b in bins)
     if len(listed) <= MAX_ARG_CHARS:
         return listed, None
     shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    owner_only_dir(scratch)
     for path in bins:
         try:
-            os.link(path, scratch / Path(path).name)
+            os.link(path, scratch / Path(path).name)  # the same file: its permissions too
         except OSError:  # another file system: a copy
-            shutil.copyfile(path, scratch / Path(path).name)
+            owner_only(shutil.copyfile(path, scratch / Path(path).name))
     return str(scratch), scratch
 
 
@@ -211,7 +241,7 @@ def write_batched_inputs(bin_paths: Sequence[Path], batch_size: int, out_dir: Pa
 
     Returns, per written ``batch_{j:05d}.bin``, the indices of the images it holds (padding excluded).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    owner_only_dir(out_dir)
     groups = []
     for j, start in enumerate(range(0, len(bin_paths), batch_size)):
         members = list(range(start, min(start + batch_size, len(bin_paths))))
@@ -219,6 +249,7 @@ def write_batched_inputs(bin_paths: Sequence[Path], batch_size: int, out_dir: Pa
         with open(out_dir / f"batch_{j:05d}.bin", "wb") as f:
             for i in padded:
                 f.write(Path(bin_paths[i]).read_bytes())
+        owner_only(out_dir / f"batch_{j:05d}.bin")
         groups.append(members)
     return groups
 

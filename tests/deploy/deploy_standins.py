@@ -25,7 +25,9 @@ from pathlib import Path
 #  (mindspore-ai/graphengine, ge/ir_build/atc_ir_common.cc, CheckDynamicBatchSizeInputShapeValid); fewer than 2
 #  gears E10035, more than 100 E10036 (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams).
 # The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>},
-#  for the ais_bench stand-in to run; the real .om carries its gears (read back with aclmdlGetDynamicBatch).
+#  for the ais_bench stand-in to run; the real .om carries its gears (read back with aclmdlGetDynamicBatch). Its mode
+#  is 0o600 whatever the umask, as GE opens it (mindspore-ai/graphengine, ge/common/auth/file_saver.cc,
+#  FileSaver::OpenFile: mmOpen2(real_path, M_RDWR | M_CREAT | O_TRUNC, M_IRUSR | M_IWUSR)).
 ATC = """
 import json, os, sys
 print("ATC start working now, please wait for a moment.")
@@ -55,7 +57,8 @@ if "dynamic_batch_size" in args:
         fail("E10036", "Input parameter[--dynamic_batch_size]'s value size [{}] must be less than [101].".format(
             len(gears)), "CheckDynamicParams", "multi_batch_options.cc")
 gears = [int(g) for g in args["dynamic_batch_size"].strip('"').split(",")] if "dynamic_batch_size" in args else None
-with open(args["output"] + os.environ.get("STANDIN_ATC_SUFFIX", "") + ".om", "w") as f:
+path = args["output"] + os.environ.get("STANDIN_ATC_SUFFIX", "") + ".om"
+with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     f.write(json.dumps({"onnx": os.path.abspath(args["model"]), "gears": gears}))
 print("...")
 print("ATC run success, welcome to the next use.")
@@ -84,12 +87,27 @@ print("ATC run success, welcome to the next use.")
 #      "[WARN] Check failed:..." and PyInferenceSession::SetDynamicBatchsize throws std::runtime_error(GetError(1)),
 #      a Python RuntimeError "[1][ACL: invalid parameter] " (ErrorCode.cpp GetError, APP_ERR_ACL_LOG_STRING). A gear
 #      B scales the input size to size * B / largest gear. A dynamic .om without --dymBatch is not modelled here.
+#  main: a missing output_prefix is made with os.makedirs(output_prefix, 0o755), an existing one used as it is.
+# With STANDIN_AIS_BENCH=newer it also checks the paths it is given, as the newer ais_bench does (Yanguan619/
+#  aclruntime, the same tool later: ais-bench_workload/tool/ais_bench/ais_bench/infer/); Ascend/tools' version above
+#  checks none of this. common/path_security_check.py FileStat.check_linux_permission: a path with a character
+#  outside [_A-Za-z0-9/.-], a symbolic link ("is a soft link, not supported"), one the user neither owns nor shares
+#  the group of, and for READ a group or other writable one ("permission should not be over 0o755"), for WRITE an
+#  existing one that is group writable or other readable, writable or executable ("should not be over 0o750") are
+#  refused, each with logger.error. utils.py get_args: --model (check_om_path_legality: READ, a .om), --input (each
+#  comma-separated path, READ) and --output / --output_dirname (WRITE) are argparse types, so a refusal exits 2 with
+#  "om path:... is illegal. Please check." on stderr; common/utils.py get_fileslist_from_dir checks every entry of an
+#  input folder (READ: RuntimeError 'input data:... is illegal'); infer_process.py main checks an existing
+#  output_prefix (interface_check.py check_output_dir_legality: READ) and makes a missing one with makedirs_safe
+#  (0o750); set_session_options raises RuntimeError('dynamic batch om model detected, but dymbatch, dymdims or
+#  dymshape not set!') for a dynamic .om run without --dymBatch (and without --batchsize, from which get_batchsize
+#  would take it).
 #  summary.py Summary.report: "<output_prefix>_summary.json" with NPU_compute_time / H2D_latency / D2H_latency
 #      {min, max, mean, median, percentile(99%), count} and throughput = 1000 * batchsize / mean NPU time,
 #      and the log line "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X".
 # Timings are fixed (2.0 ms mean NPU time) so tests can check how they are read.
 AIS_BENCH = """
-import argparse, json, logging, os, re, sys
+import argparse, json, logging, os, re, stat, sys
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
@@ -97,6 +115,42 @@ logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="[%(levelname)
 logger = logging.getLogger(__name__)
 with open(os.path.join(os.environ["STANDIN_LOG"], "ais_bench.jsonl"), "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+NEWER = os.environ.get("STANDIN_AIS_BENCH") == "newer"
+
+def is_basically_legal(path, perm):
+    path = os.path.abspath(path)
+    if re.search(r"[^_A-Za-z0-9/.-]", path):
+        logger.error("path contains illegal char, legal chars include A-Z a-z 0-9 _ - / .")
+        return False
+    if not os.path.exists(path):
+        if perm != "write":
+            logger.error("path: {} not exist, please check if file or dir is exist".format(path))
+        return perm == "write"
+    if os.path.islink(path):
+        logger.error("path :{} is a soft link, not supported, please import file(or directory) directly".format(path))
+        return False
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() and st.st_gid not in os.getgroups():
+        logger.error("current user isn't path:{}'s owner or ownergroup".format(path))
+        return False
+    mode = stat.S_IMODE(st.st_mode)
+    if perm == "read" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        logger.error("The file {} is group writable, or is others writable, as import file(or directory), "
+                     "permission should not be over 0o755(rwxr-xr-x)".format(path))
+        return False
+    if perm == "write" and mode & (stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH | stat.S_IXOTH):
+        logger.error("The file {} is group writable, or is others writable, as export file(or directory), "
+                     "permission should not be over 0o750(rwxr-x---)".format(path))
+        return False
+    return True
+
+def checked(what, perm, suffix=None):
+    def check(value):
+        if NEWER and (not all(is_basically_legal(v, perm) for v in value.split(","))
+                      or suffix and not value.endswith(suffix)):
+            raise argparse.ArgumentTypeError("{} path:{} is illegal. Please check.".format(what, value))
+        return value
+    return check
 
 def check_device_range_valid(value):
     ivalue = int(value)
@@ -105,10 +159,10 @@ def check_device_range_valid(value):
     return ivalue
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", "-m", required=True)
-parser.add_argument("--input", "-i", default=None)
-parser.add_argument("--output", "-o", default=None)
-parser.add_argument("--output_dirname", type=str, default=None)
+parser.add_argument("--model", "-m", type=checked("om", "read", ".om"), required=True)
+parser.add_argument("--input", "-i", type=checked("input", "read"), default=None)
+parser.add_argument("--output", "-o", type=checked("output", "write"), default=None)
+parser.add_argument("--output_dirname", type=checked("output", "write"), default=None)
 parser.add_argument("--outfmt", default="BIN", choices=["NPY", "BIN", "TXT"])
 parser.add_argument("--loop", "-l", type=int, default=1)
 parser.add_argument("--device", "-d", type=check_device_range_valid, default=0)
@@ -139,14 +193,29 @@ if args.dymBatch:
                               "model has dynamic batch size:{" + listed + "}, please set correct dynamic batch size")
     shape = [args.dymBatch, *shape[1:]]
 elif om["gears"]:
+    if NEWER and args.batchsize is None:
+        raise RuntimeError("dynamic batch om model detected, but dymbatch, dymdims or dymshape not set!")
     sys.exit("ais_bench stand-in: a dynamic-batch .om run without --dymBatch is not modelled")
 model_bytes = 4 * int(np.prod(shape))
 out = os.path.join(args.output, args.output_dirname) if args.output else None
 if out is not None:
-    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(out):
+        if NEWER:  # makedirs_safe: each missing folder 0o750
+            current = ""
+            for part in [p for p in os.path.abspath(out).split("/") if p]:
+                current += "/" + part
+                if not os.path.exists(current):
+                    os.mkdir(current, 0o750)
+        else:
+            os.makedirs(out, 0o755)
+    elif NEWER and not is_basically_legal(out, "read"):
+        raise ValueError("The path:{} is illegal. Please check the error log for more detail.".format(out))
     logger.info("output path:{}".format(out))
 
 def fileslist_from_dir(folder):
+    for f in os.listdir(folder) if NEWER else []:
+        if not is_basically_legal(os.path.join(folder, f), "read"):
+            raise RuntimeError("input data:{} is illegal".format(os.path.join(folder, f)))
     files = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith((".npy", ".NPY", ".bin", ".BIN"))]
     if not files:
         logger.error("{} of input args not find valid file,valid file format:[*.npy *.NPY *.bin *.BIN]".format(folder))

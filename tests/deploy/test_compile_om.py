@@ -363,3 +363,44 @@ def test_dynamic_om_runs_at_its_gears_only(make_ctx, exported_run, monkeypatch, 
     with pytest.raises(DeployError, match=r"^ais_bench failed \(exit 1\): model has dynamic batch size:"
                                           r"\{\[1\]\[2\]\}, please set correct dynamic batch size$"):
         om.run_ais_bench(cmd)
+
+
+def test_om_inputs_and_folders_pass_newer_ais_bench_checks_under_umask_002(make_ctx, exported_run, monkeypatch,
+                                                                           tmp_path):
+    """Newer ais_bench refuses a group-writable .om, input file or input folder, and an existing output folder open
+    to others (path_security_check.py): with umask 002 (Ubuntu's default for users) everything it is handed is
+    narrowed to 0o640 / 0o750, and the output folder of a run is left for it to make."""
+    from solo_npu.deploy.export import load_manifest
+    from solo_npu.deploy.preprocess import load_index
+
+    bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
+    bin_dir.mkdir()
+    log.mkdir()
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    monkeypatch.setenv("STANDIN_AIS_BENCH", "newer")
+    ctx = make_ctx("deploy.backends=[om]", "deploy.om.launcher=ais_bench", run_dir=run_dir)
+    previous = os.umask(0o002)
+    try:
+        shutil.copytree(exported_run / "export", run_dir / "export")
+        run_preprocess(ctx)
+        (run_dir / "compile").mkdir()
+        models = {k: str(write_om(run_dir / "compile" / f"model_b{k}.om", exported_onnx(exported_run, k)))
+                  for k in ("1", "2")}
+        write_json(ctx.path("compile", "compile.json"), {"om": models, "torch_aie": {}, "messages": []})
+        (run_dir / "infer" / "om_b1").mkdir(parents=True)  # left by an earlier run
+        records, manifest = load_index(ctx)["images"], load_manifest(ctx)
+        bins = [run_dir / r["bin"] for r in records]
+        assert all(p.stat().st_mode & 0o020 for p in [*bins, *map(Path, models.values())])  # as umask 002 made them
+        backend = OmBackend(ctx)
+        for bs in (1, 2):
+            backend.run_records(records, bs, run_dir / "infer" / f"om_b{bs}", manifest)
+        assert backend.stats(1, 2)["mean_ms"] == 2.0
+    finally:
+        os.umask(previous)
+    handed = [*bins, *map(Path, models.values()), run_dir / "preprocess" / "bins", run_dir / "infer" / "om_b1",
+              run_dir / "infer", run_dir / "benchmark" / "om_b1"]
+    assert {p.name: oct(p.stat().st_mode & 0o027) for p in handed if p.stat().st_mode & 0o027} == {}
+    assert sorted(p.name for p in (run_dir / "infer" / "om_b2").glob("*_0.bin")) == sorted(
+        f"{r['stem']}_0.bin" for r in records)
