@@ -363,6 +363,9 @@ def test_dynamic_om_runs_at_its_gears_only(make_ctx, exported_run, monkeypatch, 
     with pytest.raises(DeployError, match=r"^ais_bench failed \(exit 1\): model has dynamic batch size:"
                                           r"\{\[1\]\[2\]\}, please set correct dynamic batch size$"):
         om.run_ais_bench(cmd)
+    monkeypatch.setenv("STANDIN_AIS_BENCH", "newer")  # newer releases also refuse a dynamic .om without --dymBatch
+    with pytest.raises(DeployError, match=r"\(exit 1\): RuntimeError: dynamic batch om model detected, but dymbatch"):
+        om.run_ais_bench(om.ais_bench_command(["ais_bench"], dynamic, tmp_path / "out", "b0"))
 
 
 def test_om_inputs_and_folders_pass_newer_ais_bench_checks_under_umask_002(make_ctx, exported_run, monkeypatch,
