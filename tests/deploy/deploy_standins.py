@@ -287,8 +287,15 @@ def install_tool(bin_dir: Path, name: str, body: str) -> Path:
 #  solov2_inference.py: torch_aie.set_device(id); torch.jit.load(compiled); tensor.to(f"npu:{id}");
 #      stream = torch_aie.npu.Stream(f"npu:{id}"); with torch_aie.npu.stream(stream): module(x); stream.synchronize();
 #      outputs .to("cpu"). torch_aie.Input also takes min_shape / max_shape / dtype (other ModelZoo examples).
-# The stand-in validates those argument types, checks the compiled input shape by running it once, logs every
-# call to $STANDIN_LOG/torch_aie.jsonl, and keeps "npu:N" tensors on the CPU (the real wheel registers the device).
+# The "npu" device: MindIE Torch (torch_aie's successor) documents the device it registers in torch as one that
+#  "仅支持Host和Device之间的数据拷贝功能，不支持其他操作" (supports only copies between host and device, nothing else: a
+#  tensor on it must be copied to the CPU before any computation or printing), and its compiled modules as taking
+#  "npu" tensors only and returning "npu" tensors (hiascend.com, MindIE Torch development guide, "数据拷贝",
+#  doc_center/source/zh/mindie/100/mindietorch/Torchdev/mindie_torch0016.html, and "模型推理", mindie_torch0017.html).
+# The stand-in validates those argument types, checks the compiled input shape by running it once and logs every
+# call to $STANDIN_LOG/torch_aie.jsonl. Its "npu:N" tensors keep their data on the CPU, but anything other than
+# reading their shape or dtype and copying them back (.to("cpu"), .cpu()) raises; a compiled module (what compile
+# returns, and torch.jit.load gives back for its saved file) takes and returns such tensors only.
 FAKE_TORCH_AIE = '''
 import contextlib, enum, json, os
 import torch
@@ -325,7 +332,7 @@ def compile(module, inputs=None, precision_policy=PrecisionPolicy.FP32, soc_vers
         module(*[torch.zeros(tuple(i.shape)) for i in inputs])
     _log(call="compile", shapes=[list(i.shape) for i in inputs], precision_policy=precision_policy.name,
          soc_version=soc_version, allow_tensor_replace_int=allow_tensor_replace_int)
-    return module
+    return _Compiled(module)
 
 class _Stream:
     def __init__(self, device):
@@ -342,12 +349,71 @@ class npu:
     def stream(stream):
         yield stream
 
+def _refuse(what):
+    raise RuntimeError("{} on an 'npu' tensor: the 'npu' device supports only copies between host and device; "
+                       "copy it to the CPU first (.to('cpu'))".format(what))
+
+class NpuTensor(torch.Tensor):
+    """A tensor on the stand-in's "npu:N" device (its data stays on the CPU)."""
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        if func is torch.Tensor.cpu:
+            return _host(args[0])
+        _refuse(getattr(func, "__name__", str(func)))
+
+_METADATA = {torch.Tensor.shape.__get__, torch.Tensor.dtype.__get__, torch.Tensor.ndim.__get__, torch.Tensor.dim,
+             torch.Tensor.size}
+
+def _host(tensor):
+    with torch._C.DisableTorchFunctionSubclass():
+        return tensor.as_subclass(torch.Tensor).clone()
+
+def _on_npu(outputs):
+    if isinstance(outputs, torch.Tensor):
+        return outputs.as_subclass(NpuTensor)
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_on_npu(o) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: _on_npu(v) for k, v in outputs.items()}
+    return outputs
+
 _to = torch.Tensor.to
 def _npu_to(self, *args, **kwargs):
-    if args and isinstance(args[0], str) and args[0].startswith("npu"):
-        args = ("cpu",) + args[1:]
+    target = args[0] if args else kwargs.get("device")
+    if isinstance(self, NpuTensor):
+        if str(target).split(":")[0] != "cpu":
+            _refuse("to({!r})".format(target))
+        return _host(self)
+    if isinstance(target, str) and target.startswith("npu"):
+        return _to(self, "cpu", *args[1:], **kwargs).clone().as_subclass(NpuTensor)
     return _to(self, *args, **kwargs)
 torch.Tensor.to = _npu_to
+
+class _Compiled:
+    """A compiled module: "npu" tensors in, "npu" tensors out."""
+    def __init__(self, module):
+        self.module = module
+    def eval(self):
+        self.module.eval()
+        return self
+    def save(self, path):
+        self.module.save(path, _extra_files={"torch_aie": "compiled"})
+    def __call__(self, *inputs):
+        if not all(isinstance(x, NpuTensor) for x in inputs):
+            raise RuntimeError("a compiled module takes 'npu' tensors: copy its inputs with .to('npu:<id>')")
+        return _on_npu(self.module(*[_host(x) for x in inputs]))
+    forward = __call__
+
+_load = torch.jit.load
+def _jit_load(*args, **kwargs):
+    extra = kwargs.setdefault("_extra_files", {})
+    extra.setdefault("torch_aie", "")
+    module = _load(*args, **kwargs)
+    return _Compiled(module) if extra["torch_aie"] else module
+torch.jit.load = _jit_load
 '''
 
 

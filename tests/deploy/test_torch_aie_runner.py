@@ -83,28 +83,64 @@ def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
     assert aie["throughput"] == pytest.approx(1000 * 2 / aie["mean_ms"])
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_in_process_runner_keeps_a_lone_output_whole(tmp_path, monkeypatch):
-    """A compiled module returns what its TorchScript returns: one Tensor for a one-output model (Ascend
-    ModelZoo SOLOV2 solov2_inference.py iterates the result); it must not be split along the batch."""
+@pytest.fixture
+def torch_aie_here(tmp_path, monkeypatch):
+    """The torch_aie stand-in imported in this process; what it patches in torch is restored afterwards."""
     package = tmp_path / "torch_aie"
     package.mkdir()
     (package / "__init__.py").write_text(FAKE_TORCH_AIE)
     monkeypatch.setenv("STANDIN_LOG", str(tmp_path))
-    monkeypatch.setattr(torch.Tensor, "to", torch.Tensor.to)  # the stand-in patches it: restored afterwards
+    monkeypatch.setattr(torch.Tensor, "to", torch.Tensor.to)
+    monkeypatch.setattr(torch.jit, "load", torch.jit.load)
     spec = importlib.util.spec_from_file_location("torch_aie", package / "__init__.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "torch_aie", module)
+    return module
 
-    class Double(torch.nn.Module):
-        def forward(self, x):
-            return 2 * x
 
-    path = tmp_path / "double.ts"
-    torch.jit.script(Double()).save(str(path))
+class Double(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def compiled_double(torch_aie, path, shape):
+    torch_aie.compile(torch.jit.script(Double()), inputs=[torch_aie.Input(shape)],
+                      precision_policy=torch_aie.PrecisionPolicy.FP32, soc_version="Ascend310P3").save(str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_in_process_runner_keeps_a_lone_output_whole(torch_aie_here, tmp_path):
+    """A compiled module returns what its TorchScript returns: one Tensor for a one-output model (Ascend
+    ModelZoo SOLOV2 solov2_inference.py iterates the result); it must not be split along the batch."""
+    path = compiled_double(torch_aie_here, tmp_path / "double.ts", (2, 3, 4, 5))
     runner = TorchAieRunner(path, ["out"], DeviceInfo("cpu", torch.device("cpu"), 0), device_id=0)
     images = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
     out = runner(images)
     assert list(out) == ["out"] and out["out"].shape == (2, 3, 4, 5)
     np.testing.assert_array_equal(out["out"], 2 * images)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_npu_tensors_of_the_stand_in_allow_host_copies_only(torch_aie_here, tmp_path):
+    """MindIE Torch's "npu" device supports copies between host and device only, and a compiled module takes and
+    returns "npu" tensors (MindIE Torch development guide, mindie_torch0016 / mindie_torch0017)."""
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    on_npu = x.to("npu:0")
+    assert on_npu.shape == (2, 3) and on_npu.dtype == torch.float32
+    for operation in (lambda t: t + 1, lambda t: t.sum(), lambda t: t.numpy(), lambda t: t[0],
+                      lambda t: t.to(torch.float16), lambda t: t.detach(), lambda t: list(t)):
+        with pytest.raises(RuntimeError, match="supports only copies between host and device"):
+            operation(on_npu)
+    for back in (on_npu.to("cpu"), on_npu.cpu()):
+        assert type(back) is torch.Tensor
+        torch.testing.assert_close(back, x)
+    module = torch.jit.load(str(compiled_double(torch_aie_here, tmp_path / "double.ts", (2, 3)))).eval()
+    out = module(on_npu)
+    with pytest.raises(RuntimeError, match="supports only copies between host and device"):
+        out * 1
+    torch.testing.assert_close(out.to("cpu"), 2 * x)
+    with pytest.raises(RuntimeError, match="takes 'npu' tensors"):
+        module(x)
