@@ -8,9 +8,12 @@ wraps these into backend objects.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import logging
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +31,12 @@ logger = logging.getLogger(__name__)
 # Execution provider per device kind; CPU is always appended as the fallback.
 ORT_PROVIDERS = {"npu": "CANNExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 ORT_PACKAGES = {"npu": "onnxruntime-cann", "cuda": "onnxruntime-gpu"}
+# The CANN provider saves the offline model GE builds for a session as an .om file in the process's working
+# directory, outside the run dir, unless its dump_om_model option is false (microsoft/onnxruntime PR #20075 added
+# the option, "which defaults to True"; core/providers/cann/cann_utils.cc MatchFile looks the file up in
+# fs::current_path()). Releases without the option refuse it: 'Unknown provider option: "dump_om_model".'
+# (core/framework/provider_options_utils.h, ProviderOptionsParser::Parse), and always save the .om.
+CANN_DUMP_OM = "dump_om_model"
 
 
 class Runner:
@@ -103,11 +112,15 @@ class OnnxRuntimeRunner(Runner):
         sess_opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}",
                                                      ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         self.providers = ort_providers(device, options.get("provider_options") or {}, requested, device_id)
+        chosen = dict((options.get("provider_options") or {}).get("npu") or {})
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=sess_opts, providers=self.providers)
+            self.session, self.providers = create_session(ort, path, sess_opts, self.providers,
+                                                          may_drop=CANN_DUMP_OM not in chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise DeployError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]} "
-                              "(re-export with stages=[export])") from exc
+            advice = " (re-export with stages=[export])" if model_file_error(exc) else ""
+            raise DeployError(f"onnxruntime cannot create a session for {path} on "
+                              f"{[provider_name(p) for p in self.providers]}: "
+                              f"{(str(exc) or type(exc).__name__).splitlines()[0]}{advice}") from exc
         self.provider = provider_in_use(self.session, self.providers)
         self.device_name = ort_device_name(self.provider, self.providers)
         self.input_name = self.session.get_inputs()[0].name
@@ -120,6 +133,43 @@ class OnnxRuntimeRunner(Runner):
                               "(check deploy.input_shape and deploy.batch_sizes against the export)")
         outputs = self.session.run(list(self.output_names), {self.input_name: images})
         return dict(zip(self.output_names, outputs))
+
+
+def model_file_error(exc: BaseException) -> bool:
+    """Whether a session-creation error is about the model file: onnxruntime reports a missing, unreadable or
+    invalid one as "Load model from <path> failed:..." (NoSuchFile, InvalidProtobuf, InvalidArgument, Fail,
+    InvalidGraph, as onnxruntime 1.32 raises them); a provider that cannot start says something else."""
+    return "Load model from " in str(exc) or type(exc).__name__ in ("NoSuchFile", "NoModel", "InvalidProtobuf",
+                                                                   "InvalidGraph")
+
+
+def create_session(ort: Any, path: str | Path, sess_opts: Any, providers: list[Any],
+                   may_drop: bool = False) -> tuple[Any, list[Any]]:
+    """``ort.InferenceSession`` on ``providers``, and the provider list it was made with.
+
+    With ``may_drop`` (:data:`CANN_DUMP_OM` was set here, not by the user), a CANN provider that refuses that
+    option as unknown, an older onnxruntime-cann, is asked again without it (its sessions then save their .om in
+    the working directory). onnxruntime reports the refusal either as the error itself or, when it falls back to
+    the CPU, in the "EP Error ..." lines it prints (``InferenceSession.__init__``); those are printed as they came.
+    """
+    said = io.StringIO()
+    error = None
+    with contextlib.redirect_stdout(said):
+        try:
+            session = ort.InferenceSession(str(path), sess_options=sess_opts, providers=providers)
+        except Exception as exc:  # re-raised below unless it is the refused option
+            error = exc
+    sys.stdout.write(said.getvalue())
+    refused = f'Unknown provider option: "{CANN_DUMP_OM}"' in said.getvalue() + str(error or "")
+    if may_drop and refused:
+        logger.warning("this onnxruntime-cann does not take the CANN provider option %s (an older release): its "
+                       "sessions save their .om file in the working directory %s", CANN_DUMP_OM, Path.cwd())
+        kept = [(p[0], {k: v for k, v in p[1].items() if k != CANN_DUMP_OM}) if isinstance(p, tuple) else p
+                for p in providers]
+        return create_session(ort, path, sess_opts, kept)
+    if error is not None:
+        raise error
+    return session, providers
 
 
 def ort_accelerator(device: DeviceInfo, requested: str = "auto") -> str:
@@ -187,7 +237,9 @@ def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any], reque
                   device_id: int | None = None) -> list[Any]:
     """Provider list: [(accelerator provider, {"device_id": id, **options}), CPU], only those ORT has.
 
-    ``device_id`` (``deploy.device_id``) picks the chip or GPU; default the run device's index.
+    ``device_id`` (``deploy.device_id``) picks the chip or GPU; default the run device's index. The CANN provider
+    also gets ``dump_om_model: False`` unless the options set it (:data:`CANN_DUMP_OM`): no .om files in the
+    working directory.
     """
     import onnxruntime as ort
 
@@ -198,7 +250,8 @@ def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any], reque
         wanted = ORT_PROVIDERS[kind]
         if wanted in available:
             index = device.index if device_id is None else int(device_id)
-            providers.append((wanted, {"device_id": index, **dict(provider_options.get(kind) or {})}))
+            quiet = {CANN_DUMP_OM: False} if kind == "npu" else {}
+            providers.append((wanted, {"device_id": index, **quiet, **dict(provider_options.get(kind) or {})}))
         else:
             logger.warning("onnxruntime has no %s (install %s); running on CPU", wanted, ORT_PACKAGES[kind])
     providers.append("CPUExecutionProvider")

@@ -35,10 +35,12 @@ def test_cann_provider_whenever_offered_with_device_id(providers):
     opts = {"npu": {"precision_mode": "force_fp16"}}
     # no torch_npu (the run device is the CPU): still the CANN provider, on the chosen chip
     assert runners.ort_providers(CPU, opts, "auto", device_id=3) == [
-        ("CANNExecutionProvider", {"device_id": 3, "precision_mode": "force_fp16"}), "CPUExecutionProvider"]
+        ("CANNExecutionProvider", {"device_id": 3, "dump_om_model": False, "precision_mode": "force_fp16"}),
+        "CPUExecutionProvider"]
     assert runners.ort_device(CPU, "auto", 3) == "npu:3"
-    assert runners.ort_providers(NPU0, {}, "npu") == [("CANNExecutionProvider", {"device_id": 0}),
-                                                      "CPUExecutionProvider"]
+    assert runners.ort_providers(NPU0, {}, "npu") == [
+        ("CANNExecutionProvider", {"device_id": 0, "dump_om_model": False}), "CPUExecutionProvider"]
+    assert runners.ort_providers(NPU0, {"npu": {"dump_om_model": True}}, "npu")[0][1]["dump_om_model"] is True
     # runtime.device=cpu asked for the CPU: no accelerator provider
     assert runners.ort_providers(CPU, opts, "cpu", device_id=3) == ["CPUExecutionProvider"]
     assert runners.ort_device(CPU, "cpu", 3) == "cpu"
@@ -121,6 +123,81 @@ def test_onnxruntime_cuda_fallback_to_cpu(providers, provider_fails, tmp_path, c
     caplog.clear()
     runner = runners.OnnxRuntimeRunner(tmp_path / "tiny.onnx", ["output"], CPU, requested="cpu")
     assert (runner.provider, runner.device_name, caplog.text) == ("CPUExecutionProvider", "cpu", "")
+
+
+@pytest.fixture
+def cann_session(monkeypatch, providers):
+    """onnxruntime-cann's ``InferenceSession`` with a CANN provider that starts (computing on the CPU here) and
+    records its options; ``knows_dump_om = False`` is a release without the ``dump_om_model`` option, which
+    refuses it as onnxruntime refuses any unknown one (ProviderOptionsParser::Parse: 'Unknown provider option:
+    "dump_om_model".'); the real Python layer then prints "EP Error ..." and falls back to the CPU."""
+    import onnxruntime
+
+    class CannSession(onnxruntime.InferenceSession):
+        knows_dump_om, seen = True, []
+
+        def _create_inference_session(self, providers, provider_options, disabled_optimizers=None):
+            cann = [p[1] for p in providers if isinstance(p, tuple) and p[0] == "CANNExecutionProvider"]
+            self.on_cann = bool(cann)
+            if cann:
+                CannSession.seen.append(dict(cann[0]))
+                if "dump_om_model" in cann[0] and not CannSession.knows_dump_om:
+                    self._fallback_providers = ["CPUExecutionProvider"]
+                    raise RuntimeError('Unknown provider option: "dump_om_model".')
+            kept = [p for p in providers if not isinstance(p, tuple)]
+            return super()._create_inference_session(kept, None, disabled_optimizers)
+
+        def get_providers(self):
+            return ["CANNExecutionProvider", *super().get_providers()] if self.on_cann else super().get_providers()
+
+    providers("CANNExecutionProvider")
+    monkeypatch.setattr(onnxruntime, "InferenceSession", CannSession)
+    return CannSession
+
+
+def test_cann_provider_is_told_not_to_save_om_files_in_the_working_directory(cann_session, tmp_path, caplog,
+                                                                               capsys):
+    """The CANN provider saves each session's .om in the working directory unless dump_om_model is false
+    (microsoft/onnxruntime PR #20075: the option "defaults to True"); a release without the option refuses it."""
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    runner = runners.OnnxRuntimeRunner(model, ["output"], NPU0, requested="npu")
+    assert cann_session.seen == [{"device_id": 0, "dump_om_model": False}]
+    assert runner.provider == "CANNExecutionProvider"
+    runners.OnnxRuntimeRunner(model, ["output"], NPU0, {"provider_options": {"npu": {"dump_om_model": True}}},
+                              requested="npu")
+    assert cann_session.seen[-1] == {"device_id": 0, "dump_om_model": True}  # the user's own value
+    cann_session.knows_dump_om, cann_session.seen = False, []
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        runner = runners.OnnxRuntimeRunner(model, ["output"], NPU0, requested="npu")
+    assert cann_session.seen == [{"device_id": 0, "dump_om_model": False}, {"device_id": 0}]  # asked again without
+    assert (runner.provider, runner.device_name, runner.providers[0]) == (
+        "CANNExecutionProvider", "npu:0", ("CANNExecutionProvider", {"device_id": 0}))
+    assert 'Unknown provider option: "dump_om_model"' in capsys.readouterr().out  # onnxruntime's lines, as printed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "does not take the CANN provider option dump_om_model" in warnings[0]
+
+
+def test_session_errors_advise_re_export_only_for_the_model_file(providers, monkeypatch, tmp_path):
+    """onnxruntime says "Load model from <path> failed:..." when the file is the problem; a provider that fails
+    without falling back (EPFail is no RuntimeError, so InferenceSession.__init__ does not catch it) is not."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+    providers()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(DeployError, match=r"Load model from .*broken.onnx failed.*\(re-export with stages="):
+        runners.OnnxRuntimeRunner(broken, ["output"], CPU, requested="cpu")
+
+    class ProviderFails(onnxruntime.InferenceSession):
+        def _create_inference_session(self, providers, provider_options, disabled_optimizers=None):
+            raise EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : CANN: aclrtSetDevice failed")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", ProviderFails)
+    with pytest.raises(DeployError) as err:
+        runners.OnnxRuntimeRunner(tiny_onnx(tmp_path / "tiny.onnx"), ["output"], CPU, requested="cpu")
+    assert str(err.value).endswith(": [ONNXRuntimeError] : 11 : EP_FAIL : CANN: aclrtSetDevice failed")
+    assert "re-export" not in str(err.value) and "['CPUExecutionProvider']" in str(err.value)
 
 
 @pytest.mark.parametrize("options, precision", [
