@@ -73,7 +73,9 @@ print("ATC run success, welcome to the next use.")
 #  utils.py: logging.basicConfig(stream=sys.stdout, format='[%(levelname)s] %(message)s'), so its messages,
 #      errors included, go to stdout; the code then raises a bare RuntimeError(), whose traceback on stderr
 #      ends in "RuntimeError". get_fileslist_from_dir: the *.npy/*.NPY/*.bin/*.BIN files of --input,
-#      natural-sorted; list_split pads a short last batch with a filler whose outputs are not written.
+#      natural-sorted; list_split (defined here, called from io_oprations.py) pads a short last batch with
+#      io_oprations.py's padding_infer_fake_file, which get_narray_from_files_list reads as the batch's first file
+#      and save_tensors_to_file writes no outputs for.
 #  io_oprations.py check_input_parameter / create_infileslist_from_inputs_list: files are taken in the order
 #      given, a missing one is an error; get_files_count_per_batch: files per batch = model input bytes /
 #      file bytes (must divide: "arg0 tensorsize: .. filesize: .. not match"); save_tensors_to_file: each output
@@ -248,7 +250,7 @@ if args.input is not None:
     for start in range(0, len(files), per_batch):
         group = files[start:start + per_batch]
         data = [np.fromfile(p, dtype=np.float32) for p in group]
-        data += [data[0]] * (per_batch - len(group))  # the padding filler
+        data += [data[0]] * (per_batch - len(group))  # padding_infer_fake_file: the batch's first file
         outputs = sess.run(None, {"input": np.concatenate(data).reshape(shape)})
         runs += 1
         for i, y in enumerate(outputs if out is not None else []):  # no --output: nothing saved
