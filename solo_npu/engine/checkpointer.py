@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from solo_npu.engine import comm
 from solo_npu.runtime import accelerator_rng_states, set_accelerator_rng_states
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,49 @@ def find_resume_file(resume: str | None, run_dir: str | Path) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: no such file")
     return path
+
+
+def agree_resume(resume: str | None, run_dir: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The resume file global rank 0 finds for ``resume`` (:func:`find_resume_file`) and its state, read on this rank.
+
+    Every rank restores the state itself, after DDP has synced the initial weights, so every rank must read
+    the very file rank 0 chose: only rank 0 writes checkpoints, and a node without the run directory on a
+    shared filesystem would start from scratch (or from another copy) and train out of step with the others.
+    Each rank reads the file and the ranks compare what they read (epoch and iteration); when any rank
+    cannot read it, or read another copy, every rank stops with the same :class:`CheckpointError`.
+    A collective: call it on every rank.
+    """
+    decision: tuple[str | None, str | None] = (None, None)
+    if comm.is_main_process():
+        try:
+            found = find_resume_file(resume, run_dir)
+            decision = (None if found is None else str(found), None)
+        except CheckpointError as exc:
+            decision = (None, str(exc))
+    path, error = comm.broadcast_object(decision)
+    if error is not None:
+        raise CheckpointError(error)
+    if path is None:
+        return None, None
+    state: dict[str, Any] | None = None
+    try:
+        state = load_training_state(path)
+        seen: tuple[Any, ...] = ("read", state.get("epoch"), state.get("iteration"))
+    except (CheckpointError, OSError) as exc:
+        seen = ("error", str(exc))
+    views = comm.all_gather_object(seen)
+    if views[0][0] == "error":
+        raise CheckpointError(f"resume: cannot read {path}: {views[0][1]}")
+    unreadable = [rank for rank, view in enumerate(views) if view[0] == "error"]
+    if unreadable:
+        raise CheckpointError(f"resume needs {path} on every node: ranks {unreadable} cannot read it; "
+                              "put the run directory on a shared filesystem or copy it")
+    differing = [rank for rank, view in enumerate(views) if view != views[0]]
+    if differing:
+        raise CheckpointError(f"resume needs the same {path} on every node: ranks {differing} read another copy "
+                              f"(epoch, iteration {views[differing[0]][1:]} instead of rank 0's {views[0][1:]}); "
+                              "put the run directory on a shared filesystem or copy it")
+    return Path(path), state
 
 
 def save_training_state(state: dict[str, Any], path: str | Path) -> Path:

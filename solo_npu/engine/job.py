@@ -16,8 +16,8 @@ from torch import nn
 from solo_npu.engine import comm
 from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
+    agree_resume,
     find_resume_file,
-    load_training_state,
     restore_training_state,
     training_state,
 )
@@ -185,14 +185,15 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     if cfg.finetune.enabled and not cfg.checkpoint:
         raise ValueError("finetune.enabled=true needs checkpoint=PATH (the weights to start from)")
     t0 = time.time()
-    resume_file = find_resume_file(cfg.resume, run_dir)
+    resume_file, resume_state = agree_resume(cfg.resume, run_dir)
     data = _build_data(cfg, info)
     model, optimizer, lr = _build_model_and_optimizer(cfg, info, data.num_classes, resume_file,
                                                       data.train_set.class_names)
     trainer, schedule = _build_trainer(cfg, info, model, optimizer, lr, data)
     trainer.register_hooks(_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar))
-    if resume_file is not None:
-        restore_training_state(trainer, load_training_state(resume_file), schedule)
+    if resume_state is not None:
+        restore_training_state(trainer, resume_state, schedule)
+        del resume_state
         logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
                     trainer.iter, trainer.inner_iter)
     from solo_npu.data import stop_workers

@@ -1,0 +1,59 @@
+"""Resume and start-up on several ranks: every rank resumes from the file global rank 0 chose, or all stop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from engine_support import compose_train_cfg
+from omegaconf import OmegaConf
+
+from solo_npu.checkpoints import save_checkpoint
+from solo_npu.engine.checkpointer import FORMAT
+from solo_npu.engine.launch import launch
+
+
+def _job_in_node_dir(cfg: dict, run_dir: Path, info) -> object:
+    """Each rank works in its own directory, as the ranks of different nodes do without a shared filesystem:
+    ``resume=ckpt/last.pth`` is rank 0's file, which rank 1 sees only where its node has a copy."""
+    import torch.distributed as dist
+
+    from solo_npu.engine.job import run_job
+
+    os.chdir(cfg.pop("node_dirs")[dist.get_rank()])
+    return run_job(cfg, run_dir, info)
+
+
+def _fake_last(node_dir: Path, iteration: int) -> None:
+    # Only what the ranks compare before any model is built; the run stops before restoring it.
+    save_checkpoint({"format": FORMAT, "epoch": 0, "iteration": iteration}, node_dir / "ckpt" / "last.pth")
+
+
+def _launch_2_ranks(tmp_path: Path, node_dirs: list[Path]) -> str:
+    from torch.multiprocessing.spawn import ProcessException
+
+    cfg = compose_train_cfg(["+experiment=smoke", "launcher.nproc_per_node=2", "resume=ckpt/last.pth"])
+    job_cfg = {**OmegaConf.to_container(cfg, resolve=True), "node_dirs": [str(d) for d in node_dirs]}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    with pytest.raises(ProcessException) as failure:
+        launch(_job_in_node_dir, job_cfg, run_dir)
+    return str(failure.value)
+
+
+def test_resume_stops_every_rank_when_one_node_lacks_the_file(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    _fake_last(node0, 6)
+    node1.mkdir()
+    message = _launch_2_ranks(tmp_path, [node0, node1])
+    assert ("resume needs ckpt/last.pth on every node: ranks [1] cannot read it; put the run directory on a "
+            "shared filesystem or copy it") in message, message
+    # A node with an older copy of the file: the ranks would resume at different iterations.
+    _fake_last(node1, 4)
+    message = _launch_2_ranks(tmp_path, [node0, node1])
+    assert "resume needs the same ckpt/last.pth on every node: ranks [1] read another copy" in message, message
+    assert "(0, 4) instead of rank 0's (0, 6)" in message, message
