@@ -9,6 +9,7 @@ is one of the workers.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import os
@@ -56,6 +57,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def drop_own_run_dir(run_dir: Path, shared_dir: Path) -> None:
+    """Remove this rank's own run directory when it is empty and not the run's (rank 0's) directory.
+
+    Under torchrun every rank composes the config; the ranks of one node that composed it in the same second
+    share one such directory and remove it at the same moment, so it may be gone already, and ``rmdir``
+    leaves a directory that is not empty.
+    """
+    if shared_dir != run_dir:
+        with contextlib.suppress(OSError):  # FileNotFoundError: another rank removed it; not empty: it stays
+            run_dir.rmdir()
+
+
 def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, timeout_min: int) -> Any:
     """Initialise the device and the process group, run ``job``, tear the group down."""
     runtime = cfg.get("runtime") or {}
@@ -70,8 +83,7 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
                             timeout=datetime.timedelta(minutes=timeout_min))
     try:
         shared_dir = Path(comm.broadcast_object(str(run_dir)))
-        if shared_dir != run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # torchrun: every rank composed the config; rank 0's directory is the run's
+        drop_own_run_dir(run_dir, shared_dir)
         result = job(cfg, shared_dir, info)
         dist.barrier()  # nobody tears the group down while a peer still talks to it
         return result

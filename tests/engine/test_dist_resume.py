@@ -57,3 +57,46 @@ def test_resume_stops_every_rank_when_one_node_lacks_the_file(tmp_path: Path,
     message = _launch_2_ranks(tmp_path, [node0, node1])
     assert "resume needs the same ckpt/last.pth on every node: ranks [1] read another copy" in message, message
     assert "(0, 4) instead of rank 0's (0, 6)" in message, message
+
+
+def _drop_dirs_at_once(dirs: list[str], shared: str, barrier, errors) -> None:
+    from solo_npu.engine.launch import drop_own_run_dir
+
+    for d in dirs:
+        barrier.wait()
+        try:
+            drop_own_run_dir(Path(d), Path(shared))
+        except OSError as exc:
+            errors.put(repr(exc))
+
+
+def test_ranks_removing_one_empty_run_dir_at_once_do_not_fail(tmp_path: Path) -> None:
+    """The ranks of a node that composed the config in the same second remove their one stale directory together."""
+    import multiprocessing
+
+    shared = tmp_path / "rank0_dir"
+    shared.mkdir()
+    dirs = [tmp_path / f"stale{i}" for i in range(60)]
+    for d in dirs:
+        d.mkdir()
+    kept = tmp_path / "not_empty"
+    (kept / "train.log").parent.mkdir()
+    (kept / "train.log").write_text("")
+    ctx = multiprocessing.get_context("fork")
+    barrier, errors = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_drop_dirs_at_once, args=([str(d) for d in dirs], str(shared), barrier, errors))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert not found, found[:3]
+    assert all(p.exitcode == 0 for p in procs) and not any(d.exists() for d in dirs)
+    from solo_npu.engine.launch import drop_own_run_dir
+
+    drop_own_run_dir(kept, shared)  # a directory with files in it stays
+    drop_own_run_dir(shared, shared)
+    assert (kept / "train.log").is_file() and shared.is_dir()
