@@ -124,8 +124,8 @@ def _deploy(tmp_path: Path, ckpt: Path, *extra: str) -> tuple[int, Path]:
 
 
 def test_original_solo_checkpoint_channel_c_minus_1_is_class_c(tmp_path):
-    # REFERENCE.md: original SOLO configs say num_classes=81 and solo_cate has 80 outputs, channel c-1
-    # holding class c (1-based, 0 = background): our label c-1 is that same channel.
+    # The original SOLO repository's configs say num_classes=81 and its solov2_head.py gives solo_cate
+    # num_classes - 1 = 80 outputs, channel c-1 holding class c (1-based): our label c-1 is that same channel.
     state = tiny_state(80, seed=2)
     ckpt = tmp_path / "SOLOv2_solo.pth"
     torch.save({"state_dict": {to_solo(k): v for k, v in state.items()},
@@ -139,15 +139,17 @@ def test_original_solo_checkpoint_channel_c_minus_1_is_class_c(tmp_path):
     assert manifest["num_classes"] == 80 and manifest["class_names"][0] == "person"
 
 
-def test_solo_classifier_with_background_channel_drops_channel_0(tmp_path):
-    state = tiny_state(81, seed=3)  # 81 outputs, 80 names: channel 0 is the background
+def test_solo_classifier_with_one_output_more_than_its_names_is_an_error(tmp_path, capsys):
+    # No SOLO classifier has a background channel, so 81 outputs with 80 names is not "drop channel 0"
+    # (which would shift every class by one) but a file whose classifier and names disagree.
+    state = tiny_state(81, seed=3)
     ckpt = tmp_path / "solo81.pth"
     torch.save({"state_dict": {to_solo(k): v for k, v in state.items()}, "meta": {"CLASSES": COCO_CLASSES}}, ckpt)
     code, run_dir = _deploy(tmp_path, ckpt)
-    assert code == 0
-    weight, bias = exported_classifier(run_dir)
-    assert np.array_equal(weight, state["mask_head.conv_cls.weight"][1:].numpy())
-    assert np.array_equal(bias, state["mask_head.conv_cls.bias"][1:].numpy())
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "has 81 outputs but meta.CLASSES names 80 classes" in err
+    assert not (run_dir / "export" / "manifest.json").exists()
 
 
 def test_explicit_num_classes_mismatch_and_names_mismatch(tmp_path, capsys):
