@@ -55,7 +55,7 @@ def resnet_shapes(depth: int) -> dict[str, tuple[int, ...]]:
 
 
 def mmdet_solov2_shapes(name: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of an mmdet 3.x SOLOv2 state dict, written out from REFERENCE.md's layout."""
+    """Key -> shape of an mmdet 3.x SOLOv2 state dict, written out from mmdet's solov2_head.py, ResNet and FPN."""
     depth, feat, stacked, mf_feat, mf_out = VARIANTS[name]
     out = {f"backbone.{k}": v for k, v in resnet_shapes(depth).items()}
     exp = 4 if depth >= 50 else 1

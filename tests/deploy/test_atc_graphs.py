@@ -103,7 +103,7 @@ def solov2_r50_graph_at_seed_shape() -> nn.Module:
 @pytest.mark.parametrize("opset", [11, 13])
 def test_solov2_output_contract_of_the_310p_guide(opset, tmp_path):
     """Ascend ModelZoo SOLOV2 torch_aie guide (310P3): input 1x3x800x1216; outputs masks 1x100x200x304
-    float32, labels 1x100 int32, scores 1x100 float32 (REFERENCE.md, seed table)."""
+    float32, labels 1x100 int32, scores 1x100 float32 (the guide's README output table)."""
     model = solov2_r50_graph_at_seed_shape()
     adapter = ModelAdapter(model)
     path = export_onnx(adapter.export_module(), example_input(1, [800, 1216]), tmp_path / "s.onnx",

@@ -43,7 +43,7 @@ COCO_CLASSES = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 )
-# REFERENCE.md "Original WXinlong/SOLO checkpoints": the renames from SOLO's names to mmdet's, inverted.
+# The original SOLO repository's names (bbox_head.*, mask_feat_head.*) from mmdet's, the converter's renames inverted.
 TO_SOLO = (("mask_head.cls_convs.", "bbox_head.cate_convs."), ("mask_head.kernel_convs.", "bbox_head.kernel_convs."),
            ("mask_head.conv_cls.", "bbox_head.solo_cate."), ("mask_head.conv_kernel.", "bbox_head.solo_kernel."),
            ("mask_head.mask_feature_head.convs_all_levels.", "mask_feat_head.convs_all_levels."),
