@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +89,61 @@ def _starts_from(cfg: Any, resume_file: Path | None) -> str | None:
     return str(cfg["checkpoint"]) if cfg.get("checkpoint") else None
 
 
+def _env_int(environ: Mapping[str, str], key: str) -> int:
+    try:
+        return int(environ.get(key, "0") or 0)
+    except ValueError:
+        return 0
+
+
+def run_dir_per_attempt(cfg: Any, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the run directory is a timestamp of its own for each torchrun attempt: no ``run_dir=``, no
+    ``$SOLO_RUN_DIR`` and no rendezvous id (``--rdzv-id`` defaults to ``none`` without ``--standalone``;
+    see :func:`~solo_npu.config.schema.resolve_run_dir`)."""
+    env = os.environ if environ is None else environ
+    return (not cfg.get("run_dir") and not env.get("SOLO_RUN_DIR")
+            and env.get("TORCHELASTIC_RUN_ID", "") in ("", "none"))
+
+
+def attempt_resume(cfg: Any, run_dir: Path, environ: Mapping[str, str] | None = None,
+                   log: bool = True) -> str | None:
+    """The ``resume`` setting of this attempt of the run.
+
+    torch's elastic agent restarts a failed worker group with the same environment plus
+    ``TORCHELASTIC_RESTART_COUNT`` (torch/distributed/elastic/agent/server/local_elastic_agent.py). A
+    restarted attempt continues from the run directory's ``checkpoints/last.pth`` when there is one, as
+    ``resume=auto`` does, instead of starting over and overwriting it; otherwise ``cfg["resume"]`` stands.
+    Where each attempt gets a new timestamped run directory (:func:`run_dir_per_attempt`) nothing can be
+    found: a WARNING says so (also on the first attempt of a run allowed restarts).
+    """
+    env = os.environ if environ is None else environ
+    resume = cfg.get("resume")
+    restarts, max_restarts = _env_int(env, "TORCHELASTIC_RESTART_COUNT"), _env_int(env, "TORCHELASTIC_MAX_RESTARTS")
+    if restarts <= 0 and max_restarts <= 0:
+        return resume
+    if run_dir_per_attempt(cfg, env):
+        if log:
+            what = (f"torchrun restart {restarts}: this attempt starts over in a new run directory {run_dir}, the "
+                    "earlier attempts' checkpoints are not resumed" if restarts > 0 else
+                    f"torchrun --max_restarts={max_restarts}: a restarted attempt will start over in a new run "
+                    "directory")
+            logger.warning("%s; give run_dir=... (or a unique --rdzv-id) so that restarts resume the run", what)
+        return resume
+    last = Path(run_dir) / "checkpoints" / "last.pth"
+    if restarts <= 0 or not last.is_file():
+        return resume
+    if log:
+        logger.info("torchrun restart %d: resuming from %s, the last checkpoint of the earlier attempts", restarts,
+                    last)
+    return str(last)
+
+
 def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     """Checks a launcher runs once before any worker starts, so that a run that cannot start as
     configured stops with one line (:class:`~solo_npu.engine.backbone_init.BackboneInitError`)."""
     if cfg.get("mode", "train") == "train":
-        backbone_init_file(cfg, _starts_from(cfg, find_resume_file(cfg.get("resume"), run_dir)))
+        resume = attempt_resume(cfg, run_dir, log=False)
+        backbone_init_file(cfg, _starts_from(cfg, find_resume_file(resume, run_dir)))
 
 
 def _backbone_init(cfg: DictConfig, starts_from: str | None) -> str | None:
@@ -185,7 +237,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     if cfg.finetune.enabled and not cfg.checkpoint:
         raise ValueError("finetune.enabled=true needs checkpoint=PATH (the weights to start from)")
     t0 = time.time()
-    resume_file, resume_state = agree_resume(cfg.resume, run_dir)
+    resume = attempt_resume(cfg, run_dir) if comm.is_main_process() else None  # rank 0 decides
+    resume_file, resume_state = agree_resume(resume, run_dir)
     data = _build_data(cfg, info)
     model, optimizer, lr = _build_model_and_optimizer(cfg, info, data.num_classes, resume_file,
                                                       data.train_set.class_names)

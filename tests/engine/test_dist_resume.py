@@ -100,3 +100,59 @@ def test_ranks_removing_one_empty_run_dir_at_once_do_not_fail(tmp_path: Path) ->
     drop_own_run_dir(kept, shared)  # a directory with files in it stays
     drop_own_run_dir(shared, shared)
     assert (kept / "train.log").is_file() and shared.is_dir()
+
+
+def test_restarted_torchrun_attempt_resumes_the_runs_last_checkpoint(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from solo_npu.engine.job import attempt_resume
+
+    run_dir = tmp_path / "torchrun_abc"
+    last = run_dir / "checkpoints" / "last.pth"
+    first = {"TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "3", "TORCHELASTIC_RUN_ID": "abc"}
+    restart = {**first, "TORCHELASTIC_RESTART_COUNT": "1"}
+    with caplog.at_level("INFO", logger="solo_npu.engine.job"):
+        assert attempt_resume({"resume": None}, run_dir, {}) is None
+        assert attempt_resume({"resume": None}, run_dir, first) is None
+        assert attempt_resume({"resume": None}, run_dir, restart) is None  # the first attempt saved nothing
+        assert not caplog.records
+        last.parent.mkdir(parents=True)
+        last.write_bytes(b"")
+        assert attempt_resume({"resume": None}, run_dir, first) is None
+        assert attempt_resume({"resume": None}, run_dir, restart) == str(last)
+        assert attempt_resume({"resume": "auto"}, run_dir, restart) == str(last)
+        assert attempt_resume({"resume": "old/epoch_3.pth"}, run_dir, restart) == str(last)
+        assert [r.getMessage() for r in caplog.records][0] == (
+            f"torchrun restart 1: resuming from {last}, the last checkpoint of the earlier attempts")
+        assert {r.levelname for r in caplog.records} == {"INFO"}
+        caplog.clear()
+        # No rendezvous id (static rendezvous) and no run_dir=: each attempt composed its own timestamped directory.
+        static = {**restart, "TORCHELASTIC_RUN_ID": "none"}
+        assert attempt_resume({"resume": None}, run_dir, static) is None
+        assert attempt_resume({"resume": None, "run_dir": str(run_dir)}, run_dir, static) == str(last)
+        assert attempt_resume({"resume": None}, run_dir, {**static, "SOLO_RUN_DIR": str(run_dir)}) == str(last)
+        assert attempt_resume({"resume": None}, run_dir, {**first, "TORCHELASTIC_RUN_ID": "none"}) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"torchrun restart 1: this attempt starts over in a new run directory {run_dir}")
+    assert warnings[1].startswith("torchrun --max_restarts=3: a restarted attempt will start over")
+    assert all(w.endswith("give run_dir=... (or a unique --rdzv-id) so that restarts resume the run")
+               for w in warnings)
+
+
+def test_restarted_attempt_trains_on_from_the_first_attempts_checkpoint(smoke_data: list[str], tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-process torchrun worker (RANK set): the first attempt stops at iteration 4, the restart goes on to 6."""
+    from engine_support import run_train
+
+    fast = [*smoke_data, "train.plots=false", "train.eval_interval=0", "train.eval_at_end=false",
+            "train.checkpoint_interval_iters=2"]
+    run_dir = tmp_path / "torchrun_abc"
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "abc",
+                       "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_RESTART_COUNT": "0"}.items():
+        monkeypatch.setenv(key, value)
+    assert run_train([*fast, "train.max_iters=4"], run_dir)["iterations"] == 4
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    summary = run_train([*fast, "train.max_iters=6"], run_dir)
+    assert summary["iterations"] == 6
+    log = (run_dir / "train.log").read_text()
+    assert "torchrun restart 1: resuming from" in log and "resumed from" in log and "at epoch 0, iteration 4" in log
