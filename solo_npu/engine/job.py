@@ -295,7 +295,11 @@ def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: i
         logger.info("froze %d backbone parameters", freeze_backbone(model))
     _place(model, cfg, info)
     world = comm.get_world_size()
-    if cfg.train.sync_bn and world > 1:
+    if cfg.train.sync_bn and world > 1 and info.type == "cpu":  # torch's SyncBatchNorm runs on accelerators only
+        if comm.is_main_process():
+            logger.warning("train.sync_bn=true: SyncBatchNorm needs CUDA or NPU devices; BatchNorm stays per rank "
+                           "on the CPU")
+    elif cfg.train.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     total_batch = int(cfg.train.batch_size) * world
     lr = scaled_lr(cfg.optim.base_lr, total_batch, int(cfg.optim.base_batch_size), bool(cfg.optim.auto_scale_lr))

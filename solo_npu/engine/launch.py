@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from solo_npu.engine import comm
-from solo_npu.runtime import DeviceInfo, dist_backend, resolve_device, setup_device
+from solo_npu.runtime import DeviceError, DeviceInfo, dist_backend, resolve_device, setup_device
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def check_device_per_rank(device: str, local_world_size: int) -> None:
+    """An explicit accelerator index (``npu:3``, ``cuda:1``) names one device; several ranks on a node need one each.
+
+    Raises:
+        DeviceError: an explicit NPU or CUDA index with more than one rank on this node.
+    """
+    kind, _, index = str(device or "auto").lower().partition(":")
+    if index and kind in ("npu", "cuda") and local_world_size > 1:
+        visible = "ASCEND_RT_VISIBLE_DEVICES" if kind == "npu" else "CUDA_VISIBLE_DEVICES"
+        raise DeviceError(f"runtime.device={kind}:{index} names one device but {local_world_size} ranks run on this "
+                          f"node: use runtime.device={kind} (local rank r takes device r) and {visible} to choose "
+                          "the devices")
+
+
 def drop_own_run_dir(run_dir: Path, shared_dir: Path) -> None:
     """Remove this rank's own run directory when it is empty and not the run's (rank 0's) directory.
 
@@ -72,6 +86,7 @@ def drop_own_run_dir(run_dir: Path, shared_dir: Path) -> None:
 def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, timeout_min: int) -> Any:
     """Initialise the device and the process group, run ``job``, tear the group down."""
     runtime = cfg.get("runtime") or {}
+    check_device_per_rank(str(runtime.get("device", "auto")), int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     info = resolve_device(str(runtime.get("device", "auto")), env.local_rank)
     setup_device(info, runtime)
     if env.world_size == 1:
@@ -142,6 +157,7 @@ def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
     if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
         raise ValueError(f"bad launcher settings: nproc_per_node={nproc}, nnodes={nnodes}, node_rank={node_rank}")
     world_size = nproc * nnodes
+    check_device_per_rank(str((cfg.get("runtime") or {}).get("device", "auto")), nproc)
     if world_size == 1:
         return _run_worker(job, cfg, run_dir, DistEnv(0, 0, 1, "127.0.0.1", 0), timeout_min)
     port = int(launcher.get("master_port", 0) or 0)

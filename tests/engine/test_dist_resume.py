@@ -156,3 +156,33 @@ def test_restarted_attempt_trains_on_from_the_first_attempts_checkpoint(smoke_da
     assert summary["iterations"] == 6
     log = (run_dir / "train.log").read_text()
     assert "torchrun restart 1: resuming from" in log and "resumed from" in log and "at epoch 0, iteration 4" in log
+
+
+def test_explicit_accelerator_index_with_several_ranks_on_a_node_fails_clearly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from solo_npu.engine.launch import check_device_per_rank
+    from solo_npu.runtime import DeviceError
+
+    for device in ("npu", "cuda", "auto", "cpu", "cpu:0"):
+        check_device_per_rank(device, 8)
+    check_device_per_rank("npu:3", 1)
+    with pytest.raises(DeviceError, match=r"runtime.device=npu:3 names one device but 8 ranks run on this node: "
+                                          r"use runtime.device=npu \(local rank r takes device r\) and "
+                                          "ASCEND_RT_VISIBLE_DEVICES"):
+        check_device_per_rank("npu:3", 8)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(DeviceError, match="cuda:1 names one device but 2 ranks.*CUDA_VISIBLE_DEVICES"):
+        launch(_job_in_node_dir, {"runtime": {"device": "cuda:1"}, "launcher": {"nproc_per_node": 2}}, tmp_path)
+
+
+def test_sync_bn_on_the_cpu_is_off_with_a_warning(smoke_data: list[str], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine_support import run_train
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    summary = run_train([*smoke_data, "launcher.nproc_per_node=2", "train.sync_bn=true", "train.max_iters=2",
+                         "train.plots=false", "train.eval_interval=0", "train.eval_at_end=false"], tmp_path)
+    assert summary["status"] == "ok" and summary["world_size"] == 2 and summary["iterations"] == 2
+    assert "train.sync_bn=true: SyncBatchNorm needs CUDA or NPU devices" in (tmp_path / "train.log").read_text()
