@@ -49,9 +49,11 @@ def onednn_applies(*tensors: torch.Tensor) -> bool:
     eager (not scripting, tracing, exporting to ONNX or compiling), nothing for autograd to record (grad
     mode off, or no tensor that requires a gradient) and no CPU autocast, so that every other case keeps
     torch's op, its precision and its graph."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    # is_compiling first: under torch.compile nothing else is asked (torch 2.1's dynamo cannot trace the
+    # autocast query's fallback)
+    return (not is_compiling() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            and not autocast_enabled("cpu") and not is_compiling()
+            and not autocast_enabled("cpu")
             and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
 
 
