@@ -118,6 +118,19 @@ def _mask_readable(seg: Any) -> bool:
 _SEGM_GT: weakref.WeakKeyDictionary[COCO, COCO] = weakref.WeakKeyDictionary()
 
 
+def _with_annotations(coco_gt: COCO, anns: list[dict[str, Any]]) -> COCO:
+    """A copy of ``coco_gt`` (images, categories) holding ``anns``, indexed without pycocotools' prints."""
+    copy = COCO()
+    copy.dataset = {**coco_gt.dataset, "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        copy.createIndex()
+    return copy
+
+
+def _ids_text(ids: list[Any]) -> str:
+    return f"annotation ids {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''}"
+
+
 _COMPLETE_GT: weakref.WeakKeyDictionary[COCO, COCO] = weakref.WeakKeyDictionary()
 
 
@@ -168,14 +181,10 @@ def complete_ground_truth(coco_gt: COCO) -> COCO:
     if not any(filled.values()) and not left_out:
         _COMPLETE_GT[coco_gt] = coco_gt
         return coco_gt
-    complete = COCO()
-    complete.dataset = {**coco_gt.dataset, "annotations": anns}
-    with contextlib.redirect_stdout(io.StringIO()):
-        complete.createIndex()
+    complete = _with_annotations(coco_gt, anns)
     parts = [f"{n} without {key}" for key, n in filled.items() if n]
     if left_out:
-        parts.append(f"{len(left_out)} without a box or a readable segmentation left out (annotation ids "
-                     f"{', '.join(map(str, left_out[:10]))}{' ...' if len(left_out) > 10 else ''})")
+        parts.append(f"{len(left_out)} without a box or a readable segmentation left out ({_ids_text(left_out)})")
     logger.warning("evaluation: ground-truth annotations lack fields COCOeval reads, filled in: %s (iscrowd 0, "
                    "area and bbox from the segmentation)", "; ".join(parts))
     _COMPLETE_GT[coco_gt] = complete
@@ -226,12 +235,8 @@ def segm_ground_truth(coco_gt: COCO) -> COCO:
     if not any(changed.values()):
         _SEGM_GT[coco_gt] = coco_gt
         return coco_gt
-    repaired = COCO()
-    repaired.dataset = {**coco_gt.dataset, "annotations": anns}
-    with contextlib.redirect_stdout(io.StringIO()):
-        repaired.createIndex()
-    parts = [f"{len(ids)} {what} (annotation ids {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''})"
-             for what, ids in changed.items() if ids]
+    repaired = _with_annotations(coco_gt, anns)
+    parts = [f"{len(ids)} {what} ({_ids_text(ids)})" for what, ids in changed.items() if ids]
     logger.warning("segm evaluation: %d ground-truth annotations have no segmentation pycocotools can read (empty, "
                    "or a polygon of fewer than 3 points): %s", sum(map(len, changed.values())), "; ".join(parts))
     _SEGM_GT[coco_gt] = repaired

@@ -282,6 +282,19 @@ def install_tool(bin_dir: Path, name: str, body: str) -> Path:
     return path
 
 
+def put_tools_on_path(tmp_path: Path, monkeypatch, **tools: str) -> Path:
+    """Install ``tools`` (name -> body) in ``tmp_path/bin``, put that folder on PATH before /usr/bin and /bin,
+    and point the stand-ins' STANDIN_LOG at ``tmp_path/log``, which is returned."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    for name, body in tools.items():
+        install_tool(bin_dir, name, body)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    return log
+
+
 # torch_aie. Sources: Ascend/ModelZoo-PyTorch, AscendIE/TorchAIE/built-in/cv/segmentation/SOLOV2
 #  solov2_export_torch_aie_ts.py export_torch_aie: torch_aie.set_device(0); torch_aie.compile(trace_model,
 #      inputs=[torch_aie.Input((batch_size, 3, 800, 1216))], allow_tensor_replace_int=True, torch_executed_ops=[],

@@ -7,7 +7,7 @@ import json
 import shlex
 
 import pytest
-from deploy_standins import AIS_BENCH, ATC, install_tool
+from deploy_standins import AIS_BENCH, ATC, install_tool, put_tools_on_path
 from deploy_support import CANVAS, compose_deploy_cfg
 
 from solo_npu.deploy.benchmark import NpuSmiSampler, npu_smi_memory_mb, run_benchmark
@@ -69,13 +69,7 @@ def test_npu_smi_sampler_keeps_the_highest_reading(tmp_path, monkeypatch):
 
 @pytest.fixture
 def bounded_ctx(synthetic_coco, fitted_tiny, tmp_path, monkeypatch):
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    for name, body in (("atc", ATC), ("ais_bench", AIS_BENCH), ("npu-smi", NPU_SMI)):
-        install_tool(bin_dir, name, body)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    put_tools_on_path(tmp_path, monkeypatch, atc=ATC, ais_bench=AIS_BENCH, **{"npu-smi": NPU_SMI})
     cfg = compose_deploy_cfg([
         "model=solov2_tiny", "data=synthetic", f"data.root={synthetic_coco}", "data.generate=false",
         f"deploy.input_shape=[{CANVAS[0]},{CANVAS[1]}]", "deploy.batch_sizes=[1,2]", "deploy.infer.batch_sizes=[2]",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deploy_standins import AIS_BENCH, ATC, install_tool, write_om
+from deploy_standins import AIS_BENCH, ATC, install_tool, put_tools_on_path, write_om
 
 from solo_npu.deploy import compile_310p, om
 from solo_npu.deploy.backends import OmBackend
@@ -140,13 +140,7 @@ def test_atc_output_name_with_or_without_os_arch(tmp_path, suffix):
 
 
 def test_atc_and_ais_bench_standins(make_ctx, exported_run, monkeypatch, tmp_path):
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    install_tool(bin_dir, "atc", ATC)
-    install_tool(bin_dir, "ais_bench", AIS_BENCH)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    log = put_tools_on_path(tmp_path, monkeypatch, atc=ATC, ais_bench=AIS_BENCH)
     monkeypatch.setenv("STANDIN_ATC_SUFFIX", "_linux_x86_64")  # CANN versions that name the .om by host
     ctx = make_ctx("deploy.backends=[onnxruntime,om]", "deploy.compile.precision_mode=force_fp16",
                    "deploy.compile.log=info", "deploy.om.launcher=ais_bench", run_dir=exported_run)
@@ -221,12 +215,7 @@ def test_parse_summary_from_file_then_log_and_output_listing(tmp_path):
 
 def test_atc_failure_reports_its_error_code_line(make_ctx, exported_run, monkeypatch, tmp_path):
     """ATC prints its banner, then "E10031: ..." and trace lines on stdout: the E-code line is the reason."""
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    install_tool(bin_dir, "atc", ATC)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    put_tools_on_path(tmp_path, monkeypatch, atc=ATC)
     # a dynamic batch asked through atc_args for a static-batch ONNX: ATC refuses it (no -1 in --input_shape)
     ctx = make_ctx("deploy.backends=[om]", "deploy.compile.atc_args=['--dynamic_batch_size=1,2']",
                    run_dir=exported_run)
@@ -262,12 +251,7 @@ def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp
 
 def test_om_benchmark_passes_the_warmup_count(make_ctx, exported_run, monkeypatch, tmp_path):
     """deploy.benchmark.warmup reaches ais_bench as --warmup_count (its own default is 1, __main__.py get_args)."""
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    install_tool(bin_dir, "ais_bench", AIS_BENCH)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    log = put_tools_on_path(tmp_path, monkeypatch, ais_bench=AIS_BENCH)
     model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
     ctx = make_ctx("deploy.backends=[om]", "deploy.batch_sizes=[1]", "deploy.om.launcher=ais_bench",
                    "deploy.benchmark.warmup=3", "deploy.benchmark.iters=4", run_dir=exported_run)
@@ -301,12 +285,7 @@ def test_om_batch1_ignores_stale_files_in_the_input_folder(make_ctx, exported_ru
     from solo_npu.deploy.export import load_manifest
     from solo_npu.deploy.preprocess import load_index
 
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    install_tool(bin_dir, "ais_bench", AIS_BENCH)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    log = put_tools_on_path(tmp_path, monkeypatch, ais_bench=AIS_BENCH)
     model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
     ctx = make_ctx("deploy.backends=[om]", "deploy.om.launcher=ais_bench", run_dir=exported_run)
     write_json(ctx.path("compile", "compile.json"), {"om": {"1": str(model)}, "torch_aie": {}, "messages": []})
@@ -330,15 +309,10 @@ def test_dynamic_om_runs_at_its_gears_only(make_ctx, exported_run, monkeypatch, 
     from solo_npu.deploy.export import load_manifest
     from solo_npu.deploy.preprocess import load_index
 
-    bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
-    bin_dir.mkdir()
-    log.mkdir()
+    run_dir = tmp_path / "run"
     for stage in ("export", "preprocess"):
         shutil.copytree(exported_run / stage, run_dir / stage)
-    install_tool(bin_dir, "atc", ATC)
-    install_tool(bin_dir, "ais_bench", AIS_BENCH)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    log = put_tools_on_path(tmp_path, monkeypatch, atc=ATC, ais_bench=AIS_BENCH)
     ctx = make_ctx("deploy.backends=[om]", "deploy.compile.dynamic_batch=[1,2]", "deploy.om.launcher=ais_bench",
                    run_dir=run_dir)
     compiled = run_compile(ctx)
@@ -376,12 +350,8 @@ def test_om_inputs_and_folders_pass_newer_ais_bench_checks_under_umask_002(make_
     from solo_npu.deploy.export import load_manifest
     from solo_npu.deploy.preprocess import load_index
 
-    bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
-    bin_dir.mkdir()
-    log.mkdir()
-    install_tool(bin_dir, "ais_bench", AIS_BENCH)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    run_dir = tmp_path / "run"
+    put_tools_on_path(tmp_path, monkeypatch, ais_bench=AIS_BENCH)
     monkeypatch.setenv("STANDIN_AIS_BENCH", "newer")
     ctx = make_ctx("deploy.backends=[om]", "deploy.om.launcher=ais_bench", run_dir=run_dir)
     previous = os.umask(0o002)
