@@ -153,6 +153,7 @@ class RuntimeConfig:
     deterministic: bool = MISSING
     cudnn_benchmark: bool = MISSING
     channels_last: bool = MISSING
+    fixed_shapes: str = "always"  # always | npu: where the config's fixed training shapes hold
     npu: NpuRuntimeConfig = MISSING  # NPU-only settings
 
 

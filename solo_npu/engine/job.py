@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from solo_npu.config.shapes import lift_fixed_shapes
 from solo_npu.engine import comm
 from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
@@ -173,6 +174,10 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     rank = comm.get_rank()
     progress_bar = use_progress_bar(str(cfg.train.progress))
     setup_logging(run_dir, rank, progress_bar)
+    lifted = lift_fixed_shapes(cfg, info.type)
+    if lifted and rank == 0:
+        logger.info("runtime.fixed_shapes=npu: the fixed NPU shapes are not used on %s (%s; "
+                    "runtime.fixed_shapes=always keeps them)", info.type, " ".join(lifted))
     if rank == 0:
         OmegaConf.save(cfg, run_dir / "config.yaml")
     logger.info("experiment %s: run directory %s, device %s, world size %d", cfg.experiment_name, run_dir, info.device,

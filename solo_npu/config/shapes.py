@@ -1,0 +1,47 @@
+"""Fixed training shapes and the devices they are for.
+
+The device presets (``+experiment=1p`` / ``8p`` / ``performance_*``) give every training batch one shape,
+because NPU operators compile again for every new input shape: each image on one square canvas
+(``data.pad.mode=fixed``, 1344x1344 at 1333x800), ``data.max_instances`` ground-truth slots
+(``data.instance_slots=fixed``) and a pinned number of positive slots (``model.head.pos_slots``).
+On a GPU or a CPU those pins only add work (1344x1344 holds 1.7 times the pixels of an 800x1344 batch
+canvas), so the presets say ``runtime.fixed_shapes=npu``: the pins hold on the NPU, and on other devices a
+training run pads each batch to a multiple of ``data.pad.size_divisor`` and sizes the slots to the batch,
+as a run without a preset does (and as mmdet and SOLO train). ``runtime.fixed_shapes=always`` keeps them on
+every device. Evaluation runs (``mode=eval``) keep the canvas they are given: a model is evaluated on the
+canvas it trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FIXED_SHAPES_CHOICES", "lift_fixed_shapes"]
+
+FIXED_SHAPES_CHOICES = ("always", "npu")
+
+
+def lift_fixed_shapes(cfg: Any, device_type: str) -> list[str]:
+    """Undo the fixed-shape pins of ``cfg`` (in place) where ``runtime.fixed_shapes`` says they are not for
+    ``device_type``; returns the ``key=value`` settings it changed (empty when nothing changed).
+
+    ``cfg``: the job config (an OmegaConf DictConfig or a plain dict with ``mode``, ``runtime``, ``data``
+    and ``model``). Only training runs change (see the module docstring).
+    """
+    policy = str(cfg["runtime"].get("fixed_shapes", "always"))
+    if policy not in FIXED_SHAPES_CHOICES:
+        raise ValueError(f"runtime.fixed_shapes must be one of {', '.join(FIXED_SHAPES_CHOICES)}, got {policy!r}")
+    if policy == "always" or device_type == "npu" or cfg.get("mode", "train") != "train":
+        return []
+    changed = []
+    data, head = cfg["data"], cfg["model"].get("head")
+    if str(data["pad"].get("mode")) == "fixed":
+        data["pad"]["mode"], data["pad"]["canvas"] = "divisor", None
+        changed += ["data.pad.mode=divisor", "data.pad.canvas=null"]
+    if str(data.get("instance_slots")) == "fixed":
+        data["instance_slots"] = "ladder"
+        changed.append("data.instance_slots=ladder")
+    if head is not None and head.get("pos_slots") is not None:
+        head["pos_slots"] = None
+        changed.append("model.head.pos_slots=null")
+    return changed

@@ -1,0 +1,79 @@
+"""The device presets' fixed training shapes hold on the NPU only; other settings keep them everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from engine_support import compose_train_cfg, run_train
+from omegaconf import OmegaConf
+
+from solo_npu.config.shapes import lift_fixed_shapes
+
+
+def _shapes(cfg) -> tuple:
+    return (cfg.data.pad.mode, None if cfg.data.pad.canvas is None else list(cfg.data.pad.canvas),
+            cfg.data.instance_slots, cfg.model.head.pos_slots)
+
+
+@pytest.mark.parametrize("preset", ["1p", "8p", "performance_8p"])
+def test_presets_pin_shapes_on_the_npu_and_lift_them_elsewhere(preset: str) -> None:
+    pinned = ("fixed", [1344, 1344], "fixed", 512)
+    for device, expected, changed in (("npu", pinned, []),
+                                      ("cuda", ("divisor", None, "ladder", None), 4),
+                                      ("cpu", ("divisor", None, "ladder", None), 4)):
+        cfg = compose_train_cfg([f"+experiment={preset}"])
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        assert _shapes(cfg) == pinned
+        lifted = lift_fixed_shapes(cfg, device)
+        assert _shapes(cfg) == expected, device
+        assert len(lifted) == (changed or 0)
+    assert cfg.data.pad.size_divisor == 32
+
+
+@pytest.mark.parametrize("overrides", [["+experiment=8p", "runtime.fixed_shapes=always"],
+                                       ["+experiment=[1p,eval]", "checkpoint=x.pth"],
+                                       ["data.pad.mode=fixed", "data.pad.canvas=[1344,1344]",
+                                        "data.instance_slots=fixed", "model.head.pos_slots=512"]])
+def test_explicit_fixed_shapes_and_evaluation_keep_the_pins(overrides: list[str]) -> None:
+    """``always`` (the default without a preset: pins set by hand are kept) and evaluation runs, which use
+    the canvas they are given, never change."""
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_train_cfg(overrides), resolve=True))
+    before = _shapes(cfg)
+    assert before[0] == "fixed"
+    assert lift_fixed_shapes(cfg, "cuda") == [] and _shapes(cfg) == before
+
+
+def test_unknown_policy_is_a_one_line_error() -> None:
+    cfg = OmegaConf.create(OmegaConf.to_container(compose_train_cfg(["runtime.fixed_shapes=gpu"]), resolve=True))
+    with pytest.raises(ValueError, match="runtime.fixed_shapes must be one of always, npu, got 'gpu'"):
+        lift_fixed_shapes(cfg, "cpu")
+
+
+def test_a_cpu_training_run_uses_the_batch_canvas_under_npu_only_pins(tmp_path: Path) -> None:
+    """A run on the CPU with the presets' pins (scaled to the smoke images) and ``fixed_shapes=npu`` trains
+    on per-batch canvases and slots, says so once, and saves the configuration it ran."""
+    pins = ["data.pad.mode=fixed", "data.pad.canvas=[192,192]", "data.instance_slots=fixed",
+            "model.head.pos_slots=64", "runtime.fixed_shapes=npu", "train.eval_interval=0", "train.eval_at_end=false",
+            "train.plots=false", "train.max_iters=2"]
+    from solo_npu.data import collate
+
+    seen: list[tuple[int, int]] = []
+    original = collate.FixedShapeCollate.__call__
+
+    def recording(self, items):
+        batch = original(self, items)
+        seen.append(tuple(batch["images"].shape[-2:]))
+        return batch
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(collate.FixedShapeCollate, "__call__", recording)
+        run_train(pins, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["pad"] == {**saved["data"]["pad"], "mode": "divisor", "canvas": None}
+    assert saved["data"]["instance_slots"] == "ladder" and saved["model"]["head"]["pos_slots"] is None
+    assert seen and all(shape != (192, 192) and shape[0] % 32 == 0 and shape[1] % 32 == 0 for shape in seen)
+    log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    lines = [line for line in log if "fixed_shapes=npu" in line]
+    assert len(lines) == 1 and "not used on cpu" in lines[0]
