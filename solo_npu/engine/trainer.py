@@ -16,6 +16,7 @@ from torch import nn
 from solo_npu.data.collate import pad_instance_slots
 from solo_npu.engine import comm
 from solo_npu.engine.events import EventStorage
+from solo_npu.engine.interrupts import Interrupts
 from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.storage = EventStorage()
         self.stop_reason: str | None = None
+        self.interrupts = Interrupts()  # SIGINT / SIGTERM wait while a step's update is recorded
         self.hooks: list[HookBase] = []
         self.register_hooks(hooks)
 
@@ -198,6 +200,7 @@ class Trainer:
         self.model.train()
         self.storage.iter, self.storage.epoch = self.iter, self.epoch
         self._call("before_train")
+        self.interrupts.install()
         try:
             while not self.done:
                 if self.inner_iter >= self.iters_per_epoch:
@@ -223,14 +226,17 @@ class Trainer:
                     self.storage.put_scalars({"data_time": data_time, "step_time": step_time,
                                               "images_per_sec": self.images_per_step / max(step_time, 1e-9)})
                     self._call("after_step")
+                    self.interrupts.release(f"iteration {self.iter}")
                 if self.inner_iter >= self.iters_per_epoch:
                     self._call("after_epoch")
                     self.epoch, self.inner_iter = self.epoch + 1, 0
                 else:  # stopped by max_iters mid-epoch
                     break
         except BaseException as exc:
+            self.interrupts.restore()
             self._call("on_failure", exc)
             raise
+        self.interrupts.restore()
         self._call("after_train")
 
     def run_step(self, batch: Mapping[str, Any]) -> None:
@@ -251,6 +257,9 @@ class Trainer:
             self._nonfinite(values)
             return
         self.scaler.scale(loss).backward()
+        # The update: until the loop has counted this step and its hooks have recorded it, a checkpoint
+        # would not match the weights, so SIGINT / SIGTERM wait (released in train()).
+        self.interrupts.hold()
         self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
         grad_norm = clip_grad_norm(self.optimizer, self.grad_clip)
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
@@ -263,6 +272,7 @@ class Trainer:
         self.storage.put_scalars({**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
 
     def _nonfinite(self, values: dict[str, float]) -> None:
+        self.interrupts.hold()
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
         self.storage.put_scalars({**values, "lr": self.optimizer.param_groups[0]["lr"]})

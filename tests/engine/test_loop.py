@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from solo_npu.checkpoints import load_checkpoint
 from solo_npu.data import GroupedBatchSampler
 from solo_npu.engine.checkpointer import restore_training_state, training_state
 from solo_npu.engine.hooks import CheckpointHook, LRHook
+from solo_npu.engine.interrupts import Terminated
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import NonFiniteLossError, Trainer
 from solo_npu.runtime import resolve_device
@@ -133,3 +138,93 @@ def test_progress_bar_shows_iterations_eta_and_losses(tmp_path: Path, capsys) ->
     assert hook.use_tqdm and "train: 100%" in err and "12/12" in err, err[-500:]
     assert "<00:00" in err and "img/s" in err and "loss" in err  # ETA, throughput and the loss postfix
     assert (tmp_path / "metrics.csv").read_text().count("train/loss_mse") == 3  # iterations 4, 8, 12
+
+
+class _SignalInUpdate(torch.optim.SGD):
+    """SGD that receives ``signum`` right after it has changed the weights of step ``at`` (0-based)."""
+
+    def __init__(self, *args, signum: int, at: int, trainer_ref: list, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.signum, self.at, self.trainer_ref = signum, at, trainer_ref
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        if self.trainer_ref and self.trainer_ref[0].iter == self.at:
+            signal.raise_signal(self.signum)  # Python runs the handler before the next line
+        return out
+
+
+def _interrupted_trainer(tmp: Path, signum: int, at: int) -> Trainer:
+    trainer, _ = make_trainer(tmp, epochs=3)
+    ref: list = []
+    opt = _SignalInUpdate(trainer.model.parameters(), lr=0.03, momentum=0.5, signum=signum, at=at, trainer_ref=ref)
+    opt.load_state_dict(trainer.optimizer.state_dict())
+    trainer.optimizer = opt
+    trainer.hooks[0].schedule.optimizer = opt
+    ref.append(trainer)
+    return trainer
+
+
+def _stop_in_update_is_exact(tmp_path: Path, signum: int, raised: type) -> None:
+    """A signal that arrives after the optimiser changed the weights of step 8 stops the run once the step is
+    counted and recorded: last.pth holds 8 steps and the weights after them, and resuming from it gives the
+    uninterrupted run's weights (a checkpoint of 7 steps with the weights of 8 would repeat a step)."""
+    full, _ = make_trainer(epochs=3)
+    full.train()
+    previous = signal.getsignal(signum)
+    trainer = _interrupted_trainer(tmp_path, signum, at=7)
+    with pytest.raises(raised):
+        trainer.train()
+    assert signal.getsignal(signum) is previous  # handlers restored
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert (state["epoch"], state["inner_iter"], state["iteration"]) == (1, 2, 8)
+
+    eight, _ = make_trainer(epochs=3)
+    eight.max_iters = 8
+    eight.train()
+    for key, value in eight.model.state_dict().items():
+        assert torch.equal(state["model"][key], value), key
+
+    resumed, schedule = make_trainer(epochs=3)
+    restore_training_state(resumed, state, schedule)
+    resumed.train()
+    assert resumed.iter == full.iter == 18
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def _sigterm_in_forward_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM in the forward pass (nothing of the step is applied yet) stops there: 5 steps saved."""
+    trainer, _ = make_trainer(tmp_path, epochs=3)
+    forward = trainer.model.forward
+
+    def forward_with_signal(images, targets):
+        if trainer.iter == 5:
+            signal.raise_signal(signal.SIGTERM)
+        return forward(images, targets)
+
+    trainer.model.forward = forward_with_signal
+    with pytest.raises(Terminated):
+        trainer.train()
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert state["iteration"] == 5
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_ctrl_c_during_the_update_stops_after_it_and_resume_is_exact(tmp_path: Path) -> None:
+    _stop_in_update_is_exact(tmp_path, signal.SIGINT, KeyboardInterrupt)
+
+
+def test_sigterm_saves_the_state_and_resume_is_exact(tmp_path: Path) -> None:
+    """SIGTERM (what schedulers and torchrun send before a kill) saves the state like Ctrl-C. Run in a child
+    process: without a handler SIGTERM would end the test process itself."""
+    code = ("import sys; from pathlib import Path; import signal; import test_loop as t; "
+            "from solo_npu.engine.interrupts import Terminated; "
+            "t._stop_in_update_is_exact(Path(sys.argv[1]), signal.SIGTERM, Terminated); "
+            "t._sigterm_in_forward_stops_at_once(Path(sys.argv[2])); print('checked')")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a"), str(tmp_path / "b")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "checked" in out.stdout, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
