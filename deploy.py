@@ -8,15 +8,23 @@ benchmark and report; or ``task=predict`` on images. See docs/deploy.md.
 
 from __future__ import annotations
 
-import sys
+import os
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+# Before anything imports torch (solo_npu.deploy.pipeline does): torch >= 2.5 imports every "torch.backends"
+# entry point at `import torch`, torch_npu's among them, and a torch_npu that fails to import (CANN's set_env.sh
+# not sourced) would end every deploy there, the CPU and ONNX Runtime stages too. Off, the runtime imports
+# torch_npu when runtime.device is npu or auto (see train.py). A value the user set wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-from solo_npu.config import register_configs
-from solo_npu.config.deploy_schema import check_deploy_overrides
-from solo_npu.deploy.pipeline import main as deploy_main
+import sys  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from solo_npu.config import register_configs  # noqa: E402
+from solo_npu.config.deploy_schema import check_deploy_overrides  # noqa: E402
+from solo_npu.deploy.pipeline import main as deploy_main  # noqa: E402
 
 register_configs()  # conf/deploy.yaml starts from the deploy_schema structured config
 

@@ -17,14 +17,24 @@ holding ``config.yaml``, ``train.log``, ``metrics.csv``, TensorBoard scalars, ``
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import os
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+# Before anything imports torch: torch >= 2.5 imports every "torch.backends" entry point at `import torch`
+# (torch/__init__.py, _import_device_backends), torch_npu's among them, and turns any failure of it into a
+# RuntimeError that ends the program there, even for runtime.device=cpu. Off, torch_npu is imported by
+# solo_npu.runtime.import_torch_npu only (resolve_device for npu and auto, the runtime's accelerator checks): a
+# broken install is one WARNING, or one error line for runtime.device=npu. The spawned workers inherit the
+# setting; a value the user set wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-from solo_npu.config import register_configs
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from solo_npu.config import register_configs  # noqa: E402
 
 register_configs()
 
@@ -35,6 +45,7 @@ def main(cfg: DictConfig) -> None:
     from solo_npu.engine.job import check_start, run_job
     from solo_npu.engine.launch import launch, torchrun_env
     from solo_npu.engine.logs import setup_logging
+    from solo_npu.runtime import DeviceError
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -48,7 +59,10 @@ def main(cfg: DictConfig) -> None:
         check_start(job_cfg, run_dir)
     except BackboneInitError as exc:
         raise SystemExit(f"[Error] {exc}") from None
-    launch(run_job, job_cfg, run_dir)
+    try:
+        launch(run_job, job_cfg, run_dir)
+    except DeviceError as exc:  # the device asked for is not usable here: one line, not a traceback
+        raise SystemExit(f"[Error] DeviceError: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -79,24 +79,42 @@ def prefers_few_shapes(device: torch.device) -> bool:
     return torch.device(device).type != "cpu"
 
 
+# The torch_npu import failures already reported, so that the several callers of import_torch_npu in one
+# resolve_device log each cause once.
+_TORCH_NPU_FAILURES_REPORTED: set[str] = set()
+
+
 def import_torch_npu() -> ModuleType | None:
-    """Import torch_npu when it is installed; None otherwise (never raises for a missing package)."""
+    """Import torch_npu when it is installed; None otherwise (never raises for a missing or broken package).
+
+    A torch_npu that is installed but does not import is a disabled NPU with one WARNING naming the cause.
+    Since torch 2.5 that failure shows here, not at ``import torch``, only where ``TORCH_DEVICE_BACKEND_AUTOLOAD``
+    is 0 (train.py and deploy.py set it): otherwise ``import torch`` itself imports torch_npu and fails.
+    """
     if "torch_npu" in sys.modules:
         return sys.modules["torch_npu"]
     try:
         return importlib.import_module("torch_npu")
-    except ImportError:
-        return None
     except Exception as exc:  # a broken CANN install raises all kinds of errors at import time
-        logger.warning("torch_npu is installed but failed to import (%s); NPU disabled", exc)
-        return None
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "torch_npu":  # not installed
+            return None
+        # torch_npu releases with the "torch.backends" entry point (Ascend/pytorch torch_npu/__init__.py @
+        # 2655b894; torch_npu/_init/core/module_loader.py, _check_npu_import, on master) re-raise the ImportError
+        # of libhccl.so / libascendcl.so with "Please run 'source set_env.sh' in the CANN installation path."
+        # and an "[ERROR] ... ERR00008 PTA" line appended: the first line names the cause and the fix.
+        lines = str(exc).strip().splitlines()
+        cause = f"{type(exc).__name__}: {lines[0].rstrip('.') if lines else ''}"
     except SystemExit:
-        # torch_npu/__init__.py prints the ImportError of a CANN library it cannot load (libhccl.so,
-        # libascendcl.so: CANN's set_env.sh not sourced) and calls sys.exit(), which would end the run with
-        # status 0 as if it had succeeded.
-        logger.warning("torch_npu is installed but failed to import: it could not load a CANN library (see the "
-                       "ImportError above; source CANN's set_env.sh); NPU disabled")
-        return None
+        # Older torch_npu (torch_npu/__init__.py @ 0036adaa) prints the ImportError of a CANN library it cannot
+        # load (libhccl.so, libascendcl.so: CANN's set_env.sh not sourced) and calls sys.exit(), which would end
+        # the run with status 0 as if it had succeeded.
+        cause = "it could not load a CANN library (see the ImportError above; source CANN's set_env.sh)"
+    if cause not in _TORCH_NPU_FAILURES_REPORTED:
+        _TORCH_NPU_FAILURES_REPORTED.add(cause)
+        instead = "CUDA" if torch.cuda.is_available() else "the CPU"
+        logger.warning("torch_npu is installed but failed to import: %s; NPU disabled (device=auto uses %s "
+                       "instead)", cause, instead)
+    return None
 
 
 def _npu_device_count() -> int:
