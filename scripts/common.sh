@@ -3,7 +3,8 @@
 # summary lines. Sourced, not run. Every script accepts:
 #   --data_path=PATH   COCO layout (annotations/instances_{train,val}2017.json, train2017/, val2017/); required.
 #                      train_eval_1p.sh needs the val split only (COCO_SPLITS="val").
-#   --device_id=N      device index; logs go to output/N/train_N.log. Which index is used:
+#   --device_id=N      device index; logs go to output/N/train_N.log (train_eval_1p.sh: output/N/eval_N.log).
+#                      Which index is used:
 #                        --device_id, else a pre-set ASCEND_DEVICE_ID, else 0
 #                      (the ModelZoo scripts let a pre-set ASCEND_DEVICE_ID win; here the command line does, and
 #                      a different ASCEND_DEVICE_ID is reported). 1p scripts run on that device (runtime.device=
@@ -28,7 +29,7 @@ set -uo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "${SCRIPT_DIR}/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-Network="SOLOv2_for_PyTorch"
+Network="SOLOv2"  # the Network of the Ascend ModelZoo SOLOv2 scripts, which starts every CaseName
 
 data_path=""
 device_id=""
@@ -40,6 +41,7 @@ pretrained=""
 apex=""
 EXTRA=()
 COCO_SPLITS="train val"  # the splits --data_path must hold
+LOG_STEM="train"         # the log is output/<device_id>/<LOG_STEM>_<device_id>.log; evaluation sets "eval"
 # The options parse_args takes, which may also be given as --name VALUE.
 OPTIONS=" --data_path --device_id --batch_size --epochs --device --checkpoint --ckpt_path --pretrained --more_path1 --apex "
 
@@ -152,7 +154,7 @@ setup_env() {
     fi
     mkdir -p "${OUTPUT_DIR}"
     RUN_DIR="${OUTPUT_DIR}/run"
-    LOG_FILE="${OUTPUT_DIR}/train_${device_id}.log"
+    LOG_FILE="${OUTPUT_DIR}/${LOG_STEM}_${device_id}.log"
 }
 
 # run_train OVERRIDE...: train.py with the common overrides, then the script's, then the user's.
@@ -191,8 +193,29 @@ run_train() {
     fi
 }
 
-# summarize MODE: read summary.json and the run's config.yaml, print the ModelZoo lines, write <CaseName>.log.
-# MODE: acc | perf | eval. As in the ModelZoo scripts, an fp32 run (O0) is named ..._<N>p_fp32_<mode>.
+# write_loss_file CASE: the total loss of every iteration line of ${LOG_FILE} (the "epoch [e/E] iter [i/I] ...
+# loss: X ... eta: ..." lines train.py logs every train.log_interval steps and at the last step), one value a line,
+# into output/<device_id>/train_<CASE>_loss.txt, as the ModelZoo scripts fill it from their training log; sets
+# LOSS_FILE and ACTUAL_LOSS (its last line, "None" when there is none). That last value is summary.json's
+# final_loss (the mean total loss, averaged over the ranks, of the last logged interval) as the log prints it,
+# rounded to 4 decimals.
+write_loss_file() {
+    LOSS_FILE="${OUTPUT_DIR}/train_$1_loss.txt"
+    awk '/epoch \[[0-9]+\/[0-9]+\] iter \[[0-9]+\/[0-9]+\] / && / eta: / {
+        for (i = 1; i < NF; i++) if ($i == "loss:") { print $(i + 1); break }
+    }' "${LOG_FILE}" > "${LOSS_FILE}"
+    ACTUAL_LOSS="$(awk 'END { print }' "${LOSS_FILE}")"
+    if [[ -z "${ACTUAL_LOSS}" ]]; then
+        ACTUAL_LOSS="None"
+        echo "[Warning] no iteration loss lines in ${LOG_FILE}: ActualLoss is None (summary.json final_loss ${LOSS})"
+    fi
+}
+
+# summarize MODE: read summary.json and the run's config.yaml, print the ModelZoo lines and the device used, write
+# <CaseName>.log (and, after training, the loss file). MODE: acc | perf | eval. As in the ModelZoo scripts, an fp32
+# run (O0) is named ..._<N>p_fp32_<mode>. BatchSize is the total over the ranks, as the earlier ModelZoo SOLOv2
+# train_full_8p.sh has it (16 for 8 devices of 2 images; later ones write the 2 but still divide it by the FPS of
+# all ranks), so TrainingTime = BatchSize * 1000 / FPS is the time of one step.
 summarize() {
     local mode="$1"
     local summary="${RUN_DIR}/summary.json"
@@ -224,6 +247,11 @@ PY
     local precision=""
     [[ "${AMP}" == "O0" && "${mode}" != "eval" ]] && precision="_fp32"
     local CaseName="${Network}_bs${total_bs}_${RANKS}p${precision}_${mode}"
+    # DeviceType of <CaseName>.log is the machine (uname -m), as in the ModelZoo scripts; the device the run used
+    # is on stdout and at the end of the log.
+    local DeviceType
+    DeviceType="$(uname -m)"
+    echo "Device used : ${DEV}" >> "${LOG_FILE}"
     echo "------------------ Final result ------------------"
     if [[ "${mode}" != "eval" ]]; then
         echo "Final Performance images/sec : ${FPS}"
@@ -232,17 +260,27 @@ PY
         echo "Final Train Accuracy : ${AP}"
     fi
     echo "E2E Training Duration sec : ${E2E}"
+    echo "Device used : ${DEV}"
+    [[ "${mode}" != "eval" ]] && write_loss_file "${CaseName}"
+    # The keys of the ModelZoo scripts: evaluation has no FPS, step time or loss; a performance run no accuracy
+    # (the template's train_performance_*.sh, e.g. Faster_Mask_RCNN_for_PyTorch and YOLOX, leaves TrainAccuracy out).
     {
         echo "Network = ${Network}"
         echo "RankSize = ${RANKS}"
         echo "BatchSize = ${total_bs}"
-        echo "DeviceType = ${DEV}_$(uname -m)"
+        echo "DeviceType = ${DeviceType}"
         echo "CaseName = ${CaseName}"
-        echo "ActualFPS = ${FPS}"
-        echo "TrainingTime = ${step_ms}"
-        echo "TrainAccuracy = ${AP}"
-        echo "ActualLoss = ${LOSS}"
+        if [[ "${mode}" != "eval" ]]; then
+            echo "ActualFPS = ${FPS}"
+            echo "TrainingTime = ${step_ms}"
+        fi
+        [[ "${mode}" != "perf" ]] && echo "TrainAccuracy = ${AP}"
+        [[ "${mode}" != "eval" ]] && echo "ActualLoss = ${ACTUAL_LOSS}"
         echo "E2ETrainingTime = ${E2E}"
     } > "${OUTPUT_DIR}/${CaseName}.log"
-    echo "Summary: ${OUTPUT_DIR}/${CaseName}.log, log: ${LOG_FILE}"
+    if [[ "${mode}" == "eval" ]]; then
+        echo "Summary: ${OUTPUT_DIR}/${CaseName}.log, log: ${LOG_FILE}"
+    else
+        echo "Summary: ${OUTPUT_DIR}/${CaseName}.log, losses: ${LOSS_FILE}, log: ${LOG_FILE}"
+    fi
 }

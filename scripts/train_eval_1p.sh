@@ -5,6 +5,7 @@
 # Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco --checkpoint=PATH [--device_id=N] [--apex=O1|O0] [--device=npu|auto|cuda|cpu] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 COCO_SPLITS="val"  # evaluation reads val2017 only
+LOG_STEM="eval"    # output/<device_id>/eval_<device_id>.log, as the ModelZoo SOLOv2 train_eval_1p.sh logs
 parse_args "$@"
 require_checkpoint
 if [[ -n "${batch_size}" ]]; then

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -13,6 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The keys of <CaseName>.log, in the order of the Ascend ModelZoo SOLOv2 scripts (test/train_full_1p.sh,
+# test/train_eval_1p.sh); a performance run leaves TrainAccuracy out as the template's train_performance_*.sh do
+# (e.g. Faster_Mask_RCNN_for_PyTorch/test/train_performance_8p.sh, YOLOX/test/train_performance_8p.sh).
+TRAIN_KEYS = ["Network", "RankSize", "BatchSize", "DeviceType", "CaseName", "ActualFPS", "TrainingTime",
+              "TrainAccuracy", "ActualLoss", "E2ETrainingTime"]
+PERF_KEYS = [k for k in TRAIN_KEYS if k != "TrainAccuracy"]
+EVAL_KEYS = ["Network", "RankSize", "BatchSize", "DeviceType", "CaseName", "TrainAccuracy", "E2ETrainingTime"]
 SHRINK = ["model=solov2_tiny", "data.img_scale=[160,128]", "data.num_workers=0", "data.max_instances=8",
           "train.plots=false", "train.log_interval=2", "train.eval_batch_size=4"]
 
@@ -29,9 +38,30 @@ def summary_lines(stdout: str) -> dict[str, str]:
 
 
 def case_log(out_dir: Path) -> dict[str, str]:
-    logs = list(out_dir.glob("SOLOv2_for_PyTorch_*.log"))
+    logs = list(out_dir.glob("SOLOv2_*.log"))
     assert len(logs) == 1, logs
     return dict(line.split(" = ", 1) for line in logs[0].read_text().splitlines())
+
+
+def check_loss_file(out_dir: Path, case: dict[str, str], stdout: str) -> list[float]:
+    """train_<CaseName>_loss.txt holds one total loss per logged iteration line of train_<id>.log; ActualLoss is its
+    last line and summary.json's final_loss as the log prints it (4 decimals). Returns the losses."""
+    loss_file = out_dir / f"train_{case['CaseName']}_loss.txt"
+    assert f"losses: {loss_file}," in stdout
+    lines = loss_file.read_text().splitlines()
+    summary = json.loads((out_dir / "run" / "summary.json").read_text())
+    log = next(out_dir.glob("train_*.log")).read_text()
+    logged = re.findall(r"epoch \[\d+/\d+\] iter \[\d+/\d+\] \((\d+)/\d+\) .* eta: ", log)
+    assert len(lines) == len(logged) > 0 and int(logged[-1]) == summary["iterations"]
+    assert case["ActualLoss"] == lines[-1] == f"{summary['final_loss']:.4f}"
+    return [float(v) for v in lines]
+
+
+def check_device(out_dir: Path, log_name: str, case: dict[str, str], stdout: str, device: str = "cpu") -> None:
+    """DeviceType is the machine (uname -m), as in the ModelZoo scripts; the device used is printed and logged."""
+    assert case["DeviceType"] == platform.machine()
+    assert f"\nE2E Training Duration sec : {case['E2ETrainingTime']}\nDevice used : {device}\n" in stdout
+    assert (out_dir / log_name).read_text().splitlines()[-1] == f"Device used : {device}"
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +94,18 @@ def test_train_full_1p(full_1p: tuple[Path, subprocess.CompletedProcess]) -> Non
     lines = summary_lines(proc.stdout)
     assert float(lines["Final Performance images/sec"]) > 0
     assert 0.0 <= float(lines["Final Train Accuracy"]) <= 1.0 and int(lines["E2E Training Duration sec"]) >= 0
-    log = (cwd / "output" / "0" / "train_0.log").read_text()
+    out = cwd / "output" / "0"
+    log = (out / "train_0.log").read_text()
     assert "FPS: " in log and "+experiment=1p" in log
-    case = case_log(cwd / "output" / "0")
-    assert case["CaseName"] == "SOLOv2_for_PyTorch_bs2_1p_acc" and case["RankSize"] == "1"
-    assert case["BatchSize"] == "2" and case["DeviceType"].startswith("cpu")
+    case = case_log(out)
+    assert list(case) == TRAIN_KEYS
+    assert case["CaseName"] == "SOLOv2_bs2_1p_acc" and case["RankSize"] == "1" and case["Network"] == "SOLOv2"
+    assert case["BatchSize"] == "2"
+    check_device(out, "train_0.log", case, proc.stdout)
     assert case["ActualFPS"] == lines["Final Performance images/sec"]
     assert case["TrainAccuracy"] == lines["Final Train Accuracy"]
-    assert float(case["ActualLoss"]) > 0 and float(case["TrainingTime"]) > 0
+    assert math.isclose(float(case["TrainingTime"]), 2 * 1000 / float(case["ActualFPS"]), abs_tol=0.006)
+    assert all(v > 0 for v in check_loss_file(out, case, proc.stdout))
 
 
 def test_train_eval_1p_reproduces_accuracy(full_1p: tuple[Path, subprocess.CompletedProcess], synthetic_coco: Path,
@@ -82,7 +116,14 @@ def test_train_eval_1p_reproduces_accuracy(full_1p: tuple[Path, subprocess.Compl
                      "--device=cpu", *SHRINK)
     assert out.returncode == 0, out.stdout[-2000:]
     assert summary_lines(out.stdout)["Final Train Accuracy"] == summary_lines(proc.stdout)["Final Train Accuracy"]
-    assert case_log(tmp_path / "output" / "0")["CaseName"].endswith("_1p_eval")
+    out_dir = tmp_path / "output" / "0"
+    case = case_log(out_dir)
+    assert case["CaseName"] == "SOLOv2_bs4_1p_eval" and list(case) == EVAL_KEYS  # train.eval_batch_size=4 of SHRINK
+    assert case["TrainAccuracy"] == summary_lines(out.stdout)["Final Train Accuracy"]
+    # the ModelZoo SOLOv2 train_eval_1p.sh logs to eval_<device_id>.log and writes no loss file
+    assert sorted(p.name for p in out_dir.iterdir()) == ["SOLOv2_bs4_1p_eval.log", "eval_0.log", "run"]
+    assert "+experiment=eval" in (out_dir / "eval_0.log").read_text() and "losses:" not in out.stdout
+    check_device(out_dir, "eval_0.log", case, out.stdout)
 
 
 def test_train_finetune_1p(full_1p: tuple[Path, subprocess.CompletedProcess], synthetic_coco: Path,
@@ -94,6 +135,8 @@ def test_train_finetune_1p(full_1p: tuple[Path, subprocess.CompletedProcess], sy
     assert out.returncode == 0, out.stdout[-2000:]
     assert "Final Train Accuracy" in summary_lines(out.stdout)
     assert "initial weights from" in (tmp_path / "output" / "3" / "train_3.log").read_text()
+    case = case_log(tmp_path / "output" / "3")
+    assert list(case) == TRAIN_KEYS and check_loss_file(tmp_path / "output" / "3", case, out.stdout)
 
 
 def test_train_performance_1p(synthetic_coco: Path, tmp_path: Path) -> None:
@@ -102,7 +145,9 @@ def test_train_performance_1p(synthetic_coco: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:]
     lines = summary_lines(out.stdout)
     assert float(lines["Final Performance images/sec"]) > 0 and "Final Train Accuracy" not in lines
-    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_for_PyTorch_bs2_1p_perf"
+    case = case_log(tmp_path / "output" / "0")
+    assert case["CaseName"] == "SOLOv2_bs2_1p_perf" and list(case) == PERF_KEYS
+    assert len(check_loss_file(tmp_path / "output" / "0", case, out.stdout)) == 2  # iterations 2 and 4
 
 
 def test_train_full_8p_as_two_cpu_processes(synthetic_coco: Path, tmp_path: Path) -> None:
@@ -110,8 +155,10 @@ def test_train_full_8p_as_two_cpu_processes(synthetic_coco: Path, tmp_path: Path
                      "--device=cpu", "launcher.nproc_per_node=2", "optim.fused=false", *SHRINK)
     assert out.returncode == 0, out.stdout[-3000:]
     case = case_log(tmp_path / "output" / "0")
-    assert case["RankSize"] == "2" and case["BatchSize"] == "4" and case["CaseName"] == "SOLOv2_for_PyTorch_bs4_2p_acc"
+    assert case["RankSize"] == "2" and case["BatchSize"] == "4" and case["CaseName"] == "SOLOv2_bs4_2p_acc"
     assert 0.0 <= float(summary_lines(out.stdout)["Final Train Accuracy"]) <= 1.0
+    assert list(case) == TRAIN_KEYS and check_loss_file(tmp_path / "output" / "0", case, out.stdout)
+    check_device(tmp_path / "output" / "0", "train_0.log", case, out.stdout)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_npu") is not None, reason="torch_npu is installed here")
@@ -223,10 +270,10 @@ def test_bad_device_id_fails(stand_in_python: Path, synthetic_coco: Path, tmp_pa
 
 
 @pytest.mark.parametrize(("script", "apex", "amp", "case"), [
-    ("train_full_1p.sh", "O0", False, "SOLOv2_for_PyTorch_bs2_1p_fp32_acc"),
-    ("train_full_1p.sh", "O1", True, "SOLOv2_for_PyTorch_bs2_1p_acc"),
-    ("train_full_1p.sh", None, True, "SOLOv2_for_PyTorch_bs2_1p_acc"),   # the 1p experiment is O1
-    ("train_performance_8p.sh", "O0", False, "SOLOv2_for_PyTorch_bs16_8p_fp32_perf"),
+    ("train_full_1p.sh", "O0", False, "SOLOv2_bs2_1p_fp32_acc"),
+    ("train_full_1p.sh", "O1", True, "SOLOv2_bs2_1p_acc"),
+    ("train_full_1p.sh", None, True, "SOLOv2_bs2_1p_acc"),   # the 1p experiment is O1
+    ("train_performance_8p.sh", "O0", False, "SOLOv2_bs16_8p_fp32_perf"),
 ])
 def test_apex_level_sets_precision_and_case_name(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path,
                                                   script: str, apex: str | None, amp: bool, case: str) -> None:
@@ -249,7 +296,7 @@ def test_apex_o1_turns_on_mixed_precision_where_the_experiment_has_none(stand_in
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _, _, cfg = recorded(tmp_path / "output" / "0")
     assert cfg["amp"] == {**cfg["amp"], "enabled": True, "loss_scale": 128}
-    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_for_PyTorch_bs2_1p_acc"
+    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_bs2_1p_acc"
 
 
 def test_unsupported_apex_level_fails(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
@@ -267,7 +314,7 @@ def test_eval_runs_one_image_per_batch_whatever_batch_size_says(stand_in_python:
     assert "[Warning] --batch_size=8 ignored: evaluation runs one image per batch" in proc.stdout
     passed, _, cfg = recorded(tmp_path / "output" / "0")
     assert "train.batch_size" not in passed and cfg["train"]["eval_batch_size"] == 1 and cfg["mode"] == "eval"
-    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_for_PyTorch_bs1_1p_eval"  # ModelZoo: bs1
+    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_bs1_1p_eval"  # ModelZoo: bs1
 
 
 def test_eval_needs_the_val_split_only(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
@@ -353,6 +400,19 @@ def test_e2e_duration_is_the_wall_clock_of_the_run(stand_in_python: Path, synthe
     assert proc.returncode == 0, proc.stdout + proc.stderr
     e2e = int(summary_lines(proc.stdout)["E2E Training Duration sec"])
     assert e2e >= 2 and case_log(tmp_path / "output" / "0")["E2ETrainingTime"] == str(e2e)
+
+
+def test_a_log_without_iteration_lines_gives_no_actual_loss(stand_in_python: Path, synthetic_coco: Path,
+                                                            tmp_path: Path) -> None:
+    """ActualLoss comes from the training log, as in the ModelZoo scripts: the stand-in logs no iteration lines, so
+    the loss file is empty and ActualLoss None, with a warning naming summary.json's final_loss."""
+    proc = run_stand_in(stand_in_python, "train_performance_1p.sh", tmp_path, f"--data_path={synthetic_coco}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "output" / "0"
+    assert f"[Warning] no iteration loss lines in {out / 'train_0.log'}: ActualLoss is None (summary.json " \
+           "final_loss 1.0000)" in proc.stdout
+    case = case_log(out)
+    assert case["ActualLoss"] == "None" and (out / f"train_{case['CaseName']}_loss.txt").read_text() == ""
 
 
 # ---------------------------------------------------------------- the CANN environment (scripts/env_npu.sh)
