@@ -42,6 +42,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from solo_npu.engine.backbone_init import BackboneInitError
+    from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
     from solo_npu.engine.job import check_start, run_job
     from solo_npu.engine.launch import launch, torchrun_env
     from solo_npu.engine.logs import setup_logging
@@ -63,6 +64,14 @@ def main(cfg: DictConfig) -> None:
         launch(run_job, job_cfg, run_dir)
     except DeviceError as exc:  # the device asked for is not usable here: one line, not a traceback
         raise SystemExit(f"[Error] DeviceError: {exc}") from None
+    except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
+        print(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM after a step: the state is saved; exit as the shells say
+        name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        print(f"[Error] stopped by {name}; resume=auto run_dir={run_dir} continues the run", file=sys.stderr)
+        raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
 
 
 if __name__ == "__main__":

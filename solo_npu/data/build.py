@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,10 @@ def _worker_init(worker_id: int) -> None:
     # alone: reconfiguring it (cv2.setNumThreads) in a forked worker can deadlock on the pool state
     # inherited from the parent.
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches every process of the group: the main process stops after the step in
+    # progress (solo_npu.engine.interrupts) and ends the workers itself; until then they keep serving it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _accelerator_present() -> bool:

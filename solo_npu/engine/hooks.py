@@ -19,6 +19,7 @@ import torch.distributed as dist
 from solo_npu.engine import comm
 from solo_npu.engine.checkpointer import save_training_state
 from solo_npu.engine.events import EventStorage
+from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError
 from solo_npu.engine.writers import ConsoleWriter, EventWriter
@@ -141,7 +142,10 @@ class CheckpointHook(HookBase):
             self.save("last.pth")
 
     def on_failure(self, exc: BaseException) -> None:
-        if isinstance(exc, (NonFiniteLossError, KeyboardInterrupt)):
+        if isinstance(exc, InterruptedMidStep):  # the step's state is half applied: keep the last checkpoint
+            logger.error("stopped inside iteration %d without saving; %s holds the last checkpoint",
+                         self.trainer.iter + 1, self.dir / "last.pth")
+        elif isinstance(exc, (NonFiniteLossError, KeyboardInterrupt)):
             self.save("last.pth")
             logger.error("stopped at iteration %d; state saved to %s", self.trainer.iter, self.dir / "last.pth")
 

@@ -1,43 +1,52 @@
-"""Ctrl-C (SIGINT) and SIGTERM during training stop the run at a state that a resume continues exactly.
+"""Ctrl-C (SIGINT) and SIGTERM during training stop the run at a step boundary, where the saved state lets
+``resume`` continue exactly.
 
-Python turns SIGINT into a ``KeyboardInterrupt`` wherever the main thread happens to be. Most of a step
-(loading the batch, forward, backward) changes nothing that a checkpoint holds, so stopping there is safe:
-the checkpoint hook saves the state before that step. The step's update is different: the optimiser has
-changed the weights before the loop counts the step and the hooks record it, and a checkpoint written in
-between would make a resumed run repeat the step. While :class:`Interrupts` holds (from the end of the
-backward pass until the step's ``after_step`` hooks have run) a signal is remembered and raised when the
-hold ends.
+A step changes what a checkpoint holds before it is counted: BatchNorm layers in training mode update their
+running statistics in the forward pass, augmentation and the model draw from the random generators, and the
+optimiser changes the weights before the loop counts the step and its hooks record it. A checkpoint written
+in the middle would make a resumed run repeat part of a step. So while :class:`Interrupts` holds (from
+fetching a step's batch until its ``after_step`` hooks have run) a signal is remembered, and raised when the
+hold ends: the run stops after the step, and the checkpoint hook saves ``last.pth``.
 
-SIGTERM (what cluster schedulers and ``torchrun`` send before they kill a process) is raised as
-:class:`Terminated`, a ``KeyboardInterrupt``, so it takes the same path: the state is saved to ``last.pth``
-and ``resume=auto`` continues the run. Without this the process ended at once and the steps since the last
-periodic checkpoint were lost.
+- SIGTERM (what cluster schedulers and ``torchrun`` send before they kill a process) is raised as
+  :class:`Terminated`, a ``KeyboardInterrupt``, so it takes the same path; without a handler the process
+  ended at once and the steps since the last periodic checkpoint were lost.
+- A second Ctrl-C during the same step stops at once, as :class:`InterruptedMidStep`: nothing is saved
+  (``last.pth`` keeps the last periodic checkpoint).
+- With several ranks every rank must stop after the same step, or the others would wait in the next
+  step's collectives forever: each rank's request travels with the step's loss all-reduce
+  (:meth:`request_value` / :meth:`agree`), and a rank stops only after a step in which a request was seen
+  by all.
 
 Handlers are installed only in the main thread and only over Python's defaults (``default_int_handler``
-for SIGINT, ``SIG_DFL`` for SIGTERM), and restored afterwards.
+for SIGINT, ``SIG_DFL`` for SIGTERM), and restored afterwards. Data-loader workers ignore both signals
+(``solo_npu.data.build``): the main process ends them when it stops, so a Ctrl-C in the terminal, which
+reaches every process of the group, does not take the batches of the step in progress away.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 import signal
 import threading
 from types import FrameType
 from typing import Any
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["Interrupts", "Terminated"]
+__all__ = ["InterruptedMidStep", "Interrupts", "Terminated"]
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM received during training (the state is saved like after Ctrl-C)."""
 
 
+class InterruptedMidStep(KeyboardInterrupt):
+    """A second Ctrl-C inside a step: stopped at once, the state is not saved."""
+
+
 def _exception(signum: int) -> KeyboardInterrupt:
     if signum == signal.SIGTERM:
         return Terminated("SIGTERM received")
-    return KeyboardInterrupt()
+    return KeyboardInterrupt("SIGINT received")
 
 
 class Interrupts:
@@ -46,40 +55,59 @@ class Interrupts:
     def __init__(self) -> None:
         self._holding = False
         self._pending: int | None = None
+        self._agreed = False
+        self._distributed = False
         self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
-        self._holding, self._pending = False, None
+    def install(self, distributed: bool = False) -> None:
+        """Take over SIGINT / SIGTERM (main thread, Python's default handlers only); ``distributed``: stop
+        only after a step whose all-reduce carried a request (:meth:`agree`)."""
+        self._holding, self._pending, self._agreed = False, None, False
+        self._distributed = bool(distributed)
         if threading.current_thread() is not threading.main_thread():
             return
         for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-            current = signal.getsignal(signum)
-            if current is default:
-                self._previous[signum] = current
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = default
                 signal.signal(signum, self._handle)
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
-        self._holding, self._pending = False, None
+        self._holding, self._pending, self._agreed = False, None, False
+
+    @property
+    def requested(self) -> bool:
+        return self._pending is not None
+
+    def request_value(self) -> float:
+        """1.0 when this rank has a stop request, for the step's all-reduce."""
+        return 1.0 if self._pending is not None else 0.0
+
+    def agree(self, any_rank_requested: bool) -> None:
+        """The all-reduced request of this step: every rank stops after it when it is set."""
+        self._agreed = self._agreed or bool(any_rank_requested)
 
     def hold(self) -> None:
-        """From here on a signal waits until :meth:`release`."""
+        """From here until :meth:`release` a signal waits."""
         self._holding = True
 
-    def release(self, where: str = "") -> None:
-        """End the hold; raise the signal that arrived during it, if any."""
+    def release(self) -> None:
+        """End the hold; raise the request that arrived during it (with several ranks: once all agreed)."""
         self._holding = False
-        if self._pending is not None:
-            signum, self._pending = self._pending, None
-            logger.warning("%s received during the update of %s: stopped once the update was complete",
-                           signal.Signals(signum).name, where or "a step")
-            raise _exception(signum)
+        if self._agreed or (self._pending is not None and not self._distributed):
+            signum, self._pending, self._agreed = self._pending, None, False
+            raise _exception(signum) if signum is not None else KeyboardInterrupt("stop requested on another rank")
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._holding:
-            if self._pending is None:
-                self._pending = signum
-            return
-        raise _exception(signum)
+        if not self._holding:
+            raise _exception(signum)
+        if signum == signal.SIGINT and self._pending == signal.SIGINT:
+            raise InterruptedMidStep("SIGINT received twice inside a step")
+        if self._pending is None:
+            self._pending = signum
+            name = signal.Signals(signum).name
+            again = "; Ctrl-C again stops at once without saving" if signum == signal.SIGINT else ""
+            # os.write, not logging or print: the handler may run while the main thread is inside a write
+            os.write(2, f"\n{name} received: stopping after this step and saving last.pth{again}\n".encode())

@@ -20,6 +20,7 @@ from solo_npu.engine.interrupts import Interrupts
 from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
 
 logger = logging.getLogger(__name__)
+_STOP_KEY = "__stop_requested"  # rides along the step's loss all-reduce (not a loss, never logged)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -200,7 +201,7 @@ class Trainer:
         self.model.train()
         self.storage.iter, self.storage.epoch = self.iter, self.epoch
         self._call("before_train")
-        self.interrupts.install()
+        self.interrupts.install(distributed=comm.get_world_size() > 1)
         try:
             while not self.done:
                 if self.inner_iter >= self.iters_per_epoch:
@@ -210,12 +211,14 @@ class Trainer:
                 batches = epoch_batches(self.data_loader, self.epoch, self.inner_iter)
                 while self.inner_iter < self.iters_per_epoch and self.iter < self.max_iters:
                     t0 = time.perf_counter()
+                    self.interrupts.hold()  # a step is all or nothing for SIGINT / SIGTERM (released below)
                     try:
                         batch = next(batches)
                     except StopIteration:
                         logger.warning("epoch %d ended after %d of %d batches", self.epoch, self.inner_iter,
                                        self.iters_per_epoch)
                         self.inner_iter = self.iters_per_epoch
+                        self.interrupts.release()
                         break
                     data_time = time.perf_counter() - t0
                     self._call("before_step")
@@ -226,7 +229,7 @@ class Trainer:
                     self.storage.put_scalars({"data_time": data_time, "step_time": step_time,
                                               "images_per_sec": self.images_per_step / max(step_time, 1e-9)})
                     self._call("after_step")
-                    self.interrupts.release(f"iteration {self.iter}")
+                    self.interrupts.release()
                 if self.inner_iter >= self.iters_per_epoch:
                     self._call("after_epoch")
                     self.epoch, self.inner_iter = self.epoch + 1, 0
@@ -250,16 +253,18 @@ class Trainer:
         loss = sum(v.float() for k, v in losses.items() if k.startswith("loss"))  # others are counts (logged)
         if self.iter in self.poison_iters:
             loss = loss * float("nan")
-        reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()})
+        # With several ranks a stop request (SIGINT / SIGTERM) travels with the losses, so that every rank stops
+        # after the same step.
+        stop = {_STOP_KEY: torch.tensor(self.interrupts.request_value(), device=loss.device)} if comm.is_dist() else {}
+        reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach(), **stop})
         values = {k: float(v) for k, v in reported.items()}
+        if stop:
+            self.interrupts.agree(values.pop(_STOP_KEY) > 0)
         zero_grad(self.optimizer)  # the runtime knows how: fused optimisers keep their gradient buffer
         if not math.isfinite(values["loss"]):
             self._nonfinite(values)
             return
         self.scaler.scale(loss).backward()
-        # The update: until the loop has counted this step and its hooks have recorded it, a checkpoint
-        # would not match the weights, so SIGINT / SIGTERM wait (released in train()).
-        self.interrupts.hold()
         self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
         grad_norm = clip_grad_norm(self.optimizer, self.grad_clip)
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
@@ -272,7 +277,6 @@ class Trainer:
         self.storage.put_scalars({**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
 
     def _nonfinite(self, values: dict[str, float]) -> None:
-        self.interrupts.hold()
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
         self.storage.put_scalars({**values, "lr": self.optimizer.param_groups[0]["lr"]})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -133,3 +135,17 @@ def test_stop_workers_ends_the_persistent_workers_and_the_loader_still_works(mak
     assert [b["metas"] for b in loader] == first  # a new iterator starts new workers: the same batches
     stop_workers(loader)
     stop_workers(build_dataloader(cfg, "train", batch_size=4, seed=2, num_workers=0))  # no workers at all
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_workers_keep_serving_after_a_terminal_signal(make_synthetic_cfg, signum: int) -> None:
+    """Ctrl-C in a terminal (or SIGTERM to the process group) reaches the loader's workers too; the trainer
+    stops after the step in progress, so the workers must go on delivering its batches rather than exit."""
+    cfg = make_synthetic_cfg(num_workers=1)
+    loader = build_dataloader(cfg, "train", batch_size=1, seed=0)
+    it = iter(loader)
+    first = next(it)
+    for w in it._workers:
+        os.kill(w.pid, signum)
+    rest = list(it)  # a worker that died would make this raise "DataLoader worker ... exited unexpectedly"
+    assert len(rest) + 1 == len(loader) and first["images"].shape[0] == 1

@@ -18,7 +18,7 @@ from solo_npu.checkpoints import load_checkpoint
 from solo_npu.data import GroupedBatchSampler
 from solo_npu.engine.checkpointer import restore_training_state, training_state
 from solo_npu.engine.hooks import CheckpointHook, LRHook
-from solo_npu.engine.interrupts import Terminated
+from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import NonFiniteLossError, Trainer
 from solo_npu.runtime import resolve_device
@@ -193,22 +193,51 @@ def _stop_in_update_is_exact(tmp_path: Path, signum: int, raised: type) -> None:
         assert torch.equal(a, b), k
 
 
-def _sigterm_in_forward_stops_at_once(tmp_path: Path) -> None:
-    """SIGTERM in the forward pass (nothing of the step is applied yet) stops there: 5 steps saved."""
+def _signal_in_forward_stops_after_the_step(tmp_path: Path, signum: int, raised: type) -> None:
+    """A signal in the forward pass of step 6 (BatchNorm statistics and the random generators move there)
+    stops once that step is complete: 6 steps saved, and the resume is exact."""
+    full, _ = make_trainer(epochs=3)
+    full.train()
     trainer, _ = make_trainer(tmp_path, epochs=3)
     forward = trainer.model.forward
 
     def forward_with_signal(images, targets):
         if trainer.iter == 5:
-            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signum)
         return forward(images, targets)
 
     trainer.model.forward = forward_with_signal
-    with pytest.raises(Terminated):
+    with pytest.raises(raised):
         trainer.train()
     state = load_checkpoint(tmp_path / "last.pth")
-    assert state["iteration"] == 5
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert state["iteration"] == 6
+    resumed, schedule = make_trainer(epochs=3)
+    restore_training_state(resumed, state, schedule)
+    resumed.train()
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_ctrl_c_in_the_forward_pass_stops_after_the_step(tmp_path: Path) -> None:
+    _signal_in_forward_stops_after_the_step(tmp_path, signal.SIGINT, KeyboardInterrupt)
+
+
+def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path) -> None:
+    trainer, _ = make_trainer(tmp_path, epochs=3, interval_iters=4)
+    forward = trainer.model.forward
+
+    def forward_with_two(images, targets):
+        if trainer.iter == 5:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return forward(images, targets)
+
+    trainer.model.forward = forward_with_two
+    with pytest.raises(InterruptedMidStep):
+        trainer.train()
+    assert trainer.iter == 5
+    assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4  # the periodic checkpoint, not a half step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_during_the_update_stops_after_it_and_resume_is_exact(tmp_path: Path) -> None:
@@ -221,7 +250,8 @@ def test_sigterm_saves_the_state_and_resume_is_exact(tmp_path: Path) -> None:
     code = ("import sys; from pathlib import Path; import signal; import test_loop as t; "
             "from solo_npu.engine.interrupts import Terminated; "
             "t._stop_in_update_is_exact(Path(sys.argv[1]), signal.SIGTERM, Terminated); "
-            "t._sigterm_in_forward_stops_at_once(Path(sys.argv[2])); print('checked')")
+            "t._signal_in_forward_stops_after_the_step(Path(sys.argv[2]), signal.SIGTERM, Terminated); "
+            "print('checked')")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}

@@ -59,43 +59,64 @@ def _iteration(path: Path) -> int:
         return -1
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(synthetic_coco: Path, tmp_path: Path) -> None:
-    common = [f"data.root={synthetic_coco}", "data.generate=false", "train.epochs=3",
-              "train.checkpoint_interval_iters=2", *FAST]
-    ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
-    _run(*common, f"run_dir={ref_dir}")
-
-    proc = subprocess.Popen(_cmd(*common, f"run_dir={run_dir}"), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _stop_when_checkpointed(run_dir: Path, common: list[str], signum: int, group: bool) -> tuple[int, str]:
+    """Start a run in a session of its own and send ``signum`` (to the whole process group, as a terminal's
+    Ctrl-C reaches the data-loader workers too, when ``group``) once ``last.pth`` holds 2 or more iterations;
+    returns the exit status and stderr."""
+    proc = subprocess.Popen(_cmd(*common, f"run_dir={run_dir}"), cwd=ROOT, env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = run_dir / "checkpoints" / "last.pth"
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
             if last.is_file() and _iteration(last) >= 2:
-                os.kill(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signum) if group else os.kill(proc.pid, signum)
                 break
             time.sleep(0.01)
     finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = _iteration(last)
-    assert 2 <= killed_at < 27
+        _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
 
-    _run(*common, f"run_dir={run_dir}", "resume=auto")
-    assert f"resumed from {last}" in (run_dir / "train.log").read_text()
+
+def test_kill_9_sigterm_or_ctrl_c_then_resume_matches_uninterrupted_run(synthetic_coco: Path,
+                                                                        tmp_path: Path) -> None:
+    """kill -9 loses the steps after the last periodic checkpoint; SIGTERM and a terminal's Ctrl-C (the whole
+    process group, data-loader workers included) stop after the step in progress and save it. Each run then
+    resumes to the uninterrupted run's weights, bit for bit."""
+    common = [f"data.root={synthetic_coco}", "data.generate=false", "train.epochs=3",
+              "train.checkpoint_interval_iters=2", *FAST]
+    ref_dir = tmp_path / "reference"
+    _run(*common, f"run_dir={ref_dir}")
     ref = load_checkpoint(ref_dir / "checkpoints" / "last.pth")
-    got = load_checkpoint(last)
-    assert got["iteration"] == ref["iteration"] == 27
-    assert ref["model"].keys() == got["model"].keys()
-    for key, value in ref["model"].items():
-        assert torch.equal(value, got["model"][key]), key
-    for a, b in zip(ref["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-    # The counts hook's state came back with the checkpoint: the epoch the kill cut in two has one entry
-    # over all its 9 steps, as in the uninterrupted run.
     ref_counts = json.loads((ref_dir / "summary.json").read_text())["epoch_counts"]
-    got_counts = json.loads((run_dir / "summary.json").read_text())["epoch_counts"]
-    assert got_counts == ref_counts and [e["iterations"] for e in got_counts] == [9, 9, 9]
+
+    cases = ((signal.SIGKILL, False, -signal.SIGKILL, None, []),
+             (signal.SIGTERM, False, 143, "SIGTERM", []),
+             (signal.SIGINT, True, 130, "Ctrl-C", ["data.num_workers=2"]))
+    for signum, group, status, name, extra in cases:
+        run_dir = tmp_path / signal.Signals(signum).name
+        last = run_dir / "checkpoints" / "last.pth"
+        returncode, err = _stop_when_checkpointed(run_dir, [*common, *extra], signum, group)
+        assert returncode == status, ("the run ended before it could be stopped", name, returncode, err[-2000:])
+        stopped_at = _iteration(last)
+        assert 2 <= stopped_at < 27
+        if name:  # the state after the step in progress is saved, not only the last periodic checkpoint
+            assert f"[Error] stopped by {name}; resume=auto" in err
+            assert f"stopped at iteration {stopped_at}; state saved" in (run_dir / "train.log").read_text()
+
+        _run(*common, *extra, f"run_dir={run_dir}", "resume=auto")
+        assert f"resumed from {last}" in (run_dir / "train.log").read_text()
+        got = load_checkpoint(last)
+        assert got["iteration"] == ref["iteration"] == 27
+        assert ref["model"].keys() == got["model"].keys()
+        for key, value in ref["model"].items():
+            assert torch.equal(value, got["model"][key]), (name, key)
+        for a, b in zip(ref["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
+            assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+        # The counts hook's state came back with the checkpoint: the epoch the stop cut in two has one entry
+        # over all its 9 steps, as in the uninterrupted run.
+        got_counts = json.loads((run_dir / "summary.json").read_text())["epoch_counts"]
+        assert got_counts == ref_counts and [e["iterations"] for e in got_counts] == [9, 9, 9]
 
 
 def test_torchrun_workers_join_instead_of_launching(synthetic_coco: Path, tmp_path: Path) -> None:
