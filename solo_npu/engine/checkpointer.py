@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
     set_accelerator_rng_states({k: v for k, v in state.items() if k in ("cuda", "npu")})
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a run cuts its data into steps: ``world_size`` ranks x ``batch_size`` images per rank (the total batch)
+    and ``iters_per_epoch`` steps per epoch. ``None``: not known (a checkpoint written before layouts were recorded).
+    """
+
+    world_size: int | None = None
+    batch_size: int | None = None
+    total_batch: int | None = None
+    iters_per_epoch: int | None = None
+
+    def __str__(self) -> str:
+        parts = [] if self.total_batch is None else [f"total batch {self.total_batch}"]
+        if self.iters_per_epoch is not None:
+            parts.append(f"{self.iters_per_epoch} iterations per epoch")
+        if self.world_size is None or self.batch_size is None:
+            split = "layout not recorded" if self.batch_size is None else f"{self.batch_size} images per rank"
+            return f"{split} ({', '.join(parts)})" if parts else split
+        ranks = f"{self.world_size} rank{'s' if self.world_size != 1 else ''}"
+        images = f"{self.batch_size} image{'s' if self.batch_size != 1 else ''}"
+        return f"{ranks} x {images} ({', '.join(parts)})"
+
+
+def layout_of(trainer: Any) -> Layout:
+    """The layout ``trainer`` runs with on the current process group."""
+    world, total = comm.get_world_size(), int(trainer.images_per_step)
+    return Layout(world, total // world, total, int(trainer.iters_per_epoch))
+
+
 def training_state(trainer: Any, schedule: Any = None, config: dict | None = None,
                    extra: dict | None = None) -> dict[str, Any]:
-    """Everything needed to continue ``trainer`` exactly where it is, its hooks' state included (``hooks``)."""
+    """Everything needed to continue ``trainer`` exactly where it is, its hooks' state included (``hooks``), and
+    the layout its counters are in (``layout``: world size, per-rank and total batch, iterations per epoch)."""
     return {
         "format": FORMAT,
+        "layout": asdict(layout_of(trainer)),
         "model": unwrap(trainer.model).state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
@@ -68,25 +100,160 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
     }
 
 
-def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None) -> None:
+def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None, scale_lr: bool = True) -> None:
     """Load a ``training_state`` dict into ``trainer`` (model, optimiser, scaler, schedule, counters, hooks, RNG).
 
     Register the hooks first: each takes its own state back (:meth:`~solo_npu.engine.trainer.Trainer.load_hooks_state`).
+    A checkpoint of another layout (:func:`resume_plan`) continues at the same point of its epoch in this run's
+    iterations, its schedule's iteration counts converted and, with ``scale_lr`` (``optim.auto_scale_lr``), its
+    learning rate scaled by the total batch; one WARNING says what was done. A position that cannot be converted
+    raises :class:`CheckpointError` before anything is loaded.
     """
     if state.get("format") != FORMAT:
         raise CheckpointError("not a training checkpoint of this project (use checkpoint=... to start from weights)")
+    plan = resume_plan(state, layout_of(trainer), scale_lr)
     unwrap(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
         trainer.scaler.load_state_dict(state["scaler"])
+    hooks = state["hooks"] if "hooks" in state else _hooks_state_of_older_format(state)
+    trainer.epoch, trainer.inner_iter, trainer.iter = plan.position
     if schedule is not None and state.get("scheduler"):
         schedule.load_state_dict(state["scheduler"])
-    trainer.epoch = int(state["epoch"])
-    trainer.inner_iter = int(state["inner_iter"])
-    trainer.iter = int(state["iteration"])
+        plan.convert_schedule(schedule)
     trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
-    trainer.load_hooks_state(state["hooks"] if "hooks" in state else _hooks_state_of_older_format(state))
+    trainer.load_hooks_state(plan.convert_hooks(hooks))
     set_rng_state(state["rng"])
+    if plan.message and comm.is_main_process():
+        logger.warning("%s", plan.message)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a resumed run continues: ``position`` (epoch, inner_iter, iteration) in this run's iterations.
+
+    ``renumber``: (iterations per epoch of the checkpoint, of this run) when iteration counts are converted to the
+    same fraction of an epoch, else ``None``; ``lr_factor`` scales the schedule's LR; ``message``: the WARNING.
+    """
+
+    position: tuple[int, int, int]
+    renumber: tuple[int, int] | None = None
+    lr_factor: float = 1.0
+    message: str = ""
+
+    def iterations(self, count: int) -> int:
+        """``count`` iterations of the checkpoint's layout in this run's (rounded half up)."""
+        if self.renumber is None:
+            return count
+        old, new = self.renumber
+        return (2 * count * new + old) // (2 * old)
+
+    def convert_schedule(self, schedule: Any) -> None:
+        """The loaded schedule in this run's iterations and total batch (warm-up, cosine length, LR)."""
+        schedule.warmup_iters = self.iterations(schedule.warmup_iters)
+        schedule.total_iters = self.iterations(schedule.total_iters)
+        schedule.base_lr *= self.lr_factor
+        schedule.last_lr *= self.lr_factor
+
+    def convert_hooks(self, hooks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The hooks' iteration stamps in this run's iterations, none past the resumed iteration, so that none equals
+        an iteration to come: ``EvalHook`` (``evaluated_at``, each evaluation's ``iteration``) and
+        ``CheckpointHook`` (``compared_at``) compare them with later iterations."""
+        if self.renumber is None:
+            return hooks
+
+        def stamp(count: Any) -> int:
+            return min(self.iterations(int(count)), self.position[2])
+
+        converted = {}
+        for key, hook_state in hooks.items():
+            hook_state = dict(hook_state)
+            for name in ("evaluated_at", "compared_at"):
+                if hook_state.get(name) is not None:
+                    hook_state[name] = stamp(hook_state[name])
+            if isinstance(hook_state.get("history"), list):
+                hook_state["history"] = [{**e, "iteration": stamp(e["iteration"])}
+                                         if isinstance(e, dict) and "iteration" in e else e
+                                         for e in hook_state["history"]]
+            converted[key] = hook_state
+        return converted
+
+
+def saved_layout(state: dict[str, Any]) -> Layout:
+    """The layout a checkpoint was written in. Checkpoints written before layouts were recorded give what their
+    config and schedule tell: the per-rank batch (``train.batch_size``) and, when the LR was scaled by the total
+    batch (``optim.auto_scale_lr``), the total batch the schedule's LR was set for."""
+    if state.get("layout"):
+        return Layout(**{k: None if v is None else int(v) for k, v in state["layout"].items()})
+    config = state.get("config") or {}
+    train, optim = config.get("train") or {}, config.get("optim") or {}
+    batch = train.get("batch_size")
+    total = None
+    lr = (state.get("scheduler") or {}).get("base_lr")
+    if optim.get("auto_scale_lr") and optim.get("base_lr") and optim.get("base_batch_size") and lr:
+        images = float(lr) * float(optim["base_batch_size"]) / float(optim["base_lr"])
+        total = round(images) if round(images) >= 1 and abs(images - round(images)) < 1e-6 else None
+    world = total // int(batch) if total is not None and batch and total % int(batch) == 0 else None
+    return Layout(world, None if batch is None else int(batch), total)
+
+
+def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True) -> ResumePlan:
+    """Where a checkpoint of ``state`` continues in a run of layout ``now``.
+
+    The same layout continues where it stopped. Another layout continues at the same point of the interrupted
+    epoch: with another number of iterations per epoch, the position and every iteration count (counter,
+    warm-up, cosine length, the hooks' stamps) are converted to the same fraction of an epoch, so the schedule
+    keeps its course in epochs and images; with another total batch the LR is scaled with it (``scale_lr``).
+    The images from there on are the new layout's, not the uninterrupted run's. A checkpoint that does not
+    record its layout continues as saved, unless its schedule shows another total batch (then
+    :class:`CheckpointError`: its position cannot be converted).
+    """
+    saved = saved_layout(state)
+    epoch, inner, iteration = int(state["epoch"]), int(state["inner_iter"]), int(state["iteration"])
+    position = (epoch, inner, iteration)
+    if saved.batch_size is None or (saved.batch_size == now.batch_size and saved.world_size in (None, now.world_size)
+                                    and saved.total_batch in (None, now.total_batch)):
+        return ResumePlan(position)  # the same layout, as far as the checkpoint tells
+    same_total = saved.total_batch == now.total_batch
+    if saved.iters_per_epoch is None:  # written before layouts were recorded
+        if saved.total_batch is not None and not same_total:
+            raise CheckpointError(
+                f"resume: the checkpoint records no layout and its schedule's LR is for total batch "
+                f"{saved.total_batch}, this run has {now}: its iterations cannot be converted; resume with total "
+                f"batch {saved.total_batch} (ranks x train.batch_size) or start a new schedule from its weights "
+                "with checkpoint=PATH")
+        told = ("the same total batch (from its LR)" if same_total else
+                "a total batch that cannot be told (its LR was not scaled by it)")
+        return ResumePlan(position, message=(
+            f"resume on another layout: the checkpoint records no layout ({saved}, {told}), this run has {now}; "
+            f"continuing as saved at iteration {iteration} (epoch {epoch}, {_done(inner, None)}), which is right only "
+            "for the same total batch; the images from here on differ from those of the uninterrupted run "
+            "(not an exact resume)"))
+    old_ipe, new_ipe = int(saved.iters_per_epoch), int(now.iters_per_epoch)
+    renumber = None if old_ipe == new_ipe else (old_ipe, new_ipe)
+    plan = ResumePlan(position, renumber)
+    # Inside the epoch at most its last batch, so that the epoch still ends (evaluation, epoch_N.pth).
+    new_inner = new_ipe if inner >= old_ipe else min(plan.iterations(inner), max(new_ipe - 1, 0))
+    new_position = (epoch, new_inner, plan.iterations(iteration - inner) + new_inner)
+    lr_factor = now.total_batch / saved.total_batch if scale_lr and not same_total else 1.0
+    what = [f"resume on another layout: the checkpoint's {saved}, this run's {now}"]
+    if renumber is None:
+        what.append(f"continuing at iteration {iteration} (epoch {epoch}, {_done(inner, new_ipe)})")
+    else:
+        warmup = int((state.get("scheduler") or {}).get("warmup_iters", 0))
+        what.append(f"continuing at the same point of epoch {epoch}: iteration {new_position[2]} "
+                    f"({_done(new_inner, new_ipe)}) instead of {iteration} ({_done(inner, old_ipe)}), "
+                    f"the schedule's iteration counts converted to {new_ipe} per epoch (warm-up {warmup} -> "
+                    f"{plan.iterations(warmup)} iterations)")
+    if not same_total:
+        what.append(f"the LR scaled by {now.total_batch}/{saved.total_batch} (optim.auto_scale_lr)" if scale_lr else
+                    "the LR kept (optim.auto_scale_lr=false)")
+    what.append("the images from here on differ from those of the uninterrupted run (not an exact resume)")
+    return ResumePlan(new_position, renumber, lr_factor, "; ".join(what))
+
+
+def _done(inner: int, iters_per_epoch: int | None) -> str:
+    return f"{inner} of {iters_per_epoch} batches done" if iters_per_epoch else f"{inner} batches of the epoch done"
 
 
 def _hooks_state_of_older_format(state: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,361 @@
+"""Resuming a training checkpoint on another layout: other ranks, another per-rank batch, another total batch.
+
+The synthetic training split (16 images in two aspect groups) has 9 iterations per epoch at 1 rank x 2 images,
+5 at 1 x 4 or 2 x 2, and 8 at 2 x 1. The interrupted run (1 x 2, two epochs) stops at iteration 12; it leaves
+``epoch_1.pth`` at the end of epoch 0 (iteration 9) and ``last.pth`` in epoch 1 (iteration 12, batch 3 of 9).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from engine_support import compose_train_cfg, run_train
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from solo_npu.data import GroupedBatchSampler
+from solo_npu.engine.checkpointer import Layout, ResumePlan, restore_training_state, resume_plan, training_state
+from solo_npu.engine.hooks import CheckpointHook, EvalHook, HookBase, LRHook
+from solo_npu.engine.optim import WarmupStepSchedule
+from solo_npu.engine.trainer import Trainer
+from tests.engine.test_loop import CPU, PairDataset, Regressor
+
+FAST = ["train.plots=false", "train.eval_interval=0", "train.eval_at_end=false", "train.epochs=2",
+        "train.log_interval=1", "train.checkpoint_interval_iters=0"]
+
+
+# --- a stand-in model: the schedule and the hooks' iteration stamps -----------------------------------------
+
+AP_BY_EPOCH = {2: 0.3, 4: 0.6}  # evaluated every 2 epochs; the best comes last, after the resume
+
+
+class StepLog(HookBase):
+    """(epoch, iteration, batch of the epoch, LR) of every step, after the LR hook set it."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, int, float]] = []
+
+    def before_step(self) -> None:
+        t = self.trainer
+        self.steps.append((t.epoch, t.iter, t.inner_iter, t.optimizer.param_groups[0]["lr"]))
+
+
+def stand_in(run_dir: Path, batch_size: int, base_lr: float) -> tuple[Trainer, WarmupStepSchedule, StepLog]:
+    """24 samples in batches of ``batch_size`` over 4 epochs; warm-up and a cosine decay counted in iterations."""
+    torch.manual_seed(0)
+    model = Regressor()
+    sampler = GroupedBatchSampler(24, batch_size, shuffle=True, seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.5)
+    iters_per_epoch = len(sampler)
+    schedule = WarmupStepSchedule(opt, base_lr, [], warmup_iters=30, warmup_ratio=0.1, policy="cosine",
+                                  total_iters=4 * iters_per_epoch, min_lr_ratio=0.05)
+    trainer = Trainer(model, opt, DataLoader(PairDataset(), batch_sampler=sampler), CPU, max_epochs=4,
+                      iters_per_epoch=iters_per_epoch, batch_size=batch_size)
+    log = StepLog()
+
+    def fake_eval() -> dict:
+        ap = AP_BY_EPOCH[trainer.epoch + 1]
+        return {"segm": {"AP": ap}, "bbox": {"AP": ap / 2}}
+
+    trainer.register_hooks([LRHook(schedule), log, EvalHook(fake_eval, interval=2, at_end=False),
+                            CheckpointHook(run_dir, lambda: training_state(trainer, schedule), True, 1)])
+    return trainer, schedule, log
+
+
+def _hook(trainer: Trainer, cls: type):
+    (hook,) = [h for h in trainer.hooks if type(h) is cls]
+    return hook
+
+
+def test_bigger_total_batch_continues_at_the_same_point_of_the_schedule(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Batches of 2 (12 iterations per epoch) stopped after 2 of 4 epochs, resumed with batches of 4 (6 per epoch)."""
+    full, _, full_log = stand_in(tmp_path / "full", 2, 0.01)
+    full.train()
+    old_lr = {it: lr for _, it, _, lr in full_log.steps}
+
+    part, _, _ = stand_in(tmp_path / "part", 2, 0.01)
+    part.max_iters = 24
+    part.train()
+    state = load_checkpoint(tmp_path / "part" / "last.pth")
+    assert (state["epoch"], state["inner_iter"], state["iteration"]) == (1, 12, 24)
+
+    resumed, schedule, log = stand_in(tmp_path / "resumed", 4, 0.02)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.engine.checkpointer"):
+        restore_training_state(resumed, state, schedule)
+    # Two epochs done: in iterations of 6 images that is iteration 12, the end of epoch 1.
+    assert (resumed.epoch, resumed.inner_iter, resumed.iter) == (1, 6, 12)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "1 rank x 2 images (total batch 2, 12 iterations per epoch)" in warnings[0], warnings[0]
+    assert "1 rank x 4 images (total batch 4, 6 iterations per epoch)" in warnings[0], warnings[0]
+    resumed.train()
+    assert resumed.iter == 24 and resumed.epoch == 4
+    assert [(e, i) for e, i, _, _ in log.steps] == [(e, 12 + 6 * (e - 2) + k) for e in (2, 3) for k in range(6)]
+    # Warm-up (30 iterations of 2 images) and cosine (48) now count iterations of 4 images: the LR of each step is
+    # the uninterrupted run's LR after the same number of images, scaled by the total batch (4 / 2).
+    for _, it, _, lr in log.steps:
+        assert lr == pytest.approx(2 * old_lr[2 * it], rel=1e-12), it
+    assert (schedule.warmup_iters, schedule.total_iters) == (15, 24)
+    # The evaluation before the resume is renumbered too: the next one (epoch 4, iteration 24, where the epoch-2 one
+    # was before) is compared for the best.
+    assert [e["iteration"] for e in _hook(resumed, EvalHook).history] == [12, 24]
+    assert _hook(resumed, CheckpointHook).best == 0.6
+    assert load_checkpoint(tmp_path / "resumed" / "best.pth")["epoch"] == 3
+
+
+def test_same_layout_resumes_without_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    part, _, _ = stand_in(tmp_path / "part", 4, 0.02)
+    part.max_iters = 8
+    part.train()
+    state = load_checkpoint(tmp_path / "part" / "last.pth")
+    assert state["layout"] == {"world_size": 1, "batch_size": 4, "total_batch": 4, "iters_per_epoch": 6}
+    resumed, schedule, _ = stand_in(tmp_path / "resumed", 4, 0.02)
+    with caplog.at_level(logging.WARNING):
+        restore_training_state(resumed, state, schedule)
+    assert (resumed.epoch, resumed.inner_iter, resumed.iter) == (1, 2, 8)
+    assert (schedule.warmup_iters, schedule.total_iters) == (30, 24)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_position_near_the_end_of_an_epoch_stays_inside_it() -> None:
+    """Batch 8 of 9 in batches 4.5 times as big is batch 2 of 2 by rounding: the run goes on at batch 1 of 2, so that
+    the epoch still ends (evaluation, epoch_N.pth); the hooks' stamps stay at or before the resumed iteration."""
+    state = {"epoch": 3, "inner_iter": 8, "iteration": 35, "scheduler": {"warmup_iters": 500},
+             "layout": {"world_size": 1, "batch_size": 2, "total_batch": 2, "iters_per_epoch": 9}}
+    plan = resume_plan(state, Layout(1, 9, 9, 2))
+    assert plan.position == (3, 1, 7) and plan.lr_factor == 4.5
+    history = [{"epoch": 3, "iteration": 27}, {"epoch": 3, "iteration": 35}]
+    hooks = {"EvalHook": {"evaluated_at": 35, "history": history}, "CheckpointHook": {"best": 0.5, "compared_at": 35}}
+    assert plan.convert_hooks(hooks) == {
+        "EvalHook": {"evaluated_at": 7, "history": [{"epoch": 3, "iteration": 6}, {"epoch": 3, "iteration": 7}]},
+        "CheckpointHook": {"best": 0.5, "compared_at": 7}}
+    assert "iteration 7 (1 of 2 batches done) instead of 35 (8 of 9 batches done)" in plan.message, plan.message
+    assert "warm-up 500 -> 111 iterations" in plan.message and "the LR scaled by 9/2" in plan.message
+
+
+def test_older_checkpoints_compare_what_their_config_and_schedule_tell() -> None:
+    """Without a recorded layout: the per-rank batch from the config, the total batch from the LR when it was scaled."""
+    optim = {"base_lr": 0.01, "base_batch_size": 16, "auto_scale_lr": True}
+    state = {"epoch": 2, "inner_iter": 100, "iteration": 14760, "scheduler": {"base_lr": 0.01, "warmup_iters": 500},
+             "config": {"train": {"batch_size": 2}, "optim": optim}}  # 8 ranks x 2 images
+    assert resume_plan(state, Layout(8, 2, 16, 7330)) == ResumePlan((2, 100, 14760))
+    same_total = resume_plan(state, Layout(4, 4, 16, 7330))
+    assert same_total.position == (2, 100, 14760) and same_total.lr_factor == 1.0
+    assert "records no layout (8 ranks x 2 images (total batch 16), the same total batch (from its LR))" in \
+        same_total.message, same_total.message
+    with pytest.raises(CheckpointError, match=r"^resume: the checkpoint records no layout and its schedule's LR is "
+                                              r"for total batch 16, this run has 4 ranks x 2 images \(total batch 8, "
+                                              r"14660 iterations per epoch\).*checkpoint=PATH$"):
+        resume_plan(state, Layout(4, 2, 8, 14660))
+    unscaled = {**state, "config": {"train": {"batch_size": 2}, "optim": {**optim, "auto_scale_lr": False}}}
+    plan = resume_plan(unscaled, Layout(4, 4, 16, 7330))
+    assert plan.position == (2, 100, 14760) and "a total batch that cannot be told" in plan.message, plan.message
+    assert resume_plan(unscaled, Layout(1, 2, 2, 58640)) == ResumePlan((2, 100, 14760))  # as before: nothing differs
+
+
+def test_lr_kept_without_auto_scale_lr() -> None:
+    state = {"epoch": 0, "inner_iter": 9, "iteration": 9, "scheduler": {"warmup_iters": 4},
+             "layout": {"world_size": 1, "batch_size": 2, "total_batch": 2, "iters_per_epoch": 9}}
+    plan = resume_plan(state, Layout(1, 4, 4, 5), scale_lr=False)
+    assert plan.position == (0, 5, 5) and plan.lr_factor == 1.0
+    assert "the LR kept (optim.auto_scale_lr=false)" in plan.message, plan.message
+
+
+# --- the tiny SOLOv2 on the synthetic dataset: position, LR and images of the resumed steps ---------------------
+
+def _record_steps(path: Path, rank: int):
+    """A Trainer.run_step that appends (epoch, iteration, batch of the epoch, LR, image ids) to ``path`` first."""
+    run_step = Trainer.run_step
+
+    def recording(self: Trainer, batch) -> None:
+        entry = {"rank": rank, "epoch": self.epoch, "iter": self.iter, "inner": self.inner_iter,
+                 "lr": self.optimizer.param_groups[0]["lr"], "ids": [int(m["image_id"]) for m in batch["metas"]]}
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        run_step(self, batch)
+
+    return recording
+
+
+def _recording_job(cfg: dict, run_dir: Path, info) -> object:
+    """run_job in a spawned rank, with its steps recorded in ``steps.jsonl`` of the run directory."""
+    import torch.distributed as dist
+
+    from solo_npu.engine.job import run_job
+
+    rank = dist.get_rank()
+    Trainer.run_step = _record_steps(run_dir / f"steps{rank}.jsonl", rank)
+    return run_job(cfg, run_dir, info)
+
+
+def _steps(run_dir: Path) -> list[dict]:
+    entries = [json.loads(line) for f in sorted(run_dir.glob("steps*.jsonl")) for line in f.read_text().splitlines()]
+    return sorted(entries, key=lambda e: (e["iter"], e["rank"]))
+
+
+def _train_1p(overrides: list[str], run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "run_step", _record_steps(run_dir / "steps0.jsonl", 0))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_train(overrides, run_dir)
+
+
+def _train_2p(overrides: list[str], run_dir: Path) -> dict:
+    from solo_npu.engine.launch import launch
+
+    cfg = compose_train_cfg(["+experiment=smoke", "launcher.nproc_per_node=2", *overrides])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launch(_recording_job, OmegaConf.to_container(cfg, resolve=True), run_dir)
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _warnings(run_dir: Path) -> list[str]:
+    return [line.split(": ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines()
+            if " WARNING solo_npu.engine.checkpointer: " in line]
+
+
+@pytest.fixture(scope="module")
+def interrupted(smoke_data: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoints of a 1 x 2 run stopped at iteration 12 (epoch 1, batch 3 of 9)."""
+    run_dir = tmp_path_factory.mktemp("interrupted")
+    mp = pytest.MonkeyPatch()
+    try:
+        summary = _train_1p([*smoke_data, *FAST, "train.max_iters=12"], run_dir, mp)
+    finally:
+        mp.undo()
+    assert summary["iterations"] == 12
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pth")
+    assert (last["epoch"], last["inner_iter"], last["iteration"]) == (1, 3, 12)
+    first = load_checkpoint(run_dir / "checkpoints" / "epoch_1.pth")
+    assert (first["epoch"], first["inner_iter"], first["iteration"]) == (0, 9, 9)
+    return run_dir / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def fresh_1x4(smoke_data: list[str], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The steps of an uninterrupted run at 1 rank x 4 images (5 iterations per epoch)."""
+    run_dir = tmp_path_factory.mktemp("fresh_1x4")
+    mp = pytest.MonkeyPatch()
+    try:
+        _train_1p([*smoke_data, *FAST, "train.batch_size=4"], run_dir, mp)
+    finally:
+        mp.undo()
+    return _steps(run_dir)
+
+
+def _tail(steps: list[dict], iteration: int) -> list[tuple]:
+    return [(s["epoch"], s["iter"], s["inner"], s["lr"], s["ids"]) for s in steps if s["iter"] >= iteration]
+
+
+@pytest.mark.parametrize(("checkpoint", "position", "where"), [
+    ("epoch_1.pth", (1, 5, 0), "epoch 0: iteration 5 (5 of 5 batches done) instead of 9 (9 of 9 batches done)"),
+    ("last.pth", (1, 7, 2), "epoch 1: iteration 7 (2 of 5 batches done) instead of 12 (3 of 9 batches done)")],
+    ids=["epoch_end", "mid_epoch"])
+def test_bigger_per_rank_batch_continues_where_the_new_layout_has_seen_as_much(
+        checkpoint: str, position: tuple[int, int, int], where: str, interrupted: Path, fresh_1x4: list[dict],
+        smoke_data: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 x 2 -> 1 x 4: from the converted position on, the steps are those of an uninterrupted 1 x 4 run: same
+    epoch, iteration, images and LR (past the warm-up: the LR of total batch 4, 0.04 * 4 / 16)."""
+    summary = _train_1p([*smoke_data, *FAST, "train.batch_size=4", f"resume={interrupted / checkpoint}"], tmp_path,
+                        monkeypatch)
+    steps = _steps(tmp_path)
+    iteration = position[1]
+    assert (steps[0]["epoch"], steps[0]["iter"], steps[0]["inner"]) == position
+    assert _tail(steps, 0) == _tail(fresh_1x4, iteration)
+    assert steps[0]["lr"] == pytest.approx(0.01)
+    assert summary["iterations"] == 10 and summary["epochs"] == 2
+    warnings = _warnings(tmp_path)
+    assert len(warnings) == 1, warnings
+    assert "1 rank x 2 images (total batch 2, 9 iterations per epoch)" in warnings[0], warnings[0]
+    assert "1 rank x 4 images (total batch 4, 5 iterations per epoch)" in warnings[0], warnings[0]
+    assert f"continuing at the same point of {where}" in warnings[0], warnings[0]
+    assert "the LR scaled by 4/2" in warnings[0], warnings[0]
+
+
+def test_older_checkpoint_without_layout_stops_on_another_total_batch(
+        interrupted: Path, smoke_data: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint written before layouts were recorded: its total batch comes from its schedule's LR."""
+    state = load_checkpoint(interrupted / "epoch_1.pth")
+    del state["layout"]
+    older = save_checkpoint(state, tmp_path / "older.pth")
+    with pytest.raises(CheckpointError) as failure:
+        _train_1p([*smoke_data, *FAST, "train.batch_size=4", f"resume={older}"], tmp_path / "other", monkeypatch)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "total batch 2" in message and "total batch 4" in message and "checkpoint=PATH" in message, message
+    # The same layout resumes as it always did.
+    summary = _train_1p([*smoke_data, *FAST, f"resume={older}"], tmp_path / "same", monkeypatch)
+    steps = _steps(tmp_path / "same")
+    assert (steps[0]["epoch"], steps[0]["iter"], steps[0]["inner"]) == (1, 9, 0)
+    assert summary["iterations"] == 18 and not _warnings(tmp_path / "same")
+
+
+@pytest.fixture
+def two_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_same_total_batch_on_two_ranks_keeps_the_schedule_with_a_warning(
+        two_ranks: None, interrupted: Path, smoke_data: list[str], tmp_path: Path) -> None:
+    """1 x 2 -> 2 x 1: the same total batch and LR. The two aspect groups padded to batches of 2 make 9 iterations
+    per epoch, batches of 1 on 2 ranks 8: batch 3 of 9 of epoch 1 (iteration 12) is batch 3 of 8 (iteration 11)."""
+    summary = _train_2p([*smoke_data, *FAST, "train.batch_size=1", f"resume={interrupted / 'last.pth'}"], tmp_path)
+    steps = _steps(tmp_path)
+    assert (steps[0]["epoch"], steps[0]["iter"], steps[0]["inner"]) == (1, 11, 3)
+    assert summary["iterations"] == 16
+    # The rest of epoch 1 in the new layout's batches (global batches 6-15), on both ranks, at the same LR.
+    assert [(s["rank"], s["epoch"], s["inner"]) for s in steps] == [(r, 1, k) for k in range(3, 8) for r in (0, 1)]
+    assert [s["ids"] for s in steps] == _new_layout_batches(smoke_data, 1, 2, epoch=1)[6:]
+    assert all(s["lr"] == pytest.approx(0.04 * 2 / 16) for s in steps)
+    warnings = _warnings(tmp_path)
+    assert len(warnings) == 1, warnings
+    assert "1 rank x 2 images (total batch 2, 9 iterations per epoch)" in warnings[0], warnings[0]
+    assert "2 ranks x 1 image (total batch 2, 8 iterations per epoch)" in warnings[0], warnings[0]
+    assert "LR" not in warnings[0] and warnings[0].endswith("(not an exact resume)"), warnings[0]
+
+
+def test_same_total_batch_and_epoch_length_continue_at_the_same_iteration() -> None:
+    """8 x 2 -> 4 x 4 with as many iterations per epoch (COCO's 7330): nothing to convert, one WARNING."""
+    state = {"epoch": 0, "inner_iter": 5000, "iteration": 5000, "scheduler": {"warmup_iters": 500},
+             "layout": {"world_size": 8, "batch_size": 2, "total_batch": 16, "iters_per_epoch": 7330}}
+    plan = resume_plan(state, Layout(4, 4, 16, 7330))
+    assert plan.position == (0, 5000, 5000) and plan.iterations(500) == 500 and plan.lr_factor == 1.0
+    assert plan.message == (
+        "resume on another layout: the checkpoint's 8 ranks x 2 images (total batch 16, 7330 iterations per epoch), "
+        "this run's 4 ranks x 4 images (total batch 16, 7330 iterations per epoch); continuing at iteration 5000 "
+        "(epoch 0, 5000 of 7330 batches done); the images from here on differ from those of the uninterrupted run "
+        "(not an exact resume)")
+    assert resume_plan(state, Layout(8, 2, 16, 7330)) == ResumePlan((0, 5000, 5000))  # same layout: as saved
+
+
+def test_more_ranks_convert_the_position_and_scale_the_lr(two_ranks: None, interrupted: Path,
+                                                          smoke_data: list[str], tmp_path: Path) -> None:
+    """1 x 2 -> 2 x 2 (total batch 4, 5 iterations per epoch): batch 3 of 9 in epoch 1 is batch 2 of 5."""
+    summary = _train_2p([*smoke_data, *FAST, f"resume={interrupted / 'last.pth'}"], tmp_path)
+    steps = _steps(tmp_path)
+    assert [(s["rank"], s["epoch"], s["iter"], s["inner"]) for s in steps] == [
+        (r, 1, it, it - 5) for it in (7, 8, 9) for r in (0, 1)]
+    assert summary["iterations"] == 10
+    assert all(s["lr"] == pytest.approx(0.04 * 4 / 16) for s in steps)
+    # Batches 2-4 of epoch 1 on each rank: global batches 4-9 of the new layout.
+    assert [s["ids"] for s in steps] == _new_layout_batches(smoke_data, 2, 2, epoch=1)[4:]
+    warnings = _warnings(tmp_path)
+    assert len(warnings) == 1 and "2 ranks x 2 images (total batch 4, 5 iterations per epoch)" in warnings[0]
+
+
+def _new_layout_batches(smoke_data: list[str], batch_size: int, world_size: int, epoch: int) -> list[list[int]]:
+    """The image ids of the global batches of ``epoch`` (rank r takes r, r + world_size, ...) in that layout."""
+    from solo_npu.data import build_dataset
+
+    cfg = compose_train_cfg(["+experiment=smoke", *smoke_data])
+    dataset = build_dataset(cfg.data, "train", seed=int(cfg.runtime.seed))
+    sampler = GroupedBatchSampler(len(dataset), batch_size, dataset.aspect_flags, seed=int(cfg.runtime.seed),
+                                  world_size=world_size)
+    return [[dataset.image_ids[i] for i in b] for b in sampler.epoch_batches(epoch)]
