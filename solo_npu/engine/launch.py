@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -119,11 +120,17 @@ def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, no
              world_size: int, master_addr: str, master_port: int, timeout_min: int) -> None:
     env = DistEnv(node_rank * nproc + local_rank, local_rank, world_size, master_addr, master_port)
     os.environ["LOCAL_WORLD_SIZE"] = str(nproc)
-    _run_worker(job, cfg, run_dir, env, timeout_min)
+    try:
+        _run_worker(job, cfg, run_dir, env, timeout_min)
+    except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: every rank stopped after the same step
+        # Global rank 0 saved the state before its exception left the trainer; its exit status tells the
+        # parent how the run stopped. The others leave with 0: a non-zero status would make
+        # torch.multiprocessing end the remaining ranks at once, rank 0 perhaps while it is still saving.
+        _leave_worker(_STOP_STATUS[_stop_kind(exc)] if env.rank == 0 else 0)
     _leave_worker()
 
 
-def _leave_worker() -> None:
+def _leave_worker(status: int = 0) -> None:
     """End a spawned worker whose job succeeded, without tearing the interpreter down.
 
     gloo's run-loop threads drop their last reference to a finished collective after the waiting rank has
@@ -132,8 +139,9 @@ def _leave_worker() -> None:
     barrier queued behind it. If that last reference goes while the interpreter is finalizing, the thread
     cannot take the GIL, Python ends it inside a C++ destructor, and the rank aborts with "terminate called
     without an active exception" after its job had succeeded. The worker has nothing left to do: join its
-    non-daemon threads, run the exit handlers (logging, multiprocessing finalizers), flush, exit 0.
-    A failing job never gets here; its exception reaches torch.multiprocessing as before.
+    non-daemon threads, run the exit handlers (logging, multiprocessing finalizers), flush, exit with
+    ``status`` (0; a stopped run's code on global rank 0, see :func:`launch`). A failing job never gets
+    here; its exception reaches torch.multiprocessing as before.
     """
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
@@ -142,7 +150,7 @@ def _leave_worker() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
@@ -177,6 +185,50 @@ def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
     logger.info("launching %d workers on node %d/%d (world size %d, master %s:%d)", nproc, node_rank, nnodes,
                 world_size, addr, port)
     torch.set_num_threads(max(1, torch.get_num_threads() // nproc))
-    mp.start_processes(_spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port, timeout_min),
-                       nprocs=nproc, join=True, start_method="spawn")
+    context = mp.start_processes(_spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port,
+                                                 timeout_min), nprocs=nproc, join=False, start_method="spawn")
+    _join_relaying_signals(context)
     return None
+
+
+# How a spawned global rank 0 tells its parent that the run stopped on a signal (solo_npu.engine.interrupts).
+_STOP_STATUS = {"sigint": 130, "sigterm": 143, "mid_step": 131}
+
+
+def _stop_kind(exc: KeyboardInterrupt) -> str:
+    from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
+
+    if isinstance(exc, InterruptedMidStep):
+        return "mid_step"
+    return "sigterm" if isinstance(exc, Terminated) else "sigint"
+
+
+def _join_relaying_signals(context: Any) -> None:
+    """Wait for the spawned workers. SIGTERM to this process is passed on to them (each stops after its step
+    and rank 0 saves; ``torch.multiprocessing`` already sends them SIGINT if this process dies). A terminal's
+    Ctrl-C reaches the workers directly, so this process ignores SIGINT meanwhile. A run that rank 0 reports
+    as stopped ends here as the same exception the trainer raised, for ``train.py`` to report."""
+    from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
+
+    def relay_sigterm(signum: int, frame: Any) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, relay_sigterm),
+                    signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as exc:
+        stops = {code: kind for kind, code in _STOP_STATUS.items()}
+        kind = stops.get(exc.exit_code) if exc.error_index == 0 else None
+        if kind is None:
+            raise
+        raise {"sigint": KeyboardInterrupt("SIGINT received"), "sigterm": Terminated("SIGTERM received"),
+               "mid_step": InterruptedMidStep("SIGINT received twice inside a step")}[kind] from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

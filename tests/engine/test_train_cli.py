@@ -131,3 +131,17 @@ def test_torchrun_workers_join_instead_of_launching(synthetic_coco: Path, tmp_pa
     assert len(runs) == 1 and runs[0].name.startswith("torchrun_"), runs  # both ranks chose the same directory
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["status"] == "ok" and summary["ranks_in_sync"] is True
+
+
+def test_sigterm_to_a_spawned_two_rank_run_stops_both_ranks_and_saves(synthetic_coco: Path, tmp_path: Path) -> None:
+    """``python train.py launcher.nproc_per_node=2`` (the 8p path): SIGTERM to train.py reaches both spawned
+    ranks, they stop after the same step, rank 0 saves it, and train.py exits 143 with one line."""
+    run_dir = tmp_path / "run"
+    common = [f"data.root={synthetic_coco}", "data.generate=false", "train.epochs=3", "launcher.nproc_per_node=2",
+              "train.checkpoint_interval_iters=2", *FAST]
+    returncode, err = _stop_when_checkpointed(run_dir, common, signal.SIGTERM, group=False)
+    assert returncode == 143, (returncode, err[-3000:])
+    assert "[Error] stopped by SIGTERM; resume=auto" in err and "Traceback" not in err, err[-3000:]
+    stopped_at = _iteration(run_dir / "checkpoints" / "last.pth")
+    assert 2 <= stopped_at < 15  # 5 steps per epoch on 2 ranks
+    assert f"stopped at iteration {stopped_at}; state saved" in (run_dir / "train.log").read_text()
