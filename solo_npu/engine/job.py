@@ -41,7 +41,7 @@ from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from solo_npu.engine.writers import default_writers, use_progress_bar
 from solo_npu.models.inference import prepare_for_inference
-from solo_npu.runtime import DeviceInfo, ddp_options, make_grad_scaler, seed_everything
+from solo_npu.runtime import DeviceInfo, amp_notice, ddp_options, make_grad_scaler, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,9 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     logger.info("experiment %s: run directory %s, device %s, world size %d", cfg.experiment_name, run_dir, info.device,
                 comm.get_world_size())
     seed_everything(int(cfg.runtime.seed), bool(cfg.runtime.deterministic))
+    notice = amp_notice(info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
+    if notice and rank == 0:
+        logger.warning(notice)
     if cfg.mode == "eval":
         return eval_only(cfg, run_dir, info)
     if cfg.mode != "train":

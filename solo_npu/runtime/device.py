@@ -212,6 +212,15 @@ def amp_dtype(info: DeviceInfo, dtype: str = "fp16") -> torch.dtype:
     return _AMP_DTYPES[dtype]
 
 
+def amp_notice(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> str | None:
+    """The WARNING for an AMP setting this device runs differently from what it says, or ``None``: fp16 on
+    the CPU runs as bf16 (:func:`amp_dtype`), without loss scaling (:func:`make_grad_scaler`)."""
+    if enabled and info.type == "cpu" and amp_dtype(info, dtype) != _AMP_DTYPES[dtype]:
+        return (f"amp.dtype={dtype} on the CPU: autocast runs bf16 here, without loss scaling (amp.loss_scale is "
+                "not used); amp.dtype=bf16 says so, amp.enabled=false trains in fp32")
+    return None
+
+
 def autocast(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> contextlib.AbstractContextManager:
     """An autocast context for the device (a no-op context when disabled)."""
     if not enabled:
