@@ -258,8 +258,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
         class_names: the names of the model's labels 0..N-1 (the dataset's), or ``None``: not compared.
 
     Returns:
-        ``{"source", "missing", "unexpected", "reinitialised", "reordered"}`` (``source``: the layout
-        read; ``reordered``: classifier keys whose channels were put in the dataset's order).
+        ``{"source", "missing", "unexpected", "reinitialised", "reordered", "config"}`` (``source``: the
+        layout read; ``reordered``: classifier keys whose channels were put in the dataset's order;
+        ``config``: the training config a checkpoint of this project carries, else ``None``).
 
     Raises:
         CheckpointError: unreadable file, unknown layout, shape or class-count mismatch, strict key
@@ -305,8 +306,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     if names_warning is not None:
         logger.warning("%s", names_warning)
     logger.info("loaded %s weights from %s (missing %d, unexpected %d)", source, path, len(missing), len(unexpected))
+    config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
-            "reordered": reordered}
+            "reordered": reordered, "config": config or None}
 
 
 def _solov2_name_mismatch(state: Mapping[str, Tensor], layout: str) -> tuple[list[str], list[str]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FIXED_SHAPES_CHOICES", "lift_fixed_shapes"]
+__all__ = ["FIXED_SHAPES_CHOICES", "canvas_notice", "lift_fixed_shapes"]
 
 FIXED_SHAPES_CHOICES = ("always", "npu")
 
@@ -45,3 +45,39 @@ def lift_fixed_shapes(cfg: Any, device_type: str) -> list[str]:
         head["pos_slots"] = None
         changed.append("model.head.pos_slots=null")
     return changed
+
+
+def _canvas(pad: Any) -> tuple[str, tuple[int, ...] | None]:
+    mode = str(pad.get("mode", "divisor"))
+    if mode == "fixed" and pad.get("canvas") is not None:
+        return mode, tuple(int(v) for v in pad["canvas"])
+    return mode, (int(pad.get("size_divisor", 32)),)
+
+
+def _describe(canvas: tuple[str, tuple[int, ...] | None]) -> str:
+    mode, value = canvas
+    if mode == "fixed":
+        return f"one fixed {value[0]}x{value[1]} canvas"
+    return f"each batch padded to a multiple of {value[0]}"
+
+
+def canvas_notice(trained: Any, data: Any) -> str | None:
+    """The WARNING for evaluating on another canvas than the checkpoint trained on, or ``None``.
+
+    ``trained``: the training config a checkpoint of this project carries (``None`` for other files: not
+    compared); ``data``: this evaluation's ``data`` config. The SOLOv2 grids span the whole canvas, so the
+    same image on another canvas gives other predictions.
+    """
+    pad = ((trained or {}).get("data") or {}).get("pad") if isinstance(trained, dict) else None
+    if not pad:
+        return None
+    then, now = _canvas(pad), _canvas(data["pad"])
+    if then == now:
+        return None
+    if then[0] == "fixed":
+        match = f"data.pad.mode=fixed data.pad.canvas=[{then[1][0]},{then[1][1]}]"
+    else:
+        match = f"data.pad.mode=divisor data.pad.size_divisor={then[1][0]}"
+    return (f"the checkpoint trained on {_describe(then)} and this evaluation uses {_describe(now)}: the SOLOv2 "
+            f"grids span the canvas, so predictions differ from those on the training canvas ({match} evaluates "
+            "on it)")

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from solo_npu.config.shapes import lift_fixed_shapes
+from solo_npu.config.shapes import canvas_notice, lift_fixed_shapes
 from solo_npu.engine import comm
 from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
@@ -200,8 +200,11 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     t0 = time.time()
     val_set, loader, evaluator = _eval_setup(cfg, info)
     model = _build_model(cfg, len(val_set.label_to_cat))
-    load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
-                 class_names=val_set.class_names)
+    report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
+                          class_names=val_set.class_names)
+    notice = canvas_notice(report.get("config"), cfg.data)
+    if notice and comm.is_main_process():
+        logger.warning(notice)
     # Frozen BatchNorm folded into the convolutions (and channels-last on the CPU): same outputs, less work.
     prepare_for_inference(model, channels_last=info.inference_channels_last)
     _place(model, cfg, info)
@@ -298,7 +301,8 @@ def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: i
                               allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier),
                               class_names=class_names)
         logger.info("initial weights from %s (%s)", cfg.checkpoint,
-                    ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()))
+                    ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()
+                              if isinstance(v, (str, list))))
     if cfg.train.freeze_backbone:
         logger.info("froze %d backbone parameters", freeze_backbone(model))
     _place(model, cfg, info)

@@ -9,7 +9,7 @@ import yaml
 from engine_support import compose_train_cfg, run_train
 from omegaconf import OmegaConf
 
-from solo_npu.config.shapes import lift_fixed_shapes
+from solo_npu.config.shapes import canvas_notice, lift_fixed_shapes
 
 
 def _shapes(cfg) -> tuple:
@@ -77,3 +77,26 @@ def test_a_cpu_training_run_uses_the_batch_canvas_under_npu_only_pins(tmp_path: 
     log = (tmp_path / "run" / "train.log").read_text().splitlines()
     lines = [line for line in log if "fixed_shapes=npu" in line]
     assert len(lines) == 1 and "not used on cpu" in lines[0]
+
+
+def test_canvas_notice_compares_the_training_canvas_with_the_evaluation_canvas() -> None:
+    fixed = {"data": {"pad": {"mode": "fixed", "canvas": [1344, 1344], "size_divisor": 32}}}
+    divisor = {"data": {"pad": {"mode": "divisor", "canvas": None, "size_divisor": 32}}}
+    notice = canvas_notice(fixed, divisor["data"])
+    assert notice is not None and "trained on one fixed 1344x1344 canvas" in notice
+    assert "uses each batch padded to a multiple of 32" in notice
+    assert "data.pad.mode=fixed data.pad.canvas=[1344,1344] evaluates on it" in notice
+    assert "data.pad.mode=divisor data.pad.size_divisor=32" in canvas_notice(divisor, fixed["data"])
+    assert canvas_notice(fixed, fixed["data"]) is None and canvas_notice(divisor, divisor["data"]) is None
+    assert canvas_notice(None, divisor["data"]) is None  # other files carry no training config
+
+
+def test_evaluating_on_another_canvas_than_the_training_one_warns(tmp_path: Path) -> None:
+    pins = ["data.pad.mode=fixed", "data.pad.canvas=[192,192]", "runtime.fixed_shapes=always"]
+    run_train([*pins, "train.max_iters=1", "train.eval_interval=0", "train.eval_at_end=false", "train.plots=false"],
+              tmp_path / "train")
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pth"
+    for name, overrides, warned in (("other", [], True), ("same", pins[:2], False)):
+        run_train([*overrides, f"checkpoint={ckpt}"], tmp_path / name, "eval")
+        log = (tmp_path / name / "train.log").read_text()
+        assert ("the checkpoint trained on one fixed 192x192 canvas" in log) == warned, name
