@@ -78,13 +78,23 @@ def layout_of(trainer: Any) -> Layout:
     return Layout(world, total // world, total, int(trainer.iters_per_epoch))
 
 
+def train_images_of(trainer: Any) -> int | None:
+    """The number of images ``trainer`` draws its batches from (its loader's dataset); ``None``: not known."""
+    try:
+        return len(trainer.data_loader.dataset)
+    except (AttributeError, TypeError):  # a loader without a dataset, a dataset without a length
+        return None
+
+
 def training_state(trainer: Any, schedule: Any = None, config: dict | None = None,
                    extra: dict | None = None) -> dict[str, Any]:
-    """Everything needed to continue ``trainer`` exactly where it is, its hooks' state included (``hooks``), and
-    the layout its counters are in (``layout``: world size, per-rank and total batch, iterations per epoch)."""
+    """Everything needed to continue ``trainer`` exactly where it is, its hooks' state included (``hooks``), the
+    layout its counters are in (``layout``: world size, per-rank and total batch, iterations per epoch) and the
+    number of images of its training set (``train_images``)."""
     return {
         "format": FORMAT,
         "layout": asdict(layout_of(trainer)),
+        "train_images": train_images_of(trainer),
         "model": unwrap(trainer.model).state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
@@ -104,14 +114,14 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     """Load a ``training_state`` dict into ``trainer`` (model, optimiser, scaler, schedule, counters, hooks, RNG).
 
     Register the hooks first: each takes its own state back (:meth:`~solo_npu.engine.trainer.Trainer.load_hooks_state`).
-    A checkpoint of another layout (:func:`resume_plan`) continues at the same point of its epoch in this run's
-    iterations, its schedule's iteration counts converted and, with ``scale_lr`` (``optim.auto_scale_lr``), its
-    learning rate scaled by the total batch; one WARNING says what was done. A position that cannot be converted
-    raises :class:`CheckpointError` before anything is loaded.
+    A checkpoint of another layout or another number of iterations per epoch (:func:`resume_plan`) continues at
+    the same point of its epoch in this run's iterations, its schedule's iteration counts converted and, with
+    ``scale_lr`` (``optim.auto_scale_lr``), its learning rate scaled by the total batch; one WARNING says what was
+    done. A position that cannot be converted raises :class:`CheckpointError` before anything is loaded.
     """
     if state.get("format") != FORMAT:
         raise CheckpointError("not a training checkpoint of this project (use checkpoint=... to start from weights)")
-    plan = resume_plan(state, layout_of(trainer), scale_lr)
+    plan = resume_plan(state, layout_of(trainer), scale_lr, train_images_of(trainer))
     unwrap(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
@@ -197,23 +207,31 @@ def saved_layout(state: dict[str, Any]) -> Layout:
     return Layout(world, None if batch is None else int(batch), total)
 
 
-def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True) -> ResumePlan:
-    """Where a checkpoint of ``state`` continues in a run of layout ``now``.
+def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
+                train_images: int | None = None) -> ResumePlan:
+    """Where a checkpoint of ``state`` continues in a run of layout ``now`` on ``train_images`` training images.
 
-    The same layout continues where it stopped. Another layout continues at the same point of the interrupted
-    epoch: with another number of iterations per epoch, the position and every iteration count (counter,
-    warm-up, cosine length, the hooks' stamps) are converted to the same fraction of an epoch, so the schedule
-    keeps its course in epochs and images; with another total batch the LR is scaled with it (``scale_lr``).
-    The images from there on are the new layout's, not the uninterrupted run's. A checkpoint that does not
-    record its layout continues as saved, unless its schedule shows another total batch (then
-    :class:`CheckpointError`: its position cannot be converted).
+    The same layout, epoch length and training set continue where they stopped. Another layout or another number
+    of iterations per epoch (a training set with images added or removed, other batches of the same images)
+    continues at the same point of the interrupted epoch: with another number of iterations per epoch, the
+    position and every iteration count (counter, warm-up, cosine length, the hooks' stamps) are converted to the
+    same fraction of an epoch, so the schedule keeps its course in epochs; with another total batch the LR is
+    scaled with it (``scale_lr``). Another number of training images in as many iterations per epoch continues
+    as saved. The images from there on are not the uninterrupted run's (one WARNING). A checkpoint that
+    does not record its layout continues as saved, unless its schedule shows another total batch (then
+    :class:`CheckpointError`: its position cannot be converted); one that does not record its number of training
+    images is compared by its layout and iterations per epoch alone.
     """
     saved = saved_layout(state)
     epoch, inner, iteration = int(state["epoch"]), int(state["inner_iter"]), int(state["iteration"])
     position = (epoch, inner, iteration)
-    if saved.batch_size is None or (saved.batch_size == now.batch_size and saved.world_size in (None, now.world_size)
-                                    and saved.total_batch in (None, now.total_batch)):
-        return ResumePlan(position)  # the same layout, as far as the checkpoint tells
+    saved_images = None if state.get("train_images") is None else int(state["train_images"])
+    same_layout = (saved.batch_size == now.batch_size and saved.world_size in (None, now.world_size)
+                   and saved.total_batch in (None, now.total_batch))
+    same_epoch = saved.iters_per_epoch in (None, now.iters_per_epoch)
+    other_images = None not in (saved_images, train_images) and saved_images != train_images
+    if saved.batch_size is None or (same_layout and same_epoch and not other_images):
+        return ResumePlan(position)  # the same layout and training set, as far as the checkpoint tells
     same_total = saved.total_batch == now.total_batch
     if saved.iters_per_epoch is None:  # written before layouts were recorded
         if saved.total_batch is not None and not same_total:
@@ -236,7 +254,8 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True) -> Re
     new_inner = new_ipe if inner >= old_ipe else min(plan.iterations(inner), max(new_ipe - 1, 0))
     new_position = (epoch, new_inner, plan.iterations(iteration - inner) + new_inner)
     lr_factor = now.total_batch / saved.total_batch if scale_lr and not same_total else 1.0
-    what = [f"resume on another layout: the checkpoint's {saved}, this run's {now}"]
+    changed, clauses, why = _what_changed(same_layout, saved_images, train_images)
+    what = [f"resume on another {changed}: the checkpoint's {saved}, this run's {now}", *clauses]
     if renumber is None:
         what.append(f"continuing at iteration {iteration} (epoch {epoch}, {_done(inner, new_ipe)})")
     else:
@@ -248,8 +267,26 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True) -> Re
     if not same_total:
         what.append(f"the LR scaled by {now.total_batch}/{saved.total_batch} (optim.auto_scale_lr)" if scale_lr else
                     "the LR kept (optim.auto_scale_lr=false)")
-    what.append("the images from here on differ from those of the uninterrupted run (not an exact resume)")
+    what.append(f"the images from here on differ from those of the uninterrupted run (not an exact resume{why})")
     return ResumePlan(new_position, renumber, lr_factor, "; ".join(what))
+
+
+def _what_changed(same_layout: bool, saved_images: int | None,
+                  images: int | None) -> tuple[str, list[str], str]:
+    """What differs from the checkpoint's run besides the layout: (what the WARNING names, its clauses on the
+    training set, why the resume is not exact). Called when the layout or the number of iterations per epoch
+    differs, or the number of training images."""
+    if None not in (saved_images, images) and saved_images != images:
+        clause = f"the training set has {images} images, the checkpoint's run had {saved_images}"
+        return ("training set" if same_layout else "layout and training set"), [clause], ": the training set changed"
+    if not same_layout:
+        return "layout", [], ""  # the layout accounts for another number of iterations per epoch
+    if images is not None and saved_images == images:
+        return "epoch length", [f"the same {images} training images in other batches (another "
+                                "data.group_by_aspect_ratio, or other images of as many)"], ": the batches changed"
+    unknown = ("the checkpoint does not record its number of training images" if saved_images is None else
+               "this run's number of training images is not known")
+    return "epoch length", [unknown], ": the training set or its batching changed"
 
 
 def _done(inner: int, iters_per_epoch: int | None) -> str:

@@ -1,8 +1,10 @@
-"""Resuming a training checkpoint on another layout: other ranks, another per-rank batch, another total batch.
+"""Resuming a training checkpoint on another layout (other ranks, another per-rank batch, another total batch) or
+on another number of iterations per epoch (images added to the training set, batches without aspect groups).
 
 The synthetic training split (16 images in two aspect groups) has 9 iterations per epoch at 1 rank x 2 images,
-5 at 1 x 4 or 2 x 2, and 8 at 2 x 1. The interrupted run (1 x 2, two epochs) stops at iteration 12; it leaves
-``epoch_1.pth`` at the end of epoch 0 (iteration 9) and ``last.pth`` in epoch 1 (iteration 12, batch 3 of 9).
+5 at 1 x 4 or 2 x 2, and 8 at 2 x 1; without aspect groups 8 at 1 x 2; with 20 images 10 at 1 x 2. The
+interrupted run (1 x 2, two epochs) stops at iteration 12; it leaves ``epoch_1.pth`` at the end of epoch 0
+(iteration 9) and ``last.pth`` in epoch 1 (iteration 12, batch 3 of 9).
 """
 
 from __future__ import annotations
@@ -45,16 +47,18 @@ class StepLog(HookBase):
         self.steps.append((t.epoch, t.iter, t.inner_iter, t.optimizer.param_groups[0]["lr"]))
 
 
-def stand_in(run_dir: Path, batch_size: int, base_lr: float) -> tuple[Trainer, WarmupStepSchedule, StepLog]:
-    """24 samples in batches of ``batch_size`` over 4 epochs; warm-up and a cosine decay counted in iterations."""
+def stand_in(run_dir: Path, batch_size: int, base_lr: float,
+             samples: int = 24) -> tuple[Trainer, WarmupStepSchedule, StepLog]:
+    """``samples`` samples in batches of ``batch_size`` over 4 epochs; warm-up and a cosine decay counted in
+    iterations."""
     torch.manual_seed(0)
     model = Regressor()
-    sampler = GroupedBatchSampler(24, batch_size, shuffle=True, seed=3)
+    sampler = GroupedBatchSampler(samples, batch_size, shuffle=True, seed=3)
     opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.5)
     iters_per_epoch = len(sampler)
     schedule = WarmupStepSchedule(opt, base_lr, [], warmup_iters=30, warmup_ratio=0.1, policy="cosine",
                                   total_iters=4 * iters_per_epoch, min_lr_ratio=0.05)
-    trainer = Trainer(model, opt, DataLoader(PairDataset(), batch_sampler=sampler), CPU, max_epochs=4,
+    trainer = Trainer(model, opt, DataLoader(PairDataset(samples), batch_sampler=sampler), CPU, max_epochs=4,
                       iters_per_epoch=iters_per_epoch, batch_size=batch_size)
     log = StepLog()
 
@@ -350,12 +354,128 @@ def test_more_ranks_convert_the_position_and_scale_the_lr(two_ranks: None, inter
     assert len(warnings) == 1 and "2 ranks x 2 images (total batch 4, 5 iterations per epoch)" in warnings[0]
 
 
-def _new_layout_batches(smoke_data: list[str], batch_size: int, world_size: int, epoch: int) -> list[list[int]]:
+def _new_layout_batches(smoke_data: list[str], batch_size: int, world_size: int, epoch: int,
+                        grouped: bool = True) -> list[list[int]]:
     """The image ids of the global batches of ``epoch`` (rank r takes r, r + world_size, ...) in that layout."""
     from solo_npu.data import build_dataset
 
     cfg = compose_train_cfg(["+experiment=smoke", *smoke_data])
     dataset = build_dataset(cfg.data, "train", seed=int(cfg.runtime.seed))
-    sampler = GroupedBatchSampler(len(dataset), batch_size, dataset.aspect_flags, seed=int(cfg.runtime.seed),
-                                  world_size=world_size)
+    sampler = GroupedBatchSampler(len(dataset), batch_size, dataset.aspect_flags if grouped else None,
+                                  seed=int(cfg.runtime.seed), world_size=world_size)
     return [[dataset.image_ids[i] for i in b] for b in sampler.epoch_batches(epoch)]
+
+
+# --- the same layout, another number of iterations per epoch: the training set or its batches changed ---------
+
+def test_smaller_training_set_continues_at_the_same_point_of_the_schedule(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """24 samples (12 iterations per epoch) stopped at batch 6 of epoch 1, resumed on 20 samples (10 per epoch) with
+    the same batches of 2: half of epoch 1 done is batch 5 of 10, and warm-up (30) and cosine (48) count iterations
+    of the shorter epoch, so the LR goes on from the checkpoint's without a jump and the run ends after 4 epochs."""
+    part, _, part_log = stand_in(tmp_path / "part", 2, 0.01)
+    part.max_iters = 18
+    part.train()
+    state = load_checkpoint(tmp_path / "part" / "last.pth")
+    assert state["train_images"] == 24 and state["layout"]["iters_per_epoch"] == 12
+    _, uninterrupted, _ = stand_in(tmp_path / "full", 2, 0.01)  # the checkpoint run's schedule
+
+    resumed, schedule, log = stand_in(tmp_path / "resumed", 2, 0.01, samples=20)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.engine.checkpointer"):
+        restore_training_state(resumed, state, schedule)
+    assert (resumed.epoch, resumed.inner_iter, resumed.iter) == (1, 5, 15)
+    assert (schedule.warmup_iters, schedule.total_iters) == (25, 40)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "the checkpoint's 1 rank x 2 images (total batch 2, 12 iterations per epoch), this run's 1 rank x 2 " \
+           "images (total batch 2, 10 iterations per epoch)" in warnings[0], warnings[0]
+    assert "the training set has 20 images, the checkpoint's run had 24" in warnings[0], warnings[0]
+    assert "iteration 15 (5 of 10 batches done) instead of 18 (6 of 12 batches done)" in warnings[0], warnings[0]
+    assert warnings[0].endswith("(not an exact resume: the training set changed)"), warnings[0]
+    resumed.train()
+    assert (resumed.epoch, resumed.iter) == (4, 40)
+    assert [(e, i, k) for e, i, k, _ in log.steps] == (
+        [(1, 15 + k, 5 + k) for k in range(5)] + [(e, 10 * e + k, k) for e in (2, 3) for k in range(10)])
+    # At every fifth iteration (a whole number of the checkpoint run's: 6 for 5) the LR is the checkpoint run's
+    # at the same point of the schedule, the first resumed step's included (iteration 18, still in the warm-up).
+    lrs = {it: lr for _, it, _, lr in log.steps}
+    for it in range(15, 40, 5):
+        assert lrs[it] == pytest.approx(uninterrupted.lr_at(it * 6 // 5, 0), rel=1e-12), it
+    assert part_log.steps[-1][3] < lrs[15] < 0.01
+
+
+def test_same_epoch_length_with_other_images_warns_and_continues_as_saved() -> None:
+    """16 and 18 synthetic images both make 9 iterations per epoch at 1 x 2: the counters stay, the images differ."""
+    state = {"epoch": 1, "inner_iter": 3, "iteration": 12, "scheduler": {"warmup_iters": 4}, "train_images": 16,
+             "layout": {"world_size": 1, "batch_size": 2, "total_batch": 2, "iters_per_epoch": 9}}
+    assert resume_plan(state, Layout(1, 2, 2, 9), train_images=16) == ResumePlan((1, 3, 12))  # exact, silent
+    plan = resume_plan(state, Layout(1, 2, 2, 9), train_images=18)
+    assert plan.position == (1, 3, 12) and plan.renumber is None and plan.lr_factor == 1.0
+    assert plan.message == (
+        "resume on another training set: the checkpoint's 1 rank x 2 images (total batch 2, 9 iterations per "
+        "epoch), this run's 1 rank x 2 images (total batch 2, 9 iterations per epoch); the training set has 18 "
+        "images, the checkpoint's run had 16; continuing at iteration 12 (epoch 1, 3 of 9 batches done); the images "
+        "from here on differ from those of the uninterrupted run (not an exact resume: the training set changed)")
+    # With another layout as well, the WARNING names both.
+    both = resume_plan(state, Layout(1, 4, 4, 5), train_images=18)
+    assert both.position == (1, 2, 7) and both.lr_factor == 2.0
+    assert both.message.startswith("resume on another layout and training set: ") and \
+        "; the training set has 18 images, the checkpoint's run had 16; " in both.message, both.message
+
+
+def test_checkpoint_without_image_count_converts_another_epoch_length() -> None:
+    """A checkpoint that records its layout but not its number of images: another number of iterations per epoch
+    at the same layout is converted all the same, and the WARNING says what it cannot tell."""
+    state = {"epoch": 1, "inner_iter": 3, "iteration": 12, "scheduler": {"warmup_iters": 4},
+             "layout": {"world_size": 1, "batch_size": 2, "total_batch": 2, "iters_per_epoch": 9}}
+    assert resume_plan(state, Layout(1, 2, 2, 9), train_images=20) == ResumePlan((1, 3, 12))
+    plan = resume_plan(state, Layout(1, 2, 2, 10), train_images=20)
+    assert plan.position == (1, 3, 13) and plan.renumber == (9, 10) and plan.lr_factor == 1.0
+    assert plan.message.startswith("resume on another epoch length: the checkpoint's 1 rank x 2 images (total "
+                                   "batch 2, 9 iterations per epoch), this run's 1 rank x 2 images (total batch 2, "
+                                   "10 iterations per epoch); the checkpoint does not record its number of training "
+                                   "images; continuing at the same point of epoch 1: "), plan.message
+    assert plan.message.endswith("(not an exact resume: the training set or its batching changed)"), plan.message
+
+
+@pytest.fixture(scope="module")
+def grown_data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Overrides for a synthetic set generated like the session's with 20 training images instead of 16."""
+    return [f"data.root={tmp_path_factory.mktemp('grown') / 'synthetic'}", "data.generate=true", "data.num_train=20"]
+
+
+def test_grown_training_set_continues_at_the_same_point_of_the_epoch(
+        interrupted: Path, grown_data: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 -> 20 training images at 1 x 2 (9 -> 10 iterations per epoch): batch 3 of 9 of epoch 1 (iteration 12) is
+    batch 3 of 10 (iteration 13); the run then takes the rest of epoch 1 of the new set and ends with it."""
+    summary = _train_1p([*grown_data, *FAST, f"resume={interrupted / 'last.pth'}"], tmp_path, monkeypatch)
+    steps = _steps(tmp_path)
+    assert [(s["epoch"], s["iter"], s["inner"]) for s in steps] == [(1, it, it - 10) for it in range(13, 20)]
+    assert [s["ids"] for s in steps] == _new_layout_batches(grown_data, 2, 1, epoch=1)[3:]
+    assert all(s["lr"] == pytest.approx(0.04 * 2 / 16) for s in steps)
+    assert (summary["iterations"], summary["epochs"]) == (20, 2)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["train_images"] == 20
+    warnings = _warnings(tmp_path)
+    assert len(warnings) == 1, warnings
+    assert "the training set has 20 images, the checkpoint's run had 16" in warnings[0], warnings[0]
+    assert "(total batch 2, 9 iterations per epoch)" in warnings[0], warnings[0]
+    assert "(total batch 2, 10 iterations per epoch)" in warnings[0], warnings[0]
+    assert warnings[0].endswith("(not an exact resume: the training set changed)"), warnings[0]
+
+
+def test_ungrouped_batches_continue_with_the_next_epoch(interrupted: Path, smoke_data: list[str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end of epoch 0 (9 of 9 batches) resumed with data.group_by_aspect_ratio=false (8 batches per epoch):
+    the run goes on with epoch 1 at iteration 8 and ends with it (epoch_2.pth), in the ungrouped batches."""
+    summary = _train_1p([*smoke_data, *FAST, "data.group_by_aspect_ratio=false",
+                         f"resume={interrupted / 'epoch_1.pth'}"], tmp_path, monkeypatch)
+    steps = _steps(tmp_path)
+    assert [(s["epoch"], s["iter"], s["inner"]) for s in steps] == [(1, 8 + k, k) for k in range(8)]
+    assert [s["ids"] for s in steps] == _new_layout_batches(smoke_data, 2, 1, epoch=1, grouped=False)
+    assert (summary["iterations"], summary["epochs"]) == (16, 2)
+    assert load_checkpoint(tmp_path / "checkpoints" / "epoch_2.pth")["iteration"] == 16
+    warnings = _warnings(tmp_path)
+    assert len(warnings) == 1, warnings
+    assert "the same 16 training images in other batches" in warnings[0], warnings[0]
+    assert "iteration 8 (8 of 8 batches done) instead of 9 (9 of 9 batches done)" in warnings[0], warnings[0]
+    assert warnings[0].endswith("(not an exact resume: the batches changed)"), warnings[0]
