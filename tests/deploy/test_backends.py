@@ -66,7 +66,9 @@ def tiny_onnx(path, shape=(1, 3, 8, 8)):
     graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "tiny",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    # IR version 7 is opset 13's (ONNX 1.8); make_model would write the installed onnx's newest IR version, which
+    # an older onnxruntime refuses (on Python 3.10 pip pairs onnx's IR 14 with onnxruntime 1.23's maximum of 11)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), str(path))
     return path
 
 
