@@ -5,12 +5,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from solo_npu.runtime import describe_machine
+from solo_npu.runtime import describe_machine as _describe_machine
+from solo_npu.runtime import import_torch_npu
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
 __all__ = ["BENCHMARKS_MD", "ROOT", "describe_machine", "publish", "write_section"]
+
+
+def describe_machine() -> str:
+    """The machine line of a report (solo_npu.runtime.describe_machine), with the NPUs of the machine whatever device
+    the benchmark measured: torch_npu is imported first when it is installed (a broken one is one WARNING)."""
+    import_torch_npu()
+    return _describe_machine()
 
 
 def write_section(heading: str, section: str, path: Path = BENCHMARKS_MD) -> None:

@@ -94,10 +94,13 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _accelerator_present() -> bool:
-    from solo_npu.runtime import resolve_device
+    # Pinned memory speeds up copies to an accelerator. The NPU counts where torch_npu is imported already: a run
+    # on the NPU has imported it (resolve_device, for device npu and auto), and a CPU or CUDA run does not import
+    # it here, broken or not.
+    from solo_npu.runtime.device import npu_loaded
 
     try:
-        return resolve_device("auto").type != "cpu"
+        return torch.cuda.is_available() or npu_loaded()
     except Exception:  # a broken accelerator stack must not stop data loading
         return False
 

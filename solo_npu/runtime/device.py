@@ -84,12 +84,17 @@ def prefers_few_shapes(device: torch.device) -> bool:
 _TORCH_NPU_FAILURES_REPORTED: set[str] = set()
 
 
-def import_torch_npu() -> ModuleType | None:
+def import_torch_npu(*, auto: bool = False) -> ModuleType | None:
     """Import torch_npu when it is installed; None otherwise (never raises for a missing or broken package).
 
-    A torch_npu that is installed but does not import is a disabled NPU with one WARNING naming the cause.
-    Since torch 2.5 that failure shows here, not at ``import torch``, only where ``TORCH_DEVICE_BACKEND_AUTOLOAD``
-    is 0 (train.py and deploy.py set it): otherwise ``import torch`` itself imports torch_npu and fails.
+    A torch_npu that is installed but does not import is a disabled NPU with one WARNING naming the cause, and
+    with ``auto`` (``resolve_device`` for device=auto) the device the run uses instead; other callers have no
+    device to name (device=npu stops with a DeviceError of its own). Since torch 2.5 that failure shows here,
+    not at ``import torch``, only where ``TORCH_DEVICE_BACKEND_AUTOLOAD`` is 0 (train.py, deploy.py and
+    ``python -m solo_npu...`` set it): otherwise ``import torch`` itself imports torch_npu and fails.
+
+    Only what asks for the NPU or looks for it calls this; the rest of the runtime uses :func:`npu_loaded`,
+    so a CPU or CUDA run never imports torch_npu.
     """
     if "torch_npu" in sys.modules:
         return sys.modules["torch_npu"]
@@ -111,14 +116,14 @@ def import_torch_npu() -> ModuleType | None:
         cause = "it could not load a CANN library (see the ImportError above; source CANN's set_env.sh)"
     if cause not in _TORCH_NPU_FAILURES_REPORTED:
         _TORCH_NPU_FAILURES_REPORTED.add(cause)
-        instead = "CUDA" if torch.cuda.is_available() else "the CPU"
-        logger.warning("torch_npu is installed but failed to import: %s; NPU disabled (device=auto uses %s "
-                       "instead)", cause, instead)
+        instead = f" (device=auto uses {'CUDA' if torch.cuda.is_available() else 'the CPU'} instead)" if auto else ""
+        logger.warning("torch_npu is installed but failed to import: %s; NPU disabled%s", cause, instead)
     return None
 
 
-def _npu_device_count() -> int:
-    torch_npu = import_torch_npu()
+def _device_count(torch_npu: ModuleType | None) -> int:
+    # torch_npu registers its device module as torch.npu (torch._register_device_module in Ascend/pytorch
+    # torch_npu/__init__.py) when it imports.
     if torch_npu is None:
         return 0
     npu = getattr(torch, "npu", None) or getattr(torch_npu, "npu", None)
@@ -130,9 +135,23 @@ def _npu_device_count() -> int:
         return 0
 
 
+def _npu_device_count(auto: bool = False) -> int:
+    return _device_count(import_torch_npu(auto=auto))
+
+
 def is_npu_available() -> bool:
-    """True when torch_npu imports and reports at least one device."""
+    """True when torch_npu imports and reports at least one device (imports torch_npu: see :func:`npu_loaded`
+    for a check that does not)."""
     return _npu_device_count() > 0
+
+
+def npu_loaded() -> bool:
+    """True when torch_npu is already imported and reports at least one device; never imports it.
+
+    Every run on the NPU has imported torch_npu (``resolve_device`` does for device npu and auto) before it asks
+    this, so a CPU or CUDA run that did not ask for the NPU does not touch torch_npu, broken or not.
+    """
+    return _device_count(sys.modules.get("torch_npu")) > 0
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> DeviceInfo:
@@ -173,14 +192,14 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> DeviceInfo:
         return explicit_index
 
     if name in ("auto", "npu"):
-        count = _npu_device_count()
+        count = _npu_device_count(auto=name == "auto")
         if count:
             index = index_of("npu", count, "ASCEND_RT_VISIBLE_DEVICES")
             return DeviceInfo("npu", torch.device("npu", index), index)
         if name == "npu":
             from importlib.util import find_spec
 
-            if import_torch_npu() is not None:
+            if "torch_npu" in sys.modules:  # imported by _npu_device_count: no second try of a failed import
                 hint = "torch_npu imports but reports no device (check the driver and ASCEND_RT_VISIBLE_DEVICES)"
             elif find_spec("torch_npu") is None:
                 hint = "torch_npu is not installed (pip install .[npu])"
@@ -466,25 +485,29 @@ def setup_device(info: DeviceInfo, cfg_runtime: Mapping[str, Any] | None = None)
 
 
 def accelerator_rng_states() -> dict[str, list[torch.Tensor]]:
-    """RNG states of every accelerator this process can see (CUDA and/or NPU), for exact resume."""
+    """RNG states of every accelerator this process can see (CUDA and/or NPU), for exact resume. The NPU's only
+    where torch_npu is imported (:func:`npu_loaded`): a run on the NPU has imported it, a CPU run has no NPU
+    states to keep."""
     states: dict[str, list[torch.Tensor]] = {}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
-    if is_npu_available():
+    if npu_loaded():
         states["npu"] = torch.npu.get_rng_state_all()
     return states
 
 
 def set_accelerator_rng_states(states: Mapping[str, Any]) -> None:
-    """Restore states saved by :func:`accelerator_rng_states` (kinds this process lacks are ignored)."""
+    """Restore states saved by :func:`accelerator_rng_states` (kinds this process lacks are ignored, the NPU's
+    where torch_npu is not imported: :func:`npu_loaded`)."""
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    if "npu" in states and is_npu_available():
+    if "npu" in states and npu_loaded():
         torch.npu.set_rng_state_all(states["npu"])
 
 
 def describe_machine() -> str:
-    """One line naming the machine for benchmark reports: CPU model and cores, torch, accelerators."""
+    """One line naming the machine for benchmark reports: CPU model and cores, torch, accelerators (NPUs where
+    torch_npu is imported: :func:`npu_loaded`; ``benchmarks/common.py`` imports it first)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -494,6 +517,6 @@ def describe_machine() -> str:
     parts = [f"{cpu} ({os.cpu_count()} cores)", f"torch {torch.__version__}"]
     if torch.cuda.is_available():
         parts.append(f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}")
-    if is_npu_available():
+    if npu_loaded():
         parts.append(f"{torch.npu.device_count()}x {torch.npu.get_device_name(0)}")
     return ", ".join(parts)
