@@ -22,7 +22,7 @@ import os
 # Before anything imports torch: torch >= 2.5 imports every "torch.backends" entry point at `import torch`
 # (torch/__init__.py, _import_device_backends), torch_npu's among them, and turns any failure of it into a
 # RuntimeError that ends the program there, even for runtime.device=cpu. Off, torch_npu is imported by
-# solo_npu.runtime.import_torch_npu only (resolve_device for npu and auto, the runtime's accelerator checks): a
+# solo_npu.runtime.import_torch_npu only (resolve_device for npu and auto): a
 # broken install is one WARNING, or one error line for runtime.device=npu. The spawned workers inherit the
 # setting; a value the user set wins.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
@@ -41,6 +41,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from solo_npu.checkpoints import CheckpointError
     from solo_npu.engine.backbone_init import BackboneInitError
     from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
     from solo_npu.engine.job import check_start, run_job
@@ -64,6 +65,8 @@ def main(cfg: DictConfig) -> None:
         launch(run_job, job_cfg, run_dir)
     except DeviceError as exc:  # the device asked for is not usable here: one line, not a traceback
         raise SystemExit(f"[Error] DeviceError: {exc}") from None
+    except CheckpointError as exc:  # a resume or weights file that does not fit this run
+        raise SystemExit(f"[Error] CheckpointError: {exc}") from None
     except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
         print(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint",
               file=sys.stderr)

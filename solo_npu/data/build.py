@@ -87,10 +87,22 @@ def _worker_init(worker_id: int) -> None:
     # alone: reconfiguring it (cv2.setNumThreads) in a forked worker can deadlock on the pool state
     # inherited from the parent.
     torch.set_num_threads(1)
-    # Ctrl-C in a terminal reaches every process of the group: the main process stops after the step in
-    # progress (solo_npu.engine.interrupts) and ends the workers itself; until then they keep serving it.
+    # Ctrl-C in a terminal, and a scheduler's SIGTERM, reach every process of the group: the main process stops
+    # after the step in progress (solo_npu.engine.interrupts) and ends the workers itself; until then they keep
+    # serving it. SIGINT is ignored. SIGTERM ends a worker WORKER_SIGTERM_GRACE_S later (SIGALRM's default):
+    # the DataLoader's own last resort, terminate() on a worker that does not stop (stuck in I/O), still works.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_worker_later)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not a handler inherited from the parent (fork)
+
+
+WORKER_SIGTERM_GRACE_S = 30
+
+
+def _end_worker_later(signum: int, frame: Any) -> None:
+    remaining = signal.alarm(WORKER_SIGTERM_GRACE_S)
+    if remaining:  # the first SIGTERM started the clock; later ones keep it
+        signal.alarm(remaining)
 
 
 def _accelerator_present() -> bool:

@@ -11,12 +11,14 @@ hold ends: the run stops after the step, and the checkpoint hook saves ``last.pt
 - SIGTERM (what cluster schedulers and ``torchrun`` send before they kill a process) is raised as
   :class:`Terminated`, a ``KeyboardInterrupt``, so it takes the same path; without a handler the process
   ended at once and the steps since the last periodic checkpoint were lost.
+- The epoch's end (``after_epoch``: evaluation, epoch checkpoints) is held the same way, so that it is
+  never cut off in the middle and a resumed run does not skip it.
 - A second Ctrl-C during the same step stops at once, as :class:`InterruptedMidStep`: nothing is saved
   (``last.pth`` keeps the last periodic checkpoint).
 - With several ranks every rank must stop after the same step, or the others would wait in the next
   step's collectives forever: each rank's request travels with the step's loss all-reduce
   (:meth:`request_value` / :meth:`agree`), and a rank stops only after a step in which a request was seen
-  by all.
+  by all; between steps a request waits for the next step.
 
 Handlers are installed only in the main thread and only over Python's defaults (``default_int_handler``
 for SIGINT, ``SIG_DFL`` for SIGTERM), and restored afterwards. Data-loader workers ignore both signals
@@ -26,6 +28,7 @@ reaches every process of the group, does not take the batches of the step in pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -101,13 +104,20 @@ class Interrupts:
             raise _exception(signum) if signum is not None else KeyboardInterrupt("stop requested on another rank")
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self._holding:
+        # With several ranks a request is never raised on its own: ranks raising at different moments would
+        # leave the others waiting in a collective. The next step's all-reduce decides for all of them.
+        if not self._holding and not self._distributed:
             raise _exception(signum)
-        if signum == signal.SIGINT and self._pending == signal.SIGINT:
-            raise InterruptedMidStep("SIGINT received twice inside a step")
+        if signum == signal.SIGINT and self._pending == signal.SIGINT:  # asked twice: now, without saving
+            if self._holding:
+                raise InterruptedMidStep("SIGINT received twice inside a step")
+            raise KeyboardInterrupt("SIGINT received twice")
         if self._pending is None:
             self._pending = signum
             name = signal.Signals(signum).name
+            when = "this step" if not self._distributed else "the step that every rank has seen the request in"
             again = "; Ctrl-C again stops at once without saving" if signum == signal.SIGINT else ""
-            # os.write, not logging or print: the handler may run while the main thread is inside a write
-            os.write(2, f"\n{name} received: stopping after this step and saving last.pth{again}\n".encode())
+            # os.write, not logging or print: the handler may run while the main thread is inside a write. A
+            # closed stderr (the pipe to `tee` ended by the same Ctrl-C) must not turn the stop into an error.
+            with contextlib.suppress(OSError):
+                os.write(2, f"\n{name} received: stopping after {when} and saving last.pth{again}\n".encode())

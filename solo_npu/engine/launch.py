@@ -203,6 +203,17 @@ def _stop_kind(exc: KeyboardInterrupt) -> str:
     return "sigterm" if isinstance(exc, Terminated) else "sigint"
 
 
+def _known_error(child_traceback: str) -> Exception | None:
+    """The one-line error a worker raised (DeviceError, CheckpointError), rebuilt from the traceback that
+    torch.multiprocessing hands the parent, so that train.py reports it as a one-process run does."""
+    from solo_npu.checkpoints import CheckpointError
+
+    lines = child_traceback.strip().splitlines()
+    name, sep, message = (lines[-1] if lines else "").partition(": ")
+    cls = {"DeviceError": DeviceError, "CheckpointError": CheckpointError}.get(name.rsplit(".", 1)[-1])
+    return cls(message) if sep and cls is not None else None
+
+
 def _join_relaying_signals(context: Any) -> None:
     """Wait for the spawned workers. SIGTERM to this process is passed on to them (each stops after its step
     and rank 0 saves; ``torch.multiprocessing`` already sends them SIGINT if this process dies). A terminal's
@@ -222,6 +233,11 @@ def _join_relaying_signals(context: Any) -> None:
     try:
         while not context.join():
             pass
+    except mp.ProcessRaisedException as exc:
+        known = _known_error(str(exc))
+        if known is None:
+            raise
+        raise known from None
     except mp.ProcessExitedException as exc:
         stops = {code: kind for kind, code in _STOP_STATUS.items()}
         kind = stops.get(exc.exit_code) if exc.error_index == 0 else None

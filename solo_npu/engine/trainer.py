@@ -231,8 +231,10 @@ class Trainer:
                     self._call("after_step")
                     self.interrupts.release()
                 if self.inner_iter >= self.iters_per_epoch:
+                    self.interrupts.hold()  # the epoch's end (evaluation, epoch checkpoints) is all or nothing too
                     self._call("after_epoch")
                     self.epoch, self.inner_iter = self.epoch + 1, 0
+                    self.interrupts.release()
                 else:  # stopped by max_iters mid-epoch
                     break
         except BaseException as exc:

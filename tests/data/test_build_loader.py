@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,31 @@ def test_workers_keep_serving_after_a_terminal_signal(make_synthetic_cfg, signum
         os.kill(w.pid, signum)
     rest = list(it)  # a worker that died would make this raise "DataLoader worker ... exited unexpectedly"
     assert len(rest) + 1 == len(loader) and first["images"].shape[0] == 1
+
+
+def _sleeping_worker(grace: int) -> None:
+    from solo_npu.data import build
+
+    build.WORKER_SIGTERM_GRACE_S = grace
+    build._worker_init(0)
+    time.sleep(60)
+
+
+def test_a_worker_ends_a_grace_period_after_sigterm() -> None:
+    """SIGTERM does not end a loader worker at once (the step in progress needs it), but it does end it: the
+    DataLoader's terminate() must still stop a worker stuck in I/O. SIGINT is ignored."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=_sleeping_worker, args=(1,))
+    proc.start()
+    try:
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.is_alive()
+        proc.join(timeout=5)
+        assert proc.exitcode == -signal.SIGALRM
+    finally:
+        if proc.is_alive():
+            proc.kill()

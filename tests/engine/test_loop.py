@@ -20,7 +20,7 @@ from solo_npu.engine.checkpointer import restore_training_state, training_state
 from solo_npu.engine.hooks import CheckpointHook, LRHook
 from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.optim import WarmupStepSchedule
-from solo_npu.engine.trainer import NonFiniteLossError, Trainer
+from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from solo_npu.runtime import resolve_device
 
 CPU = resolve_device("cpu")
@@ -258,3 +258,36 @@ def test_sigterm_saves_the_state_and_resume_is_exact(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a"), str(tmp_path / "b")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "checked" in out.stdout, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
+
+
+class _SignalAtEpochEnd(HookBase):
+    """Raises ``signum`` in the first epoch's after_epoch, before the checkpoint hook writes the epoch's files."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def after_epoch(self) -> None:
+        if self.trainer.epoch == 0:
+            signal.raise_signal(self.signum)
+
+
+def test_ctrl_c_at_the_epoch_end_lets_it_finish(tmp_path: Path) -> None:
+    """The epoch's end (evaluation, epoch checkpoints) is not cut off: epoch_1.pth is written, the stop comes
+    after it, and the resumed run continues exactly with the next epoch."""
+    full, _ = make_trainer(epochs=3)
+    full.train()
+    trainer, schedule = make_trainer(epochs=3)
+    hook = CheckpointHook(tmp_path, lambda: training_state(trainer, schedule), True, 1, 0)
+    trainer.hooks.insert(0, _SignalAtEpochEnd(signal.SIGINT))
+    trainer.register_hooks([hook])
+    trainer.hooks[0].trainer = trainer
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (tmp_path / "epoch_1.pth").is_file()
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert (state["epoch"], state["inner_iter"], state["iteration"]) == (1, 0, 6)
+    resumed, schedule = make_trainer(epochs=3)
+    restore_training_state(resumed, state, schedule)
+    resumed.train()
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k

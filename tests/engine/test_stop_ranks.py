@@ -16,7 +16,7 @@ from solo_npu.data import GroupedBatchSampler
 from solo_npu.engine.checkpointer import training_state
 from solo_npu.engine.hooks import CheckpointHook
 from solo_npu.engine.launch import launch
-from solo_npu.engine.trainer import Trainer
+from solo_npu.engine.trainer import HookBase, Trainer
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -44,6 +44,15 @@ class _SignalOnRank(nn.Module):
         return {"loss_mse": ((self.fc(images).squeeze(-1) - targets["y"]) ** 2).mean()}
 
 
+class _SignalAtEpochEnd(HookBase):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def after_epoch(self) -> None:
+        if self.trainer.epoch == 0:
+            signal.raise_signal(self.signum)
+
+
 def _job(cfg: dict, run_dir: Path, info) -> None:
     import torch.distributed as dist
 
@@ -56,7 +65,10 @@ def _job(cfg: dict, run_dir: Path, info) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     trainer = Trainer(net, opt, loader, info, max_epochs=3, iters_per_epoch=len(sampler), batch_size=2)
     model.trainer = trainer
-    trainer.register_hooks([CheckpointHook(run_dir, lambda: training_state(trainer), rank == 0, 0, 0)])
+    hooks = [CheckpointHook(run_dir, lambda: training_state(trainer), rank == 0, 0, 0)]
+    if cfg.get("at_epoch_end") and rank == cfg["signal_rank"]:
+        hooks.insert(0, _SignalAtEpochEnd(cfg["signum"]))
+    trainer.register_hooks(hooks)
     try:
         trainer.train()
         outcome = "finished"
@@ -81,3 +93,18 @@ def test_a_signal_on_one_rank_stops_both_after_the_same_step(tmp_path: Path, sig
     assert ranks[signal_rank]["outcome"].startswith("Terminated"), ranks
     assert ranks[1 - signal_rank]["outcome"] == "KeyboardInterrupt: stop requested on another rank", ranks
     assert load_checkpoint(tmp_path / "last.pth")["iteration"] == ranks[0]["iteration"]
+
+
+def test_a_signal_between_steps_on_one_rank_stops_both_after_the_next_step(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal at the epoch's end of one rank (the other may already wait in the next step's all-reduce)
+    is carried to the next step's all-reduce: both ranks stop after it, nobody waits for a peer that left."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = {"launcher": {"nproc_per_node": 2, "timeout_min": 2}, "runtime": {"device": "cpu"},
+           "signal_rank": 1, "signum": int(signal.SIGTERM), "at": -1, "at_epoch_end": True}
+    launch(_job, cfg, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["iteration"] == ranks[1]["iteration"] == 9, ranks  # 8 steps per epoch, then one more
+    assert ranks[1]["outcome"].startswith("Terminated") and ranks[0]["outcome"].startswith("KeyboardInterrupt")
+    assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 9

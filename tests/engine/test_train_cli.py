@@ -145,3 +145,20 @@ def test_sigterm_to_a_spawned_two_rank_run_stops_both_ranks_and_saves(synthetic_
     stopped_at = _iteration(run_dir / "checkpoints" / "last.pth")
     assert 2 <= stopped_at < 15  # 5 steps per epoch on 2 ranks
     assert f"stopped at iteration {stopped_at}; state saved" in (run_dir / "train.log").read_text()
+
+
+def test_device_and_checkpoint_errors_are_one_line_in_spawned_and_single_runs(tmp_path: Path) -> None:
+    """A worker's DeviceError reaches the parent as torch.multiprocessing's traceback; a CheckpointError from a
+    resume file that is not a training checkpoint is raised after start-up. Both end in one [Error] line."""
+    not_a_run = tmp_path / "weights.pth"
+    torch.save({"a": torch.zeros(2)}, not_a_run)
+    cases = ((["launcher.nproc_per_node=2", "runtime.device=cuda"] if not torch.cuda.is_available() else None,
+              "[Error] DeviceError: device=cuda requested but torch.cuda.is_available() is False"),
+             ([f"resume={not_a_run}"], "[Error] CheckpointError: not a training checkpoint of this project"))
+    for overrides, line in cases:
+        if overrides is None:
+            continue
+        proc = subprocess.run(_cmd(*overrides, f"output_root={tmp_path / 'out'}", *FAST), cwd=ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 1 and line in proc.stderr, (proc.returncode, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
