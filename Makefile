@@ -21,10 +21,19 @@ PIP := $(PY) -m pip
 # end the workers first (solo_npu.data.stop_workers). Any test that still hangs fails after 600 s with its
 # traceback (pytest-timeout, pyproject's timeout = 600; tests/conftest.py then ends the ranks it left
 # running), and the run goes on.
+# The floor lane also runs on the oldest supported Python (pyproject's requires-python, 3.10) when a python3.10
+# is installed, and says which Python it ran on; a venv of another Python is made again.
 FLOOR_TORCH_VERSION := 2.1.0
+FLOOR_PYTHON_VERSION := 3.10
+ifndef FLOOR_PYTHON  # python3.10 on PATH that runs (a pyenv shim may not), else pyenv's 3.10, else $(PYTHON)
+FLOOR_PYTHON := $(or $(shell for p in python$(FLOOR_PYTHON_VERSION) \
+	$$HOME/.pyenv/versions/$(FLOOR_PYTHON_VERSION).*/bin/python$(FLOOR_PYTHON_VERSION); do \
+	"$$p" -c "" >/dev/null 2>&1 && { command -v "$$p"; break; }; done),$(PYTHON))
+endif
 FLOOR_VENV ?= .venv-floor
 FLOOR_TORCH_SPEC ?= torch==$(FLOOR_TORCH_VERSION) "numpy<2"
 FLOOR_TESTS ?= tests
+PY_MINOR := import sys; print("%d.%d" % sys.version_info[:2])
 
 .PHONY: install demo test test-floor lint clean
 
@@ -49,9 +58,15 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(TESTS)
 
 test-floor:
-	$(MAKE) install VENV=$(FLOOR_VENV) TORCH_SPEC='$(FLOOR_TORCH_SPEC)'
-	$(FLOOR_VENV)/bin/python -c "import torch; v = torch.__version__.split('+')[0]; \
-		assert v == '$(FLOOR_TORCH_VERSION)', f'$(FLOOR_VENV) holds torch {v}, not $(FLOOR_TORCH_VERSION)'"
+	@want=$$($(FLOOR_PYTHON) -c '$(PY_MINOR)'); \
+	if [ -x $(FLOOR_VENV)/bin/python ] && [ "$$($(FLOOR_VENV)/bin/python -c '$(PY_MINOR)')" != "$$want" ]; then \
+		echo "$(FLOOR_VENV) is not Python $$want: making it again"; rm -rf $(FLOOR_VENV); fi; \
+	if [ "$$want" != "$(FLOOR_PYTHON_VERSION)" ]; then \
+		echo "WARNING: python$(FLOOR_PYTHON_VERSION) not found; the floor lane runs on Python $$want"; fi
+	$(MAKE) install VENV=$(FLOOR_VENV) PYTHON=$(FLOOR_PYTHON) TORCH_SPEC='$(FLOOR_TORCH_SPEC)'
+	$(FLOOR_VENV)/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
+		assert v == '$(FLOOR_TORCH_VERSION)', f'$(FLOOR_VENV) holds torch {v}, not $(FLOOR_TORCH_VERSION)'; \
+		print(f'floor lane: Python {sys.version.split()[0]}, torch {torch.__version__}')"
 	$(MAKE) test VENV=$(FLOOR_VENV) TORCH_SPEC='$(FLOOR_TORCH_SPEC)' TESTS='-rs $(FLOOR_TESTS)'
 
 lint: install

@@ -86,3 +86,15 @@ def test_torch_floor_is_the_same_everywhere():
     assert f"torch=={floor}" in readme and f"torch-npu=={npu}" in readme
     # the floor lane is part of CI
     assert "make test-floor" in (ROOT / ".ci/run").read_text()
+
+
+def test_python_floor_is_the_one_the_floor_lane_runs():
+    """pyproject's requires-python, the Makefile's floor lane Python, ruff's target and the README name one
+    oldest Python."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    oldest = _one(r'^requires-python = ">=([\d.]+)"$', pyproject, "pyproject.toml")
+    assert _one(r"^FLOOR_PYTHON_VERSION :?= *(\S+)$", makefile, "Makefile") == oldest
+    assert _one(r'^target-version = "py(\d+)"$', pyproject, "pyproject.toml") == oldest.replace(".", "")
+    readme = (ROOT / "README.md").read_text().replace("\n", " ")
+    assert f"need only Python {oldest}+" in readme and f"with Python {oldest}, the oldest supported Python" in readme
