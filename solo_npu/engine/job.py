@@ -36,6 +36,7 @@ from solo_npu.engine.hooks import (
     count_summary,
     gather_fault_counts,
 )
+from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.logs import setup_logging
 from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
@@ -379,6 +380,9 @@ def _run(trainer: Trainer, model: nn.Module, run_dir: Path, t0: float, batch_siz
     except NonFiniteLossError as exc:
         status = "nonfinite"
         logger.error("%s", exc)
+        raise
+    except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (solo_npu.engine.interrupts): saved, or not mid-step
+        status = "interrupted" if isinstance(exc, InterruptedMidStep) else "stopped"
         raise
     finally:
         summary = train_summary(trainer, status, time.time() - t0, batch_size, info)

@@ -123,10 +123,11 @@ def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, no
     try:
         _run_worker(job, cfg, run_dir, env, timeout_min)
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: every rank stopped after the same step
-        # Global rank 0 saved the state before its exception left the trainer; its exit status tells the
-        # parent how the run stopped. The others leave with 0: a non-zero status would make
-        # torch.multiprocessing end the remaining ranks at once, rank 0 perhaps while it is still saving.
-        _leave_worker(_STOP_STATUS[_stop_kind(exc)] if env.rank == 0 else 0)
+        # Global rank 0 saved the state before its exception left the trainer; the exit status of each node's
+        # local rank 0 tells that node's parent how the run stopped. The others leave with 0: a non-zero
+        # status would make torch.multiprocessing end the node's remaining ranks at once, global rank 0
+        # perhaps while it is still saving.
+        _leave_worker(_STOP_STATUS[_stop_kind(exc)] if env.local_rank == 0 else 0)
     _leave_worker()
 
 
@@ -221,7 +222,10 @@ def _join_relaying_signals(context: Any) -> None:
     as stopped ends here as the same exception the trainer raised, for ``train.py`` to report."""
     from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
 
+    relayed: list[int] = []
+
     def relay_sigterm(signum: int, frame: Any) -> None:
+        relayed.append(signum)
         for process in context.processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
@@ -241,6 +245,8 @@ def _join_relaying_signals(context: Any) -> None:
     except mp.ProcessExitedException as exc:
         stops = {code: kind for kind, code in _STOP_STATUS.items()}
         kind = stops.get(exc.exit_code) if exc.error_index == 0 else None
+        if kind is None and relayed and exc.exit_code == -signal.SIGTERM:
+            kind = "sigterm"  # outside the training loop (start-up, the last evaluation) SIGTERM ends a worker
         if kind is None:
             raise
         raise {"sigint": KeyboardInterrupt("SIGINT received"), "sigterm": Terminated("SIGTERM received"),

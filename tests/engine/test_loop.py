@@ -165,6 +165,16 @@ def _interrupted_trainer(tmp: Path, signum: int, at: int) -> Trainer:
     return trainer
 
 
+@pytest.fixture
+def python_sigint() -> None:
+    """Python's own SIGINT handler for the test. A process started in the background by a non-interactive
+    shell inherits SIGINT ignored, Python then leaves it ignored, and the trainer (rightly) keeps an ignored
+    SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _stop_in_update_is_exact(tmp_path: Path, signum: int, raised: type) -> None:
     """A signal that arrives after the optimiser changed the weights of step 8 stops the run once the step is
     counted and recorded: last.pth holds 8 steps and the weights after them, and resuming from it gives the
@@ -218,11 +228,11 @@ def _signal_in_forward_stops_after_the_step(tmp_path: Path, signum: int, raised:
         assert torch.equal(a, b), k
 
 
-def test_ctrl_c_in_the_forward_pass_stops_after_the_step(tmp_path: Path) -> None:
+def test_ctrl_c_in_the_forward_pass_stops_after_the_step(tmp_path: Path, python_sigint: None) -> None:
     _signal_in_forward_stops_after_the_step(tmp_path, signal.SIGINT, KeyboardInterrupt)
 
 
-def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path) -> None:
+def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path, python_sigint: None) -> None:
     trainer, _ = make_trainer(tmp_path, epochs=3, interval_iters=4)
     forward = trainer.model.forward
 
@@ -240,7 +250,7 @@ def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_during_the_update_stops_after_it_and_resume_is_exact(tmp_path: Path) -> None:
+def test_ctrl_c_during_the_update_stops_after_it_and_resume_is_exact(tmp_path: Path, python_sigint: None) -> None:
     _stop_in_update_is_exact(tmp_path, signal.SIGINT, KeyboardInterrupt)
 
 
@@ -271,7 +281,7 @@ class _SignalAtEpochEnd(HookBase):
             signal.raise_signal(self.signum)
 
 
-def test_ctrl_c_at_the_epoch_end_lets_it_finish(tmp_path: Path) -> None:
+def test_ctrl_c_at_the_epoch_end_lets_it_finish(tmp_path: Path, python_sigint: None) -> None:
     """The epoch's end (evaluation, epoch checkpoints) is not cut off: epoch_1.pth is written, the stop comes
     after it, and the resumed run continues exactly with the next epoch."""
     full, _ = make_trainer(epochs=3)

@@ -63,8 +63,11 @@ def _stop_when_checkpointed(run_dir: Path, common: list[str], signum: int, group
     """Start a run in a session of its own and send ``signum`` (to the whole process group, as a terminal's
     Ctrl-C reaches the data-loader workers too, when ``group``) once ``last.pth`` holds 2 or more iterations;
     returns the exit status and stderr."""
+    # SIGINT at its default: a test run started in the background by a non-interactive shell has it ignored,
+    # and so would train.py (Python keeps an inherited SIG_IGN; so do the trainer's handlers)
     proc = subprocess.Popen(_cmd(*common, f"run_dir={run_dir}"), cwd=ROOT, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = run_dir / "checkpoints" / "last.pth"
     deadline = time.time() + 240
     try:
@@ -103,6 +106,8 @@ def test_kill_9_sigterm_or_ctrl_c_then_resume_matches_uninterrupted_run(syntheti
         if name:  # the state after the step in progress is saved, not only the last periodic checkpoint
             assert f"[Error] stopped by {name}; resume=auto" in err
             assert f"stopped at iteration {stopped_at}; state saved" in (run_dir / "train.log").read_text()
+            summary = json.loads((run_dir / "summary.json").read_text())
+            assert (summary["status"], summary["iterations"]) == ("stopped", stopped_at)
 
         _run(*common, *extra, f"run_dir={run_dir}", "resume=auto")
         assert f"resumed from {last}" in (run_dir / "train.log").read_text()
