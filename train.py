@@ -27,6 +27,7 @@ import os
 # setting; a value the user set wins.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
+import contextlib  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -68,13 +69,18 @@ def main(cfg: DictConfig) -> None:
     except CheckpointError as exc:  # a resume or weights file that does not fit this run
         raise SystemExit(f"[Error] CheckpointError: {exc}") from None
     except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
-        print(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint",
-              file=sys.stderr)
+        _say(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint")
         raise SystemExit(130) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM after a step: the state is saved; exit as the shells say
         name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-        print(f"[Error] stopped by {name}; resume=auto run_dir={run_dir} continues the run", file=sys.stderr)
+        _say(f"[Error] stopped by {name}; resume=auto run_dir={run_dir} continues the run")
         raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that is gone (a pipe to `tee`, ended by the same Ctrl-C) changes nothing."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

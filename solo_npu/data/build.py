@@ -88,21 +88,11 @@ def _worker_init(worker_id: int) -> None:
     # inherited from the parent.
     torch.set_num_threads(1)
     # Ctrl-C in a terminal, and a scheduler's SIGTERM, reach every process of the group: the main process stops
-    # after the step in progress (solo_npu.engine.interrupts) and ends the workers itself; until then they keep
-    # serving it. SIGINT is ignored. SIGTERM ends a worker WORKER_SIGTERM_GRACE_S later (SIGALRM's default):
-    # the DataLoader's own last resort, terminate() on a worker that does not stop (stuck in I/O), still works.
+    # after the step in progress (solo_npu.engine.interrupts), which may need more batches, and then ends the
+    # workers itself (stop_workers kills one that does not stop); a worker whose main process died ends on its own
+    # (the DataLoader's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _end_worker_later)
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not a handler inherited from the parent (fork)
-
-
-WORKER_SIGTERM_GRACE_S = 30
-
-
-def _end_worker_later(signum: int, frame: Any) -> None:
-    remaining = signal.alarm(WORKER_SIGTERM_GRACE_S)
-    if remaining:  # the first SIGTERM started the clock; later ones keep it
-        signal.alarm(remaining)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _accelerator_present() -> bool:
@@ -179,9 +169,15 @@ def stop_workers(loader: DataLoader) -> None:
     DataLoader's own shutdown (``_iterator._shutdown_workers``, the method its ``__del__`` calls).
     """
     iterator = getattr(loader, "_iterator", None)
+    workers = list(getattr(iterator, "_workers", None) or [])
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+    for worker in workers:  # the shutdown's terminate() does not end a worker that ignores SIGTERM (_worker_init)
+        if worker.is_alive():
+            logger.warning("data-loader worker %d did not stop; killing it", worker.pid)
+            worker.kill()
+            worker.join(timeout=5)
     if iterator is not None:
         loader._iterator = None
 

@@ -147,7 +147,8 @@ class CheckpointHook(HookBase):
                          self.trainer.iter + 1, self.dir / "last.pth")
         elif isinstance(exc, (NonFiniteLossError, KeyboardInterrupt)):
             self.save("last.pth")
-            logger.error("stopped at iteration %d; state saved to %s", self.trainer.iter, self.dir / "last.pth")
+            if self.is_main:  # the rank that writes checkpoints
+                logger.error("stopped at iteration %d; state saved to %s", self.trainer.iter, self.dir / "last.pth")
 
     def _update_best(self) -> None:
         latest = self.trainer.storage.latest().get(self._best_scalar)
@@ -246,6 +247,10 @@ class LoggingHook(HookBase):
         self._close()
 
     def on_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt):  # a stop (the state is saved): the curves keep its last steps
+            if self.trainer.iter > self._since:
+                self._publish_interval()
+            self._write()
         self._close()
 
     def _close(self) -> None:

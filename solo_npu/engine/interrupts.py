@@ -58,14 +58,14 @@ class Interrupts:
     def __init__(self) -> None:
         self._holding = False
         self._pending: int | None = None
-        self._agreed = False
+        self._agreed = 0  # the signal all ranks agreed to stop on (0: none)
         self._distributed = False
         self._previous: dict[int, Any] = {}
 
     def install(self, distributed: bool = False) -> None:
         """Take over SIGINT / SIGTERM (main thread, Python's default handlers only); ``distributed``: stop
         only after a step whose all-reduce carried a request (:meth:`agree`)."""
-        self._holding, self._pending, self._agreed = False, None, False
+        self._holding, self._pending, self._agreed = False, None, 0
         self._distributed = bool(distributed)
         if threading.current_thread() is not threading.main_thread():
             return
@@ -78,19 +78,27 @@ class Interrupts:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
-        self._holding, self._pending, self._agreed = False, None, False
+        self._holding, self._pending, self._agreed = False, None, 0
+
+    @property
+    def distributed(self) -> bool:
+        return self._distributed
 
     @property
     def requested(self) -> bool:
         return self._pending is not None
 
-    def request_value(self) -> float:
-        """1.0 when this rank has a stop request, for the step's all-reduce."""
-        return 1.0 if self._pending is not None else 0.0
+    def request_values(self) -> dict[str, float]:
+        """This rank's stop request for the step's all-reduce: ``{"sigint": 0|1, "sigterm": 0|1}``."""
+        return {"sigint": float(self._pending == signal.SIGINT), "sigterm": float(self._pending == signal.SIGTERM)}
 
-    def agree(self, any_rank_requested: bool) -> None:
-        """The all-reduced request of this step: every rank stops after it when it is set."""
-        self._agreed = self._agreed or bool(any_rank_requested)
+    def agree(self, reduced: dict[str, float]) -> None:
+        """The all-reduced requests of this step (:meth:`request_values`, any positive value: some rank asked):
+        every rank stops after the step, as SIGTERM when some rank got one."""
+        if reduced.get("sigterm", 0.0) > 0:
+            self._agreed = signal.SIGTERM
+        elif reduced.get("sigint", 0.0) > 0 and not self._agreed:
+            self._agreed = signal.SIGINT
 
     def hold(self) -> None:
         """From here until :meth:`release` a signal waits."""
@@ -99,9 +107,12 @@ class Interrupts:
     def release(self) -> None:
         """End the hold; raise the request that arrived during it (with several ranks: once all agreed)."""
         self._holding = False
-        if self._agreed or (self._pending is not None and not self._distributed):
-            signum, self._pending, self._agreed = self._pending, None, False
-            raise _exception(signum) if signum is not None else KeyboardInterrupt("stop requested on another rank")
+        if self._distributed and self._agreed:
+            signum, self._pending, self._agreed = self._agreed, None, 0
+            raise _exception(signum)
+        if self._pending is not None and not self._distributed:
+            signum, self._pending = self._pending, None
+            raise _exception(signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # With several ranks a request is never raised on its own: ranks raising at different moments would

@@ -215,6 +215,45 @@ def _known_error(child_traceback: str) -> Exception | None:
     return cls(message) if sep and cls is not None else None
 
 
+# Once one worker has ended, the others have this long to end too before they are killed: a rank that waits in
+# a collective for a peer that is gone never returns to Python (on NCCL / HCCL until the process group's
+# timeout, 30 minutes by default), and its stop request waits for an all-reduce that cannot complete.
+WORKER_EXIT_GRACE_S = 120.0
+
+
+def _wait_bounded(context: Any, grace_s: float | None = None) -> None:
+    """Wait until every worker has ended; kill those still running ``grace_s`` after the first one ended.
+    A worker that failed gets the others SIGTERM at once (as torch.multiprocessing does), and its failure is
+    the one ``context.join()`` reports afterwards (not the kill of a peer)."""
+    from multiprocessing.connection import wait
+
+    grace = WORKER_EXIT_GRACE_S if grace_s is None else grace_s
+    processes, stops = context.processes, (0, *_STOP_STATUS.values())
+    deadline, first_failed = None, None
+    while True:
+        alive = [p for p in processes if p.is_alive()]
+        ended = [i for i, p in enumerate(processes) if p.exitcode is not None]
+        if ended and deadline is None:
+            deadline = time.monotonic() + grace
+        failed = [i for i in ended if processes[i].exitcode not in stops]
+        if failed and first_failed is None:
+            first_failed = failed[0]
+            for p in alive:
+                p.terminate()
+        if not alive:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            for p in alive:
+                logger.warning("worker %d did not end %.0f s after another one; killing it", p.pid, grace)
+                p.kill()
+                p.join(timeout=5)
+            break
+        wait([p.sentinel for p in alive], timeout=1.0)
+    if first_failed is not None:  # join() reports the first ended sentinel it finds failed: put that one first
+        order = sorted(context.sentinels.items(), key=lambda item: item[1] != first_failed)
+        context.sentinels = dict(order)
+
+
 def _join_relaying_signals(context: Any) -> None:
     """Wait for the spawned workers. SIGTERM to this process is passed on to them (each stops after its step
     and rank 0 saves; ``torch.multiprocessing`` already sends them SIGINT if this process dies). A terminal's
@@ -235,6 +274,7 @@ def _join_relaying_signals(context: Any) -> None:
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, relay_sigterm),
                     signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     try:
+        _wait_bounded(context)
         while not context.join():
             pass
     except mp.ProcessRaisedException as exc:

@@ -20,7 +20,7 @@ from solo_npu.engine.interrupts import Interrupts
 from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
 
 logger = logging.getLogger(__name__)
-_STOP_KEY = "__stop_requested"  # rides along the step's loss all-reduce (not a loss, never logged)
+_STOP_KEY = "__stop_"  # stop requests ride along the step's loss all-reduce (not losses, never logged)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -218,8 +218,7 @@ class Trainer:
                         logger.warning("epoch %d ended after %d of %d batches", self.epoch, self.inner_iter,
                                        self.iters_per_epoch)
                         self.inner_iter = self.iters_per_epoch
-                        self.interrupts.release()
-                        break
+                        break  # still held: the epoch's end below releases
                     data_time = time.perf_counter() - t0
                     self._call("before_step")
                     self.run_step(batch)
@@ -237,6 +236,10 @@ class Trainer:
                     self.interrupts.release()
                 else:  # stopped by max_iters mid-epoch
                     break
+            if self.interrupts.distributed:  # a request after the last step's all-reduce: all ranks agree once more
+                reduced = comm.all_reduce_mean(self._stop_requests(self.info.device))
+                self.interrupts.agree({k[len(_STOP_KEY):]: float(v) for k, v in reduced.items()})
+                self.interrupts.release()
         except BaseException as exc:
             self.interrupts.restore()
             self._call("on_failure", exc)
@@ -257,11 +260,11 @@ class Trainer:
             loss = loss * float("nan")
         # With several ranks a stop request (SIGINT / SIGTERM) travels with the losses, so that every rank stops
         # after the same step.
-        stop = {_STOP_KEY: torch.tensor(self.interrupts.request_value(), device=loss.device)} if comm.is_dist() else {}
+        stop = self._stop_requests(loss.device) if comm.is_dist() else {}
         reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach(), **stop})
         values = {k: float(v) for k, v in reported.items()}
         if stop:
-            self.interrupts.agree(values.pop(_STOP_KEY) > 0)
+            self.interrupts.agree({k[len(_STOP_KEY):]: values.pop(k) for k in stop})
         zero_grad(self.optimizer)  # the runtime knows how: fused optimisers keep their gradient buffer
         if not math.isfinite(values["loss"]):
             self._nonfinite(values)
@@ -277,6 +280,9 @@ class Trainer:
         self.scaler.update()
         self.nonfinite_in_row = 0
         self.storage.put_scalars({**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
+
+    def _stop_requests(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {_STOP_KEY + k: torch.tensor(v, device=device) for k, v in self.interrupts.request_values().items()}
 
     def _nonfinite(self, values: dict[str, float]) -> None:
         self.nonfinite_total += 1

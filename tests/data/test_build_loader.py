@@ -152,29 +152,37 @@ def test_workers_keep_serving_after_a_terminal_signal(make_synthetic_cfg, signum
     assert len(rest) + 1 == len(loader) and first["images"].shape[0] == 1
 
 
-def _sleeping_worker(grace: int) -> None:
-    from solo_npu.data import build
+class _StuckAfterFirst:
+    """The synthetic set, except that every item after the first never returns (a worker stuck in I/O)."""
 
-    build.WORKER_SIGTERM_GRACE_S = grace
-    build._worker_init(0)
-    time.sleep(60)
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if key[0] != 0:
+            time.sleep(3600)
+        return self.dataset[key]
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
 
 
-def test_a_worker_ends_a_grace_period_after_sigterm() -> None:
-    """SIGTERM does not end a loader worker at once (the step in progress needs it), but it does end it: the
-    DataLoader's terminate() must still stop a worker stuck in I/O. SIGINT is ignored."""
-    import multiprocessing
+def test_stop_workers_kills_a_stuck_worker_that_ignores_sigterm(make_synthetic_cfg) -> None:
+    """Workers ignore SIGTERM (the step in progress needs them), so the DataLoader's terminate() cannot end a
+    stuck one; stop_workers kills it instead of leaving the process to hang at exit."""
+    from solo_npu.data import build_dataset, stop_workers
 
-    proc = multiprocessing.get_context("fork").Process(target=_sleeping_worker, args=(1,))
-    proc.start()
-    try:
-        time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGINT)
-        os.kill(proc.pid, signal.SIGTERM)
-        time.sleep(0.5)
-        assert proc.is_alive()
-        proc.join(timeout=5)
-        assert proc.exitcode == -signal.SIGALRM
-    finally:
-        if proc.is_alive():
-            proc.kill()
+    cfg = make_synthetic_cfg(num_workers=1)
+    loader = build_dataloader(cfg, "train", batch_size=1, seed=0,
+                              dataset=_StuckAfterFirst(build_dataset(cfg, "train", seed=0)))
+    it = iter(loader)
+    assert loader._iterator is it  # persistent workers: the loader keeps the iterator
+    (worker,) = it._workers
+    time.sleep(0.5)  # the worker is now inside a stuck item
+    t0 = time.time()
+    stop_workers(loader)
+    assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL
+    assert time.time() - t0 < 30
