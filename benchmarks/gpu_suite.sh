@@ -99,8 +99,38 @@ deploy_cuda() {
     [[ -n "${OUT:-}" && -f "${run}/report.md" ]] && cp "${run}/report.md" "${OUT}/deploy_solov2_cuda.md"
 }
 
+# train_cli_cuda: `train.py +experiment=1p` on the GPU as users run it (light R18, synthetic set): the NPU's fixed
+# shapes are lifted on CUDA (one log line), fp16 AMP with the static loss scale 128 trains to a finite loss;
+# then SIGTERM during a second run stops it after a step with last.pth saved (exit 143), and resume=auto
+# finishes it.
+train_cli_cuda() {
+    local run=outputs/gpu_suite/train_1p_cuda
+    local args=(+experiment=1p data=synthetic model=solov2_light_r18 model.pretrained=none
+        model.backbone.frozen_stages=-1 model.backbone.norm_eval=false runtime.device="${GPU_SUITE_DEVICE:-cuda}"
+        train.epochs=2 train.max_iters="${GPU_SUITE_ITERS:-60}" train.eval_interval=0 train.eval_at_end=false
+        train.plots=false train.progress=plain)
+    rm -rf "${run}" "${run}_stop"
+    if "${PYTHON}" train.py "${args[@]}" run_dir="${run}" \
+        && grep -q "runtime.fixed_shapes=npu: the fixed NPU shapes are not used on" "${run}/train.log" \
+        && "${PYTHON}" -c "import json, math, sys; s = json.load(open('${run}/summary.json')); print(s['status'], \
+s['iterations'], s['final_loss'], s['fps']); sys.exit(not (s['status'] == 'ok' and math.isfinite(s['final_loss'])))"
+    then echo "PASS train_cli_cuda"; else echo "FAIL train_cli_cuda"; failed=1; fi
+    "${PYTHON}" train.py "${args[@]}" run_dir="${run}_stop" train.checkpoint_interval_iters=5 &
+    local pid=$! waited=0
+    while [[ ! -f "${run}_stop/checkpoints/last.pth" && ${waited} -lt 600 ]] && kill -0 "${pid}" 2>/dev/null; do
+        sleep 0.5; waited=$((waited + 1))
+    done
+    kill -TERM "${pid}"
+    wait "${pid}"
+    local status=$?
+    if [[ ${status} -eq 143 ]] && grep -q "state saved" "${run}_stop/train.log" \
+        && "${PYTHON}" train.py "${args[@]}" run_dir="${run}_stop" resume=auto \
+        && grep -q "resumed from" "${run}_stop/train.log"; then
+        echo "PASS sigterm_resume_cuda"; else echo "FAIL sigterm_resume_cuda (exit ${status})"; failed=1; fi
+}
+
 sections=("$@")
-[[ ${#sections[@]} -gt 0 ]] || sections=(export_on_cuda train_throughput forward deploy_cuda)
+[[ ${#sections[@]} -gt 0 ]] || sections=(export_on_cuda train_cli_cuda train_throughput forward deploy_cuda)
 "${PYTHON}" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 for s in "${sections[@]}"; do
