@@ -32,10 +32,15 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 __all__ = ["InterruptedMidStep", "Interrupts", "Terminated"]
+
+
+SAME_CTRL_C_S = 1.0  # a second SIGINT sooner than this after the first is the same one
+_clock = time.monotonic
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,6 +64,7 @@ class Interrupts:
         self._holding = False
         self._pending: int | None = None
         self._agreed = 0  # the signal all ranks agreed to stop on (0: none)
+        self._pending_at = 0.0
         self._distributed = False
         self._previous: dict[int, Any] = {}
 
@@ -119,12 +125,17 @@ class Interrupts:
         # leave the others waiting in a collective. The next step's all-reduce decides for all of them.
         if not self._holding and not self._distributed:
             raise _exception(signum)
-        if signum == signal.SIGINT and self._pending == signal.SIGINT:  # asked twice: now, without saving
+        # Asked twice: now, without saving. A SIGINT within a second of the first is the same Ctrl-C delivered
+        # twice (torch 2.1's torchrun passes its own on to workers that the terminal reached too).
+        if (signum == signal.SIGINT and self._pending == signal.SIGINT
+                and _clock() - self._pending_at >= SAME_CTRL_C_S):
             if self._holding:
                 raise InterruptedMidStep("SIGINT received twice inside a step")
             raise KeyboardInterrupt("SIGINT received twice")
+        if signum == signal.SIGINT and self._pending == signal.SIGINT:
+            return
         if self._pending is None:
-            self._pending = signum
+            self._pending, self._pending_at = signum, _clock()
             name = signal.Signals(signum).name
             when = "this step" if not self._distributed else "the step that every rank has seen the request in"
             again = "; Ctrl-C again stops at once without saving" if signum == signal.SIGINT else ""

@@ -232,7 +232,16 @@ def test_ctrl_c_in_the_forward_pass_stops_after_the_step(tmp_path: Path, python_
     _signal_in_forward_stops_after_the_step(tmp_path, signal.SIGINT, KeyboardInterrupt)
 
 
-def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path, python_sigint: None) -> None:
+@pytest.mark.parametrize("apart_s", [1.5, 0.0])
+def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path, python_sigint: None,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  apart_s: float) -> None:
+    """A second Ctrl-C a second or more after the first stops at once; one sooner is the same Ctrl-C delivered
+    twice (torch 2.1's torchrun passes its own on to workers the terminal reached too) and changes nothing."""
+    from solo_npu.engine import interrupts
+
+    clock = iter([100.0, 100.0 + apart_s])
+    monkeypatch.setattr(interrupts, "_clock", lambda: next(clock))
     trainer, _ = make_trainer(tmp_path, epochs=3, interval_iters=4)
     forward = trainer.model.forward
 
@@ -243,10 +252,16 @@ def test_second_ctrl_c_inside_a_step_stops_at_once_without_saving(tmp_path: Path
         return forward(images, targets)
 
     trainer.model.forward = forward_with_two
-    with pytest.raises(InterruptedMidStep):
-        trainer.train()
-    assert trainer.iter == 5
-    assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4  # the periodic checkpoint, not a half step
+    if apart_s >= interrupts.SAME_CTRL_C_S:
+        with pytest.raises(InterruptedMidStep):
+            trainer.train()
+        assert trainer.iter == 5
+        assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4  # the periodic checkpoint, not a half step
+    else:
+        with pytest.raises(KeyboardInterrupt) as stop:
+            trainer.train()
+        assert not isinstance(stop.value, InterruptedMidStep)
+        assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 6  # after the step, saved
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
