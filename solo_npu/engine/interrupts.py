@@ -17,7 +17,7 @@ hold ends: the run stops after the step, and the checkpoint hook saves ``last.pt
   (``last.pth`` keeps the last periodic checkpoint).
 - With several ranks every rank must stop after the same step, or the others would wait in the next
   step's collectives forever: each rank's request travels with the step's loss all-reduce
-  (:meth:`request_value` / :meth:`agree`), and a rank stops only after a step in which a request was seen
+  (:meth:`request_values` / :meth:`agree`), and a rank stops only after a step in which a request was seen
   by all; between steps a request waits for the next step.
 
 Handlers are installed only in the main thread and only over Python's defaults (``default_int_handler``
@@ -90,10 +90,6 @@ class Interrupts:
     def distributed(self) -> bool:
         return self._distributed
 
-    @property
-    def requested(self) -> bool:
-        return self._pending is not None
-
     def request_values(self) -> dict[str, float]:
         """This rank's stop request for the step's all-reduce: ``{"sigint": 0|1, "sigterm": 0|1}``."""
         return {"sigint": float(self._pending == signal.SIGINT), "sigterm": float(self._pending == signal.SIGTERM)}
@@ -127,13 +123,12 @@ class Interrupts:
             raise _exception(signum)
         # Asked twice: now, without saving. A SIGINT within a second of the first is the same Ctrl-C delivered
         # twice (torch 2.1's torchrun passes its own on to workers that the terminal reached too).
-        if (signum == signal.SIGINT and self._pending == signal.SIGINT
-                and _clock() - self._pending_at >= SAME_CTRL_C_S):
+        if signum == signal.SIGINT and self._pending == signal.SIGINT:
+            if _clock() - self._pending_at < SAME_CTRL_C_S:
+                return
             if self._holding:
                 raise InterruptedMidStep("SIGINT received twice inside a step")
             raise KeyboardInterrupt("SIGINT received twice")
-        if signum == signal.SIGINT and self._pending == signal.SIGINT:
-            return
         if self._pending is None:
             self._pending, self._pending_at = signum, _clock()
             name = signal.Signals(signum).name

@@ -145,7 +145,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.storage = EventStorage()
         self.stop_reason: str | None = None
-        self.interrupts = Interrupts()  # SIGINT / SIGTERM wait while a step's update is recorded
+        self.interrupts = Interrupts()  # SIGINT / SIGTERM wait for the end of a step (or an epoch's end)
         self.hooks: list[HookBase] = []
         self.register_hooks(hooks)
 
@@ -238,7 +238,7 @@ class Trainer:
                     break
             if self.interrupts.distributed:  # a request after the last step's all-reduce: all ranks agree once more
                 reduced = comm.all_reduce_mean(self._stop_requests(self.info.device))
-                self.interrupts.agree({k[len(_STOP_KEY):]: float(v) for k, v in reduced.items()})
+                self._agree_stop({k: float(v) for k, v in reduced.items()})
                 self.interrupts.release()
         except BaseException as exc:
             self.interrupts.restore()
@@ -264,7 +264,7 @@ class Trainer:
         reported = comm.all_reduce_mean({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach(), **stop})
         values = {k: float(v) for k, v in reported.items()}
         if stop:
-            self.interrupts.agree({k[len(_STOP_KEY):]: values.pop(k) for k in stop})
+            self._agree_stop({k: values.pop(k) for k in stop})
         zero_grad(self.optimizer)  # the runtime knows how: fused optimisers keep their gradient buffer
         if not math.isfinite(values["loss"]):
             self._nonfinite(values)
@@ -283,6 +283,9 @@ class Trainer:
 
     def _stop_requests(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {_STOP_KEY + k: torch.tensor(v, device=device) for k, v in self.interrupts.request_values().items()}
+
+    def _agree_stop(self, reduced: Mapping[str, float]) -> None:
+        self.interrupts.agree({k[len(_STOP_KEY):]: v for k, v in reduced.items()})
 
     def _nonfinite(self, values: dict[str, float]) -> None:
         self.nonfinite_total += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from solo_npu.config import register_configs
+from solo_npu.engine.trainer import HookBase
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -42,3 +44,15 @@ def run_train(overrides: list[str], run_dir: Path, extra_experiment: str | None 
                 root.addHandler(h)
         root.setLevel(level)
     return json.loads((run_dir / "summary.json").read_text())
+
+
+class SignalAtEpochEnd(HookBase):
+    """Raises ``signum`` in the first epoch's after_epoch (registered first: before the checkpoint hook writes
+    the epoch's files)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def after_epoch(self) -> None:
+        if self.trainer.epoch == 0:
+            signal.raise_signal(self.signum)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import SignalAtEpochEnd
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -20,7 +21,7 @@ from solo_npu.engine.checkpointer import restore_training_state, training_state
 from solo_npu.engine.hooks import CheckpointHook, LRHook
 from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.optim import WarmupStepSchedule
-from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
+from solo_npu.engine.trainer import NonFiniteLossError, Trainer
 from solo_npu.runtime import resolve_device
 
 CPU = resolve_device("cpu")
@@ -285,17 +286,6 @@ def test_sigterm_saves_the_state_and_resume_is_exact(tmp_path: Path) -> None:
     assert out.returncode == 0 and "checked" in out.stdout, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
 
 
-class _SignalAtEpochEnd(HookBase):
-    """Raises ``signum`` in the first epoch's after_epoch, before the checkpoint hook writes the epoch's files."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-    def after_epoch(self) -> None:
-        if self.trainer.epoch == 0:
-            signal.raise_signal(self.signum)
-
-
 def test_ctrl_c_at_the_epoch_end_lets_it_finish(tmp_path: Path, python_sigint: None) -> None:
     """The epoch's end (evaluation, epoch checkpoints) is not cut off: epoch_1.pth is written, the stop comes
     after it, and the resumed run continues exactly with the next epoch."""
@@ -303,7 +293,7 @@ def test_ctrl_c_at_the_epoch_end_lets_it_finish(tmp_path: Path, python_sigint: N
     full.train()
     trainer, schedule = make_trainer(epochs=3)
     hook = CheckpointHook(tmp_path, lambda: training_state(trainer, schedule), True, 1, 0)
-    trainer.hooks.insert(0, _SignalAtEpochEnd(signal.SIGINT))
+    trainer.hooks.insert(0, SignalAtEpochEnd(signal.SIGINT))
     trainer.register_hooks([hook])
     trainer.hooks[0].trainer = trainer
     with pytest.raises(KeyboardInterrupt):

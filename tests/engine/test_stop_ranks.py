@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import SignalAtEpochEnd
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -17,7 +18,7 @@ from solo_npu.data import GroupedBatchSampler
 from solo_npu.engine.checkpointer import training_state
 from solo_npu.engine.hooks import CheckpointHook
 from solo_npu.engine.launch import launch
-from solo_npu.engine.trainer import HookBase, Trainer
+from solo_npu.engine.trainer import Trainer
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -45,15 +46,6 @@ class _SignalOnRank(nn.Module):
         return {"loss_mse": ((self.fc(images).squeeze(-1) - targets["y"]) ** 2).mean()}
 
 
-class _SignalAtEpochEnd(HookBase):
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-    def after_epoch(self) -> None:
-        if self.trainer.epoch == 0:
-            signal.raise_signal(self.signum)
-
-
 def _job(cfg: dict, run_dir: Path, info) -> None:
     import torch.distributed as dist
 
@@ -68,7 +60,7 @@ def _job(cfg: dict, run_dir: Path, info) -> None:
     model.trainer = trainer
     hooks = [CheckpointHook(run_dir, lambda: training_state(trainer), rank == 0, 0, 0)]
     if cfg.get("at_epoch_end") and rank == cfg["signal_rank"]:
-        hooks.insert(0, _SignalAtEpochEnd(cfg["signum"]))
+        hooks.insert(0, SignalAtEpochEnd(cfg["signum"]))
     trainer.register_hooks(hooks)
     try:
         trainer.train()
