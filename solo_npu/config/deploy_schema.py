@@ -71,6 +71,7 @@ class TorchAieCompileConfig:
 class CompileConfig:
     atc: str = MISSING
     precision_mode: str | None = MISSING
+    precision_mode_v2: str | None = MISSING  # ATC refuses it together with precision_mode
     log: str = MISSING
     dynamic_batch: list[int] | None = MISSING
     customize_dtypes: str | None = MISSING

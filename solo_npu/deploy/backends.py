@@ -252,9 +252,16 @@ class OmBackend(Backend):
     compiled = True
 
     @property
-    def precision(self) -> str:  # ATC's default precision on 310P runs float32 operators in fp16
-        mode = self.ctx.deploy_cfg.compile.precision_mode
-        return "fp32" if mode == "must_keep_origin_dtype" else "fp16"
+    def precision(self) -> str:
+        """What ATC built: ``"fp32"`` only when ``--precision_mode=must_keep_origin_dtype`` or
+        ``--precision_mode_v2=origin`` is set (by ``deploy.compile.precision_mode``, ``precision_mode_v2`` or
+        ``atc_args``), else ``"fp16"``: ATC's default (force_fp16) and the mixed modes run some float32 operators
+        narrower (:func:`~solo_npu.deploy.compile_310p.om_precision`). Both options set is a DeployError, as ATC
+        refuses them together (:func:`~solo_npu.deploy.compile_310p.atc_precision`)."""
+        from solo_npu.deploy.compile_310p import atc_precision, om_precision
+
+        ccfg = self.ctx.deploy_cfg.compile
+        return om_precision(atc_precision(ccfg.precision_mode, ccfg.precision_mode_v2, ccfg.atc_args))
 
     @property
     def device(self) -> str:

@@ -9,6 +9,7 @@ fails is reported in one line and the pipeline goes on with the backends that ar
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from solo_npu.deploy.context import DeployContext, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, write_json
 from solo_npu.deploy.export import exported_file, load_manifest
 from solo_npu.deploy.om import check_gears, find_om, last_line
 
@@ -29,6 +30,25 @@ logger = logging.getLogger(__name__)
 
 CANN_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 ERROR_CODE = re.compile(r"^E[A-Z0-9]\d{4}:")  # CANN error codes: E10001, EZ3003, EC0010, E19999, ...
+
+# ATC's two precision options and the values it takes: CANN "ATC Instructions" (hiascend.com, atctool),
+# --precision_mode (atlasatcparam_16_0068) and --precision_mode_v2 (atlasatcparam_16_0069), and the open GE source
+# (hicann/ge, api/atc/atc_flags.cc DEFINE_string(precision_mode / precision_mode_v2); compiler/api/aclgrph/
+# option_utils.cc CheckPrecisionModeParamValid / CheckPrecisionModeV2ParamValid, whose allowed sets also take ""
+# as "not set"). Older CANN releases take a subset (mixed_hif8 and cube_hif8 are newer than the rest).
+ATC_PRECISION_VALUES: dict[str, tuple[str, ...]] = {
+    "precision_mode": ("force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
+                       "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
+                       "allow_fp32_to_bf16"),
+    "precision_mode_v2": ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
+                          "mixed_hif8"),
+}
+# The one value of each that keeps every float32 operator in float32 ("保持原图精度", keep the original graph's
+# precision: an operator AI Core has no float32 kernel for runs as a float32 AI CPU operator, else ATC fails).
+# GE reads both as the same mode (hicann/ge, compiler/engines/nn_engine/utils/common/fe_context_utils.cc,
+# kPrecisionModeMap: MUST_KEEP_ORIGIN_DTYPE and V2_ORIGIN -> ENUM_MUST_KEEP_ORIGIN_DTYPE).
+ATC_KEEPS_FP32 = {"precision_mode": "must_keep_origin_dtype", "precision_mode_v2": "origin"}
+ATC_PRECISION_ARG = re.compile(r"^--?(precision_mode(?:_v2)?)(?:=(.*))?$")
 
 
 def atc_command(
@@ -44,8 +64,14 @@ def atc_command(
     customize_dtypes: str | Path | None = None,
     atc: str = "atc",
     extra_args: Sequence[str] = (),
+    precision_mode_v2: str | None = None,
 ) -> list[str]:
-    """The ATC command line (framework 5 = ONNX); ``dynamic_batch`` gears use -1 as the batch dimension."""
+    """The ATC command line (framework 5 = ONNX); ``dynamic_batch`` gears use -1 as the batch dimension.
+
+    ``precision_mode`` / ``precision_mode_v2`` become ``--precision_mode=`` / ``--precision_mode_v2=``; setting both
+    (here or in ``extra_args``) is a DeployError before ATC runs, as ATC refuses it (:func:`atc_precision`).
+    """
+    atc_precision(precision_mode, precision_mode_v2, extra_args)
     h, w = int(input_shape[0]), int(input_shape[1])
     batch = "-1" if dynamic_batch else str(int(batch_size))
     cmd = [
@@ -60,12 +86,97 @@ def atc_command(
     ]
     if precision_mode:
         cmd.append(f"--precision_mode={precision_mode}")
+    if precision_mode_v2:
+        cmd.append(f"--precision_mode_v2={precision_mode_v2}")
     if dynamic_batch:
         cmd.append("--dynamic_batch_size=" + ",".join(map(str, check_gears(dynamic_batch))))
     if customize_dtypes:
         cmd.append(f"--customize_dtypes={customize_dtypes}")
     cmd.extend(str(a) for a in extra_args)
     return cmd
+
+
+def atc_precision(precision_mode: str | None = None, precision_mode_v2: str | None = None,
+                  extra_args: Sequence[str] = ()) -> tuple[str, str] | None:
+    """The one ATC precision option a command sets, as (option, value), from ``deploy.compile.precision_mode``,
+    ``deploy.compile.precision_mode_v2`` and ``--precision_mode=...`` / ``--precision_mode_v2=...`` in
+    ``deploy.compile.atc_args``; None when none is set, so ATC's default applies (``force_fp16``, v2 ``fp16``).
+
+    ATC refuses the two options together: "该参数不能与--precision_mode参数同时使用" (ATC Instructions,
+    --precision_mode_v2), and ATC's flag check fails with E10056 "Cannot configure both parameters %s and %s
+    simultaneously." before it reads the model (hicann/ge, api/atc/main_impl.cc ``CheckPrecisionRelatedFlags`` ->
+    compiler/api/aclgrph/option_utils.cc ``CheckPrecisionModeV2Conflict``). An empty value is no value there, as here.
+
+    Raises:
+        DeployError: both options set, or one set twice with different values (config and ``atc_args``), or one
+            in ``atc_args`` without a value; one line naming where each came from.
+    """
+    found: dict[str, tuple[str, str]] = {}  # option -> (value, where it was set)
+    given = [("precision_mode", precision_mode, "deploy.compile.precision_mode={}"),
+             ("precision_mode_v2", precision_mode_v2, "deploy.compile.precision_mode_v2={}")]
+    args = [str(a) for a in extra_args]
+    for i, arg in enumerate(args):
+        match = ATC_PRECISION_ARG.match(arg)
+        if match is None:
+            continue
+        value = match.group(2)
+        if value is None:  # "--precision_mode VALUE", as a flags parser also reads it
+            if i + 1 >= len(args) or args[i + 1].startswith("-"):
+                raise DeployError(f"{arg!r} in deploy.compile.atc_args has no value: write --{match.group(1)}=VALUE")
+            value = args[i + 1]
+        given.append((match.group(1), value, f"--{match.group(1)}={{}} in deploy.compile.atc_args"))
+    for option, value, where in given:
+        if value is None or str(value) == "":
+            continue
+        value = str(value)
+        if option in found and found[option][0] != value:
+            raise DeployError(f"{found[option][1]} and {where.format(value)} both set ATC's --{option}: set it once")
+        found.setdefault(option, (value, where.format(value)))
+    if len(found) > 1:
+        raise DeployError(f"{found['precision_mode'][1]} and {found['precision_mode_v2'][1]}: ATC refuses "
+                          "--precision_mode together with --precision_mode_v2 (E10056): set only one")
+    if not found:
+        return None
+    option, (value, where) = next(iter(found.items()))
+    if value not in ATC_PRECISION_VALUES[option]:
+        _warn_unknown_precision(option, where)
+    return option, value
+
+
+@functools.cache
+def _warn_unknown_precision(option: str, where: str) -> None:
+    logger.warning("%s is not a value the ATC Instructions list for --%s (%s); ATC refuses a value it does not "
+                   "know (E10001); the om backend is verified with the deploy.verify.fp16 tolerances", where, option,
+                   ", ".join(ATC_PRECISION_VALUES[option]))
+
+
+def om_precision(setting: tuple[str, str] | None) -> str:
+    """``"fp32"`` or ``"fp16"`` for an .om built with the ATC precision ``setting`` (:func:`atc_precision`):
+    the verify tolerances and the report's precision column.
+
+    Only the value that keeps the original precision, ``must_keep_origin_dtype`` or v2 ``origin``
+    (:data:`ATC_KEEPS_FP32`), is ``"fp32"``. Every other mode runs some float32 operators in a narrower type, per
+    the ATC Instructions:
+
+    - no option: ATC's default, ``force_fp16`` ("默认值"; v2's default is ``fp16``), on 310P as on every SoC:
+      float16 wherever an operator has it. GE picks a default by SoC only for training (``must_keep_origin_dtype``
+      where the Cube unit has high precision, else ``allow_fp32_to_fp16``; ``force_fp16`` outside training:
+      hicann/ge fe_context_utils.cc ``SetDefaultPrecisionMode``);
+    - ``force_fp32`` / ``cube_fp16in_fp32out`` (one mode: "效果等同", and fe_context_utils.cc maps both to
+      ENUM_FORCE_FP32): vector operators in float32, but matrix (Cube) operators, the convolutions, take float16
+      inputs first;
+    - ``allow_fp32_to_fp16``: matrix operators lowered to float16 first;
+    - the mixed modes (``allow_mix_precision*``, ``mixed_float16``, ``mixed_bfloat16``): the operators of the
+      built-in list lowered to float16 / bfloat16; ``allow_fp32_to_bf16``: to bfloat16;
+    - ``cube_hif8`` / ``mixed_hif8``: the 8-bit HiFloat8, coarser than even the fp16 tolerances assume.
+
+    These mixed modes are therefore ``"fp16"`` (the half-precision tolerances), as is an unknown value (ATC
+    refuses it; :func:`atc_precision` logs a WARNING).
+    """
+    if setting is None:
+        return "fp16"
+    option, value = setting
+    return "fp32" if ATC_KEEPS_FP32.get(option) == value else "fp16"
 
 
 def torch_aie_args(ts_path: str | Path, out_path: str | Path, batch_size: int, input_shape: Sequence[int],
@@ -135,8 +246,9 @@ def atc_jobs(ctx: DeployContext, manifest: Mapping[str, Any]) -> list[tuple[str,
     settings, ccfg = ctx.settings, ctx.deploy_cfg.compile
     gears = check_gears(ccfg.dynamic_batch) if ccfg.dynamic_batch else []
     common = dict(input_name=manifest["input_name"], input_shape=settings.input_shape,
-                  soc_version=settings.soc_version, precision_mode=ccfg.precision_mode, log=str(ccfg.log),
-                  customize_dtypes=ccfg.customize_dtypes, atc=str(ccfg.atc), extra_args=list(ccfg.atc_args))
+                  soc_version=settings.soc_version, precision_mode=ccfg.precision_mode,
+                  precision_mode_v2=ccfg.precision_mode_v2, log=str(ccfg.log), customize_dtypes=ccfg.customize_dtypes,
+                  atc=str(ccfg.atc), extra_args=list(ccfg.atc_args))
     jobs = []
     for key in [*map(str, settings.export_batch_sizes), *(["dynamic"] if gears else [])]:
         onnx_path = exported_file(manifest, "onnx", key)

@@ -24,6 +24,16 @@ from pathlib import Path
 # The checks it makes here, with GE's codes: no -1 batch in --input_shape with --dynamic_batch_size is E10031
 #  (mindspore-ai/graphengine, ge/ir_build/atc_ir_common.cc, CheckDynamicBatchSizeInputShapeValid); fewer than 2
 #  gears E10035, more than 100 E10036 (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams).
+#  Before those (hicann/ge, api/atc/main_impl.cc, GFlagUtils::CheckFlags calls CheckPrecisionRelatedFlags before
+#  CheckDynamicInputParamValid) the precision options, in compiler/api/aclgrph/option_utils.cc: a --precision_mode or
+#  --precision_mode_v2 value outside its allowed set ("" = not set) is E10001 (CheckPrecisionModeParamValid,
+#  CheckPrecisionModeV2ParamValid: reason "The current value is not within the valid range. Valid values are:
+#  {...}.", the set printed in unordered_set order, here in the order declared), and both set is E10056
+#  (CheckPrecisionModeV2Conflict; the CANN ATC Instructions: --precision_mode_v2 "不能与--precision_mode参数同时
+#  使用"). The messages are GE's error registry's (base/common/error_registry/error_registry.cc: E10001 "Value %s for
+#  parameter %s is invalid. Reason: %s", E10056 "Cannot configure both parameters %s and %s simultaneously."); the
+#  parameters are named by GEContext::GetReadableName, which gives the GE option name (ge.exec.precision_mode)
+#  because ATC sets the names of its command line only later (PrepareAtcOptions -> SetOptionNameMap).
 # The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>},
 #  for the ais_bench stand-in to run; the real .om carries its gears (read back with aclmdlGetDynamicBatch). Its mode
 #  is 0o600 whatever the umask, as GE opens it (mindspore-ai/graphengine, ge/common/auth/file_saver.cc,
@@ -45,6 +55,22 @@ def fail(code, message, function, source):
     print()
     sys.exit(255)
 
+PRECISION_VALUES = {
+    "precision_mode": ["", "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision",
+                       "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision_fp16",
+                       "allow_mix_precision_bf16", "allow_fp32_to_bf16"],
+    "precision_mode_v2": ["", "fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
+                          "mixed_hif8"],
+}
+for option, allowed in PRECISION_VALUES.items():
+    if args.get(option, "") not in allowed:
+        fail("E10001", "Value {} for parameter ge.exec.{} is invalid. Reason: The current value is not within the "
+             "valid range. Valid values are: {{{}}}.".format(args[option], option, ", ".join(a for a in allowed if a)),
+             "CheckPrecisionModeV2ParamValid" if option.endswith("v2") else "CheckPrecisionModeParamValid",
+             "option_utils.cc")
+if args.get("precision_mode") and args.get("precision_mode_v2"):
+    fail("E10056", "Cannot configure both parameters ge.exec.precision_mode and ge.exec.precision_mode_v2 "
+         "simultaneously.", "CheckPrecisionModeV2Conflict", "option_utils.cc")
 if "dynamic_batch_size" in args:
     gears = args["dynamic_batch_size"].strip('"').split(",")
     if ":-1," not in args["input_shape"]:

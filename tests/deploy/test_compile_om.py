@@ -226,6 +226,36 @@ def test_atc_failure_reports_its_error_code_line(make_ctx, exported_run, monkeyp
     assert len(result["messages"]) == 2
 
 
+def test_atc_precision_options_with_the_atc_standin(make_ctx, exported_run, monkeypatch, tmp_path, caplog):
+    """--precision_mode_v2 reaches ATC and labels the om fp32 for origin; both options stop before ATC runs
+    (ATC refuses them: E10056); an unknown value is ATC's E10001 line, after a WARNING (CANN ATC Instructions,
+    --precision_mode_v2; hicann/ge compiler/api/aclgrph/option_utils.cc)."""
+    log = put_tools_on_path(tmp_path, monkeypatch, atc=ATC)
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.precision_mode_v2=origin", run_dir=exported_run)
+    result = run_compile(ctx)
+    calls = [json.loads(line)["argv"] for line in (log / "atc.jsonl").read_text().splitlines()]
+    assert [c[-1] for c in calls] == ["--precision_mode_v2=origin"] * 2 and set(result["om"]) == {"1", "2"}
+    assert "--precision_mode_v2=origin" in (exported_run / "compile_310p.sh").read_text()
+    assert OmBackend(ctx).precision == "fp32"
+
+    (log / "atc.jsonl").unlink()
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.precision_mode=force_fp16",
+                   "deploy.compile.atc_args=['--precision_mode_v2=origin']", run_dir=exported_run)
+    with pytest.raises(DeployError, match=r"deploy.compile.precision_mode=force_fp16 and --precision_mode_v2=origin "
+                                          r"in deploy.compile.atc_args: ATC refuses --precision_mode together"):
+        run_compile(ctx)
+    assert not (log / "atc.jsonl").exists()
+
+    compile_310p._warn_unknown_precision.cache_clear()
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.precision_mode_v2=fp32", run_dir=exported_run)
+    with caplog.at_level("WARNING"):
+        result = run_compile(ctx)
+    assert result["om"] == {} and result["messages"][0].startswith(
+        "atc (batch 1) failed (exit 255): E10001: Value fp32 for parameter ge.exec.precision_mode_v2 is invalid.")
+    assert sum("deploy.compile.precision_mode_v2=fp32 is not a value" in r.getMessage() for r in caplog.records) == 1
+    assert OmBackend(ctx).precision == "fp16"
+
+
 def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp_path):
     """ais_bench logs "[ERROR] ..." on stdout and raises a bare RuntimeError: the [ERROR] line is the reason."""
     bin_dir, log, inputs = tmp_path / "bin", tmp_path / "log", tmp_path / "inputs"

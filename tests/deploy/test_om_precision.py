@@ -1,0 +1,136 @@
+"""ATC's precision options for the om backend: --precision_mode and --precision_mode_v2 on the command line, the
+precision label (verify tolerances, report column) for each documented value, and the refusal of both together.
+
+Sources: CANN "ATC Instructions" (hiascend.com, atctool), --precision_mode and --precision_mode_v2 ("该参数不能与
+--precision_mode参数同时使用"); hicann/ge api/atc/atc_flags.cc (the values), compiler/api/aclgrph/option_utils.cc
+(CheckPrecisionModeV2ParamValid, CheckPrecisionModeV2Conflict: E10056).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+
+import pytest
+from deploy_standins import ATC, install_tool
+
+from solo_npu.deploy import compile_310p
+from solo_npu.deploy.backends import OmBackend
+from solo_npu.deploy.compile_310p import atc_command, atc_error, atc_jobs
+from solo_npu.deploy.context import DeployContext, DeployError
+from solo_npu.deploy.verify import tolerances
+
+# The values each option takes (ATC Instructions; hicann/ge atc_flags.cc help strings), with the label each gets:
+# only the two that keep the original graph's precision ("保持原图精度") are fp32.
+PRECISION_MODE = {"force_fp16": "fp16", "force_fp32": "fp16", "cube_fp16in_fp32out": "fp16",
+                  "allow_mix_precision": "fp16", "allow_fp32_to_fp16": "fp16", "must_keep_origin_dtype": "fp32",
+                  "allow_mix_precision_fp16": "fp16", "allow_mix_precision_bf16": "fp16", "allow_fp32_to_bf16": "fp16"}
+PRECISION_MODE_V2 = {"fp16": "fp16", "origin": "fp32", "cube_fp16in_fp32out": "fp16", "mixed_float16": "fp16",
+                     "mixed_bfloat16": "fp16", "cube_hif8": "fp16", "mixed_hif8": "fp16"}
+BOTH = "ATC refuses --precision_mode together with --precision_mode_v2 \\(E10056\\): set only one"
+
+
+@pytest.fixture
+def ctx_with(deploy_cfg, tmp_path):
+    """``ctx_with(*overrides)``: a DeployContext of the composed deploy config (no model is built)."""
+    return lambda *overrides: DeployContext(deploy_cfg(*overrides), tmp_path / "run", model_name="solov2_tiny")
+
+
+def test_precision_mode_v2_reaches_the_atc_command(ctx_with, tmp_path):
+    cmd = atc_command("m.onnx", "m", "input", 1, (32, 32), precision_mode_v2="origin")
+    assert cmd[-1] == "--precision_mode_v2=origin" and not any(a.startswith("--precision_mode=") for a in cmd)
+    # from the config, as the compile stage builds it (and writes it to compile_310p.sh)
+    ctx = ctx_with("deploy.compile.precision_mode_v2=mixed_float16", "deploy.compile.atc_args=['--log=info']")
+    manifest = {"input_name": "input", "files": {"onnx": {"1": str(tmp_path / "model_b1.onnx")}}}
+    [(_, cmd, _)] = [job for job in atc_jobs(ctx, manifest) if job[0] == "1"]
+    assert "--precision_mode_v2=mixed_float16" in cmd and not any(a.startswith("--precision_mode=") for a in cmd)
+    assert ctx_with().deploy_cfg.compile.precision_mode_v2 is None  # default: not passed, ATC's default applies
+    assert "--precision_mode_v2" not in " ".join(atc_command("m.onnx", "m", "input", 1, (32, 32)))
+
+
+@pytest.mark.parametrize("option, labels", [("precision_mode", PRECISION_MODE),
+                                            ("precision_mode_v2", PRECISION_MODE_V2)])
+def test_om_precision_label_for_each_documented_value(ctx_with, option, labels):
+    """Set by deploy.compile.<option> or by --<option>=... in deploy.compile.atc_args, the label is the same."""
+    assert set(labels) == set(compile_310p.ATC_PRECISION_VALUES[option])
+    ctx = ctx_with()
+    backend, ccfg, verify = OmBackend(ctx), ctx.deploy_cfg.compile, ctx.deploy_cfg.verify
+    assert backend.precision == "fp16"  # ATC's default, force_fp16
+    for value, label in labels.items():
+        for setting, args in ((value, []), (None, [f"--{option}={value}"]), (None, [f"--{option}", value])):
+            setattr(ccfg, option, setting)
+            ccfg.atc_args = ["--op_select_implmode=high_precision", *args]
+            assert (value, backend.precision) == (value, label)
+            expected = verify if label == "fp32" else verify.fp16
+            assert tolerances(verify, backend.precision)["atol"] == expected.atol
+
+
+@pytest.mark.parametrize("overrides", [
+    ["deploy.compile.precision_mode=force_fp16", "deploy.compile.precision_mode_v2=origin"],
+    ["deploy.compile.precision_mode=must_keep_origin_dtype", "deploy.compile.atc_args=['--precision_mode_v2=origin']"],
+    ["deploy.compile.precision_mode_v2=origin", "deploy.compile.atc_args=['--precision_mode=force_fp16']"],
+    ["deploy.compile.atc_args=['--precision_mode_v2=fp16','--precision_mode=force_fp32']"],
+])
+def test_both_precision_options_are_one_config_error(ctx_with, tmp_path, overrides):
+    """ATC refuses --precision_mode with --precision_mode_v2 (E10056): refused before ATC runs, in one line."""
+    ctx = ctx_with(*overrides)
+    manifest = {"input_name": "input", "files": {"onnx": {"1": str(tmp_path / "model_b1.onnx")}}}
+    with pytest.raises(DeployError, match=BOTH) as err:
+        atc_jobs(ctx, manifest)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DeployError, match=BOTH):
+        _ = OmBackend(ctx).precision  # verify and the report ask for it
+
+
+def test_one_precision_option_set_twice_or_without_value():
+    with pytest.raises(DeployError, match=r"deploy.compile.precision_mode=force_fp16 and --precision_mode="
+                                          r"must_keep_origin_dtype in deploy.compile.atc_args both set ATC's "
+                                          r"--precision_mode: set it once"):
+        atc_command("m.onnx", "m", "input", 1, (32, 32), precision_mode="force_fp16",
+                    extra_args=["--precision_mode=must_keep_origin_dtype"])
+    # the same value twice says one thing: it stays
+    assert compile_310p.atc_precision("must_keep_origin_dtype", None, ["--precision_mode=must_keep_origin_dtype"]) == (
+        "precision_mode", "must_keep_origin_dtype")
+    assert compile_310p.atc_precision(None, "origin", ["--precision_mode_v2=origin"]) == ("precision_mode_v2", "origin")
+    with pytest.raises(DeployError, match="'--precision_mode_v2' in deploy.compile.atc_args has no value"):
+        atc_command("m.onnx", "m", "input", 1, (32, 32), extra_args=["--precision_mode_v2"])
+    assert compile_310p.atc_precision("", "", ["--precision_mode="]) is None  # empty: not set, as ATC reads it
+
+
+def test_unknown_value_warns_and_is_half_precision(caplog):
+    compile_310p._warn_unknown_precision.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.compile_310p"):
+        setting = compile_310p.atc_precision(None, "fp32", [])
+    assert setting == ("precision_mode_v2", "fp32") and compile_310p.om_precision(setting) == "fp16"
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "deploy.compile.precision_mode_v2=fp32 is not a value the ATC Instructions list for --precision_mode_v2"]
+    assert "ATC refuses a value it does not know (E10001)" in caplog.records[0].getMessage()
+
+
+def _run_atc_standin(tmp_path, *args):
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    for folder in (bin_dir, log):
+        folder.mkdir(exist_ok=True)
+    atc = install_tool(bin_dir, "atc", ATC)
+    cmd = atc_command(tmp_path / "m.onnx", tmp_path / "m", "input", 1, (32, 32), atc=str(atc))
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env={"STANDIN_LOG": str(log)})
+
+
+def test_atc_standin_refuses_what_atc_refuses(tmp_path):
+    """hicann/ge option_utils.cc: both options is E10056, a value outside the allowed set E10001; exit 255."""
+    proc = _run_atc_standin(tmp_path, "--precision_mode=force_fp16", "--precision_mode_v2=origin")
+    assert proc.returncode == 255 and not (tmp_path / "m.om").exists()
+    assert atc_error(proc.stdout, proc.stderr) == ("E10056: Cannot configure both parameters ge.exec.precision_mode "
+                                                   "and ge.exec.precision_mode_v2 simultaneously.")
+    proc = _run_atc_standin(tmp_path, "--precision_mode_v2=fp32")
+    assert proc.returncode == 255
+    assert atc_error(proc.stdout, proc.stderr).startswith(
+        "E10001: Value fp32 for parameter ge.exec.precision_mode_v2 is invalid. Reason: The current value is not "
+        "within the valid range. Valid values are: {fp16, origin, cube_fp16in_fp32out,")
+    proc = _run_atc_standin(tmp_path, "--precision_mode=origin")  # a v2 value given to the first option
+    assert atc_error(proc.stdout, proc.stderr).startswith("E10001: Value origin for parameter ge.exec.precision_mode ")
+    for ok in (["--precision_mode_v2=origin"], ["--precision_mode=must_keep_origin_dtype"], ["--precision_mode="]):
+        proc = _run_atc_standin(tmp_path, *ok)
+        assert proc.returncode == 0 and "ATC run success" in proc.stdout, proc.stdout
+        assert json.loads((tmp_path / "m.om").read_text())["onnx"] == str(tmp_path / "m.onnx")
