@@ -55,8 +55,10 @@ ALLOCATOR_PEAK = "allocator peak"        # torch's device allocator (torch_npu /
 PROCESS_RSS = "process RSS"              # CPU runs: the whole process, model and data included
 NPU_SMI = "npu-smi chip used"            # npu-smi's Memory-Usage of the chip: every process on it
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
-# GE precision modes that keep float32 operators in float32 (ATC / GE option docs; any other runs them in fp16)
-FP32_PRECISION_MODES = ("must_keep_origin_dtype", "force_fp32")
+# GE precision modes that keep the original graph's float32 (the ATC Instructions; any other runs some float32
+# operators narrower: force_fp32 / cube_fp16in_fp32out still feed the Cube operators float16 inputs, see
+# compile_310p.om_precision).
+FP32_PRECISION_MODES = ("must_keep_origin_dtype",)
 FP32_PRECISION_MODES_V2 = ("origin",)
 
 
