@@ -18,12 +18,17 @@ from solo_npu.runtime import DeviceInfo
 logger = logging.getLogger(__name__)
 
 
-def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``metrics.csv`` as ``{name: [(iteration, value), ...]}`` (later rows win for repeated iterations)."""
-    series: dict[str, dict[int, float]] = defaultdict(dict)
+def read_metrics(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """``metrics.csv`` as ``{name: [(iteration, value), ...]}`` (later rows win for repeated iterations).
+
+    Iterations are whole numbers (``int``) except for the rows logged before a resume in another number of
+    iterations per epoch, renumbered to fractions of the run's iterations (:class:`~solo_npu.engine.writers.CSVWriter`).
+    """
+    series: dict[str, dict[float, float]] = defaultdict(dict)
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            series[row["name"]][int(row["iteration"])] = float(row["value"])
+            text = row["iteration"]
+            series[row["name"]][int(text) if text.isdigit() else float(text)] = float(row["value"])
     return {name: sorted(points.items()) for name, points in series.items()}
 
 

@@ -5,6 +5,11 @@ since the previous write (``train/...`` interval means, ``val/...`` evaluation r
 :class:`~solo_npu.engine.hooks.LoggingHook`, and writes them its own way. Non-finite values (the mean of
 an interval with a skipped step) are printed on the console but left out of the csv and TensorBoard, whose
 curves they would break.
+
+Their x axis is the trainer's iteration. A run resumed in another number of iterations per epoch (another
+layout or training set: the checkpoint's position converted, see :func:`~solo_npu.engine.checkpointer.resume_plan`)
+counts other iterations than the records written before it; :meth:`EventWriter.renumber` puts those in the
+run's new iterations (the csv) or apart (TensorBoard), so that no curve goes back on itself.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import shutil
 import sys
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,11 @@ def use_progress_bar(progress: str) -> bool:
 
 class EventWriter:
     """Base class: ``open`` before training, ``step`` after every step, ``write`` new events, ``close``."""
+
+    def renumber(self, checkpoint_iteration: int, iters_per_epoch: tuple[int, int]) -> None:
+        """Before ``open`` of a run resumed at ``checkpoint_iteration`` (the checkpoint's count) in another number
+        of iterations per epoch (``iters_per_epoch``: the checkpoint's, this run's): what was written before counts
+        the checkpoint's iterations."""
 
     def open(self, trainer: Any) -> None: ...
 
@@ -97,12 +109,51 @@ class ConsoleWriter(EventWriter):
 
 
 class CSVWriter(EventWriter):
-    """``metrics.csv`` in long format (iteration, epoch, name, value), appended to across resumes."""
+    """``metrics.csv`` in long format (iteration, epoch, name, value), appended to across resumes.
+
+    A resume in another number of iterations per epoch (:meth:`renumber`) rewrites the file in the run's new
+    iterations first: a row at the checkpoint's iteration ``i`` of ``old`` per epoch goes to ``i * new / old``
+    (the same point of its epoch, a fraction where it falls between two new iterations; the resumed run's
+    rows all come after it), rows logged after the checkpoint's iteration (steps the checkpoint does not
+    hold, done again by the resumed run) are left out, and the file as it was is kept as
+    ``metrics_before_resume_<checkpoint iteration>.csv``.
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "metrics.csv"
         self._file: Any = None
         self._csv: Any = None
+
+    def renumber(self, checkpoint_iteration: int, iters_per_epoch: tuple[int, int]) -> None:
+        if not self.path.is_file():
+            return
+        old, new = iters_per_epoch
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        header, kept, left_out, unreadable = rows[:1], [], 0, 0
+        for row in rows[1:]:
+            try:
+                iteration = Fraction(row[0])
+            except (IndexError, ValueError):
+                unreadable += 1
+                continue
+            if iteration > checkpoint_iteration:
+                left_out += 1
+                continue
+            kept.append([_iteration_text(iteration * new / old), *row[1:]])
+        before = self.path.with_name(f"metrics_before_resume_{checkpoint_iteration}.csv")
+        shutil.copyfile(self.path, before)
+        renumbered = self.path.with_name(self.path.name + ".tmp")
+        with open(renumbered, "w", newline="") as f:
+            csv.writer(f).writerows(header + kept)
+        renumbered.replace(self.path)
+        logger.info("%s: %d rows renumbered from %d to %d iterations per epoch (checkpoint iteration %d -> %s), %d "
+                    "logged after it left out; the file as it was is %s", self.path.name, len(kept), old, new,
+                    checkpoint_iteration, _iteration_text(Fraction(checkpoint_iteration * new, old)), left_out,
+                    before.name)
+        if unreadable:
+            logger.warning("%s: %d rows without a readable iteration left out (they are in %s)", self.path.name,
+                           unreadable, before.name)
 
     def open(self, trainer: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +186,20 @@ class TensorBoardWriter(EventWriter):
         self.log_dir = Path(log_dir)
         self._tb: Any = None
 
+    def renumber(self, checkpoint_iteration: int, iters_per_epoch: tuple[int, int]) -> None:
+        """TensorBoard steps are whole numbers: the event files written before go to the subfolder
+        ``before_resume_<checkpoint iteration>`` (a run of its own in TensorBoard, in the checkpoint's iterations)
+        and ``log_dir`` goes on in the run's new iterations."""
+        files = sorted(self.log_dir.glob("events.out.tfevents.*"))
+        if not files:
+            return
+        before = self.log_dir / f"before_resume_{checkpoint_iteration}"
+        before.mkdir(exist_ok=True)
+        for path in files:
+            path.replace(before / path.name)
+        logger.info("TensorBoard: the events written before the resume (%d iterations per epoch) moved to %s; this "
+                    "run's count %d per epoch", iters_per_epoch[0], before, iters_per_epoch[1])
+
     def open(self, trainer: Any) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -162,6 +227,13 @@ def default_writers(run_dir: str | Path, progress_bar: bool = False, tensorboard
     if tensorboard:
         writers.append(TensorBoardWriter(Path(run_dir) / "tensorboard"))
     return writers
+
+
+def _iteration_text(iteration: Fraction) -> str:
+    """A whole iteration as it is; a fraction with up to 6 decimals."""
+    if iteration.denominator == 1:
+        return str(iteration.numerator)
+    return f"{float(iteration):.6f}".rstrip("0").rstrip(".")
 
 
 def format_seconds(seconds: float) -> str:

@@ -9,8 +9,11 @@ interrupted run (1 x 2, two epochs) stops at iteration 12; it leaves ``epoch_1.p
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,9 +25,11 @@ from torch.utils.data import DataLoader
 from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from solo_npu.data import GroupedBatchSampler
 from solo_npu.engine.checkpointer import Layout, ResumePlan, restore_training_state, resume_plan, training_state
-from solo_npu.engine.hooks import CheckpointHook, EvalHook, HookBase, LRHook
+from solo_npu.engine.hooks import CheckpointHook, EvalHook, HookBase, LoggingHook, LRHook
 from solo_npu.engine.optim import WarmupStepSchedule
+from solo_npu.engine.report import read_metrics
 from solo_npu.engine.trainer import Trainer
+from solo_npu.engine.writers import CSVWriter, TensorBoardWriter
 from tests.engine.test_loop import CPU, PairDataset, Regressor
 
 FAST = ["train.plots=false", "train.eval_interval=0", "train.eval_at_end=false", "train.epochs=2",
@@ -479,3 +484,106 @@ def test_ungrouped_batches_continue_with_the_next_epoch(interrupted: Path, smoke
     assert "the same 16 training images in other batches" in warnings[0], warnings[0]
     assert "iteration 8 (8 of 8 batches done) instead of 9 (9 of 9 batches done)" in warnings[0], warnings[0]
     assert warnings[0].endswith("(not an exact resume: the batches changed)"), warnings[0]
+
+
+# --- the run's records (metrics.csv, the loss plot's data, TensorBoard) across a resume ---------------------------
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def _tensorboard_steps(log_dir: Path, tag: str) -> list[int]:
+    """The steps of ``tag`` in the event files directly in ``log_dir``, in the order they were written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), purge_orphaned_data=False)
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def _strictly_increasing_per_name(rows: list[list[str]]) -> None:
+    for name in {r[2] for r in rows}:
+        xs = [float(r[0]) for r in rows if r[2] == name]
+        assert all(a < b for a, b in zip(xs, xs[1:])), (name, xs)
+
+
+def test_records_of_a_converted_resume_go_on_in_the_new_iterations(
+        interrupted: Path, smoke_data: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1 x 2 run stopped at iteration 12 (9 per epoch) resumed with resume=auto in its own run directory at
+    1 x 4 (5 per epoch, continuing at iteration 7): metrics.csv keeps every row of before the stop, renumbered to
+    the same point of its epoch (iteration * 5 / 9), and goes on with the iterations the trainer logs, never back;
+    the loss plot reads all of them; TensorBoard's folder goes on in the new iterations, the old events beside."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted.parent, run_dir)
+    (run_dir / "steps0.jsonl").unlink()
+    before = _rows(run_dir / "metrics.csv")
+    before_text = (run_dir / "metrics.csv").read_text()
+    _train_1p([*smoke_data, *FAST, "train.batch_size=4", "resume=auto"], run_dir, monkeypatch)
+    (warning,) = _warnings(run_dir)
+    assert "iteration 7 (2 of 5 batches done) instead of 12 (3 of 9 batches done)" in warning, warning
+    resumed_log = (run_dir / "train.log").read_text().split(warning, 1)[1]
+    logged = [int(n) for n in re.findall(r"\((\d+)/10\) loss", resumed_log)]
+    assert logged == [s["iter"] + 1 for s in _steps(run_dir)] == [8, 9, 10]
+
+    after = _rows(run_dir / "metrics.csv")
+    assert after[0] == before[0] == ["iteration", "epoch", "name", "value"]
+    old, new = after[1:len(before)], after[len(before):]
+    assert [r[1:] for r in old] == [r[1:] for r in before[1:]]  # no row lost, epochs and values as they were
+    assert [float(r[0]) for r in old] == pytest.approx([int(r[0]) * 5 / 9 for r in before[1:]], abs=1e-6)
+    assert sorted({int(r[0]) for r in new}) == logged and all(r[1] == "1" for r in new)
+    _strictly_increasing_per_name(after[1:])
+    loss_rows = [r for r in after[1:] if r[2] == "train/loss"]
+    assert read_metrics(run_dir / "metrics.csv")["train/loss"] == [(float(r[0]), float(r[3])) for r in loss_rows]
+    assert (run_dir / "metrics_before_resume_12.csv").read_text() == before_text
+    assert not (run_dir / "metrics.csv.tmp").exists()
+
+    assert _tensorboard_steps(run_dir / "tensorboard", "train/loss") == logged
+    assert _tensorboard_steps(run_dir / "tensorboard" / "before_resume_12", "train/loss") == list(range(1, 13))
+
+
+def _logged_stand_in(run_dir: Path, batch_size: int) -> tuple[Trainer, WarmupStepSchedule]:
+    """:func:`stand_in` (24 samples, 4 epochs) writing metrics.csv and TensorBoard into ``run_dir`` every step."""
+    trainer, schedule, _ = stand_in(run_dir, batch_size, 0.01 * batch_size / 2)
+    trainer.register_hooks([LoggingHook([CSVWriter(run_dir), TensorBoardWriter(run_dir / "tensorboard")], 1)])
+    return trainer, schedule
+
+
+@pytest.mark.parametrize(("checkpoint", "batch_size"), [("last.pth", 2), ("epoch_1.pth", 2), ("epoch_1.pth", 4)],
+                         ids=["exact", "exact_from_epoch_end", "converted_from_epoch_end"])
+def test_records_after_a_resume_in_the_run_directory(checkpoint: str, batch_size: int, tmp_path: Path) -> None:
+    """Batches of 2 (12 iterations per epoch) stopped at iteration 18, resumed in the same run directory. An
+    exact resume appends to the records as it always did (from epoch_1.pth, at iteration 12, the rows of 13-18
+    stay and the resumed run's come after them). In batches of 4 (6 per epoch) from epoch_1.pth, the rows up to
+    iteration 12 are renumbered (12 -> 6) and those of 13-18, steps the checkpoint does not hold, left out of
+    metrics.csv (the file as it was is kept beside it)."""
+    part, _ = _logged_stand_in(tmp_path, 2)
+    part.max_iters = 18
+    part.train()
+    before_text = (tmp_path / "metrics.csv").read_text()
+    before = _rows(tmp_path / "metrics.csv")
+    events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+    state = load_checkpoint(tmp_path / checkpoint)
+
+    resumed, schedule = _logged_stand_in(tmp_path, batch_size)
+    restore_training_state(resumed, state, schedule)
+    resumed.train()
+    after_text = (tmp_path / "metrics.csv").read_text()
+    after = _rows(tmp_path / "metrics.csv")
+    if batch_size == 2:
+        assert after_text.startswith(before_text) and not list(tmp_path.glob("metrics_before_resume_*"))
+        assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir())[:len(events)] == events
+        assert not list((tmp_path / "tensorboard").glob("before_resume_*"))
+        old, start, end = before[1:], state["iteration"], 48
+    else:
+        assert (tmp_path / "metrics_before_resume_12.csv").read_text() == before_text
+        kept = [r for r in before[1:] if int(r[0]) <= 12]
+        old, start, end = after[1:len(kept) + 1], 6, 24
+        assert [(float(r[0]), *r[1:]) for r in old] == [(int(r[0]) / 2, *r[1:]) for r in kept]
+        _strictly_increasing_per_name(after[1:])
+    new = after[len(old) + 1:]
+    assert sorted({int(r[0]) for r in new}) == list(range(start + 1, end + 1))
+    if batch_size == 4:
+        assert _tensorboard_steps(tmp_path / "tensorboard", "train/loss_mse") == list(range(7, 25))
+        assert _tensorboard_steps(tmp_path / "tensorboard" / "before_resume_12", "train/loss_mse") == list(
+            range(1, 19))
