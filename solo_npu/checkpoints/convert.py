@@ -155,13 +155,15 @@ def checkpoint_class_names(ckpt: Any) -> tuple[tuple[str, ...] | None, str]:
     return None, ""
 
 
-def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source: str = "auto") -> CheckpointClasses:
+def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source: str = "auto",
+                       path: str | os.PathLike | None = None) -> CheckpointClasses:
     """The class count (and names) of a loaded checkpoint, as ``model`` reads it.
 
     The count is the output channels of the model's classifier (the first of ``classifier_prefixes``,
     in the model's names) in the file; every output is a class (original SOLO classifiers have no
     background channel either, see :mod:`solo_npu.models.solov2.checkpoint`). Names come from the
-    metadata. A model without a classifier (or no model) counts the names only.
+    metadata. A model without a classifier (or no model) counts the names only. ``path``: the file ``ckpt``
+    was read from, named by the error.
 
     Raises:
         CheckpointError: the names disagree with the classifier.
@@ -180,8 +182,8 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
     outputs = int(weight.shape[0])
     if names is None or len(names) == outputs:
         return CheckpointClasses(outputs, names, key)
-    raise CheckpointError(f"the checkpoint's classifier ({key}) has {outputs} outputs but {names_at} "
-                          f"names {len(names)} classes")
+    what = "the checkpoint's" if path is None else f"{path}: its"
+    raise CheckpointError(f"{what} classifier ({key}) has {outputs} outputs but {names_at} names {len(names)} classes")
 
 
 def _name_key(name: str) -> str:
@@ -267,7 +269,10 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
             mismatch, or a classifier that the names say to reorder but that has no row per class.
     """
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle) if loaded is None else loaded
-    state, _, source = read_checkpoint(ckpt, model, source, _model_num_classes(model))
+    try:
+        state, _, source = read_checkpoint(ckpt, model, source, _model_num_classes(model))
+    except CheckpointError as exc:
+        raise CheckpointError(_with_path(exc, path)) from exc
     if strict is None:
         strict = source not in getattr(model, "partial_checkpoint_layouts", ())
 
@@ -309,6 +314,12 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
             "reordered": reordered, "config": config or None}
+
+
+def _with_path(exc: CheckpointError, path: str | os.PathLike) -> str:
+    """``exc``'s message naming ``path``: the readers of a loaded checkpoint (:func:`read_checkpoint`, the models'
+    converters) do not know the file it came from."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
 
 
 def _solov2_name_mismatch(state: Mapping[str, Tensor], layout: str) -> tuple[list[str], list[str]]:
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config = OmegaConf.load(args.model_config)
             layout_reader = build_model(config, num_classes=args.num_classes or 1, device="meta")
-            classes = checkpoint_classes(ckpt, layout_reader, args.source)
+            classes = checkpoint_classes(ckpt, layout_reader, args.source, args.src)
             num_classes = args.num_classes or classes.num_classes
             if num_classes is None:
                 raise CheckpointError(f"{args.src} does not say how many classes it has: pass --num-classes")
@@ -383,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 absent = set(partial["missing"])
                 state = {k: v for k, v in state.items() if k not in absent}
         else:
-            classes = checkpoint_classes(ckpt, SOLOv2, args.source)
+            classes = checkpoint_classes(ckpt, SOLOv2, args.source, args.src)
             state, _, source = read_checkpoint(ckpt, SOLOv2, args.source, classes.num_classes)
             lacking, unknown = _solov2_name_mismatch(state, source)
             if (lacking or unknown) and not args.allow_partial:
@@ -397,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = {k: v for k, v in state.items() if k not in unknown}
             print("missing keys: not checked against a model (pass --model-config to check the shapes too)")
     except CheckpointError as exc:
-        print(f"error: {exc}")
+        print(f"error: {_with_path(exc, args.src)}")
         return 1
     meta: dict[str, Any] = {"source": source, "converted_from": str(Path(args.src).name)}
     if partial is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,15 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
         map_location: passed to ``torch.load``.
 
     Raises:
-        CheckpointError: the file is missing, holds objects that need ``trust_pickle``, or (with it) pickles
-            objects of a package that is not installed (mmengine training checkpoints keep ``ConfigDict`` and
-            ``HistoryBuffer`` objects in ``message_hub``).
+        CheckpointError: the file is missing, empty, not a file ``torch.save`` writes (an ONNX model, a text
+            file), truncated or corrupted, holds objects that need ``trust_pickle``, or (with it) pickles objects
+            of a package that is not installed (mmengine training checkpoints keep ``ConfigDict`` and
+            ``HistoryBuffer`` objects in ``message_hub``). Every message is one line that names ``path``.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file" if path.is_dir() else
+                              f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except ModuleNotFoundError as exc:  # unpickling imports the module of every pickled class
@@ -71,10 +74,50 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
             f"{path} pickles objects of the package {package!r}, which is not installed: install {package}, or "
             "re-save the file as a plain state dict where it is installed (for mmdet / mmengine / mmcv files: "
             "mmdet's tools/model_converters/publish_model.py keeps only meta and state_dict)") from exc
-    except Exception as exc:  # torch raises UnpicklingError or RuntimeError depending on version
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError ... by version and file
+        not_torch = _not_a_torch_file(path)
+        if not_torch:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: {not_torch}") from exc
+        detail = _one_line(exc)
+        # The weights-only unpickler reads a file that ends early as EOFError or "unexpected EOF" (pytorch
+        # torch/_weights_only_unpickler.py; torch 2.1 wraps it in its "Weights only load failed" text).
+        if isinstance(exc, EOFError) or "unexpected EOF" in detail:
+            raise CheckpointError(f"cannot read checkpoint {path}: its data ends early ({path.stat().st_size} "
+                                  f"bytes: truncated, e.g. a copy that did not finish?): {detail}") from exc
         if not trust_pickle and "weights_only" in str(exc):
             raise CheckpointError(
-                f"{path} holds pickled Python objects that weights_only=True refuses to load. "
+                f"{path} holds pickled Python objects that weights_only=True refuses to load ({detail}). "
                 "If you trust the file, pass --trust-pickle (or checkpoint_trust_pickle=true)."
             ) from exc
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {detail}") from exc
+
+
+# torch.save writes a zip archive (torch >= 1.6) or, with _use_new_zipfile_serialization=False, pickles (protocol 2,
+# whose first opcode is PROTO, 0x80) of its magic number and data (pytorch torch/serialization.py: _is_zipfile
+# checks the zip local-file-header signature, _legacy_load unpickles the magic number first).
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _not_a_torch_file(path: Path) -> str:
+    """Why ``path`` cannot be a file of ``torch.save`` (empty, or another kind of file); ``""``: it may be one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return ""
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head.startswith(_TORCH_FILE_STARTS):
+        return ""
+    return (f"torch.save writes a zip archive (or a pickle), this file starts with {head!r} (an ONNX model, an "
+            "OM model or another kind of file?)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line: torch's span several lines and may carry terminal colour codes; of a
+    weights-only load, the unpickler's own error (after "WeightsUnpickler error:", before torch's advice)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    _, found, unpickler = text.partition("WeightsUnpickler error:")
+    if found:
+        text = unpickler.split(" Check the documentation of torch.load")[0].strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

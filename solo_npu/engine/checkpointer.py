@@ -110,7 +110,8 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
     }
 
 
-def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None, scale_lr: bool = True) -> None:
+def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None, scale_lr: bool = True,
+                           path: str | Path | None = None) -> None:
     """Load a ``training_state`` dict into ``trainer`` (model, optimiser, scaler, schedule, counters, hooks, RNG).
 
     Register the hooks first: each takes its own state back (:meth:`~solo_npu.engine.trainer.Trainer.load_hooks_state`).
@@ -118,10 +119,10 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     the same point of its epoch in this run's iterations, its schedule's iteration counts converted and, with
     ``scale_lr`` (``optim.auto_scale_lr``), its learning rate scaled by the total batch; one WARNING says what was
     done. A position that cannot be converted raises :class:`CheckpointError` before anything is loaded.
+    ``path``: the file ``state`` was read from, named by the errors.
     """
-    if state.get("format") != FORMAT:
-        raise CheckpointError("not a training checkpoint of this project (use checkpoint=... to start from weights)")
-    plan = resume_plan(state, layout_of(trainer), scale_lr, train_images_of(trainer))
+    check_training_state(state, path)
+    plan = resume_plan(state, layout_of(trainer), scale_lr, train_images_of(trainer), path)
     unwrap(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):
@@ -136,6 +137,24 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     set_rng_state(state["rng"])
     if plan.message and comm.is_main_process():
         logger.warning("%s", plan.message)
+
+
+def check_training_state(state: Any, path: str | Path | None = None) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is a :func:`training_state` of this format: weights alone (a
+    state dict, a converted or an mmdet file) cannot be resumed. ``path``: the file it was read from."""
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return
+    if not isinstance(state, dict):
+        holds = f"it holds a {type(state).__name__}"
+    elif "format" in state:
+        holds = f"its format is {state['format']!r}, this version resumes {FORMAT!r}"
+    else:
+        keys = [str(k) for k in list(state)[:5]]
+        holds = f"it has no format entry; keys {keys}{' ...' if len(state) > 5 else ''}"
+    where = "the state" if path is None else f"resume={path}"
+    start = "checkpoint=PATH" if path is None else f"checkpoint={path}"
+    raise CheckpointError(f"not a training checkpoint of this project: {where} ({holds}); use {start} to start "
+                          "from its weights")
 
 
 @dataclass(frozen=True)
@@ -208,7 +227,7 @@ def saved_layout(state: dict[str, Any]) -> Layout:
 
 
 def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
-                train_images: int | None = None) -> ResumePlan:
+                train_images: int | None = None, path: str | Path | None = None) -> ResumePlan:
     """Where a checkpoint of ``state`` continues in a run of layout ``now`` on ``train_images`` training images.
 
     The same layout, epoch length and training set continue where they stopped. Another layout or another number
@@ -220,7 +239,8 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
     as saved. The images from there on are not the uninterrupted run's (one WARNING). A checkpoint that
     does not record its layout continues as saved, unless its schedule shows another total batch (then
     :class:`CheckpointError`: its position cannot be converted); one that does not record its number of training
-    images is compared by its layout and iterations per epoch alone.
+    images is compared by its layout and iterations per epoch alone. ``path``: the file of ``state``, named by
+    the error.
     """
     saved = saved_layout(state)
     epoch, inner, iteration = int(state["epoch"]), int(state["inner_iter"]), int(state["iteration"])
@@ -237,9 +257,9 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
         if saved.total_batch is not None and not same_total:
             raise CheckpointError(
                 f"resume: the checkpoint records no layout and its schedule's LR is for total batch "
-                f"{saved.total_batch}, this run has {now}: its iterations cannot be converted; resume with total "
-                f"batch {saved.total_batch} (ranks x train.batch_size) or start a new schedule from its weights "
-                "with checkpoint=PATH")
+                f"{saved.total_batch}, this run has {now}: the iterations of {path or 'the checkpoint'} cannot be "
+                f"converted; resume with total batch {saved.total_batch} (ranks x train.batch_size) or start a new "
+                "schedule from its weights with checkpoint=PATH")
         told = ("the same total batch (from its LR)" if same_total else
                 "a total batch that cannot be told (its LR was not scaled by it)")
         return ResumePlan(position, message=(
@@ -344,12 +364,14 @@ def agree_resume(resume: str | None, run_dir: str | Path) -> tuple[Path | None, 
     state: dict[str, Any] | None = None
     try:
         state = load_training_state(path)
+        check_training_state(state, path)
         seen: tuple[Any, ...] = ("read", state.get("epoch"), state.get("iteration"))
     except (CheckpointError, OSError) as exc:
         seen = ("error", str(exc))
     views = comm.all_gather_object(seen)
-    if views[0][0] == "error":
-        raise CheckpointError(f"resume: cannot read {path}: {views[0][1]}")
+    if views[0][0] == "error":  # the messages of load_checkpoint and check_training_state name the file
+        detail = views[0][1]
+        raise CheckpointError(detail if str(path) in detail else f"resume: cannot read {path}: {detail}")
     unreadable = [rank for rank, view in enumerate(views) if view[0] == "error"]
     if unreadable:
         raise CheckpointError(f"resume needs {path} on every node: ranks {unreadable} cannot read it; "
