@@ -15,15 +15,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-from omegaconf import OmegaConf
+# Before anything imports torch (as in train.py): torch >= 2.5 imports installed device backends at `import torch`,
+# and a torch_npu that cannot load CANN's libraries would end the benchmark there, on the CPU too. A set value wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

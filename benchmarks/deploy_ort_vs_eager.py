@@ -11,13 +11,18 @@ Prints a markdown table (mean / p50 / p99 ms per batch, images/s). Random weight
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-from hydra import compose, initialize_config_dir
+# Before anything imports torch (as in train.py): torch >= 2.5 imports installed device backends at `import torch`,
+# and a torch_npu that cannot load CANN's libraries would end the benchmark there, on the CPU too. A set value wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

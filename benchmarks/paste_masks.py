@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+# Before anything imports torch (as in train.py): torch >= 2.5 imports installed device backends at `import torch`,
+# and a torch_npu that cannot load CANN's libraries would end the benchmark there, on the CPU too. A set value wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -21,9 +21,13 @@ import time
 from functools import partial
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-from torch import nn
+# Before anything imports torch (as in train.py): torch >= 2.5 imports installed device backends at `import torch`,
+# and a torch_npu that cannot load CANN's libraries would end the benchmark there, on the CPU too. A set value wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -30,6 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# Before anything imports torch (as in train.py): torch >= 2.5 imports installed device backends at `import torch`,
+# and a torch_npu that cannot load CANN's libraries would end the benchmark there, on the CPU too. A set value wins.
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
 from common import describe_machine, write_section  # noqa: E402
 
 CASES = {  # name -> (model config, canvas H, W, label)
