@@ -295,7 +295,8 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
     try:
         ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.checkpoint_trust_pickle))
         # A weightless model of the config reads the file's layout and classifier size.
-        found = checkpoint_classes(ckpt, build_model(cfg.model, num_classes=explicit, device="meta"), source)
+        found = checkpoint_classes(ckpt, build_model(cfg.model, num_classes=explicit, device="meta"), source,
+                                   path=checkpoint)
         if found.num_classes is not None and explicit is not None and int(explicit) != found.num_classes:
             raise DeployError(f"{checkpoint} was trained on {found.num_classes} classes ({found.origin}) but the "
                               f"config asks for {int(explicit)}: drop the class override (data=, num_classes=) to "

@@ -259,7 +259,7 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
                 f"resume: the checkpoint records no layout and its schedule's LR is for total batch "
                 f"{saved.total_batch}, this run has {now}: the iterations of {path or 'the checkpoint'} cannot be "
                 f"converted; resume with total batch {saved.total_batch} (ranks x train.batch_size) or start a new "
-                "schedule from its weights with checkpoint=PATH")
+                f"schedule from its weights with checkpoint={path or 'PATH'}")
         told = ("the same total batch (from its LR)" if same_total else
                 "a total batch that cannot be told (its LR was not scaled by it)")
         return ResumePlan(position, message=(

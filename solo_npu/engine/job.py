@@ -257,7 +257,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     trainer, schedule = _build_trainer(cfg, info, model, optimizer, lr, data)
     trainer.register_hooks(_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar))
     if resume_state is not None:
-        restore_training_state(trainer, resume_state, schedule, scale_lr=bool(cfg.optim.auto_scale_lr))
+        restore_training_state(trainer, resume_state, schedule, scale_lr=bool(cfg.optim.auto_scale_lr),
+                               path=resume_file)
         del resume_state
         logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
                     trainer.iter, trainer.inner_iter)

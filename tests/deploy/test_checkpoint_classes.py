@@ -149,6 +149,7 @@ def test_solo_classifier_with_one_output_more_than_its_names_is_an_error(tmp_pat
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert "has 81 outputs but meta.CLASSES names 80 classes" in err
+    assert f"{ckpt}: its classifier" in err  # which of the command's files it is
     assert not (run_dir / "export" / "manifest.json").exists()
 
 
@@ -166,6 +167,7 @@ def test_explicit_num_classes_mismatch_and_names_mismatch(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert "has 5 outputs but meta.dataset_meta.classes names 2 classes" in err
+    assert f"{ckpt}: its classifier" in err
 
 
 def test_mark_explicit_classes_reads_command_line_overrides():

@@ -62,6 +62,24 @@ def test_torchvision_resnet50_layout_loads_strict(tmp_path, norm):
     assert torch.equal(got["layer4.0.downsample.1.running_var"], state["layer4.0.downsample.1.running_var"])
 
 
+
+@pytest.mark.parametrize("content", [[torch.zeros(3)], torch.zeros(3), {"epoch": 3}],
+                         ids=["list", "tensor", "no tensors"])
+def test_a_file_that_is_no_state_dict_is_one_line_with_its_path(tmp_path, content):
+    """ImageNet init from a file that holds no state dict: one CheckpointError naming the file, also through
+    the SOLOv2 builder (whose shape-mismatch message would otherwise call it a ResNet of another depth)."""
+    from solo_npu.checkpoints import CheckpointError
+    from solo_npu.models.solov2 import build_solov2
+
+    path = tmp_path / "weights.pth"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match="weights.pth: not a state dict of tensors") as err:
+        load_torchvision_weights(ResNet(18), path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="weights.pth: not a state dict of tensors"):
+        build_solov2(num_classes=3, backbone={"depth": 18, "base_channels": 16}, neck={"out_channels": 32},
+                     head={"in_channels": 32, "feat_channels": 32, "stacked_convs": 1}, pretrained=str(path))
+
 def test_resnet18_layout_matches_torchvision():
     expected = {k: v for k, v in torchvision_resnet_shapes(18).items() if not k.startswith("fc.")}
     got = {k: tuple(v.shape) for k, v in ResNet(18, norm="frozen_bn").state_dict().items()}

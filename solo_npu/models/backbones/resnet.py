@@ -275,11 +275,14 @@ def load_torchvision_weights(model: ResNet, path: str | os.PathLike, strict: boo
     Returns:
         ``(missing_keys, unexpected_keys)``.
     """
-    from solo_npu.checkpoints import load_checkpoint
+    from solo_npu.checkpoints import CheckpointError, load_checkpoint
 
     state = load_checkpoint(path, trust_pickle=trust_pickle)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors (the file holds a {type(state).__name__}); "
+                              "pass torchvision ImageNet weights such as resnet50-19c8e357.pth")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if model.norm == "gn":
         state = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var",

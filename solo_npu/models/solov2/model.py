@@ -230,8 +230,12 @@ def _as_dict(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _load_backbone(body: ResNet, path: str) -> None:
     """torchvision ImageNet weights into ``body``: every backbone tensor must come from the file."""
+    from solo_npu.checkpoints import CheckpointError
+
     try:
         missing, unexpected = load_torchvision_weights(body, path, strict=False)
+    except CheckpointError:  # unreadable, or not a state dict: its own one line, with the path
+        raise
     except RuntimeError as exc:  # shape mismatch: another depth or width
         lines = [line.strip() for line in str(exc).strip().splitlines()]
         raise ValueError(f"model.pretrained={path} does not fit ResNet-{body.depth}: "
