@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -41,6 +42,9 @@ __all__ = ["InterruptedMidStep", "Interrupts", "Terminated"]
 
 SAME_CTRL_C_S = 1.0  # a second SIGINT sooner than this after the first is the same one
 _clock = time.monotonic
+# Told True once a training loop has taken SIGINT over and False once it gave it back: a spawned worker tells its
+# parent, which passes a SIGINT on as such only into the loop (solo_npu.engine.launch).
+takeover_listener: Callable[[bool], None] | None = None
 
 
 class Terminated(KeyboardInterrupt):
@@ -79,11 +83,16 @@ class Interrupts:
             if signal.getsignal(signum) is default:
                 self._previous[signum] = default
                 signal.signal(signum, self._handle)
+        if signal.SIGINT in self._previous and takeover_listener is not None:
+            takeover_listener(True)
 
     def restore(self) -> None:
+        took_sigint = signal.SIGINT in self._previous
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if took_sigint and takeover_listener is not None:
+            takeover_listener(False)
         self._holding, self._pending, self._agreed = False, None, 0
 
     @property

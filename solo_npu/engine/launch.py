@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import datetime
 import logging
+import math
 import os
 import signal
 import socket
@@ -117,10 +118,11 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
 
 
 def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, node_rank: int, nproc: int,
-             world_size: int, master_addr: str, master_port: int, timeout_min: int) -> None:
+             world_size: int, master_addr: str, master_port: int, timeout_min: int, pipes: list[Any]) -> None:
     env = DistEnv(node_rank * nproc + local_rank, local_rank, world_size, master_addr, master_port)
     os.environ["LOCAL_WORLD_SIZE"] = str(nproc)
     try:
+        _report_signals(pipes[local_rank])
         _run_worker(job, cfg, run_dir, env, timeout_min)
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: every rank stopped after the same step
         # Global rank 0 saved the state before its exception left the trainer; the exit status of each node's
@@ -129,6 +131,36 @@ def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, no
         # perhaps while it is still saving.
         _leave_worker(_STOP_STATUS[_stop_kind(exc)] if env.local_rank == 0 else 0)
     _leave_worker()
+
+
+_SIGNAL_PIPE: Any = None  # this worker's pipe to its parent (_report_signals), kept open for the C signal handler
+# What a worker reports on its pipe besides the numbers of the signals it gets (1 to 64): the training loop took
+# SIGINT over, or gave it back (solo_npu.engine.interrupts.takeover_listener).
+_IN_LOOP, _OUT_OF_LOOP = 0xFF, 0xFE
+
+
+def _report_signals(pipe: tuple[Any, Any]) -> None:
+    """Tell the parent (:class:`_Relay`) which signals this worker gets and when its training loop holds SIGINT.
+
+    Python's C-level signal handler writes the number of each signal to the ``signal.set_wakeup_fd`` descriptor
+    the moment it arrives, before the Python handler runs. Both ends of the pipe stay open here, so the handler
+    never writes into a pipe without a reader (the parent may be gone: torch.multiprocessing's parent-death
+    signal is a SIGINT), and a full pipe drops the byte without a warning.
+    """
+    from solo_npu.engine import interrupts
+
+    global _SIGNAL_PIPE
+    _SIGNAL_PIPE = pipe
+    fd = pipe[1].fileno()
+    os.set_blocking(fd, False)
+    with contextlib.suppress(ValueError):  # not the main thread: the parent then sees no signal of this worker
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+
+    def report(in_loop: bool) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, bytes([_IN_LOOP if in_loop else _OUT_OF_LOOP]))
+
+    interrupts.takeover_listener = report
 
 
 def _leave_worker(status: int = 0) -> None:
@@ -142,8 +174,11 @@ def _leave_worker(status: int = 0) -> None:
     without an active exception" after its job had succeeded. The worker has nothing left to do: join its
     non-daemon threads, run the exit handlers (logging, multiprocessing finalizers), flush, exit with
     ``status`` (0; a stopped run's code on global rank 0, see :func:`launch`). A failing job never gets
-    here; its exception reaches torch.multiprocessing as before.
+    here; its exception reaches torch.multiprocessing as before. A Ctrl-C from here on has nothing left to stop
+    and is ignored: its KeyboardInterrupt would cut the exit handlers short and end the worker with status 0.
     """
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
@@ -186,9 +221,10 @@ def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
     logger.info("launching %d workers on node %d/%d (world size %d, master %s:%d)", nproc, node_rank, nnodes,
                 world_size, addr, port)
     torch.set_num_threads(max(1, torch.get_num_threads() // nproc))
-    context = mp.start_processes(_spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port,
-                                                 timeout_min), nprocs=nproc, join=False, start_method="spawn")
-    _join_relaying_signals(context)
+    pipes = [mp.get_context("spawn").Pipe(duplex=False) for _ in range(nproc)]
+    _join_relaying_signals(lambda: mp.start_processes(
+        _spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port, timeout_min, pipes),
+        nprocs=nproc, join=False, start_method="spawn"), pipes)
     return None
 
 
@@ -221,10 +257,11 @@ def _known_error(child_traceback: str) -> Exception | None:
 WORKER_EXIT_GRACE_S = 120.0
 
 
-def _wait_bounded(context: Any, grace_s: float | None = None) -> None:
+def _wait_bounded(context: Any, grace_s: float | None = None, relay: _Relay | None = None) -> None:
     """Wait until every worker has ended; kill those still running ``grace_s`` after the first one ended.
     A worker that failed gets the others SIGTERM at once (as torch.multiprocessing does), and its failure is
-    the one ``context.join()`` reports afterwards (not the kill of a peer)."""
+    the one ``context.join()`` reports afterwards (not the kill of a peer). Meanwhile ``relay`` reads what the
+    workers report of their signals as it comes."""
     from multiprocessing.connection import wait
 
     grace = WORKER_EXIT_GRACE_S if grace_s is None else grace_s
@@ -248,33 +285,136 @@ def _wait_bounded(context: Any, grace_s: float | None = None) -> None:
                 p.kill()
                 p.join(timeout=5)
             break
-        wait([p.sentinel for p in alive], timeout=1.0)
+        wait([p.sentinel for p in alive] + (relay.readers if relay is not None else []), timeout=1.0)
+        if relay is not None:
+            relay.drain()
     if first_failed is not None:  # join() reports the first ended sentinel it finds failed: put that one first
         order = sorted(context.sentinels.items(), key=lambda item: item[1] != first_failed)
         context.sentinels = dict(order)
 
 
-def _join_relaying_signals(context: Any) -> None:
-    """Wait for the spawned workers. SIGTERM to this process is passed on to them (each stops after its step
-    and rank 0 saves; ``torch.multiprocessing`` already sends them SIGINT if this process dies). A terminal's
-    Ctrl-C reaches the workers directly, so this process ignores SIGINT meanwhile. A run that rank 0 reports
-    as stopped ends here as the same exception the trainer raised, for ``train.py`` to report."""
+# How long the spawn parent waits for its workers to report a SIGINT of their own before it passes one on
+OWN_SIGINT_WAIT_S = 0.05
+
+
+class _Relay:
+    """The spawn parent's SIGINT / SIGTERM handler: passes the signal on to the workers.
+
+    A terminal's Ctrl-C reaches every process of the foreground group, the workers included; ``kill -INT`` of the
+    parent (job schedulers, IDEs, ``timeout -s INT``) reaches the parent alone. A worker must get one SIGINT per
+    Ctrl-C either way. Two further apart than the trainer merges (``SAME_CTRL_C_S``, timed when the Python
+    handler runs, which may be long after the arrival) are "Ctrl-C twice", a stop without saving, and one that
+    arrives after the worker raised its stop interrupts the stop itself: passed on as well, a terminal's second
+    Ctrl-C ended most runs as a plain Ctrl-C. So a SIGINT is passed on only to the workers that did not get one of
+    their own within ``SAME_CTRL_C_S``: each reports the signals it gets the moment they arrive
+    (:func:`_report_signals`), and the report of a Ctrl-C that reached both is read here before anything is sent.
+
+    Outside its training loop (starting, the last evaluation, leaving) a worker has no step to finish: a SIGINT
+    would raise wherever it is, a traceback while it still imports, and a rank that stops there leaves the others
+    waiting for it in the rendezvous or a collective (seen: 120 s, then killed). There the worker gets SIGTERM
+    instead, which ends it at once, and the run is reported as stopped by Ctrl-C. SIGTERM is passed on as it is.
+    """
+
+    def __init__(self, pipes: list[tuple[Any, Any]]) -> None:
+        self.readers = [reader for reader, _ in pipes]
+        for reader in self.readers:
+            os.set_blocking(reader.fileno(), False)
+        self.context: Any = None
+        self.received: set[int] = set()
+        self.early: list[int] = []  # what arrived while the workers were being started
+        self.in_loop = [False] * len(pipes)
+        self.sigint_at = -math.inf  # this process's last SIGINT
+        self.own_sigint_at = [-math.inf] * len(pipes)  # each worker's, as it reported
+
+    def handle(self, signum: int, frame: Any) -> None:
+        from solo_npu.engine.interrupts import SAME_CTRL_C_S
+
+        self.received.add(signum)
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if now - self.sigint_at < SAME_CTRL_C_S:
+                return  # the same Ctrl-C delivered twice (``timeout -s INT`` signals the process and its group)
+            self.sigint_at = now
+        if self.context is None:
+            self.early.append(signum)
+            return
+        self.drain()
+        if signum == signal.SIGINT:
+            self._await_own_sigints()
+        for index, process in enumerate(self.context.processes):
+            if process.is_alive():
+                self._send(index, process.pid, signum)
+
+    def _await_own_sigints(self) -> None:
+        """Give the workers that a terminal's Ctrl-C reached too the time to report it (:data:`OWN_SIGINT_WAIT_S`).
+        A worker is woken by the signal at the same moment as this process, often on another core: read at once,
+        its report may come a few microseconds after the reading and the SIGINT passed on after it would be its
+        second (seen on a 2-core machine). A worker not yet scheduled after the wait still holds the
+        terminal's SIGINT pending, and the kernel merges the one passed on into it."""
+        from solo_npu.engine.interrupts import SAME_CTRL_C_S
+
+        deadline = time.monotonic() + OWN_SIGINT_WAIT_S
+        while True:
+            now = time.monotonic()
+            alive = [i for i, p in enumerate(self.context.processes) if p.is_alive()]
+            if now >= deadline or all(now - self.own_sigint_at[i] < SAME_CTRL_C_S for i in alive):
+                return
+            time.sleep(0.005)
+            self.drain()
+
+    def started(self, context: Any) -> None:
+        """The workers exist: pass on what arrived while they were being started."""
+        self.context = context
+        early, self.early = self.early, []
+        for signum in early:
+            for index, process in enumerate(context.processes):
+                self._send(index, process.pid, signum)
+
+    def drain(self) -> None:
+        """Read the workers' reports (:func:`_report_signals`)."""
+        now = time.monotonic()
+        for index, reader in enumerate(self.readers):
+            data = b""
+            with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
+                while chunk := os.read(reader.fileno(), 4096):
+                    data += chunk
+            for byte in data:
+                if byte == signal.SIGINT:
+                    self.own_sigint_at[index] = now
+                elif byte in (_IN_LOOP, _OUT_OF_LOOP):
+                    self.in_loop[index] = byte == _IN_LOOP
+
+    def _send(self, index: int, pid: int, signum: int) -> None:
+        from solo_npu.engine.interrupts import SAME_CTRL_C_S
+
+        if signum == signal.SIGINT:
+            if time.monotonic() - self.own_sigint_at[index] < SAME_CTRL_C_S:
+                return  # the same Ctrl-C reached the worker directly
+            if not self.in_loop[index]:
+                signum = signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _join_relaying_signals(start: Callable[[], Any], pipes: list[tuple[Any, Any]]) -> None:
+    """Start the spawned workers (``start`` returns torch.multiprocessing's context) and wait for them. SIGINT
+    and SIGTERM to this process are passed on to them (:class:`_Relay`: each stops after its step and rank 0
+    saves; ``torch.multiprocessing`` already sends them SIGINT if this process dies); this process does not stop
+    on its own, it waits for the workers. A SIGINT this process inherited ignored (started in the background)
+    stays ignored, as it is in the workers. A run that rank 0 reports as stopped ends here as the same exception
+    the trainer raised, for ``train.py`` to report."""
     from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
 
-    relayed: list[int] = []
-
-    def relay_sigterm(signum: int, frame: Any) -> None:
-        relayed.append(signum)
-        for process in context.processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-
+    relay = _Relay(pipes)
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, relay_sigterm),
-                    signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, relay.handle)}
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, relay.handle)
     try:
-        _wait_bounded(context)
+        context = start()
+        relay.started(context)
+        _wait_bounded(context, relay=relay)
         while not context.join():
             pass
     except mp.ProcessRaisedException as exc:
@@ -285,8 +425,11 @@ def _join_relaying_signals(context: Any) -> None:
     except mp.ProcessExitedException as exc:
         stops = {code: kind for kind, code in _STOP_STATUS.items()}
         kind = stops.get(exc.exit_code) if exc.error_index == 0 else None
-        if kind is None and relayed and exc.exit_code == -signal.SIGTERM:
-            kind = "sigterm"  # outside the training loop (start-up, the last evaluation) SIGTERM ends a worker
+        if kind is None and exc.exit_code in (-signal.SIGTERM, -signal.SIGINT) and relay.received:
+            # Outside the training loop (start-up, the last evaluation) SIGTERM ends a worker, also the one passed
+            # on for a SIGINT; a terminal's Ctrl-C ends one that still imports (Python ends with SIGINT on a
+            # KeyboardInterrupt it does not catch).
+            kind = "sigterm" if signal.SIGTERM in relay.received else "sigint"
         if kind is None:
             raise
         raise {"sigint": KeyboardInterrupt("SIGINT received"), "sigterm": Terminated("SIGTERM received"),
@@ -294,3 +437,5 @@ def _join_relaying_signals(context: Any) -> None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        for connection in (c for pipe in pipes for c in pipe):
+            connection.close()

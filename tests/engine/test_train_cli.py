@@ -152,6 +152,24 @@ def test_sigterm_to_a_spawned_two_rank_run_stops_both_ranks_and_saves(synthetic_
     assert f"stopped at iteration {stopped_at}; state saved" in (run_dir / "train.log").read_text()
 
 
+def test_sigint_to_the_parent_of_a_spawned_two_rank_run_stops_it_like_ctrl_c(synthetic_coco: Path,
+                                                                            tmp_path: Path) -> None:
+    """``kill -INT`` of train.py alone (what job schedulers, IDEs and ``timeout -s INT`` send; a terminal's Ctrl-C
+    reaches the ranks too) is passed on to both spawned ranks: they stop after the same step, rank 0 saves it,
+    and train.py exits 130 with one line, as after Ctrl-C."""
+    run_dir = tmp_path / "run"
+    common = [f"data.root={synthetic_coco}", "data.generate=false", "train.epochs=3", "launcher.nproc_per_node=2",
+              "train.checkpoint_interval_iters=2", *FAST]
+    returncode, err = _stop_when_checkpointed(run_dir, common, signal.SIGINT, group=False)
+    assert returncode == 130, ("the run was not stopped", returncode, err[-3000:])
+    assert "[Error] stopped by Ctrl-C; resume=auto" in err and "Traceback" not in err, err[-3000:]
+    stopped_at = _iteration(run_dir / "checkpoints" / "last.pth")
+    assert 2 <= stopped_at < 15  # 5 steps per epoch on 2 ranks
+    assert f"stopped at iteration {stopped_at}; state saved" in (run_dir / "train.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["iterations"]) == ("stopped", stopped_at)
+
+
 def test_device_and_checkpoint_errors_are_one_line_in_spawned_and_single_runs(tmp_path: Path) -> None:
     """A worker's DeviceError reaches the parent as torch.multiprocessing's traceback; a CheckpointError from a
     resume file that is not a training checkpoint is raised after start-up. Both end in one [Error] line."""
