@@ -300,13 +300,14 @@ OWN_SIGINT_WAIT_S = 0.05
 class _Relay:
     """The spawn parent's SIGINT / SIGTERM handler: passes the signal on to the workers.
 
-    A terminal's Ctrl-C reaches every process of the foreground group, the workers included; ``kill -INT`` of the
-    parent (job schedulers, IDEs, ``timeout -s INT``) reaches the parent alone. A worker must get one SIGINT per
-    Ctrl-C either way. Two further apart than the trainer merges (``SAME_CTRL_C_S``, timed when the Python
-    handler runs, which may be long after the arrival) are "Ctrl-C twice", a stop without saving, and one that
-    arrives after the worker raised its stop interrupts the stop itself: passed on as well, a terminal's second
-    Ctrl-C ended most runs as a plain Ctrl-C. So a SIGINT is passed on only to the workers that did not get one of
-    their own within ``SAME_CTRL_C_S``: each reports the signals it gets the moment they arrive
+    A terminal's Ctrl-C reaches every process of the foreground group, the workers included, and so does
+    ``timeout -s INT`` (GNU coreutils src/timeout.c signals the command, then its process group); ``kill -INT`` of
+    the parent (job schedulers, IDEs, ``timeout --foreground -s INT``) reaches the parent alone. A worker must get
+    one SIGINT per Ctrl-C either way. Two further apart than the trainer merges (``SAME_CTRL_C_S``, timed when
+    the Python handler runs, which may be long after the arrival) are "Ctrl-C twice", a stop without saving, and
+    one that arrives after the worker raised its stop interrupts the stop itself: passed on as well, a terminal's
+    second Ctrl-C ended most runs as a plain Ctrl-C. So a SIGINT is passed on only to the workers that did not
+    get one of their own within ``SAME_CTRL_C_S``: each reports the signals it gets the moment they arrive
     (:func:`_report_signals`), and the report of a Ctrl-C that reached both is read here before anything is sent.
 
     Outside its training loop (starting, the last evaluation, leaving) a worker has no step to finish: a SIGINT
@@ -333,7 +334,7 @@ class _Relay:
         if signum == signal.SIGINT:
             now = time.monotonic()
             if now - self.sigint_at < SAME_CTRL_C_S:
-                return  # the same Ctrl-C delivered twice (``timeout -s INT`` signals the process and its group)
+                return  # the same Ctrl-C delivered twice (``timeout -s INT`` signals this process and its group)
             self.sigint_at = now
         if self.context is None:
             self.early.append(signum)

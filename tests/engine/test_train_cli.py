@@ -154,9 +154,9 @@ def test_sigterm_to_a_spawned_two_rank_run_stops_both_ranks_and_saves(synthetic_
 
 def test_sigint_to_the_parent_of_a_spawned_two_rank_run_stops_it_like_ctrl_c(synthetic_coco: Path,
                                                                             tmp_path: Path) -> None:
-    """``kill -INT`` of train.py alone (what job schedulers, IDEs and ``timeout -s INT`` send; a terminal's Ctrl-C
-    reaches the ranks too) is passed on to both spawned ranks: they stop after the same step, rank 0 saves it,
-    and train.py exits 130 with one line, as after Ctrl-C."""
+    """``kill -INT`` of train.py alone (what job schedulers, IDEs and ``timeout --foreground -s INT`` send; a
+    terminal's Ctrl-C reaches the ranks too) is passed on to both spawned ranks: they stop after the same step,
+    rank 0 saves it, and train.py exits 130 with one line, as after Ctrl-C."""
     run_dir = tmp_path / "run"
     common = [f"data.root={synthetic_coco}", "data.generate=false", "train.epochs=3", "launcher.nproc_per_node=2",
               "train.checkpoint_interval_iters=2", *FAST]
