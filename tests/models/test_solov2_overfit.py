@@ -47,7 +47,7 @@ def test_tiny_solov2_overfits_eight_images(tmp_path, data_cfg_for):
     mcfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
     mcfg.num_classes = int(cfg.num_classes)
     model = build_model(mcfg).train()
-    iters = 120
+    iters = 160
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=iters, pct_start=0.1)
     history = []
