@@ -118,7 +118,10 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     A checkpoint of another layout or another number of iterations per epoch (:func:`resume_plan`) continues at
     the same point of its epoch in this run's iterations, its schedule's iteration counts converted and, with
     ``scale_lr`` (``optim.auto_scale_lr``), its learning rate scaled by the total batch; one WARNING says what was
-    done. A position that cannot be converted raises :class:`CheckpointError` before anything is loaded.
+    done, and a ``renumbered_resume`` record in the trainer's storage (the checkpoint's iteration and
+    :attr:`ResumePlan.renumber`) has the writers renumber what they wrote before
+    (:class:`~solo_npu.engine.hooks.LoggingHook`). A position that cannot be converted raises
+    :class:`CheckpointError` before anything is loaded.
     ``path``: the file ``state`` was read from, named by the errors.
     """
     check_training_state(state, path)
@@ -134,6 +137,9 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
         plan.convert_schedule(schedule)
     trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
     trainer.load_hooks_state(plan.convert_hooks(hooks))
+    if plan.renumber is not None:  # the records written before count the checkpoint's iterations (LoggingHook)
+        trainer.storage.put_record("renumbered_resume", {"checkpoint_iteration": int(state["iteration"]),
+                                                         "renumber": list(plan.renumber)})
     set_rng_state(state["rng"])
     if plan.message and comm.is_main_process():
         logger.warning("%s", plan.message)

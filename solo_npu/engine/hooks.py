@@ -102,13 +102,8 @@ class CheckpointHook(HookBase):
 
     Register it after the hooks whose state the checkpoint saves (evaluation, counts), so that a checkpoint
     written at a step or an epoch end holds their state after that step or epoch. The best value is put in
-    the storage as ``best_metric``; the hook's state is that value, the iteration of the last result it
-    compared and ``numbering``: the iteration the state was saved at and the iterations per epoch it counts
-    in. Loading the state puts a ``resume`` record in the storage for the writers (:class:`LoggingHook`):
-    ``{"checkpoint_iteration", "iteration", "renumber"}``, the checkpoint's iteration, the one the run
-    continues at and, when the run counts another number of iterations per epoch (a resume on another layout
-    or training set, :func:`~solo_npu.engine.checkpointer.resume_plan`), ``[the checkpoint's, this run's]``,
-    else ``None``.
+    the storage as ``best_metric``; the hook's state is that value and the iteration of the last result it
+    compared.
     """
 
     def __init__(self, ckpt_dir: str | Path, state_fn: Callable[[], dict[str, Any]], is_main: bool,
@@ -167,21 +162,13 @@ class CheckpointHook(HookBase):
             logger.info("new best %s %.4f: saved best.pth", self.best_metric, value)
 
     def state_dict(self) -> dict[str, Any]:
-        t = self.trainer
-        return {"best": self.best, "compared_at": self._compared_at,
-                "numbering": {"iteration": t.iter, "iters_per_epoch": t.iters_per_epoch}}
+        return {"best": self.best, "compared_at": self._compared_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        t = self.trainer
         self.best = state.get("best")
         self._compared_at = state.get("compared_at")
         if self.best is not None:
-            t.storage.put_scalar("best_metric", self.best)
-        numbering = state.get("numbering")
-        if numbering:  # checkpoints written before it was saved: the records are not renumbered
-            old = int(numbering["iters_per_epoch"])
-            t.storage.put_record("resume", {"checkpoint_iteration": int(numbering["iteration"]), "iteration": t.iter,
-                                            "renumber": None if old == t.iters_per_epoch else [old, t.iters_per_epoch]})
+            self.trainer.storage.put_scalar("best_metric", self.best)
 
 
 class LoggingHook(HookBase):
@@ -194,9 +181,10 @@ class LoggingHook(HookBase):
     over its step time), ``memory_mb`` and ``nonfinite_total``; put beside them: ``memory_peak_mb`` and
     ``eta_seconds``.
 
-    A run resumed in another number of iterations per epoch (the storage's ``resume`` record, see
-    :class:`CheckpointHook`) has each writer renumber what it wrote before (:meth:`EventWriter.renumber`)
-    before it opens, so that the records go on in the iterations the trainer counts and logs.
+    A run resumed in another number of iterations per epoch (the storage's ``renumbered_resume`` record, put by
+    :func:`~solo_npu.engine.checkpointer.restore_training_state`) has each writer renumber what it wrote before
+    (:meth:`EventWriter.renumber`) before it opens, so that the records go on in the iterations the trainer
+    counts and logs.
     """
 
     def __init__(self, writers: Sequence[EventWriter], log_interval: int = 50) -> None:
@@ -214,11 +202,10 @@ class LoggingHook(HookBase):
     def before_train(self) -> None:
         self._since = self.trainer.iter
         self._cursor = self.trainer.storage.num_events
-        resumes = self.trainer.storage.records("resume")
+        resumes = self.trainer.storage.records("renumbered_resume")
         for resume in resumes[self._resumes:]:
-            if resume.get("renumber"):
-                for w in self.writers:
-                    w.renumber(int(resume["checkpoint_iteration"]), tuple(resume["renumber"]))
+            for w in self.writers:
+                w.renumber(int(resume["checkpoint_iteration"]), tuple(resume["renumber"]))
         self._resumes = len(resumes)
         for w in self.writers:
             w.open(self.trainer)
