@@ -32,6 +32,7 @@ import numpy as np
 
 from solo_npu.config.deploy_schema import OmConfig, TorchAieConfig
 from solo_npu.deploy import om
+from solo_npu.deploy.compile_310p import ATC_KEEPS_FP32
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
 from solo_npu.deploy.export import exported_file
 from solo_npu.deploy.preprocess import load_inputs
@@ -55,11 +56,6 @@ ALLOCATOR_PEAK = "allocator peak"        # torch's device allocator (torch_npu /
 PROCESS_RSS = "process RSS"              # CPU runs: the whole process, model and data included
 NPU_SMI = "npu-smi chip used"            # npu-smi's Memory-Usage of the chip: every process on it
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
-# GE precision modes that keep the original graph's float32 (the ATC Instructions; any other runs some float32
-# operators narrower: force_fp32 / cube_fp16in_fp32out still feed the Cube operators float16 inputs, see
-# compile_310p.om_precision).
-FP32_PRECISION_MODES = ("must_keep_origin_dtype",)
-FP32_PRECISION_MODES_V2 = ("origin",)
 
 
 def batches(num: int, batch_size: int) -> list[list[int]]:
@@ -215,8 +211,9 @@ class OnnxRuntimeBackend(Backend):
         if not self.device.startswith("npu"):
             return "fp32"
         options = self.ctx.deploy_cfg.onnxruntime.provider_options.npu or {}
-        keeps = (str(options.get("precision_mode", "")) in FP32_PRECISION_MODES
-                 or str(options.get("precision_mode_v2", "")) in FP32_PRECISION_MODES_V2)
+        # GE reads the provider's options as ATC reads its flags: only the values that keep the original graph's
+        # float32 are fp32 (compile_310p.ATC_KEEPS_FP32, see om_precision)
+        keeps = any(str(options.get(option, "")) == value for option, value in ATC_KEEPS_FP32.items())
         return "fp32" if keeps else "fp16"
 
     @property
