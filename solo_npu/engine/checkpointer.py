@@ -118,9 +118,10 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     A checkpoint of another layout or another number of iterations per epoch (:func:`resume_plan`) continues at
     the same point of its epoch in this run's iterations, its schedule's iteration counts converted and, with
     ``scale_lr`` (``optim.auto_scale_lr``), its learning rate scaled by the total batch; one WARNING says what was
-    done, and a ``renumbered_resume`` record in the trainer's storage (the checkpoint's iteration and
-    :attr:`ResumePlan.renumber`) has the writers renumber what they wrote before
-    (:class:`~solo_npu.engine.hooks.LoggingHook`). A position that cannot be converted raises
+    done. Every resume puts a ``resume`` record in the trainer's storage (``checkpoint_iteration``: the checkpoint's
+    iteration, in its own count; ``renumber``: :attr:`ResumePlan.renumber` as a list, ``None`` for an exact
+    resume), from which the writers leave out what they wrote after the checkpoint and, when converted, renumber
+    the rest (:class:`~solo_npu.engine.hooks.LoggingHook`). A position that cannot be converted raises
     :class:`CheckpointError` before anything is loaded.
     ``path``: the file ``state`` was read from, named by the errors.
     """
@@ -137,9 +138,9 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
         plan.convert_schedule(schedule)
     trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
     trainer.load_hooks_state(plan.convert_hooks(hooks))
-    if plan.renumber is not None:  # the records written before count the checkpoint's iterations (LoggingHook)
-        trainer.storage.put_record("renumbered_resume", {"checkpoint_iteration": int(state["iteration"]),
-                                                         "renumber": list(plan.renumber)})
+    # The records written after the checkpoint are done again; converted, the rest counts its iterations (LoggingHook).
+    trainer.storage.put_record("resume", {"checkpoint_iteration": int(state["iteration"]),
+                                          "renumber": None if plan.renumber is None else list(plan.renumber)})
     set_rng_state(state["rng"])
     if plan.message and comm.is_main_process():
         logger.warning("%s", plan.message)

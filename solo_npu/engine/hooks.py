@@ -181,10 +181,12 @@ class LoggingHook(HookBase):
     over its step time), ``memory_mb`` and ``nonfinite_total``; put beside them: ``memory_peak_mb`` and
     ``eta_seconds``.
 
-    A run resumed in another number of iterations per epoch (the storage's ``renumbered_resume`` record, put by
-    :func:`~solo_npu.engine.checkpointer.restore_training_state`) has each writer renumber what it wrote before
-    (:meth:`EventWriter.renumber`) before it opens, so that the records go on in the iterations the trainer
-    counts and logs.
+    A resumed run (the storage's ``resume`` record, put by
+    :func:`~solo_npu.engine.checkpointer.restore_training_state`: the checkpoint's iteration and, for a resume in
+    another number of iterations per epoch, the two counts) has each writer take what it wrote before in hand
+    (:meth:`EventWriter.resume`) before it opens: what was written after the checkpoint's iteration is left out or
+    hidden (the resumed run does those steps again) and, when converted, the rest renumbered, so that the records
+    go on in the iterations the trainer counts and logs, without an (iteration, name) written twice.
     """
 
     def __init__(self, writers: Sequence[EventWriter], log_interval: int = 50) -> None:
@@ -202,10 +204,11 @@ class LoggingHook(HookBase):
     def before_train(self) -> None:
         self._since = self.trainer.iter
         self._cursor = self.trainer.storage.num_events
-        resumes = self.trainer.storage.records("renumbered_resume")
+        resumes = self.trainer.storage.records("resume")
         for resume in resumes[self._resumes:]:
+            renumber = None if resume["renumber"] is None else tuple(resume["renumber"])
             for w in self.writers:
-                w.renumber(int(resume["checkpoint_iteration"]), tuple(resume["renumber"]))
+                w.resume(int(resume["checkpoint_iteration"]), renumber)
         self._resumes = len(resumes)
         for w in self.writers:
             w.open(self.trainer)

@@ -6,10 +6,13 @@ since the previous write (``train/...`` interval means, ``val/...`` evaluation r
 an interval with a skipped step) are printed on the console but left out of the csv and TensorBoard, whose
 curves they would break.
 
-Their x axis is the trainer's iteration. A run resumed in another number of iterations per epoch (another
-layout or training set: the checkpoint's position converted, see :func:`~solo_npu.engine.checkpointer.resume_plan`)
-counts other iterations than the records written before it; :meth:`EventWriter.renumber` puts those in the
-run's new iterations (the csv) or apart (TensorBoard), so that no curve goes back on itself.
+Their x axis is the trainer's iteration. A resumed run does again the steps logged after its checkpoint (a
+checkpoint older than the last logged row: ``epoch_1.pth`` of a run that went on, ``last.pth`` of a run that
+logged further before it crashed); one resumed in another number of iterations per epoch (another layout or
+training set: the checkpoint's position converted, see :func:`~solo_npu.engine.checkpointer.resume_plan`) also
+counts other iterations than the records written before it. :meth:`EventWriter.resume` leaves out or hides what
+the resumed run writes again and puts the earlier records in the run's new iterations (the csv) or apart
+(TensorBoard), so that no curve goes back on itself and no (iteration, name) is written twice.
 """
 
 from __future__ import annotations
@@ -43,10 +46,11 @@ def use_progress_bar(progress: str) -> bool:
 class EventWriter:
     """Base class: ``open`` before training, ``step`` after every step, ``write`` new events, ``close``."""
 
-    def renumber(self, checkpoint_iteration: int, iters_per_epoch: tuple[int, int]) -> None:
-        """Before ``open`` of a run resumed at ``checkpoint_iteration`` (the checkpoint's count) in another number
-        of iterations per epoch (``iters_per_epoch``: the checkpoint's, this run's): what was written before counts
-        the checkpoint's iterations."""
+    def resume(self, checkpoint_iteration: int, renumber: tuple[int, int] | None = None) -> None:
+        """Before ``open`` of a run resumed from a checkpoint of iteration ``checkpoint_iteration`` (the checkpoint's
+        count): what was written after that iteration is done again by the resumed run. ``renumber``: (iterations
+        per epoch of the checkpoint, of this run) when they differ (a converted resume: what was written before
+        counts the checkpoint's iterations), else ``None`` (an exact resume)."""
 
     def open(self, trainer: Any) -> None: ...
 
@@ -111,12 +115,14 @@ class ConsoleWriter(EventWriter):
 class CSVWriter(EventWriter):
     """``metrics.csv`` in long format (iteration, epoch, name, value), appended to across resumes.
 
-    A resume in another number of iterations per epoch (:meth:`renumber`) rewrites the file in the run's new
-    iterations first: a row at the checkpoint's iteration ``i`` of ``old`` per epoch goes to ``i * new / old``
-    (the same point of its epoch, a fraction where it falls between two new iterations; the resumed run's
-    rows all come after it), rows logged after the checkpoint's iteration (steps the checkpoint does not
-    hold, done again by the resumed run) are left out, and the file as it was is kept as
-    ``metrics_before_resume_<checkpoint iteration>.csv``.
+    On a resume (:meth:`resume`) the rows logged after the checkpoint's iteration (steps the checkpoint does not
+    hold, done again by the resumed run) are left out, so that no (iteration, name) row is written twice. A resume
+    in another number of iterations per epoch also puts every row kept in the run's new iterations: a row at the
+    checkpoint's iteration ``i`` of ``old`` per epoch goes to ``i * new / old`` (the same point of its epoch, a
+    fraction where it falls between two new iterations; the resumed run's rows all come after it). When the file
+    changes, the file as it was is kept as ``metrics_before_resume_<checkpoint iteration>.csv`` (``_2``, ``_3``...
+    after it when that name is taken); an exact resume that leaves nothing out (``last.pth`` of the last logged
+    step) leaves the file as it is.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
@@ -124,10 +130,10 @@ class CSVWriter(EventWriter):
         self._file: Any = None
         self._csv: Any = None
 
-    def renumber(self, checkpoint_iteration: int, iters_per_epoch: tuple[int, int]) -> None:
+    def resume(self, checkpoint_iteration: int, renumber: tuple[int, int] | None = None) -> None:
         if not self.path.is_file():
             return
-        old, new = iters_per_epoch
+        old, new = renumber or (1, 1)
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
         header, kept, left_out, unreadable = rows[:1], [], 0, 0
@@ -140,17 +146,24 @@ class CSVWriter(EventWriter):
             if iteration > checkpoint_iteration:
                 left_out += 1
                 continue
-            kept.append([_iteration_text(iteration * new / old), *row[1:]])
-        before = self.path.with_name(f"metrics_before_resume_{checkpoint_iteration}.csv")
+            kept.append([_iteration_text(iteration * new / old), *row[1:]] if renumber else row)
+        if renumber is None and not left_out:
+            return  # nothing to do again: the resumed run appends
+        before = _free_name(self.path.with_name(f"metrics_before_resume_{checkpoint_iteration}.csv"))
         shutil.copyfile(self.path, before)
-        renumbered = self.path.with_name(self.path.name + ".tmp")
-        with open(renumbered, "w", newline="") as f:
+        rewritten = self.path.with_name(self.path.name + ".tmp")
+        with open(rewritten, "w", newline="") as f:
             csv.writer(f).writerows(header + kept)
-        renumbered.replace(self.path)
-        logger.info("%s: %d rows renumbered from %d to %d iterations per epoch (checkpoint iteration %d -> %s), %d "
-                    "logged after it left out; the file as it was is %s", self.path.name, len(kept), old, new,
-                    checkpoint_iteration, _iteration_text(Fraction(checkpoint_iteration * new, old)), left_out,
-                    before.name)
+        rewritten.replace(self.path)
+        if renumber is None:
+            logger.info("%s: %d rows logged after the checkpoint's iteration %d left out (the resumed run does those "
+                        "steps again); the file as it was is %s", self.path.name, left_out, checkpoint_iteration,
+                        before.name)
+        else:
+            logger.info("%s: %d rows renumbered from %d to %d iterations per epoch (checkpoint iteration %d -> %s), "
+                        "%d logged after it left out; the file as it was is %s", self.path.name, len(kept), old, new,
+                        checkpoint_iteration, _iteration_text(Fraction(checkpoint_iteration * new, old)), left_out,
+                        before.name)
         if unreadable:
             logger.warning("%s: %d rows without a readable iteration left out (they are in %s)", self.path.name,
                            unreadable, before.name)
@@ -180,33 +193,52 @@ class TensorBoardWriter(EventWriter):
 
     When TensorBoard cannot be imported, the writer says so at WARNING once and writes nothing (the csv
     holds the same numbers).
+
+    An exact resume (:meth:`resume` without ``renumber``) opens the writer with ``purge_step`` = the checkpoint's
+    iteration + 1, SummaryWriter's own contract for a restarted run (torch/utils/tensorboard/writer.py,
+    ``SummaryWriter.__init__``: "When logging crashes at step T+X and restarts at step T, any events whose
+    global_step larger or equal to T will be purged and hidden from TensorBoard"; it writes a
+    ``SessionLog.START`` event at that step, on which TensorBoard's EventAccumulator drops the earlier events
+    of steps at or after it). Not the checkpoint's iteration itself: its events describe a step the checkpoint
+    holds (the step's row is logged in the ``after_step`` that saves a mid-epoch checkpoint, or before the
+    epoch's end saves one; the evaluation at that iteration is in the checkpoint's ``EvalHook`` state), and the
+    resumed run, which starts with the next step, does not write them again.
     """
 
     def __init__(self, log_dir: str | Path) -> None:
         self.log_dir = Path(log_dir)
         self._tb: Any = None
+        self._purge_step: int | None = None
 
-    def renumber(self, checkpoint_iteration: int, iters_per_epoch: tuple[int, int]) -> None:
-        """TensorBoard steps are whole numbers: the event files written before go to the subfolder
+    def resume(self, checkpoint_iteration: int, renumber: tuple[int, int] | None = None) -> None:
+        """Exact: the events after ``checkpoint_iteration`` are hidden (``purge_step``). Converted: TensorBoard
+        steps are whole numbers, so the event files written before go to the subfolder
         ``before_resume_<checkpoint iteration>`` (a run of its own in TensorBoard, in the checkpoint's iterations)
         and ``log_dir`` goes on in the run's new iterations."""
         files = sorted(self.log_dir.glob("events.out.tfevents.*"))
         if not files:
             return
+        if renumber is None:
+            self._purge_step = int(checkpoint_iteration) + 1
+            logger.debug("TensorBoard: events at steps >= %d written before the resume are hidden (purge_step)",
+                         self._purge_step)
+            return
+        self._purge_step = None
         before = self.log_dir / f"before_resume_{checkpoint_iteration}"
         before.mkdir(exist_ok=True)
         for path in files:
             path.replace(before / path.name)
         logger.info("TensorBoard: the events written before the resume (%d iterations per epoch) moved to %s; this "
-                    "run's count %d per epoch", iters_per_epoch[0], before, iters_per_epoch[1])
+                    "run's count %d per epoch", renumber[0], before, renumber[1])
 
     def open(self, trainer: Any) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.log_dir))
+            self._tb = SummaryWriter(str(self.log_dir), purge_step=self._purge_step)
         except Exception as exc:  # tensorboard missing or broken: the csv still has everything
             logger.warning("TensorBoard disabled: %s", exc)
+        self._purge_step = None
 
     def write(self, events: Sequence[ScalarEvent], storage: EventStorage) -> None:
         if self._tb is None:
@@ -227,6 +259,15 @@ def default_writers(run_dir: str | Path, progress_bar: bool = False, tensorboard
     if tensorboard:
         writers.append(TensorBoardWriter(Path(run_dir) / "tensorboard"))
     return writers
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or the first of ``<stem>_2<suffix>``, ``<stem>_3<suffix>``... that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
 
 
 def _iteration_text(iteration: Fraction) -> str:

@@ -494,11 +494,12 @@ def _rows(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def _tensorboard_steps(log_dir: Path, tag: str) -> list[int]:
-    """The steps of ``tag`` in the event files directly in ``log_dir``, in the order they were written."""
+def _tensorboard_steps(log_dir: Path, tag: str, purged: bool = False) -> list[int]:
+    """The steps of ``tag`` in the event files directly in ``log_dir``, in the order they were written (``purged``:
+    as TensorBoard shows them, the events a restart's purge_step hides left out)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(log_dir), purge_orphaned_data=False)
+    events = EventAccumulator(str(log_dir), purge_orphaned_data=purged)
     events.Reload()
     return [e.step for e in events.Scalars(tag)]
 
@@ -554,15 +555,21 @@ def _logged_stand_in(run_dir: Path, batch_size: int) -> tuple[Trainer, WarmupSte
                          ids=["exact", "exact_from_epoch_end", "converted_from_epoch_end"])
 def test_records_after_a_resume_in_the_run_directory(checkpoint: str, batch_size: int, tmp_path: Path) -> None:
     """Batches of 2 (12 iterations per epoch) stopped at iteration 18, resumed in the same run directory. An
-    exact resume appends to the records as it always did (from epoch_1.pth, at iteration 12, the rows of 13-18
-    stay and the resumed run's come after them). In batches of 4 (6 per epoch) from epoch_1.pth, the rows up to
-    iteration 12 are renumbered (12 -> 6) and those of 13-18, steps the checkpoint does not hold, left out of
-    metrics.csv (the file as it was is kept beside it)."""
+    exact resume from last.pth appends to the records as it always did. From epoch_1.pth (iteration 12) the rows of
+    13-18, steps the checkpoint does not hold, are left out of metrics.csv (the file as it was is kept beside it) and
+    the resumed run's come after the rows up to 12: in batches of 2 as they were, with TensorBoard's events after
+    step 12 hidden (purge_step 13); in batches of 4 (6 per epoch) renumbered (12 -> 6), TensorBoard's events of
+    before moved apart."""
     part, _ = _logged_stand_in(tmp_path, 2)
     part.max_iters = 18
     part.train()
     before_text = (tmp_path / "metrics.csv").read_text()
     before = _rows(tmp_path / "metrics.csv")
+    # Named as if written at time 0: TensorBoard reads a folder's files in name order (time in seconds, host, pid, a
+    # counter of the process), and both runs here share one process and often one second.
+    for path in (tmp_path / "tensorboard").iterdir():
+        path.rename(path.with_name(re.sub(r"^events\.out\.tfevents\.\d+\.", "events.out.tfevents.0000000000.",
+                                          path.name)))
     events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
     state = load_checkpoint(tmp_path / checkpoint)
 
@@ -572,16 +579,22 @@ def test_records_after_a_resume_in_the_run_directory(checkpoint: str, batch_size
     after_text = (tmp_path / "metrics.csv").read_text()
     after = _rows(tmp_path / "metrics.csv")
     if batch_size == 2:
-        assert after_text.startswith(before_text) and not list(tmp_path.glob("metrics_before_resume_*"))
+        start, end = state["iteration"], 48
+        old = [r for r in before[1:] if int(r[0]) <= start]
+        assert after[1:len(old) + 1] == old  # the rows of the steps the checkpoint holds, as they were
+        if len(old) == len(before) - 1:
+            assert after_text.startswith(before_text) and not list(tmp_path.glob("metrics_before_resume_*"))
+        else:
+            assert (tmp_path / "metrics_before_resume_12.csv").read_text() == before_text
         assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir())[:len(events)] == events
         assert not list((tmp_path / "tensorboard").glob("before_resume_*"))
-        old, start, end = before[1:], state["iteration"], 48
+        assert _tensorboard_steps(tmp_path / "tensorboard", "train/loss_mse", purged=True) == list(range(1, 49))
     else:
         assert (tmp_path / "metrics_before_resume_12.csv").read_text() == before_text
         kept = [r for r in before[1:] if int(r[0]) <= 12]
         old, start, end = after[1:len(kept) + 1], 6, 24
         assert [(float(r[0]), *r[1:]) for r in old] == [(int(r[0]) / 2, *r[1:]) for r in kept]
-        _strictly_increasing_per_name(after[1:])
+    _strictly_increasing_per_name(after[1:])
     new = after[len(old) + 1:]
     assert sorted({int(r[0]) for r in new}) == list(range(start + 1, end + 1))
     if batch_size == 4:
