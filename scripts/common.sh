@@ -223,17 +223,25 @@ write_loss_file() {
 #        | awk 'NR==1{max=$1;next}{max=max>$1?max:$1}END{print max}'`
 # (the later train_full_1p.sh greps '^FPS:'; train_performance_8p.sh and it keep 2 decimals). Their log's values
 # (SOLOv2/mmcv/mmcv/runner/runner.py, Runner.train, and runner/hooks/iter_timer.py, IterTimerHook) are running means
-# of one epoch: samples_per_gpu * num_of_gpus * (i - 5) / time_all every 200 steps (i: the step of the epoch) and,
-# at the end of an epoch of a full run, samples_per_gpu * num_of_gpus * (len(data_loader) - 5) / time_all, where
-# time_all is the wall time between consecutive steps from the epoch's 6th step on, restarted every epoch. A
-# performance run (--train_performance=True) stops after 500 steps: the max of the means at steps 200 and 400. So
-# ModelZoo's figure is the best running mean of any epoch (of any rank: the 8p scripts send every rank's output to
-# the one log), ours the mean of the whole run after a warm-up of 5 steps. For a run at a steady speed both come to
-# the same value; ours is kept because a max of running means picks the luckiest reading (the more epochs and
-# ranks, the higher). The output says so and prints ModelZoo's pipeline on our log as well, which is not a
-# like-for-like figure: our log's FPS: values are the means of each log interval (solo_npu.engine.writers.
-# ConsoleWriter, train.log_interval steps) and of the whole run (the "training done" line), so their max is the
-# fastest interval, above ModelZoo's reading of the same speeds.
+# of one epoch. IterTimerHook.before_epoch sets time_all = 0 and skip_step = 0; after_iter adds the wall time since
+# the previous step's end once skip_step >= 5, so the epoch's first 5 steps are left out and the mean restarts every
+# epoch. Runner.train logs samples_per_gpu * num_of_gpus * (i - 5) / time_all after every 200th step (i: the
+# 0-based step of the epoch; time_all then holds i - 4 steps, so these read 1/(i - 4) low, 0.5% at i = 200) and,
+# at the end of an epoch of a full run, samples_per_gpu * num_of_gpus * (len(data_loader) - 5) / time_all (as many
+# steps as timed). num_of_gpus is train.py's --gpus (8 in train_full_8p.sh): the images of all ranks. A
+# performance run (train_performance_1p.sh: --train_performance=True, no --steps_per_epoch, which tools/train.py
+# defaults to 1000) stops after step i = 1000 with no epoch-end value: the max of the means at i = 200, 400, ... 1000.
+# Our log's FPS: values have the same meaning (solo_npu.engine.writers.ConsoleWriter): on every log line
+# (train.log_interval steps), the running mean of images/s of all ranks over the current epoch's steps from its
+# 6th on, restarted every epoch (a line within an epoch's first 5 steps has no FPS: marker, so the pipeline never
+# reads a word for a number); and the closing "training done" line repeats summary.json's fps. ModelZoo's pipeline
+# on our log is therefore like-for-like with their figure: the best running mean of any epoch. For a run at a
+# steady speed it comes to summary.json's fps (tests/scripts/test_fps_definition.py: within 3% at 4% step-time
+# noise); a max of running means picks the luckiest reading, the more so the more epochs and readings (ours on every
+# log line, theirs every 200 steps; their 8p log has every rank's lines, ours rank 0's), and it leaves out the first
+# 5 steps of every epoch where summary.json's fps leaves out only the run's first 5: where each epoch starts slowly
+# (data-loader workers started anew), theirs reads higher by those steps' share of the time. Ours stays
+# summary.json's fps; the output prints ModelZoo's reading of our log beside it.
 #
 # modelzoo_fps LOG: the max of the numbers after "FPS: " in LOG, as the pipeline above reads them ("None": none).
 modelzoo_fps() {
@@ -288,9 +296,9 @@ PY
         echo "Final Performance images/sec : ${FPS}"
         echo "FPS definition : mean images/s of all ranks over the run after its first 5 steps (summary.json fps);" \
             "the ModelZoo SOLOv2 scripts report the max of their log's FPS: values, running means of each epoch" \
-            "from its 6th step (see scripts/common.sh)"
-        echo "ModelZoo reading of this log (max of its FPS values, ${LOG_INTERVAL}-step means) :" \
-            "$(modelzoo_fps "${LOG_FILE}")"
+            "from its 6th step, as this log's are (see scripts/common.sh)"
+        echo "ModelZoo reading of this log (max of its FPS values, running means of each epoch from its 6th step" \
+            "every ${LOG_INTERVAL} steps) : $(modelzoo_fps "${LOG_FILE}")"
     fi
     if [[ "${mode}" != "perf" ]]; then
         echo "Final Train Accuracy : ${AP}"

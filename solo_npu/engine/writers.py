@@ -61,22 +61,49 @@ class EventWriter:
     def close(self) -> None: ...
 
 
+FPS_SKIPPED_STEPS = 5  # the first steps of every epoch, left out of the log's FPS: values as in ModelZoo's mmcv
+
+
 class ConsoleWriter(EventWriter):
     """One log line per interval (and a tqdm bar when ``progress_bar``).
 
-    The line holds epoch, iteration, losses, lr, images/s, memory and ``FPS: x`` (the marker the ModelZoo
-    runner greps), from the interval's ``train/...`` events; the last step's ``data_time`` and the interval's
-    ``memory_peak_mb`` and ``eta_seconds`` come from the storage. The loop position (epoch, iteration and
-    their totals) is the trainer's.
+    The line holds epoch, iteration, losses, lr, images/s (the interval's), memory and ``FPS: x``, the marker the
+    Ascend ModelZoo SOLOv2 scripts read from the log (the max of its values). ``x`` has the meaning of the ``FPS:``
+    values of their mmcv (Ascend/ModelZoo-PyTorch PyTorch/contrib/cv/detection/SOLOv2/mmcv/mmcv/runner/runner.py,
+    ``Runner.train``, and runner/hooks/iter_timer.py, ``IterTimerHook``): the running mean of images/s over the
+    current epoch's steps after its first ``fps_skipped_steps`` (5; restarted with every epoch), counting the
+    images of all ranks (theirs ``samples_per_gpu * num_of_gpus``, ours the trainer's ``images_per_step``) over
+    this rank's step times (``step_time``, which summary.json's fps is computed from too). So ModelZoo's max of
+    our log reads the values it reads in its own, comparable with summary.json's fps, the mean of the whole run
+    after its first 5 steps. A run resumed inside an epoch leaves out the first 5 steps it runs there. A line
+    logged before the epoch has a step after the skipped ones (in its first 5 steps) has no ``FPS`` marker at all:
+    whatever followed ``FPS`` would be taken for a number by ModelZoo's ``grep 'FPS' | awk -F "FPS: "`` pipeline.
+
+    The interval's ``train/...`` events give the rest of the line; the last step's ``data_time`` and the
+    interval's ``memory_peak_mb`` and ``eta_seconds`` come from the storage. The loop position (epoch, iteration
+    and their totals) is the trainer's.
     """
 
-    def __init__(self, progress_bar: bool = False) -> None:
+    def __init__(self, progress_bar: bool = False, fps_skipped_steps: int = FPS_SKIPPED_STEPS) -> None:
         self.progress_bar = bool(progress_bar)
+        if int(fps_skipped_steps) < 0:
+            raise ValueError(f"fps_skipped_steps must be >= 0, got {fps_skipped_steps}")
+        self.fps_skipped_steps = int(fps_skipped_steps)
         self._trainer: Any = None
         self._bar: Any = None
+        self._fps_epoch: int | None = None  # the epoch the running mean is of
+        self._fps_steps = 0  # its steps seen by this writer
+        self._fps_timed = [0.0, 0.0]  # images, seconds of its steps after the skipped ones
+
+    @property
+    def epoch_fps(self) -> float | None:
+        """The running mean of images/s over the current epoch's steps after the skipped ones; ``None``: none yet."""
+        images, seconds = self._fps_timed
+        return images / seconds if seconds > 0 else None
 
     def open(self, trainer: Any) -> None:
         self._trainer = trainer
+        self._fps_epoch, self._fps_steps, self._fps_timed = None, 0, [0.0, 0.0]
         if self.progress_bar:
             from tqdm import tqdm
 
@@ -85,6 +112,14 @@ class ConsoleWriter(EventWriter):
     def step(self, storage: EventStorage) -> None:
         if self._bar is not None:
             self._bar.update(1)
+        t = self._trainer
+        if t.epoch != self._fps_epoch:  # the timer restarts with every epoch
+            self._fps_epoch, self._fps_steps, self._fps_timed = t.epoch, 0, [0.0, 0.0]
+        self._fps_steps += 1
+        step_time = storage.step_scalars().get("step_time")
+        if self._fps_steps > self.fps_skipped_steps and step_time is not None:
+            self._fps_timed[0] += t.images_per_step
+            self._fps_timed[1] += step_time
 
     def write(self, events: Sequence[ScalarEvent], storage: EventStorage) -> None:
         t = self._trainer
@@ -99,7 +134,10 @@ class ConsoleWriter(EventWriter):
                 f"({t.iter}/{t.max_iters}) {losses} lr: {lr:.3e} images/s: {ips:.2f} "
                 f"mem: {train.get('memory_mb', nan):.0f}MB (peak {storage.latest_value('memory_peak_mb', nan):.0f}MB) "
                 f"data: {storage.latest_value('data_time', nan):.3f}s "
-                f"eta: {format_seconds(storage.latest_value('eta_seconds', 0.0))} FPS: {ips:.3f}")
+                f"eta: {format_seconds(storage.latest_value('eta_seconds', 0.0))}")
+        fps = self.epoch_fps
+        if fps is not None:
+            line += f" FPS: {fps:.3f}"
         if train.get("nonfinite_total"):
             line += f" nonfinite: {int(train['nonfinite_total'])}"
         if self._bar is not None:

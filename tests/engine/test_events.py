@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -67,32 +68,80 @@ def test_history_buffer_keeps_the_newest_values() -> None:
 
 
 class _Position:
-    """The loop position a console line shows (the trainer's attributes)."""
+    """The loop position a console line shows (the trainer's attributes) and the images of a step (all ranks)."""
 
-    epoch, inner_iter, iters_per_epoch, max_epochs, iter, max_iters, nonfinite_total = 0, 4, 6, 2, 4, 12, 1
+    epoch, inner_iter, iters_per_epoch, max_epochs, iter, max_iters, nonfinite_total = 0, 7, 9, 2, 7, 18, 1
+    images_per_step = 2
+
+
+def _steps(storage: EventStorage, writer: ConsoleWriter, trainer: object, step_times: list[float]) -> None:
+    """Steps of ``trainer``'s epoch with these step times (as the trainer puts them), handed to ``writer``."""
+    for step_time in step_times:
+        trainer.iter += 1
+        trainer.inner_iter += 1
+        storage.begin_step(trainer.iter, trainer.epoch)
+        storage.put_scalars({"data_time": 0.25, "step_time": step_time})
+        writer.step(storage)
 
 
 def test_csv_leaves_out_non_finite_values_that_the_console_prints(tmp_path: Path, caplog) -> None:
     s = EventStorage()
-    s.begin_step(4, 0)
-    s.put_scalars({"data_time": 0.25, "memory_peak_mb": 12.0, "eta_seconds": 3725.0})
-    s.put_scalars({"loss_a": float("nan"), "loss": float("nan"), "lr": 0.01, "images_per_sec": 8.0,
-                   "memory_mb": 10.0, "nonfinite_total": 1.0}, prefix="train/", publish=True)
+    position = _Position()
+    position.iter = position.inner_iter = 0
     writers = [ConsoleWriter(), CSVWriter(tmp_path)]
     for w in writers:
-        w.open(_Position())
+        w.open(position)
+    _steps(s, writers[0], position, [9.0] * 5 + [0.5, 0.25])  # the epoch's first 5 steps are not in FPS
+    s.put_scalars({"memory_peak_mb": 12.0, "eta_seconds": 3725.0})
+    s.put_scalars({"loss_a": float("nan"), "loss": float("nan"), "lr": 0.01, "images_per_sec": 8.0,
+                   "memory_mb": 10.0, "nonfinite_total": 1.0}, prefix="train/", publish=True)
     with caplog.at_level(logging.INFO, logger="solo_npu.engine.writers"):
         for w in writers:
             w.write(s.events(), s)
             w.close()
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line == ("epoch [1/2] iter [4/6] (4/12) loss_a: nan loss: nan lr: 1.000e-02 images/s: 8.00 "
-                    "mem: 10MB (peak 12MB) data: 0.250s eta: 1:02:05 FPS: 8.000 nonfinite: 1")
+    # images/s: the interval's (as published); FPS: the epoch's running mean after its first 5 steps, 4 / 0.75.
+    assert line == ("epoch [1/2] iter [7/9] (7/18) loss_a: nan loss: nan lr: 1.000e-02 images/s: 8.00 "
+                    "mem: 10MB (peak 12MB) data: 0.250s eta: 1:02:05 FPS: 5.333 nonfinite: 1")
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows == [["iteration", "epoch", "name", "value"], ["4", "0", "train/lr", "0.01"],
-                    ["4", "0", "train/images_per_sec", "8"], ["4", "0", "train/memory_mb", "10"],
-                    ["4", "0", "train/nonfinite_total", "1"]]
+    assert rows == [["iteration", "epoch", "name", "value"], ["7", "0", "train/lr", "0.01"],
+                    ["7", "0", "train/images_per_sec", "8"], ["7", "0", "train/memory_mb", "10"],
+                    ["7", "0", "train/nonfinite_total", "1"]]
+
+
+def test_console_fps_is_the_running_mean_of_the_epoch_after_its_first_steps(caplog) -> None:
+    """ModelZoo's mmcv (SOLOv2/mmcv/mmcv/runner/hooks/iter_timer.py, IterTimerHook) times the steps of an epoch from
+    its 6th on and restarts with every epoch; the log's FPS: is images of all ranks over those steps' time. A line
+    before the epoch has such a step has no FPS marker. Two epochs of 9 steps, a line every 2 steps."""
+    s = EventStorage()
+    position = _Position()
+    position.iter = position.inner_iter = 0
+    console = ConsoleWriter()
+    console.open(position)
+    times = [[0.1 * (1 + (3 * k + e) % 7) for k in range(9)] for e in range(2)]  # uneven, another order each epoch
+    seen: list[tuple[int, float | None]] = []
+    with caplog.at_level(logging.INFO, logger="solo_npu.engine.writers"):
+        for epoch in range(2):
+            position.epoch, position.inner_iter = epoch, 0
+            for k in range(9):
+                _steps(s, console, position, [times[epoch][k]])
+                if position.iter % 2 == 0:
+                    caplog.clear()
+                    s.put_scalars({"lr": 0.01, "images_per_sec": 123.0}, prefix="train/", publish=True)
+                    console.write(s.events(s.num_events - 2), s)
+                    (line,) = [r.getMessage() for r in caplog.records]
+                    assert "images/s: 123.00 " in line, line
+                    fps = re.findall(r"FPS: (\S+)", line)
+                    seen.append((position.inner_iter, float(fps[0]) if fps else None))
+                    assert len(fps) <= 1 and ("FPS" in line) == bool(fps), line
+    expected = []
+    for epoch, inner in [(0, 2), (0, 4), (0, 6), (0, 8), (1, 1), (1, 3), (1, 5), (1, 7), (1, 9)]:
+        timed = times[epoch][5:inner]
+        expected.append((inner, round(2 * len(timed) / sum(timed), 3) if timed else None))
+    assert seen == expected
+    with pytest.raises(ValueError, match="fps_skipped_steps"):
+        ConsoleWriter(fps_skipped_steps=-1)
 
 
 def test_progress_bar_is_decided_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
