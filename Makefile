@@ -4,7 +4,8 @@
 #
 # Supported torch: 2.1.0 and newer (pyproject: torch>=2.1). The floor is the oldest torch that torch_npu
 # still ships and maintains: torch 2.1.0 <-> torch-npu 2.1.0.post17 (CANN 8.3.RC1), see docker/README.md.
-# `make test` runs the suite on the pinned torch below; `make test-floor` runs it again on the floor.
+# `make test` runs the suite on the pinned torch below; `make test-floor` runs it again on the floor, `make test-lts`
+# on torch 2.7.1.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -33,9 +34,15 @@ endif
 FLOOR_VENV ?= .venv-floor
 FLOOR_TORCH_SPEC ?= torch==$(FLOOR_TORCH_VERSION) "numpy<2"
 FLOOR_TESTS ?= tests
+# Long-term lane: torch 2.7.1, the torch of torch_npu's long-term 2.7.1 line (torch-npu 2.7.1.post4, CANN 9.0.0,
+# see docker/README.md), from PyPI (the CUDA 12.6 build; it runs on the CPU), on $(PYTHON). The whole suite again,
+# so that a torch between the floor and the pinned one is run, not assumed.
+LTS_TORCH_VERSION := 2.7.1
+LTS_VENV ?= .venv-lts
+LTS_TORCH_SPEC ?= torch==$(LTS_TORCH_VERSION)
 PY_MINOR := import sys; print("%d.%d" % sys.version_info[:2])
 
-.PHONY: install demo test test-floor lint clean
+.PHONY: install demo test test-floor test-lts lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +75,13 @@ test-floor:
 		assert v == '$(FLOOR_TORCH_VERSION)', f'$(FLOOR_VENV) holds torch {v}, not $(FLOOR_TORCH_VERSION)'; \
 		print(f'floor lane: Python {sys.version.split()[0]}, torch {torch.__version__}')"
 	$(MAKE) test VENV=$(FLOOR_VENV) TORCH_SPEC='$(FLOOR_TORCH_SPEC)' TESTS='-rs $(FLOOR_TESTS)'
+
+test-lts:
+	$(MAKE) install VENV=$(LTS_VENV) TORCH_SPEC='$(LTS_TORCH_SPEC)'
+	$(LTS_VENV)/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
+		assert v == '$(LTS_TORCH_VERSION)', f'$(LTS_VENV) holds torch {v}, not $(LTS_TORCH_VERSION)'; \
+		print(f'long-term lane: Python {sys.version.split()[0]}, torch {torch.__version__}')"
+	$(MAKE) test VENV=$(LTS_VENV) TORCH_SPEC='$(LTS_TORCH_SPEC)' TESTS='-rs tests'
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -98,3 +98,16 @@ def test_python_floor_is_the_one_the_floor_lane_runs():
     assert _one(r'^target-version = "py(\d+)"$', pyproject, "pyproject.toml") == oldest.replace(".", "")
     readme = (ROOT / "README.md").read_text().replace("\n", " ")
     assert f"need only Python {oldest}+" in readme and f"with Python {oldest}, the oldest supported Python" in readme
+
+
+def test_long_term_lane_runs_the_long_term_torch():
+    """The Makefile's long-term lane runs the torch of docker/README.md's long-term torch_npu row, and CI runs it:
+    the README's claim that torch between the floor and the pinned one works is tested on that torch."""
+    makefile = (ROOT / "Makefile").read_text()
+    lts = _one(r"^LTS_TORCH_VERSION :?= *(\S+)$", makefile, "Makefile")
+    rows = re.findall(r"^\| *([\d.]+) *\| *(\S+) *\| *([\w.]+) *\|[^|]*\| *long-term, maintained",
+                      (ROOT / "docker/README.md").read_text(), re.M)
+    assert [r[0] for r in rows] == [lts], rows
+    assert "make test-lts" in (ROOT / ".ci/run").read_text()
+    readme = (ROOT / "README.md").read_text().replace("\n", " ")
+    assert f"on {lts} (`make test-lts`" in readme

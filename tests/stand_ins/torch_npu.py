@@ -425,8 +425,20 @@ _HOOKS: list[Any] = []
 
 def _register_accelerator_hooks() -> None:
     """Make "npu" the process's accelerator, as torch_npu's C++ PrivateUse1 hooks do (collectives such as
-    ``dist.barrier`` ask for it). Process-wide and irreversible, hence only for a worker of its own."""
-    if not _HOOKS and hasattr(torch._C, "_acc"):  # older torch (2.1) has no torch._C._acc
+    ``dist.barrier`` ask for it). Process-wide and irreversible, hence only for a worker of its own.
+
+    The real one registers its hooks when it is imported (torch_npu/csrc/core/npu/impl/NPUGuardImpl.cpp @ 093e9ad9,
+    ``REGISTER_PRIVATEUSE1_BACKEND(npu)``: ``at::RegisterPrivateUse1HooksInterface(c10_npu::get_npu_hooks())``).
+    Without registered hooks a renamed PrivateUse1 backend makes ``torch._C._get_accelerator()`` raise "Please
+    register PrivateUse1HooksInterface"; ``dist.barrier`` calls it (torch 2.7.1: distributed_c10d.py). A torch with
+    Python-side registration (``torch._C._acc``, 2.13) gets Python hooks; one without it (2.7.1) gets the answer
+    registered hooks give, ``torch._C._get_accelerator() -> device(type='npu')``; torch 2.1 has neither.
+    """
+    if not _HOOKS and not hasattr(torch._C, "_acc") and hasattr(torch._C, "_get_accelerator"):
+        npu = torch.device("npu")
+        _HOOKS.append(torch._C._get_accelerator)
+        torch._C._get_accelerator = lambda check=None: npu
+    if not _HOOKS and hasattr(torch._C, "_acc"):
         class _HostNpuHooks(torch._C._acc.PrivateUse1Hooks):
             def is_available(self) -> bool:
                 return True
