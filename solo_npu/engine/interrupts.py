@@ -20,8 +20,14 @@ hold ends: the run stops after the step, and the checkpoint hook saves ``last.pt
   (:meth:`request_values` / :meth:`agree`), and a rank stops only after a step in which a request was seen
   by all; between steps a request waits for the next step.
 
+After training (:class:`FinalPhase`: the final evaluation, the last checkpoint, ``summary.json``) there is no
+step to stop after, and the run's training is done: a first Ctrl-C is held, with a line saying so, and the run
+ends when it has finished (exit status 0: its results are complete); Ctrl-C again (a second or more later)
+stops at once, and ``summary.json``, written when training ended, says the final evaluation was interrupted.
+
 Handlers are installed only in the main thread and only over Python's defaults (``default_int_handler``
-for SIGINT, ``SIG_DFL`` for SIGTERM), and restored afterwards. Data-loader workers ignore both signals
+for SIGINT, ``SIG_DFL`` for SIGTERM) or a spawned worker's handler outside its loop
+(:data:`outside_loop_handler`), and restored afterwards. Data-loader workers ignore both signals
 (``solo_npu.data.build``): the main process ends them when it stops, so a Ctrl-C in the terminal, which
 reaches every process of the group, does not take the batches of the step in progress away.
 """
@@ -37,14 +43,52 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["InterruptedMidStep", "Interrupts", "Terminated"]
+__all__ = ["FinalPhase", "InterruptedMidStep", "Interrupts", "Terminated"]
 
 
 SAME_CTRL_C_S = 1.0  # a second SIGINT sooner than this after the first is the same one
 _clock = time.monotonic
-# Told True once a training loop has taken SIGINT over and False once it gave it back: a spawned worker tells its
-# parent, which passes a SIGINT on as such only into the loop (solo_npu.engine.launch).
-takeover_listener: Callable[[bool], None] | None = None
+# Told "loop" once a training loop has taken the signals over, "out" once it gave them back and "final" once the
+# run's training has ended (FinalPhase): a spawned worker tells its parent, which decides what a SIGINT does
+# there (solo_npu.engine.launch).
+phase_listener: Callable[[str], None] | None = None
+# A spawned worker's SIGINT handler outside its training loop (solo_npu.engine.launch): the loop takes SIGINT over
+# from it as from Python's default, and gives it back with system calls restarted after it (it does nothing, so
+# a read in progress, of an image in the final evaluation say, must not fail with EINTR).
+outside_loop_handler: Callable[[int, FrameType | None], Any] | None = None
+# Whether the handlers here say on stderr what a signal does. A spawned worker's parent says it once for the run.
+announce = True
+
+FINAL_PHASE_NOTICE = ("SIGINT received after training: the run ends once its final evaluation, last.pth and "
+                      "summary.json are done; Ctrl-C again stops at once")
+
+
+def stop_notice(signum: int, distributed: bool) -> str:
+    """The line that says how a training loop stops on ``signum`` (the first request)."""
+    name = signal.Signals(signum).name
+    when = "the step that every rank has seen the request in" if distributed else "this step"
+    again = "; Ctrl-C again stops at once without saving" if signum == signal.SIGINT else ""
+    return f"{name} received: stopping after {when} and saving last.pth{again}"
+
+
+def say(line: str) -> None:
+    """``line`` on stderr with os.write, not logging or print: a signal handler may run while the main thread is
+    inside a write. A closed stderr (the pipe to `tee` ended by the same Ctrl-C) must not turn a stop into an
+    error."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"\n{line}\n".encode())
+
+
+def _takes_over(handler: Any) -> bool:
+    """Whether a handler of ours may replace ``handler`` (the current SIGINT handler)."""
+    return handler is signal.default_int_handler or (handler is outside_loop_handler and handler is not None)
+
+
+def set_sigint(handler: Any) -> None:
+    """Install ``handler`` for SIGINT; :data:`outside_loop_handler` with system calls restarted after it."""
+    signal.signal(signal.SIGINT, handler)
+    if handler is outside_loop_handler and handler is not None:
+        signal.siginterrupt(signal.SIGINT, False)
 
 
 class Terminated(KeyboardInterrupt):
@@ -79,20 +123,25 @@ class Interrupts:
         self._distributed = bool(distributed)
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-            if signal.getsignal(signum) is default:
-                self._previous[signum] = default
-                signal.signal(signum, self._handle)
-        if signal.SIGINT in self._previous and takeover_listener is not None:
-            takeover_listener(True)
+        if _takes_over(signal.getsignal(signal.SIGINT)):
+            self._previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._previous[signal.SIGTERM] = signal.SIG_DFL
+            signal.signal(signal.SIGTERM, self._handle)
+        if self._previous and phase_listener is not None:
+            phase_listener("loop")
 
     def restore(self) -> None:
-        took_sigint = signal.SIGINT in self._previous
+        took = bool(self._previous)
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            if signum == signal.SIGINT:
+                set_sigint(previous)
+            else:
+                signal.signal(signum, previous)
         self._previous.clear()
-        if took_sigint and takeover_listener is not None:
-            takeover_listener(False)
+        if took and phase_listener is not None:
+            phase_listener("out")
         self._holding, self._pending, self._agreed = False, None, 0
 
     @property
@@ -140,10 +189,48 @@ class Interrupts:
             raise KeyboardInterrupt("SIGINT received twice")
         if self._pending is None:
             self._pending, self._pending_at = signum, _clock()
-            name = signal.Signals(signum).name
-            when = "this step" if not self._distributed else "the step that every rank has seen the request in"
-            again = "; Ctrl-C again stops at once without saving" if signum == signal.SIGINT else ""
-            # os.write, not logging or print: the handler may run while the main thread is inside a write. A
-            # closed stderr (the pipe to `tee` ended by the same Ctrl-C) must not turn the stop into an error.
-            with contextlib.suppress(OSError):
-                os.write(2, f"\n{name} received: stopping after {when} and saving last.pth{again}\n".encode())
+            if announce:
+                say(stop_notice(signum, self._distributed))
+
+
+class FinalPhase:
+    """SIGINT once the run's training has ended (see the module docstring): the first is held, Ctrl-C again
+    raises ``KeyboardInterrupt`` at once.
+
+    It takes SIGINT over only from Python's default handler: a spawned worker keeps its own, which leaves the
+    decision to its parent (solo_npu.engine.launch), told here that the run's training has ended. System calls
+    are restarted after the first SIGINT, which changes nothing, and interrupted after the next, which stops.
+    """
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+        self._first_at: float | None = None
+        self._announce = True
+
+    def install(self, announce: bool = True) -> None:
+        """Hold SIGINT from here on; ``announce``: say on stderr that it is held (one rank of several)."""
+        self._first_at, self._announce = None, bool(announce)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if phase_listener is not None:
+            phase_listener("final")
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.default_int_handler
+            signal.signal(signal.SIGINT, self._handle)
+            signal.siginterrupt(signal.SIGINT, False)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = _clock()
+        if self._first_at is None:
+            self._first_at = now
+            signal.siginterrupt(signal.SIGINT, True)  # the next one must not wait for a system call to end
+            if self._announce and announce:
+                say(FINAL_PHASE_NOTICE)
+            return
+        if now - self._first_at >= SAME_CTRL_C_S:
+            raise KeyboardInterrupt("SIGINT received twice")

@@ -36,7 +36,7 @@ from solo_npu.engine.hooks import (
     count_summary,
     gather_fault_counts,
 )
-from solo_npu.engine.interrupts import InterruptedMidStep
+from solo_npu.engine.interrupts import FinalPhase, InterruptedMidStep
 from solo_npu.engine.logs import setup_logging
 from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
@@ -255,7 +255,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     model, optimizer, lr = _build_model_and_optimizer(cfg, info, data.num_classes, resume_file,
                                                       data.train_set.class_names)
     trainer, schedule = _build_trainer(cfg, info, model, optimizer, lr, data)
-    trainer.register_hooks(_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar))
+    run_end = RunEnd(run_dir, t0, int(cfg.train.batch_size), info, bool(cfg.train.eval_at_end))
+    trainer.register_hooks([run_end, *_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar)])
     if resume_state is not None:
         restore_training_state(trainer, resume_state, schedule, scale_lr=bool(cfg.optim.auto_scale_lr),
                                path=resume_file)
@@ -265,15 +266,18 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     from solo_npu.data import stop_workers
 
     try:
-        summary = _run(trainer, model, run_dir, t0, int(cfg.train.batch_size), info)
-    finally:  # before the launcher tears the process group down (see stop_workers)
-        for loader in (data.loader, data.val_loader):
-            stop_workers(loader)
-    if comm.get_rank() == 0 and cfg.train.plots:
-        from solo_npu.engine.report import save_plots, save_prediction_images
+        try:
+            summary = _run(trainer, model, run_dir, run_end)
+        finally:  # before the launcher tears the process group down (see stop_workers)
+            for loader in (data.loader, data.val_loader):
+                stop_workers(loader)
+        if comm.get_rank() == 0 and cfg.train.plots:
+            from solo_npu.engine.report import save_plots, save_prediction_images
 
-        save_plots(run_dir)
-        save_prediction_images(model, data.val_set, run_dir / "predictions", int(cfg.train.vis_images), info)
+            save_plots(run_dir)
+            save_prediction_images(model, data.val_set, run_dir / "predictions", int(cfg.train.vis_images), info)
+    finally:
+        run_end.final.restore()
     return summary
 
 
@@ -371,23 +375,54 @@ def _build_hooks(cfg: DictConfig, run_dir: Path, info: DeviceInfo, trainer: Trai
     return hooks
 
 
-def _run(trainer: Trainer, model: nn.Module, run_dir: Path, t0: float, batch_size: int,
-         info: DeviceInfo) -> dict[str, Any]:
-    """Train; write ``summary.json`` whether training ends, stops on non-finite losses or fails."""
-    status = "failed"
+class RunEnd(HookBase):
+    """Registered first: when training has ended, before the final evaluation and the other hooks' ``after_train``,
+    SIGINT is held for the rest of the run (:class:`~solo_npu.engine.interrupts.FinalPhase`: a first Ctrl-C waits
+    for the run's end, Ctrl-C again stops at once) and rank 0 writes ``summary.json`` with the training's results
+    (:meth:`summary`), so that a run stopped during its final evaluation (Ctrl-C twice, a kill) keeps one that
+    says so. The run's end writes it again."""
+
+    def __init__(self, run_dir: Path, t0: float, batch_size: int, info: DeviceInfo, eval_at_end: bool) -> None:
+        self.run_dir, self.t0, self.batch_size, self.info = Path(run_dir), t0, int(batch_size), info
+        self.eval_at_end = bool(eval_at_end)
+        self.final = FinalPhase()
+        self.reached = False  # training ended: the run is in its final phase
+
+    def after_train(self) -> None:
+        self.reached = True
+        self.final.install(announce=comm.is_main_process())
+        write_summary(self.run_dir, self.summary("ok", ended=False))
+
+    def summary(self, status: str, ended: bool = True) -> dict[str, Any]:
+        """:func:`train_summary` now. ``ended``: the run got to its end; if not, after training, and the final
+        evaluation (``train.eval_at_end``) has no results at the last iteration, with ``final_evaluation:
+        "interrupted"`` and no AP (the latest one would be an earlier evaluation's)."""
+        trainer = self.trainer
+        summary = train_summary(trainer, status, time.time() - self.t0, self.batch_size, self.info)
+        evaluated = any(name.startswith("val/") and iteration == trainer.iter
+                        for name, (_, iteration) in trainer.storage.latest().items())
+        if not ended and self.reached and self.eval_at_end and not evaluated:
+            summary.update(segm_ap=None, bbox_ap=None, final_evaluation="interrupted")
+        return summary
+
+
+def _run(trainer: Trainer, model: nn.Module, run_dir: Path, run_end: RunEnd) -> dict[str, Any]:
+    """Train; write ``summary.json`` whether training ends, stops on non-finite losses or fails. Stopped after
+    training (Ctrl-C twice during the final evaluation), the run's status stays ``ok``."""
+    status, ended = "failed", False
     try:
         trainer.train()
-        status = "ok"
+        status, ended = "ok", True
     except NonFiniteLossError as exc:
         status = "nonfinite"
         logger.error("%s", exc)
         raise
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (solo_npu.engine.interrupts): saved, or not mid-step
-        status = "interrupted" if isinstance(exc, InterruptedMidStep) else "stopped"
+        status = "ok" if run_end.reached else "interrupted" if isinstance(exc, InterruptedMidStep) else "stopped"
         raise
     finally:
-        summary = train_summary(trainer, status, time.time() - t0, batch_size, info)
-        if status == "ok":
+        summary = run_end.summary(status, ended)
+        if ended:
             summary["ranks_in_sync"] = comm.params_in_sync(model)
             if not summary["ranks_in_sync"]:
                 logger.error("the ranks ended with different weights")

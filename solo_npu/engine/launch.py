@@ -118,11 +118,12 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
 
 
 def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, node_rank: int, nproc: int,
-             world_size: int, master_addr: str, master_port: int, timeout_min: int, pipes: list[Any]) -> None:
+             world_size: int, master_addr: str, master_port: int, timeout_min: int, pipes: list[Any],
+             sigint_ignored: bool = False) -> None:
     env = DistEnv(node_rank * nproc + local_rank, local_rank, world_size, master_addr, master_port)
     os.environ["LOCAL_WORLD_SIZE"] = str(nproc)
     try:
-        _report_signals(pipes[local_rank])
+        _report_signals(pipes[local_rank], sigint_ignored)
         _run_worker(job, cfg, run_dir, env, timeout_min)
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM: every rank stopped after the same step
         # Global rank 0 saved the state before its exception left the trainer; the exit status of each node's
@@ -134,33 +135,53 @@ def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, no
 
 
 _SIGNAL_PIPE: Any = None  # this worker's pipe to its parent (_report_signals), kept open for the C signal handler
-# What a worker reports on its pipe besides the numbers of the signals it gets (1 to 64): the training loop took
-# SIGINT over, or gave it back (solo_npu.engine.interrupts.takeover_listener).
-_IN_LOOP, _OUT_OF_LOOP = 0xFF, 0xFE
+_PARENT_PID = 0  # the process that started this worker
+# What a worker reports on its pipe besides the numbers of the signals it gets (1 to 64): its training loop took
+# the signals over, gave them back, or the run's training ended (solo_npu.engine.interrupts.phase_listener).
+_IN_LOOP, _OUT_OF_LOOP, _FINAL = 0xFF, 0xFE, 0xFD
+_PHASE_BYTES = {"loop": _IN_LOOP, "out": _OUT_OF_LOOP, "final": _FINAL}
 
 
-def _report_signals(pipe: tuple[Any, Any]) -> None:
-    """Tell the parent (:class:`_Relay`) which signals this worker gets and when its training loop holds SIGINT.
+def _report_signals(pipe: tuple[Any, Any], sigint_ignored: bool = False) -> None:
+    """Tell the parent (:class:`_Relay`) which signals this worker gets and where it is: in its training loop,
+    out of it, or after training; outside the loop leave SIGINT to the parent (:func:`_outside_loop`).
 
     Python's C-level signal handler writes the number of each signal to the ``signal.set_wakeup_fd`` descriptor
     the moment it arrives, before the Python handler runs. Both ends of the pipe stay open here, so the handler
     never writes into a pipe without a reader (the parent may be gone: torch.multiprocessing's parent-death
-    signal is a SIGINT), and a full pipe drops the byte without a warning.
+    signal is a SIGINT), and a full pipe drops the byte without a warning. The worker was started with SIGINT
+    ignored (:func:`_start_workers`), so a Ctrl-C while it imported did nothing here; ``sigint_ignored``: the
+    parent had it ignored too (started in the background), and it stays so.
     """
     from solo_npu.engine import interrupts
 
-    global _SIGNAL_PIPE
-    _SIGNAL_PIPE = pipe
+    global _SIGNAL_PIPE, _PARENT_PID
+    _SIGNAL_PIPE, _PARENT_PID = pipe, os.getppid()
     fd = pipe[1].fileno()
     os.set_blocking(fd, False)
-    with contextlib.suppress(ValueError):  # not the main thread: the parent then sees no signal of this worker
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
-    def report(in_loop: bool) -> None:
+    def report(phase: str) -> None:
         with contextlib.suppress(OSError):
-            os.write(fd, bytes([_IN_LOOP if in_loop else _OUT_OF_LOOP]))
+            os.write(fd, bytes([_PHASE_BYTES[phase]]))
 
-    interrupts.takeover_listener = report
+    interrupts.phase_listener = report
+    interrupts.outside_loop_handler = _outside_loop
+    interrupts.announce = False  # the parent says it once for the run
+    if threading.current_thread() is not threading.main_thread():
+        return  # the parent then sees no signal of this worker
+    signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    if not sigint_ignored:
+        interrupts.set_sigint(_outside_loop)
+
+
+def _outside_loop(signum: int, frame: Any) -> None:
+    """A spawned worker's SIGINT outside its training loop does nothing here: raised, it would stop this worker
+    wherever it is (importing, in the rendezvous, setting up, in the final evaluation) and leave the others
+    waiting for it in a collective. The parent, which a terminal's Ctrl-C reaches too and this worker's report
+    of it otherwise (:class:`_Relay`), decides for the run. A worker whose parent is gone stops on its own
+    (torch.multiprocessing's parent-death signal is a SIGINT)."""
+    if os.getppid() != _PARENT_PID:
+        raise KeyboardInterrupt("SIGINT received")
 
 
 def _leave_worker(status: int = 0) -> None:
@@ -222,9 +243,10 @@ def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
                 world_size, addr, port)
     torch.set_num_threads(max(1, torch.get_num_threads() // nproc))
     pipes = [mp.get_context("spawn").Pipe(duplex=False) for _ in range(nproc)]
+    sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     _join_relaying_signals(lambda: mp.start_processes(
-        _spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port, timeout_min, pipes),
-        nprocs=nproc, join=False, start_method="spawn"), pipes)
+        _spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port, timeout_min, pipes,
+                        sigint_ignored), nprocs=nproc, join=False, start_method="spawn"), pipes)
     return None
 
 
@@ -288,6 +310,8 @@ def _wait_bounded(context: Any, grace_s: float | None = None, relay: _Relay | No
         wait([p.sentinel for p in alive] + (relay.readers if relay is not None else []), timeout=1.0)
         if relay is not None:
             relay.drain()
+            if relay.reported:  # a worker outside its loop got a SIGINT of its own: the run's Ctrl-C
+                relay.handle(signal.SIGINT, None)
     if first_failed is not None:  # join() reports the first ended sentinel it finds failed: put that one first
         order = sorted(context.sentinels.items(), key=lambda item: item[1] != first_failed)
         context.sentinels = dict(order)
@@ -298,22 +322,34 @@ OWN_SIGINT_WAIT_S = 0.05
 
 
 class _Relay:
-    """The spawn parent's SIGINT / SIGTERM handler: passes the signal on to the workers.
+    """The spawn parent's SIGINT / SIGTERM handler: passes the signal on to the workers, or ends them.
 
     A terminal's Ctrl-C reaches every process of the foreground group, the workers included, and so does
     ``timeout -s INT`` (GNU coreutils src/timeout.c signals the command, then its process group); ``kill -INT`` of
-    the parent (job schedulers, IDEs, ``timeout --foreground -s INT``) reaches the parent alone. A worker must get
-    one SIGINT per Ctrl-C either way. Two further apart than the trainer merges (``SAME_CTRL_C_S``, timed when
-    the Python handler runs, which may be long after the arrival) are "Ctrl-C twice", a stop without saving, and
-    one that arrives after the worker raised its stop interrupts the stop itself: passed on as well, a terminal's
-    second Ctrl-C ended most runs as a plain Ctrl-C. So a SIGINT is passed on only to the workers that did not
-    get one of their own within ``SAME_CTRL_C_S``: each reports the signals it gets the moment they arrive
-    (:func:`_report_signals`), and the report of a Ctrl-C that reached both is read here before anything is sent.
+    the parent (job schedulers, IDEs, ``timeout --foreground -s INT``) reaches the parent alone. What a signal does
+    depends on where the workers are; each reports the signals it gets the moment they arrive and where it is
+    (:func:`_report_signals`), and these reports are read here before anything is sent.
 
-    Outside its training loop (starting, the last evaluation, leaving) a worker has no step to finish: a SIGINT
-    would raise wherever it is, a traceback while it still imports, and a rank that stops there leaves the others
-    waiting for it in the rendezvous or a collective (seen: 120 s, then killed). There the worker gets SIGTERM
-    instead, which ends it at once, and the run is reported as stopped by Ctrl-C. SIGTERM is passed on as it is.
+    - All in their training loop: a worker must get one SIGINT per Ctrl-C. Two further apart than the trainer
+      merges (``SAME_CTRL_C_S``, timed when the Python handler runs, which may be long after the arrival) are
+      "Ctrl-C twice", a stop without saving, and one that arrives after the worker raised its stop interrupts the
+      stop itself: passed on as well, a terminal's second Ctrl-C ended most runs as a plain Ctrl-C. So a SIGINT
+      is passed on only to the workers that did not get one of their own within ``SAME_CTRL_C_S``. A worker that
+      left its loop on a stop (saving last.pth) gets SIGTERM instead: the stop is interrupted, as Ctrl-C twice does.
+      The line that says what happens is written here once, not by every rank.
+    - One still starting (importing, in the rendezvous, setting up, evaluating in ``mode=eval``): no step can be
+      taken, and a worker stopped wherever it is leaves the others waiting for it in the rendezvous or a collective
+      (gloo ends that wait with "Connection closed by peer" and a traceback; NCCL and HCCL wait until the workers
+      are killed, :data:`WORKER_EXIT_GRACE_S`). Every worker ends at once: SIGTERM, or
+      SIGKILL for one already in its loop, whose handler would take SIGTERM for a stop request and wait for a
+      step that its peers will not take (it has nothing to save: no step was taken since it started). The run is
+      reported as stopped by Ctrl-C, whatever the workers' ends look like.
+    - After training (the final evaluation, last.pth, summary.json; solo_npu.engine.interrupts.FinalPhase): the
+      first SIGINT is held, with a line saying so, and the run ends normally; the next one ends every worker at
+      once (summary.json, written when training ended, says the final evaluation was interrupted).
+
+    SIGTERM is passed on as it is, except to workers still starting, which end at once as for SIGINT. A worker's
+    own SIGINT outside its loop (``kill -INT`` of the worker) counts as the run's.
     """
 
     def __init__(self, pipes: list[tuple[Any, Any]]) -> None:
@@ -323,9 +359,13 @@ class _Relay:
         self.context: Any = None
         self.received: set[int] = set()
         self.early: list[int] = []  # what arrived while the workers were being started
-        self.in_loop = [False] * len(pipes)
+        self.phase = ["start"] * len(pipes)  # "start", "loop", "out" or "final" (_PHASE_BYTES)
         self.sigint_at = -math.inf  # this process's last SIGINT
         self.own_sigint_at = [-math.inf] * len(pipes)  # each worker's, as it reported
+        self.reported = False  # a worker outside its loop reported a SIGINT of its own
+        self.held = False  # a Ctrl-C after training waits for the run's end
+        self.announced = False  # the line for a stop in the loop was written
+        self.ended = False  # this process ended the workers at once
 
     def handle(self, signum: int, frame: Any) -> None:
         from solo_npu.engine.interrupts import SAME_CTRL_C_S
@@ -342,9 +382,34 @@ class _Relay:
         self.drain()
         if signum == signal.SIGINT:
             self._await_own_sigints()
-        for index, process in enumerate(self.context.processes):
-            if process.is_alive():
+            self.reported = False  # this Ctrl-C's
+        self._decide(signum)
+
+    def _decide(self, signum: int) -> None:
+        from solo_npu.engine.interrupts import FINAL_PHASE_NOTICE, say, stop_notice
+
+        alive = [(i, p) for i, p in enumerate(self.context.processes) if p.is_alive()]
+        phases = {self.phase[i] for i, _ in alive}
+        if "start" in phases:
+            self._end_now(alive)
+        elif "final" in phases and signum == signal.SIGINT:
+            if self.held:
+                self._end_now(alive)
+            else:
+                self.held = True
+                say(FINAL_PHASE_NOTICE)
+        else:
+            if "loop" in phases and not self.announced:
+                self.announced = True
+                say(stop_notice(signum, distributed=True))
+            for index, process in alive:
                 self._send(index, process.pid, signum)
+
+    def _end_now(self, alive: list[tuple[int, Any]]) -> None:
+        self.ended = True
+        for index, process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL if self.phase[index] == "loop" else signal.SIGTERM)
 
     def _await_own_sigints(self) -> None:
         """Give the workers that a terminal's Ctrl-C reached too the time to report it (:data:`OWN_SIGINT_WAIT_S`).
@@ -364,16 +429,16 @@ class _Relay:
             self.drain()
 
     def started(self, context: Any) -> None:
-        """The workers exist: pass on what arrived while they were being started."""
+        """The workers exist: act on what arrived while they were being started."""
         self.context = context
         early, self.early = self.early, []
         for signum in early:
-            for index, process in enumerate(context.processes):
-                self._send(index, process.pid, signum)
+            self._decide(signum)
 
     def drain(self) -> None:
         """Read the workers' reports (:func:`_report_signals`)."""
         now = time.monotonic()
+        phases = {code: phase for phase, code in _PHASE_BYTES.items()}
         for index, reader in enumerate(self.readers):
             data = b""
             with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
@@ -382,8 +447,9 @@ class _Relay:
             for byte in data:
                 if byte == signal.SIGINT:
                     self.own_sigint_at[index] = now
-                elif byte in (_IN_LOOP, _OUT_OF_LOOP):
-                    self.in_loop[index] = byte == _IN_LOOP
+                    self.reported |= self.phase[index] != "loop"
+                elif byte in phases:
+                    self.phase[index] = phases[byte]
 
     def _send(self, index: int, pid: int, signum: int) -> None:
         from solo_npu.engine.interrupts import SAME_CTRL_C_S
@@ -391,7 +457,7 @@ class _Relay:
         if signum == signal.SIGINT:
             if time.monotonic() - self.own_sigint_at[index] < SAME_CTRL_C_S:
                 return  # the same Ctrl-C reached the worker directly
-            if not self.in_loop[index]:
+            if self.phase[index] != "loop":
                 signum = signal.SIGTERM
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -399,44 +465,79 @@ class _Relay:
 
 def _join_relaying_signals(start: Callable[[], Any], pipes: list[tuple[Any, Any]]) -> None:
     """Start the spawned workers (``start`` returns torch.multiprocessing's context) and wait for them. SIGINT
-    and SIGTERM to this process are passed on to them (:class:`_Relay`: each stops after its step and rank 0
-    saves; ``torch.multiprocessing`` already sends them SIGINT if this process dies); this process does not stop
-    on its own, it waits for the workers. A SIGINT this process inherited ignored (started in the background)
-    stays ignored, as it is in the workers. A run that rank 0 reports as stopped ends here as the same exception
-    the trainer raised, for ``train.py`` to report."""
+    and SIGTERM to this process are passed on to them, or end them (:class:`_Relay`: in the training loop each
+    stops after its step and rank 0 saves; ``torch.multiprocessing`` already sends them SIGINT if this process
+    dies); this process does not stop on its own, it waits for the workers. A SIGINT this process inherited
+    ignored (started in the background) stays ignored, as it is in the workers. A run that rank 0 reports as
+    stopped, or that this process ended, ends here as the exception of its stop, for ``train.py`` to report."""
     from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
 
     relay = _Relay(pipes)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, relay.handle)}
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, relay.handle)
+    stops = {"sigint": KeyboardInterrupt("SIGINT received"), "sigterm": Terminated("SIGTERM received"),
+             "mid_step": InterruptedMidStep("SIGINT received twice inside a step")}
     try:
-        context = start()
-        relay.started(context)
+        context = _start_workers(start, relay, signal.SIGINT in previous)
         _wait_bounded(context, relay=relay)
         while not context.join():
             pass
     except mp.ProcessRaisedException as exc:
+        if relay.ended:  # a worker that failed after this process ended the others (its peer gone, say)
+            raise stops["sigterm" if signal.SIGTERM in relay.received else "sigint"] from None
         known = _known_error(str(exc))
         if known is None:
             raise
         raise known from None
     except mp.ProcessExitedException as exc:
-        stops = {code: kind for kind, code in _STOP_STATUS.items()}
-        kind = stops.get(exc.exit_code) if exc.error_index == 0 else None
-        if kind is None and exc.exit_code in (-signal.SIGTERM, -signal.SIGINT) and relay.received:
-            # Outside the training loop (start-up, the last evaluation) SIGTERM ends a worker, also the one passed
-            # on for a SIGINT; a terminal's Ctrl-C ends one that still imports (Python ends with SIGINT on a
-            # KeyboardInterrupt it does not catch).
+        kinds = {code: kind for kind, code in _STOP_STATUS.items()}
+        kind = kinds.get(exc.exit_code) if exc.error_index == 0 else None
+        if kind is None and (relay.ended or (exc.exit_code in (-signal.SIGTERM, -signal.SIGINT) and relay.received)):
+            # Ended by this process (SIGTERM, SIGKILL), or outside the training loop by SIGTERM passed on, or by
+            # SIGINT once its parent was gone (Python ends with SIGINT on a KeyboardInterrupt it does not catch).
             kind = "sigterm" if signal.SIGTERM in relay.received else "sigint"
         if kind is None:
             raise
-        raise {"sigint": KeyboardInterrupt("SIGINT received"), "sigterm": Terminated("SIGTERM received"),
-               "mid_step": InterruptedMidStep("SIGINT received twice inside a step")}[kind] from None
+        raise stops[kind] from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         for connection in (c for pipe in pipes for c in pipe):
             connection.close()
+
+
+def _start_workers(start: Callable[[], Any], relay: _Relay, take_sigint: bool) -> Any:
+    """Start the workers (``start`` returns torch.multiprocessing's context), with SIGINT ignored where this
+    process takes it (``take_sigint``). A worker takes it over once it can report it (:func:`_report_signals`),
+    so a Ctrl-C while it still imports is no KeyboardInterrupt traceback from the middle of its imports.
+
+    SIG_IGN is the one disposition that exec keeps (a handler is reset to the default), so it is set for the
+    moment multiprocessing's spawn start method forks and execs each worker (``multiprocessing.util.spawnv_passfds``,
+    called by ``multiprocessing.popen_spawn_posix``), and this process's handler is back right after: a SIGINT
+    meanwhile reaches ``relay``, which acts on it once the workers exist. (Ignoring it for the whole start, blocked
+    so that it stays pending, lost it: multiprocessing's resource tracker, started with the first worker, unblocks
+    SIGINT after its own start, multiprocessing/resource_tracker.py ``ensure_running``.)"""
+    if not take_sigint:
+        context = start()
+    else:
+        import multiprocessing.util as mp_util
+
+        spawnv_passfds = mp_util.spawnv_passfds
+
+        def spawnv_passfds_ignoring_sigint(*args: Any, **kwargs: Any) -> Any:
+            handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                return spawnv_passfds(*args, **kwargs)
+            finally:
+                signal.signal(signal.SIGINT, handler)
+
+        mp_util.spawnv_passfds = spawnv_passfds_ignoring_sigint
+        try:
+            context = start()
+        finally:
+            mp_util.spawnv_passfds = spawnv_passfds
+    relay.started(context)
+    return context
