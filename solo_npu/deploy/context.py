@@ -26,6 +26,7 @@ from solo_npu.deploy.adapters import ModelAdapter
 from solo_npu.models import build_model
 from solo_npu.models.inference import prepare_for_inference
 from solo_npu.runtime import DeviceInfo, resolve_device, seed_everything, setup_device
+from solo_npu.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,7 @@ def default_run_dir(model_name: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, obj, indent=2, default=_json_default)
 
 
 def read_json(path: str | os.PathLike, what: str = "file", stage: str | None = None) -> Any:

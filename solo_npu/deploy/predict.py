@@ -6,7 +6,6 @@ any caller holding a model (:func:`run_predict` with a module as first argument)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from torch import nn
 from solo_npu.data import build_collate, build_transforms
 from solo_npu.evaluation.coco_eval import results_to_coco
 from solo_npu.runtime import DeviceInfo, resolve_device
+from solo_npu.utils.files import write_json_atomic
 from solo_npu.utils.visualize import draw_instances, save_image
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         overlay = draw_instances(rgb, result["masks"], result["labels"], result["scores"], names, score_thr)
         save_image(out / f"{file.stem}.png", overlay)
     pred_path = out / "predictions.json"
-    pred_path.write_text(json.dumps(entries))
+    write_json_atomic(pred_path, entries)
     logger.info("predicted %d images (%d skipped), %d instances >= %.2f, written to %s", len(files) - skipped,
                 skipped, instances, score_thr, out)
     return {"images": len(files) - skipped, "skipped": skipped, "instances": instances, "output_dir": str(out),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -43,6 +42,7 @@ from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from solo_npu.engine.writers import default_writers, use_progress_bar
 from solo_npu.models.inference import prepare_for_inference
 from solo_npu.runtime import DeviceInfo, amp_notice, ddp_options, make_grad_scaler, seed_everything
+from solo_npu.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _backbone_init(cfg: DictConfig, starts_from: str | None) -> str | None:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     if comm.is_main_process():
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(run_dir / "summary.json", summary, indent=2, end="\n")
 
 
 def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
                "data_faults": gather_fault_counts({"val": val_set}, info.device)}
     write_summary(run_dir, summary)
     if comm.is_main_process():
-        (run_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(run_dir / "eval.json", results, indent=2, end="\n")
     logger.info("segm AP %.4f, bbox AP %.4f", summary["segm_ap"] or 0.0, summary["bbox_ap"] or 0.0)
     return summary
 

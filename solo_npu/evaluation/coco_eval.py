@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import numbers
 import os
@@ -24,6 +23,8 @@ import torch.distributed as dist
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from solo_npu.utils.files import write_json_atomic
 
 logger = logging.getLogger("solo_npu.evaluation")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -395,7 +396,4 @@ class CocoEvaluator:
         results = [e for image_id in _sorted_ids(source) for e in source[image_id]]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, results)

@@ -1,1 +1,1 @@
-"""Small utilities: visualisation."""
+"""Small utilities: visualisation, result files written atomically."""

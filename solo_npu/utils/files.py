@@ -1,0 +1,58 @@
+"""Result files written atomically: a reader finds the previous file or the complete new one, never a part.
+
+``Path.write_text`` truncates the file first, so a kill, a Ctrl-C or a full disk in the middle of the write
+leaves it cut short or empty. :func:`write_text_atomic` writes a temporary file in the same directory, flushes
+and fsyncs it, and renames it over the target (``os.replace``, atomic on POSIX file systems); if anything
+fails, the temporary file is removed and the previous file is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_json_atomic", "write_text_atomic"]
+
+
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask.
+
+    ``tempfile.mkstemp`` makes its file 0o600 whatever the umask (CPython Lib/tempfile.py, ``_mkstemp_inner``:
+    ``_os.open(file, flags, 0o600)``), so the file renamed into place gets this mode back explicitly.
+    POSIX has no call that only reads the umask: it is set and put straight back, as pip's ``current_umask``
+    does (pip/_internal/utils/unpacking.py). The value set meanwhile is 0o077, so a file another thread
+    makes in that instant gets a narrower mode, never a wider one.
+    """
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` so that ``path`` is either the previous file or the complete new one.
+
+    The directory must exist. The new file has the mode a new file of ``Path.write_text`` has. On any
+    exception (``KeyboardInterrupt`` included) the temporary file is removed and the exception re-raised.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding) as f:
+            os.fchmod(f.fileno(), _new_file_mode())
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, end: str = "", **dumps_kwargs: Any) -> Path:
+    """:func:`write_text_atomic` of ``json.dumps(obj, **dumps_kwargs) + end``."""
+    return write_text_atomic(path, json.dumps(obj, **dumps_kwargs) + end)
