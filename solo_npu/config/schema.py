@@ -48,7 +48,7 @@ class TrainConfig:
     eval_interval: int = 1  # epochs; 0 evaluates only at the end
     eval_at_end: bool = True
     checkpoint_interval: int = 1  # epochs between numbered checkpoints (epoch_N.pth); 0 disables
-    checkpoint_interval_iters: int = 500  # refresh last.pth every N iterations (0: only at epoch ends)
+    checkpoint_interval_iters: int = 500  # also refresh last.pth every N iterations (0: off)
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     sync_bn: bool = False
     freeze_backbone: bool = False

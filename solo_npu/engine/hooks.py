@@ -100,6 +100,13 @@ class CheckpointHook(HookBase):
     ``interval_epochs`` epochs, ``best.pth`` when ``best_metric`` improves (``task.metric`` of the evaluation
     results, read from the storage as ``val/task_metric``). Only the main process writes.
 
+    The run's end: a run that ends mid-epoch (``max_iters``) writes ``last.pth`` after its final step, before
+    ``after_train`` and the final evaluation there, which Ctrl-C twice stops at once (``FinalPhase``); once the
+    evaluation is done, ``after_train`` writes ``last.pth`` again with its results. A run that ends at an epoch
+    end has its ``last.pth`` from ``after_epoch``, written after the epoch's evaluation; ``after_train`` writes it
+    only when something is new since: another iteration, or an evaluation at this iteration (``val/`` scalars in
+    the storage) that the file does not hold.
+
     Register it after the hooks whose state the checkpoint saves (evaluation, counts), so that a checkpoint
     written at a step or an epoch end holds their state after that step or epoch. The best value is put in
     the storage as ``best_metric``; the hook's state is that value and the iteration of the last result it
@@ -117,16 +124,25 @@ class CheckpointHook(HookBase):
         self._best_scalar = "val/" + best_metric.replace(".", "_", 1)
         self.best: float | None = None
         self._compared_at: int | None = None
-        self._saved_at: int | None = None
+        self._last_saved: tuple[int, bool] | None = None  # last.pth's iteration, and whether it holds its evaluation
 
     def save(self, name: str) -> None:
         if self.is_main:
             save_training_state(self.state_fn(), self.dir / name)
-        self._saved_at = self.trainer.iter
+        if name == "last.pth":
+            self._last_saved = (self.trainer.iter, self._evaluated_now())
+
+    def _evaluated_now(self) -> bool:
+        """Whether an evaluation at the current iteration has put its results in the storage."""
+        latest = self.trainer.storage.latest()
+        return any(name.startswith("val/") and it == self.trainer.iter for name, (_, it) in latest.items())
 
     def after_step(self) -> None:
         t = self.trainer
-        if self.interval_iters > 0 and t.iter % self.interval_iters == 0 and t.inner_iter < t.iters_per_epoch:
+        if t.inner_iter >= t.iters_per_epoch:  # the epoch's end: after_epoch saves
+            return
+        # periodic, or the run's final step (max_iters mid-epoch): saved before the final evaluation
+        if (self.interval_iters > 0 and t.iter % self.interval_iters == 0) or t.iter >= t.max_iters:
             self.save("last.pth")
 
     def after_epoch(self) -> None:
@@ -138,7 +154,7 @@ class CheckpointHook(HookBase):
 
     def after_train(self) -> None:
         self._update_best()
-        if self._saved_at != self.trainer.iter:
+        if self._last_saved != (self.trainer.iter, self._evaluated_now()):  # something new since last.pth
             self.save("last.pth")
 
     def on_failure(self, exc: BaseException) -> None:

@@ -23,7 +23,8 @@ hold ends: the run stops after the step, and the checkpoint hook saves ``last.pt
 After training (:class:`FinalPhase`: the final evaluation, the last checkpoint, ``summary.json``) there is no
 step to stop after, and the run's training is done: a first Ctrl-C is held, with a line saying so, and the run
 ends when it has finished (exit status 0: its results are complete); Ctrl-C again (a second or more later)
-stops at once, and ``summary.json``, written when training ended, says the final evaluation was interrupted.
+stops at once, and ``summary.json``, written when training ended, says the final evaluation was interrupted;
+``last.pth``, written at the final step before the final evaluation, holds every trained step.
 
 Handlers are installed only in the main thread and only over Python's defaults (``default_int_handler``
 for SIGINT, ``SIG_DFL`` for SIGTERM) or a spawned worker's handler outside its loop
