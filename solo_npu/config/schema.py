@@ -181,6 +181,7 @@ class TrainJobConfig(JobConfig):
     checkpoint: str | None = None  # weights for eval / finetune (any format the converters read)
     checkpoint_source: str = "auto"
     checkpoint_trust_pickle: bool = False
+    eval_detections: str | None = None  # mode=eval: also write the detections (COCO results json) to this path
     resume: str | None = None  # null | auto | path to a checkpoint of this project
     run_dir: str | None = None  # reuse a previous run directory (with resume=auto)
     output_root: str = "outputs"

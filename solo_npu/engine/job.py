@@ -219,8 +219,13 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
                "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
                "world_size": comm.get_world_size(), "device": info.type,
                "data_faults": gather_fault_counts({"val": val_set}, info.device)}
+    if cfg.eval_detections:
+        summary["detections"] = str(run_dir / str(cfg.eval_detections))  # an absolute path stays as it is
     write_summary(run_dir, summary)
     if comm.is_main_process():
+        if cfg.eval_detections:
+            evaluator.dump(summary["detections"])
+            logger.info("detections written to %s", summary["detections"])
         write_json_atomic(run_dir / "eval.json", results, indent=2, end="\n")
     logger.info("segm AP %.4f, bbox AP %.4f", summary["segm_ap"] or 0.0, summary["bbox_ap"] or 0.0)
     return summary
