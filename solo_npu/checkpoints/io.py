@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from solo_npu.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -22,27 +23,15 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the complete new one.
 
     The data goes to a temporary file in the same directory, is flushed and fsynced, and is then
-    renamed over ``path`` (an atomic operation on POSIX file systems). A crash or ``kill -9`` during
-    the write leaves at worst a stray ``.tmp`` file, never a truncated checkpoint.
+    renamed over ``path`` (an atomic operation on POSIX file systems; :func:`solo_npu.utils.files.atomic_write`),
+    and the directory is fsynced. A crash or ``kill -9`` during the write leaves at worst a stray ``.tmp``
+    file, never a truncated checkpoint. The file gets the mode ``torch.save(obj, path)`` would give it
+    (0o666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path, "wb", sync_dir=True) as f:
+        torch.save(obj, f)
     return path
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_write", "write_json_atomic", "write_text_atomic"]
 
 
 def _new_file_mode() -> int:
@@ -31,26 +33,44 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` so that ``path`` is either the previous file or the complete new one.
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = None,
+                 sync_dir: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing (``mode`` "w" or "wb"); when the block ends, flush,
+    fsync and rename it over ``path``, so that ``path`` is either the previous file or the complete new one.
 
-    The directory must exist. The new file has the mode a new file of ``Path.write_text`` has. On any
-    exception (``KeyboardInterrupt`` included) the temporary file is removed and the exception re-raised.
+    The directory must exist. The new file has the mode a new file of ``open(path, "w")`` has. On any exception
+    (``KeyboardInterrupt`` included) the temporary file is removed and the exception re-raised. ``sync_dir``
+    also fsyncs the directory after the rename, so that the new name survives a power cut.
     """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding=encoding) as f:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             os.fchmod(f.fileno(), _new_file_mode())
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
+        if sync_dir:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_write`: the previous file or the complete new one."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, end: str = "", **dumps_kwargs: Any) -> Path:
