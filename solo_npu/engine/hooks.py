@@ -95,6 +95,11 @@ class EvalHook(HookBase):
             self._put(self.history[-1], publish=False)
 
 
+def evaluated_at(trainer: Any, iteration: int) -> bool:
+    """Whether an evaluation at ``iteration`` has put its results (``val/`` scalars) in the trainer's storage."""
+    return any(name.startswith("val/") and it == iteration for name, (_, it) in trainer.storage.latest().items())
+
+
 class CheckpointHook(HookBase):
     """``last.pth`` at every epoch end and every ``interval_iters`` iterations, ``epoch_N.pth`` every
     ``interval_epochs`` epochs, ``best.pth`` when ``best_metric`` improves (``task.metric`` of the evaluation
@@ -133,9 +138,7 @@ class CheckpointHook(HookBase):
             self._last_saved = (self.trainer.iter, self._evaluated_now())
 
     def _evaluated_now(self) -> bool:
-        """Whether an evaluation at the current iteration has put its results in the storage."""
-        latest = self.trainer.storage.latest()
-        return any(name.startswith("val/") and it == self.trainer.iter for name, (_, it) in latest.items())
+        return evaluated_at(self.trainer, self.trainer.iter)
 
     def after_step(self) -> None:
         t = self.trainer

@@ -33,6 +33,7 @@ from solo_npu.engine.hooks import (
     LRHook,
     ThroughputHook,
     count_summary,
+    evaluated_at,
     gather_fault_counts,
 )
 from solo_npu.engine.interrupts import FinalPhase, InterruptedMidStep
@@ -404,8 +405,7 @@ class RunEnd(HookBase):
         "interrupted"`` and no AP (the latest one would be an earlier evaluation's)."""
         trainer = self.trainer
         summary = train_summary(trainer, status, time.time() - self.t0, self.batch_size, self.info)
-        evaluated = any(name.startswith("val/") and iteration == trainer.iter
-                        for name, (_, iteration) in trainer.storage.latest().items())
+        evaluated = evaluated_at(trainer, trainer.iter)
         if not ended and self.reached and self.eval_at_end and not evaluated:
             summary.update(segm_ap=None, bbox_ap=None, final_evaluation="interrupted")
         return summary
