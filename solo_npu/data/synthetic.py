@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from solo_npu.utils.files import write_text_atomic
+
 # Deliberately non-contiguous COCO category ids so the label maps are exercised.
 CATEGORIES: list[dict[str, Any]] = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -177,7 +179,7 @@ def generate_synthetic_coco(
     for split, num in (("train", num_train), ("val", num_val)):
         dataset = _make_split(out, split, num, size, seed, (lo, hi), int(max_shapes))
         text = json.dumps(dataset, separators=(",", ":"))
-        (out / "annotations" / f"instances_{split}2017.json").write_text(text)
+        write_text_atomic(out / "annotations" / f"instances_{split}2017.json", text)
     return out
 
 

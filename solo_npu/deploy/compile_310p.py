@@ -23,6 +23,7 @@ from typing import Any
 from solo_npu.deploy.context import DeployContext, DeployError, write_json
 from solo_npu.deploy.export import exported_file, load_manifest
 from solo_npu.deploy.om import check_gears, find_om, last_line
+from solo_npu.utils.files import atomic_write
 
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
 
@@ -201,8 +202,9 @@ def write_compile_script(path: Path, atc_cmds: Sequence[Sequence[str]], aie_args
     if aie_args:  # the Python that has torch_aie: $PYTHON, else the configured one, else python3
         lines += ["", f'PYTHON="${{PYTHON:-{python or "python3"}}}"']
         lines += [f'"$PYTHON" {shlex.join([f"compile/{RUNNER_FILE.name}", *args])}' for args in aie_args]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o755)
+    with atomic_write(path) as f:  # executable before it takes the name
+        f.write("\n".join(lines) + "\n")
+        os.fchmod(f.fileno(), 0o755)
     return path
 
 

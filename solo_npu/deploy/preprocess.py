@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from solo_npu.data import CocoInstanceDataset, FixedShapeCollate, ensure_synthetic
 from solo_npu.data.transforms import Compose, Normalize, Resize
 from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
+from solo_npu.utils.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def run_preprocess(ctx: DeployContext) -> dict[str, Any]:
         meta_lines.append(f"{i} {bin_path} {meta_path} {w0} {h0}")
         records.append({"stem": stem, "bin": str(bin_path.relative_to(ctx.run_dir)),
                         "meta": str(meta_path.relative_to(ctx.run_dir)), **meta})
-    (out / "dataset.info").write_text("\n".join(info_lines) + "\n")
-    (out / "meta.info").write_text("\n".join(meta_lines) + "\n")
+    write_text_atomic(out / "dataset.info", "\n".join(info_lines) + "\n")
+    write_text_atomic(out / "meta.info", "\n".join(meta_lines) + "\n")
     write_json(out / "index.json", {"ann_file": str(ann_file), "input_shape": [3, hc, wc],
                                     "label_to_cat": list(dataset.label_to_cat), "images": records})
     logger.info("preprocess: %d images -> %s", len(records), out)

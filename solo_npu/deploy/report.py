@@ -9,6 +9,7 @@ from solo_npu.deploy.context import DeployContext, read_json, write_json
 from solo_npu.deploy.evaluate import score_types
 from solo_npu.deploy.verify import format_table
 from solo_npu.runtime import describe_machine
+from solo_npu.utils.files import write_text_atomic
 
 # One meaning per column: the timing scope and the memory source vary by backend, so each row states them.
 BENCH_COLUMNS = {
@@ -117,7 +118,7 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
 
 def run_report(ctx: DeployContext) -> dict[str, Any]:
     text, data = build_report(ctx)
-    (ctx.run_dir / "report.md").write_text(text)
+    write_text_atomic(ctx.run_dir / "report.md", text)
     write_json(ctx.run_dir / "report.json", data)
     print("\n" + text)
     return {"report": str(ctx.run_dir / "report.md")}

@@ -39,13 +39,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """Open a temporary file beside ``path`` for writing (``mode`` "w" or "wb"); when the block ends, flush,
     fsync and rename it over ``path``, so that ``path`` is either the previous file or the complete new one.
 
-    The directory must exist. The new file has the mode a new file of ``open(path, "w")`` has. On any exception
+    The directory must exist. A symbolic link is followed: the file it names is replaced. The new file has the
+    mode a new file of ``open(path, "w")`` has. On any exception
     (``KeyboardInterrupt`` included) the temporary file is removed and the exception re-raised. ``sync_dir``
     also fsyncs the directory after the rename, so that the new name survives a power cut.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
+    if path.is_symlink():  # the file the link names is replaced, as open(path, "w") would write it; the link stays
+        path = Path(os.path.realpath(path))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:

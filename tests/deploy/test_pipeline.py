@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from failing_writes import DISK_FULL, fail_text_writes
 
 from solo_npu.data.transforms import PYTORCH_MEAN, PYTORCH_STD
 from solo_npu.deploy.evaluate import run_evaluate
@@ -14,6 +15,7 @@ from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import read_image_outputs, run_infer
 from solo_npu.deploy.pipeline import run_pipeline
 from solo_npu.deploy.preprocess import run_preprocess
+from solo_npu.deploy.report import run_report
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,22 @@ def test_stages_rerun_alone_and_report(pipeline_run, make_ctx, capsys):
         assert r["AP"] is not None and r["peak_mb"] > 100  # process RSS with torch loaded
     assert "| backend | batch | latency mean (ms) |" in out and "SOLOV2 torch_aie guide" in out
     assert (ctx.run_dir / "report.md").read_text().count("| onnxruntime |") == 2
+
+
+@pytest.mark.parametrize("stage,relative", [(run_preprocess, ("preprocess", "dataset.info")),
+                                            (run_preprocess, ("preprocess", "meta.info")),
+                                            (run_report, ("report.md",))], ids=["dataset.info", "meta.info", "report"])
+def test_failed_rewrite_keeps_previous_file(pipeline_run, monkeypatch, stage, relative):
+    """A stage run again whose write of one of its text files fails after 20 characters (a full disk) leaves
+    the previous file byte for byte and no temporary file."""
+    path = pipeline_run.path(*relative)
+    if not path.is_file():
+        stage(pipeline_run)
+    before = path.read_bytes()
+    failures = fail_text_writes(monkeypatch, 20, DISK_FULL, name=path.name)
+    with pytest.raises(OSError, match="No space left"):
+        stage(pipeline_run)
+    monkeypatch.undo()
+    assert failures == [DISK_FULL], "the failure was not injected"
+    assert path.read_bytes() == before
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
+from failing_writes import DISK_FULL, fail_text_writes
 
 from solo_npu.engine.job import write_summary
 from solo_npu.utils.files import write_json_atomic, write_text_atomic
@@ -18,51 +17,15 @@ SUMMARY = {"mode": "train", "iterations": 12, "final_loss": 1.2345, "segm_ap": 0
            "epoch_counts": [[0, 6], [1, 6]], "data_faults": {"train": {}, "val": {}}}
 
 
-class _FailingFile:
-    """A text file opened for writing whose write, once ``room`` characters are written, writes what fits
-    (flushed to the file, as the OS would have it) and raises ``error``: ENOSPC is what ``write(2)`` gives on a
-    full disk, KeyboardInterrupt a Ctrl-C arriving in the middle."""
-
-    def __init__(self, f: io.TextIOWrapper, room: int, error: BaseException, failures: list[BaseException]) -> None:
-        self._f, self._room, self._error, self._failures = f, room, error, failures
-
-    def write(self, s: str) -> int:
-        if len(s) > self._room:
-            self._f.write(s[:self._room])
-            self._f.flush()
-            self._room = 0
-            self._failures.append(self._error)
-            raise self._error
-        self._room -= len(s)
-        return self._f.write(s)
-
-    def __getattr__(self, name: str):
-        return getattr(self._f, name)
-
-    def __enter__(self) -> _FailingFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._f.close()
-
-
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()],
+@pytest.mark.parametrize("error", [DISK_FULL, KeyboardInterrupt()],
                          ids=["disk-full", "ctrl-c"])
 def test_failed_write_keeps_previous_summary_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch,
                                                                           error: BaseException) -> None:
     """The write of a new summary.json fails after 40 characters: the previous one is there byte for byte,
-    and no temporary file is left. The failure is injected where ``Path.write_text`` (via ``Path.open``) and
-    ``os.fdopen`` both open their file, ``io.open`` (CPython Lib/os.py ``fdopen``: ``return io.open(fd, ...)``;
-    Lib/pathlib.py of 3.11 ``Path.open``: ``return io.open(self, ...)``)."""
+    and no temporary file is left."""
     write_summary(tmp_path, SUMMARY)
     before = (tmp_path / "summary.json").read_bytes()
-    real_open, failures = io.open, []
-
-    def failing_open(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        return _FailingFile(f, 40, error, failures) if "w" in mode and "b" not in mode else f
-
-    monkeypatch.setattr(io, "open", failing_open)
+    failures = fail_text_writes(monkeypatch, 40, error)
     with pytest.raises(type(error)):
         write_summary(tmp_path, {**SUMMARY, "iterations": 24, "final_loss": 0.5})
     monkeypatch.undo()
@@ -115,3 +78,47 @@ def test_checkpoint_has_the_mode_of_torch_save_and_survives_a_failed_save(tmp_pa
 
         with atomic_write(tmp_path / "x", "a"):
             pass
+
+
+def test_atomic_write_through_a_symlink_replaces_the_file_it_names(tmp_path: Path) -> None:
+    """As ``open(link, "w")`` does, the file the link names gets the new contents and the link stays a link."""
+    target = tmp_path / "runs" / "summary.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "summary.json"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["summary.json"]
+
+
+def _compile_script(path: Path) -> None:
+    from solo_npu.deploy.compile_310p import write_compile_script
+
+    write_compile_script(path, [["atc", f"--model={path.stem}.onnx", "--framework=5"]], [])
+
+
+def _synthetic_annotations(path: Path) -> None:
+    from solo_npu.data.synthetic import generate_synthetic_coco
+
+    generate_synthetic_coco(path.parents[1], 2, 1, size=32, seed=len(path.parents[1].name))
+
+
+@pytest.mark.parametrize("writer,relative", [(_compile_script, "compile/compile_310p.sh"),
+                                             (_synthetic_annotations, "data/annotations/instances_train2017.json")],
+                         ids=["atc-script", "synthetic-annotations"])
+def test_failed_rewrite_keeps_previous_file(tmp_path: Path, monkeypatch, writer, relative: str) -> None:
+    """The ATC compilation script and the synthetic annotations: a rewrite that fails after 30 characters
+    (a full disk) leaves the previous file byte for byte, mode included, and no temporary file."""
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer(path)
+    before, mode = path.read_bytes(), path.stat().st_mode
+    failures = fail_text_writes(monkeypatch, 30, DISK_FULL, name=path.name)
+    with pytest.raises(OSError, match="No space left"):
+        writer(path)
+    monkeypatch.undo()
+    assert failures == [DISK_FULL], "the failure was not injected"
+    assert path.read_bytes() == before and path.stat().st_mode == mode
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
