@@ -303,9 +303,10 @@ class ThroughputHook(HookBase):
         self._start = time.time()
 
     @property
-    def fps(self) -> float:
+    def fps(self) -> float | None:
+        """None before this process has run a step (a resumed run that had already reached its end)."""
         images, seconds = self._timed if self._timed[1] > 0 else self._all
-        return images / seconds if seconds > 0 else 0.0
+        return images / seconds if seconds > 0 else None
 
     def before_train(self) -> None:
         self._start = time.time()
@@ -322,8 +323,13 @@ class ThroughputHook(HookBase):
         t.storage.put_scalar("fps", self.fps)
 
     def after_train(self) -> None:
+        fps = self.fps
+        if fps is None:  # no "FPS:" marker: a script that reads the log's FPS finds none rather than a 0
+            logger.info("training done: %d iterations, %.1f s, no training step in this run (no images/s)",
+                        self.trainer.iter, time.time() - self._start)
+            return
         logger.info("training done: %d iterations, %.1f s, mean %.2f images/s, FPS: %.3f", self.trainer.iter,
-                    time.time() - self._start, self.fps, self.fps)
+                    time.time() - self._start, fps, fps)
 
 
 def local_fault_counts(datasets: Mapping[str, Any]) -> dict[str, dict[str, int]]:

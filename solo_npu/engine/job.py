@@ -439,7 +439,7 @@ def train_summary(trainer: Trainer, status: str, duration: float, batch_size: in
     """``summary.json`` of a training run, from the trainer's loop state and its storage."""
     storage = trainer.storage
     return {
-        "mode": "train", "status": status, "fps": storage.latest_value("fps", 0.0),
+        "mode": "train", "status": status, "fps": storage.latest_value("fps"),
         "final_loss": storage.latest_value("train/loss", storage.latest_value("loss")),
         "segm_ap": storage.latest_value("val/segm_AP"), "bbox_ap": storage.latest_value("val/bbox_AP"),
         "best_segm_ap": storage.latest_value("best_metric"), "duration_sec": duration, "iterations": trainer.iter,

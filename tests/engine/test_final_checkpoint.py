@@ -52,6 +52,10 @@ def test_last_pth_holds_the_final_step_when_the_final_evaluation_starts(smoke_da
                          "train.plots=false", "train.checkpoint_interval_iters=2", "resume=auto"], run_dir)
     assert (summary["status"], summary["iterations"], "final_evaluation" in summary) == ("ok", 3, False)
     assert summary["segm_ap"] is not None
+    # it ran no training step: no throughput to report, neither a 0 in summary.json nor an "FPS:" in the log
+    assert summary["fps"] is None
+    done = [line for line in (run_dir / "train.log").read_text().splitlines() if "training done" in line]
+    assert done and "FPS" not in done[-1] and "no training step" in done[-1], done
     state = load_checkpoint(last)
     assert (state["iteration"], [e["iteration"] for e in state["hooks"]["EvalHook"]["history"]]) == (3, [3])
 
