@@ -43,7 +43,7 @@ from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from solo_npu.engine.writers import default_writers, use_progress_bar
 from solo_npu.models.inference import prepare_for_inference
 from solo_npu.runtime import DeviceInfo, amp_notice, ddp_options, make_grad_scaler, seed_everything
-from solo_npu.utils.files import write_json_atomic
+from solo_npu.utils.files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
         logger.info("runtime.fixed_shapes=npu: the fixed NPU shapes are not used on %s (%s; "
                     "runtime.fixed_shapes=always keeps them)", info.type, " ".join(lifted))
     if rank == 0:
-        OmegaConf.save(cfg, run_dir / "config.yaml")
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # what OmegaConf.save writes
     logger.info("experiment %s: run directory %s, device %s, world size %d", cfg.experiment_name, run_dir, info.device,
                 comm.get_world_size())
     seed_everything(int(cfg.runtime.seed), bool(cfg.runtime.deterministic))

@@ -108,3 +108,29 @@ def test_nothing_new_after_the_last_checkpoint_writes_no_second_one(tmp_path, mo
     assert [s for s in mid_epoch if s[0] == "last.pth"] == [("last.pth", 6, [6]), ("last.pth", 9, [6])]
     epoch_end = _run(tmp_path / "end", monkeypatch, max_iters=2 * ITERS_PER_EPOCH, at_end=True)
     assert [s for s in epoch_end if s[0] == "last.pth"] == [("last.pth", 6, [6]), ("last.pth", 12, [6, 12])]
+
+
+def test_failed_rewrite_of_config_yaml_keeps_the_previous_one(smoke_data: list[str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed run rewrites config.yaml (the ModelZoo scripts read it); a disk that fills up in the middle of
+    that write stops the run with the error and leaves the previous config.yaml, byte for byte. The file is
+    what OmegaConf.save writes."""
+    from failing_writes import DISK_FULL, fail_text_writes
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    overrides = [*smoke_data, "train.max_iters=1", "train.eval_interval=0", "train.eval_at_end=false",
+                 "train.plots=false"]
+    run_train(overrides, run_dir)
+    config = run_dir / "config.yaml"
+    before = config.read_bytes()
+    saved = tmp_path / "saved.yaml"
+    OmegaConf.save(OmegaConf.load(config), saved)
+    assert saved.read_bytes() == before
+    failures = fail_text_writes(monkeypatch, 50, DISK_FULL, name="config.yaml")
+    with pytest.raises(OSError, match="No space left"):
+        run_train([*overrides, "resume=auto"], run_dir)
+    monkeypatch.undo()
+    assert failures == [DISK_FULL], "the failure was not injected"
+    assert config.read_bytes() == before
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
