@@ -5,7 +5,7 @@
 # Supported torch: 2.1.0 and newer (pyproject: torch>=2.1). The floor is the oldest torch that torch_npu
 # still ships and maintains: torch 2.1.0 <-> torch-npu 2.1.0.post17 (CANN 8.3.RC1), see docker/README.md.
 # `make test` runs the suite on the pinned torch below; `make test-floor` runs it again on the floor, `make test-lts`
-# on torch 2.7.1.
+# on torch 2.7.1, `make test-torch TORCH_VERSION=2.6.0` on torch 2.6.0.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -39,10 +39,13 @@ FLOOR_TESTS ?= tests
 # so that a torch between the floor and the pinned one is run, not assumed.
 LTS_TORCH_VERSION := 2.7.1
 LTS_VENV ?= .venv-lts
-LTS_TORCH_SPEC ?= torch==$(LTS_TORCH_VERSION)
+# Any other torch from PyPI, the whole suite in its own venv: `make test-torch TORCH_VERSION=2.6.0` (CI runs 2.6.0,
+# torch_npu's regular 2.6.0 line and the floor once 2.1.0 leaves maintenance on 2026-12-30) in .venv-torch-2.6.0.
+TORCH_VERSION ?=
+TORCH_VENV ?= .venv-torch-$(TORCH_VERSION)
 PY_MINOR := import sys; print("%d.%d" % sys.version_info[:2])
 
-.PHONY: install demo test test-floor test-lts lint clean
+.PHONY: install demo test test-floor test-lts test-torch lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,11 +80,15 @@ test-floor:
 	$(MAKE) test VENV=$(FLOOR_VENV) TORCH_SPEC='$(FLOOR_TORCH_SPEC)' TESTS='-rs $(FLOOR_TESTS)'
 
 test-lts:
-	$(MAKE) install VENV=$(LTS_VENV) TORCH_SPEC='$(LTS_TORCH_SPEC)'
-	$(LTS_VENV)/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
-		assert v == '$(LTS_TORCH_VERSION)', f'$(LTS_VENV) holds torch {v}, not $(LTS_TORCH_VERSION)'; \
-		print(f'long-term lane: Python {sys.version.split()[0]}, torch {torch.__version__}')"
-	$(MAKE) test VENV=$(LTS_VENV) TORCH_SPEC='$(LTS_TORCH_SPEC)' TESTS='-rs tests'
+	$(MAKE) test-torch TORCH_VERSION=$(LTS_TORCH_VERSION) TORCH_VENV=$(LTS_VENV)
+
+test-torch:
+	@[ -n "$(TORCH_VERSION)" ] || { echo "make test-torch needs TORCH_VERSION=X.Y.Z (a torch release on PyPI)"; exit 2; }
+	$(MAKE) install VENV=$(TORCH_VENV) TORCH_SPEC='torch==$(TORCH_VERSION)'
+	$(TORCH_VENV)/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
+		assert v == '$(TORCH_VERSION)', f'$(TORCH_VENV) holds torch {v}, not $(TORCH_VERSION)'; \
+		print(f'torch lane: Python {sys.version.split()[0]}, torch {torch.__version__}')"
+	$(MAKE) test VENV=$(TORCH_VENV) TORCH_SPEC='torch==$(TORCH_VERSION)' TESTS='-rs tests'
 
 lint: install
 	$(VENV)/bin/ruff check .

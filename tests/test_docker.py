@@ -111,3 +111,21 @@ def test_long_term_lane_runs_the_long_term_torch():
     assert "make test-lts" in (ROOT / ".ci/run").read_text()
     readme = (ROOT / "README.md").read_text().replace("\n", " ")
     assert f"on {lts} (`make test-lts`" in readme
+
+
+def test_every_maintained_torch_row_has_a_ci_lane():
+    """Each torch of docker/README.md's supported table runs the suite in CI: the floor (`make test-floor`), the
+    long-term row (`make test-lts`) and every other row (`make test-torch TORCH_VERSION=...` in .ci/run); the
+    README names each."""
+    makefile = (ROOT / "Makefile").read_text()
+    ci = (ROOT / ".ci/run").read_text()
+    table = (ROOT / "docker/README.md").read_text()
+    rows = re.findall(r"^\| *([\d.]+)(?: \(floor\))? *\| *[\d.]+(?:\.post\d+)? *\|", table, re.M)
+    assert len(rows) >= 3, rows
+    lanes = {_one(r"^FLOOR_TORCH_VERSION :?= *(\S+)$", makefile, "Makefile"): "make test-floor",
+             _one(r"^LTS_TORCH_VERSION :?= *(\S+)$", makefile, "Makefile"): "make test-lts"}
+    readme = (ROOT / "README.md").read_text().replace("\n", " ")
+    for torch_version in rows:
+        lane = lanes.get(torch_version, f"make test-torch TORCH_VERSION={torch_version}")
+        assert re.search(rf"^{re.escape(lane)}$", ci, re.M), (torch_version, lane)
+        assert f"`{lane}`" in readme, (torch_version, lane)
