@@ -1,6 +1,14 @@
 """Data: COCO dataset, transforms, fixed-shape collation, samplers, synthetic data, loader builders."""
 
-from solo_npu.data.build import build_collate, build_dataloader, build_dataset, ensure_synthetic, stop_workers
+from solo_npu.data.build import (
+    DatasetNotFoundError,
+    build_collate,
+    build_dataloader,
+    build_dataset,
+    check_dataset_files,
+    ensure_synthetic,
+    stop_workers,
+)
 from solo_npu.data.coco import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, load_clean_coco, segmentation_to_rle
 from solo_npu.data.collate import FixedShapeCollate, pad_instance_slots
 from solo_npu.data.samplers import GroupedBatchSampler
@@ -18,6 +26,7 @@ from solo_npu.data.transforms import (
 )
 
 __all__ = [
+    "DatasetNotFoundError",
     "FAULT_KINDS",
     "READ_FAULTS",
     "SYNTHETIC_CATEGORIES",
@@ -32,6 +41,7 @@ __all__ = [
     "build_dataloader",
     "build_dataset",
     "build_transforms",
+    "check_dataset_files",
     "canvas_size",
     "ensure_synthetic",
     "generate_synthetic_coco",

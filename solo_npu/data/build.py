@@ -14,7 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,32 @@ STAMP = "synthetic_params.json"  # the generator arguments, to notice a stale da
 def _split_paths(data_cfg: Any, split: str) -> tuple[Path, Path]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(str(data_cfg.root))
+    root = Path(str(data_cfg["root"]))
     sub = data_cfg[split]
-    return root / str(sub.ann_file), root / str(sub.img_dir)
+    return root / str(sub["ann_file"]), root / str(sub["img_dir"])
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A split's annotation file or image folder that does not exist (:func:`check_dataset_files`)."""
+
+
+def check_dataset_files(data_cfg: Any, splits: Sequence[str]) -> None:
+    """Raise a one-line :class:`DatasetNotFoundError` for the first annotation file or image folder of ``splits``
+    that does not exist; nothing when ``data.generate`` makes the synthetic set where it is missing."""
+    if data_cfg.get("generate", False):
+        return
+    root = Path(str(data_cfg["root"]))
+    where = "" if root.is_absolute() else f", relative to {Path.cwd()}"
+    for split in splits:
+        ann_file, img_dir = _split_paths(data_cfg, split)
+        sub = data_cfg[split]
+        for key, kind, path, found in (("ann_file", "annotation file", ann_file, ann_file.is_file()),
+                                       ("img_dir", "image folder", img_dir, img_dir.is_dir())):
+            if not found:
+                raise DatasetNotFoundError(
+                    f"data.{split}.{key}: {kind} {path} not found (data.root={root}{where}); data.root=PATH names a "
+                    f"COCO-layout folder holding {sub['ann_file']} and {sub['img_dir']}/, data=synthetic the "
+                    "generated demo set")
 
 
 def build_dataset(data_cfg: Any, split: str, seed: int = 0) -> CocoInstanceDataset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,3 +186,33 @@ def test_device_and_checkpoint_errors_are_one_line_in_spawned_and_single_runs(tm
                               capture_output=True, text=True, timeout=240)
         assert proc.returncode == 1 and line in proc.stderr, (proc.returncode, proc.stderr[-3000:])
         assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+
+
+def test_missing_dataset_files_are_one_line_before_any_worker_starts(synthetic_coco: Path, tmp_path: Path) -> None:
+    """data.root without a split's annotation file (training: train and val; mode=eval: val) or with the file
+    but without its image folder: one [Error] line naming the file and the data.root it was looked for in,
+    exit 1, no traceback, and no worker started (no run log written by one)."""
+    partial = tmp_path / "coco"
+    (partial / "annotations").mkdir(parents=True)
+    shutil.copy(synthetic_coco / "annotations" / "instances_val2017.json", partial / "annotations")
+    shutil.copytree(synthetic_coco / "val2017", partial / "val2017")
+    nowhere = tmp_path / "nowhere"
+    cases = (([f"data.root={nowhere}", "launcher.nproc_per_node=2"],
+              f"[Error] data.train.ann_file: annotation file {nowhere}/annotations/instances_train2017.json "
+              f"not found (data.root={nowhere}); data.root=PATH names a COCO-layout folder holding "
+              "annotations/instances_train2017.json and train2017/"),
+             ([f"data.root={partial}", "mode=eval", f"checkpoint={tmp_path / 'best.pth'}"], None),
+             ([f"data.root={partial}"], f"[Error] data.train.ann_file: annotation file {partial}/annotations/"),
+             ([f"data.root={partial}", "mode=eval", f"checkpoint={tmp_path / 'best.pth'}", "data.val.img_dir=images"],
+              f"[Error] data.val.img_dir: image folder {partial}/images not found (data.root={partial});"))
+    for i, (overrides, line) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        proc = subprocess.run(_cmd(*overrides, "data.generate=false", f"output_root={out}", *FAST), cwd=ROOT,
+                              env=_env(), capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+        if line is None:  # the val split is all that evaluation needs: it gets as far as the missing checkpoint
+            assert "[Error] CheckpointError: checkpoint not found" in proc.stderr, proc.stderr[-3000:]
+            continue
+        assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-3000:]
+        logs = "".join(p.read_text() for p in out.rglob("train.log"))
+        assert "run directory" not in logs, "a worker started"  # run_job's first line
