@@ -43,7 +43,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from solo_npu.checkpoints import CheckpointError
-    from solo_npu.data import DatasetNotFoundError
+    from solo_npu.data import AnnotationFileError, DatasetNotFoundError
     from solo_npu.engine.backbone_init import BackboneInitError
     from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
     from solo_npu.engine.job import check_start, run_job
@@ -69,6 +69,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"[Error] DeviceError: {exc}") from None
     except CheckpointError as exc:  # a resume or weights file that does not fit this run
         raise SystemExit(f"[Error] CheckpointError: {exc}") from None
+    except (AnnotationFileError, DatasetNotFoundError) as exc:  # read by the workers: one line, not a traceback
+        raise SystemExit(f"[Error] {exc}") from None
     except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
         _say(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint")
         raise SystemExit(130) from None

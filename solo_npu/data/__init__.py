@@ -9,7 +9,14 @@ from solo_npu.data.build import (
     ensure_synthetic,
     stop_workers,
 )
-from solo_npu.data.coco import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, load_clean_coco, segmentation_to_rle
+from solo_npu.data.coco import (
+    FAULT_KINDS,
+    READ_FAULTS,
+    AnnotationFileError,
+    CocoInstanceDataset,
+    load_clean_coco,
+    segmentation_to_rle,
+)
 from solo_npu.data.collate import FixedShapeCollate, pad_instance_slots
 from solo_npu.data.samplers import GroupedBatchSampler
 from solo_npu.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
@@ -26,6 +33,7 @@ from solo_npu.data.transforms import (
 )
 
 __all__ = [
+    "AnnotationFileError",
     "DatasetNotFoundError",
     "FAULT_KINDS",
     "READ_FAULTS",

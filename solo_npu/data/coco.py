@@ -78,6 +78,10 @@ def segmentation_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
     return _as_bytes_rle(seg)
 
 
+class AnnotationFileError(ValueError):
+    """An annotation file that cannot be read as COCO instances, or a split with no usable image: one line."""
+
+
 def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
     """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
 
@@ -86,17 +90,25 @@ def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
         image; annotations skipped because an earlier one has the same ``id``.
 
     Raises:
-        ValueError: the file is not a COCO json object, or an annotation has no ``id``.
+        AnnotationFileError: the file is not JSON, not a COCO json object, or an annotation has no ``id``.
     """
-    with open(ann_file) as f:
-        dataset = json.load(f)
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # truncated, not JSON, not text
+        raise AnnotationFileError(f"{ann_file} is not a JSON file ({exc})") from None
     if not isinstance(dataset, dict):
-        raise ValueError(f"{ann_file} is not a COCO annotation file: the top level is a {type(dataset).__name__}")
+        raise AnnotationFileError(f"{ann_file} is not a COCO annotation file: the top level is a "
+                                  f"{type(dataset).__name__}")
+    for key in ("images", "categories"):  # "annotations" may be absent (an image-info file such as test-dev's)
+        if not isinstance(dataset.get(key), list):
+            raise AnnotationFileError(f"{ann_file} is not a COCO instances file: it has no {key!r} list "
+                                      f"(its keys: {', '.join(map(str, dataset)) or 'none'})")
     image_ids = {image["id"] for image in dataset.get("images", [])}
     kept, seen, orphans, duplicates = [], set(), 0, 0
     for i, ann in enumerate(dataset.get("annotations", [])):
         if "id" not in ann:
-            raise ValueError(f"{ann_file}: annotation {i} has no id")
+            raise AnnotationFileError(f"{ann_file}: annotation {i} has no id")
         if ann.get("image_id") not in image_ids:
             orphans += 1
         elif ann["id"] in seen:
@@ -226,7 +238,7 @@ class CocoInstanceDataset(Dataset):
                 anns = sorted(anns, key=lambda a: -a["area"])[: self.max_instances]
             records.append({"image_id": image_id, "file_name": name, "height": h, "width": w, "anns": anns})
         if self.train and not records:
-            raise ValueError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}")
+            raise AnnotationFileError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}")
         return records
 
     # ------------------------------------------------------------------ public API

@@ -193,6 +193,28 @@ def test_annotation_without_id_is_a_clear_error(tmp_path):
         CocoInstanceDataset(ann_file, img_dir)
 
 
+@pytest.mark.parametrize("content,message", [
+    (None, r"is not a JSON file \(\w+"),  # cut short, as an interrupted download or copy leaves it
+    (b"\x89PNG\r\n\x1a\n\x00\x00", r"is not a JSON file \('utf-8' codec can't decode"),
+    (b'[{"id": 1}]', r"is not a COCO annotation file: the top level is a list"),
+    (b'{"images": []}', r"is not a COCO instances file: it has no 'categories' list \(its keys: images\)"),
+    (b'{"info": {}, "categories": [], "images": {}}',
+     r"it has no 'images' list \(its keys: info, categories, images\)"),
+], ids=["truncated", "binary", "list", "no-categories", "images-not-a-list"])
+def test_unreadable_annotation_file_is_one_line(tmp_path, content, message):
+    """A file that is not a COCO instances json: AnnotationFileError (a ValueError) whose one line names the file,
+    not a json, UnicodeDecodeError or KeyError traceback from deeper down."""
+    from solo_npu.data import AnnotationFileError
+
+    root = generate_synthetic_coco(tmp_path / "bad", 2, 0, size=64, seed=3)
+    ann_file, img_dir = _paths(root)
+    text = ann_file.read_bytes()
+    ann_file.write_bytes(text[: len(text) // 2] if content is None else content)
+    with pytest.raises(AnnotationFileError, match=message) as info:
+        CocoInstanceDataset(ann_file, img_dir)
+    assert str(ann_file) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_crowd_only_image_trains_as_a_negative(tmp_path):
     """An image whose only annotation is a crowd region stays in training with no instance (mmdet's
     CocoDataset.filter_data keeps it: cat_img_map lists crowd annotations); an image with no annotation is

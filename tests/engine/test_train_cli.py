@@ -216,3 +216,21 @@ def test_missing_dataset_files_are_one_line_before_any_worker_starts(synthetic_c
         assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-3000:]
         logs = "".join(p.read_text() for p in out.rglob("train.log"))
         assert "run directory" not in logs, "a worker started"  # run_job's first line
+
+
+def test_unreadable_annotation_file_is_one_line_in_spawned_and_single_runs(synthetic_coco: Path,
+                                                                         tmp_path: Path) -> None:
+    """An annotation file cut short (as an interrupted copy leaves it) is read by the workers: a spawned
+    two-rank run and a one-process run both end in one [Error] line naming it, exit 1, no traceback."""
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    ann_file = root / "annotations" / "instances_train2017.json"
+    text = ann_file.read_bytes()
+    ann_file.write_bytes(text[: len(text) // 3])
+    for i, overrides in enumerate((["launcher.nproc_per_node=2"], [])):
+        proc = subprocess.run(_cmd(*overrides, f"data.root={root}", "data.generate=false",
+                                   f"output_root={tmp_path / f'out{i}'}", *FAST),
+                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"[Error] {ann_file} is not a JSON file ("), \
+            proc.stderr[-3000:]
