@@ -82,15 +82,11 @@ class AnnotationFileError(ValueError):
     """An annotation file that cannot be read as COCO instances, or a split with no usable image: one line."""
 
 
-def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
-    """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
-
-    Returns:
-        (coco, orphans, duplicates): the index; annotations skipped because their ``image_id`` names no
-        image; annotations skipped because an earlier one has the same ``id``.
+def read_annotation_json(ann_file: str | os.PathLike) -> dict[str, Any]:
+    """The json object of a COCO instances file, with ``images`` and ``categories`` lists.
 
     Raises:
-        AnnotationFileError: the file is not JSON, not a COCO json object, or an annotation has no ``id``.
+        AnnotationFileError: the file is not JSON (cut short, binary) or not such an object.
     """
     try:
         with open(ann_file, encoding="utf-8") as f:
@@ -104,6 +100,20 @@ def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
         if not isinstance(dataset.get(key), list):
             raise AnnotationFileError(f"{ann_file} is not a COCO instances file: it has no {key!r} list "
                                       f"(its keys: {', '.join(map(str, dataset)) or 'none'})")
+    return dataset
+
+
+def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
+    """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
+
+    Returns:
+        (coco, orphans, duplicates): the index; annotations skipped because their ``image_id`` names no
+        image; annotations skipped because an earlier one has the same ``id``.
+
+    Raises:
+        AnnotationFileError: see :func:`read_annotation_json`; or an annotation has no ``id``.
+    """
+    dataset = read_annotation_json(ann_file)
     image_ids = {image["id"] for image in dataset.get("images", [])}
     kept, seen, orphans, duplicates = [], set(), 0, 0
     for i, ann in enumerate(dataset.get("annotations", [])):

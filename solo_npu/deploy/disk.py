@@ -19,7 +19,6 @@ line when it does not fit (``deploy.disk.check=false``: a WARNING).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -141,14 +140,14 @@ def _planned_images(ctx: DeployContext) -> int:
     index = ctx.path("preprocess", "index.json")
     if index.is_file():
         return len(read_json(index)["images"])
+    from solo_npu.data.coco import read_annotation_json
     from solo_npu.deploy.preprocess import dataset_files
 
     data = ctx.cfg.data
     split = str(ctx.deploy_cfg.split)
     ann_file, _ = dataset_files(data, split)
     if ann_file.is_file():
-        with open(ann_file) as f:
-            total = len(json.load(f).get("images", []))
+        total = len(read_annotation_json(ann_file)["images"])
     elif data.get("generate") and data.get(f"num_{split}") is not None:  # synthetic data not generated yet
         total = int(data.get(f"num_{split}"))
     else:

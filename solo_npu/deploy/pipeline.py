@@ -132,9 +132,10 @@ def run_task(cfg: DictConfig, model_name: str | None = None) -> Any:
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a missing tool, not a bug: printed as one line."""
     from solo_npu.checkpoints import CheckpointError
+    from solo_npu.data import AnnotationFileError
     from solo_npu.runtime import DeviceError
 
-    return DeployError, CheckpointError, DeviceError, FileNotFoundError
+    return DeployError, CheckpointError, DeviceError, FileNotFoundError, AnnotationFileError
 
 
 def main(cfg: DictConfig, model_name: str | None = None) -> int:

@@ -74,6 +74,15 @@ def test_missing_annotation_file(deploy_cfg, tmp_path, capsys):
     assert "annotation file not found" in _one_line_error(capsys, main(cfg))
 
 
+def test_annotation_file_cut_short(deploy_cfg, synthetic_coco, tmp_path, capsys):
+    root = tmp_path / "cut"
+    shutil.copytree(synthetic_coco, root)
+    ann_file = root / "annotations" / "instances_val2017.json"
+    ann_file.write_bytes(ann_file.read_bytes()[:500])
+    cfg = deploy_cfg(f"data.root={root}", f"run_dir={tmp_path / 'run'}", "stages=[preprocess]")
+    assert _one_line_error(capsys, main(cfg)).startswith(f"error: {ann_file} is not a JSON file (")
+
+
 def test_unknown_backend_stage_and_rerun_without_inputs(deploy_cfg, tmp_path, capsys):
     cfg = deploy_cfg(f"run_dir={tmp_path}", "stages=[deploy_everything]")
     assert "unknown stage(s) ['deploy_everything']" in _one_line_error(capsys, main(cfg))
