@@ -43,6 +43,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from solo_npu.checkpoints import CheckpointError
+    from solo_npu.config.values import ConfigValueError
     from solo_npu.data import AnnotationFileError, DatasetNotFoundError
     from solo_npu.engine.backbone_init import BackboneInitError
     from solo_npu.engine.interrupts import InterruptedMidStep, Terminated
@@ -61,7 +62,7 @@ def main(cfg: DictConfig) -> None:
     job_cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
         check_start(job_cfg, run_dir)
-    except (BackboneInitError, DatasetNotFoundError) as exc:
+    except (BackboneInitError, ConfigValueError, DatasetNotFoundError) as exc:
         raise SystemExit(f"[Error] {exc}") from None
     try:
         launch(run_job, job_cfg, run_dir)

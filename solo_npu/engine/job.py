@@ -143,10 +143,13 @@ def attempt_resume(cfg: Any, run_dir: Path, environ: Mapping[str, str] | None = 
 
 def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     """Checks a launcher runs once before any worker starts, so that a run that cannot start as
-    configured stops with one line (:class:`~solo_npu.data.DatasetNotFoundError`,
+    configured stops with one line (:class:`~solo_npu.config.values.ConfigValueError`,
+    :class:`~solo_npu.data.DatasetNotFoundError`,
     :class:`~solo_npu.engine.backbone_init.BackboneInitError`)."""
+    from solo_npu.config.values import check_values
     from solo_npu.data import check_dataset_files
 
+    check_values(cfg)
     mode = cfg.get("mode", "train")
     check_dataset_files(cfg["data"], ("train", "val") if mode == "train" else ("val",))  # training evaluates too
     if mode == "train":

@@ -1,0 +1,89 @@
+"""Ranges of the numeric training settings, checked before any worker starts.
+
+The schema (``schema.py``) fixes each key's type; this module fixes the values that make sense, so that
+``train.batch_size=0`` or ``launcher.node_rank=5`` with two nodes is one line naming the key, not a traceback
+from the data loader, the optimiser or the launcher, and ``train.epochs=0`` does not end a run that trained
+nothing as if it had succeeded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ConfigValueError", "check_values"]
+
+
+class ConfigValueError(ValueError):
+    """A setting outside its range: one line naming the key, its value and the range."""
+
+
+# key -> (lowest, highest, lowest included, null allowed); None: no bound
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "train.epochs": (1, None, True, False),
+    "train.batch_size": (1, None, True, False),
+    "train.eval_batch_size": (1, None, True, False),
+    "train.max_iters": (1, None, True, True),
+    "train.workers": (0, None, True, True),
+    "train.log_interval": (1, None, True, False),
+    "train.eval_interval": (0, None, True, False),
+    "train.checkpoint_interval": (0, None, True, False),
+    "train.checkpoint_interval_iters": (0, None, True, False),
+    "train.max_nonfinite": (0, None, True, False),
+    "train.vis_images": (0, None, True, False),
+    "optim.base_lr": (0, None, True, False),  # 0: steps that change nothing (benchmarks, checks)
+    "optim.base_batch_size": (1, None, True, False),
+    "optim.momentum": (0, None, True, False),
+    "optim.weight_decay": (0, None, True, False),
+    "optim.grad_clip": (0, None, False, True),
+    "optim.warmup_iters": (0, None, True, False),
+    "optim.warmup_ratio": (0, 1, False, False),
+    "optim.gamma": (0, None, False, False),
+    "optim.min_lr_ratio": (0, 1, True, False),
+    "launcher.nproc_per_node": (1, None, True, False),
+    "launcher.nnodes": (1, None, True, False),
+    "launcher.node_rank": (0, None, True, False),
+    "launcher.master_port": (0, 65535, True, False),
+    "launcher.timeout_min": (1, None, True, False),
+    "data.num_workers": (0, None, True, False),
+    "data.max_instances": (1, None, True, False),
+}
+
+
+def _get(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _range_text(low: float | None, high: float | None, low_included: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_included else '>'} {low:g}"
+    return f"in {'[' if low_included else '('}{low:g}, {high:g}]"
+
+
+def check_values(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigValueError` for the first setting of :data:`RANGES` outside its range, and for a
+    ``launcher.node_rank`` not below ``launcher.nnodes``. Keys the config does not have are not checked."""
+    for key, (low, high, low_included, nullable) in RANGES.items():
+        present, value = _get(cfg, key)
+        if not present or (value is None and nullable):
+            continue
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        ok = number is not None and math.isfinite(number)
+        if ok and low is not None:
+            ok = number >= low if low_included else number > low
+        if ok and high is not None:
+            ok = number <= high
+        if not ok:
+            allowed = _range_text(low, high, low_included) + (" or null" if nullable else "")
+            raise ConfigValueError(f"{key}={value}: must be {allowed}")
+    present, nnodes = _get(cfg, "launcher.nnodes")
+    _, node_rank = _get(cfg, "launcher.node_rank")
+    if present and isinstance(node_rank, int) and node_rank >= nnodes:
+        raise ConfigValueError(f"launcher.node_rank={node_rank}: must be below launcher.nnodes={nnodes} "
+                               f"(0..{nnodes - 1})")
