@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"[Error] DeviceError: {exc}") from None
     except CheckpointError as exc:  # a resume or weights file that does not fit this run
         raise SystemExit(f"[Error] CheckpointError: {exc}") from None
-    except (AnnotationFileError, DatasetNotFoundError) as exc:  # read by the workers: one line, not a traceback
+    except AnnotationFileError as exc:  # read by the workers: one line, not a traceback
         raise SystemExit(f"[Error] {exc}") from None
     except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
         _say(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint")
