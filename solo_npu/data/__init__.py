@@ -7,6 +7,7 @@ from solo_npu.data.build import (
     build_dataset,
     check_dataset_files,
     ensure_synthetic,
+    split_paths,
     stop_workers,
 )
 from solo_npu.data.coco import (
@@ -54,6 +55,7 @@ __all__ = [
     "ensure_synthetic",
     "generate_synthetic_coco",
     "pad_instance_slots",
+    "split_paths",
     "stop_workers",
     "load_clean_coco",
     "pad_offset",

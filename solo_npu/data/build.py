@@ -33,9 +33,8 @@ SPLITS = ("train", "val")
 STAMP = "synthetic_params.json"  # the generator arguments, to notice a stale dataset
 
 
-def _split_paths(data_cfg: Any, split: str) -> tuple[Path, Path]:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+def split_paths(data_cfg: Any, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split; ``ann_file`` and ``img_dir`` are relative to ``data.root``."""
     root = Path(str(data_cfg["root"]))
     sub = data_cfg[split]
     return root / str(sub["ann_file"]), root / str(sub["img_dir"])
@@ -53,7 +52,7 @@ def check_dataset_files(data_cfg: Any, splits: Sequence[str]) -> None:
     root = Path(str(data_cfg["root"]))
     where = "" if root.is_absolute() else f", relative to {Path.cwd()}"
     for split in splits:
-        ann_file, img_dir = _split_paths(data_cfg, split)
+        ann_file, img_dir = split_paths(data_cfg, split)
         sub = data_cfg[split]
         for key, kind, path, found in (("ann_file", "annotation file", ann_file, ann_file.is_file()),
                                        ("img_dir", "image folder", img_dir, img_dir.is_dir())):
@@ -66,7 +65,9 @@ def check_dataset_files(data_cfg: Any, splits: Sequence[str]) -> None:
 
 def build_dataset(data_cfg: Any, split: str, seed: int = 0) -> CocoInstanceDataset:
     """The dataset of a split with its transforms (training augmentation only for ``train``)."""
-    ann_file, img_dir = _split_paths(data_cfg, split)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    ann_file, img_dir = split_paths(data_cfg, split)
     train = split == "train"
     return CocoInstanceDataset(ann_file, img_dir, transforms=build_transforms(data_cfg, train), train=train,
                                max_instances=int(data_cfg.max_instances), seed=seed)

@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from solo_npu.data import check_dataset_files
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.compile_310p import run_compile
 from solo_npu.deploy.context import DeployContext, DeployError, read_json
@@ -23,7 +24,7 @@ from solo_npu.deploy.disk import check_disk, run_plan
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import run_infer
-from solo_npu.deploy.preprocess import run_preprocess
+from solo_npu.deploy.preprocess import dataset_files, run_preprocess
 from solo_npu.deploy.report import run_report
 from solo_npu.deploy.verify import run_verify
 
@@ -73,6 +74,20 @@ def mark_explicit_classes(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 return
 
 
+# Stages that read the configured dataset (the others read what earlier stages wrote into the run directory).
+DATA_STAGES = ("verify", "preprocess")
+
+
+def check_data(ctx: DeployContext, stages: Sequence[str]) -> None:
+    """Before the first stage: the split's annotation file and image folder exist (or ``data.generate`` makes
+    them), so a wrong ``data.root`` is one line before the export rather than after it."""
+    if not any(s in DATA_STAGES for s in stages):
+        return
+    split = str(ctx.deploy_cfg.split)
+    dataset_files(ctx.cfg.data, split)  # a data config without a root or this split
+    check_dataset_files(ctx.cfg.data, (split,))
+
+
 def _skip_mismatched_evaluate(ctx: DeployContext, stages: list[str]) -> list[str]:
     """Leave out ``evaluate`` (WARNING) when the model's classes are not the dataset's: AP would be noise."""
     if "evaluate" not in stages:
@@ -102,6 +117,7 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
     if any(s in stages for s in ("export", "verify")):
         print(f"model: {ctx.classes.describe()}")
     stages = _skip_mismatched_evaluate(ctx, stages)
+    check_data(ctx, stages)
     checked = False
     for i, name in enumerate(stages):
         if name in ("preprocess", "infer") and not checked:  # the large writes start here

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from solo_npu.data import CocoInstanceDataset, FixedShapeCollate, ensure_synthetic
+from solo_npu.data import CocoInstanceDataset, FixedShapeCollate, ensure_synthetic, split_paths
 from solo_npu.data.transforms import Compose, Normalize, Resize
 from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
 from solo_npu.utils.files import write_text_atomic
@@ -59,8 +59,7 @@ def dataset_files(data_cfg: DictConfig, split: str = "val") -> tuple[Path, Path]
     if sub is None or data_cfg.get("root") is None:
         raise DeployError(f"the data config has no root or {split!r} split "
                           "(use data=coco data.root=DIR or data=synthetic)")
-    root = Path(str(data_cfg.root))
-    return root / str(sub.ann_file), root / str(sub.img_dir)
+    return split_paths(data_cfg, split)
 
 
 def build_deploy_dataset(ctx: DeployContext) -> tuple[CocoInstanceDataset, Path]:

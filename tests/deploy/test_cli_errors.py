@@ -71,7 +71,32 @@ def test_empty_image_folder(deploy_cfg, synthetic_coco, tmp_path, capsys):
 
 def test_missing_annotation_file(deploy_cfg, tmp_path, capsys):
     cfg = deploy_cfg(f"data.root={tmp_path / 'nowhere'}", f"run_dir={tmp_path / 'run'}", "stages=[preprocess]")
-    assert "annotation file not found" in _one_line_error(capsys, main(cfg))
+    err = _one_line_error(capsys, main(cfg))
+    assert err.startswith(f"error: data.val.ann_file: annotation file {tmp_path}/nowhere/annotations/"
+                          "instances_val2017.json not found"), err
+
+
+@pytest.mark.parametrize("missing", ["root", "val2017"])
+def test_missing_dataset_is_reported_before_the_export(deploy_cfg, synthetic_coco, tmp_path, capsys, missing):
+    """export then verify: a data.root that is not there, or lacks the image folder, is one line before the export
+    runs (the export takes minutes for R50), not after it."""
+    root = tmp_path / "data"
+    if missing == "val2017":
+        shutil.copytree(synthetic_coco / "annotations", root / "annotations")
+    cfg = deploy_cfg(f"data.root={root}", f"run_dir={tmp_path / 'run'}", "stages=[export,verify]")
+    err = _one_line_error(capsys, main(cfg))
+    key, kind = ("ann_file", "annotation file") if missing == "root" else ("img_dir", "image folder")
+    assert err.startswith(f"error: data.val.{key}: {kind} {root}/"), err
+    assert not (tmp_path / "run" / "export").exists()  # nothing was exported
+
+
+def test_export_alone_needs_no_dataset(deploy_cfg, tmp_path):
+    from solo_npu.deploy.pipeline import run_pipeline
+
+    cfg = deploy_cfg(f"data.root={tmp_path / 'nowhere'}", f"run_dir={tmp_path / 'run'}", "stages=[export]",
+                     "deploy.export_formats=[onnx]", "deploy.batch_sizes=[1]")
+    ctx = run_pipeline(cfg)
+    assert (tmp_path / "run" / "export" / "model_b1.onnx").is_file() and "export" in ctx.results
 
 
 def test_annotation_file_cut_short(deploy_cfg, synthetic_coco, tmp_path, capsys):
