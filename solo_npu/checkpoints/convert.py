@@ -235,7 +235,8 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", trust_pickle: bool = False,
                        strict: bool | None = None, reinit_classifier: bool = False,
-                       loaded: Any = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+                       loaded: Any = None, class_names: Sequence[str] | None = None,
+                       normalize: Mapping[str, Any] | None = None, check_input: bool = True) -> dict[str, Any]:
     """Load a checkpoint of any layout ``model`` reads into it (:func:`read_checkpoint`).
 
     A classifier of another size (the model's ``classifier_prefixes``) is an error naming both class
@@ -258,6 +259,10 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
             by a fresh one (fine-tuning only).
         loaded: the checkpoint already read from ``path`` (read once by callers that inspect it first).
         class_names: the names of the model's labels 0..N-1 (the dataset's), or ``None``: not compared.
+        normalize: the data config's pixel normalisation (``style``, ``mean``, ``std``), compared by the
+            model's ``check_checkpoint_input`` with what the layout's weights were trained on (for a converted
+            file, the layout its ``meta.source`` names); ``None``: only the model itself is compared.
+        check_input: ``False`` skips that comparison (a conversion that only renames).
 
     Returns:
         ``{"source", "missing", "unexpected", "reinitialised", "reordered", "config"}`` (``source``: the
@@ -270,7 +275,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     """
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle) if loaded is None else loaded
     try:
-        state, _, source = read_checkpoint(ckpt, model, source, _model_num_classes(model))
+        state, metadata, source = read_checkpoint(ckpt, model, source, _model_num_classes(model))
+        if check_input:
+            _check_input(model, source, metadata, normalize)
     except CheckpointError as exc:
         raise CheckpointError(_with_path(exc, path)) from exc
     if strict is None:
@@ -299,9 +306,11 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in reinitialised]
     unexpected = list(result.unexpected_keys)
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"{path} ({source} layout) does not match the model: missing {missing[:10]}"
-                              f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+    # A BatchNorm counter, not a weight: FrozenBatchNorm files (detectron2) and torch < 0.4.1 have none.
+    weights_missing = [k for k in missing if not k.endswith(".num_batches_tracked")]
+    if strict and (weights_missing or unexpected):
+        raise CheckpointError(f"{path} ({source} layout) does not match the model: missing {weights_missing[:10]}"
+                              f"{' ...' if len(weights_missing) > 10 else ''}, unexpected {unexpected[:10]}"
                               f"{' ...' if len(unexpected) > 10 else ''}")
     if reinitialised:
         if hasattr(model, "reset_classifier"):
@@ -314,6 +323,18 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
             "reordered": reordered, "config": config or None}
+
+
+def _check_input(model: nn.Module, source: str, metadata: Mapping[str, Any],
+                 normalize: Mapping[str, Any] | None) -> None:
+    """The model's ``check_checkpoint_input`` for the layout the weights came from: ``source``, or for a file
+    of our names the layout its ``meta.source`` says it was converted from."""
+    check = getattr(model, "check_checkpoint_input", None)
+    if check is None:
+        return
+    meta = metadata.get("meta")
+    converted_from = meta.get("source") if source == "ours" and isinstance(meta, Mapping) else None
+    check(converted_from if isinstance(converted_from, str) else source, normalize)
 
 
 def _with_path(exc: CheckpointError, path: str | os.PathLike) -> str:
@@ -374,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             if num_classes is None:
                 raise CheckpointError(f"{args.src} does not say how many classes it has: pass --num-classes")
             model = build_model(config, num_classes=num_classes)
-            report = load_model_weights(model, args.src, args.source, strict=False, loaded=ckpt)
+            report = load_model_weights(model, args.src, args.source, strict=False, loaded=ckpt, check_input=False)
             source, missing, unexpected = report["source"], report["missing"], report["unexpected"]
             # A BatchNorm counter, not a weight (files of torch < 0.4.1 lack it): the model's 0 is written.
             counters = [k for k in missing if k.endswith("num_batches_tracked")]
@@ -417,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         meta["dataset_meta"] = {"classes": list(classes.names)}
     save_checkpoint({"model": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, args.dst)
     print(f"wrote {args.dst} ({len(state)} tensors, {source} layout)")
+    if source == "adelaidet":
+        from solo_npu.models.solov2.checkpoint import ADELAIDET_OVERRIDES
+
+        print(f"NOTE: AdelaiDet SOLOv2 weights expect a caffe-style ResNet fed BGR pixels: load {args.dst} with "
+              f"{ADELAIDET_OVERRIDES}")
     if partial is not None:
         print(f"--allow-partial: {args.dst} holds only the file's tensors: the {len(partial['missing'])} model tensors "
               f"missing from the file are NOT in it, the {len(partial['dropped'])} unexpected ones were dropped "

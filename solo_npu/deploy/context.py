@@ -300,7 +300,8 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
                               f"config asks for {int(explicit)}: drop the class override (data=, num_classes=) to "
                               "deploy the checkpoint's classes, or fine-tune it on the new ones")
         model = build_model(cfg.model, num_classes=found.num_classes if found.num_classes is not None else explicit)
-        load_model_weights(model, checkpoint, source=source, loaded=ckpt)
+        normalize = (cfg.get("data") or {}).get("normalize")  # what the weights were trained on is checked
+        load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)
     except CheckpointError as exc:
         raise DeployError(str(exc)) from exc
     num_classes = _model_classes(model) or found.num_classes or 0

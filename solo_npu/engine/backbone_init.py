@@ -65,6 +65,20 @@ def is_frozen_bn(backbone: Mapping[str, Any], freeze_backbone: bool = False) -> 
             or bool(backbone.get("norm_eval", True)))
 
 
+def _check_torchvision_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """``path`` when the run feeds torchvision's ImageNet weights what they were trained on: a pytorch-style
+    ResNet (the stride on the 3x3 conv) and RGB pixels normalised by the ImageNet mean and std."""
+    style = str(backbone.get("style", "pytorch"))
+    norm = str(((cfg.get("data") or {}).get("normalize") or {}).get("style", "pytorch"))
+    if style != "pytorch" or norm != "pytorch":
+        raise BackboneInitError(
+            f"model.pretrained={path} holds torchvision's ImageNet weights, trained pytorch-style on RGB input, but "
+            f"this run has model.backbone.style={style} data.normalize.style={norm}: keep both pytorch to start from "
+            "them, or start a caffe-style model from a checkpoint trained that way (checkpoint=PATH, e.g. "
+            "AdelaiDet's)")
+    return path
+
+
 def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None) -> str | None:
     """The ImageNet file to load into the backbone of a training run, or ``None``.
 
@@ -89,13 +103,13 @@ def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None) -
     if text.lower() not in ("auto", *_NONE):
         if not Path(text).is_file():
             raise BackboneInitError(f"model.pretrained={text}: no such file (cwd {Path.cwd()})")
-        return text
+        return _check_torchvision_input(text, backbone, cfg)
     if text.lower() == "auto":
         data_root = (cfg.get("data") or {}).get("root")
         candidates = candidate_files(depth, data_root)
         for path in candidates:
             if path.is_file():
-                return str(path)
+                return _check_torchvision_input(str(path), backbone, cfg)
         if not frozen:
             return None
         where = "; ".join(f"{d.resolve()}/{{{','.join(p.name for p in candidates if p.parent == d)}}}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -25,7 +25,8 @@ def set_num_classes(model_cfg: MutableMapping[str, Any], num_classes: int) -> in
 
 
 def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle: bool = False,
-                 allow_classifier_change: bool = False, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+                 allow_classifier_change: bool = False, class_names: Sequence[str] | None = None,
+                 normalize: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Load model weights from a checkpoint of this project or any layout the converters read.
 
     With ``allow_classifier_change`` a classifier trained on another number of classes is left at a
@@ -36,7 +37,8 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
     3.x ``meta.dataset_meta.classes``, mmdet 1.x / 2.x and SOLO ``meta.CLASSES``, this project's
     ``config.data.class_names`` or a converted file's ``meta.dataset_meta.classes``): the same names in
     another order reorder the classifier by name, other names are a WARNING
-    (:func:`solo_npu.checkpoints.convert.load_model_weights`).
+    (:func:`solo_npu.checkpoints.convert.load_model_weights`). ``normalize`` (the data config's) is compared
+    with the pixel normalisation the file's weights were trained on, where the model knows it (AdelaiDet's).
 
     Returns:
         ``{"source", "missing", "unexpected", "reinitialised", "reordered"}`` from the converter.
@@ -44,7 +46,8 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
     from solo_npu.checkpoints.convert import load_model_weights
 
     report = load_model_weights(model, path, source=source, trust_pickle=trust_pickle, strict=False,
-                                reinit_classifier=allow_classifier_change, class_names=class_names)
+                                reinit_classifier=allow_classifier_change, class_names=class_names,
+                                normalize=normalize)
     if report["reinitialised"] and not allow_classifier_change:
         raise ValueError(f"checkpoint {path} was trained on another number of classes "
                          f"({', '.join(report['reinitialised'])}); use +experiment=finetune to adapt it")

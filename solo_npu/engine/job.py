@@ -211,7 +211,7 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     val_set, loader, evaluator = _eval_setup(cfg, info)
     model = _build_model(cfg, len(val_set.label_to_cat))
     report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
-                          class_names=val_set.class_names)
+                          class_names=val_set.class_names, normalize=cfg.data.normalize)
     notice = canvas_notice(report.get("config"), cfg.data)
     if notice and comm.is_main_process():
         logger.warning(notice)
@@ -319,7 +319,7 @@ def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: i
         report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
                               bool(cfg.checkpoint_trust_pickle),
                               allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier),
-                              class_names=class_names)
+                              class_names=class_names, normalize=cfg.data.normalize)
         logger.info("initial weights from %s (%s)", cfg.checkpoint,
                     ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()
                               if isinstance(v, (str, list))))

@@ -25,6 +25,8 @@ Checkpoints (``solo_npu.checkpoints.convert``):
 - ``checkpoint_layout(state, container)`` (optional): the layout of a file for ``source=auto``; by default
   ``ours`` when every key is the model's, else the model's only reference layout.
 - ``partial_checkpoint_layouts`` (default ``()``): layouts that fill only part of the model (a backbone).
+- ``check_checkpoint_input(layout, normalize)`` (optional): raise a CheckpointError when the weights of
+  ``layout`` were trained on another input than this model and the data config's ``normalize`` give.
 - ``classifier_prefixes`` (default ``()``): layers with one output per class; their first weight gives a
   checkpoint's class count, and ``reset_classifier()`` re-initialises them for fine-tuning.
 

@@ -299,24 +299,29 @@ def test_trust_pickle_names_the_missing_package(tmp_path, monkeypatch):
     assert "install mmengine" in message and "publish_model.py" in message
 
 
-def test_adelaidet_and_unknown_layouts_are_refused(tmp_path, capsys):
-    # AdelaiDet's SOLOv2 (detectron2 names, saved under "model" as ours): backbone.bottom_up / fpn_lateral, ins_head.
-    adelaidet = {"backbone.bottom_up.stem.conv1.weight": (16, 3, 7, 7),
-                 "backbone.bottom_up.res2.0.conv1.weight": (16, 16, 1, 1),
-                 "backbone.fpn_lateral2.weight": (32, 16, 1, 1), "ins_head.cate_tower.0.weight": (32, 32, 3, 3),
-                 "ins_head.cate_pred.weight": (3, 32, 3, 3), "ins_head.cate_pred.bias": (3,),
-                 "ins_head.kernel_pred.weight": (16, 32, 3, 3), "mask_head.conv_pred.0.weight": (16, 16, 1, 1)}
-    path = tmp_path / "SOLOv2_R50_3x.pth"
-    torch.save({"model": {k: torch.zeros(s) for k, s in adelaidet.items()}, "iteration": 90000}, path)
-    unsupported = "AdelaiDet / detectron2 SOLOv2 checkpoints are not supported"
-    for source in ("auto", "mmdet"):
-        with pytest.raises(CheckpointError, match=unsupported):
+def test_files_that_are_not_a_solov2_are_refused(tmp_path, capsys):
+    # AdelaiDet names (saved under "model" as ours) but heads without GroupNorm (MODEL.SOLOV2.NORM none), and a
+    # detectron2 Mask R-CNN (backbone.bottom_up + roi_heads): one line each, nothing written.
+    no_gn = {"backbone.bottom_up.stem.conv1.weight": (16, 3, 7, 7), "backbone.fpn_lateral2.weight": (32, 16, 1, 1),
+             "ins_head.cate_tower.0.weight": (32, 32, 3, 3), "ins_head.cate_tower.0.bias": (32,),
+             "ins_head.cate_pred.weight": (3, 32, 3, 3), "ins_head.cate_pred.bias": (3,)}
+    path = tmp_path / "SOLOv2_R50_3x_nonorm.pth"
+    torch.save({"model": {k: torch.zeros(s) for k, s in no_gn.items()}, "iteration": 90000}, path)
+    for source, reason in (("auto", "without GroupNorm in its heads"),
+                           ("mmdet", "has AdelaiDet / detectron2 names (key 'backbone.bottom_up.stem.conv1.weight'), "
+                                     "not mmdet ones: pass checkpoint_source=adelaidet")):
+        with pytest.raises(CheckpointError, match=re.escape(reason)):
             load_model_weights(build("solov2_tiny", num_classes=3), path, source=source)
-    with pytest.raises(CheckpointError, match=unsupported):
+    with pytest.raises(CheckpointError, match="without GroupNorm"):
         load_weights(build("solov2_tiny", num_classes=3), str(path))
     for extra in ([], ["--model-config", str(CONF / "solov2_tiny.yaml"), "--num-classes", "3"]):
         assert main([str(path), str(tmp_path / "out.pth"), *extra]) == 1
-        assert unsupported in capsys.readouterr().out
+        assert "without GroupNorm" in capsys.readouterr().out
+    mask_rcnn = tmp_path / "model_final_f10217.pth"
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(64, 3, 7, 7),
+                          "roi_heads.mask_head.predictor.weight": torch.zeros(80, 256, 1, 1)}}, mask_rcnn)
+    assert main([str(mask_rcnn), str(tmp_path / "out.pth")]) == 1
+    assert re.search(r"1 tensors a SOLOv2 has no place for \[roi_heads\.", capsys.readouterr().out)
     assert not (tmp_path / "out.pth").exists()
 
     # Without --model-config the CLI checks the names against SOLOv2's: another detector, or a head alone, is refused.

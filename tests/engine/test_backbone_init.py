@@ -153,3 +153,26 @@ def test_the_demo_and_the_smoke_runs_start_from_scratch_on_purpose() -> None:
         assert backbone_init_file(cfg) is None
     r50 = OmegaConf.to_container(compose_train_cfg(["+experiment=1p"]), resolve=True)
     assert r50["model"]["pretrained"] == "auto"
+
+
+@pytest.mark.parametrize("style, norm", [("caffe", "pytorch"), ("pytorch", "caffe"), ("caffe", "caffe")])
+def test_torchvision_weights_need_a_pytorch_style_rgb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          style: str, norm: str) -> None:
+    """torchvision's ImageNet ResNets put the stride on the 3x3 conv and were trained on RGB input normalised by
+    the ImageNet mean/std: a caffe-style backbone or BGR input would start from weights used wrongly."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "pretrained").mkdir(parents=True)
+    (tmp_path / "data" / "pretrained" / "resnet50-19c8e357.pth").write_bytes(b"x")
+    for pretrained in ("auto", "data/pretrained/resnet50-19c8e357.pth"):
+        cfg = _cfg(pretrained)
+        cfg["model"]["backbone"]["style"] = style
+        cfg["data"]["normalize"] = {"style": norm}
+        with pytest.raises(BackboneInitError) as info:
+            backbone_init_file(cfg)
+        assert f"this run has model.backbone.style={style} data.normalize.style={norm}" in str(info.value)
+        assert "torchvision's ImageNet weights" in str(info.value) and "\n" not in str(info.value)
+        cfg["model"]["backbone"]["style"], cfg["data"]["normalize"]["style"] = "pytorch", "pytorch"
+        assert backbone_init_file(cfg) == "data/pretrained/resnet50-19c8e357.pth"
+        assert backbone_init_file({**cfg, "model": {**cfg["model"], "backbone": {**cfg["model"]["backbone"],
+                                                                                  "style": style}}},
+                                  starts_from="SOLOv2_R50_3x.pth") is None  # a checkpoint start loads no ImageNet file

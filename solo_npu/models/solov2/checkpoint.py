@@ -9,12 +9,28 @@ configs say ``num_classes=81``, so the COCO classifier has 80 outputs and channe
 (``tools/test_ins.py`` writes ``dataset.cat_ids[label]``), which is our contiguous layout. Its outputs
 are kept as they are; a classifier for another number of classes goes through the same class-count
 check as any other file. torchvision ResNet weights initialise ``backbone.*``.
+
+AdelaiDet's SOLOv2 (``adet/modeling/solov2/solov2.py``) is the same network under detectron2's names: a
+detectron2 ResNet (``backbone.bottom_up.stem`` / ``res2``..``res5``, each conv with its FrozenBatchNorm as
+``conv.norm``, the projection as ``shortcut``) and FPN (``backbone.fpn_lateral2``..``5``, ``fpn_output2``..``5``,
+P6 by a stride-2 max pool as ours), an ``ins_head`` whose ``cate_tower`` / ``kernel_tower`` are
+``nn.Sequential(conv, GroupNorm, ReLU, ...)`` with ``cate_pred`` / ``kernel_pred`` (80 sigmoid outputs for COCO,
+classes in ascending category id as ours), and a ``mask_head`` whose ``convs_all_levels.L.convJ`` and
+``conv_pred`` are ``nn.Sequential(conv, GroupNorm, ReLU)``. Its published models (``configs/SOLOv2/R50_3x.yaml``,
+``R101_3x.yaml``) start from detectron2's MSRA ImageNet weights (``MODEL.WEIGHTS
+detectron2://ImageNetPretrained/MSRA/R-50.pkl``): caffe-style bottlenecks (``RESNETS.STRIDE_IN_1X1`` true, the
+stride on the first 1x1 conv) fed BGR pixels minus ``MODEL.PIXEL_MEAN`` [103.53, 116.28, 123.675] with
+``PIXEL_STD`` 1 (detectron2's defaults), so such weights are only right in a model built that way
+(:func:`check_checkpoint_input`). FrozenBatchNorm has no ``num_batches_tracked`` counter; the loaders
+accept its absence.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -22,9 +38,9 @@ from solo_npu.checkpoints.io import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SOLOV2_LAYOUTS", "convert_solov2_state_dict", "solov2_checkpoint_layout"]
+__all__ = ["SOLOV2_LAYOUTS", "check_checkpoint_input", "convert_solov2_state_dict", "solov2_checkpoint_layout"]
 
-SOLOV2_LAYOUTS = ("mmdet", "solo", "torchvision")
+SOLOV2_LAYOUTS = ("mmdet", "solo", "torchvision", "adelaidet")
 SOLO_RENAMES = (
     ("bbox_head.cate_convs.", "mask_head.cls_convs."),
     ("bbox_head.kernel_convs.", "mask_head.kernel_convs."),
@@ -34,29 +50,85 @@ SOLO_RENAMES = (
     ("mask_feat_head.conv_pred.0.", "mask_head.mask_feature_head.conv_pred."),
 )
 
-# AdelaiDet's SOLOv2 (adet/modeling/solov2/solov2.py) is a detectron2 model with other modules and names: a
-# detectron2 FPN backbone (`backbone.bottom_up.` ResNet, `backbone.fpn_lateral2.`), `ins_head.` (cate_tower,
-# kernel_tower, cate_pred, kernel_pred) and a `mask_head.` of its own, saved under `model` as ours is.
+# detectron2 / AdelaiDet names (see the module docstring) -> ours.
 DETECTRON2_PREFIXES = ("backbone.bottom_up.", "backbone.fpn_lateral", "backbone.fpn_output", "ins_head.")
+_D2_STEM = re.compile(r"backbone\.bottom_up\.stem\.conv1\.(norm\.)?(\w+)$")
+_D2_BLOCK = re.compile(r"backbone\.bottom_up\.res([2-5])\.(\d+)\.(conv[123]|shortcut)\.(norm\.)?(\w+)$")
+_D2_FPN = re.compile(r"backbone\.fpn_(lateral|output)([2-5])\.(\w+)$")
+_ADET_TOWER = re.compile(r"ins_head\.(cate|kernel)_tower\.(\d+)\.(\w+)$")
+_ADET_PRED = re.compile(r"ins_head\.(cate|kernel)_pred\.(\w+)$")
+_ADET_MASK = re.compile(r"mask_head\.(convs_all_levels\.\d+\.conv\d+|conv_pred)\.([01])\.(\w+)$")
+
+# The input AdelaiDet's published SOLOv2 weights were trained on (module docstring).
+ADELAIDET_INPUT = {"backbone.style": "caffe", "normalize.style": "caffe",
+                   "normalize.mean": (103.53, 116.28, 123.675), "normalize.std": (1.0, 1.0, 1.0)}
+ADELAIDET_OVERRIDES = ("model.backbone.style=caffe data.normalize.style=caffe "
+                       "'data.normalize.mean=[103.53,116.28,123.675]' 'data.normalize.std=[1,1,1]'")
 
 
-def _refuse_detectron2(state: Mapping[str, Tensor]) -> None:
-    found = next((k for k in state if k.startswith(DETECTRON2_PREFIXES)), None)
-    if found is not None:
-        raise CheckpointError(f"AdelaiDet / detectron2 SOLOv2 checkpoints are not supported (key {found!r}): "
-                              "SOLOv2 reads this project's, mmdet's, the original SOLO repository's and "
-                              "torchvision ResNet files")
+def _adelaidet_key(key: str) -> str:
+    """Our name for an AdelaiDet SOLOv2 key; a key of no known module is returned as it is (the loaders then
+    report it as unexpected)."""
+    if m := _D2_STEM.match(key):
+        return f"backbone.bn1.{m[2]}" if m[1] else f"backbone.conv1.{m[2]}"
+    if m := _D2_BLOCK.match(key):
+        block = f"backbone.layer{int(m[1]) - 1}.{m[2]}"
+        if m[3] == "shortcut":
+            return f"{block}.downsample.{1 if m[4] else 0}.{m[5]}"
+        return f"{block}.{'bn' if m[4] else 'conv'}{m[3][-1]}.{m[5]}"
+    if m := _D2_FPN.match(key):
+        return f"neck.{'lateral_convs' if m[1] == 'lateral' else 'fpn_convs'}.{int(m[2]) - 2}.conv.{m[3]}"
+    if m := _ADET_TOWER.match(key):  # (conv, GroupNorm, ReLU) per layer
+        index, part = divmod(int(m[2]), 3)
+        if part == 2:
+            return key
+        return f"mask_head.{'cls' if m[1] == 'cate' else 'kernel'}_convs.{index}.{'conv' if part == 0 else 'gn'}.{m[3]}"
+    if m := _ADET_PRED.match(key):
+        return f"mask_head.conv_{'cls' if m[1] == 'cate' else 'kernel'}.{m[2]}"
+    if m := _ADET_MASK.match(key):
+        return f"mask_head.mask_feature_head.{m[1]}.{'conv' if m[2] == '0' else 'gn'}.{m[3]}"
+    return key
+
+
+def _convert_adelaidet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    if "ins_head.cate_tower.0.weight" in state and "ins_head.cate_tower.1.weight" not in state:
+        raise CheckpointError("AdelaiDet SOLOv2 file without GroupNorm in its heads (MODEL.SOLOV2.NORM none): "
+                              "SOLOv2 here has GroupNorm after every head convolution")
+    return {_adelaidet_key(k): v for k, v in state.items()}
+
+
+def check_checkpoint_input(layout: str | None, backbone_style: str, normalize: Mapping[str, Any] | None) -> None:
+    """Raise a one-line CheckpointError when weights of ``layout`` (for a converted file, the layout it was
+    converted from) meet a backbone style or pixel normalisation other than the one they were trained on;
+    ``normalize`` ``None``: not compared (the caller has no data config)."""
+    if layout != "adelaidet":
+        return
+    found = {"backbone.style": backbone_style}
+    if normalize is not None:
+        found.update({f"normalize.{k}": normalize.get(k) for k in ("style", "mean", "std")})
+    wrong = [f"{key}={_plain(found[key])}" for key, want in ADELAIDET_INPUT.items()
+             if key in found and found[key] is not None and _plain(found[key]) != _plain(want)]
+    if normalize is not None and normalize.get("style") == "caffe":  # null mean/std: the caffe defaults
+        wrong = [w for w in wrong if not w.endswith("=None")]
+    if wrong:
+        raise CheckpointError(
+            f"AdelaiDet SOLOv2 weights expect a caffe-style ResNet fed BGR pixels minus [103.53, 116.28, 123.675] "
+            f"with std 1 (detectron2's MSRA ImageNet start), but this run has {', '.join(wrong)}: add "
+            f"{ADELAIDET_OVERRIDES}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [round(float(v), 4) for v in value]
+    return value
 
 
 def solov2_checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:
-    """``solo``, ``torchvision``, ``ours`` (our ``model`` container or our names) or ``mmdet``
-    (a ``state_dict`` container); ``None`` when the keys say nothing.
-
-    Raises:
-        CheckpointError: an AdelaiDet / detectron2 file (not supported).
-    """
-    _refuse_detectron2(state)
+    """``adelaidet`` (detectron2 names), ``solo``, ``torchvision``, ``ours`` (our ``model`` container or our
+    names) or ``mmdet`` (a ``state_dict`` container); ``None`` when the keys say nothing."""
     keys = list(state)
+    if any(k.startswith(DETECTRON2_PREFIXES) for k in keys):
+        return "adelaidet"
     if any(k.startswith(("bbox_head.", "mask_feat_head.")) for k in keys):
         return "solo"
     if any(k.startswith(("conv1.", "layer1.")) for k in keys):
@@ -79,9 +151,14 @@ def convert_solov2_state_dict(state: Mapping[str, Tensor], layout: str,
             every classifier output is a class, see the module docstring).
 
     Raises:
-        CheckpointError: an AdelaiDet / detectron2 file (not supported).
+        CheckpointError: detectron2 names read as another layout, or an AdelaiDet file without head GroupNorm.
     """
-    _refuse_detectron2(state)
+    found = next((k for k in state if k.startswith(DETECTRON2_PREFIXES)), None)
+    if layout == "adelaidet":
+        return _convert_adelaidet(state)
+    if found is not None:
+        raise CheckpointError(f"the file has AdelaiDet / detectron2 names (key {found!r}), not {layout} ones: pass "
+                              "checkpoint_source=adelaidet (or auto)")
     if layout == "mmdet":
         return {k: v for k, v in state.items() if not k.startswith("data_preprocessor.")}
     if layout == "torchvision":

@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from solo_npu.models.backbones.resnet import ResNet, load_torchvision_weights
 from solo_npu.models.contract import Preprocessing, as_float_tensor
 from solo_npu.models.necks.fpn import FPN
-from solo_npu.models.solov2.checkpoint import SOLOV2_LAYOUTS, convert_solov2_state_dict, solov2_checkpoint_layout
+from solo_npu.models.solov2.checkpoint import (
+    SOLOV2_LAYOUTS,
+    check_checkpoint_input,
+    convert_solov2_state_dict,
+    solov2_checkpoint_layout,
+)
 from solo_npu.models.solov2.head import SOLOv2Head
 from solo_npu.models.solov2.losses import solov2_loss
 from solo_npu.models.solov2.paste import masks_to_boxes, paste_masks
@@ -101,6 +106,11 @@ class SOLOv2(nn.Module):
     def convert_state_dict(state: Mapping[str, Tensor], layout: str,
                            num_classes: int | None = None) -> dict[str, Tensor]:
         return convert_solov2_state_dict(state, layout, num_classes)
+
+    def check_checkpoint_input(self, layout: str | None, normalize: Mapping[str, Any] | None = None) -> None:
+        """CheckpointError when weights of ``layout`` were trained on another backbone style or pixel
+        normalisation than this model's and ``normalize`` (the data config's; ``None``: not compared)."""
+        check_checkpoint_input(layout, str(getattr(self.backbone, "style", "pytorch")), normalize)
 
     def reset_classifier(self) -> None:
         """Fresh prior-probability initialisation of the category classifier (fine-tuning on new classes)."""
