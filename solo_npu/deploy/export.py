@@ -26,6 +26,7 @@ from torch import nn
 
 from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
 from solo_npu.runtime.compat import torchscript_onnx_export_kwargs
+from solo_npu.utils.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def export_torchscript(module: nn.Module, example: torch.Tensor, path: str | os.
     except Exception as exc:  # noqa: BLE001 - any tracer failure is reported as one line
         logger.debug("TorchScript trace failed", exc_info=True)
         raise DeployError(f"TorchScript trace of {path.name} failed: {_first_line(exc)}") from exc
-    traced.save(str(path))
+    with atomic_path(path) as tmp:  # a re-export interrupted midway keeps the previous file
+        traced.save(str(tmp))
     return path
 
 
@@ -91,7 +93,8 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_axes = {name: {0: "batch"} for name in (INPUT_NAME, *output_names)} if dynamic_batch else None
     try:
-        _torch_onnx_export(module, example, path, output_names, opset, dynamic_axes)
+        with atomic_path(path) as tmp:  # an export that fails or is interrupted keeps the previous file
+            _torch_onnx_export(module, example, tmp, output_names, opset, dynamic_axes)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; each is one line for the user
         logger.debug("ONNX export failed", exc_info=True)
         raise DeployError(f"ONNX export of {path.name} at opset {int(opset)} failed: {_first_line(exc)} "
@@ -129,7 +132,9 @@ def slim_onnx(path: str | os.PathLike) -> str:
                           "raw graph, whose Resize sizes ATC may refuse)") from exc
     path = str(path)
     try:
-        onnx.save(onnxslim.slim(onnx.load(path)), path)
+        slimmed = onnxslim.slim(onnx.load(path))
+        with atomic_path(path) as tmp:  # the raw graph stays if the save fails
+            onnx.save(slimmed, str(tmp))
     except Exception as exc:  # noqa: BLE001 - reported as one line
         logger.debug("onnxslim failed", exc_info=True)
         raise DeployError(f"onnxslim failed on {path}: {_first_line(exc)} (deploy.slim=false skips it)") from exc

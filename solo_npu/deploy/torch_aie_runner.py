@@ -64,7 +64,13 @@ def compile_module(ts_path, out_path, batch_size, height, width, soc_version, pr
         precision_policy=policy,
         soc_version=soc_version,
     )
-    compiled.save(out_path)
+    tmp = f"{out_path}.{os.getpid()}.tmp{os.path.splitext(out_path)[1]}"
+    try:  # saved beside, then renamed: a save cut short keeps the previous file
+        compiled.save(tmp)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return out_path
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from solo_npu.engine.checkpointer import unwrap
 from solo_npu.runtime import DeviceInfo
+from solo_npu.utils.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,14 @@ def save_plots(run_dir: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(run_dir / file_name, dpi=100)
-        plt.close(fig)
-        written.append(run_dir / file_name)
+        try:  # a by-product: a full disk here is a WARNING, the run's results are already written
+            with atomic_path(run_dir / file_name) as tmp:
+                fig.savefig(tmp, dpi=100)
+            written.append(run_dir / file_name)
+        except OSError as exc:
+            logger.warning("plot %s not written: %s", run_dir / file_name, exc)
+        finally:
+            plt.close(fig)
     return written
 
 
@@ -86,7 +92,7 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
         import cv2
 
         from solo_npu.data import FixedShapeCollate
-        from solo_npu.utils.visualize import ground_truth_beside_prediction
+        from solo_npu.utils.visualize import ground_truth_beside_prediction, save_image
     except ImportError as exc:
         logger.warning("prediction images skipped: %s", exc)
         return []
@@ -95,7 +101,7 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
     net = unwrap(model)
     net.eval()
     collate = collate or FixedShapeCollate(max_instances=int(getattr(dataset, "max_instances", 100)))
-    written = []
+    written, failed = [], 0
     for i in range(min(count, len(dataset))):
         batch = collate([dataset[i]])
         meta = batch["metas"][0]
@@ -106,6 +112,12 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
         drawn = ground_truth_beside_prediction(image[:, :, ::-1].copy(), _ground_truth(dataset, meta["image_id"]),
                                                result, class_names=getattr(dataset, "class_names", None))
         path = out_dir / f"{Path(meta['file_name']).stem}.png"
-        cv2.imwrite(str(path), np.ascontiguousarray(np.asarray(drawn)[:, :, ::-1]))
-        written.append(path)
+        try:
+            save_image(path, drawn)
+            written.append(path)
+        except OSError as exc:  # a by-product, as the plots
+            failed += 1
+            logger.warning("prediction image %s not written: %s", path, exc)
+    if failed:
+        logger.warning("%d of %d prediction images not written", failed, failed + len(written))
     return written

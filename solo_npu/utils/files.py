@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "atomic_write", "write_json_atomic", "write_text_atomic"]
 
 
 def _new_file_mode() -> int:
@@ -66,6 +66,37 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """:func:`atomic_write` for writers that take a file name (exporters, ``savefig``, ``cv2.imwrite``): yields a
+    temporary path beside ``path`` with the same suffix (the writers pick the format from it); when the block
+    ends, that file is fsynced, given the mode of a new file and renamed over ``path``. On any exception, or
+    when the block wrote nothing there, the temporary file is removed, ``path`` keeps its previous file and the
+    error is raised (a ``FileNotFoundError`` for nothing written)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp_name)  # the writer makes the file; an empty placeholder would pass for a written one
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"nothing was written to {tmp} for {path}")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, _new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
         raise
 
 

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import torch
 
+from solo_npu.utils.files import atomic_path
+
 
 def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -121,9 +123,15 @@ def ground_truth_beside_prediction(image_rgb: np.ndarray, gt: dict[str, Any], pr
 
 
 def save_image(path: str | os.PathLike, image_rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 image (format from the extension), creating the directory."""
+    """Write an RGB uint8 image (format from the extension), creating the directory; atomically: ``path`` holds
+    the previous image or the complete new one.
+
+    Raises:
+        OSError: the image could not be written (``cv2.imwrite`` returned False, a full disk, ...).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(np.asarray(image_rgb), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write image {path}")
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write image {path}")
     return path

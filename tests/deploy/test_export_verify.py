@@ -95,3 +95,37 @@ def test_torchscript_only_export_records_output_specs(make_ctx, exported):
     manifest = load_manifest(ctx)
     assert set(manifest["files"]) == {"torchscript"} and set(manifest["files"]["torchscript"]) == {"2"}
     assert manifest["outputs"] == load_manifest(exported)["outputs"]  # same specs as read from the ONNX graph
+
+
+def test_failed_re_export_keeps_the_previous_models(make_ctx, tmp_path, monkeypatch):
+    """An export that fails (or is stopped) partway leaves each exported file as the previous export wrote it."""
+    import solo_npu.deploy.export as export
+
+    ctx = make_ctx("deploy.batch_sizes=[1]", "deploy.slim=false", run_dir=tmp_path)
+    run_export(ctx)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir() if p.suffix in (".onnx", ".ts")}
+    assert set(files) == {"model_b1.onnx", "model_b1.ts"}
+
+    def half_then_fail(module, example, path, *args):
+        path.write_bytes(files["model_b1.onnx"][:1000])
+        raise RuntimeError("exporter stopped")
+
+    monkeypatch.setattr(export, "_torch_onnx_export", half_then_fail)
+    with pytest.raises(DeployError, match="ONNX export of model_b1.onnx at opset .* failed: RuntimeError"):
+        run_export(ctx)
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir() if p.suffix in (".onnx", ".ts")}
+    assert after["model_b1.onnx"] == files["model_b1.onnx"]  # the TorchScript file, exported first, is a new one
+    files = after
+
+    def ts_half_then_fail(self, name, *args, **kwargs):
+        with open(name, "wb") as f:
+            f.write(files["model_b1.ts"][:1000])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.jit._trace.TopLevelTracedModule, "save", ts_half_then_fail)  # what trace returns
+    with pytest.raises(OSError, match="No space left"):
+        run_export(ctx)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir() if p.suffix in (".onnx", ".ts")} == files
+    assert not [p.name for p in (tmp_path / "export").iterdir() if p.name.startswith(".")]

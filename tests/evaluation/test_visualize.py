@@ -55,3 +55,13 @@ def test_ground_truth_beside_prediction_enlarges_masks_exactly():
     np.testing.assert_array_equal(right[26 * f, 30 * f], pred_colour)  # inside the enlarged prediction
     assert (left[26 * f, 30 * f] == 100).all() and (right[26 * f, 10 * f] == 100).all()
     assert (left[2 * f:18 * f, 20 * f:38 * f] == 100).all()  # nothing drawn away from the instances
+
+
+def test_failed_image_write_keeps_the_previous_image(tmp_path, monkeypatch):
+    path = tmp_path / "pred" / "000001.png"
+    save_image(path, np.zeros((8, 8, 3), np.uint8))
+    before = path.read_bytes()
+    monkeypatch.setattr(cv2, "imwrite", lambda name, image: False)  # what cv2 does on a full disk
+    with pytest.raises(OSError, match=f"could not write image {path}"):
+        save_image(path, np.full((8, 8, 3), 255, np.uint8))
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["000001.png"]

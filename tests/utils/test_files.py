@@ -122,3 +122,34 @@ def test_failed_rewrite_keeps_previous_file(tmp_path: Path, monkeypatch, writer,
     assert failures == [DISK_FULL], "the failure was not injected"
     assert path.read_bytes() == before and path.stat().st_mode == mode
     assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_path_replaces_only_a_complete_file(tmp_path: Path) -> None:
+    """Writers that take a file name: the new file arrives whole (mode of a new file, the target's suffix on the
+    temporary name so the writer picks the format), or the previous file stays and no temporary file is left."""
+    from solo_npu.utils.files import atomic_path
+
+    path = tmp_path / "loss.png"
+    path.write_bytes(b"previous")
+    reference = tmp_path / "reference.png"
+    reference.write_bytes(b"x")
+    with atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".loss.png.")
+        assert not tmp.exists()  # the writer makes it
+        tmp.write_bytes(b"new image")
+    assert path.read_bytes() == b"new image"
+    assert path.stat().st_mode == reference.stat().st_mode
+
+    def half_then_fail(target: Path) -> None:
+        target.write_bytes(b"half an im")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"), atomic_path(path) as tmp:
+        half_then_fail(tmp)
+    with pytest.raises(FileNotFoundError, match="nothing was written"), atomic_path(path):
+        pass  # e.g. cv2.imwrite returning False without raising
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_bytes(b"cut")
+        raise KeyboardInterrupt
+    assert path.read_bytes() == b"new image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "reference.png"]
