@@ -327,14 +327,49 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
 
 def _check_input(model: nn.Module, source: str, metadata: Mapping[str, Any],
                  normalize: Mapping[str, Any] | None) -> None:
-    """The model's ``check_checkpoint_input`` for the layout the weights came from: ``source``, or for a file
-    of our names the layout its ``meta.source`` says it was converted from."""
+    """The input the weights were trained on against this run's: the model's ``check_checkpoint_input`` for the
+    layout they came from (``source``, or for a file of our names the layout its ``meta.source`` says it was
+    converted from), and for a checkpoint of this project the backbone style and pixel normalisation its
+    training config names."""
     check = getattr(model, "check_checkpoint_input", None)
-    if check is None:
+    if check is not None:
+        meta = metadata.get("meta")
+        converted_from = meta.get("source") if source == "ours" and isinstance(meta, Mapping) else None
+        check(converted_from if isinstance(converted_from, str) else source, normalize)
+    config = metadata.get("config")
+    if source != "ours" or not isinstance(config, Mapping):
         return
-    meta = metadata.get("meta")
-    converted_from = meta.get("source") if source == "ours" and isinstance(meta, Mapping) else None
-    check(converted_from if isinstance(converted_from, str) else source, normalize)
+    trained, now = {}, {}
+    style = ((config.get("model") or {}).get("backbone") or {}).get("style")
+    own_style = getattr(getattr(model, "backbone", None), "style", None)
+    if isinstance(style, str) and isinstance(own_style, str):
+        trained["model.backbone.style"], now["model.backbone.style"] = style, own_style
+    trained_norm = (config.get("data") or {}).get("normalize")
+    if isinstance(trained_norm, Mapping) and normalize is not None:
+        for key, (then, value) in zip(("style", "mean", "std"), zip(_pixels(trained_norm), _pixels(normalize))):
+            trained[f"data.normalize.{key}"], now[f"data.normalize.{key}"] = then, value
+    wrong = [key for key in trained if trained[key] != now[key]]
+    if wrong:
+        def setting(key: str, value: Any) -> str:
+            return f"{key}={value}" if isinstance(value, str) else f"{key}=[{','.join(f'{v:g}' for v in value)}]"
+
+        raise CheckpointError(
+            f"the checkpoint was trained with {', '.join(setting(k, trained[k]) for k in wrong)} (its config) but "
+            f"this run has {', '.join(setting(k, now[k]) for k in wrong)}: the weights only fit the input they "
+            f"were trained on; add " + " ".join(f"'{setting(k, trained[k])}'" if "[" in setting(k, trained[k])
+                                               else setting(k, trained[k]) for k in wrong))
+
+
+def _pixels(normalize: Mapping[str, Any]) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+    """(style, mean, std) of a ``data.normalize`` config, a null mean or std being the style's default
+    (:class:`solo_npu.data.transforms.Normalize`), the numbers rounded to 4 decimals."""
+    from solo_npu.data.transforms import CAFFE_MEAN, CAFFE_STD, PYTORCH_MEAN, PYTORCH_STD
+
+    style = str(normalize.get("style") or "pytorch")
+    mean, std = (PYTORCH_MEAN, PYTORCH_STD) if style == "pytorch" else (CAFFE_MEAN, CAFFE_STD)
+    mean = normalize.get("mean") if normalize.get("mean") is not None else mean
+    std = normalize.get("std") if normalize.get("std") is not None else std
+    return style, tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
 def _with_path(exc: CheckpointError, path: str | os.PathLike) -> str:

@@ -346,3 +346,34 @@ def test_files_that_are_not_a_solov2_are_refused(tmp_path, capsys):
     torch.save(tagged_state({**resnet_shapes(18), "fc.weight": (1000, 512)}), tmp_path / "resnet18.pth")
     assert main([str(tmp_path / "resnet18.pth"), str(tmp_path / "resnet18_out.pth")]) == 0
     assert "torchvision layout" in capsys.readouterr().out
+
+
+def test_own_checkpoint_refuses_another_input_than_its_training_config(tmp_path):
+    """A checkpoint of this project names the backbone style and pixel normalisation it was trained with; a run
+    that builds the model or normalises the pixels otherwise would compute other features: one line, the fix."""
+    model = build("solov2_tiny", num_classes=3)
+    caffe = {"style": "caffe", "mean": [103.53, 116.28, 123.675], "std": [1.0, 1.0, 1.0]}
+    pytorch = {"style": "pytorch", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+    path = tmp_path / "best.pth"
+    config = {"model": {"backbone": {"style": "pytorch"}}, "data": {"normalize": caffe}}
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model_weights(build("solov2_tiny", num_classes=3), path, normalize=pytorch)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the checkpoint was trained with data.normalize.style=caffe, "
+                              "data.normalize.mean=[103.53,116.28,123.675], data.normalize.std=[1,1,1] (its config) "
+                              "but this run has data.normalize.style=pytorch, data.normalize.mean=[123.675,116.28,"
+                              "103.53], data.normalize.std=[58.395,57.12,57.375]"), message
+    assert message.endswith("add data.normalize.style=caffe 'data.normalize.mean=[103.53,116.28,123.675]' "
+                            "'data.normalize.std=[1,1,1]'"), message
+    # The same input written with the style's defaults (null mean/std), or no data config to compare: loads.
+    assert load_model_weights(build("solov2_tiny", num_classes=3), path,
+                              normalize={"style": "caffe", "mean": None, "std": None})["source"] == "ours"
+    assert load_model_weights(build("solov2_tiny", num_classes=3), path)["source"] == "ours"
+    config["model"]["backbone"]["style"] = "caffe"
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    with pytest.raises(CheckpointError, match=r"trained with model.backbone.style=caffe \(its config\) but this run "
+                                              r"has model.backbone.style=pytorch: .* add model.backbone.style=caffe$"):
+        load_model_weights(build("solov2_tiny", num_classes=3), path, normalize=caffe)
+    with pytest.raises(CheckpointError, match="trained with model.backbone.style=caffe"):
+        load_weights(build("solov2_tiny", num_classes=3), str(path), normalize=caffe)
