@@ -302,6 +302,27 @@ class CocoInstanceDataset(Dataset):
             self._logged_files.add((kind, file_name))
             logger.warning("%s: %s (%s)", kind, file_name, "skipped" if self.train else "kept without ground truth")
 
+    def _stored_orientation(self, rec: dict[str, Any], turned: np.ndarray) -> np.ndarray | None:
+        """The image as stored, when only that has the annotation's size, else ``None``.
+
+        ``cv2.imread`` turns a JPEG upright by its EXIF orientation tag (as mmcv's and detectron2's readers do),
+        and COCO's own images are annotated that way. A dataset annotated on the stored pixels (most
+        annotation tools, phone photos tagged "rotate 90") has the stored width and height instead: then the
+        image is read without the turn, so the masks fall where they were drawn. A turn that keeps the size
+        (180 degrees) cannot be told apart and stays applied."""
+        if turned.shape[:2] != (rec["width"], rec["height"]):
+            return None
+        stored = None
+        with contextlib.suppress(cv2.error, OSError):
+            stored = cv2.imread(str(self.img_dir / rec["file_name"]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if stored is None or stored.shape[:2] != (rec["height"], rec["width"]):
+            return None
+        if ("exif_stored", rec["file_name"]) not in self._logged_files:
+            self._logged_files.add(("exif_stored", rec["file_name"]))
+            logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", rec["file_name"],
+                        rec["width"], rec["height"])
+        return stored
+
     def _blank(self, rec: dict[str, Any]) -> dict[str, Any]:
         h, w = rec["height"], rec["width"]
         masks = np.zeros((0, h, w), np.uint8) if self.with_masks else None
@@ -330,6 +351,8 @@ class CocoInstanceDataset(Dataset):
             self._read_fault("unreadable_image", rec["file_name"])
             return None
         if image.shape[:2] != (rec["height"], rec["width"]):
+            image = self._stored_orientation(rec, image)
+        if image is None:
             self._read_fault("image_size_mismatch", rec["file_name"])
             return None
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -258,3 +258,41 @@ def test_crowd_only_image_trains_as_a_negative(tmp_path):
         (losses["loss_cls"] + losses["loss_mask"]).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("annotated", ["stored", "upright", "other"])
+def test_exif_turned_photo_is_read_in_the_annotations_space(tmp_path, annotated):
+    """A phone photo stored 100 wide x 40 high with EXIF orientation 6 ("turn 90 degrees clockwise"): cv2.imread
+    turns it to 40 x 100. Annotated on the stored pixels (width 100, height 40) it is read as stored, so its mask
+    covers the bright half it was drawn on; annotated upright it is read turned; any other size is a counted
+    image_size_mismatch."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "train2017").mkdir(parents=True)
+    stored = np.zeros((40, 100, 3), np.uint8)
+    stored[:, :50] = 255  # the left half of the stored bitmap is white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(root / "train2017" / "photo.jpg", exif=exif.tobytes(), quality=95)
+    width, height, polygon = {"stored": (100, 40, [5, 5, 45, 5, 45, 35, 5, 35]),
+                              "upright": (40, 100, [5, 5, 35, 5, 35, 45, 5, 45]),
+                              "other": (64, 64, [5, 5, 45, 5, 45, 35, 5, 35])}[annotated]
+    ann = {"images": [{"id": 1, "file_name": "photo.jpg", "width": width, "height": height}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1200.0,
+                            "segmentation": [polygon], "bbox": [5, 5, 40, 30]}],
+           "categories": [{"id": 1, "name": "thing"}]}
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(ann))
+    ds = CocoInstanceDataset(*_paths(root), train=False, max_instances=10, with_masks=True)
+    sample = ds[0]
+    if annotated == "other":
+        assert ds.fault_counts()["image_size_mismatch"] == 1 and sample["masks"].shape[0] == 0
+        return
+    assert ds.fault_counts()["image_size_mismatch"] == 0
+    image, mask = sample["image"], sample["masks"][0].astype(bool)
+    assert image.shape == (height, width, 3) and mask.shape == (height, width)
+    if annotated == "stored":  # the mask lies on the white half, as drawn
+        assert image[mask].mean() > 240 and image[:, 60:].mean() < 15
+    else:  # turned clockwise: the stored left half is now the top
+        assert image[:45].mean() > 240 and image[55:].mean() < 15
