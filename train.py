@@ -87,5 +87,20 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first command-line key no training setting has, as one line (``train.epochz=3``: ``train has no
+    setting 'epochz' (did you mean train.epochs?)``), before Hydra's longer report; config-group choices
+    (``+experiment=8p``, ``model=solov2_r50``) are Hydra's to check."""
+    from solo_npu.config.deploy_schema import check_overrides
+    from solo_npu.config.schema import TrainJobConfig
+
+    groups = [p.name for p in (Path(__file__).resolve().parent / "conf").iterdir() if p.is_dir()]
+    return check_overrides(argv, TrainJobConfig, groups)
+
+
 if __name__ == "__main__":
+    unknown = _unknown_override(sys.argv[1:])
+    if unknown:
+        print(f"[Error] {unknown}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(main())

@@ -210,6 +210,12 @@ def check_deploy_overrides(overrides: Sequence[str]) -> str | None:
     naming it (``deploy.verfy.atol=1``: ``deploy has no setting 'verfy' (did you mean deploy.verify?)``);
     None when all are known. Keys inside ``model`` (its builder's arguments) and ``hydra.*`` are left to
     Hydra and the builder; config-group choices (``deploy=310p``) name a group, which is a setting."""
+    return check_overrides(overrides, DeployJobConfig)
+
+
+def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str] = ()) -> str | None:
+    """:func:`check_deploy_overrides` for the root ``schema`` (train.py: TrainJobConfig); ``groups``: config
+    groups that are no setting of the schema (``+experiment=8p``), whose choices Hydra checks."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -225,9 +231,9 @@ def check_deploy_overrides(overrides: Sequence[str]) -> str | None:
         if override.package is not None or "/" in key:
             continue
         parts = key.split(".")
-        if parts[0] == "hydra":
+        if parts[0] == "hydra" or key in groups:
             continue
-        why = unknown_key(parts)
+        why = unknown_key(parts, schema)
         if why is not None:
             return f"unknown setting {key} in {text!r}: {why}"
     return None

@@ -234,3 +234,25 @@ def test_unreadable_annotation_file_is_one_line_in_spawned_and_single_runs(synth
         assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
         assert proc.stderr.strip().splitlines()[-1].startswith(f"[Error] {ann_file} is not a JSON file ("), \
             proc.stderr[-3000:]
+
+
+def test_unknown_setting_is_one_line_naming_the_closest(tmp_path: Path) -> None:
+    """A mistyped key is one [Error] line before Hydra composes anything; group choices stay Hydra's."""
+    cases = {"train.epochz=3": "train has no setting 'epochz' (did you mean train.epochs?)",
+             "trian.epochs=3": "the config has no setting 'trian' (did you mean train?)",
+             "data.normalize.styel=caffe": "data.normalize has no setting 'styel' (did you mean data.normalize.style?)"}
+    for override, why in cases.items():
+        proc = subprocess.run(_cmd(override, f"output_root={tmp_path}"), cwd=ROOT, env=_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            f"[Error] unknown setting {override.split('=')[0]} in '{override}': {why}"), proc.stderr
+    assert not any(tmp_path.iterdir())  # no run directory was made
+
+    from solo_npu.config.deploy_schema import check_overrides
+    from solo_npu.config.schema import TrainJobConfig
+
+    groups = [p.name for p in (ROOT / "conf").iterdir() if p.is_dir()]
+    known = ["+experiment=[1p,finetune]", "model=solov2_r50", "optim=finetune", "model.backbone.style=caffe",
+             "train.epochs=3", "launcher.nproc_per_node=8", "data.normalize.mean=[1,2,3]", "hydra.run.dir=x",
+             "checkpoint=a.pth", "runtime.npu.jit_compile=false", "--cfg", "job"]
+    assert check_overrides(known, TrainJobConfig, groups) is None
