@@ -17,7 +17,9 @@ WARNING line; the cleaned index (:attr:`CocoInstanceDataset.coco`) is what evalu
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -80,6 +82,10 @@ def segmentation_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
 
 class AnnotationFileError(ValueError):
     """An annotation file that cannot be read as COCO instances, or a split with no usable image: one line."""
+
+
+class ImagesNotFoundError(AnnotationFileError):
+    """An image folder that holds none of the images its annotation file names."""
 
 
 def read_annotation_json(ann_file: str | os.PathLike) -> dict[str, Any]:
@@ -159,6 +165,7 @@ class CocoInstanceDataset(Dataset):
         if not Path(img_dir).is_dir():
             raise FileNotFoundError(f"image directory not found: {img_dir}")
         self.coco, orphans, duplicates = load_clean_coco(ann_file)
+        self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
         self.transforms = transforms
         self.train = train
@@ -247,9 +254,25 @@ class CocoInstanceDataset(Dataset):
                 self._fault("too_many_instances", name)
                 anns = sorted(anns, key=lambda a: -a["area"])[: self.max_instances]
             records.append({"image_id": image_id, "file_name": name, "height": h, "width": w, "anns": anns})
+        total = len(self.coco.imgs)
+        if total and self._init_counts["missing_image"] == total:  # evaluation too: an AP of no image is no AP
+            raise ImagesNotFoundError(self._none_found(total))
         if self.train and not records:
             raise AnnotationFileError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}")
         return records
+
+    def _none_found(self, total: int) -> str:
+        """The one line for an image folder that holds none of the annotation file's images, with the folder
+        that does when it is one level off (an archive unpacked into a folder of its own name, ``images/val2017``)."""
+        first = next(iter(self._fault_files["missing_image"]))
+        name = glob.escape(first)
+        folder = glob.escape(self.img_dir.name)
+        places = (self.img_dir.glob(f"*/{name}"), self.img_dir.parent.glob(f"*/{folder}/{name}"),
+                  self.img_dir.parent.glob(f"*/{name}"))
+        found = next(itertools.chain(*places), None)
+        hint = f"; {first} is in {found.parent}: point the split's img_dir there" if found is not None else ""
+        return (f"no images found in {self.img_dir}: none of the {total} images {self.ann_file.name} names is there "
+                f"(first: {first}){hint}")
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:

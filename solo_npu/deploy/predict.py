@@ -177,6 +177,7 @@ def _dataset_categories(cfg: Any, num_classes: int) -> tuple[list[int], list[str
     """(label -> category id, class names) of the configured annotation file, the map evaluation uses;
     ``None`` when no annotation file is there or its class count is not the model's."""
     from solo_npu.data import CocoInstanceDataset
+    from solo_npu.data.coco import ImagesNotFoundError
     from solo_npu.deploy.context import DeployError
     from solo_npu.deploy.preprocess import dataset_files
 
@@ -193,6 +194,9 @@ def _dataset_categories(cfg: Any, num_classes: int) -> tuple[list[int], list[str
     quiet.setLevel(logging.ERROR)  # the dataset's faults are evaluation's business, not prediction's
     try:
         dataset = CocoInstanceDataset(ann_file, img_dir, train=False, with_masks=False)
+    except ImagesNotFoundError as exc:  # prediction needs no image of the split
+        logger.info("%s: category ids are not the dataset's", exc)
+        return None
     finally:
         quiet.setLevel(level)
     if len(dataset.label_to_cat) != num_classes:

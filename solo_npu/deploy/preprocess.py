@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from solo_npu.data import CocoInstanceDataset, FixedShapeCollate, ensure_synthetic, split_paths
+from solo_npu.data.coco import ImagesNotFoundError
 from solo_npu.data.transforms import Compose, Normalize, Resize
 from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
 from solo_npu.utils.files import write_text_atomic
@@ -71,7 +72,7 @@ def build_deploy_dataset(ctx: DeployContext) -> tuple[CocoInstanceDataset, Path]
         transforms = ctx.adapter.transforms(ctx.settings.input_shape) or deploy_transforms(
             ctx.cfg.data, ctx.settings.input_shape)
         dataset = CocoInstanceDataset(ann_file, img_dir, transforms=transforms, train=False, with_masks=False)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ImagesNotFoundError) as exc:
         raise DeployError(f"{exc} (set data.root=DIR or data=synthetic)") from exc
     if len(dataset) == 0:
         raise DeployError(f"no images found in {img_dir} for {ann_file}: point data.root at a COCO-layout folder")

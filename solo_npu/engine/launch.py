@@ -267,10 +267,11 @@ def _known_error(child_traceback: str) -> Exception | None:
     traceback that torch.multiprocessing hands the parent, so that train.py reports it as a one-process run does."""
     from solo_npu.checkpoints import CheckpointError
     from solo_npu.data import AnnotationFileError
+    from solo_npu.data.coco import ImagesNotFoundError
 
     lines = child_traceback.strip().splitlines()
     name, sep, message = (lines[-1] if lines else "").partition(": ")
-    known = (DeviceError, CheckpointError, AnnotationFileError)
+    known = (DeviceError, CheckpointError, AnnotationFileError, ImagesNotFoundError)
     cls = {c.__name__: c for c in known}.get(name.rsplit(".", 1)[-1])
     return cls(message) if sep and cls is not None else None
 

@@ -129,8 +129,12 @@ def test_clear_errors_for_missing_inputs(tmp_path, synthetic_coco):
     empty = tmp_path / "empty_dir"
     empty.mkdir()
     shutil.copy(_paths(synthetic_coco)[0], tmp_path / "a.json")
-    with pytest.raises(ValueError, match="no usable training image"):
+    with pytest.raises(ValueError, match=r"no images found in .*empty_dir: none of the 16 images a.json names"):
         CocoInstanceDataset(tmp_path / "a.json", empty, train=True)
+    data = json.loads((tmp_path / "a.json").read_text())
+    (tmp_path / "b.json").write_text(json.dumps({**data, "annotations": []}))  # images, but nothing to learn
+    with pytest.raises(ValueError, match=r"no usable training image in .*train2017: .*'empty_image': 16"):
+        CocoInstanceDataset(tmp_path / "b.json", synthetic_coco / "train2017", train=True)
 
 
 def _tiny_coco_with_orphans_and_duplicates(tmp_path):
@@ -296,3 +300,31 @@ def test_exif_turned_photo_is_read_in_the_annotations_space(tmp_path, annotated)
         assert image[mask].mean() > 240 and image[:, 60:].mean() < 15
     else:  # turned clockwise: the stored left half is now the top
         assert image[:45].mean() > 240 and image[55:].mean() < 15
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_image_folder_without_the_splits_images_is_one_line_naming_where_they_are(synthetic_coco, tmp_path, train):
+    """val2017.zip unpacked into a folder of its own name (val2017/val2017/*.png): evaluation went through no image
+    and reported AP 0.0 as a result; now it is one line that names the folder holding the images."""
+    from solo_npu.data.coco import AnnotationFileError, ImagesNotFoundError
+
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco / "annotations", root / "annotations")
+    split = "train2017" if train else "val2017"
+    shutil.copytree(synthetic_coco / split, root / split / split)
+    ann_file = root / "annotations" / f"instances_{split}.json"
+    total = len(json.loads(ann_file.read_text())["images"])
+    with pytest.raises(ImagesNotFoundError) as info:
+        CocoInstanceDataset(ann_file, root / split, train=train)
+    message = str(info.value)
+    assert isinstance(info.value, AnnotationFileError) and "\n" not in message
+    assert message.startswith(f"no images found in {root / split}: none of the {total} images "
+                              f"instances_{split}.json names is there (first: "), message
+    assert message.endswith(f"is in {root / split / split}: point the split's img_dir there"), message
+    # Not one level off: no hint. Some images there: the others are counted, as before.
+    shutil.rmtree(root / split / split)
+    with pytest.raises(ImagesNotFoundError, match=r"names is there \(first: [^)]*\)$"):
+        CocoInstanceDataset(ann_file, root / split, train=train)
+    first = sorted((synthetic_coco / split).iterdir())[0]
+    shutil.copy(first, root / split / first.name)
+    assert len(CocoInstanceDataset(ann_file, root / split, train=train)) == 1

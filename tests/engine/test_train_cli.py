@@ -236,6 +236,26 @@ def test_unreadable_annotation_file_is_one_line_in_spawned_and_single_runs(synth
             proc.stderr[-3000:]
 
 
+def test_val_images_one_folder_too_deep_is_one_line_in_spawned_and_single_runs(synthetic_coco: Path,
+                                                                              tmp_path: Path) -> None:
+    """val2017/ holding val2017/*.png (an archive unpacked into a folder of its own name): the run would have
+    trained and then scored no image (AP 0.0); spawned or not, it stops at once with one line naming the folder."""
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    (root / "val2017").rename(tmp_path / "val2017")
+    (root / "val2017").mkdir()
+    (tmp_path / "val2017").rename(root / "val2017" / "val2017")
+    for i, overrides in enumerate((["launcher.nproc_per_node=2"], [])):
+        proc = subprocess.run(_cmd(*overrides, f"data.root={root}", "data.generate=false",
+                                   f"output_root={tmp_path / f'out{i}'}", *FAST),
+                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"[Error] no images found in {root / 'val2017'}: none of the ") and last.endswith(
+            f"is in {root / 'val2017' / 'val2017'}: point the split's img_dir there"), proc.stderr[-3000:]
+        assert not list((tmp_path / f"out{i}").rglob("*.pth"))  # stopped before training
+
+
 def test_unknown_setting_is_one_line_naming_the_closest(tmp_path: Path) -> None:
     """A mistyped key is one [Error] line before Hydra composes anything; group choices stay Hydra's."""
     cases = {"train.epochz=3": "train has no setting 'epochz' (did you mean train.epochs?)",
