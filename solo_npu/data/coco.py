@@ -258,7 +258,11 @@ class CocoInstanceDataset(Dataset):
         if total and self._init_counts["missing_image"] == total:  # evaluation too: an AP of no image is no AP
             raise ImagesNotFoundError(self._none_found(total))
         if self.train and not records:
-            raise AnnotationFileError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}")
+            anns = self.coco.dataset.get("annotations") or []
+            boxes_only = bool(anns) and not any(a.get("segmentation") for a in anns if not a.get("iscrowd", 0))
+            why = (f"; {self.ann_file.name} has boxes but no masks ('segmentation'), and SOLOv2 learns from "
+                   "instance masks" if boxes_only else "")
+            raise AnnotationFileError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}{why}")
         return records
 
     def _none_found(self, total: int) -> str:

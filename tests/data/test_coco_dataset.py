@@ -133,8 +133,15 @@ def test_clear_errors_for_missing_inputs(tmp_path, synthetic_coco):
         CocoInstanceDataset(tmp_path / "a.json", empty, train=True)
     data = json.loads((tmp_path / "a.json").read_text())
     (tmp_path / "b.json").write_text(json.dumps({**data, "annotations": []}))  # images, but nothing to learn
-    with pytest.raises(ValueError, match=r"no usable training image in .*train2017: .*'empty_image': 16"):
+    with pytest.raises(ValueError, match=r"no usable training image in .*train2017: .*'empty_image': 16, "
+                                         r"'missing_image': 0}$"):
         CocoInstanceDataset(tmp_path / "b.json", synthetic_coco / "train2017", train=True)
+    # A detection set (boxes, no masks): the line says why.
+    boxes = [{k: v for k, v in a.items() if k != "segmentation"} for a in data["annotations"]]
+    (tmp_path / "c.json").write_text(json.dumps({**data, "annotations": boxes}))
+    with pytest.raises(ValueError, match=r"'degenerate_segmentation': \d+.*; c.json has boxes but no masks "
+                                         r"\('segmentation'\), and SOLOv2 learns from instance masks$"):
+        CocoInstanceDataset(tmp_path / "c.json", synthetic_coco / "train2017", train=True)
 
 
 def _tiny_coco_with_orphans_and_duplicates(tmp_path):
