@@ -205,6 +205,45 @@ def unknown_key(path: Sequence[str], schema: type = DeployJobConfig) -> str | No
     return None
 
 
+def field_type(path: Sequence[str], schema: type) -> Any:
+    """The declared type of the setting ``path`` names in ``schema`` (``Any`` below an unchecked part)."""
+    cls: Any = schema
+    for part in path:
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            return Any
+        cls = _field_types(cls).get(part, Any)
+    return cls
+
+
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def wrong_value(value: Any, tp: Any) -> str | None:
+    """Why ``value`` (as Hydra's override parser reads it) cannot be a setting of type ``tp``, or None when it
+    can or the type is not one checked here (scalars, lists of scalars; ``None`` where the type allows it)."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    tp = _without_none(tp)
+    if value is None:
+        return None if optional or tp is Any else "null is not allowed here"
+    if isinstance(value, str) and "${" in value:
+        return None  # an interpolation: resolved later
+    if tp in _SCALARS:  # what OmegaConf's typed node accepts (it is what Hydra applies next): "3", "yes", 1
+        from omegaconf import BooleanNode, FloatNode, IntegerNode
+        from omegaconf.errors import ValidationError
+
+        try:
+            {int: IntegerNode, float: FloatNode, bool: BooleanNode}[tp](value)
+        except ValidationError:
+            return f"{value!r} is not {_SCALARS[tp]}"
+        return None
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            return f"{value!r} is not a list ([a,b,...])"
+        (item,) = typing.get_args(tp) or (Any,)
+        return next((why for why in (wrong_value(v, item) for v in value) if why is not None), None)
+    return None
+
+
 def check_deploy_overrides(overrides: Sequence[str]) -> str | None:
     """The first command-line override of deploy.py that sets a key no deploy setting has, as one line
     naming it (``deploy.verfy.atol=1``: ``deploy has no setting 'verfy' (did you mean deploy.verify?)``);
@@ -236,4 +275,9 @@ def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str
         why = unknown_key(parts, schema)
         if why is not None:
             return f"unknown setting {key} in {text!r}: {why}"
+        if override.is_delete() or override.is_sweep_override() or key in groups:
+            continue
+        why = wrong_value(override.value(), field_type(parts, schema))
+        if why is not None:
+            return f"{text}: {why}"
     return None

@@ -122,3 +122,23 @@ def test_misspelled_key_in_a_deploy_yaml_fails_naming_it(tmp_path):
     text = f"{info.value} {info.value.__cause__}"
     assert "itres" in text
 
+
+
+def test_values_of_the_wrong_type_are_one_line_as_hydra_would_refuse_them():
+    """The value checks follow OmegaConf's typed nodes, which Hydra applies next: what they accept passes."""
+    from solo_npu.config.deploy_schema import check_overrides
+    from solo_npu.config.schema import TrainJobConfig
+
+    refused = {"train.epochs=abc": "'abc' is not an integer", "train.epochs=2.5": "2.5 is not an integer",
+               "optim.base_lr=x": "'x' is not a number", "train.eval_at_end=maybe": "'maybe' is not true or false",
+               "data.normalize.mean=[1,a,3]": "'a' is not a number",
+               "train.batch_size=null": "null is not allowed here",
+               "data.normalize.mean=3": "3 is not a list ([a,b,...])"}
+    for text, why in refused.items():
+        assert check_overrides([text], TrainJobConfig) == f"{text}: {why}"
+    accepted = ["train.epochs=3", "train.epochs='3'", "train.eval_at_end=yes", "train.eval_at_end=1",
+                "optim.base_lr=1", "data.pad.canvas=null", "checkpoint=null", "train.epochs=${train.batch_size}",
+                "train.epochs=1,2", "~checkpoint"]
+    assert [t for t in accepted if check_overrides([t], TrainJobConfig) is not None] == []
+    assert check_deploy_overrides(["deploy.opset=abc"]) == "deploy.opset=abc: 'abc' is not an integer"
+    assert check_deploy_overrides(["deploy.batch_sizes=[1,x]"]) == "deploy.batch_sizes=[1,x]: 'x' is not an integer"
