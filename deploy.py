@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    unknown = check_deploy_overrides(sys.argv[1:])  # one line naming the key, before Hydra's longer report
+    # one line naming the key (or group choice), before Hydra's longer report
+    unknown = check_deploy_overrides(sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"))
     if unknown:
         print(f"error: {unknown}", file=sys.stderr)
         sys.exit(1)

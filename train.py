@@ -94,8 +94,8 @@ def _unknown_override(argv: list[str]) -> str | None:
     from solo_npu.config.deploy_schema import check_overrides
     from solo_npu.config.schema import TrainJobConfig
 
-    groups = [p.name for p in (Path(__file__).resolve().parent / "conf").iterdir() if p.is_dir()]
-    return check_overrides(argv, TrainJobConfig, groups)
+    conf = Path(__file__).resolve().parent / "conf"
+    return check_overrides(argv, TrainJobConfig, [p.name for p in conf.iterdir() if p.is_dir()], conf)
 
 
 if __name__ == "__main__":

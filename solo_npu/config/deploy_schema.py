@@ -15,10 +15,12 @@ for what a model yaml leaves out.
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -244,20 +246,36 @@ def wrong_value(value: Any, tp: Any) -> str | None:
     return None
 
 
-def check_deploy_overrides(overrides: Sequence[str]) -> str | None:
+def _unknown_choice(group: Path, value: Any) -> str | None:
+    """Why ``value`` (a choice, or a list of them) names no yaml file of the config group folder ``group``."""
+    choices = sorted(p.stem for p in group.glob("*.yaml"))
+    for choice in value if isinstance(value, list) else [value]:
+        if isinstance(choice, str) and "${" not in choice and choice not in choices:
+            close = difflib.get_close_matches(choice, choices, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            return f"no {group.name} {choice!r} ({hint}choose from {', '.join(choices)})"
+    return None
+
+
+def check_deploy_overrides(overrides: Sequence[str], conf_dir: str | os.PathLike | None = None) -> str | None:
     """The first command-line override of deploy.py that sets a key no deploy setting has, as one line
     naming it (``deploy.verfy.atol=1``: ``deploy has no setting 'verfy' (did you mean deploy.verify?)``);
     None when all are known. Keys inside ``model`` (its builder's arguments) and ``hydra.*`` are left to
     Hydra and the builder; config-group choices (``deploy=310p``) name a group, which is a setting."""
-    return check_overrides(overrides, DeployJobConfig)
+    return check_overrides(overrides, DeployJobConfig, conf_dir=conf_dir)
 
 
-def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str] = ()) -> str | None:
+def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str] = (),
+                    conf_dir: str | os.PathLike | None = None) -> str | None:
     """:func:`check_deploy_overrides` for the root ``schema`` (train.py: TrainJobConfig); ``groups``: config
-    groups that are no setting of the schema (``+experiment=8p``), whose choices Hydra checks."""
+    groups that are no setting of the schema (``+experiment=8p``). With ``conf_dir`` the choice of a group
+    (a folder of it: ``model=solov3``, ``+experiment=[1p,finetun]``) must be one of its yaml files."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    if any(o.startswith(("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath"))
+           for o in overrides):
+        conf_dir = None  # other config folders: their groups may hold more choices
     parser = OverridesParser.create()
     for text in overrides:
         if text.startswith("-") or "=" not in text and not text.startswith("~"):
@@ -270,6 +288,10 @@ def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str
         if override.package is not None or "/" in key:
             continue
         parts = key.split(".")
+        if conf_dir is not None and (Path(conf_dir) / key).is_dir() and not override.is_delete():
+            why = _unknown_choice(Path(conf_dir) / key, override.value())
+            if why is not None:
+                return f"{text}: {why}"
         if parts[0] == "hydra" or key in groups:
             continue
         why = unknown_key(parts, schema)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from deploy_support import ROOT, compose_deploy_cfg
@@ -142,3 +143,22 @@ def test_values_of_the_wrong_type_are_one_line_as_hydra_would_refuse_them():
     assert [t for t in accepted if check_overrides([t], TrainJobConfig) is not None] == []
     assert check_deploy_overrides(["deploy.opset=abc"]) == "deploy.opset=abc: 'abc' is not an integer"
     assert check_deploy_overrides(["deploy.batch_sizes=[1,x]"]) == "deploy.batch_sizes=[1,x]: 'x' is not an integer"
+
+
+def test_group_choices_are_checked_against_the_config_folder():
+    from solo_npu.config.deploy_schema import check_overrides
+    from solo_npu.config.schema import TrainJobConfig
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    groups = [p.name for p in conf.iterdir() if p.is_dir()]
+    message = check_overrides(["model=solov3"], TrainJobConfig, groups, conf)
+    assert message.startswith("model=solov3: no model 'solov3' (did you mean solov2? choose from fcos, solov2, ")
+    assert check_overrides(["+experiment=[1p,finetun]"], TrainJobConfig, groups, conf).startswith(
+        "+experiment=[1p,finetun]: no experiment 'finetun' (did you mean finetune?")
+    good = ["+experiment=[1p,finetune]", "model=solov2_light_r18", "optim=mmdet_3x", "data=coco", "runtime=default"]
+    assert check_overrides([g for g in good if (conf / g.split("=")[0].lstrip("+")).is_dir()], TrainJobConfig,
+                           groups, conf) is None
+    # Another config folder may add choices: left to Hydra.
+    assert check_overrides(["--config-dir=extra", "model=my_detector"], TrainJobConfig, groups, conf) is None
+    assert check_deploy_overrides(["deploy=310x"], conf) == "deploy=310x: no deploy '310x' (did you mean 310p? " \
+                                                           "choose from 310p, default)"
