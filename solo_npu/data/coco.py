@@ -219,6 +219,9 @@ class CocoInstanceDataset(Dataset):
             h, w, name = int(info["height"]), int(info["width"]), info["file_name"]
             if not (self.img_dir / name).is_file():
                 self._fault("missing_image", name)
+                if not self.train:  # scored with no predictions, as an unreadable image: leaving it out raises AP
+                    records.append({"image_id": image_id, "file_name": name, "height": h, "width": w, "anns": [],
+                                    "missing": True})
                 continue
             anns = []
             crowd = False
@@ -255,7 +258,7 @@ class CocoInstanceDataset(Dataset):
                 anns = sorted(anns, key=lambda a: -a["area"])[: self.max_instances]
             records.append({"image_id": image_id, "file_name": name, "height": h, "width": w, "anns": anns})
         total = len(self.coco.imgs)
-        if total and self._init_counts["missing_image"] == total:  # evaluation too: an AP of no image is no AP
+        if total and self._init_counts["missing_image"] == total:  # evaluation too: an AP of no image read
             raise ImagesNotFoundError(self._none_found(total))
         if self.train and not records:
             anns = self.coco.dataset.get("annotations") or []
@@ -371,6 +374,8 @@ class CocoInstanceDataset(Dataset):
 
     def _load(self, i: int) -> dict[str, Any] | None:
         rec = self.records[i]
+        if rec.get("missing"):  # counted as missing_image when the file was scanned
+            return None
         image = None
         with contextlib.suppress(cv2.error, OSError):
             image = cv2.imread(str(self.img_dir / rec["file_name"]), cv2.IMREAD_COLOR)

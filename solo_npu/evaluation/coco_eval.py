@@ -310,7 +310,7 @@ class CocoEvaluator:
         restrict_to_processed: evaluate only the images that went through :meth:`process` (so a
             partial or sharded pass is scored on what it saw); otherwise all images of ``coco_gt``.
 
-    An image that went through :meth:`process` with ``image_ok`` false (unreadable, or not the size the
+    An image that went through :meth:`process` with ``image_ok`` false (missing, unreadable, or not the size the
     annotation file gives) is scored with no predictions: its objects count as missed, as COCOeval and
     mmdet's CocoMetric (mmdet/evaluation/metrics/coco_metric.py: ``img_ids = get_img_ids()``) score every
     image of the annotation file. Leaving it out would raise the AP. The log says how many there were.
@@ -380,8 +380,8 @@ class CocoEvaluator:
             scored = len(processed) if img_ids is not None else len(self.coco_gt.imgs)
             if self._merged_unusable:
                 logger.warning("%d of the %d images scored have no predictions: their image could not be used "
-                               "(unreadable, or not the size the annotation file gives), so their objects count "
-                               "as missed", len(self._merged_unusable), scored)
+                               "(missing, unreadable, or not the size the annotation file gives), so their objects "
+                               "count as missed", len(self._merged_unusable), scored)
             logger.info("evaluated %d images (%d of them without predictions): %s", scored,
                         len(self._merged_unusable), summary)
         if distributed:

@@ -103,13 +103,17 @@ def test_planted_faults_evaluation_keeps_images_without_ground_truth(tmp_path):
     root = _planted(tmp_path)
     ds = CocoInstanceDataset(*_paths(root), train=False, max_instances=10)
     samples = [ds[i] for i in range(len(ds))]
-    assert [s["meta"]["image_id"] for s in samples] == [1, 3, 4, 5, 6, 7, 8]
-    assert samples[0]["meta"]["image_ok"] is False and samples[0]["image"].max() == 0
-    assert len(samples[0]["labels"]) == 0 and len(samples[3]["labels"]) == 0  # unreadable, empty
+    # The missing file (image 2) is kept too: scored with no predictions, as the unreadable one (image 1), since
+    # leaving an image out of COCOeval raises the AP.
+    assert [s["meta"]["image_id"] for s in samples] == [1, 2, 3, 4, 5, 6, 7, 8]
+    for s in samples[:2]:
+        assert s["meta"]["image_ok"] is False and s["image"].max() == 0 and len(s["labels"]) == 0
+    assert samples[1]["image"].shape[:2] == (ds.records[1]["height"], ds.records[1]["width"])
+    assert len(samples[4]["labels"]) == 0  # empty
     assert samples[0]["masks"] is None  # evaluation reads the json, not decoded masks
-    assert all(s["meta"]["image_ok"] for s in samples[1:])
+    assert all(s["meta"]["image_ok"] for s in samples[2:])
     counts = ds.fault_counts()
-    assert counts == {**EXPECTED, "missing_image": 1}
+    assert counts == {**EXPECTED, "missing_image": 1}  # counted once, when scanned: not again as unreadable
 
 
 def test_too_many_instances_keeps_the_largest(tmp_path, synthetic_coco):
@@ -334,4 +338,5 @@ def test_image_folder_without_the_splits_images_is_one_line_naming_where_they_ar
         CocoInstanceDataset(ann_file, root / split, train=train)
     first = sorted((synthetic_coco / split).iterdir())[0]
     shutil.copy(first, root / split / first.name)
-    assert len(CocoInstanceDataset(ann_file, root / split, train=train)) == 1
+    ds = CocoInstanceDataset(ann_file, root / split, train=train)
+    assert len(ds) == (1 if train else total) and ds.fault_counts()["missing_image"] == total - 1
