@@ -44,8 +44,8 @@ from solo_npu.checkpoints.io import CheckpointError, load_checkpoint, save_check
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointClasses", "checkpoint_class_names", "checkpoint_classes", "load_model_weights", "main",
-           "read_checkpoint", "unwrap_state_dict"]
+__all__ = ["CheckpointClasses", "check_trained_input", "checkpoint_class_names", "checkpoint_classes",
+           "load_model_weights", "main", "read_checkpoint", "unwrap_state_dict"]
 
 CONTAINERS = ("model", "state_dict")  # ours / MLPerf, mmdet / SOLO / YolactEdge
 
@@ -336,8 +336,15 @@ def _check_input(model: nn.Module, source: str, metadata: Mapping[str, Any],
         meta = metadata.get("meta")
         converted_from = meta.get("source") if source == "ours" and isinstance(meta, Mapping) else None
         check(converted_from if isinstance(converted_from, str) else source, normalize)
-    config = metadata.get("config")
-    if source != "ours" or not isinstance(config, Mapping):
+    if source == "ours":
+        check_trained_input(model, metadata.get("config"), normalize)
+
+
+def check_trained_input(model: nn.Module, config: Any, normalize: Mapping[str, Any] | None) -> None:
+    """CheckpointError naming the settings to add when the training ``config`` a checkpoint of this project
+    carries names another backbone style (than ``model``'s) or pixel normalisation (than ``normalize``, the
+    run's ``data.normalize``; ``None``: not compared) than this run has. Nothing without a config."""
+    if not isinstance(config, Mapping):
         return
     trained, now = {}, {}
     style = ((config.get("model") or {}).get("backbone") or {}).get("style")

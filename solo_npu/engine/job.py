@@ -22,6 +22,7 @@ from solo_npu.engine.checkpointer import (
     find_resume_file,
     restore_training_state,
     training_state,
+    unwrap,
 )
 from solo_npu.engine.evaluate import evaluate
 from solo_npu.engine.finetune import freeze_backbone, load_weights, set_num_classes
@@ -272,6 +273,13 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
     run_end = RunEnd(run_dir, t0, int(cfg.train.batch_size), info, bool(cfg.train.eval_at_end))
     trainer.register_hooks([run_end, *_build_hooks(cfg, run_dir, info, trainer, schedule, data, progress_bar)])
     if resume_state is not None:
+        from solo_npu.checkpoints import CheckpointError
+        from solo_npu.checkpoints.convert import check_trained_input
+
+        try:  # the weights only fit the input they were trained on: a resume does not change it silently
+            check_trained_input(unwrap(model), resume_state.get("config"), cfg.data.normalize)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{resume_file}: {exc}") from None
         restore_training_state(trainer, resume_state, schedule, scale_lr=bool(cfg.optim.auto_scale_lr),
                                path=resume_file)
         del resume_state

@@ -601,3 +601,21 @@ def test_records_after_a_resume_in_the_run_directory(checkpoint: str, batch_size
         assert _tensorboard_steps(tmp_path / "tensorboard", "train/loss_mse") == list(range(7, 25))
         assert _tensorboard_steps(tmp_path / "tensorboard" / "before_resume_12", "train/loss_mse") == list(
             range(1, 19))
+
+
+def test_resume_with_another_input_than_the_run_trained_on_stops(tmp_path: Path, smoke_data: list[str]) -> None:
+    """resume=auto with data.normalize (or model.backbone.style) changed would go on training weights on pixels
+    they were not trained on: one CheckpointError naming the file and the setting to restore; unchanged, it goes on."""
+    fast = [*smoke_data, "train.plots=false", "train.eval_interval=0", "train.eval_at_end=false"]
+    run_dir = tmp_path / "run"
+    assert run_train([*fast, "train.max_iters=2"], run_dir)["iterations"] == 2
+    caffe = ["data.normalize.style=caffe", "data.normalize.mean=[103.53,116.28,123.675]", "data.normalize.std=[1,1,1]"]
+    with pytest.raises(CheckpointError) as info:
+        run_train([*fast, "train.max_iters=4", "resume=auto", *caffe], run_dir)
+    message = str(info.value)
+    assert message.startswith(f"{run_dir / 'checkpoints' / 'last.pth'}: the checkpoint was trained with "
+                              "data.normalize.style=pytorch, data.normalize.mean=[123.675,116.28,103.53], "
+                              "data.normalize.std=[58.395,57.12,57.375] (its config) but this run has "
+                              "data.normalize.style=caffe"), message
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pth")["iteration"] == 2  # nothing was trained
+    assert run_train([*fast, "train.max_iters=4", "resume=auto"], run_dir)["iterations"] == 4
