@@ -79,3 +79,15 @@ def test_train_py_says_it_in_one_line_before_any_worker(tmp_path: Path) -> None:
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert proc.stderr.strip().splitlines()[-1] == line, proc.stderr[-3000:]
         assert not (tmp_path / "data").exists()  # no worker started: the synthetic set was not generated
+
+
+@pytest.mark.parametrize("style, mean", [("caffe", [123.675, 116.28, 103.53]), ("pytorch", [103.53, 116.28, 123.675])])
+def test_a_mean_of_the_other_channel_order_is_refused(style, mean):
+    """data.normalize.style=caffe with the RGB ImageNet mean left in place swaps the red and blue means."""
+    from solo_npu.config.values import ConfigValueError, check_values
+
+    cfg = {"data": {"normalize": {"style": style, "mean": mean, "std": None}}}
+    with pytest.raises(ConfigValueError, match=rf"is the \w+ style's mean, but data.normalize.style={style} feeds "):
+        check_values(cfg)
+    for fine in (None, [1.0, 2.0, 3.0], mean[::-1]):
+        check_values({"data": {"normalize": {"style": style, "mean": fine, "std": None}}})

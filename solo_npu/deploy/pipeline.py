@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from solo_npu.config.values import ConfigValueError, check_values
 from solo_npu.data import check_dataset_files
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.compile_310p import run_compile
@@ -151,7 +152,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from solo_npu.data import AnnotationFileError
     from solo_npu.runtime import DeviceError
 
-    return DeployError, CheckpointError, DeviceError, FileNotFoundError, AnnotationFileError
+    return DeployError, CheckpointError, DeviceError, FileNotFoundError, AnnotationFileError, ConfigValueError
 
 
 def main(cfg: DictConfig, model_name: str | None = None) -> int:
@@ -159,6 +160,8 @@ def main(cfg: DictConfig, model_name: str | None = None) -> int:
     try:
         if HydraConfig.initialized():
             mark_explicit_classes(cfg, HydraConfig.get().overrides.task)
+        if cfg.get("data") is not None:  # the data settings' ranges and the normalisation, as train.py checks them
+            check_values({"data": OmegaConf.to_container(cfg.data, resolve=True)})
         run_task(cfg, model_name)
     except expected_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -138,3 +138,11 @@ def test_predict_task_is_wired(deploy_cfg, synthetic_coco, tmp_path, capsys):
     assert isinstance(json.loads((tmp_path / "pred" / "predictions.json").read_text()), list)
     cfg = deploy_cfg("task=predict", f"input={tmp_path / 'pred' / 'nothing_here'}", f"output={tmp_path / 'p2'}")
     assert "input not found" in _one_line_error(capsys, main(cfg))
+
+
+def test_data_settings_are_checked_as_in_training(deploy_cfg, tmp_path, capsys):
+    cfg = deploy_cfg("data.normalize.style=caffe", "data.normalize.mean=[123.675,116.28,103.53]",
+                     f"run_dir={tmp_path}", "stages=[plan]")
+    assert "is the pytorch style's mean, but data.normalize.style=caffe feeds BGR" in _one_line_error(capsys, main(cfg))
+    cfg = deploy_cfg("data.max_instances=0", f"run_dir={tmp_path}", "stages=[plan]")
+    assert _one_line_error(capsys, main(cfg)) == "error: data.max_instances=0: must be >= 1"
