@@ -370,13 +370,11 @@ def check_trained_input(model: nn.Module, config: Any, normalize: Mapping[str, A
 def _pixels(normalize: Mapping[str, Any]) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
     """(style, mean, std) of a ``data.normalize`` config, a null mean or std being the style's default
     (:class:`solo_npu.data.transforms.Normalize`), the numbers rounded to 4 decimals."""
-    from solo_npu.data.transforms import CAFFE_MEAN, CAFFE_STD, PYTORCH_MEAN, PYTORCH_STD
+    from solo_npu.data.transforms import pixel_normalization
 
-    style = str(normalize.get("style") or "pytorch")
-    mean, std = (PYTORCH_MEAN, PYTORCH_STD) if style == "pytorch" else (CAFFE_MEAN, CAFFE_STD)
-    mean = normalize.get("mean") if normalize.get("mean") is not None else mean
-    std = normalize.get("std") if normalize.get("std") is not None else std
-    return style, tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+    style, mean, std = pixel_normalization(str(normalize.get("style") or "pytorch"), normalize.get("mean"),
+                                           normalize.get("std"))
+    return style, tuple(round(v, 4) for v in mean), tuple(round(v, 4) for v in std)
 
 
 def _with_path(exc: CheckpointError, path: str | os.PathLike) -> str:

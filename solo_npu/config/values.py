@@ -90,19 +90,18 @@ def check_values(cfg: Mapping[str, Any]) -> None:
                                f"(0..{nnodes - 1})")
 
 
-# The two conventions' channel means: torchvision's ImageNet mean in RGB order, detectron2's MSRA mean in BGR order.
-_MEANS = {"pytorch": (123.675, 116.28, 103.53), "caffe": (103.53, 116.28, 123.675)}
-
 
 def _check_normalize(cfg: Mapping[str, Any]) -> None:
     """A ``data.normalize.mean`` that is the other style's mean, in the other channel order (a caffe style left
     with the RGB ImageNet mean after ``data.normalize.style=caffe``): the red and blue means swapped."""
+    from solo_npu.data.transforms import pixel_normalization
+
     _, style = _get(cfg, "data.normalize.style")
     _, mean = _get(cfg, "data.normalize.mean")
-    if style not in _MEANS or not isinstance(mean, (list, tuple)) or len(mean) != 3:
+    if style not in ("pytorch", "caffe") or not isinstance(mean, (list, tuple)) or len(mean) != 3:
         return
     other = "caffe" if style == "pytorch" else "pytorch"
-    if [round(float(v), 3) for v in mean] == list(_MEANS[other]):
+    if [round(float(v), 3) for v in mean] == [round(v, 3) for v in pixel_normalization(other)[1]]:
         order = "BGR" if style == "caffe" else "RGB"
         raise ConfigValueError(
             f"data.normalize.mean={list(mean)} is the {other} style's mean, but data.normalize.style={style} feeds "

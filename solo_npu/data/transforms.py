@@ -21,6 +21,17 @@ CAFFE_MEAN = (103.53, 116.28, 123.675)  # BGR
 CAFFE_STD = (1.0, 1.0, 1.0)
 
 
+def pixel_normalization(style: str = "pytorch", mean: Sequence[float] | None = None,
+                        std: Sequence[float] | None = None) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+    """(style, mean, std) that :class:`Normalize` applies for these settings: a null mean or std is the style's
+    (pytorch: the ImageNet RGB mean and std; caffe: the BGR mean, std 1)."""
+    if style not in ("pytorch", "caffe"):
+        raise ValueError(f"normalize.style must be 'pytorch' or 'caffe', got {style!r}")
+    default_mean, default_std = (PYTORCH_MEAN, PYTORCH_STD) if style == "pytorch" else (CAFFE_MEAN, CAFFE_STD)
+    return (style, tuple(float(v) for v in (mean if mean is not None else default_mean)),
+            tuple(float(v) for v in (std if std is not None else default_std)))
+
+
 def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
     """Keep-ratio target size so that the long side <= max(scale) and the short side <= min(scale)."""
     long_edge, short_edge = max(scale), min(scale)
@@ -99,12 +110,9 @@ class Normalize:
 
     def __init__(self, style: str = "pytorch", mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
-        if style not in ("pytorch", "caffe"):
-            raise ValueError(f"normalize.style must be 'pytorch' or 'caffe', got {style!r}")
-        self.style = style
-        default_mean, default_std = (PYTORCH_MEAN, PYTORCH_STD) if style == "pytorch" else (CAFFE_MEAN, CAFFE_STD)
-        self.mean = torch.tensor(mean if mean is not None else default_mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std if std is not None else default_std, dtype=torch.float32).view(3, 1, 1)
+        self.style, mean, std = pixel_normalization(style, mean, std)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         # (x - mean) / std in float32, written channel by channel into a CHW tensor: the values of

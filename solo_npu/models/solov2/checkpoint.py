@@ -59,9 +59,7 @@ _ADET_TOWER = re.compile(r"ins_head\.(cate|kernel)_tower\.(\d+)\.(\w+)$")
 _ADET_PRED = re.compile(r"ins_head\.(cate|kernel)_pred\.(\w+)$")
 _ADET_MASK = re.compile(r"mask_head\.(convs_all_levels\.\d+\.conv\d+|conv_pred)\.([01])\.(\w+)$")
 
-# The input AdelaiDet's published SOLOv2 weights were trained on (module docstring).
-ADELAIDET_INPUT = {"backbone.style": "caffe", "normalize.style": "caffe",
-                   "normalize.mean": (103.53, 116.28, 123.675), "normalize.std": (1.0, 1.0, 1.0)}
+# The settings that give the input AdelaiDet's published SOLOv2 weights were trained on (module docstring).
 ADELAIDET_OVERRIDES = ("model.backbone.style=caffe data.normalize.style=caffe "
                        "'data.normalize.mean=[103.53,116.28,123.675]' 'data.normalize.std=[1,1,1]'")
 
@@ -101,26 +99,22 @@ def check_checkpoint_input(layout: str | None, backbone_style: str, normalize: M
     """Raise a one-line CheckpointError when weights of ``layout`` (for a converted file, the layout it was
     converted from) meet a backbone style or pixel normalisation other than the one they were trained on;
     ``normalize`` ``None``: not compared (the caller has no data config)."""
+    from solo_npu.data.transforms import pixel_normalization
+
     if layout != "adelaidet":
         return
-    found = {"backbone.style": backbone_style}
+    wrong = [] if backbone_style == "caffe" else [f"backbone.style={backbone_style}"]
     if normalize is not None:
-        found.update({f"normalize.{k}": normalize.get(k) for k in ("style", "mean", "std")})
-    wrong = [f"{key}={_plain(found[key])}" for key, want in ADELAIDET_INPUT.items()
-             if key in found and found[key] is not None and _plain(found[key]) != _plain(want)]
-    if normalize is not None and normalize.get("style") == "caffe":  # null mean/std: the caffe defaults
-        wrong = [w for w in wrong if not w.endswith("=None")]
+        found = pixel_normalization(str(normalize.get("style") or "pytorch"), normalize.get("mean"),
+                                    normalize.get("std"))
+        for key, value, want in zip(("style", "mean", "std"), found, pixel_normalization("caffe")):
+            if value != want:
+                wrong.append(f"normalize.{key}={value if isinstance(value, str) else [round(v, 4) for v in value]}")
     if wrong:
         raise CheckpointError(
             f"AdelaiDet SOLOv2 weights expect a caffe-style ResNet fed BGR pixels minus [103.53, 116.28, 123.675] "
             f"with std 1 (detectron2's MSRA ImageNet start), but this run has {', '.join(wrong)}: add "
             f"{ADELAIDET_OVERRIDES}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [round(float(v), 4) for v in value]
-    return value
 
 
 def solov2_checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:
