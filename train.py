@@ -88,14 +88,13 @@ def _say(line: str) -> None:
 
 
 def _unknown_override(argv: list[str]) -> str | None:
-    """The first command-line key no training setting has, as one line (``train.epochz=3``: ``train has no
-    setting 'epochz' (did you mean train.epochs?)``), before Hydra's longer report; config-group choices
-    (``+experiment=8p``, ``model=solov2_r50``) are Hydra's to check."""
+    """The first command-line mistake as one line, before Hydra's longer report: a key no training setting has
+    (``train.epochz=3``: ``train has no setting 'epochz' (did you mean train.epochs?)``), a value of the wrong
+    type, or a config-group choice that is not there (``model=solov3``)."""
     from solo_npu.config.deploy_schema import check_overrides
     from solo_npu.config.schema import TrainJobConfig
 
-    conf = Path(__file__).resolve().parent / "conf"
-    return check_overrides(argv, TrainJobConfig, [p.name for p in conf.iterdir() if p.is_dir()], conf)
+    return check_overrides(argv, TrainJobConfig, Path(__file__).resolve().parent / "conf")
 
 
 if __name__ == "__main__":

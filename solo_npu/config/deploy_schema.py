@@ -265,17 +265,17 @@ def check_deploy_overrides(overrides: Sequence[str], conf_dir: str | os.PathLike
     return check_overrides(overrides, DeployJobConfig, conf_dir=conf_dir)
 
 
-def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str] = (),
-                    conf_dir: str | os.PathLike | None = None) -> str | None:
-    """:func:`check_deploy_overrides` for the root ``schema`` (train.py: TrainJobConfig); ``groups``: config
-    groups that are no setting of the schema (``+experiment=8p``). With ``conf_dir`` the choice of a group
-    (a folder of it: ``model=solov3``, ``+experiment=[1p,finetun]``) must be one of its yaml files."""
+def check_overrides(overrides: Sequence[str], schema: type, conf_dir: str | os.PathLike | None = None) -> str | None:
+    """:func:`check_deploy_overrides` for the root ``schema`` (train.py: TrainJobConfig). With ``conf_dir`` its
+    folders are config groups, set as a whole (``+experiment=8p``, which no schema field names), and a group's
+    choice (``model=solov3``, ``+experiment=[1p,finetun]``) must be one of its yaml files, unless other config
+    folders are added (``--config-dir``, ``hydra.searchpath``), which may hold more choices."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    if any(o.startswith(("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath"))
-           for o in overrides):
-        conf_dir = None  # other config folders: their groups may hold more choices
+    groups = {p.name: p for p in Path(conf_dir).iterdir() if p.is_dir()} if conf_dir is not None else {}
+    check_choices = not any(o.startswith(("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath",
+                                          "+hydra.searchpath")) for o in overrides)
     parser = OverridesParser.create()
     for text in overrides:
         if text.startswith("-") or "=" not in text and not text.startswith("~"):
@@ -288,16 +288,17 @@ def check_overrides(overrides: Sequence[str], schema: type, groups: Sequence[str
         if override.package is not None or "/" in key:
             continue
         parts = key.split(".")
-        if conf_dir is not None and (Path(conf_dir) / key).is_dir() and not override.is_delete():
-            why = _unknown_choice(Path(conf_dir) / key, override.value())
+        if key in groups:
+            why = None if override.is_delete() or not check_choices else _unknown_choice(groups[key], override.value())
             if why is not None:
                 return f"{text}: {why}"
-        if parts[0] == "hydra" or key in groups:
+            continue
+        if parts[0] == "hydra":
             continue
         why = unknown_key(parts, schema)
         if why is not None:
             return f"unknown setting {key} in {text!r}: {why}"
-        if override.is_delete() or override.is_sweep_override() or key in groups:
+        if override.is_delete() or override.is_sweep_override():
             continue
         why = wrong_value(override.value(), field_type(parts, schema))
         if why is not None:
