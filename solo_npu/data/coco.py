@@ -343,14 +343,14 @@ class CocoInstanceDataset(Dataset):
         if turned.shape[:2] != (rec["width"], rec["height"]):
             return None
         stored = None
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
         with contextlib.suppress(cv2.error, OSError):
-            stored = cv2.imread(str(self.img_dir / rec["file_name"]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            stored = cv2.imread(str(self.img_dir / rec["file_name"]), flags)
         if stored is None or stored.shape[:2] != (rec["height"], rec["width"]):
             return None
-        if ("exif_stored", rec["file_name"]) not in self._logged_files:
-            self._logged_files.add(("exif_stored", rec["file_name"]))
-            logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", rec["file_name"],
-                        rec["width"], rec["height"])
+        rec["imread_flags"] = flags  # later reads in this process decode it once, without the turn
+        logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", rec["file_name"],
+                    rec["width"], rec["height"])
         return stored
 
     def _blank(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -377,12 +377,12 @@ class CocoInstanceDataset(Dataset):
         if rec.get("missing"):  # counted as missing_image when the file was scanned
             return None
         image = None
-        with contextlib.suppress(cv2.error, OSError):
-            image = cv2.imread(str(self.img_dir / rec["file_name"]), cv2.IMREAD_COLOR)
+        with contextlib.suppress(cv2.error, OSError):  # the flags a first read found for this file, if any
+            image = cv2.imread(str(self.img_dir / rec["file_name"]), rec.get("imread_flags", cv2.IMREAD_COLOR))
         if image is None:
             self._read_fault("unreadable_image", rec["file_name"])
             return None
-        if image.shape[:2] != (rec["height"], rec["width"]):
+        if image.shape[:2] != (rec["height"], rec["width"]) and "imread_flags" not in rec:
             image = self._stored_orientation(rec, image)
         if image is None:
             self._read_fault("image_size_mismatch", rec["file_name"])

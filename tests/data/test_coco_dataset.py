@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -309,6 +310,8 @@ def test_exif_turned_photo_is_read_in_the_annotations_space(tmp_path, annotated)
     assert image.shape == (height, width, 3) and mask.shape == (height, width)
     if annotated == "stored":  # the mask lies on the white half, as drawn
         assert image[mask].mean() > 240 and image[:, 60:].mean() < 15
+        again = ds[0]["image"]  # read again: decoded once, as stored (the flags are remembered)
+        assert np.array_equal(again, image) and ds.records[0]["imread_flags"] & cv2.IMREAD_IGNORE_ORIENTATION
     else:  # turned clockwise: the stored left half is now the top
         assert image[:45].mean() > 240 and image[55:].mean() < 15
 
