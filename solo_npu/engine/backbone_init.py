@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRETRAINED_DIR", "TORCHVISION_RESNET_FILES", "BackboneInitError", "backbone_init_file",
-           "candidate_files", "is_frozen_bn"]
+__all__ = ["CAFFE_RESNET_FILES", "PRETRAINED_DIR", "TORCHVISION_RESNET_FILES", "BackboneInitError",
+           "backbone_init_file", "candidate_files", "is_frozen_bn"]
 
 PRETRAINED_DIR = Path("data") / "pretrained"
 # torchvision's ImageNet ResNet weights (IMAGENET1K_V1) under their download names: the model_urls of
@@ -30,6 +30,14 @@ TORCHVISION_RESNET_FILES = {
     50: ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth"),
     101: ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth"),
     152: ("resnet152-b121ed2d.pth", "resnet152-394f9c45.pth"),
+}
+# MSRA's caffe-style ImageNet ResNets (stride on the first 1x1 conv, BGR input minus the mean, std 1, BatchNorm
+# folded to a fixed affine) as mmdet reads them: open-mmlab://detectron2/resnet50_caffe and
+# open-mmlab://resnet50_caffe in mmcv's model_zoo/open_mmlab.json, converted to torchvision's names. A caffe-style
+# run (model.backbone.style=caffe) looks for these instead of torchvision's.
+CAFFE_RESNET_FILES = {
+    50: ("resnet50_msra-5891d200.pth", "resnet50_caffe-788b5fa3.pth"),
+    101: ("resnet101_msra-6cc46731.pth", "resnet101_caffe-3ad79236.pth"),
 }
 _NONE = ("none", "null", "")
 
@@ -47,11 +55,14 @@ def _dirs(data_root: str | None) -> list[Path]:
     return dirs
 
 
-def candidate_files(depth: int, data_root: str | None = None) -> list[Path]:
-    """The files ``model.pretrained=auto`` looks for, in order: ``resnet{depth}.pth`` then torchvision's
-    names, in ``data/pretrained/`` (relative to the launch directory) and in ``pretrained/`` beside
-    ``data.root`` (the ModelZoo layout ``data/{coco,pretrained}``)."""
+def candidate_files(depth: int, data_root: str | None = None, style: str = "pytorch") -> list[Path]:
+    """The files ``model.pretrained=auto`` looks for, in order, in ``data/pretrained/`` (relative to the launch
+    directory) and in ``pretrained/`` beside ``data.root`` (the ModelZoo layout ``data/{coco,pretrained}``):
+    ``resnet{depth}.pth`` then torchvision's names; for a caffe-style backbone mmdet's names of MSRA's weights
+    (:data:`CAFFE_RESNET_FILES`) first (a torchvision file found after them is then refused for what it is)."""
     names = [f"resnet{depth}.pth", *TORCHVISION_RESNET_FILES.get(int(depth), ())]
+    if style == "caffe":
+        names = [*CAFFE_RESNET_FILES.get(int(depth), ()), *names]
     return [d / n for d in _dirs(data_root) for n in names]
 
 
@@ -65,17 +76,46 @@ def is_frozen_bn(backbone: Mapping[str, Any], freeze_backbone: bool = False) -> 
             or bool(backbone.get("norm_eval", True)))
 
 
-def _check_torchvision_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
-    """``path`` when the run feeds torchvision's ImageNet weights what they were trained on: a pytorch-style
-    ResNet (the stride on the 3x3 conv) and RGB pixels normalised by the ImageNet mean and std."""
+def _check_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """``path`` when the run feeds its ImageNet weights what they were trained on. torchvision's: a pytorch-style
+    ResNet (the stride on the 3x3 conv) and RGB pixels normalised by the ImageNet mean and std. MSRA's
+    caffe-style weights (BatchNorm folded to a fixed affine, :func:`folded_batchnorm`): a caffe-style ResNet,
+    BGR pixels minus the mean with std 1, and BatchNorm that stays fixed."""
+    from solo_npu.checkpoints import CheckpointError
+    from solo_npu.data.transforms import pixel_normalization
+    from solo_npu.models.backbones.resnet import folded_batchnorm, imagenet_state
+
+    try:
+        folded = folded_batchnorm(imagenet_state(path))
+    except CheckpointError as exc:
+        raise BackboneInitError(f"model.pretrained={path}: {exc}") from None
     style = str(backbone.get("style", "pytorch"))
-    norm = str(((cfg.get("data") or {}).get("normalize") or {}).get("style", "pytorch"))
-    if style != "pytorch" or norm != "pytorch":
+    normalize = (cfg.get("data") or {}).get("normalize") or {}
+    norm = str(normalize.get("style", "pytorch"))
+    has = f"this run has model.backbone.style={style} data.normalize.style={norm}"
+    if not folded:
+        if style != "pytorch" or norm != "pytorch":
+            raise BackboneInitError(
+                f"model.pretrained={path} holds torchvision's ImageNet weights, trained pytorch-style on RGB input, "
+                f"but {has}: keep both pytorch to start from them, or start a caffe-style model from MSRA's "
+                "caffe-style ImageNet weights (mmdet's resnet50_msra-5891d200.pth) or from a checkpoint trained "
+                "that way (checkpoint=PATH, e.g. AdelaiDet's)")
+        return path
+    std = pixel_normalization(norm, normalize.get("mean"), normalize.get("std"))[2] if norm == "caffe" else None
+    if style != "caffe" or norm != "caffe" or std != (1.0, 1.0, 1.0):
+        detail = "" if std is None or std == (1.0, 1.0, 1.0) else f" data.normalize.std={list(std)}"
         raise BackboneInitError(
-            f"model.pretrained={path} holds torchvision's ImageNet weights, trained pytorch-style on RGB input, but "
-            f"this run has model.backbone.style={style} data.normalize.style={norm}: keep both pytorch to start from "
-            "them, or start a caffe-style model from a checkpoint trained that way (checkpoint=PATH, e.g. "
-            "AdelaiDet's)")
+            f"model.pretrained={path} holds MSRA's caffe-style ImageNet weights (BatchNorm as a fixed affine, as "
+            "in mmdet's resnet50_msra-5891d200.pth), trained with the stride on the first 1x1 conv on BGR pixels "
+            f"minus the mean with std 1, but {has}{detail}: add model.backbone.style=caffe "
+            "data.normalize.style=caffe (std 1), or start from torchvision's weights (resnet50-19c8e357.pth)")
+    if str(backbone.get("norm", "bn")) == "gn" or (str(backbone.get("norm", "bn")) == "bn"
+                                                     and not bool(backbone.get("norm_eval", True))):
+        raise BackboneInitError(
+            f"model.pretrained={path} holds MSRA's caffe-style ImageNet weights, whose BatchNorm is a fixed affine "
+            f"(running mean 0, variance 1), but this run normalises with model.backbone.norm="
+            f"{backbone.get('norm', 'bn')} model.backbone.norm_eval={backbone.get('norm_eval', True)}, which "
+            "replaces that affine by batch statistics: keep model.backbone.norm=bn model.backbone.norm_eval=true")
     return path
 
 
@@ -103,21 +143,23 @@ def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None) -
     if text.lower() not in ("auto", *_NONE):
         if not Path(text).is_file():
             raise BackboneInitError(f"model.pretrained={text}: no such file (cwd {Path.cwd()})")
-        return _check_torchvision_input(text, backbone, cfg)
+        return _check_input(text, backbone, cfg)
     if text.lower() == "auto":
         data_root = (cfg.get("data") or {}).get("root")
-        candidates = candidate_files(depth, data_root)
+        style = str(backbone.get("style", "pytorch"))
+        candidates = candidate_files(depth, data_root, style)
         for path in candidates:
             if path.is_file():
-                return _check_torchvision_input(str(path), backbone, cfg)
+                return _check_input(str(path), backbone, cfg)
         if not frozen:
             return None
         where = "; ".join(f"{d.resolve()}/{{{','.join(p.name for p in candidates if p.parent == d)}}}"
                           for d in _dirs(data_root))
         raise BackboneInitError(
             f"model.pretrained=auto found no ImageNet ResNet-{depth} weights (looked for {where}) and this "
-            "backbone keeps frozen BatchNorm / stages, which cannot train from random weights: put torchvision's "
-            "file there, pass model.pretrained=PATH, or train from scratch on purpose with model.pretrained=none "
+            "backbone keeps frozen BatchNorm / stages, which cannot train from random weights: put "
+            f"{'MSRA' if style == 'caffe' else 'torchvision'}'s file there, pass model.pretrained=PATH, or train "
+            "from scratch on purpose with model.pretrained=none "
             "model.backbone.frozen_stages=-1 model.backbone.norm_eval=false")
     if frozen:
         raise BackboneInitError(

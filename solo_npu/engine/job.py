@@ -167,7 +167,8 @@ def _backbone_init(cfg: DictConfig, starts_from: str | None) -> str | None:
         logger.info("model.pretrained=%s not read: the weights come from %s", value, starts_from)
     elif path is None and str(value).lower() == "auto" and not starts_from:
         backbone = plain["model"].get("backbone") or {}
-        files = ", ".join(str(p) for p in candidate_files(int(backbone.get("depth", 50)), plain["data"].get("root")))
+        files = ", ".join(str(p) for p in candidate_files(int(backbone.get("depth", 50)), plain["data"].get("root"),
+                                                          str(backbone.get("style", "pytorch"))))
         logger.warning("model.pretrained=auto: none of %s exists; the backbone starts from random weights "
                        "(model.pretrained=none says that on purpose)", files)
     return path

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_support import compose_train_cfg
@@ -61,6 +62,70 @@ def torchvision_resnet50_state(seed: int = 0) -> dict[str, torch.Tensor]:
     state["fc.weight"] = torch.randn(1000, 2048, generator=g) * 0.01
     state["fc.bias"] = torch.zeros(1000)
     return state
+
+
+def detectron_resnet50_blobs(seed: int = 1) -> dict[str, np.ndarray]:
+    """Random arrays under Detectron's caffe2 blob names of MSRA's ResNet-50 (``conv1_w``, ``res_conv1_bn_s/_b``,
+    ``res{2..5}_{j}_branch2{a,b,c}_w`` with ``..._bn_s/_b``, ``res{2..5}_0_branch1_w`` + ``_bn_s/_b``): BatchNorm
+    is kept as an affine scale and bias, without statistics."""
+    rng = np.random.default_rng(seed)
+    blobs: dict[str, np.ndarray] = {}
+
+    def conv(name: str, cout: int, cin: int, k: int) -> None:
+        blobs[f"{name}_w"] = (rng.standard_normal((cout, cin, k, k)) * 0.05).astype(np.float32)
+
+    def affine(name: str, c: int) -> None:
+        blobs[f"{name}_s"] = (rng.random(c) + 0.5).astype(np.float32)
+        blobs[f"{name}_b"] = (rng.standard_normal(c) * 0.1).astype(np.float32)
+
+    conv("conv1", 64, 3, 7)
+    affine("res_conv1_bn", 64)
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=2):
+        for j in range(blocks):
+            for letter, (cout, cin, k) in zip("abc", ((planes, inplanes, 1), (planes, planes, 3),
+                                                      (planes * 4, planes, 1))):
+                conv(f"res{stage}_{j}_branch2{letter}", cout, cin, k)
+                affine(f"res{stage}_{j}_branch2{letter}_bn", cout)
+            if j == 0:
+                conv(f"res{stage}_{j}_branch1", planes * 4, inplanes, 1)
+                affine(f"res{stage}_{j}_branch1_bn", planes * 4)
+            inplanes = planes * 4
+    return blobs
+
+
+def mmdet_msra_resnet50_file(blobs: dict[str, np.ndarray]) -> dict[str, dict[str, torch.Tensor]]:
+    """What mmdet's tools/model_converters/detectron2pytorch.py saves for these blobs (the conversion behind
+    open-mmlab://detectron2/resnet50_caffe, resnet50_msra-5891d200.pth): ``{"state_dict": ...}`` under
+    torchvision's names; each affine becomes a BatchNorm with ``weight = _s``, ``bias = _b``, running_mean zeros,
+    running_var ones (no num_batches_tracked, no classifier); ``res{i+1}_{j}_branch1`` is
+    ``layer{i}.{j}.downsample.0/1`` and ``branch2{a,b,c}`` is ``conv{1,2,3}``/``bn{1,2,3}``."""
+    state: dict[str, torch.Tensor] = {}
+
+    def bn(caffe: str, torch_name: str) -> None:
+        state[f"{torch_name}.bias"] = torch.from_numpy(blobs[f"{caffe}_b"])
+        state[f"{torch_name}.weight"] = torch.from_numpy(blobs[f"{caffe}_s"])
+        state[f"{torch_name}.running_mean"] = torch.zeros(blobs[f"{caffe}_s"].shape)
+        state[f"{torch_name}.running_var"] = torch.ones(blobs[f"{caffe}_s"].shape)
+
+    state["conv1.weight"] = torch.from_numpy(blobs["conv1_w"])
+    bn("res_conv1_bn", "bn1")
+    for i, blocks in enumerate((3, 4, 6, 3), start=1):
+        for j in range(blocks):
+            if j == 0:
+                state[f"layer{i}.{j}.downsample.0.weight"] = torch.from_numpy(blobs[f"res{i + 1}_{j}_branch1_w"])
+                bn(f"res{i + 1}_{j}_branch1_bn", f"layer{i}.{j}.downsample.1")
+            for k, letter in enumerate("abc", start=1):
+                state[f"layer{i}.{j}.conv{k}.weight"] = torch.from_numpy(blobs[f"res{i + 1}_{j}_branch2{letter}_w"])
+                bn(f"res{i + 1}_{j}_branch2{letter}_bn", f"layer{i}.{j}.bn{k}")
+    return {"state_dict": state}
+
+
+def _small_torchvision_file(path: Path) -> None:
+    """A file whose BatchNorm statistics are trained ones (what ``auto`` only needs to find and classify)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"bn1.weight": torch.rand(64) + 0.5, "bn1.running_mean": torch.randn(64) * 0.1,
+                "bn1.running_var": torch.rand(64) + 0.5}, path)
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +182,14 @@ def test_auto_accepts_the_modelzoo_and_torchvision_names(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     pre = tmp_path / "data" / "pretrained"
     pre.mkdir(parents=True)
-    (pre / "resnet101-5d3b4d8f.pth").write_bytes(b"x")  # torchvision's download name
+    _small_torchvision_file(pre / "resnet101-5d3b4d8f.pth")  # torchvision's download name
     assert backbone_init_file(_cfg("auto", depth=101)) == "data/pretrained/resnet101-5d3b4d8f.pth"
-    (pre / "resnet101.pth").write_bytes(b"x")  # the ModelZoo guide's name comes first
+    _small_torchvision_file(pre / "resnet101.pth")  # the ModelZoo guide's name comes first
     assert backbone_init_file(_cfg("auto", depth=101)) == "data/pretrained/resnet101.pth"
     # ModelZoo layout under another root: data.root=/x/data/coco -> /x/data/pretrained
     other = tmp_path / "elsewhere" / "data"
     (other / "pretrained").mkdir(parents=True)
-    (other / "pretrained" / "resnet18-5c106cde.pth").write_bytes(b"x")
+    _small_torchvision_file(other / "pretrained" / "resnet18-5c106cde.pth")
     found = backbone_init_file(_cfg("auto", root=str(other / "coco"), depth=18))
     assert found == str(other / "pretrained" / "resnet18-5c106cde.pth")
 
@@ -162,7 +227,7 @@ def test_torchvision_weights_need_a_pytorch_style_rgb_run(tmp_path: Path, monkey
     the ImageNet mean/std: a caffe-style backbone or BGR input would start from weights used wrongly."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "pretrained").mkdir(parents=True)
-    (tmp_path / "data" / "pretrained" / "resnet50-19c8e357.pth").write_bytes(b"x")
+    _small_torchvision_file(tmp_path / "data" / "pretrained" / "resnet50-19c8e357.pth")
     for pretrained in ("auto", "data/pretrained/resnet50-19c8e357.pth"):
         cfg = _cfg(pretrained)
         cfg["model"]["backbone"]["style"] = style
@@ -176,3 +241,89 @@ def test_torchvision_weights_need_a_pytorch_style_rgb_run(tmp_path: Path, monkey
         assert backbone_init_file({**cfg, "model": {**cfg["model"], "backbone": {**cfg["model"]["backbone"],
                                                                                   "style": style}}},
                                   starts_from="SOLOv2_R50_3x.pth") is None  # a checkpoint start loads no ImageNet file
+
+
+def test_1p_caffe_style_run_loads_mmdets_msra_resnet50(coco_layout: Path) -> None:
+    """A caffe-style run (model.backbone.style=caffe data.normalize.style=caffe, as mmdet's and AdelaiDet's caffe
+    configs) finds MSRA's ImageNet weights under mmdet's name, loads every tensor, and logs what it loaded."""
+    weights = coco_layout / "data" / "pretrained" / "resnet50_msra-5891d200.pth"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    blobs = detectron_resnet50_blobs()
+    torch.save(mmdet_msra_resnet50_file(blobs), weights)
+    _small_torchvision_file(coco_layout / "data" / "pretrained" / "resnet50.pth")  # pytorch-style runs' file
+    try:
+        proc = _train(coco_layout, "model.backbone.style=caffe", "data.normalize.style=caffe", "run_dir=caffe")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        log = (coco_layout / "caffe" / "train.log").read_text()
+        assert "backbone init from data/pretrained/resnet50_msra-5891d200.pth (missing 0, unexpected 0)" in log
+        assert "loaded caffe-style (MSRA) ImageNet ResNet-50 weights" in log
+        model = load_checkpoint(coco_layout / "caffe" / "checkpoints" / "last.pth")["model"]
+        assert torch.equal(model["backbone.conv1.weight"], torch.from_numpy(blobs["conv1_w"]))
+        assert torch.equal(model["backbone.layer3.0.downsample.1.weight"],
+                           torch.from_numpy(blobs["res4_0_branch1_bn_s"]))
+        assert torch.equal(model["backbone.layer4.2.bn3.bias"], torch.from_numpy(blobs["res5_2_branch2c_bn_b"]))
+        assert torch.count_nonzero(model["backbone.layer2.1.bn2.running_mean"]) == 0
+        assert torch.equal(model["backbone.layer2.1.bn2.running_var"], torch.ones(128))
+
+        # The same file in the default (pytorch-style, RGB) run: one line before any worker, naming the fix.
+        proc = _train(coco_layout, "model.pretrained=data/pretrained/resnet50_msra-5891d200.pth", "run_dir=wrong")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+        assert "holds MSRA's caffe-style ImageNet weights" in lines[0]
+        assert "this run has model.backbone.style=pytorch data.normalize.style=pytorch" in lines[0]
+        assert "add model.backbone.style=caffe data.normalize.style=caffe" in lines[0]
+        assert not (coco_layout / "wrong" / "checkpoints").exists()
+    finally:
+        weights.unlink()
+        (coco_layout / "data" / "pretrained" / "resnet50.pth").unlink()
+
+
+def test_msra_weights_need_caffe_input_and_fixed_batchnorm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    pre = tmp_path / "data" / "pretrained"
+    pre.mkdir(parents=True)
+    torch.save(mmdet_msra_resnet50_file(detectron_resnet50_blobs()), pre / "resnet50_msra-5891d200.pth")
+
+    def caffe_cfg(**backbone: object) -> dict:
+        cfg = _cfg("auto")
+        cfg["model"]["backbone"].update(style="caffe", **backbone)
+        cfg["data"]["normalize"] = {"style": "caffe", "mean": None, "std": None}
+        return cfg
+
+    assert backbone_init_file(caffe_cfg()) == "data/pretrained/resnet50_msra-5891d200.pth"
+    assert backbone_init_file(caffe_cfg(norm="frozen_bn")) == "data/pretrained/resnet50_msra-5891d200.pth"
+    for wrong, fragment in (({"norm_eval": False}, "model.backbone.norm=bn model.backbone.norm_eval=False"),
+                            ({"norm": "gn"}, "model.backbone.norm=gn")):
+        with pytest.raises(BackboneInitError, match="replaces that affine by batch statistics") as info:
+            backbone_init_file(caffe_cfg(**wrong))
+        assert fragment in str(info.value) and "\n" not in str(info.value)
+    cfg = caffe_cfg()
+    cfg["data"]["normalize"]["std"] = [57.375, 57.12, 58.395]  # the ImageNet std left in place
+    with pytest.raises(BackboneInitError, match=r"data.normalize.std=\[57.375, 57.12, 58.395\]: add"):
+        backbone_init_file(cfg)
+    cfg = caffe_cfg()
+    cfg["model"]["backbone"]["style"] = "pytorch"  # BGR input, stride on the 3x3 conv
+    cfg["model"]["pretrained"] = "data/pretrained/resnet50_msra-5891d200.pth"
+    with pytest.raises(BackboneInitError, match="this run has model.backbone.style=pytorch data.normalize.style=caffe"):
+        backbone_init_file(cfg)
+
+    # auto in a caffe-style run: MSRA's names first; torchvision's file is found after them and refused as such
+    _small_torchvision_file(pre / "resnet50.pth")
+    assert backbone_init_file(caffe_cfg()) == "data/pretrained/resnet50_msra-5891d200.pth"
+    (pre / "resnet50_msra-5891d200.pth").unlink()
+    with pytest.raises(BackboneInitError, match="resnet50.pth holds torchvision's ImageNet weights") as info:
+        backbone_init_file(caffe_cfg())
+    assert "MSRA's caffe-style ImageNet weights (mmdet's resnet50_msra-5891d200.pth)" in str(info.value)
+    (pre / "resnet50.pth").unlink()
+    with pytest.raises(BackboneInitError, match="found no ImageNet ResNet-50 weights") as info:
+        backbone_init_file(caffe_cfg())
+    assert "resnet50_msra-5891d200.pth,resnet50_caffe-788b5fa3.pth,resnet50.pth" in str(info.value)
+    assert "put MSRA's file there" in str(info.value)
+
+
+def test_unreadable_imagenet_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resnet50.pth").write_text("not a checkpoint\n")
+    with pytest.raises(BackboneInitError, match=r"^model.pretrained=resnet50.pth: .*resnet50.pth") as info:
+        backbone_init_file(_cfg("resnet50.pth"))
+    assert "\n" not in str(info.value)

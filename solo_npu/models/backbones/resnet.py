@@ -14,7 +14,8 @@ from solo_npu.models.ops.sums import inference_add
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BasicBlock", "Bottleneck", "FrozenBatchNorm2d", "ResNet", "build_norm", "load_torchvision_weights"]
+__all__ = ["BasicBlock", "Bottleneck", "FrozenBatchNorm2d", "ResNet", "build_norm", "folded_batchnorm",
+           "imagenet_state", "load_torchvision_weights"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -266,14 +267,12 @@ class ResNet(nn.Module):
         return outs
 
 
-def load_torchvision_weights(model: ResNet, path: str | os.PathLike, strict: bool = True,
-                             trust_pickle: bool = False) -> tuple[list[str], list[str]]:
-    """Load a torchvision ImageNet checkpoint (e.g. ``resnet50-19c8e357.pth``) into ``model``.
+def imagenet_state(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Tensor]:
+    """The tensors of an ImageNet ResNet file (a plain state dict, or one under ``state_dict`` as mmdet's
+    converted files keep it), classifier included.
 
-    The classifier (``fc.*``) is dropped. With GroupNorm the BN running statistics are dropped too.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``.
+    Raises:
+        CheckpointError: the file cannot be read, or holds no state dict of tensors (one line).
     """
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
 
@@ -283,11 +282,41 @@ def load_torchvision_weights(model: ResNet, path: str | os.PathLike, strict: boo
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors (the file holds a {type(state).__name__}); "
                               "pass torchvision ImageNet weights such as resnet50-19c8e357.pth")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state
+
+
+def folded_batchnorm(state: dict[str, Tensor]) -> bool:
+    """Whether every BatchNorm of a ResNet state dict is a fixed affine: running mean 0 and variance 1
+    throughout, with trained scales. MSRA's caffe-style ImageNet ResNets have no BatchNorm statistics
+    (Detectron keeps each BN as an affine ``_s``/``_b`` pair); mmdet's converter
+    (``tools/model_converters/detectron2pytorch.py``, the source of ``resnet50_msra-5891d200.pth`` and
+    ``resnet50_caffe-788b5fa3.pth``) writes them under torchvision's names with zero means and unit variances.
+    torchvision's ImageNet weights carry the statistics they were trained with."""
+    means = [v for k, v in state.items() if k.endswith(".running_mean")]
+    variances = [v for k, v in state.items() if k.endswith(".running_var")]
+    scales = [state.get(k[: -len("running_var")] + "weight") for k, v in state.items() if k.endswith(".running_var")]
+    if not means or not variances:
+        return False
+    identity = all(bool((m == 0).all()) for m in means) and all(bool((v == 1).all()) for v in variances)
+    return identity and any(s is not None and not bool((s == 1).all()) for s in scales)
+
+
+def load_torchvision_weights(model: ResNet, path: str | os.PathLike, strict: bool = True,
+                             trust_pickle: bool = False) -> tuple[list[str], list[str]]:
+    """Load an ImageNet ResNet checkpoint under torchvision's names into ``model``: torchvision's own
+    (e.g. ``resnet50-19c8e357.pth``) or mmdet's caffe-style MSRA files (e.g. ``resnet50_msra-5891d200.pth``,
+    :func:`folded_batchnorm`).
+
+    The classifier (``fc.*``) is dropped. With GroupNorm the BN running statistics are dropped too.
+
+    Returns:
+        ``(missing_keys, unexpected_keys)``.
+    """
+    state = {k: v for k, v in imagenet_state(path, trust_pickle).items() if not k.startswith("fc.")}
+    kind = "caffe-style (MSRA)" if folded_batchnorm(state) else "torchvision"
     if model.norm == "gn":
         state = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var",
                                                                    "num_batches_tracked"))}
     result = model.load_state_dict(state, strict=strict)
-    logger.info("loaded torchvision ResNet-%d weights from %s", model.depth, path)
+    logger.info("loaded %s ImageNet ResNet-%d weights from %s", kind, model.depth, path)
     return list(result.missing_keys), list(result.unexpected_keys)
-
