@@ -109,6 +109,13 @@ def read_annotation_json(ann_file: str | os.PathLike) -> dict[str, Any]:
     return dataset
 
 
+def category_order(categories: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """(category ids, names) in label order, label 0 first: the ids ascending (a ``name`` missing from an
+    entry is its id)."""
+    cats = sorted(categories, key=lambda c: c["id"])
+    return [c["id"] for c in cats], [str(c.get("name", c["id"])) for c in cats]
+
+
 def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
     """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
 
@@ -175,11 +182,9 @@ class CocoInstanceDataset(Dataset):
         self.epoch = 0
 
         listed = self.coco.getCatIds()  # the order of the file's `categories` (pycocotools)
-        cats = sorted(self.coco.loadCats(listed), key=lambda c: c["id"])
-        self.cat_ids: list[int] = [c["id"] for c in cats]
+        self.cat_ids, self.class_names = category_order(self.coco.loadCats(listed))
         self.cat_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
         self.label_to_cat: list[int] = list(self.cat_ids)
-        self.class_names: list[str] = [c.get("name", str(c["id"])) for c in cats]
         if list(listed) != self.cat_ids:
             # mmdet (mmdet/datasets/coco.py: cat_ids = coco.get_cat_ids(cat_names=classes), cat2label by position)
             # and the original SOLO number the classes in the order pycocotools' getCatIds returns them: the file's.

@@ -174,37 +174,34 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
 
 
 def _dataset_categories(cfg: Any, num_classes: int) -> tuple[list[int], list[str]] | None:
-    """(label -> category id, class names) of the configured annotation file, the map evaluation uses;
-    ``None`` when no annotation file is there or its class count is not the model's."""
-    from solo_npu.data import CocoInstanceDataset
-    from solo_npu.data.coco import ImagesNotFoundError
+    """(label -> category id, class names) of the configured annotation file, the map evaluation uses (only
+    its ``categories`` are read); ``None`` when no annotation file is there or its class count is not the
+    model's."""
+    from solo_npu.data import AnnotationFileError
+    from solo_npu.data.coco import category_order, read_annotation_json
     from solo_npu.deploy.context import DeployError
     from solo_npu.deploy.preprocess import dataset_files
 
     split = str(OmegaConf.select(cfg, "deploy.split", default="val") or "val")
     try:
-        ann_file, img_dir = dataset_files(cfg.data, split)
+        ann_file = dataset_files(cfg.data, split)[0]
     except DeployError:
         return None
-    if not ann_file.is_file() or not img_dir.is_dir():
+    if not ann_file.is_file():
         logger.info("no annotation file at %s: category ids are not the dataset's", ann_file)
         return None
-    quiet = logging.getLogger("solo_npu.data")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # the dataset's faults are evaluation's business, not prediction's
     try:
-        dataset = CocoInstanceDataset(ann_file, img_dir, train=False, with_masks=False)
-    except ImagesNotFoundError as exc:  # prediction needs no image of the split
-        logger.info("%s: category ids are not the dataset's", exc)
+        categories = read_annotation_json(ann_file)["categories"]
+        label_to_cat, names = category_order(categories)
+    except (AnnotationFileError, KeyError, TypeError) as exc:  # the dataset's faults are evaluation's business
+        logger.info("%s: category ids are not the dataset's (%s)", ann_file, exc)
         return None
-    finally:
-        quiet.setLevel(level)
-    if len(dataset.label_to_cat) != num_classes:
+    if len(label_to_cat) != num_classes:
         logger.info("%s has %d categories and the model %d: its category ids are not used", ann_file,
-                    len(dataset.label_to_cat), num_classes)
+                    len(label_to_cat), num_classes)
         return None
     logger.info("category ids from %s", ann_file)
-    return list(dataset.label_to_cat), list(dataset.class_names)
+    return label_to_cat, names
 
 
 def _run_from_config(cfg: Any) -> dict[str, Any]:

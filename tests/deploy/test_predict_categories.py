@@ -111,6 +111,18 @@ def test_annotation_file_gives_the_dataset_category_ids(tmp_path, caplog):
     assert category_ids(out) == {dataset.label_to_cat[2]} == {42}  # the map evaluation uses
     assert "label + 1" not in caplog.text
 
+    # Only the annotation file, its categories listed out of id order (the images of the split are not needed to
+    # predict on other photos): the same ids, with the labels in ascending id order as evaluation numbers them.
+    ann = json.loads(ann_file.read_text())
+    ann["categories"] = ann["categories"][::-1]
+    ann_file.write_text(json.dumps(ann))
+    for image_file in (root / "val2017").iterdir():
+        image_file.unlink()
+    (root / "val2017").rmdir()
+    out = run_predict(predict_cfg(tmp_path, ckpt, image, root, f"output={tmp_path / 'pred_annotations_only'}"))
+    assert category_ids(out) == {42}
+    assert "label + 1" not in caplog.text
+
     # An annotation file whose class count is not the model's is not used: label + 1, with a WARNING.
     other = tmp_path / "other"
     write_coco(other, [{"id": 5, "name": "circle"}, {"id": 17, "name": "rectangle"}])
