@@ -174,9 +174,9 @@ def test_stop_workers_kills_a_stuck_worker_that_ignores_sigterm(make_synthetic_c
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers ignore SIGTERM (the step in progress needs them), so the DataLoader's terminate() cannot end a
     stuck one; stop_workers kills it instead of leaving the process to hang at exit."""
-    from solo_npu.data import build_dataset, stop_workers
-
     import torch.utils.data._utils as loader_utils
+
+    from solo_npu.data import build_dataset, stop_workers
 
     monkeypatch.setattr(loader_utils, "MP_STATUS_CHECK_INTERVAL", 0.5)  # the shutdown's join timeout (5 s)
     cfg = make_synthetic_cfg(num_workers=1)
