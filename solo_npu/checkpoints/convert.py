@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from solo_npu.checkpoints.io import CheckpointError, load_checkpoint, save_checkpoint
+from solo_npu.data.coco import class_name_key
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +187,6 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
     raise CheckpointError(f"{what} classifier ({key}) has {outputs} outputs but {names_at} names {len(names)} classes")
 
 
-def _name_key(name: str) -> str:
-    # mmdet 1.x and the original SOLO repository spell COCO's names with underscores ("traffic_light").
-    return str(name).strip().lower().replace("_", " ")
-
-
 def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequence[str],
                        prefixes: tuple[str, ...], path: str | os.PathLike) -> tuple[list[str], str | None]:
     """Compare the checkpoint's class names with ``class_names`` (label order) when the classifier in
@@ -210,7 +206,7 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
     if len(names) != len(class_names):
         return [], (f"{path}: {names_at} names {len(names)} classes but its classifier has {len(class_names)} "
                     "outputs: class names not compared")
-    ours, theirs = [_name_key(n) for n in class_names], [_name_key(n) for n in names]
+    ours, theirs = [class_name_key(n) for n in class_names], [class_name_key(n) for n in names]
     if ours == theirs:
         return [], None
     if sorted(ours) == sorted(theirs) and len(set(ours)) == len(ours):
@@ -227,7 +223,7 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
                       f"channels reordered by name ({len(moved)} moved: {', '.join(moved[:3])}"
                       f"{', ...' if len(moved) > 3 else ''})")
     diffs = [f"label {i}: {a!r} in the checkpoint, {b!r} in the dataset"
-             for i, (a, b) in enumerate(zip(names, class_names)) if _name_key(a) != _name_key(b)]
+             for i, (a, b) in enumerate(zip(names, class_names)) if class_name_key(a) != class_name_key(b)]
     return [], (f"{path} was trained on other classes than the dataset's ({names_at}; {len(diffs)} of "
                 f"{len(names)} names differ: {'; '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''}): its "
                 "classifier is used as it is, channel k for label k")

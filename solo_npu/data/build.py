@@ -63,14 +63,22 @@ def check_dataset_files(data_cfg: Any, splits: Sequence[str]) -> None:
                     "generated demo set")
 
 
-def build_dataset(data_cfg: Any, split: str, seed: int = 0) -> CocoInstanceDataset:
-    """The dataset of a split with its transforms (training augmentation only for ``train``)."""
+def build_dataset(data_cfg: Any, split: str, seed: int = 0,
+                  class_names: Sequence[str] | None = None) -> CocoInstanceDataset:
+    """The dataset of a split with its transforms (training augmentation only for ``train``).
+
+    Its classes (labels 0..N-1) are ``class_names`` when given (another split's, a checkpoint's), else
+    ``data.class_names`` when set, else every category of the annotation file, ids ascending; named classes
+    are found in the file by name (:func:`solo_npu.data.coco.category_order`).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ann_file, img_dir = split_paths(data_cfg, split)
     train = split == "train"
+    if class_names is None and data_cfg.get("class_names") is not None:
+        class_names = [str(n) for n in data_cfg.get("class_names")]
     return CocoInstanceDataset(ann_file, img_dir, transforms=build_transforms(data_cfg, train), train=train,
-                               max_instances=int(data_cfg.max_instances), seed=seed)
+                               max_instances=int(data_cfg.max_instances), seed=seed, class_names=class_names)
 
 
 def build_collate(data_cfg: Any) -> FixedShapeCollate:

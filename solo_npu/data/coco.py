@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,43 @@ def read_annotation_json(ann_file: str | os.PathLike) -> dict[str, Any]:
     return dataset
 
 
-def category_order(categories: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """(category ids, names) in label order, label 0 first: the ids ascending (a ``name`` missing from an
-    entry is its id)."""
-    cats = sorted(categories, key=lambda c: c["id"])
-    return [c["id"] for c in cats], [str(c.get("name", c["id"])) for c in cats]
+def class_name_key(name: Any) -> str:
+    """A class name as names are compared: mmdet 1.x and the original SOLO repository spell COCO's names with
+    underscores ("traffic_light"), mmdet 2.x/3.x and COCO's files with spaces; case is ignored."""
+    return str(name).strip().lower().replace("_", " ")
+
+
+def category_order(categories: list[dict[str, Any]], class_names: Sequence[str] | None = None,
+                   source: str = "the annotation file") -> tuple[list[int], list[str]]:
+    """(category ids, names) in label order, label 0 first (a ``name`` missing from an entry is its id).
+
+    Without ``class_names``: every category, ids ascending. With them: the category of each name, in that
+    order (names compared by :func:`class_name_key`), as mmdet's ``classes`` / ``metainfo.classes`` select and
+    order a dataset's categories (``cat_ids = coco.get_cat_ids(cat_names=classes)``, mmdet/datasets/coco.py);
+    the names returned are the file's spelling.
+
+    Raises:
+        AnnotationFileError: a name that no category of ``source`` has, or that two of them have (one line).
+    """
+    if class_names is None:
+        cats = sorted(categories, key=lambda c: c["id"])
+        return [c["id"] for c in cats], [str(c.get("name", c["id"])) for c in cats]
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for cat in categories:
+        by_key[class_name_key(cat.get("name", cat["id"]))].append(cat)
+    ids, names = [], []
+    for name in class_names:
+        found = by_key.get(class_name_key(name), [])
+        if len(found) != 1:
+            listed = ", ".join(str(c.get("name", c["id"])) for c in categories[:12])
+            why = "has no category named" if not found else f"has {len(found)} categories named"
+            raise AnnotationFileError(f"{source} {why} {str(name)!r} (a class of data.class_names or of the "
+                                      f"checkpoint; its categories: {listed}{' ...' if len(categories) > 12 else ''})")
+        ids.append(found[0]["id"])
+        names.append(str(found[0].get("name", found[0]["id"])))
+    if len(set(ids)) != len(ids):
+        raise AnnotationFileError(f"the classes {list(class_names)} name one category of {source} twice")
+    return ids, names
 
 
 def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
@@ -166,7 +199,7 @@ class CocoInstanceDataset(Dataset):
 
     def __init__(self, ann_file: str | os.PathLike, img_dir: str | os.PathLike, transforms: Any = None,
                  train: bool = True, max_instances: int = 100, seed: int = 0,
-                 with_masks: bool | None = None) -> None:
+                 with_masks: bool | None = None, class_names: Sequence[str] | None = None) -> None:
         if not Path(ann_file).is_file():
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
         if not Path(img_dir).is_dir():
@@ -182,10 +215,13 @@ class CocoInstanceDataset(Dataset):
         self.epoch = 0
 
         listed = self.coco.getCatIds()  # the order of the file's `categories` (pycocotools)
-        self.cat_ids, self.class_names = category_order(self.coco.loadCats(listed))
+        self.cat_ids, self.class_names = category_order(self.coco.loadCats(listed), class_names, str(ann_file))
         self.cat_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
         self.label_to_cat: list[int] = list(self.cat_ids)
-        if list(listed) != self.cat_ids:
+        # Objects of the file's other categories are not used (not counted as faults): a subset on purpose.
+        self.unselected = sorted(set(listed) - set(self.cat_ids), key=lambda c: (type(c).__name__, c))
+        self._unselected_objects = 0
+        if class_names is None and list(listed) != self.cat_ids:
             # mmdet (mmdet/datasets/coco.py: cat_ids = coco.get_cat_ids(cat_names=classes), cat2label by position)
             # and the original SOLO number the classes in the order pycocotools' getCatIds returns them: the file's.
             shown = ", ".join(str(c) for c in listed[:8]) + (", ..." if len(listed) > 8 else "")
@@ -203,6 +239,11 @@ class CocoInstanceDataset(Dataset):
                            "ids (the first annotation of each id kept, the others skipped)", ann_file, orphans,
                            duplicates)
         self.records = self._scan()
+        if self._unselected_objects:
+            names = [str(self.coco.cats[c].get("name", c)) for c in self.unselected]
+            logger.info("%s: %d objects of the %d categories not among the classes (%s) are not used",
+                        ann_file, self._unselected_objects, len(names),
+                        ", ".join(names[:8]) + (" ..." if len(names) > 8 else ""))
         # Read-time faults may be found in worker processes; shared memory makes them visible here.
         self._read_counts = torch.zeros(_COUNT_ROWS, len(READ_FAULTS), dtype=torch.int64).share_memory_()
         self._logged_files: set[tuple[str, str]] = set()
@@ -219,7 +260,8 @@ class CocoInstanceDataset(Dataset):
     def _scan(self) -> list[dict[str, Any]]:
         """Validate every annotation once and keep the usable images (all of them in evaluation)."""
         records = []
-        for image_id in sorted(self.coco.getImgIds()):
+        # One file may mix int and str image ids (pycocotools indexes any hashable id and never sorts them).
+        for image_id in sorted(self.coco.getImgIds(), key=lambda i: (type(i).__name__, i)):
             info = self.coco.imgs[image_id]
             h, w, name = int(info["height"]), int(info["width"]), info["file_name"]
             if not (self.img_dir / name).is_file():
@@ -236,7 +278,10 @@ class CocoInstanceDataset(Dataset):
                     crowd = crowd or ann.get("category_id") in self.cat_to_label
                     continue
                 if ann.get("category_id") not in self.cat_to_label:
-                    self._fault("bad_category", name)
+                    if ann.get("category_id") in self.coco.cats:
+                        self._unselected_objects += 1
+                    else:
+                        self._fault("bad_category", name)
                     continue
                 seg = _clean_segmentation(ann.get("segmentation"), h, w)
                 if seg is None:

@@ -41,13 +41,14 @@ def _ground_truth(index: dict[str, Any]) -> Any:
         raise DeployError(f"{exc} (the annotation file used by preprocess has moved; re-run preprocess)") from exc
 
 
-def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids: Sequence[Any]) -> dict[str, Any]:
-    from solo_npu.evaluation.coco_eval import evaluate_coco
+def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids: Sequence[Any],
+           label_to_cat: Sequence[Any]) -> dict[str, Any]:
+    from solo_npu.evaluation.coco_eval import evaluate_coco, scored_categories
 
     types = score_types(ctx.adapter.iou_types)
     if not image_ids:
         return evaluate_coco(gt, [], types)
-    return evaluate_coco(gt, results, types, img_ids=image_ids)
+    return evaluate_coco(gt, results, types, img_ids=image_ids, cat_ids=scored_categories(gt, label_to_cat))
 
 
 def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: Any = None) -> dict[str, Any]:
@@ -63,7 +64,8 @@ def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: An
     else:
         raise DeployError(f"infer/{key} has neither all raw outputs nor {results_path(ctx, key)}: re-run infer")
     results = json.loads(results_path(ctx, key).read_text())
-    return {"metrics": _score(ctx, gt, results, collected["image_ids"]), "postprocess_ms": collected["postprocess_ms"],
+    return {"metrics": _score(ctx, gt, results, collected["image_ids"], index["label_to_cat"]),
+            "postprocess_ms": collected["postprocess_ms"],
             "images": len(collected["image_ids"]), "detections": len(results)}
 
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from solo_npu.data import build_collate, build_transforms
+from solo_npu.data.coco import class_name_key
 from solo_npu.evaluation.coco_eval import results_to_coco
 from solo_npu.runtime import DeviceInfo, resolve_device
 from solo_npu.utils.files import write_json_atomic
@@ -73,11 +74,6 @@ def _device(device: Any) -> torch.device:
     return torch.device(device)
 
 
-def _coco_name(name: str) -> str:
-    # mmdet 1.x and original SOLO checkpoints spell the COCO names with underscores ("traffic_light").
-    return str(name).strip().lower().replace("_", " ")
-
-
 def default_category_ids(num_classes: int, class_names: Sequence[str] | None = None) -> list[int]:
     """label -> category id in ``predictions.json`` when no annotation file gives the dataset's ids.
 
@@ -86,7 +82,7 @@ def default_category_ids(num_classes: int, class_names: Sequence[str] | None = N
     """
     coco = {name: cat for name, cat in zip(COCO_CLASS_NAMES, COCO_CATEGORY_IDS)}
     if class_names is not None:
-        names = [_coco_name(n) for n in class_names]
+        names = [class_name_key(n) for n in class_names]
         if len(names) == len(coco) and set(names) == set(coco):
             return [coco[n] for n in names]
     elif num_classes == len(coco):
@@ -173,10 +169,12 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             "predictions": str(pred_path)}
 
 
-def _dataset_categories(cfg: Any, num_classes: int) -> tuple[list[int], list[str]] | None:
+def _dataset_categories(cfg: Any, num_classes: int,
+                        names: Sequence[str] | None = None) -> tuple[list[int], list[str]] | None:
     """(label -> category id, class names) of the configured annotation file, the map evaluation uses (only
-    its ``categories`` are read); ``None`` when no annotation file is there or its class count is not the
-    model's."""
+    its ``categories`` are read): the categories of the model's class ``names`` when the file has each of them,
+    else all of its categories in id order; ``None`` when no annotation file is there or its class count is
+    not the model's."""
     from solo_npu.data import AnnotationFileError
     from solo_npu.data.coco import category_order, read_annotation_json
     from solo_npu.deploy.context import DeployError
@@ -192,7 +190,10 @@ def _dataset_categories(cfg: Any, num_classes: int) -> tuple[list[int], list[str
         return None
     try:
         categories = read_annotation_json(ann_file)["categories"]
-        label_to_cat, names = category_order(categories)
+        try:
+            label_to_cat, names = category_order(categories, names, str(ann_file))
+        except AnnotationFileError:  # not every class of the model is there by name: the file's own order
+            label_to_cat, names = category_order(categories)
     except (AnnotationFileError, KeyError, TypeError) as exc:  # the dataset's faults are evaluation's business
         logger.info("%s: category ids are not the dataset's (%s)", ann_file, exc)
         return None
@@ -219,10 +220,10 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
     names = cfg.data.get("class_names")
     names = [str(n) for n in names] if names is not None and len(names) == num else None
     names = names or (list(classes.names) if classes.names is not None else None)
-    found = _dataset_categories(cfg, num)
+    found = _dataset_categories(cfg, num, names)
     if found is not None:
         label_to_cat, dataset_names = found
-        if names is not None and [_coco_name(n) for n in names] != [_coco_name(n) for n in dataset_names]:
+        if names is not None and [class_name_key(n) for n in names] != [class_name_key(n) for n in dataset_names]:
             logger.warning("the model's class names (%s, ...) are not the annotation file's (%s, ...); its category "
                            "ids are written by label", ", ".join(names[:3]), ", ".join(dataset_names[:3]))
         names = names or dataset_names

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from solo_npu.data import CocoInstanceDataset, FixedShapeCollate, ensure_synthetic, split_paths
+from solo_npu.data import AnnotationFileError, CocoInstanceDataset, FixedShapeCollate, ensure_synthetic, split_paths
 from solo_npu.data.coco import ImagesNotFoundError
 from solo_npu.data.transforms import Compose, Normalize, Resize
 from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
@@ -64,16 +64,25 @@ def dataset_files(data_cfg: DictConfig, split: str = "val") -> tuple[Path, Path]
 
 
 def build_deploy_dataset(ctx: DeployContext) -> tuple[CocoInstanceDataset, Path]:
-    """The evaluation split as a CocoInstanceDataset with the deploy transforms; errors are one line."""
+    """The evaluation split as a CocoInstanceDataset with the deploy transforms; errors are one line.
+
+    Where the model's classes have names (a checkpoint's, the data config's), its labels are the file's
+    categories of those names: label i is scored as the category named as the model's class i, whatever ids
+    or order the file gives them, and the file's other categories are not scored.
+    """
     split = str(ctx.deploy_cfg.split)
     ensure_synthetic(ctx.cfg.data)
     ann_file, img_dir = dataset_files(ctx.cfg.data, split)
+    names = ctx.classes.names
     try:
         transforms = ctx.adapter.transforms(ctx.settings.input_shape) or deploy_transforms(
             ctx.cfg.data, ctx.settings.input_shape)
-        dataset = CocoInstanceDataset(ann_file, img_dir, transforms=transforms, train=False, with_masks=False)
+        dataset = CocoInstanceDataset(ann_file, img_dir, transforms=transforms, train=False, with_masks=False,
+                                      class_names=list(names) if names is not None else None)
     except (FileNotFoundError, ImagesNotFoundError) as exc:
         raise DeployError(f"{exc} (set data.root=DIR or data=synthetic)") from exc
+    except AnnotationFileError as exc:  # a class of the model that the file does not have
+        raise DeployError(f"{exc}: the model's classes are not this dataset's") from exc
     if len(dataset) == 0:
         raise DeployError(f"no images found in {img_dir} for {ann_file}: point data.root at a COCO-layout folder")
     return dataset, ann_file
@@ -147,5 +156,8 @@ def load_inputs(ctx: DeployContext, records: Sequence[dict[str, Any]]) -> np.nda
 
 
 def metas_of(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("image_id", "file_name", "ori_shape", "img_shape", "scale_factor", "pad", "canvas", "flip")
+    """The metas of preprocessed images as ``model.predict`` and :class:`~solo_npu.evaluation.CocoEvaluator` take
+    them; ``image_ok`` false (an image file that could not be used) makes the evaluator score the image with no
+    predictions, as the backends' results score it."""
+    keys = ("image_id", "file_name", "ori_shape", "img_shape", "scale_factor", "pad", "canvas", "flip", "image_ok")
     return [{k: (tuple(r[k]) if isinstance(r[k], list) else r[k]) for k in keys if k in r} for r in records]

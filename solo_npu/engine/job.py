@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,13 +73,15 @@ def _place(model: nn.Module, cfg: DictConfig, info: DeviceInfo) -> nn.Module:
     return model
 
 
-def _eval_setup(cfg: DictConfig, info: DeviceInfo, val_set: Any = None) -> tuple[Any, Any, Any]:
+def _eval_setup(cfg: DictConfig, info: DeviceInfo, val_set: Any = None,
+                class_names: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
+    """The validation split (its classes ``class_names`` when given, by name), its loader and evaluator."""
     from solo_npu.data import build_dataloader, build_dataset, ensure_synthetic
     from solo_npu.evaluation import CocoEvaluator
 
     if val_set is None:
         ensure_synthetic(cfg.data)
-        val_set = build_dataset(cfg.data, "val", seed=int(cfg.runtime.seed))
+        val_set = build_dataset(cfg.data, "val", seed=int(cfg.runtime.seed), class_names=class_names)
     world = comm.get_world_size()
     loader = build_dataloader(cfg.data, "val", batch_size=int(cfg.train.eval_batch_size), distributed=world > 1,
                               rank=comm.get_rank(), world_size=world, seed=int(cfg.runtime.seed),
@@ -210,7 +212,7 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     if not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a checkpoint of this project or one the converters read)")
     t0 = time.time()
-    val_set, loader, evaluator = _eval_setup(cfg, info)
+    val_set, loader, evaluator = _eval_setup(cfg, info, class_names=_checkpoint_classes(cfg))
     model = _build_model(cfg, len(val_set.label_to_cat))
     report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
                           class_names=val_set.class_names, normalize=cfg.data.normalize)
@@ -240,6 +242,49 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
         write_json_atomic(run_dir / "eval.json", results, indent=2, end="\n")
     logger.info("segm AP %.4f, bbox AP %.4f", summary["segm_ap"] or 0.0, summary["bbox_ap"] or 0.0)
     return summary
+
+
+def _checkpoint_classes(cfg: DictConfig) -> list[str] | None:
+    """The classes to evaluate ``cfg.checkpoint`` on, by name: ``data.class_names`` when set, else the names
+    the checkpoint carries when the validation file has each of them (then the labels are the checkpoint's,
+    whatever ids or order the file gives its categories), else ``None`` (the file's categories; the loader
+    then compares names and classifier size)."""
+    from solo_npu.checkpoints import CheckpointError, load_checkpoint
+    from solo_npu.checkpoints.convert import checkpoint_class_names
+    from solo_npu.data import AnnotationFileError, split_paths
+    from solo_npu.data.coco import category_order, read_annotation_json
+
+    if cfg.data.get("class_names") is not None:
+        return [str(n) for n in cfg.data.class_names]
+    try:
+        names = checkpoint_class_names(load_checkpoint(str(cfg.checkpoint),
+                                                       trust_pickle=bool(cfg.checkpoint_trust_pickle)))[0]
+        if names is None:
+            return None
+        ann_file = split_paths(cfg.data, "val")[0]
+        category_order(read_annotation_json(ann_file)["categories"], names, str(ann_file))
+    except (CheckpointError, AnnotationFileError, OSError, KeyError, TypeError):
+        return None  # the loaders report what does not fit, with the file's categories
+    return list(names)
+
+
+def _val_classes(train_set: Any) -> list[str] | None:
+    """The training split's class names for the validation split to find by name, or ``None`` when two of
+    them are the same name (then the splits must give the same ids, :func:`_check_val_classes`)."""
+    from solo_npu.data.coco import class_name_key
+
+    names = list(train_set.class_names)
+    return names if len({class_name_key(n) for n in names}) == len(names) else None
+
+
+def _check_val_classes(train_set: Any, val_set: Any) -> None:
+    if list(val_set.label_to_cat) != list(train_set.label_to_cat):
+        from solo_npu.data import AnnotationFileError
+
+        raise AnnotationFileError(
+            f"{train_set.ann_file} repeats a category name, so its classes are matched by id, but "
+            f"{val_set.ann_file} has other category ids ({list(val_set.label_to_cat)[:8]} against "
+            f"{list(train_set.label_to_cat)[:8]}): give both splits the same categories")
 
 
 @dataclass
@@ -312,10 +357,20 @@ def _build_data(cfg: DictConfig, info: DeviceInfo) -> TrainData:
     world, seed = comm.get_world_size(), int(cfg.runtime.seed)
     ensure_synthetic(cfg.data)
     train_set = build_dataset(cfg.data, "train", seed=seed)
+    configured = cfg.data.get("num_classes")
+    if configured is not None and int(configured) != len(train_set.label_to_cat) and comm.is_main_process():
+        logger.warning("data.num_classes=%d, but the training split has %d classes (%s%s): the model has %d "
+                       "(data.class_names selects and orders classes by name)", int(configured),
+                       len(train_set.label_to_cat), ", ".join(train_set.class_names[:5]),
+                       " ..." if len(train_set.class_names) > 5 else "", len(train_set.label_to_cat))
     loader = build_dataloader(cfg.data, "train", batch_size=int(cfg.train.batch_size), distributed=world > 1,
                               rank=comm.get_rank(), world_size=world, seed=seed, num_workers=_workers(cfg),
                               dataset=train_set)
-    val_set, val_loader, evaluator = _eval_setup(cfg, info)
+    # The validation split's labels are the training split's classes, found by name: its file may number or
+    # order its categories differently, or hold more of them (those are not scored).
+    val_set, val_loader, evaluator = _eval_setup(cfg, info, class_names=_val_classes(train_set))
+    if _val_classes(train_set) is None:
+        _check_val_classes(train_set, val_set)
     return TrainData(train_set, loader, val_set, val_loader, evaluator)
 
 
@@ -377,10 +432,10 @@ def _build_hooks(cfg: DictConfig, run_dir: Path, info: DeviceInfo, trainer: Trai
                  data: TrainData, progress_bar: bool) -> list[HookBase]:
     """LR, evaluation, counts, checkpoints (after the hooks whose state they save), writers (rank 0), throughput."""
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    if not config_dict["data"].get("class_names"):
-        # Checkpoints carry the class names in label order (from the annotation file when the config has
-        # none), so evaluation and fine-tuning can compare them with their dataset's.
-        config_dict["data"]["class_names"] = list(data.train_set.class_names)
+    # Checkpoints carry the classes of their labels, in label order (the training split's, as the file spells
+    # them), so evaluation, fine-tuning and deployment can find them in their dataset by name.
+    config_dict["data"]["class_names"] = list(data.train_set.class_names)
+    config_dict["data"]["num_classes"] = data.num_classes
     amp, amp_dtype = bool(cfg.amp.enabled), str(cfg.amp.dtype)
     net = trainer.model
     hooks: list[HookBase] = [

@@ -262,11 +262,14 @@ def _check_results(coco_gt: COCO, coco_results: list[dict[str, Any]]) -> None:
 
 def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str, Any]],
                   iou_types: Iterable[str] = ("segm", "bbox"),
-                  img_ids: Iterable[Any] | None = None) -> dict[str, dict[str, float]]:
+                  img_ids: Iterable[Any] | None = None,
+                  cat_ids: Iterable[Any] | None = None) -> dict[str, dict[str, float]]:
     """Run COCOeval per IoU type; returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` in 0..1.
 
     Empty results give zeros. Metrics that COCO leaves undefined (no ground truth in an area range)
-    are reported as 0. ``img_ids`` restricts the evaluation to those images (default: all of them).
+    are reported as 0. ``img_ids`` restricts the evaluation to those images (default: all of them);
+    ``cat_ids`` to those categories (default: all of them), as mmdet's CocoMetric scores only the
+    categories of its classes (``coco_eval.params.catIds = self.cat_ids``, mmdet/evaluation/metrics/coco_metric.py).
     """
     coco_gt = load_coco(coco_gt)
     _check_results(coco_gt, coco_results)
@@ -292,12 +295,21 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
             evaluator = COCOeval(gt, coco_dt, iou_type)
             if img_ids is not None:
                 evaluator.params.imgIds = _sorted_ids(image_id_of(i) for i in img_ids)
+            if cat_ids is not None:
+                evaluator.params.catIds = _sorted_ids(cat_ids)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
         logger.info("COCO %s evaluation\n%s", iou_type, text.getvalue().split("DONE", 1)[-1].strip())
         summary[iou_type] = {name: max(0.0, float(v)) for name, v in zip(METRIC_NAMES, evaluator.stats[:6])}
     return summary
+
+
+def scored_categories(coco_gt: COCO, label_to_cat: Sequence[Any]) -> list[Any] | None:
+    """The categories a model of these labels is scored on: its own when the annotation file has others too
+    (a subset of classes), ``None`` (all of them) otherwise."""
+    cats = set(label_to_cat)
+    return None if cats >= set(coco_gt.getCatIds()) else _sorted_ids(cats)
 
 
 class CocoEvaluator:
@@ -376,7 +388,8 @@ class CocoEvaluator:
             if img_ids is not None and not img_ids:
                 summary = {t: _zeros() for t in self.iou_types}
             else:
-                summary = evaluate_coco(self.coco_gt, results, self.iou_types, img_ids=img_ids)
+                summary = evaluate_coco(self.coco_gt, results, self.iou_types, img_ids=img_ids,
+                                        cat_ids=scored_categories(self.coco_gt, self.label_to_cat))
             scored = len(processed) if img_ids is not None else len(self.coco_gt.imgs)
             if self._merged_unusable:
                 logger.warning("%d of the %d images scored have no predictions: their image could not be used "
