@@ -148,7 +148,10 @@ def checkpoint_class_names(ckpt: Any) -> tuple[tuple[str, ...] | None, str]:
     dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), Mapping) else {}
     config = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    # mmdet 3.0.0rc files keep upper-case dataset_meta keys (mmdet/apis/inference.py init_detector lower-cases
+    # them: "mmdet 3.x, all keys should be lowercase").
     for where, value in (("meta.dataset_meta.classes", dataset_meta.get("classes")),
+                         ("meta.dataset_meta.CLASSES", dataset_meta.get("CLASSES")),
                          ("meta.CLASSES", meta.get("CLASSES")), ("config.data.class_names", data.get("class_names"))):
         names = _names(value)
         if names is not None:
@@ -316,6 +319,13 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     if names_warning is not None:
         logger.warning("%s", names_warning)
     logger.info("loaded %s weights from %s (missing %d, unexpected %d)", source, path, len(missing), len(unexpected))
+    meta = metadata.get("meta") if isinstance(metadata.get("meta"), Mapping) else {}
+    partial = meta.get("partial")
+    if isinstance(partial, Mapping) and (partial.get("missing") or partial.get("dropped")):
+        dropped, absent = list(partial.get("dropped") or []), list(partial.get("missing") or [])
+        logger.warning("%s was converted with --allow-partial: %d tensors of its source were dropped %s and %d were "
+                       "not in it %s; the model runs without them (see its meta.partial)", path, len(dropped),
+                       _few(dropped), len(absent), _few(absent))
     config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
             "reordered": reordered, "config": config or None}
@@ -472,7 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         meta["partial"] = partial
     if classes.names is not None:
         meta["dataset_meta"] = {"classes": list(classes.names)}
-    save_checkpoint({"model": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}, args.dst)
+    out: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in state.items()}, "meta": meta}
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping):
+        out["config"] = ckpt["config"]  # a checkpoint of this project: the input its weights were trained on
+    save_checkpoint(out, args.dst)
     print(f"wrote {args.dst} ({len(state)} tensors, {source} layout)")
     if source == "adelaidet":
         from solo_npu.models.solov2.checkpoint import ADELAIDET_OVERRIDES

@@ -208,18 +208,22 @@ def _dataset_categories(cfg: Any, num_classes: int,
 def _run_from_config(cfg: Any) -> dict[str, Any]:
     """``task=predict`` of deploy.py: model and checkpoint from the deploy config.
 
-    Category ids: the configured annotation file's when it has the model's class count (what evaluation
-    writes), else :func:`default_category_ids`. Names: the data config's, else the checkpoint's, else the
-    annotation file's.
+    Category ids: the configured annotation file's categories of the model's class names, else of its class
+    count (what evaluation writes), else :func:`default_category_ids`. Names: the checkpoint's, else the data
+    config's, else the annotation file's.
     """
     from solo_npu.deploy.context import load_eager_model
 
     device = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
     model, classes = load_eager_model(cfg)
     num = classes.num_classes
-    names = cfg.data.get("class_names")
-    names = [str(n) for n in names] if names is not None and len(names) == num else None
-    names = names or (list(classes.names) if classes.names is not None else None)
+    configured = cfg.data.get("class_names")
+    configured = [str(n) for n in configured] if configured is not None and len(configured) == num else None
+    # The checkpoint's names say what its outputs are; the data config's only name a model without them.
+    names = list(classes.names) if classes.names is not None else configured
+    if configured is not None and [class_name_key(n) for n in configured] != [class_name_key(n) for n in names]:
+        logger.warning("data.class_names (%s, ...) are not the checkpoint's classes (%s, ...): predictions are named "
+                       "and numbered as the checkpoint's", ", ".join(configured[:3]), ", ".join(names[:3]))
     found = _dataset_categories(cfg, num, names)
     if found is not None:
         label_to_cat, dataset_names = found

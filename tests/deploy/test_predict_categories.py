@@ -141,3 +141,21 @@ def test_other_classes_without_annotation_file_are_label_plus_one_with_a_warning
         out = run_predict(one_class_model(3, 2), image, tmp_path / "out", names, data, "cpu", 0.3)
     assert category_ids(out) == {3}
     assert "category_id in predictions.json is label + 1" in caplog.text
+
+
+@pytest.mark.parametrize("dataset_meta", [{"classes": ("triangle", "circle", "rectangle")},
+                                          {"CLASSES": ("triangle", "circle", "rectangle")}],  # mmdet 3.0.0rc
+                         ids=["mmdet3", "mmdet3rc"])
+def test_checkpoint_classes_name_the_predictions(tmp_path, caplog, dataset_meta):
+    """An mmdet 3.x file whose classes are the dataset's in another order: its label 0 is a triangle, so every
+    prediction of that channel is the dataset's triangle (id 7), not the data config's first name."""
+    root = tmp_path / "data"
+    write_coco(root, [{"id": 1, "name": "circle"}, {"id": 3, "name": "rectangle"}, {"id": 7, "name": "triangle"}])
+    ckpt = tmp_path / "mmdet3.pth"
+    torch.save({"state_dict": one_class_model(3, 0).state_dict(), "meta": {"dataset_meta": dataset_meta}}, ckpt)
+    image = write_image(tmp_path / "in")
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.predict"):
+        out = run_predict(predict_cfg(tmp_path, ckpt, image, root))  # data.class_names: circle, rectangle, triangle
+    entries = json.loads(Path(out["predictions"]).read_text())
+    assert entries and {(e["category_id"], e["category_name"]) for e in entries} == {(7, "triangle")}
+    assert "are not the checkpoint's classes (triangle, circle, rectangle" in caplog.text

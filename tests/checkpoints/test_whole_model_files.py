@@ -1,0 +1,94 @@
+"""checkpoint= must fill the whole model: a torchvision ImageNet ResNet (a backbone only, torchvision's
+resnet.py has no neck or heads), a file of another depth, or a file converted with --allow-partial would leave
+parts of the model random. The first two stop with one line (train.py too); the last loads with a WARNING that
+says what the conversion left out. The converter keeps this project's training config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from solo_npu.checkpoints.convert import main
+from solo_npu.engine.finetune import load_weights
+from solo_npu.models import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf" / "model"
+
+
+def tiny(depth: int = 18, num_classes: int = 3):
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
+    cfg.backbone.depth = depth
+    return build_model(cfg, num_classes=num_classes)
+
+
+def torchvision_file(path: Path) -> Path:
+    """The tiny backbone under torchvision's ResNet names, with its ImageNet classifier (``fc``), saved bare as
+    torchvision's model files are."""
+    state = {k: v for k, v in tiny().backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 128), torch.zeros(1000)
+    torch.save(state, path)
+    return path
+
+
+def test_backbone_only_or_deeper_files_are_refused_in_one_line(tmp_path: Path) -> None:
+    resnet = torchvision_file(tmp_path / "resnet18-5c106cde.pth")
+    for allow in (False, True):  # evaluation, fine-tuning
+        with pytest.raises(CheckpointError, match="holds only a ResNet under torchvision's names") as info:
+            load_weights(tiny(), str(resnet), allow_classifier_change=allow)
+        assert "model.pretrained=PATH" in str(info.value) and "\n" not in str(info.value)
+    # A whole SOLOv2 read as torchvision's layout: nothing of it lands, refused the same way.
+    whole = save_checkpoint({"state_dict": tiny().state_dict()}, tmp_path / "solov2.pth")
+    with pytest.raises(CheckpointError, match="holds only a ResNet"):
+        load_weights(tiny(), str(whole), source="torchvision")
+    # ResNet-34 weights into a ResNet-18 model: layers the model has no place for.
+    deeper = save_checkpoint({"model": tiny(depth=34).state_dict()}, tmp_path / "r34.pth")
+    with pytest.raises(CheckpointError, match=r"does not match the model: 0 missing \[\], \d+ unexpected") as info:
+        load_weights(tiny(), str(deeper))
+    assert "pick the model= that trained it" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_train_py_eval_reports_a_backbone_file_in_one_line(tmp_path: Path) -> None:
+    resnet = torchvision_file(tmp_path / "resnet18-5c106cde.pth")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "train.py"), "+experiment=[smoke,eval]", f"data.root={tmp_path / 'data'}",
+               f"checkpoint={resnet}", f"run_dir={tmp_path / 'run'}"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("[Error] CheckpointError: ") and "holds only a ResNet" in lines[0]
+
+
+def test_partial_conversion_loads_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tiny().state_dict()
+    state["mask_head.kernel_convs.0.conv.conv_offset.weight"] = torch.zeros(27, 34, 3, 3)  # a DCN tower's offsets
+    src = save_checkpoint({"model": state}, tmp_path / "dcn.pth")
+    dst = tmp_path / "converted.pth"
+    assert main([str(src), str(dst), "--model-config", str(CONF / "solov2_tiny.yaml"), "--num-classes", "3",
+                 "--allow-partial"]) == 0
+    assert load_checkpoint(dst)["meta"]["partial"]["dropped"] == ["mask_head.kernel_convs.0.conv.conv_offset.weight"]
+    with caplog.at_level(logging.WARNING, logger="solo_npu.checkpoints.convert"):
+        load_weights(tiny(), str(dst))
+    assert "was converted with --allow-partial: 1 tensors of its source were dropped" in caplog.text
+    assert "conv_offset" in caplog.text
+
+
+def test_converted_own_checkpoint_keeps_its_training_config(tmp_path: Path) -> None:
+    config = {"data": {"normalize": {"style": "caffe", "mean": None, "std": None}, "class_names": ["a", "b", "c"]},
+              "model": {"backbone": {"style": "caffe"}}}
+    src = save_checkpoint({"model": tiny().state_dict(), "config": config}, tmp_path / "last.pth")
+    dst = tmp_path / "converted.pth"
+    assert main([str(src), str(dst)]) == 0
+    assert load_checkpoint(dst)["config"] == config
+    # so the input check still sees what the weights were trained on
+    with pytest.raises(CheckpointError, match="trained with model.backbone.style=caffe"):
+        load_weights(tiny(), str(dst), normalize={"style": "pytorch", "mean": None, "std": None})
