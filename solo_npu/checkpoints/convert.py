@@ -339,9 +339,11 @@ def _check_input(model: nn.Module, source: str, metadata: Mapping[str, Any],
     training config names."""
     check = getattr(model, "check_checkpoint_input", None)
     if check is not None:
-        meta = metadata.get("meta")
-        converted_from = meta.get("source") if source == "ours" and isinstance(meta, Mapping) else None
-        check(converted_from if isinstance(converted_from, str) else source, normalize)
+        meta = metadata.get("meta") if isinstance(metadata.get("meta"), Mapping) else {}
+        converted_from = meta.get("source") if source == "ours" else None
+        # mmdet 1.x/2.x keep the config text as meta.config, mmengine (mmdet 3.x) as meta.cfg
+        config_text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else meta.get("config")
+        check(converted_from if isinstance(converted_from, str) else source, normalize, config_text=config_text)
     if source == "ours":
         check_trained_input(model, metadata.get("config"), normalize)
 
@@ -478,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_with_path(exc, args.src)}")
         return 1
     meta: dict[str, Any] = {"source": source, "converted_from": str(Path(args.src).name)}
+    src_meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
+    for key in ("cfg", "config"):  # the training config text of mmdet / SOLO files: the input check reads it
+        if isinstance(src_meta.get(key), str):
+            meta[key] = src_meta[key]
     if partial is not None:
         meta["partial"] = partial
     if classes.names is not None:

@@ -95,26 +95,46 @@ def _convert_adelaidet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {_adelaidet_key(k): v for k, v in state.items()}
 
 
-def check_checkpoint_input(layout: str | None, backbone_style: str, normalize: Mapping[str, Any] | None) -> None:
+def _trained_caffe_style(config_text: Any) -> bool:
+    """Whether the config text an mmdet / SOLO file keeps in its meta (mmdet 1.x/2.x ``meta.config``, mmengine's
+    ``meta.cfg``: the config's pretty_text) builds a caffe-style ResNet (``style='caffe'``)."""
+    return isinstance(config_text, str) and re.search(r"style\s*=\s*['\"]caffe['\"]", config_text) is not None
+
+
+def check_checkpoint_input(layout: str | None, backbone_style: str, normalize: Mapping[str, Any] | None,
+                           config_text: Any = None) -> None:
     """Raise a one-line CheckpointError when weights of ``layout`` (for a converted file, the layout it was
     converted from) meet a backbone style or pixel normalisation other than the one they were trained on;
-    ``normalize`` ``None``: not compared (the caller has no data config)."""
+    ``normalize`` ``None``: not compared (the caller has no data config).
+
+    AdelaiDet's weights: caffe-style, BGR minus the MSRA mean, std 1 (module docstring). mmdet's and the
+    original SOLO's SOLOv2 configs build a pytorch-style ResNet fed RGB pixels normalised by the ImageNet mean
+    and std (SOLO configs/solov2/*.py: ``style='pytorch'``, ``img_norm_cfg`` with ``to_rgb=True``; mmdet
+    configs/solov2/solov2_r50_fpn_1x_coco.py: ``style='pytorch'``, ``bgr_to_rgb=True``), unless the config
+    text the file keeps (``config_text``) says ``style='caffe'``.
+    """
     from solo_npu.data.transforms import pixel_normalization
 
-    if layout != "adelaidet":
+    if layout == "adelaidet":
+        want, fix = "caffe", ADELAIDET_OVERRIDES
+        trained = ("AdelaiDet SOLOv2 weights expect a caffe-style ResNet fed BGR pixels minus [103.53, 116.28, "
+                   "123.675] with std 1 (detectron2's MSRA ImageNet start)")
+    elif layout in ("solo", "mmdet") and not _trained_caffe_style(config_text):
+        want, fix = "pytorch", "model.backbone.style=pytorch data.normalize.style=pytorch"
+        who = "original SOLO" if layout == "solo" else "mmdet"
+        trained = (f"{who} SOLOv2 weights expect a pytorch-style ResNet fed RGB pixels normalised by the ImageNet "
+                   "mean and std (their configs: style='pytorch', RGB input)")
+    else:
         return
-    wrong = [] if backbone_style == "caffe" else [f"backbone.style={backbone_style}"]
+    wrong = [] if backbone_style == want else [f"backbone.style={backbone_style}"]
     if normalize is not None:
         found = pixel_normalization(str(normalize.get("style") or "pytorch"), normalize.get("mean"),
                                     normalize.get("std"))
-        for key, value, want in zip(("style", "mean", "std"), found, pixel_normalization("caffe")):
-            if value != want:
+        for key, value, expected in zip(("style", "mean", "std"), found, pixel_normalization(want)):
+            if value != expected:
                 wrong.append(f"normalize.{key}={value if isinstance(value, str) else [round(v, 4) for v in value]}")
     if wrong:
-        raise CheckpointError(
-            f"AdelaiDet SOLOv2 weights expect a caffe-style ResNet fed BGR pixels minus [103.53, 116.28, 123.675] "
-            f"with std 1 (detectron2's MSRA ImageNet start), but this run has {', '.join(wrong)}: add "
-            f"{ADELAIDET_OVERRIDES}")
+        raise CheckpointError(f"{trained}, but this run has {', '.join(wrong)}: add {fix}")
 
 
 def solov2_checkpoint_layout(state: Mapping[str, Tensor], container: str | None = None) -> str | None:

@@ -107,10 +107,12 @@ class SOLOv2(nn.Module):
                            num_classes: int | None = None) -> dict[str, Tensor]:
         return convert_solov2_state_dict(state, layout, num_classes)
 
-    def check_checkpoint_input(self, layout: str | None, normalize: Mapping[str, Any] | None = None) -> None:
+    def check_checkpoint_input(self, layout: str | None, normalize: Mapping[str, Any] | None = None,
+                               config_text: Any = None) -> None:
         """CheckpointError when weights of ``layout`` were trained on another backbone style or pixel
-        normalisation than this model's and ``normalize`` (the data config's; ``None``: not compared)."""
-        check_checkpoint_input(layout, str(getattr(self.backbone, "style", "pytorch")), normalize)
+        normalisation than this model's and ``normalize`` (the data config's; ``None``: not compared);
+        ``config_text``: the training config the file keeps in its meta, if any."""
+        check_checkpoint_input(layout, str(getattr(self.backbone, "style", "pytorch")), normalize, config_text)
 
     def reset_classifier(self) -> None:
         """Fresh prior-probability initialisation of the category classifier (fine-tuning on new classes)."""
