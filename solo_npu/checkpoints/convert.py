@@ -412,6 +412,31 @@ def _few(keys: Sequence[str], count: int = 3) -> str:
     return "[" + ", ".join(keys[:count]) + (", ..." if len(keys) > count else "") + "]"
 
 
+def load_model_yaml(path: str | os.PathLike) -> Any:
+    """A model yaml of ``conf/model/`` with its Hydra ``defaults`` list resolved (``solov2.yaml`` is
+    ``solov2_r50.yaml`` plus its deploy settings): each named file of the same folder, merged in order, the
+    file's own values where ``_self_`` stands (last when it is not listed, as Hydra >= 1.1 composes)."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--model-config {path}: no such file")
+    cfg = OmegaConf.load(path)
+    defaults = cfg.pop("defaults", None) if "defaults" in cfg else None
+    if not defaults:
+        return cfg
+    merged, own = OmegaConf.create(), False
+    for entry in defaults:
+        if entry == "_self_":
+            merged, own = OmegaConf.merge(merged, cfg), True
+        elif isinstance(entry, str):
+            merged = OmegaConf.merge(merged, load_model_yaml(path.parent / f"{entry}.yaml"))
+        else:
+            raise CheckpointError(f"--model-config {path}: its defaults entry {entry!r} names a config group; pass "
+                                  "the model yaml it selects")
+    return merged if own else OmegaConf.merge(merged, cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Convert ``SRC`` to a clean checkpoint ``{"model": state_dict, "meta": {...}}`` at ``DST``."""
     from solo_npu.models import SOLOv2, build_model
@@ -429,14 +454,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --model-config: accept a file that lacks some model tensors or has tensors the "
                         "model has no place for, and write only the file's tensors the model has")
     args = parser.parse_args(argv)
+    if args.num_classes is not None and not args.model_config:
+        parser.error("--num-classes sets the classes of --model-config's model; without --model-config the file "
+                     "is renamed as it is (its classes are its classifier's)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     partial: dict[str, list[str]] | None = None
     try:
         ckpt = load_checkpoint(args.src, trust_pickle=args.trust_pickle)
         if args.model_config:
-            from omegaconf import OmegaConf
-
-            config = OmegaConf.load(args.model_config)
+            config = load_model_yaml(args.model_config)
             layout_reader = build_model(config, num_classes=args.num_classes or 1, device="meta")
             classes = checkpoint_classes(ckpt, layout_reader, args.source, args.src)
             num_classes = args.num_classes or classes.num_classes

@@ -92,3 +92,19 @@ def test_converted_own_checkpoint_keeps_its_training_config(tmp_path: Path) -> N
     # so the input check still sees what the weights were trained on
     with pytest.raises(CheckpointError, match="trained with model.backbone.style=caffe"):
         load_weights(tiny(), str(dst), normalize={"style": "pytorch", "mean": None, "std": None})
+
+
+def test_convert_reads_the_default_model_yaml_and_refuses_a_lone_num_classes(tmp_path: Path, capsys) -> None:
+    """conf/model/solov2.yaml is solov2_r50.yaml through a Hydra defaults list: --model-config resolves it (the
+    model it names is R50-FPN, what an R50 file fills); --num-classes alone would be ignored, so it is refused."""
+    from solo_npu.checkpoints.convert import load_model_yaml
+
+    direct, through = OmegaConf.load(CONF / "solov2_r50.yaml"), load_model_yaml(CONF / "solov2.yaml")
+    assert through.backbone == direct.backbone and through.head == direct.head and through.neck == direct.neck
+    assert list(through.deploy.input_shape) == [800, 1216]  # its own values over the defaults
+    src = save_checkpoint({"model": tiny().state_dict()}, tmp_path / "tiny.pth")
+    with pytest.raises(SystemExit) as info:
+        main([str(src), str(tmp_path / "out.pth"), "--num-classes", "3"])
+    assert info.value.code == 2
+    assert "--num-classes sets the classes of --model-config's model" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
