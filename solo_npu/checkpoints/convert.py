@@ -160,17 +160,20 @@ def checkpoint_class_names(ckpt: Any) -> tuple[tuple[str, ...] | None, str]:
 
 
 def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source: str = "auto",
-                       path: str | os.PathLike | None = None) -> CheckpointClasses:
+                       path: str | os.PathLike | None = None,
+                       names_instead: Sequence[str] | None = None) -> CheckpointClasses:
     """The class count (and names) of a loaded checkpoint, as ``model`` reads it.
 
     The count is the output channels of the model's classifier (the first of ``classifier_prefixes``,
     in the model's names) in the file; every output is a class (original SOLO classifiers have no
     background channel either, see :mod:`solo_npu.models.solov2.checkpoint`). Names come from the
     metadata. A model without a classifier (or no model) counts the names only. ``path``: the file ``ckpt``
-    was read from, named by the error.
+    was read from, named by the error. ``names_instead``: names to use, with a WARNING, when the file's disagree
+    with its classifier and these have one per output (an mmdet 3.x model trained without its ``metainfo``
+    keeps COCO's 80 names for a classifier of its own classes).
 
     Raises:
-        CheckpointError: the names disagree with the classifier.
+        CheckpointError: the names disagree with the classifier (and ``names_instead`` does not fit it).
     """
     names, names_at = checkpoint_class_names(ckpt)
     prefixes = tuple(getattr(model, "classifier_prefixes", ()))
@@ -187,7 +190,13 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
     if names is None or len(names) == outputs:
         return CheckpointClasses(outputs, names, key)
     what = "the checkpoint's" if path is None else f"{path}: its"
-    raise CheckpointError(f"{what} classifier ({key}) has {outputs} outputs but {names_at} names {len(names)} classes")
+    if names_instead is not None and len(names_instead) == outputs:
+        shown = ", ".join(str(n) for n in names_instead[:5]) + (" ..." if len(names_instead) > 5 else "")
+        logger.warning("%s classifier (%s) has %d outputs but %s names %d classes: its classes are named by "
+                       "data.class_names (%s)", what, key, outputs, names_at, len(names), shown)
+        return CheckpointClasses(outputs, tuple(str(n) for n in names_instead), key)
+    raise CheckpointError(f"{what} classifier ({key}) has {outputs} outputs but {names_at} names {len(names)} classes: "
+                          f"name its classes with data.class_names=[...] ({outputs} names)")
 
 
 def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequence[str],

@@ -293,12 +293,15 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
     try:
         ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.checkpoint_trust_pickle))
         # A weightless model of the config reads the file's layout and classifier size.
+        configured = (cfg.get("data") or {}).get("class_names")
         found = checkpoint_classes(ckpt, build_model(cfg.model, num_classes=explicit, device="meta"), source,
-                                   path=checkpoint)
+                                   path=checkpoint, names_instead=None if configured is None else list(configured))
         if found.num_classes is not None and explicit is not None and int(explicit) != found.num_classes:
             raise DeployError(f"{checkpoint} was trained on {found.num_classes} classes ({found.origin}) but the "
-                              f"config asks for {int(explicit)}: drop the class override (data=, num_classes=) to "
-                              "deploy the checkpoint's classes, or fine-tune it on the new ones")
+                              f"config asks for {int(explicit)} (data=coco and the data configs set "
+                              f"data.num_classes): add data.num_classes={found.num_classes} for a dataset of its "
+                              "classes, drop the class override (data=, num_classes=) to deploy them on the default "
+                              "data, or fine-tune it on the new ones")
         model = build_model(cfg.model, num_classes=found.num_classes if found.num_classes is not None else explicit)
         normalize = (cfg.get("data") or {}).get("normalize")  # what the weights were trained on is checked
         load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)

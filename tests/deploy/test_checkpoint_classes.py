@@ -181,3 +181,24 @@ def test_mark_explicit_classes_reads_command_line_overrides():
         cfg = compose("deploy", overrides=["model=solov2", "model.num_classes=12"])
     mark_explicit_classes(cfg, ["model.num_classes=12"])
     assert cfg.num_classes == 12
+
+
+def test_names_that_do_not_fit_the_classifier_give_way_to_data_class_names(tmp_path, capsys, caplog):
+    """An mmdet 3.x model trained without its metainfo keeps COCO's 80 names for a classifier of its own 3
+    classes (mmdetection issue #11364): refused with the fix named, then deployed with data.class_names."""
+    import logging
+
+    state = tiny_state(3, seed=5)
+    ckpt = tmp_path / "three.pth"
+    torch.save({"state_dict": state, "meta": {"dataset_meta": {"classes": COCO_CLASSES}}}, ckpt)
+    code, _ = _deploy(tmp_path, ckpt, "data.class_names=null")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "has 3 outputs but meta.dataset_meta.classes names 80 classes: name its classes with " \
+           "data.class_names=[...] (3 names)" in err
+    with caplog.at_level(logging.WARNING, logger="solo_npu.checkpoints.convert"):
+        code, run_dir = _deploy(tmp_path, ckpt, "data.class_names=[a,b,c]")
+    assert code == 0
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 3 and manifest["class_names"] == ["a", "b", "c"]
+    assert "its classes are named by data.class_names (a, b, c)" in caplog.text
