@@ -296,7 +296,7 @@ class CocoInstanceDataset(Dataset):
                 area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
                 anns.append({"seg": seg, "box": (x1, y1, x2, y2), "label": self.cat_to_label[ann["category_id"]],
                              "area": area})
-            if not anns and not crowd:
+            if not anns and not crowd and (self.train or self.coco.anns):  # an image-info file has no annotations
                 self._fault("empty_image", name)
                 if self.train:
                     continue

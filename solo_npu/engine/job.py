@@ -228,6 +228,10 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
         results = evaluate(model, loader, evaluator, info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
     finally:
         stop_workers(loader)
+    if not val_set.coco.anns:  # COCOeval's -1: no ground truth to score against
+        results = {t: {k: None for k in metrics} for t, metrics in results.items()}
+        logger.warning("%s has no annotations (an image-info file, as test-dev's): AP is undefined here; "
+                       "eval_detections=FILE writes the detections for an evaluation server", val_set.ann_file)
     summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "segm_ap": results.get("segm", {}).get("AP"),
                "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
                "world_size": comm.get_world_size(), "device": info.type,
@@ -240,7 +244,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
             evaluator.dump(summary["detections"])
             logger.info("detections written to %s", summary["detections"])
         write_json_atomic(run_dir / "eval.json", results, indent=2, end="\n")
-    logger.info("segm AP %.4f, bbox AP %.4f", summary["segm_ap"] or 0.0, summary["bbox_ap"] or 0.0)
+    logger.info("segm AP %s, bbox AP %s", *("undefined" if summary[k] is None else f"{summary[k]:.4f}"
+                                             for k in ("segm_ap", "bbox_ap")))
     return summary
 
 

@@ -113,3 +113,28 @@ def test_checkpoint_records_the_classes_of_its_labels(tmp_path: Path, renumbered
     assert summary["mode"] == "eval" and summary["segm_ap"] is not None
     log = (tmp_path / "eval" / "train.log").read_text()
     assert "objects of the 2 categories not among the classes (star, rectangle) are not used" in log
+
+
+def test_image_info_file_evaluates_to_undefined_ap_with_detections_written(tmp_path: Path,
+                                                                            renumbered: Path) -> None:
+    """A test-dev style file (images and categories, no annotations): nothing to score against, so the AP is
+    undefined (COCOeval's -1), not 0, and no image is a data fault; the detections are written for a server."""
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(renumbered, root)
+    path = root / "annotations" / "instances_val2017.json"
+    info = json.loads(path.read_text())
+    del info["annotations"]
+    path.write_text(json.dumps(info))
+    train = tmp_path / "train"
+    run_train([f"data.root={root}", "data.generate=false", "train.max_iters=1", "train.eval_interval=0",
+               "train.eval_at_end=false"], train)
+    summary = run_train([f"data.root={root}", "data.generate=false", f"checkpoint={train / 'checkpoints' / 'last.pth'}",
+                         "eval_detections=dets.json"], tmp_path / "eval", "eval")
+    assert summary["segm_ap"] is None and summary["bbox_ap"] is None
+    assert summary["data_faults"]["val"].get("empty_image", 0) == 0
+    assert Path(summary["detections"]).is_file()
+    log = (tmp_path / "eval" / "train.log").read_text()
+    assert "has no annotations (an image-info file, as test-dev's): AP is undefined" in log
+    assert "segm AP undefined, bbox AP undefined" in log
