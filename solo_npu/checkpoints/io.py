@@ -54,6 +54,8 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
     if not path.is_file():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file" if path.is_dir() else
                               f"checkpoint not found: {path}")
+    if _torchscript_archive(path):  # torch.load would hand it to torch.jit.load (torch 2.1 even with weights_only)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_TORCHSCRIPT}")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except ModuleNotFoundError as exc:  # unpickling imports the module of every pickled class
@@ -97,9 +99,28 @@ def _not_a_torch_file(path: Path) -> str:
     if not head:
         return "the file is empty (0 bytes)"
     if head.startswith(_TORCH_FILE_STARTS):
-        return ""
+        return _TORCHSCRIPT if _torchscript_archive(path) else ""
     return (f"torch.save writes a zip archive (or a pickle), this file starts with {head!r} (an ONNX model, an "
             "OM model or another kind of file?)")
+
+
+_TORCHSCRIPT = ("it is a TorchScript module (torch.jit.save, as deploy.py's export writes), not a checkpoint: pass "
+                "the .pth it was exported from")
+
+
+def _torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip archive of torch.jit.save: a ``code/`` folder of TorchScript sources and
+    ``constants.pkl`` beside ``data.pkl`` (torch/csrc/jit/serialization/export_module.cpp), which torch.save's
+    archives do not have."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.split("/", 1)[-1].startswith("code/") for n in names) and any(
+        n.endswith("/constants.pkl") for n in names)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -108,3 +108,14 @@ def test_convert_reads_the_default_model_yaml_and_refuses_a_lone_num_classes(tmp
     assert info.value.code == 2
     assert "--num-classes sets the classes of --model-config's model" in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_a_torchscript_export_given_as_checkpoint_says_what_it_is(tmp_path: Path) -> None:
+    """deploy.py exports TorchScript modules next to the checkpoints; torch.load cannot read them as weights, and
+    --trust-pickle would not help: the message says to pass the .pth the module was exported from."""
+    module = torch.jit.script(torch.nn.Conv2d(3, 4, 1))
+    path = tmp_path / "solov2_b1.ts"
+    torch.jit.save(module, str(path))
+    with pytest.raises(CheckpointError, match=r"is a TorchScript module .*pass the \.pth it was exported from") as info:
+        load_checkpoint(path)
+    assert "trust-pickle" not in str(info.value) and "\n" not in str(info.value)
