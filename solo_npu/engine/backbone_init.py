@@ -12,6 +12,7 @@ trainable norms, as the demo does) stays possible.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,31 @@ def is_frozen_bn(backbone: Mapping[str, Any], freeze_backbone: bool = False) -> 
             or bool(backbone.get("norm_eval", True)))
 
 
+def _check_fits(path: str, state: Mapping[str, Any], backbone: Mapping[str, Any]) -> None:
+    """One line when the file's tensors are not those of the configured ResNet (another depth or width), checked
+    against a weightless ResNet of the config before any worker builds the model."""
+    import torch
+
+    from solo_npu.models.backbones.resnet import ResNet
+
+    accepted = inspect.signature(ResNet.__init__).parameters
+    with torch.device("meta"):
+        own = ResNet(**{k: v for k, v in backbone.items() if k in accepted}).state_dict()
+    counters = ("num_batches_tracked",) if str(backbone.get("norm", "bn")) != "gn" else (
+        "num_batches_tracked", "running_mean", "running_var")
+    missing = [k for k in own if k not in state and not k.endswith(counters)]
+    unexpected = [k for k in state if k not in own and not k.startswith("fc.") and not k.endswith(counters)]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        depth = backbone.get("depth", 50)
+        found = [f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}" if missing else "",
+                 f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}" if unexpected else "",
+                 f"other shapes {shapes[:2]}{' ...' if len(shapes) > 2 else ''}" if shapes else ""]
+        raise BackboneInitError(f"model.pretrained={path} is not ImageNet ResNet-{depth} weights for this backbone: "
+                                f"{', '.join(f for f in found if f)}")
+
+
 def _check_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
     """``path`` when the run feeds its ImageNet weights what they were trained on. torchvision's: a pytorch-style
     ResNet (the stride on the 3x3 conv) and RGB pixels normalised by the ImageNet mean and std. MSRA's
@@ -86,9 +112,11 @@ def _check_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any])
     from solo_npu.models.backbones.resnet import folded_batchnorm, imagenet_state
 
     try:
-        folded = folded_batchnorm(imagenet_state(path))
+        state = imagenet_state(path)
     except CheckpointError as exc:
         raise BackboneInitError(f"model.pretrained={path}: {exc}") from None
+    _check_fits(path, state, backbone)
+    folded = folded_batchnorm(state)
     style = str(backbone.get("style", "pytorch"))
     normalize = (cfg.get("data") or {}).get("normalize") or {}
     norm = str(normalize.get("style", "pytorch"))

@@ -121,11 +121,21 @@ def mmdet_msra_resnet50_file(blobs: dict[str, np.ndarray]) -> dict[str, dict[str
     return {"state_dict": state}
 
 
-def _small_torchvision_file(path: Path) -> None:
-    """A file whose BatchNorm statistics are trained ones (what ``auto`` only needs to find and classify)."""
+def _small_torchvision_file(path: Path, depth: int = 50) -> None:
+    """A ResNet-``depth`` file under torchvision's names whose BatchNorm statistics are trained-like (not the
+    identity): what ``auto`` finds and checks. ResNet-50's names are checked against torchvision's own in
+    :func:`torchvision_resnet50_state`'s test; the other depths take the backbone's (the same naming scheme)."""
+    from solo_npu.models.backbones.resnet import ResNet
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"bn1.weight": torch.rand(64) + 0.5, "bn1.running_mean": torch.randn(64) * 0.1,
-                "bn1.running_var": torch.rand(64) + 0.5}, path)
+    if depth == 50:
+        torch.save(torchvision_resnet50_state(), path)
+        return
+    g = torch.Generator().manual_seed(depth)
+    state = {k: v for k, v in ResNet(depth).state_dict().items() if not k.endswith("num_batches_tracked")}
+    for key in [k for k in state if k.endswith("running_var")]:
+        state[key] = torch.rand(state[key].shape, generator=g) + 0.5
+    torch.save(state, path)
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +192,14 @@ def test_auto_accepts_the_modelzoo_and_torchvision_names(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     pre = tmp_path / "data" / "pretrained"
     pre.mkdir(parents=True)
-    _small_torchvision_file(pre / "resnet101-5d3b4d8f.pth")  # torchvision's download name
+    _small_torchvision_file(pre / "resnet101-5d3b4d8f.pth", 101)  # torchvision's download name
     assert backbone_init_file(_cfg("auto", depth=101)) == "data/pretrained/resnet101-5d3b4d8f.pth"
-    _small_torchvision_file(pre / "resnet101.pth")  # the ModelZoo guide's name comes first
+    _small_torchvision_file(pre / "resnet101.pth", 101)  # the ModelZoo guide's name comes first
     assert backbone_init_file(_cfg("auto", depth=101)) == "data/pretrained/resnet101.pth"
     # ModelZoo layout under another root: data.root=/x/data/coco -> /x/data/pretrained
     other = tmp_path / "elsewhere" / "data"
     (other / "pretrained").mkdir(parents=True)
-    _small_torchvision_file(other / "pretrained" / "resnet18-5c106cde.pth")
+    _small_torchvision_file(other / "pretrained" / "resnet18-5c106cde.pth", 18)
     found = backbone_init_file(_cfg("auto", root=str(other / "coco"), depth=18))
     assert found == str(other / "pretrained" / "resnet18-5c106cde.pth")
 
@@ -327,3 +337,19 @@ def test_unreadable_imagenet_file_is_one_line(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(BackboneInitError, match=r"^model.pretrained=resnet50.pth: .*resnet50.pth") as info:
         backbone_init_file(_cfg("resnet50.pth"))
     assert "\n" not in str(info.value)
+
+
+def test_deeper_imagenet_file_is_one_line_without_a_loaded_claim(coco_layout: Path) -> None:
+    """ResNet-101's blocks beyond ResNet-50's (layer3.6 ...) in model.pretrained: one line naming the keys, and the
+    log never says the weights were loaded."""
+    state = torchvision_resnet50_state()
+    state["layer3.6.conv1.weight"] = torch.zeros(256, 1024, 1, 1)  # the first block ResNet-50 does not have
+    weights = coco_layout / "resnet101-like.pth"
+    torch.save(state, weights)
+    proc = _train(coco_layout, f"model.pretrained={weights}", "run_dir=deeper")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert f"[Error] model.pretrained={weights} is not ImageNet ResNet-50 weights for this backbone" in lines[0]
+    assert "layer3.6.conv1.weight" in lines[0]
+    log = (coco_layout / "deeper" / "train.log").read_text()
+    assert "loaded torchvision" not in log and "backbone init from" not in log

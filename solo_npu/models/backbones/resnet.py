@@ -318,5 +318,6 @@ def load_torchvision_weights(model: ResNet, path: str | os.PathLike, strict: boo
         state = {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var",
                                                                    "num_batches_tracked"))}
     result = model.load_state_dict(state, strict=strict)
-    logger.info("loaded %s ImageNet ResNet-%d weights from %s", kind, model.depth, path)
+    if not (result.missing_keys or result.unexpected_keys):
+        logger.info("loaded %s ImageNet ResNet-%d weights from %s", kind, model.depth, path)
     return list(result.missing_keys), list(result.unexpected_keys)

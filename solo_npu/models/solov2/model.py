@@ -250,13 +250,13 @@ def _load_backbone(body: ResNet, path: str) -> None:
         raise
     except RuntimeError as exc:  # shape mismatch: another depth or width
         lines = [line.strip() for line in str(exc).strip().splitlines()]
-        raise ValueError(f"model.pretrained={path} does not fit ResNet-{body.depth}: "
-                         f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+        raise CheckpointError(f"model.pretrained={path} does not fit ResNet-{body.depth}: "
+                              f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+    if missing or unexpected:  # another depth (ResNet-101 layers in a ResNet-50), or not a ResNet
+        raise CheckpointError(f"model.pretrained={path} is not ImageNet ResNet-{body.depth} weights: "
+                              f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
+                              f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
     logger.info("backbone init from %s (missing %d, unexpected %d)", path, len(missing), len(unexpected))
-    if missing or unexpected:
-        raise ValueError(f"model.pretrained={path} is not torchvision ResNet-{body.depth} weights: "
-                         f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}, "
-                         f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
 
 
 def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, neck: Mapping[str, Any] | None = None,
