@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,11 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
     if _torchscript_archive(path):  # torch.load would hand it to torch.jit.load (torch 2.1 even with weights_only)
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_TORCHSCRIPT}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
+        with warnings.catch_warnings():
+            # torch 2.1's weights-only loader touches TypedStorage, which warns on stderr at every load
+            # (torch/_utils.py: "TypedStorage is deprecated"): internal, nothing the user can act on.
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except ModuleNotFoundError as exc:  # unpickling imports the module of every pickled class
         package = (exc.name or "?").split(".")[0]
         # mmdet's tools/model_converters/publish_model.py keeps only `meta` and `state_dict` (plain data).
