@@ -73,10 +73,23 @@ def write_image_outputs(out_dir: Path, stem: str, outputs: Mapping[str, np.ndarr
 
 
 def compiled_file(ctx: DeployContext, kind: str, batch_size: int | str) -> str | None:
+    """The compiled model of ``kind`` (``om``, ``torch_aie``) for a batch size, as a path under this run directory:
+    what the compile stage recorded (relative to the run directory), else for ``om`` the ``.om`` that
+    ``compile_310p.sh`` run by hand wrote after it (``compile/model_b<B>.om``, or ATC's ``_<os>_<arch>`` variant;
+    one older than compile.json is a leftover the compile stage did not take)."""
     path = ctx.path("compile", "compile.json")
-    if not path.is_file():
-        return None
-    return (read_json(path).get(kind) or {}).get(str(batch_size))
+    recorded = (read_json(path).get(kind) or {}).get(str(batch_size)) if path.is_file() else None
+    if recorded is not None:
+        return str(ctx.run_dir / recorded)
+    if kind == "om":
+        from solo_npu.deploy.om import find_om
+
+        stem = f"model_b{batch_size}" if str(batch_size) != "dynamic" else "model_dynamic"
+        found = find_om(ctx.path("compile", stem))
+        if found is not None and (not path.is_file() or found.stat().st_mtime > path.stat().st_mtime):
+            logger.info("om batch %s: %s, written outside the compile stage (compile_310p.sh)", batch_size, found)
+            return str(found)
+    return None
 
 
 def compiled_gears(ctx: DeployContext) -> list[int] | None:

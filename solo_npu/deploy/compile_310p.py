@@ -293,7 +293,7 @@ def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
         ok, msg = _run_tool(cmd, f"atc (batch {key})", ccfg.timeout_s, cwd=ctx.run_dir)
         om_path = find_om(stem) if ok else None
         if om_path is not None:
-            result["om"][key] = str(om_path)
+            result["om"][key] = relative(om_path, ctx.run_dir)  # compiled_file resolves it in the run directory
             if key == "dynamic":
                 result["om_gears"] = check_gears(ccfg.dynamic_batch)
         else:
@@ -326,7 +326,7 @@ def compile_torch_aie(backend: Any, manifest: Mapping[str, Any], result: dict[st
             _note(result, f"torch_aie compile (batch {key}) failed: {(str(exc).splitlines() or [repr(exc)])[0]}")
             continue
         if out.is_file():
-            result["torch_aie"][key] = str(out)
+            result["torch_aie"][key] = relative(out, ctx.run_dir)
         else:
             _note(result, f"torch_aie compile (batch {key}) wrote no {out}")
 

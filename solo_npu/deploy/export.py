@@ -210,13 +210,16 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     classes = ctx.classes
     manifest = {
         "model": ctx.model_name,
+        "model_config": (ctx.cfg.get("model") or {}).get("name"),
         "input_name": INPUT_NAME,
         "input_shape": [3, *settings.input_shape],
         "batch_sizes": settings.export_batch_sizes,
         "output_names": list(adapter.output_names),
         "outputs": specs,
         "opset": settings.opset,
-        "files": files,
+        # relative to the run directory, which may be copied (to the 310P host) or moved: load_manifest resolves them
+        "files": {fmt: {k: os.path.relpath(Path(v).resolve(), ctx.run_dir.resolve()) for k, v in by_batch.items()}
+                  for fmt, by_batch in files.items()},
         "slimmed_with": slimmed,
         "runtime_sized_resizes": runtime_resizes,
         "checkpoint": ctx.cfg.get("checkpoint"),
@@ -230,8 +233,13 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
 
 
 def load_manifest(ctx: DeployContext) -> dict[str, Any]:
-    return read_stage_json(ctx, "export", "manifest.json", "exported models", "take",
-                           "drop the deploy.input_shape override")
+    """``export/manifest.json`` with its files as paths under this run directory (they are stored relative to
+    it; an absolute path, of a manifest written before, stays as it is)."""
+    manifest = read_stage_json(ctx, "export", "manifest.json", "exported models", "take",
+                               "drop the deploy.input_shape override")
+    manifest["files"] = {fmt: {k: str(ctx.run_dir / v) for k, v in (by_batch or {}).items()}
+                         for fmt, by_batch in (manifest.get("files") or {}).items()}
+    return manifest
 
 
 def exported_file(manifest: dict[str, Any], fmt: str, batch_size: int | str) -> str | None:

@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -89,6 +90,29 @@ def check_data(ctx: DeployContext, stages: Sequence[str]) -> None:
     check_dataset_files(ctx.cfg.data, (split,))
 
 
+def check_same_model(ctx: DeployContext, stages: Sequence[str]) -> None:
+    """Stages after the export read the models, outputs and timings earlier runs wrote in the run directory: when
+    these runs exported another model or checkpoint than this run names, refuse (one line) rather than report
+    the two side by side under this run's name."""
+    if "export" in stages:
+        return
+    path = ctx.path("export", "manifest.json")
+    if not path.is_file():
+        return
+    manifest = read_json(path)
+    ours = {"model": (ctx.cfg.get("model") or {}).get("name"), "checkpoint": ctx.cfg.get("checkpoint") or None}
+    theirs = {"model": manifest.get("model_config"), "checkpoint": manifest.get("checkpoint") or None}
+    # The model config's own name (conf/model/*.yaml name:), and checkpoints by file name: the run directory may
+    # have been copied to a host where the file lies elsewhere. What a manifest or this run does not say is
+    # not compared.
+    if (ours["model"] and theirs["model"] and ours["model"] != theirs["model"]) or (
+            ours["checkpoint"] and theirs["checkpoint"]
+            and PurePath(str(ours["checkpoint"])).name != PurePath(str(theirs["checkpoint"])).name):
+        raise DeployError(f"{ctx.run_dir} holds the export of model={theirs['model']} "
+                          f"checkpoint={theirs['checkpoint']}, but this run names model={ours['model']} "
+                          f"checkpoint={ours['checkpoint']}: add export to stages, or use another run_dir")
+
+
 def _skip_mismatched_evaluate(ctx: DeployContext, stages: list[str]) -> list[str]:
     """Leave out ``evaluate`` (WARNING) when the model's classes are not the dataset's: AP would be noise."""
     if "evaluate" not in stages:
@@ -117,6 +141,7 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
         print(RANDOM_WEIGHTS_NOTICE)
     if any(s in stages for s in ("export", "verify")):
         print(f"model: {ctx.classes.describe()}")
+    check_same_model(ctx, stages)
     stages = _skip_mismatched_evaluate(ctx, stages)
     check_data(ctx, stages)
     checked = False

@@ -36,7 +36,8 @@ def exported_run(make_ctx, tmp_path_factory):
 
 
 def exported_onnx(run_dir, key):
-    return json.loads((run_dir / "export" / "manifest.json").read_text())["files"]["onnx"][key]
+    """The exported ONNX of a batch key: the manifest names it relative to the run directory."""
+    return str(run_dir / json.loads((run_dir / "export" / "manifest.json").read_text())["files"]["onnx"][key])
 
 
 def test_without_tools_writes_script_and_continues(make_ctx, exported_run, monkeypatch, tmp_path, capsys):
@@ -145,7 +146,8 @@ def test_atc_and_ais_bench_standins(make_ctx, exported_run, monkeypatch, tmp_pat
     ctx = make_ctx("deploy.backends=[onnxruntime,om]", "deploy.compile.precision_mode=force_fp16",
                    "deploy.compile.log=info", "deploy.om.launcher=ais_bench", run_dir=exported_run)
     compiled = run_compile(ctx)
-    assert compiled["om"] == {k: str(exported_run / "compile" / f"model_b{k}_linux_x86_64.om") for k in ("1", "2")}
+    # recorded relative to the run directory, so that a copy of it (to the 310P host) runs its own files
+    assert compiled["om"] == {k: f"compile/model_b{k}_linux_x86_64.om" for k in ("1", "2")}
     assert not compiled["messages"]
     calls = [json.loads(line) for line in (log / "atc.jsonl").read_text().splitlines()]
     assert calls[0]["cwd"] == str(exported_run)  # the commands of compile_310p.sh, run from the run dir
@@ -346,7 +348,7 @@ def test_dynamic_om_runs_at_its_gears_only(make_ctx, exported_run, monkeypatch, 
     ctx = make_ctx("deploy.backends=[om]", "deploy.compile.dynamic_batch=[1,2]", "deploy.om.launcher=ais_bench",
                    run_dir=run_dir)
     compiled = run_compile(ctx)
-    dynamic = compiled["om"]["dynamic"]
+    dynamic = str(run_dir / compiled["om"]["dynamic"])
     assert compiled["om_gears"] == [1, 2] and json.loads(Path(dynamic).read_text())["gears"] == [1, 2]
     # only the dynamic .om left (as when the static builds failed), and a batch size that is not one of its gears
     write_json(ctx.path("compile", "compile.json"), {"om": {"dynamic": dynamic}, "om_gears": [1, 2]})
