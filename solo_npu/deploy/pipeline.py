@@ -177,7 +177,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from solo_npu.data import AnnotationFileError
     from solo_npu.runtime import DeviceError
 
-    return DeployError, CheckpointError, DeviceError, FileNotFoundError, AnnotationFileError, ConfigValueError
+    return (DeployError, CheckpointError, DeviceError, FileNotFoundError, FileExistsError, AnnotationFileError,
+            ConfigValueError)
 
 
 def main(cfg: DictConfig, model_name: str | None = None) -> int:

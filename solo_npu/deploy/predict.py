@@ -66,6 +66,26 @@ def list_images(inputs: str | os.PathLike) -> list[Path]:
     raise FileNotFoundError(f"input not found: {path}")
 
 
+def overlay_paths(files: Sequence[Path], out: Path) -> list[Path]:
+    """The overlay of each input file: ``<stem>.png`` in ``out``, ``<stem>_<suffix>.png`` for files whose stems are
+    the same (``x.png`` and ``x.jpg``), so that no overlay replaces another.
+
+    Raises:
+        FileExistsError: an overlay would replace an input image (``output`` is the input folder); one line.
+    """
+    stems: dict[str, int] = {}
+    for file in files:
+        stems[file.stem] = stems.get(file.stem, 0) + 1
+    paths = [out / (f"{f.stem}.png" if stems[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}.png")
+             for f in files]
+    inputs = {f.resolve() for f in files}
+    clash = next((p for p in paths if p.resolve() in inputs), None)
+    if clash is not None:
+        raise FileExistsError(f"output={out} would overwrite the input image {clash.name} with its overlay: "
+                              "choose another output folder")
+    return paths
+
+
 def _device(device: Any) -> torch.device:
     if isinstance(device, DeviceInfo):
         return device.device
@@ -113,7 +133,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         model: a detector with ``predict(images, metas)``, or a deploy config (``task=predict``):
             then the model, checkpoint, ``input``, ``output``, ``data`` and device come from it.
         inputs: an image file or a directory of images.
-        output_dir: where ``<stem>.png`` overlays and ``predictions.json`` go.
+        output_dir: where ``<stem>.png`` overlays (:func:`overlay_paths`) and ``predictions.json`` go.
         class_names: label -> name for the overlays and the json (``category_name``).
         data_cfg: the ``data`` config (resize scale, normalisation, padding), as in training.
         device: a DeviceInfo, torch.device, name, or ``None`` for automatic selection.
@@ -130,6 +150,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         raise ValueError("run_predict needs inputs, output_dir and data_cfg")
     files = list_images(inputs)
     out = Path(output_dir)
+    overlays = overlay_paths(files, out)
     out.mkdir(parents=True, exist_ok=True)
     dev = _device(device)
     model = model.to(dev).eval()
@@ -160,7 +181,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             entries.append(entry)
         instances += int((result["scores"] >= score_thr).sum())
         overlay = draw_instances(rgb, result["masks"], result["labels"], result["scores"], names, score_thr)
-        save_image(out / f"{file.stem}.png", overlay)
+        save_image(overlays[image_id], overlay)
     pred_path = out / "predictions.json"
     write_json_atomic(pred_path, entries)
     logger.info("predicted %d images (%d skipped), %d instances >= %.2f, written to %s", len(files) - skipped,

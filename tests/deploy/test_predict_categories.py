@@ -159,3 +159,24 @@ def test_checkpoint_classes_name_the_predictions(tmp_path, caplog, dataset_meta)
     entries = json.loads(Path(out["predictions"]).read_text())
     assert entries and {(e["category_id"], e["category_name"]) for e in entries} == {(7, "triangle")}
     assert "are not the checkpoint's classes (triangle, circle, rectangle" in caplog.text
+
+
+def test_overlays_of_same_stem_images_do_not_replace_each_other_or_the_inputs(tmp_path, capsys):
+    """x.png and x.jpg in one folder give two overlays; output= the input folder would overwrite y.png with its
+    overlay, so it is refused in one line before anything is written."""
+    from solo_npu.deploy.pipeline import main
+
+    folder = tmp_path / "photos"
+    write_image(folder, "x.png", (96, 128))
+    write_image(folder, "x.jpg", (80, 112))
+    single = write_image(folder, "y.png", (64, 96))
+    before = single.read_bytes()
+    out = run_predict(predict_cfg(tmp_path, None, folder, tmp_path / "no_data"))
+    assert out["images"] == 3
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == ["x_jpg.png", "x_png.png", "y.png"]
+    code = main(predict_cfg(tmp_path, None, folder, tmp_path / "no_data", f"output={folder}"))
+    assert code == 1 and single.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["x.jpg", "x.png", "y.png"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"output={folder} would overwrite the input image y.png with its overlay: choose another "
+                            "output folder")
