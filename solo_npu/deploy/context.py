@@ -110,7 +110,11 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
     model_defaults = model_deploy_defaults(cfg)
     shape = [int(s) for s in _pick(user.input_shape, model_defaults.input_shape)]
     if len(shape) == 4:  # [B, 3, H, W] as the Ascend ModelZoo inference guides write it
-        shape = shape[2:]
+        if shape[1] != 3:
+            raise DeployError(f"deploy.input_shape={shape}: the models take 3 channels ([B, 3, H, W])")
+        given_batch, full_shape, shape = shape[0], shape, shape[2:]
+    else:
+        given_batch = full_shape = None
     if len(shape) != 2 or min(shape) <= 0 or shape[0] % size_divisor or shape[1] % size_divisor:
         raise DeployError(
             f"deploy.input_shape={shape}: give [H, W] (or [B, 3, H, W]) with H and W positive multiples of "
@@ -122,12 +126,24 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
         batch_sizes = [int(b) for b in _pick(user.batch_sizes, model_defaults.batch_sizes)]
     if not batch_sizes or min(batch_sizes) < 1:
         raise DeployError(f"deploy.batch_sizes={batch_sizes}: give positive batch sizes, e.g. [1,4,8]")
+    if given_batch is not None and given_batch not in batch_sizes:
+        raise DeployError(f"deploy.input_shape={full_shape}: its batch {given_batch} is not one of the batch sizes "
+                          f"{batch_sizes} and would not be used: give deploy.input_shape=[{shape[0]},{shape[1]}] "
+                          f"deploy.batch_sizes=[{given_batch}]")
     backends = list(user.backends)
     from solo_npu.deploy.backends import BACKENDS  # the registry (imports this module)
 
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise DeployError(f"unknown backend(s) {unknown} in deploy.backends: choose from {list(BACKENDS)}")
+    if user.num_images is not None and int(user.num_images) < 1:
+        raise DeployError(f"deploy.num_images={user.num_images}: give a positive number of images, or null for all")
+    # ais_bench refuses a negative --warmup_count and a --loop below 1 (Ascend/tools ais_bench/infer/__main__.py:
+    # check_nonnegative_integer, check_positive_integer); the other backends need the same to time anything.
+    for key, value, least in (("verify.num_images", user.verify.num_images, 1), ("benchmark.warmup",
+                              user.benchmark.warmup, 0), ("benchmark.iters", user.benchmark.iters, 1)):
+        if int(value) < least:
+            raise DeployError(f"deploy.{key}={value}: give {'a positive' if least else 'a non-negative'} integer")
     return DeploySettings(
         input_shape=(shape[0], shape[1]),
         batch_sizes=batch_sizes,

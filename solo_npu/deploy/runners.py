@@ -39,6 +39,25 @@ ORT_PACKAGES = {"npu": "onnxruntime-cann", "cuda": "onnxruntime-gpu"}
 CANN_DUMP_OM = "dump_om_model"
 
 
+# onnxruntime's GraphOptimizationLevel members (onnxruntime/core/session/onnxruntime_c_api.h: ORT_DISABLE_ALL,
+# ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL; newer releases add ORT_ENABLE_LAYOUT).
+ORT_LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+
+
+def ort_optimization_level(value: Any) -> Any:
+    """``deploy.onnxruntime.graph_optimization_level`` as onnxruntime's enum; an unknown value, or one this
+    onnxruntime does not have, is a one-line error instead of a silent ENABLE_ALL."""
+    import onnxruntime as ort
+
+    key = str(value).strip().lower()
+    member = getattr(ort.GraphOptimizationLevel, ORT_LEVELS.get(key, ""), None)
+    if member is None:
+        known = [k for k, v in ORT_LEVELS.items() if hasattr(ort.GraphOptimizationLevel, v)]
+        raise DeployError(f"deploy.onnxruntime.graph_optimization_level={value}: choose one of {', '.join(known)}")
+    return member
+
+
 class Runner:
     """Base runner: holds output names and the device; subclasses implement :meth:`run`."""
 
@@ -108,9 +127,7 @@ class OnnxRuntimeRunner(Runner):
             sess_opts.intra_op_num_threads = int(options["intra_op_num_threads"])
         if options.get("inter_op_num_threads"):
             sess_opts.inter_op_num_threads = int(options["inter_op_num_threads"])
-        level = str(options.get("graph_optimization_level", "all")).upper()
-        sess_opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}",
-                                                     ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        sess_opts.graph_optimization_level = ort_optimization_level(options.get("graph_optimization_level", "all"))
         self.providers = ort_providers(device, options.get("provider_options") or {}, requested, device_id)
         chosen = dict((options.get("provider_options") or {}).get("npu") or {})
         try:
