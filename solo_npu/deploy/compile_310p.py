@@ -243,13 +243,31 @@ def atc_error(stdout: str, stderr: str) -> str:
     return last_line(stderr) or last_line(stdout) or "no output"
 
 
+def _customize_dtypes(ctx: DeployContext, value: Any) -> str | None:
+    """``deploy.compile.customize_dtypes`` (a path relative to the launch directory, or absolute) copied into the run
+    directory and named relative to it, as ATC runs there and compile_310p.sh travels with the run directory to
+    the 310P host. ATC refuses a file it cannot read (CANN OpCustDtypesConfigParser: "The customize file does not
+    exist or its access permission is denied"): a missing one is one line here instead."""
+    if not value:
+        return None
+    src = Path(str(value)).expanduser()
+    if not src.is_file():
+        raise DeployError(f"deploy.compile.customize_dtypes={value}: no such file (cwd {Path.cwd()})")
+    dst = ctx.path("compile", src.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+    return relative(dst, ctx.run_dir)
+
+
 def atc_jobs(ctx: DeployContext, manifest: Mapping[str, Any]) -> list[tuple[str, list[str], Path]]:
     """(key, ATC command run from the run directory, --output stem) per exported ONNX (and the dynamic one)."""
     settings, ccfg = ctx.settings, ctx.deploy_cfg.compile
     gears = check_gears(ccfg.dynamic_batch) if ccfg.dynamic_batch else []
     common = dict(input_name=manifest["input_name"], input_shape=settings.input_shape,
                   soc_version=settings.soc_version, precision_mode=ccfg.precision_mode,
-                  precision_mode_v2=ccfg.precision_mode_v2, log=str(ccfg.log), customize_dtypes=ccfg.customize_dtypes,
+                  precision_mode_v2=ccfg.precision_mode_v2, log=str(ccfg.log),
+                  customize_dtypes=_customize_dtypes(ctx, ccfg.customize_dtypes),
                   atc=str(ccfg.atc), extra_args=list(ccfg.atc_args))
     jobs = []
     for key in [*map(str, settings.export_batch_sizes), *(["dynamic"] if gears else [])]:

@@ -55,6 +55,18 @@ def fail(code, message, function, source):
     print()
     sys.exit(255)
 
+# The input files are checked first, relative to the working directory (mindspore-ai/graphengine
+# ge/offline/main.cc, CheckInputPathValid(FLAGS_model, "--model"): "[Check][InputPath]model file %s not found!!"; the
+# customize_dtypes file is read by OpCustDtypesConfigParser, which reports that "The customize file does not exist
+# or its access permission is denied").
+if not os.path.isfile(args.get("model", "")):
+    fail("E10001", "[Check][InputPath]model file {} not found!!".format(args.get("model", "")), "CheckInputPathValid",
+         "main_impl.cc")
+if "customize_dtypes" in args and not os.path.isfile(args["customize_dtypes"]):
+    fail("E10001", "Value {} for parameter --customize_dtypes is invalid. Reason: The customize file does not exist "
+         "or its access permission is denied.".format(args["customize_dtypes"]), "ParseCustomDtypeContent",
+         "op_cust_dtypes_config_parser.cc")
+
 PRECISION_VALUES = {
     "precision_mode": ["", "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision",
                        "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision_fp16",
@@ -186,17 +198,31 @@ def check_device_range_valid(value):
         raise argparse.ArgumentTypeError("device:{} is invalid. valid value range is [0, 255]".format(ivalue))
     return ivalue
 
+# ais_bench/infer/args_adapter checks (Ascend/tools ais-bench_workload/tool/ais_bench/ais_bench/infer/__main__.py):
+# --loop and --batchsize take check_positive_integer, --warmup_count check_nonnegative_integer.
+def check_positive_integer(value):
+    ivalue = int(value)
+    if ivalue <= 0:
+        raise argparse.ArgumentTypeError("%s is an invalid positive int value" % value)
+    return ivalue
+
+def check_nonnegative_integer(value):
+    ivalue = int(value)
+    if ivalue < 0:
+        raise argparse.ArgumentTypeError("%s is an invalid nonnegative int value" % value)
+    return ivalue
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", "-m", type=checked("om", "read", ".om"), required=True)
 parser.add_argument("--input", "-i", type=checked("input", "read"), default=None)
 parser.add_argument("--output", "-o", type=checked("output", "write"), default=None)
 parser.add_argument("--output_dirname", type=checked("output", "write"), default=None)
 parser.add_argument("--outfmt", default="BIN", choices=["NPY", "BIN", "TXT"])
-parser.add_argument("--loop", "-l", type=int, default=1)
+parser.add_argument("--loop", "-l", type=check_positive_integer, default=1)
 parser.add_argument("--device", "-d", type=check_device_range_valid, default=0)
 parser.add_argument("--dymBatch", type=int, default=0)
-parser.add_argument("--batchsize", type=int, default=None)
-parser.add_argument("--warmup_count", type=int, default=1)
+parser.add_argument("--batchsize", type=check_positive_integer, default=None)
+parser.add_argument("--warmup_count", type=check_nonnegative_integer, default=1)
 args = parser.parse_args()
 if args.output is None and args.output_dirname is not None:
     logger.error("parameter --output_dirname cann't be used alone. Please use it together with the parameter "

@@ -74,8 +74,9 @@ export PYTHONPATH=${{ASCEND_TOOLKIT_HOME}}/python/site-packages:$PYTHONPATH
 def test_compile_script_sources_cann_env_with_unset_variables_and_runs_atc(monkeypatch, tmp_path):
     """`bash compile_310p.sh` on a host where PYTHONPATH and LD_LIBRARY_PATH are unset reaches atc."""
     home, run_dir, log = tmp_path / "toolkit", tmp_path / "run", tmp_path / "log"
-    for folder in (home / "bin", run_dir / "compile", log):
+    for folder in (home / "bin", run_dir / "compile", run_dir / "export", log):
         folder.mkdir(parents=True)
+    (run_dir / "export" / "model_b1.onnx").write_bytes(b"onnx")  # ATC checks that its --model exists
     install_tool(home / "bin", "atc", ATC)  # on PATH only once set_env.sh has run, as on a 310P host
     set_env = tmp_path / "set_env.sh"
     set_env.write_text(FAKE_SET_ENV.format(home=home))
@@ -409,3 +410,36 @@ def test_om_inputs_and_folders_pass_newer_ais_bench_checks_under_umask_002(make_
     assert {p.name: oct(p.stat().st_mode & 0o027) for p in handed if p.stat().st_mode & 0o027} == {}
     assert sorted(p.name for p in (run_dir / "infer" / "om_b2").glob("*_0.bin")) == sorted(
         f"{r['stem']}_0.bin" for r in records)
+
+
+def test_customize_dtypes_file_travels_with_the_run_directory(make_ctx, exported_run, monkeypatch, tmp_path):
+    """ATC runs in the run directory and reads --customize_dtypes there (the ModelZoo SOLOV2 guide passes
+    customize_dtypes.cfg from its own folder): a file named relative to the launch directory is copied into
+    compile/ and named from the run directory; a missing one is one line before ATC runs."""
+    log = put_tools_on_path(tmp_path, monkeypatch, atc=ATC, ais_bench=AIS_BENCH)
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    (launch / "keep_fp32.cfg").write_text("OpType::Resize:InputDtype:float32,OutputDtype:float32\n")
+    monkeypatch.chdir(launch)
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.customize_dtypes=keep_fp32.cfg",
+                   "deploy.om.launcher=ais_bench", run_dir=exported_run)
+    compiled = run_compile(ctx)
+    assert not compiled["messages"] and set(compiled["om"]) == {"1", "2"}
+    call = json.loads((log / "atc.jsonl").read_text().splitlines()[-1])
+    assert "--customize_dtypes=compile/keep_fp32.cfg" in call["argv"]
+    assert (exported_run / "compile" / "keep_fp32.cfg").read_text().startswith("OpType::Resize")
+    ctx = make_ctx("deploy.backends=[om]", "deploy.compile.customize_dtypes=missing.cfg", run_dir=exported_run)
+    with pytest.raises(DeployError, match=r"deploy.compile.customize_dtypes=missing.cfg: no such file"):
+        run_compile(ctx)
+
+
+def test_atc_standin_refuses_a_missing_model_file(tmp_path):
+    """As ATC does (ge/offline/main.cc: CheckInputPathValid(FLAGS_model, "--model")), before any conversion."""
+    env = {**os.environ, "STANDIN_LOG": str(tmp_path)}
+    (tmp_path / "bin").mkdir()
+    script = install_tool(tmp_path / "bin", "atc", ATC)
+    proc = subprocess.run([str(script), "--framework=5", "--model=/nonexistent.onnx", "--output=out",
+                           "--input_shape=input:1,3,64,64", "--soc_version=Ascend310P3"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 255 and "model file /nonexistent.onnx not found!!" in proc.stdout
+    assert not (tmp_path / "out.om").exists()

@@ -113,6 +113,7 @@ def _run_atc_standin(tmp_path, *args):
     for folder in (bin_dir, log):
         folder.mkdir(exist_ok=True)
     atc = install_tool(bin_dir, "atc", ATC)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")  # ATC checks that its --model exists before the options
     cmd = atc_command(tmp_path / "m.onnx", tmp_path / "m", "input", 1, (32, 32), atc=str(atc))
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env={"STANDIN_LOG": str(log)})
 
