@@ -29,6 +29,7 @@ no others: never a random initialisation presented as trained weights.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -303,7 +304,8 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
             else:
                 errors.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
     if errors:
-        raise CheckpointError(f"{path}: shape mismatch for " + "; ".join(errors))
+        raise CheckpointError(f"{path}: shape mismatch for {len(errors)} tensors, " + "; ".join(errors[:3])
+                              + ("; ..." if len(errors) > 3 else ""))
     if reinitialised and not reinit_classifier:
         raise CheckpointError(f"{path} has a classifier for {class_counts[0]} classes but the model has "
                               f"{class_counts[1]} ({reinitialised[0]}): build the model with the checkpoint's "
@@ -338,6 +340,36 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
             "reordered": reordered, "config": config or None}
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (node.items() if isinstance(node, Mapping) else ()):
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
+    """For a checkpoint of this project, the model settings of its training config (``config.model``) that
+    ``model_cfg`` (the model config of this run) has otherwise, as the overrides that rebuild its model;
+    ``""`` when there are none or the file has no config."""
+    config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
+    trained = _flat(config.get("model") if isinstance(config, Mapping) else None)
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(model_cfg, DictConfig):
+            model_cfg = OmegaConf.to_container(model_cfg, resolve=False)
+    except ImportError:  # pragma: no cover
+        pass
+    built = _flat(model_cfg)
+    skip = ("_target_", "num_classes", "name", "pretrained", "deploy.", "test.")
+    differ = [f"++model.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in trained.items()
+              if not k.startswith(skip) and k in built and built[k] != v]
+    return f": its training config built another model, add {' '.join(differ)}" if differ else ""
 
 
 def _check_input(model: nn.Module, source: str, metadata: Mapping[str, Any],

@@ -306,6 +306,7 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
     from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights
 
     source = str(cfg.checkpoint_source)
+    ckpt = None
     try:
         ckpt = load_checkpoint(checkpoint, trust_pickle=bool(cfg.checkpoint_trust_pickle))
         # A weightless model of the config reads the file's layout and classifier size.
@@ -322,7 +323,10 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
         normalize = (cfg.get("data") or {}).get("normalize")  # what the weights were trained on is checked
         load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)
     except CheckpointError as exc:
-        raise DeployError(str(exc)) from exc
+        from solo_npu.checkpoints.convert import trained_model_hint
+
+        hint = trained_model_hint(ckpt, cfg.model) if "shape mismatch" in str(exc) else ""
+        raise DeployError(f"{exc}{hint}") from exc
     num_classes = _model_classes(model) or found.num_classes or 0
     if found.num_classes is None:
         return model, _config_classes(cfg, num_classes)

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from onnx import numpy_helper
 
 from solo_npu.deploy.pipeline import main, mark_explicit_classes
+from solo_npu.models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # The R50 SOLOv2 config shrunk to ResNet-18 at 1/4 width and a narrow head, so that building and
@@ -202,3 +203,22 @@ def test_names_that_do_not_fit_the_classifier_give_way_to_data_class_names(tmp_p
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
     assert manifest["num_classes"] == 3 and manifest["class_names"] == ["a", "b", "c"]
     assert "its classes are named by data.class_names (a, b, c)" in caplog.text
+
+
+def test_a_narrower_checkpoint_of_this_project_names_the_overrides_that_rebuild_it(tmp_path, capsys):
+    """A checkpoint trained with another backbone width than the model config (as make demo's light R18 is): the
+    shape mismatch is one short line that names the ++model overrides from the checkpoint's training config."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("deploy", overrides=TINY)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["backbone"]["base_channels"] = 8
+    model_cfg["neck"]["in_channels"] = [8, 16, 32, 64]
+    model = build_model(OmegaConf.create(model_cfg), num_classes=3)
+    ckpt = tmp_path / "narrow.pth"
+    torch.save({"model": model.state_dict(), "config": {"model": model_cfg}}, ckpt)
+    code, _ = _deploy(tmp_path, ckpt)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and len(err) < 1500, err[:3000]
+    assert "shape mismatch for" in err
+    assert err.endswith("its training config built another model, add ++model.backbone.base_channels=8 "
+                        "++model.neck.in_channels=[8,16,32,64]")
