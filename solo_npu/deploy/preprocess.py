@@ -148,7 +148,11 @@ def load_inputs(ctx: DeployContext, records: Sequence[dict[str, Any]]) -> np.nda
     hc, wc = ctx.settings.input_shape
     arrays = []
     for rec in records:
-        data = np.fromfile(ctx.run_dir / rec["bin"], dtype=np.float32)
+        path = ctx.run_dir / rec["bin"]
+        if not path.is_file():
+            raise DeployError(f"preprocessed input {path} is missing (removed since preprocess ran?): re-run "
+                              "stages=[preprocess] before this stage")
+        data = np.fromfile(path, dtype=np.float32)
         if data.size != 3 * hc * wc:
             raise DeployError(f"{rec['bin']} holds {data.size} floats, expected 3x{hc}x{wc}: re-run preprocess")
         arrays.append(data.reshape(3, hc, wc))

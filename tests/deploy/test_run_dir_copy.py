@@ -69,3 +69,16 @@ def test_an_om_compiled_by_hand_after_the_compile_stage_is_used(make_ctx, tmp_pa
     os.utime(by_hand, (stamp + 60, stamp + 60))
     assert compiled_file(ctx, "om", 1) == str(by_hand)
     assert compiled_file(ctx, "om", 2) is None and leftover.is_file()
+
+
+def test_a_missing_preprocessed_input_names_the_stage_to_rerun(make_ctx, tmp_path) -> None:
+    from solo_npu.deploy.preprocess import load_index, load_inputs
+
+    ctx = make_ctx("deploy.backends=[onnxruntime]", "deploy.batch_sizes=[1]", "deploy.num_images=2",
+                   run_dir=tmp_path / "run")
+    run_preprocess(ctx)
+    records = load_index(ctx)["images"]
+    (ctx.run_dir / records[1]["bin"]).unlink()
+    assert load_inputs(ctx, records[:1]).shape[0] == 1
+    with pytest.raises(DeployError, match=r"preprocessed input .* is missing .*: re-run stages=\[preprocess\]"):
+        load_inputs(ctx, records)
