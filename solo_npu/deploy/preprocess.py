@@ -103,7 +103,10 @@ def select_indices(num_available: int, num_images: int | None) -> list[int]:
 
 
 def _stem(file_name: str) -> str:
-    return Path(file_name).with_suffix("").as_posix().replace("/", "_")
+    """The name of an image's preprocessed files: its path without the suffix, ``/`` and ``.`` as ``_``. ais_bench
+    names each output after its input file up to the first dot (Ascend/tools ais_bench/infer/io_oprations.py,
+    save_tensors_to_file), so ``shot.1.bin`` and ``shot.2.bin`` would both write ``shot_0.bin``."""
+    return Path(file_name).with_suffix("").as_posix().replace("/", "_").replace(".", "_")
 
 
 def run_preprocess(ctx: DeployContext) -> dict[str, Any]:
@@ -114,10 +117,14 @@ def run_preprocess(ctx: DeployContext) -> dict[str, Any]:
     (out / "meta").mkdir(parents=True, exist_ok=True)
     hc, wc = ctx.settings.input_shape
     records, info_lines, meta_lines = [], [], []
+    taken: set[str] = set()
     for i, index in enumerate(indices):
         images, metas = collate_canvas([dataset[index]], (hc, wc), ctx.adapter.pad_position)
         meta = _plain(metas[0])
         stem = _stem(meta["file_name"])
+        while stem in taken:  # a/b.png and a_b.png, shot.1.png and shot_1.png: one stem each
+            stem = f"{stem}_{i}"
+        taken.add(stem)
         bin_path, meta_path = out / "bins" / f"{stem}.bin", out / "meta" / f"{stem}.json"
         images[0].numpy().astype(np.float32).tofile(bin_path)
         write_json(meta_path, meta)

@@ -82,3 +82,26 @@ def test_a_missing_preprocessed_input_names_the_stage_to_rerun(make_ctx, tmp_pat
     assert load_inputs(ctx, records[:1]).shape[0] == 1
     with pytest.raises(DeployError, match=r"preprocessed input .* is missing .*: re-run stages=\[preprocess\]"):
         load_inputs(ctx, records)
+
+
+def test_preprocessed_stems_have_no_dot_and_never_repeat(make_ctx, synthetic_coco, tmp_path) -> None:
+    """ais_bench names an output after its input up to the first dot (io_oprations.py save_tensors_to_file), so
+    shot.1.png and shot.2.png must not become shot.1.bin and shot.2.bin; a/b.png and a_b.png must not share one."""
+    from solo_npu.deploy.preprocess import load_index
+
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    path = root / "annotations" / "instances_val2017.json"
+    ann = json.loads(path.read_text())
+    names = ["shot.1.png", "shot.2.png", "a/b.png", "a_b.png"]
+    (root / "val2017" / "a").mkdir()
+    for image, name in zip(ann["images"], names):
+        (root / "val2017" / image["file_name"]).rename(root / "val2017" / name)
+        image["file_name"] = name
+    path.write_text(json.dumps(ann))
+    ctx = make_ctx("deploy.backends=[onnxruntime]", f"data.root={root}", "deploy.num_images=4",
+                   run_dir=tmp_path / "run")
+    run_preprocess(ctx)
+    stems = [r["stem"] for r in load_index(ctx)["images"]]
+    assert len(set(stems)) == 4 and not any("." in s for s in stems), stems
+    assert all((ctx.run_dir / "preprocess" / "bins" / f"{s}.bin").is_file() for s in stems)
