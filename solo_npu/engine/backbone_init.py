@@ -147,13 +147,15 @@ def _check_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any])
     return path
 
 
-def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None) -> str | None:
+def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None, read: bool = True) -> str | None:
     """The ImageNet file to load into the backbone of a training run, or ``None``.
 
     Args:
         cfg: the resolved training config (``model``, ``data``, ``train`` sections).
         starts_from: the checkpoint the run starts from (resume or ``checkpoint=``), if any: then
             nothing is loaded and nothing is required.
+        read: read the file and check that it fits the backbone and the run's input (train.py does this once,
+            before any worker starts; the workers then only resolve the name and let the model load it).
 
     Raises:
         BackboneInitError: an explicit ``model.pretrained`` file is missing, or a frozen-BN backbone
@@ -171,14 +173,14 @@ def backbone_init_file(cfg: Mapping[str, Any], starts_from: str | None = None) -
     if text.lower() not in ("auto", *_NONE):
         if not Path(text).is_file():
             raise BackboneInitError(f"model.pretrained={text}: no such file (cwd {Path.cwd()})")
-        return _check_input(text, backbone, cfg)
+        return _check_input(text, backbone, cfg) if read else text
     if text.lower() == "auto":
         data_root = (cfg.get("data") or {}).get("root")
         style = str(backbone.get("style", "pytorch"))
         candidates = candidate_files(depth, data_root, style)
         for path in candidates:
             if path.is_file():
-                return _check_input(str(path), backbone, cfg)
+                return _check_input(str(path), backbone, cfg) if read else str(path)
         if not frozen:
             return None
         where = "; ".join(f"{d.resolve()}/{{{','.join(p.name for p in candidates if p.parent == d)}}}"

@@ -26,7 +26,7 @@ def set_num_classes(model_cfg: MutableMapping[str, Any], num_classes: int) -> in
 
 def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle: bool = False,
                  allow_classifier_change: bool = False, class_names: Sequence[str] | None = None,
-                 normalize: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 normalize: Mapping[str, Any] | None = None, loaded: Any = None) -> dict[str, Any]:
     """Load model weights from a checkpoint of this project or any layout the converters read.
 
     With ``allow_classifier_change`` a classifier trained on another number of classes is left at a
@@ -39,6 +39,7 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
     another order reorder the classifier by name, other names are a WARNING
     (:func:`solo_npu.checkpoints.convert.load_model_weights`). ``normalize`` (the data config's) is compared
     with the pixel normalisation the file's weights were trained on, where the model knows it (AdelaiDet's).
+    ``loaded``: the file's contents when the caller has read them already.
 
     Returns:
         ``{"source", "missing", "unexpected", "reinitialised", "reordered"}`` from the converter.
@@ -48,7 +49,7 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
 
     report = load_model_weights(model, path, source=source, trust_pickle=trust_pickle, strict=False,
                                 reinit_classifier=allow_classifier_change, class_names=class_names,
-                                normalize=normalize)
+                                normalize=normalize, loaded=loaded)
     if report["reinitialised"] and not allow_classifier_change:
         raise CheckpointError(f"checkpoint {path} was trained on another number of classes "
                               f"({', '.join(report['reinitialised'])}); use +experiment=finetune to adapt it")

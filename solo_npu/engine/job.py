@@ -161,9 +161,10 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
 
 
 def _backbone_init(cfg: DictConfig, starts_from: str | None) -> str | None:
-    """The ImageNet file of this training run (logged), or ``None``."""
+    """The ImageNet file of this training run (logged), or ``None``. The file was read and checked by
+    :func:`check_start` before the workers started; here its name is resolved only, and the model reads it."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    path = backbone_init_file(plain, starts_from)
+    path = backbone_init_file(plain, starts_from, read=False)
     value = plain["model"].get("pretrained")
     if starts_from and value not in (None, "auto", "none"):
         logger.info("model.pretrained=%s not read: the weights come from %s", value, starts_from)
@@ -212,10 +213,13 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     if not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a checkpoint of this project or one the converters read)")
     t0 = time.time()
-    val_set, loader, evaluator = _eval_setup(cfg, info, class_names=_checkpoint_classes(cfg))
+    from solo_npu.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(str(cfg.checkpoint), trust_pickle=bool(cfg.checkpoint_trust_pickle))  # read once
+    val_set, loader, evaluator = _eval_setup(cfg, info, class_names=_checkpoint_classes(cfg, ckpt))
     model = _build_model(cfg, len(val_set.label_to_cat))
     report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
-                          class_names=val_set.class_names, normalize=cfg.data.normalize)
+                          class_names=val_set.class_names, normalize=cfg.data.normalize, loaded=ckpt)
     notice = canvas_notice(report.get("config"), cfg.data)
     if notice and comm.is_main_process():
         logger.warning(notice)
@@ -249,26 +253,24 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     return summary
 
 
-def _checkpoint_classes(cfg: DictConfig) -> list[str] | None:
+def _checkpoint_classes(cfg: DictConfig, ckpt: Any) -> list[str] | None:
     """The classes to evaluate ``cfg.checkpoint`` on, by name: ``data.class_names`` when set, else the names
     the checkpoint carries when the validation file has each of them (then the labels are the checkpoint's,
     whatever ids or order the file gives its categories), else ``None`` (the file's categories; the loader
     then compares names and classifier size)."""
-    from solo_npu.checkpoints import CheckpointError, load_checkpoint
     from solo_npu.checkpoints.convert import checkpoint_class_names
     from solo_npu.data import AnnotationFileError, split_paths
     from solo_npu.data.coco import category_order, read_annotation_json
 
     if cfg.data.get("class_names") is not None:
         return [str(n) for n in cfg.data.class_names]
+    names = checkpoint_class_names(ckpt)[0]
+    if names is None:
+        return None
     try:
-        names = checkpoint_class_names(load_checkpoint(str(cfg.checkpoint),
-                                                       trust_pickle=bool(cfg.checkpoint_trust_pickle)))[0]
-        if names is None:
-            return None
         ann_file = split_paths(cfg.data, "val")[0]
         category_order(read_annotation_json(ann_file)["categories"], names, str(ann_file))
-    except (CheckpointError, AnnotationFileError, OSError, KeyError, TypeError):
+    except (AnnotationFileError, OSError, KeyError, TypeError):
         return None  # the loaders report what does not fit, with the file's categories
     return list(names)
 
@@ -373,8 +375,9 @@ def _build_data(cfg: DictConfig, info: DeviceInfo) -> TrainData:
                               dataset=train_set)
     # The validation split's labels are the training split's classes, found by name: its file may number or
     # order its categories differently, or hold more of them (those are not scored).
-    val_set, val_loader, evaluator = _eval_setup(cfg, info, class_names=_val_classes(train_set))
-    if _val_classes(train_set) is None:
+    by_name = _val_classes(train_set)
+    val_set, val_loader, evaluator = _eval_setup(cfg, info, class_names=by_name)
+    if by_name is None:
         _check_val_classes(train_set, val_set)
     return TrainData(train_set, loader, val_set, val_loader, evaluator)
 
