@@ -379,6 +379,13 @@ def _build_data(cfg: DictConfig, info: DeviceInfo) -> TrainData:
     val_set, val_loader, evaluator = _eval_setup(cfg, info, class_names=by_name)
     if by_name is None:
         _check_val_classes(train_set, val_set)
+    if not val_set.coco.anns and (int(cfg.train.eval_interval) > 0 or bool(cfg.train.eval_at_end)):
+        from solo_npu.data import AnnotationFileError
+
+        # COCOeval has nothing to score against (-1); its AP would read as 0.0 and pick best.pth on nothing.
+        raise AnnotationFileError(
+            f"{val_set.ann_file} has no annotations (an image-info file, as test-dev's): a training run cannot "
+            "score it; give data.val a file with annotations, or train.eval_interval=0 train.eval_at_end=false")
     return TrainData(train_set, loader, val_set, val_loader, evaluator)
 
 

@@ -138,3 +138,23 @@ def test_image_info_file_evaluates_to_undefined_ap_with_detections_written(tmp_p
     log = (tmp_path / "eval" / "train.log").read_text()
     assert "has no annotations (an image-info file, as test-dev's): AP is undefined" in log
     assert "segm AP undefined, bbox AP undefined" in log
+
+
+def test_training_refuses_to_score_an_image_info_file(tmp_path: Path, renumbered: Path) -> None:
+    """A training run whose validation file has no annotations (test-dev as data.val) stops with one line
+    before training, instead of reporting AP 0.0 at every evaluation and choosing best.pth on it; with its
+    evaluations off it trains."""
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(renumbered, root)
+    path = root / "annotations" / "instances_val2017.json"
+    info = json.loads(path.read_text())
+    del info["annotations"]
+    path.write_text(json.dumps(info))
+    common = [f"data.root={root}", "data.generate=false", "train.max_iters=1"]
+    with pytest.raises(AnnotationFileError, match="has no annotations .* train.eval_interval=0 train.eval_at_end=false"):
+        run_train([*common, "train.eval_interval=0"], tmp_path / "train")
+    assert not (tmp_path / "train" / "checkpoints").exists()
+    summary = run_train([*common, "train.eval_interval=0", "train.eval_at_end=false"], tmp_path / "train2")
+    assert summary["status"] == "ok"
