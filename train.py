@@ -102,4 +102,10 @@ if __name__ == "__main__":
     if unknown:
         print(f"[Error] {unknown}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code
+    from solo_npu.engine.launch import exit_process
+
+    exit_process(code)

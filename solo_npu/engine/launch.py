@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -184,7 +184,7 @@ def _outside_loop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt("SIGINT received")
 
 
-def _leave_worker(status: int = 0) -> None:
+def _leave_worker(status: int = 0) -> NoReturn:
     """End a spawned worker whose job succeeded, without tearing the interpreter down.
 
     gloo's run-loop threads drop their last reference to a finished collective after the waiting rank has
@@ -194,8 +194,9 @@ def _leave_worker(status: int = 0) -> None:
     cannot take the GIL, Python ends it inside a C++ destructor, and the rank aborts with "terminate called
     without an active exception" after its job had succeeded. The worker has nothing left to do: join its
     non-daemon threads, run the exit handlers (logging, multiprocessing finalizers), flush, exit with
-    ``status`` (0; a stopped run's code on global rank 0, see :func:`launch`). A failing job never gets
-    here; its exception reaches torch.multiprocessing as before. A Ctrl-C from here on has nothing left to stop
+    ``status`` (0; a stopped run's code on global rank 0, see :func:`launch`; train.py's own status under
+    torchrun, see :func:`exit_process`). A spawned worker's failing job never gets here; its exception reaches
+    torch.multiprocessing as before. A Ctrl-C from here on has nothing left to stop
     and is ignored: its KeyboardInterrupt would cut the exit handlers short and end the worker with status 0.
     """
     with contextlib.suppress(ValueError):  # not the main thread
@@ -208,6 +209,27 @@ def _leave_worker(status: int = 0) -> None:
         if stream is not None:
             stream.flush()
     os._exit(status)
+
+
+def exit_process(code: object = None) -> NoReturn:
+    """End train.py with ``code`` as ``sys.exit(code)`` would; a torchrun worker of a multi-rank run leaves
+    without tearing the interpreter down, as a spawned worker does (:func:`_leave_worker`).
+
+    Under torchrun the worker is train.py's own process, and its gloo threads can outlive the job exactly as a
+    spawned worker's do: a rank whose training had finished and saved then aborted in interpreter finalization
+    ("terminate called without an active exception", exit status -6), and torchrun reported the run failed.
+    A string ``code`` (the ``[Error] ...`` lines) is printed to stderr and ends with status 1, as Python does.
+    """
+    env = torchrun_env()
+    if env is None or env.world_size == 1:
+        sys.exit(code)
+    if code is None or isinstance(code, int):
+        status = int(code or 0)
+    else:
+        with contextlib.suppress(OSError):
+            print(code, file=sys.stderr, flush=True)
+        status = 1
+    _leave_worker(status)
 
 
 def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:

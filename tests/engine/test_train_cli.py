@@ -139,6 +139,18 @@ def test_torchrun_workers_join_instead_of_launching(synthetic_coco: Path, tmp_pa
     assert summary["world_size"] == 2 and summary["status"] == "ok" and summary["ranks_in_sync"] is True
 
 
+def test_torchrun_worker_error_line_keeps_its_status(tmp_path: Path) -> None:
+    """A torchrun worker leaves through ``exit_process`` (no interpreter teardown after gloo): its ``[Error]``
+    line still reaches stderr and its exit status is 1, as ``sys.exit("[Error] ...")`` gives."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), "+experiment=smoke", f"data.root={tmp_path / 'nowhere'}", "data.generate=false",
+           f"output_root={tmp_path / 'outputs'}", *FAST]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("[Error] ") >= 1 and "nowhere" in proc.stderr, proc.stderr[-3000:]
+    assert "exitcode  : 1" in proc.stderr and "exitcode  : -6" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_sigterm_to_a_spawned_two_rank_run_stops_both_ranks_and_saves(synthetic_coco: Path, tmp_path: Path) -> None:
     """``python train.py launcher.nproc_per_node=2`` (the 8p path): SIGTERM to train.py reaches both spawned
     ranks, they stop after the same step, rank 0 saves it, and train.py exits 143 with one line."""
