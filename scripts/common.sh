@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Shared by the ModelZoo-style scripts: argument parsing, dataset checks, running train.py and the
-# summary lines. Sourced, not run. Every script accepts:
+# summary lines. Sourced, not run. test/ at the repository root is a link to this folder, so the commands of the
+# Ascend ModelZoo SOLOv2 guide work as written from the repository root (bash ./test/train_full_1p.sh
+# --data_path=./data/coco, source test/env_npu.sh); SCRIPT_DIR is then .../test and REPO_DIR its parent, the
+# repository. Output goes to output/<device_id> under the directory the script is run from (OUTPUT_DIR=DIR in the
+# environment: DIR/<device_id>). Every script accepts:
 #   --data_path=PATH   COCO layout (annotations/instances_{train,val}2017.json, train2017/, val2017/); required.
 #                      train_eval_1p.sh needs the val split only (COCO_SPLITS="val").
 #   --device_id=N      device index; logs go to output/N/train_N.log (train_eval_1p.sh: output/N/eval_N.log).

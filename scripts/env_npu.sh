@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ascend environment for training: CANN's set_env.sh plus the settings Huawei recommends for multi-device runs.
-# Sourced by the scripts unless --device is cpu or cuda; `source scripts/env_npu.sh` works in a shell too.
+# Sourced by the scripts unless --device is cpu or cuda; `source test/env_npu.sh` (as the ModelZoo guide writes it;
+# test/ is a link to scripts/) or `source scripts/env_npu.sh` works in a shell too.
 # CANN is found as the Ascend ModelZoo SOLOv2 test/env_npu.sh finds it: the Install_Path line of
 # /etc/Ascend/ascend_cann_install.info (CANN_INSTALL_PATH_CONF names another file), else /usr/local/Ascend;
 # there ascend-toolkit/set_env.sh when ascend-toolkit/latest exists, else nnae/set_env.sh.

@@ -26,10 +26,12 @@ SHRINK = ["model=solov2_tiny", "data.img_scale=[160,128]", "data.num_workers=0",
           "train.plots=false", "train.log_interval=2", "train.eval_batch_size=4"]
 
 
-def run_script(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+def run_script(name: str, cwd: Path, *args: str, env_update: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """scripts/NAME run from cwd; NAME may also be a path as a shell takes it (``./test/train_full_1p.sh``)."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **(env_update or {})}
+    script = name if "/" in name else str(ROOT / "scripts" / name)
+    return subprocess.run(["bash", script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def summary_lines(stdout: str) -> dict[str, str]:
@@ -70,6 +72,23 @@ def full_1p(synthetic_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     proc = run_script("train_full_1p.sh", cwd, f"--data_path={synthetic_coco}", "--epochs=1", "--batch_size=2",
                       "--device=cpu", *SHRINK)
     return cwd, proc
+
+
+def test_guide_command_runs_from_the_repository_root(synthetic_coco: Path, tmp_path: Path) -> None:
+    """The Ascend ModelZoo SOLOv2 guide runs the scripts from the model root as ``bash ./test/train_full_1p.sh
+    --data_path=./data/coco``, as its test/ folder holds them (Ascend/ModelZoo-PyTorch,
+    PyTorch/contrib/cv/detection/SOLOv2/test/); here test/ is a link to scripts/. The run finds the repository
+    (train.py, conf/) and writes its output where it would from scripts/ (OUTPUT_DIR keeps it out of the checkout)."""
+    assert os.readlink(ROOT / "test") == "scripts"  # relative: the checkout can move
+    out = tmp_path / "output"
+    proc = run_script("./test/train_full_1p.sh", ROOT, f"--data_path={synthetic_coco}", "--epochs=1", "--device=cpu",
+                      "train.max_iters=2", *SHRINK, env_update={"OUTPUT_DIR": str(out)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 0.0 <= float(summary_lines(proc.stdout)["Final Train Accuracy"]) <= 1.0
+    case = case_log(out / "0")
+    assert case["CaseName"] == "SOLOv2_bs2_1p_acc" and list(case) == TRAIN_KEYS
+    assert json.loads((out / "0" / "run" / "summary.json").read_text())["iterations"] == 2
+    check_device(out / "0", "train_0.log", case, proc.stdout)
 
 
 def test_missing_data_path_fails(tmp_path: Path) -> None:
@@ -455,6 +474,16 @@ def test_cann_set_env_is_sourced_under_nounset(stand_in_python: Path, synthetic_
     home = tmp_path / "Ascend" / "ascend-toolkit" / "latest"
     assert environ["LD_LIBRARY_PATH"] == f"{home}/lib64:{tmp_path}/Ascend/driver/lib64:"
     assert environ["PYTHONPATH"] == f"{home}/python/site-packages:" and environ["ASCEND_TOOLKIT_HOME"] == str(home)
+
+
+def test_source_test_env_npu_from_the_repository_root(tmp_path: Path) -> None:
+    """``source test/env_npu.sh``, as the ModelZoo SOLOv2 guide and scripts write it (Ascend/ModelZoo-PyTorch,
+    PyTorch/contrib/cv/detection/SOLOv2/test/train_eval_1p.sh: ``source ${cur_path}/test/env_npu.sh``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_HOME_PATH")}
+    env.update(fake_cann(tmp_path))
+    proc = subprocess.run(["bash", "-c", 'source test/env_npu.sh && echo "sourced=${CANN_SOURCED:-none}"'], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "sourced=ascend-toolkit", proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(("layout", "sourced"), [("ascend-toolkit", "ascend-toolkit"), ("nnae", "nnae"),
