@@ -16,16 +16,19 @@
 #   --apex=O1|O0       O1: mixed precision with a static loss scale of 128; O0: fp32 (CaseName gets _fp32_).
 #                      Without it the experiment decides (1p, 8p and performance runs are O1).
 #   --batch_size=N     images per device for training (train_eval_1p.sh evaluates one image per batch)
-#   --epochs=N         training epochs
+#   --epochs=N         training epochs; --train_epochs=N (the ModelZoo templates' name) is the same
 #   --device=KIND      npu (default) | auto | cuda | cpu. These are NPU scripts: without an NPU (torch_npu missing
 #                      or failing to import, no device visible) a default run stops with the runtime's error instead
 #                      of training elsewhere; auto falls back to CUDA, then CPU.
-#   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh); --ckpt_path=PATH is the same
+#   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh); --ckpt_path=PATH and --pth_path=PATH (the
+#                      ModelZoo templates' names) are the same
 #   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch;
 #                      --more_path1=PATH (the ModelZoo templates' pretrained weights) is the same
 #   key=value          any further Hydra override of train.py, passed through last
-# Another --name=value (e.g. --conda_name, --precision_mode, --profiling, passed by ModelZoo automation) is ignored
-# with a warning, as the ModelZoo scripts ignore options they do not take.
+# Every option may also be given as --name VALUE. Another option (e.g. --conda_name, --precision_mode, --profiling,
+# passed by ModelZoo automation), as --name=value, --name value or a bare --name, is ignored with a warning, as the
+# ModelZoo scripts' `for para in $*` loops ignore what they do not match; the word after a bare unknown --name is its
+# value unless it is another --option or a key=value override.
 # An existing output/N is renamed to output/N.<date>-<time> (never deleted): checkpoints of an interrupted run
 # stay there for resume=PATH.
 set -uo pipefail
@@ -47,7 +50,8 @@ EXTRA=()
 COCO_SPLITS="train val"  # the splits --data_path must hold
 LOG_STEM="train"         # the log is output/<device_id>/<LOG_STEM>_<device_id>.log; evaluation sets "eval"
 # The options parse_args takes, which may also be given as --name VALUE.
-OPTIONS=" --data_path --device_id --batch_size --epochs --device --checkpoint --ckpt_path --pretrained --more_path1 --apex "
+OPTIONS=" --data_path --device_id --batch_size --epochs --train_epochs --device --checkpoint --ckpt_path --pth_path \
+--pretrained --more_path1 --apex "
 
 # abs_file NAME PATH: sets ABS_FILE to PATH made absolute (train.py runs from the repository root); exits when
 # PATH is not a file.
@@ -65,15 +69,20 @@ parse_args() {
         local given="$1" arg="$1" value=""
         case "${arg}" in
             --*=*) value="${arg#*=}"; arg="${arg%%=*}" ;;
-            --*) if [[ "${OPTIONS}" == *" ${arg} "* && $# -gt 1 ]]; then value="$2"; shift; fi ;;
+            --*)
+                if [[ "${OPTIONS}" == *" ${arg} "* ]]; then
+                    if [[ $# -gt 1 ]]; then value="$2"; shift; fi
+                elif [[ $# -gt 1 && "$2" != --* && "$2" != *=* ]]; then
+                    given="${arg} $2"; shift  # an unknown option's value (--conda_name py38): ignored with it
+                fi ;;
         esac
         case "${arg}" in
             --data_path) data_path="${value}" ;;
             --device_id) device_id_arg="${value}" ;;
             --batch_size) batch_size="${value}" ;;
-            --epochs) epochs="${value}" ;;
+            --epochs|--train_epochs) epochs="${value}" ;;
             --device) device="${value}" ;;
-            --checkpoint|--ckpt_path) checkpoint="${value}" ;;
+            --checkpoint|--ckpt_path|--pth_path) checkpoint="${value}" ;;
             --pretrained|--more_path1) pretrained="${value}" ;;
             --apex) apex="${value}" ;;
             --*) echo "[Warning] unknown option ${given} ignored" ;;

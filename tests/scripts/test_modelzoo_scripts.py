@@ -240,6 +240,7 @@ def run_stand_in(python: Path, name: str, cwd: Path, *args: str, ascend_device_i
     env.update(PYTHON=str(python), OMP_NUM_THREADS="1", **(env_update or {}))
     if ascend_device_id is not None:
         env["ASCEND_DEVICE_ID"] = ascend_device_id
+    cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -408,6 +409,47 @@ def test_modelzoo_option_names_are_taken_and_other_options_ignored(stand_in_pyth
     _, _, cfg = recorded(tmp_path / "output" / "0")
     assert cfg["checkpoint"] == str(ckpt) and cfg["model"]["pretrained"] == str(weights)
     assert cfg["train"]["log_interval"] == 7  # the override after a bare unknown option is still an override
+
+
+def test_unknown_options_with_a_separate_value_are_ignored(stand_in_python: Path, synthetic_coco: Path,
+                                                            tmp_path: Path) -> None:
+    """ModelZoo automation passes options as ``--name value`` too (``--more 1``, ``--conda_name py38``); the ModelZoo
+    scripts' ``for para in $*`` loops ignore the words they do not match (Ascend/ModelZoo-PyTorch,
+    PyTorch/contrib/cv/detection/SOLOv2/test/train_full_1p.sh), so an unknown option and its value are ignored with
+    one warning. A key=value override or another --option after a bare unknown option is not its value."""
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}", "--more", "1",
+                        "--conda_name", "py38", "--profiling", "train.log_interval=7", "--precision_mode",
+                        "--batch_size", "4", "--hf32")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("[Warning] unknown option")]
+    assert warnings == [f"[Warning] unknown option {given} ignored"
+                        for given in ("--more 1", "--conda_name py38", "--profiling", "--precision_mode", "--hf32")]
+    _, _, cfg = recorded(tmp_path / "output" / "0")
+    assert cfg["train"]["log_interval"] == 7 and cfg["train"]["batch_size"] == 4
+
+
+@pytest.mark.parametrize("form", ["--name=value", "--name value"])
+def test_modelzoo_train_epochs_and_pth_path_are_aliases(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path,
+                                                        form: str) -> None:
+    """--train_epochs is --epochs and --pth_path is --checkpoint: the names of the ModelZoo templates, e.g.
+    Ascend/ModelZoo-PyTorch PyTorch/built-in/nlp/BiLSTM-CRF_for_PyTorch/test/train_BiLstm_RT1_performance_1p.sh
+    (``--train_epochs*``), PyTorch/contrib/cv/classification/LResNet100E-IR/test/train_finetune_1p.sh and
+    train_eval_8p.sh (``--pth_path*``, the weights to fine-tune or evaluate)."""
+    def option(name: str, value: str) -> list[str]:
+        return [f"{name}={value}"] if form == "--name=value" else [name, value]
+
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path / "train", f"--data_path={synthetic_coco}",
+                        *option("--train_epochs", "1"))
+    assert proc.returncode == 0 and "unknown option" not in proc.stdout, proc.stdout + proc.stderr
+    assert recorded(tmp_path / "train" / "output" / "0")[2]["train"]["epochs"] == 1
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"")
+    for script in ("train_eval_1p.sh", "train_finetune_1p.sh"):
+        cwd = tmp_path / script
+        proc = run_stand_in(stand_in_python, script, cwd, f"--data_path={synthetic_coco}",
+                            *option("--pth_path", str(ckpt)))
+        assert proc.returncode == 0 and "unknown option" not in proc.stdout, proc.stdout + proc.stderr
+        assert recorded(cwd / "output" / "0")[2]["checkpoint"] == str(ckpt)
 
 
 def test_e2e_duration_is_the_wall_clock_of_the_run(stand_in_python: Path, synthetic_coco: Path,
