@@ -170,20 +170,54 @@ setup_env() {
     LOG_FILE="${OUTPUT_DIR}/${LOG_STEM}_${device_id}.log"
 }
 
-# run_train OVERRIDE...: train.py with the common overrides, then the script's, then the user's.
+# hydra_value STRING: sets HYDRA_VALUE to STRING as a single-quoted value of Hydra's override grammar that reads
+# back as STRING whatever it holds (a path with a quote, a space, a backslash): a quote is written \', and a run of
+# backslashes before a quote or at the end is doubled (facebookresearch/hydra, website/docs/advanced/override_grammar/
+# basic.md, "Quoted values"; hydra/core/override_parser/overrides_visitor.py, _unescape_quoted_string, which un-escapes
+# only backslashes before a quote: any other backslash stays as it is). "${" is written \${ (the backslashes before
+# it doubled), as OmegaConf would otherwise take it for an interpolation when train.py reads the value.
+hydra_value() {
+    local s="$1" out="" bs="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+        c="${s:i:1}"
+        if [[ "${c}" == "\\" ]]; then
+            bs+="${c}"
+            continue
+        fi
+        if [[ "${c}" == "'" ]]; then
+            out+="${bs}${bs}\\'"
+        elif [[ "${c}" == "\$" && "${s:i+1:1}" == "{" ]]; then
+            out+="${bs}${bs}\\\$"
+        else
+            out+="${bs}${c}"
+        fi
+        bs=""
+    done
+    HYDRA_VALUE="'${out}${bs}${bs}'"
+}
+
+# run_train OVERRIDE...: train.py with the common overrides, then the script's, then the user's. The paths are
+# quoted for Hydra (hydra_value).
 run_train() {
     local run_device="${device}"
     if [[ "${RUN_KIND}" == "1p" && "${device}" != "cpu" && "${device}" != *:* ]]; then
         run_device="${device}:${device_id}"
     fi
-    local args=("data.root='${data_path}'" "data.generate=false" "runtime.device=${run_device}" "run_dir='${RUN_DIR}'")
+    local args=()
+    hydra_value "${data_path}"
+    args+=("data.root=${HYDRA_VALUE}" "data.generate=false" "runtime.device=${run_device}")
+    hydra_value "${RUN_DIR}"
+    args+=("run_dir=${HYDRA_VALUE}")
     [[ -n "${batch_size}" ]] && args+=("train.batch_size=${batch_size}")
     [[ -n "${epochs}" ]] && args+=("train.epochs=${epochs}")
-    [[ -n "${checkpoint}" ]] && args+=("checkpoint='${checkpoint}'")
+    if [[ -n "${checkpoint}" ]]; then
+        hydra_value "${checkpoint}"
+        args+=("checkpoint=${HYDRA_VALUE}")
+    fi
     case "${pretrained}" in
         "") ;;
         none|None|null) args+=("model.pretrained=none") ;;
-        *) args+=("model.pretrained='${pretrained}'") ;;
+        *) hydra_value "${pretrained}"; args+=("model.pretrained=${HYDRA_VALUE}") ;;
     esac
     case "${apex}" in
         O1) args+=("amp.enabled=true" "amp.loss_scale=128") ;;

@@ -211,8 +211,9 @@ run_dir = Path(cfg.run_dir)
 run_dir.mkdir(parents=True, exist_ok=True)
 OmegaConf.save(cfg, run_dir / "config.yaml")
 environ = {{k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_TOOLKIT_HOME", "CANN_SOURCED")}}
+paths = {{key: OmegaConf.select(cfg, key) for key in ("data.root", "run_dir", "checkpoint", "model.pretrained")}}
 (run_dir / "call.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": os.environ.get("ASCEND_DEVICE_ID"),
-                                               "environ": environ}}))
+                                               "environ": environ, "paths": paths}}))
 summary = {{"mode": cfg.mode, "fps": 10.0, "segm_ap": 0.25, "final_loss": 1.0, "duration_sec": 1.0,
            "world_size": cfg.launcher.nproc_per_node, "batch_size": cfg.train.batch_size, "device": "npu"}}
 (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -450,6 +451,31 @@ def test_modelzoo_train_epochs_and_pth_path_are_aliases(stand_in_python: Path, s
                             *option("--pth_path", str(ckpt)))
         assert proc.returncode == 0 and "unknown option" not in proc.stdout, proc.stdout + proc.stderr
         assert recorded(cwd / "output" / "0")[2]["checkpoint"] == str(ckpt)
+
+
+def test_paths_with_quotes_spaces_and_backslashes_reach_train_py(stand_in_python: Path, synthetic_coco: Path,
+                                                                tmp_path: Path) -> None:
+    """data.root, run_dir, checkpoint and model.pretrained are passed as Hydra single-quoted values: a quote is \\',
+    a run of backslashes before a quote or at the end is doubled (facebookresearch/hydra website/docs/advanced/
+    override_grammar/basic.md, "Quoted values"), ${ is escaped for OmegaConf. Before, data.root='/data/john's coco'
+    stopped Hydra's parser."""
+    data = tmp_path / "john's coco \\"  # a quote, a space, a trailing backslash
+    (data / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        ann = Path("annotations") / f"instances_{split}2017.json"
+        (data / ann).symlink_to(synthetic_coco / ann)
+        (data / f"{split}2017").symlink_to(synthetic_coco / f"{split}2017")
+    ckpt = tmp_path / "it\\'s a ${x}.pth"  # a backslash before a quote, an OmegaConf interpolation
+    pretrained = tmp_path / "o'neil's r50.pth"
+    for path in (ckpt, pretrained):
+        path.write_bytes(b"")
+    cwd = tmp_path / "runs of 'x'"
+    proc = run_stand_in(stand_in_python, "train_finetune_1p.sh", cwd, f"--data_path={data}", f"--checkpoint={ckpt}",
+                        f"--pretrained={pretrained}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    paths = json.loads((cwd / "output" / "0" / "run" / "call.json").read_text())["paths"]
+    assert paths == {"data.root": str(data), "run_dir": str(cwd / "output" / "0" / "run"), "checkpoint": str(ckpt),
+                     "model.pretrained": str(pretrained)}
 
 
 def test_e2e_duration_is_the_wall_clock_of_the_run(stand_in_python: Path, synthetic_coco: Path,
