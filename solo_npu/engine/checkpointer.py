@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -128,14 +130,25 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     check_training_state(state, path)
     plan = resume_plan(state, layout_of(trainer), scale_lr, train_images_of(trainer), path)
     unwrap(trainer.model).load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
+    wanted_groups = [{k: g[k] for k in _GROUP_KEYS if k in g} for g in trainer.optimizer.param_groups]
+    trainer.optimizer.load_state_dict(state["optimizer"])  # which also sets the checkpoint's momentum, decay
+    _keep_configured_groups(trainer.optimizer, wanted_groups)
+    if state.get("scaler"):  # saved by any scaler class: torch_npu's reads a "dynamic" that PyTorch's do not write
+        load_grad_scaler_state(trainer.scaler, state["scaler"])
     hooks = state["hooks"] if "hooks" in state else _hooks_state_of_older_format(state)
     trainer.epoch, trainer.inner_iter, trainer.iter = plan.position
     if schedule is not None and state.get("scheduler"):
+        wanted = schedule.state_dict()  # this run's config
         schedule.load_state_dict(state["scheduler"])
         plan.convert_schedule(schedule)
+        converted = schedule.state_dict()
+        # warmup_iters is converted to keep the same point of the warm-up; the config gives it in iterations
+        changed = schedule_changes({**converted, "warmup_iters": int(state["scheduler"]["warmup_iters"])}, wanted)
+        if changed:  # the config names another schedule: it applies from here on, as its config.yaml says
+            schedule.load_state_dict({**converted, **{k: wanted[k] for k in changed}})
+            if comm.is_main_process():
+                logger.warning("resume: this run's schedule differs from the checkpoint's (%s); the config's applies "
+                               "from iteration %d", "; ".join(changed.values()), plan.position[2])
     trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
     trainer.load_hooks_state(plan.convert_hooks(hooks))
     # The records written after the checkpoint are done again; converted, the rest counts its iterations (LoggingHook).
@@ -144,6 +157,44 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     set_rng_state(state["rng"])
     if plan.message and comm.is_main_process():
         logger.warning("%s", plan.message)
+
+
+# The optimiser settings a param group carries that this run's config sets (optim.*), besides the LR (the schedule's).
+_GROUP_KEYS = ("momentum", "weight_decay", "nesterov", "dampening")
+
+
+def _keep_configured_groups(optimizer: torch.optim.Optimizer, wanted: list[dict[str, Any]]) -> None:
+    """Put back the config's momentum, weight decay, ... that ``load_state_dict`` replaced by the checkpoint's, with
+    one WARNING when they differed (the momentum buffers are the checkpoint's either way)."""
+    changed = sorted({f"optim.{k} {g[k]} -> {w[k]}" for g, w in zip(optimizer.param_groups, wanted)
+                      for k in w if g.get(k) != w[k]})
+    for group, values in zip(optimizer.param_groups, wanted):
+        group.update(values)
+    if changed and comm.is_main_process():
+        logger.warning("resume: this run's optimiser settings differ from the checkpoint's (%s); the config's apply",
+                       "; ".join(changed))
+
+
+# The schedule's settings and the config keys that set them (WarmupStepSchedule.state_dict).
+_SCHEDULE_KEYS = {"base_lr": "LR (optim.base_lr, scaled by the total batch)", "lr_steps": "optim.lr_steps",
+                  "gamma": "optim.gamma", "warmup_iters": "optim.warmup_iters", "warmup_ratio": "optim.warmup_ratio",
+                  "policy": "optim.policy", "min_lr_ratio": "optim.min_lr_ratio",
+                  "total_iters": "cosine length (train.epochs)"}
+
+
+def schedule_changes(loaded: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: "<setting> <checkpoint's> -> <config's>"}`` for each schedule setting the two differ in (the
+    checkpoint's LR and cosine length converted to this run's batch and iterations; ``total_iters`` only matters
+    for the cosine policy)."""
+    changes = {}
+    for key, name in _SCHEDULE_KEYS.items():
+        if key == "total_iters" and wanted.get("policy") != "cosine":
+            continue
+        a, b = loaded.get(key), wanted.get(key)
+        same = math.isclose(float(a), float(b), rel_tol=1e-9) if isinstance(b, float) and a is not None else a == b
+        if not same:
+            changes[key] = f"{name} {a} -> {b}"
+    return changes
 
 
 def check_training_state(state: Any, path: str | Path | None = None) -> None:

@@ -182,3 +182,25 @@ def test_exact_resume_from_an_older_checkpoint_records_each_step_once(
     logged = {int(r[0]): float(r[3]) for r in after[1:] if r[2] == "train/loss"}
     assert [value for _, value in shown] == pytest.approx([logged[step] for step in range(1, 28)], rel=1e-5)
     assert [step for step, _ in _scalars(run_dir / "tensorboard", "val/segm_AP")] == [9, 18, 27]
+
+
+def test_resume_follows_the_schedule_and_optimiser_settings_of_its_config(tmp_path: Path) -> None:
+    """Resuming a finished 2-epoch run as a 4-epoch run with a new base LR, an LR step and a new weight decay (as
+    "continue my 1x run as 3x" does): the steps after the checkpoint follow the config that config.yaml and the log
+    show, with one WARNING each naming what changed. Before, the checkpoint's schedule and weight decay went on
+    silently (base LR 0.04/16*2 = 0.005, no step)."""
+    run_dir = tmp_path / "run"
+    common = [f"data.root={tmp_path / 'data'}", "train.plots=false", "train.log_interval=1", "train.eval_interval=0",
+              "train.eval_at_end=false"]
+    run_train([*common, "train.epochs=2"], run_dir)
+    run_train([*common, "train.epochs=4", "optim.base_lr=0.08", "optim.lr_steps=[3]", "optim.weight_decay=0.001",
+               "resume=auto"], run_dir)
+    lr = {int(r[0]): float(r[3]) for r in _rows(run_dir / "metrics.csv")[1:] if r[2] == "train/lr"}
+    per_epoch = int(re.search(r"(\d+) iterations per epoch", (run_dir / "train.log").read_text()).group(1))
+    assert lr[2 * per_epoch] == pytest.approx(0.005, rel=1e-6)  # the first run's last step
+    assert lr[3 * per_epoch] == pytest.approx(0.01, rel=1e-6)  # epoch 3 (index 2): 0.08 / 16 * 2
+    assert lr[4 * per_epoch] == pytest.approx(0.001, rel=1e-6)  # epoch 4 (index 3): after the step
+    warnings = [line for line in (run_dir / "train.log").read_text().splitlines() if " WARNING " in line]
+    assert any("schedule differs from the checkpoint's" in m and "optim.lr_steps [] -> [3]" in m
+               and f"from iteration {2 * per_epoch}" in m for m in warnings), warnings
+    assert any("optim.weight_decay 0.0001 -> 0.001" in m for m in warnings), warnings
