@@ -204,7 +204,7 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
     e2e_images = settings.e2e_images
     metrics_path = ctx.path("evaluate", "metrics.json")
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
-    dataset = None
+    datasets: list[Any] = []  # the end-to-end dataset, built once
     rows = []
     for backend in build_backends(ctx):
         for bs in ctx.settings.batch_sizes:
@@ -213,25 +213,12 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
             if why is not None:
                 logger.warning("benchmark %s: %s, skipped", key, why)
                 continue
-            # the runner first: its device (an onnxruntime session that fell back to the CPU) sets the row's
-            runner = None if isinstance(backend, OmBackend) else backend.runner(bs, manifest)
-            sampler, source = memory_sampler(ctx, backend)
-            row: dict[str, Any] = {"backend": backend.name, "batch_size": bs, "AP": _ap(metrics, key),
-                                   "AP_by_type": ap_by_type(metrics, key), "timing": backend.timing_scope,
-                                   "device": backend.device, "memory": source}
-            if isinstance(backend, OmBackend):
-                with sampler as memory:
-                    row.update(backend.stats(bs, iters, warmup), e2e_throughput=None)
-                row["peak_mb"] = None if memory is None else memory.peak_mb
-            else:
-                images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])
-                with sampler as memory:
-                    row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
-                row["peak_mb"] = None if memory is None else memory.peak_mb
-                num = len(records) if e2e_images is None else min(int(e2e_images), len(records))
-                if runner is not None and num > 0:
-                    dataset = dataset or build_deploy_dataset(ctx)[0]
-                    row["e2e_throughput"] = time_end_to_end(ctx, runner, dataset, num, bs)
+            try:
+                row = _bench_row(ctx, backend, bs, manifest, records, metrics, warmup, iters, e2e_images, datasets)
+            except DeployError as exc:  # this backend's tool failed: the other rows go on (pipeline ends with it)
+                rows.append({"backend": backend.name, "batch_size": bs, "failed": str(exc)})
+                logger.error("benchmark %s failed: %s; the other backends go on", key, exc)
+                continue
             rows.append(row)
             logger.info("benchmark %s: %.1f ms/batch, %.2f img/s (%s)", key, row.get("mean_ms", float("nan")),
                         row.get("throughput", float("nan")), backend.timing_scope)
@@ -241,3 +228,31 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
               "ap_batch_sizes": infer_batch_sizes(ctx)}
     write_json(ctx.path("benchmark", "benchmark.json"), result)
     return result
+
+
+def _bench_row(ctx: DeployContext, backend: Any, bs: int, manifest: Mapping[str, Any],
+               records: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], warmup: int, iters: int,
+               e2e_images: Any, datasets: list[Any]) -> dict[str, Any]:
+    """The benchmark row of one backend at one batch size."""
+    key = f"{backend.name}_b{bs}"
+    # the runner first: its device (an onnxruntime session that fell back to the CPU) sets the row's
+    runner = None if isinstance(backend, OmBackend) else backend.runner(bs, manifest)
+    sampler, source = memory_sampler(ctx, backend)
+    row: dict[str, Any] = {"backend": backend.name, "batch_size": bs, "AP": _ap(metrics, key),
+                           "AP_by_type": ap_by_type(metrics, key), "timing": backend.timing_scope,
+                           "device": backend.device, "memory": source}
+    if isinstance(backend, OmBackend):
+        with sampler as memory:
+            row.update(backend.stats(bs, iters, warmup), e2e_throughput=None)
+        row["peak_mb"] = None if memory is None else memory.peak_mb
+    else:
+        images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])
+        with sampler as memory:
+            row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
+        row["peak_mb"] = None if memory is None else memory.peak_mb
+        num = len(records) if e2e_images is None else min(int(e2e_images), len(records))
+        if runner is not None and num > 0:
+            if not datasets:
+                datasets.append(build_deploy_dataset(ctx)[0])
+            row["e2e_throughput"] = time_end_to_end(ctx, runner, datasets[0], num, bs)
+    return row

@@ -32,7 +32,7 @@ from solo_npu.deploy.preprocess import load_index, metas_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batches", "collect_results", "infer_batch_sizes", "infer_dir", "padded", "raw_files",
+__all__ = ["batches", "collect_results", "failed_runs", "infer_batch_sizes", "infer_dir", "padded", "raw_files",
            "read_image_outputs", "results_path", "run_infer", "write_image_outputs"]
 
 
@@ -121,6 +121,9 @@ def collect_results(ctx: DeployContext, key: str, records: Sequence[Mapping[str,
 
 
 def run_infer(ctx: DeployContext) -> dict[str, Any]:
+    """Run every backend at every infer batch size. A backend that fails (its tool's error, a session it cannot
+    create) is logged as an ERROR and recorded as ``{"failed": reason}`` in ``infer/summary.json``; the other
+    backends go on, and the run ends with an error after its last stage (:func:`failed_runs`)."""
     manifest = load_manifest(ctx)
     index = load_index(ctx)
     records = index["images"]
@@ -132,23 +135,55 @@ def run_infer(ctx: DeployContext) -> dict[str, Any]:
             if why is not None:
                 logger.warning("%s batch %d: %s, skipped", backend.name, bs, why)
                 continue
-            out_dir = infer_dir(ctx, backend.name, bs)
-            seconds = backend.run_records(records, bs, out_dir, manifest)
-            write_outputs_info(ctx, backend, bs, out_dir, records, manifest, seconds)
             key = f"{backend.name}_b{bs}"
-            entry: dict[str, Any] = {"images": len(records), "seconds": seconds, "timing": backend.timing_scope,
-                                     "device": backend.device}
-            if not keep:  # raw outputs -> COCO results, then drop the raw files (the only large part)
-                files = raw_files(out_dir, [r["stem"] for r in records], len(ctx.adapter.output_names))
-                entry["raw_bytes"] = sum(f.stat().st_size for f in files if f.is_file())
-                collected = collect_results(ctx, key, records, index["label_to_cat"])
-                for f in files:
-                    f.unlink(missing_ok=True)
-                info = read_json(out_dir / "outputs.json")
-                write_json(out_dir / "outputs.json", {**info, "raw_kept": False, **collected})
-                entry.update(results=collected["results"], postprocess_ms=collected["postprocess_ms"])
-            summary[key] = entry
-            logger.info("infer %s batch %d: %d images in %.2f s (%s)%s", backend.name, bs, len(records), seconds,
-                        backend.timing_scope, "" if keep else ", raw outputs turned into COCO results and deleted")
+            out_dir = infer_dir(ctx, backend.name, bs)
+            try:
+                summary[key] = _infer_one(ctx, backend, bs, out_dir, records, index, manifest, keep)
+            except DeployError as exc:
+                (out_dir / "outputs.json").unlink(missing_ok=True)  # evaluate scores nothing of this run
+                if not keep:  # nor leaves its raw outputs on the disk the next backend needs
+                    for f in raw_files(out_dir, [r["stem"] for r in records], len(ctx.adapter.output_names)):
+                        f.unlink(missing_ok=True)
+                summary[key] = {"failed": str(exc)}
+                logger.error("infer %s batch %d failed: %s; the other backends go on", backend.name, bs, exc)
     write_json(ctx.path("infer", "summary.json"), summary)
     return summary
+
+
+def _infer_one(ctx: DeployContext, backend: Any, bs: int, out_dir: Path, records: Sequence[Mapping[str, Any]],
+               index: Mapping[str, Any], manifest: Mapping[str, Any], keep: bool) -> dict[str, Any]:
+    """One backend at one batch size: raw outputs, then (unless kept) COCO results; the summary entry."""
+    seconds = backend.run_records(records, bs, out_dir, manifest)
+    write_outputs_info(ctx, backend, bs, out_dir, records, manifest, seconds)
+    key = f"{backend.name}_b{bs}"
+    entry: dict[str, Any] = {"images": len(records), "seconds": seconds, "timing": backend.timing_scope,
+                             "device": backend.device}
+    if not keep:  # raw outputs -> COCO results, then drop the raw files (the only large part)
+        files = raw_files(out_dir, [r["stem"] for r in records], len(ctx.adapter.output_names))
+        entry["raw_bytes"] = sum(f.stat().st_size for f in files if f.is_file())
+        collected = collect_results(ctx, key, records, index["label_to_cat"])
+        for f in files:
+            f.unlink(missing_ok=True)
+        info = read_json(out_dir / "outputs.json")
+        write_json(out_dir / "outputs.json", {**info, "raw_kept": False, **collected})
+        entry.update(results=collected["results"], postprocess_ms=collected["postprocess_ms"])
+    logger.info("infer %s batch %d: %d images in %.2f s (%s)%s", backend.name, bs, len(records), seconds,
+                backend.timing_scope, "" if keep else ", raw outputs turned into COCO results and deleted")
+    return entry
+
+
+def failed_runs(ctx: DeployContext, stages: Sequence[str] = ("infer", "benchmark")) -> list[str]:
+    """``"<backend>_b<B> <stage>: <reason>"`` for each backend run that ``stages`` (infer, benchmark) recorded as
+    failed in their summary files."""
+    failed = []
+    path = ctx.path("infer", "summary.json")
+    if "infer" in stages and path.is_file():
+        for key, entry in read_json(path).items():
+            if isinstance(entry, Mapping) and entry.get("failed"):
+                failed.append(f"{key} infer: {entry['failed']}")
+    path = ctx.path("benchmark", "benchmark.json")
+    if "benchmark" in stages and path.is_file():
+        for row in read_json(path).get("rows", []):
+            if row.get("failed"):
+                failed.append(f"{row['backend']}_b{row['batch_size']} benchmark: {row['failed']}")
+    return failed

@@ -25,7 +25,7 @@ from solo_npu.deploy.context import DeployContext, DeployError, read_json
 from solo_npu.deploy.disk import check_disk, run_plan
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
-from solo_npu.deploy.infer import run_infer
+from solo_npu.deploy.infer import failed_runs, run_infer
 from solo_npu.deploy.preprocess import dataset_files, run_preprocess
 from solo_npu.deploy.report import run_report
 from solo_npu.deploy.verify import run_verify
@@ -152,6 +152,10 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
         start = time.perf_counter()
         ctx.results[name] = STAGES[name](ctx)
         logger.info("stage %s done in %.1f s", name, time.perf_counter() - start)
+    failed = failed_runs(ctx, [s for s in stages if s in ("infer", "benchmark")])
+    if failed:  # the other backends' results and the report are written: the run still fails
+        raise DeployError(f"{len(failed)} backend run(s) failed ({'; '.join(failed)}); the others' results "
+                          f"are in {ctx.run_dir}")
     return ctx
 
 

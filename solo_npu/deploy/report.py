@@ -7,6 +7,7 @@ from typing import Any
 
 from solo_npu.deploy.context import DeployContext, read_json, write_json
 from solo_npu.deploy.evaluate import score_types
+from solo_npu.deploy.infer import failed_runs
 from solo_npu.deploy.verify import format_table
 from solo_npu.runtime import describe_machine
 from solo_npu.utils.files import write_text_atomic
@@ -89,9 +90,12 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         f"- AP: COCO {', '.join(ap_types) or '-'} over {num_images} images, scored at batch "
         f"{', '.join(str(b) for b in ap_batches) or '-'}; other batch sizes are timed only",
         "",
-        format_table([_fmt_row(r, ap_types) for r in bench["rows"]],
+        format_table([_fmt_row(r, ap_types) for r in bench["rows"] if not r.get("failed")],
                      [*BENCH_COLUMNS.values(), *(f"{t} AP" for t in ap_types)]),
     ]
+    failed = failed_runs(ctx)
+    if failed:
+        lines += ["", "Failed (not in the table):", *[f"- {f}" for f in failed]]
     eager = bench.get("eager_AP_by_type") or ({ap_types[0]: bench["eager_AP"]}
                                               if bench.get("eager_AP") is not None and ap_types else {})
     if eager:

@@ -443,3 +443,33 @@ def test_atc_standin_refuses_a_missing_model_file(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 255 and "model file /nonexistent.onnx not found!!" in proc.stdout
     assert not (tmp_path / "out.om").exists()
+
+
+def test_a_failing_backend_is_reported_and_the_others_go_on(make_ctx, exported_run, monkeypatch, tmp_path):
+    """ais_bench refusing its device (exit 2, its own argparse check) fails the om rows only: onnxruntime is
+    inferred, scored, timed and reported, the report lists the failure, and the run ends with an error naming
+    it. Before, the first failing backend ended the run and no later stage ran."""
+    from solo_npu.deploy.pipeline import run_pipeline
+
+    log = put_tools_on_path(tmp_path, monkeypatch, ais_bench=AIS_BENCH)
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported_run, run_dir)  # its manifest names its files relative to it
+    (run_dir / "compile").mkdir(exist_ok=True)
+    model = write_om(run_dir / "compile" / "model_b1.om", exported_onnx(run_dir, "1"))
+    ctx = make_ctx("deploy.backends=[om,onnxruntime]", "deploy.batch_sizes=[1]", "deploy.om.launcher=ais_bench",
+                   "deploy.device_id=300", "deploy.benchmark.warmup=0", "deploy.benchmark.iters=1",
+                   "deploy.benchmark.e2e_images=0", "stages=[infer,evaluate,benchmark,report]", run_dir=run_dir)
+    write_json(ctx.path("compile", "compile.json"), {"om": {"1": str(model)}, "torch_aie": {}, "messages": []})
+    with pytest.raises(DeployError, match=r"^2 backend run\(s\) failed \(om_b1 infer: ais_bench failed \(exit 2\): "
+                                          r".*device:300 is invalid.*; om_b1 benchmark: .*device:300 is invalid"):
+        run_pipeline(ctx.cfg, ctx=ctx)
+    assert (log / "ais_bench.jsonl").is_file()  # the tool ran and refused
+    summary = json.loads((run_dir / "infer" / "summary.json").read_text())
+    assert "device:300 is invalid" in summary["om_b1"]["failed"] and summary["onnxruntime_b1"]["images"] == 8
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert "om_b1" not in metrics and metrics["onnxruntime_b1"]["metrics"]["segm"]["AP"] > 0.3
+    rows = json.loads((run_dir / "benchmark" / "benchmark.json").read_text())["rows"]
+    assert [(r["backend"], "failed" in r) for r in rows] == [("om", True), ("onnxruntime", False)]
+    report = (run_dir / "report.md").read_text()
+    assert "Failed (not in the table):\n- om_b1 infer: ais_bench failed (exit 2)" in report
+    assert "| onnxruntime |" in report and "| om |" not in report
