@@ -142,3 +142,22 @@ def test_tie_rank_orders_equal_scores_as_the_input_order_would():
     mostly_one = torch.zeros_like(labels)  # the whole-matrix path of matrix_nms_by_class
     assert torch.equal(matrix_nms_by_class(masks[perm], mostly_one[perm], scores[perm], tie_rank=perm),
                        matrix_nms(masks, mostly_one, scores)[perm])
+
+
+def test_intersections_stay_exact_under_autocast(monkeypatch: pytest.MonkeyPatch):
+    """An evaluation with amp.enabled runs post-processing under autocast; the float mask product must not run in
+    half precision there (CPU autocast is bf16: 1001 is not a bf16 value; on CUDA/NPU fp16 sums above 65504 are
+    inf and decay a mask to 0). The float path is the one of accelerators and of batched masks."""
+    monkeypatch.setattr(compat, "has_int8_matmul", lambda device_type: False)
+    flat = torch.zeros(2, 3000)
+    flat[0, :1001] = 1
+    flat[1, :1500] = 1
+    expected = flat @ flat.t()
+    assert expected[0, 1] == 1001
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert float((flat @ flat.t())[0, 1]) != 1001  # what autocast does to a plain product
+        got = self_intersections(flat)
+        batched = self_intersections(flat[None])
+        decayed = matrix_nms(flat, torch.zeros(2, dtype=torch.long), torch.tensor([0.9, 0.8]))
+    assert got.dtype == torch.float32 and torch.equal(got, expected) and torch.equal(batched[0], expected)
+    assert torch.equal(decayed, matrix_nms(flat, torch.zeros(2, dtype=torch.long), torch.tensor([0.9, 0.8])))

@@ -30,6 +30,15 @@ def self_intersections(flat: Tensor, block: int = 128) -> Tensor:
     single float matmul.
     """
     graph = torch.jit.is_tracing() or torch.jit.is_scripting()
+    if graph:
+        return _intersections(flat, block, graph)
+    # Under autocast (an evaluation with amp.enabled) the float product would run in fp16 or bf16: sums above
+    # 2048 (fp16) or 256 (bf16) rounded, above 65504 inf in fp16, which decays a mask to 0. They stay float32.
+    with torch.autocast(flat.device.type, enabled=False):
+        return _intersections(flat, block, graph)
+
+
+def _intersections(flat: Tensor, block: int, graph: bool) -> Tensor:
     if not graph and flat.dim() == 2 and mask_product_dtype(flat.device) == torch.int8:
         q = flat.to(torch.int8)
 
