@@ -59,3 +59,30 @@ def test_positives_beyond_the_top_are_counted_and_stay_out_of_the_loss():
     assert last["dropped_positives"] > 0
     # The count is reported beside the losses, never added to them.
     assert abs(last["loss"] - (last["loss_cls"] + last["loss_mask"])) < 1e-5
+
+
+def test_dropped_pairs_keep_the_scale_of_the_mask_loss():
+    """Kept pairs stand for the dropped ones: with every pair's dice term equal (zero mask features: every mask
+    logit 0; equal-size squares), the mask loss of 4 slots equals that of all slots. Before, it shrank with the
+    share of pairs dropped."""
+    from solo_npu.models.solov2.losses import solov2_loss
+    from solo_npu.models.solov2.targets import build_solov2_targets
+
+    b, m, h, w = 1, 4, 128, 128
+    masks = torch.zeros(b, m, h, w, dtype=torch.uint8)
+    boxes = torch.zeros(b, m, 4)
+    for j, (x, y) in enumerate([(4, 4), (68, 4), (4, 68), (68, 68)]):
+        masks[0, j, y:y + 48, x:x + 48] = 1
+        boxes[0, j] = torch.tensor([x, y, x + 48, y + 48], dtype=torch.float32)
+    labels, valid = torch.tensor([[0, 1, 2, 0]]), torch.ones(b, m, dtype=torch.bool)
+    grids, ranges = (12, 8), ((1, 64), (32, 256))
+    cls_preds = [torch.zeros(b, 3, s, s) for s in grids]
+    kernel_preds = [torch.randn(b, 8, s, s) for s in grids]
+    feats = torch.zeros(b, 8, h // 4, w // 4)
+    losses = {}
+    for slots in (None, 4):
+        t = build_solov2_targets(masks, labels, boxes, valid, grids, ranges, pos_scale=0.2, max_pos=1024,
+                                 pos_slots=slots)
+        losses[slots] = (solov2_loss(cls_preds, kernel_preds, feats, t)["loss_mask"], int(t.num_dropped))
+    assert losses[None][1] == 0 and losses[4][1] > 4
+    torch.testing.assert_close(losses[4][0], losses[None][0], rtol=1e-6, atol=0)

@@ -142,3 +142,35 @@ def test_slots_sized_to_the_batch_keep_every_pair():
     pinned = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, pos_slots=8)
     assert pinned.pos_weights.shape == (2, 8)
     assert int(pinned.num_dropped) == int(fixed.pos_weights.sum()) - int(pinned.pos_weights.sum()) > 0
+
+
+def test_overflowing_slots_keep_every_instance_in_turns():
+    """More positives than slots: every instance keeps pairs in turns, so the large objects of
+    the coarse levels, listed last, are not the ones that lose all their pairs. Images that fit are unchanged."""
+    small = [(8 + 20 * k, 8, 20 + 20 * k, 20) for k in range(3)]  # 12 px: level 0 (and 1 for none)
+    large = [(0, 40, 120, 160), (130, 40, 250, 160), (0, 170, 250, 250)]  # > 64 px: levels 3-4
+    masks, labels, boxes, valid = _batch([small + large], [[0, 1, 2, 0, 1, 2]], 256, 256, 6)
+    full = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, max_pos=1024)
+    per_inst = torch.bincount(full.pos_instances[0][full.pos_weights[0] > 0], minlength=6)
+    assert (per_inst > 1).all() and int(per_inst.sum()) > 12, per_inst
+    cut = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, pos_slots=12)
+    kept = _pairs(cut, 0)
+    assert set(kept) <= set(_pairs(full, 0)) and len(kept) == 12
+    assert int(cut.num_dropped) == int(per_inst.sum()) - 12
+    got = torch.bincount(torch.tensor([inst for _, inst in kept]), minlength=6)
+    assert got.min() >= 1 and got.max() - got.min() <= 1, got  # in turns: 2 each
+    # fitting images keep the level order (the slots of the full targets are unchanged)
+    fits = build_solov2_targets(masks, labels, boxes, valid, GRIDS, RANGES, pos_scale=1.0, pos_slots=1024)
+    n = int(full.pos_weights.sum())
+    assert torch.equal(fits.pos_cells[0, :n], full.pos_cells[0, :n])
+
+
+def test_turns_start_with_the_centre_cell():
+    from solo_npu.models.solov2.targets import _turn_order
+
+    weights = torch.zeros(1, 2 * 2 * 9)  # 2 levels, 2 instances, 9 offsets each
+    weights[0, 0:9] = 1  # instance 0, level 0: every offset
+    weights[0, 27:30] = 1  # instance 1, level 1: offsets 0-2 (no centre)
+    order = _turn_order(weights, 2, 2)[0].tolist()
+    assert order[:2] == [4, 28]  # instance 0's centre, instance 1's first pair (offset 1: centre, then the 4 sides)
+    assert order[2:4] == [1, 27] and sorted(order[:12]) == sorted([*range(9), 27, 28, 29])

@@ -33,7 +33,8 @@ def solov2_loss(cls_preds: list[Tensor], kernel_preds: list[Tensor], mask_feats:
                 gamma: float = 2.0, alpha: float = 0.25, cls_weight: float = 1.0,
                 mask_weight: float = 3.0) -> dict[str, Tensor]:
     """Focal loss over all cells and classes normalised by ``num_pos + 1``; dice loss summed over the
-    positive (instance, cell) pairs and divided by ``num_pos`` (the positive cells), as mmdet.
+    positive (instance, cell) pairs and divided by ``num_pos`` (the positive cells), as mmdet. When pairs were
+    dropped (more positives than slots), the kept pairs' sum is scaled to all of them.
 
     Args:
         cls_preds: per level ``[B, C, S, S]`` logits.
@@ -57,5 +58,10 @@ def solov2_loss(cls_preds: list[Tensor], kernel_preds: list[Tensor], mask_feats:
     hm, wm = mask_logits.shape[-2:]
     idx = targets.pos_instances.view(b, -1, 1, 1).expand(-1, -1, hm, wm)
     pos_targets = torch.gather(targets.mask_targets[..., :hm, :wm], 1, idx)
-    loss_mask = (dice_loss(mask_logits, pos_targets) * targets.pos_weights).sum() / num_pos.clamp(min=1)
+    dice = (dice_loss(mask_logits, pos_targets) * targets.pos_weights).sum()
+    # Pairs beyond the slots (counted in num_dropped) have no dice term: the kept ones stand for them all, so the
+    # mask loss keeps the scale of the full sum (a factor of exactly 1 when nothing is dropped).
+    kept = targets.pos_weights.sum()
+    dice = dice * ((kept + targets.num_dropped.to(kept.dtype)) / kept.clamp(min=1))
+    loss_mask = dice / num_pos.clamp(min=1)
     return {"loss_cls": loss_cls * cls_weight, "loss_mask": loss_mask * mask_weight}

@@ -62,6 +62,26 @@ def center_of_mass(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return cy, cx, area
 
 
+# The 3 x 3 offsets in the order pairs are listed (row -1, 0, 1 by column -1, 0, 1), centre (index 4) first.
+_CENTRE_FIRST = (4, 1, 3, 5, 7, 0, 2, 6, 8)
+
+
+def _turn_order(weights: Tensor, levels: int, m: int) -> Tensor:
+    """The positive pairs (``weights`` 1, listed level, instance, offset) in turns over the instances: sorted by
+    their rank within their instance (centre cells first, then the other offsets, finer level first), ties in
+    list order; then the other pairs. Static shapes only (a sort of ``[B, L*M*9]``)."""
+    b = weights.shape[0]
+    ok = weights.view(b, levels, m, 9)[..., list(_CENTRE_FIRST)]  # [B, L, M, 9], centre first
+    per_inst = ok.permute(0, 2, 3, 1).reshape(b, m, 9 * levels)  # an instance's pairs: offset-major, then level
+    rank = (per_inst.cumsum(-1) - 1).view(b, m, 9, levels).permute(0, 3, 1, 2)  # back to [B, L, M, 9(centre first)]
+    inverse = [_CENTRE_FIRST.index(k) for k in range(9)]
+    rank = rank[..., inverse].reshape(b, -1)  # [B, L*M*9] in list order
+    n = weights.shape[1]
+    key = torch.where(weights > 0, rank, torch.full_like(rank, float(9 * levels))) * n
+    key = key + torch.arange(n, device=weights.device, dtype=key.dtype)
+    return torch.sort(key, dim=1).indices
+
+
 def downsample_masks(masks: Tensor, stride: int) -> Tensor:
     """Binary masks ``[..., H, W]`` -> float 0/1 ``[..., H/stride, W/stride]``.
 
@@ -174,6 +194,12 @@ def build_solov2_targets(gt_masks: Tensor, gt_labels: Tensor, gt_boxes: Tensor, 
     else:
         slots = int(pos_slots)
     order = torch.sort(weights, dim=1, descending=True, stable=True).indices
+    # An image with more positives than slots keeps them in turns over its instances, centre cells first: each
+    # instance's k-th pair before any instance's (k+1)-th. In level order the coarse levels (the largest
+    # objects) came last and lost every pair first. Images that fit keep the level order.
+    over = weights.sum(1, keepdim=True) > slots
+    turns = _turn_order(weights, len(num_grids), m)
+    order = torch.where(over, turns, order)
     if num_pairs < slots:
         order = torch.cat([order, order[:, :1].expand(b, slots - num_pairs)], dim=1)
     order = order[:, :slots]
