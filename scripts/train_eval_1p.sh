@@ -2,6 +2,11 @@
 # COCO segm/bbox AP of --checkpoint on val2017 on one device, one image per batch (as the ModelZoo evaluation
 # runs): padding images of different shapes to one canvas would make the AP depend on the batch composition.
 # --batch_size is not a training batch here and is ignored with a warning; train.eval_batch_size=N overrides.
+# It evaluates with the experiment the training scripts train with, +experiment=[1p,eval] (conf/experiment/eval.yaml
+# asks for it for their checkpoints): on the NPU every image on the fixed square canvas of train_full_1p.sh and
+# train_full_8p.sh (1344x1344 at 1333x800), with mixed precision (O1; --apex=O0: fp32), so the AP is the one their
+# last evaluation of the same checkpoint reported. +experiment=eval alone padded each image to a multiple of 32 in
+# fp32, a canvas the model did not train on, and read a different AP.
 # Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco --checkpoint=PATH [--device_id=N] [--apex=O1|O0] [--device=npu|auto|cuda|cpu] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 COCO_SPLITS="val"  # evaluation reads val2017 only
@@ -17,5 +22,5 @@ if [[ -n "${epochs}" ]]; then
     epochs=""
 fi
 setup_env 1p
-run_train +experiment=eval train.eval_batch_size=1
+run_train "+experiment=[1p,eval]" train.eval_batch_size=1
 summarize eval
