@@ -1,5 +1,6 @@
 # solo-npu developer commands. Override TORCH_SPEC to pick the torch build you need, e.g.
-#   make install TORCH_SPEC='torch==2.1.0 "numpy<2"'   (the torch your torch_npu wheel matches; torch 2.1 needs numpy 1.x)
+#   make install TORCH_SPEC='torch==2.1.0 "numpy<2"'   (the torch your torch_npu wheel matches; torch 2.1 needs numpy 1.x;
+#   with torch-npu on x86_64 its CPU build: 'torch==2.1.0+cpu ... --extra-index-url https://download.pytorch.org/whl/cpu')
 #   make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu121"
 #
 # Supported torch: 2.1.0 and newer (pyproject: torch>=2.1). The floor is the oldest torch that torch_npu
