@@ -328,16 +328,30 @@ def test_apex_level_sets_precision_and_case_name(stand_in_python: Path, syntheti
     assert case_log(tmp_path / "output" / "0")["CaseName"] == case
 
 
-def test_apex_o1_turns_on_mixed_precision_where_the_experiment_has_none(stand_in_python: Path, synthetic_coco: Path,
-                                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(("apex", "amp", "case"), [(None, True, "SOLOv2_bs2_1p_acc"), ("O1", True, "SOLOv2_bs2_1p_acc"),
+                                                   ("O0", False, "SOLOv2_bs2_1p_fp32_acc")])
+def test_finetune_runs_on_the_1p_preset(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path, apex: str | None,
+                                        amp: bool, case: str) -> None:
+    """train_finetune_1p.sh fine-tunes with +experiment=[1p,finetune]: mixed precision with a loss scale of 128 unless
+    --apex=O0, as the ModelZoo SOLOv2 train_finetune_1p.sh runs apex O1 (Ascend/ModelZoo-PyTorch,
+    PyTorch/contrib/cv/detection/SOLOv2/test/train_finetune_1p.sh: apex="O1", --opt-level $apex), and the 1p fixed
+    canvas, with the fine-tuning schedule of conf/experiment/finetune.yaml (conf/optim/finetune.yaml). Before, the
+    finetune experiment alone trained in fp32 on a divisor-padded canvas (CaseName ..._1p_fp32_acc)."""
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"")
     proc = run_stand_in(stand_in_python, "train_finetune_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
-                        f"--checkpoint={ckpt}", "--apex=O1")
+                        f"--checkpoint={ckpt}", *([f"--apex={apex}"] if apex else []))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    _, _, cfg = recorded(tmp_path / "output" / "0")
-    assert cfg["amp"] == {**cfg["amp"], "enabled": True, "loss_scale": 128}
-    assert case_log(tmp_path / "output" / "0")["CaseName"] == "SOLOv2_bs2_1p_acc"
+    out = tmp_path / "output" / "0"
+    _, _, cfg = recorded(out)
+    assert cfg["amp"]["enabled"] is amp and (not amp or cfg["amp"]["loss_scale"] == 128)
+    assert cfg["data"]["pad"]["mode"] == "fixed" and cfg["data"]["instance_slots"] == "fixed"
+    assert cfg["runtime"]["fixed_shapes"] == "npu" and cfg["launcher"]["nproc_per_node"] == 1
+    assert cfg["finetune"]["enabled"] is True and cfg["checkpoint"] == str(ckpt)
+    optim = cfg["optim"]  # the fine-tuning schedule, not the 1x schedule
+    assert (optim["base_lr"], optim["warmup_iters"], optim["lr_steps"], cfg["train"]["epochs"]) == (0.005, 50, [4], 6)
+    assert "+experiment=[1p,finetune]" in (out / "train_0.log").read_text().splitlines()[0]
+    assert case_log(out)["CaseName"] == case
 
 
 def test_unsupported_apex_level_fails(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
