@@ -162,7 +162,8 @@ def checkpoint_class_names(ckpt: Any) -> tuple[tuple[str, ...] | None, str]:
 
 def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source: str = "auto",
                        path: str | os.PathLike | None = None,
-                       names_instead: Sequence[str] | None = None) -> CheckpointClasses:
+                       names_instead: Sequence[str] | None = None,
+                       hint: str = "data.class_names=[...]") -> CheckpointClasses:
     """The class count (and names) of a loaded checkpoint, as ``model`` reads it.
 
     The count is the output channels of the model's classifier (the first of ``classifier_prefixes``,
@@ -171,7 +172,8 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
     metadata. A model without a classifier (or no model) counts the names only. ``path``: the file ``ckpt``
     was read from, named by the error. ``names_instead``: names to use, with a WARNING, when the file's disagree
     with its classifier and these have one per output (an mmdet 3.x model trained without its ``metainfo``
-    keeps COCO's 80 names for a classifier of its own classes).
+    keeps COCO's 80 names for a classifier of its own classes); ``hint``: the setting that gives such names, named
+    by the error.
 
     Raises:
         CheckpointError: the names disagree with the classifier (and ``names_instead`` does not fit it).
@@ -196,8 +198,9 @@ def checkpoint_classes(ckpt: Any, model: nn.Module | type | None = None, source:
         logger.warning("%s classifier (%s) has %d outputs but %s names %d classes: its classes are named by "
                        "data.class_names (%s)", what, key, outputs, names_at, len(names), shown)
         return CheckpointClasses(outputs, tuple(str(n) for n in names_instead), key)
-    raise CheckpointError(f"{what} classifier ({key}) has {outputs} outputs but {names_at} names {len(names)} classes: "
-                          f"name its classes with data.class_names=[...] ({outputs} names)")
+    given = "" if names_instead is None else f" ({hint.split('=')[0].split(' ')[0]} gives {len(names_instead)})"
+    raise CheckpointError(f"{what} classifier ({key}) has {outputs} outputs but {names_at} names {len(names)} "
+                          f"classes{given}: name its classes with {hint} ({outputs} names)")
 
 
 def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequence[str],
@@ -478,6 +481,23 @@ def load_model_yaml(path: str | os.PathLike) -> Any:
     return merged if own else OmegaConf.merge(merged, cfg)
 
 
+CLASS_NAMES_HINT = "--class-names NAME,NAME,..."
+
+
+def _given_names(classes: CheckpointClasses, names: list[str] | None, path: str) -> CheckpointClasses:
+    """``classes`` named by ``--class-names`` (one name per classifier output), or as they are without it.
+
+    Raises:
+        CheckpointError: the names are not one per output of the file's classifier.
+    """
+    if names is None:
+        return classes
+    if classes.num_classes is not None and len(names) != classes.num_classes:
+        raise CheckpointError(f"{path}: --class-names gives {len(names)} names but its classifier has "
+                              f"{classes.num_classes} outputs")
+    return CheckpointClasses(len(names), tuple(names), classes.origin)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Convert ``SRC`` to a clean checkpoint ``{"model": state_dict, "meta": {...}}`` at ``DST``."""
     from solo_npu.models import SOLOv2, build_model
@@ -491,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: rename SOLOv2 layouts without checks)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of --model-config's model (default: the checkpoint's)")
+    parser.add_argument("--class-names", default=None,
+                        help="comma-separated names of the classifier's outputs, in order, written into DST (for a "
+                        "file whose names disagree with its classifier, e.g. an mmdet 3.x model trained without "
+                        "its metainfo, which keeps COCO's 80 names)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="with --model-config: accept a file that lacks some model tensors or has tensors the "
                         "model has no place for, and write only the file's tensors the model has")
@@ -499,13 +523,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--num-classes sets the classes of --model-config's model; without --model-config the file "
                      "is renamed as it is (its classes are its classifier's)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = None if args.class_names is None else [n.strip() for n in args.class_names.split(",")]
+    if names is not None and (not all(names) or len(set(names)) != len(names)):
+        parser.error(f"--class-names={args.class_names!r}: give distinct, non-empty names separated by commas")
     partial: dict[str, list[str]] | None = None
     try:
         ckpt = load_checkpoint(args.src, trust_pickle=args.trust_pickle)
         if args.model_config:
             config = load_model_yaml(args.model_config)
             layout_reader = build_model(config, num_classes=args.num_classes or 1, device="meta")
-            classes = checkpoint_classes(ckpt, layout_reader, args.source, args.src)
+            classes = _given_names(checkpoint_classes(ckpt, layout_reader, args.source, args.src, names,
+                                                      CLASS_NAMES_HINT), names, args.src)
             num_classes = args.num_classes or classes.num_classes
             if num_classes is None:
                 raise CheckpointError(f"{args.src} does not say how many classes it has: pass --num-classes")
@@ -530,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
                 absent = set(partial["missing"])
                 state = {k: v for k, v in state.items() if k not in absent}
         else:
-            classes = checkpoint_classes(ckpt, SOLOv2, args.source, args.src)
+            classes = _given_names(checkpoint_classes(ckpt, SOLOv2, args.source, args.src, names, CLASS_NAMES_HINT),
+                                   names, args.src)
             state, _, source = read_checkpoint(ckpt, SOLOv2, args.source, classes.num_classes)
             lacking, unknown = _solov2_name_mismatch(state, source)
             if (lacking or unknown) and not args.allow_partial:

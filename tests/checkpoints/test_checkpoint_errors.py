@@ -148,3 +148,22 @@ def test_classifier_and_class_names_disagreeing_name_the_file(tmp_path: Path) ->
     with pytest.raises(CheckpointError, match="has 3 outputs but meta.CLASSES names 2 classes") as failure:
         checkpoint_classes(load_checkpoint(path), SOLOv2, path=path)
     one_line_naming(failure.value, path)
+
+
+def test_convert_names_a_classifier_whose_file_names_disagree(tmp_path: Path, capsys) -> None:
+    """A file whose names disagree with its classifier (an mmdet 3.x model trained without its metainfo keeps COCO's
+    80 names) is refused by convert, naming --class-names; with one name per output it converts and DST carries
+    them. Before, convert had no such option (train.py and deploy.py take data.class_names)."""
+    state = tiny(3).state_dict()
+    path = save_checkpoint({"state_dict": state, "meta": {"dataset_meta": {"classes": ["a", "b"]}}},
+                           tmp_path / "mmdet.pth")
+    assert main([str(path), str(tmp_path / "out.pth")]) == 1
+    assert "has 3 outputs but" in capsys.readouterr().out
+    assert main([str(path), str(tmp_path / "out.pth"), "--class-names", "dog,cat"]) == 1
+    assert "(--class-names gives 2): name its classes with --class-names NAME,NAME,... (3 names)" in capsys.readouterr().out
+    assert main([str(path), str(tmp_path / "out.pth"), "--class-names", "dog, cat,cow"]) == 0
+    out = load_checkpoint(tmp_path / "out.pth")
+    assert out["meta"]["dataset_meta"]["classes"] == ["dog", "cat", "cow"]
+    assert checkpoint_classes(out, SOLOv2).names == ("dog", "cat", "cow")
+    with pytest.raises(SystemExit):
+        main([str(path), str(tmp_path / "x.pth"), "--class-names", "dog,,cow"])
