@@ -21,7 +21,8 @@
 #                      or failing to import, no device visible) a default run stops with the runtime's error instead
 #                      of training elsewhere; auto falls back to CUDA, then CPU.
 #   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh); --ckpt_path=PATH and --pth_path=PATH (the
-#                      ModelZoo templates' names) are the same
+#                      ModelZoo templates' names) are the same. Without it, the last checkpoint of a full training
+#                      run for the device id (see require_checkpoint)
 #   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch;
 #                      --more_path1=PATH (the ModelZoo templates' pretrained weights) is the same
 #   key=value          any further Hydra override of train.py, passed through last
@@ -30,7 +31,7 @@
 # ModelZoo scripts' `for para in $*` loops ignore what they do not match; the word after a bare unknown --name is its
 # value unless it is another --option or a key=value override.
 # An existing output/N is renamed to output/N.<date>-<time> (never deleted): checkpoints of an interrupted run
-# stay there for resume=PATH.
+# stay there for resume=PATH. A --checkpoint or --pretrained file inside it is followed there.
 set -uo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,6 +48,9 @@ checkpoint=""
 pretrained=""
 apex=""
 EXTRA=()
+CHECKPOINT_NOTE=""  # where --checkpoint's file came from, when setup_env should say it
+OUTPUT_ROOT="${OUTPUT_DIR:-output}"  # output/<device_id> holds a run's output
+[[ "${OUTPUT_ROOT}" == /* ]] || OUTPUT_ROOT="${PWD}/${OUTPUT_ROOT}"  # train.py runs from the repository root
 COCO_SPLITS="train val"  # the splits --data_path must hold
 LOG_STEM="train"         # the log is output/<device_id>/<LOG_STEM>_<device_id>.log; evaluation sets "eval"
 # The options parse_args takes, which may also be given as --name VALUE.
@@ -136,11 +140,43 @@ parse_args() {
     echo "device id is ${device_id} (${source})"
 }
 
+# latest_training_checkpoint: sets LATEST_CHECKPOINT to run/checkpoints/last.pth of the latest full training run
+# (train_full_1p.sh or train_full_8p.sh: config.yaml's experiment_name 1p or 8p) for the device id: output/<id>, else
+# the earlier outputs setup_env moved aside, output/<id>.<date>-<time>[-n], newest first. Fails when there is none.
+latest_training_checkpoint() {
+    local dir
+    while IFS= read -r dir; do
+        if [[ -f "${dir}/run/checkpoints/last.pth" ]] \
+            && grep -qE '^experiment_name: (1p|8p)$' "${dir}/run/config.yaml" 2>/dev/null; then
+            LATEST_CHECKPOINT="${dir}/run/checkpoints/last.pth"
+            return 0
+        fi
+    done < <(
+        printf '%s\n' "${OUTPUT_ROOT}/${device_id}"
+        for dir in "${OUTPUT_ROOT}/${device_id}".*; do
+            if [[ -d "${dir}" ]]; then printf '%s\n' "${dir}"; fi
+        done | sort -rV
+    )
+    return 1
+}
+
+# require_checkpoint: --checkpoint, else the last checkpoint of the full training run (latest_training_checkpoint),
+# as the ModelZoo SOLOv2 train_eval_1p.sh and train_finetune_1p.sh default to the training run's latest checkpoint
+# (Ascend/ModelZoo-PyTorch, PyTorch/contrib/cv/detection/SOLOv2/test/train_eval_1p.sh:
+# MODEL="./work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth", train_finetune_1p.sh: --resume_from
+# work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth); one line and exit when there is none. setup_env prints the
+# file used, where setup_env's move has taken it.
 require_checkpoint() {
-    if [[ -z "${checkpoint}" ]]; then
-        echo "[Error] para \"checkpoint\" must be config"
-        exit 1
+    if [[ -n "${checkpoint}" ]]; then
+        return 0
     fi
+    if latest_training_checkpoint; then
+        checkpoint="${LATEST_CHECKPOINT}"
+        CHECKPOINT_NOTE="no --checkpoint given: the last checkpoint of train_full_1p.sh or train_full_8p.sh for device ${device_id}"
+        return 0
+    fi
+    echo "[Error] para \"checkpoint\" must be config: give --checkpoint=PATH (no ${OUTPUT_ROOT}/${device_id}/run/checkpoints/last.pth of train_full_1p.sh or train_full_8p.sh, here or in ${OUTPUT_ROOT}/${device_id}.*)"
+    exit 1
 }
 
 # setup_env RANKS: RANKS is 1p (the run uses device ${device_id}) or 8p (devices 0..N-1; the id names the output).
@@ -153,7 +189,7 @@ setup_env() {
             # shellcheck source=/dev/null
             source "${SCRIPT_DIR}/env_npu.sh" ;;
     esac
-    OUTPUT_DIR="${OUTPUT_DIR:-${PWD}/output}/${device_id}"
+    OUTPUT_DIR="${OUTPUT_ROOT}/${device_id}"
     if [[ -e "${OUTPUT_DIR}" ]]; then
         local moved n=0
         moved="${OUTPUT_DIR}.$(date +%Y%m%d-%H%M%S)"
@@ -164,6 +200,19 @@ setup_env() {
             exit 1
         fi
         echo "previous output moved to ${moved} (continue that run with resume=${moved}/run/checkpoints/last.pth)"
+        # a weights file inside the output moved aside (the default checkpoint, or --checkpoint=output/N/...) is
+        # read from its new place
+        if [[ "${checkpoint}" == "${OUTPUT_DIR}/"* ]]; then
+            checkpoint="${moved}/${checkpoint#"${OUTPUT_DIR}/"}"
+            [[ -n "${CHECKPOINT_NOTE}" ]] || CHECKPOINT_NOTE="moved with the previous output"
+        fi
+        if [[ "${pretrained}" == "${OUTPUT_DIR}/"* ]]; then
+            pretrained="${moved}/${pretrained#"${OUTPUT_DIR}/"}"
+            echo "pretrained: ${pretrained} (moved with the previous output)"
+        fi
+    fi
+    if [[ -n "${CHECKPOINT_NOTE}" ]]; then
+        echo "checkpoint: ${checkpoint} (${CHECKPOINT_NOTE})"
     fi
     mkdir -p "${OUTPUT_DIR}"
     RUN_DIR="${OUTPUT_DIR}/run"

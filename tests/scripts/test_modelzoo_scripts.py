@@ -97,6 +97,13 @@ def test_guide_command_runs_from_the_repository_root(synthetic_coco: Path, tmp_p
     assert case["CaseName"] == "SOLOv2_bs2_1p_acc" and list(case) == TRAIN_KEYS
     assert json.loads((out / "0" / "run" / "summary.json").read_text())["iterations"] == 2
     check_device(out / "0", "train_0.log", case, proc.stdout)
+    # the guide's evaluation command, with no checkpoint: the training run's last.pth, where setup_env moved it
+    proc = run_script("./test/train_eval_1p.sh", ROOT, f"--data_path={synthetic_coco}", "--device=cpu", *SHRINK,
+                      env_update={"OUTPUT_DIR": str(out)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    moved = next(d for d in out.iterdir() if d.name.startswith("0."))
+    assert f"checkpoint: {moved / 'run' / 'checkpoints' / 'last.pth'} (no --checkpoint given" in proc.stdout
+    assert case_log(out / "0")["CaseName"] == "SOLOv2_bs4_1p_eval"
 
 
 def test_missing_data_path_fails(tmp_path: Path) -> None:
@@ -111,8 +118,12 @@ def test_data_path_must_be_coco_layout(tmp_path: Path) -> None:
 
 
 def test_eval_needs_a_checkpoint(synthetic_coco: Path, tmp_path: Path) -> None:
+    """Without --checkpoint and without a full training run's checkpoint to default to: one line naming the option."""
     proc = run_script("train_eval_1p.sh", tmp_path, f"--data_path={synthetic_coco}")
-    assert proc.returncode == 1 and '[Error] para "checkpoint" must be config' in proc.stdout
+    error = proc.stdout.splitlines()[-1]
+    assert proc.returncode == 1 and error.startswith('[Error] para "checkpoint" must be config') and (
+        "--checkpoint=PATH" in error and f"{tmp_path / 'output' / '0'}/run/checkpoints/last.pth" in error)
+    assert not (tmp_path / "output").exists()
 
 
 def test_train_full_1p(full_1p: tuple[Path, subprocess.CompletedProcess]) -> None:
@@ -232,8 +243,12 @@ run_dir.mkdir(parents=True, exist_ok=True)
 OmegaConf.save(cfg, run_dir / "config.yaml")
 environ = {{k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_TOOLKIT_HOME", "CANN_SOURCED")}}
 paths = {{key: OmegaConf.select(cfg, key) for key in ("data.root", "run_dir", "checkpoint", "model.pretrained")}}
+checkpoint = Path(cfg.checkpoint).read_text() if cfg.checkpoint and os.path.isfile(cfg.checkpoint) else None
 (run_dir / "call.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": os.environ.get("ASCEND_DEVICE_ID"),
-                                               "environ": environ, "paths": paths}}))
+                                               "environ": environ, "paths": paths, "checkpoint": checkpoint}}))
+if cfg.mode == "train":  # a checkpoint that names the run that wrote it
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "last.pth").write_text(f"{{cfg.experiment_name}} {{run_dir}}")
 summary = {{"mode": cfg.mode, "fps": 10.0, "segm_ap": 0.25, "final_loss": 1.0, "duration_sec": 1.0,
            "world_size": cfg.launcher.nproc_per_node, "batch_size": cfg.train.batch_size, "device": "npu"}}
 (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -397,6 +412,49 @@ def test_eval_composes_the_canvas_and_precision_of_the_training_scripts(stand_in
         assert {**evaluated["runtime"], "device": None} == {**trained["runtime"], "device": None}, script
         for key in ("pad", "img_scale", "instance_slots", "max_instances"):
             assert evaluated["data"][key] == trained["data"][key], (script, key)
+
+
+def test_eval_and_finetune_default_to_the_last_full_training_checkpoint(stand_in_python: Path, synthetic_coco: Path,
+                                                                        tmp_path: Path) -> None:
+    """Without --checkpoint, train_eval_1p.sh and train_finetune_1p.sh take the last checkpoint a full training run
+    (train_full_1p.sh, train_full_8p.sh) wrote for the device id, as the ModelZoo SOLOv2 scripts default to the
+    training run's latest checkpoint (Ascend/ModelZoo-PyTorch, PyTorch/contrib/cv/detection/SOLOv2/test/
+    train_eval_1p.sh: MODEL="./work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth"; train_finetune_1p.sh:
+    --resume_from work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth). It follows the run's output when setup_env
+    moves it aside, and passes over the checkpoints of performance runs and the outputs of evaluations."""
+    data = f"--data_path={synthetic_coco}"
+    out = tmp_path / "output"
+    proc = run_stand_in(stand_in_python, "train_eval_1p.sh", tmp_path, data)
+    assert proc.returncode == 1 and proc.stdout.splitlines()[-1].startswith('[Error] para "checkpoint" must be config')
+    for script in ("train_full_1p.sh", "train_performance_1p.sh"):  # the performance run's last.pth is newer
+        proc = run_stand_in(stand_in_python, script, tmp_path, data)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    trained = next(d for d in out.iterdir() if d.name.startswith("0.")) / "run"
+    assert (trained / "checkpoints" / "last.pth").read_text() == f"1p {out / '0' / 'run'}"  # written before the move
+    for script in ("train_eval_1p.sh", "train_finetune_1p.sh", "train_eval_1p.sh"):
+        proc = run_stand_in(stand_in_python, script, tmp_path, data)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        ckpt = trained / "checkpoints" / "last.pth"
+        assert f"checkpoint: {ckpt} (no --checkpoint given: the last checkpoint of train_full_1p.sh or " \
+               "train_full_8p.sh for device 0)" in proc.stdout.splitlines()
+        call = json.loads((out / "0" / "run" / "call.json").read_text())
+        assert call["paths"]["checkpoint"] == str(ckpt) and call["checkpoint"] == f"1p {out / '0' / 'run'}"
+
+
+def test_a_checkpoint_in_the_output_moved_aside_is_followed(stand_in_python: Path, synthetic_coco: Path,
+                                                            tmp_path: Path) -> None:
+    """--checkpoint=output/0/run/checkpoints/last.pth names the output that setup_env moves aside before train.py
+    runs: the path follows it (before, train.py stopped with 'checkpoint not found')."""
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_stand_in(stand_in_python, "train_eval_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        "--checkpoint=output/0/run/checkpoints/last.pth")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    moved = next(d for d in (tmp_path / "output").iterdir() if d.name.startswith("0."))
+    ckpt = moved / "run" / "checkpoints" / "last.pth"
+    assert f"checkpoint: {ckpt} (moved with the previous output)" in proc.stdout.splitlines()
+    call = json.loads((tmp_path / "output" / "0" / "run" / "call.json").read_text())
+    assert call["paths"]["checkpoint"] == str(ckpt) and call["checkpoint"].startswith("1p ")
 
 
 def test_eval_needs_the_val_split_only(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
