@@ -183,10 +183,10 @@ def time_end_to_end(ctx: DeployContext, runner: Runner, dataset: Any, num_images
     return num_images / (time.perf_counter() - start)
 
 
-def ap_by_type(metrics: Mapping[str, Any], key: str) -> dict[str, float]:
+def ap_by_type(metrics: Mapping[str, Any], key: str) -> dict[str, float | None]:
     """``{iou type: AP}`` of one evaluated key (empty when it was not scored)."""
     entry = metrics.get(key)
-    return {t: float(m["AP"]) for t, m in entry["metrics"].items()} if entry else {}
+    return {t: None if m["AP"] is None else float(m["AP"]) for t, m in entry["metrics"].items()} if entry else {}
 
 
 def _ap(metrics: Mapping[str, Any], key: str) -> float | None:

@@ -104,6 +104,6 @@ def run_evaluate(ctx: DeployContext) -> dict[str, Any]:
         summary["eager"] = evaluate_eager(ctx, index)
     write_json(ctx.path("evaluate", "metrics.json"), summary)
     for key, entry in summary.items():
-        ap = {t: round(m["AP"], 4) for t, m in entry["metrics"].items()}
+        ap = {t: None if m["AP"] is None else round(m["AP"], 4) for t, m in entry["metrics"].items()}
         logger.info("evaluate %s: AP %s", key, ap)
     return summary

@@ -100,7 +100,7 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
                                               if bench.get("eager_AP") is not None and ap_types else {})
     if eager:
         lines += ["", "Eager PyTorch `model.predict` on the same inputs: "
-                  + ", ".join(f"{t} AP {v:.3f}" for t, v in eager.items())]
+                  + ", ".join(f"{t} AP {'undefined' if v is None else f'{v:.3f}'}" for t, v in eager.items())]
     if ctx.adapter.anchors:
         lines += ["", "Published anchors:", "", format_table(ctx.adapter.anchors, list(ctx.adapter.anchors[0]))]
     if verify:

@@ -65,7 +65,8 @@ class EvalHook(HookBase):
         self.history.append(entry)
         self._evaluated_at = t.iter
         self._put(entry, publish=True)
-        ap = results.get("segm", {}).get("AP", float("nan"))
+        ap = results.get("segm", {}).get("AP")
+        ap = float("nan") if ap is None else ap  # undefined: no ground truth
         logger.info("evaluation at epoch %d (iteration %d): segm AP %.4f (%.1f s)", entry["epoch"], t.iter, ap,
                     entry["seconds"])
 

@@ -94,7 +94,7 @@ def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],
         cats = cat_lut[labels]
         for i, (cat, score, box) in enumerate(zip(cats.tolist(), scores.tolist(), boxes.tolist())):
             entry = {"image_id": image_id_of(image_id), "category_id": int(cat), "score": float(score),
-                     "bbox": [round(v, 2) for v in box]}
+                     "bbox": [float(v) for v in box]}  # unrounded, as mmdet's results2json writes them
             if rles is not None:
                 rle = rles[i]
                 entry["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
@@ -244,8 +244,25 @@ def segm_ground_truth(coco_gt: COCO) -> COCO:
     return repaired
 
 
-def _zeros() -> dict[str, float]:
-    return dict.fromkeys(METRIC_NAMES, 0.0)
+# COCOeval's area ranges of APs, APm, APl (cocoeval.py Params.setDetParams: areaRng), bounds included.
+_AREA_RANGES = {"APs": (0.0, 32.0**2), "APm": (32.0**2, 96.0**2), "APl": (96.0**2, 1e5**2)}
+
+
+def _zeros(coco_gt: COCO | None = None, img_ids: Iterable[Any] | None = None,
+           cat_ids: Iterable[Any] | None = None) -> dict[str, float | None]:
+    """The metrics of no detections: 0 where there is ground truth to miss (a non-crowd object of the scored
+    images and categories, in the metric's area range), else undefined (``None``), as COCOeval's -1."""
+    if coco_gt is None:
+        return dict.fromkeys(METRIC_NAMES, 0.0)
+    imgs = None if img_ids is None else {image_id_of(i) for i in img_ids}
+    cats = None if cat_ids is None else set(cat_ids)
+    areas = [float(a.get("area", 0.0)) for a in coco_gt.anns.values() if not a.get("iscrowd", 0)
+             and (imgs is None or a["image_id"] in imgs) and (cats is None or a["category_id"] in cats)]
+    out: dict[str, float | None] = {}
+    for name in METRIC_NAMES:
+        lo, hi = _AREA_RANGES.get(name, (0.0, 1e5**2))
+        out[name] = 0.0 if any(lo <= a <= hi for a in areas) else None
+    return out
 
 
 def _check_results(coco_gt: COCO, coco_results: list[dict[str, Any]]) -> None:
@@ -263,22 +280,23 @@ def _check_results(coco_gt: COCO, coco_results: list[dict[str, Any]]) -> None:
 def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str, Any]],
                   iou_types: Iterable[str] = ("segm", "bbox"),
                   img_ids: Iterable[Any] | None = None,
-                  cat_ids: Iterable[Any] | None = None) -> dict[str, dict[str, float]]:
+                  cat_ids: Iterable[Any] | None = None) -> dict[str, dict[str, float | None]]:
     """Run COCOeval per IoU type; returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` in 0..1.
 
-    Empty results give zeros. Metrics that COCO leaves undefined (no ground truth in an area range)
-    are reported as 0. ``img_ids`` restricts the evaluation to those images (default: all of them);
-    ``cat_ids`` to those categories (default: all of them), as mmdet's CocoMetric scores only the
-    categories of its classes (``coco_eval.params.catIds = self.cat_ids``, mmdet/evaluation/metrics/coco_metric.py).
+    Metrics that COCO leaves undefined (COCOeval's -1: no ground truth in an area range, or none at all) are
+    ``None``; empty results give 0 where there is ground truth to miss. ``img_ids`` restricts the evaluation to
+    those images (default: all of them); ``cat_ids`` to those categories (default: all of them), as mmdet's
+    CocoMetric scores only the categories of its classes (``coco_eval.params.catIds = self.cat_ids``,
+    mmdet/evaluation/metrics/coco_metric.py).
     """
     coco_gt = load_coco(coco_gt)
     _check_results(coco_gt, coco_results)
-    summary: dict[str, dict[str, float]] = {}
+    summary: dict[str, dict[str, float | None]] = {}
     for iou_type in iou_types:
         if iou_type not in ("segm", "bbox"):
             raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
         if not coco_results:
-            summary[iou_type] = _zeros()
+            summary[iou_type] = _zeros(complete_ground_truth(coco_gt), img_ids, cat_ids)
             continue
         if iou_type == "segm" and not all("segmentation" in r for r in coco_results):
             raise ValueError("segm evaluation needs masks in every result (box-only models: iou_types=['bbox'])")
@@ -301,7 +319,8 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
             evaluator.accumulate()
             evaluator.summarize()
         logger.info("COCO %s evaluation\n%s", iou_type, text.getvalue().split("DONE", 1)[-1].strip())
-        summary[iou_type] = {name: max(0.0, float(v)) for name, v in zip(METRIC_NAMES, evaluator.stats[:6])}
+        # COCOeval's -1: no ground truth in that area range (or at all): undefined, not 0 (detectron2 reports NaN)
+        summary[iou_type] = {name: None if v < 0 else float(v) for name, v in zip(METRIC_NAMES, evaluator.stats[:6])}
     return summary
 
 

@@ -153,7 +153,8 @@ def test_training_refuses_to_score_an_image_info_file(tmp_path: Path, renumbered
     del info["annotations"]
     path.write_text(json.dumps(info))
     common = [f"data.root={root}", "data.generate=false", "train.max_iters=1"]
-    with pytest.raises(AnnotationFileError, match="has no annotations .* train.eval_interval=0 train.eval_at_end=false"):
+    refused = "has no annotations .* train.eval_interval=0 train.eval_at_end=false"
+    with pytest.raises(AnnotationFileError, match=refused):
         run_train([*common, "train.eval_interval=0"], tmp_path / "train")
     assert not (tmp_path / "train" / "checkpoints").exists()
     summary = run_train([*common, "train.eval_interval=0", "train.eval_at_end=false"], tmp_path / "train2")
