@@ -22,6 +22,7 @@ import io
 import itertools
 import json
 import logging
+import numbers
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -152,26 +153,44 @@ def category_order(categories: list[dict[str, Any]], class_names: Sequence[str] 
 def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
     """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
 
+    pycocotools keeps the last annotation of an id in its index and COCOeval then loads that one once per
+    duplicate (coco.py ``createIndex``, cocoeval.py ``_prepare``): the first object is never scored and the last
+    twice. Here an annotation that repeats an earlier one of its id whole (a file merged with itself) is skipped;
+    one that differs (another object an exporter gave the same id) keeps its object under a new id above the
+    file's largest. Training, its evaluation and deploy's evaluation all read the file through this function.
+
     Returns:
         (coco, orphans, duplicates): the index; annotations skipped because their ``image_id`` names no
-        image; annotations skipped because an earlier one has the same ``id``.
+        image; annotations whose id an earlier one has (skipped when they repeat it, else given a new id).
 
     Raises:
         AnnotationFileError: see :func:`read_annotation_json`; or an annotation has no ``id``.
     """
     dataset = read_annotation_json(ann_file)
     image_ids = {image["id"] for image in dataset.get("images", [])}
-    kept, seen, orphans, duplicates = [], set(), 0, 0
-    for i, ann in enumerate(dataset.get("annotations", [])):
+    annotations = dataset.get("annotations", [])
+    kept: list[dict[str, Any]] = []
+    first: dict[Any, dict[str, Any]] = {}
+    renumber: list[dict[str, Any]] = []
+    orphans = duplicates = 0
+    for i, ann in enumerate(annotations):
         if "id" not in ann:
             raise AnnotationFileError(f"{ann_file}: annotation {i} has no id")
         if ann.get("image_id") not in image_ids:
             orphans += 1
-        elif ann["id"] in seen:
+        elif ann["id"] in first:
             duplicates += 1
+            if ann != first[ann["id"]]:
+                renumber.append(ann)
+                kept.append(ann)
         else:
-            seen.add(ann["id"])
+            first[ann["id"]] = ann
             kept.append(ann)
+    if renumber:
+        numeric = [a["id"] for a in kept if isinstance(a["id"], numbers.Integral)]
+        next_id = max(numeric, default=0) + 1
+        for offset, ann in enumerate(renumber):
+            ann["id"] = next_id + offset
     if orphans or duplicates:
         dataset["annotations"] = kept
     coco = COCO()
@@ -236,8 +255,8 @@ class CocoInstanceDataset(Dataset):
         self._init_counts.update(orphan_annotation=orphans, duplicate_annotation_id=duplicates)
         if orphans or duplicates:
             logger.warning("%s: %d orphan annotations (image_id names no image; skipped), %d duplicate annotation "
-                           "ids (the first annotation of each id kept, the others skipped)", ann_file, orphans,
-                           duplicates)
+                           "ids (a repeat of an earlier annotation skipped, another object given a new id)",
+                           ann_file, orphans, duplicates)
         self.records = self._scan()
         if self._unselected_objects:
             names = [str(self.coco.cats[c].get("name", c)) for c in self.unselected]

@@ -47,13 +47,16 @@ def _sorted_ids(ids: Iterable[Any]) -> list[Any]:
 
 
 def load_coco(coco_gt: COCO | str | os.PathLike) -> COCO:
-    """A COCO object from an object or an annotation file path (quietly)."""
+    """A COCO object from an object or an annotation file path, read as the datasets read it
+    (:func:`solo_npu.data.coco.load_clean_coco`: orphan annotations skipped, duplicate ids resolved), so that a
+    file scored by path (deploy) gives the AP its evaluation during training gives."""
     if isinstance(coco_gt, COCO):
         return coco_gt
     if not Path(coco_gt).is_file():
         raise FileNotFoundError(f"annotation file not found: {coco_gt}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(coco_gt))
+    from solo_npu.data.coco import load_clean_coco
+
+    return load_clean_coco(coco_gt)[0]
 
 
 def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],

@@ -164,7 +164,7 @@ def _tiny_coco_with_orphans_and_duplicates(tmp_path):
         {**first, "image_id": other_image, "category_id": data["categories"][-1]["id"]},
     ]
     ann_file.write_text(json.dumps(data))
-    return ann_file, img_dir, first, len(data["annotations"]) - 4
+    return ann_file, img_dir, first, len(data["annotations"]) - 3  # the orphans and the identical copy
 
 
 def test_orphan_annotations_and_duplicate_ids_are_counted_logged_and_skipped(tmp_path, caplog):
@@ -175,9 +175,14 @@ def test_orphan_annotations_and_duplicate_ids_are_counted_logged_and_skipped(tmp
     assert len(lines) == 1 and "2 orphan annotations" in lines[0] and "2 duplicate annotation ids" in lines[0]
     counts = ds.fault_counts()
     assert counts["orphan_annotation"] == 2 and counts["duplicate_annotation_id"] == 2
-    # The first annotation of the id is the one kept, in the index and in the samples' ground truth alike.
+    # The first annotation of the id keeps it, in the index and in the samples' ground truth alike; its identical
+    # copy is skipped; the other object of that id stays, under a new id above the file's largest.
     assert len(ds.coco.anns) == len(ds.coco.dataset["annotations"]) == clean_total
     assert ds.coco.anns[first["id"]] == first
+    other = ds.coco.dataset["annotations"][-1]
+    assert other["id"] == max(a["id"] for a in ds.coco.dataset["annotations"][:-1]) + 1
+    assert (other["category_id"], other["segmentation"]) == (ds.coco.dataset["categories"][-1]["id"],
+                                                             first["segmentation"])
     per_image = {i: [a["id"] for a in ds.coco.imgToAnns[i]] for i in ds.coco.imgs}
     assert sum(ids.count(first["id"]) for ids in per_image.values()) == 1
     assert first["id"] in per_image[first["image_id"]]
@@ -187,7 +192,7 @@ def test_orphan_annotations_and_duplicate_ids_are_counted_logged_and_skipped(tmp
 
 
 def test_duplicates_would_change_the_ground_truth_pycocotools_scores(tmp_path):
-    """Why duplicates are dropped before indexing: pycocotools' COCO.createIndex maps ``anns[ann['id']]`` (the
+    """Why duplicates are resolved before indexing: pycocotools' COCO.createIndex maps ``anns[ann['id']]`` (the
     last one wins) but appends every annotation to ``imgToAnns``, so COCOeval's ``loadAnns(getAnnIds(img))`` reads
     the last copy once per copy, on the first copy's image too."""
     ann_file, img_dir, first, _ = _tiny_coco_with_orphans_and_duplicates(tmp_path)

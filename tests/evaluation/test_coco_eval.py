@@ -315,3 +315,27 @@ def test_boxes_are_written_unrounded(val_gt):
            "labels": torch.tensor([0]), "scores": torch.tensor([0.5])}
     (entry,) = results_to_coco([image_id], [res], label_to_cat)
     assert entry["bbox"] == pytest.approx([1.23456, 2.34567, 10.98765 - 1.23456, 12.3456789 - 2.34567], abs=1e-12)
+
+
+def test_objects_sharing_an_id_are_all_scored_by_path_and_by_dataset(synthetic_coco, tmp_path):
+    """Two objects an exporter gave one annotation id: pycocotools on the raw file never scores the first and
+    scores the last twice, and the dataset used to drop the second, so the training evaluation and deploy (which
+    scores the file by path) gave two APs, neither right. Both now score every object: the ground truth as
+    prediction is AP 1.0, by path and through the dataset's index alike."""
+    data = json.loads((synthetic_coco / "annotations" / "instances_val2017.json").read_text())
+    by_image: dict = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    one, two = next(anns for anns in by_image.values() if len(anns) >= 2)[:2]
+    two["id"] = one["id"]
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(data))
+    ds = CocoInstanceDataset(path, synthetic_coco / "val2017", train=False)
+    assert len(ds.coco.anns) == len(data["annotations"])  # nobody dropped
+    cat_to_label = {c: i for i, c in enumerate(sorted(ds.coco.getCatIds()))}
+    ids, results = _gt_predictions(ds.coco, cat_to_label)
+    entries = results_to_coco(ids, results, sorted(ds.coco.getCatIds()))
+    by_path = evaluate_coco(path, entries, ("segm",))["segm"]["AP"]
+    evaluator = CocoEvaluator(ds.coco, sorted(ds.coco.getCatIds()), iou_types=("segm",))
+    evaluator.process([{"image_id": i} for i in ids], results)
+    assert by_path == pytest.approx(1.0) and evaluator.evaluate()["segm"]["AP"] == pytest.approx(1.0)
