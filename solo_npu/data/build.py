@@ -181,12 +181,14 @@ def build_dataloader(data_cfg: Any, split: str, *, batch_size: int, distributed:
         pin_memory = data_cfg.get("pin_memory")
     if pin_memory is None:
         pin_memory = _accelerator_present()
+    from solo_npu.runtime.device import pin_memory_kwargs
+
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=build_collate(data_cfg),
         num_workers=workers,
-        pin_memory=bool(pin_memory),
+        **pin_memory_kwargs(bool(pin_memory)),  # on the NPU with torch 2.1: pin_memory_device="npu"
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
     )

@@ -16,7 +16,7 @@ from torch import nn
 
 from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from solo_npu.engine import comm
-from solo_npu.runtime import accelerator_rng_states, set_accelerator_rng_states
+from solo_npu.runtime import accelerator_rng_states, load_grad_scaler_state, set_accelerator_rng_states
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,24 @@ def has_device_generic_grad_scaler() -> bool:
     return hasattr(torch.amp, "GradScaler")
 
 
+@functools.cache
+def dataloader_pins_for_accelerator() -> bool:
+    """Whether ``DataLoader(pin_memory=True)`` pins for the current accelerator (``torch.accelerator``) rather than
+    for CUDA only.
+
+    torch 2.1's ``_BaseDataLoaderIter`` pins ``loader.pin_memory and torch.cuda.is_available()`` unless
+    ``pin_memory_device`` names another device (torch/utils/data/dataloader.py of torch 2.1.0), so on the NPU it
+    pins nothing by default; later releases ask ``torch.accelerator`` (torch 2.13's dataloader.py, which also
+    ignores ``pin_memory_device`` with a deprecation warning). Found in the iterator's own source.
+    """
+    from torch.utils.data import dataloader
+
+    try:
+        return "torch.accelerator" in inspect.getsource(dataloader._BaseDataLoaderIter.__init__)
+    except (OSError, TypeError, AttributeError):  # no source: pass the device, which every release takes
+        return False
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` ("cpu", "cuda", ...): ``torch.is_autocast_enabled(device)``
     from torch 2.4 on; before, only the CPU's has its own function (``is_autocast_cpu_enabled``)."""

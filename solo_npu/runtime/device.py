@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import logging
 import os
 import platform
@@ -36,6 +37,15 @@ NPU_ENV_DEFAULTS = {
     "HCCL_WHITELIST_DISABLE": "1",
     "TASK_QUEUE_ENABLE": "2",
 }
+# Variables that torch_npu reads when it counts the devices, which resolve_device does (importing torch_npu) before
+# setup_device applies runtime.npu.env: ASCEND_RT_VISIBLE_DEVICES chooses the visible devices, and
+# torch.npu.device_count() is lru_cached from its first call in older torch_npu (Ascend/pytorch
+# torch_npu/npu/utils.py @ fe31f4d8) and cached once the NPU is initialised in newer ones (torch_npu/npu/__init__.py
+# @ a145e511, _parse_visible_devices). Even uncached, the device index was already chosen among the devices
+# visible then. The other defaults take effect later: HCCL reads its variables when the process group is made,
+# and torch_npu reads TASK_QUEUE_ENABLE once, at its first use after set_device
+# (torch_npu/csrc/core/npu/register/OptionsManager.cpp @ 99cd9087, GetTaskQueueEnable).
+NPU_ENV_BEFORE_IMPORT = ("ASCEND_RT_VISIBLE_DEVICES",)
 
 
 class DeviceError(RuntimeError):
@@ -233,11 +243,49 @@ def amp_dtype(info: DeviceInfo, dtype: str = "fp16") -> torch.dtype:
 
 def amp_notice(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> str | None:
     """The WARNING for an AMP setting this device runs differently from what it says, or ``None``: fp16 on
-    the CPU runs as bf16 (:func:`amp_dtype`), without loss scaling (:func:`make_grad_scaler`)."""
+    the CPU runs as bf16 (:func:`amp_dtype`), without loss scaling (:func:`make_grad_scaler`).
+
+    Raises:
+        DeviceError: bf16 on an NPU or a CUDA device that says it has no bf16 (:func:`check_amp_dtype`).
+    """
+    check_amp_dtype(info, enabled, dtype)
     if enabled and info.type == "cpu" and amp_dtype(info, dtype) != _AMP_DTYPES[dtype]:
         return (f"amp.dtype={dtype} on the CPU: autocast runs bf16 here, without loss scaling (amp.loss_scale is "
                 "not used); amp.dtype=bf16 says so, amp.enabled=false trains in fp32")
     return None
+
+
+def check_amp_dtype(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> None:
+    """Stop a bf16 run on an accelerator that says it has no bf16, before it trains.
+
+    NPU: torch_npu's ``get_amp_supported_dtype`` lists fp16 and fp32 only where ``torch.npu.is_bf16_supported()``
+    is False (Ascend/pytorch torch_npu/npu/autocast_utils.py @ 287c65d6; ``is_bf16_supported`` is in
+    torch_npu/npu/utils.py @ fe31f4d8, a version before error codes, and in later ones; a torch_npu without it is
+    asked ``get_amp_supported_dtype`` itself), and ``torch.autocast`` then only warns and disables itself
+    (torch/amp/autocast_mode.py, torch 2.1 and 2.13): the run would train in fp32, and the loss scaler is off for
+    bf16 (:func:`make_grad_scaler`). CUDA: ``torch.autocast`` raises at the first forward pass where
+    ``torch.cuda.is_bf16_supported()`` is False (same file).
+
+    Raises:
+        DeviceError: naming amp.dtype=fp16 as the fix.
+    """
+    if not enabled or info.type == "cpu" or amp_dtype(info, dtype) != torch.bfloat16:
+        return
+    if info.type == "npu":
+        npu = getattr(torch, "npu", None)
+        is_bf16 = getattr(npu, "is_bf16_supported", None)
+        if is_bf16 is not None:
+            supported, answer = is_bf16(), "torch.npu.is_bf16_supported() is False"
+        else:
+            supported = torch.bfloat16 in npu.get_amp_supported_dtype()
+            answer = "torch.npu.get_amp_supported_dtype() has no bfloat16"
+        fallback = "torch.autocast would only warn and train in fp32"
+    else:
+        supported, answer = torch.cuda.is_bf16_supported(), "torch.cuda.is_bf16_supported() is False"
+        fallback = "torch.autocast would stop at the first step"
+    if not supported:
+        raise DeviceError(f"amp.dtype={dtype} but this {info.type.upper()} device has no bfloat16 ({answer}; "
+                          f"{fallback}): use amp.dtype=fp16 (with loss scaling), or amp.enabled=false for fp32")
 
 
 def autocast(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> contextlib.AbstractContextManager:
@@ -250,31 +298,44 @@ def autocast(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> contextlib
 def grad_scaler_class(device_type: str) -> type:
     """The GradScaler class for the device kind, found by feature rather than by version number.
 
-    torch >= 2.3 has one class for every device, ``torch.amp.GradScaler(device, ...)``. Older releases
-    (torch 2.1, the oldest line torch_npu still maintains) have ``torch.cuda.amp.GradScaler`` for CUDA
-    and, on Ascend, ``torch_npu.npu.amp.GradScaler`` (torch_npu/npu/amp/grad_scaler.py of the v2.1.0
-    branches: ``GradScaler(init_scale, growth_factor, backoff_factor, growth_interval, dynamic, enabled)``).
+    NPU: ``torch_npu.npu.amp.GradScaler`` wherever torch_npu has it, on every torch (Ascend/pytorch
+    torch_npu/npu/amp/grad_scaler.py @ 4ee8ead91253a641b91023d366a86fc75b71a604). On chips in saturation mode
+    (Ascend 910, ``torch_npu.npu.utils.is_support_inf_nan()`` False: an fp16 overflow saturates instead of
+    giving inf/NaN) it clears the NPU overflow flag in ``scale()`` and all-reduces an overflow count across
+    the ranks in ``_sync_dist_overflow_count``, so that every rank skips the same steps; PyTorch's scaler
+    has no such exchange, and the ranks' parameters could drift apart. Without it: ``torch.amp.GradScaler``
+    (torch >= 2.3, which takes the device kind ``"npu"``).
+
+    CUDA and CPU: ``torch.amp.GradScaler`` on torch >= 2.3, ``torch.cuda.amp.GradScaler`` before (torch 2.1,
+    the oldest line torch_npu still maintains).
 
     Raises:
-        DeviceError: NPU on torch < 2.3 and torch_npu lacks ``npu.amp.GradScaler``.
+        DeviceError: NPU where torch_npu lacks ``npu.amp.GradScaler`` and torch has no ``torch.amp.GradScaler``.
     """
     amp_scaler = getattr(torch.amp, "GradScaler", None)
-    if amp_scaler is not None:
-        return amp_scaler
     if device_type == "npu":
         npu_scaler = getattr(getattr(getattr(import_torch_npu(), "npu", None), "amp", None), "GradScaler", None)
-        if npu_scaler is None:
+        if npu_scaler is not None:
+            return npu_scaler
+        if amp_scaler is None:
             raise DeviceError(
                 f"torch {torch.__version__} has no torch.amp.GradScaler and torch_npu.npu.amp.GradScaler is missing")
-        return npu_scaler
-    return torch.cuda.amp.GradScaler
+        return amp_scaler
+    return amp_scaler if amp_scaler is not None else torch.cuda.amp.GradScaler
 
 
 def _grad_scaler_args(base: type, device: str, init_scale: float, enabled: bool) -> tuple[tuple, dict[str, Any]]:
-    # torch.amp.GradScaler takes the device kind first; the per-device classes of torch < 2.3 do not.
-    amp_scaler = getattr(torch.amp, "GradScaler", None)
-    args = (device,) if amp_scaler is not None and issubclass(base, amp_scaler) else ()
-    return args, {"init_scale": init_scale, "enabled": enabled}
+    # Decided by the constructor, not by the class tree: torch.amp.GradScaler takes the device kind first, the
+    # per-device classes do not, and torch_npu's GradScaler subclasses torch.cuda.amp.GradScaler (itself a
+    # torch.amp.GradScaler on torch >= 2.3) with GradScaler(init_scale, growth_factor, backoff_factor,
+    # growth_interval, dynamic, enabled). Its dynamic=True (the default) is asked for explicitly: with False it
+    # neither checks the gradients for inf/NaN nor skips a step (_unscale_grads_, step).
+    params = inspect.signature(base.__init__).parameters
+    args = (device,) if "device" in params else ()
+    kwargs: dict[str, Any] = {"init_scale": init_scale, "enabled": enabled}
+    if "dynamic" in params:
+        kwargs["dynamic"] = True
+    return args, kwargs
 
 
 class StaticGradScaler:
@@ -284,7 +345,9 @@ class StaticGradScaler:
     to its fixed value instead of backing off or growing. ``StaticGradScaler(device, scale)`` returns
     an instance of a subclass of ``grad_scaler_class(device)``, so it works on every torch the project
     supports. torch_npu's own ``dynamic=False`` mode is not used: it stops checking gradients for
-    inf/NaN (``_unscale_grads_`` only checks when dynamic), so overflowing steps would be applied.
+    inf/NaN (``_unscale_grads_`` only checks when dynamic), so overflowing steps would be applied, and it
+    skips the cross-rank overflow exchange (``_sync_dist_overflow_count``); underneath it stays dynamic and
+    ``update`` passes the fixed scale as ``new_scale``, which torch_npu's ``update`` sets without backing off.
     """
 
     static_scale: float
@@ -307,6 +370,23 @@ class StaticGradScaler:
 @functools.cache
 def _static_scaler_class(base: type) -> type:
     return type(f"Static{base.__name__}", (StaticGradScaler, base), {"__module__": __name__, "_base": base})
+
+
+def load_grad_scaler_state(scaler: Any, state: Mapping[str, Any]) -> None:
+    """Load a GradScaler state saved by any of the scaler classes (:func:`grad_scaler_class`) into ``scaler``.
+
+    torch_npu's GradScaler adds ``"dynamic"`` to its state and its ``load_state_dict`` reads
+    ``state_dict["dynamic"]`` (KeyError without it; torch_npu/npu/amp/grad_scaler.py @ 4ee8ead9), while
+    PyTorch's scalers neither write nor read it. A state without it (saved on CUDA, on another torch, or where
+    torch_npu had no scaler) gets the scaler's own mode, which is always dynamic here (inf/NaN checked, see
+    :class:`StaticGradScaler`); PyTorch's scalers ignore an extra ``"dynamic"``.
+    """
+    state = dict(state)
+    if "dynamic" not in state and scaler.is_enabled():
+        own = scaler.state_dict()
+        if "dynamic" in own:
+            state["dynamic"] = own["dynamic"]
+    scaler.load_state_dict(state)
 
 
 def make_grad_scaler(
@@ -462,17 +542,39 @@ def apply_env_defaults(defaults: Mapping[str, str], env: Mapping[str, Any] | Non
     return applied
 
 
+def apply_npu_env(cfg_runtime: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Apply :data:`NPU_ENV_DEFAULTS` and ``runtime.npu.env`` to the environment; the variables set.
+
+    Call it before :func:`resolve_device` imports torch_npu and counts the devices, and every variable takes effect;
+    :func:`setup_device` calls it again (a no-op for what is set already).
+
+    Raises:
+        DeviceError: a ``runtime.npu.env`` variable of :data:`NPU_ENV_BEFORE_IMPORT` would change after torch_npu
+            was imported: the devices are counted and chosen already, so it could not take effect.
+    """
+    env = {str(k): str(v) for k, v in (((cfg_runtime or {}).get("npu") or {}).get("env") or {}).items()}
+    if "torch_npu" in sys.modules:
+        for key in NPU_ENV_BEFORE_IMPORT:
+            if key in env and os.environ.get(key) != env[key]:
+                raise DeviceError(
+                    f"runtime.npu.env.{key}={env[key]} cannot take effect: torch_npu has already counted the visible "
+                    f"devices with {key}={os.environ.get(key, '<unset>')} and the run's device was chosen among them; "
+                    f"set it in the environment before the run starts ({key}={env[key]} python train.py ...)")
+    return apply_env_defaults(NPU_ENV_DEFAULTS, env)
+
+
 def setup_device(info: DeviceInfo, cfg_runtime: Mapping[str, Any] | None = None) -> None:
     """Make ``info`` the current device and apply device-specific settings from ``cfg.runtime``.
 
-    On NPU: environment defaults (HCCL timeouts, task queue), the operator compile mode
+    On NPU: environment defaults (HCCL timeouts, task queue) and ``runtime.npu.env`` (:func:`apply_npu_env`,
+    which refuses a device-choosing variable that comes too late), the operator compile mode
     (``runtime.npu.jit_compile``: False avoids recompiling operators for every new shape) and the
     current device. On CUDA: the current device and cudnn.benchmark. On CPU: nothing.
     """
     cfg_runtime = cfg_runtime or {}
     if info.type == "npu":
         npu_cfg = cfg_runtime.get("npu") or {}
-        apply_env_defaults(NPU_ENV_DEFAULTS, npu_cfg.get("env"))
+        apply_npu_env(cfg_runtime)
         torch_npu = import_torch_npu()
         torch.npu.set_device(info.device)
         set_mode = getattr(getattr(torch_npu, "npu", None), "set_compile_mode", None)
@@ -482,6 +584,21 @@ def setup_device(info: DeviceInfo, cfg_runtime: Mapping[str, Any] | None = None)
         torch.cuda.set_device(info.device)
         torch.backends.cudnn.benchmark = bool(cfg_runtime.get("cudnn_benchmark", False))
 
+
+def pin_memory_kwargs(pin_memory: bool) -> dict[str, Any]:
+    """``DataLoader`` keyword arguments that pin batches for this process's accelerator (``pin_memory=False``: none).
+
+    On the NPU (torch_npu imported and reporting a device: :func:`npu_loaded`) a torch whose DataLoader pins for
+    CUDA only (:func:`~solo_npu.runtime.compat.dataloader_pins_for_accelerator`, torch 2.1) needs
+    ``pin_memory_device="npu"`` (a DataLoader argument since torch 1.12; torch_npu's own DataLoader tests pass
+    ``pin_memory=True, pin_memory_device='npu'`` and check ``is_pinned(device='npu')``); newer ones pin for the
+    current accelerator by themselves and only warn about the argument.
+    """
+    from solo_npu.runtime.compat import dataloader_pins_for_accelerator
+
+    if pin_memory and npu_loaded() and not dataloader_pins_for_accelerator():
+        return {"pin_memory": True, "pin_memory_device": "npu"}
+    return {"pin_memory": bool(pin_memory)}
 
 
 def accelerator_rng_states() -> dict[str, list[torch.Tensor]]:

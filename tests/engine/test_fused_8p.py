@@ -2,7 +2,8 @@
 
 Each worker installs the stand-in (tests/stand_ins/torch_npu.py) and runs the training job on an "npu"
 device whose memory is the host's, so the engine takes every NPU decision (NpuFusedSGD from the runtime,
-its zero_grad and clipping rules, DDP options, static GradScaler on "npu") while gloo carries the traffic.
+its zero_grad and clipping rules, DDP options, torch_npu's GradScaler with the static scale) while gloo carries
+the traffic.
 The stand-in raises on ``zero_grad(set_to_none=True)`` and on gradients DDP re-points, as torch_npu
 would fail or go wrong there.
 """
@@ -25,6 +26,10 @@ from solo_npu.runtime import DeviceInfo
 STEPS = 3
 
 
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _npu_job(cfg: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     """Worker: the stand-in torch_npu, then the training job on an NPU-kind device in host memory."""
     from solo_npu.engine import comm
@@ -33,13 +38,12 @@ def _npu_job(cfg: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[str, 
     npu_stand_in.install()
     summary = run_job(cfg, run_dir, DeviceInfo("npu", torch.device("cpu"), info.index))
     optimizers = npu_stand_in.FUSED_OPTIMIZERS
-    report = {"fused_optimizers": len(optimizers), "calls": dict(optimizers[-1].calls) if optimizers else {}}
+    report = {"fused_optimizers": len(optimizers), "calls": dict(optimizers[-1].calls) if optimizers else {},
+              "scaler": _name(runtime.grad_scaler_class("npu"))}
     (run_dir / f"stand_in_rank{comm.get_rank()}.json").write_text(json.dumps(report))
     return summary
 
 
-@pytest.mark.skipif(not runtime.has_device_generic_grad_scaler(), reason="torch < 2.3 scales the loss with "
-                    "torch_npu.npu.amp.GradScaler, which the stand-in does not reproduce")
 def test_8p_experiment_first_steps_with_fused_sgd(synthetic_coco: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from engine_support import compose_train_cfg
@@ -67,5 +71,6 @@ def test_8p_experiment_first_steps_with_fused_sgd(synthetic_coco: Path, tmp_path
     for rank in (0, 1):
         report = json.loads((run_dir / f"stand_in_rank{rank}.json").read_text())
         assert report["fused_optimizers"] == 1
+        assert report["scaler"] == _name(npu_stand_in.GradScaler)  # torch_npu's, on every torch
         # One zero_grad (never set_to_none), one fused clip after unscale_, one fused step per iteration.
         assert report["calls"] == {"zero_grad": STEPS, "clip_grad_norm_fused_": STEPS, "step": STEPS}

@@ -81,9 +81,10 @@ def test_explicit_cuda_index_beyond_the_visible_devices_is_one_clear_error(no_np
 
 
 @in_child
-def test_explicit_npu_index_beyond_the_visible_devices_is_one_clear_error(fake_npu, monkeypatch):
-    # With ASCEND_RT_VISIBLE_DEVICES=4,5 the two devices are npu:0 and npu:1; torch_npu would hand npu:4 to ACL,
-    # which fails with error code 107001 (the stand-in's set_device raises the same).
+def test_explicit_npu_index_beyond_the_visible_devices_is_one_clear_error(monkeypatch):
+    # With ASCEND_RT_VISIBLE_DEVICES=4,5 on an 8-device machine the two devices are npu:0 and npu:1; torch_npu would
+    # hand npu:4 to ACL, which fails with error code 107001 (the stand-in's set_device raises the same).
+    npu_stand_in.install(monkeypatch, device_count=8)
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "4,5")
     assert runtime.resolve_device("npu:1", local_rank=0).index == 1
     with pytest.raises(runtime.DeviceError, match=r"^device=npu:4 requested but 2 npu devices are visible "
@@ -118,6 +119,67 @@ def test_fake_npu_setup_applies_env_and_compile_mode(fake_npu, monkeypatch):
     assert os.environ["HCCL_CONNECT_TIMEOUT"] == "1800"
     assert os.environ["TASK_QUEUE_ENABLE"] == "1"
     assert os.environ["MY_VAR"] == "7"
+
+
+@in_child
+@pytest.mark.parametrize("count_cache", ["lru", "after_init"])
+def test_npu_env_choosing_devices_after_torch_npu_counted_them_is_one_clear_error(monkeypatch, count_cache):
+    # resolve_device imports torch_npu and counts the devices before setup_device applies runtime.npu.env: an
+    # ASCEND_RT_VISIBLE_DEVICES given there would change nothing (older torch_npu lru_caches device_count;
+    # newer ones re-read it until the NPU is initialised, but npu:0 was chosen among all 8 already).
+    npu = npu_stand_in.install(monkeypatch, device_count=8, count_cache=count_cache).npu
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES")
+    info = runtime.resolve_device("npu")
+    assert npu.device_count() == 8
+    late = {"npu": {"env": {"ASCEND_RT_VISIBLE_DEVICES": "4,5"}}}
+    with pytest.raises(runtime.DeviceError) as err:
+        runtime.setup_device(info, late)
+    assert str(err.value) == (
+        "runtime.npu.env.ASCEND_RT_VISIBLE_DEVICES=4,5 cannot take effect: torch_npu has already counted the visible "
+        "devices with ASCEND_RT_VISIBLE_DEVICES=<unset> and the run's device was chosen among them; set it in the "
+        "environment before the run starts (ASCEND_RT_VISIBLE_DEVICES=4,5 python train.py ...)")
+    assert "ASCEND_RT_VISIBLE_DEVICES" not in os.environ and "set_device" not in npu.calls
+    if count_cache == "lru":  # what the variable would have done, set this late: nothing
+        os.environ["ASCEND_RT_VISIBLE_DEVICES"] = "4,5"
+        assert npu.device_count() == 8
+
+
+@in_child
+def test_npu_env_applied_before_torch_npu_is_imported_takes_effect(monkeypatch):
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES")
+    assert "torch_npu" not in sys.modules
+    cfg = {"npu": {"env": {"ASCEND_RT_VISIBLE_DEVICES": "4,5"}}}
+    assert runtime.apply_npu_env(cfg)["ASCEND_RT_VISIBLE_DEVICES"] == "4,5"
+    npu = npu_stand_in.install(monkeypatch, device_count=8, count_cache="lru").npu  # the import comes after it
+    info = runtime.resolve_device("npu:1")
+    assert npu.device_count() == 2
+    runtime.setup_device(info, cfg)  # the same value: nothing left to refuse
+    assert npu.calls["set_device"] == torch.device("npu", 1)
+
+
+@in_child
+def test_data_loader_pins_for_the_npu(monkeypatch, make_synthetic_cfg):
+    # torch 2.1's DataLoader pins for CUDA only (dataloader.py: `loader.pin_memory and torch.cuda.is_available()`)
+    # unless pin_memory_device names the device; newer ones pin for the current accelerator themselves.
+    from solo_npu.data import build_dataloader
+    from solo_npu.runtime.compat import dataloader_pins_for_accelerator
+
+    if not hasattr(torch, "accelerator"):  # torch 2.1 (the floor)
+        assert not dataloader_pins_for_accelerator()
+    npu_stand_in.install(monkeypatch)
+    assert runtime.resolve_device("npu").type == "npu"
+    loader = build_dataloader(make_synthetic_cfg(), "train", batch_size=2, num_workers=0, pin_memory=True)
+    assert loader.pin_memory
+    if dataloader_pins_for_accelerator():
+        assert loader.pin_memory_device == ""  # torch.accelerator decides, and the argument is deprecated
+    else:
+        assert loader.pin_memory_device == "npu"
+        batches = iter(loader)  # the iterator's decision (built without loading a batch)
+        assert batches._pin_memory and batches._pin_memory_device == "npu"
+    unpinned = build_dataloader(make_synthetic_cfg(), "train", batch_size=2, num_workers=0, pin_memory=False)
+    assert not unpinned.pin_memory and unpinned.pin_memory_device == ""
 
 
 @in_child

@@ -132,3 +132,83 @@ def test_amp_dtypes_follow_bf16_support(bf16: bool, dtypes: list[torch.dtype]) -
     # torch_npu/npu/autocast_utils.py get_amp_supported_dtype.
     npu = npu_stand_in.build(bf16=bf16).npu
     assert npu.is_bf16_supported() is bf16 and npu.get_amp_supported_dtype() == dtypes
+
+
+@in_child  # torch.autocast("npu") needs the PrivateUse1 backend named "npu"
+def test_autocast_on_the_npu_works_on_every_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.1's torch.autocast asks the backend module for is_autocast_enabled, set_autocast_enabled,
+    # get_autocast_dtype, set_autocast_dtype and get_amp_supported_dtype (torch/amp/autocast_mode.py), which
+    # torch_npu/npu/autocast_utils.py @ 287c65d6 defines; later releases ask get_amp_supported_dtype only.
+    npu = npu_stand_in.install(monkeypatch).npu
+    with torch.autocast("npu", dtype=torch.float16):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)  # host tensors: the NPU's autocast leaves them alone
+    assert y.dtype == torch.float32
+    assert not npu.is_autocast_enabled() and npu.get_autocast_dtype() == torch.float16
+    npu.set_autocast_enabled(True)
+    npu.set_autocast_dtype(torch.bfloat16)
+    assert npu.is_autocast_enabled() and npu.get_autocast_dtype() == torch.bfloat16
+
+
+@pytest.mark.parametrize(("visible", "count"), [(None, 8), ("", 0), ("4,5", 2), ("0,1,2", 3), ("1,0", 0),
+                                                ("6,9", 1), ("2,a,3", 1), ("3,", 1)])
+def test_device_count_reads_the_visible_devices(monkeypatch: pytest.MonkeyPatch, visible: str | None,
+                                                count: int) -> None:
+    # torch_npu/npu/__init__.py @ a145e511: _parse_visible_devices and _device_count_ascend_hal.
+    if visible is None:
+        monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", visible)
+    npu = npu_stand_in.build(device_count=8).npu
+    assert npu.device_count() == count and npu.is_available() is (count > 0)
+
+
+@pytest.mark.parametrize("count_cache", ["lru", "after_init"])
+def test_device_count_caches_as_torch_npu_does(monkeypatch: pytest.MonkeyPatch, count_cache: str) -> None:
+    # fe31f4d8 (older torch_npu): @lru_cache from the first call. a145e511 (newer): re-read until the NPU is
+    # initialised, cached from then on.
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0,1")
+    npu = npu_stand_in.build(device_count=8, count_cache=count_cache).npu
+    assert npu.device_count() == 2
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0")
+    assert npu.device_count() == (2 if count_cache == "lru" else 1)
+    npu.synchronize()  # initialises the NPU (_lazy_init); the next count is the one kept
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0,1,2")
+    assert npu.device_count() == (2 if count_cache == "lru" else 3)
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0")
+    assert npu.device_count() == (2 if count_cache == "lru" else 3)
+
+
+@in_child  # the scaler runs under the installed stand-in (torch_npu imports itself)
+def test_grad_scaler_keeps_torch_npus_contract(monkeypatch: pytest.MonkeyPatch, host_npu_memory: None) -> None:
+    # torch_npu/npu/amp/grad_scaler.py @ 4ee8ead9.
+    npu_stand_in.install(monkeypatch)
+    scaler_cls = npu_stand_in.GradScaler
+    assert issubclass(scaler_cls, torch.cuda.amp.GradScaler)
+    if hasattr(torch.amp, "GradScaler"):
+        assert issubclass(scaler_cls, torch.amp.GradScaler)
+    with pytest.raises(ValueError, match="The growth factor must be > 1.0."):
+        scaler_cls(growth_factor=1.0)
+    scaler = scaler_cls(init_scale=8.0)
+    assert scaler.state_dict() == {"scale": 8.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                                   "_growth_tracker": 0, "dynamic": True}
+    with pytest.raises(KeyError, match="dynamic"):
+        scaler.load_state_dict({"scale": 4.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                                "_growth_tracker": 0})
+    with pytest.raises(RuntimeError, match="The source state dict is empty"):
+        scaler.load_state_dict({})
+    with pytest.raises(ValueError, match="Device type of outputs should be npu."):
+        scaler.scale(torch.ones(1, device="meta"))
+    # A fused optimiser's combined gradient buffer is unscaled directly; dynamic=False only unscales.
+    model = _model()
+    opt = npu_stand_in.NpuFusedSGD(model.parameters(), lr=0.1)
+    static = scaler_cls(init_scale=4.0, dynamic=False)
+    static.scale(model(torch.randn(2, 4)).sum()).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    static.unscale_(opt)
+    assert opt.is_params_grads_combined
+    for p, g in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g / 4)
+    # No NPU: a warning, and the scaler disables itself (torch_npu/npu/amp/common.py).
+    npu_stand_in.install(monkeypatch, device_count=0)
+    with pytest.warns(UserWarning, match="NPU is not available.  Disabling."):
+        assert not scaler_cls().is_enabled()
