@@ -25,7 +25,7 @@ from solo_npu.config.deploy_schema import DeployConfig, ModelDeployConfig, unkno
 from solo_npu.deploy.adapters import ModelAdapter
 from solo_npu.models import build_model
 from solo_npu.models.inference import prepare_for_inference
-from solo_npu.runtime import DeviceInfo, resolve_device, seed_everything, setup_device
+from solo_npu.runtime import DeviceInfo, apply_npu_env, resolve_device, seed_everything, setup_device
 from solo_npu.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,11 @@ class DeployContext:
         self._settings: DeploySettings | None = None
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device: DeviceInfo = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
+        requested = str(OmegaConf.select(cfg, "runtime.device", default="auto"))
+        if requested.lower().partition(":")[0] in ("npu", "auto"):  # before torch_npu counts the devices
+            runtime_cfg = OmegaConf.select(cfg, "runtime", default=None)
+            apply_npu_env(OmegaConf.to_container(runtime_cfg, resolve=True) if runtime_cfg is not None else None)
+        self.device: DeviceInfo = resolve_device(requested)
         setup_device(self.device, cfg.get("runtime"))
         seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))  # random-weight runs repeat
         self._model: nn.Module | None = None

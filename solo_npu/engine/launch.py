@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from solo_npu.engine import comm
-from solo_npu.runtime import DeviceError, DeviceInfo, dist_backend, resolve_device, setup_device
+from solo_npu.runtime import DeviceError, DeviceInfo, apply_npu_env, dist_backend, resolve_device, setup_device
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
     """Initialise the device and the process group, run ``job``, tear the group down."""
     runtime = cfg.get("runtime") or {}
     check_device_per_rank(str(runtime.get("device", "auto")), int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    if str(runtime.get("device", "auto")).lower().partition(":")[0] in ("npu", "auto"):
+        apply_npu_env(runtime)  # before torch_npu is imported and counts the devices ASCEND_RT_VISIBLE_DEVICES shows
     info = resolve_device(str(runtime.get("device", "auto")), env.local_rank)
     setup_device(info, runtime)
     if env.world_size == 1:

@@ -368,3 +368,32 @@ def test_torch_npu_that_exits_on_import_is_not_a_successful_run(tmp_path, monkey
     assert "could not load a CANN library" in caplog.text and "torch_npu" not in sys.modules
     with pytest.raises(runtime.DeviceError, match=r"torch_npu is installed but does not import"):
         runtime.resolve_device("npu")
+
+
+@in_child
+def test_a_run_applies_npu_env_before_torch_npu_counts_the_devices(monkeypatch, tmp_path):
+    """``runtime.npu.env.ASCEND_RT_VISIBLE_DEVICES`` of a run takes effect: the worker applies it before its
+    first ``import torch_npu`` (here a stand-in imported on demand, as the real package is), so the run sees the
+    two devices it names. Before, setup_device applied it after torch_npu had counted all eight."""
+    import importlib.abc
+
+    from solo_npu.engine.launch import launch
+
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("ASCEND_RT_VISIBLE_DEVICES")
+    assert "torch_npu" not in sys.modules
+
+    class OnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            return importlib.util.spec_from_loader(name, self) if name == "torch_npu" else None
+
+        def create_module(self, spec):
+            return npu_stand_in.install(None, device_count=8, count_cache="lru")
+
+        def exec_module(self, module):
+            pass
+
+    monkeypatch.setattr(sys, "meta_path", [OnImport(), *sys.meta_path])
+    cfg = {"runtime": {"device": "npu", "npu": {"env": {"ASCEND_RT_VISIBLE_DEVICES": "4,5"}}}, "launcher": {}}
+    info, count = launch(lambda cfg, run_dir, info: (info, torch.npu.device_count()), cfg, tmp_path)
+    assert (info.type, count, os.environ["ASCEND_RT_VISIBLE_DEVICES"]) == ("npu", 2, "4,5")
