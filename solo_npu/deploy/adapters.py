@@ -15,12 +15,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from solo_npu.data.transforms import Compose, Normalize, resize_nearest
 from solo_npu.models.contract import Preprocessing, compare_raw_outputs
 
-__all__ = ["ExportWrapper", "ModelAdapter", "StretchResize"]
+__all__ = ["ExportWrapper", "ModelAdapter", "StretchResize", "pil_bilinear_resize"]
 
 
 class ExportWrapper(nn.Module):
@@ -39,15 +40,30 @@ class ExportWrapper(nn.Module):
 
 
 class StretchResize:
-    """Resize to exactly ``(H, W)`` ignoring the aspect ratio (YOLACT, SSD); boxes and meta follow."""
+    """Resize to exactly ``(H, W)`` ignoring the aspect ratio (YOLACT, SSD); boxes and meta follow.
 
-    def __init__(self, size: Sequence[int]) -> None:
+    Args:
+        size: ``(H, W)``.
+        interpolation: ``"cv2_linear"`` (``cv2.INTER_LINEAR``, no antialiasing) or ``"pil_bilinear"`` (Pillow's
+            ``Image.resize((W, H), BILINEAR)`` on the uint8 image, antialiased when it shrinks: what torchvision's
+            ``transforms.Resize((H, W))`` does to a PIL image, the SSD-ResNet34 guide's pre-processing).
+    """
+
+    INTERPOLATIONS = ("cv2_linear", "pil_bilinear")
+
+    def __init__(self, size: Sequence[int], interpolation: str = "cv2_linear") -> None:
+        if interpolation not in self.INTERPOLATIONS:
+            raise ValueError(f"StretchResize interpolation must be one of {self.INTERPOLATIONS}, got {interpolation!r}")
         self.size = (int(size[0]), int(size[1]))
+        self.interpolation = interpolation
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         h, w = self.size
         h0, w0 = sample["image"].shape[:2]
-        sample["image"] = cv2.resize(sample["image"], (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.interpolation == "pil_bilinear":
+            sample["image"] = pil_bilinear_resize(sample["image"], h, w)
+        else:
+            sample["image"] = cv2.resize(sample["image"], (w, h), interpolation=cv2.INTER_LINEAR)
         sy, sx = h / h0, w / w0
         if sample.get("boxes") is not None:
             sample["boxes"] = sample["boxes"] * np.array([sx, sy, sx, sy], dtype=np.float32)
@@ -55,6 +71,23 @@ class StretchResize:
             sample["masks"] = resize_nearest(sample["masks"], h, w)
         sample["meta"].update(img_shape=(h, w), scale_factor=(sy, sx))
         return sample
+
+
+def pil_bilinear_resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A uint8 HxWx3 image resized to ``(h, w)`` as torchvision's ``transforms.Resize((h, w))`` resizes a PIL image.
+
+    torchvision (pytorch/vision ``torchvision/transforms/functional.py`` ``resize``, 0.6-0.8: the SSD-ResNet34
+    guide's requirements.txt pins torchvision==0.6.0) calls ``img.resize(size[::-1], Image.BILINEAR)`` for a
+    ``(h, w)`` size; Pillow's bilinear filter widens its support by the scale factor when it shrinks
+    (antialiasing), which ``cv2.INTER_LINEAR`` does not. The guide (Ascend/ModelZoo-PyTorch
+    ``ACL_PyTorch/contrib/cv/detection/SSD-Resnet34/ssd_preprocess.py``) opens each image with
+    ``Image.open(path).convert("RGB")`` and applies ``Resize((300, 300))``, ``ToTensor``, ``Normalize``. The filter
+    works on each channel alone, so the channel order of ``image`` does not matter.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"pil_bilinear_resize expects a uint8 HxWx3 image, got {image.dtype} {image.shape}")
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((int(w), int(h)), Image.BILINEAR)
+    return np.asarray(resized).copy()
 
 
 class ModelAdapter:
@@ -96,7 +129,8 @@ class ModelAdapter:
         if pre.style is None:
             return None
         if pre.resize == "stretch":
-            resize = StretchResize(canvas)
+            # the model's resampling (SSD-ResNet34: Pillow bilinear, as its guide), else cv2 linear
+            resize = StretchResize(canvas, getattr(self.model, "stretch_interpolation", "cv2_linear"))
         else:
             from solo_npu.deploy.preprocess import FitCanvasResize
 

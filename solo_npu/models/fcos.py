@@ -1,17 +1,30 @@
-"""FCOS (Tian et al., 2019): R50-caffe FPN with a GroupNorm head, inference only.
+"""FCOS (Tian et al., 2019): R50-caffe FPN, inference only.
 
-Faithful to mmdet's ``fcos_r50_caffe_fpn_gn-head_1x`` (the model of the Ascend ModelZoo FCOS offline
-inference guide (310P), checkpoint ``fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth``;
-:meth:`FCOS.convert_state_dict` reads it and mmdet >= 2 checkpoints).
+Faithful to mmdet's FCOS R50-caffe-FPN 1x. The Ascend ModelZoo FCOS offline inference guide (310P) deploys
+``fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth``, mmdet v1's head *without* GroupNorm (mmdet v1
+``configs/fcos/README.md``: GN "N", 35.7 AP; the guide's config, Ascend/ModelZoo-PyTorch
+``ACL_PyTorch/contrib/cv/detection/Fcos/fcos_r50_caffe_fpn_4x4_1x_coco.py``, sets ``bbox_head``
+``norm_cfg=None``): its stacked head convs have a bias and no norm (mmdet v1
+``mmdet/models/anchor_heads/fcos_head.py``: ``ConvModule(..., norm_cfg=self.norm_cfg, bias=self.norm_cfg is
+None)``). That is the default here (``head.norm=none``); ``head.norm=gn`` builds the GroupNorm(32) head of
+``fcos_r50_caffe_fpn_gn_1x_4gpu_20190516-9f253a93.pth`` and of mmdet >= 2's ``fcos_r50-caffe_fpn_gn-head_1x``.
+:meth:`FCOS.convert_state_dict` reads mmdet v1 / v2 / v3 files and refuses, in one line naming the setting, a
+file whose head is the other one.
 
 Architecture: caffe-style ResNet-50 (stride on the first 1x1 conv, frozen BN) -> FPN over C3..C5
 (``start_level=1``) with two extra stride-2 convs on the P5 output (P6, P7; ReLU before the second)
--> shared head with 4 conv+GN(32)+ReLU per branch; centerness on the classification branch (mmdet
-v1, and mmdet >= 2 unless ``centerness_on_reg``); box distances ``exp(scale_l * x)`` in pixels.
+-> shared head with 4 conv(+GN(32))+ReLU per branch; centerness on the classification branch (mmdet
+v1, and mmdet >= 2 unless ``centerness_on_reg``); box distances ``exp(scale_l * x)`` in pixels. mmdet's
+improved FCOS (``fcos_center-normbbox-centeronreg-giou_*``: ``norm_on_bbox=True``, i.e. distances
+``relu(scale_l * x) * stride``, ``conv_bias=True`` with GN, another caffe mean) is not implemented: its files
+are refused (:meth:`FCOS.check_checkpoint_input`, :meth:`FCOS.convert_state_dict`).
 
-Pre-processing (as that guide runs it): BGR float image, keep-ratio resize so that it fits 1333x800
-(``rescale_size``), subtract the caffe mean ``[102.9801, 115.9465, 122.7717]`` (BGR), std 1,
-zero-pad bottom/right to the static 800x1333 canvas.
+Pre-processing, as mmdet's test pipeline: BGR float image, keep-ratio resize so that it fits 1333x800
+(``rescale_size``), subtract the caffe mean ``[102.9801, 115.9465, 122.7717]`` (BGR), std 1, and the image at
+the top left of the static 800x1333 canvas, zero padding bottom / right (mmdet's ``Pad``). The guide's
+``fcos_pth_preprocess.py`` instead centres the resized image on the canvas (``pad_left = (1333 - w) // 2``,
+``pad_top = (800 - h) // 2``) and its ``fcos_pth_postprocess.py`` subtracts that offset from the boxes again:
+the same boxes in the original image, but the network sees the image at another place on the canvas.
 
 Post-processing, as mmdet 3.3.0 ``BaseDenseHead._predict_by_feat_single`` and ``_bbox_post_process``
 do it: points at the cell centres ``((x + 0.5) * s, (y + 0.5) * s)``; per level the ``nms_pre`` = 1000
@@ -37,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from solo_npu.checkpoints.io import CheckpointError
 from solo_npu.models.backbones.resnet import ResNet
 from solo_npu.models.contract import Preprocessing, as_float_tensor
 from solo_npu.models.necks.fpn import FPN, ConvModule, init_normal_convs
@@ -45,12 +59,47 @@ from solo_npu.models.ops.boxes import batched_nms
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import fcos_points
 
-__all__ = ["FCOS", "FCOSHead", "Scale", "build_fcos", "fcos_postprocess"]
+__all__ = ["FCOS", "FCOSHead", "HEAD_NORMS", "Scale", "build_fcos", "fcos_postprocess", "head_norm"]
 
 FCOS_OUTPUT_NAMES = ("boxes", "cls_scores", "centerness")
 # mmdet v1 head names -> mmdet >= 2 (ours); backbone and neck names are already ours.
 _MMDET_V1_HEAD = {"bbox_head.fcos_cls.": "bbox_head.conv_cls.", "bbox_head.fcos_reg.": "bbox_head.conv_reg.",
                   "bbox_head.fcos_centerness.": "bbox_head.conv_centerness."}
+HEAD_NORMS = ("none", "gn")  # model.head.norm: the stacked head convs without a norm (with a bias) or with GN
+_HEAD_GN = re.compile(r"bbox_head\.(cls|reg)_convs\.\d+\.gn\.weight")
+_HEAD_CONV_BIAS = re.compile(r"bbox_head\.(cls|reg)_convs\.\d+\.conv\.bias")
+# Settings of mmdet's FCOSHead that change what the weights mean but not their names and shapes (mmdet
+# mmdet/models/dense_heads/fcos_head.py forward_single: ``norm_on_bbox`` decodes ``relu(scale * x) * stride``
+# instead of ``exp(scale * x)``; ``centerness_on_reg`` reads centerness from the regression branch), as the
+# config text a checkpoint keeps writes them (mmcv / mmengine ``Config.pretty_text``: ``key=value`` in ``dict(...)``,
+# ``'key': value`` in a mapping).
+_CFG_FLAG = r"""['"]?{}['"]?\s*[=:]\s*True\b"""
+
+
+def _head_layout(state: Mapping[str, Tensor]) -> str | None:
+    """The stacked-conv layout of an FCOS head's weights: ``gn`` (GroupNorm, no conv bias), ``none`` (conv bias,
+    no norm), ``gn+bias`` (both: mmdet's ``conv_bias=True``) or ``None`` (no stacked convs in the file)."""
+    gn = any(_HEAD_GN.fullmatch(k) for k in state)
+    bias = any(_HEAD_CONV_BIAS.fullmatch(k) for k in state)
+    if gn and bias:
+        return "gn+bias"
+    return "gn" if gn else "none" if bias else None
+
+
+def _trained_flags(config_text: Any) -> list[str]:
+    """The FCOSHead flags ``norm_on_bbox`` / ``centerness_on_reg`` that a checkpoint's config text sets to True."""
+    if not isinstance(config_text, str):
+        return []
+    return [flag for flag in ("norm_on_bbox", "centerness_on_reg")
+            if re.search(_CFG_FLAG.format(flag), config_text) is not None]
+
+
+def head_norm(value: Any) -> str | None:
+    """``model.head.norm`` (``none`` / ``null`` or ``gn``) as :class:`FCOSHead`'s ``norm`` (``None`` or ``"gn"``)."""
+    name = "none" if value is None else str(value).strip().lower()
+    if name not in HEAD_NORMS:
+        raise ValueError(f"model.head.norm={value!r}: FCOS's head norm is one of {', '.join(HEAD_NORMS)}")
+    return None if name == "none" else name
 
 
 class Scale(nn.Module):
@@ -74,16 +123,17 @@ class FCOSHead(nn.Module):
         feat_channels: channels of the stacked convs.
         stacked_convs: convs per branch.
         strides: FPN level strides.
-        norm: norm of the stacked convs (``"gn"`` or ``None``).
+        norm: norm of the stacked convs: ``None`` (convs with a bias, the FCOS guide's checkpoint) or ``"gn"``.
         centerness_on_reg: predict centerness from the regression branch (mmdet's later variants).
     """
 
     def __init__(self, num_classes: int = 80, in_channels: int = 256, feat_channels: int = 256,
-                 stacked_convs: int = 4, strides: Sequence[int] = (8, 16, 32, 64, 128), norm: str | None = "gn",
+                 stacked_convs: int = 4, strides: Sequence[int] = (8, 16, 32, 64, 128), norm: str | None = None,
                  num_groups: int = 32, centerness_on_reg: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.strides = tuple(strides)
+        self.norm = norm
         self.centerness_on_reg = centerness_on_reg
 
         def branch() -> nn.ModuleList:
@@ -211,13 +261,24 @@ class FCOS(nn.Module):
                                 as_float_tensor(outputs["centerness"]), meta, self.score_thr, self.iou_threshold,
                                 self.max_per_img, self.min_bbox_size)
 
-    @staticmethod
-    def convert_state_dict(state: Mapping[str, Tensor], layout: str = "fcos",
+    @property
+    def head_norm(self) -> str:
+        """``model.head.norm`` of this model: ``gn`` or ``none``."""
+        return self.bbox_head.norm or "none"
+
+    def convert_state_dict(self, state: Mapping[str, Tensor], layout: str = "fcos",
                            num_classes: int | None = None) -> dict[str, Tensor]:
         """An mmdet v1 / v2 / v3 FCOS state dict (``fcos``) in this model's names: v1 head names renamed,
-        the level scales as scalars."""
+        the level scales as scalars.
+
+        Raises:
+            CheckpointError: the file's stacked head convs are the other layout than this model's
+                ``model.head.norm`` (GroupNorm weights against ``none``, conv biases against ``gn``), or have both
+                (mmdet's improved FCOS, ``conv_bias=True``), in one line naming the setting.
+        """
         if layout != "fcos":
             raise ValueError(f"FCOS reads 'fcos' (mmdet) checkpoints, not {layout!r}")
+        self._check_head_layout(state)
         out = {}
         for key, value in state.items():
             for old, new in _MMDET_V1_HEAD.items():
@@ -228,6 +289,46 @@ class FCOS(nn.Module):
                 value = value.reshape(())
             out[key] = value
         return out
+
+    def _check_head_layout(self, state: Mapping[str, Tensor]) -> None:
+        found = _head_layout(state)
+        if found is None or found == self.head_norm:
+            return
+        gn_key = next(k for k in state if _HEAD_GN.fullmatch(k)) if found != "none" else None
+        bias_key = next(k for k in state if _HEAD_CONV_BIAS.fullmatch(k)) if found != "gn" else None
+        if found == "gn+bias":
+            raise CheckpointError(
+                f"the checkpoint's FCOS head has GroupNorm and conv biases ({gn_key}, {bias_key}): mmdet's improved "
+                "FCOS (conv_bias=True, trained with norm_on_bbox / centerness_on_reg), which this FCOS does not "
+                "implement; use an FCOS checkpoint with model.head.norm=gn (GroupNorm, no conv bias) or none")
+        if found == "gn":
+            raise CheckpointError(
+                f"the checkpoint's FCOS head has GroupNorm after its stacked convs ({gn_key}; e.g. "
+                "fcos_r50_caffe_fpn_gn_1x_4gpu_20190516-9f253a93.pth) but the model has model.head.norm=none: add "
+                "model.head.norm=gn")
+        raise CheckpointError(
+            f"the checkpoint's FCOS head has no norm, its stacked convs have biases ({bias_key}; e.g. the FCOS "
+            "guide's fcos_r50_caffe_fpn_1x_4gpu_20190516-a7cac5ff.pth) but the model has model.head.norm=gn: add "
+            "model.head.norm=none")
+
+    def check_checkpoint_input(self, layout: str | None, normalize: Mapping[str, Any] | None = None,
+                               config_text: Any = None) -> None:
+        """CheckpointError when the config text an mmdet file keeps (``meta.config`` / ``meta.cfg``, copied into
+        converted files) trained another head than this one: ``norm_on_bbox=True`` (distances
+        ``relu(scale * x) * stride``, which this FCOS does not decode) or ``centerness_on_reg=True`` on a model
+        built without it. ``layout`` and ``normalize``: part of the model contract (FCOS has its own
+        pre-processing, not the data config's)."""
+        flags = _trained_flags(config_text)
+        if "norm_on_bbox" in flags:
+            raise CheckpointError(
+                f"the checkpoint's config trained FCOS with {'=True, '.join(flags)}=True (mmdet's improved FCOS: "
+                "box distances relu(scale * x) * stride, caffe mean [103.53, 116.28, 123.675]); this FCOS decodes "
+                "exp(scale * x) (mmdet's norm_on_bbox=False) and would give wrong boxes: use an FCOS checkpoint "
+                "trained without norm_on_bbox")
+        if "centerness_on_reg" in flags and not self.bbox_head.centerness_on_reg:
+            raise CheckpointError("the checkpoint's config trained FCOS with centerness_on_reg=True (centerness "
+                                  "from the regression branch) but the model has centerness_on_reg=false: add "
+                                  "model.centerness_on_reg=true")
 
 
 def fcos_postprocess(boxes: Tensor, cls_scores: Tensor, centerness: Tensor, meta: Mapping[str, Any],
@@ -268,14 +369,21 @@ def build_fcos(num_classes: int = 80, name: str = "fcos", depth: int = 50, style
                norm: str = "frozen_bn", fpn_channels: int = 256, feat_channels: int = 256, stacked_convs: int = 4,
                num_groups: int = 32, strides: Sequence[int] = (8, 16, 32, 64, 128), centerness_on_reg: bool = False,
                nms_pre: int = 1000, score_thr: float = 0.05, iou_threshold: float = 0.5,
-               max_per_img: int = 100, min_bbox_size: float = 0.0) -> FCOS:
-    """FCOS R50-caffe-FPN GN-head (the FCOS guide's model by default); smaller ``depth`` / widths for tests.
-    ``name`` is the config's label, kept as ``model.name``."""
+               max_per_img: int = 100, min_bbox_size: float = 0.0, head: Mapping[str, Any] | None = None) -> FCOS:
+    """FCOS R50-caffe-FPN (the FCOS guide's model by default); smaller ``depth`` / widths for tests.
+    ``name`` is the config's label, kept as ``model.name``. ``norm`` is the backbone's.
+
+    Args:
+        head: ``{"norm": "none" | "gn"}`` (default ``none``, the guide's checkpoint): the norm of the stacked head
+            convs (``num_groups`` groups for ``gn``); other keys go to :class:`FCOSHead`.
+    """
     backbone = ResNet(depth=depth, style=style, norm=norm, frozen_stages=1, out_indices=(0, 1, 2, 3))
     neck = FPN(backbone.stage_channels, fpn_channels, num_outs=len(strides), start_level=1,
                add_extra_convs="on_output", relu_before_extra_convs=True)
-    head = FCOSHead(num_classes, fpn_channels, feat_channels, stacked_convs, strides, "gn", num_groups,
-                    centerness_on_reg)
-    model = FCOS(backbone, neck, head, nms_pre, score_thr, iou_threshold, max_per_img, min_bbox_size)
+    head_cfg = dict(head or {})
+    head_cfg["norm"] = head_norm(head_cfg.get("norm", "none"))
+    bbox_head = FCOSHead(num_classes, fpn_channels, feat_channels, stacked_convs, strides, num_groups=num_groups,
+                         centerness_on_reg=centerness_on_reg, **head_cfg)
+    model = FCOS(backbone, neck, bbox_head, nms_pre, score_thr, iou_threshold, max_per_img, min_bbox_size)
     model.name = name
     return model.eval()

@@ -11,9 +11,12 @@ box conv (``4 * A``) and class conv (``81 * A``), A = 4, 6, 6, 6, 4, 4 priors. O
 like the reference: ``ploc [B, 4, 8732]`` and ``plabel [B, 81, 8732]`` (background class 0), prior
 index = level offset + shape * H * W + position.
 
-Pre-processing (MLPerf eval transform): RGB, resize to 300x300 ignoring the aspect ratio (bilinear),
+Pre-processing (the guide's ``ssd_preprocess.py``, Ascend/ModelZoo-PyTorch): RGB, torchvision
+``Resize((300, 300))`` on the PIL image, i.e. Pillow bilinear ignoring the aspect ratio, antialiased when it
+shrinks (:attr:`SSDResNet34.stretch_interpolation`, :func:`solo_npu.deploy.adapters.pil_bilinear_resize`),
 ``/255``, normalise with ImageNet mean ``[0.485, 0.456, 0.406]`` and std ``[0.229, 0.224, 0.225]``
 (i.e. mean ``[123.675, 116.28, 103.53]`` and std ``[58.395, 57.12, 57.375]`` on 0..255 pixels). No padding.
+The resize happens before the graph: the exported model is the same whichever resampling feeds it.
 
 Post-processing (MLPerf ``Encoder.decode_batch(ploc, plabel, 0.5, 200)``): boxes decoded against the 8732
 default boxes with ``scale_xy = 0.1`` / ``scale_wh = 0.2``; softmax over 81 classes; per foreground class
@@ -116,6 +119,9 @@ class SSDResNet34(nn.Module):
     # MLPerf eval transform: stretch to the input, RGB, ImageNet mean / std; the image fills the input
     preprocessing = Preprocessing("stretch", "pytorch", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
                                   pad_position="top_left")
+    # the stretch's resampling (solo_npu.deploy.adapters.StretchResize): Pillow bilinear on the uint8 image, as
+    # torchvision's Resize((300, 300)) in the guide's ssd_preprocess.py (cv2.INTER_LINEAR does not antialias)
+    stretch_interpolation = "pil_bilinear"
     checkpoint_layouts = ("ssd_resnet34",)
 
     def __init__(self, backbone: nn.Module, out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),

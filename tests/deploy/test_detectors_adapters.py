@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from solo_npu.deploy.adapters import ModelAdapter, StretchResize
 from solo_npu.models import build_model, split_model_config
@@ -66,6 +68,53 @@ def test_transforms_follow_each_reference_pipeline() -> None:
                                rtol=1e-5)
     resized = StretchResize((20, 40))(sample(10, 10, (0, 0, 0)), None)
     np.testing.assert_allclose(resized["boxes"], [[0, 0, 40, 20]])
+
+
+def detailed_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A uint8 RGB image with detail at every scale (noise summed over octaves), where resampling filters differ."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((h, w, 3), np.float64)
+    for step in (1, 2, 4, 8, 16):
+        noise = rng.standard_normal((h // step + 2, w // step + 2, 3))
+        image += cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC) * step ** 0.5
+    return np.clip(128 + 60 * (image - image.mean()) / image.std(), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h0, w0", [(480, 640), (427, 640), (200, 250)])  # shrink (both, one side) and enlarge
+def test_ssd_resize_is_torchvision_resize_of_a_pil_image(h0: int, w0: int) -> None:
+    """The SSD-ResNet34 guide's ssd_preprocess.py (Ascend/ModelZoo-PyTorch ACL_PyTorch/contrib/cv/detection/
+    SSD-Resnet34): ``Image.open(path).convert("RGB")``, ``transforms.Resize((300, 300))``, ``ToTensor()``,
+    ``Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])``. torchvision's resize of a PIL image with an
+    (h, w) size is ``img.resize(size[::-1], Image.BILINEAR)`` (pytorch/vision torchvision/transforms/
+    functional.py); ToTensor divides the uint8 values by 255. Written here with Pillow and numpy alone."""
+    image = detailed_image(h0, w0)
+    pil = np.asarray(Image.fromarray(image).resize((300, 300), Image.BILINEAR), dtype=np.float64) / 255.0
+    expected = ((pil - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+    item = {"image": image.copy(), "boxes": np.array([[10, 20, 110, 220]], np.float32), "masks": None,
+            "meta": {"ori_shape": (h0, w0)}}
+    out = ModelAdapter(SSDResNet34).transforms((300, 300))(item, None)
+    np.testing.assert_allclose(out["image"].numpy(), expected, rtol=0, atol=2e-5)
+    assert out["meta"]["img_shape"] == (300, 300)
+    assert out["meta"]["scale_factor"] == pytest.approx((300 / h0, 300 / w0))
+    np.testing.assert_allclose(out["boxes"], [[10 * 300 / w0, 20 * 300 / h0, 110 * 300 / w0, 220 * 300 / h0]],
+                               rtol=1e-6)
+    if h0 > 300:  # shrinking: cv2.INTER_LINEAR (no antialiasing) is not what the guide feeds the model
+        linear = cv2.resize(image, (300, 300), interpolation=cv2.INTER_LINEAR).astype(np.float64) / 255.0
+        linear = ((linear - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+        assert np.abs(linear - expected).mean() > 0.02
+
+
+def test_yolact_edge_keeps_the_cv2_stretch() -> None:
+    image = detailed_image(480, 640)
+    for model in (YolactEdge, FCOS):  # FCOS: keep-ratio, not a stretch; YolactEdge: cv2.INTER_LINEAR as before
+        assert getattr(model, "stretch_interpolation", "cv2_linear") == "cv2_linear"
+    out = StretchResize((64, 80))({"image": image.copy(), "meta": {}}, None)
+    np.testing.assert_array_equal(out["image"], cv2.resize(image, (80, 64), interpolation=cv2.INTER_LINEAR))
+    steps = ModelAdapter(YolactEdge).transforms((64, 64)).transforms
+    assert isinstance(steps[0], StretchResize) and steps[0].interpolation == "cv2_linear"
+    assert ModelAdapter(SSDResNet34).transforms((64, 64)).transforms[0].interpolation == "pil_bilinear"
+    with pytest.raises(ValueError, match="interpolation"):
+        StretchResize((8, 8), "area")
 
 
 def meta_for(h0: int, w0: int, size: int) -> dict:

@@ -58,13 +58,16 @@ def test_mmdet_checkpoint_loads_strict_and_reproduces_outputs(layout: str) -> No
         torch.testing.assert_close(a, b)
 
 
-def test_full_size_model_accepts_reference_key_set() -> None:
-    model = build_fcos()  # R50-caffe FPN GN head, construction only
+@pytest.mark.parametrize("norm", ["none", "gn"])
+def test_full_size_model_accepts_reference_key_set(norm: str) -> None:
+    model = build_fcos(head={"norm": norm})  # R50-caffe FPN, the guide's head (none) or the GN head; construction only
     ckpt = to_mmdet_v1(model.state_dict())["state_dict"]
     keys = set(ckpt)
     assert {"bbox_head.fcos_cls.weight", "bbox_head.scales.4.scale", "neck.fpn_convs.4.conv.weight",
-            "bbox_head.cls_convs.3.gn.weight", "backbone.layer4.2.bn3.running_var"} <= keys
-    assert "bbox_head.cls_convs.0.conv.bias" not in keys  # convs followed by GN have no bias
+            "backbone.layer4.2.bn3.running_var", "bbox_head.cls_convs.3.conv.weight"} <= keys
+    # mmdet v1 fcos_head.py: ConvModule(..., norm_cfg=self.norm_cfg, bias=self.norm_cfg is None)
+    assert ("bbox_head.cls_convs.3.gn.weight" in keys) == (norm == "gn")
+    assert ("bbox_head.cls_convs.0.conv.bias" in keys) == (norm == "none")
     assert ckpt["bbox_head.fcos_cls.weight"].shape == (80, 256, 3, 3)
     assert ckpt["neck.lateral_convs.0.conv.weight"].shape == (256, 512, 1, 1)  # start_level=1: C3
     assert model.backbone.layer2[0].conv1.stride == (2, 2)  # caffe style: stride on the 1x1 conv

@@ -222,6 +222,9 @@ def test_configured_constants_equal_mmdet() -> None:
     assert list(cfg.strides) == [8, 16, 32, 64, 128] and cfg.num_classes == 80
     assert cfg.style == "caffe" and cfg.norm == "frozen_bn" and cfg.centerness_on_reg is False
     assert cfg.stacked_convs == 4 and cfg.feat_channels == 256 and cfg.num_groups == 32
+    # the head norm is the deployed checkpoint's: the guide's a7cac5ff file has none (its config: norm_cfg=None);
+    # mmdet 3.3.0's gn-head config above is head.norm=gn
+    assert cfg.head.norm == "none" and build_fcos(**TINY, head={"norm": "gn"}).head_norm == "gn"
     pre = FCOS.preprocessing
     assert list(pre.mean) == [102.9801, 115.9465, 122.7717] and list(pre.std) == [1.0, 1.0, 1.0]
     assert pre.style == "caffe" and pre.resize == "keep_ratio" and list(cfg.deploy.input_shape) == [1, 3, 800, 1333]
