@@ -45,6 +45,7 @@ class DeploySettings:
     soc_version: str
     backends: list[str]
     num_images: int | None
+    scored_images: str = "all"  # all | annotated: the images AP is scored on
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,7 +145,12 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
                               user.benchmark.warmup, 0), ("benchmark.iters", user.benchmark.iters, 1)):
         if int(value) < least:
             raise DeployError(f"deploy.{key}={value}: give {'a positive' if least else 'a non-negative'} integer")
+    scored = str(_pick(user.evaluate.images, model_defaults.scored_images))
+    if scored not in ("all", "annotated"):
+        raise DeployError(f"deploy.evaluate.images={scored}: choose all (every image) or annotated (the images with "
+                          "an annotation)")
     return DeploySettings(
+        scored_images=scored,
         input_shape=(shape[0], shape[1]),
         batch_sizes=batch_sizes,
         opset=int(_pick(user.opset, model_defaults.opset)),

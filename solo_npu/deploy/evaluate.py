@@ -46,9 +46,20 @@ def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids
     from solo_npu.evaluation.coco_eval import evaluate_coco, scored_categories
 
     types = score_types(ctx.adapter.iou_types)
+    image_ids = scored_image_ids(ctx, gt, image_ids)
     if not image_ids:
         return evaluate_coco(gt, [], types)
     return evaluate_coco(gt, results, types, img_ids=image_ids, cat_ids=scored_categories(gt, label_to_cat))
+
+
+def scored_image_ids(ctx: DeployContext, gt: Any, image_ids: Sequence[Any]) -> list[Any]:
+    """``image_ids`` that ``deploy.evaluate.images`` scores: all, or those with an annotation (``annotated``:
+    the MLPerf SSD reference and its Ascend guide drop the others, ssd_preprocess.py ``if len(v[2]) == 0``)."""
+    if ctx.settings.scored_images != "annotated":
+        return list(image_ids)
+    from solo_npu.evaluation.coco_eval import image_id_of
+
+    return [i for i in image_ids if gt.imgToAnns.get(image_id_of(i))]
 
 
 def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: Any = None) -> dict[str, Any]:
@@ -66,7 +77,7 @@ def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: An
     results = json.loads(results_path(ctx, key).read_text())
     return {"metrics": _score(ctx, gt, results, collected["image_ids"], index["label_to_cat"]),
             "postprocess_ms": collected["postprocess_ms"],
-            "images": len(collected["image_ids"]), "detections": len(results)}
+            "images": len(scored_image_ids(ctx, gt, collected["image_ids"])), "detections": len(results)}
 
 
 def evaluate_eager(ctx: DeployContext, index: dict[str, Any], batch_size: int = 1) -> dict[str, Any]:
@@ -80,6 +91,8 @@ def evaluate_eager(ctx: DeployContext, index: dict[str, Any], batch_size: int = 
     except FileNotFoundError as exc:
         raise DeployError(f"{exc} (the annotation file used by preprocess has moved; re-run preprocess)") from exc
     model = ctx.model()
+    scored = set(scored_image_ids(ctx, evaluator.coco_gt, [r["image_id"] for r in records]))
+    records = [r for r in records if r["image_id"] in scored]  # the evaluator scores the images it processed
     for members in batches(len(records), batch_size):
         recs = [records[i] for i in members]
         images = torch.from_numpy(load_inputs(ctx, recs)).to(ctx.device.device)
@@ -89,7 +102,7 @@ def evaluate_eager(ctx: DeployContext, index: dict[str, Any], batch_size: int = 
         evaluator.process(metas, [{k: v.cpu() for k, v in r.items()} for r in results])
     metrics = evaluator.evaluate()
     evaluator.dump(ctx.path("evaluate", "eager.json"))
-    return {"metrics": metrics}
+    return {"metrics": metrics, "images": len(records)}
 
 
 def run_evaluate(ctx: DeployContext) -> dict[str, Any]:

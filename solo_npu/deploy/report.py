@@ -60,6 +60,18 @@ def _classes_line(manifest: dict[str, Any], ctx: DeployContext) -> str:
     return f"- classes: {manifest['num_classes']} from the {manifest.get('classes_from') or 'config'}{shown}"
 
 
+def _scored_line(ctx: DeployContext, num_images: int) -> str:
+    """The images AP was scored on: all of them, or (``deploy.evaluate.images=annotated``) those with an
+    annotation, counted by the evaluate stage."""
+    if ctx.settings.scored_images != "annotated":
+        return f"{num_images} images"
+    metrics = _optional(ctx, "evaluate", "metrics.json") or {}
+    counts = {e.get("images") for e in metrics.values() if isinstance(e, dict) and e.get("images") is not None}
+    scored = str(counts.pop()) if len(counts) == 1 else "the"
+    return (f"{scored} of the {num_images} images, those with an annotation (deploy.evaluate.images=annotated, as "
+            "the model's guide scores)")
+
+
 def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
     bench = _optional(ctx, "benchmark", "benchmark.json") or {"rows": []}
     manifest = _optional(ctx, "export", "manifest.json") or {}
@@ -87,7 +99,7 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         "- timing scope: `model only` = the model call, inputs and outputs already where it runs; "
         "`with host-device copies` = numpy in, numpy out; `device compute from ais_bench` = ais_bench's "
         "NPU_compute_time (no host-device copies)",
-        f"- AP: COCO {', '.join(ap_types) or '-'} over {num_images} images, scored at batch "
+        f"- AP: COCO {', '.join(ap_types) or '-'} over {_scored_line(ctx, num_images)}, scored at batch "
         f"{', '.join(str(b) for b in ap_batches) or '-'}; other batch sizes are timed only",
         "",
         format_table([_fmt_row(r, ap_types) for r in bench["rows"] if not r.get("failed")],

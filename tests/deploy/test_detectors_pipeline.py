@@ -107,3 +107,38 @@ def test_ssd_resnet34_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
                           nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
     model = SSDResNet34(trunk, (16, 16, 16, 8, 8, 8), (8, 8, 8, 8, 8), num_classes=3, fig_size=320, max_output=20)
     check_coco_results(run("ssd_resnet34", model, synthetic_coco, tmp_path, [320, 320]), ("bbox",), synthetic_coco)
+
+
+def test_ssd_resnet34_scores_the_annotated_images_as_its_guide(synthetic_coco: Path, tmp_path: Path) -> None:
+    """The SSD guide (ssd_preprocess.py) and MLPerf score only the val images with an annotation (4952 of 5000):
+    an image without one would count its detections as false positives. deploy.evaluate.images=all scores all."""
+    import shutil
+
+    from solo_npu.evaluation import evaluate_coco
+
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    path = root / "annotations" / "instances_val2017.json"
+    ann = json.loads(path.read_text())
+    empty = ann["images"][0]["id"]
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] != empty]
+    path.write_text(json.dumps(ann))
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+    model = SSDResNet34(trunk, (16, 16, 16, 8, 8, 8), (8, 8, 8, 8, 8), num_classes=3, fig_size=320, max_output=20)
+    counts = {}
+    for images in ("null", "all"):
+        run_dir = tmp_path / images
+        out = run("ssd_resnet34", model, root, run_dir, [320, 320],
+                  extra=(f"deploy.evaluate.images={images}", "stages=[export,preprocess,infer,evaluate,report]"))
+        entry = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["onnxruntime_b2"]
+        counts[images] = entry["images"]
+        scored = sorted({d["image_id"] for d in out["results"]} | {i["id"] for i in ann["images"][:4]})
+        ids = [i for i in scored if images == "all" or i != empty]
+        want = evaluate_coco(path, [d for d in out["results"] if d["image_id"] in ids], ("bbox",), img_ids=ids)
+        assert entry["metrics"]["bbox"] == want["bbox"]
+        assert any(d["image_id"] == empty for d in out["results"])  # it has detections, which would count
+    assert counts == {"null": 3, "all": 4}
+    assert "over 3 of the 4 images, those with an annotation" in (tmp_path / "null" / "report.md").read_text()
+    assert "over 4 images" in (tmp_path / "all" / "report.md").read_text()
