@@ -17,7 +17,7 @@ import platform
 import random
 import resource
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -617,9 +617,23 @@ def set_accelerator_rng_states(states: Mapping[str, Any]) -> None:
     """Restore states saved by :func:`accelerator_rng_states` (kinds this process lacks are ignored, the NPU's
     where torch_npu is not imported: :func:`npu_loaded`)."""
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        _set_rng_states(torch.cuda, "cuda", states["cuda"])
     if "npu" in states and npu_loaded():
-        torch.npu.set_rng_state_all(states["npu"])
+        _set_rng_states(torch.npu, "npu", states["npu"])
+
+
+def _set_rng_states(module: Any, kind: str, states: Sequence[torch.Tensor]) -> None:
+    """One saved state per device this process sees. A run resumed where fewer devices are visible (8 saved, the
+    survivors of a card failure behind CUDA_VISIBLE_DEVICES) restores the first ones:
+    ``set_rng_state_all`` would index past ``default_generators`` (torch/cuda/random.py)."""
+    count = module.device_count()
+    if len(states) == count:
+        module.set_rng_state_all(states)
+        return
+    for index, state in enumerate(list(states)[:count]):
+        module.set_rng_state(state, index)
+    logger.warning("resume: the checkpoint holds %d %s RNG states and %d devices are visible: the first %d restored",
+                   len(states), kind, count, min(count, len(states)))
 
 
 def describe_machine() -> str:

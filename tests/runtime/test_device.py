@@ -397,3 +397,19 @@ def test_a_run_applies_npu_env_before_torch_npu_counts_the_devices(monkeypatch, 
     cfg = {"runtime": {"device": "npu", "npu": {"env": {"ASCEND_RT_VISIBLE_DEVICES": "4,5"}}}, "launcher": {}}
     info, count = launch(lambda cfg, run_dir, info: (info, torch.npu.device_count()), cfg, tmp_path)
     assert (info.type, count, os.environ["ASCEND_RT_VISIBLE_DEVICES"]) == ("npu", 2, "4,5")
+
+
+@in_child
+def test_rng_states_of_more_devices_than_visible_restore_the_first(monkeypatch, caplog):
+    """A run saved on 8 devices resumed where 2 are visible (the survivors of a card failure): the first two states
+    are restored with a WARNING; set_rng_state_all would index past the visible devices (IndexError)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    npu = npu_stand_in.install(monkeypatch, device_count=2).npu
+    saved = [torch.Generator().manual_seed(k).get_state() for k in range(8)]
+    with pytest.raises(IndexError):
+        npu.set_rng_state_all(saved)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.runtime.device"):
+        runtime.set_accelerator_rng_states({"npu": saved})
+    now = runtime.accelerator_rng_states()["npu"]
+    assert len(now) == 2 and all(torch.equal(a, b) for a, b in zip(now, saved[:2]))
+    assert "holds 8 npu RNG states and 2 devices are visible: the first 2 restored" in caplog.text

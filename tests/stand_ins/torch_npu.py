@@ -429,9 +429,19 @@ class _NpuModule(types.ModuleType):
     def get_rng_state_all(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self._rng[:self.device_count()]]
 
+    def set_rng_state(self, new_state: torch.Tensor, device: Any = "npu") -> None:
+        # torch_npu/npu/random.py (documented in Ascend/op-plugin docs/context/Random-Number-Generator.md as
+        # torch.cuda's): the generator of that device, ``default_generators[idx]``: an index beyond the visible
+        # devices is an IndexError.
+        index = self.current_device() if device in ("npu", None) else self._index(device)
+        if not 0 <= index < self.device_count():
+            raise IndexError("tuple index out of range")
+        self._rng[index].set_state(new_state.clone())
+
     def set_rng_state_all(self, new_states: Any) -> None:
+        # torch_npu/npu/random.py: set_rng_state(state, i) for each state, so more states than devices fail.
         for i, state in enumerate(new_states):
-            self._rng[i].set_state(state.clone())
+            self.set_rng_state(state, i)
 
     def manual_seed_all(self, seed: int) -> None:
         for g in self._rng:
