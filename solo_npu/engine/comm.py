@@ -58,6 +58,19 @@ def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: stacked[i] for i, k in enumerate(keys)}
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm running statistics).
+
+    DDP broadcasts rank 0's buffers at the start of each forward, not after the last one: after a training step
+    every rank holds statistics of its own batch. An evaluation then scores each rank's shard with other
+    statistics than the checkpoint rank 0 saves (mmcv's DistEvalHook broadcasts them first, ``broadcast_bn_buffer``).
+    """
+    if not is_dist():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src)
+
+
 def params_in_sync(module: torch.nn.Module) -> bool:
     """True when every rank holds exactly the same parameters (a fingerprint per tensor, compared exactly).
 

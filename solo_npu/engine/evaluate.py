@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from solo_npu.engine import comm
 from solo_npu.engine.checkpointer import unwrap
 from solo_npu.runtime import DeviceInfo, autocast
 
@@ -25,6 +26,7 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, info: DeviceInf
     eval mode; callers that continue training switch it back.
     """
     net = unwrap(model)
+    comm.broadcast_buffers(net)  # rank 0's BatchNorm statistics, those its checkpoints hold, on every rank
     net.eval()
     evaluator.reset()
     t0 = time.perf_counter()

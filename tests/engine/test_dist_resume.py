@@ -184,3 +184,22 @@ def test_sync_bn_on_the_cpu_is_off_with_a_warning(smoke_data: list[str], tmp_pat
                          "train.plots=false", "train.eval_interval=0", "train.eval_at_end=false"], tmp_path)
     assert summary["status"] == "ok" and summary["world_size"] == 2 and summary["iterations"] == 2
     assert "train.sync_bn=true: SyncBatchNorm needs CUDA or NPU devices" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_rank_evaluation_scores_the_checkpoints_batchnorm(smoke_data: list[str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the last step each rank holds BatchNorm statistics of its own batch (DDP broadcasts rank 0's at the
+    next forward); the evaluation gives every rank rank 0's first, those last.pth holds, as mmcv's DistEvalHook
+    does: the run's final AP is the AP of its last.pth. Before, the 2-rank run reported another AP."""
+    from engine_support import run_train
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    common = [*smoke_data, "train.plots=false"]
+    trained = run_train([*common, "launcher.nproc_per_node=2", "train.epochs=8", "train.eval_interval=0"],
+                        tmp_path / "train")
+    final = trained["segm_ap"]
+    evaluated = run_train([*common, f"checkpoint={tmp_path / 'train' / 'checkpoints' / 'last.pth'}"],
+                          tmp_path / "eval", "eval")
+    assert final is not None and final > 0 and evaluated["segm_ap"] == final
