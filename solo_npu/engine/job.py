@@ -336,6 +336,11 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
         restore_training_state(trainer, resume_state, schedule, scale_lr=bool(cfg.optim.auto_scale_lr),
                                path=resume_file)
         del resume_state
+        # Every rank loaded its own copy after DDP broadcast rank 0's weights: copies that agree on (epoch,
+        # iteration) but not on the weights (another file at the same path on one node) would train apart.
+        if not comm.params_in_sync(unwrap(model)):
+            raise CheckpointError(f"resume needs the same {resume_file} on every node: the ranks loaded different "
+                                  "weights from it; put the run directory on a shared filesystem or copy it")
         logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
                     trainer.iter, trainer.inner_iter)
     from solo_npu.data import stop_workers

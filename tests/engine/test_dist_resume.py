@@ -203,3 +203,35 @@ def test_two_rank_evaluation_scores_the_checkpoints_batchnorm(smoke_data: list[s
     evaluated = run_train([*common, f"checkpoint={tmp_path / 'train' / 'checkpoints' / 'last.pth'}"],
                           tmp_path / "eval", "eval")
     assert final is not None and final > 0 and evaluated["segm_ap"] == final
+
+
+def test_resume_stops_every_rank_when_one_node_holds_other_weights(smoke_data: list[str], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose copy of the resume file has the same epoch and iteration but other weights (another run's
+    file at the same path): every rank stops with one line. Before, each rank loaded its own copy after DDP had
+    broadcast rank 0's weights, and the ranks trained apart for the whole run."""
+    import torch
+    from engine_support import run_train
+
+    from solo_npu.checkpoints import load_checkpoint
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    run_train([*smoke_data, "train.max_iters=2", "train.plots=false", "train.eval_interval=0",
+               "train.eval_at_end=false"], tmp_path / "first")
+    state = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pth")
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    save_checkpoint(state, node0 / "ckpt" / "last.pth")
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    original = state["model"][key].clone()
+    state["model"][key] = original + 1.0
+    save_checkpoint(state, node1 / "ckpt" / "last.pth")
+    cfg = compose_train_cfg(["+experiment=smoke", *smoke_data, "launcher.nproc_per_node=2", "resume=ckpt/last.pth",
+                             "train.max_iters=3", "train.plots=false", "train.eval_interval=0",
+                             "train.eval_at_end=false"])
+    job_cfg = {**OmegaConf.to_container(cfg, resolve=True), "node_dirs": [str(node0), str(node1)]}
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match="resume needs the same ckpt/last.pth on every node: the ranks loaded "
+                                              "different weights"):
+        launch(_job_in_node_dir, job_cfg, tmp_path / "run")
+    assert torch.equal(load_checkpoint(node0 / "ckpt" / "last.pth")["model"][key], original)  # nothing trained
