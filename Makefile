@@ -1,7 +1,13 @@
 # solo-npu developer commands. Override TORCH_SPEC to pick the torch build you need, e.g.
 #   make install TORCH_SPEC='torch==2.1.0 "numpy<2"'   (the torch your torch_npu wheel matches; torch 2.1 needs numpy 1.x;
 #   with torch-npu on x86_64 its CPU build: 'torch==2.1.0+cpu ... --extra-index-url https://download.pytorch.org/whl/cpu')
-#   make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu121"
+#   make install TORCH_SPEC='torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu'   (CPU-only build;
+#   PyPI's Linux x86_64 torch, the default, is the CUDA build), 'torch==2.13.0+cuXYZ --extra-index-url
+#   https://download.pytorch.org/whl/cuXYZ' for another CUDA release.
+# Index options go with --extra-index-url: TORCH_SPEC reaches the package install too (below), and --index-url
+# replaces PyPI there ("Base URL of the Python Package Index"; --extra-index-url: "Extra URLs of package indexes
+# to use in addition to --index-url", pypa/pip src/pip/_internal/cli/cmdoptions.py), so hydra-core, pycocotools
+# and the rest would not be found. The +cpu / +cuXYZ pin keeps pip from taking PyPI's torch instead.
 #
 # Supported torch: 2.1.0 and newer (pyproject: torch>=2.1). The floor is the oldest torch that torch_npu
 # still ships and maintains: torch 2.1.0 <-> torch-npu 2.1.0.post17 (CANN 8.3.RC1), see docker/README.md.

@@ -1,4 +1,4 @@
-"""ATC-ready ONNX graphs: every model exports at opsets 11 and 13, onnxslim leaves no Resize with a
+"""ATC-ready ONNX graphs: every model exports at opsets 11, 13 and 17, onnxslim leaves no Resize with a
 run-time size and does not change the outputs, and SOLOv2 keeps the output contract of the Ascend
 ModelZoo SOLOV2 torch_aie inference guide (310P3)."""
 
@@ -25,8 +25,10 @@ from solo_npu.models.ssd_resnet34 import SSDResNet34
 from solo_npu.models.yolact_edge import build_yolact_edge
 
 ROOT = Path(__file__).resolve().parents[2]
-# Resize-11 and Resize-13 (onnx/docs/Operators.md, "Resize"): inputs X, roi, scales, sizes; the output
-# size comes from `scales` or `sizes`, so those two are what must be known before run time.
+# Resize-11 and Resize-13 (onnx/docs/Operators.md, "Resize"; opset 17 still takes Resize-13, as
+# onnx.defs.get_schema("Resize", 17).since_version says; Resize-18 came with opset 18, onnx/docs/Changelog.md):
+# inputs X, roi, scales, sizes; the output size comes from `scales` or `sizes`, so those two are what must be known
+# before run time.
 RESIZE_SIZE_INPUTS = (2, 3)
 
 
@@ -62,7 +64,7 @@ def run_onnx(path: Path, x: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})
 
 
-@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("opset", [11, 13, 17])  # deploy.opset=17: CANN 7.0 and later (docs/deploy.md)
 @pytest.mark.parametrize("name", ["solov2", "fcos", "yolact_edge", "ssd_resnet34"])
 def test_export_slim_and_resize_sizes(name, opset, tmp_path):
     model, shape = build(name)
@@ -100,7 +102,7 @@ def solov2_r50_graph_at_seed_shape() -> nn.Module:
     return build_model(cfg.model).eval()
 
 
-@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("opset", [11, 13, 17])  # deploy.opset=17: CANN 7.0 and later (docs/deploy.md)
 def test_solov2_output_contract_of_the_310p_guide(opset, tmp_path):
     """Ascend ModelZoo SOLOV2 torch_aie guide (310P3): input 1x3x800x1216; outputs masks 1x100x200x304
     float32, labels 1x100 int32, scores 1x100 float32 (the guide's README output table)."""
