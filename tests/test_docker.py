@@ -129,3 +129,19 @@ def test_every_maintained_torch_row_has_a_ci_lane():
         lane = lanes.get(torch_version, f"make test-torch TORCH_VERSION={torch_version}")
         assert re.search(rf"^{re.escape(lane)}$", ci, re.M), (torch_version, lane)
         assert f"`{lane}`" in readme, (torch_version, lane)
+
+
+def test_ci_runs_the_demo_and_holds_it_to_the_readme():
+    """CI runs the README's first command (`make demo`) right after `make test` and fails it below a segm AP floor
+    (DEMO_MIN_SEGM_AP in .ci/run) that the README's demo figures all reach, at most 0.01 below the lowest of them."""
+    ci = (ROOT / ".ci/run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("```bash\nmake demo ")
+    commands = [line for line in ci.splitlines() if line.startswith("make ")]
+    assert commands[:2] == ["make test", "make demo"], commands
+    floor = float(_one(r"DEMO_MIN_SEGM_AP:-([\d.]+)", ci, ".ci/run"))
+    claim = re.search(r"demo trains and evaluates .*?\(segm AP ([\d.]+)-([\d.]+) .*?; ([\d.]+) for seed",
+                      readme.replace("\n", " "))
+    assert claim, "README: the demo's segm AP figures"
+    lowest = min(float(x) for x in claim.groups())
+    assert lowest - 0.01 <= floor <= lowest, (floor, lowest)
