@@ -133,7 +133,8 @@ def test_every_maintained_torch_row_has_a_ci_lane():
 
 def test_ci_runs_the_demo_and_holds_it_to_the_readme():
     """CI runs the README's first command (`make demo`) right after `make test` and fails it below a segm AP floor
-    (DEMO_MIN_SEGM_AP in .ci/run) that the README's demo figures all reach, at most 0.01 below the lowest of them."""
+    (DEMO_MIN_SEGM_AP in .ci/run) that every README demo figure reaches: the recipe's target, 0.5, which the README
+    names, well below figures that differ by machine."""
     ci = (ROOT / ".ci/run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert readme.startswith("```bash\nmake demo ")
@@ -144,4 +145,5 @@ def test_ci_runs_the_demo_and_holds_it_to_the_readme():
                       readme.replace("\n", " "))
     assert claim, "README: the demo's segm AP figures"
     lowest = min(float(x) for x in claim.groups())
-    assert lowest - 0.01 <= floor <= lowest, (floor, lowest)
+    assert floor == 0.5 < lowest, (floor, lowest)
+    assert "fails when its segm AP is below 0.5" in readme.replace("\n", " ")
