@@ -230,7 +230,9 @@ def test_configured_constants_equal_the_reference() -> None:
     reference = {"score_thr": 0.05, "iou_threshold": 0.5, "max_per_class": 200, "max_output": 200}
     for key, value in reference.items():
         assert cfg[key] == value, key
-    assert set(cfg.deploy) == {"input_shape", "opset", "batch_sizes", "soc_version", "anchors"}  # said once
+    assert set(cfg.deploy) == {"input_shape", "opset", "batch_sizes", "soc_version", "scored_images",
+                               "anchors"}  # said once
+    assert cfg.deploy.scored_images == "annotated"  # as the guide's ssd_preprocess.py and MLPerf score
     assert cfg.fig_size == 300 and cfg.num_classes == 80
     assert list(cfg.out_channels) == [256, 512, 512, 256, 256, 256]  # ssd300.py out_chan
     assert list(cfg.mid_channels) == [256, 256, 128, 128, 128]  # _build_additional_features
