@@ -115,10 +115,8 @@ def test_checkpoint_records_the_classes_of_its_labels(tmp_path: Path, renumbered
     assert "objects of the 2 categories not among the classes (star, rectangle) are not used" in log
 
 
-def test_image_info_file_evaluates_to_undefined_ap_with_detections_written(tmp_path: Path,
-                                                                            renumbered: Path) -> None:
-    """A test-dev style file (images and categories, no annotations): nothing to score against, so the AP is
-    undefined (COCOeval's -1), not 0, and no image is a data fault; the detections are written for a server."""
+def _image_info_copy(renumbered: Path, tmp_path: Path) -> Path:
+    """A copy of the dataset whose validation file is an image-info file, as test-dev's: no annotations."""
     import shutil
 
     root = tmp_path / "coco"
@@ -127,6 +125,14 @@ def test_image_info_file_evaluates_to_undefined_ap_with_detections_written(tmp_p
     info = json.loads(path.read_text())
     del info["annotations"]
     path.write_text(json.dumps(info))
+    return root
+
+
+def test_image_info_file_evaluates_to_undefined_ap_with_detections_written(tmp_path: Path,
+                                                                            renumbered: Path) -> None:
+    """A test-dev style file (images and categories, no annotations): nothing to score against, so the AP is
+    undefined (COCOeval's -1), not 0, and no image is a data fault; the detections are written for a server."""
+    root = _image_info_copy(renumbered, tmp_path)
     train = tmp_path / "train"
     run_train([f"data.root={root}", "data.generate=false", "train.max_iters=1", "train.eval_interval=0",
                "train.eval_at_end=false"], train)
@@ -144,14 +150,7 @@ def test_training_refuses_to_score_an_image_info_file(tmp_path: Path, renumbered
     """A training run whose validation file has no annotations (test-dev as data.val) stops with one line
     before training, instead of reporting AP 0.0 at every evaluation and choosing best.pth on it; with its
     evaluations off it trains."""
-    import shutil
-
-    root = tmp_path / "coco"
-    shutil.copytree(renumbered, root)
-    path = root / "annotations" / "instances_val2017.json"
-    info = json.loads(path.read_text())
-    del info["annotations"]
-    path.write_text(json.dumps(info))
+    root = _image_info_copy(renumbered, tmp_path)
     common = [f"data.root={root}", "data.generate=false", "train.max_iters=1"]
     refused = "has no annotations .* train.eval_interval=0 train.eval_at_end=false"
     with pytest.raises(AnnotationFileError, match=refused):
