@@ -231,9 +231,9 @@ class DeployContext:
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         requested = str(OmegaConf.select(cfg, "runtime.device", default="auto"))
-        if requested.lower().partition(":")[0] in ("npu", "auto"):  # before torch_npu counts the devices
-            runtime_cfg = OmegaConf.select(cfg, "runtime", default=None)
-            apply_npu_env(OmegaConf.to_container(runtime_cfg, resolve=True) if runtime_cfg is not None else None)
+        runtime_cfg = OmegaConf.select(cfg, "runtime", default=None)  # applied before torch_npu counts the devices
+        apply_npu_env(OmegaConf.to_container(runtime_cfg, resolve=True) if runtime_cfg is not None else None,
+                      device=requested)
         self.device: DeviceInfo = resolve_device(requested)
         setup_device(self.device, cfg.get("runtime"))
         seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))  # random-weight runs repeat

@@ -43,10 +43,10 @@ def _ground_truth(index: dict[str, Any]) -> Any:
 
 def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids: Sequence[Any],
            label_to_cat: Sequence[Any]) -> dict[str, Any]:
+    """COCO metrics of ``results`` on ``image_ids`` (those :func:`scored_image_ids` keeps)."""
     from solo_npu.evaluation.coco_eval import evaluate_coco, scored_categories
 
     types = score_types(ctx.adapter.iou_types)
-    image_ids = scored_image_ids(ctx, gt, image_ids)
     if not image_ids:
         return evaluate_coco(gt, [], types)
     return evaluate_coco(gt, results, types, img_ids=image_ids, cat_ids=scored_categories(gt, label_to_cat))
@@ -75,9 +75,9 @@ def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: An
     else:
         raise DeployError(f"infer/{key} has neither all raw outputs nor {results_path(ctx, key)}: re-run infer")
     results = json.loads(results_path(ctx, key).read_text())
-    return {"metrics": _score(ctx, gt, results, collected["image_ids"], index["label_to_cat"]),
-            "postprocess_ms": collected["postprocess_ms"],
-            "images": len(scored_image_ids(ctx, gt, collected["image_ids"])), "detections": len(results)}
+    scored = scored_image_ids(ctx, gt, collected["image_ids"])
+    return {"metrics": _score(ctx, gt, results, scored, index["label_to_cat"]),
+            "postprocess_ms": collected["postprocess_ms"], "images": len(scored), "detections": len(results)}
 
 
 def evaluate_eager(ctx: DeployContext, index: dict[str, Any], batch_size: int = 1) -> dict[str, Any]:

@@ -90,8 +90,8 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
     """Initialise the device and the process group, run ``job``, tear the group down."""
     runtime = cfg.get("runtime") or {}
     check_device_per_rank(str(runtime.get("device", "auto")), int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    if str(runtime.get("device", "auto")).lower().partition(":")[0] in ("npu", "auto"):
-        apply_npu_env(runtime)  # before torch_npu is imported and counts the devices ASCEND_RT_VISIBLE_DEVICES shows
+    # before torch_npu is imported and counts the devices ASCEND_RT_VISIBLE_DEVICES shows
+    apply_npu_env(runtime, device=str(runtime.get("device", "auto")))
     info = resolve_device(str(runtime.get("device", "auto")), env.local_rank)
     setup_device(info, runtime)
     if env.world_size == 1:

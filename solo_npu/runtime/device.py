@@ -542,8 +542,9 @@ def apply_env_defaults(defaults: Mapping[str, str], env: Mapping[str, Any] | Non
     return applied
 
 
-def apply_npu_env(cfg_runtime: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Apply :data:`NPU_ENV_DEFAULTS` and ``runtime.npu.env`` to the environment; the variables set.
+def apply_npu_env(cfg_runtime: Mapping[str, Any] | None = None, device: str | None = None) -> dict[str, str]:
+    """Apply :data:`NPU_ENV_DEFAULTS` and ``runtime.npu.env`` to the environment; the variables set. With
+    ``device`` (the ``runtime.device`` asked for), only where it may be an NPU (``npu``, ``npu:N``, ``auto``).
 
     Call it before :func:`resolve_device` imports torch_npu and counts the devices, and every variable takes effect;
     :func:`setup_device` calls it again (a no-op for what is set already).
@@ -552,6 +553,8 @@ def apply_npu_env(cfg_runtime: Mapping[str, Any] | None = None) -> dict[str, str
         DeviceError: a ``runtime.npu.env`` variable of :data:`NPU_ENV_BEFORE_IMPORT` would change after torch_npu
             was imported: the devices are counted and chosen already, so it could not take effect.
     """
+    if device is not None and str(device).lower().partition(":")[0] not in ("npu", "auto"):
+        return {}
     env = {str(k): str(v) for k, v in (((cfg_runtime or {}).get("npu") or {}).get("env") or {}).items()}
     if "torch_npu" in sys.modules:
         for key in NPU_ENV_BEFORE_IMPORT:
