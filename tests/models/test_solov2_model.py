@@ -201,6 +201,24 @@ def test_paste_masks_matches_full_canvas_reference(img_shape, pad, ori, block):
         assert out.sum() > 0.2 * out.numel()
 
 
+@pytest.mark.parametrize("canvas,low", [((62, 94), (16, 24)), ((61, 93), (16, 24)), ((64, 96), (16, 24))])
+def test_paste_masks_upsamples_by_the_stride_on_any_canvas(canvas, low):
+    # A canvas that is not a multiple of 4 gives stride-4 features of ceil(canvas / 4) cells. The reference
+    # upsamples them x4 (a 64x96 map for a 62x94 canvas), then crops the image and resizes (mmdet's
+    # SOLOv2Head: interpolate to featmap_size * 4, [:h, :w], interpolate to ori_shape); a resize to the
+    # canvas itself would stretch the masks by up to 1.5 px.
+    probs = torch.rand(4, *low, generator=torch.Generator().manual_seed(3))
+    pad, img_shape, ori = (1, 2), (58, 88), (116, 176)
+    meta = dict(ori_shape=ori, img_shape=img_shape, pad=pad, canvas=canvas)
+    up = torch.nn.functional.interpolate(probs[None], scale_factor=4, mode="bilinear", align_corners=False)
+    up = up[..., pad[0]:pad[0] + img_shape[0], pad[1]:pad[1] + img_shape[1]]
+    ref = torch.nn.functional.interpolate(up, size=ori, mode="bilinear", align_corners=False)[0]
+    for regions in (True, False):
+        out = paste_masks(probs, meta, 0.5, regions=regions)
+        differ = out != (ref > 0.5)
+        assert not differ.any() or (ref[differ] - 0.5).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_paste_masks_skips_nothing_outside_the_tapped_region(seed):
     # Small objects on an empty background, so that the per-mask spans are much smaller than the image.

@@ -84,7 +84,7 @@ def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regi
                 block: int = 32) -> Tensor:
     """Low-resolution mask probabilities ``[N, h, w]`` (canvas / 4) -> bool masks ``[N, H0, W0]``.
 
-    The result is mmdet's: upsample to the canvas (bilinear, half-pixel centres), crop the padding
+    The result is mmdet's: upsample x4 to the canvas (bilinear, half-pixel centres), crop the padding
     (``meta["pad"]``, ``meta["img_shape"]``), resize to ``meta["ori_shape"]`` (bilinear) and
     threshold. Bilinear resizing is separable, so each axis's three steps are composed into one map
     with a few taps per output pixel (:func:`_axis_taps`), laid out as a block-banded matrix
@@ -105,10 +105,13 @@ def paste_masks(masks: Tensor, meta: dict[str, Any], mask_thr: float = 0.5, regi
         return out
     h, w = masks.shape[-2:]
     hc, wc = (int(v) for v in meta.get("canvas", (4 * h, 4 * w)))
+    # The features are the canvas's stride-s cells, ceil(canvas / s) of them: the reference upsamples by
+    # s (mmdet's SOLOv2Head: featmap_size * 4), so a canvas that is not a multiple of s is not stretched.
+    stride = max(1, round(max(hc / h, wc / w)))
     top, left = (int(v) for v in meta.get("pad", (0, 0)))
     ih, iw = (int(v) for v in meta["img_shape"][:2])
-    iy, wy = _axis_taps(h, hc / h, top, ih, h0)
-    ix, wx = _axis_taps(w, wc / w, left, iw, w0)
+    iy, wy = _axis_taps(h, stride, top, ih, h0)
+    ix, wx = _axis_taps(w, stride, left, iw, w0)
     sy, by = (t.to(masks.device) for t in _axis_bands(iy, wy, h, block))
     sx, bx = (t.to(masks.device) for t in _axis_bands(ix, wx, w, block))
     probs = masks.float()
