@@ -17,7 +17,7 @@ from solo_npu.data.collate import pad_instance_slots
 from solo_npu.engine import comm
 from solo_npu.engine.events import EventStorage
 from solo_npu.engine.interrupts import Interrupts
-from solo_npu.runtime import DeviceInfo, autocast, clip_grad_norm, make_grad_scaler, zero_grad
+from solo_npu.runtime import DeviceInfo, StaticGradScaler, autocast, clip_grad_norm, make_grad_scaler, zero_grad
 
 logger = logging.getLogger(__name__)
 _STOP_KEY = "__stop_"  # stop requests ride along the step's loss all-reduce (not losses, never logged)
@@ -278,6 +278,12 @@ class Trainer:
             return
         self.scaler.step(self.optimizer)  # skips the update itself on fp16 overflow
         self.scaler.update()
+        if not math.isfinite(grad_norm) and isinstance(self.scaler, StaticGradScaler):
+            # A fixed scale never backs off, so the next step is likely to overflow again: the skipped step
+            # counts like a non-finite loss, and train.max_nonfinite of them in a row stop the run. (A dynamic
+            # scale backs off; its overflow steps are its calibration.)
+            self._nonfinite(values, f"gradient overflow at amp.loss_scale={self.scaler.static_scale:g}")
+            return
         self.nonfinite_in_row = 0
         self.storage.put_scalars({**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
 
@@ -287,16 +293,17 @@ class Trainer:
     def _agree_stop(self, reduced: Mapping[str, float]) -> None:
         self.interrupts.agree({k[len(_STOP_KEY):]: v for k, v in reduced.items()})
 
-    def _nonfinite(self, values: dict[str, float]) -> None:
+    def _nonfinite(self, values: dict[str, float], what: str = "non-finite loss") -> None:
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
         self.storage.put_scalars({**values, "lr": self.optimizer.param_groups[0]["lr"]})
-        logger.warning("non-finite loss at iteration %d (%s): step skipped (%d in a row, %d in total)",
+        logger.warning("%s at iteration %d (%s): step skipped (%d in a row, %d in total)", what,
                        self.iter, ", ".join(f"{k}={v:.4g}" for k, v in values.items()), self.nonfinite_in_row,
                        self.nonfinite_total)
         if self.nonfinite_in_row >= self.max_nonfinite:
             self.stop_reason = "nonfinite"
             raise NonFiniteLossError(
-                f"{self.nonfinite_in_row} non-finite losses in a row (train.max_nonfinite={self.max_nonfinite}) "
+                f"{self.nonfinite_in_row} skipped steps in a row (non-finite loss or gradient overflow; "
+                f"train.max_nonfinite={self.max_nonfinite}) "
                 f"at epoch {self.epoch}, iteration {self.iter}: stopping. The last good weights are saved; "
                 "lower optim.base_lr, enable amp.loss_scale=dynamic or check the data.")

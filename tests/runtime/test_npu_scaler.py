@@ -12,6 +12,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -157,3 +158,43 @@ def test_scaler_arguments_follow_the_constructor() -> None:
         assert issubclass(npu_stand_in.GradScaler, torch.amp.GradScaler)
         assert _grad_scaler_args(torch.amp.GradScaler, "npu", 128.0, True) == (
             ("npu",), {"init_scale": 128.0, "enabled": True})
+
+
+class _Overflowing(torch.nn.Module):
+    """A finite loss whose scaled gradients overflow (1e38 x the scale is inf in float32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, images: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss_x": (self.p * images.float().mean()).sum() * 1e38}
+
+
+@in_child
+def test_static_scale_overflows_count_as_skipped_steps_and_stop_the_run(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A fixed scale never backs off, so a step whose scaled gradients overflow is skipped by the scaler and the
+    next one overflows again: each is counted like a non-finite loss, and train.max_nonfinite in a row stops the
+    run (a dynamic scale backs off instead, and its overflow steps are not counted)."""
+    from solo_npu.engine.trainer import NonFiniteLossError
+
+    npu_stand_in.install(monkeypatch)
+    batches = [{"images": torch.ones(1, 3)}] * 8
+
+    def run(loss_scale: Any) -> Trainer:
+        model = _Overflowing()
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, NPU, max_epochs=1,
+                          iters_per_epoch=8, batch_size=1, scaler=runtime.make_grad_scaler(NPU, True, loss_scale),
+                          amp=True, max_nonfinite=3)
+        for batch in batches[:3]:
+            trainer.run_step(batch)
+            trainer.iter += 1
+        return trainer
+
+    with pytest.raises(NonFiniteLossError, match="3 skipped steps in a row"):
+        run(128)
+    assert "gradient overflow" in caplog.text and "amp.loss_scale=128" in caplog.text
+    dynamic = run("dynamic")
+    assert dynamic.nonfinite_total == 0 and dynamic.scaler.get_scale() == 2.0**13  # backed off three times
+    assert torch.equal(dynamic.model.p.detach(), torch.ones(3))
