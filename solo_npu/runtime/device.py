@@ -556,6 +556,11 @@ def apply_npu_env(cfg_runtime: Mapping[str, Any] | None = None, device: str | No
     if device is not None and str(device).lower().partition(":")[0] not in ("npu", "auto"):
         return {}
     env = {str(k): str(v) for k, v in (((cfg_runtime or {}).get("npu") or {}).get("env") or {}).items()}
+    if (cfg_runtime or {}).get("deterministic") and "HCCL_DETERMINISTIC" not in env:
+        # Deterministic kernels do not cover HCCL's reductions (AllReduce, ReduceScatter, Reduce): they are
+        # deterministic only with HCCL_DETERMINISTIC=true (CANN environment variable reference,
+        # envref_07_0099: default false; read when the communicator is made). An exported value is kept.
+        env["HCCL_DETERMINISTIC"] = os.environ.get("HCCL_DETERMINISTIC", "true")
     if "torch_npu" in sys.modules:
         for key in NPU_ENV_BEFORE_IMPORT:
             if key in env and os.environ.get(key) != env[key]:

@@ -159,6 +159,22 @@ def test_npu_env_applied_before_torch_npu_is_imported_takes_effect(monkeypatch):
     assert npu.calls["set_device"] == torch.device("npu", 1)
 
 
+def test_deterministic_npu_runs_ask_hccl_for_deterministic_reductions(monkeypatch):
+    monkeypatch.delenv("HCCL_DETERMINISTIC", raising=False)
+    for key in dev.NPU_ENV_DEFAULTS:
+        monkeypatch.setenv(key, os.environ.get(key, "x"))  # restored after the test
+    assert "HCCL_DETERMINISTIC" not in runtime.apply_npu_env({"deterministic": False}, device="npu")
+    assert "HCCL_DETERMINISTIC" not in runtime.apply_npu_env({"deterministic": True}, device="cpu")
+    assert "HCCL_DETERMINISTIC" not in os.environ
+    assert runtime.apply_npu_env({"deterministic": True}, device="npu")["HCCL_DETERMINISTIC"] == "true"
+    assert os.environ["HCCL_DETERMINISTIC"] == "true"
+    strict = {"deterministic": True, "npu": {"env": {"HCCL_DETERMINISTIC": "strict"}}}
+    assert runtime.apply_npu_env(strict, device="auto")["HCCL_DETERMINISTIC"] == "strict"
+    monkeypatch.setenv("HCCL_DETERMINISTIC", "false")  # exported by the user: kept
+    runtime.apply_npu_env({"deterministic": True}, device="npu")
+    assert os.environ["HCCL_DETERMINISTIC"] == "false"
+
+
 @in_child
 def test_data_loader_pins_for_the_npu(monkeypatch, make_synthetic_cfg):
     # torch 2.1's DataLoader pins for CUDA only (dataloader.py: `loader.pin_memory and torch.cuda.is_available()`)
