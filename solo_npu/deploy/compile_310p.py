@@ -35,8 +35,10 @@ ERROR_CODE = re.compile(r"^E[A-Z0-9]\d{4}:")  # CANN error codes: E10001, EZ3003
 # ATC's two precision options and the values it takes: CANN "ATC Instructions" (hiascend.com, atctool),
 # --precision_mode (atlasatcparam_16_0068) and --precision_mode_v2 (atlasatcparam_16_0069), and the open GE source
 # (hicann/ge, api/atc/atc_flags.cc DEFINE_string(precision_mode / precision_mode_v2); compiler/api/aclgrph/
-# option_utils.cc CheckPrecisionModeParamValid / CheckPrecisionModeV2ParamValid, whose allowed sets also take ""
-# as "not set"). Older CANN releases take a subset (mixed_hif8 and cube_hif8 are newer than the rest).
+# option_utils.cc CheckPrecisionModeParamValid / CheckPrecisionModeV2ParamValid). Older CANN releases take a subset
+# (mixed_hif8 and cube_hif8 are newer than the rest). On ATC's command line an empty value is no "not set": its flag
+# parser checks every value given against these sets first (hicann/ge api/atc/cmd_flag_info.cc at a0668444,
+# kStrValueRange and CmdFlagInfo::SetFlagValue), so "--precision_mode=" fails with E10001.
 ATC_PRECISION_VALUES: dict[str, tuple[str, ...]] = {
     "precision_mode": ("force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
                        "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
@@ -49,7 +51,22 @@ ATC_PRECISION_VALUES: dict[str, tuple[str, ...]] = {
 # GE reads both as the same mode (hicann/ge, compiler/engines/nn_engine/utils/common/fe_context_utils.cc,
 # kPrecisionModeMap: MUST_KEEP_ORIGIN_DTYPE and V2_ORIGIN -> ENUM_MUST_KEEP_ORIGIN_DTYPE).
 ATC_KEEPS_FP32 = {"precision_mode": "must_keep_origin_dtype", "precision_mode_v2": "origin"}
-ATC_PRECISION_ARG = re.compile(r"^--?(precision_mode(?:_v2)?)(?:=(.*))?$")
+# How ATC's parser reads a flag (hicann/ge api/atc/cmd_flag_info.cc at a0668444, ParseCommandLine -> FormatArgv):
+# ReplaceFlagPrefixSingleMinus makes "-name" (two or more letters) "--name", ReplaceFlagNameMinus turns every "-" of
+# the name (up to "=") into "_", so --precision-mode=X and -precision_mode X are --precision_mode; then getopt_long
+# (mmGetOptLong; every string flag has a required argument) takes "--name=VALUE" or "--name VALUE", and a unique
+# abbreviation of a long name as that name (glibc manual, getopt.texi: "The option name may be abbreviated as long
+# as the abbreviation is unique"): --precision_mode_ and --precision_mode_v are --precision_mode_v2.
+ATC_PRECISION_ARG = re.compile(r"^--(precision_mode(?:_(?:v2?)?)?)(?:=(.*))?$")
+
+
+def _atc_flag(arg: str) -> str:
+    """``arg`` as ATC's parser reads its flag name (cmd_flag_info.cc, FormatArgv): "--" prefix, "_" in the name."""
+    arg = re.sub(r"^-(?=[A-Za-z]{2,})", "--", arg)
+    if not re.match(r"^--[A-Za-z]{2,}", arg):
+        return arg
+    name, eq, value = arg.partition("=")
+    return name[:4] + name[4:].replace("-", "_") + eq + value
 
 
 def atc_command(
@@ -101,31 +118,40 @@ def atc_precision(precision_mode: str | None = None, precision_mode_v2: str | No
                   extra_args: Sequence[str] = ()) -> tuple[str, str] | None:
     """The one ATC precision option a command sets, as (option, value), from ``deploy.compile.precision_mode``,
     ``deploy.compile.precision_mode_v2`` and ``--precision_mode=...`` / ``--precision_mode_v2=...`` in
-    ``deploy.compile.atc_args``; None when none is set, so ATC's default applies (``force_fp16``, v2 ``fp16``).
+    ``deploy.compile.atc_args`` (read as ATC reads them: ``--precision_mode VALUE``, ``--precision-mode=VALUE``,
+    ``-precision_mode_v2`` and the abbreviations ``--precision_mode_v`` and ``--precision_mode_`` of v2 are the
+    same flags, :data:`ATC_PRECISION_ARG`); None when none is set, so ATC's default applies (``force_fp16``, v2
+    ``fp16``). An empty config value is not set (not passed to ATC).
 
     ATC refuses the two options together: "该参数不能与--precision_mode参数同时使用" (ATC Instructions,
     --precision_mode_v2), and ATC's flag check fails with E10056 "Cannot configure both parameters %s and %s
     simultaneously." before it reads the model (hicann/ge, api/atc/main_impl.cc ``CheckPrecisionRelatedFlags`` ->
-    compiler/api/aclgrph/option_utils.cc ``CheckPrecisionModeV2Conflict``). An empty value is no value there, as here.
+    compiler/api/aclgrph/option_utils.cc ``CheckPrecisionModeV2Conflict``).
 
     Raises:
         DeployError: both options set, or one set twice with different values (config and ``atc_args``), or one
-            in ``atc_args`` without a value; one line naming where each came from.
+            in ``atc_args`` without a value or with an empty one (ATC's flag parser refuses "" as a value outside
+            the option's range, E10001: api/atc/cmd_flag_info.cc, ``SetFlagValue``); one line naming where each
+            came from.
     """
     found: dict[str, tuple[str, str]] = {}  # option -> (value, where it was set)
     given = [("precision_mode", precision_mode, "deploy.compile.precision_mode={}"),
              ("precision_mode_v2", precision_mode_v2, "deploy.compile.precision_mode_v2={}")]
     args = [str(a) for a in extra_args]
     for i, arg in enumerate(args):
-        match = ATC_PRECISION_ARG.match(arg)
+        match = ATC_PRECISION_ARG.match(_atc_flag(arg))
         if match is None:
             continue
+        option = "precision_mode" if match.group(1) == "precision_mode" else "precision_mode_v2"
         value = match.group(2)
-        if value is None:  # "--precision_mode VALUE", as a flags parser also reads it
+        if value is None:  # "--precision_mode VALUE", as ATC's getopt_long also reads it
             if i + 1 >= len(args) or args[i + 1].startswith("-"):
-                raise DeployError(f"{arg!r} in deploy.compile.atc_args has no value: write --{match.group(1)}=VALUE")
+                raise DeployError(f"{arg!r} in deploy.compile.atc_args has no value: write --{option}=VALUE")
             value = args[i + 1]
-        given.append((match.group(1), value, f"--{match.group(1)}={{}} in deploy.compile.atc_args"))
+        if value == "":
+            raise DeployError(f"{arg!r} in deploy.compile.atc_args has an empty value: ATC refuses it (E10001); "
+                              "give a value or leave it out")
+        given.append((option, value, f"--{option}={{}} in deploy.compile.atc_args"))
     for option, value, where in given:
         if value is None or str(value) == "":
             continue

@@ -58,7 +58,9 @@ def test_om_precision_label_for_each_documented_value(ctx_with, option, labels):
     backend, ccfg, verify = OmBackend(ctx), ctx.deploy_cfg.compile, ctx.deploy_cfg.verify
     assert backend.precision == "fp16"  # ATC's default, force_fp16
     for value, label in labels.items():
-        for setting, args in ((value, []), (None, [f"--{option}={value}"]), (None, [f"--{option}", value])):
+        dashed = option.replace("_", "-")  # ATC reads --precision-mode as --precision_mode (FormatArgv)
+        for setting, args in ((value, []), (None, [f"--{option}={value}"]), (None, [f"--{option}", value]),
+                              (None, [f"--{dashed}={value}"]), (None, [f"-{dashed}", value])):
             setattr(ccfg, option, setting)
             ccfg.atc_args = ["--op_select_implmode=high_precision", *args]
             assert (value, backend.precision) == (value, label)
@@ -71,6 +73,8 @@ def test_om_precision_label_for_each_documented_value(ctx_with, option, labels):
     ["deploy.compile.precision_mode=must_keep_origin_dtype", "deploy.compile.atc_args=['--precision_mode_v2=origin']"],
     ["deploy.compile.precision_mode_v2=origin", "deploy.compile.atc_args=['--precision_mode=force_fp16']"],
     ["deploy.compile.atc_args=['--precision_mode_v2=fp16','--precision_mode=force_fp32']"],
+    ["deploy.compile.precision_mode_v2=origin", "deploy.compile.atc_args=['--precision-mode=force_fp16']"],
+    ["deploy.compile.precision_mode=force_fp16", "deploy.compile.atc_args=['--precision-mode-v2','origin']"],
 ])
 def test_both_precision_options_are_one_config_error(ctx_with, tmp_path, overrides):
     """ATC refuses --precision_mode with --precision_mode_v2 (E10056): refused before ATC runs, in one line."""
@@ -95,7 +99,29 @@ def test_one_precision_option_set_twice_or_without_value():
     assert compile_310p.atc_precision(None, "origin", ["--precision_mode_v2=origin"]) == ("precision_mode_v2", "origin")
     with pytest.raises(DeployError, match="'--precision_mode_v2' in deploy.compile.atc_args has no value"):
         atc_command("m.onnx", "m", "input", 1, (32, 32), extra_args=["--precision_mode_v2"])
-    assert compile_310p.atc_precision("", "", ["--precision_mode="]) is None  # empty: not set, as ATC reads it
+    assert compile_310p.atc_precision("", "", []) is None  # an empty config value is not passed to ATC
+
+
+@pytest.mark.parametrize("args", [["--precision_mode="], ["--precision_mode_v2="], ["--precision-mode="],
+                                  ["--precision_mode", ""], ["-precision-mode-v2", ""]])
+def test_empty_precision_value_in_atc_args_is_refused(args):
+    """ATC's flag parser refuses an empty --precision_mode / --precision_mode_v2 (the value is not in its range:
+    E10001), so it is one line before ATC runs, not an unset option."""
+    with pytest.raises(DeployError, match=r"^'-?-precision[-_]mode([-_]v2)?=?' in deploy.compile.atc_args has an "
+                                          r"empty value: ATC refuses it \(E10001\); give a value or leave it out$"):
+        atc_command("m.onnx", "m", "input", 1, (32, 32), extra_args=args)
+
+
+@pytest.mark.parametrize("arg, option", [("--precision_mode_=origin", "precision_mode_v2"),
+                                         ("--precision_mode_v=origin", "precision_mode_v2"),
+                                         ("--precision-mode-v=origin", "precision_mode_v2")])
+def test_unique_abbreviation_is_the_v2_option(arg, option):
+    """getopt_long takes a unique abbreviation of a long option as the option (glibc manual, getopt.texi), and
+    --precision_mode_ / --precision_mode_v abbreviate only --precision_mode_v2."""
+    assert compile_310p.atc_precision(None, None, [arg]) == (option, "origin")
+    assert compile_310p.om_precision(compile_310p.atc_precision(None, None, [arg])) == "fp32"
+    with pytest.raises(DeployError, match=BOTH):
+        atc_command("m.onnx", "m", "input", 1, (32, 32), precision_mode="force_fp16", extra_args=[arg])
 
 
 def test_unknown_value_warns_and_is_half_precision(caplog):
