@@ -33,10 +33,11 @@ def pixel_normalization(style: str = "pytorch", mean: Sequence[float] | None = N
 
 
 def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
-    """Keep-ratio target size so that the long side <= max(scale) and the short side <= min(scale)."""
+    """Keep-ratio target size so that the long side <= max(scale) and the short side <= min(scale); every side
+    is at least 1 (a 1x3000 image at (1333, 800) would round its short side to 0, which cv2.resize refuses)."""
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:

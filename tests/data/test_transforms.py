@@ -35,6 +35,16 @@ def test_rescale_size_matches_keep_ratio_rule():
     assert rescale_size(427, 640, (1216, 800)) == (800, 1199)
 
 
+@pytest.mark.parametrize("h, w", [(1, 3000), (3000, 1), (2, 5000)])
+def test_a_very_thin_image_keeps_a_side_of_at_least_one_pixel(h, w):
+    """A 1x3000 image at (1333, 800) scales by 0.44: its short side rounded to 0 and cv2.resize raised."""
+    assert min(rescale_size(h, w, (1333, 800))) == 1
+    sample = _sample(h, w)
+    sample["masks"], sample["boxes"] = None, np.zeros((0, 4), np.float32)
+    out = Resize((1333, 800))(sample, np.random.default_rng(0))
+    assert min(out["image"].shape[:2]) == 1 and max(out["image"].shape[:2]) == 1333
+
+
 def test_resize_scales_masks_boxes_and_records_factors():
     s = Resize((120, 80))(_sample(), np.random.default_rng(0))
     assert s["image"].shape == (80, 120, 3) and s["masks"].shape == (2, 80, 120)
