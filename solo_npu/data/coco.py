@@ -82,6 +82,79 @@ def segmentation_to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
     return _as_bytes_rle(seg)
 
 
+_JPEG_SOI = b"\xff\xd8\xff"  # the signature cv2 picks its JPEG decoder by (opencv imgcodecs grfmt_jpeg.cpp)
+
+
+def jpeg_truncated(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a JPEG file whose data ends before its end-of-image marker (FF D9).
+
+    libjpeg reads such a file to its end, warns "Premature end of JPEG file" on stderr and inserts a fake end
+    marker (``fill_input_buffer`` in jdatasrc.c, which OpenCV's JpegDecoder reads files through with
+    ``jpeg_stdio_src``), so ``cv2.imread`` returns the image with its missing rows grey and no error. A file whose
+    last bytes (after trailing zero or whitespace padding) are FF D9 is whole; otherwise its markers are walked
+    to find the end of the first image, so that data appended after it (phones append a video to a photo) is no
+    fault. Files that are not JPEG, and markers this walk does not understand, are left to the decoder (``False``).
+    """
+    with open(path, "rb") as f:
+        if f.read(3) != _JPEG_SOI:
+            return False
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 64))
+        if f.read().rstrip(b"\x00 \t\r\n").endswith(b"\xff\xd9"):
+            return False
+        f.seek(0)
+        data = f.read()
+    return not _jpeg_has_end(data)
+
+
+def _jpeg_has_end(data: bytes) -> bool:
+    """Whether the marker segments of a JPEG file reach an end-of-image marker (ITU-T T.81 annex B: a marker is
+    FF xx; after a start-of-scan segment, entropy-coded data runs to the next marker, in which FF 00 (a stuffed
+    FF) and FF D0..D7 (restart markers) do not end it). ``True`` where the walk loses its way."""
+    pos, n = 2, len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return True  # not at a marker: a layout this walk does not know, the decoder decides
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data of the scan
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= n:
+                return False
+            following = data[pos + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                pos += 2
+            elif following == 0xFF:
+                pos += 1
+            else:
+                break
+    return False
+
+
+def read_image(path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """``cv2.imread(path, flags)``, ``None`` where it cannot be read: cv2 gives nothing, raises, or the file is a
+    JPEG cut short (:func:`jpeg_truncated`), which cv2 would return half grey."""
+    image = None
+    with contextlib.suppress(cv2.error, OSError):
+        image = cv2.imread(str(path), flags)
+        if image is not None and jpeg_truncated(path):
+            image = None
+    return image
+
+
 class AnnotationFileError(ValueError):
     """An annotation file that cannot be read as COCO instances, or a split with no usable image: one line."""
 
@@ -445,9 +518,8 @@ class CocoInstanceDataset(Dataset):
         rec = self.records[i]
         if rec.get("missing"):  # counted as missing_image when the file was scanned
             return None
-        image = None
-        with contextlib.suppress(cv2.error, OSError):  # the flags a first read found for this file, if any
-            image = cv2.imread(str(self.img_dir / rec["file_name"]), rec.get("imread_flags", cv2.IMREAD_COLOR))
+        # the flags a first read found for this file, if any
+        image = read_image(self.img_dir / rec["file_name"], rec.get("imread_flags", cv2.IMREAD_COLOR))
         if image is None:
             self._read_fault("unreadable_image", rec["file_name"])
             return None

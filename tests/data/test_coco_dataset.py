@@ -348,3 +348,35 @@ def test_image_folder_without_the_splits_images_is_one_line_naming_where_they_ar
     shutil.copy(first, root / split / first.name)
     ds = CocoInstanceDataset(ann_file, root / split, train=train)
     assert len(ds) == (1 if train else total) and ds.fault_counts()["missing_image"] == total - 1
+
+
+def test_truncated_jpeg_is_an_unreadable_image(tmp_path):
+    """libjpeg decodes a JPEG file cut short with only a warning on stderr ("Premature end of JPEG file") and
+    cv2.imread returns it with the missing rows grey: the dataset counts it as an unreadable image, as any other
+    corrupt file. Zero padding after the end marker, and data appended after it (phones append a video), are
+    whole images."""
+    from solo_npu.data.coco import read_image
+
+    root = generate_synthetic_coco(tmp_path / "jpeg", 3, 0, size=64, seed=1)
+    ann_file, img_dir = _paths(root)
+    data = json.loads(ann_file.read_text())
+    files = []
+    for im in data["images"]:
+        png = img_dir / im["file_name"]
+        jpg = png.with_suffix(".jpg")
+        cv2.imwrite(str(jpg), cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        png.unlink()
+        im["file_name"] = jpg.name
+        files.append(jpg)
+    ann_file.write_text(json.dumps(data))
+    whole = files[0].read_bytes()
+    files[0].write_bytes(whole[: len(whole) * 2 // 3])
+    assert cv2.imread(str(files[0])) is not None  # cv2 alone does not notice
+    files[1].write_bytes(files[1].read_bytes() + b"\x00" * 16)
+    files[2].write_bytes(files[2].read_bytes() + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    assert read_image(files[0]) is None
+    for im, file in zip(data["images"][1:], files[1:]):
+        assert read_image(file).shape == (im["height"], im["width"], 3)
+    ds = CocoInstanceDataset(ann_file, img_dir, train=False, max_instances=10)
+    assert [ds[i]["meta"]["image_ok"] for i in range(3)] == [False, True, True]
+    assert ds.fault_counts()["unreadable_image"] == 1
