@@ -21,19 +21,44 @@ from pathlib import Path
 #  Please check the detail log, Try 'atc --help' for more information" followed by the error manager's messages
 #  (OutputErrMessageToStdout): an "EXXXXX: <message>" line, then indented lines (a TraceBack with [FUNC:..][FILE:..]).
 #  A failure returns FAILED (-1 as int32): exit status 255.
-# The checks it makes here, with GE's codes: no -1 batch in --input_shape with --dynamic_batch_size is E10031
-#  (mindspore-ai/graphengine, ge/ir_build/atc_ir_common.cc, CheckDynamicBatchSizeInputShapeValid); fewer than 2
-#  gears E10035, more than 100 E10036 (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams).
-#  Before those (hicann/ge, api/atc/main_impl.cc, GFlagUtils::CheckFlags calls CheckPrecisionRelatedFlags before
-#  CheckDynamicInputParamValid) the precision options, in compiler/api/aclgrph/option_utils.cc: a --precision_mode or
-#  --precision_mode_v2 value outside its allowed set ("" = not set) is E10001 (CheckPrecisionModeParamValid,
-#  CheckPrecisionModeV2ParamValid: reason "The current value is not within the valid range. Valid values are:
-#  {...}.", the set printed in unordered_set order, here in the order declared), and both set is E10056
-#  (CheckPrecisionModeV2Conflict; the CANN ATC Instructions: --precision_mode_v2 "不能与--precision_mode参数同时
-#  使用"). The messages are GE's error registry's (base/common/error_registry/error_registry.cc: E10001 "Value %s for
-#  parameter %s is invalid. Reason: %s", E10056 "Cannot configure both parameters %s and %s simultaneously."); the
-#  parameters are named by GEContext::GetReadableName, which gives the GE option name (ge.exec.precision_mode)
-#  because ATC sets the names of its command line only later (PrepareAtcOptions -> SetOptionNameMap).
+# Its command line is read first, as ATC's flag parser reads it (hicann/ge at a0668444, api/atc/cmd_flag_info.cc,
+#  ParseCommandLine, called by main_impl.cc main_impl -> GFlagUtils::InitGFlag before anything else):
+#  - FormatArgv: ReplaceFlagPrefixSingleMinus makes "-name" (two or more letters) "--name", ReplaceFlagNameMinus
+#    turns each "-" of a "--name" up to "=" into "_" (--precision-mode is --precision_mode; GE's unit tests
+#    UtestMain.GeFlags_param_single_minus / GeFlags_param_include_dash);
+#  - getopt_long (mmpa's mmGetOptLong on Linux) over the flags of api/atc/atc_flags.cc (at 7bb4b9f5): every string
+#    and int32 flag takes a required argument, "--name=VALUE" or "--name VALUE" (GeFlags_param_ok03/04), the bool
+#    --help / --raw_ge_options_ignore_unsupported an optional one ("--help" or "--help=VALUE"); a unique
+#    abbreviation of a name is that flag (glibc manual, getopt.texi), an unknown or ambiguous one prints
+#    "ERROR: unknown command line flag '<name>'" on stderr (GeFlags_flag_name_error01/02), a flag without its
+#    argument "ERROR: flag '--<name>' is missing its argument; flag description: <its atc_flags.cc text>" (here the
+#    line ends before "; flag description"), and each argument that is no flag "ERROR: Non-option parameter: <arg>"
+#    (GeFlags_non_option_parameter01/02; getopt_long moves them after the flags, so they are reported last);
+#  - SetFlagValue: a value outside kStrValueRange (precision_mode, precision_mode_v2, log, framework, ... ; "" is
+#    in none of them: GeFlags_flag_value_empty01, while an unranged "--model=" passes, GeFlags_flag_value_empty02)
+#    is refused by PrintValueError: E10006 "Value %s for parameter --%s is invalid. The value must be either 1 or
+#    0." for the 0/1 switches it lists, E10010 "Value %s for parameter --log is invalid.", E10007 "--%s is
+#    required. The value must be %s." for --framework, else E10001 "Value %s for parameter %s is invalid. Reason:
+#    %s" with the parameter "--<name>" and the reason "The value is not within the range of values. The valid range
+#    is [a] [b] ... ." (the range in std::set order: sorted); then a value that is no int32 (digits only) or bool
+#    is E10003 "Value %s for parameter --%s is invalid. Reason: The value type must be [int32]." (messages: GE's
+#    error registry, base/common/error_registry/error_registry.cc at 0241e896).
+#  A refused command line returns before "..." is printed: "ATC run failed, ..." follows the start line, then the
+#  error message reported (none for the "ERROR:" lines of stderr: an empty line). The error manager initialises
+#  itself on that first report (ErrorManager::ReportErrMessage), so the message is printed. "--help" prints the
+#  usage (here its first line only) and exits 0. Options that GE's optimization-option registry adds at run time
+#  (GenAndRegOptimizationOptions) are not modelled: the stand-in refuses them as unknown.
+# Then the checks of GFlagUtils::CheckFlags, in its order, with GE's codes: --soc_version, --output and --model
+#  must not be empty (IsRequiredParameterExists: E10054 "The required parameter %s for ATC is empty. ..."); the
+#  input files (below); both precision options set is E10056 (CheckPrecisionRelatedFlags ->
+#  compiler/api/aclgrph/option_utils.cc CheckPrecisionModeV2Conflict; the CANN ATC Instructions: --precision_mode_v2
+#  "不能与--precision_mode参数同时使用"; E10056 "Cannot configure both parameters %s and %s simultaneously.", the
+#  parameters named by GEContext::GetReadableName, which gives the GE option name (ge.exec.precision_mode) because
+#  ATC sets the names of its command line only later, PrepareAtcOptions -> SetOptionNameMap); then no -1 batch in
+#  --input_shape with --dynamic_batch_size is E10031 (mindspore-ai/graphengine, ge/ir_build/atc_ir_common.cc,
+#  CheckDynamicBatchSizeInputShapeValid), fewer than 2 gears E10035, more than 100 E10036
+#  (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams). A value of a precision option outside its set
+#  never reaches option_utils.cc's own check (CheckPrecisionModeParamValid): the flag parser refused it.
 # The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>},
 #  for the ais_bench stand-in to run; the real .om carries its gears (read back with aclmdlGetDynamicBatch). Its mode
 #  is 0o600 whatever the umask, as GE opens it (mindspore-ai/graphengine, ge/common/auth/file_saver.cc,
@@ -41,9 +66,117 @@ from pathlib import Path
 ATC = """
 import json, os, sys
 print("ATC start working now, please wait for a moment.")
-args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 with open(os.path.join(os.environ["STANDIN_LOG"], "atc.jsonl"), "a") as f:
     f.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd()}) + "\\n")
+
+# api/atc/atc_flags.cc: the flags and their types (the rest are DEFINE_string); "h" is --help's short and long alias
+INT32 = {"framework", "mode", "disable_reuse_memory", "virtual_type", "sparsity", "op_debug_level"}
+BOOL = {"help", "h", "raw_ge_options_ignore_unsupported"}
+FLAGS = INT32 | BOOL | {
+    "model", "output", "weight", "input_shape", "input_hint_shape", "input_shape_range", "cal_conf", "insert_op_conf",
+    "op_name_map", "target", "om", "json", "out_nodes", "op_precision_mode", "allow_hf32", "precision_mode",
+    "precision_mode_v2", "modify_mixlist", "keep_dtype", "input_format", "check_report", "input_fp16_nodes",
+    "is_output_adjust_hw_layout", "is_input_adjust_hw_layout", "output_type", "op_select_implmode",
+    "optypelist_for_implmode", "singleop", "auto_tune_mode", "jit_compile", "optimization_switch",
+    "static_model_ops_lower_limit", "raw_ge_options", "soc_version", "core_type", "aicore_num", "buffer_optimize",
+    "fusion_switch_file", "compression_optimize_conf", "customize_dtypes", "op_debug_config", "save_original_model",
+    "dynamic_batch_size", "dynamic_image_size", "dynamic_dims", "enable_small_channel", "enable_compress_weight",
+    "enable_attr_compression", "compress_weight_conf", "enable_single_stream", "ac_parallel_enable",
+    "tiling_schedule_optimize", "log", "dump_mode", "enable_scope_fusion_passes", "debug_dir", "status_check",
+    "op_compiler_cache_dir", "op_compiler_cache_mode", "mdl_bank_path", "op_bank_path", "display_model_info",
+    "device_id", "shape_generalized_build_mode", "atomic_clean_policy", "external_weight", "deterministic",
+    "deterministic_level", "host_env_os", "host_env_cpu", "cluster_config", "hccl_sub_comm_config", "quant_dumpable",
+    "is_weight_clip", "oo_level", "build_config"}
+# api/atc/cmd_flag_info.cc kStrValueRange
+RANGE = {
+    "sparsity": {"0", "1"}, "dump_mode": {"0", "1"}, "virtual_type": {"0", "1"}, "status_check": {"0", "1"},
+    "deterministic": {"0", "1"}, "deterministic_level": {"0", "1", "2"}, "external_weight": {"0", "1", "2"},
+    "display_model_info": {"0", "1"}, "atomic_clean_policy": {"0", "1"}, "disable_reuse_memory": {"0", "1"},
+    "framework": {"0", "1", "3", "5"}, "op_debug_level": {"0", "1", "2", "3", "4"},
+    "mode": {"0", "1", "3", "5", "6", "30"}, "core_type": {"AiCore", "VectorCore"},
+    "log": {"debug", "info", "warning", "error", "null"}, "op_compiler_cache_mode": {"enable", "disable", "force"},
+    "buffer_optimize": {"l1_optimize", "l2_optimize", "off_optimize"},
+    "shape_generalized_build_mode": {"shape_generalized", "shape_precise"},
+    "op_select_implmode": {"high_precision", "high_performance", "high_precision_for_all", "high_performance_for_all"},
+    "precision_mode": {"force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
+                       "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
+                       "allow_fp32_to_bf16"},
+    "precision_mode_v2": {"fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
+                          "mixed_hif8"},
+}
+ONE_OR_ZERO = {"status_check", "deterministic", "external_weight", "display_model_info", "atomic_clean_policy",
+               "dump_mode", "disable_reuse_memory", "sparsity"}  # PrintValueError's E10006 flags
+TRUE, FALSE = ("", "1", "t", "true", "y", "yes"), ("0", "f", "false", "n", "no")  # StringToBool, lower-cased
+
+def refused(line=None, code=None, message=None):
+    if line is not None:
+        print("ERROR: " + line, file=sys.stderr)
+    print("ATC run failed, Please check the detail log, Try 'atc --help' for more information")
+    if code:  # the error manager's message, then std::endl (OutputErrMessageToStdout)
+        print("{}: {}".format(code, message))
+    print()
+    sys.exit(255)
+
+def format_arg(arg):  # FormatArgv
+    if arg[:1] == "-" and arg[1:3].isalpha() and len(arg) > 2:
+        arg = "-" + arg
+    if arg[:2] == "--" and arg[2:4].isalpha() and len(arg) > 3:
+        name, eq, value = arg.partition("=")
+        arg = name[:4] + name[4:].replace("-", "_") + eq + value
+    return arg
+
+def set_value(name, value):  # CmdFlagInfo::SetFlagValue
+    if name in RANGE and value not in RANGE[name]:
+        if name in ONE_OR_ZERO:
+            refused(code="E10006", message="Value {} for parameter --{} is invalid. The value must be either 1 or "
+                    "0.".format(value, name))
+        if name == "log":
+            refused(code="E10010", message="Value {} for parameter --log is invalid.".format(value))
+        if name == "framework":
+            refused(code="E10007", message="--framework is required. The value must be 0(Caffe) or 1(MindSpore) or "
+                    "3(TensorFlow) or 5(Onnx).")
+        refused(code="E10001", message="Value {} for parameter --{} is invalid. Reason: The value is not within the "
+                "range of values. The valid range is {}.".format(value, name, "".join(
+                    "[{}] ".format(v) for v in sorted(RANGE[name]))))
+    kind = "int32" if name in INT32 else "bool" if name in BOOL else None
+    if (kind == "int32" and not (value.isdigit() and value.isascii())
+            or kind == "bool" and value.lower() not in TRUE + FALSE):
+        refused(code="E10003", message="Value {} for parameter --{} is invalid. Reason: The value type must be "
+                "[{}].".format(value, name, kind))
+    args["help" if name == "h" else name] = value
+    if name in ("help", "h") and value.lower() in TRUE:  # GF_HELP: main_impl returns 0
+        print("usage: atc <args>")
+        sys.exit(0)
+
+args, rest = {}, [format_arg(a) for a in sys.argv[1:]]
+non_options = []
+while rest:
+    arg = rest.pop(0)
+    if arg == "--":
+        non_options += rest
+        break
+    if arg[:2] == "--":
+        name, eq, value = arg[2:].partition("=")
+        found = [name] if name in FLAGS else [f for f in FLAGS if f.startswith(name)]
+        if len(found) != 1:
+            refused("unknown command line flag '{}'".format(name))
+        name = found[0]
+        if name not in BOOL and not eq:
+            if not rest:
+                refused("flag '{}' is missing its argument".format(arg))
+            value = rest.pop(0)
+        set_value(name, value)
+    elif arg[:1] == "-" and arg != "-":
+        for letter in arg[1:]:
+            if letter != "h":
+                refused("unknown command line flag '{}'".format(arg.lstrip("-").split("=")[0]))
+            set_value("h", "")
+    else:
+        non_options.append(arg)
+for arg in non_options:
+    print("ERROR: Non-option parameter: " + arg, file=sys.stderr)
+if non_options:
+    refused()
 
 def fail(code, message, function, source):
     print("...")
@@ -55,7 +188,13 @@ def fail(code, message, function, source):
     print()
     sys.exit(255)
 
-# The input files are checked first, relative to the working directory (mindspore-ai/graphengine
+for required in ("soc_version", "output", "model"):  # GFlagUtils::CheckFlags, IsRequiredParameterExists
+    if not args.get(required):
+        fail("E10054", "The required parameter --{} for ATC is empty. Another possible reason is that the values of "
+             "some parameters are not enclosed by quotation marks (\\"\\").".format(required),
+             "IsRequiredParameterExists", "main_impl.cc")
+
+# Then the input files, relative to the working directory (mindspore-ai/graphengine
 # ge/offline/main.cc, CheckInputPathValid(FLAGS_model, "--model"): "[Check][InputPath]model file %s not found!!"; the
 # customize_dtypes file is read by OpCustDtypesConfigParser, which reports that "The customize file does not exist
 # or its access permission is denied").
@@ -67,25 +206,12 @@ if "customize_dtypes" in args and not os.path.isfile(args["customize_dtypes"]):
          "or its access permission is denied.".format(args["customize_dtypes"]), "ParseCustomDtypeContent",
          "op_cust_dtypes_config_parser.cc")
 
-PRECISION_VALUES = {
-    "precision_mode": ["", "force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision",
-                       "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision_fp16",
-                       "allow_mix_precision_bf16", "allow_fp32_to_bf16"],
-    "precision_mode_v2": ["", "fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
-                          "mixed_hif8"],
-}
-for option, allowed in PRECISION_VALUES.items():
-    if args.get(option, "") not in allowed:
-        fail("E10001", "Value {} for parameter ge.exec.{} is invalid. Reason: The current value is not within the "
-             "valid range. Valid values are: {{{}}}.".format(args[option], option, ", ".join(a for a in allowed if a)),
-             "CheckPrecisionModeV2ParamValid" if option.endswith("v2") else "CheckPrecisionModeParamValid",
-             "option_utils.cc")
 if args.get("precision_mode") and args.get("precision_mode_v2"):
     fail("E10056", "Cannot configure both parameters ge.exec.precision_mode and ge.exec.precision_mode_v2 "
          "simultaneously.", "CheckPrecisionModeV2Conflict", "option_utils.cc")
 if "dynamic_batch_size" in args:
     gears = args["dynamic_batch_size"].strip('"').split(",")
-    if ":-1," not in args["input_shape"]:
+    if ":-1," not in args.get("input_shape", ""):
         fail("E10031", "At least one batch n must be equal to -1 when set --dynamic_batch_size.",
              "CheckDynamicBatchSizeInputShapeValid", "atc_ir_common.cc")
     if len(gears) < 2:

@@ -232,7 +232,8 @@ def test_atc_failure_reports_its_error_code_line(make_ctx, exported_run, monkeyp
 def test_atc_precision_options_with_the_atc_standin(make_ctx, exported_run, monkeypatch, tmp_path, caplog):
     """--precision_mode_v2 reaches ATC and labels the om fp32 for origin; both options stop before ATC runs
     (ATC refuses them: E10056); an unknown value is ATC's E10001 line, after a WARNING (CANN ATC Instructions,
-    --precision_mode_v2; hicann/ge compiler/api/aclgrph/option_utils.cc)."""
+    --precision_mode_v2; hicann/ge compiler/api/aclgrph/option_utils.cc, and api/atc/cmd_flag_info.cc, whose flag
+    parser refuses the value first)."""
     log = put_tools_on_path(tmp_path, monkeypatch, atc=ATC)
     ctx = make_ctx("deploy.backends=[om]", "deploy.compile.precision_mode_v2=origin", run_dir=exported_run)
     result = run_compile(ctx)
@@ -254,7 +255,9 @@ def test_atc_precision_options_with_the_atc_standin(make_ctx, exported_run, monk
     with caplog.at_level("WARNING"):
         result = run_compile(ctx)
     assert result["om"] == {} and result["messages"][0].startswith(
-        "atc (batch 1) failed (exit 255): E10001: Value fp32 for parameter ge.exec.precision_mode_v2 is invalid.")
+        "atc (batch 1) failed (exit 255): E10001: Value fp32 for parameter --precision_mode_v2 is invalid. Reason: "
+        "The value is not within the range of values. The valid range is [cube_fp16in_fp32out] [cube_hif8] [fp16] "
+        "[mixed_bfloat16] [mixed_float16] [mixed_hif8] [origin] .")
     assert sum("deploy.compile.precision_mode_v2=fp32 is not a value" in r.getMessage() for r in caplog.records) == 1
     assert OmBackend(ctx).precision == "fp16"
 

@@ -144,20 +144,76 @@ def _run_atc_standin(tmp_path, *args):
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env={"STANDIN_LOG": str(log)})
 
 
+# ATC's flag parser refuses a value outside a flag's range first, naming the flag and printing the range of
+# kStrValueRange in its std::set (sorted) order (hicann/ge api/atc/cmd_flag_info.cc at a0668444,
+# CmdFlagInfo::SetFlagValue / PrintValueError / PrintValueRange; GE's E10001 "Value %s for parameter %s is invalid.
+# Reason: %s", base/common/error_registry/error_registry.cc).
+MODE_RANGE = ("[allow_fp32_to_bf16] [allow_fp32_to_fp16] [allow_mix_precision] [allow_mix_precision_bf16] "
+              "[allow_mix_precision_fp16] [cube_fp16in_fp32out] [force_fp16] [force_fp32] [must_keep_origin_dtype] ")
+V2_RANGE = "[cube_fp16in_fp32out] [cube_hif8] [fp16] [mixed_bfloat16] [mixed_float16] [mixed_hif8] [origin] "
+NOT_IN_RANGE = "is invalid. Reason: The value is not within the range of values. The valid range is"
+
+
 def test_atc_standin_refuses_what_atc_refuses(tmp_path):
-    """hicann/ge option_utils.cc: both options is E10056, a value outside the allowed set E10001; exit 255."""
+    """Both options is E10056 (option_utils.cc), a value outside a flag's range E10001 from the flag parser
+    (cmd_flag_info.cc); exit 255."""
     proc = _run_atc_standin(tmp_path, "--precision_mode=force_fp16", "--precision_mode_v2=origin")
     assert proc.returncode == 255 and not (tmp_path / "m.om").exists()
     assert atc_error(proc.stdout, proc.stderr) == ("E10056: Cannot configure both parameters ge.exec.precision_mode "
                                                    "and ge.exec.precision_mode_v2 simultaneously.")
     proc = _run_atc_standin(tmp_path, "--precision_mode_v2=fp32")
     assert proc.returncode == 255
-    assert atc_error(proc.stdout, proc.stderr).startswith(
-        "E10001: Value fp32 for parameter ge.exec.precision_mode_v2 is invalid. Reason: The current value is not "
-        "within the valid range. Valid values are: {fp16, origin, cube_fp16in_fp32out,")
+    assert atc_error(proc.stdout, proc.stderr) == (
+        f"E10001: Value fp32 for parameter --precision_mode_v2 {NOT_IN_RANGE} {V2_RANGE}.")
     proc = _run_atc_standin(tmp_path, "--precision_mode=origin")  # a v2 value given to the first option
-    assert atc_error(proc.stdout, proc.stderr).startswith("E10001: Value origin for parameter ge.exec.precision_mode ")
-    for ok in (["--precision_mode_v2=origin"], ["--precision_mode=must_keep_origin_dtype"], ["--precision_mode="]):
+    assert atc_error(proc.stdout, proc.stderr) == (
+        f"E10001: Value origin for parameter --precision_mode {NOT_IN_RANGE} {MODE_RANGE}.")
+    for ok in (["--precision_mode_v2=origin"], ["--precision_mode=must_keep_origin_dtype"]):
         proc = _run_atc_standin(tmp_path, *ok)
         assert proc.returncode == 0 and "ATC run success" in proc.stdout, proc.stdout
         assert json.loads((tmp_path / "m.om").read_text())["onnx"] == str(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--precision_mode="], f"E10001: Value  for parameter --precision_mode {NOT_IN_RANGE} {MODE_RANGE}."),
+    (["--precision_mode_v2", ""], f"E10001: Value  for parameter --precision_mode_v2 {NOT_IN_RANGE} {V2_RANGE}."),
+    (["--precision-mode", "fp32"], f"E10001: Value fp32 for parameter --precision_mode {NOT_IN_RANGE} {MODE_RANGE}."),
+    (["--op_debug_level=3.6"], f"E10001: Value 3.6 for parameter --op_debug_level {NOT_IN_RANGE} [0] [1] [2] [3] "
+                               "[4] ."),
+    (["--log=verbose"], "E10010: Value verbose for parameter --log is invalid."),
+    (["--framework=6"], "E10007: --framework is required. The value must be 0(Caffe) or 1(MindSpore) or "
+                        "3(TensorFlow) or 5(Onnx)."),
+    (["--status_check=3"], "E10006: Value 3 for parameter --status_check is invalid. The value must be either 1 or 0."),
+    (["--aicore_num"], "ERROR: flag '--aicore_num' is missing its argument"),
+    (["--precison_mode=force_fp16"], "ERROR: unknown command line flag 'precison_mode'"),
+    (["--precision=force_fp16"], "ERROR: unknown command line flag 'precision'"),  # ambiguous: two flags start so
+    (["-x"], "ERROR: unknown command line flag 'x'"),
+    (["force_fp16"], "ERROR: Non-option parameter: force_fp16"),
+    (["--model="], "E10054: The required parameter --model for ATC is empty. Another possible reason is that the "
+                   "values of some parameters are not enclosed by quotation marks (\"\")."),
+])
+def test_atc_standin_parses_its_command_line_as_atc_does(tmp_path, args, error):
+    """hicann/ge api/atc/cmd_flag_info.cc (ParseCommandLine: getopt_long, every flag but --help takes a required
+    argument; SetFlagValue checks kStrValueRange) and GE's unit tests (UtestMain.GeFlags_flag_value_empty01,
+    GeFlags_flag_name_error01, GeFlags_non_option_parameter01, ...): refused before any model is read."""
+    proc = _run_atc_standin(tmp_path, *args)
+    assert proc.returncode == 255 and not (tmp_path / "m.om").exists()
+    assert "ATC run failed, Please check the detail log" in proc.stdout
+    assert atc_error(proc.stdout, proc.stderr) == error
+
+
+def test_atc_standin_reads_flags_as_atc_does(tmp_path):
+    """"--flag value" (UtestMain.GeFlags_param_ok04), "-flag" (GeFlags_param_single_minus), dashes in a flag name
+    (GeFlags_param_include_dash) and a unique abbreviation of a flag (getopt_long) are accepted."""
+    atc = install_tool(tmp_path, "atc", ATC)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    argv = [str(atc), "--framework", "5", "--model", str(tmp_path / "m.onnx"), "-output", str(tmp_path / "m"),
+            "--input-format=NCHW", "--input_shape", "input:1,3,32,32", "--soc-version", "Ascend310P3", "--log", "error",
+            "--precision_mode_v", "origin", "--op_select_implmode=high_precision"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={"STANDIN_LOG": str(tmp_path)})
+    assert proc.returncode == 0 and "ATC run success" in proc.stdout, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "m.om").read_text())["onnx"] == str(tmp_path / "m.onnx")
+    proc = subprocess.run([*argv, "--precision-mode", "force_fp16"], capture_output=True, text=True,
+                          env={"STANDIN_LOG": str(tmp_path)})
+    assert atc_error(proc.stdout, proc.stderr) == ("E10056: Cannot configure both parameters ge.exec.precision_mode "
+                                                   "and ge.exec.precision_mode_v2 simultaneously.")
