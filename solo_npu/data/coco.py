@@ -281,7 +281,7 @@ class CocoInstanceDataset(Dataset):
         img_dir: directory holding the ``file_name`` of every image.
         transforms: callable ``(sample, rng) -> sample`` (see :mod:`solo_npu.data.transforms`).
         train: skip faulty images and crowd instances; decode masks.
-        max_instances: keep at most this many instances per image (the largest).
+        max_instances: keep at most this many instances per image (the largest, in annotation order).
         seed: base seed; sample randomness comes from ``(seed, epoch, index)``.
         with_masks: decode instance masks (default: ``train``; evaluation reads the json instead).
 
@@ -386,8 +386,8 @@ class CocoInstanceDataset(Dataset):
                     self._fault("box_outside_image", name)
                     continue
                 area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
-                anns.append({"seg": seg, "box": (x1, y1, x2, y2), "label": self.cat_to_label[ann["category_id"]],
-                             "area": area})
+                anns.append({"id": ann["id"], "seg": seg, "box": (x1, y1, x2, y2),
+                             "label": self.cat_to_label[ann["category_id"]], "area": area})
             if not anns and not crowd and (self.train or self.coco.anns):  # an image-info file has no annotations
                 self._fault("empty_image", name)
                 if self.train:
@@ -396,8 +396,13 @@ class CocoInstanceDataset(Dataset):
             # as in mmdet: CocoDataset.filter_data (mmdet/datasets/coco.py) keeps every image of
             # ``cat_img_map``, which lists crowd annotations too.
             if len(anns) > self.max_instances:
+                # The largest instances, kept in annotation order: mmdet keeps every instance in that order, and
+                # where two share a grid cell its SOLOv2 targets give the cell to the later one
+                # (SOLOV2Head._get_targets_single, mmdet/models/dense_heads/solov2_head.py:
+                # ``labels[top:(down + 1), left:(right + 1)] = gt_label`` instance after instance).
                 self._fault("too_many_instances", name)
-                anns = sorted(anns, key=lambda a: -a["area"])[: self.max_instances]
+                largest = sorted(range(len(anns)), key=lambda k: -anns[k]["area"])[: self.max_instances]
+                anns = [anns[k] for k in sorted(largest)]
             records.append({"image_id": image_id, "file_name": name, "height": h, "width": w, "anns": anns})
         total = len(self.coco.imgs)
         if total and self._init_counts["missing_image"] == total:  # evaluation too: an AP of no image read

@@ -31,7 +31,8 @@ class FixedShapeCollate:
     """Collate transformed samples into the batch dict.
 
     Args:
-        max_instances: the most ground-truth slots per image (larger images keep their largest instances).
+        max_instances: the most ground-truth slots per image (an image with more keeps its largest instances,
+            in their order).
         instance_slots: ``ladder`` (M = the smallest rung of ``slot_ladder`` + [``max_instances``] that
             holds every kept instance of the batch) or ``fixed`` (the same batch, marked to be padded to
             M = ``max_instances`` on the device: :func:`pad_instance_slots`).
@@ -109,6 +110,8 @@ class FixedShapeCollate:
         self.num_truncated += 1
         logger.warning("%s: %d instances, keeping the largest %d (max_instances)",
                        sample["meta"].get("file_name"), n, self.max_instances)
+        # In annotation order, as the dataset keeps them: the SOLOv2 targets give a cell that two instances share
+        # to the later one (mmdet's SOLOV2Head._get_targets_single assigns the labels instance after instance).
         return np.sort(np.argsort(-area, kind="stable")[: self.max_instances])
 
 

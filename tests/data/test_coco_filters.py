@@ -1,0 +1,61 @@
+"""What training takes from a COCO file, as mmdet's CocoDataset takes it: which annotations and images it keeps
+(mmdet/datasets/coco.py), and the order of the instances it keeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from solo_npu.data.coco import CocoInstanceDataset
+
+
+def _write_coco(tmp_path: Path, images: list[dict], annotations: list[dict],
+                categories: tuple[dict, ...] = ({"id": 1, "name": "a"}, {"id": 2, "name": "b"})) -> tuple[Path, Path]:
+    """A COCO annotation file and black PNGs of the images' sizes under ``tmp_path``."""
+    img_dir = tmp_path / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for im in images:
+        cv2.imwrite(str(img_dir / im["file_name"]), np.zeros((im["height"], im["width"], 3), np.uint8))
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": list(categories)}))
+    return ann_file, img_dir
+
+
+def _image(image_id: int, height: int = 100, width: int = 100) -> dict:
+    return {"id": image_id, "file_name": f"{image_id}.png", "height": height, "width": width}
+
+
+def _square(ann_id: int, image_id: int, x: float, y: float, side: float, category_id: int = 1, **extra) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0, "area": float(side * side),
+            "bbox": [x, y, side, side], "segmentation": [[x, y, x + side, y, x + side, y + side, x, y + side]],
+            **extra}
+
+
+def test_truncation_keeps_the_largest_instances_in_annotation_order(tmp_path):
+    """max_instances keeps the largest instances, in their annotation order. mmdet keeps every instance in
+    annotation order, and its SOLOv2 targets (SOLOV2Head._get_targets_single, mmdet/models/dense_heads/
+    solov2_head.py: ``labels[top:(down + 1), left:(right + 1)] = gt_label`` instance after instance) give a cell
+    that two instances share to the later one. Leaving out a far-away tiny instance (max_instances 3 -> 2) must not
+    change the label of the cell that a small class-a square and a large class-b square around it share."""
+    import torch
+
+    from solo_npu.data.collate import FixedShapeCollate
+    from solo_npu.models.solov2.targets import build_solov2_targets
+
+    anns = [_square(1, 1, 40, 40, 10, category_id=1), _square(2, 1, 30, 30, 30, category_id=2),
+            _square(3, 1, 0, 0, 5, category_id=1)]
+    ann_file, img_dir = _write_coco(tmp_path, [_image(1)], anns)
+    cell = 14 * 40 + 14  # both centres (45, 45) on the 128x128 canvas: row and column 14 of level 0's 40x40 grid
+    for limit in (3, 2):
+        ds = CocoInstanceDataset(ann_file, img_dir, train=True, max_instances=limit)
+        assert [a["id"] for a in ds.records[0]["anns"]] == [1, 2, 3][:limit]
+        sample = ds[(0, 0)]
+        assert sample["labels"].tolist() == [0, 1, 0][:limit]
+        sample["image"] = torch.zeros(3, 100, 100)  # no transforms: only the ground truth matters here
+        batch = FixedShapeCollate(max_instances=limit)([sample])
+        targets = build_solov2_targets(batch["gt_masks"], batch["gt_labels"], batch["gt_boxes"], batch["gt_valid"],
+                                       [40, 36, 24, 16, 12], ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)))
+        assert int(targets.labels[0, cell]) == 1, limit  # the class-b square, annotated after the class-a one
