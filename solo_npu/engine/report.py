@@ -92,6 +92,7 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
         import cv2
 
         from solo_npu.data import FixedShapeCollate
+        from solo_npu.data.coco import read_image
         from solo_npu.utils.visualize import ground_truth_beside_prediction, save_image
     except ImportError as exc:
         logger.warning("prediction images skipped: %s", exc)
@@ -101,16 +102,24 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
     net = unwrap(model)
     net.eval()
     collate = collate or FixedShapeCollate(max_instances=int(getattr(dataset, "max_instances", 100)))
-    written, failed = [], 0
+    written, failed, skipped = [], 0, 0
     for i in range(min(count, len(dataset))):
         batch = collate([dataset[i]])
         meta = batch["metas"][0]
         result = net.predict(batch["images"].to(info.device), batch["metas"])[0]
-        image = cv2.imread(str(Path(dataset.img_dir) / meta["file_name"]), cv2.IMREAD_COLOR)
+        # read as the dataset read it: a photo annotated on its stored pixels without its EXIF turn
+        flags = dataset.records[i].get("imread_flags", cv2.IMREAD_COLOR) if hasattr(dataset, "records") \
+            else cv2.IMREAD_COLOR
+        image = read_image(Path(dataset.img_dir) / meta["file_name"], flags)
         if image is None:
             continue
-        drawn = ground_truth_beside_prediction(image[:, :, ::-1].copy(), _ground_truth(dataset, meta["image_id"]),
-                                               result, class_names=getattr(dataset, "class_names", None))
+        try:
+            drawn = ground_truth_beside_prediction(image[:, :, ::-1].copy(), _ground_truth(dataset, meta["image_id"]),
+                                                   result, class_names=getattr(dataset, "class_names", None))
+        except ValueError as exc:  # masks of another size than the image: not drawn scrambled
+            skipped += 1
+            logger.warning("prediction image of %s skipped: %s", meta["file_name"], exc)
+            continue
         path = out_dir / f"{Path(meta['file_name']).stem}.png"
         try:
             save_image(path, drawn)
@@ -118,6 +127,6 @@ def save_prediction_images(model: nn.Module, dataset: Any, out_dir: str | Path, 
         except OSError as exc:  # a by-product, as the plots
             failed += 1
             logger.warning("prediction image %s not written: %s", path, exc)
-    if failed:
-        logger.warning("%d of %d prediction images not written", failed, failed + len(written))
+    if failed or skipped:
+        logger.warning("%d of %d prediction images not written", failed + skipped, failed + skipped + len(written))
     return written

@@ -65,3 +65,45 @@ def test_failed_image_write_keeps_the_previous_image(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=f"could not write image {path}"):
         save_image(path, np.full((8, 8, 3), 255, np.uint8))
     assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["000001.png"]
+
+
+def test_labels_stay_inside_the_image():
+    """An instance at the right edge: its label is moved left into the image instead of running off it."""
+    image = np.zeros((60, 200, 3), np.uint8)
+    masks = np.zeros((1, 60, 200), bool)
+    masks[0, 30:50, 195:] = True
+    out = draw_instances(image, masks, [0], [0.9], ["a long class name"], score_thr=0.3)
+    (tw, th), base = cv2.getTextSize("a long class name 0.90", cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+    label = out[30 - th - base:30, 200 - tw:195]
+    assert label.any(axis=2).mean() > 0.5  # the filled label box lies in the image, left of the mask
+
+
+def test_boxes_are_drawn_for_a_model_without_masks():
+    image = np.full((64, 96, 3), 100, np.uint8)
+    out = draw_instances(image, None, [1], [0.9], ["a", "b"], boxes=np.array([[10.0, 20.0, 60.0, 50.0]]))
+    colour = palette(2)[1]
+    np.testing.assert_array_equal(out[35, 10], colour)  # the left edge of the box
+    np.testing.assert_array_equal(out[50, 35], colour)  # the bottom edge
+    assert (out[30:45, 20:50] == 100).all()  # the inside is not filled
+    with pytest.raises(ValueError, match="masks or boxes"):
+        draw_instances(image, None, [1], [0.9], None)
+
+
+def test_ground_truth_beside_prediction_refuses_masks_of_another_shape():
+    """Masks of a 32x40 image drawn on a 40x32 one (an image read turned) are an error, not reshaped."""
+    from solo_npu.utils.visualize import ground_truth_beside_prediction
+
+    image = np.full((40, 32, 3), 100, np.uint8)
+    masks = np.zeros((1, 32, 40), bool)
+    with pytest.raises(ValueError, match="do not match"):
+        ground_truth_beside_prediction(image, {"masks": masks, "labels": np.array([0])},
+                                       {"masks": np.zeros((0, 40, 32), bool), "labels": np.zeros(0),
+                                        "scores": np.zeros(0)}, min_side=64)
+
+
+def test_upscale_factor_keeps_the_long_side_bounded():
+    from solo_npu.utils.visualize import upscale_factor
+
+    assert upscale_factor(50, 50, 512) == 11
+    assert upscale_factor(1, 3000, 512) == 1  # 512 x 1536000 px would not be an image anyone can open
+    assert upscale_factor(4, 1000, 512) == 4  # up to a long side of 4096
