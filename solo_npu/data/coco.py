@@ -39,7 +39,8 @@ from torch.utils.data import Dataset
 logger = logging.getLogger("solo_npu.data")
 
 INIT_FAULTS = ("orphan_annotation", "duplicate_annotation_id", "bad_category", "degenerate_segmentation",
-               "box_outside_image", "missing_image", "empty_image", "too_many_instances")
+               "box_outside_image", "zero_area", "degenerate_box", "missing_image", "empty_image",
+               "too_many_instances")
 READ_FAULTS = ("unreadable_image", "image_size_mismatch", "empty_mask")
 FAULT_KINDS = INIT_FAULTS + READ_FAULTS
 _LOG_NAMES = 10  # file names listed per kind in the log
@@ -380,12 +381,24 @@ class CocoInstanceDataset(Dataset):
                     self._fault("degenerate_segmentation", name)
                     continue
                 box = ann.get("bbox") or mask_utils.toBbox(segmentation_to_rle(seg, h, w)).tolist()
-                x1, y1 = max(float(box[0]), 0.0), max(float(box[1]), 0.0)
-                x2, y2 = min(float(box[0] + box[2]), w), min(float(box[1] + box[3]), h)
-                if x2 - x1 < 1 or y2 - y1 < 1:
+                # The checks of mmdet's CocoDataset._parse_ann_info (2.x; parse_data_info in 3.x,
+                # mmdet/datasets/coco.py), in its order: a box that overlaps the image by any amount stays
+                # (``inter_w = max(0, min(x1 + w, img_w) - max(x1, 0))``, ``if inter_w * inter_h == 0: continue``),
+                # then ``if ann['area'] <= 0 or w < 1 or h < 1: continue`` on the given area and the unclipped box.
+                # The box kept is clipped to the image, as mmdet's Resize clips it.
+                bx, by, bw, bh = (float(v) for v in box[:4])
+                x1, y1, x2, y2 = max(bx, 0.0), max(by, 0.0), min(bx + bw, w), min(by + bh, h)
+                if max(0.0, x2 - x1) * max(0.0, y2 - y1) == 0:
                     self._fault("box_outside_image", name)
                     continue
-                area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
+                given = ann.get("area")  # mmdet needs it; a file without it gets the clipped box's area here
+                if given is not None and float(given) <= 0:
+                    self._fault("zero_area", name)
+                    continue
+                if bw < 1 or bh < 1:
+                    self._fault("degenerate_box", name)
+                    continue
+                area = float(given) if given is not None else (x2 - x1) * (y2 - y1)
                 anns.append({"id": ann["id"], "seg": seg, "box": (x1, y1, x2, y2),
                              "label": self.cat_to_label[ann["category_id"]], "area": area})
             if not anns and not crowd and (self.train or self.coco.anns):  # an image-info file has no annotations

@@ -76,8 +76,8 @@ def _planted(tmp_path):
 
 EXPECTED = {"orphan_annotation": 0, "duplicate_annotation_id": 0, "unreadable_image": 1,
             "missing_image": 1, "empty_image": 1, "degenerate_segmentation": 1,
-            "bad_category": 1, "box_outside_image": 1, "too_many_instances": 0, "image_size_mismatch": 0,
-            "empty_mask": 0}
+            "bad_category": 1, "box_outside_image": 1, "zero_area": 0, "degenerate_box": 0, "too_many_instances": 0,
+            "image_size_mismatch": 0, "empty_mask": 0}
 
 
 def test_planted_faults_train_epoch_with_workers_counts_each_kind(tmp_path, caplog):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -59,3 +60,34 @@ def test_truncation_keeps_the_largest_instances_in_annotation_order(tmp_path):
         targets = build_solov2_targets(batch["gt_masks"], batch["gt_labels"], batch["gt_boxes"], batch["gt_valid"],
                                        [40, 36, 24, 16, 12], ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)))
         assert int(targets.labels[0, cell]) == 1, limit  # the class-b square, annotated after the class-a one
+
+
+def test_annotation_filters_follow_mmdet(tmp_path, caplog):
+    """The annotations training uses are those of mmdet's CocoDataset._parse_ann_info (2.x; parse_data_info in
+    3.x, mmdet/datasets/coco.py): a box that overlaps the image by any amount is kept (``inter_w * inter_h == 0``
+    skips it, with ``inter_w = max(0, min(x1 + w, img_w) - max(x1, 0))``), one under 1 px wide or high before
+    clipping is left out (``w < 1 or h < 1``), and so is one whose given area is 0 (``ann['area'] <= 0``). Each
+    left-out annotation is counted and logged by kind."""
+    anns = [
+        _square(1, 1, 10, 10, 30, area=0.0),  # area 0: left out
+        {**_square(2, 1, -9.5, 40, 10), "bbox": [-9.5, 40, 10, 20], "area": 10.0,
+         "segmentation": [[-9.5, 40, 0.5, 40, 0.5, 60, -9.5, 60]]},  # 0.5 px inside: kept
+        {**_square(3, 1, 99.5, 10, 10), "area": 5.0},  # 0.5 px inside on the right: kept
+        {**_square(4, 1, 60, 60, 20), "bbox": [60, 60, 0.5, 20]},  # inside, 0.5 px wide: left out
+        _square(5, 1, 120, 10, 10),  # outside: left out
+        _square(6, 1, 60, 60, 20),  # kept
+        {k: v for k, v in _square(7, 1, 70, 10, 8).items() if k != "area"},  # no area: kept, area from the box
+    ]
+    ann_file, img_dir = _write_coco(tmp_path, [_image(1)], anns)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.data"):
+        ds = CocoInstanceDataset(ann_file, img_dir, train=True)
+    kept = ds.records[0]["anns"]
+    assert [a["id"] for a in kept] == [2, 3, 6, 7]
+    assert [a["box"] for a in kept] == [(0.0, 40.0, 0.5, 60.0), (99.5, 10.0, 100.0, 20.0), (60.0, 60.0, 80.0, 80.0),
+                                        (70.0, 10.0, 78.0, 18.0)]
+    assert [a["area"] for a in kept] == [10.0, 5.0, 400.0, 64.0]
+    counts = ds.fault_counts()
+    assert (counts["zero_area"], counts["degenerate_box"], counts["box_outside_image"]) == (1, 1, 1)
+    logs = [r.getMessage() for r in caplog.records]
+    for kind in ("zero_area", "degenerate_box", "box_outside_image"):
+        assert [m for m in logs if m.startswith(f"{kind}: 1 (handled) in ")], kind
