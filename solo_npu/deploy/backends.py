@@ -10,7 +10,10 @@ stages build them with :func:`build_backends` and iterate, never branching on na
 - ``latency(batch_size, manifest, images, warmup, iters)``: per-batch latencies (ms) of repeated runs;
 - ``runner(batch_size, manifest)``: an in-process :class:`~solo_npu.deploy.runners.Runner` (images in,
   outputs out) for the end-to-end timing, or None where the backend is a separate tool;
-- ``timing_scope``: ``"model only"``, ``"with host-device copies"`` or ``"device compute from ais_bench"``;
+- ``timing_scope``: what a benchmark latency covers: ``"model only"``, ``"with host-device copies"`` or
+  ``"device compute from ais_bench"``;
+- ``infer_timing``: what the infer stage's seconds (``run_records``) cover: the timing scope for in-process runners,
+  :data:`AIS_BENCH_RUN` for om;
 - ``device``: where it runs, e.g. ``"cpu"``, ``"cuda:0"``, ``"npu:1"``;
 - ``precision``: ``"fp32"`` or ``"fp16"``, which picks the verify tolerances.
 
@@ -50,7 +53,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_ONLY = "model only"
 WITH_COPIES = "with host-device copies"
-AIS_BENCH_COMPUTE = "device compute from ais_bench"
+AIS_BENCH_COMPUTE = "device compute from ais_bench"  # the benchmark's om rows: ais_bench's NPU_compute_time
+# The om infer seconds: the wall time of the ais_bench subprocess, its start, model load and reading and writing
+# the .bin files included (OmBackend.run_records times om.run_ais_bench as a whole).
+AIS_BENCH_RUN = "ais_bench run, wall time including its start, model load and file I/O"
 # Where a benchmark row's peak memory comes from (the report's "memory" column).
 ALLOCATOR_PEAK = "allocator peak"        # torch's device allocator (torch_npu / CUDA)
 PROCESS_RSS = "process RSS"              # CPU runs: the whole process, model and data included
@@ -126,6 +132,11 @@ class Backend:
         return WITH_COPIES if self.ctx.device.is_accelerator else MODEL_ONLY
 
     @property
+    def infer_timing(self) -> str:
+        """What the infer stage's seconds (:meth:`run_records`) cover; the timing scope unless a subclass says."""
+        return self.timing_scope
+
+    @property
     def memory_source(self) -> str | None:
         """What the benchmark's peak memory measures for this backend (None: not measured)."""
         return ALLOCATOR_PEAK if self.ctx.device.is_accelerator else PROCESS_RSS
@@ -162,7 +173,8 @@ class Backend:
         return time_model(runner or self.runner(batch_size, manifest), images, warmup, iters)
 
     def describe(self) -> dict[str, str | None]:
-        return {"backend": self.name, "device": self.device, "timing": self.timing_scope, "precision": self.precision,
+        """What infer/<backend>_b<B>/outputs.json says of the run: ``timing`` is :attr:`infer_timing`."""
+        return {"backend": self.name, "device": self.device, "timing": self.infer_timing, "precision": self.precision,
                 "memory": self.memory_source}
 
 
@@ -256,10 +268,12 @@ class OnnxRuntimeBackend(Backend):
 
 
 class OmBackend(Backend):
-    """ATC's ``.om`` run by ais_bench as a subprocess; timings are its NPU compute time."""
+    """ATC's ``.om`` run by ais_bench as a subprocess; benchmark timings are its NPU compute time, the infer stage's
+    seconds the wall time of the whole ais_bench run."""
 
     name = "om"
     timing_scope = AIS_BENCH_COMPUTE
+    infer_timing = AIS_BENCH_RUN
     memory_source = NPU_SMI  # ais_bench's summary has timings only (summary.py, Summary.report)
     compiled = True
 

@@ -5,7 +5,7 @@ only feed the benchmark timings, which run one batch repeatedly).
 All backends write the same layout, ais_bench's, so one postprocess serves them all::
 
     infer/<backend>_b<B>/<stem>_<i>.bin     raw output i of one image (no batch axis)
-    infer/<backend>_b<B>/outputs.json       backend, device, timing scope, batch size, output specs, stems
+    infer/<backend>_b<B>/outputs.json       backend, device, what its seconds cover, batch size, output specs, stems
 
 Raw outputs are large (SOLOv2 at 800x1216: 24.3 MB per image), so unless ``deploy.infer.keep_raw`` is set they
 live only until the backend has finished: they are turned into COCO results (``evaluate/<backend>_b<B>.json``,
@@ -156,7 +156,7 @@ def _infer_one(ctx: DeployContext, backend: Any, bs: int, out_dir: Path, records
     seconds = backend.run_records(records, bs, out_dir, manifest)
     write_outputs_info(ctx, backend, bs, out_dir, records, manifest, seconds)
     key = f"{backend.name}_b{bs}"
-    entry: dict[str, Any] = {"images": len(records), "seconds": seconds, "timing": backend.timing_scope,
+    entry: dict[str, Any] = {"images": len(records), "seconds": seconds, "timing": backend.infer_timing,
                              "device": backend.device}
     if not keep:  # raw outputs -> COCO results, then drop the raw files (the only large part)
         files = raw_files(out_dir, [r["stem"] for r in records], len(ctx.adapter.output_names))
@@ -168,7 +168,7 @@ def _infer_one(ctx: DeployContext, backend: Any, bs: int, out_dir: Path, records
         write_json(out_dir / "outputs.json", {**info, "raw_kept": False, **collected})
         entry.update(results=collected["results"], postprocess_ms=collected["postprocess_ms"])
     logger.info("infer %s batch %d: %d images in %.2f s (%s)%s", backend.name, bs, len(records), seconds,
-                backend.timing_scope, "" if keep else ", raw outputs turned into COCO results and deleted")
+                backend.infer_timing, "" if keep else ", raw outputs turned into COCO results and deleted")
     return entry
 
 

@@ -249,6 +249,11 @@ def test_registry_device_ids_and_timing_scopes(make_ctx, providers):
     assert {n: b.timing_scope for n, b in backends.items()} == {
         "pytorch": "model only", "onnxruntime": "model only", "om": "device compute from ais_bench",
         "torch_aie": "model only"}
+    # what the infer stage's seconds cover: om's are the whole ais_bench run, not its NPU compute time
+    assert {n: b.infer_timing for n, b in backends.items()} == {
+        "pytorch": "model only", "onnxruntime": "model only",
+        "om": "ais_bench run, wall time including its start, model load and file I/O", "torch_aie": "model only"}
+    assert backends["om"].describe()["timing"] == backends["om"].infer_timing
     # ATC's default precision on 310P and torch_aie FP16 are half precision; their verify tolerances follow
     assert backends["om"].precision == "fp16" and backends["torch_aie"].precision == "fp16"
     assert tolerances(ctx.deploy_cfg.verify, "fp16")["iou"] == 0.5
