@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from solo_npu.utils.visualize import draw_instances, save_image
 logger = logging.getLogger(__name__)
 
 __all__ = ["COCO_CATEGORY_IDS", "COCO_CLASS_NAMES", "IMAGE_SUFFIXES", "default_category_ids", "list_images",
-           "run_predict"]
+           "model_input", "run_predict"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -114,6 +114,40 @@ def default_category_ids(num_classes: int, class_names: Sequence[str] | None = N
     return list(range(1, num_classes + 1))
 
 
+def model_input(model: nn.Module, data_cfg: Any = None,
+                input_shape: Sequence[int] | None = None) -> tuple[Callable[..., dict[str, Any]],
+                                                                  Callable[[list[dict[str, Any]]], dict[str, Any]]]:
+    """(transforms, collate) that make one image the model's input.
+
+    A model with its own :class:`~solo_npu.models.contract.Preprocessing` (FCOS, SSD-ResNet34, YolactEdge) gets
+    what deploy's preprocess stage makes of an image: :meth:`ModelAdapter.transforms` (its resize, channel order
+    and mean) and :func:`~solo_npu.deploy.preprocess.collate_canvas` on its static ``input_shape`` (H, W). SOLOv2,
+    which leaves both to the data config, gets the data config's transforms and collate, as training evaluates.
+
+    Raises:
+        ValueError: the model needs ``input_shape``, or ``data_cfg``, and it is not given.
+    """
+    from solo_npu.deploy.adapters import ModelAdapter
+
+    adapter = ModelAdapter(model)
+    if adapter.preprocessing.style is None:
+        if data_cfg is None:
+            raise ValueError("run_predict needs data_cfg (the data config's resize, normalisation and padding)")
+        return build_transforms(data_cfg, train=False), build_collate(data_cfg)
+    if input_shape is None:
+        raise ValueError(f"run_predict needs input_shape for {type(model).__name__}: the (H, W) of its static input "
+                         "(deploy.input_shape), which its preprocessing fits every image to")
+    from solo_npu.deploy.preprocess import collate_canvas
+
+    canvas = (int(input_shape[0]), int(input_shape[1]))
+
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        images, metas = collate_canvas(samples, canvas, adapter.pad_position)
+        return {"images": images, "metas": metas}
+
+    return adapter.transforms(canvas), collate
+
+
 def _sample(image_rgb: np.ndarray, image_id: int, file_name: str) -> dict[str, Any]:
     h, w = image_rgb.shape[:2]
     return {"image": image_rgb, "masks": None, "boxes": np.zeros((0, 4), np.float32),
@@ -126,7 +160,8 @@ def _sample(image_rgb: np.ndarray, image_id: int, file_name: str) -> dict[str, A
 def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
                 output_dir: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
                 data_cfg: Any = None, device: Any = None, score_thr: float = 0.3,
-                label_to_cat: Sequence[int] | None = None) -> dict[str, Any]:
+                label_to_cat: Sequence[int] | None = None,
+                input_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Run ``model.predict`` on every image of ``inputs`` and write overlays and predictions.
 
     Args:
@@ -135,27 +170,29 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         inputs: an image file or a directory of images.
         output_dir: where ``<stem>.png`` overlays (:func:`overlay_paths`) and ``predictions.json`` go.
         class_names: label -> name for the overlays and the json (``category_name``).
-        data_cfg: the ``data`` config (resize scale, normalisation, padding), as in training.
+        data_cfg: the ``data`` config (resize scale, normalisation, padding), as in training: the input of a
+            model without preprocessing of its own (SOLOv2); see :func:`model_input`.
         device: a DeviceInfo, torch.device, name, or ``None`` for automatic selection.
         score_thr: instances drawn on the overlays score at least this; the json keeps all.
         label_to_cat: label -> category id in the json, e.g. the dataset's ``label_to_cat`` (default:
             :func:`default_category_ids`: COCO's ids for the 80 COCO classes, otherwise ``label + 1``).
+        input_shape: (H, W) of the static input of a model with its own preprocessing (FCOS, SSD-ResNet34,
+            YolactEdge: ``deploy.input_shape``), which deploy's preprocess stage fits every image to.
 
     Returns:
         ``{"images", "skipped", "instances", "output_dir", "predictions"}``.
     """
     if not isinstance(model, nn.Module):
         return _run_from_config(model)
-    if inputs is None or output_dir is None or data_cfg is None:
-        raise ValueError("run_predict needs inputs, output_dir and data_cfg")
+    if inputs is None or output_dir is None:
+        raise ValueError("run_predict needs inputs and output_dir")
+    transforms, collate = model_input(model, data_cfg, input_shape)
     files = list_images(inputs)
     out = Path(output_dir)
     overlays = overlay_paths(files, out)
     out.mkdir(parents=True, exist_ok=True)
     dev = _device(device)
     model = model.to(dev).eval()
-    transforms = build_transforms(data_cfg, train=False)
-    collate = build_collate(data_cfg)
     names = list(class_names) if class_names is not None else None
     if label_to_cat is None:
         num = len(names) if names is not None else int(getattr(model, "num_classes", 0) or 0)
@@ -180,7 +217,8 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
                 entry["category_name"] = names[cats.index(entry["category_id"])]
             entries.append(entry)
         instances += int((result["scores"] >= score_thr).sum())
-        overlay = draw_instances(rgb, result["masks"], result["labels"], result["scores"], names, score_thr)
+        overlay = draw_instances(rgb, result.get("masks"), result["labels"], result["scores"], names, score_thr,
+                                 boxes=result.get("boxes"))
         save_image(overlays[image_id], overlay)
     pred_path = out / "predictions.json"
     write_json_atomic(pred_path, entries)
@@ -254,5 +292,10 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
         names = names or dataset_names
     else:
         label_to_cat = default_category_ids(num, names)
+    input_shape = None
+    if getattr(model, "preprocessing", None) is not None and model.preprocessing.style is not None:
+        from solo_npu.deploy.context import resolve_settings
+
+        input_shape = resolve_settings(cfg, int(getattr(model, "size_divisor", 1))).input_shape
     return run_predict(model, cfg.input, str(cfg.output), names, cfg.data, device, float(cfg.score_thr),
-                       label_to_cat=label_to_cat)
+                       label_to_cat=label_to_cat, input_shape=input_shape)
