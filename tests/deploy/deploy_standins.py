@@ -480,6 +480,20 @@ def put_tools_on_path(tmp_path: Path, monkeypatch, **tools: str) -> Path:
 #  solov2_inference.py: torch_aie.set_device(id); torch.jit.load(compiled); tensor.to(f"npu:{id}");
 #      stream = torch_aie.npu.Stream(f"npu:{id}"); with torch_aie.npu.stream(stream): module(x); stream.synchronize();
 #      outputs .to("cpu"). torch_aie.Input also takes min_shape / max_shape / dtype (other ModelZoo examples).
+# torch_aie.compile's signature: MindIE Torch (torch_aie's successor) documents it as "def compile(module: Any,
+#  inputs, precision_policy = _enums.PrecisionPolicy.PREF_FP32, truncate_long_and_double = True,
+#  require_full_compilation = False, allow_tensor_replace_int = False, min_block_size = 3, torch_executed_ops = [],
+#  soc_version = "Ascend310P3", optimization_level = 0)", inputs required ("是否必选: 是"), the precision policies
+#  PREF_FP32, FP16 and FP32 (hiascend.com, document/detail/zh/mindie/1.0.RC1/mindietorch/Torchdev/
+#  mindie_torch0144.html; the same policy and soc_version defaults in 10RC2 mindie_torch0149, behind
+#  "compile(module, ir='default', inputs=None, **kwargs)"). The Ascend ModelZoo torch_aie examples pass exactly those
+#  keywords (AscendIE/TorchAIE/built-in/cv/detection/Yolov3/export_torch_aie_ts.py at 55878830) or leave soc_version
+#  to its default (.../Yolov5/export_torch_aie.py at 531d4924). A function with that fixed signature raises
+#  TypeError for a keyword it does not have ("compile() got an unexpected keyword argument ..."). The page says only
+#  that invalid arguments may raise: the stand-in's TypeError / ValueError for a wrong module, inputs or policy type
+#  are its own choice. The enum values are MindIE Torch's (PREF_FP32 = 0, FP16 = 1, FP32 = 2: mindie/20RC1
+#  mindie_torch0023). The ``ir`` parameter of later releases is not modelled. The log records which keywords a
+#  call named (``keywords``).
 # The "npu" device: MindIE Torch (torch_aie's successor) documents the device it registers in torch as one that
 #  "仅支持Host和Device之间的数据拷贝功能，不支持其他操作" (supports only copies between host and device, nothing else: a
 #  tensor on it must be copied to the CPU before any computation or printing), and its compiled modules as taking
@@ -490,13 +504,13 @@ def put_tools_on_path(tmp_path: Path, monkeypatch, **tools: str) -> Path:
 # reading their shape or dtype and copying them back (.to("cpu"), .cpu()) raises; a compiled module (what compile
 # returns, and torch.jit.load gives back for its saved file) takes and returns such tensors only.
 FAKE_TORCH_AIE = '''
-import contextlib, enum, json, os
+import contextlib, enum, functools, json, os
 import torch
 
 class PrecisionPolicy(enum.Enum):
+    PREF_FP32 = 0
     FP16 = 1
     FP32 = 2
-    PREF_FP32 = 3
 
 class Input:
     def __init__(self, shape=None, min_shape=None, max_shape=None, dtype=torch.float32):
@@ -513,18 +527,29 @@ def set_device(device_id):
         raise TypeError("set_device takes a device index, got {!r}".format(device_id))
     _log(call="set_device", device_id=device_id)
 
-def compile(module, inputs=None, precision_policy=PrecisionPolicy.FP32, soc_version=None,
-            allow_tensor_replace_int=False, torch_executed_ops=(), **options):
+_keywords = []
+
+def _named_keywords(function):  # records the keywords of a call, then calls the function with its fixed signature
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        _keywords[:] = sorted(kwargs)
+        return function(*args, **kwargs)
+    return call
+
+@_named_keywords
+def compile(module, inputs, precision_policy=PrecisionPolicy.PREF_FP32, truncate_long_and_double=True,
+            require_full_compilation=False, allow_tensor_replace_int=False, min_block_size=3, torch_executed_ops=[],
+            soc_version="Ascend310P3", optimization_level=0):
     if not isinstance(module, torch.jit.ScriptModule):
         raise TypeError("torch_aie.compile takes a TorchScript module")
     if not inputs or not all(isinstance(i, Input) for i in inputs):
         raise TypeError("inputs must be a list of torch_aie.Input")
-    if not isinstance(precision_policy, PrecisionPolicy) or not soc_version:
-        raise ValueError("precision_policy must be a torch_aie.PrecisionPolicy and soc_version a chip name")
+    if not isinstance(precision_policy, PrecisionPolicy):
+        raise ValueError("precision_policy must be a torch_aie.PrecisionPolicy")
     with torch.no_grad():
         module(*[torch.zeros(tuple(i.shape)) for i in inputs])
     _log(call="compile", shapes=[list(i.shape) for i in inputs], precision_policy=precision_policy.name,
-         soc_version=soc_version, allow_tensor_replace_int=allow_tensor_replace_int)
+         soc_version=soc_version, allow_tensor_replace_int=allow_tensor_replace_int, keywords=list(_keywords))
     return _Compiled(module)
 
 class _Stream:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
     assert [c["shapes"] for c in compiles] == [[[1, 3, 128, 160]], [[2, 3, 128, 160]]]
     assert {(c["precision_policy"], c["soc_version"], c["allow_tensor_replace_int"]) for c in compiles} == {
         ("FP16", "Ascend310P3", True)}
+    # the runner names the chip and the policy itself, whatever torch_aie's defaults (Ascend310P3, PREF_FP32)
+    assert all({"precision_policy", "soc_version"} <= set(c["keywords"]) for c in compiles)
     assert {e["device_id"] for e in events if e["call"] == "set_device"} == {2}
     rows = json.loads(ctx.path("verify", "verify_compiled.json").read_text())["rows"]
     assert [(r["backend"], r["batch"], r["status"]) for r in rows] == [("torch_aie", 1, "ok"), ("torch_aie", 2, "ok")]
@@ -108,6 +111,30 @@ def compiled_double(torch_aie, path, shape):
     torch_aie.compile(torch.jit.script(Double()), inputs=[torch_aie.Input(shape)],
                       precision_policy=torch_aie.PrecisionPolicy.FP32, soc_version="Ascend310P3").save(str(path))
     return path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_stand_in_compile_has_the_documented_signature(torch_aie_here, tmp_path):
+    """MindIE Torch's compile (torch_aie's successor; hiascend.com mindie/1.0.RC1 mindie_torch0144): inputs
+    required, precision_policy PREF_FP32 and soc_version "Ascend310P3" by default (ModelZoo's Yolov5 torch_aie export
+    calls it without soc_version), and a fixed set of keywords, so an unknown one is Python's TypeError."""
+    aie = torch_aie_here
+    script = torch.jit.script(Double())
+    aie.compile(script, inputs=[aie.Input((1, 3, 4, 5))], precision_policy=aie.PrecisionPolicy.FP16)
+    [event] = [json.loads(line) for line in (tmp_path / "torch_aie.jsonl").read_text().splitlines()]
+    assert (event["soc_version"], event["precision_policy"], event["keywords"]) == (
+        "Ascend310P3", "FP16", ["inputs", "precision_policy"])
+    aie.compile(script, [aie.Input((1, 3, 4, 5))])
+    assert json.loads((tmp_path / "torch_aie.jsonl").read_text().splitlines()[-1])["precision_policy"] == "PREF_FP32"
+    with pytest.raises(TypeError, match=r"^compile\(\) got an unexpected keyword argument 'no_such_option'$"):
+        aie.compile(script, inputs=[aie.Input((1, 3, 4, 5))], soc_version="Ascend310P3", no_such_option=1)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'inputs'"):
+        aie.compile(script, soc_version="Ascend310P3")
+    defaults = {k: p.default for k, p in inspect.signature(aie.compile).parameters.items()}
+    assert defaults == {"module": inspect.Parameter.empty, "inputs": inspect.Parameter.empty,
+                        "precision_policy": aie.PrecisionPolicy.PREF_FP32, "truncate_long_and_double": True,
+                        "require_full_compilation": False, "allow_tensor_replace_int": False, "min_block_size": 3,
+                        "torch_executed_ops": [], "soc_version": "Ascend310P3", "optimization_level": 0}
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
