@@ -61,8 +61,9 @@ def _describe(canvas: tuple[str, tuple[int, ...] | None]) -> str:
     return f"each batch padded to a multiple of {value[0]}"
 
 
-def canvas_notice(trained: Any, data: Any) -> str | None:
-    """The WARNING for evaluating on another canvas than the checkpoint trained on, or ``None``.
+def canvas_notice(trained: Any, data: Any, task: str = "evaluation") -> str | None:
+    """The WARNING for evaluating (or, ``task="prediction"``, predicting) on another canvas than the checkpoint
+    trained on, or ``None``.
 
     ``trained``: the training config a checkpoint of this project carries (``None`` for other files: not
     compared); ``data``: this evaluation's ``data`` config. The SOLOv2 grids span the whole canvas, so the
@@ -78,6 +79,7 @@ def canvas_notice(trained: Any, data: Any) -> str | None:
         match = f"data.pad.mode=fixed data.pad.canvas=[{then[1][0]},{then[1][1]}]"
     else:
         match = f"data.pad.mode=divisor data.pad.size_divisor={then[1][0]}"
-    return (f"the checkpoint trained on {_describe(then)} and this evaluation uses {_describe(now)}: the SOLOv2 "
-            f"grids span the canvas, so predictions differ from those on the training canvas ({match} evaluates "
+    verb = "predicts" if task == "prediction" else "evaluates"
+    return (f"the checkpoint trained on {_describe(then)} and this {task} uses {_describe(now)}: the SOLOv2 "
+            f"grids span the canvas, so predictions differ from those on the training canvas ({match} {verb} "
             "on it)")

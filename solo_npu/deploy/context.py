@@ -301,6 +301,13 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
     Raises:
         DeployError: missing or unreadable checkpoint, or an explicit class count that differs from it.
     """
+    model, classes, _ = load_trained_model(cfg)
+    return model, classes
+
+
+def load_trained_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses, dict[str, Any] | None]:
+    """:func:`load_eager_model`, and the training config the checkpoint carries (a checkpoint of this project;
+    ``None`` for other files and without a checkpoint)."""
     checkpoint = cfg.get("checkpoint")
     explicit = cfg.get("num_classes")
     if checkpoint in (None, ""):
@@ -309,7 +316,7 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
             "(pass checkpoint=outputs/.../best.pth)"
         )
         model = build_model(cfg.model, num_classes=explicit)
-        return model, _config_classes(cfg, _model_classes(model) or 0)
+        return model, _config_classes(cfg, _model_classes(model) or 0), None
     if not Path(checkpoint).is_file():
         raise DeployError(f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
@@ -331,19 +338,20 @@ def load_eager_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses]:
                               "data, or fine-tune it on the new ones")
         model = build_model(cfg.model, num_classes=found.num_classes if found.num_classes is not None else explicit)
         normalize = (cfg.get("data") or {}).get("normalize")  # what the weights were trained on is checked
-        load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)
+        report = load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)
     except CheckpointError as exc:
         from solo_npu.checkpoints.convert import trained_model_hint
 
         hint = trained_model_hint(ckpt, cfg.model) if "shape mismatch" in str(exc) else ""
         raise DeployError(f"{exc}{hint}") from exc
     num_classes = _model_classes(model) or found.num_classes or 0
+    trained = report.get("config")
     if found.num_classes is None:
-        return model, _config_classes(cfg, num_classes)
+        return model, _config_classes(cfg, num_classes), trained
     names = found.names or _config_classes(cfg, num_classes).names
     classes = ModelClasses(num_classes, names, f"checkpoint ({found.origin})")
     logger.info("model: %s", classes.describe())
-    return model, classes
+    return model, classes, trained
 
 
 def _model_classes(model: nn.Module) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +156,37 @@ def _sample(image_rgb: np.ndarray, image_id: int, file_name: str) -> dict[str, A
                      "scale_factor": (1.0, 1.0), "flip": False, "image_ok": True}}
 
 
+def _image_ids(files: Sequence[Path], known: Mapping[str, Any] | None) -> list[Any]:
+    """The ``image_id`` of each file in ``predictions.json``: the annotation file's id of its file name (``known``),
+    so that ``COCO.loadRes`` against that file accepts the predictions; else its position in the listing. Files
+    that are not in the annotation file, when others are, get an id above all of the file's (position + the
+    largest id + 1), said once: pycocotools' ``loadRes`` refuses results of images its file does not have."""
+    positions = list(range(len(files)))
+    if not known:
+        return positions
+    ids = [known.get(f.name) for f in files]
+    missing = [f.name for f, i in zip(files, ids) if i is None]
+    if len(missing) == len(files):
+        logger.info("none of the images is in the annotation file: image_id in predictions.json is the image's "
+                    "position (0..%d)", len(files) - 1)
+        return positions
+    if missing:
+        base = 1 + max((i for i in known.values() if isinstance(i, int) and not isinstance(i, bool)), default=-1)
+        ids = [base + k if i is None else i for k, i in enumerate(ids)]
+        logger.warning("%d of the %d images are not in the annotation file (%s%s): their image_id in "
+                       "predictions.json is %d + their position, an id the file does not have, so COCO's loadRes "
+                       "against it needs their entries left out", len(missing), len(files), ", ".join(missing[:3]),
+                       ", ..." if len(missing) > 3 else "", base)
+    return ids
+
+
 @torch.no_grad()
 def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
                 output_dir: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
                 data_cfg: Any = None, device: Any = None, score_thr: float = 0.3,
                 label_to_cat: Sequence[int] | None = None,
-                input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+                input_shape: Sequence[int] | None = None,
+                image_ids: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run ``model.predict`` on every image of ``inputs`` and write overlays and predictions.
 
     Args:
@@ -178,6 +203,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             :func:`default_category_ids`: COCO's ids for the 80 COCO classes, otherwise ``label + 1``).
         input_shape: (H, W) of the static input of a model with its own preprocessing (FCOS, SSD-ResNet34,
             YolactEdge: ``deploy.input_shape``), which deploy's preprocess stage fits every image to.
+        image_ids: file name -> image id of the annotation file (:func:`_image_ids`); default: positions.
 
     Returns:
         ``{"images", "skipped", "instances", "output_dir", "predictions"}``.
@@ -198,9 +224,10 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         num = len(names) if names is not None else int(getattr(model, "num_classes", 0) or 0)
         label_to_cat = default_category_ids(num, names)
     cats = list(label_to_cat)
+    ids = _image_ids(files, image_ids)
     entries: list[dict[str, Any]] = []
     skipped = instances = 0
-    for image_id, file in enumerate(files):
+    for position, (image_id, file) in enumerate(zip(ids, files)):
         bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if bgr is None:
             skipped += 1
@@ -219,7 +246,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         instances += int((result["scores"] >= score_thr).sum())
         overlay = draw_instances(rgb, result.get("masks"), result["labels"], result["scores"], names, score_thr,
                                  boxes=result.get("boxes"))
-        save_image(overlays[image_id], overlay)
+        save_image(overlays[position], overlay)
     pred_path = out / "predictions.json"
     write_json_atomic(pred_path, entries)
     logger.info("predicted %d images (%d skipped), %d instances >= %.2f, written to %s", len(files) - skipped,
@@ -228,12 +255,12 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             "predictions": str(pred_path)}
 
 
-def _dataset_categories(cfg: Any, num_classes: int,
-                        names: Sequence[str] | None = None) -> tuple[list[int], list[str]] | None:
-    """(label -> category id, class names) of the configured annotation file, the map evaluation uses (only
-    its ``categories`` are read): the categories of the model's class ``names`` when the file has each of them,
-    else all of its categories in id order; ``None`` when no annotation file is there or its class count is
-    not the model's."""
+def _dataset_categories(cfg: Any, num_classes: int, names: Sequence[str] | None = None
+                        ) -> tuple[list[int], list[str], dict[str, Any]] | None:
+    """(label -> category id, class names, file name -> image id) of the configured annotation file: the label
+    map evaluation uses, the categories of the model's class ``names`` when the file has each of them, else all
+    of its categories in id order; ``None`` when no annotation file is there or its class count is not the
+    model's. Image ids are by ``file_name``, and by its last part where that names one image only."""
     from solo_npu.data import AnnotationFileError
     from solo_npu.data.coco import category_order, read_annotation_json
     from solo_npu.deploy.context import DeployError
@@ -248,7 +275,8 @@ def _dataset_categories(cfg: Any, num_classes: int,
         logger.info("no annotation file at %s: category ids are not the dataset's", ann_file)
         return None
     try:
-        categories = read_annotation_json(ann_file)["categories"]
+        dataset = read_annotation_json(ann_file)
+        categories = dataset["categories"]
         try:
             label_to_cat, names = category_order(categories, names, str(ann_file))
         except AnnotationFileError:  # not every class of the model is there by name: the file's own order
@@ -260,21 +288,33 @@ def _dataset_categories(cfg: Any, num_classes: int,
         logger.info("%s has %d categories and the model %d: its category ids are not used", ann_file,
                     len(label_to_cat), num_classes)
         return None
-    logger.info("category ids from %s", ann_file)
-    return label_to_cat, names
+    image_ids: dict[str, Any] = {}
+    by_base: dict[str, list[Any]] = {}
+    for image in dataset["images"]:
+        if isinstance(image, dict) and isinstance(image.get("file_name"), str) and "id" in image:
+            image_ids.setdefault(image["file_name"], image["id"])
+            by_base.setdefault(Path(image["file_name"]).name, []).append(image["id"])
+    for base, found in by_base.items():
+        if len(found) == 1:
+            image_ids.setdefault(base, found[0])
+    logger.info("category and image ids from %s", ann_file)
+    return label_to_cat, names, image_ids
 
 
 def _run_from_config(cfg: Any) -> dict[str, Any]:
     """``task=predict`` of deploy.py: model and checkpoint from the deploy config.
 
     Category ids: the configured annotation file's categories of the model's class names, else of its class
-    count (what evaluation writes), else :func:`default_category_ids`. Names: the checkpoint's, else the data
-    config's, else the annotation file's.
+    count (what evaluation writes), else :func:`default_category_ids`; image ids: that file's, by file name
+    (:func:`_image_ids`). Names: the checkpoint's, else the data config's, else the annotation file's. A
+    SOLOv2 checkpoint trained on another canvas than the data config's is a WARNING, as in ``train.py``'s
+    evaluation (:func:`~solo_npu.config.shapes.canvas_notice`).
     """
-    from solo_npu.deploy.context import load_eager_model
+    from solo_npu.config.shapes import canvas_notice
+    from solo_npu.deploy.context import load_trained_model
 
     device = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
-    model, classes = load_eager_model(cfg)
+    model, classes, trained = load_trained_model(cfg)
     num = classes.num_classes
     configured = cfg.data.get("class_names")
     configured = [str(n) for n in configured] if configured is not None and len(configured) == num else None
@@ -284,8 +324,9 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
         logger.warning("data.class_names (%s, ...) are not the checkpoint's classes (%s, ...): predictions are named "
                        "and numbered as the checkpoint's", ", ".join(configured[:3]), ", ".join(names[:3]))
     found = _dataset_categories(cfg, num, names)
+    image_ids = None
     if found is not None:
-        label_to_cat, dataset_names = found
+        label_to_cat, dataset_names, image_ids = found
         if names is not None and [class_name_key(n) for n in names] != [class_name_key(n) for n in dataset_names]:
             logger.warning("the model's class names (%s, ...) are not the annotation file's (%s, ...); its category "
                            "ids are written by label", ", ".join(names[:3]), ", ".join(dataset_names[:3]))
@@ -297,5 +338,9 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
         from solo_npu.deploy.context import resolve_settings
 
         input_shape = resolve_settings(cfg, int(getattr(model, "size_divisor", 1))).input_shape
+    else:  # the data config's canvas, as train.py's evaluation compares it
+        notice = canvas_notice(trained, cfg.data, "prediction")
+        if notice:
+            logger.warning(notice)
     return run_predict(model, cfg.input, str(cfg.output), names, cfg.data, device, float(cfg.score_thr),
-                       label_to_cat=label_to_cat, input_shape=input_shape)
+                       label_to_cat=label_to_cat, input_shape=input_shape, image_ids=image_ids)
