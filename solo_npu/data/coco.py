@@ -1,11 +1,14 @@
 """COCO instance segmentation dataset over pycocotools, robust to bad input.
 
 Annotation-level faults are found once at construction without reading any image; unreadable
-images are found when read. In training every faulty image is skipped (the dataset serves
-another index, chosen deterministically); in evaluation images with annotation faults are kept
-with whatever ground truth is valid. Every fault is counted per kind and reported once per kind
-on the ``solo_npu.data`` logger; :meth:`CocoInstanceDataset.fault_counts` returns the counts,
-including those found inside DataLoader worker processes.
+images are found when read. Training uses the annotations and images mmdet's CocoDataset uses
+(mmdet/datasets/coco.py): the annotations its parser keeps, and the images with an annotation of the
+classes whose shorter side is at least ``min_size`` (32) px, an image none of whose annotations is usable
+included, as a negative. Training skips the other images and those it cannot read (the dataset serves
+another index, chosen deterministically); evaluation keeps every image, with whatever ground truth is
+valid. Every fault is counted per kind and reported once per kind on the ``solo_npu.data`` logger;
+:meth:`CocoInstanceDataset.fault_counts` returns the counts, including those found inside DataLoader
+worker processes.
 
 Before pycocotools indexes the json, annotations whose ``image_id`` names no image (orphans) are
 dropped, and of several annotations with one ``id`` only the first is kept: pycocotools would index
@@ -39,7 +42,7 @@ from torch.utils.data import Dataset
 logger = logging.getLogger("solo_npu.data")
 
 INIT_FAULTS = ("orphan_annotation", "duplicate_annotation_id", "bad_category", "degenerate_segmentation",
-               "box_outside_image", "zero_area", "degenerate_box", "missing_image", "empty_image",
+               "box_outside_image", "zero_area", "degenerate_box", "missing_image", "empty_image", "small_image",
                "too_many_instances")
 READ_FAULTS = ("unreadable_image", "image_size_mismatch", "empty_mask")
 FAULT_KINDS = INIT_FAULTS + READ_FAULTS
@@ -281,10 +284,13 @@ class CocoInstanceDataset(Dataset):
         ann_file: ``instances_*.json``.
         img_dir: directory holding the ``file_name`` of every image.
         transforms: callable ``(sample, rng) -> sample`` (see :mod:`solo_npu.data.transforms`).
-        train: skip faulty images and crowd instances; decode masks.
+        train: skip the images mmdet's filter leaves out and those that cannot be read; leave out crowd
+            instances; decode masks.
         max_instances: keep at most this many instances per image (the largest, in annotation order).
         seed: base seed; sample randomness comes from ``(seed, epoch, index)``.
         with_masks: decode instance masks (default: ``train``; evaluation reads the json instead).
+        min_size: training skips an image whose shorter side is under this many pixels (mmdet's
+            ``filter_cfg=dict(filter_empty_gt=True, min_size=32)``, configs/_base_/datasets/coco_instance.py).
 
     Indexing with an int uses :attr:`epoch` (see :meth:`set_epoch`); indexing with an
     ``(index, epoch)`` tuple, as the project's samplers do, makes persistent workers epoch-exact.
@@ -292,7 +298,8 @@ class CocoInstanceDataset(Dataset):
 
     def __init__(self, ann_file: str | os.PathLike, img_dir: str | os.PathLike, transforms: Any = None,
                  train: bool = True, max_instances: int = 100, seed: int = 0,
-                 with_masks: bool | None = None, class_names: Sequence[str] | None = None) -> None:
+                 with_masks: bool | None = None, class_names: Sequence[str] | None = None,
+                 min_size: int = 32) -> None:
         if not Path(ann_file).is_file():
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
         if not Path(img_dir).is_dir():
@@ -305,6 +312,7 @@ class CocoInstanceDataset(Dataset):
         self.max_instances = int(max_instances)
         self.seed = int(seed)
         self.with_masks = train if with_masks is None else with_masks
+        self.min_size = int(min_size)
         self.epoch = 0
 
         listed = self.coco.getCatIds()  # the order of the file's `categories` (pycocotools)
@@ -342,7 +350,7 @@ class CocoInstanceDataset(Dataset):
         self._logged_files: set[tuple[str, str]] = set()
         for kind, names in self._fault_files.items():
             shown = ", ".join(list(names)[:_LOG_NAMES]) + (" ..." if len(names) > _LOG_NAMES else "")
-            action = "skipped" if self.train and kind in ("missing_image", "empty_image") else "handled"
+            action = "skipped" if self.train and kind in ("missing_image", "empty_image", "small_image") else "handled"
             logger.warning("%s: %d (%s) in %s: %s", kind, self._init_counts[kind], action, ann_file, shown)
 
     # ------------------------------------------------------------------ scanning
@@ -364,12 +372,14 @@ class CocoInstanceDataset(Dataset):
                                     "missing": True})
                 continue
             anns = []
-            crowd = False
+            # Whether the image has an annotation of the classes, usable or not, a crowd region included: mmdet's
+            # filter (filter_empty_gt) keeps such an image, as it keeps every image of ``cat_img_map`` (3.x
+            # CocoDataset.filter_data; 2.x _filter_imgs: ``if self.filter_empty_gt and img_id not in ids_in_cat``).
+            annotated = False
             for ann in self.coco.imgToAnns.get(image_id, []):
+                annotated = annotated or ann.get("category_id") in self.cat_to_label
                 if ann.get("iscrowd", 0):
-                    # Crowd regions are never training targets; COCOeval handles them itself.
-                    crowd = crowd or ann.get("category_id") in self.cat_to_label
-                    continue
+                    continue  # crowd regions are never training targets; COCOeval handles them itself
                 if ann.get("category_id") not in self.cat_to_label:
                     if ann.get("category_id") in self.coco.cats:
                         self._unselected_objects += 1
@@ -401,13 +411,15 @@ class CocoInstanceDataset(Dataset):
                 area = float(given) if given is not None else (x2 - x1) * (y2 - y1)
                 anns.append({"id": ann["id"], "seg": seg, "box": (x1, y1, x2, y2),
                              "label": self.cat_to_label[ann["category_id"]], "area": area})
-            if not anns and not crowd and (self.train or self.coco.anns):  # an image-info file has no annotations
+            if not annotated and (self.train or self.coco.anns):  # an image-info file has no annotations
                 self._fault("empty_image", name)
                 if self.train:
                     continue
-            # An image whose only annotations are crowd regions stays in training as a negative (no instance),
-            # as in mmdet: CocoDataset.filter_data (mmdet/datasets/coco.py) keeps every image of
-            # ``cat_img_map``, which lists crowd annotations too.
+            # An image whose annotations are only crowd regions or unusable (degenerate, outside the image, area 0)
+            # stays in training as a negative (no instance), as mmdet trains it.
+            if self.train and min(h, w) < self.min_size:  # mmdet: ``if min(width, height) >= min_size`` keeps it
+                self._fault("small_image", name)
+                continue
             if len(anns) > self.max_instances:
                 # The largest instances, kept in annotation order: mmdet keeps every instance in that order, and
                 # where two share a grid cell its SOLOv2 targets give the cell to the later one
@@ -420,7 +432,7 @@ class CocoInstanceDataset(Dataset):
         total = len(self.coco.imgs)
         if total and self._init_counts["missing_image"] == total:  # evaluation too: an AP of no image read
             raise ImagesNotFoundError(self._none_found(total))
-        if self.train and not records:
+        if self.train and not any(r["anns"] for r in records):  # negatives alone teach nothing
             anns = self.coco.dataset.get("annotations") or []
             boxes_only = bool(anns) and not any(a.get("segmentation") for a in anns if not a.get("iscrowd", 0))
             why = (f"; {self.ann_file.name} has boxes but no masks ('segmentation'), and SOLOv2 learns from "
@@ -490,7 +502,11 @@ class CocoInstanceDataset(Dataset):
         self._read_counts[row, READ_FAULTS.index(kind)] += 1
         if (kind, file_name) not in self._logged_files:
             self._logged_files.add((kind, file_name))
-            logger.warning("%s: %s (%s)", kind, file_name, "skipped" if self.train else "kept without ground truth")
+            if kind == "empty_mask":
+                action = "the instances whose mask is empty left out"
+            else:
+                action = "skipped" if self.train else "kept without ground truth"
+            logger.warning("%s: %s (%s)", kind, file_name, action)
 
     def _stored_orientation(self, rec: dict[str, Any], turned: np.ndarray) -> np.ndarray | None:
         """The image as stored, when only that has the annotation's size, else ``None``.
@@ -562,6 +578,6 @@ class CocoInstanceDataset(Dataset):
                     anns = [a for a, keep in zip(anns, nonempty) if keep]
             else:
                 masks = np.zeros((0, h, w), np.uint8)
-            if self.train and not anns and rec["anns"]:
-                return None  # every instance's mask was empty: not an image to train on
+            # An image whose masks all decode empty trains as a negative, as in mmdet, whose SOLOv2 targets skip
+            # an empty mask (SOLOV2Head._get_targets_single: ``if not valid_mask_flag: continue``).
         return self._sample(rec, image, masks, anns)

@@ -63,7 +63,8 @@ def test_val_loader_shards_cover_the_split_once(make_synthetic_cfg):
 
 
 def test_ensure_synthetic_generates_once_under_concurrency(tmp_path, caplog):
-    cfg = synthetic_data_cfg(tmp_path / "gen", generate=True, num_train=2, num_val=1, size=32)
+    # 48 px: training leaves out images whose shorter side is under 32 px (CocoInstanceDataset.min_size, as mmdet)
+    cfg = synthetic_data_cfg(tmp_path / "gen", generate=True, num_train=2, num_val=1, size=48)
     with caplog.at_level(logging.INFO, logger="solo_npu.data"):
         threads = [threading.Thread(target=ensure_synthetic, args=(cfg,)) for _ in range(3)]
         for t in threads:
@@ -74,7 +75,7 @@ def test_ensure_synthetic_generates_once_under_concurrency(tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".gen.lock", "gen"]  # no temporary left over
     assert len(build_dataset(cfg, "train")) == 2
     with caplog.at_level(logging.WARNING, logger="solo_npu.data"):
-        ensure_synthetic(synthetic_data_cfg(tmp_path / "gen", generate=True, num_train=5, num_val=1, size=32))
+        ensure_synthetic(synthetic_data_cfg(tmp_path / "gen", generate=True, num_train=5, num_val=1, size=48))
     assert "delete it to regenerate" in caplog.text and len(build_dataset(cfg, "train")) == 2
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "junk").write_text("x")

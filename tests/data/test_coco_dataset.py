@@ -75,7 +75,7 @@ def _planted(tmp_path):
 
 
 EXPECTED = {"orphan_annotation": 0, "duplicate_annotation_id": 0, "unreadable_image": 1,
-            "missing_image": 1, "empty_image": 1, "degenerate_segmentation": 1,
+            "missing_image": 1, "empty_image": 1, "small_image": 0, "degenerate_segmentation": 1,
             "bad_category": 1, "box_outside_image": 1, "zero_area": 0, "degenerate_box": 0, "too_many_instances": 0,
             "image_size_mismatch": 0, "empty_mask": 0}
 

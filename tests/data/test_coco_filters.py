@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from solo_npu.data.coco import CocoInstanceDataset
 
@@ -91,3 +92,58 @@ def test_annotation_filters_follow_mmdet(tmp_path, caplog):
     logs = [r.getMessage() for r in caplog.records]
     for kind in ("zero_area", "degenerate_box", "box_outside_image"):
         assert [m for m in logs if m.startswith(f"{kind}: 1 (handled) in ")], kind
+
+
+def test_image_filters_follow_mmdet(tmp_path, caplog):
+    """The images training uses are those of mmdet's filter (CocoDataset.filter_data in 3.x, _filter_imgs in 2.x,
+    mmdet/datasets/coco.py, with configs/_base_/datasets/coco_instance.py's ``filter_cfg=dict(filter_empty_gt=True,
+    min_size=32)``): an image with an annotation of the classes stays, even when none of its annotations is usable
+    (a degenerate polygon, area 0, a mask that decodes empty): it trains as a negative, as mmdet trains it (its
+    SOLOv2 targets skip an empty mask: ``if not valid_mask_flag: continue``). An image with no annotation of the
+    classes is skipped, and so is one whose shorter side is under 32 px. Evaluation keeps every image (mmdet's
+    test_mode does not filter)."""
+    anns = [
+        _square(1, 1, 10, 10, 20),
+        {**_square(2, 2, 10, 10, 20), "segmentation": [[10, 10, 20, 20, 30, 30]]},  # degenerate polygon only
+        {**_square(3, 3, 10, 10, 20), "segmentation": [[200, 10, 210, 10, 210, 20, 200, 20]]},  # decodes empty
+        _square(4, 4, 10, 10, 20, area=0.0),  # area 0 only
+        _square(5, 5, 2, 2, 10),  # a 20x24 image
+        _square(7, 7, 2, 2, 10),  # a 32x200 image: kept
+        _square(8, 8, 2, 2, 10),  # a 200x31 image
+    ]
+    images = [_image(1, 64, 80), _image(2, 64, 80), _image(3, 64, 80), _image(4, 64, 80), _image(5, 20, 24),
+              _image(6, 64, 80), _image(7, 32, 200), _image(8, 200, 31)]
+    ann_file, img_dir = _write_coco(tmp_path, images, anns)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.data"):
+        ds = CocoInstanceDataset(ann_file, img_dir, train=True)
+    assert ds.image_ids == [1, 2, 3, 4, 7]
+    counts = ds.fault_counts()
+    assert (counts["empty_image"], counts["small_image"]) == (1, 2)  # image 6; images 5 and 8
+    assert (counts["degenerate_segmentation"], counts["zero_area"]) == (1, 1)
+    logs = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("small_image: 2 (skipped) in ") and "5.png, 8.png" in m for m in logs)
+    assert any(m.startswith("empty_image: 1 (skipped) in ") and "6.png" in m for m in logs)
+    for index, image_id in enumerate(ds.image_ids):
+        sample = ds[(index, 0)]
+        assert sample["meta"]["image_id"] == image_id and sample["meta"]["image_ok"]
+        assert len(sample["labels"]) == (0 if image_id in (2, 3, 4) else 1)
+        assert sample["masks"].shape == (len(sample["labels"]), *sample["image"].shape[:2])
+    assert ds.fault_counts()["empty_mask"] == 1  # image 3: its instance left out, the image kept
+    assert any(m.startswith("empty_mask: 3.png (") and "skipped" not in m for m in
+               [r.getMessage() for r in caplog.records])
+
+    evaluation = CocoInstanceDataset(ann_file, img_dir, train=False)
+    assert evaluation.image_ids == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert evaluation.fault_counts()["small_image"] == 0 and evaluation.fault_counts()["empty_image"] == 1
+
+
+def test_training_set_without_any_instance_is_one_line(tmp_path):
+    """Images kept as negatives do not make a training set: one whose images hold no usable instance at all (every
+    annotation degenerate) stops with the one line, as one with no annotation does."""
+    anns = [{**_square(1, 1, 10, 10, 20), "segmentation": [[10, 10, 20, 20, 30, 30]]},
+            _square(2, 2, 10, 10, 20, area=0.0)]
+    ann_file, img_dir = _write_coco(tmp_path, [_image(1), _image(2)], anns)
+    with pytest.raises(ValueError, match=r"no usable training image in .*img: .*'degenerate_segmentation': 1.*"
+                                         r"'zero_area': 1"):
+        CocoInstanceDataset(ann_file, img_dir, train=True)
+    assert len(CocoInstanceDataset(ann_file, img_dir, train=False)) == 2
