@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from solo_npu.data import build_collate, build_transforms
-from solo_npu.data.coco import class_name_key
+from solo_npu.data.coco import class_name_key, read_image
 from solo_npu.evaluation.coco_eval import results_to_coco
 from solo_npu.runtime import DeviceInfo, resolve_device
 from solo_npu.utils.files import write_json_atomic
@@ -54,14 +54,28 @@ COCO_CLASS_NAMES = (
 
 
 def list_images(inputs: str | os.PathLike) -> list[Path]:
-    """The image files of ``inputs`` (one file, or the images of a directory, sorted by name)."""
+    """The image files of ``inputs``: one file, or the images directly in a directory, sorted by name.
+
+    Subfolders are not read, as mmdet's and detectron2's demos read a folder (mmengine's
+    ``BaseInferencer._inputs_to_list`` lists it with ``list_dir_or_file(inputs, list_dir=False)``, not recursive by
+    default, mmengine/infer/infer.py; mmdet 3.x's ``DetInferencer`` the same with ``suffix=IMG_EXTENSIONS``;
+    detectron2's demo/demo.py takes files or one ``glob.glob`` pattern); a folder that has some says how many,
+    once.
+    """
     path = Path(inputs)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(path.iterdir())
+        files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        folders = sum(p.is_dir() for p in entries)
+        subfolders, are = (f"{folders} subfolders", "are") if folders != 1 else ("1 subfolder", "is")
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}"
+                                    + (f" (its {subfolders} {are} not read)" if folders else ""))
+        if folders:
+            logger.warning("%s of %s %s not read: only the images directly in it are predicted (give a subfolder as "
+                           "input= to predict its images)", subfolders, path, are)
         return files
     raise FileNotFoundError(f"input not found: {path}")
 
@@ -206,7 +220,11 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         image_ids: file name -> image id of the annotation file (:func:`_image_ids`); default: positions.
 
     Returns:
-        ``{"images", "skipped", "instances", "output_dir", "predictions"}``.
+        ``{"images", "skipped", "instances", "output_dir", "predictions"}``. An image that cannot be read (also a
+        JPEG cut short) or predicted is skipped with a WARNING and counted.
+
+    Raises:
+        DeployError: no image could be predicted (``predictions.json`` is written, empty).
     """
     if not isinstance(model, nn.Module):
         return _run_from_config(model)
@@ -228,27 +246,37 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
     entries: list[dict[str, Any]] = []
     skipped = instances = 0
     for position, (image_id, file) in enumerate(zip(ids, files)):
-        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        bgr = read_image(file)  # None also for a JPEG cut short, which cv2 would give half grey
         if bgr is None:
             skipped += 1
             logger.warning("skipped unreadable image %s (%d skipped so far)", file, skipped)
             continue
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        sample = transforms(_sample(rgb, image_id, file.name), np.random.default_rng(0))
-        batch = collate([sample])
-        result = model.predict(batch["images"].to(dev), batch["metas"])[0]
-        result = {k: v.cpu() for k, v in result.items()}
-        for entry in results_to_coco([image_id], [result], cats):
+        try:  # one image that cannot be predicted or drawn does not cost the others their results
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            sample = transforms(_sample(rgb, image_id, file.name), np.random.default_rng(0))
+            batch = collate([sample])
+            result = model.predict(batch["images"].to(dev), batch["metas"])[0]
+            result = {k: v.cpu() for k, v in result.items()}
+            found = results_to_coco([image_id], [result], cats)
+            overlay = draw_instances(rgb, result.get("masks"), result["labels"], result["scores"], names, score_thr,
+                                     boxes=result.get("boxes"))
+            save_image(overlays[position], overlay)
+        except Exception as exc:  # counted and named; the run goes on
+            skipped += 1
+            logger.warning("skipped %s: %s: %s (%d skipped so far)", file, type(exc).__name__, exc, skipped)
+            continue
+        for entry in found:
             entry["file_name"] = file.name
             if names is not None:
                 entry["category_name"] = names[cats.index(entry["category_id"])]
             entries.append(entry)
         instances += int((result["scores"] >= score_thr).sum())
-        overlay = draw_instances(rgb, result.get("masks"), result["labels"], result["scores"], names, score_thr,
-                                 boxes=result.get("boxes"))
-        save_image(overlays[position], overlay)
     pred_path = out / "predictions.json"
     write_json_atomic(pred_path, entries)
+    if skipped == len(files):
+        from solo_npu.deploy.context import DeployError
+
+        raise DeployError(f"no image of {inputs} could be predicted ({skipped} skipped, see the WARNINGs above)")
     logger.info("predicted %d images (%d skipped), %d instances >= %.2f, written to %s", len(files) - skipped,
                 skipped, instances, score_thr, out)
     return {"images": len(files) - skipped, "skipped": skipped, "instances": instances, "output_dir": str(out),
