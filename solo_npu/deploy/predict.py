@@ -23,7 +23,7 @@ from solo_npu.data.coco import class_name_key, read_image
 from solo_npu.evaluation.coco_eval import results_to_coco
 from solo_npu.runtime import DeviceInfo, resolve_device
 from solo_npu.utils.files import write_json_atomic
-from solo_npu.utils.visualize import draw_instances, save_image
+from solo_npu.utils.visualize import draw_result, save_image
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ __all__ = ["COCO_CATEGORY_IDS", "COCO_CLASS_NAMES", "IMAGE_SUFFIXES", "default_c
            "model_input", "run_predict"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Overlays of small images are enlarged to at least this shorter side, as training's prediction images
+# (solo_npu.utils.visualize.ground_truth_beside_prediction), so that labels and contours stay legible.
+OVERLAY_MIN_SIDE = 512
 
 # The 80 COCO classes in label order: the ``id`` and ``name`` of each entry of the ``categories`` list of the
 # official COCO 2017 annotation files (instances_val2017.json), ids 1..90 with 10 of them unused. A model
@@ -81,17 +84,29 @@ def list_images(inputs: str | os.PathLike) -> list[Path]:
 
 
 def overlay_paths(files: Sequence[Path], out: Path) -> list[Path]:
-    """The overlay of each input file: ``<stem>.png`` in ``out``, ``<stem>_<suffix>.png`` for files whose stems are
-    the same (``x.png`` and ``x.jpg``), so that no overlay replaces another.
+    """The overlay of each input file in ``out``, no two the same: ``<stem>.png``; ``<stem>_<suffix>.png``, the
+    suffix as the file spells it, for files whose stems are the same (``x.png`` and ``x.jpg``: ``x_png.png`` and
+    ``x_jpg.png``); and ``_2``, ``_3``, ... added to a name another overlay already has (``x.jpg``, ``x.png`` and
+    ``x_jpg.png``: ``x_jpg.png``, ``x_png.png``, ``x_jpg_2.png``). Names are compared ignoring case, so that no
+    overlay replaces another on a file system that ignores it either (``x.JPG`` and ``x.jpg``: ``x_JPG.png``,
+    ``x_jpg_2.png``).
 
     Raises:
         FileExistsError: an overlay would replace an input image (``output`` is the input folder); one line.
     """
     stems: dict[str, int] = {}
     for file in files:
-        stems[file.stem] = stems.get(file.stem, 0) + 1
-    paths = [out / (f"{f.stem}.png" if stems[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}.png")
-             for f in files]
+        stems[file.stem.casefold()] = stems.get(file.stem.casefold(), 0) + 1
+    taken: set[str] = set()
+    paths = []
+    for file in files:
+        base = file.stem if stems[file.stem.casefold()] == 1 else f"{file.stem}_{file.suffix.lstrip('.')}"
+        name, count = base, 1
+        while name.casefold() in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name.casefold())
+        paths.append(out / f"{name}.png")
     inputs = {f.resolve() for f in files}
     clash = next((p for p in paths if p.resolve() in inputs), None)
     if clash is not None:
@@ -207,7 +222,8 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         model: a detector with ``predict(images, metas)``, or a deploy config (``task=predict``):
             then the model, checkpoint, ``input``, ``output``, ``data`` and device come from it.
         inputs: an image file or a directory of images.
-        output_dir: where ``<stem>.png`` overlays (:func:`overlay_paths`) and ``predictions.json`` go.
+        output_dir: where ``<stem>.png`` overlays (:func:`overlay_paths`; small images enlarged by an integer
+            factor to a shorter side of at least :data:`OVERLAY_MIN_SIDE`) and ``predictions.json`` go.
         class_names: label -> name for the overlays and the json (``category_name``).
         data_cfg: the ``data`` config (resize scale, normalisation, padding), as in training: the input of a
             model without preprocessing of its own (SOLOv2); see :func:`model_input`.
@@ -258,9 +274,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             result = model.predict(batch["images"].to(dev), batch["metas"])[0]
             result = {k: v.cpu() for k, v in result.items()}
             found = results_to_coco([image_id], [result], cats)
-            overlay = draw_instances(rgb, result.get("masks"), result["labels"], result["scores"], names, score_thr,
-                                     boxes=result.get("boxes"))
-            save_image(overlays[position], overlay)
+            save_image(overlays[position], draw_result(rgb, result, names, score_thr, OVERLAY_MIN_SIDE))
         except Exception as exc:  # counted and named; the run goes on
             skipped += 1
             logger.warning("skipped %s: %s: %s (%d skipped so far)", file, type(exc).__name__, exc, skipped)

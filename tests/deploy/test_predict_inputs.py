@@ -103,3 +103,28 @@ def test_subfolders_are_not_read_and_said_once(tmp_path, caplog, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: no images (")
     assert err[-1].endswith(f"in {only_sub} (its 1 subfolder is not read)")
+
+
+def test_overlay_names_never_collide(tmp_path):
+    """x.JPG and x.jpg both became x_jpg.png, and x.jpg, x.png and x_jpg.png two x_jpg.png: one overlay replaced
+    another. Names also differ ignoring case, for the file systems that ignore it."""
+    from solo_npu.deploy.predict import overlay_paths
+
+    def names(files: list[str]) -> list[str]:
+        return [p.name for p in overlay_paths([tmp_path / f for f in files], tmp_path / "out")]
+
+    assert names(["x.JPG", "x.jpg"]) == ["x_JPG.png", "x_jpg_2.png"]
+    assert names(["x.jpg", "x.png", "x_jpg.png"]) == ["x_jpg.png", "x_png.png", "x_jpg_2.png"]
+    assert names(["X.png", "x.jpg", "y.png"]) == ["X_png.png", "x_jpg.png", "y.png"]
+    folder = tmp_path / "in"
+    for name in ("x.JPG", "x.jpg", "x.png", "x_jpg.png"):
+        write(folder, name)
+    out = run_predict(tiny_model(), folder, tmp_path / "out", None, data_cfg(), "cpu", 0.3)
+    assert out["images"] == 4 and len(list((tmp_path / "out").glob("*.png"))) == 4
+
+
+def test_small_overlays_are_enlarged_as_the_training_report_images(tmp_path):
+    image = write(tmp_path / "in", "small.png", (96, 128))
+    run_predict(tiny_model(), image, tmp_path / "out", ["a", "b", "c"], data_cfg(), "cpu", 0.3)
+    overlay = cv2.imread(str(tmp_path / "out" / "small.png"))
+    assert overlay.shape == (96 * 6, 128 * 6, 3)  # 96 -> 576 (at least 512): factor 6

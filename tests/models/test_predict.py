@@ -36,7 +36,7 @@ def test_run_predict_writes_overlays_and_json(tmp_path, synthetic_cfg):
     assert first["category_id"] in (1, 2, 3) and first["category_name"] == ["circle", "rectangle",
                                                                              "triangle"][first["category_id"] - 1]
     overlay = cv2.imread(str(tmp_path / "out" / "b.png"))
-    assert overlay.shape == (120, 90, 3)
+    assert overlay.shape == (120 * 6, 90 * 6, 3)  # enlarged to a shorter side of at least 512
     drawn = sum(e["score"] >= 0.3 for e in by_file["b.jpg"])
     assert summary["instances"] == drawn + sum(e["score"] >= 0.3 for e in by_file["a.png"])
     # Scores are those of model.predict (sorted, in (0, 1]).
