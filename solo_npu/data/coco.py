@@ -150,12 +150,12 @@ def _jpeg_has_end(data: bytes) -> bool:
 
 def read_image(path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     """``cv2.imread(path, flags)``, ``None`` where it cannot be read: cv2 gives nothing, raises, or the file is a
-    JPEG cut short (:func:`jpeg_truncated`), which cv2 would return half grey."""
+    JPEG cut short (:func:`jpeg_truncated`, checked first: such a file is not decoded, so libjpeg prints nothing),
+    which cv2 would return half grey."""
     image = None
     with contextlib.suppress(cv2.error, OSError):
-        image = cv2.imread(str(path), flags)
-        if image is not None and jpeg_truncated(path):
-            image = None
+        if not jpeg_truncated(path):
+            image = cv2.imread(str(path), flags)
     return image
 
 
