@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 CANN_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 ERROR_CODE = re.compile(r"^E[A-Z0-9]\d{4}:")  # CANN error codes: E10001, EZ3003, EC0010, E19999, ...
+# Newer GE error managers print each error as "[PID: <pid>] <YYYY-MM-DD-hh:mm:ss.mmm.uuu> <errTitle>(<code>): <message>"
+# (hicann/metadef error_manager/error_manager.cc at 9a3f9ae0, ErrorManager::GetErrorMessage; E10001's errTitle is
+# Invalid_Argument), an inner error's message line with its code in front and maybe no title
+# (AssembleInnerErrorMessage: "E19999[PID: ...] <time> (E19999):  <message>").
+ERROR_LINE = re.compile(r"^(?:E[A-Z0-9]\d{4})?\[PID: \d+\] \S+ \S*\((E[A-Z0-9]\d{4})\):\s*(.*)$")
 
 # ATC's two precision options and the values it takes: CANN "ATC Instructions" (hiascend.com, atctool),
 # --precision_mode (atlasatcparam_16_0068) and --precision_mode_v2 (atlasatcparam_16_0069), and the open GE source
@@ -256,16 +261,20 @@ def _run_tool(cmd: Sequence[str], what: str, timeout: float | None, cwd: Path | 
 
 
 def atc_error(stdout: str, stderr: str) -> str:
-    """The reason ATC failed: its first error-code line (``E10031: ...``), else the last line of output.
+    """The reason ATC failed: its first error-code line as ``E10031: <message>``, else the last line of output.
 
     ATC prints "ATC run failed, Please check the detail log, ..." and then its error messages on stdout, each
-    an ``EXXXXX: <message>`` line followed by indented cause / solution / TraceBack lines (hicann/ge,
-    api/atc/main_impl.cc, ``CheckRet`` and ``OutputErrMessageToStdout``): the last line is a trace frame.
+    an ``EXXXXX: <message>`` line, or on newer CANN a ``[PID: n] <time> <title>(EXXXXX): <message>`` line
+    (:data:`ERROR_LINE`), followed by indented cause / solution / TraceBack lines (hicann/ge, api/atc/main_impl.cc,
+    ``CheckRet`` and ``OutputErrMessageToStdout``): the last line is a trace frame.
     """
     for text in (stdout, stderr):
         for line in (text or "").splitlines():
             if ERROR_CODE.match(line):
                 return line.strip()
+            found = ERROR_LINE.match(line.strip())
+            if found:
+                return f"{found.group(1)}: {found.group(2).strip()}"
     return last_line(stderr) or last_line(stdout) or "no output"
 
 

@@ -217,3 +217,31 @@ def test_atc_standin_reads_flags_as_atc_does(tmp_path):
                           env={"STANDIN_LOG": str(tmp_path)})
     assert atc_error(proc.stdout, proc.stderr) == ("E10056: Cannot configure both parameters ge.exec.precision_mode "
                                                    "and ge.exec.precision_mode_v2 simultaneously.")
+
+
+# ATC prints its error messages with the GE error manager. Older CANN: "E10001: <message>" lines; newer ones
+# (hicann/metadef error_manager/error_manager.cc at 9a3f9ae0, ErrorManager::GetErrorMessage) prefix each with the
+# process id and time: "[PID: <pid>] <YYYY-MM-DD-hh:mm:ss.mmm.uuu> <errTitle>(<code>): <message>", then the
+# indented "Possible Cause:", "Solution:" and "TraceBack" lines (E10001's errTitle is Invalid_Argument).
+NEW_FORMAT = """ATC start working now, please wait for a moment.
+ATC run failed, Please check the detail log, Try 'atc --help' for more information
+[PID: 31337] 2025-06-01-10:00:00.123.456 Invalid_Argument(E10001): Value fp32 for parameter --precision_mode_v2 \
+is invalid. Reason: The value is not within the range of values.
+        Solution: Try again with a valid argument.
+        TraceBack (most recent call last):
+        Check flag value failed[FUNC:SetFlagValue][FILE:cmd_flag_info.cc][LINE:120]
+"""
+OLD_FORMAT = """ATC start working now, please wait for a moment.
+ATC run failed, Please check the detail log, Try 'atc --help' for more information
+E10001: Value fp32 for parameter --precision_mode_v2 is invalid. Reason: The value is not within the range of values.
+        Solution: Try again with a valid argument.
+        TraceBack (most recent call last):
+        Check flag value failed[FUNC:SetFlagValue][FILE:cmd_flag_info.cc][LINE:120]
+"""
+
+
+def test_atc_error_reads_both_error_manager_formats():
+    first = ("E10001: Value fp32 for parameter --precision_mode_v2 is invalid. Reason: The value is not within the "
+             "range of values.")
+    assert atc_error(OLD_FORMAT, "") == first
+    assert atc_error(NEW_FORMAT, "") == first
