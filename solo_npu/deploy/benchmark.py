@@ -8,7 +8,9 @@ accelerator) or "device compute from ais_bench" (om: ais_bench's ``--loop`` NPU 
 times the module call plus stream synchronisation, in another Python when ``deploy.torch_aie.python`` is set.
 
 Peak memory, and where it comes from (the row's ``memory``): torch's device allocator for in-process
-runners on an accelerator, the process RSS on CPU (model and everything loaded before included), and
+runners on an accelerator, the process RSS for backends on the CPU (model and everything loaded before
+included; read from the process also when the run's device is an accelerator, as for ONNX Runtime without
+its CUDA or CANN provider), and
 ``npu-smi info``'s Memory-Usage of the chip for om, torch_aie and onnxruntime's CANN provider, sampled while
 they run (ais_bench's summary reports timings only; npu-smi counts every process on the chip).
 AP: every iou type evaluate scored, for the batch sizes infer ran (``deploy.infer.batch_sizes``).
@@ -27,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from solo_npu.deploy.backends import (
     ALLOCATOR_PEAK,
@@ -142,8 +145,10 @@ class NpuSmiSampler(PollingSampler):
 def memory_sampler(ctx: DeployContext, backend: Backend) -> tuple[Any, str | None]:
     """The sampler for ``backend``'s memory source and the source as the row states it."""
     source = backend.memory_source
-    if source in (ALLOCATOR_PEAK, PROCESS_RSS):
+    if source == ALLOCATOR_PEAK:  # an in-process runner on the run's accelerator: torch's allocator there
         return MemorySampler(ctx.device), source
+    if source == PROCESS_RSS:  # a backend on the CPU, whatever the run's device (onnxruntime without its provider)
+        return MemorySampler(DeviceInfo("cpu", torch.device("cpu"), 0)), source
     if source == NPU_SMI:
         command = str(ctx.deploy_cfg.benchmark.npu_smi)
         if shutil.which(command) is None:
