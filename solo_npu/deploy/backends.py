@@ -203,7 +203,8 @@ class TorchScriptBackend(Backend):
         path = exported_file(manifest, "torchscript", batch_size)
         if not path:
             raise DeployError(f"torchscript: no exported model for batch {batch_size} (run stages=[export])")
-        return TorchScriptRunner(path, self.ctx.adapter.output_names, self.ctx.device)
+        return TorchScriptRunner(path, self.ctx.adapter.output_names, self.ctx.device,
+                                 saved_with=(manifest.get("exported_with") or {}).get("torch"))
 
 
 class OnnxRuntimeBackend(Backend):

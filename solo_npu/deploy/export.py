@@ -2,7 +2,8 @@
 
 Writes ``export/model_b{B}.ts`` and ``export/model_b{B}.onnx`` (plus ``model_dynamic.onnx`` with a
 symbolic batch axis when ATC dynamic-batch gears are asked for) and ``export/manifest.json``: input
-name and shape, output names, per-image output shapes and dtypes, files, opset, weights and classes.
+name and shape, output names, per-image output shapes and dtypes, files, opset, the torch / onnx / onnxslim
+versions that wrote them (``exported_with``), weights and classes.
 
 The example batch is made on the model's device, so a model on an accelerator exports as it is. Every
 ONNX graph goes through onnxslim: with a static input it folds the Shape arithmetic that feeds Resize
@@ -217,6 +218,10 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
         "output_names": list(adapter.output_names),
         "outputs": specs,
         "opset": settings.opset,
+        # what wrote the files: torch.jit.load refuses a .ts that a newer torch saved with an operator it lacks, and
+        # the ONNX graph is the torch exporter's at the opset above (onnx: the package that checked and saved it)
+        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__ if files.get("onnx") else None,
+                          "onnxslim": _version("onnxslim") if slimmed else None},
         # relative to the run directory, which may be copied (to the 310P host) or moved: load_manifest resolves them
         "files": {fmt: {k: os.path.relpath(Path(v).resolve(), ctx.run_dir.resolve()) for k, v in by_batch.items()}
                   for fmt, by_batch in files.items()},
@@ -230,6 +235,15 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     }
     write_json(out_dir / "manifest.json", manifest)
     return {"files": files, "slimmed_with": slimmed, "num_classes": classes.num_classes}
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def load_manifest(ctx: DeployContext) -> dict[str, Any]:

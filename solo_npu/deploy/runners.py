@@ -28,6 +28,13 @@ from solo_npu.runtime import DeviceInfo, synchronize
 
 logger = logging.getLogger(__name__)
 
+
+def first_line(exc: BaseException) -> str:
+    """``<type>: <first line of the message>`` of an exception (torch's and onnxruntime's run to many lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")
+
+
 # Execution provider per device kind; CPU is always appended as the fallback.
 ORT_PROVIDERS = {"npu": "CANNExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 ORT_PACKAGES = {"npu": "onnxruntime-cann", "cuda": "onnxruntime-gpu"}
@@ -67,13 +74,26 @@ class Runner:
         self.output_names = tuple(output_names)
         self.device = device
 
+    @property
+    def label(self) -> str:
+        """What a failure names: the backend and where it runs (subclasses add their file)."""
+        return f"{self.backend} on {self.device.device}"
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``run``; a failure of the model itself (a kernel's error, a device out of memory, a provider failing
+        inside ``session.run``) is one :class:`DeployError` line, which infer and benchmark record as this backend's
+        failure while the other backends go on."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise DeployError(f"{self.backend}: input must be [B, 3, H, W], got {list(images.shape)}")
-        return self.run(np.ascontiguousarray(images, dtype=np.float32))
+        try:
+            return self.run(np.ascontiguousarray(images, dtype=np.float32))
+        except DeployError:
+            raise
+        except Exception as exc:  # torch and onnxruntime raise many types (RuntimeError, InvalidArgument, EPFail, ...)
+            raise DeployError(f"{self.label}: a batch of {list(images.shape)} failed: {first_line(exc)}") from exc
 
     def _torch_outputs(self, outputs: Any) -> dict[str, np.ndarray]:
         if isinstance(outputs, Mapping):
@@ -99,13 +119,38 @@ class PyTorchRunner(Runner):
 class TorchScriptRunner(PyTorchRunner):
     backend = "torchscript"
 
-    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo) -> None:
+    def __init__(self, path: str | Path, output_names: Sequence[str], device: DeviceInfo,
+                 saved_with: str | None = None) -> None:
+        """``saved_with``: the torch version that exported the file (the export manifest's ``exported_with``)."""
         if not Path(path).is_file():
             raise DeployError(f"TorchScript file not found: {path} (run stages=[export])")
+        self.path = Path(path)
+        module = load_torchscript(path, device.device, saved_with)
+        super().__init__(module, output_names, device)
+
+    @property
+    def label(self) -> str:
+        return f"torchscript {self.path.name} on {self.device.device}"
+
+
+def load_torchscript(path: str | Path, map_location: Any, saved_with: str | None = None,
+                     again: str = "export again with this torch: stages=[export]") -> Any:
+    """``torch.jit.load``; a file this torch cannot load is one :class:`DeployError` line naming the file, the
+    torch that saved it (when the export manifest records it) and this torch.
+
+    torch.jit.load compiles the archive's TorchScript code with this torch's operator set, so a file saved by a newer
+    torch that calls a newer operator fails here ("Unknown builtin op: aten::rms_norm", torch 2.13's file on torch
+    2.1); a truncated or corrupt file fails in its zip reader ("PytorchStreamReader failed reading zip archive").
+    """
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what torch_aie and ATC users ship
-            module = torch.jit.load(str(path), map_location=device.device)
-        super().__init__(module, output_names, device)
+            return torch.jit.load(str(path), map_location=map_location)
+    except Exception as exc:  # RuntimeError from the zip reader or the TorchScript compiler, ValueError, ...
+        saver = (f"saved by torch {saved_with}" if saved_with else
+                 "the torch that saved it is not recorded (an export manifest written before versions were)")
+        raise DeployError(f"this torch cannot load {path} ({saver}; this is torch {torch.__version__}): "
+                          f"{first_line(exc)} ({again})") from exc
 
 
 class OnnxRuntimeRunner(Runner):
@@ -122,6 +167,7 @@ class OnnxRuntimeRunner(Runner):
         options = dict(options or {})
         if not Path(path).is_file():
             raise DeployError(f"ONNX file not found: {path} (run stages=[export])")
+        self.path = Path(path)
         sess_opts = ort.SessionOptions()
         if options.get("intra_op_num_threads"):
             sess_opts.intra_op_num_threads = int(options["intra_op_num_threads"])
@@ -140,8 +186,21 @@ class OnnxRuntimeRunner(Runner):
                               f"{(str(exc) or type(exc).__name__).splitlines()[0]}{advice}") from exc
         self.provider = provider_in_use(self.session, self.providers)
         self.device_name = ort_device_name(self.provider, self.providers)
+        if self.provider != ORT_PROVIDERS["cpu"] and hasattr(self.session, "disable_fallback"):
+            # onnxruntime's Python Session.run catches a provider failing inside a run (EPFail), prints "EP Error",
+            # rebuilds the session on its fallback providers (the CPU) with set_providers and runs again there,
+            # whenever _enable_fallback is set, which it is after a session is created (microsoft/onnxruntime
+            # onnxruntime/python/onnxruntime_inference_collection.py at dbbfd9e7, Session.run and
+            # InferenceSession.__init__; onnxruntime 1.32: Session.__init__ line 254, Session.run lines 404-415).
+            # The rows would then say npu / fp16 for a CPU run: with fallback disabled the failure is raised, and
+            # Runner.__call__ makes it this backend's one-line error.
+            self.session.disable_fallback()
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = list(self.session.get_inputs()[0].shape)
+
+    @property
+    def label(self) -> str:
+        return f"onnxruntime {self.path.name} on {self.provider}"
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         expected = [d for d in self.input_shape if isinstance(d, int)]
@@ -231,6 +290,8 @@ def provider_in_use(session: Any, providers: Sequence[Any]) -> str:
     ``_create_inference_session``: ``_fallback_providers = ["CPUExecutionProvider"]``); a provider its wheel
     does not have is dropped with a Python warning. ``session.get_providers()`` lists what it really runs.
     Like a missing provider (:func:`ort_providers`), a fallback is a WARNING and the run goes on on the CPU.
+    A session on an accelerator gets no second, silent fallback inside ``session.run``
+    (:class:`OnnxRuntimeRunner` disables it).
     """
     wanted = provider_name(providers[0]) if providers else ORT_PROVIDERS["cpu"]
     used = list(session.get_providers()) or [ORT_PROVIDERS["cpu"]]
@@ -291,9 +352,7 @@ class TorchAieRunner(PyTorchRunner):
         index = device.index if device_id is None else int(device_id)
         torch_aie.set_device(index)
         Runner.__init__(self, output_names, device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.module = torch.jit.load(str(path)).eval()
+        self.module = load_torchscript(path, None, again="compile again with this torch: stages=[compile]").eval()
         self.npu = f"npu:{index}"
 
     @torch.no_grad()
