@@ -172,6 +172,15 @@ class Backend:
 
         return time_model(runner or self.runner(batch_size, manifest), images, warmup, iters)
 
+    def threads(self, runner: Runner | None) -> dict[str, Any] | None:
+        """The thread settings that produced a benchmark row's timings: torch's intra-op thread count for the
+        in-process torch runners (eager, TorchScript), onnxruntime's session settings for its runner
+        (:attr:`~solo_npu.deploy.runners.OnnxRuntimeRunner.settings`); None where the host's threads are not what
+        runs the model (om, torch_aie)."""
+        import torch
+
+        return {"torch_num_threads": torch.get_num_threads()}
+
     def describe(self) -> dict[str, str | None]:
         """What infer/<backend>_b<B>/outputs.json says of the run: ``timing`` is :attr:`infer_timing`."""
         return {"backend": self.name, "device": self.device, "timing": self.infer_timing, "precision": self.precision,
@@ -257,6 +266,9 @@ class OnnxRuntimeBackend(Backend):
 
         return None if exported_file(load_manifest(self.ctx), "onnx", batch_size) else "not exported"
 
+    def threads(self, runner: Runner | None) -> dict[str, Any] | None:
+        return dict(runner.settings) if isinstance(runner, OnnxRuntimeRunner) else None
+
     def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner:
         path = exported_file(manifest, "onnx", batch_size)
         if not path:
@@ -330,6 +342,9 @@ class OmBackend(Backend):
 
     def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner | None:
         return None
+
+    def threads(self, runner: Runner | None) -> dict[str, Any] | None:
+        return None  # ais_bench runs the model on the chip
 
     def run_records(self, records: Sequence[Mapping[str, Any]], batch_size: int, out_dir: Path,
                     manifest: Mapping[str, Any]) -> float:
@@ -436,6 +451,9 @@ class TorchAieBackend(Backend):
 
     def in_process(self) -> Any | None:
         return None if self.python else import_optional("torch_aie")
+
+    def threads(self, runner: Runner | None) -> dict[str, Any] | None:
+        return None  # the compiled module runs on the chip
 
     def why_no_tool(self) -> str | None:
         if self.python:

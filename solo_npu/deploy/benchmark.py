@@ -14,6 +14,7 @@ its CUDA or CANN provider), and
 ``npu-smi info``'s Memory-Usage of the chip for om, torch_aie and onnxruntime's CANN provider, sampled while
 they run (ais_bench's summary reports timings only; npu-smi counts every process on the chip).
 AP: every iou type evaluate scored, for the batch sizes infer ran (``deploy.infer.batch_sizes``).
+Threads: the settings the timings were taken with (the row's ``threads``, :meth:`Backend.threads`).
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def _bench_row(ctx: DeployContext, backend: Any, bs: int, manifest: Mapping[str,
     sampler, source = memory_sampler(ctx, backend)
     row: dict[str, Any] = {"backend": backend.name, "batch_size": bs, "AP": _ap(metrics, key),
                            "AP_by_type": ap_by_type(metrics, key), "timing": backend.timing_scope,
-                           "device": backend.device, "memory": source}
+                           "device": backend.device, "memory": source, "threads": backend.threads(runner)}
     if isinstance(backend, OmBackend):
         with sampler as memory:
             row.update(backend.stats(bs, iters, warmup), e2e_throughput=None)

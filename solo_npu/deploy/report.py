@@ -16,8 +16,23 @@ from solo_npu.utils.files import write_text_atomic
 BENCH_COLUMNS = {
     "backend": "backend", "batch_size": "batch", "mean_ms": "latency mean (ms)", "p50_ms": "p50 (ms)",
     "p99_ms": "p99 (ms)", "throughput": "model img/s", "timing": "timing scope", "e2e_throughput": "e2e img/s",
-    "peak_mb": "peak MB", "memory": "memory source", "device": "device",
+    "peak_mb": "peak MB", "memory": "memory source", "device": "device", "threads": "threads",
 }
+
+
+def threads_text(threads: dict[str, Any] | None) -> str | None:
+    """A row's thread settings in a few words: ``torch 8`` (torch's intra-op threads, eager and TorchScript) or
+    ``intra 8, inter default, sequential, opt all`` (onnxruntime's session: 0 threads is onnxruntime's default)."""
+    if not threads:
+        return None
+    if "torch_num_threads" in threads:
+        return f"torch {threads['torch_num_threads']}"
+
+    def count(key: str) -> str:
+        return str(threads.get(key) or "default")
+
+    return (f"intra {count('intra_op_num_threads')}, inter {count('inter_op_num_threads')}, "
+            f"{threads.get('execution_mode')}, opt {threads.get('graph_optimization_level')}")
 
 
 def machine_description() -> str:
@@ -40,7 +55,7 @@ def _optional(ctx: DeployContext, *parts: str) -> Any:
 def _fmt_row(row: dict[str, Any], ap_types: list[str]) -> dict[str, Any]:
     out = {}
     for key, title in BENCH_COLUMNS.items():
-        value = row.get(key)
+        value = threads_text(row.get(key)) if key == "threads" else row.get(key)
         if isinstance(value, float):
             value = f"{value:.1f}" if value >= 10 else f"{value:.2f}"
         out[title] = value
@@ -99,6 +114,9 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         "- timing scope: `model only` = the model call, inputs and outputs already where it runs; "
         "`with host-device copies` = numpy in, numpy out; `device compute from ais_bench` = ais_bench's "
         "NPU_compute_time (no host-device copies)",
+        "- threads: `torch N` = torch's intra-op threads (eager, TorchScript); onnxruntime: its session's "
+        "intra-op and inter-op threads (default: onnxruntime's own count), execution mode and graph optimization "
+        "level; none for om and torch_aie, which run on the chip",
         f"- AP: COCO {', '.join(ap_types) or '-'} over {_scored_line(ctx, num_images)}, scored at batch "
         f"{', '.join(str(b) for b in ap_batches) or '-'}; other batch sizes are timed only",
         "",

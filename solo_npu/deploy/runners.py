@@ -169,11 +169,19 @@ class OnnxRuntimeRunner(Runner):
             raise DeployError(f"ONNX file not found: {path} (run stages=[export])")
         self.path = Path(path)
         sess_opts = ort.SessionOptions()
-        if options.get("intra_op_num_threads"):
-            sess_opts.intra_op_num_threads = int(options["intra_op_num_threads"])
-        if options.get("inter_op_num_threads"):
-            sess_opts.inter_op_num_threads = int(options["inter_op_num_threads"])
-        sess_opts.graph_optimization_level = ort_optimization_level(options.get("graph_optimization_level", "all"))
+        intra = int(options.get("intra_op_num_threads") or 0)
+        inter = int(options.get("inter_op_num_threads") or 0)
+        if intra:
+            sess_opts.intra_op_num_threads = intra
+        if inter:
+            sess_opts.inter_op_num_threads = inter
+            # onnxruntime uses the inter-op thread count only in parallel execution mode; its default mode is
+            # sequential ("If sequential execution is enabled this value is ignored": onnxruntime_c_api.h,
+            # OrtApi::SetInterOpNumThreads, microsoft/onnxruntime include/onnxruntime/core/session at 44885662), so a
+            # count set here asks for the parallel mode too
+            sess_opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        level = str(options.get("graph_optimization_level", "all")).strip().lower()
+        sess_opts.graph_optimization_level = ort_optimization_level(level)
         self.providers = ort_providers(device, options.get("provider_options") or {}, requested, device_id)
         chosen = dict((options.get("provider_options") or {}).get("npu") or {})
         try:
@@ -195,6 +203,18 @@ class OnnxRuntimeRunner(Runner):
             # The rows would then say npu / fp16 for a CPU run: with fallback disabled the failure is raised, and
             # Runner.__call__ makes it this backend's one-line error.
             self.session.disable_fallback()
+        parallel = self.session.get_session_options().execution_mode == ort.ExecutionMode.ORT_PARALLEL
+        if inter and not parallel:
+            # the C++ session makes a CUDA provider's session sequential ("Parallel execution mode does not support
+            # the CUDA Execution Provider. So making the execution mode sequential": onnxruntime/core/session/
+            # inference_session.cc, InferenceSession::RegisterExecutionProvider)
+            logger.warning("deploy.onnxruntime.inter_op_num_threads=%d is ignored: onnxruntime runs this session on "
+                           "%s in sequential execution mode", inter, self.provider)
+        # the settings that produced this session's timings, as the benchmark rows record them (0: onnxruntime's
+        # default count)
+        self.settings = {"intra_op_num_threads": intra, "inter_op_num_threads": inter,
+                         "execution_mode": "parallel" if parallel else "sequential",
+                         "graph_optimization_level": level}
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = list(self.session.get_inputs()[0].shape)
 

@@ -1,12 +1,34 @@
-"""What a benchmark row says of how and where it ran: the memory a row reads."""
+"""What a benchmark row says of how and where it ran, and the onnxruntime settings behind it: the memory a row
+reads, the thread settings of a row, inter-op threads and the execution mode."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 
+from solo_npu.deploy import runners
 from solo_npu.deploy.backends import BACKENDS
-from solo_npu.deploy.benchmark import memory_sampler
+from solo_npu.deploy.benchmark import memory_sampler, run_benchmark
+from solo_npu.deploy.export import run_export
+from solo_npu.deploy.preprocess import run_preprocess
+from solo_npu.deploy.report import build_report
 from solo_npu.runtime import DeviceInfo
+
+CPU = DeviceInfo("cpu", torch.device("cpu"), 0)
+NPU0 = DeviceInfo("npu", torch.device("cpu"), 0)  # torch.device("npu") needs torch_npu; only .type/.index matter
+
+
+@pytest.fixture
+def providers(monkeypatch):
+    """Set what ``onnxruntime.get_available_providers()`` reports (onnxruntime-cann, -gpu or plain)."""
+    import onnxruntime
+
+    def use(*names):
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [*names, "CPUExecutionProvider"])
+
+    return use
 
 
 def tiny_onnx(path, shape=(1, 3, 8, 8)):
@@ -19,6 +41,30 @@ def tiny_onnx(path, shape=(1, 3, 8, 8)):
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def exported(make_ctx):
+    """ONNX export (batch 1 and 2) and preprocess of the fitted tiny model, benchmarked once per timing."""
+    ctx = make_ctx("deploy.backends=[pytorch,onnxruntime]", "deploy.export_formats=[onnx]",
+                   "deploy.benchmark.iters=1", "deploy.benchmark.warmup=0", "deploy.benchmark.e2e_images=1",
+                   "deploy.onnxruntime.inter_op_num_threads=2")
+    run_export(ctx)
+    run_preprocess(ctx)
+    return ctx
+
+
+def test_benchmark_rows_and_report_state_the_thread_settings(exported):
+    bench = run_benchmark(exported)
+    rows = {r["backend"]: r for r in bench["rows"] if r["batch_size"] == 1}
+    assert rows["pytorch"]["threads"] == {"torch_num_threads": torch.get_num_threads()}
+    assert rows["onnxruntime"]["threads"] == {"intra_op_num_threads": 1, "inter_op_num_threads": 2,
+                                              "execution_mode": "parallel", "graph_optimization_level": "all"}
+    text, data = build_report(exported)
+    assert data["benchmark"]["rows"][0]["threads"] is not None
+    assert "| threads |" in text
+    assert f"torch {torch.get_num_threads()}" in text
+    assert "intra 1, inter 2, parallel, opt all" in text
 
 
 def test_memory_of_a_cpu_session_is_read_from_the_process_on_a_cuda_run(make_ctx, tmp_path, monkeypatch):
@@ -37,3 +83,35 @@ def test_memory_of_a_cpu_session_is_read_from_the_process_on_a_cuda_run(make_ctx
         pass
     assert (backend.device, source, memory.device.type) == ("cpu", "process RSS", "cpu")
     assert memory.peak_mb != 300
+
+
+def test_inter_op_threads_run_the_session_in_parallel_mode(tmp_path, monkeypatch, providers, caplog):
+    """onnxruntime ignores inter_op_num_threads in sequential execution mode (onnxruntime_c_api.h,
+    SetInterOpNumThreads), its default: a count set runs the session in parallel mode, and where onnxruntime makes
+    it sequential again (the CUDA provider, inference_session.cc RegisterExecutionProvider) a WARNING says so."""
+    import onnxruntime
+
+    path = tiny_onnx(tmp_path / "tiny.onnx")
+    runner = runners.OnnxRuntimeRunner(path, ["output"], CPU, {"inter_op_num_threads": 2}, requested="cpu")
+    options = runner.session.get_session_options()
+    assert (options.inter_op_num_threads, options.execution_mode) == (2, onnxruntime.ExecutionMode.ORT_PARALLEL)
+    assert runner.settings["execution_mode"] == "parallel"
+    runner = runners.OnnxRuntimeRunner(path, ["output"], CPU, {}, requested="cpu")
+    assert runner.session.get_session_options().execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+
+    class CudaRuns(onnxruntime.InferenceSession):  # a CUDA provider that starts, computing on the CPU here
+        def _create_inference_session(self, providers, provider_options, disabled_optimizers=None):
+            kept = [p for p in providers if (p[0] if isinstance(p, tuple) else p) != "CUDAExecutionProvider"]
+            super()._create_inference_session(kept, None, disabled_optimizers)
+            self._sess_options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL  # what the C++ session does
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", *super().get_providers()]
+
+    providers("CUDAExecutionProvider")
+    monkeypatch.setattr(onnxruntime, "InferenceSession", CudaRuns)
+    cuda = DeviceInfo("cuda", torch.device("cuda", 0), 0)
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        runner = runners.OnnxRuntimeRunner(path, ["output"], cuda, {"inter_op_num_threads": 2}, requested="cuda")
+    assert runner.settings["execution_mode"] == "sequential"
+    assert "inter_op_num_threads=2 is ignored" in caplog.text and "sequential" in caplog.text
