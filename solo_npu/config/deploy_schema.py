@@ -85,8 +85,49 @@ class CompileConfig:
 
 @dataclass
 class ProviderOptions:
-    npu: dict[str, Any] = MISSING  # CANNExecutionProvider options, any key onnxruntime-cann takes
-    cuda: dict[str, Any] = MISSING  # CUDAExecutionProvider options
+    npu: dict[str, Any] = MISSING  # CANNExecutionProvider options: CANN_PROVIDER_OPTIONS
+    cuda: dict[str, Any] = MISSING  # CUDAExecutionProvider options: CUDA_PROVIDER_OPTIONS
+
+
+# The option names each execution provider parses; onnxruntime refuses any other (ProviderOptionsParser::Parse,
+# core/framework/provider_options_utils.h: 'Unknown provider option: "<name>".') and then builds a CPU session.
+# CANN (microsoft/onnxruntime onnxruntime/core/providers/cann/cann_execution_provider_info.cc,
+# CANNExecutionProviderInfo::FromProviderOptions): released providers parse device_id, npu_mem_limit,
+# arena_extend_strategy, enable_cann_graph, dump_graphs, precision_mode, op_select_impl_mode and
+# optypelist_for_implmode (at a8091220), dump_om_model (PR #20075) and enable_cann_subgraph (PR #25867), as the
+# onnxruntime.ai CANN Execution Provider page documents them; the version of PR #27970 (at 38170d0f; open when read)
+# parses precision_mode_v2 instead of precision_mode, and input_format, dynamic_batch_size, dynamic_image_size and
+# dynamic_dims. Both sets are taken here; an option the installed release refuses stops the backend
+# (solo_npu.deploy.runners.create_session).
+CANN_PROVIDER_OPTIONS = (
+    "device_id", "npu_mem_limit", "arena_extend_strategy", "enable_cann_graph", "enable_cann_subgraph", "dump_graphs",
+    "dump_om_model", "precision_mode", "precision_mode_v2", "op_select_impl_mode", "optypelist_for_implmode",
+    "input_format", "dynamic_batch_size", "dynamic_image_size", "dynamic_dims")
+# CUDA (onnxruntime/core/providers/cuda/cuda_execution_provider_info.cc, CUDAExecutionProviderInfo::
+# FromProviderOptions, the version with use_tf32, PR #19426), fuse_conv_bias (PR #19470) and sdpa_kernel (both passed
+# as CUDA provider options by onnxruntime/test/util/default_providers.cc, CudaPluginExecutionProviderWithOptions).
+CUDA_PROVIDER_OPTIONS = (
+    "device_id", "has_user_compute_stream", "user_compute_stream", "gpu_mem_limit", "arena_extend_strategy",
+    "cudnn_conv_algo_search", "do_copy_in_default_stream", "gpu_external_alloc", "gpu_external_free",
+    "gpu_external_empty_cache", "cudnn_conv_use_max_workspace", "enable_cuda_graph", "cudnn_conv1d_pad_to_nc1d",
+    "tunable_op_enable", "tunable_op_tuning_enable", "tunable_op_max_tuning_duration_ms",
+    "enable_skip_layer_norm_strict_mode", "prefer_nhwc", "use_ep_level_unified_stream", "use_tf32", "fuse_conv_bias",
+    "sdpa_kernel")
+PROVIDER_OPTION_NAMES = {"npu": ("CANNExecutionProvider", CANN_PROVIDER_OPTIONS),
+                         "cuda": ("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS)}
+
+
+def unknown_provider_option(kind: str, name: str) -> str | None:
+    """Why ``name`` is no option of the execution provider of ``deploy.onnxruntime.provider_options.<kind>``, naming
+    the ones it has; None when it is one."""
+    if kind not in PROVIDER_OPTION_NAMES:
+        return f"no provider group {kind!r} (npu: CANNExecutionProvider, cuda: CUDAExecutionProvider)"
+    provider, names = PROVIDER_OPTION_NAMES[kind]
+    if name in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"onnxruntime's {provider} has no option {name!r} ({hint}its options: {', '.join(names)})"
 
 
 @dataclass
@@ -193,7 +234,9 @@ def _without_none(tp: Any) -> Any:
 def unknown_key(path: Sequence[str], schema: type = DeployJobConfig) -> str | None:
     """Why ``path`` (a dotted key split into parts) names no setting of ``schema``, or None when it does.
 
-    Parts below a ``dict`` field (provider options) and below a config group typed ``Any`` are not checked.
+    Parts below a ``dict`` field and below a config group typed ``Any`` are not checked, except the names of the
+    execution-provider options (``deploy.onnxruntime.provider_options.npu`` / ``cuda``), which must be the
+    provider's (:func:`unknown_provider_option`).
     """
     cls: Any = schema
     for depth, part in enumerate(path):
@@ -207,6 +250,8 @@ def unknown_key(path: Sequence[str], schema: type = DeployJobConfig) -> str | No
             close = difflib.get_close_matches(part, list(types), n=1)
             hint = f"did you mean {'.'.join([*path[:depth], close[0]])}?" if close else ""
             return f"{where} has no setting {part!r} ({hint or 'its settings: ' + ', '.join(types)})"
+        if cls is ProviderOptions and depth + 1 < len(path):
+            return unknown_provider_option(part, path[depth + 1])
         cls = _without_none(types[part])
     return None
 

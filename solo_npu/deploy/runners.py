@@ -13,9 +13,10 @@ import importlib
 import importlib.util
 import io
 import logging
+import re
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from solo_npu.config.deploy_schema import unknown_provider_option
 from solo_npu.deploy.context import DeployError
 from solo_npu.runtime import DeviceInfo, synchronize
 
@@ -182,11 +184,15 @@ class OnnxRuntimeRunner(Runner):
             sess_opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         level = str(options.get("graph_optimization_level", "all")).strip().lower()
         sess_opts.graph_optimization_level = ort_optimization_level(level)
-        self.providers = ort_providers(device, options.get("provider_options") or {}, requested, device_id)
-        chosen = dict((options.get("provider_options") or {}).get("npu") or {})
+        provider_options = options.get("provider_options") or {}
+        self.providers = ort_providers(device, provider_options, requested, device_id)
+        given = {ORT_PROVIDERS[kind]: set(provider_options.get(kind) or {}) for kind in ("npu", "cuda")}
         try:
             self.session, self.providers = create_session(ort, path, sess_opts, self.providers,
-                                                          may_drop=CANN_DUMP_OM not in chosen)
+                                                          may_drop=CANN_DUMP_OM not in given[ORT_PROVIDERS["npu"]],
+                                                          given=given)
+        except DeployError:
+            raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             advice = " (re-export with stages=[export])" if model_file_error(exc) else ""
             raise DeployError(f"onnxruntime cannot create a session for {path} on "
@@ -239,14 +245,23 @@ def model_file_error(exc: BaseException) -> bool:
                                                                    "InvalidGraph")
 
 
-def create_session(ort: Any, path: str | Path, sess_opts: Any, providers: list[Any],
-                   may_drop: bool = False) -> tuple[Any, list[Any]]:
+# onnxruntime refuses a provider option its provider does not parse (core/framework/provider_options_utils.h,
+# ProviderOptionsParser::Parse): 'Unknown provider option: "<name>".'
+UNKNOWN_OPTION = re.compile(r'Unknown provider option: "([^"]+)"')
+
+
+def create_session(ort: Any, path: str | Path, sess_opts: Any, providers: list[Any], may_drop: bool = False,
+                   given: Mapping[str, Collection[str]] | None = None) -> tuple[Any, list[Any]]:
     """``ort.InferenceSession`` on ``providers``, and the provider list it was made with.
 
     With ``may_drop`` (:data:`CANN_DUMP_OM` was set here, not by the user), a CANN provider that refuses that
     option as unknown, an older onnxruntime-cann, is asked again without it (its sessions then save their .om in
     the working directory). onnxruntime reports the refusal either as the error itself or, when it falls back to
     the CPU, in the "EP Error ..." lines it prints (``InferenceSession.__init__``); those are printed as they came.
+    An option the user set (``given``: provider name -> option names of deploy.onnxruntime.provider_options) that
+    the provider refuses is a :class:`DeployError` instead of a session on the CPU: option names differ between
+    releases (the CANN provider's ``precision_mode``, and ``precision_mode_v2`` in its place where microsoft/onnxruntime
+    PR #27970 is in, see :data:`solo_npu.config.deploy_schema.CANN_PROVIDER_OPTIONS`).
     """
     said = io.StringIO()
     error = None
@@ -256,13 +271,20 @@ def create_session(ort: Any, path: str | Path, sess_opts: Any, providers: list[A
         except Exception as exc:  # re-raised below unless it is the refused option
             error = exc
     sys.stdout.write(said.getvalue())
-    refused = f'Unknown provider option: "{CANN_DUMP_OM}"' in said.getvalue() + str(error or "")
-    if may_drop and refused:
+    refused = set(UNKNOWN_OPTION.findall(said.getvalue() + str(error or "")))
+    if may_drop and CANN_DUMP_OM in refused:
         logger.warning("this onnxruntime-cann does not take the CANN provider option %s (an older release): its "
                        "sessions save their .om file in the working directory %s", CANN_DUMP_OM, Path.cwd())
         kept = [(p[0], {k: v for k, v in p[1].items() if k != CANN_DUMP_OM}) if isinstance(p, tuple) else p
                 for p in providers]
-        return create_session(ort, path, sess_opts, kept)
+        return create_session(ort, path, sess_opts, kept, given=given)
+    for provider in (provider_name(p) for p in providers):
+        theirs = sorted(refused & set((given or {}).get(provider, ())))
+        if theirs:
+            kind = next(k for k, name in ORT_PROVIDERS.items() if name == provider)
+            raise DeployError(f"{provider} of this onnxruntime {ort.__version__} does not take the option(s) "
+                              f"{', '.join(theirs)} that deploy.onnxruntime.provider_options.{kind} sets (it refuses "
+                              f"them as unknown; option names differ between releases): remove or rename them")
     if error is not None:
         raise error
     return session, providers
@@ -337,22 +359,36 @@ def ort_providers(device: DeviceInfo, provider_options: Mapping[str, Any], reque
 
     ``device_id`` (``deploy.device_id``) picks the chip or GPU; default the run device's index. The CANN provider
     also gets ``dump_om_model: False`` unless the options set it (:data:`CANN_DUMP_OM`): no .om files in the
-    working directory.
+    working directory. An option name the provider does not have is a :class:`DeployError` naming the ones it
+    has (:func:`~solo_npu.config.deploy_schema.unknown_provider_option`); the options of a provider the session
+    will not use (not installed, ``runtime.device=cpu``, the other accelerator) are named in a WARNING.
     """
     import onnxruntime as ort
 
+    for kind, opts in provider_options.items():
+        for name in opts or {}:
+            why = unknown_provider_option(str(kind), str(name))
+            if why is not None:
+                raise DeployError(f"deploy.onnxruntime.provider_options.{kind}.{name}: {why}")
     available = set(ort.get_available_providers())
     kind = ort_accelerator(device, requested)
     providers: list[Any] = []
+    used = "cpu"
     if kind != "cpu":
         wanted = ORT_PROVIDERS[kind]
         if wanted in available:
             index = device.index if device_id is None else int(device_id)
             quiet = {CANN_DUMP_OM: False} if kind == "npu" else {}
             providers.append((wanted, {"device_id": index, **quiet, **dict(provider_options.get(kind) or {})}))
+            used = kind
         else:
             logger.warning("onnxruntime has no %s (install %s); running on CPU", wanted, ORT_PACKAGES[kind])
     providers.append("CPUExecutionProvider")
+    ignored = [f"provider_options.{k} ({', '.join(map(str, opts))}: {ORT_PROVIDERS.get(str(k), k)} is not used)"
+               for k, opts in provider_options.items() if opts and k != used]
+    if ignored:
+        logger.warning("deploy.onnxruntime %s ignored: the session runs on %s", "; ".join(ignored),
+                       provider_name(providers[0]))
     return providers
 
 

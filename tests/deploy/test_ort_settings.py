@@ -1,5 +1,6 @@
 """What a benchmark row says of how and where it ran, and the onnxruntime settings behind it: the memory a row
-reads, the thread settings of a row, inter-op threads and the execution mode."""
+reads, the thread settings of a row, inter-op threads and the execution mode, provider options onnxruntime would
+ignore or refuse."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import logging
 import pytest
 import torch
 
+from solo_npu.config.deploy_schema import check_deploy_overrides, unknown_key
 from solo_npu.deploy import runners
 from solo_npu.deploy.backends import BACKENDS
 from solo_npu.deploy.benchmark import memory_sampler, run_benchmark
+from solo_npu.deploy.context import DeployError
 from solo_npu.deploy.export import run_export
 from solo_npu.deploy.preprocess import run_preprocess
 from solo_npu.deploy.report import build_report
@@ -115,3 +118,58 @@ def test_inter_op_threads_run_the_session_in_parallel_mode(tmp_path, monkeypatch
         runner = runners.OnnxRuntimeRunner(path, ["output"], cuda, {"inter_op_num_threads": 2}, requested="cuda")
     assert runner.settings["execution_mode"] == "sequential"
     assert "inter_op_num_threads=2 is ignored" in caplog.text and "sequential" in caplog.text
+
+
+def test_misspelled_provider_options_stop_with_one_line_naming_the_valid_ones(make_ctx):
+    why = unknown_key(["deploy", "onnxruntime", "provider_options", "npu", "precison_mode"])
+    assert why is not None and "did you mean" in why and "precision_mode" in why and "npu_mem_limit" in why
+    assert unknown_key(["deploy", "onnxruntime", "provider_options", "npu", "precision_mode"]) is None
+    assert unknown_key(["deploy", "onnxruntime", "provider_options", "cuda", "gpu_mem_limit"]) is None
+    line = check_deploy_overrides(["+deploy.onnxruntime.provider_options.cuda.gpu_mem_limt=1"])
+    assert line is not None and "gpu_mem_limit" in line and "cudnn_conv_algo_search" in line
+    with pytest.raises(DeployError, match=r"provider_options\.npu\.precison_mode.*did you mean.*precision_mode"):
+        make_ctx("+deploy.onnxruntime.provider_options.npu.precison_mode=force_fp16")
+    with pytest.raises(DeployError, match=r"precison_mode.*CANNExecutionProvider"):
+        runners.ort_providers(CPU, {"npu": {"precison_mode": "force_fp16"}}, "cpu")
+
+
+def test_provider_options_onnxruntime_will_not_use_are_named_in_a_warning(providers, caplog):
+    opts = {"npu": {"precision_mode": "must_keep_origin_dtype"}, "cuda": {"gpu_mem_limit": 1}}
+    providers("CANNExecutionProvider")
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        assert runners.ort_providers(CPU, opts, "cpu") == ["CPUExecutionProvider"]
+    assert "precision_mode" in caplog.text and "gpu_mem_limit" in caplog.text and "ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        runners.ort_providers(NPU0, opts, "npu")  # the CANN provider runs: only the CUDA options are ignored
+    assert "gpu_mem_limit" in caplog.text and "precision_mode" not in caplog.text
+    caplog.clear()
+    providers()  # plain onnxruntime on an NPU host
+    with caplog.at_level(logging.WARNING, logger="solo_npu.deploy.runners"):
+        runners.ort_providers(NPU0, opts, "npu")
+    assert "install onnxruntime-cann" in caplog.text and "precision_mode" in caplog.text
+
+
+def test_an_option_this_provider_release_refuses_is_an_error_not_a_cpu_run(tmp_path, monkeypatch, providers,
+                                                                           capsys):
+    """A released CANN provider parses precision_mode and refuses precision_mode_v2 as unknown
+    (ProviderOptionsParser::Parse: 'Unknown provider option: "precision_mode_v2".'); onnxruntime then falls back to
+    the CPU. An option the user set that the provider refuses stops the backend with one line."""
+    import onnxruntime
+
+    class ReleasedCann(onnxruntime.InferenceSession):
+        def _create_inference_session(self, providers, provider_options, disabled_optimizers=None):
+            cann = [p[1] for p in providers if isinstance(p, tuple) and p[0] == "CANNExecutionProvider"]
+            if cann and "precision_mode_v2" in cann[0]:
+                self._fallback_providers = ["CPUExecutionProvider"]
+                raise RuntimeError('Unknown provider option: "precision_mode_v2".')
+            return super()._create_inference_session(["CPUExecutionProvider"], None, disabled_optimizers)
+
+    providers("CANNExecutionProvider")
+    monkeypatch.setattr(onnxruntime, "InferenceSession", ReleasedCann)
+    with pytest.raises(DeployError) as err:
+        runners.OnnxRuntimeRunner(tiny_onnx(tmp_path / "tiny.onnx"), ["output"], NPU0,
+                                  {"provider_options": {"npu": {"precision_mode_v2": "origin"}}}, requested="npu")
+    message = str(err.value)
+    assert "\n" not in message and "precision_mode_v2" in message and "CANNExecutionProvider" in message
+    assert "deploy.onnxruntime.provider_options.npu" in message
