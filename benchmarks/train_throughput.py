@@ -4,7 +4,8 @@ Each (model, precision) case runs in its own process so that the peak memory (pr
 CPU, the allocator's peak on NPU/CUDA) belongs to that case alone. A case builds the model from its
 Hydra config, makes a random batch of the contract's shape (images plus a few box-shaped instances)
 and times ``steps`` SGD steps (forward, backward, clip, step) after ``warmup`` untimed ones.
-The results replace the "## Training throughput" section of docs/benchmarks.md.
+The results replace the "## Training throughput" section of docs/benchmarks.md ("## Training throughput (cuda)"
+and the like for an accelerator, whose rows name it).
 
     python benchmarks/train_throughput.py                     # R50 800x1333 and light R50 448x768
     python benchmarks/train_throughput.py --steps 3 --threads 2 --no-write
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 # and a torch_npu that cannot load CANN's libraries would end the benchmark there, on the CPU too. A set value wins.
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-from common import describe_machine, write_section  # noqa: E402
+from common import command_line, cuda_settings, describe_machine, device_name, fp32_label, write_section  # noqa: E402
 
 CASES = {  # name -> (model config, canvas H, W, label)
     "r50": ("solov2_r50", 800, 1344, "R50-FPN", "800x1333 (padded 800x1344)"),
@@ -88,7 +89,10 @@ def run_case(case: str, amp: bool, batch: int, warmup: int, steps: int, device: 
     scaler = make_grad_scaler(info, amp, "dynamic", "fp16")
     trainer = Trainer(model, optimizer, [], info, max_epochs=1, iters_per_epoch=1, scaler=scaler, amp=amp,
                       amp_dtype="fp16", grad_clip=35.0, batch_size=batch)
-    data = make_batch(batch, height, width, int(cfg.data.num_classes))
+    # on the device before timing, as run_positives does: run_step's move_batch is then a no-op, and the timed steps
+    # do not copy the batch from host memory each time
+    data = {k: (v.to(info.device) if isinstance(v, torch.Tensor) else v)
+            for k, v in make_batch(batch, height, width, int(cfg.data.num_classes)).items()}
     model.train()
     reset_peak_memory(info)
     for _ in range(warmup):
@@ -101,9 +105,10 @@ def run_case(case: str, amp: bool, batch: int, warmup: int, steps: int, device: 
         synchronize(info)
         times.append(time.perf_counter() - t0)
     mem = memory_stats(info)
-    return {"case": case, "amp": amp, "device": info.type, "batch": batch, "step_s": sorted(times)[len(times) // 2],
-            "images_per_s": batch / sorted(times)[len(times) // 2], "peak_mb": mem["peak_mb"],
-            "loss": trainer.last.get("loss")}
+    return {"case": case, "amp": amp, "device": info.type, "device_name": device_name(info), "batch": batch,
+            "step_s": sorted(times)[len(times) // 2], "images_per_s": batch / sorted(times)[len(times) // 2],
+            "peak_mb": mem["peak_mb"], "loss": trainer.last.get("loss"), "fp32": fp32_label(info),
+            "settings": cuda_settings(info)}
 
 
 def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int, device: str = "cpu") -> dict:
@@ -144,10 +149,16 @@ def run_positives(case: str, batch: int, instances: int, warmup: int, steps: int
                                  model.mask_head.num_grids, model.scale_ranges, model.pos_scale, 4, model.max_pos)
         most = int(t.pos_weights.sum(1).max())
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"case": case, "device": info.type, "batch": batch, "instances": instances, "positives": most,
+    return {"case": case, "device": info.type, "device_name": device_name(info), "fp32": fp32_label(info),
+            "settings": cuda_settings(info), "batch": batch, "instances": instances, "positives": most,
             "slots": positive_slots(most, model.max_pos), "fixed_s": med["fixed"], "sized_s": med["sized"],
             "speedup": med["fixed"] / med["sized"], "identical": losses["sized"] == losses["fixed"],
             "loss": losses["sized"][-1]}
+
+
+def _device(row: dict) -> str:
+    """``cuda (NVIDIA H200)``, ``cpu``."""
+    return row["device"] if row["device_name"] == row["device"] else f"{row['device']} ({row['device_name']})"
 
 
 def run_child(cmd: list[str], what: str) -> dict:
@@ -162,7 +173,7 @@ def run_child(cmd: list[str], what: str) -> dict:
     return row
 
 
-def positives_main(args) -> None:
+def positives_main(args, argv: list[str]) -> None:
     import torch
 
     rows = []
@@ -175,31 +186,30 @@ def positives_main(args) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device = rows[0]["device"]
     section = POSITIVES_SECTION if device == "cpu" else f"{POSITIVES_SECTION} ({device})"
+    settings = f" ({rows[0]['settings']})" if rows[0]["settings"] else ""
     lines = [section, "",
-             f"Measured {datetime.date.today().isoformat()} by `OMP_NUM_THREADS={threads} python "
-             f"benchmarks/train_throughput.py --positives --cases {' '.join(args.cases)} --batch {args.batch[0]} "
-             f"--instances {args.instances} --warmup {args.warmup} --steps {args.steps} --threads {threads} "
-             f"--device {args.device}` on {describe_machine()}, device {device}, {threads} torch threads, load "
-             f"average {load:.1f} at the end.",
+             f"Measured {datetime.date.today().isoformat()} by `{command_line('train_throughput.py', argv)}` on "
+             f"{describe_machine()}, device {_device(rows[0])}{settings}, {threads} torch threads, "
+             f"load average {load:.1f} at the end.",
              f"One training step (forward, losses, backward, clip, SGD with learning rate 0 so that every step sees "
              f"the same weights) on a random batch of {args.batch[0]} images with {args.instances} box-shaped "
-             "instances each, fp32. `fixed 512`: 512 positive slots per image (the former `max_pos`); `sized`: "
-             "the smallest of 64, 128, 256, 512, 1024 that holds the batch's positives. Steps alternate between "
-             f"the two in one process; median of {args.steps} each after {args.warmup} warm-up rounds. "
+             f"instances each, {rows[0]['fp32']}. `fixed 512`: 512 positive slots per image (the former `max_pos`); "
+             "`sized`: the smallest of 64, 128, 256, 512, 1024 that holds the batch's positives. Steps alternate "
+             f"between the two in one process; median of {args.steps} each after {args.warmup} warm-up rounds. "
              "`identical`: loss_cls and loss_mask equal bit for bit at every step. `per 64 slots`: the step time "
              "that 64 positive slots cost, (fixed - sized) / (512 - slots) x 64; `limit`: the speed-up if the "
              "slots cost nothing at all, fixed / (sized - slots x per-slot cost): what any slot count can reach "
              "with the rest of the step (backbone, FPN, head convolutions, focal loss, backward, SGD) as it is.", "",
-             "| model | input | positives (most per image) | slots | fixed 512 (s) | sized (s) | speed-up | "
+             "| model | input | device | positives (most per image) | slots | fixed 512 (s) | sized (s) | speed-up | "
              "identical losses | per 64 slots (ms) | limit |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         _, _, _, label, size = CASES[r["case"]]
         per_slot = (r["fixed_s"] - r["sized_s"]) / (512 - r["slots"])
         limit = r["fixed_s"] / (r["sized_s"] - r["slots"] * per_slot)
-        lines.append(f"| {label} | {size} | {r['positives']} | {r['slots']} | {r['fixed_s']:.2f} | "
-                     f"{r['sized_s']:.2f} | {r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} | "
-                     f"{64e3 * per_slot:.0f} | {limit:.2f}x |")
+        lines.append(f"| {label} | {size} | {r['device_name']} | {r['positives']} | {r['slots']} | "
+                     f"{r['fixed_s']:.2f} | {r['sized_s']:.2f} | {r['speedup']:.2f}x | "
+                     f"{'yes' if r['identical'] else 'NO'} | {64e3 * per_slot:.0f} | {limit:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
@@ -219,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--positives", action="store_true", help="sized against 512 fixed positive slots")
     parser.add_argument("--instances", type=int, default=8, help="--positives: instances per image")
     parser.add_argument("--one-positives", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -230,46 +241,55 @@ def main(argv: list[str] | None = None) -> None:
                                                    args.steps, device)))
         return
     if args.positives:
-        positives_main(args)
+        positives_main(args, argv)
         return
     if args.one:
         case, amp = args.one.split(":")
         print("RESULT " + json.dumps(run_case(case, amp == "amp", args.batch[0], args.warmup, args.steps, args.device)))
         return
-    rows = []
-    for case, batch, amp in itertools.product(args.cases, args.batch, ("fp32", "amp")):
+    cases = list(itertools.product(args.cases, args.batch, ("fp32", "amp")))
+    rows: list[dict] = []
+    for case, batch, amp in cases:
         cmd = [sys.executable, __file__, "--one", f"{case}:{amp}", "--batch", str(batch), "--warmup",
                str(args.warmup), "--steps", str(args.steps), "--device", args.device, "--threads",
                str(args.threads)]
         rows.append(run_child(cmd, f"case {case}:{amp} batch {batch}"))
+        section, text = throughput_section(rows, len(cases), args, argv)
+        if not args.no_write:  # after every case: a run stopped later keeps the cases it measured
+            write_section(section, text)
+    print(text)
+
+
+def throughput_section(rows: list[dict], total: int, args, argv: list[str]) -> tuple[str, str]:
+    """The heading and text of the throughput section for the ``rows`` measured so far of ``total`` cases."""
     import torch
 
     device = rows[0]["device"]
     amp_name = "bf16 autocast" if device == "cpu" else "fp16 autocast + dynamic loss scale"
     threads = args.threads or torch.get_num_threads()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [SECTION, "",
-             f"Measured {datetime.date.today().isoformat()} by `python benchmarks/train_throughput.py --cases "
-             f"{' '.join(args.cases)} --steps {args.steps} --batch {' '.join(map(str, args.batch))} --device "
-             f"{args.device}` on {describe_machine()}, device {device}, {threads} torch threads, "
+    section = SECTION if device == "cpu" else f"{SECTION} ({device})"
+    settings = f" ({rows[0]['settings']})" if rows[0]["settings"] else ""
+    partial = (f" Only {len(rows)} of the {total} cases were measured: the run ended before the others."
+               if len(rows) < total else "")
+    lines = [section, "",
+             f"Measured {datetime.date.today().isoformat()} by `{command_line('train_throughput.py', argv)}` on "
+             f"{describe_machine()}, device {_device(rows[0])}{settings}, {threads} torch threads, "
              f"load average {load:.1f} at the end.",
-             "Random batches with 4 box-shaped instances per image; SGD step with grad clip "
-             f"(the trainer's `run_step`); median of {args.steps} steps after {args.warmup} warm-up. AMP = "
-             f"{amp_name}. Peak memory: {'process max RSS' if device == 'cpu' else 'allocator peak'}.", "",
-             "| model | input | batch | precision | step (s) | images/s | peak memory (MB) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "Random batches with 4 box-shaped instances per image, on the device before the timed steps; SGD step "
+             f"with grad clip (the trainer's `run_step`); median of {args.steps} steps after {args.warmup} warm-up. "
+             f"AMP = {amp_name}. Peak memory: {'process max RSS' if device == 'cpu' else 'allocator peak'}.{partial}",
+             "",
+             "| model | input | device | batch | precision | step (s) | images/s | peak memory (MB) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         _, _, _, label, size = CASES[r["case"]]
-        lines.append(f"| {label} | {size} | {r['batch']} | {'AMP' if r['amp'] else 'fp32'} | {r['step_s']:.2f} | "
-                     f"{r['images_per_s']:.3f} | {r['peak_mb']:.0f} |")
+        lines.append(f"| {label} | {size} | {r['device_name']} | {r['batch']} | {'AMP' if r['amp'] else r['fp32']} | "
+                     f"{r['step_s']:.2f} | {r['images_per_s']:.3f} | {r['peak_mb']:.0f} |")
     lines += ["", "Anchors (not measured here): SOLOv2 R50 1x training, Ascend ModelZoo SOLOV2 for PyTorch "
               "training guide: 1p GPU 8.1 images/s, 8p GPU 38.3, 8p NPU 6.2 (15.34 in a newer README), "
               "1p NPU 1.1; 8xV100 1x about 10 h (~39 images/s).", ""]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
-
+    return section, "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()
