@@ -1,19 +1,22 @@
 """SOLOv2 forward (backbone + neck + head) in its training layout against its inference mode, in one run.
 
 Inference mode (``solo_npu.models.inference.prepare_for_inference``) folds the frozen BatchNorms into the
-convolutions and can switch to channels-last, where the 1x1 convolutions also run on oneDNN; the outputs of
-all rows are compared too.
+convolutions and can switch to channels-last, where on the CPU the 1x1 convolutions also run on oneDNN; the
+outputs of all rows are compared too.
 
 Usage: ``python benchmarks/inference_mode.py [--model solov2_r50] [--shape 800 1216] [--iters 3]
-[--threads 1] [--compile] [--no-write]``
+[--threads 1] [--device cpu] [--precision fp32 fp16 bf16] [--compile] [--no-write]``
 
-``--compile`` adds the inference mode of this device (channels-last on the CPU, NCHW elsewhere) under
-``torch.compile`` (default inductor backend), with its compile time (the first call) in the row's name.
+``--precision`` runs every layout in fp32 and/or under autocast to fp16 or bf16 (``torch.autocast`` of the
+device; fp16 is skipped on the CPU, whose autocast type is bf16); on CUDA the fp32 rows say whether TF32 was
+allowed. ``--compile`` adds the inference mode of this device (channels-last on the CPU, NCHW elsewhere) under
+``torch.compile`` (default inductor backend), in fp32, with its compile time (the first call) in the row's name.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import os
@@ -32,32 +35,40 @@ from omegaconf import OmegaConf  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import describe_machine, publish  # noqa: E402
+from common import command_line, cuda_settings, describe_machine, device_name, fp32_label, publish  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
 from solo_npu.models.inference import prepare_for_inference  # noqa: E402
 from solo_npu.runtime import resolve_device, synchronize  # noqa: E402
 
 HEADING = "## SOLOv2 inference mode"
+AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _flat(out) -> list[torch.Tensor]:
     return [t.float() for group in out for t in (group if isinstance(group, (list, tuple)) else [group])]
 
 
-def timed(models: dict[str, torch.nn.Module], x: torch.Tensor, iters: int, info) -> dict[str, tuple]:
-    """Best time per model; iterations interleave the models so a loaded machine slows each alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
+def timed(rows: dict[str, tuple[torch.nn.Module, torch.dtype | None]], x: torch.Tensor, iters: int,
+          info) -> dict[str, tuple]:
+    """Best time per row (a model, in fp32 or under autocast to a dtype); iterations interleave the rows so a
+    loaded machine slows each alike."""
+    def run(model: torch.nn.Module, dtype: torch.dtype | None):
+        amp = torch.autocast(info.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with amp:
+            return model.forward_head(x)
+
+    times: dict[str, list[float]] = {name: [] for name in rows}
     with torch.no_grad():
-        outs = {name: _flat(model.forward_head(x)) for name, model in models.items()}  # warm-up + outputs
+        outs = {name: _flat(run(*row)) for name, row in rows.items()}  # warm-up + outputs
         for _ in range(iters):
-            for name, model in models.items():
+            for name, row in rows.items():
                 synchronize(info)
                 start = time.perf_counter()
-                model.forward_head(x)
+                run(*row)
                 synchronize(info)
                 times[name].append(time.perf_counter() - start)
-    return {name: (min(times[name]) * 1000, outs[name]) for name in models}
+    return {name: (min(times[name]) * 1000, outs[name]) for name in rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,24 +78,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=sorted(AUTOCAST),
+                        help="fp32 and/or autocast to fp16 / bf16, every layout in each (fp16: not on the CPU)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile of this device's inference mode")
+                        help="also time torch.compile of this device's inference mode (fp32)")
     parser.add_argument("--no-write", action="store_true")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = resolve_device(args.device)
     device = info.device
+    precisions = list(dict.fromkeys(args.precision))
+    if info.type == "cpu" and "fp16" in precisions:
+        print("fp16 autocast is not timed on the CPU (its autocast type is bf16): skipped")
+        precisions.remove("fp16")
+    if not precisions:
+        parser.error("no precision left to time on this device")
     cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml")
     cfg.num_classes = 80
     cfg.pretrained = None
     torch.manual_seed(0)
     base = build_model(cfg).eval().to(device)
     x = torch.randn(1, 3, *args.shape, device=device)
-    variants = {
+    layouts = {
         "training layout (today's eager)": base,
         "BN folded": prepare_for_inference(copy.deepcopy(base)),
-        "BN folded + channels-last (1x1 on oneDNN)": prepare_for_inference(copy.deepcopy(base), channels_last=True),
+        "BN folded + channels-last" + (" (1x1 on oneDNN)" if info.type == "cpu" else ""):
+            prepare_for_inference(copy.deepcopy(base), channels_last=True),
     }
+    labels = {"fp32": fp32_label(info), "fp16": "fp16 autocast", "bf16": "bf16 autocast"}
+    variants = {(name, labels[p]): (model, AUTOCAST[p]) for p in precisions for name, model in layouts.items()}
+    reference = ("training layout (today's eager)", labels[precisions[0]])
     if args.compile:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold, as a first use
         layout = "channels-last" if info.inference_channels_last else "NCHW"
@@ -95,28 +119,29 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             compiled.forward_head(x)
             synchronize(info)
-        variants[f"BN folded + {layout} + torch.compile (compiling took "
-                 f"{time.perf_counter() - start:.0f} s)"] = compiled
+        variants[(f"BN folded + {layout} + torch.compile (compiling took {time.perf_counter() - start:.0f} s)",
+                  labels["fp32"])] = (compiled, None)
     results = timed(variants, x, args.iters, info)
-    ref_ms, ref_out = results["training layout (today's eager)"]
+    ref_ms, ref_out = results[reference]
     rows = []
-    for name, (ms, out) in results.items():
+    for (name, precision), (ms, out) in results.items():
         diff = max(float((o - r).abs().max()) for o, r in zip(out, ref_out))
-        rows.append(f"| {name} | {ms:.0f} | {ref_ms / ms:.2f}x | {diff:.1e} |")
+        rows.append(f"| {name} | {precision} | {ms:.1f} | {ref_ms / ms:.2f}x | {diff:.1e} |")
     heading = HEADING if device.type == "cpu" else f"{HEADING} ({device.type})"
+    settings = f" ({cuda_settings(info)})" if cuda_settings(info) else ""
+    dev_name = device_name(info)
     publish(heading, [
         heading, "",
-        f"{datetime.date.today()}, {describe_machine()}, {device.type}, {args.threads} thread(s).",
-        f"Command: `python benchmarks/inference_mode.py --model {args.model} --shape {args.shape[0]} "
-        f"{args.shape[1]} --iters {args.iters} --threads {args.threads} --device {args.device}"
-        f"{' --compile' if args.compile else ''}`. "
+        f"{datetime.date.today()}, {describe_machine()}, {device.type}"
+        f"{f' ({dev_name})' if dev_name != device.type else ''}{settings}, {args.threads} thread(s).",
+        f"Command: `{command_line('inference_mode.py', argv)}`. "
         "Backbone + neck + head at batch 1, best of the timed iterations (interleaved across the rows); "
-        "max |difference| over every head "
-        "output against the training layout."
+        "autocast rows run the same modules under `torch.autocast` to that type; "
+        f"max |difference| over every head output against the training layout in {reference[1]}."
         + (" torch.compile's compile time is its first call's; inductor caches compiled kernels on disk "
            "(TORCHINDUCTOR_CACHE_DIR), and this run started with an empty cache." if args.compile else ""), "",
-        f"| {args.model} {args.shape[0]}x{args.shape[1]} | forward ms | speed-up | max abs diff |",
-        "| --- | ---: | ---: | ---: |",
+        f"| {args.model} {args.shape[0]}x{args.shape[1]} | precision | forward ms | speed-up | max abs diff |",
+        "| --- | --- | ---: | ---: | ---: |",
         *rows,
     ], write=not args.no_write)
 

@@ -1,7 +1,8 @@
 """SOLOv2 size, FLOPs and CPU/accelerator latency; writes the "## SOLOv2 forward" section of docs/benchmarks.md.
 
-    python benchmarks/solov2_forward.py [--iters 3] [--pairs-post 100 500 1500] [--device cpu] [--no-write]
-    python benchmarks/solov2_forward.py --orders light_r50 [--threads 1]   # only "## SOLOv2 candidate orders"
+    python benchmarks/solov2_forward.py [--iters 3] [--pairs-post 100 500 1500] [--device cpu] [--models r50 light_r50]
+                                        [--no-write]
+    python benchmarks/solov2_forward.py --orders light_r50 [--threads 1]   # only "## SOLOv2 candidate orders" (CPU)
 
 FLOPs are multiply-accumulates of every Conv2d / Linear counted with forward hooks (the dynamic 1x1
 convolution of post-processing is not included), reported as GMACs. Latency is per image at batch 1:
@@ -32,7 +33,7 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import describe_machine, publish  # noqa: E402
+from common import command_line, cuda_settings, describe_machine, device_name, fp32_label, publish  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
 from solo_npu.models.inference import prepare_for_inference  # noqa: E402
@@ -47,6 +48,10 @@ from solo_npu.runtime import prefers_few_shapes, resolve_device, synchronize  # 
 
 HEADING = "## SOLOv2 forward"
 ORDERS_HEADING = "## SOLOv2 candidate orders"
+SPECS = {  # name -> model config, label, FLOPs input and its label, latency canvas, resized image on it, original
+    "r50": ("solov2_r50", "R50-FPN", (800, 1344), "800x1333 (padded 800x1344)", (800, 1216), (800, 1067), (480, 640)),
+    "light_r50": ("solov2_light_r50", "light R50-FPN", (448, 768), "448x768", (448, 608), (448, 597), (480, 640)),
+}
 ORDER_SPECS = {  # name -> (model config, label, canvas)
     "r50": ("solov2_r50", "R50-FPN", (800, 1216)),
     "light_r50": ("solov2_light_r50", "light R50-FPN", (448, 608)),
@@ -169,7 +174,8 @@ def _found(out: tuple, ref: tuple) -> int:
 
 def time_orders(name: str, counts: list[int], iters: int, reference_max: int) -> list[dict]:
     """Per number of pairs above score_thr: seconds of the bounded order (top nms_pre by category score,
-    the former eager default), the exact order and mmdet's order, and how their instances compare."""
+    the former eager default), the exact order and mmdet's order, and how their instances compare. On the CPU,
+    whatever --device says (the model stays there)."""
     cfg_name, label, shape = ORDER_SPECS[name]
     model = build(cfg_name)
     make_lively(model)
@@ -204,12 +210,12 @@ def time_orders(name: str, counts: list[int], iters: int, reference_max: int) ->
     return rows
 
 
-def orders_section(rows: list[dict], command: str, info) -> list[str]:
+def orders_section(rows: list[dict], command: str) -> list[str]:
     date = datetime.date.today().isoformat()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [ORDERS_HEADING, "",
              f"Measured {date} by `{command}` on {describe_machine()}, {torch.get_num_threads()} torch threads, "
-             f"device {info.device}, load average {load:.1f} at the end.",
+             f"device cpu (time_orders keeps the model there), load average {load:.1f} at the end.",
              "One image, fp32, median of the timed runs after one warm-up; the time after the head (selection, "
              "dynamic conv, Matrix NMS by class, top 100), without pasting. The head's category logits are "
              "shifted so that exactly the given number of (cell, class) pairs pass score_thr 0.1. Bounded: the "
@@ -240,14 +246,17 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 gives stable numbers on a busy machine")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS),
+                        help="models of the main section")
     parser.add_argument("--orders", nargs="+", choices=sorted(ORDER_SPECS),
-                        help="only the candidate-order section, for these models")
+                        help="only the candidate-order section, for these models (timed on the CPU)")
     parser.add_argument("--pairs", type=int, nargs="+", default=[100, 500, 1500, 5000],
                         help="pairs above score_thr for --orders")
     parser.add_argument("--pairs-post", type=int, nargs="+", default=[100, 500, 1500],
                         help="pairs above score_thr for the post-processing rows of the main section")
     parser.add_argument("--reference-max", type=int, default=5000,
                         help="--orders: run mmdet's order only up to this many pairs")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     info = resolve_device(args.device)
     if args.threads:
@@ -255,17 +264,11 @@ def main(argv: list[str] | None = None) -> str:
     torch.manual_seed(0)
     if args.orders:
         rows = [r for name in args.orders for r in time_orders(name, args.pairs, args.iters, args.reference_max)]
-        command = (f"python benchmarks/solov2_forward.py --orders {' '.join(args.orders)} --pairs "
-                   f"{' '.join(map(str, args.pairs))} --iters {args.iters} --reference-max {args.reference_max}"
-                   + (f" --threads {args.threads}" if args.threads else ""))
-        return publish(ORDERS_HEADING, orders_section(rows, command, info), write=not args.no_write)
+        return publish(ORDERS_HEADING, orders_section(rows, command_line("solov2_forward.py", argv)),
+                       write=not args.no_write)
 
     rows = []
-    specs = [  # name, label, FLOPs input and its label, latency canvas, resized image on it, original (COCO-like)
-        ("solov2_r50", "R50-FPN", (800, 1344), "800x1333 (padded 800x1344)", (800, 1216), (800, 1067), (480, 640)),
-        ("solov2_light_r50", "light R50-FPN", (448, 768), "448x768", (448, 608), (448, 597), (480, 640)),
-    ]
-    for name, label, flops_shape, flops_label, lat_shape, img_shape, ori in specs:
+    for name, label, flops_shape, flops_label, lat_shape, img_shape, ori in (SPECS[m] for m in args.models):
         model = build(name)
         params = sum(p.numel() for p in model.parameters())
         macs = count_macs(model, flops_shape)
@@ -277,17 +280,17 @@ def main(argv: list[str] | None = None) -> str:
 
     date = datetime.date.today().isoformat()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    machine = (f"{describe_machine()}, {torch.get_num_threads()} torch threads, device {info.device}, "
-               f"load average {load:.1f} at the end")
-    command = (f"python benchmarks/solov2_forward.py --iters {args.iters} --pairs-post "
-               f"{' '.join(map(str, args.pairs_post))} --device {args.device}"
-               + (f" --threads {args.threads}" if args.threads else ""))
+    dev_name = device_name(info)
+    settings = f" ({cuda_settings(info)})" if cuda_settings(info) else ""
+    machine = (f"{describe_machine()}, {torch.get_num_threads()} torch threads, device {info.device}"
+               f"{f' ({dev_name})' if dev_name != info.type else ''}{settings}, load average {load:.1f} at the end")
+    command = command_line("solov2_forward.py", argv)
     layout = "channels-last" if info.inference_channels_last else "NCHW"
     heading = HEADING if info.type == "cpu" else f"{HEADING} ({info.type})"
     lines = [heading, "", f"Measured {date} by `{command}` on {machine}.",
-             "Batch 1, fp32, median of the timed iterations after one warm-up. GMACs: Conv2d/Linear multiply-"
-             "accumulates of backbone + neck + head. Forward: backbone + neck + head in the training layout, and "
-             f"in the inference mode that checkpoint evaluation runs on this device (BN folded, {layout}). "
+             f"Batch 1, {fp32_label(info)}, median of the timed iterations after one warm-up. GMACs: Conv2d/Linear "
+             "multiply-accumulates of backbone + neck + head. Forward: backbone + neck + head in the training layout, "
+             f"and in the inference mode that checkpoint evaluation runs on this device (BN folded, {layout}). "
              "Post-processing is eager `predict`'s, after the head: `select_exact` (the reference order's "
              "instances: candidates by category score, dynamic conv, maskness, Matrix NMS by class, top 100) plus "
              "pasting the kept masks to a 480x640 original (`paste_masks`) and their boxes. The head's category "

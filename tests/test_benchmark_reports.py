@@ -84,3 +84,18 @@ def test_fp32_on_cuda_says_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
     assert common.fp32_label(cpu) == "fp32"
     assert common.cuda_settings(cpu) == ""
 
+
+def test_forward_benchmark_times_autocast_rows(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import inference_mode
+
+    monkeypatch.setattr(inference_mode, "describe_machine", lambda: "a machine")
+    argv = ["--model", "solov2_tiny", "--shape", "64", "64", "--iters", "1", "--device", "cpu", "--precision", "fp32",
+            "fp16", "bf16", "--no-write"]
+    inference_mode.main(argv)
+    out = capsys.readouterr().out
+    assert "fp16 autocast is not timed on the CPU" in out
+    assert f"Command: `python benchmarks/inference_mode.py {' '.join(argv)}`" in out
+    rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    layouts = ["| training layout (today's eager)", "| BN folded", "| BN folded + channels-last (1x1 on oneDNN)"]
+    assert rows == [[name, precision] for precision in ("fp32", "bf16 autocast") for name in layouts]
