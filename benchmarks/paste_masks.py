@@ -48,11 +48,11 @@ def two_resizes(probs: torch.Tensor, meta: dict, thr: float = 0.5) -> torch.Tens
     return torch.cat(out)
 
 
-def masks_of(hw: tuple[int, int], cover: str, n: int = 100) -> torch.Tensor:
+def masks_of(hw: tuple[int, int], maps: str, n: int = 100) -> torch.Tensor:
     """``full``: smooth random probabilities over the whole mask (about half above 0.5 everywhere);
     ``objects``: one blob of 5-30% of each side per mask, zero elsewhere."""
     g = torch.Generator().manual_seed(0)
-    if cover == "full":
+    if maps == "full":
         low = torch.rand(n, 1, hw[0] // 8, hw[1] // 8, generator=g)
         return F.interpolate(low, size=hw, mode="bilinear", align_corners=False)[:, 0]
     probs = torch.zeros(n, *hw)
@@ -83,26 +83,26 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(args.threads)
     rows = []
     for label, hw, meta in CASES:
-        for cover in ("full", "objects"):
-            probs = masks_of(hw, cover)
+        for maps in ("full", "objects"):
+            probs = masks_of(hw, maps)
             new_ms, new = median_ms(lambda: paste_masks(probs, meta, 0.5), args.iters)  # noqa: B023
             whole_ms, whole = median_ms(lambda: paste_masks(probs, meta, 0.5, regions=False), args.iters)  # noqa: B023
             ref_ms, ref = median_ms(lambda: two_resizes(probs, meta), args.iters)  # noqa: B023
             differ = int((new != ref).sum()) + int((whole != ref).sum())
-            rows.append((label, f"{hw[0]}x{hw[1]}", cover, float(ref.float().mean()), ref_ms, new_ms, whole_ms,
+            rows.append((label, f"{hw[0]}x{hw[1]}", maps, float(ref.float().mean()), ref_ms, new_ms, whole_ms,
                          differ, 2 * new.numel()))
             print(rows[-1], flush=True)
     lines = [HEADING, "", f"Measured {datetime.date.today().isoformat()} by `python benchmarks/paste_masks.py "
              f"--iters {args.iters}" + (f" --threads {args.threads}" if args.threads else "") + f"` on "
              f"{describe_machine()}, {torch.get_num_threads()} torch threads. 100 mask probability maps pasted to "
-             "a 480x640 original; median of the timed runs after one warm-up. `full`: smooth random maps "
+             "a 480x640 original; median of the timed runs after one warm-up. Maps `full`: smooth random maps "
              "(about half of every mask above 0.5); `objects`: one box-shaped blob of 5-30% of each side per "
-             "mask.", "",
-             "| canvas | low-res masks | masks | cover | two resizes (ms) | paste_masks, regions (ms) "
+             "mask. Above 0.5: the share of pasted pixels above the threshold.", "",
+             "| canvas | low-res masks | maps | above 0.5 | two resizes (ms) | paste_masks, regions (ms) "
              "| paste_masks, whole masks (ms) | pixels that differ |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, shape, cover, frac, ref_ms, new_ms, whole_ms, differ, total in rows:
-        lines.append(f"| {label} | {shape} | {cover} | {100 * frac:.0f}% | {ref_ms:.0f} | {new_ms:.0f} | "
+    for label, shape, maps, frac, ref_ms, new_ms, whole_ms, differ, total in rows:
+        lines.append(f"| {label} | {shape} | {maps} | {100 * frac:.0f}% | {ref_ms:.0f} | {new_ms:.0f} | "
                      f"{whole_ms:.0f} | {differ} of {total / 1e6:.1f} M |")
     lines += ["", "`regions` is the CPU default (each mask resampled only over the 32 x 32 blocks its taps above "
               "the threshold reach), `whole masks` the accelerator default (batches of 32 masks, a few large "
