@@ -52,7 +52,17 @@ TORCH_VERSION ?=
 TORCH_VENV ?= .venv-torch-$(TORCH_VERSION)
 PY_MINOR := import sys; print("%d.%d" % sys.version_info[:2])
 
-.PHONY: install demo test test-floor test-lts test-torch lint clean
+# Wheels for the lent GPU machine that benchmarks/gpu_suite.sh runs on (docs/benchmarks.md, "GPU suite"): Python 3.12
+# with torch, onnx, onnxruntime, numpy, PyYAML, packaging, sympy, colorama and ml-dtypes but without a package index.
+# These are the packages it lacks, at the versions the main venv holds; every other requirement of theirs is there.
+# Pure-Python and cp312 manylinux x86_64 wheels come from the index; antlr4-python3-runtime 4.9.3 (omegaconf's and
+# hydra-core's ==4.9.* pin) has an sdist only, built here into a pure-Python wheel. The folder is git-ignored, so a
+# device call names it in carry; the suite installs it with pip install --no-index --find-links .whl.
+GPU_WHEELS_DIR ?= .whl
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 pycocotools==2.0.11 onnxslim==0.1.98
+GPU_WHEELS_SDIST := antlr4-python3-runtime==4.9.3
+
+.PHONY: install demo test test-floor test-lts test-torch lint clean gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -106,3 +116,11 @@ lint: install
 
 clean:
 	rm -rf outputs output data/synthetic .pytest_cache
+
+# One version of each package (two would stop the install there), so the folder is made afresh.
+gpu-wheels:
+	rm -rf $(GPU_WHEELS_DIR)
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS_DIR) $(GPU_WHEELS)
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(GPU_WHEELS_DIR) $(GPU_WHEELS_SDIST)
+	@ls -l $(GPU_WHEELS_DIR); du -sh $(GPU_WHEELS_DIR)
