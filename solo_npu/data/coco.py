@@ -285,7 +285,8 @@ class CocoInstanceDataset(Dataset):
         img_dir: directory holding the ``file_name`` of every image.
         transforms: callable ``(sample, rng) -> sample`` (see :mod:`solo_npu.data.transforms`).
         train: skip the images mmdet's filter leaves out and those that cannot be read; leave out crowd
-            instances; decode masks.
+            instances and annotations marked ``"ignore": true`` (counted: :attr:`ignored_annotations`); decode
+            masks.
         max_instances: keep at most this many instances per image (the largest, in annotation order).
         seed: base seed; sample randomness comes from ``(seed, epoch, index)``.
         with_masks: decode instance masks (default: ``train``; evaluation reads the json instead).
@@ -322,6 +323,7 @@ class CocoInstanceDataset(Dataset):
         # Objects of the file's other categories are not used (not counted as faults): a subset on purpose.
         self.unselected = sorted(set(listed) - set(self.cat_ids), key=lambda c: (type(c).__name__, c))
         self._unselected_objects = 0
+        self._ignored_objects = 0  # training: annotations marked ``"ignore": true``, left out as mmdet leaves them
         if class_names is None and list(listed) != self.cat_ids:
             # mmdet (mmdet/datasets/coco.py: cat_ids = coco.get_cat_ids(cat_names=classes), cat2label by position)
             # and the original SOLO number the classes in the order pycocotools' getCatIds returns them: the file's.
@@ -345,6 +347,9 @@ class CocoInstanceDataset(Dataset):
             logger.info("%s: %d objects of the %d categories not among the classes (%s) are not used",
                         ann_file, self._unselected_objects, len(names),
                         ", ".join(names[:8]) + (" ..." if len(names) > 8 else ""))
+        if self._ignored_objects:
+            logger.info("%s: %d annotations marked \"ignore\": true are not used in training (as mmdet's CocoDataset)",
+                        ann_file, self._ignored_objects)
         # Read-time faults may be found in worker processes; shared memory makes them visible here.
         self._read_counts = torch.zeros(_COUNT_ROWS, len(READ_FAULTS), dtype=torch.int64).share_memory_()
         self._logged_files: set[tuple[str, str]] = set()
@@ -378,6 +383,14 @@ class CocoInstanceDataset(Dataset):
             annotated = False
             for ann in self.coco.imgToAnns.get(image_id, []):
                 annotated = annotated or ann.get("category_id") in self.cat_to_label
+                if self.train and ann.get("ignore", False):
+                    # mmdet's parser skips it first, whatever else it holds (open-mmlab/mmdetection
+                    # mmdet/datasets/coco.py, 2.x CocoDataset._parse_ann_info and 3.x parse_data_info:
+                    # ``if ann.get('ignore', False): continue``); its image still counts as annotated above
+                    # (cat_img_map lists it). Evaluation leaves the flag to pycocotools, whose COCOeval._prepare
+                    # (cocoeval.py) replaces it with ``iscrowd``.
+                    self._ignored_objects += 1
+                    continue
                 if ann.get("iscrowd", 0):
                     continue  # crowd regions are never training targets; COCOeval handles them itself
                 if ann.get("category_id") not in self.cat_to_label:
@@ -437,6 +450,8 @@ class CocoInstanceDataset(Dataset):
             boxes_only = bool(anns) and not any(a.get("segmentation") for a in anns if not a.get("iscrowd", 0))
             why = (f"; {self.ann_file.name} has boxes but no masks ('segmentation'), and SOLOv2 learns from "
                    "instance masks" if boxes_only else "")
+            if self._ignored_objects:
+                why += f"; {self._ignored_objects} annotations marked \"ignore\": true are left out of training"
             raise AnnotationFileError(f"no usable training image in {self.img_dir}: {dict(self._init_counts)}{why}")
         return records
 
@@ -461,6 +476,11 @@ class CocoInstanceDataset(Dataset):
     def aspect_flags(self) -> np.ndarray:
         """bool [N]: True where the image is landscape or square (w >= h); used for batch grouping."""
         return np.array([r["width"] >= r["height"] for r in self.records], dtype=bool)
+
+    @property
+    def ignored_annotations(self) -> int:
+        """Annotations left out of training because they are marked ``"ignore": true`` (0 in evaluation)."""
+        return self._ignored_objects
 
     @property
     def image_ids(self) -> list[int]:
