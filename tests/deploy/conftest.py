@@ -70,3 +70,14 @@ def make_ctx(synthetic_coco: Path, fitted_tiny: nn.Module,
         return ctx
 
     return make
+
+
+@pytest.fixture
+def providers(monkeypatch):
+    """Set what ``onnxruntime.get_available_providers()`` reports (onnxruntime-cann, -gpu or plain)."""
+    import onnxruntime
+
+    def use(*names):
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [*names, "CPUExecutionProvider"])
+
+    return use

@@ -7,27 +7,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from deploy_support import CPU, CUDA1, NPU0, tiny_onnx
 
 from solo_npu.deploy import runners
 from solo_npu.deploy.backends import BACKENDS, build_backends
 from solo_npu.deploy.context import DeployError
 from solo_npu.deploy.verify import match_detections, tolerances
-from solo_npu.runtime import DeviceInfo
-
-CPU = DeviceInfo("cpu", torch.device("cpu"), 0)
-CUDA1 = DeviceInfo("cuda", torch.device("cuda", 1), 1)
-NPU0 = DeviceInfo("npu", torch.device("cpu"), 0)  # torch.device("npu") needs torch_npu; only .type/.index matter
-
-
-@pytest.fixture
-def providers(monkeypatch):
-    """Set what ``onnxruntime.get_available_providers()`` reports (onnxruntime-cann, -gpu or plain)."""
-    import onnxruntime
-
-    def use(*names):
-        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [*names, "CPUExecutionProvider"])
-
-    return use
 
 
 def test_cann_provider_whenever_offered_with_device_id(providers):
@@ -57,19 +42,6 @@ def test_cuda_provider_device_id_and_missing_provider_warning(providers, caplog)
     assert "install onnxruntime-cann" in caplog.text
     assert runners.ort_device(NPU0, "npu") == "cpu"
 
-
-def tiny_onnx(path, shape=(1, 3, 8, 8)):
-    """A one-node ONNX (``output = Relu(input)``) for tests of the session, not of a model."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "tiny",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))])
-    # IR version 7 is opset 13's (ONNX 1.8); make_model would write the installed onnx's newest IR version, which
-    # an older onnxruntime refuses (on Python 3.10 pip pairs onnx's IR 14 with onnxruntime 1.23's maximum of 11)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), str(path))
-    return path
 
 
 @pytest.fixture

@@ -8,53 +8,23 @@ import logging
 
 import pytest
 import torch
+from deploy_support import CPU, NPU0, exported_ctx, tiny_onnx
 
 from solo_npu.config.deploy_schema import check_deploy_overrides, unknown_key
 from solo_npu.deploy import runners
 from solo_npu.deploy.backends import BACKENDS
 from solo_npu.deploy.benchmark import memory_sampler, run_benchmark
 from solo_npu.deploy.context import DeployError
-from solo_npu.deploy.export import run_export
-from solo_npu.deploy.preprocess import run_preprocess
 from solo_npu.deploy.report import build_report
 from solo_npu.runtime import DeviceInfo
-
-CPU = DeviceInfo("cpu", torch.device("cpu"), 0)
-NPU0 = DeviceInfo("npu", torch.device("cpu"), 0)  # torch.device("npu") needs torch_npu; only .type/.index matter
-
-
-@pytest.fixture
-def providers(monkeypatch):
-    """Set what ``onnxruntime.get_available_providers()`` reports (onnxruntime-cann, -gpu or plain)."""
-    import onnxruntime
-
-    def use(*names):
-        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [*names, "CPUExecutionProvider"])
-
-    return use
-
-
-def tiny_onnx(path, shape=(1, 3, 8, 8)):
-    """``output = Relu(input)``; IR version 7 (opset 13's), which onnxruntime 1.23 reads too."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "tiny",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(shape))])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
 def exported(make_ctx):
     """ONNX export (batch 1 and 2) and preprocess of the fitted tiny model, benchmarked once per timing."""
-    ctx = make_ctx("deploy.backends=[pytorch,onnxruntime]", "deploy.export_formats=[onnx]",
-                   "deploy.benchmark.iters=1", "deploy.benchmark.warmup=0", "deploy.benchmark.e2e_images=1",
-                   "deploy.onnxruntime.inter_op_num_threads=2")
-    run_export(ctx)
-    run_preprocess(ctx)
-    return ctx
+    return exported_ctx(make_ctx, "deploy.backends=[pytorch,onnxruntime]", "deploy.export_formats=[onnx]",
+                        "deploy.benchmark.iters=1", "deploy.benchmark.warmup=0", "deploy.benchmark.e2e_images=1",
+                        "deploy.onnxruntime.inter_op_num_threads=2")
 
 
 def test_benchmark_rows_and_report_state_the_thread_settings(exported):

@@ -11,40 +11,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from deploy_support import CPU, exported_ctx, tiny_onnx
 
 from solo_npu.deploy import runners
 from solo_npu.deploy.backends import BACKENDS
 from solo_npu.deploy.benchmark import run_benchmark
 from solo_npu.deploy.context import DeployError
-from solo_npu.deploy.export import run_export
 from solo_npu.deploy.infer import run_infer
-from solo_npu.deploy.preprocess import run_preprocess
-from solo_npu.runtime import DeviceInfo
-
-CPU = DeviceInfo("cpu", torch.device("cpu"), 0)
-
-
-@pytest.fixture
-def providers(monkeypatch):
-    """Set what ``onnxruntime.get_available_providers()`` reports (onnxruntime-cann, -gpu or plain)."""
-    import onnxruntime
-
-    def use(*names):
-        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [*names, "CPUExecutionProvider"])
-
-    return use
-
-
-def tiny_onnx(path, shape=(1, 3, 8, 8), outputs=("output",)):
-    """Each output ``Relu(input)``; IR version 7 (opset 13's), which onnxruntime 1.23 reads too."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], [name]) for name in outputs], "tiny",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape)) for n in outputs])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), str(path))
-    return path
 
 
 def failing_onnx(path, shape, outputs=("output",)):
@@ -192,12 +165,9 @@ def test_unloadable_torchscript_is_one_line_naming_the_torch_that_saved_it(tmp_p
 @pytest.fixture(scope="module")
 def exported(make_ctx):
     """export (TorchScript and ONNX, batch 1 and 2) and preprocess of the fitted tiny model, for three backends."""
-    ctx = make_ctx("deploy.backends=[pytorch,torchscript,onnxruntime]", "deploy.benchmark.iters=1",
-                   "deploy.benchmark.warmup=0", "deploy.benchmark.e2e_images=1", "deploy.infer.batch_sizes=[1]",
-                   "deploy.infer.keep_raw=false")
-    run_export(ctx)
-    run_preprocess(ctx)
-    return ctx
+    return exported_ctx(make_ctx, "deploy.backends=[pytorch,torchscript,onnxruntime]", "deploy.benchmark.iters=1",
+                        "deploy.benchmark.warmup=0", "deploy.benchmark.e2e_images=1", "deploy.infer.batch_sizes=[1]",
+                        "deploy.infer.keep_raw=false")
 
 
 def test_manifest_records_the_exporting_versions(exported):
