@@ -125,6 +125,9 @@ class DataConfig:
     normalize: NormalizeConfig = MISSING  # pixel normalisation of the images
     pad: PadConfig = MISSING  # canvas of a batch
     max_instances: int = MISSING
+    # training skips an image whose shorter side is under this many px (mmdet's filter_cfg min_size, 32 in
+    # configs/_base_/datasets/coco_instance.py); 0 keeps every size. A default: a data yaml may leave it out
+    min_size: int = 32
     instance_slots: str = MISSING  # ladder | fixed
     slot_ladder: list[int] = MISSING
     num_workers: int = MISSING

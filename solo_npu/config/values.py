@@ -48,6 +48,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "launcher.timeout_min": (1, None, True, False),
     "data.num_workers": (0, None, True, False),
     "data.max_instances": (1, None, True, False),
+    "data.min_size": (0, None, True, False),
 }
 
 

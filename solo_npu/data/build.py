@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from solo_npu.data.coco import CocoInstanceDataset
+from solo_npu.data.coco import DEFAULT_MIN_SIZE, CocoInstanceDataset
 from solo_npu.data.collate import SLOT_LADDER, FixedShapeCollate
 from solo_npu.data.samplers import GroupedBatchSampler
 from solo_npu.data.synthetic import SHAPE_SCALE, generate_synthetic_coco
@@ -78,7 +78,8 @@ def build_dataset(data_cfg: Any, split: str, seed: int = 0,
     if class_names is None and data_cfg.get("class_names") is not None:
         class_names = [str(n) for n in data_cfg.get("class_names")]
     return CocoInstanceDataset(ann_file, img_dir, transforms=build_transforms(data_cfg, train), train=train,
-                               max_instances=int(data_cfg.max_instances), seed=seed, class_names=class_names)
+                               max_instances=int(data_cfg.max_instances), seed=seed, class_names=class_names,
+                               min_size=int(data_cfg.get("min_size", DEFAULT_MIN_SIZE)))
 
 
 def build_collate(data_cfg: Any) -> FixedShapeCollate:

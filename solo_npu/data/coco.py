@@ -47,6 +47,9 @@ INIT_FAULTS = ("orphan_annotation", "duplicate_annotation_id", "bad_category", "
 READ_FAULTS = ("unreadable_image", "image_size_mismatch", "empty_mask")
 FAULT_KINDS = INIT_FAULTS + READ_FAULTS
 _LOG_NAMES = 10  # file names listed per kind in the log
+# mmdet's filter_cfg=dict(filter_empty_gt=True, min_size=32) (open-mmlab/mmdetection
+# configs/_base_/datasets/coco_instance.py); data.min_size in the config
+DEFAULT_MIN_SIZE = 32
 # Read faults are counted in shared memory, one row per process (row 0: the process that owns the dataset,
 # row 1 + w: DataLoader worker w), so that workers never update the same number at once.
 _COUNT_ROWS = 65
@@ -290,8 +293,9 @@ class CocoInstanceDataset(Dataset):
         max_instances: keep at most this many instances per image (the largest, in annotation order).
         seed: base seed; sample randomness comes from ``(seed, epoch, index)``.
         with_masks: decode instance masks (default: ``train``; evaluation reads the json instead).
-        min_size: training skips an image whose shorter side is under this many pixels (mmdet's
-            ``filter_cfg=dict(filter_empty_gt=True, min_size=32)``, configs/_base_/datasets/coco_instance.py).
+        min_size: training skips an image whose shorter side is under this many pixels (``data.min_size``;
+            mmdet's ``filter_cfg=dict(filter_empty_gt=True, min_size=32)``, configs/_base_/datasets/coco_instance.py);
+            0 keeps every size.
 
     Indexing with an int uses :attr:`epoch` (see :meth:`set_epoch`); indexing with an
     ``(index, epoch)`` tuple, as the project's samplers do, makes persistent workers epoch-exact.
@@ -300,7 +304,7 @@ class CocoInstanceDataset(Dataset):
     def __init__(self, ann_file: str | os.PathLike, img_dir: str | os.PathLike, transforms: Any = None,
                  train: bool = True, max_instances: int = 100, seed: int = 0,
                  with_masks: bool | None = None, class_names: Sequence[str] | None = None,
-                 min_size: int = 32) -> None:
+                 min_size: int = DEFAULT_MIN_SIZE) -> None:
         if not Path(ann_file).is_file():
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
         if not Path(img_dir).is_dir():
