@@ -326,6 +326,8 @@ def check_overrides(overrides: Sequence[str], schema: type, conf_dir: str | os.P
     check_choices = not any(o.startswith(("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath",
                                           "+hydra.searchpath")) for o in overrides)
     parser = OverridesParser.create()
+    model_sets: list[tuple[str, list[str]]] = []  # (text, key parts) of the overrides that set a model key
+    rest: list[str] = []  # the others, which compose the model those keys are looked up in
     for text in overrides:
         if text.startswith("-") or "=" not in text and not text.startswith("~"):
             continue  # Hydra's own flags (--cfg job, -m)
@@ -334,9 +336,14 @@ def check_overrides(overrides: Sequence[str], schema: type, conf_dir: str | os.P
         except HydraException:
             continue  # Hydra reports its own grammar errors
         key = override.key_or_group
+        parts = key.split(".")
+        if parts[0] == "model" and len(parts) > 1 and override.package is None and not override.is_delete() \
+                and not override.is_add() and not override.is_force_add():  # +model.x / ++model.x add a key
+            model_sets.append((text, parts))
+        elif parts[0] != "hydra":
+            rest.append(text)
         if override.package is not None or "/" in key:
             continue
-        parts = key.split(".")
         if key in groups:
             why = None if override.is_delete() or not check_choices else _unknown_choice(groups[key], override.value())
             if why is not None:
@@ -352,4 +359,48 @@ def check_overrides(overrides: Sequence[str], schema: type, conf_dir: str | os.P
         why = wrong_value(override.value(), field_type(parts, schema))
         if why is not None:
             return f"{text}: {why}"
+    if model_sets and conf_dir is not None and check_choices:
+        return _unknown_model_key(model_sets, rest, schema, Path(conf_dir))
+    return None
+
+
+def _unknown_model_key(model_sets: Sequence[tuple[str, list[str]]], rest: Sequence[str], schema: type,
+                       conf_dir: Path) -> str | None:
+    """The first override of ``model_sets`` that sets a key the model does not have, as one line naming it, the
+    model and the settings there (``model.head.norm=bn``: ``model.head of solov2_r50_fpn has no setting 'norm'
+    (its settings: ...)``); Hydra's own report of it is several lines (``Could not override 'model.head.norm'.
+    ... Key 'norm' is not in struct``). ``model`` is typed ``Any`` (a yaml holds its builder's arguments), so its
+    keys are looked up in the model the other overrides compose; None when they do not compose (Hydra says why)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from solo_npu.config.schema import register_configs
+
+    if GlobalHydra.instance().is_initialized():
+        return None
+    register_configs()
+    name = "deploy" if isinstance(schema, type) and issubclass(schema, DeployJobConfig) else "config"
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
+            model = OmegaConf.to_container(compose(name, overrides=list(rest)).model, resolve=False)
+    except Exception:  # noqa: BLE001 - whatever keeps the config from composing, Hydra reports it next
+        return None
+    if not isinstance(model, dict):
+        return None
+    label = model.get("name") or "the model"
+    for text, parts in model_sets:
+        node: Any = model
+        for depth, part in enumerate(parts[1:], start=1):
+            if not isinstance(node, dict):
+                return f"unknown setting {'.'.join(parts)} in {text!r}: {'.'.join(parts[:depth])} of {label} is a " \
+                       "value, not a group of settings"
+            if part not in node:
+                settings = [str(k) for k in node if k != "_target_"]
+                close = difflib.get_close_matches(part, settings, n=1)
+                hint = f"did you mean {'.'.join([*parts[:depth], close[0]])}?" if close else \
+                    f"its settings: {', '.join(settings)}"
+                return f"unknown setting {'.'.join(parts)} in {text!r}: {'.'.join(parts[:depth])} of {label} has " \
+                       f"no setting {part!r} ({hint})"
+            node = node[part]
     return None

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigValueError", "check_values"]
+__all__ = ["MODEL_CHOICES", "ConfigValueError", "check_model_choices", "check_values"]
 
 
 class ConfigValueError(ValueError):
@@ -51,6 +51,29 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.min_size": (0, None, True, False),
 }
 
+_NORMS = ("bn", "frozen_bn", "gn")  # solo_npu.models.backbones.resnet.build_norm
+_STYLES = ("pytorch", "caffe")  # ResNet Bottleneck: stride on the 3x3 (pytorch) or the first 1x1 (caffe) conv
+# builder (the model's ``_target_``) -> key under ``model`` -> the values its builder takes (None: null). The builders
+# refuse other values too, but only once the run has started, through Hydra's report ("Error in call to target"),
+# and some not at all (a ResNet-18's ``style``, read only by the Bottleneck blocks of ResNet-50 and deeper).
+MODEL_CHOICES: dict[str, dict[str, tuple[str | None, ...]]] = {
+    "solo_npu.models.solov2.build_solov2": {
+        "backbone.norm": _NORMS,
+        "backbone.style": _STYLES,
+        "neck.norm": (None, "gn", "bn"),  # solo_npu.models.necks.fpn.FPN
+        "test.kernel": ("gaussian", "linear"),  # matrix NMS decay (solo_npu.models.solov2.matrix_nms)
+    },
+    "solo_npu.models.fcos.build_fcos": {
+        "norm": _NORMS,
+        "style": _STYLES,
+        "head.norm": ("none", None, "gn"),  # solo_npu.models.fcos.HEAD_NORMS (any case), or null
+    },
+    "solo_npu.models.yolact_edge.build_yolact_edge": {
+        "export_mode": ("detections", "heads", "features"),  # solo_npu.models.yolact_edge.EXPORT_OUTPUT_NAMES
+    },
+}
+_ANY_CASE = {("solo_npu.models.fcos.build_fcos", "head.norm")}  # fcos.head_norm lowers and strips the value
+
 
 def _get(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
     node: Any = cfg
@@ -84,6 +107,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
             allowed = _range_text(low, high, low_included) + (" or null" if nullable else "")
             raise ConfigValueError(f"{key}={value}: must be {allowed}")
     _check_normalize(cfg)
+    check_model_choices(cfg)
     present, nnodes = _get(cfg, "launcher.nnodes")
     _, node_rank = _get(cfg, "launcher.node_rank")
     if present and isinstance(node_rank, int) and node_rank >= nnodes:
@@ -107,3 +131,25 @@ def _check_normalize(cfg: Mapping[str, Any]) -> None:
         raise ConfigValueError(
             f"data.normalize.mean={list(mean)} is the {other} style's mean, but data.normalize.style={style} feeds "
             f"{order} pixels: set data.normalize.mean=null data.normalize.std=null (the {style} style's own)")
+
+
+def _choice_text(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def check_model_choices(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigValueError` for a model setting of :data:`MODEL_CHOICES` outside the values its builder
+    takes, in one line naming the key, the value and those values (``model.backbone.norm=bnx: must be one of bn,
+    frozen_bn, gn``). Keys the model does not have, and builders the table does not name, are not checked."""
+    present, model = _get(cfg, "model")
+    if not present or not isinstance(model, Mapping):
+        return
+    target = str(model.get("_target_", ""))
+    for key, allowed in MODEL_CHOICES.get(target, {}).items():
+        found, value = _get(model, key)
+        if not found:
+            continue
+        seen = value.strip().lower() if isinstance(value, str) and (target, key) in _ANY_CASE else value
+        if isinstance(seen, bool) or seen not in allowed:  # a yaml ``off`` / ``no`` reads as False
+            raise ConfigValueError(f"model.{key}={_choice_text(value)}: must be one of "
+                                   f"{', '.join(_choice_text(v) for v in allowed)}")
