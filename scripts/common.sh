@@ -22,7 +22,8 @@
 #                      of training elsewhere; auto falls back to CUDA, then CPU.
 #   --checkpoint=PATH  weights (train_eval_1p.sh, train_finetune_1p.sh); --ckpt_path=PATH and --pth_path=PATH (the
 #                      ModelZoo templates' names) are the same. Without it, the last checkpoint of a full training
-#                      run for the device id (see require_checkpoint)
+#                      run for the device id; train_eval_1p.sh: of the latest training run, a fine-tuning included
+#                      (see require_checkpoint)
 #   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch;
 #                      --more_path1=PATH (the ModelZoo templates' pretrained weights) is the same
 #   key=value          any further Hydra override of train.py, passed through last
@@ -49,6 +50,7 @@ pretrained=""
 apex=""
 EXTRA=()
 CHECKPOINT_NOTE=""  # where --checkpoint's file came from, when setup_env should say it
+PASSED_OVER=""      # a full training run's checkpoint that the default of train_eval_1p.sh passed over
 OUTPUT_ROOT="${OUTPUT_DIR:-output}"  # output/<device_id> holds a run's output
 [[ "${OUTPUT_ROOT}" == /* ]] || OUTPUT_ROOT="${PWD}/${OUTPUT_ROOT}"  # train.py runs from the repository root
 COCO_SPLITS="train val"  # the splits --data_path must hold
@@ -140,16 +142,25 @@ parse_args() {
     echo "device id is ${device_id} (${source})"
 }
 
-# latest_training_checkpoint: sets LATEST_CHECKPOINT to run/checkpoints/last.pth of the latest full training run
-# (train_full_1p.sh or train_full_8p.sh: config.yaml's experiment_name 1p or 8p) for the device id: output/<id>, else
-# the earlier outputs setup_env moved aside, output/<id>.<date>-<time>[-n], newest first. Fails when there is none.
+# latest_training_checkpoint KINDS: sets LATEST_CHECKPOINT to run/checkpoints/last.pth of the latest training run of
+# one of the KINDS (config.yaml's experiment_name, an extended regular expression: "1p|8p" for train_full_1p.sh and
+# train_full_8p.sh, "1p|8p|finetune" with train_finetune_1p.sh) for the device id: output/<id>, else the earlier
+# outputs setup_env moved aside, output/<id>.<date>-<time>[-n], newest first; LATEST_KIND to its experiment_name.
+# Sets FULL_CHECKPOINT to the latest such checkpoint of a full training run (1p or 8p; "" when there is none), which
+# may be older than LATEST_CHECKPOINT. Fails when there is no checkpoint of the KINDS.
 latest_training_checkpoint() {
-    local dir
+    local kinds="$1" dir kind
+    LATEST_CHECKPOINT="" LATEST_KIND="" FULL_CHECKPOINT=""
     while IFS= read -r dir; do
-        if [[ -f "${dir}/run/checkpoints/last.pth" ]] \
-            && grep -qE '^experiment_name: (1p|8p)$' "${dir}/run/config.yaml" 2>/dev/null; then
-            LATEST_CHECKPOINT="${dir}/run/checkpoints/last.pth"
-            return 0
+        [[ -f "${dir}/run/checkpoints/last.pth" ]] || continue
+        kind="$(sed -n '/^experiment_name: /{s///p;q;}' "${dir}/run/config.yaml" 2>/dev/null)"
+        [[ "${kind}" =~ ^(${kinds})$ ]] || continue
+        if [[ -z "${LATEST_CHECKPOINT}" ]]; then
+            LATEST_CHECKPOINT="${dir}/run/checkpoints/last.pth" LATEST_KIND="${kind}"
+        fi
+        if [[ "${kind}" =~ ^(1p|8p)$ ]]; then
+            FULL_CHECKPOINT="${dir}/run/checkpoints/last.pth"
+            break
         fi
     done < <(
         printf '%s\n' "${OUTPUT_ROOT}/${device_id}"
@@ -157,25 +168,41 @@ latest_training_checkpoint() {
             if [[ -d "${dir}" ]]; then printf '%s\n' "${dir}"; fi
         done | sort -rV
     )
-    return 1
+    [[ -n "${LATEST_CHECKPOINT}" ]]
 }
 
-# require_checkpoint: --checkpoint, else the last checkpoint of the full training run (latest_training_checkpoint),
-# as the ModelZoo SOLOv2 train_eval_1p.sh and train_finetune_1p.sh default to the training run's latest checkpoint
+# require_checkpoint [eval]: --checkpoint, else a checkpoint of the device id's training outputs
+# (latest_training_checkpoint), as the ModelZoo SOLOv2 scripts default to the training work_dir's latest checkpoint
 # (Ascend/ModelZoo-PyTorch, PyTorch/contrib/cv/detection/SOLOv2/test/train_eval_1p.sh:
 # MODEL="./work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth", train_finetune_1p.sh: --resume_from
 # work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth); one line and exit when there is none. setup_env prints the
 # file used, where setup_env's move has taken it.
+#   train_finetune_1p.sh: the last checkpoint of the latest full training run (train_full_1p.sh, train_full_8p.sh),
+#     not of an earlier fine-tuning, so that fine-tuning again starts from the same weights.
+#   train_eval_1p.sh (eval): the last checkpoint of the latest training run, fine-tuning included. The ModelZoo
+#     train_finetune_1p.sh fine-tunes into the training run's work_dir (PyTorch/contrib/cv/detection/SOLOv2/tools/
+#     train.py keeps the config's cfg.work_dir, the script passes no --work_dir), so the latest.pth that
+#     train_eval_1p.sh evaluates is then the fine-tuned one.
+#     When that passes over an older full training run's checkpoint, setup_env says so in a [Warning] line.
 require_checkpoint() {
     if [[ -n "${checkpoint}" ]]; then
         return 0
     fi
-    if latest_training_checkpoint; then
+    local kinds="1p|8p" runs="train_full_1p.sh or train_full_8p.sh"
+    if [[ "${1:-}" == eval ]]; then
+        kinds="1p|8p|finetune" runs="train_full_1p.sh, train_full_8p.sh or train_finetune_1p.sh"
+    fi
+    if latest_training_checkpoint "${kinds}"; then
         checkpoint="${LATEST_CHECKPOINT}"
-        CHECKPOINT_NOTE="no --checkpoint given: the last checkpoint of train_full_1p.sh or train_full_8p.sh for device ${device_id}"
+        if [[ "${LATEST_KIND}" == finetune ]]; then
+            CHECKPOINT_NOTE="no --checkpoint given: the last checkpoint of the latest training run for device ${device_id}, train_finetune_1p.sh's"
+            PASSED_OVER="${FULL_CHECKPOINT}"
+        else
+            CHECKPOINT_NOTE="no --checkpoint given: the last checkpoint of train_full_1p.sh or train_full_8p.sh for device ${device_id}"
+        fi
         return 0
     fi
-    echo "[Error] para \"checkpoint\" must be config: give --checkpoint=PATH (no ${OUTPUT_ROOT}/${device_id}/run/checkpoints/last.pth of train_full_1p.sh or train_full_8p.sh, here or in ${OUTPUT_ROOT}/${device_id}.*)"
+    echo "[Error] para \"checkpoint\" must be config: give --checkpoint=PATH (no ${OUTPUT_ROOT}/${device_id}/run/checkpoints/last.pth of ${runs}, here or in ${OUTPUT_ROOT}/${device_id}.*)"
     exit 1
 }
 
@@ -213,6 +240,10 @@ setup_env() {
     fi
     if [[ -n "${CHECKPOINT_NOTE}" ]]; then
         echo "checkpoint: ${checkpoint} (${CHECKPOINT_NOTE})"
+    fi
+    if [[ -n "${PASSED_OVER}" ]]; then
+        echo "[Warning] evaluating the fine-tuned ${checkpoint}, not the older full training run's ${PASSED_OVER}" \
+            "(--checkpoint=${PASSED_OVER} evaluates that one)"
     fi
     mkdir -p "${OUTPUT_DIR}"
     RUN_DIR="${OUTPUT_DIR}/run"
@@ -395,6 +426,15 @@ PY
             "from its 6th step, as this log's are (see scripts/common.sh)"
         echo "ModelZoo reading of this log (max of its FPS values, running means of each epoch from its 6th step" \
             "every ${LOG_INTERVAL} steps) : $(modelzoo_fps "${LOG_FILE}")"
+    fi
+    if [[ "${mode}" == "eval" ]]; then  # the file evaluated, with the epoch and iteration it was saved at
+        "${PYTHON}" - "${summary}" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+step = ", ".join(f"{k} {s[f'checkpoint_{k}']}" for k in ("epoch", "iteration") if s.get(f"checkpoint_{k}") is not None)
+if s.get("checkpoint"):
+    print(f"Evaluated checkpoint : {s['checkpoint']} ({step or 'the file records no training epoch or iteration'})")
+PY
     fi
     if [[ "${mode}" != "perf" ]]; then
         echo "Final Train Accuracy : ${AP}"

@@ -7,14 +7,17 @@
 # train_full_8p.sh (1344x1344 at 1333x800), with mixed precision (O1; --apex=O0: fp32), so the AP is the one their
 # last evaluation of the same checkpoint reported. +experiment=eval alone padded each image to a multiple of 32 in
 # fp32, a canvas the model did not train on, and read a different AP.
-# Without --checkpoint it evaluates the last checkpoint of train_full_1p.sh or train_full_8p.sh for the device id
-# (output/<device_id>/run/checkpoints/last.pth, or of an earlier output moved aside; common.sh, require_checkpoint).
+# Without --checkpoint it evaluates the last checkpoint of the latest training run for the device id, train_full_1p.sh,
+# train_full_8p.sh or train_finetune_1p.sh (output/<device_id>/run/checkpoints/last.pth, or of an earlier output moved
+# aside; common.sh, require_checkpoint): after a fine-tuning, the fine-tuned weights, as the ModelZoo SOLOv2 scripts'
+# latest.pth is then the fine-tuned one; a [Warning] line names the full training run's checkpoint passed over.
+# The log and the final result name the file evaluated, with the epoch and iteration it was saved at.
 # Usage: bash scripts/train_eval_1p.sh --data_path=/path/to/coco [--checkpoint=PATH] [--device_id=N] [--apex=O1|O0] [--device=npu|auto|cuda|cpu] [key=value ...]
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 COCO_SPLITS="val"  # evaluation reads val2017 only
 LOG_STEM="eval"    # output/<device_id>/eval_<device_id>.log, as the ModelZoo SOLOv2 train_eval_1p.sh logs
 parse_args "$@"
-require_checkpoint
+require_checkpoint eval
 if [[ -n "${batch_size}" ]]; then
     echo "[Warning] --batch_size=${batch_size} ignored: evaluation runs one image per batch (override with train.eval_batch_size=N)"
     batch_size=""

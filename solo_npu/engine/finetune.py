@@ -69,6 +69,50 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
     return report
 
 
+def checkpoint_position(ckpt: Any) -> dict[str, Any]:
+    """Where in training the weights of a checkpoint's contents ``ckpt`` were saved, as far as the file says.
+
+    Returns ``{"epoch", "iteration", "experiment", "finetuned_from"}``, each ``None`` when the file does not
+    record it. This project's training checkpoints hold ``epoch`` (epochs completed) and ``iteration`` at the top
+    level (:func:`solo_npu.engine.checkpointer.training_state`) and the run's config (``experiment_name``, and
+    ``checkpoint`` for a fine-tuning); mmcv's runners save ``meta=dict(epoch=self.epoch + 1, iter=self.iter)``
+    (open-mmlab/mmcv, mmcv/runner/epoch_based_runner.py, EpochBasedRunner.save_checkpoint), which mmdet and the
+    original SOLO checkpoints carry.
+    """
+    position: dict[str, Any] = {"epoch": None, "iteration": None, "experiment": None, "finetuned_from": None}
+    if not isinstance(ckpt, Mapping):
+        return position
+    if isinstance(ckpt.get("iteration"), int) and isinstance(ckpt.get("epoch"), int):
+        position.update(epoch=ckpt["epoch"], iteration=ckpt["iteration"])
+        config = ckpt.get("config")
+        if isinstance(config, Mapping):
+            position["experiment"] = config.get("experiment_name")
+            finetune = config.get("finetune")
+            if isinstance(finetune, Mapping) and finetune.get("enabled") and config.get("checkpoint"):
+                position["finetuned_from"] = str(config["checkpoint"])
+        return position
+    meta = ckpt.get("meta")
+    if isinstance(meta, Mapping):
+        for key, name in (("epoch", "epoch"), ("iter", "iteration")):
+            if isinstance(meta.get(key), int):
+                position[name] = meta[key]
+    return position
+
+
+def describe_checkpoint(path: str, position: Mapping[str, Any]) -> str:
+    """One line naming the checkpoint file evaluated and the epoch and iteration it was saved at
+    (:func:`checkpoint_position`), as the training log's ``saved checkpoint PATH (epoch E, iteration I)`` says."""
+    if position["epoch"] is None and position["iteration"] is None:
+        return f"evaluating checkpoint {path} (the file records no training epoch or iteration)"
+    step = ", ".join(f"{name} {position[name]}" for name in ("epoch", "iteration") if position[name] is not None)
+    line = f"evaluating checkpoint {path} ({step}"
+    if position["experiment"]:
+        line += f", experiment {position['experiment']}"
+    if position["finetuned_from"]:
+        line += f", fine-tuned from {position['finetuned_from']}"
+    return line + ")"
+
+
 def _freeze_batchnorm(module: nn.Module) -> None:
     from solo_npu.models import FrozenBatchNorm2d
 

@@ -25,7 +25,13 @@ from solo_npu.engine.checkpointer import (
     unwrap,
 )
 from solo_npu.engine.evaluate import evaluate
-from solo_npu.engine.finetune import freeze_backbone, load_weights, set_num_classes
+from solo_npu.engine.finetune import (
+    checkpoint_position,
+    describe_checkpoint,
+    freeze_backbone,
+    load_weights,
+    set_num_classes,
+)
 from solo_npu.engine.hooks import (
     CheckpointHook,
     CountsHook,
@@ -154,6 +160,12 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
 
     check_values(cfg)
     mode = cfg.get("mode", "train")
+    if not cfg.get("checkpoint") and (mode == "eval" or (cfg.get("finetune") or {}).get("enabled")):
+        from solo_npu.config.values import ConfigValueError
+
+        what, use = ("mode=eval", "evaluate") if mode == "eval" else ("finetune.enabled=true", "start from")
+        raise ConfigValueError(f"{what} needs checkpoint=PATH (the weights to {use}: a checkpoint of this project or "
+                               "one the converters read)")
     check_dataset_files(cfg["data"], ("train", "val") if mode == "train" else ("val",))  # training evaluates too
     if mode == "train":
         resume = attempt_resume(cfg, run_dir, log=False)
@@ -216,6 +228,9 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     from solo_npu.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(str(cfg.checkpoint), trust_pickle=bool(cfg.checkpoint_trust_pickle))  # read once
+    position = checkpoint_position(ckpt)
+    if comm.is_main_process():
+        logger.info("%s", describe_checkpoint(str(cfg.checkpoint), position))
     val_set, loader, evaluator = _eval_setup(cfg, info, class_names=_checkpoint_classes(cfg, ckpt))
     model = _build_model(cfg, len(val_set.label_to_cat))
     report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
@@ -236,7 +251,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
         results = {t: {k: None for k in metrics} for t, metrics in results.items()}
         logger.warning("%s has no annotations (an image-info file, as test-dev's): AP is undefined here; "
                        "eval_detections=FILE writes the detections for an evaluation server", val_set.ann_file)
-    summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "segm_ap": results.get("segm", {}).get("AP"),
+    summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "checkpoint_epoch": position["epoch"],
+               "checkpoint_iteration": position["iteration"], "segm_ap": results.get("segm", {}).get("AP"),
                "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
                "world_size": comm.get_world_size(), "device": info.type,
                "data_faults": gather_fault_counts({"val": val_set}, info.device)}

@@ -416,14 +416,16 @@ def test_eval_composes_the_canvas_and_precision_of_the_training_scripts(stand_in
             assert evaluated["data"][key] == trained["data"][key], (script, key)
 
 
-def test_eval_and_finetune_default_to_the_last_full_training_checkpoint(stand_in_python: Path, synthetic_coco: Path,
-                                                                        tmp_path: Path) -> None:
+def test_eval_and_finetune_default_to_the_last_training_checkpoint(stand_in_python: Path, synthetic_coco: Path,
+                                                                   tmp_path: Path) -> None:
     """Without --checkpoint, train_eval_1p.sh and train_finetune_1p.sh take the last checkpoint a full training run
     (train_full_1p.sh, train_full_8p.sh) wrote for the device id, as the ModelZoo SOLOv2 scripts default to the
     training run's latest checkpoint (Ascend/ModelZoo-PyTorch, PyTorch/contrib/cv/detection/SOLOv2/test/
     train_eval_1p.sh: MODEL="./work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth"; train_finetune_1p.sh:
     --resume_from work_dirs/solov2_release_r50_fpn_8gpu_1x/latest.pth). It follows the run's output when setup_env
-    moves it aside, and passes over the checkpoints of performance runs and the outputs of evaluations."""
+    moves it aside, and passes over the checkpoints of performance runs and the outputs of evaluations. After a
+    fine-tuning, train_eval_1p.sh takes the fine-tuned checkpoint (the ModelZoo fine-tuning writes the work_dir's
+    latest.pth) with a warning naming the full training run's; train_finetune_1p.sh still starts from the latter."""
     data = f"--data_path={synthetic_coco}"
     out = tmp_path / "output"
     proc = run_stand_in(stand_in_python, "train_eval_1p.sh", tmp_path, data)
@@ -433,14 +435,27 @@ def test_eval_and_finetune_default_to_the_last_full_training_checkpoint(stand_in
         assert proc.returncode == 0, proc.stdout + proc.stderr
     trained = next(d for d in out.iterdir() if d.name.startswith("0.")) / "run"
     assert (trained / "checkpoints" / "last.pth").read_text() == f"1p {out / '0' / 'run'}"  # written before the move
-    for script in ("train_eval_1p.sh", "train_finetune_1p.sh", "train_eval_1p.sh"):
+    ckpt = trained / "checkpoints" / "last.pth"
+    for script in ("train_eval_1p.sh", "train_finetune_1p.sh"):
         proc = run_stand_in(stand_in_python, script, tmp_path, data)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        ckpt = trained / "checkpoints" / "last.pth"
         assert f"checkpoint: {ckpt} (no --checkpoint given: the last checkpoint of train_full_1p.sh or " \
                "train_full_8p.sh for device 0)" in proc.stdout.splitlines()
         call = json.loads((out / "0" / "run" / "call.json").read_text())
         assert call["paths"]["checkpoint"] == str(ckpt) and call["checkpoint"] == f"1p {out / '0' / 'run'}"
+    for script in ("train_eval_1p.sh", "train_finetune_1p.sh"):  # after the fine-tuning
+        proc = run_stand_in(stand_in_python, script, tmp_path, data)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        call = json.loads((out / "0" / "run" / "call.json").read_text())
+        if script == "train_finetune_1p.sh":
+            assert call["paths"]["checkpoint"] == str(ckpt) and "[Warning] evaluating" not in proc.stdout
+            continue
+        tuned = Path(call["paths"]["checkpoint"])
+        assert call["checkpoint"] == f"finetune {out / '0' / 'run'}" and tuned.parent.parent.parent.name != "0"
+        assert f"checkpoint: {tuned} (no --checkpoint given: the last checkpoint of the latest training run for " \
+               "device 0, train_finetune_1p.sh's)" in proc.stdout.splitlines()
+        assert f"[Warning] evaluating the fine-tuned {tuned}, not the older full training run's {ckpt} " \
+               f"(--checkpoint={ckpt} evaluates that one)" in proc.stdout.splitlines()
 
 
 def test_a_checkpoint_in_the_output_moved_aside_is_followed(stand_in_python: Path, synthetic_coco: Path,
