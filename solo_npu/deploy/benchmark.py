@@ -191,8 +191,8 @@ def time_end_to_end(ctx: DeployContext, runner: Runner, dataset: Any, num_images
 
 def ap_by_type(metrics: Mapping[str, Any], key: str) -> dict[str, float | None]:
     """``{iou type: AP}`` of one evaluated key (empty when it was not scored)."""
-    entry = metrics.get(key)
-    return {t: None if m["AP"] is None else float(m["AP"]) for t, m in entry["metrics"].items()} if entry else {}
+    entry = metrics.get(key) or {}  # a backend evaluate could not score has {"failed": reason} only
+    return {t: None if m["AP"] is None else float(m["AP"]) for t, m in (entry.get("metrics") or {}).items()}
 
 
 def _ap(metrics: Mapping[str, Any], key: str) -> float | None:

@@ -404,8 +404,10 @@ def run_compile(ctx: DeployContext) -> dict[str, Any]:
         backend.prepare(manifest, result)
     write_json(out_dir / "compile.json", result)
     compiled = [b for b in backends if result.get(b.name)]
-    if compiled:
+    if compiled:  # a compiled model that fails or mismatches: BackendFailures, the pipeline goes on
         result["verify"] = verify_backends(ctx, compiled, "verify_compiled.json")
+    else:  # no table of an earlier compile stays to be read as this one's
+        ctx.path("verify", "verify_compiled.json").unlink(missing_ok=True)
     return result
 
 

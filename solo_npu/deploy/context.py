@@ -35,6 +35,12 @@ class DeployError(RuntimeError):
     """An expected failure (missing file, missing tool, bad setting): the CLI prints it as one line."""
 
 
+class BackendFailures(DeployError):
+    """Some backends failed in a stage that still did its work for the others and wrote its record (verify's
+    table): the pipeline logs it and goes on with the later stages, and ends with one error naming every failure
+    (:func:`solo_npu.deploy.infer.failed_runs`)."""
+
+
 @dataclass
 class DeploySettings:
     """Deploy settings after merging ``cfg.deploy`` over the model yaml's ``deploy:`` defaults."""

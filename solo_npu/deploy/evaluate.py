@@ -7,6 +7,10 @@ the raw outputs. Writes ``evaluate/metrics.json``. With ``deploy.evaluate.eager=
 ``model.predict`` on the same preprocessed inputs is scored too (key ``eager``), the reference every
 backend is compared with.
 
+A backend whose outputs cannot be scored (its raw outputs and results gone, outputs of images preprocess did not
+write) is one ERROR line and ``{"failed": reason}`` in ``metrics.json``; the others are scored, and the pipeline
+ends with an error naming it (:func:`solo_npu.deploy.infer.failed_runs`).
+
 Every result carries a box (taken from its mask when the model gives none), so mask models are scored on
 ``segm`` and ``bbox`` and box models on ``bbox``.
 """
@@ -112,11 +116,22 @@ def run_evaluate(ctx: DeployContext) -> dict[str, Any]:
     if not keys:
         raise DeployError(f"no inference outputs under {infer_root}: run stages=[infer] first")
     gt = _ground_truth(index)
-    summary = {key: evaluate_outputs(ctx, key, index, gt) for key in keys}
+    summary: dict[str, Any] = {}
+    for key in keys:
+        try:
+            summary[key] = evaluate_outputs(ctx, key, index, gt)
+        except (DeployError, json.JSONDecodeError) as exc:  # this backend's outputs: the others are still scored
+            reason = str(exc)
+            if not isinstance(exc, DeployError):
+                reason = f"infer/{key}/outputs.json or {results_path(ctx, key)} is not JSON ({exc}): re-run infer"
+            summary[key] = {"failed": reason}
+            logger.error("evaluate %s failed: %s; the other backends go on", key, reason)
     if ctx.deploy_cfg.evaluate.eager:
         summary["eager"] = evaluate_eager(ctx, index)
     write_json(ctx.path("evaluate", "metrics.json"), summary)
     for key, entry in summary.items():
+        if "metrics" not in entry:
+            continue
         ap = {t: None if m["AP"] is None else round(m["AP"], 4) for t, m in entry["metrics"].items()}
         logger.info("evaluate %s: AP %s", key, ap)
     return summary

@@ -32,8 +32,8 @@ from solo_npu.deploy.preprocess import load_index, metas_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batches", "collect_results", "failed_runs", "infer_batch_sizes", "infer_dir", "padded", "raw_files",
-           "read_image_outputs", "results_path", "run_infer", "write_image_outputs"]
+__all__ = ["FAILURE_STAGES", "batches", "collect_results", "failed_runs", "failures", "infer_batch_sizes", "infer_dir",
+           "padded", "raw_files", "read_image_outputs", "results_path", "run_infer", "write_image_outputs"]
 
 
 def infer_dir(ctx: DeployContext, backend: str, batch_size: int) -> Path:
@@ -172,18 +172,39 @@ def _infer_one(ctx: DeployContext, backend: Any, bs: int, out_dir: Path, records
     return entry
 
 
+# The stages that record a backend's failure and go on with the others, in pipeline order.
+FAILURE_STAGES = ("verify", "compile", "infer", "evaluate", "benchmark")
+
+
+def failures(ctx: DeployContext, stages: Sequence[str] = ("infer", "benchmark")) -> list[tuple[str, str, str]]:
+    """``(<backend>_b<B>, stage, reason)`` for each backend run that ``stages`` recorded as failed in their files:
+    verify's and compile's verify tables (``verify/verify.json``, ``verify/verify_compiled.json``: a row that could
+    not run, or whose detections did not match), ``infer/summary.json``, ``evaluate/metrics.json`` and
+    ``benchmark/benchmark.json``; in pipeline order."""
+    found: list[tuple[str, str, str]] = []
+    for stage in (s for s in FAILURE_STAGES if s in stages):
+        if stage in ("verify", "compile"):
+            filename = "verify.json" if stage == "verify" else "verify_compiled.json"
+            path = ctx.path("verify", filename)
+            for row in read_json(path).get("rows", []) if path.is_file() else []:
+                if row.get("status", "ok") != "ok":
+                    reason = row.get("failed") or (f"{int(row.get('unmatched') or 0)} detection(s) of eager PyTorch "
+                                                   f"and this backend unmatched within the tolerances (see "
+                                                   f"verify/{filename})")
+                    found.append((f"{row['backend']}_b{row['batch']}", stage, reason))
+        elif stage in ("infer", "evaluate"):
+            path = ctx.path("infer", "summary.json") if stage == "infer" else ctx.path("evaluate", "metrics.json")
+            for key, entry in read_json(path).items() if path.is_file() else []:
+                if isinstance(entry, Mapping) and entry.get("failed"):
+                    found.append((key, stage, str(entry["failed"])))
+        else:
+            path = ctx.path("benchmark", "benchmark.json")
+            for row in read_json(path).get("rows", []) if path.is_file() else []:
+                if row.get("failed"):
+                    found.append((f"{row['backend']}_b{row['batch_size']}", stage, str(row["failed"])))
+    return found
+
+
 def failed_runs(ctx: DeployContext, stages: Sequence[str] = ("infer", "benchmark")) -> list[str]:
-    """``"<backend>_b<B> <stage>: <reason>"`` for each backend run that ``stages`` (infer, benchmark) recorded as
-    failed in their summary files."""
-    failed = []
-    path = ctx.path("infer", "summary.json")
-    if "infer" in stages and path.is_file():
-        for key, entry in read_json(path).items():
-            if isinstance(entry, Mapping) and entry.get("failed"):
-                failed.append(f"{key} infer: {entry['failed']}")
-    path = ctx.path("benchmark", "benchmark.json")
-    if "benchmark" in stages and path.is_file():
-        for row in read_json(path).get("rows", []):
-            if row.get("failed"):
-                failed.append(f"{row['backend']}_b{row['batch_size']} benchmark: {row['failed']}")
-    return failed
+    """``"<backend>_b<B> <stage>: <reason>"`` for each of :func:`failures`."""
+    return [f"{key} {stage}: {reason}" for key, stage, reason in failures(ctx, stages)]

@@ -126,6 +126,9 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
     failed = failed_runs(ctx)
     if failed:
         lines += ["", "Failed (not in the table):", *[f"- {f}" for f in failed]]
+    checks = failed_runs(ctx, ("verify", "compile", "evaluate"))
+    if checks:  # a verify row that failed or mismatched, a backend evaluate could not score (its AP is '-')
+        lines += ["", "Failed in verify, compile or evaluate:", *[f"- {f}" for f in checks]]
     eager = bench.get("eager_AP_by_type") or ({ap_types[0]: bench["eager_AP"]}
                                               if bench.get("eager_AP") is not None and ap_types else {})
     if eager:

@@ -17,7 +17,11 @@ Two kinds of numbers per backend and batch size:
   score is within ``score_atol`` of the lowest kept score (the score threshold or the top-N cut) are
   allowed to fall on either side of that cut.
 
-A backend passes when every detection is matched. Tolerances come from ``deploy.verify`` for float32
+A backend passes when every detection is matched. One that cannot run (a TorchScript file this torch cannot load, an
+ONNX file ``onnx.checker`` refuses, a runner's error) is one ERROR line and a row whose status is
+``failed: <reason>``; the others are still compared. When any backend fails or mismatches, the stage writes its
+table and then raises :class:`~solo_npu.deploy.context.BackendFailures`: the pipeline goes on with the later
+stages and ends with an error naming each failure. Tolerances come from ``deploy.verify`` for float32
 backends and ``deploy.verify.fp16`` for backends compiled to half precision (om with ATC's default
 precision mode, torch_aie with ``precision_policy: FP16``, onnxruntime's CANN provider with GE's default).
 """
@@ -34,7 +38,7 @@ import torch
 
 from solo_npu.config.deploy_schema import VerifyConfig
 from solo_npu.deploy import om
-from solo_npu.deploy.context import DeployContext, DeployError, write_json
+from solo_npu.deploy.context import BackendFailures, DeployContext, DeployError, write_json
 from solo_npu.deploy.export import load_manifest
 from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, select_indices
 from solo_npu.deploy.runners import PyTorchRunner
@@ -175,12 +179,24 @@ def _compare_backend(ctx: DeployContext, backend: Any, batch_size: int, records:
             "iou": tol["iou"], "score_atol": tol["score_atol"], "status": status}
 
 
+def failed_row(backend: str, batch: int | str, precision: str | None, reason: str) -> dict[str, Any]:
+    """The verify row of a backend that could not run: status ``failed: <reason>``."""
+    return {"backend": backend, "batch": batch, "precision": precision, "status": f"failed: {reason}",
+            "failed": reason}
+
+
 def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str = "verify.json",
-                    eager_batches: bool = False) -> dict[str, Any]:
-    """Compare each available backend x batch size with eager PyTorch at batch 1; raise when one fails.
+                    eager_batches: bool = False,
+                    known_failures: Mapping[tuple[str, int | str], str] | None = None) -> dict[str, Any]:
+    """Compare each available backend x batch size with eager PyTorch at batch 1. A backend that fails to run is
+    a ``failed: <reason>`` row and the others go on; after the table is written, :class:`BackendFailures` names
+    the backends that failed or mismatched.
 
     ``eager_batches``: also run eager PyTorch at batch sizes above 1 (a batch must match image by image).
+    ``known_failures``: ``(backend, batch) -> reason`` found before running (an ONNX file ``onnx.checker``
+    refuses): recorded as that row instead of running it.
     """
+    pending = dict(known_failures or {})
     manifest = load_manifest(ctx)
     images, metas, records = verify_inputs(ctx)
     eager = PyTorchRunner(ctx.adapter.export_module(ctx.model()), ctx.adapter.output_names, ctx.device)
@@ -192,14 +208,26 @@ def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str =
         for backend in backends:
             if backend.name == "pytorch" and not (eager_batches and bs > 1):
                 continue
-            why = backend.unavailable(bs)
-            if why is not None:
-                logger.info("verify: %s batch %d skipped (%s)", backend.name, bs, why)
-                continue
-            rows.append(_compare_backend(ctx, backend, bs, records, reference, metas, reference_dets, manifest))
+            reason = pending.pop((backend.name, bs), None)
+            if reason is None:
+                why = backend.unavailable(bs)
+                if why is not None:
+                    logger.info("verify: %s batch %d skipped (%s)", backend.name, bs, why)
+                    continue
+                try:
+                    rows.append(_compare_backend(ctx, backend, bs, records, reference, metas, reference_dets,
+                                                 manifest))
+                    continue
+                except DeployError as exc:  # this backend's file or tool: the others are still verified
+                    reason = str(exc)
+            rows.append(failed_row(backend.name, bs, backend.precision, reason))
+            logger.error("verify %s batch %s failed: %s; the other backends go on", backend.name, bs, reason)
+    for (name, bs), reason in pending.items():  # files no verified backend runs (the dynamic-batch ONNX)
+        rows.append(failed_row(name, bs, None, reason))
+        logger.error("verify %s batch %s failed: %s; the other backends go on", name, bs, reason)
     tail = ["status", "detections", "matched", "unmatched", "score_max_diff", "min_iou", "precision"]
     raw_cols = [k for r in rows for k in r
-                if k not in ("backend", "batch", *tail, "raw_within_atol", "iou", "score_atol")]
+                if k not in ("backend", "batch", *tail, "raw_within_atol", "iou", "score_atol", "failed")]
     columns = ["backend", "batch", *dict.fromkeys(raw_cols), *tail]
     table = format_table(rows, columns)
     fp32, fp16 = tolerances(ctx.deploy_cfg.verify, "fp32"), tolerances(ctx.deploy_cfg.verify, "fp16")
@@ -212,10 +240,17 @@ def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str =
     result = {"atol": fp32["atol"], "rtol": fp32["rtol"], "tolerances": {"fp32": fp32, "fp16": fp16},
               "num_images": len(records), "rows": rows, "table": table}
     write_json(ctx.path("verify", filename), result)
-    failed = [f"{r['backend']} b{r['batch']}" for r in rows if r["status"] != "ok"]
-    if failed:
-        raise DeployError(f"verify failed for {', '.join(failed)} (detections unmatched within the tolerances); "
-                          f"see the table above and verify/{filename}, or raise deploy.verify tolerances")
+    mismatched = [f"{r['backend']} b{r['batch']}" for r in rows if r["status"] == "FAIL"]
+    broken = [f"{r['backend']} b{r['batch']}" for r in rows if r.get("failed")]
+    problems = []
+    if mismatched:
+        problems.append(f"verify failed for {', '.join(mismatched)} (detections unmatched within the tolerances); "
+                        f"see the table above and verify/{filename}, or raise deploy.verify tolerances")
+    if broken:
+        problems.append(f"verify could not run {', '.join(broken)} (the ERROR lines above and verify/{filename} "
+                        "say why)")
+    if problems:
+        raise BackendFailures("; ".join(problems))
     return {"rows": len(rows), "passed": True}
 
 
@@ -224,7 +259,11 @@ def run_verify(ctx: DeployContext) -> dict[str, Any]:
     from solo_npu.deploy.backends import BACKENDS
 
     manifest = load_manifest(ctx)
-    for path in (manifest["files"].get("onnx") or {}).values():
-        check_onnx(path)
+    corrupt: dict[tuple[str, int | str], str] = {}
+    for key, path in (manifest["files"].get("onnx") or {}).items():
+        try:
+            check_onnx(path)
+        except DeployError as exc:  # onnxruntime's row at that batch size; the dynamic-batch file's own row
+            corrupt[("onnxruntime", int(key)) if str(key).isdigit() else ("onnx", str(key))] = str(exc)
     backends = [cls(ctx) for cls in BACKENDS.values() if not cls.compiled]
-    return verify_backends(ctx, backends, "verify.json", eager_batches=True)
+    return verify_backends(ctx, backends, "verify.json", eager_batches=True, known_failures=corrupt)
