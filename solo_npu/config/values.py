@@ -12,7 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MODEL_CHOICES", "ConfigValueError", "check_model_choices", "check_values"]
+__all__ = ["INFERENCE_ONLY", "MODEL_CHOICES", "ConfigValueError", "check_model_choices", "check_trainable",
+           "check_values"]
 
 
 class ConfigValueError(ValueError):
@@ -73,6 +74,15 @@ MODEL_CHOICES: dict[str, dict[str, tuple[str | None, ...]]] = {
     },
 }
 _ANY_CASE = {("solo_npu.models.fcos.build_fcos", "head.norm")}  # fcos.head_norm lowers and strips the value
+# builder (the model's ``_target_``) -> the model, for the models this project runs but does not train: their
+# ``forward`` raises NotImplementedError in training mode (no training losses), which a training or fine-tuning
+# run meets only after it has generated its data and started its workers. deploy.py exports, verifies, evaluates
+# and benchmarks them, and predicts with them (task=predict).
+INFERENCE_ONLY: dict[str, str] = {
+    "solo_npu.models.fcos.build_fcos": "FCOS",
+    "solo_npu.models.yolact_edge.build_yolact_edge": "YolactEdge",
+    "solo_npu.models.ssd_resnet34.build_ssd_resnet34": "SSD-ResNet34",
+}
 
 
 def _get(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
@@ -153,3 +163,26 @@ def check_model_choices(cfg: Mapping[str, Any]) -> None:
         if isinstance(seen, bool) or seen not in allowed:  # a yaml ``off`` / ``no`` reads as False
             raise ConfigValueError(f"model.{key}={_choice_text(value)}: must be one of "
                                    f"{', '.join(_choice_text(v) for v in allowed)}")
+
+
+
+def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> None:
+    """Raise :class:`ConfigValueError` when a training run (``mode=train``, fine-tuning included) is asked of an
+    inference-only model (:data:`INFERENCE_ONLY`), in one line naming the model and what it can do instead.
+
+    Args:
+        model_choice: the ``model=`` choice that composed ``cfg`` (``fcos``), named in the line; ``None``: the
+            model's ``name``.
+    """
+    present, model = _get(cfg, "model")
+    if not present or not isinstance(model, Mapping) or cfg.get("mode", "train") != "train":
+        return
+    label = INFERENCE_ONLY.get(str(model.get("_target_", "")))
+    if label is None:
+        return
+    what = "fine-tuned" if (cfg.get("finetune") or {}).get("enabled") else "trained"
+    who = f"model={model_choice}" if model_choice else f"model {model.get('name') or label}"
+    raise ConfigValueError(
+        f"{who}: {label} is inference-only in this project (no training losses) and cannot be {what}; "
+        f"python deploy.py model={model_choice or 'MODEL'} checkpoint=PATH exports, verifies, evaluates and "
+        "benchmarks it, task=predict input=IMG_OR_DIR predicts with it")

@@ -155,10 +155,11 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     configured stops with one line (:class:`~solo_npu.config.values.ConfigValueError`,
     :class:`~solo_npu.data.DatasetNotFoundError`,
     :class:`~solo_npu.engine.backbone_init.BackboneInitError`)."""
-    from solo_npu.config.values import check_values
+    from solo_npu.config.values import check_trainable, check_values
     from solo_npu.data import check_dataset_files
 
     check_values(cfg)
+    check_trainable(cfg, _model_choice())
     mode = cfg.get("mode", "train")
     if not cfg.get("checkpoint") and (mode == "eval" or (cfg.get("finetune") or {}).get("enabled")):
         from solo_npu.config.values import ConfigValueError
@@ -170,6 +171,16 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     if mode == "train":
         resume = attempt_resume(cfg, run_dir, log=False)
         backbone_init_file(cfg, _starts_from(cfg, find_resume_file(resume, run_dir)))
+
+
+def _model_choice() -> str | None:
+    """The ``model=`` choice of the Hydra run composing this job (``fcos``); ``None`` outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    choice = HydraConfig.get().runtime.choices.get("model")
+    return str(choice) if choice else None
 
 
 def _backbone_init(cfg: DictConfig, starts_from: str | None) -> str | None:
