@@ -56,6 +56,7 @@ from solo_npu.models.contract import Preprocessing, as_float_tensor
 from solo_npu.models.necks.fpn import FPN, ConvModule, init_normal_convs
 from solo_npu.models.ops.box_coding import distance2bbox
 from solo_npu.models.ops.boxes import batched_nms
+from solo_npu.models.ops.factories import arange_on
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import fcos_points
 
@@ -223,10 +224,11 @@ class FCOS(nn.Module):
         cls_scores, bbox_preds, centernesses = self.bbox_head(feats)
         canvas_h, canvas_w = images.shape[-2:]
         sizes = [tuple(c.shape[-2:]) for c in cls_scores]
-        points = fcos_points(sizes, self.bbox_head.strides, device=images.device)
+        # the points and classes follow the images' device, without a device constant in the export graph
+        points = fcos_points(sizes, self.bbox_head.strides, like=images)
         batch = images.shape[0]
         num_classes = cls_scores[0].shape[1]
-        classes = torch.arange(num_classes, device=images.device)
+        classes = arange_on(images, num_classes)
         all_boxes, all_scores, all_ctr = [], [], []
         for cls, reg, ctr, pts in zip(cls_scores, bbox_preds, centernesses, points):
             pair_scores = cls.flatten(2).transpose(1, 2).sigmoid().reshape(batch, -1)  # [B, HW*C]: point * C + class

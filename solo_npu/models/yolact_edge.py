@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from solo_npu.models.backbones.resnet import ResNet
 from solo_npu.models.contract import Preprocessing, as_float_tensor, compare_raw_outputs
 from solo_npu.models.ops.boxes import fast_nms
+from solo_npu.models.ops.factories import to_device_of
 from solo_npu.models.ops.geometry import boxes_to_original
 from solo_npu.models.ops.priors import yolact_priors
 
@@ -214,7 +215,8 @@ class YolactEdge(nn.Module):
         ``box_utils.decode``."""
         head = self.prediction_layers[0]
         locs, confs, coeffs = zip(*(head(f) for f in feats))
-        priors = self.priors([tuple(f.shape[-2:]) for f in feats]).to(feats[0].device)
+        # to_device_of: the export graph takes the device from the features (no device constant)
+        priors = to_device_of(self.priors([tuple(f.shape[-2:]) for f in feats]), feats[0])
         return yolact_decode(torch.cat(locs, 1), priors), torch.cat(confs, 1).softmax(dim=-1), torch.cat(coeffs, 1)
 
     def detect(self, boxes: Tensor, conf: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

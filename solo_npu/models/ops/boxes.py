@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from solo_npu.models.ops.factories import arange_on
+
 __all__ = [
     "batched_nms",
     "box_area",
@@ -147,7 +149,7 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
     gather_idx = idx.reshape(batch, num_classes * k, 1).expand(-1, -1, 4)
     cls_boxes = boxes.gather(1, gather_idx).reshape(batch, num_classes, k, 4)
     iou = pairwise_box_iou(cls_boxes, cls_boxes)  # [B, C, k, k]
-    ar = torch.arange(k, device=boxes.device)
+    ar = arange_on(boxes, k)  # traced into the export graph: no device constant
     upper = (ar[:, None] < ar[None, :]).to(iou.dtype)  # strictly upper triangle: row outranks column
     iou_max = (iou * upper).amax(dim=2)
     kept_scores = torch.where(iou_max <= iou_threshold, cls_scores, torch.zeros_like(cls_scores))

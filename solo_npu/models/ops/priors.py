@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from solo_npu.models.ops.factories import arange_on
+
 __all__ = ["fcos_points", "ssd_default_boxes", "yolact_priors"]
 
 SSD300_FEAT_SIZE = (38, 19, 10, 5, 3, 1)
@@ -33,18 +35,22 @@ SSD300_SCALES = (21, 45, 99, 153, 207, 261, 315)
 SSD300_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 
-def _grid(h: int, w: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+def _grid(h: int, w: int, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Row-major float32 ``(y, x)`` indices of an ``h x w`` grid, on ``like``'s device (the CPU when ``None``)."""
+    if like is None:
+        rows, cols = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    else:  # no device constant when traced
+        rows, cols = arange_on(like, h, torch.float32), arange_on(like, w, torch.float32)
+    ys, xs = torch.meshgrid(rows, cols, indexing="ij")
     return ys.reshape(-1), xs.reshape(-1)
 
 
-def fcos_points(sizes: Sequence[tuple[int, int]], strides: Sequence[int],
-                device: torch.device | None = None) -> list[Tensor]:
-    """One ``[H*W, 2]`` tensor of (x, y) image coordinates per level."""
+def fcos_points(sizes: Sequence[tuple[int, int]], strides: Sequence[int], like: Tensor | None = None) -> list[Tensor]:
+    """One ``[H*W, 2]`` tensor of (x, y) image coordinates per level, on ``like``'s device (the CPU when
+    ``None``; a traced graph takes the device from ``like`` when it runs, see :mod:`.factories`)."""
     points = []
     for (h, w), s in zip(sizes, strides):
-        ys, xs = _grid(h, w, device)
+        ys, xs = _grid(h, w, like)
         points.append(torch.stack([(xs + 0.5) * s, (ys + 0.5) * s], dim=-1))
     return points
 

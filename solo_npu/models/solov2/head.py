@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from solo_npu.models.necks.fpn import ConvModule, init_normal_convs
+from solo_npu.models.ops.factories import linspace_on
 
 __all__ = ["MaskFeatureHead", "SOLOv2Head", "coordinate_features"]
 
@@ -25,8 +26,9 @@ def coordinate_features(feat: Tensor) -> Tensor:
     # H and W as Python ints: an export holds the grids as constants (a run-time linspace step is a
     # float Div of shape values, which onnxslim's shape inference folds as an integer division, to 0)
     h, w = int(feat.shape[-2]), int(feat.shape[-1])
-    x = torch.linspace(-1, 1, w, device=feat.device, dtype=feat.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-    y = torch.linspace(-1, 1, h, device=feat.device, dtype=feat.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    # linspace_on: feat's device without a device constant in a traced graph (an export on the CPU runs on an NPU)
+    x = linspace_on(feat, -1, 1, w).view(1, 1, 1, w).expand(b, 1, h, w)
+    y = linspace_on(feat, -1, 1, h).view(1, 1, h, 1).expand(b, 1, h, w)
     return torch.cat([x, y], dim=1)
 
 

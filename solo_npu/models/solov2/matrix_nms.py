@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from solo_npu.models.ops.factories import arange_on
 from solo_npu.runtime import compat
 from solo_npu.runtime.onednn import matmul_nt
 
@@ -91,7 +92,7 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
     mask_area = mask_area.float()
     inter = self_intersections(flat)  # [..., N, N]
     union = mask_area.unsqueeze(-1) + mask_area.unsqueeze(-2) - inter
-    ar = torch.arange(n, device=scores.device) if tie_rank is None else tie_rank
+    ar = arange_on(scores, n) if tie_rank is None else tie_rank  # traced into the export graph: no device constant
     s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)
     upper = (s_i > s_j) | ((s_i == s_j) & (ar.unsqueeze(-1) < ar.unsqueeze(-2)))  # (i, j): mask i ranks above j
     same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
