@@ -24,6 +24,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from solo_npu.config import register_configs  # noqa: E402
 from solo_npu.config.deploy_schema import check_deploy_overrides  # noqa: E402
+from solo_npu.config.values import ConfigValueError, check_model_choices  # noqa: E402
 from solo_npu.deploy.pipeline import main as deploy_main  # noqa: E402
 
 register_configs()  # conf/deploy.yaml starts from the deploy_schema structured config
@@ -32,6 +33,11 @@ register_configs()  # conf/deploy.yaml starts from the deploy_schema structured 
 @hydra.main(config_path="conf", config_name="deploy", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     model_name = HydraConfig.get().runtime.choices.get("model") or str(cfg.model.get("name", "model"))
+    try:  # a model value its builder does not take, as train.py checks it: one line before any stage
+        check_model_choices({"model": cfg.model})
+    except ConfigValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     code = deploy_main(cfg, model_name)
     if code:
         sys.exit(code)

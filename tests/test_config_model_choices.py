@@ -95,3 +95,21 @@ def test_train_py_says_it_in_one_line_before_any_worker(tmp_path):
         assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
         assert proc.stderr.strip().startswith(line), proc.stderr[-3000:]
         assert not (tmp_path / "data").exists()  # no worker started: the synthetic set was not generated
+
+
+def test_deploy_py_says_it_in_one_line_before_any_stage(tmp_path):
+    """deploy.py checks the model values as train.py does: model.backbone.norm=bnx was Hydra's several-line
+    'Error in call to target' report, model.backbone.style=foo exported silently and model.test.kernel=foo failed
+    in the export stage as an opset problem."""
+    for override, line in (("model.backbone.norm=bnx", "error: model.backbone.norm=bnx: must be one of bn, "
+                                                       "frozen_bn, gn"),
+                           ("model.backbone.style=foo", "error: model.backbone.style=foo: must be one of pytorch, "
+                                                        "caffe"),
+                           ("model.test.kernel=foo", "error: model.test.kernel=foo: must be one of gaussian, linear")):
+        run_dir = tmp_path / override.split("=")[0]
+        proc = subprocess.run([sys.executable, str(ROOT / "deploy.py"), "model=solov2_tiny", override,
+                               f"data.root={tmp_path / 'data'}", "deploy.input_shape=[128,160]", f"run_dir={run_dir}",
+                               "stages=[export]", "deploy.export_formats=[onnx]", "deploy.batch_sizes=[1]"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert (proc.returncode, proc.stderr.strip()) == (1, line), proc.stderr[-3000:]
+        assert not run_dir.exists() and not (tmp_path / "data").exists()  # before any stage and any data
