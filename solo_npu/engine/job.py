@@ -244,6 +244,9 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
         logger.info("%s", describe_checkpoint(str(cfg.checkpoint), position))
     val_set, loader, evaluator = _eval_setup(cfg, info, class_names=_checkpoint_classes(cfg, ckpt))
     model = _build_model(cfg, len(val_set.label_to_cat))
+    from solo_npu.evaluation import score_types
+
+    evaluator.iou_types = score_types(model.iou_types)  # box-only models (FCOS, SSD-ResNet34): bbox alone
     report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
                           class_names=val_set.class_names, normalize=cfg.data.normalize, loaded=ckpt)
     notice = canvas_notice(report.get("config"), cfg.data)
@@ -262,9 +265,11 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
         results = {t: {k: None for k in metrics} for t, metrics in results.items()}
         logger.warning("%s has no annotations (an image-info file, as test-dev's): AP is undefined here; "
                        "eval_detections=FILE writes the detections for an evaluation server", val_set.ann_file)
+    # segm_ap is null for a box-only model: it has no masks to score (results and eval.json have no segm)
     summary = {"mode": "eval", "checkpoint": str(cfg.checkpoint), "checkpoint_epoch": position["epoch"],
-               "checkpoint_iteration": position["iteration"], "segm_ap": results.get("segm", {}).get("AP"),
-               "bbox_ap": results.get("bbox", {}).get("AP"), "results": results, "duration_sec": time.time() - t0,
+               "checkpoint_iteration": position["iteration"], "iou_types": list(evaluator.iou_types),
+               "segm_ap": results.get("segm", {}).get("AP"), "bbox_ap": results.get("bbox", {}).get("AP"),
+               "results": results, "duration_sec": time.time() - t0,
                "world_size": comm.get_world_size(), "device": info.type,
                "data_faults": gather_fault_counts({"val": val_set}, info.device)}
     if cfg.eval_detections:
@@ -275,8 +280,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
             evaluator.dump(summary["detections"])
             logger.info("detections written to %s", summary["detections"])
         write_json_atomic(run_dir / "eval.json", results, indent=2, end="\n")
-    logger.info("segm AP %s, bbox AP %s", *("undefined" if summary[k] is None else f"{summary[k]:.4f}"
-                                             for k in ("segm_ap", "bbox_ap")))
+    aps = {t: summary[f"{t}_ap"] for t in evaluator.iou_types}  # the types scored: no segm AP of a box-only model
+    logger.info("%s", ", ".join(f"{t} AP {'undefined' if ap is None else f'{ap:.4f}'}" for t, ap in aps.items()))
     return summary
 
 

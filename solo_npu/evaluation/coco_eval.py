@@ -327,6 +327,19 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
     return summary
 
 
+def score_types(iou_types: Iterable[str]) -> tuple[str, ...]:
+    """The iou types a model's results are scored on: the model's own (its ``iou_types``, see
+    solo_npu/models/contract.py) plus ``bbox``, since every COCO result carries a box (taken from the mask when
+    the model gives none). Mask models (SOLOv2, YolactEdge) are scored on ``segm`` and ``bbox``, box-only models
+    (FCOS, SSD-ResNet34) on ``bbox`` alone: a ``segm`` AP of results without masks would mean nothing. Deploy's
+    evaluate stage scores the same types (solo_npu/deploy/evaluate.py)."""
+    types = tuple(dict.fromkeys([*iou_types, "bbox"]))
+    unknown = [t for t in types if t not in ("segm", "bbox")]
+    if unknown:
+        raise ValueError(f"iou_type must be 'segm' or 'bbox', got {unknown[0]!r}")
+    return types
+
+
 def scored_categories(coco_gt: COCO, label_to_cat: Sequence[Any]) -> list[Any] | None:
     """The categories a model of these labels is scored on: its own when the annotation file has others too
     (a subset of classes), ``None`` (all of them) otherwise."""
