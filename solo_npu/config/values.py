@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["INFERENCE_ONLY", "MODEL_CHOICES", "SQUARE_INPUT_ONLY", "ConfigValueError", "check_evaluable",
-           "check_model_choices", "check_trainable", "check_values"]
+           "check_eval_preprocessing", "check_model_choices", "check_trainable", "check_values"]
 
 
 class ConfigValueError(ValueError):
@@ -214,3 +214,100 @@ def check_evaluable(cfg: Mapping[str, Any], model_choice: str | None = None) -> 
         f"{who}: {label} predicts only on its own square input (every image stretched to {side}x{side}), not on "
         "the aspect-keeping resize of train.py's evaluation; python deploy.py "
         f"model={model_choice or 'MODEL'} checkpoint=PATH evaluates it on that input")
+
+
+def _model_preprocessing(model: Mapping[str, Any]) -> Any:
+    """The model's own ``preprocessing`` (:class:`~solo_npu.models.contract.Preprocessing`), read from the model
+    built on the meta device (no weights, no file read: ``pretrained`` is set to null); ``None`` when the model
+    leaves the pre-processing to the data config (its ``style`` is null: SOLOv2) or cannot be built here (the
+    run's own build reports why)."""
+    from solo_npu.models import build_model
+
+    spec = {key: value for key, value in model.items() if key != "deploy"}
+    if "pretrained" in spec:
+        spec["pretrained"] = None
+    try:
+        built = build_model(spec, device="meta")
+    except Exception:  # noqa: BLE001 - a model that cannot be built is reported by the run's own build
+        return None
+    pre = getattr(built, "preprocessing", None)
+    return pre if pre is not None and pre.style is not None else None
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _list_text(values: Any) -> str:
+    return "[" + ",".join(_number_text(v) for v in values) + "]"
+
+
+def check_eval_preprocessing(cfg: Mapping[str, Any], model_choice: str | None = None) -> None:
+    """Raise :class:`ConfigValueError` when ``mode=eval`` is asked of a model with pre-processing of its own (its
+    ``preprocessing`` has a ``style``: FCOS, YolactEdge, SSD-ResNet34) and the data config feeds it other
+    pixels: another channel order, mean or std (``data.normalize``), resize mode, scale (``data.img_scale``
+    against the model's ``deploy.input_shape``, the input its pre-processing fits every image to) or padding
+    position (``data.pad.position``). train.py's evaluation resizes and normalises every image as the data config
+    says, so the model would be scored on pixels it was not trained on, with a wrong AP and no error.
+
+    The line names each difference and the overrides that make the data config match (``data.normalize.style=caffe
+    data.normalize.mean=[102.9801,115.9465,122.7717] data.normalize.std=[1,1,1]``); for a model that stretches
+    every image to its input (a resize train.py does not do) it names deploy.py, which evaluates it on that input.
+    ``model_choice``: as in :func:`check_trainable`.
+    """
+    from solo_npu.data.transforms import pixel_normalization
+
+    present, model = _get(cfg, "model")
+    if not present or not isinstance(model, Mapping) or cfg.get("mode", "train") != "eval":
+        return
+    pre = _model_preprocessing(model)
+    if pre is None:
+        return
+    target = str(model.get("_target_", ""))
+    label = INFERENCE_ONLY.get(target, str(model.get("name") or target))
+    who = f"model={model_choice}" if model_choice else f"model {model.get('name') or label}"
+    shape = (model.get("deploy") or {}).get("input_shape")
+    size = tuple(int(v) for v in shape[-2:]) if isinstance(shape, (list, tuple)) and len(shape) >= 2 else None
+    if pre.resize == "stretch":
+        into = f" to its {size[0]}x{size[1]} input" if size else " to its input"
+        raise ConfigValueError(
+            f"{who}: {label}'s own pre-processing stretches every image{into} (resize stretch), which train.py's "
+            "evaluation (keep-ratio resize to data.img_scale) cannot do; python deploy.py "
+            f"model={model_choice or 'MODEL'} checkpoint=PATH evaluates it on that input")
+    _, data_norm = _get(cfg, "data.normalize")
+    data_norm = data_norm if isinstance(data_norm, Mapping) else {}
+    style, mean, std = pixel_normalization(str(data_norm.get("style", "pytorch")), data_norm.get("mean"),
+                                           data_norm.get("std"))
+    own_style, own_mean, own_std = pixel_normalization(pre.style, pre.mean, pre.std)
+    order = {"pytorch": "RGB", "caffe": "BGR"}
+    differences: list[str] = []
+    overrides: list[str] = []
+
+    def differs(a: Any, b: Any) -> bool:
+        return [round(float(v), 4) for v in a] != [round(float(v), 4) for v in b]
+
+    if style != own_style or differs(mean, own_mean) or differs(std, own_std):
+        if style != own_style:
+            differences.append(f"data.normalize.style={style} ({order[style]}) against the model's {own_style} "
+                               f"({order[own_style]})")
+        if differs(mean, own_mean):
+            differences.append(f"mean {_list_text(mean)} against {_list_text(own_mean)}")
+        if differs(std, own_std):
+            differences.append(f"std {_list_text(std)} against {_list_text(own_std)}")
+        overrides += [f"data.normalize.style={own_style}", f"data.normalize.mean={_list_text(own_mean)}",
+                      f"data.normalize.std={_list_text(own_std)}"]
+    _, img_scale = _get(cfg, "data.img_scale")
+    if size is not None and isinstance(img_scale, (list, tuple)) and len(img_scale) == 2:
+        own_scale = [max(size), min(size)]  # (long, short), as data.img_scale
+        if sorted(int(v) for v in img_scale) != sorted(own_scale):
+            differences.append(f"data.img_scale={_list_text(img_scale)} against the model's {_list_text(own_scale)} "
+                               f"(its {size[0]}x{size[1]} input)")
+            overrides.append(f"data.img_scale={_list_text(own_scale)}")
+    found, position = _get(cfg, "data.pad.position")
+    if found and position != pre.pad_position:
+        differences.append(f"data.pad.position={position} against the model's {pre.pad_position}")
+        overrides.append(f"data.pad.position={pre.pad_position}")
+    if differences:
+        raise ConfigValueError(
+            f"{who}: the data config's pre-processing differs from {label}'s own ({'; '.join(differences)}), "
+            f"which would give a wrong AP; add {' '.join(overrides)}")

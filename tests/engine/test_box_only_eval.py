@@ -18,6 +18,10 @@ from solo_npu.evaluation import score_types
 SMALL_FCOS = ["model=fcos", "model.depth=18", "model.style=pytorch", "model.fpn_channels=32",
               "model.feat_channels=32", "model.stacked_convs=1", "model.num_groups=8", "model.score_thr=0.0",
               "model.max_per_img=20"]
+# FCOS's own pre-processing (mmdet's caffe pipeline, solo_npu.models.fcos.FCOS.preprocessing) on the smoke data's
+# scale: train.py's evaluation refuses the data config's RGB pytorch normalisation for it
+FCOS_PIXELS = ["data.normalize.style=caffe", "data.normalize.mean=[102.9801,115.9465,122.7717]",
+               "data.normalize.std=[1,1,1]", "model.deploy.input_shape=[1,3,128,160]"]
 
 
 def test_score_types_of_every_model() -> None:
@@ -44,7 +48,7 @@ def test_fcos_eval_has_bbox_ap_only(smoke_data: list[str], synthetic_coco: Path,
     ckpt = tmp_path / "fcos_small.pth"
     torch.save({"state_dict": build_model(OmegaConf.create(model_cfg)).state_dict()}, ckpt)
     run_dir = tmp_path / "run"
-    summary = run_train([*smoke_data, *SMALL_FCOS, f"checkpoint={ckpt}"], run_dir, "eval")
+    summary = run_train([*smoke_data, *SMALL_FCOS, *FCOS_PIXELS, f"checkpoint={ckpt}"], run_dir, "eval")
     log = (run_dir / "train.log").read_text()
     assert log.count("COCO bbox evaluation") == 1  # random weights at score_thr=0 detect: COCOeval scored them
     assert summary["iou_types"] == ["bbox"]

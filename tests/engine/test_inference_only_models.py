@@ -62,7 +62,9 @@ def test_fine_tuning_is_named_and_eval_is_not_refused(synthetic_coco: Path, tmp_
                                                r"be fine-tuned; python deploy.py model=MODEL checkpoint=PATH"):
         check_start(cfg, tmp_path)
     check_start(_cfg("model=fcos", f"data.root={synthetic_coco}", "data.generate=false", "mode=eval",
-                     "checkpoint=x.pth"), tmp_path)
+                     "checkpoint=x.pth", "data.normalize.style=caffe",  # FCOS's own pre-processing (mmdet caffe)
+                     "data.normalize.mean=[102.9801,115.9465,122.7717]", "data.normalize.std=[1,1,1]",
+                     "data.img_scale=[1333,800]"), tmp_path)
 
 
 @pytest.mark.parametrize("overrides, what", [(["model=fcos", "launcher.nproc_per_node=2"], "trained"),
