@@ -389,7 +389,9 @@ summarize() {
         echo "[Error] ${summary} is missing; see ${LOG_FILE}"
         exit 1
     fi
-    read -r FPS AP LOSS RANKS BS DEV AMP LOG_INTERVAL <<< "$("${PYTHON}" - "${summary}" "${RUN_DIR}/config.yaml" <<'PY'
+    # AP: summary.json's segm_ap; for a box-only model (FCOS, SSD-ResNet34: no "segm" in its iou_types, segm_ap
+    # null) its bbox_ap. AP_KIND (segm / bbox) names which, on the "Accuracy definition" line.
+    read -r FPS AP AP_KIND LOSS RANKS BS DEV AMP LOG_INTERVAL <<< "$("${PYTHON}" - "${summary}" "${RUN_DIR}/config.yaml" <<'PY'
 import json, os, sys
 import yaml
 s = json.load(open(sys.argv[1]))
@@ -399,7 +401,8 @@ def num(v, fmt):
 train = cfg.get("train", {})
 batch = train.get("eval_batch_size", 1) if s.get("mode") == "eval" else s.get("batch_size", train.get("batch_size", 0))
 amp = cfg.get("amp", {}).get("enabled")
-print(num(s.get("fps"), ".3f"), num(s.get("segm_ap"), ".4f"), num(s.get("final_loss"), ".4f"),
+kind = "segm" if "segm" in (s.get("iou_types") or ["segm", "bbox"]) else "bbox"
+print(num(s.get("fps"), ".3f"), num(s.get(f"{kind}_ap"), ".4f"), kind, num(s.get("final_loss"), ".4f"),
       s.get("world_size", 1), batch, s.get("device", "unknown"),
       {True: "O1", False: "O0"}.get(amp, "unknown"), train.get("log_interval", "?"))
 PY
@@ -438,6 +441,8 @@ PY
     fi
     if [[ "${mode}" != "perf" ]]; then
         echo "Final Train Accuracy : ${AP}"
+        echo "Accuracy definition : COCO ${AP_KIND} AP (summary.json ${AP_KIND}_ap$( [[ "${AP_KIND}" == "bbox" ]] &&
+            echo "; a box-only model has no segm AP"))"
     fi
     echo "E2E Training Duration sec : ${E2E}"
     echo "Device used : ${DEV}"
