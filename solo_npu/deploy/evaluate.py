@@ -27,13 +27,9 @@ import torch
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
 from solo_npu.deploy.infer import batches, collect_results, raw_files, results_path
 from solo_npu.deploy.preprocess import load_index, load_inputs, metas_of
+from solo_npu.evaluation.coco_eval import score_types  # train.py's rule; benchmark.py and report.py read it here
 
 logger = logging.getLogger(__name__)
-
-
-def score_types(iou_types: Sequence[str]) -> tuple[str, ...]:
-    """The adapter's iou types plus ``bbox``: COCO results always carry a box (from the mask when needed)."""
-    return tuple(dict.fromkeys([*iou_types, "bbox"]))
 
 
 def _ground_truth(index: dict[str, Any]) -> Any:
