@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from config_support import CONF, ROOT, compose_config
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from solo_npu.config import TrainJobConfig, register_configs
 from solo_npu.config.deploy_schema import check_deploy_overrides, check_overrides
 from solo_npu.config.values import ConfigValueError, check_values
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-
-def _compose(*overrides: str) -> dict:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -38,7 +28,7 @@ def _compose(*overrides: str) -> dict:
                                                        "features"),
 ])
 def test_a_model_value_outside_its_choices_is_one_line(overrides, message):
-    cfg = _compose("+experiment=smoke", *overrides)
+    cfg = compose_config("+experiment=smoke", *overrides)
     with pytest.raises(ConfigValueError) as info:
         check_values(cfg)
     assert str(info.value) == message
@@ -46,9 +36,9 @@ def test_a_model_value_outside_its_choices_is_one_line(overrides, message):
 
 def test_every_shipped_model_is_inside_its_choices():
     for path in sorted((CONF / "model").glob("*.yaml")):
-        check_values(_compose(f"model={path.stem}"))
-    check_values(_compose("model=fcos", "model.head.norm=GN"))  # fcos.head_norm takes any case
-    check_values(_compose("model=fcos", "model.head.norm=null"))
+        check_values(compose_config(f"model={path.stem}"))
+    check_values(compose_config("model=fcos", "model.head.norm=GN"))  # fcos.head_norm takes any case
+    check_values(compose_config("model=fcos", "model.head.norm=null"))
 
 
 def test_the_choices_are_what_the_builders_take():

@@ -8,25 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from config_support import CONF, ROOT, compose_config
 
-from solo_npu.config import register_configs
 from solo_npu.config.values import RANGES, ConfigValueError, check_values
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-
-def _compose(*overrides: str) -> dict:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_is_inside_the_ranges(experiment: str) -> None:
-    cfg = _compose(f"+experiment={experiment}")
+    cfg = compose_config(f"+experiment={experiment}")
     check_values(cfg)
     for key in RANGES:  # every checked key exists in the composed config (a renamed one would go unchecked)
         node = cfg
@@ -37,7 +26,7 @@ def test_every_experiment_is_inside_the_ranges(experiment: str) -> None:
 @pytest.mark.parametrize("group", ["optim", "data"])
 def test_every_optimiser_and_data_choice_is_inside_the_ranges(group: str) -> None:
     for path in sorted((CONF / group).glob("*.yaml")):
-        check_values(_compose(f"{group}={path.stem}"))
+        check_values(compose_config(f"{group}={path.stem}"))
 
 
 @pytest.mark.parametrize("override,message", [
@@ -56,16 +45,16 @@ def test_every_optimiser_and_data_choice_is_inside_the_ranges(group: str) -> Non
     ("data.num_workers=-1", "data.num_workers=-1: must be >= 0"),
 ])
 def test_value_outside_its_range_names_the_key(override: str, message: str) -> None:
-    cfg = _compose("+experiment=smoke", override)
+    cfg = compose_config("+experiment=smoke", override)
     with pytest.raises(ConfigValueError) as info:
         check_values(cfg)
     assert str(info.value) == message
 
 
 def test_node_rank_must_be_below_nnodes() -> None:
-    check_values(_compose("+experiment=smoke", "launcher.nnodes=2", "launcher.node_rank=1"))
+    check_values(compose_config("+experiment=smoke", "launcher.nnodes=2", "launcher.node_rank=1"))
     with pytest.raises(ConfigValueError, match=r"launcher.node_rank=2: must be below launcher.nnodes=2 \(0..1\)"):
-        check_values(_compose("+experiment=smoke", "launcher.nnodes=2", "launcher.node_rank=2"))
+        check_values(compose_config("+experiment=smoke", "launcher.nnodes=2", "launcher.node_rank=2"))
 
 
 def test_train_py_says_it_in_one_line_before_any_worker(tmp_path: Path) -> None:

@@ -56,3 +56,21 @@ class SignalAtEpochEnd(HookBase):
     def after_epoch(self) -> None:
         if self.trainer.epoch == 0:
             signal.raise_signal(self.signum)
+
+
+def refused_at_start(tmp_path: Path, *overrides: str) -> str:
+    """Run ``train.py *overrides`` on a data root and output root under ``tmp_path`` that do not exist yet; assert
+    it stops with exit 1 and no traceback, before the synthetic set is generated and before any worker starts;
+    return its stderr, stripped (the one error line)."""
+    import os
+    import subprocess
+    import sys
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(Path(CONF_DIR).parent / "train.py"), *overrides, f"data.root={data}",
+                           f"output_root={out}"], cwd=Path(CONF_DIR).parent, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    assert not data.exists()  # the synthetic set was not generated
+    assert "run directory" not in "".join(p.read_text() for p in out.rglob("*.log"))  # no worker started
+    return proc.stderr.strip()
