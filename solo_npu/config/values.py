@@ -173,7 +173,6 @@ def check_model_choices(cfg: Mapping[str, Any]) -> None:
                                    f"{', '.join(_choice_text(v) for v in allowed)}")
 
 
-
 def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> None:
     """Raise :class:`ConfigValueError` when a training run (``mode=train``, fine-tuning included) is asked of an
     inference-only model (:data:`INFERENCE_ONLY`), in one line naming the model and what it can do instead.

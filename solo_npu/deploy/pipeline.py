@@ -25,7 +25,7 @@ from solo_npu.deploy.context import BackendFailures, DeployContext, DeployError,
 from solo_npu.deploy.disk import check_disk, run_plan
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
-from solo_npu.deploy.infer import FAILURE_STAGES, failed_runs, failures, run_infer
+from solo_npu.deploy.infer import FAILURE_STAGES, failures, run_infer
 from solo_npu.deploy.preprocess import dataset_files, run_preprocess
 from solo_npu.deploy.report import run_report
 from solo_npu.deploy.verify import run_verify
@@ -163,7 +163,7 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
         key, stage, reason = found[0]
         raise DeployError(f"{reason}; {key} failed in {stage}, the other results are in {ctx.run_dir}")
     if found:
-        failed = failed_runs(ctx, [s for s in stages if s in FAILURE_STAGES])
+        failed = [f"{key} {stage}: {reason}" for key, stage, reason in found]
         raise DeployError(f"{len(failed)} backend run(s) failed ({'; '.join(failed)}); the others' results "
                           f"are in {ctx.run_dir}")
     return ctx

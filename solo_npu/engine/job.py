@@ -159,9 +159,10 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     from solo_npu.data import check_dataset_files
 
     check_values(cfg)
-    check_trainable(cfg, _model_choice())
-    check_evaluable(cfg, _model_choice())
-    check_eval_preprocessing(cfg, _model_choice())
+    choice = _model_choice()
+    check_trainable(cfg, choice)
+    check_evaluable(cfg, choice)
+    check_eval_preprocessing(cfg, choice)
     mode = cfg.get("mode", "train")
     if not cfg.get("checkpoint") and (mode == "eval" or (cfg.get("finetune") or {}).get("enabled")):
         from solo_npu.config.values import ConfigValueError
