@@ -165,9 +165,19 @@ def latency_stats(latencies_ms: Sequence[float], batch_size: int) -> dict[str, f
             "throughput": 1000.0 * batch_size / mean, "iters": int(lat.size)}
 
 
+def warmup_runs(runner: Runner, warmup: int) -> int:
+    """The untimed runs before the timed ones: ``warmup``, or more where the runner needs more to be steady
+    (:attr:`~solo_npu.deploy.runners.Runner.least_warmup`: TorchScript's profiling and optimising runs)."""
+    return max(int(warmup), runner.least_warmup)
+
+
 def time_model(runner: Runner, images: np.ndarray, warmup: int, iters: int) -> list[float]:
-    """Latencies in ms of ``iters`` runs after ``warmup`` untimed runs (runners return host arrays)."""
-    for _ in range(warmup):
+    """Latencies in ms of ``iters`` runs after :func:`warmup_runs` untimed runs (runners return host arrays)."""
+    runs = warmup_runs(runner, warmup)
+    if runs > warmup:
+        logger.info("%s: %d warm-up runs, not %d: the TorchScript executor profiles and optimises the graph on "
+                    "its first runs", runner.label, runs, warmup)
+    for _ in range(runs):
         runner(images)
     latencies = []
     for _ in range(iters):
@@ -255,6 +265,8 @@ def _bench_row(ctx: DeployContext, backend: Any, bs: int, manifest: Mapping[str,
         images = load_inputs(ctx, [records[i] for i in padded(list(range(min(bs, len(records)))), bs)])
         with sampler as memory:
             row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
+        if runner is not None:
+            row["warmup"] = warmup_runs(runner, warmup)
         row["peak_mb"] = None if memory is None else memory.peak_mb
         num = len(records) if e2e_images is None else min(int(e2e_images), len(records))
         if runner is not None and num > 0:

@@ -65,6 +65,15 @@ def _fmt_row(row: dict[str, Any], ap_types: list[str]) -> dict[str, Any]:
     return out
 
 
+def _more_warmup(bench: dict[str, Any]) -> str:
+    """The rows that ran more warm-up runs than asked (TorchScript's executor profiles and optimises first)."""
+    more = [f"{r['backend']} b{r['batch_size']}: {r['warmup']}" for r in bench.get("rows", [])
+            if r.get("warmup") is not None and r["warmup"] != bench.get("warmup")]
+    if not more:
+        return ""
+    return f" ({', '.join(more)}: the TorchScript executor profiles and optimises the graph on its first runs)"
+
+
 def _classes_line(manifest: dict[str, Any], ctx: DeployContext) -> str:
     """How many classes the deployed model predicts, which, and who decided (the export manifest)."""
     if manifest.get("num_classes") is None:
@@ -109,8 +118,9 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         f"- machine: {machine_description()} (device {ctx.device.type})",
         f"- input: Bx3x{h}x{w}, {num_images} images, {weights}",
         _classes_line(manifest, ctx),
-        f"- timing: {bench.get('warmup', '-')} warm-up runs excluded, {bench.get('iters', '-')} timed runs; "
-        "latency is per batch; e2e = image file to pasted masks (in-process runners only)",
+        f"- timing: {bench.get('warmup', '-')} warm-up runs excluded{_more_warmup(bench)}, "
+        f"{bench.get('iters', '-')} timed runs; latency is per batch; e2e = image file to pasted masks "
+        "(in-process runners only)",
         "- timing scope: `model only` = the model call, inputs and outputs already where it runs; "
         "`with host-device copies` = numpy in, numpy out; `device compute from ais_bench` = ais_bench's "
         "NPU_compute_time (no host-device copies)",
