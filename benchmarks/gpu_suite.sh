@@ -12,7 +12,8 @@
 #                 and 8 (benchmarks/train_throughput.py)
 #   train_cli     train.py +experiment=1p on the device (fp16 AMP, static loss scale) to a finite loss; then a
 #                 second run stopped by SIGTERM after its first checkpoint (exit 143, last.pth) and resume=auto
-#   export        TorchScript and ONNX exported from the model on the device, compared with it (valid slots)
+#   export        TorchScript and ONNX exported from the model on the device, and TorchScript traced on the CPU and
+#                 loaded onto the device, compared with the model there (valid slots)
 #   deploy        deploy.py for SOLOv2 R50 800x1216 on the device (eager, TorchScript, ONNX Runtime) with its report
 #   forward_post  the SOLOv2 forward / post-processing table on the device (benchmarks/solov2_forward.py)
 #   positives     sized against 512 fixed positive slots in the training step (train_throughput.py --positives)
@@ -202,10 +203,22 @@ with tempfile.TemporaryDirectory() as tmp:
         traced = [t.cpu().numpy() for t in ts(example)]
     onnx_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         None, {"input": example.cpu().numpy()})
+    # the same model traced on the CPU, loaded onto the device: a traced graph must not keep the tracing device
+    # (solo_npu/models/ops/factories.py), so every output comes back on the device and equal to the model there
+    module_cpu = adapter.export_module(model).to("cpu")
+    cpu_ts = torch.jit.load(str(export_torchscript(module_cpu, module_example(module_cpu, 1, (128, 160)),
+                                                   f"{tmp}/cpu.ts")), map_location=info.device)
+    with torch.no_grad():
+        moved = cpu_ts(example)
+    off = sorted({str(t.device) for t in moved if t.device.type != info.type})
+    if off:
+        fail(f"the CPU-traced TorchScript loaded on {info.device} returned outputs on {off}")
+    from_cpu = [t.cpu().numpy() for t in moved]
 names = adapter.output_names
 reference = dict(zip(names, ref))
 limits = {"scores_max_abs": 1e-4, "masks_max_abs": 1e-3, "labels_mismatch": 0}
-for what, outputs in (("TorchScript", traced), ("ONNX Runtime (CPU)", onnx_out)):
+for what, outputs in (("TorchScript", traced), ("ONNX Runtime (CPU)", onnx_out),
+                      (f"TorchScript traced on the CPU, run on {info.device}", from_cpu)):
     stats = adapter.compare(reference, dict(zip(names, outputs)))
     print(f"{what} against the model on {info.device}: {stats}")
     if not stats.get("valid"):
@@ -213,7 +226,8 @@ for what, outputs in (("TorchScript", traced), ("ONNX Runtime (CPU)", onnx_out))
     over = {k: v for k, v in stats.items() if k in limits and v > limits[k]}
     if over:
         fail(f"{what} differs from the model on {info.device}: {over} (limits {limits})")
-print(f"ok: TorchScript and ONNX exported from the model on {info.device} match it on the valid slots")
+print(f"ok: TorchScript and ONNX exported from the model on {info.device}, and TorchScript traced on the CPU, "
+      "match it on the valid slots")
 PY
 }
 
