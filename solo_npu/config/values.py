@@ -12,8 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["INFERENCE_ONLY", "MODEL_CHOICES", "SQUARE_INPUT_ONLY", "ConfigValueError", "check_evaluable",
-           "check_eval_preprocessing", "check_model_choices", "check_trainable", "check_values"]
+__all__ = ["INFERENCE_ONLY", "MODEL_CHOICES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
+           "check_trainable", "check_values"]
 
 
 class ConfigValueError(ValueError):
@@ -83,16 +83,6 @@ INFERENCE_ONLY: dict[str, str] = {
     "solo_npu.models.yolact_edge.build_yolact_edge": "YolactEdge",
     "solo_npu.models.ssd_resnet34.build_ssd_resnet34": "SSD-ResNet34",
 }
-# builder -> the setting giving the side of the square input the model needs, for the models that predict only on
-# their own square input (every image stretched to it, as deploy.py's preprocess stage makes it: the model's
-# Preprocessing("stretch", ...), solo_npu.deploy.adapters.ModelAdapter.transforms). train.py's evaluation resizes
-# keeping the aspect ratio (data.img_scale), on which SSD-ResNet34's default boxes cannot be laid out
-# (solo_npu.models.ssd_resnet34.default_boxes_for: 'SSD default boxes need a square input').
-SQUARE_INPUT_ONLY: dict[str, str] = {
-    "solo_npu.models.ssd_resnet34.build_ssd_resnet34": "fig_size",
-}
-
-
 def _get(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
     node: Any = cfg
     for part in key.split("."):
@@ -193,26 +183,6 @@ def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> 
         f"{who}: {label} is inference-only in this project (no training losses) and cannot be {what}; "
         f"python deploy.py model={model_choice or 'MODEL'} checkpoint=PATH exports, verifies, evaluates and "
         "benchmarks it, task=predict input=IMG_OR_DIR predicts with it")
-
-
-def check_evaluable(cfg: Mapping[str, Any], model_choice: str | None = None) -> None:
-    """Raise :class:`ConfigValueError` when ``mode=eval`` is asked of a model that predicts only on its own square
-    input (:data:`SQUARE_INPUT_ONLY`), in one line naming the model and deploy.py, which evaluates it on that
-    input. ``model_choice``: as in :func:`check_trainable`."""
-    present, model = _get(cfg, "model")
-    if not present or not isinstance(model, Mapping) or cfg.get("mode", "train") != "eval":
-        return
-    target = str(model.get("_target_", ""))
-    key = SQUARE_INPUT_ONLY.get(target)
-    if key is None:
-        return
-    label = INFERENCE_ONLY.get(target, str(model.get("name") or target))
-    side = model.get(key)
-    who = f"model={model_choice}" if model_choice else f"model {model.get('name') or label}"
-    raise ConfigValueError(
-        f"{who}: {label} predicts only on its own square input (every image stretched to {side}x{side}), not on "
-        "the aspect-keeping resize of train.py's evaluation; python deploy.py "
-        f"model={model_choice or 'MODEL'} checkpoint=PATH evaluates it on that input")
 
 
 def _model_preprocessing(model: Mapping[str, Any]) -> Any:

@@ -155,13 +155,12 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     configured stops with one line (:class:`~solo_npu.config.values.ConfigValueError`,
     :class:`~solo_npu.data.DatasetNotFoundError`,
     :class:`~solo_npu.engine.backbone_init.BackboneInitError`)."""
-    from solo_npu.config.values import check_eval_preprocessing, check_evaluable, check_trainable, check_values
+    from solo_npu.config.values import check_eval_preprocessing, check_trainable, check_values
     from solo_npu.data import check_dataset_files
 
     check_values(cfg)
     choice = _model_choice()
     check_trainable(cfg, choice)
-    check_evaluable(cfg, choice)
     check_eval_preprocessing(cfg, choice)
     mode = cfg.get("mode", "train")
     if not cfg.get("checkpoint") and (mode == "eval" or (cfg.get("finetune") or {}).get("enabled")):

@@ -1,19 +1,19 @@
 """Evaluating SSD-ResNet34 with train.py (mode=eval) stops with one line naming deploy.py before any data is
-generated or a worker starts: the model predicts only on its own square input (every image stretched to
-300x300, as deploy.py preprocesses it), and train.py's aspect-keeping resize ended in a traceback ('Kernel size
-can't be greater than actual input size' on small images, 'SSD default boxes need a square input, got
-800x1184' at COCO scale)."""
+generated or a worker starts: its own pre-processing stretches every image to its 300x300 input, as deploy.py
+preprocesses it, and train.py's aspect-keeping resize ended in a traceback ('Kernel size can't be greater than
+actual input size' on small images, 'SSD default boxes need a square input, got 800x1184' at COCO scale).
+check_eval_preprocessing refuses every model whose pre-processing stretches (YolactEdge too), and with it every
+model that cannot predict on train.py's canvas."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from engine_support import compose_train_cfg, refused_at_start
 from omegaconf import OmegaConf
 
-from solo_npu.config.values import ConfigValueError, check_evaluable
+from solo_npu.config.values import ConfigValueError, check_eval_preprocessing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,26 +37,33 @@ def _predicts_on_keep_ratio_canvas(model_cfg: dict) -> bool:
     return True
 
 
-@pytest.mark.parametrize("model", ["fcos", "ssd_resnet34", "yolact_edge", "solov2_tiny"])
-def test_refused_exactly_when_the_model_cannot_predict_on_the_eval_canvas(model: str) -> None:
-    cfg = _cfg(f"model={model}", "checkpoint=x.pth")
-    if _predicts_on_keep_ratio_canvas(cfg["model"]):
-        check_evaluable(cfg, model)
-        return
-    with pytest.raises(ConfigValueError) as info:
-        check_evaluable(cfg, model)
-    assert str(info.value) == (
-        f"model={model}: SSD-ResNet34 predicts only on its own square input (every image stretched to 300x300), "
-        "not on the aspect-keeping resize of train.py's evaluation; python deploy.py "
-        f"model={model} checkpoint=PATH evaluates it on that input")
+STRETCH = ("model={model}: SSD-ResNet34's own pre-processing stretches every image to its 300x300 input (resize "
+           "stretch), which train.py's evaluation (keep-ratio resize to data.img_scale) cannot do; python deploy.py "
+           "model={model} checkpoint=PATH evaluates it on that input")
+
+
+def _refusal(cfg: dict, model: str) -> str | None:
+    try:
+        check_eval_preprocessing(cfg, model)
+    except ConfigValueError as exc:
+        return str(exc)
+    return None
+
+
+def test_every_model_that_cannot_predict_on_the_eval_canvas_is_refused_with_one_line() -> None:
+    cannot = []
+    for model in ("fcos", "ssd_resnet34", "yolact_edge", "solov2_tiny"):
+        cfg = _cfg(f"model={model}", "checkpoint=x.pth")
+        if not _predicts_on_keep_ratio_canvas(cfg["model"]):
+            cannot.append(model)
+            assert _refusal(cfg, model) == STRETCH.format(model=model)
+    assert cannot == ["ssd_resnet34"]
 
 
 def test_training_is_not_this_check() -> None:
-    check_evaluable(_cfg("model=ssd_resnet34", "mode=train"), "ssd_resnet34")  # check_trainable refuses it
+    assert _refusal(_cfg("model=ssd_resnet34", "mode=train"), "ssd_resnet34") is None  # check_trainable refuses it
 
 
 def test_train_py_says_it_in_one_line_before_any_data_or_worker(tmp_path: Path) -> None:
     assert refused_at_start(tmp_path, "+experiment=[smoke,eval]", "model=ssd_resnet34", "checkpoint=x.pth") == (
-        "[Error] model=ssd_resnet34: SSD-ResNet34 predicts only on its own square input (every image stretched to "
-        "300x300), not on the aspect-keeping resize of train.py's evaluation; python deploy.py model=ssd_resnet34 "
-        "checkpoint=PATH evaluates it on that input")
+        "[Error] " + STRETCH.format(model="ssd_resnet34"))
