@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["INFERENCE_ONLY", "MODEL_CHOICES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
+__all__ = ["MODEL_CHOICES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
            "check_trainable", "check_values"]
 
 
@@ -74,15 +74,6 @@ MODEL_CHOICES: dict[str, dict[str, tuple[str | None, ...]]] = {
     },
 }
 _ANY_CASE = {("solo_npu.models.fcos.build_fcos", "head.norm")}  # fcos.head_norm lowers and strips the value
-# builder (the model's ``_target_``) -> the model, for the models this project runs but does not train: their
-# ``forward`` raises NotImplementedError in training mode (no training losses), which a training or fine-tuning
-# run meets only after it has generated its data and started its workers. deploy.py exports, verifies, evaluates
-# and benchmarks them, and predicts with them (task=predict).
-INFERENCE_ONLY: dict[str, str] = {
-    "solo_npu.models.fcos.build_fcos": "FCOS",
-    "solo_npu.models.yolact_edge.build_yolact_edge": "YolactEdge",
-    "solo_npu.models.ssd_resnet34.build_ssd_resnet34": "SSD-ResNet34",
-}
 def _get(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
     node: Any = cfg
     for part in key.split("."):
@@ -164,8 +155,10 @@ def check_model_choices(cfg: Mapping[str, Any]) -> None:
 
 
 def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> None:
-    """Raise :class:`ConfigValueError` when a training run (``mode=train``, fine-tuning included) is asked of an
-    inference-only model (:data:`INFERENCE_ONLY`), in one line naming the model and what it can do instead.
+    """Raise :class:`ConfigValueError` when a training run (``mode=train``, fine-tuning included) is asked of a
+    model whose ``trainable`` is False (:mod:`solo_npu.models.contract`: FCOS, YolactEdge, SSD-ResNet34 have no
+    training losses), in one line naming the model and what it can do instead; the run would otherwise generate
+    its data and start its workers before the model's NotImplementedError.
 
     Args:
         model_choice: the ``model=`` choice that composed ``cfg`` (``fcos``), named in the line; ``None``: the
@@ -174,9 +167,10 @@ def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> 
     present, model = _get(cfg, "model")
     if not present or not isinstance(model, Mapping) or cfg.get("mode", "train") != "train":
         return
-    label = INFERENCE_ONLY.get(str(model.get("_target_", "")))
-    if label is None:
+    built = _built_on_meta(model)
+    if built is None or getattr(built, "trainable", True):
         return
+    label = _display_name(built)
     what = "fine-tuned" if (cfg.get("finetune") or {}).get("enabled") else "trained"
     who = f"model={model_choice}" if model_choice else f"model {model.get('name') or label}"
     raise ConfigValueError(
@@ -185,22 +179,23 @@ def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> 
         "benchmarks it, task=predict input=IMG_OR_DIR predicts with it")
 
 
-def _model_preprocessing(model: Mapping[str, Any]) -> Any:
-    """The model's own ``preprocessing`` (:class:`~solo_npu.models.contract.Preprocessing`), read from the model
-    built on the meta device (no weights, no file read: ``pretrained`` is set to null); ``None`` when the model
-    leaves the pre-processing to the data config (its ``style`` is null: SOLOv2) or cannot be built here (the
-    run's own build reports why)."""
+def _built_on_meta(model: Mapping[str, Any]) -> Any:
+    """The model built on the meta device (no weights, no file read: ``pretrained`` is set to null), for the facts
+    it states about itself (:mod:`solo_npu.models.contract`); ``None`` when it cannot be built here (the run's own
+    build reports why)."""
     from solo_npu.models import build_model
 
     spec = {key: value for key, value in model.items() if key != "deploy"}
     if "pretrained" in spec:
         spec["pretrained"] = None
     try:
-        built = build_model(spec, device="meta")
+        return build_model(spec, device="meta")
     except Exception:  # noqa: BLE001 - a model that cannot be built is reported by the run's own build
         return None
-    pre = getattr(built, "preprocessing", None)
-    return pre if pre is not None and pre.style is not None else None
+
+
+def _display_name(built: Any) -> str:
+    return str(getattr(built, "display_name", type(built).__name__))
 
 
 def _number_text(value: float) -> str:
@@ -229,11 +224,11 @@ def check_eval_preprocessing(cfg: Mapping[str, Any], model_choice: str | None = 
     present, model = _get(cfg, "model")
     if not present or not isinstance(model, Mapping) or cfg.get("mode", "train") != "eval":
         return
-    pre = _model_preprocessing(model)
-    if pre is None:
+    built = _built_on_meta(model)
+    pre = getattr(built, "preprocessing", None)
+    if pre is None or pre.style is None:  # SOLOv2: the data config's pre-processing
         return
-    target = str(model.get("_target_", ""))
-    label = INFERENCE_ONLY.get(target, str(model.get("name") or target))
+    label = _display_name(built)
     who = f"model={model_choice}" if model_choice else f"model {model.get('name') or label}"
     shape = (model.get("deploy") or {}).get("input_shape")
     size = tuple(int(v) for v in shape[-2:]) if isinstance(shape, (list, tuple)) and len(shape) >= 2 else None

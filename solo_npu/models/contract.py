@@ -1,7 +1,13 @@
 """What a detector tells the rest of the system about itself.
 
-Deployment and checkpoint loading read these from the model object (duck-typed, no registry); a new
-detector is one model file, one yaml and its tests.
+Deployment, checkpoint loading and train.py's start-up checks read these from the model object (duck-typed,
+no registry); a new detector is one model file, one yaml and its tests.
+
+What it is (``solo_npu.config.values``, on the model built on the meta device):
+
+- ``display_name`` (default the class name): how one-line errors name it (``SSD-ResNet34``).
+- ``trainable`` (default True): False for a model without training losses (its training-mode forward raises
+  ``NotImplementedError``); train.py then refuses to train or fine-tune it before any data or worker.
 
 Deployment (``solo_npu.deploy.adapters.ModelAdapter`` wraps any model that has them):
 

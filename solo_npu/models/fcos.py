@@ -182,6 +182,8 @@ class FCOS(nn.Module):
     """
 
     # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
+    display_name = "FCOS"
+    trainable = False  # no training losses: forward raises NotImplementedError in training mode
     output_names = FCOS_OUTPUT_NAMES
     iou_types = ("bbox",)
     # mmdet caffe pipeline: keep-ratio fit, BGR, caffe mean, std 1, zero padding bottom / right

@@ -114,6 +114,8 @@ class SSDResNet34(nn.Module):
     """
 
     # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
+    display_name = "SSD-ResNet34"
+    trainable = False  # no training losses: forward raises NotImplementedError in training mode
     output_names = SSD_OUTPUT_NAMES
     iou_types = ("bbox",)
     # MLPerf eval transform: stretch to the input, RGB, ImageNet mean / std; the image fills the input

@@ -159,6 +159,8 @@ class YolactEdge(nn.Module):
     """
 
     # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
+    display_name = "YolactEdge"
+    trainable = False  # no training losses: forward raises NotImplementedError in training mode
     iou_types = ("segm", "bbox")
     # YOLACT FastBaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
     preprocessing = Preprocessing("stretch", "pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38),
