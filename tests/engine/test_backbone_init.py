@@ -4,8 +4,10 @@ data/pretrained/, loads it (logged), and a frozen-BN backbone without it refuses
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +141,12 @@ def _small_torchvision_file(path: Path, depth: int = 50) -> None:
 
 
 @pytest.fixture(scope="module")
-def coco_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def coco_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A launch directory holding data/coco/{train2017,val2017,annotations} (a few 64-px images)."""
     top = tmp_path_factory.mktemp("coco_layout")
     generate_synthetic_coco(top / "data" / "coco", 2, 1, size=64, seed=3)
-    return top
+    yield top
+    shutil.rmtree(top, ignore_errors=True)  # two R50 runs' checkpoints with optimizer state, 350 MB each
 
 
 def _train(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
