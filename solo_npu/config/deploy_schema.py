@@ -139,6 +139,11 @@ class OnnxRuntimeConfig:
 
 
 @dataclass
+class PyTorchConfig:
+    compile: bool = MISSING  # the pytorch backend under torch.compile (solo_npu.models.inference.compile_for_inference)
+
+
+@dataclass
 class TorchAieConfig:
     python: str | None = MISSING
     precision_policy: str | None = MISSING  # null: compile.torch_aie.precision_policy
@@ -181,6 +186,7 @@ class DeployConfig:
     disk: DiskConfig = MISSING  # the free-space check before preprocess / infer
     evaluate: EvaluateConfig = MISSING
     compile: CompileConfig = MISSING  # ATC and torch_aie
+    pytorch: PyTorchConfig = MISSING  # the eager backend
     onnxruntime: OnnxRuntimeConfig = MISSING  # session options and execution-provider options
     torch_aie: TorchAieConfig = MISSING
     om: OmConfig = MISSING  # ais_bench

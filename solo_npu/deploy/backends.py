@@ -188,13 +188,18 @@ class Backend:
 
 
 class PyTorchBackend(Backend):
-    """Eager PyTorch, the adapter's export module on the run's device."""
+    """PyTorch, the adapter's export module on the run's device: eager, or under torch.compile
+    (``deploy.pytorch.compile``, :meth:`~solo_npu.deploy.context.DeployContext.pytorch_module`)."""
 
     name = "pytorch"
 
+    @property
+    def torch_compiled(self) -> bool:
+        return self.ctx.compile_pytorch
+
     def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner:
-        return PyTorchRunner(self.ctx.adapter.export_module(self.ctx.model()), self.ctx.adapter.output_names,
-                             self.ctx.device)
+        return PyTorchRunner(self.ctx.pytorch_module(), self.ctx.adapter.output_names, self.ctx.device,
+                             compiled=self.torch_compiled)
 
 
 class TorchScriptBackend(Backend):

@@ -175,8 +175,7 @@ def time_model(runner: Runner, images: np.ndarray, warmup: int, iters: int) -> l
     """Latencies in ms of ``iters`` runs after :func:`warmup_runs` untimed runs (runners return host arrays)."""
     runs = warmup_runs(runner, warmup)
     if runs > warmup:
-        logger.info("%s: %d warm-up runs, not %d: the TorchScript executor profiles and optimises the graph on "
-                    "its first runs", runner.label, runs, warmup)
+        logger.info("%s: %d warm-up runs, not %d: %s", runner.label, runs, warmup, runner.warmup_reason)
     for _ in range(runs):
         runner(images)
     latencies = []
@@ -267,6 +266,8 @@ def _bench_row(ctx: DeployContext, backend: Any, bs: int, manifest: Mapping[str,
             row.update(latency_stats(backend.latency(bs, manifest, images, warmup, iters, runner), bs))
         if runner is not None:
             row["warmup"] = warmup_runs(runner, warmup)
+            if row["warmup"] != warmup:
+                row["warmup_reason"] = runner.warmup_reason
         row["peak_mb"] = None if memory is None else memory.peak_mb
         num = len(records) if e2e_images is None else min(int(e2e_images), len(records))
         if runner is not None and num > 0:

@@ -24,7 +24,7 @@ from torch import nn
 from solo_npu.config.deploy_schema import DeployConfig, ModelDeployConfig, unknown_key
 from solo_npu.deploy.adapters import ModelAdapter
 from solo_npu.models import build_model
-from solo_npu.models.inference import prepare_for_inference
+from solo_npu.models.inference import compile_for_inference, compile_unsupported, prepare_for_inference
 from solo_npu.runtime import DeviceInfo, apply_npu_env, resolve_device, seed_everything, setup_device
 from solo_npu.utils.files import write_json_atomic
 
@@ -244,6 +244,8 @@ class DeployContext:
         setup_device(self.device, cfg.get("runtime"))
         seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))  # random-weight runs repeat
         self._model: nn.Module | None = None
+        self._compiled: nn.Module | None = None  # the pytorch backend's module under torch.compile
+        self._compile_warned = False
         self._classes: ModelClasses | None = None
         self.random_weights = cfg.get("checkpoint") in (None, "")
         self.results: dict[str, Any] = {}
@@ -291,7 +293,30 @@ class DeployContext:
     def set_model(self, model: nn.Module) -> None:
         """Use an already built model (tests, notebooks) instead of building one from the config."""
         self._model = model.to(self.device.device).eval()
+        self._compiled = None
         self._classes = None
+
+    @property
+    def compile_pytorch(self) -> bool:
+        """Whether the pytorch backend runs under torch.compile: ``deploy.pytorch.compile`` where this device and
+        Python support it (:func:`~solo_npu.models.inference.compile_unsupported`; where not, one WARNING says so
+        and eager PyTorch runs)."""
+        if not self.deploy_cfg.pytorch.compile:
+            return False
+        why = compile_unsupported(self.device.type)
+        if why is not None and not self._compile_warned:
+            logger.warning("deploy.pytorch.compile=true: the pytorch backend runs eager: %s", why)
+            self._compile_warned = True
+        return why is None
+
+    def pytorch_module(self) -> nn.Module:
+        """What the pytorch backend runs: the adapter's export module of :meth:`model`, under torch.compile when
+        :attr:`compile_pytorch` (one compiled module per process, so each batch size compiles once)."""
+        if not self.compile_pytorch:
+            return self.adapter.export_module(self.model())
+        if self._compiled is None:
+            self._compiled = compile_for_inference(self.adapter.export_module(self.model()), self.device.type)
+        return self._compiled
         self._adapter = self._settings = None
         self.random_weights = False
 

@@ -65,13 +65,30 @@ def _fmt_row(row: dict[str, Any], ap_types: list[str]) -> dict[str, Any]:
     return out
 
 
+def _pytorch_lines(ctx: DeployContext) -> list[str]:
+    """What the pytorch backend ran when ``deploy.pytorch.compile`` asked for torch.compile."""
+    if not ctx.deploy_cfg.pytorch.compile:
+        return []
+    if not ctx.compile_pytorch:
+        from solo_npu.models.inference import compile_unsupported
+
+        return [f"- pytorch: eager; deploy.pytorch.compile=true, but {compile_unsupported(ctx.device.type)}"]
+    how = "inductor with freezing: weights as constants" if ctx.device.type == "cpu" else "inductor"
+    return [f"- pytorch: under torch.compile ({how}), compiled in its first warm-up run at each batch size and "
+            "verified against eager PyTorch at every batch size"]
+
+
 def _more_warmup(bench: dict[str, Any]) -> str:
-    """The rows that ran more warm-up runs than asked (TorchScript's executor profiles and optimises first)."""
-    more = [f"{r['backend']} b{r['batch_size']}: {r['warmup']}" for r in bench.get("rows", [])
-            if r.get("warmup") is not None and r["warmup"] != bench.get("warmup")]
-    if not more:
+    """The rows that ran more warm-up runs than asked, and why (TorchScript's executor profiles and optimises
+    first, torch.compile compiles), one entry per reason."""
+    by_reason: dict[str, list[str]] = {}
+    for r in bench.get("rows", []):
+        if r.get("warmup") is not None and r["warmup"] != bench.get("warmup"):
+            by_reason.setdefault(r.get("warmup_reason") or "", []).append(f"{r['backend']} b{r['batch_size']}: "
+                                                                          f"{r['warmup']}")
+    if not by_reason:
         return ""
-    return f" ({', '.join(more)}: the TorchScript executor profiles and optimises the graph on its first runs)"
+    return " (" + "; ".join(f"{', '.join(rows)}{': ' + why if why else ''}" for why, rows in by_reason.items()) + ")"
 
 
 def _classes_line(manifest: dict[str, Any], ctx: DeployContext) -> str:
@@ -127,6 +144,7 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         "- threads: `torch N` = torch's intra-op threads (eager, TorchScript); onnxruntime: its session's "
         "intra-op and inter-op threads (default: onnxruntime's own count), execution mode and graph optimization "
         "level; none for om and torch_aie, which run on the chip",
+        *_pytorch_lines(ctx),
         f"- AP: COCO {', '.join(ap_types) or '-'} over {_scored_line(ctx, num_images)}, scored at batch "
         f"{', '.join(str(b) for b in ap_batches) or '-'}; other batch sizes are timed only",
         "",

@@ -86,6 +86,9 @@ class Runner:
         """The untimed runs this runner needs before its timings are steady (0: whatever the user asks)."""
         return 0
 
+    #: why it needs them (said where a benchmark runs more warm-up runs than asked)
+    warmup_reason = ""
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -114,9 +117,20 @@ class PyTorchRunner(Runner):
 
     backend = "pytorch"
 
-    def __init__(self, module: nn.Module, output_names: Sequence[str], device: DeviceInfo) -> None:
+    def __init__(self, module: nn.Module, output_names: Sequence[str], device: DeviceInfo,
+                 compiled: bool = False) -> None:
+        """``compiled``: ``module`` runs under torch.compile, which compiles at its first call."""
         super().__init__(output_names, device)
         self.module = module.eval()
+        self.compiled = compiled
+
+    @property
+    def least_warmup(self) -> int:
+        return 1 if self.compiled else 0
+
+    @property
+    def warmup_reason(self) -> str:
+        return "torch.compile compiles at the first run" if self.compiled else ""
 
     @torch.no_grad()
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,6 +163,8 @@ class TorchScriptRunner(PyTorchRunner):
         if not torch._C._get_graph_executor_optimize():
             return 0
         return int(torch._C._jit_get_num_profiled_runs()) + 1
+
+    warmup_reason = "the TorchScript executor profiles and optimises the graph on its first runs"
 
 
 def load_torchscript(path: str | Path, map_location: Any, saved_with: str | None = None,

@@ -12,6 +12,9 @@ On the CPU, channels-last adds one more change: the 1x1 convolutions run on oneD
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +24,7 @@ from solo_npu.runtime.onednn import use_onednn_pointwise
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fold_frozen_norms", "prepare_for_inference"]
+__all__ = ["compile_for_inference", "compile_unsupported", "fold_frozen_norms", "prepare_for_inference"]
 
 _FOLDABLE = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
@@ -97,3 +100,24 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = False) -> n
     logger.info("inference mode: %d frozen norms folded into convolutions%s", folded,
                 f", channels-last, {pointwise} 1x1 convolutions on oneDNN" if channels_last else "")
     return model
+
+
+def compile_unsupported(device_type: str) -> str | None:
+    """Why :func:`compile_for_inference` cannot serve this device and Python, or None when it can."""
+    if device_type not in ("cpu", "cuda"):
+        return f"torch.compile's inductor backend does not generate code for {device_type} devices"
+    if sys.version_info >= (3, 12) and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 2):
+        return f"torch {torch.__version__}'s dynamo does not support Python {sys.version_info[0]}.{sys.version_info[1]}"
+    return None
+
+
+def compile_for_inference(fn: Callable[..., Any], device_type: str) -> Callable[..., Any]:
+    """``torch.compile`` (inductor) of an inference-mode module or method whose weights no longer change; it
+    compiles at its first call, once per input shape (``dynamic=False``: a deployment's static inputs).
+
+    On the CPU with inductor's freezing (``torch._inductor.config.freezing``): the weights become constants of the
+    graph, so the convolutions are prepacked for oneDNN and fused with their bias and ReLU. Only for a model that
+    will not be trained or reloaded: a weight changed after the first call is not seen.
+    """
+    options = {"freezing": True} if device_type == "cpu" else None
+    return torch.compile(fn, options=options, dynamic=False)
