@@ -10,7 +10,8 @@ Usage: ``python benchmarks/inference_mode.py [--model solov2_r50] [--shape 800 1
 ``--precision`` runs every layout in fp32 and/or under autocast to fp16 or bf16 (``torch.autocast`` of the
 device; fp16 is skipped on the CPU, whose autocast type is bf16); on CUDA the fp32 rows say whether TF32 was
 allowed. ``--compile`` adds the inference mode of this device (channels-last on the CPU, NCHW elsewhere) under
-``torch.compile`` (default inductor backend), in fp32, with its compile time (the first call) in the row's name.
+``torch.compile`` (inductor, as ``deploy.pytorch.compile`` runs it: ``compile_for_inference``, with inductor's
+freezing on the CPU), in fp32, with its compile time (the first call) in the row's name.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from common import command_line, cuda_settings, describe_machine, device_name, fp32_label, publish  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
-from solo_npu.models.inference import prepare_for_inference  # noqa: E402
+from solo_npu.models.inference import compile_for_inference, prepare_for_inference  # noqa: E402
 from solo_npu.runtime import resolve_device, synchronize  # noqa: E402
 
 HEADING = "## SOLOv2 inference mode"
@@ -113,13 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")  # cold, as a first use
         layout = "channels-last" if info.inference_channels_last else "NCHW"
         compiled = prepare_for_inference(copy.deepcopy(base), channels_last=info.inference_channels_last)
-        compiled.forward_head = torch.compile(compiled.forward_head)
+        compiled.forward_head = compile_for_inference(compiled.forward_head, info.type)
         with torch.no_grad():
             synchronize(info)
             start = time.perf_counter()
             compiled.forward_head(x)
             synchronize(info)
-        variants[(f"BN folded + {layout} + torch.compile (compiling took {time.perf_counter() - start:.0f} s)",
+        how = "torch.compile with freezing" if info.type == "cpu" else "torch.compile"
+        variants[(f"BN folded + {layout} + {how} (compiling took {time.perf_counter() - start:.0f} s)",
                   labels["fp32"])] = (compiled, None)
     results = timed(variants, x, args.iters, info)
     ref_ms, ref_out = results[reference]

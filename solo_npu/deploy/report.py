@@ -74,8 +74,8 @@ def _pytorch_lines(ctx: DeployContext) -> list[str]:
 
         return [f"- pytorch: eager; deploy.pytorch.compile=true, but {compile_unsupported(ctx.device.type)}"]
     how = "inductor with freezing: weights as constants" if ctx.device.type == "cpu" else "inductor"
-    return [f"- pytorch: under torch.compile ({how}), compiled in its first warm-up run at each batch size and "
-            "verified against eager PyTorch at every batch size"]
+    return [f"- pytorch: under torch.compile ({how}), compiled in its first warm-up run at each batch size; the "
+            "verify stage checks it against eager PyTorch at every batch size"]
 
 
 def _more_warmup(bench: dict[str, Any]) -> str:
