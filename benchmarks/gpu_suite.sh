@@ -18,6 +18,8 @@
 #   forward_post  the SOLOv2 forward / post-processing table on the device (benchmarks/solov2_forward.py)
 #   positives     sized against 512 fixed positive slots in the training step (train_throughput.py --positives)
 #   compile       the forward table again with torch.compile of the inference mode (cold inductor cache)
+#   deploy_compile  deploy.py's pytorch backend under torch.compile (deploy.pytorch.compile=true), batch 1: verified
+#                 against eager, timed after its compiling warm-up run (report copied as deploy_compile_report.md)
 # Before them, preflight installs .whl/ when a package is missing (hydra-core, omegaconf, antlr4, pycocotools,
 # onnxslim) and checks the imports and the device; when either fails the run stops there with one STOP line.
 #
@@ -63,9 +65,9 @@ declare -A CAP MIN
 if [[ "${DEVICE}" == cpu ]]; then
     BUDGET="${GPU_SUITE_BUDGET:-1500}"
     CAP=([forward]=150 [train_step]=200 [train_cli]=200 [export]=120 [deploy]=300 [forward_post]=200 [positives]=150
-         [compile]=300)
+         [compile]=300 [deploy_compile]=300)
     MIN=([forward]=30 [train_step]=30 [train_cli]=30 [export]=30 [deploy]=30 [forward_post]=30 [positives]=30
-         [compile]=30)
+         [compile]=30 [deploy_compile]=30)
     FORWARD=(benchmarks/inference_mode.py --model solov2_light_r18 --shape 128 160 --iters 1 --threads 2)
     TRAIN_STEP=(benchmarks/train_throughput.py --cases light_r18 --batch 1 --warmup 0 --steps 1 --threads 2)
     POSITIVES=(benchmarks/train_throughput.py --positives --cases light_r18 --batch 1 --instances 2 --warmup 0
@@ -81,9 +83,9 @@ else
     # 12-14 s, deploy 109-124 s, forward_post 7 s, positives 14 s, compile 50 s (torch.compile of R50 32 s, cold
     # inductor cache); preflight with the wheels' install about 12 s. Every section in one call: about 420 s.
     CAP=([forward]=120 [train_step]=200 [train_cli]=150 [export]=90 [deploy]=240 [forward_post]=90 [positives]=90
-         [compile]=200)
+         [compile]=200 [deploy_compile]=200)
     MIN=([forward]=40 [train_step]=150 [train_cli]=90 [export]=30 [deploy]=150 [forward_post]=30 [positives]=30
-         [compile]=80)
+         [compile]=80 [deploy_compile]=100)
     FORWARD=(benchmarks/inference_mode.py --model solov2_r50 --shape 800 1216 --iters 20)
     TRAIN_STEP=(benchmarks/train_throughput.py --cases r50 light_r50 --batch 2 8 --warmup 3 --steps 8)
     POSITIVES=(benchmarks/train_throughput.py --positives --cases r50 --batch 2 --instances 8 --warmup 2 --steps 5)
@@ -94,7 +96,7 @@ else
     DEPLOY=(model=solov2 deploy.batch_sizes=[1,8] deploy.num_images=24 deploy.benchmark.iters=5
             deploy.benchmark.warmup=1 deploy.benchmark.e2e_images=8)
 fi
-SECTIONS=(forward train_step train_cli export deploy forward_post positives compile)
+SECTIONS=(forward train_step train_cli export deploy forward_post positives compile deploy_compile)
 
 reason() {  # reason TEXT: the one line a failing section is summarised by
     printf '%s\n' "$*" >"${GPU_SUITE_REASON}"
@@ -236,6 +238,15 @@ section_deploy() {
     step deploy.py runtime.device="${DEVICE}" run_dir="${run}" "${DEPLOY[@]}" deploy.infer.batch_sizes=[1]
 }
 
+section_deploy_compile() {  # not measured on a GPU yet: expected 1-2 minutes (one R50 compile, one batch size)
+    local run="${RESULTS}/deploy_compile"
+    step deploy.py runtime.device="${DEVICE}" run_dir="${run}" "${DEPLOY[@]}" deploy.batch_sizes=[1] \
+        deploy.infer.batch_sizes=[1] deploy.backends=[pytorch] deploy.export_formats=[torchscript] \
+        deploy.pytorch.compile=true || return 1
+    grep -q -- "- pytorch: under torch.compile" "${run}/report.md" \
+        || { reason "the report does not say the pytorch backend ran under torch.compile"; return 1; }
+}
+
 section_forward_post() {
     step "${FORWARD_POST[@]}" --device "${DEVICE}"
 }
@@ -264,6 +275,8 @@ save_results() {  # copy what there is to $OUT (at most 8 files come back from i
     cp "${SUMMARY}" "${OUT}/gpu_suite_summary.txt"
     cp "${SOLO_BENCHMARKS_MD}" "${OUT}/benchmarks.md"
     [[ -f "${RESULTS}/deploy/report.md" ]] && cp "${RESULTS}/deploy/report.md" "${OUT}/deploy_report.md"
+    [[ -f "${RESULTS}/deploy_compile/report.md" ]] && cp "${RESULTS}/deploy_compile/report.md" \
+        "${OUT}/deploy_compile_report.md"
     return 0
 }
 
