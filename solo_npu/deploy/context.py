@@ -295,6 +295,8 @@ class DeployContext:
         self._model = model.to(self.device.device).eval()
         self._compiled = None
         self._classes = None
+        self._adapter = self._settings = None
+        self.random_weights = False
 
     @property
     def compile_pytorch(self) -> bool:
@@ -317,8 +319,6 @@ class DeployContext:
         if self._compiled is None:
             self._compiled = compile_for_inference(self.adapter.export_module(self.model()), self.device.type)
         return self._compiled
-        self._adapter = self._settings = None
-        self.random_weights = False
 
 
 def build_eager_model(cfg: DictConfig) -> nn.Module:

@@ -25,6 +25,7 @@ def _report_line(ctx) -> str:
 def test_compiled_pytorch_is_verified_scored_and_timed_after_compiling(make_ctx):
     ctx = make_ctx(*ASK)
     run_pipeline(ctx.cfg, ctx=ctx)
+    assert "RANDOM" not in (ctx.run_dir / "report.md").read_text()  # the fitted model given with set_model
     module = ctx.pytorch_module()
     assert isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
     assert ctx.pytorch_module() is module  # one compiled module for every stage and batch size
