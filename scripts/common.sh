@@ -51,6 +51,7 @@ apex=""
 EXTRA=()
 CHECKPOINT_NOTE=""  # where --checkpoint's file came from, when setup_env should say it
 PASSED_OVER=""      # a full training run's checkpoint that the default of train_eval_1p.sh passed over
+UNFINISHED=""       # why the default checkpoint's training run is not known to have ended (its summary.json)
 OUTPUT_ROOT="${OUTPUT_DIR:-output}"  # output/<device_id> holds a run's output
 [[ "${OUTPUT_ROOT}" == /* ]] || OUTPUT_ROOT="${PWD}/${OUTPUT_ROOT}"  # train.py runs from the repository root
 COCO_SPLITS="train val"  # the splits --data_path must hold
@@ -194,6 +195,15 @@ require_checkpoint() {
     fi
     if latest_training_checkpoint "${kinds}"; then
         checkpoint="${LATEST_CHECKPOINT}"
+        # train.py writes summary.json when a run ends, its top-level "status" "ok" when it ended as asked
+        # (solo_npu/engine/job.py: stopped, interrupted or nonfinite otherwise)
+        local summary="${checkpoint%/checkpoints/last.pth}/summary.json" status=""
+        [[ -f "${summary}" ]] && status="$(sed -n 's/^  "status": "\([a-z_]*\)".*/\1/p' "${summary}" | head -n 1)"
+        if [[ ! -f "${summary}" ]]; then
+            UNFINISHED="it has no summary.json: still running, or killed before it could write one"
+        elif [[ "${status}" != ok ]]; then
+            UNFINISHED="its summary.json says status ${status:-unknown}"
+        fi
         if [[ "${LATEST_KIND}" == finetune ]]; then
             CHECKPOINT_NOTE="no --checkpoint given: the last checkpoint of the latest training run for device ${device_id}, train_finetune_1p.sh's"
             PASSED_OVER="${FULL_CHECKPOINT}"
@@ -240,6 +250,10 @@ setup_env() {
     fi
     if [[ -n "${CHECKPOINT_NOTE}" ]]; then
         echo "checkpoint: ${checkpoint} (${CHECKPOINT_NOTE})"
+    fi
+    if [[ -n "${UNFINISHED}" ]]; then
+        echo "[Warning] the training run of ${checkpoint} did not finish (${UNFINISHED}): its last save is used" \
+            "(--checkpoint=PATH picks another)"
     fi
     if [[ -n "${PASSED_OVER}" ]]; then
         echo "[Warning] evaluating the fine-tuned ${checkpoint}, not the older full training run's ${PASSED_OVER}" \

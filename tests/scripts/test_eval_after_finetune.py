@@ -57,6 +57,16 @@ def test_eval_after_finetune_evaluates_the_fine_tuned_checkpoint(synthetic_coco:
     assert summary["checkpoint"] == str(full) and summary["checkpoint_iteration"] == 2
     assert f"Evaluated checkpoint : {full} (epoch 0, iteration 2)" in proc.stdout.splitlines()
     assert "[Warning] evaluating" not in proc.stdout
+    assert "did not finish" not in proc.stdout  # the fine-tuning above ended as asked: no warning there either
+
+    # the default's run was stopped (SIGTERM: train.py's summary.json says status stopped): evaluated, and said so
+    tuned_summary = runs["finetune"] / "run" / "summary.json"
+    record = json.loads(tuned_summary.read_text())
+    assert record["status"] == "ok"
+    tuned_summary.write_text(json.dumps({**record, "status": "stopped"}, indent=2) + "\n")
+    proc = script("train_eval_1p.sh", tmp_path, data, *SHRINK)
+    assert f"[Warning] the training run of {tuned} did not finish (its summary.json says status stopped): its last " \
+           "save is used (--checkpoint=PATH picks another)" in proc.stdout.splitlines()
 
 
 def test_train_py_eval_or_finetune_without_checkpoint_is_one_line(synthetic_coco: Path, tmp_path: Path) -> None:
