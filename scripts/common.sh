@@ -197,12 +197,12 @@ require_checkpoint() {
         checkpoint="${LATEST_CHECKPOINT}"
         # train.py writes summary.json when a run ends, its top-level "status" "ok" when it ended as asked
         # (solo_npu/engine/job.py: stopped, interrupted or nonfinite otherwise)
-        local summary="${checkpoint%/checkpoints/last.pth}/summary.json" status=""
-        [[ -f "${summary}" ]] && status="$(sed -n 's/^  "status": "\([a-z_]*\)".*/\1/p' "${summary}" | head -n 1)"
+        local summary="${checkpoint%/checkpoints/last.pth}/summary.json" status
         if [[ ! -f "${summary}" ]]; then
             UNFINISHED="it has no summary.json: still running, or killed before it could write one"
-        elif [[ "${status}" != ok ]]; then
-            UNFINISHED="its summary.json says status ${status:-unknown}"
+        else
+            status="$(sed -n 's/^  "status": "\([a-z_]*\)".*/\1/p' "${summary}" | head -n 1)"
+            [[ "${status}" == ok ]] || UNFINISHED="its summary.json says status ${status:-unknown}"
         fi
         if [[ "${LATEST_KIND}" == finetune ]]; then
             CHECKPOINT_NOTE="no --checkpoint given: the last checkpoint of the latest training run for device ${device_id}, train_finetune_1p.sh's"

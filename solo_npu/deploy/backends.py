@@ -193,13 +193,9 @@ class PyTorchBackend(Backend):
 
     name = "pytorch"
 
-    @property
-    def torch_compiled(self) -> bool:
-        return self.ctx.compile_pytorch
-
     def runner(self, batch_size: int, manifest: Mapping[str, Any]) -> Runner:
         return PyTorchRunner(self.ctx.pytorch_module(), self.ctx.adapter.output_names, self.ctx.device,
-                             compiled=self.torch_compiled)
+                             compiled=self.ctx.compile_pytorch)
 
 
 class TorchScriptBackend(Backend):

@@ -305,11 +305,17 @@ class DeployContext:
         and eager PyTorch runs)."""
         if not self.deploy_cfg.pytorch.compile:
             return False
-        why = compile_unsupported(self.device.type)
+        why = self.compile_refusal
         if why is not None and not self._compile_warned:
             logger.warning("deploy.pytorch.compile=true: the pytorch backend runs eager: %s", why)
             self._compile_warned = True
         return why is None
+
+    @property
+    def compile_refusal(self) -> str | None:
+        """Why torch.compile cannot serve this run's device (:func:`~solo_npu.models.inference.compile_unsupported`),
+        or None."""
+        return compile_unsupported(self.device.type)
 
     def pytorch_module(self) -> nn.Module:
         """What the pytorch backend runs: the adapter's export module of :meth:`model`, under torch.compile when

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
-from solo_npu.deploy.infer import batches, collect_results, infer_batch_sizes, raw_files, results_path
+from solo_npu.deploy.infer import batches, collect_results, infer_batch_sizes, infer_dir, raw_files, results_path
 from solo_npu.deploy.preprocess import load_index, load_inputs, metas_of
 from solo_npu.evaluation.coco_eval import score_types  # train.py's rule; benchmark.py and report.py read it here
 
@@ -111,16 +111,17 @@ def run_evaluate(ctx: DeployContext) -> dict[str, Any]:
     found = sorted(p.parent.name for p in infer_root.glob("*/outputs.json")) if infer_root.is_dir() else []
     # only what this run asks for: outputs an earlier run of other backends or batch sizes left in the run directory
     # would otherwise be scored and reported beside this run's as if they were its own
-    asked = {f"{name}_b{bs}" for name in ctx.settings.backends for bs in infer_batch_sizes(ctx)}
+    names, sizes = list(ctx.settings.backends), infer_batch_sizes(ctx)
+    asked = {infer_dir(ctx, name, bs).name for name in names for bs in sizes}
     keys = [key for key in found if key in asked]
     left = [key for key in found if key not in asked]
     if left:
         logger.warning("evaluate: not scoring %s: earlier outputs under %s of backends or batch sizes this run does "
-                       "not ask for (deploy.backends=%s, infer batch sizes %s)", ", ".join(left), infer_root,
-                       list(ctx.settings.backends), infer_batch_sizes(ctx))
+                       "not ask for (deploy.backends=%s, infer batch sizes %s)", ", ".join(left), infer_root, names,
+                       sizes)
     if not keys:
-        raise DeployError(f"no inference outputs under {infer_root} for deploy.backends={list(ctx.settings.backends)} "
-                          f"at batch sizes {infer_batch_sizes(ctx)}: run stages=[infer] first")
+        raise DeployError(f"no inference outputs under {infer_root} for deploy.backends={names} at batch sizes "
+                          f"{sizes}: run stages=[infer] first")
     gt = _ground_truth(index)
     summary: dict[str, Any] = {}
     for key in keys:

@@ -70,9 +70,7 @@ def _pytorch_lines(ctx: DeployContext) -> list[str]:
     if not ctx.deploy_cfg.pytorch.compile:
         return []
     if not ctx.compile_pytorch:
-        from solo_npu.models.inference import compile_unsupported
-
-        return [f"- pytorch: eager; deploy.pytorch.compile=true, but {compile_unsupported(ctx.device.type)}"]
+        return [f"- pytorch: eager; deploy.pytorch.compile=true, but {ctx.compile_refusal}"]
     how = "inductor with freezing: weights as constants" if ctx.device.type == "cpu" else "inductor"
     return [f"- pytorch: under torch.compile ({how}), compiled in its first warm-up run at each batch size; the "
             "verify stage checks it against eager PyTorch at every batch size"]

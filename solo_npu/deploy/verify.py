@@ -207,8 +207,7 @@ def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str =
     for bs in ctx.settings.export_batch_sizes:
         for backend in backends:
             # eager PyTorch at batch 1 is the reference; under torch.compile it is checked against it too
-            if backend.name == "pytorch" and not (eager_batches and bs > 1) \
-                    and not getattr(backend, "torch_compiled", False):
+            if backend.name == "pytorch" and not (eager_batches and bs > 1) and not ctx.compile_pytorch:
                 continue
             reason = pending.pop((backend.name, bs), None)
             if reason is None:

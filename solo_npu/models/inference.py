@@ -12,7 +12,6 @@ On the CPU, channels-last adds one more change: the 1x1 convolutions run on oneD
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -103,11 +102,10 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = False) -> n
 
 
 def compile_unsupported(device_type: str) -> str | None:
-    """Why :func:`compile_for_inference` cannot serve this device and Python, or None when it can."""
+    """Why :func:`compile_for_inference` cannot serve this device, or None when it can (every supported torch has
+    dynamo for its Pythons: torch 2.1's wheels stop at Python 3.11, where its dynamo stops)."""
     if device_type not in ("cpu", "cuda"):
         return f"torch.compile's inductor backend does not generate code for {device_type} devices"
-    if sys.version_info >= (3, 12) and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 2):
-        return f"torch {torch.__version__}'s dynamo does not support Python {sys.version_info[0]}.{sys.version_info[1]}"
     return None
 
 
