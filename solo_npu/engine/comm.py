@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import torch
@@ -27,6 +29,21 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def destroy_process_group() -> None:
+    """Tear the default process group down, once gloo's run-loop threads have let go of finished collectives.
+
+    Such a thread may still hold the last reference to a collective's tensors (a barrier's prior work, or the
+    collective a failing job issued last) and need the GIL to free their Python objects, while the group's
+    destructor holds the GIL and joins that thread: with torch 2.1 that deadlock hangs the rank for good (gdb:
+    ``~AsyncAllreduceWork`` waiting in ``take_gil``, ``~ProcessGroupGloo`` in ``thread::join``). Sleeping past the
+    interpreter's switch interval first lets the thread take the GIL and finish.
+    """
+    if not is_dist():
+        return
+    time.sleep(max(0.05, 10 * sys.getswitchinterval()))
+    dist.destroy_process_group()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -107,16 +107,8 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
         result = job(cfg, shared_dir, info)
         dist.barrier()  # nobody tears the group down while a peer still talks to it
         return result
-    except BaseException:
-        # A job that fails right after a collective (every rank refusing a resume file it cannot share) would
-        # tear the group down at once. A gloo run-loop thread may still hold that collective's tensors and need
-        # the GIL to free them, while the group's destructor holds the GIL and joins that thread: a deadlock
-        # (seen with torch 2.1). Waiting past the interpreter's switch interval lets the thread finish first.
-        time.sleep(max(0.05, 10 * sys.getswitchinterval()))
-        raise
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        comm.destroy_process_group()
 
 
 def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, node_rank: int, nproc: int,

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from solo_npu.data import FAULT_KINDS, READ_FAULTS, CocoInstanceDataset, build_dataloader, build_dataset, stop_workers
 from solo_npu.data.synthetic import generate_synthetic_coco
+from solo_npu.engine import comm
 from solo_npu.engine.hooks import CountsHook, HookBase
 from solo_npu.engine.trainer import Trainer
 from solo_npu.runtime import resolve_device
@@ -113,7 +114,7 @@ def _rank(rank: int, world: int, init_file: str, root: str, out_dir: str) -> Non
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
         dist.barrier()  # as the launcher does before destroy_process_group
     finally:
-        dist.destroy_process_group()
+        comm.destroy_process_group()  # the launcher's teardown
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")

@@ -23,6 +23,7 @@ from stand_ins.child import in_child
 from torch.utils.data import DataLoader
 
 from solo_npu import runtime
+from solo_npu.engine import comm
 from solo_npu.engine.checkpointer import restore_training_state, training_state
 from solo_npu.engine.trainer import Trainer
 
@@ -114,11 +115,15 @@ def test_resume_from_a_pytorch_scaler_state(monkeypatch: pytest.MonkeyPatch) -> 
 def _rank(rank: int, init_file: str, out: str) -> None:
     """One of two ranks: the first overflows, the second does not; with each mode of the chip."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    # Every scaler stays referenced until the group is gone, so no gloo thread is left to free an all-reduced
+    # overflow count's Python object while the group is destroyed (see comm.destroy_process_group).
+    scalers = []
     try:
         results = {}
         for saturation in (True, False):
             npu_stand_in.install(support_inf_nan=not saturation)
             scaler = runtime.make_grad_scaler(NPU, enabled=True, loss_scale="dynamic", dtype="fp16")
+            scalers.append(scaler)
             p = torch.nn.Parameter(torch.ones(3))
             opt = torch.optim.SGD([p], lr=0.5)
             scaler.scale(p.sum() * (float("inf") if rank == 0 else 1.0)).backward()
@@ -128,8 +133,9 @@ def _rank(rank: int, init_file: str, out: str) -> None:
                 "stepped": not torch.equal(p.detach(), torch.ones(3)), "scale": scaler.get_scale(),
                 "class": type(scaler).__name__}
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+        dist.barrier()  # as the launcher does before destroy_process_group
     finally:
-        dist.destroy_process_group()
+        comm.destroy_process_group()  # the launcher's teardown
 
 
 def test_in_saturation_mode_every_rank_skips_a_step_one_rank_overflowed_on(tmp_path: Path) -> None:
