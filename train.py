@@ -63,15 +63,15 @@ def main(cfg: DictConfig) -> None:
     try:
         check_start(job_cfg, run_dir)
     except (BackboneInitError, ConfigValueError, DatasetNotFoundError) as exc:
-        raise SystemExit(f"[Error] {exc}") from None
+        raise _stop(f"[Error] {exc}") from None
     try:
         launch(run_job, job_cfg, run_dir)
     except DeviceError as exc:  # the device asked for is not usable here: one line, not a traceback
-        raise SystemExit(f"[Error] DeviceError: {exc}") from None
+        raise _stop(f"[Error] DeviceError: {exc}") from None
     except CheckpointError as exc:  # a resume or weights file that does not fit this run
-        raise SystemExit(f"[Error] CheckpointError: {exc}") from None
+        raise _stop(f"[Error] CheckpointError: {exc}") from None
     except AnnotationFileError as exc:  # read by the workers: one line, not a traceback
-        raise SystemExit(f"[Error] {exc}") from None
+        raise _stop(f"[Error] {exc}") from None
     except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
         _say(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint")
         raise SystemExit(130) from None
@@ -81,8 +81,21 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
 
 
+def _stop(line: str) -> SystemExit:
+    """The exit of a run that cannot go on: ``line`` on stderr (Python prints a SystemExit's message there) and in
+    the run's train.log, which would otherwise say nothing of why the run ended."""
+    from solo_npu.engine.logs import to_log_file
+
+    to_log_file(line)
+    return SystemExit(line)
+
+
 def _say(line: str) -> None:
-    """One line on stderr; a stderr that is gone (a pipe to `tee`, ended by the same Ctrl-C) changes nothing."""
+    """One line on stderr and in train.log; a stderr that is gone (a pipe to `tee`, ended by the same Ctrl-C)
+    changes nothing."""
+    from solo_npu.engine.logs import to_log_file
+
+    to_log_file(line)
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
 

@@ -40,3 +40,12 @@ def setup_logging(run_dir: str | Path | None, rank: int = 0, use_tqdm: bool = Fa
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
     root.setLevel(level)
+
+
+def to_log_file(line: str, level: int = logging.ERROR) -> None:
+    """Write ``line`` to the run's ``train.log`` only, not to the console that already shows it: the ``[Error]``
+    line that ends a run at start-up (before any log line was written) or after an interrupt, so the run
+    directory says why the run stopped. Nothing where this process has no log file (ranks other than 0)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("train", level, __file__, 0, line, None, None))

@@ -60,8 +60,8 @@ class SignalAtEpochEnd(HookBase):
 
 def refused_at_start(tmp_path: Path, *overrides: str) -> str:
     """Run ``train.py *overrides`` on a data root and output root under ``tmp_path`` that do not exist yet; assert
-    it stops with exit 1 and no traceback, before the synthetic set is generated and before any worker starts;
-    return its stderr, stripped (the one error line)."""
+    it stops with exit 1 and no traceback, before the synthetic set is generated and before any worker starts, with
+    its error line in the run's train.log too; return its stderr, stripped (the one error line)."""
     import os
     import subprocess
     import sys
@@ -72,5 +72,8 @@ def refused_at_start(tmp_path: Path, *overrides: str) -> str:
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     assert not data.exists()  # the synthetic set was not generated
-    assert "run directory" not in "".join(p.read_text() for p in out.rglob("*.log"))  # no worker started
+    logs = "".join(p.read_text() for p in out.rglob("*.log"))
+    assert "run directory" not in logs  # no worker started
+    error = proc.stderr.strip().splitlines()[-1]
+    assert f"ERROR train: {error}" in logs  # the run's train.log says why it ended
     return proc.stderr.strip()
