@@ -325,9 +325,11 @@ def test_ddp_options_rule_out_bucket_views_for_fused_optimizers(fake_npu):
 def single_process_group(tmp_path):
     import torch.distributed as dist
 
+    from solo_npu.engine import comm
+
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     yield
-    dist.destroy_process_group()
+    comm.destroy_process_group()  # the launcher's teardown (DDP's all-reduces ran on gloo threads)
 
 
 def _ddp_fused_steps(options: dict, steps: int = 3) -> tuple[torch.nn.Module, torch.nn.Module]:
