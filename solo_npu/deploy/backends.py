@@ -36,7 +36,7 @@ import numpy as np
 from solo_npu.config.deploy_schema import OmConfig, TorchAieConfig
 from solo_npu.deploy import om
 from solo_npu.deploy.compile_310p import ATC_KEEPS_FP32
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, run_key, write_json
 from solo_npu.deploy.export import exported_file
 from solo_npu.deploy.preprocess import load_inputs
 from solo_npu.deploy.runners import (
@@ -410,7 +410,7 @@ class OmBackend(Backend):
         """ais_bench ``--loop iters --warmup_count warmup`` on zero input: NPU compute time (ms) and throughput from
         its summary (ais_bench runs ``warmup`` untimed inferences first and then resets its summary)."""
         om_path, extra = self._model(batch_size)
-        out = self.ctx.path("benchmark", f"om_b{batch_size}")
+        out = self.ctx.path("benchmark", run_key(self.name, batch_size))
         self._hand_over(om_path, out, "perf")
         cmd = om.ais_bench_command(self._launcher(), om_path, out, "perf", batch_size=batch_size, loop=iters,
                                    warmup=warmup, device_id=device_id(self.ctx), extra_args=extra)
@@ -532,7 +532,7 @@ class TorchAieBackend(Backend):
         from solo_npu.deploy import torch_aie_runner
 
         h, w = self.ctx.settings.input_shape
-        out = self.ctx.path("benchmark", f"torch_aie_b{batch_size}")
+        out = self.ctx.path("benchmark", run_key(self.name, batch_size))
         out.mkdir(parents=True, exist_ok=True)
         first = out / "input.bin"
         np.ascontiguousarray(images[0], dtype=np.float32).tofile(first)

@@ -42,7 +42,7 @@ from solo_npu.deploy.backends import (
     build_backends,
     padded,
 )
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, run_key, write_json
 from solo_npu.deploy.evaluate import score_types
 from solo_npu.deploy.export import load_manifest
 from solo_npu.deploy.infer import infer_batch_sizes
@@ -223,7 +223,7 @@ def run_benchmark(ctx: DeployContext) -> dict[str, Any]:
     rows = []
     for backend in build_backends(ctx):
         for bs in ctx.settings.batch_sizes:
-            key = f"{backend.name}_b{bs}"
+            key = run_key(backend.name, bs)
             why = backend.unavailable(bs)
             if why is not None:
                 logger.warning("benchmark %s: %s, skipped", key, why)
@@ -249,7 +249,7 @@ def _bench_row(ctx: DeployContext, backend: Any, bs: int, manifest: Mapping[str,
                records: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], warmup: int, iters: int,
                e2e_images: Any, datasets: list[Any]) -> dict[str, Any]:
     """The benchmark row of one backend at one batch size."""
-    key = f"{backend.name}_b{bs}"
+    key = run_key(backend.name, bs)
     # the runner first: its device (an onnxruntime session that fell back to the CPU) sets the row's
     runner = None if isinstance(backend, OmBackend) else backend.runner(bs, manifest)
     sampler, source = memory_sampler(ctx, backend)

@@ -166,6 +166,12 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
     )
 
 
+def run_key(backend: str, batch_size: int | str) -> str:
+    """The name of one backend's run at one batch size (``onnxruntime_b1``): its folder under ``infer/``,
+    ``verify/`` and ``benchmark/``, its results file and its rows' key."""
+    return f"{backend}_b{batch_size}"
+
+
 def default_run_dir(model_name: str) -> Path:
     return Path("outputs") / "deploy" / f"{model_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 

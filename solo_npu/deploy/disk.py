@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, run_key, write_json
 from solo_npu.deploy.infer import infer_batch_sizes, keep_raw
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def estimate_disk(num_images: int, input_shape: Sequence[int], specs: Mapping[st
             if backend == "om" and bs > 1:
                 # the batched input copy and ais_bench's batched outputs (split, and deleted, batch by batch)
                 raw = padded * input_bytes + padded * output_bytes + bs * output_bytes
-            runs[f"{backend}_b{bs}"] = raw
+            runs[run_key(backend, bs)] = raw
     verify = verify_images * input_bytes
     for backend in backends:
         for bs in batch_sizes:

@@ -26,7 +26,7 @@ import numpy as np
 
 from solo_npu.deploy import om
 from solo_npu.deploy.backends import batches, build_backends, padded, write_image_outputs, write_outputs_info
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, run_key, write_json
 from solo_npu.deploy.export import load_manifest
 from solo_npu.deploy.preprocess import load_index, metas_of
 
@@ -37,7 +37,7 @@ __all__ = ["FAILURE_STAGES", "batches", "collect_results", "failed_runs", "failu
 
 
 def infer_dir(ctx: DeployContext, backend: str, batch_size: int) -> Path:
-    return ctx.path("infer", f"{backend}_b{batch_size}")
+    return ctx.path("infer", run_key(backend, batch_size))
 
 
 def results_path(ctx: DeployContext, key: str) -> Path:
@@ -135,7 +135,7 @@ def run_infer(ctx: DeployContext) -> dict[str, Any]:
             if why is not None:
                 logger.warning("%s batch %d: %s, skipped", backend.name, bs, why)
                 continue
-            key = f"{backend.name}_b{bs}"
+            key = run_key(backend.name, bs)
             out_dir = infer_dir(ctx, backend.name, bs)
             try:
                 summary[key] = _infer_one(ctx, backend, bs, out_dir, records, index, manifest, keep)
@@ -155,7 +155,7 @@ def _infer_one(ctx: DeployContext, backend: Any, bs: int, out_dir: Path, records
     """One backend at one batch size: raw outputs, then (unless kept) COCO results; the summary entry."""
     seconds = backend.run_records(records, bs, out_dir, manifest)
     write_outputs_info(ctx, backend, bs, out_dir, records, manifest, seconds)
-    key = f"{backend.name}_b{bs}"
+    key = run_key(backend.name, bs)
     entry: dict[str, Any] = {"images": len(records), "seconds": seconds, "timing": backend.infer_timing,
                              "device": backend.device}
     if not keep:  # raw outputs -> COCO results, then drop the raw files (the only large part)
@@ -191,7 +191,7 @@ def failures(ctx: DeployContext, stages: Sequence[str] = ("infer", "benchmark"))
                     reason = row.get("failed") or (f"{int(row.get('unmatched') or 0)} detection(s) of eager PyTorch "
                                                    f"and this backend unmatched within the tolerances (see "
                                                    f"verify/{filename})")
-                    found.append((f"{row['backend']}_b{row['batch']}", stage, reason))
+                    found.append((run_key(row["backend"], row["batch"]), stage, reason))
         elif stage in ("infer", "evaluate"):
             path = ctx.path("infer", "summary.json") if stage == "infer" else ctx.path("evaluate", "metrics.json")
             for key, entry in read_json(path).items() if path.is_file() else []:
@@ -201,7 +201,7 @@ def failures(ctx: DeployContext, stages: Sequence[str] = ("infer", "benchmark"))
             path = ctx.path("benchmark", "benchmark.json")
             for row in read_json(path).get("rows", []) if path.is_file() else []:
                 if row.get("failed"):
-                    found.append((f"{row['backend']}_b{row['batch_size']}", stage, str(row["failed"])))
+                    found.append((run_key(row["backend"], row["batch_size"]), stage, str(row["failed"])))
     return found
 
 

@@ -38,7 +38,7 @@ import torch
 
 from solo_npu.config.deploy_schema import VerifyConfig
 from solo_npu.deploy import om
-from solo_npu.deploy.context import BackendFailures, DeployContext, DeployError, write_json
+from solo_npu.deploy.context import BackendFailures, DeployContext, DeployError, run_key, write_json
 from solo_npu.deploy.export import load_manifest
 from solo_npu.deploy.preprocess import build_deploy_dataset, collate_canvas, select_indices
 from solo_npu.deploy.runners import PyTorchRunner
@@ -155,7 +155,7 @@ def verify_inputs(ctx: DeployContext) -> tuple[np.ndarray, list[dict], list[dict
 def _compare_backend(ctx: DeployContext, backend: Any, batch_size: int, records: Sequence[Mapping[str, Any]],
                      reference: Sequence[Mapping[str, np.ndarray]], metas: Sequence[dict],
                      reference_dets: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
-    out_dir = ctx.path("verify", f"{backend.name}_b{batch_size}")
+    out_dir = ctx.path("verify", run_key(backend.name, batch_size))
     backend.run_records(records, batch_size, out_dir, manifest)
     tol = tolerances(ctx.deploy_cfg.verify, backend.precision)  # after the run: where it really ran decides
     names = ctx.adapter.output_names
