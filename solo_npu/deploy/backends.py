@@ -352,6 +352,7 @@ class OmBackend(Backend):
         """ais_bench over the records' ``.bin`` files (batched files for B > 1); wall seconds of the tool."""
         om_path, extra = self._model(batch_size)
         bins = [om.owner_only(self.ctx.run_dir / r["bin"]) for r in records]  # newer ais_bench checks each
+        om.check_input_paths(bins)
         names = self.ctx.adapter.output_names
         single = batch_size == 1 and len({b.parent for b in bins}) == 1
         if single:

@@ -22,7 +22,7 @@ from typing import Any
 
 from solo_npu.deploy.context import DeployContext, DeployError, write_json
 from solo_npu.deploy.export import exported_file, load_manifest
-from solo_npu.deploy.om import check_gears, find_om, last_line
+from solo_npu.deploy.om import check_gears, find_om, last_line, remove_om
 from solo_npu.utils.files import atomic_write
 
 RUNNER_FILE = Path(__file__).with_name("torch_aie_runner.py")
@@ -229,7 +229,11 @@ def write_compile_script(path: Path, atc_cmds: Sequence[Sequence[str]], aie_args
              "# may be unset (export PYTHONPATH=...:$PYTHONPATH, the same for LD_LIBRARY_PATH): sourced without -u.",
              f'CANN_SET_ENV="${{CANN_SET_ENV:-{CANN_ENV}}}"',
              'if [ -f "$CANN_SET_ENV" ]; then set +u; source "$CANN_SET_ENV"; set -u; fi', ""]
-    lines += [shlex.join(cmd) for cmd in atc_cmds]
+    for cmd in atc_cmds:  # an earlier run's .om of either name would be found instead of the new one (remove_om)
+        out = next((a.split("=", 1)[1] for a in cmd if a.startswith("--output=")), None)
+        if out is not None:
+            lines.append(f"rm -f {shlex.quote(out + '.om')} {shlex.quote(out)}_*_*.om")
+        lines.append(shlex.join(cmd))
     if aie_args:  # the Python that has torch_aie: $PYTHON, else the configured one, else python3
         lines += ["", f'PYTHON="${{PYTHON:-{python or "python3"}}}"']
         lines += [f'"$PYTHON" {shlex.join([f"compile/{RUNNER_FILE.name}", *args])}' for args in aie_args]
@@ -343,6 +347,8 @@ def compile_om(ctx: DeployContext, result: dict[str, Any]) -> None:
                       f"the ATC commands are in {result['script']}; continuing without the om backend")
         return
     for key, cmd, stem in jobs:
+        for path in remove_om(stem):
+            logger.info("removed %s of an earlier ATC run before compiling batch %s again", path.name, key)
         ok, msg = _run_tool(cmd, f"atc (batch {key})", ccfg.timeout_s, cwd=ctx.run_dir)
         om_path = find_om(stem) if ok else None
         if om_path is not None:

@@ -62,6 +62,12 @@ PRIVATE_FILE, PRIVATE_DIR = 0o640, 0o750  # the most a file / folder handed to a
 NOT_FOR_OTHERS = 0o027  # the bits both take away: group write, and anything for others
 
 
+def _host_named(stem: Path) -> tuple[re.Pattern[str], list[Path]]:
+    """The pattern of ``<stem>_<os>_<arch>.om`` and the files next to ``stem`` that match it, sorted."""
+    pattern = re.compile(rf"^{re.escape(stem.name)}_([a-z]+)_([a-z0-9_]+)\.om$")
+    return pattern, sorted(p for p in stem.parent.glob(f"{stem.name}_*.om") if pattern.match(p.name))
+
+
 def find_om(stem: str | Path) -> Path | None:
     """The ``.om`` ATC wrote for ``--output=<stem>``: ``<stem>.om``, else ``<stem>_<os>_<arch>.om``.
 
@@ -71,8 +77,7 @@ def find_om(stem: str | Path) -> Path | None:
     plain = stem.parent / f"{stem.name}.om"
     if plain.is_file():
         return plain
-    pattern = re.compile(rf"^{re.escape(stem.name)}_([a-z]+)_([a-z0-9_]+)\.om$")
-    found = sorted(p for p in stem.parent.glob(f"{stem.name}_*.om") if pattern.match(p.name))
+    pattern, found = _host_named(stem)
     host = f"{stem.name}_{platform.system().lower()}_{platform.machine().lower()}.om"
     for path in found:
         if path.name == host:
@@ -82,6 +87,22 @@ def find_om(stem: str | Path) -> Path | None:
                        pattern.match(found[0].name).group(1, 2))
         return found[0]
     return None
+
+
+def remove_om(stem: str | Path) -> list[Path]:
+    """Delete what an earlier ATC run wrote for ``--output=<stem>`` (``<stem>.om`` and ``<stem>_<os>_<arch>.om``),
+    before ATC runs again: ATC names its file either way (ATC Instructions, ``--output``), so an old file of the
+    other name would otherwise be found instead of the new one (another CANN, another precision mode).
+
+    Returns:
+        The files removed.
+    """
+    stem = Path(stem)
+    plain = stem.parent / f"{stem.name}.om"
+    stale = ([plain] if plain.is_file() else []) + _host_named(stem)[1]
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def check_gears(gears: Sequence[int]) -> list[int]:
@@ -99,8 +120,12 @@ def output_name(input_file: str | Path) -> str:
 
 
 def summary_path(output: str | Path, output_dirname: str) -> Path:
-    """Where ais_bench writes its timings: ``<output>/<output_dirname>_summary.json``."""
-    return Path(output) / f"{output_dirname}_summary.json"
+    """Where ais_bench writes its timings: ``<output>/<output_dirname>_summary.json``; older ais_bench (and
+    ais_infer) wrote ``sumary.json`` inside the output folder (their summary.py: ``os.path.join(output_prefix,
+    "sumary.json")``), taken where the newer file is not there."""
+    newer = Path(output) / f"{output_dirname}_summary.json"
+    older = Path(output) / output_dirname / "sumary.json"
+    return older if not newer.is_file() and older.is_file() else newer
 
 
 def ais_bench_launcher(setting: str | Sequence[str] | None) -> list[str]:
@@ -164,14 +189,47 @@ def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str 
     return cmd + [str(a) for a in extra_args]
 
 
+# Newer ais_bench refuses a path with any other character (common/path_security_check.py:
+# PATH_WHITE_LIST_REGEX = re.compile(r"[^_A-Za-z0-9/.-]"), applied to the absolute path).
+PATH_REFUSED_CHARS = re.compile(r"[^_A-Za-z0-9/.-]")
+
+
+def check_input_paths(paths: Sequence[str | Path]) -> None:
+    """Every ais_bench release splits ``--input`` at commas (``args.input.split(',')``): a file or folder whose
+    path holds one would be read as two. A one-line DeployError before the run instead."""
+    for path in paths:
+        if "," in str(path):
+            raise DeployError(f"ais_bench splits --input at commas and {path} holds one: rename the image, or use "
+                              "a run_dir without commas")
+
+
+def _refused_paths(cmd: Sequence[str]) -> list[str]:
+    """The absolute paths of ``--model``, ``--input`` (each of a comma list) and ``--output`` in ``cmd`` that newer
+    ais_bench refuses for their characters (:data:`PATH_REFUSED_CHARS`)."""
+    found = []
+    for flag, value in zip(cmd, cmd[1:]):
+        if flag in ("--model", "--input", "--output"):
+            for path in value.split(",") if flag == "--input" else [value]:
+                absolute = os.path.abspath(path)
+                if PATH_REFUSED_CHARS.search(absolute):
+                    found.append(absolute)
+    return found
+
+
 def run_ais_bench(cmd: Sequence[str], timeout: float | None = None) -> str:
-    """Run ais_bench; its stdout on success, a DeployError with its reason (:func:`ais_bench_error`) otherwise."""
+    """Run ais_bench; its stdout on success, a DeployError with its reason (:func:`ais_bench_error`) otherwise,
+    naming the paths a newer ais_bench refuses for their characters when there are any."""
     try:
         proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DeployError(f"ais_bench could not run ({exc}); command: {shlex.join(cmd)}") from exc
     if proc.returncode != 0:
-        raise DeployError(f"ais_bench failed (exit {proc.returncode}): {ais_bench_error(proc.stdout, proc.stderr)}")
+        refused = _refused_paths(cmd)
+        hint = (f" (newer ais_bench refuses paths with characters other than letters, digits and _/.-: "
+                f"{refused[0]}{f' and {len(refused) - 1} more' if len(refused) > 1 else ''}; use a run_dir "
+                "without them)") if refused else ""
+        raise DeployError(f"ais_bench failed (exit {proc.returncode}): "
+                          f"{ais_bench_error(proc.stdout, proc.stderr)}{hint}")
     return proc.stdout
 
 

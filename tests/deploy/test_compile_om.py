@@ -94,6 +94,27 @@ def test_compile_script_sources_cann_env_with_unset_variables_and_runs_atc(monke
         assert calls == [{"argv": cmd[1:], "cwd": str(run_dir)}]
         assert (run_dir / "compile" / "model_b1.om").is_file()
 
+    # Run again where the CANN names its .om by host: the first run's plain .om would otherwise be found first.
+    old = run_dir / "compile" / "model_b1.om"
+    subprocess.run(["bash", str(script)], env={**env, **extra, "STANDIN_ATC_SUFFIX": "_linux_x86_64"}, cwd=tmp_path,
+                   check=True, capture_output=True)
+    assert not old.exists() and om.find_om(run_dir / "compile" / "model_b1") == (
+        run_dir / "compile" / "model_b1_linux_x86_64.om")
+
+
+def test_compile_removes_an_earlier_runs_om_of_the_other_name(make_ctx, exported_run, monkeypatch, tmp_path):
+    """ATC writes <stem>.om or <stem>_<os>_<arch>.om by CANN version (ATC Instructions, --output): an earlier run's
+    file of the other name must not be taken for the one just compiled."""
+    put_tools_on_path(tmp_path, monkeypatch, atc=ATC, ais_bench=AIS_BENCH)
+    stale = exported_run / "compile" / "model_b1.om"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_text("an earlier CANN's model")
+    monkeypatch.setenv("STANDIN_ATC_SUFFIX", "_linux_x86_64")
+    ctx = make_ctx("deploy.backends=[om]", run_dir=exported_run)
+    compiled = run_compile(ctx)
+    assert compiled["om"]["1"] == "compile/model_b1_linux_x86_64.om"
+    assert not stale.exists()
+
 
 def test_om_needs_both_ais_bench_and_aclruntime(make_ctx, monkeypatch, tmp_path):
     """`python -m ais_bench` imports aclruntime, a wheel of its own (Ascend/tools,
@@ -208,6 +229,11 @@ def test_parse_summary_from_file_then_log_and_output_listing(tmp_path):
         "throughput": 1111.1}))
     assert om.parse_summary(tmp_path, "perf") == {"mean_ms": 3.6, "p50_ms": 3.5, "p99_ms": 4.0, "throughput": 1111.1}
     assert om.summary_path(tmp_path, "perf") == tmp_path / "perf_summary.json"
+    # older ais_bench / ais_infer summary.py: os.path.join(output_prefix, "sumary.json"), in the output folder
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sumary.json").write_text(json.dumps({
+        "NPU_compute_time": {"mean": 5.0, "median": 4.9, "percentile(99%)": 6.0}, "throughput": 200.0}))
+    assert om.parse_summary(tmp_path, "old") == {"mean_ms": 5.0, "p50_ms": 4.9, "p99_ms": 6.0, "throughput": 200.0}
     # the log lines of the same function when there is no file
     stdout = ("[INFO] NPU_compute_time (ms): min = 3.1, max = 4.0, mean = 3.5, median = 3.4, percentile(99%) = 3.9\n"
               "[INFO] throughput 1000*batchsize.mean(4)/NPU_compute_time.mean(3.5): 1142.86\n")
@@ -480,3 +506,20 @@ def test_a_failing_backend_is_reported_and_the_others_go_on(make_ctx, exported_r
     report = (run_dir / "report.md").read_text()
     assert "Failed (not in the table):\n- om_b1 infer: ais_bench failed (exit 2)" in report
     assert "| onnxruntime |" in report and "| om |" not in report
+
+
+def test_ais_bench_input_paths_with_commas_are_refused_and_refused_characters_named(tmp_path):
+    """Every ais_bench splits --input at commas (get_args: args.input.split(',')); newer ones refuse any path
+    character outside [_A-Za-z0-9/.-] (path_security_check.py PATH_WHITE_LIST_REGEX), on the absolute path."""
+    with pytest.raises(DeployError, match=r"splits --input at commas and .*a,b\.bin holds one"):
+        om.check_input_paths([tmp_path / "ok.bin", tmp_path / "a,b.bin"])
+    om.check_input_paths([tmp_path / "ok.bin"])
+    cmd = ["python", "-m", "ais_bench", "--model", "/x/m.om", "--input", "/in/a.bin,/in b/c.bin",
+           "--output", "/out", "--output_dirname", "run:1"]
+    assert om._refused_paths(cmd) == ["/in b/c.bin"]  # --output_dirname is a name, checked as part of no path here
+    fail = tmp_path / "fail.sh"
+    fail.write_text("#!/bin/sh\necho '[ERROR] om path:/x/m.om is illegal. Please check.'\nexit 2\n")
+    fail.chmod(0o755)
+    with pytest.raises(DeployError, match=r"is illegal\. Please check\. \(newer ais_bench refuses paths with "
+                                          r"characters other than .*: /in b/c\.bin; use a run_dir without them\)"):
+        om.run_ais_bench([str(fail), *cmd[3:]])
