@@ -245,6 +245,24 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
                 "classifier is used as it is, channel k for label k")
 
 
+def require_whole_model(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse, as a one-line CheckpointError, weights that left part of a trained model unset: a file given as the
+    model (``checkpoint=``) must fill every tensor (a FrozenBatchNorm's missing ``num_batches_tracked`` aside) and
+    hold nothing the model lacks. ``report``: what :func:`load_model_weights` returned."""
+    missing = [k for k in report["missing"] if not k.endswith("num_batches_tracked")]
+    if report["source"] == "torchvision" and (missing or report["unexpected"]):
+        # torchvision's ImageNet ResNets hold a backbone only (torchvision/models/resnet.py): the neck and the
+        # heads would stay random.
+        raise CheckpointError(f"{path} ({len(missing)} model tensors missing, {len(report['unexpected'])} "
+                              "unexpected) holds only a ResNet under torchvision's names: ImageNet weights start a "
+                              "training run as model.pretrained=PATH; checkpoint= needs a whole model")
+    if missing or report["unexpected"]:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {len(missing)} missing "
+                              f"{missing[:5]}, {len(report['unexpected'])} unexpected {report['unexpected'][:5]} "
+                              "(another depth, width or head than the model config: pick the model= that "
+                              "trained it)")
+
+
 def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", trust_pickle: bool = False,
                        strict: bool | None = None, reinit_classifier: bool = False,
                        loaded: Any = None, class_names: Sequence[str] | None = None,

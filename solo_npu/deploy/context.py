@@ -363,7 +363,7 @@ def load_trained_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses, dict[s
     if not Path(checkpoint).is_file():
         raise DeployError(f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
-    from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights
+    from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights, require_whole_model
 
     source = str(cfg.checkpoint_source)
     ckpt = None
@@ -382,6 +382,7 @@ def load_trained_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses, dict[s
         model = build_model(cfg.model, num_classes=found.num_classes if found.num_classes is not None else explicit)
         normalize = (cfg.get("data") or {}).get("normalize")  # what the weights were trained on is checked
         report = load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)
+        require_whole_model(report, checkpoint)  # not a backbone-only file with a random neck and head
     except CheckpointError as exc:
         from solo_npu.checkpoints.convert import trained_model_hint
 

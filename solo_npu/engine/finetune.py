@@ -45,7 +45,7 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
         ``{"source", "missing", "unexpected", "reinitialised", "reordered"}`` from the converter.
     """
     from solo_npu.checkpoints import CheckpointError
-    from solo_npu.checkpoints.convert import load_model_weights
+    from solo_npu.checkpoints.convert import load_model_weights, require_whole_model
 
     report = load_model_weights(model, path, source=source, trust_pickle=trust_pickle, strict=False,
                                 reinit_classifier=allow_classifier_change, class_names=class_names,
@@ -53,19 +53,7 @@ def load_weights(model: nn.Module, path: str, source: str = "auto", trust_pickle
     if report["reinitialised"] and not allow_classifier_change:
         raise CheckpointError(f"checkpoint {path} was trained on another number of classes "
                               f"({', '.join(report['reinitialised'])}); use +experiment=finetune to adapt it")
-    # FrozenBatchNorm2d has no num_batches_tracked: a model saved with a frozen backbone still loads
-    missing = [k for k in report["missing"] if not k.endswith("num_batches_tracked")]
-    if report["source"] == "torchvision" and (missing or report["unexpected"]):
-        # torchvision's ImageNet ResNets hold a backbone only (torchvision/models/resnet.py): the neck and the
-        # heads would stay random.
-        raise CheckpointError(f"{path} ({len(missing)} model tensors missing, {len(report['unexpected'])} "
-                              "unexpected) holds only a ResNet under torchvision's names: ImageNet weights start a "
-                              "training run as model.pretrained=PATH; checkpoint= needs a whole model")
-    if missing or report["unexpected"]:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {len(missing)} missing "
-                              f"{missing[:5]}, {len(report['unexpected'])} unexpected {report['unexpected'][:5]} "
-                              "(another depth, width or head than the model config: pick the model= that "
-                              "trained it)")
+    require_whole_model(report, path)
     return report
 
 

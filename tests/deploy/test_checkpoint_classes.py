@@ -222,3 +222,24 @@ def test_a_narrower_checkpoint_of_this_project_names_the_overrides_that_rebuild_
     assert "shape mismatch for" in err
     assert err.endswith("its training config built another model, add ++model.backbone.base_channels=8 "
                         "++model.neck.in_channels=[8,16,32,64]")
+
+
+@pytest.mark.parametrize("case", ["imagenet_resnet", "whole_model_read_as_torchvision"])
+def test_a_file_that_leaves_the_neck_and_head_random_is_refused(tmp_path, capsys, case):
+    """checkpoint= is the model deployed: a torchvision ImageNet ResNet (conv1, bn1, layer1-4, fc: a backbone only,
+    torchvision/models/resnet.py) would leave the neck and the heads random, as would a whole model read under the
+    torchvision layout; train.py's eval and fine-tuning refuse both, and so does deploy, before exporting."""
+    state = tiny_state(80, seed=3)
+    if case == "imagenet_resnet":
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        backbone.update({"fc.weight": torch.randn(1000, 128), "fc.bias": torch.zeros(1000)})
+        ckpt, extra = tmp_path / "resnet18-f37072fd.pth", ()
+        torch.save(backbone, ckpt)
+    else:
+        ckpt, extra = tmp_path / "solov2.pth", ("checkpoint_source=torchvision",)
+        torch.save({"state_dict": state}, ckpt)
+    code, run_dir = _deploy(tmp_path, ckpt, *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "holds only a ResNet under torchvision's names" in err[-1], err
+    assert "checkpoint= needs a whole model" in err[-1]
+    assert not (run_dir / "export").exists()
