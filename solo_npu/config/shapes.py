@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FIXED_SHAPES_CHOICES", "canvas_notice", "lift_fixed_shapes"]
+__all__ = ["FIXED_SHAPES_CHOICES", "LIGHT_TEST_SCALE", "canvas_notice", "lift_fixed_shapes", "scale_notice"]
 
 FIXED_SHAPES_CHOICES = ("always", "npu")
 
@@ -83,3 +83,32 @@ def canvas_notice(trained: Any, data: Any, task: str = "evaluation") -> str | No
     return (f"the checkpoint trained on {_describe(then)} and this {task} uses {_describe(now)}: the SOLOv2 "
             f"grids span the canvas, so predictions differ from those on the training canvas ({match} {verb} "
             "on it)")
+
+
+# The test scale (long, short) of the published SOLOv2-light models: WXinlong/SOLO configs/solov2/
+# solov2_light_448_r50_fpn_8gpu_3x.py (img_scale=(768, 448)) and mmdetection configs/solov2/
+# solov2-light_r50_fpn_ms-3x_coco.py (Resize scale=(448, 768), keep_ratio=True).
+LIGHT_TEST_SCALE = (768, 448)
+
+
+def scale_notice(trained: Any, data: Any, model_name: str | None, task: str = "evaluation") -> str | None:
+    """The WARNING for evaluating (or predicting) at another test scale (``data.img_scale``) than the checkpoint's
+    own, or ``None``.
+
+    ``trained``: the training config a checkpoint of this project carries (its ``data.img_scale`` is the scale its
+    run evaluated at); for other files (``None``) a SOLOv2-light model (``model_name`` holding ``light``) is
+    compared with the scale its published recipes test at, :data:`LIGHT_TEST_SCALE`. Another scale resizes every
+    image to other sizes than the weights learnt, and the AP differs from the recipe's.
+    """
+    now = tuple(int(v) for v in data["img_scale"])
+    then = ((trained or {}).get("data") or {}).get("img_scale") if isinstance(trained, dict) else None
+    if then is not None:
+        then, whose = tuple(int(v) for v in then), "the checkpoint's training run evaluated"
+    elif trained is None and "light" in str(model_name or ""):
+        then, whose = LIGHT_TEST_SCALE, "the SOLOv2-light recipes (SOLO's and mmdetection's) test"
+    else:
+        return None
+    if then == now:
+        return None
+    return (f"{whose} at img_scale {then[0]}x{then[1]} (long x short) and this {task} resizes to {now[0]}x{now[1]}: "
+            f"results differ from the checkpoint's own (data.img_scale=[{then[0]},{then[1]}] matches it)")

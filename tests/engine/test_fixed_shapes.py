@@ -9,7 +9,7 @@ import yaml
 from engine_support import compose_train_cfg, run_train
 from omegaconf import OmegaConf
 
-from solo_npu.config.shapes import canvas_notice, lift_fixed_shapes
+from solo_npu.config.shapes import canvas_notice, lift_fixed_shapes, scale_notice
 
 
 def _shapes(cfg) -> tuple:
@@ -96,7 +96,28 @@ def test_evaluating_on_another_canvas_than_the_training_one_warns(tmp_path: Path
     run_train([*pins, "train.max_iters=1", "train.eval_interval=0", "train.eval_at_end=false", "train.plots=false"],
               tmp_path / "train")
     ckpt = tmp_path / "train" / "checkpoints" / "last.pth"
-    for name, overrides, warned in (("other", [], True), ("same", pins[:2], False)):
+    for name, overrides, warned in (("other", [], True), ("same", pins[:2], False),
+                                    ("scale", [*pins[:2], "data.img_scale=[192,160]"], False)):
         run_train([*overrides, f"checkpoint={ckpt}"], tmp_path / name, "eval")
         log = (tmp_path / name / "train.log").read_text()
         assert ("the checkpoint trained on one fixed 192x192 canvas" in log) == warned, name
+        # the test scale of that run (160x128): another one is said too
+        assert ("evaluated at img_scale 160x128 (long x short) and this evaluation resizes to 192x160" in log) == (
+            name == "scale"), name
+
+
+def test_scale_notice_compares_the_checkpoints_test_scale_or_the_light_recipes() -> None:
+    ours = {"data": {"img_scale": [768, 448], "pad": {"mode": "divisor", "size_divisor": 32}}}
+    coco = {"img_scale": [1333, 800]}
+    notice = scale_notice(ours, coco, "solov2_r50_fpn")
+    assert notice == ("the checkpoint's training run evaluated at img_scale 768x448 (long x short) and this evaluation "
+                      "resizes to 1333x800: results differ from the checkpoint's own (data.img_scale=[768,448] matches "
+                      "it)")
+    assert scale_notice(ours, {"img_scale": [768, 448]}, "solov2_r50_fpn") is None
+    # Files of other projects carry no training config: a light model is compared with its published recipes'
+    # scale (SOLO's solov2_light_448 configs: img_scale=(768, 448); mmdetection's: scale=(448, 768)).
+    light = scale_notice(None, coco, "solov2_light_r18_fpn", "prediction")
+    assert light is not None and light.startswith("the SOLOv2-light recipes (SOLO's and mmdetection's) test at "
+                                                  "img_scale 768x448 (long x short) and this prediction resizes")
+    assert scale_notice(None, {"img_scale": [768, 448]}, "solov2_light_r18_fpn") is None
+    assert scale_notice(None, coco, "solov2_r50_fpn") is None
