@@ -146,3 +146,16 @@ def test_solo_and_mmdet_schedules() -> None:
     assert (m3.train.epochs, list(m3.optim.lr_steps), m3.optim.warmup_iters) == (36, [27, 33], 500)
     assert m3.optim.warmup_ratio == pytest.approx(1 / 3)
     assert list(m3.data.multiscale_short) == [352, 384, 416, 448, 480, 512]  # the light scales stay
+
+
+@pytest.mark.parametrize("experiments, norm", [
+    ("[8p]", "pairs"), ("[1p]", "pairs"), ("[performance_8p]", "pairs"),  # the ModelZoo port of SOLO
+    ("[solov2_r50_1x]", "pairs"), ("[8p,solov2_r50_3x]", "pairs"), ("[solov2_light_r18_3x]", "pairs"),  # SOLO's
+    ("[demo]", "cells"), ("[smoke]", "cells"),  # the model default: mmdetection's SOLOV2Head
+])
+def test_the_mask_loss_normalisation_of_each_recipe(experiments: str, norm: str) -> None:
+    """SOLO (solov2_head.py: ``torch.cat(loss_ins).mean()``) and the Ascend ModelZoo port of it average the dice
+    loss over the (instance, cell) pairs; mmdetection divides its sum by the positive cells."""
+    from config_support import compose_config
+
+    assert compose_config(f"+experiment={experiments}")["model"]["head"]["loss_mask_norm"] == norm

@@ -63,6 +63,7 @@ MODEL_CHOICES: dict[str, dict[str, tuple[str | None, ...]]] = {
         "backbone.style": _STYLES,
         "neck.norm": (None, "gn", "bn"),  # solo_npu.models.necks.fpn.FPN
         "test.kernel": ("gaussian", "linear"),  # matrix NMS decay (solo_npu.models.solov2.matrix_nms)
+        "head.loss_mask_norm": ("cells", "pairs"),  # solo_npu.models.solov2.losses.solov2_loss mask_norm
     },
     "solo_npu.models.fcos.build_fcos": {
         "norm": _NORMS,

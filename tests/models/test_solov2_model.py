@@ -100,6 +100,38 @@ def test_training_losses_and_gradients():
         model(torch.randn(b, 3, 96, 160), batch)
 
 
+def test_mask_loss_over_cells_or_over_pairs_where_instances_share_cells():
+    """Two instances whose centre regions cover the same cells: each such cell holds two (instance, cell) pairs.
+    ``cells`` divides the dice sum by the positive cells (mmdetection's SOLOV2Head), ``pairs`` by the pairs (SOLO's
+    ``torch.cat(loss_ins).mean()``); the focal loss is the same in both."""
+    model = tiny_model(lively=False).train()
+    masks = torch.zeros(1, 2, 128, 160, dtype=torch.uint8)
+    masks[0, 0, 20:80, 30:100] = 1
+    masks[0, 1, 24:84, 34:104] = 1  # nearly the same box: same level, same centre cells
+    batch = dict(gt_masks=masks, gt_labels=torch.tensor([[0, 1]]),
+                 gt_boxes=torch.tensor([[[30, 20, 100, 80.0], [34, 24, 104, 84.0]]]),
+                 gt_valid=torch.tensor([[True, True]]))
+    images = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(1))
+    t = build_solov2_targets(batch["gt_masks"], batch["gt_labels"], batch["gt_boxes"], batch["gt_valid"],
+                             model.mask_head.num_grids, model.scale_ranges, 0.2, 4, model.max_pos)
+    cells, pairs = int((t.labels >= 0).sum()), int(t.pos_weights.sum())
+    assert pairs > cells > 0
+    cls_preds, kernel_preds, feats = model.forward_head(images)
+    kernels = torch.cat([k.flatten(2) for k in kernel_preds], 2)
+    dice_sum = 0.0
+    for slot in range(t.pos_weights.shape[1]):
+        if t.pos_weights[0, slot] > 0:
+            p = torch.sigmoid(torch.nn.functional.conv2d(feats, kernels[0, :, t.pos_cells[0, slot]].view(1, -1, 1, 1)))
+            tgt = t.mask_targets[0, t.pos_instances[0, slot]]
+            dice_sum += 1 - 2 * (p[0, 0] * tgt).sum() / ((p * p).sum() + (tgt * tgt).sum() + 2e-3)
+    by_cells = model(images, batch)
+    model.loss_mask_norm = "pairs"
+    by_pairs = model(images, batch)
+    torch.testing.assert_close(by_cells["loss_mask"], 3.0 * dice_sum / cells, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(by_pairs["loss_mask"], 3.0 * dice_sum / pairs, rtol=1e-4, atol=1e-5)
+    assert torch.equal(by_cells["loss_cls"], by_pairs["loss_cls"])
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_eager_and_export_modes_agree(batch):
     model = tiny_model()

@@ -31,10 +31,13 @@ def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 1e-3) -> Tensor
 
 def solov2_loss(cls_preds: list[Tensor], kernel_preds: list[Tensor], mask_feats: Tensor, targets: SOLOv2Targets,
                 gamma: float = 2.0, alpha: float = 0.25, cls_weight: float = 1.0,
-                mask_weight: float = 3.0) -> dict[str, Tensor]:
-    """Focal loss over all cells and classes normalised by ``num_pos + 1``; dice loss summed over the
-    positive (instance, cell) pairs and divided by ``num_pos`` (the positive cells), as mmdet. When pairs were
-    dropped (more positives than slots), the kept pairs' sum is scaled to all of them.
+                mask_weight: float = 3.0, mask_norm: str = "cells") -> dict[str, Tensor]:
+    """Focal loss over all cells and classes normalised by ``num_pos + 1`` (the positive cells); dice loss summed
+    over the positive (instance, cell) pairs and divided by ``mask_norm``'s count: ``"cells"`` the positive cells,
+    as mmdetection's SOLOV2Head (``loss_mask = torch.cat(loss_mask).sum() / num_pos``), or ``"pairs"`` the pairs,
+    a mean, as SOLO's solov2_head.py (``loss_ins = torch.cat(loss_ins).mean()``) and the Ascend ModelZoo port of it.
+    The two differ where instances share a cell of one level (more pairs than cells). When pairs were dropped
+    (more positives than slots), the kept pairs' sum is scaled to all of them.
 
     Args:
         cls_preds: per level ``[B, C, S, S]`` logits.
@@ -62,6 +65,7 @@ def solov2_loss(cls_preds: list[Tensor], kernel_preds: list[Tensor], mask_feats:
     # Pairs beyond the slots (counted in num_dropped) have no dice term: the kept ones stand for them all, so the
     # mask loss keeps the scale of the full sum (a factor of exactly 1 when nothing is dropped).
     kept = targets.pos_weights.sum()
-    dice = dice * ((kept + targets.num_dropped.to(kept.dtype)) / kept.clamp(min=1))
-    loss_mask = dice / num_pos.clamp(min=1)
+    pairs = kept + targets.num_dropped.to(kept.dtype)
+    dice = dice * (pairs / kept.clamp(min=1))
+    loss_mask = dice / (pairs if mask_norm == "pairs" else num_pos).clamp(min=1)
     return {"loss_cls": loss_cls * cls_weight, "loss_mask": loss_mask * mask_weight}

@@ -49,6 +49,9 @@ class SOLOv2(nn.Module):
             smallest ladder size that holds every positive of the batch.
         loss_cls: ``gamma``, ``alpha``, ``weight`` of the focal loss.
         loss_mask_weight: weight of the dice loss.
+        loss_mask_norm: what the summed dice loss is divided by: ``"cells"`` (the positive cells, mmdetection's
+            SOLOV2Head) or ``"pairs"`` (the positive (instance, cell) pairs: a mean, as SOLO and the Ascend
+            ModelZoo port train); see :func:`~solo_npu.models.solov2.losses.solov2_loss`.
         test_cfg: :class:`SOLOv2TestConfig`.
         export_topk: K, the instances per image of :meth:`export_forward`.
         export_exact_flag: :meth:`export_forward` also returns ``exact`` (see there).
@@ -59,8 +62,8 @@ class SOLOv2(nn.Module):
                  scale_ranges: Sequence[Sequence[float]] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)),
                  pos_scale: float = 0.2, max_pos: int = 1024, pos_slots: int | None = None,
                  loss_cls: Mapping[str, float] | None = None,
-                 loss_mask_weight: float = 3.0, test_cfg: SOLOv2TestConfig | None = None, export_topk: int = 100,
-                 export_exact_flag: bool = False, name: str = "solov2") -> None:
+                 loss_mask_weight: float = 3.0, loss_mask_norm: str = "cells", test_cfg: SOLOv2TestConfig | None = None,
+                 export_topk: int = 100, export_exact_flag: bool = False, name: str = "solov2") -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -73,6 +76,9 @@ class SOLOv2(nn.Module):
         self.pos_slots = pos_slots
         self.loss_cls_cfg = {"gamma": 2.0, "alpha": 0.25, "weight": 1.0, **(loss_cls or {})}
         self.loss_mask_weight = loss_mask_weight
+        if loss_mask_norm not in ("cells", "pairs"):
+            raise ValueError(f"loss_mask_norm must be 'cells' or 'pairs', got {loss_mask_norm!r}")
+        self.loss_mask_norm = loss_mask_norm
         self.test_cfg = test_cfg or SOLOv2TestConfig()
         self.export_topk = export_topk
         self.export_exact_flag = export_exact_flag
@@ -141,7 +147,8 @@ class SOLOv2(nn.Module):
         self.num_pos_dropped = t.num_dropped.detach()
         c = self.loss_cls_cfg
         losses = solov2_loss(cls_preds, kernel_preds, mask_feats, t, gamma=c["gamma"], alpha=c["alpha"],
-                             cls_weight=c["weight"], mask_weight=self.loss_mask_weight)
+                             cls_weight=c["weight"], mask_weight=self.loss_mask_weight,
+                             mask_norm=self.loss_mask_norm)
         return {**losses, "dropped_positives": t.num_dropped.detach().float()}
 
     def export_forward(self, images: Tensor) -> tuple[Tensor, ...]:
@@ -269,7 +276,7 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
         backbone: kwargs of :class:`ResNet`.
         neck: kwargs of :class:`FPN` (``in_channels`` defaults to the backbone's).
         head: kwargs of :class:`SOLOv2Head` plus ``scale_ranges``, ``pos_scale``, ``max_pos``, ``pos_slots``,
-            ``loss_cls`` and ``loss_mask_weight``.
+            ``loss_cls``, ``loss_mask_weight`` and ``loss_mask_norm``.
         test: fields of :class:`SOLOv2TestConfig` plus ``export_topk`` and ``export_exact_flag``.
         pretrained: torchvision ResNet checkpoint for the backbone (ImageNet init). ``None``, ``"none"``
             and ``"auto"`` load nothing here; a training run resolves ``auto`` to a file first
@@ -284,7 +291,8 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
     if pretrained is not None and str(pretrained).strip().lower() not in ("auto", "none", "null", ""):
         _load_backbone(body, str(pretrained))
     neck_cfg.setdefault("in_channels", body.out_channels)
-    model_keys = ("scale_ranges", "pos_scale", "max_pos", "pos_slots", "loss_cls", "loss_mask_weight")
+    model_keys = ("scale_ranges", "pos_scale", "max_pos", "pos_slots", "loss_cls", "loss_mask_weight",
+                  "loss_mask_norm")
     model_kwargs = {k: head_cfg.pop(k) for k in model_keys if k in head_cfg}
     head_cfg.setdefault("in_channels", neck_cfg["out_channels"])
     mask_head = SOLOv2Head(num_classes=int(num_classes), **head_cfg)
