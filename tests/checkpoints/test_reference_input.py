@@ -64,3 +64,11 @@ def test_mmdet_file_whose_config_says_caffe_is_taken_as_caffe(tmp_path: Path) ->
     out = tmp_path / "converted.pth"
     assert main([str(path), str(out)]) == 0 and load_checkpoint(out)["meta"]["cfg"] == cfg
     load_weights(tiny("caffe"), str(out), normalize=CAFFE)
+    # and refused where the run feeds it otherwise: a pytorch-style ResNet, or RGB ImageNet normalisation
+    for model, normalize, wrong in ((tiny(), CAFFE, "backbone.style=pytorch"),
+                                    (tiny("caffe"), PYTORCH, "normalize.style=pytorch")):
+        with pytest.raises(CheckpointError, match=r"trained on a caffe-style ResNet \(style='caffe' in the config "
+                                                  r"the file keeps\)") as info:
+            load_weights(model, str(path), normalize=normalize)
+        assert wrong in str(info.value) and "add model.backbone.style=caffe data.normalize.style=caffe" in str(
+            info.value) and "\n" not in str(info.value)

@@ -124,6 +124,11 @@ def check_checkpoint_input(layout: str | None, backbone_style: str, normalize: M
         who = "original SOLO" if layout == "solo" else "mmdet"
         trained = (f"{who} SOLOv2 weights expect a pytorch-style ResNet fed RGB pixels normalised by the ImageNet "
                    "mean and std (their configs: style='pytorch', RGB input)")
+    elif layout in ("solo", "mmdet"):  # the file's own config says style='caffe': mmdet's caffe ResNet input
+        want, fix = "caffe", ADELAIDET_OVERRIDES
+        trained = (f"these {'original SOLO' if layout == 'solo' else 'mmdet'} SOLOv2 weights were trained on a "
+                   "caffe-style ResNet (style='caffe' in the config the file keeps), fed BGR pixels minus "
+                   "[103.53, 116.28, 123.675] with std 1 as mmdet's caffe ResNet configs feed it")
     else:
         return
     wrong = [] if backbone_style == want else [f"backbone.style={backbone_style}"]
