@@ -122,10 +122,16 @@ def _check_input(path: str, backbone: Mapping[str, Any], cfg: Mapping[str, Any])
     norm = str(normalize.get("style", "pytorch"))
     has = f"this run has model.backbone.style={style} data.normalize.style={norm}"
     if not folded:
-        if style != "pytorch" or norm != "pytorch":
+        # the style and any explicit mean / std: torchvision's transforms feed RGB minus the ImageNet mean over its std
+        found = pixel_normalization(norm, normalize.get("mean"), normalize.get("std"))
+        imagenet = pixel_normalization("pytorch")
+        detail = "".join(f" data.normalize.{key}={[round(v, 4) for v in value]}"
+                         for key, value, want in zip(("mean", "std"), found[1:], imagenet[1:]) if value != want)
+        if style != "pytorch" or found != imagenet:
             raise BackboneInitError(
-                f"model.pretrained={path} holds torchvision's ImageNet weights, trained pytorch-style on RGB input, "
-                f"but {has}: keep both pytorch to start from them, or start a caffe-style model from MSRA's "
+                f"model.pretrained={path} holds torchvision's ImageNet weights, trained pytorch-style on RGB input "
+                f"normalised by the ImageNet mean and std, but {has}{detail}: keep both pytorch (and the ImageNet "
+                "mean and std) to start from them, or start a caffe-style model from MSRA's "
                 "caffe-style ImageNet weights (mmdet's resnet50_msra-5891d200.pth) or from a checkpoint trained "
                 "that way (checkpoint=PATH, e.g. AdelaiDet's)")
         return path

@@ -256,6 +256,22 @@ def test_torchvision_weights_need_a_pytorch_style_rgb_run(tmp_path: Path, monkey
                                   starts_from="SOLOv2_R50_3x.pth") is None  # a checkpoint start loads no ImageNet file
 
 
+def test_torchvision_weights_need_the_imagenet_mean_and_std(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytorch-style RGB run whose explicit mean or std is not ImageNet's (torchvision's transforms: mean
+    [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] of 0-1 pixels; x255 on 0-255 pixels) would feed its weights
+    other values."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "resnet50-19c8e357.pth"
+    _small_torchvision_file(path)
+    cfg = _cfg(str(path))
+    cfg["data"]["normalize"] = {"style": "pytorch", "mean": None, "std": [1, 1, 1]}
+    with pytest.raises(BackboneInitError, match=r"data\.normalize\.style=pytorch data\.normalize\.std=\[1\.0, 1\.0, "
+                                                r"1\.0\]: keep both pytorch \(and the ImageNet mean and std\)"):
+        backbone_init_file(cfg)
+    cfg["data"]["normalize"] = {"style": "pytorch", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+    assert backbone_init_file(cfg) == str(path)  # ImageNet's, written out
+
+
 def test_1p_caffe_style_run_loads_mmdets_msra_resnet50(coco_layout: Path) -> None:
     """A caffe-style run (model.backbone.style=caffe data.normalize.style=caffe, as mmdet's and AdelaiDet's caffe
     configs) finds MSRA's ImageNet weights under mmdet's name, loads every tensor, and logs what it loaded."""
