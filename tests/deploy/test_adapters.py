@@ -26,6 +26,7 @@ def test_adapter_reads_the_model_and_the_yaml_anchors():
     anchors = split_model_config(cfg, num_classes=80)[1]["anchors"]
     adapter = ModelAdapter(build_model(OmegaConf.load(CONF / "solov2_r50.yaml"), 80, device="meta"), anchors)
     assert adapter.output_names == ("masks", "labels", "scores") and adapter.anchors[0]["fps"] == 26.19
+    assert adapter.anchors[0]["precision"] == "FP32"  # the guide compiles with torch_aie.PrecisionPolicy.FP32
     assert (adapter.iou_types, adapter.size_divisor, adapter.pad_position) == (("segm",), 32, "centre")
     assert adapter.transforms((64, 64)) is None  # SOLOv2 keeps the data config's normalisation
     adapter.model.export_exact_flag = True
