@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import numbers
 import os
 from collections import defaultdict
@@ -61,13 +62,66 @@ def _polygon_area(flat: list[float]) -> float:
     return 0.5 * abs(sum(x[i] * y[i - 1] - x[i - 1] * y[i] for i in range(len(x))))
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rle_string_counts(counts: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string, or None where it is not one.
+
+    The format of pycocotools' ``rleToString`` / ``rleFrString`` (common/maskApi.c): each count is written in
+    5-bit groups, least significant first, each group + 48 as one character, 0x20 marking that another group
+    follows and 0x10 in the last group the sign; from the third count on a count is stored as its difference
+    to the count two before it.
+    """
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None  # the string ends inside a count
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def rle_runs_fill(counts: Any, height: int, width: int) -> bool:
+    """Whether an RLE's run lengths are non-negative whole numbers that add up to exactly ``height * width``.
+    pycocotools' ``decode`` trusts them: runs that end early leave the rest of its mask buffer as it was
+    allocated (garbage), runs that go past raise "Invalid RLE mask representation" when the mask is read."""
+    runs = rle_string_counts(counts) if isinstance(counts, str) else counts
+    if isinstance(counts, bytes):
+        try:
+            runs = rle_string_counts(counts.decode("ascii"))
+        except UnicodeDecodeError:
+            return False
+    if not isinstance(runs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
+                                             for r in runs):
+        return False
+    return sum(runs) == height * width
+
+
 def _clean_segmentation(seg: Any, height: int, width: int) -> Any | None:
-    """The usable part of a segmentation (polygons with >= 3 points and non-zero area, or a sized RLE)."""
+    """The usable part of a segmentation (polygons of >= 3 points given as numbers with non-zero area, or an RLE of
+    the image's size whose runs cover it exactly)."""
     if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and _polygon_area(p) > 0]
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                 and all(_number(v) for v in p) and _polygon_area(p) > 0]
         return polys or None
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if [int(s) for s in seg["size"]] != [height, width]:
+        if not isinstance(seg["size"], list) or [int(s) for s in seg["size"]] != [height, width]:
+            return None
+        if not rle_runs_fill(seg["counts"], height, width):
             return None
         rle = mask_utils.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
         return seg if float(mask_utils.area(_as_bytes_rle(rle))) > 0 else None
@@ -230,6 +284,64 @@ def category_order(categories: list[dict[str, Any]], class_names: Sequence[str] 
     return ids, names
 
 
+_IMAGE_KEYS = ("id", "file_name", "height", "width")  # what reading and scoring an image need
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None)))
+
+
+def _unique_images(images: list[Any], ann_file: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``images`` entries, each checked for what reading and scoring need, an entry that repeats an earlier one
+    of its id whole dropped (a file merged with itself).
+
+    Raises:
+        AnnotationFileError: an entry without one of :data:`_IMAGE_KEYS` or with a size that is not a positive
+            integer; or two different entries with one id (pycocotools would keep the last and give it both
+            images' annotations: ``imgs[img['id']] = img`` in ``createIndex``).
+    """
+    seen: dict[Any, dict[str, Any]] = {}
+    unique = []
+    for i, image in enumerate(images):
+        missing = [k for k in _IMAGE_KEYS if not isinstance(image, dict) or k not in image]
+        if missing:
+            raise AnnotationFileError(f"{ann_file}: image {i} has no {', '.join(missing)} (a COCO image entry needs "
+                                      f"{', '.join(_IMAGE_KEYS)})")
+        size = (image["height"], image["width"])
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size):
+            raise AnnotationFileError(f"{ann_file}: image {i} ({image['file_name']}) has height {image['height']!r} "
+                                      f"and width {image['width']!r}: they must be positive integers")
+        if not _hashable(image["id"]):
+            raise AnnotationFileError(f"{ann_file}: image {i} ({image['file_name']}) has the id {image['id']!r}: "
+                                      "an image id is a number or a string")
+        earlier = seen.get(image["id"])
+        if earlier is None:
+            seen[image["id"]] = image
+            unique.append(image)
+        elif earlier != image:
+            raise AnnotationFileError(f"{ann_file}: image id {image['id']!r} names both {earlier['file_name']} and "
+                                      f"{image['file_name']}, so their annotations cannot be told apart (files merged "
+                                      "from exports that each number images from 1?): give each image its own id")
+    return unique
+
+
+def _check_box(ann: dict[str, Any], size: tuple[int, int], ann_file: str | os.PathLike) -> None:
+    """An annotation's ``bbox`` as four numbers: one that is not (three values, strings) is taken from its mask,
+    as pycocotools' ``toBbox``, where it has a usable one; else a one-line AnnotationFileError. COCOeval's box
+    IoU and the training targets read it; an annotation without a ``bbox`` is left to the dataset's own rule."""
+    if "bbox" not in ann:
+        return
+    box = ann["bbox"]
+    if isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box):
+        return
+    seg = _clean_segmentation(ann.get("segmentation"), *size)
+    if seg is not None:
+        ann["bbox"] = [float(v) for v in mask_utils.toBbox(segmentation_to_rle(seg, *size))]
+        return
+    raise AnnotationFileError(f"{ann_file}: annotation id {ann['id']!r} has the bbox {box!r} (not 4 numbers) and "
+                              "no mask to take one from")
+
+
 def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
     """A pycocotools index of ``ann_file`` without orphan annotations and with unique annotation ids.
 
@@ -247,32 +359,50 @@ def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
         AnnotationFileError: see :func:`read_annotation_json`; or an annotation has no ``id``.
     """
     dataset = read_annotation_json(ann_file)
-    image_ids = {image["id"] for image in dataset.get("images", [])}
+    dataset["images"] = _unique_images(dataset["images"], ann_file)
+    image_ids = {image["id"] for image in dataset["images"]}
     annotations = dataset.get("annotations", [])
     kept: list[dict[str, Any]] = []
     first: dict[Any, dict[str, Any]] = {}
     renumber: list[dict[str, Any]] = []
     orphans = duplicates = 0
     for i, ann in enumerate(annotations):
-        if "id" not in ann:
+        if not isinstance(ann, dict) or "id" not in ann:
             raise AnnotationFileError(f"{ann_file}: annotation {i} has no id")
+        if "category_id" not in ann:
+            raise AnnotationFileError(f"{ann_file}: annotation {i} (id {ann['id']!r}) has no category_id")
         if ann.get("image_id") not in image_ids:
             orphans += 1
-        elif ann["id"] in first:
+        elif _hashable(ann["id"]) and ann["id"] in first:
             duplicates += 1
             if ann != first[ann["id"]]:
                 renumber.append(ann)
                 kept.append(ann)
         else:
-            first[ann["id"]] = ann
+            if _hashable(ann["id"]):
+                first[ann["id"]] = ann
             kept.append(ann)
-    if renumber:
-        numeric = [a["id"] for a in kept if isinstance(a["id"], numbers.Integral)]
+    # COCOeval stores the id of the ground truth a detection matched and counts the match only where that id is
+    # not 0 (cocoeval.py accumulate: ``tps = np.logical_and(dtm, np.logical_not(dtIg))``), and it cannot store an
+    # id that is not a number (``dtm[tind, dind] = gt[m]['id']`` into a float array): such ids get new ones,
+    # as detectron2 renumbers ("id" field must start with 1, convert_to_coco_dict).
+    unusable = [a for a in kept if a not in renumber and not (isinstance(a["id"], numbers.Integral)
+                                                                  and not isinstance(a["id"], bool) and a["id"] != 0)]
+    if unusable:
+        logger.warning("%s: %d annotation id(s) that COCOeval cannot score as they are (%s) get new ids above the "
+                       "file's largest: pycocotools counts a match to a ground truth of id 0 as a false positive and "
+                       "cannot store an id that is not an integer", ann_file, len(unusable),
+                       ", ".join(repr(a["id"]) for a in unusable[:5]))
+    if renumber or unusable:
+        numeric = [a["id"] for a in kept if isinstance(a["id"], numbers.Integral) and not isinstance(a["id"], bool)]
         next_id = max(numeric, default=0) + 1
-        for offset, ann in enumerate(renumber):
+        for offset, ann in enumerate(renumber + unusable):
             ann["id"] = next_id + offset
     if orphans or duplicates:
         dataset["annotations"] = kept
+    sizes = {image["id"]: (int(image["height"]), int(image["width"])) for image in dataset["images"]}
+    for ann in kept:
+        _check_box(ann, sizes[ann["image_id"]], ann_file)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):

@@ -111,8 +111,12 @@ def _is_polygon(p: Any) -> bool:
 
 def _mask_readable(seg: Any) -> bool:
     """Whether pycocotools' ``COCO.annToRLE`` turns ``seg`` into a mask without failing."""
-    if isinstance(seg, dict):
-        return "size" in seg and isinstance(seg.get("counts"), (list, str, bytes))
+    if isinstance(seg, dict):  # runs that do not cover the mask exactly decode to garbage (rle_runs_fill)
+        from solo_npu.data.coco import rle_runs_fill
+
+        size = seg.get("size")
+        return (isinstance(size, list) and len(size) == 2 and isinstance(seg.get("counts"), (list, str, bytes))
+                and rle_runs_fill(seg["counts"], int(size[0]), int(size[1])))
     # frPyObjects reads a list by the length of its first element: 4 numbers are a box (frBbox), more are
     # polygons (frPoly, each a flat list of numbers); anything else, or an empty list, fails.
     return isinstance(seg, list) and bool(seg) and all(_is_polygon(p) for p in seg) and len(seg[0]) > 4
