@@ -74,6 +74,30 @@ def check_device_per_rank(device: str, local_world_size: int) -> None:
                           "the devices")
 
 
+def check_multinode(cfg: Mapping[str, Any]) -> None:
+    """Raise a one-line ConfigValueError for a multi-node run that train.py spawns (not torchrun, which sets the
+    rendezvous itself) without a rendezvous every node can reach: ``launcher.master_port`` 0 (each node would pick
+    its own free port) or ``launcher.master_addr`` a loopback address (each node would wait for its own address
+    until ``launcher.timeout_min`` ran out)."""
+    import ipaddress
+
+    from solo_npu.config.values import ConfigValueError
+
+    launcher = cfg.get("launcher") or {}
+    if torchrun_env() is not None or int(launcher.get("nnodes", 1)) <= 1:
+        return
+    if not int(launcher.get("master_port", 0) or 0):
+        raise ConfigValueError("launcher.nnodes > 1 needs a fixed launcher.master_port shared by all nodes")
+    addr = str(launcher.get("master_addr", "127.0.0.1"))
+    try:
+        loopback = addr == "localhost" or ipaddress.ip_address(addr).is_loopback
+    except ValueError:  # a host name: every node resolves it
+        loopback = False
+    if loopback:
+        raise ConfigValueError(f"launcher.nnodes > 1 needs launcher.master_addr set to node 0's address, which "
+                               f"every node can reach (it is {addr}, each node's own)")
+
+
 def drop_own_run_dir(run_dir: Path, shared_dir: Path) -> None:
     """Remove this rank's own run directory when it is empty and not the run's (rank 0's) directory.
 
@@ -249,11 +273,8 @@ def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
     check_device_per_rank(str((cfg.get("runtime") or {}).get("device", "auto")), nproc)
     if world_size == 1:
         return _run_worker(job, cfg, run_dir, DistEnv(0, 0, 1, "127.0.0.1", 0), timeout_min)
-    port = int(launcher.get("master_port", 0) or 0)
-    if port == 0:
-        if nnodes > 1:
-            raise ValueError("multi-node runs need a fixed launcher.master_port shared by all nodes")
-        port = free_port()
+    check_multinode(cfg)
+    port = int(launcher.get("master_port", 0) or 0) or free_port()
     addr = str(launcher.get("master_addr", "127.0.0.1"))
     logger.info("launching %d workers on node %d/%d (world size %d, master %s:%d)", nproc, node_rank, nnodes,
                 world_size, addr, port)

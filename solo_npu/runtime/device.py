@@ -192,6 +192,14 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> DeviceInfo:
         # which fails with a bare error code (Ascend/pytorch torch_npu/csrc/npu/Module.cpp
         # THNPModule_setDevice_wrap -> csrc/core/npu/sys_ctrl/npu_sys_ctrl.cpp ExchangeDevice: 107001).
         if explicit_index is None:
+            # One device per rank: HCCL and NCCL refuse two ranks on one device (NCCL: "Duplicate GPU detected"),
+            # HCCL only once its communicator setup times out. LOCAL_WORLD_SIZE: torchrun's, or the launcher's.
+            ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            if ranks > count:
+                raise DeviceError(
+                    f"{ranks} ranks on this node but {count} {kind} device{'s are' if count > 1 else ' is'} visible "
+                    f"({visible_env}={os.environ.get(visible_env, '<unset>')}): each rank needs its own device; "
+                    f"start at most {count} per node (launcher.nproc_per_node, torchrun --nproc_per_node)")
             return local_rank % count
         if explicit_index >= count:
             visible = f"{kind}:0" if count == 1 else f"{kind}:0 to {kind}:{count - 1}"

@@ -102,6 +102,11 @@ def test_bad_launcher_settings_fail_clearly(tmp_path: Path, monkeypatch: pytest.
         launch(_job, {"launcher": {"nproc_per_node": 2, "nnodes": 2, "master_port": 0}}, tmp_path)
     with pytest.raises(ValueError, match="node_rank"):
         launch(_job, {"launcher": {"nproc_per_node": 1, "nnodes": 2, "node_rank": 2}}, tmp_path)
+    # every node would wait for its own 127.0.0.1 until launcher.timeout_min ran out
+    for addr in ("127.0.0.1", "localhost", "::1"):
+        with pytest.raises(ValueError, match=rf"needs launcher.master_addr set to node 0's address.*\(it is {addr}"):
+            launch(_job, {"launcher": {"nproc_per_node": 1, "nnodes": 2, "master_port": 29511, "master_addr": addr}},
+                   tmp_path)
 
 
 def _job_with_exit_handler(cfg: dict, run_dir: Path, info) -> None:

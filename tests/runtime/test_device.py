@@ -107,6 +107,18 @@ def test_fake_npu_is_preferred_and_ranks_wrap(fake_npu, monkeypatch):
 
 
 @in_child
+def test_more_ranks_on_a_node_than_visible_devices_is_one_line(fake_npu, monkeypatch):
+    """Ranks beyond the visible devices would share one (HCCL refuses two ranks on a device only once its
+    communicator setup times out): with 4 ranks per node and 2 NPUs visible every rank stops at once."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(runtime.DeviceError, match=r"4 ranks on this node but 2 npu devices are visible "
+                                                  r"\(ASCEND_RT_VISIBLE_DEVICES=.*\): each rank needs its own device"):
+        runtime.resolve_device("auto", local_rank=3)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runtime.resolve_device("npu", local_rank=1).index == 1
+
+
+@in_child
 def test_fake_npu_setup_applies_env_and_compile_mode(fake_npu, monkeypatch):
     for key in dev.NPU_ENV_DEFAULTS:
         monkeypatch.delenv(key, raising=False)
