@@ -599,6 +599,10 @@ class CocoInstanceDataset(Dataset):
                   self.img_dir.parent.glob(f"*/{name}"))
         found = next(itertools.chain(*places), None)
         hint = f"; {first} is in {found.parent}: point the split's img_dir there" if found is not None else ""
+        if Path(first).parent != Path(".") and (self.img_dir.parent / first).is_file():
+            # a file_name with its folder in it ("val2017/000000000139.jpg"), as some converters write
+            hint = (f"; the file names hold a folder ({Path(first).parent}/), and {first} is under "
+                    f"{self.img_dir.parent}: point the split's img_dir there")
         return (f"no images found in {self.img_dir}: none of the {total} images {self.ann_file.name} names is there "
                 f"(first: {first}){hint}")
 

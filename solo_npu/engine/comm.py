@@ -99,7 +99,11 @@ def params_in_sync(module: torch.nn.Module) -> bool:
     tensors = [p.detach() for p in module.parameters()]
     if not tensors:
         return True
-    fingerprint = torch.stack([t.double().sum() for t in tensors] + [t.double().abs().sum() for t in tensors])
+    # float64 sums where the device computes them natively; Ascend's AI Cores have next to no float64 (such ops fall
+    # back to the AI CPU, if the CANN has them), so on the NPU the sums are float32: equal weights still give equal
+    # sums on every rank, as the same kernel reads the same numbers.
+    dtype = torch.float32 if tensors[0].device.type == "npu" else torch.float64
+    fingerprint = torch.stack([t.to(dtype).sum() for t in tensors] + [t.to(dtype).abs().sum() for t in tensors])
     gathered = [torch.empty_like(fingerprint) for _ in range(get_world_size())]
     dist.all_gather(gathered, fingerprint)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -105,3 +106,19 @@ def _score_boxes(coco, dets) -> float:
         ev.accumulate()
         ev.summarize()
     return float(ev.stats[0])
+
+
+def test_file_names_that_hold_their_folder_get_a_hint(tmp_path):
+    """Some converters write ``file_name`` "val2017/1.png"; with img_dir the val2017 folder itself, nothing is
+    found there, and the message names the folder above it."""
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    image = {**_image(1), "file_name": "val2017/1.png"}
+    ann_file, _ = _write_coco(tmp_path, [], [])
+    ann_file.write_text(json.dumps({"images": [image], "annotations": [_square(1, 1, 10, 10, 20)],
+                                    "categories": [{"id": 1, "name": "a"}]}))
+    cv2.imwrite(str(root / "val2017" / "1.png"), np.zeros((100, 100, 3), np.uint8))
+    with pytest.raises(ValueError, match=rf"the file names hold a folder \(val2017/\), and val2017/1\.png is under "
+                                         rf"{root}: point the split's img_dir there"):
+        CocoInstanceDataset(ann_file, root / "val2017", train=True)
+    assert len(CocoInstanceDataset(ann_file, root, train=True)) == 1
