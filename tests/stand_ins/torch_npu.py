@@ -391,10 +391,13 @@ class _NpuModule(types.ModuleType):
         return count
 
     def set_device(self, device: Any) -> None:
-        # npu/utils.py set_device: a negative index is ignored; another one beyond the devices raises in ACL.
+        # npu/utils.py set_device: a negative index is ignored; another one goes to torch_npu._C._npu_setDevice,
+        # which initialises torch_npu first (csrc/npu/Module.cpp THNPModule_setDevice_wrap: npu_lazy_init(), then
+        # ExchangeDevice), and an index beyond the devices raises in ACL.
         index = self._index(device)
         if index < 0:
             return
+        self._lazy_init()
         if index >= self.device_count():
             raise RuntimeError(INVALID_DEVICE_MESSAGE)
         self._current = index
