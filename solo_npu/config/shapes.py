@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FIXED_SHAPES_CHOICES", "LIGHT_TEST_SCALE", "canvas_notice", "lift_fixed_shapes", "scale_notice"]
+__all__ = ["FIXED_SHAPES_CHOICES", "LIGHT_TEST_SCALE", "canvas_notice", "checkpoint_notices", "lift_fixed_shapes",
+           "scale_notice"]
 
 FIXED_SHAPES_CHOICES = ("always", "npu")
 
@@ -112,3 +113,10 @@ def scale_notice(trained: Any, data: Any, model_name: str | None, task: str = "e
         return None
     return (f"{whose} at img_scale {then[0]}x{then[1]} (long x short) and this {task} resizes to {now[0]}x{now[1]}: "
             f"results differ from the checkpoint's own (data.img_scale=[{then[0]},{then[1]}] matches it)")
+
+
+def checkpoint_notices(trained: Any, data: Any, model_name: str | None, task: str = "evaluation") -> list[str]:
+    """The WARNINGs for evaluating (or predicting with) a checkpoint on another canvas (:func:`canvas_notice`) or at
+    another test scale (:func:`scale_notice`) than its own; empty when both match."""
+    notices = (canvas_notice(trained, data, task), scale_notice(trained, data, model_name, task))
+    return [n for n in notices if n]

@@ -62,6 +62,15 @@ def _polygon_area(flat: list[float]) -> float:
     return 0.5 * abs(sum(x[i] * y[i - 1] - x[i - 1] * y[i] for i in range(len(x))))
 
 
+def _has_area(flat: list[Any]) -> bool:
+    """Whether a flat polygon is numbers that enclose an area (a NaN area is none); a polygon of other things (point
+    pairs as lists, strings) fails the arithmetic instead of a per-value check, which doubled the cost per polygon."""
+    try:
+        return _polygon_area(flat) > 0
+    except TypeError:
+        return False
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -99,12 +108,9 @@ def rle_runs_fill(counts: Any, height: int, width: int) -> bool:
     """Whether an RLE's run lengths are non-negative whole numbers that add up to exactly ``height * width``.
     pycocotools' ``decode`` trusts them: runs that end early leave the rest of its mask buffer as it was
     allocated (garbage), runs that go past raise "Invalid RLE mask representation" when the mask is read."""
-    runs = rle_string_counts(counts) if isinstance(counts, str) else counts
     if isinstance(counts, bytes):
-        try:
-            runs = rle_string_counts(counts.decode("ascii"))
-        except UnicodeDecodeError:
-            return False
+        counts = counts.decode("ascii", errors="replace")  # a character outside the code is no count: None below
+    runs = rle_string_counts(counts) if isinstance(counts, str) else counts
     if not isinstance(runs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
                                              for r in runs):
         return False
@@ -115,8 +121,7 @@ def _clean_segmentation(seg: Any, height: int, width: int) -> Any | None:
     """The usable part of a segmentation (polygons of >= 3 points given as numbers with non-zero area, or an RLE of
     the image's size whose runs cover it exactly)."""
     if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                 and all(_number(v) for v in p) and _polygon_area(p) > 0]
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and _has_area(p)]
         return polys or None
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if not isinstance(seg["size"], list) or [int(s) for s in seg["size"]] != [height, width]:
@@ -287,6 +292,10 @@ def category_order(categories: list[dict[str, Any]], class_names: Sequence[str] 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")  # what reading and scoring an image need
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _hashable(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool, type(None)))
 
@@ -308,7 +317,7 @@ def _unique_images(images: list[Any], ann_file: str | os.PathLike) -> list[dict[
             raise AnnotationFileError(f"{ann_file}: image {i} has no {', '.join(missing)} (a COCO image entry needs "
                                       f"{', '.join(_IMAGE_KEYS)})")
         size = (image["height"], image["width"])
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size):
+        if not all(_integer(v) and v > 0 for v in size):
             raise AnnotationFileError(f"{ann_file}: image {i} ({image['file_name']}) has height {image['height']!r} "
                                       f"and width {image['width']!r}: they must be positive integers")
         if not _hashable(image["id"]):
@@ -386,15 +395,15 @@ def load_clean_coco(ann_file: str | os.PathLike) -> tuple[COCO, int, int]:
     # not 0 (cocoeval.py accumulate: ``tps = np.logical_and(dtm, np.logical_not(dtIg))``), and it cannot store an
     # id that is not a number (``dtm[tind, dind] = gt[m]['id']`` into a float array): such ids get new ones,
     # as detectron2 renumbers ("id" field must start with 1, convert_to_coco_dict).
-    unusable = [a for a in kept if a not in renumber and not (isinstance(a["id"], numbers.Integral)
-                                                                  and not isinstance(a["id"], bool) and a["id"] != 0)]
+    renumbered = {id(a) for a in renumber}
+    unusable = [a for a in kept if id(a) not in renumbered and not (_integer(a["id"]) and a["id"] != 0)]
     if unusable:
         logger.warning("%s: %d annotation id(s) that COCOeval cannot score as they are (%s) get new ids above the "
                        "file's largest: pycocotools counts a match to a ground truth of id 0 as a false positive and "
                        "cannot store an id that is not an integer", ann_file, len(unusable),
                        ", ".join(repr(a["id"]) for a in unusable[:5]))
     if renumber or unusable:
-        numeric = [a["id"] for a in kept if isinstance(a["id"], numbers.Integral) and not isinstance(a["id"], bool)]
+        numeric = [a["id"] for a in kept if _integer(a["id"])]
         next_id = max(numeric, default=0) + 1
         for offset, ann in enumerate(renumber + unusable):
             ann["id"] = next_id + offset

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from solo_npu.deploy.context import DeployContext, DeployError, read_json, write_json
-from solo_npu.deploy.infer import batches, collect_results, infer_batch_sizes, infer_dir, raw_files, results_path
+from solo_npu.deploy.context import DeployContext, DeployError, read_json, run_key, write_json
+from solo_npu.deploy.infer import batches, collect_results, infer_batch_sizes, raw_files, results_path
 from solo_npu.deploy.preprocess import load_index, load_inputs, metas_of
 from solo_npu.evaluation.coco_eval import score_types  # train.py's rule; benchmark.py and report.py read it here
 
@@ -112,7 +112,7 @@ def run_evaluate(ctx: DeployContext) -> dict[str, Any]:
     # only what this run asks for: outputs an earlier run of other backends or batch sizes left in the run directory
     # would otherwise be scored and reported beside this run's as if they were its own
     names, sizes = list(ctx.settings.backends), infer_batch_sizes(ctx)
-    asked = {infer_dir(ctx, name, bs).name for name in names for bs in sizes}
+    asked = {run_key(name, bs) for name in names for bs in sizes}
     keys = [key for key in found if key in asked]
     left = [key for key in found if key not in asked]
     if left:

@@ -350,9 +350,9 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
     count (what evaluation writes), else :func:`default_category_ids`; image ids: that file's, by file name
     (:func:`_image_ids`). Names: the checkpoint's, else the data config's, else the annotation file's. A
     SOLOv2 checkpoint trained on another canvas than the data config's is a WARNING, as in ``train.py``'s
-    evaluation (:func:`~solo_npu.config.shapes.canvas_notice`).
+    evaluation (:func:`~solo_npu.config.shapes.checkpoint_notices`), and so is another test scale.
     """
-    from solo_npu.config.shapes import canvas_notice, scale_notice
+    from solo_npu.config.shapes import checkpoint_notices
     from solo_npu.deploy.context import load_trained_model
 
     device = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
@@ -381,9 +381,7 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
 
         input_shape = resolve_settings(cfg, int(getattr(model, "size_divisor", 1))).input_shape
     else:  # the data config's canvas, as train.py's evaluation compares it
-        for notice in (canvas_notice(trained, cfg.data, "prediction"),
-                       scale_notice(trained, cfg.data, cfg.model.get("name"), "prediction")):
-            if notice:
-                logger.warning(notice)
+        for notice in checkpoint_notices(trained, cfg.data, cfg.model.get("name"), "prediction"):
+            logger.warning(notice)
     return run_predict(model, cfg.input, str(cfg.output), names, cfg.data, device, float(cfg.score_thr),
                        label_to_cat=label_to_cat, input_shape=input_shape, image_ids=image_ids)

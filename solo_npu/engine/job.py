@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from solo_npu.config.shapes import canvas_notice, lift_fixed_shapes, scale_notice
+from solo_npu.config.shapes import checkpoint_notices, lift_fixed_shapes
 from solo_npu.engine import comm
 from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
@@ -253,9 +253,8 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     evaluator.iou_types = score_types(model.iou_types)  # box-only models (FCOS, SSD-ResNet34): bbox alone
     report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
                           class_names=val_set.class_names, normalize=cfg.data.normalize, loaded=ckpt)
-    for notice in (canvas_notice(report.get("config"), cfg.data),
-                   scale_notice(report.get("config"), cfg.data, cfg.model.get("name"))):
-        if notice and comm.is_main_process():
+    for notice in checkpoint_notices(report.get("config"), cfg.data, cfg.model.get("name")):
+        if comm.is_main_process():
             logger.warning(notice)
     # Frozen BatchNorm folded into the convolutions (and channels-last on the CPU): same outputs, less work.
     prepare_for_inference(model, channels_last=info.inference_channels_last)
