@@ -284,6 +284,29 @@ def _check_results(coco_gt: COCO, coco_results: list[dict[str, Any]]) -> None:
                              f"{[info['height'], info['width']]} (masks must be in original-image coordinates)")
 
 
+def _one_kind_of_image_id(coco_gt: COCO, coco_results: list[dict[str, Any]], img_ids: Iterable[Any] | None
+                          ) -> tuple[COCO, list[dict[str, Any]], list[Any] | None]:
+    """The ground truth, results and image ids with the image ids numbered 1.. in :func:`_sorted_ids` order where
+    the file mixes int and str ids, else as they are. COCOeval sorts the ids (``sorted(cocoGt.getImgIds())`` in
+    ``__init__``: a TypeError for int and str) and passes them through ``np.unique`` (``evaluate``: one array of
+    strings, which no longer name the int images); the scores do not depend on the ids' values."""
+    ids = coco_gt.getImgIds()
+    if img_ids is not None:
+        img_ids = [image_id_of(i) for i in img_ids]
+    if len({isinstance(i, str) for i in ids}) < 2:
+        return coco_gt, coco_results, img_ids
+    number = {image_id: n for n, image_id in enumerate(_sorted_ids(ids), start=1)}
+    dataset = coco_gt.dataset
+    renumbered = COCO()
+    renumbered.dataset = {**dataset, "images": [{**im, "id": number[im["id"]]} for im in dataset["images"]],
+                          "annotations": [{**a, "image_id": number[a["image_id"]]}
+                                          for a in dataset.get("annotations", [])]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        renumbered.createIndex()
+    results = [{**r, "image_id": number[r["image_id"]]} for r in coco_results]
+    return renumbered, results, None if img_ids is None else [number[i] for i in img_ids]
+
+
 def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str, Any]],
                   iou_types: Iterable[str] = ("segm", "bbox"),
                   img_ids: Iterable[Any] | None = None,
@@ -298,6 +321,7 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
     """
     coco_gt = load_coco(coco_gt)
     _check_results(coco_gt, coco_results)
+    coco_gt, coco_results, img_ids = _one_kind_of_image_id(coco_gt, coco_results, img_ids)
     summary: dict[str, dict[str, float | None]] = {}
     for iou_type in iou_types:
         if iou_type not in ("segm", "bbox"):
