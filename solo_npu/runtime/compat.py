@@ -50,11 +50,23 @@ def dataloader_pins_for_accelerator() -> bool:
 
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` ("cpu", "cuda", ...): ``torch.is_autocast_enabled(device)``
-    from torch 2.4 on; before, only the CPU's has its own function (``is_autocast_cpu_enabled``)."""
+    from torch 2.4 on; before, the plain call answers for CUDA and the CPU has its own function
+    (``is_autocast_cpu_enabled``) and a PrivateUse1 backend (the NPU) its module's, so another device is a
+    ValueError there rather than CUDA's answer."""
     try:
         return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument; the plain call answers for CUDA
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        if device_type == "cuda":
+            return torch.is_autocast_enabled()
+        # torch 2.1-2.3's torch.autocast keeps a PrivateUse1 backend's state in its module
+        # (autocast_mode.py: ``custom_device_mod.is_autocast_enabled()``), e.g. torch.npu of torch_npu
+        module = getattr(torch, device_type, None)
+        if device_type == torch._C._get_privateuse1_backend_name() and hasattr(module, "is_autocast_enabled"):
+            return bool(module.is_autocast_enabled())
+        raise ValueError(f"autocast_enabled({device_type!r}) needs torch >= 2.4 (torch {torch.__version__} "
+                         "answers for cpu and cuda only)") from None
 
 
 @functools.cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from stand_ins import torch_npu as npu_stand_in
@@ -147,6 +149,21 @@ def test_autocast_on_the_npu_works_on_every_torch(monkeypatch: pytest.MonkeyPatc
     npu.set_autocast_enabled(True)
     npu.set_autocast_dtype(torch.bfloat16)
     assert npu.is_autocast_enabled() and npu.get_autocast_dtype() == torch.bfloat16
+
+
+@in_child  # torch.autocast("npu") needs the PrivateUse1 backend named "npu"
+def test_autocast_enabled_answers_for_the_npu_on_every_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch >= 2.4: torch.is_autocast_enabled("npu"); before, the state torch.autocast keeps in torch.npu
+    # (torch/amp/autocast_mode.py __enter__: custom_device_mod.set_autocast_enabled), not CUDA's answer.
+    from solo_npu.runtime.compat import autocast_enabled
+
+    npu_stand_in.install(monkeypatch)
+    assert not autocast_enabled("npu")
+    with torch.autocast("npu", dtype=torch.float16):
+        assert autocast_enabled("npu") and not autocast_enabled("cpu")
+    assert not autocast_enabled("npu")
+    with pytest.raises(ValueError) if torch.__version__ < "2.4" else contextlib.nullcontext():
+        autocast_enabled("xpu")
 
 
 @pytest.mark.parametrize(("visible", "count"), [(None, 8), ("", 0), ("4,5", 2), ("0,1,2", 3), ("1,0", 0),
