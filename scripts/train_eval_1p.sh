@@ -3,10 +3,9 @@
 # runs): padding images of different shapes to one canvas would make the AP depend on the batch composition.
 # --batch_size is not a training batch here and is ignored with a warning; train.eval_batch_size=N overrides.
 # It evaluates with the experiment the training scripts train with, +experiment=[1p,eval] (conf/experiment/eval.yaml
-# asks for it for their checkpoints): on the NPU every image on the fixed square canvas of train_full_1p.sh and
-# train_full_8p.sh (1344x1344 at 1333x800), with mixed precision (O1; --apex=O0: fp32), so the AP is the one their
-# last evaluation of the same checkpoint reported. +experiment=eval alone padded each image to a multiple of 32 in
-# fp32, a canvas the model did not train on, and read a different AP.
+# asks for it for their checkpoints): the canvas train_full_1p.sh and train_full_8p.sh train on on that device (on
+# the NPU every image on the fixed square canvas, 1344x1344 at 1333x800; elsewhere padded to a multiple of 32), with
+# mixed precision (O1; --apex=O0: fp32), so the AP is the one their last evaluation of the same checkpoint reported.
 # Without --checkpoint it evaluates the last checkpoint of the latest training run for the device id, train_full_1p.sh,
 # train_full_8p.sh or train_finetune_1p.sh (output/<device_id>/run/checkpoints/last.pth, or of an earlier output moved
 # aside; common.sh, require_checkpoint): after a fine-tuning, the fine-tuned weights, as the ModelZoo SOLOv2 scripts'

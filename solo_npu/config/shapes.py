@@ -8,8 +8,9 @@ On a GPU or a CPU those pins only add work (1344x1344 holds 1.7 times the pixels
 canvas), so the presets say ``runtime.fixed_shapes=npu``: the pins hold on the NPU, and on other devices a
 training run pads each batch to a multiple of ``data.pad.size_divisor`` and sizes the slots to the batch,
 as a run without a preset does (and as mmdet and SOLO train). ``runtime.fixed_shapes=always`` keeps them on
-every device. Evaluation runs (``mode=eval``) keep the canvas they are given: a model is evaluated on the
-canvas it trained on.
+every device. Evaluation runs (``mode=eval``) follow the same rule, so a preset's evaluation on a device is on the
+canvas the preset trains on there. Evaluating on another canvas than the checkpoint's is a WARNING
+(:func:`canvas_notice`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ def lift_fixed_shapes(cfg: Any, device_type: str) -> list[str]:
     """Undo the fixed-shape pins of ``cfg`` (in place) where ``runtime.fixed_shapes`` says they are not for
     ``device_type``; returns the ``key=value`` settings it changed (empty when nothing changed).
 
-    ``cfg``: the job config (an OmegaConf DictConfig or a plain dict with ``mode``, ``runtime``, ``data``
-    and ``model``). Only training runs change (see the module docstring).
+    ``cfg``: the job config (an OmegaConf DictConfig or a plain dict with ``runtime``, ``data`` and ``model``),
+    of a training or an evaluation run (see the module docstring).
     """
     policy = str(cfg["runtime"].get("fixed_shapes", "always"))
     if policy not in FIXED_SHAPES_CHOICES:
         raise ValueError(f"runtime.fixed_shapes must be one of {', '.join(FIXED_SHAPES_CHOICES)}, got {policy!r}")
-    if policy == "always" or device_type == "npu" or cfg.get("mode", "train") != "train":
+    if policy == "always" or device_type == "npu":
         return []
     changed = []
     data, head = cfg["data"], cfg["model"].get("head")
@@ -62,18 +63,28 @@ def _describe(canvas: tuple[str, tuple[int, ...] | None]) -> str:
     return f"each batch padded to a multiple of {value[0]}"
 
 
-def canvas_notice(trained: Any, data: Any, task: str = "evaluation") -> str | None:
+def canvas_notice(trained: Any, data: Any, task: str = "evaluation", model_name: str | None = None) -> str | None:
     """The WARNING for evaluating (or, ``task="prediction"``, predicting) on another canvas than the checkpoint
     trained on, or ``None``.
 
-    ``trained``: the training config a checkpoint of this project carries (``None`` for other files: not
-    compared); ``data``: this evaluation's ``data`` config. The SOLOv2 grids span the whole canvas, so the
-    same image on another canvas gives other predictions.
+    ``trained``: the training config a checkpoint of this project carries; ``data``: this evaluation's ``data``
+    config. The SOLOv2 grids span the whole canvas, so the same image on another canvas gives other predictions.
+    A SOLOv2 file of another project (``trained`` ``None``, ``model_name`` holding ``solov2``) on a fixed canvas
+    is compared with the canvas SOLO's and mmdetection's published models trained and test on, each batch padded
+    to a multiple of 32 (SOLO configs/solov2/*.py: ``dict(type='Pad', size_divisor=32)``; mmdetection
+    configs/solov2/*.py: ``pad_size_divisor=32``).
     """
     pad = ((trained or {}).get("data") or {}).get("pad") if isinstance(trained, dict) else None
+    now = _canvas(data["pad"])
     if not pad:
+        if trained is None and "solov2" in str(model_name or "") and now[0] == "fixed":
+            return (f"this {task} uses {_describe(now)} and the checkpoint carries no training config: SOLO's and "
+                    "mmdetection's published SOLOv2 models trained and test on each batch padded to a multiple of "
+                    "32 (the Ascend ModelZoo SOLOV2 port on 1344x1344), and the SOLOv2 grids span the canvas, so "
+                    "predictions differ from theirs (data.pad.mode=divisor data.pad.size_divisor=32 evaluates as "
+                    "they do)")
         return None
-    then, now = _canvas(pad), _canvas(data["pad"])
+    then = _canvas(pad)
     if then == now:
         return None
     if then[0] == "fixed":
@@ -118,5 +129,5 @@ def scale_notice(trained: Any, data: Any, model_name: str | None, task: str = "e
 def checkpoint_notices(trained: Any, data: Any, model_name: str | None, task: str = "evaluation") -> list[str]:
     """The WARNINGs for evaluating (or predicting with) a checkpoint on another canvas (:func:`canvas_notice`) or at
     another test scale (:func:`scale_notice`) than its own; empty when both match."""
-    notices = (canvas_notice(trained, data, task), scale_notice(trained, data, model_name, task))
+    notices = (canvas_notice(trained, data, task, model_name), scale_notice(trained, data, model_name, task))
     return [n for n in notices if n]

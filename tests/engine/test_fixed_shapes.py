@@ -17,13 +17,15 @@ def _shapes(cfg) -> tuple:
             cfg.data.instance_slots, cfg.model.head.pos_slots)
 
 
-@pytest.mark.parametrize("preset", ["1p", "8p", "performance_8p"])
+@pytest.mark.parametrize("preset", ["1p", "8p", "performance_8p", "[1p,eval]"])
 def test_presets_pin_shapes_on_the_npu_and_lift_them_elsewhere(preset: str) -> None:
+    """Training and evaluation alike: train_eval_1p.sh's ``+experiment=[1p,eval]`` evaluates on the canvas that
+    train_full_*.sh trained on, on each device."""
     pinned = ("fixed", [1344, 1344], "fixed", 512)
     for device, expected, changed in (("npu", pinned, []),
                                       ("cuda", ("divisor", None, "ladder", None), 4),
                                       ("cpu", ("divisor", None, "ladder", None), 4)):
-        cfg = compose_train_cfg([f"+experiment={preset}"])
+        cfg = compose_train_cfg([f"+experiment={preset}", "checkpoint=x.pth"])
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         assert _shapes(cfg) == pinned
         lifted = lift_fixed_shapes(cfg, device)
@@ -33,12 +35,12 @@ def test_presets_pin_shapes_on_the_npu_and_lift_them_elsewhere(preset: str) -> N
 
 
 @pytest.mark.parametrize("overrides", [["+experiment=8p", "runtime.fixed_shapes=always"],
-                                       ["+experiment=[1p,eval]", "checkpoint=x.pth"],
+                                       ["+experiment=[1p,eval]", "checkpoint=x.pth", "runtime.fixed_shapes=always"],
                                        ["data.pad.mode=fixed", "data.pad.canvas=[1344,1344]",
                                         "data.instance_slots=fixed", "model.head.pos_slots=512"]])
-def test_explicit_fixed_shapes_and_evaluation_keep_the_pins(overrides: list[str]) -> None:
-    """``always`` (the default without a preset: pins set by hand are kept) and evaluation runs, which use
-    the canvas they are given, never change."""
+def test_explicit_fixed_shapes_keep_the_pins(overrides: list[str]) -> None:
+    """``always`` (the default without a preset: pins set by hand are kept) never changes, in training or
+    evaluation."""
     cfg = OmegaConf.create(OmegaConf.to_container(compose_train_cfg(overrides), resolve=True))
     before = _shapes(cfg)
     assert before[0] == "fixed"
@@ -89,6 +91,20 @@ def test_canvas_notice_compares_the_training_canvas_with_the_evaluation_canvas()
     assert "data.pad.mode=divisor data.pad.size_divisor=32" in canvas_notice(divisor, fixed["data"])
     assert canvas_notice(fixed, fixed["data"]) is None and canvas_notice(divisor, divisor["data"]) is None
     assert canvas_notice(None, divisor["data"]) is None  # other files carry no training config
+
+
+def test_a_solov2_file_without_training_config_on_a_fixed_canvas_warns() -> None:
+    # SOLO (configs/solov2/solov2_r50_fpn_8gpu_1x.py, test pipeline: dict(type='Pad', size_divisor=32)) and
+    # mmdetection (configs/solov2/solov2_r50_fpn_1x_coco.py: pad_size_divisor=32) test on the batch padded to 32.
+    fixed = {"pad": {"mode": "fixed", "canvas": [1344, 1344], "size_divisor": 32}}
+    divisor = {"pad": {"mode": "divisor", "canvas": None, "size_divisor": 32}}
+    notice = canvas_notice(None, fixed, model_name="solov2_r50_fpn")
+    assert notice is not None and "uses one fixed 1344x1344 canvas" in notice
+    assert "data.pad.mode=divisor data.pad.size_divisor=32" in notice
+    assert canvas_notice(None, divisor, model_name="solov2_r50_fpn") is None
+    assert canvas_notice(None, fixed, model_name="fcos_r50_caffe_fpn") is None  # no grids over the canvas
+    # a checkpoint of this project is compared with its own training canvas instead
+    assert canvas_notice({"data": {"pad": fixed["pad"]}}, fixed, model_name="solov2_r50_fpn") is None
 
 
 def test_evaluating_on_another_canvas_than_the_training_one_warns(tmp_path: Path) -> None:
