@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -111,8 +112,12 @@ def _pick(user: Any, model_default: Any) -> Any:
     return user if user is not None else model_default
 
 
-def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
-    """Merge ``cfg.deploy`` (user overrides, null = unset) over ``cfg.model.deploy`` (model defaults)."""
+def resolve_settings(cfg: DictConfig, size_divisor: int = 1,
+                     check_shape: Callable[[int, int], None] | None = None) -> DeploySettings:
+    """Merge ``cfg.deploy`` (user overrides, null = unset) over ``cfg.model.deploy`` (model defaults).
+
+    ``check_shape``: the model's ``check_input_shape(height, width)`` (solo_npu/models/contract.py), whose
+    ValueError becomes a one-line DeployError."""
     user = typed_deploy_config(cfg)
     model_defaults = model_deploy_defaults(cfg)
     shape = [int(s) for s in _pick(user.input_shape, model_defaults.input_shape)]
@@ -127,6 +132,11 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1) -> DeploySettings:
             f"deploy.input_shape={shape}: give [H, W] (or [B, 3, H, W]) with H and W positive multiples of "
             f"{size_divisor}, e.g. deploy.input_shape=[800,1216]"
         )
+    if check_shape is not None:
+        try:
+            check_shape(*shape)
+        except ValueError as exc:
+            raise DeployError(f"deploy.input_shape={shape}: {exc}") from None
     if user.batch_size is not None:
         batch_sizes = [int(user.batch_size)]
     else:
@@ -276,7 +286,8 @@ class DeployContext:
     def settings(self) -> DeploySettings:
         """``cfg.deploy`` over the model yaml's defaults, checked against the model's size divisor."""
         if self._settings is None:
-            self._settings = resolve_settings(self.cfg, self.adapter.size_divisor)
+            self._settings = resolve_settings(self.cfg, self.adapter.size_divisor,
+                                              getattr(self.adapter.model, "check_input_shape", None))
         return self._settings
 
     def model(self) -> nn.Module:

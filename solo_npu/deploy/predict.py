@@ -379,7 +379,8 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
     if getattr(model, "preprocessing", None) is not None and model.preprocessing.style is not None:
         from solo_npu.deploy.context import resolve_settings
 
-        input_shape = resolve_settings(cfg, int(getattr(model, "size_divisor", 1))).input_shape
+        input_shape = resolve_settings(cfg, int(getattr(model, "size_divisor", 1)),
+                                       getattr(model, "check_input_shape", None)).input_shape
     else:  # the data config's canvas, as train.py's evaluation compares it
         for notice in checkpoint_notices(trained, cfg.data, cfg.model.get("name"), "prediction"):
             logger.warning(notice)

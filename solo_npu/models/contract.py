@@ -19,6 +19,8 @@ Deployment (``solo_npu.deploy.adapters.ModelAdapter`` wraps any model that has t
   bool [N, H0, W0] for segmentation) in original-image pixels, with the model's own thresholds.
 - ``iou_types``: the COCO iou types to score, e.g. ``("segm",)``.
 - ``size_divisor`` (default 1): the static input's H and W must be multiples of it.
+- ``check_input_shape(height, width)`` (optional): a one-line ValueError for a static input the model, as it is
+  configured, does not take.
 - ``preprocessing`` (default :class:`Preprocessing()`): resize policy, channel order, mean/std and
   where the image sits on the static input.
 - ``compare_outputs(reference, candidate)`` (optional): discrepancy numbers between two backends' raw

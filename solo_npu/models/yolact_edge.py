@@ -235,6 +235,19 @@ class YolactEdge(nn.Module):
         prototypes (``output0..output5``)."""
         return (*self.detect(*self.decode_heads(feats)), proto)
 
+    def check_input_shape(self, height: int, width: int) -> None:
+        """Pixel-sized priors are sides of ``scale / max_size`` of the input, and YolactEdge's ``max_size`` is its
+        input side (yolact_edge/yolact.py make_priors: ``w = scale * ar / cfg.max_size``; the image is resized to
+        ``max_size`` x ``max_size``): another input needs ``max_size`` set to it, or every prior is off by their
+        ratio."""
+        if not self.use_pixel_scales or (height, width) == (self.max_size, self.max_size):
+            return
+        if height != width:
+            raise ValueError(f"YolactEdge takes a square input (its priors are sized in pixels of one side, "
+                             f"model.max_size={self.max_size}), not {height}x{width}")
+        raise ValueError(f"YolactEdge sizes its priors in pixels of model.max_size={self.max_size}, its input side: "
+                         f"a {height}x{width} input needs model.max_size={height} as well")
+
     def priors(self, conv_sizes: Sequence[tuple[int, int]]) -> Tensor:
         """Priors ``[N, 4]`` (cx, cy, w, h) for the levels' ``(H, W)``, with this model's prior settings."""
         return yolact_priors(conv_sizes, self.scales, self.aspect_ratios, self.max_size,

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
@@ -107,6 +108,18 @@ def test_ssd_resnet34_pipeline(synthetic_coco: Path, tmp_path: Path) -> None:
                           nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
     model = SSDResNet34(trunk, (16, 16, 16, 8, 8, 8), (8, 8, 8, 8, 8), num_classes=3, fig_size=320, max_output=20)
     check_coco_results(run("ssd_resnet34", model, synthetic_coco, tmp_path, [320, 320]), ("bbox",), synthetic_coco)
+
+
+@pytest.mark.parametrize(("model", "images"), [("ssd_resnet34", "annotated"), ("yolact_edge", "annotated"),
+                                              ("solov2", "all"), ("fcos", "all")])
+def test_each_model_scores_the_images_its_reference_scores(model: str, images: str) -> None:
+    """MLPerf's SSD and its guide's ssd_preprocess.py, and YolactEdge's COCODetection (``self.ids =
+    list(self.coco.imgToAnns.keys())``, which its guide's postprocess.py reads), run only the val images with an
+    annotation; mmdetection's CocoMetric (SOLOv2, FCOS) scores every image."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / f"{model}.yaml")
+    assert cfg.deploy.get("scored_images", "all") == images
 
 
 def test_ssd_resnet34_scores_the_annotated_images_as_its_guide(synthetic_coco: Path, tmp_path: Path) -> None:

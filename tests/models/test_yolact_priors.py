@@ -115,3 +115,25 @@ def test_reference_switches(switches: dict, rows: list) -> None:
     assert priors.shape == (2 * 4 * 3, 4)
     idx, ref = expected(rows)
     torch.testing.assert_close(priors[idx], ref, rtol=0, atol=0)
+
+
+def test_another_input_side_needs_max_size_set_to_it() -> None:
+    """YolactEdge's ``max_size`` is its input side (the image is resized to max_size x max_size), so a 24 px prior
+    of a 512x512 input is 24 / 512 wide: with max_size left at 550 every prior would be 512/550 of that."""
+    from solo_npu.deploy.context import DeployError, resolve_settings
+
+    kept = build_yolact_edge(depth=18, fpn_channels=16, proto_channels=8, mask_dim=4)  # max_size 550
+    resized = build_yolact_edge(depth=18, fpn_channels=16, proto_channels=8, mask_dim=4, max_size=512)
+    kept.check_input_shape(550, 550)
+    resized.check_input_shape(512, 512)
+    with pytest.raises(ValueError, match="a 512x512 input needs model.max_size=512"):
+        kept.check_input_shape(512, 512)
+    with pytest.raises(ValueError, match="square input"):
+        resized.check_input_shape(512, 640)
+    # P3 of a 512x512 input is 64x64; its first prior is 24 px of 512 (make_priors: w = scale * ar / max_size)
+    assert resized.priors([(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)])[0, 2].item() == pytest.approx(24 / 512)
+    cfg = OmegaConf.create({"deploy": {"input_shape": [1, 3, 512, 512]},
+                            "model": OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model"
+                                                    / "yolact_edge.yaml")})
+    with pytest.raises(DeployError, match=r"deploy.input_shape=\[512, 512\]: YolactEdge sizes its priors"):
+        resolve_settings(cfg, 1, kept.check_input_shape)
