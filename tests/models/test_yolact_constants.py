@@ -47,4 +47,5 @@ def test_model_yaml_and_builder_defaults_are_the_references() -> None:
     assert cfg.mask_dim == 32 and cfg.mask_thr == 0.5
     assert model.prediction_layers[0].conf_layer.out_channels == 3 * 81
     assert model.prediction_layers[0].mask_layer.out_channels == 3 * 32
-    assert set(cfg.deploy) == {"input_shape", "opset", "batch_sizes", "soc_version", "scored_images", "anchors"}  # said once
+    # said once
+    assert set(cfg.deploy) == {"input_shape", "opset", "batch_sizes", "soc_version", "scored_images", "anchors"}
