@@ -277,11 +277,14 @@ class Trainer:
             self._nonfinite(values)
             return
         self.scaler.step(self.optimizer)  # skips the update itself on fp16 overflow
+        # A fixed scale never backs off, so the next step is likely to overflow again: the skipped step counts like
+        # a non-finite loss, and train.max_nonfinite of them in a row stop the run. (A dynamic scale backs off; its
+        # overflow steps are its calibration.) The scaler says whether it skipped: on an Ascend 910 in saturation
+        # mode an overflow leaves the gradients and their norm finite.
+        overflowed = isinstance(self.scaler, StaticGradScaler) and (
+            self.scaler.overflowed(self.optimizer) or not math.isfinite(grad_norm))
         self.scaler.update()
-        if not math.isfinite(grad_norm) and isinstance(self.scaler, StaticGradScaler):
-            # A fixed scale never backs off, so the next step is likely to overflow again: the skipped step
-            # counts like a non-finite loss, and train.max_nonfinite of them in a row stop the run. (A dynamic
-            # scale backs off; its overflow steps are its calibration.)
+        if overflowed:
             self._nonfinite(values, f"gradient overflow at amp.loss_scale={self.scaler.static_scale:g}")
             return
         self.nonfinite_in_row = 0

@@ -374,6 +374,19 @@ class StaticGradScaler:
     def update(self, new_scale: float | torch.Tensor | None = None) -> None:
         super().update(self.static_scale if new_scale is None else new_scale)  # type: ignore[misc]
 
+    def overflowed(self, optimizer: Any) -> bool:
+        """Whether the last ``step(optimizer)`` was skipped for an overflow, as the scaler found it (every rank's on
+        torch_npu); call it between ``step`` and ``update``, which forgets it. The gradients cannot tell: the NPU's
+        check leaves them scaled on an overflow, and an Ascend 910 in saturation mode finds it in the chip's float
+        status while every gradient stays finite (Ascend/op-plugin AmpForeachNonFiniteCheckAndUnscaleKernelNpu.cpp).
+        """
+        if not self.is_enabled():  # type: ignore[attr-defined]
+            return False  # a disabled scaler keeps no state and skips nothing
+        state = self._per_optimizer_states.get(id(optimizer))  # type: ignore[attr-defined]
+        if not state:
+            return False
+        return any(float(found.sum()) > 0 for found in state["found_inf_per_device"].values())
+
 
 @functools.cache
 def _static_scaler_class(base: type) -> type:

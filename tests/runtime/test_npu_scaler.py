@@ -178,14 +178,17 @@ class _Overflowing(torch.nn.Module):
 
 
 @in_child
+@pytest.mark.parametrize("saturation", [False, True], ids=["inf_nan", "saturation"])
 def test_static_scale_overflows_count_as_skipped_steps_and_stop_the_run(monkeypatch: pytest.MonkeyPatch,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+                                                                        caplog: pytest.LogCaptureFixture,
+                                                                        saturation: bool) -> None:
     """A fixed scale never backs off, so a step whose scaled gradients overflow is skipped by the scaler and the
     next one overflows again: each is counted like a non-finite loss, and train.max_nonfinite in a row stops the
-    run (a dynamic scale backs off instead, and its overflow steps are not counted)."""
+    run (a dynamic scale backs off instead, and its overflow steps are not counted). On a chip in saturation mode
+    (Ascend 910) the overflowing gradients stay finite and scaled: the scaler's finding counts, not their norm."""
     from solo_npu.engine.trainer import NonFiniteLossError
 
-    npu_stand_in.install(monkeypatch)
+    npu_stand_in.install(monkeypatch, support_inf_nan=not saturation)
     batches = [{"images": torch.ones(1, 3)}] * 8
 
     def run(loss_scale: Any) -> Trainer:

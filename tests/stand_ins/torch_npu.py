@@ -522,10 +522,26 @@ def _refresh_per_optimizer_state() -> dict[str, Any]:
 
 
 def _non_finite_check_and_unscale_(grads: list[torch.Tensor], found_inf: torch.Tensor, inv_scale: torch.Tensor) -> None:
-    # torch._amp_foreach_non_finite_check_and_unscale_ has no CPU kernel on torch 2.1; the same effect in plain ops.
+    """The NPU kernel of ``torch._amp_foreach_non_finite_check_and_unscale_`` (Ascend/op-plugin
+    op_plugin/ops/aclops/AmpForeachNonFiniteCheckAndUnscaleKernelNpu.cpp @ 0a873ceb), in plain ops (torch 2.1 has
+    no CPU kernel). With inf/NaN support (``c10_npu::IsSupportInfNan()``) each gradient's float sum is checked for
+    a non-finite value; without (saturation mode, Ascend 910) the chip's float status is read and cleared
+    (``npu_get_float_status``, ``npu_clear_float_status``). An overflow adds 1 to ``found_inf`` and leaves every
+    gradient scaled; otherwise all of them are unscaled.
+
+    Host arithmetic gives inf/NaN where a chip in saturation mode gives finite values and raises its float status,
+    so in that mode the status here is raised by a non-finite gradient, and the gradient is saturated as the chip's
+    float16 arithmetic leaves it (inf to +-65504, float16's largest; NaN to 0): the caller sees finite, scaled
+    gradients, as on the chip.
+    """
+    overflow = any(not math.isfinite(float(g.float().sum())) for g in grads)
+    if overflow and not _torch_npu().npu.utils.is_support_inf_nan():
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=65504.0, neginf=-65504.0)
+    if overflow:
+        found_inf.add_(1)
+        return
     for g in grads:
-        if not bool(torch.isfinite(g).all()):
-            found_inf.fill_(1.0)
         g.mul_(inv_scale.to(g.dtype))
 
 
@@ -546,8 +562,9 @@ class GradScaler(torch.cuda.amp.GradScaler):
     Where it must differ, because NPU tensors are host tensors here: the scale, the growth tracker and the
     found-inf flag are made on the device of the outputs without ``pin_memory()`` (pinning needs an accelerator
     runtime); the inf/NaN check runs in plain ops (torch 2.1 has no CPU kernel of
-    ``_amp_foreach_non_finite_check_and_unscale_``) and, since host arithmetic gives inf/NaN instead of saturating,
-    finds an overflow in both modes; the overflow flag is a counter (``calls["clear_npu_overflow_flag"]``);
+    ``_amp_foreach_non_finite_check_and_unscale_``; in saturation mode it saturates the gradients it finds an
+    overflow in, see :func:`_non_finite_check_and_unscale_`); the overflow flag is a counter
+    (``calls["clear_npu_overflow_flag"]``);
     ``update(new_scale)`` takes a tensor on the NPU device instead of a ``torch.npu.FloatTensor``.
     """
 
