@@ -4,7 +4,10 @@
 # test/ is a link to scripts/) or `source scripts/env_npu.sh` works in a shell too.
 # CANN is found as the Ascend ModelZoo SOLOv2 test/env_npu.sh finds it: the Install_Path line of
 # /etc/Ascend/ascend_cann_install.info (CANN_INSTALL_PATH_CONF names another file), else /usr/local/Ascend;
-# there ascend-toolkit/set_env.sh when ascend-toolkit/latest exists, else nnae/set_env.sh.
+# there ascend-toolkit/set_env.sh when ascend-toolkit/latest exists, else nnae/set_env.sh. CANN 8.5 and later install
+# the toolkit under cann/ instead (Huawei's CANN 8.5.0 installation guide, "File Paths": cann/<arch>-linux/
+# ascend_toolkit_install.info, where 8.0 has ascend-toolkit/latest/<arch>-linux/): its cann/set_env.sh is taken
+# when there is no ascend-toolkit/latest.
 CANN_INSTALL_PATH_CONF="${CANN_INSTALL_PATH_CONF:-/etc/Ascend/ascend_cann_install.info}"
 CANN_INSTALL_PATH=""
 if [[ -f "${CANN_INSTALL_PATH_CONF}" ]]; then
@@ -13,6 +16,8 @@ fi
 CANN_INSTALL_PATH="${CANN_INSTALL_PATH:-/usr/local/Ascend}"
 if [[ -d "${CANN_INSTALL_PATH}/ascend-toolkit/latest" ]]; then
     _cann_env="${CANN_INSTALL_PATH}/ascend-toolkit/set_env.sh"
+elif [[ -f "${CANN_INSTALL_PATH}/cann/set_env.sh" ]]; then
+    _cann_env="${CANN_INSTALL_PATH}/cann/set_env.sh"
 else
     _cann_env="${CANN_INSTALL_PATH}/nnae/set_env.sh"
 fi
@@ -27,7 +32,8 @@ if [[ -f "${_cann_env}" ]]; then
     eval "${_cann_opts}"
     unset _cann_opts
 elif [[ -z "${ASCEND_HOME_PATH:-}" ]]; then  # set by a set_env.sh sourced before
-    echo "[Warning] CANN's set_env.sh not found: no ${_cann_env} (install path ${CANN_INSTALL_PATH}: the Install_Path" \
+    echo "[Warning] CANN's set_env.sh not found: no ${_cann_env} nor ${CANN_INSTALL_PATH}/cann/set_env.sh (CANN 8.5" \
+         "and later) (install path ${CANN_INSTALL_PATH}: the Install_Path" \
          "of ${CANN_INSTALL_PATH_CONF} when that file exists, else /usr/local/Ascend); torch_npu needs its environment" >&2
 fi
 unset _cann_env

@@ -645,11 +645,14 @@ def fake_cann(tmp_path: Path, layout: str = "ascend-toolkit") -> dict[str, str]:
 
     Its set_env.sh has the form of CANN's: it extends LD_LIBRARY_PATH and PYTHONPATH with no default for an unset
     one (``export PYTHONPATH=${ASCEND_TOOLKIT_HOME}/python/site-packages:$PYTHONPATH``), and reports on stderr.
-    ``layout``: "ascend-toolkit" (ascend-toolkit/latest and ascend-toolkit/set_env.sh), "nnae" (nnae/set_env.sh
-    only) or "nnal" (only nnal/atb/set_env.sh, which is no replacement for the toolkit's).
+    ``layout``: "ascend-toolkit" (ascend-toolkit/latest and ascend-toolkit/set_env.sh), "cann" (cann/set_env.sh,
+    CANN 8.5 and later: Huawei's CANN 8.5.0 installation guide, "File Paths", puts the toolkit's install info in
+    cann/<arch>-linux/), "nnae" (nnae/set_env.sh only) or "nnal" (only nnal/atb/set_env.sh, which is no replacement
+    for the toolkit's).
     """
     root = tmp_path / "Ascend"
     env_file = {"ascend-toolkit": root / "ascend-toolkit" / "set_env.sh", "nnae": root / "nnae" / "set_env.sh",
+                "cann": root / "cann" / "set_env.sh",
                 "nnal": root / "nnal" / "atb" / "set_env.sh"}[layout]
     home = root / layout / "latest"
     home.mkdir(parents=True)
@@ -690,8 +693,8 @@ def test_source_test_env_npu_from_the_repository_root(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "sourced=ascend-toolkit", proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize(("layout", "sourced"), [("ascend-toolkit", "ascend-toolkit"), ("nnae", "nnae"),
-                                                 ("nnal", None)])
+@pytest.mark.parametrize(("layout", "sourced"), [("ascend-toolkit", "ascend-toolkit"), ("cann", "cann"),
+                                                 ("nnae", "nnae"), ("nnal", None)])
 @pytest.mark.parametrize("nounset", [True, False])
 def test_env_npu_finds_cann_as_the_modelzoo_env_npu_does(tmp_path: Path, layout: str, sourced: str | None,
                                                          nounset: bool) -> None:
