@@ -48,6 +48,7 @@ device="npu"
 checkpoint=""
 pretrained=""
 apex=""
+precision_mode=""
 EXTRA=()
 CHECKPOINT_NOTE=""  # where --checkpoint's file came from, when setup_env should say it
 PASSED_OVER=""      # a full training run's checkpoint that the default of train_eval_1p.sh passed over
@@ -58,7 +59,7 @@ COCO_SPLITS="train val"  # the splits --data_path must hold
 LOG_STEM="train"         # the log is output/<device_id>/<LOG_STEM>_<device_id>.log; evaluation sets "eval"
 # The options parse_args takes, which may also be given as --name VALUE.
 OPTIONS=" --data_path --device_id --batch_size --epochs --train_epochs --device --checkpoint --ckpt_path --pth_path \
---pretrained --more_path1 --apex "
+--pretrained --more_path1 --apex --precision_mode "
 
 # abs_file NAME PATH: sets ABS_FILE to PATH made absolute (train.py runs from the repository root); exits when
 # PATH is not a file.
@@ -92,6 +93,7 @@ parse_args() {
             --checkpoint|--ckpt_path|--pth_path) checkpoint="${value}" ;;
             --pretrained|--more_path1) pretrained="${value}" ;;
             --apex) apex="${value}" ;;
+            --precision_mode) precision_mode="${value}" ;;
             --*) echo "[Warning] unknown option ${given} ignored" ;;
             *=*) EXTRA+=("${arg}") ;;
             *) echo "[Error] unexpected argument ${arg} (use --name=value or a key=value override)" >&2; exit 1 ;;
@@ -121,6 +123,18 @@ parse_args() {
         ""|none|None|null) ;;
         *) abs_file pretrained "${pretrained}"; pretrained="${ABS_FILE}" ;;
     esac
+    # --precision_mode as the ModelZoo script template reads it: must_keep_origin_dtype trains in fp32, any other value
+    # with mixed precision (e.g. Ascend/ModelZoo-PyTorch train_full_1p.sh templates: if [[ $precision_mode ==
+    # "must_keep_origin_dtype" ]];then prec="" else prec="--amp"), i.e. --apex=O0 or O1 here.
+    if [[ -n "${precision_mode}" ]]; then
+        local wanted="O1"
+        [[ "${precision_mode}" == "must_keep_origin_dtype" ]] && wanted="O0"
+        if [[ -n "${apex}" && "${apex}" != "${wanted}" ]]; then
+            echo "[Error] --precision_mode=${precision_mode} means --apex=${wanted}, but --apex=${apex} was given"
+            exit 1
+        fi
+        apex="${wanted}"
+    fi
     case "${apex}" in
         ""|O0|O1) ;;
         *) echo "[Error] --apex=${apex} is not supported: O1 (mixed precision, loss scale 128) or O0 (fp32)"; exit 1 ;;
@@ -379,7 +393,7 @@ write_loss_file() {
 # on our log is therefore like-for-like with their figure: the best running mean of any epoch. For a run at a
 # steady speed it comes to summary.json's fps (tests/scripts/test_fps_definition.py: within 3% at 4% step-time
 # noise); a max of running means picks the luckiest reading, the more so the more epochs and readings (ours on every
-# log line, theirs every 200 steps; their 8p log has every rank's lines, ours rank 0's), and it leaves out the first
+# log line, theirs every 200 steps; rank 0's lines in both), and it leaves out the first
 # 5 steps of every epoch where summary.json's fps leaves out only the run's first 5: where each epoch starts slowly
 # (data-loader workers started anew), theirs reads higher by those steps' share of the time. Ours stays
 # summary.json's fps; the output prints ModelZoo's reading of our log beside it.

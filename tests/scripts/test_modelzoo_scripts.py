@@ -345,6 +345,24 @@ def test_apex_level_sets_precision_and_case_name(stand_in_python: Path, syntheti
     assert case_log(tmp_path / "output" / "0")["CaseName"] == case
 
 
+@pytest.mark.parametrize(("mode", "amp", "case"), [("must_keep_origin_dtype", False, "SOLOv2_bs2_1p_fp32_acc"),
+                                                   ("allow_mix_precision", True, "SOLOv2_bs2_1p_acc")])
+def test_precision_mode_of_the_modelzoo_template(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path,
+                                                 mode: str, amp: bool, case: str) -> None:
+    """The ModelZoo training-script template asks for fp32 with --precision_mode=must_keep_origin_dtype and for mixed
+    precision with any other value (Ascend/ModelZoo-PyTorch train_full_1p.sh templates: ``if [[ $precision_mode ==
+    "must_keep_origin_dtype" ]];then prec="" else prec="--amp"``); a contradicting --apex is one line."""
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
+                        f"--precision_mode={mode}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, _, cfg = recorded(tmp_path / "output" / "0")
+    assert cfg["amp"]["enabled"] is amp and case_log(tmp_path / "output" / "0")["CaseName"] == case
+    clash = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path / "clash", f"--data_path={synthetic_coco}",
+                         "--precision_mode=must_keep_origin_dtype", "--apex=O1")
+    assert clash.returncode == 1
+    assert "[Error] --precision_mode=must_keep_origin_dtype means --apex=O0, but --apex=O1 was given" in clash.stdout
+
+
 @pytest.mark.parametrize(("apex", "amp", "case"), [(None, True, "SOLOv2_bs2_1p_acc"), ("O1", True, "SOLOv2_bs2_1p_acc"),
                                                    ("O0", False, "SOLOv2_bs2_1p_fp32_acc")])
 def test_finetune_runs_on_the_1p_preset(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path, apex: str | None,
