@@ -2,7 +2,7 @@
 
 The layout follows the Ascend ModelZoo seeds, so ais_bench and our runners read the same files::
 
-    preprocess/bins/<stem>.bin      float32 [3, H, W], keep-ratio resize + centred zero padding
+    preprocess/bins/<stem>.bin      float32 [3, H, W], resized and padded as the model's Preprocessing says
     preprocess/meta/<stem>.json     image_id, file_name, ori_shape, img_shape, scale_factor, pad, canvas
     preprocess/dataset.info         "<index> <bin path> <W> <H>" per line (benchmark-tool info file)
     preprocess/meta.info            "<index> <bin path> <meta path> <W0> <H0>" per line

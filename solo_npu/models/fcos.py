@@ -19,12 +19,15 @@ improved FCOS (``fcos_center-normbbox-centeronreg-giou_*``: ``norm_on_bbox=True`
 ``relu(scale_l * x) * stride``, ``conv_bias=True`` with GN, another caffe mean) is not implemented: its files
 are refused (:meth:`FCOS.check_checkpoint_input`, :meth:`FCOS.convert_state_dict`).
 
-Pre-processing, as mmdet's test pipeline: BGR float image, keep-ratio resize so that it fits 1333x800
-(``rescale_size``), subtract the caffe mean ``[102.9801, 115.9465, 122.7717]`` (BGR), std 1, and the image at
+Pre-processing, as mmdet's test pipeline: BGR float image, keep-ratio resize so that it fits the 800x1333 input
+(``rescale_size``; a portrait image 800 px high, where mmdet's online Resize would make it 800 px wide),
+subtract the caffe mean ``[102.9801, 115.9465, 122.7717]`` (BGR), std 1, and the image at
 the top left of the static 800x1333 canvas, zero padding bottom / right (mmdet's ``Pad``). The guide's
 ``fcos_pth_preprocess.py`` instead centres the resized image on the canvas (``pad_left = (1333 - w) // 2``,
 ``pad_top = (800 - h) // 2``) and its ``fcos_pth_postprocess.py`` subtracts that offset from the boxes again:
-the same boxes in the original image, but the network sees the image at another place on the canvas.
+the same boxes in the original image, but the network sees the image at another place on the canvas. A
+pytorch-style backbone (``style="pytorch"``) takes RGB normalised by the ImageNet mean and std instead
+(:data:`PYTORCH_PREPROCESSING`).
 
 Post-processing, as mmdet 3.3.0 ``BaseDenseHead._predict_by_feat_single`` and ``_bbox_post_process``
 do it: points at the cell centres ``((x + 0.5) * s, (y + 0.5) * s)``; per level the ``nms_pre`` = 1000
@@ -93,6 +96,21 @@ def _trained_flags(config_text: Any) -> list[str]:
         return []
     return [flag for flag in ("norm_on_bbox", "centerness_on_reg")
             if re.search(_CFG_FLAG.format(flag), config_text) is not None]
+
+
+# RGB normalised by the ImageNet mean and std, as mmdet's pytorch-style FCOS configs feed their ResNet
+# (configs/fcos/fcos_r50_fpn_gn-head-center-normbbox-centeronreg-giou_*.py).
+PYTORCH_PREPROCESSING = Preprocessing("keep_ratio", "pytorch", mean=(123.675, 116.28, 103.53),
+                                      std=(58.395, 57.12, 57.375), pad_position="top_left")
+
+
+def _trained_style(config_text: Any) -> str | None:
+    """The ResNet style (``pytorch`` / ``caffe``) that a checkpoint's config text builds, or ``None`` when it says
+    none (mmdet's ResNet default is pytorch, but a config without the key may not be a ResNet's)."""
+    if not isinstance(config_text, str):
+        return None
+    found = re.search(r"""['"]?style['"]?\s*[=:]\s*['"](pytorch|caffe)['"]""", config_text)
+    return found.group(1) if found else None
 
 
 def head_norm(value: Any) -> str | None:
@@ -186,11 +204,13 @@ class FCOS(nn.Module):
     trainable = False  # no training losses: forward raises NotImplementedError in training mode
     output_names = FCOS_OUTPUT_NAMES
     iou_types = ("bbox",)
-    # mmdet caffe pipeline: keep-ratio fit, BGR, caffe mean, std 1, zero padding bottom / right
-    preprocessing = Preprocessing("keep_ratio", "caffe", mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0),
-                                  pad_position="top_left")
     checkpoint_layouts = ("fcos",)
     classifier_prefixes = ("bbox_head.conv_cls.",)
+
+    # mmdet's pipeline: keep-ratio fit, zero padding bottom / right; for the caffe-style ResNet of the FCOS guide BGR
+    # minus the FCOS configs' caffe mean, std 1. A pytorch-style backbone gets PYTORCH_PREPROCESSING (__init__).
+    preprocessing = Preprocessing("keep_ratio", "caffe", mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0),
+                                  pad_position="top_left")
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: FCOSHead, nms_pre: int = 1000,
                  score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100,
@@ -199,6 +219,8 @@ class FCOS(nn.Module):
         if nms_pre < 1:
             raise ValueError(f"FCOS needs nms_pre >= 1 (a static candidate count), got {nms_pre}")
         self.backbone, self.neck, self.bbox_head = backbone, neck, head
+        if getattr(backbone, "style", "caffe") == "pytorch":
+            self.preprocessing = PYTORCH_PREPROCESSING
         self.nms_pre, self.score_thr, self.iou_threshold = nms_pre, score_thr, iou_threshold
         self.max_per_img, self.min_bbox_size = max_per_img, min_bbox_size
 
@@ -323,6 +345,13 @@ class FCOS(nn.Module):
         built without it. ``layout`` and ``normalize``: part of the model contract (FCOS has its own
         pre-processing, not the data config's)."""
         flags = _trained_flags(config_text)
+        trained_style = _trained_style(config_text)
+        style = getattr(self.backbone, "style", "caffe")
+        if trained_style is not None and trained_style != style:
+            raise CheckpointError(
+                f"the checkpoint's config trained FCOS on a {trained_style}-style ResNet (style='{trained_style}'"
+                f"{', RGB input normalised by the ImageNet mean and std' if trained_style == 'pytorch' else ''}) but "
+                f"the model has a {style}-style one fed its input: add model.style={trained_style}")
         if "norm_on_bbox" in flags:
             raise CheckpointError(
                 f"the checkpoint's config trained FCOS with {'=True, '.join(flags)}=True (mmdet's improved FCOS: "

@@ -157,6 +157,27 @@ def test_centerness_on_reg_needs_the_model_setting(tmp_path) -> None:
     assert load_model_weights(model, path)["source"] == "fcos"
 
 
+def test_a_file_trained_on_another_resnet_style_is_refused_and_its_style_feeds_its_input(tmp_path) -> None:
+    # mmdet's pytorch-style FCOS configs (configs/fcos/fcos_r50_fpn_gn-head-center-normbbox-centeronreg-giou_*.py:
+    # style='pytorch', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True); the guide's
+    # are caffe-style (style='caffe', BGR minus [102.9801, 115.9465, 122.7717], std 1).
+    pytorch_text = "model = dict(backbone=dict(type='ResNet', depth=50, style='pytorch'), bbox_head=dict(" \
+                   "type='FCOSHead', norm_cfg=None))\n"
+    path = v1_file(tmp_path, "none", pytorch_text)
+    with pytest.raises(CheckpointError, match=r"pytorch-style ResNet .* add model.style=pytorch$"):
+        load_model_weights(build_fcos(**TINY), path)
+    model = build_fcos(**TINY, style="pytorch")
+    assert load_model_weights(model, path)["source"] == "fcos"
+    assert model.preprocessing.style == "pytorch" and model.preprocessing.mean == (123.675, 116.28, 103.53)
+    assert model.preprocessing.std == (58.395, 57.12, 57.375)
+    caffe = build_fcos(**TINY).preprocessing
+    assert caffe.style == "caffe" and caffe.mean == (102.9801, 115.9465, 122.7717) and caffe.std == (1.0, 1.0, 1.0)
+    (tmp_path / "caffe").mkdir()
+    caffe_path = v1_file(tmp_path / "caffe", "none", pytorch_text.replace("'pytorch'", "'caffe'"))
+    with pytest.raises(CheckpointError, match="add model.style=caffe$"):
+        load_model_weights(build_fcos(**TINY, style="pytorch"), caffe_path)
+
+
 def test_the_guides_config_text_loads(tmp_path) -> None:
     flags = "norm_cfg=None,\n        norm_on_bbox=False,\n        centerness_on_reg=False))"
     text = V1_CONFIG.replace("norm_cfg=None))", flags)
