@@ -38,12 +38,18 @@ def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
-    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_mean)
-    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
-    scale = weight.double() * torch.rsqrt(norm.running_var.double() + norm.eps)
-    conv_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    new_weight = (conv.weight.double() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype)
-    new_bias = ((conv_bias - norm.running_mean.double()) * scale + bias.double()).to(conv.weight.dtype)
+    # In float64 on the host, whatever the device: the NPU's AI Cores have next to no float64 arithmetic.
+    def host(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", torch.float64)
+
+    running_mean = host(norm.running_mean)
+    weight = host(norm.weight) if norm.weight is not None else torch.ones_like(running_mean)
+    bias = host(norm.bias) if norm.bias is not None else torch.zeros_like(running_mean)
+    scale = weight * torch.rsqrt(host(norm.running_var) + norm.eps)
+    conv_bias = host(conv.bias) if conv.bias is not None else torch.zeros_like(scale)
+    like = dict(device=conv.weight.device, dtype=conv.weight.dtype)
+    new_weight = (host(conv.weight) * scale.reshape(-1, 1, 1, 1)).to(**like)
+    new_bias = ((conv_bias - running_mean) * scale + bias).to(**like)
     memory_format = torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last) \
         and not conv.weight.is_contiguous() else torch.contiguous_format
     conv.weight = nn.Parameter(new_weight.contiguous(memory_format=memory_format),
