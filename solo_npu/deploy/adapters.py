@@ -44,9 +44,10 @@ class StretchResize:
 
     Args:
         size: ``(H, W)``.
-        interpolation: ``"cv2_linear"`` (``cv2.INTER_LINEAR``, no antialiasing) or ``"pil_bilinear"`` (Pillow's
-            ``Image.resize((W, H), BILINEAR)`` on the uint8 image, antialiased when it shrinks: what torchvision's
-            ``transforms.Resize((H, W))`` does to a PIL image, the SSD-ResNet34 guide's pre-processing).
+        interpolation: ``"cv2_linear"`` (``cv2.INTER_LINEAR`` on the float32 image, no antialiasing: YOLACT's
+            ``BaseTransform`` converts to float (``ConvertFromInts``) before its ``Resize``) or ``"pil_bilinear"``
+            (Pillow's ``Image.resize((W, H), BILINEAR)`` on the uint8 image, antialiased when it shrinks: what
+            torchvision's ``transforms.Resize((H, W))`` does to a PIL image, the SSD-ResNet34 guide's pre-processing).
     """
 
     INTERPOLATIONS = ("cv2_linear", "pil_bilinear")
@@ -63,7 +64,7 @@ class StretchResize:
         if self.interpolation == "pil_bilinear":
             sample["image"] = pil_bilinear_resize(sample["image"], h, w)
         else:
-            sample["image"] = cv2.resize(sample["image"], (w, h), interpolation=cv2.INTER_LINEAR)
+            sample["image"] = cv2.resize(sample["image"].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         sy, sx = h / h0, w / w0
         if sample.get("boxes") is not None:
             sample["boxes"] = sample["boxes"] * np.array([sx, sy, sx, sy], dtype=np.float32)

@@ -109,7 +109,11 @@ def test_yolact_edge_keeps_the_cv2_stretch() -> None:
     for model in (YolactEdge, FCOS):  # FCOS: keep-ratio, not a stretch; YolactEdge: cv2.INTER_LINEAR as before
         assert getattr(model, "stretch_interpolation", "cv2_linear") == "cv2_linear"
     out = StretchResize((64, 80))({"image": image.copy(), "meta": {}}, None)
-    np.testing.assert_array_equal(out["image"], cv2.resize(image, (80, 64), interpolation=cv2.INTER_LINEAR))
+    # YOLACT's BaseTransform: ConvertFromInts (astype float32), then Resize (cv2.resize, INTER_LINEAR)
+    # (yolact utils/augmentations.py); on the uint8 image cv2 rounds every pixel to an integer.
+    reference = cv2.resize(image.astype(np.float32), (80, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(out["image"], reference)
+    assert not np.array_equal(reference, cv2.resize(image, (80, 64), interpolation=cv2.INTER_LINEAR))
     steps = ModelAdapter(YolactEdge).transforms((64, 64)).transforms
     assert isinstance(steps[0], StretchResize) and steps[0].interpolation == "cv2_linear"
     assert ModelAdapter(SSDResNet34).transforms((64, 64)).transforms[0].interpolation == "pil_bilinear"
