@@ -27,7 +27,8 @@
 #   --pretrained=PATH  ImageNet backbone weights (model.pretrained); "none" trains the backbone from scratch;
 #                      --more_path1=PATH (the ModelZoo templates' pretrained weights) is the same
 #   key=value          any further Hydra override of train.py, passed through last
-# Every option may also be given as --name VALUE. Another option (e.g. --conda_name, --precision_mode, --profiling,
+# Every option may also be given as --name VALUE (a bare option without its value is an error). Another option
+# (e.g. --conda_name, --profiling,
 # passed by ModelZoo automation), as --name=value, --name value or a bare --name, is ignored with a warning, as the
 # ModelZoo scripts' `for para in $*` loops ignore what they do not match; the word after a bare unknown --name is its
 # value unless it is another --option or a key=value override.
@@ -79,7 +80,11 @@ parse_args() {
             --*=*) value="${arg#*=}"; arg="${arg%%=*}" ;;
             --*)
                 if [[ "${OPTIONS}" == *" ${arg} "* ]]; then
-                    if [[ $# -gt 1 ]]; then value="$2"; shift; fi
+                    if [[ $# -lt 2 || "$2" == --* ]]; then
+                        echo "[Error] ${arg} needs a value (${arg}=VALUE or ${arg} VALUE)"
+                        exit 1
+                    fi
+                    value="$2"; shift
                 elif [[ $# -gt 1 && "$2" != --* && "$2" != *=* ]]; then
                     given="${arg} $2"; shift  # an unknown option's value (--conda_name py38): ignored with it
                 fi ;;

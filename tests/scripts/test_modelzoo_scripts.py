@@ -555,11 +555,10 @@ def test_modelzoo_option_names_are_taken_and_other_options_ignored(stand_in_pyth
     weights.write_bytes(b"")
     proc = run_stand_in(stand_in_python, "train_finetune_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
                         f"--ckpt_path={ckpt}", f"--more_path1={weights}", "--conda_name=solo",
-                        "--precision_mode=allow_mix_precision", "--profiling", "train.log_interval=7")
+                        "--profiling", "train.log_interval=7")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("[Warning] unknown option")]
     assert warnings == ["[Warning] unknown option --conda_name=solo ignored",
-                        "[Warning] unknown option --precision_mode=allow_mix_precision ignored",
                         "[Warning] unknown option --profiling ignored"]
     _, _, cfg = recorded(tmp_path / "output" / "0")
     assert cfg["checkpoint"] == str(ckpt) and cfg["model"]["pretrained"] == str(weights)
@@ -573,14 +572,24 @@ def test_unknown_options_with_a_separate_value_are_ignored(stand_in_python: Path
     PyTorch/contrib/cv/detection/SOLOv2/test/train_full_1p.sh), so an unknown option and its value are ignored with
     one warning. A key=value override or another --option after a bare unknown option is not its value."""
     proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}", "--more", "1",
-                        "--conda_name", "py38", "--profiling", "train.log_interval=7", "--precision_mode",
+                        "--conda_name", "py38", "--profiling", "train.log_interval=7", "--use_hf32",
                         "--batch_size", "4", "--hf32")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("[Warning] unknown option")]
     assert warnings == [f"[Warning] unknown option {given} ignored"
-                        for given in ("--more 1", "--conda_name py38", "--profiling", "--precision_mode", "--hf32")]
+                        for given in ("--more 1", "--conda_name py38", "--profiling", "--use_hf32", "--hf32")]
     _, _, cfg = recorded(tmp_path / "output" / "0")
     assert cfg["train"]["log_interval"] == 7 and cfg["train"]["batch_size"] == 4
+
+
+@pytest.mark.parametrize("args", [["--precision_mode", "--batch_size", "4"], ["--batch_size"]])
+def test_a_taken_option_without_its_value_is_one_line(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path,
+                                                      args: list[str]) -> None:
+    """A bare option the scripts take (``--precision_mode`` followed by another option, or last) is one line naming it;
+    it neither takes the next option as its value nor leaves that option's value as a stray argument."""
+    proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}", *args)
+    assert proc.returncode == 1
+    assert f"[Error] {args[0]} needs a value ({args[0]}=VALUE or {args[0]} VALUE)" in proc.stdout
 
 
 @pytest.mark.parametrize("form", ["--name=value", "--name value"])
