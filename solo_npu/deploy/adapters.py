@@ -112,6 +112,12 @@ class ModelAdapter:
         return tuple(self.model.iou_types)
 
     @property
+    def detection_cut(self) -> tuple[float | None, int | None]:
+        """The model's ``score_floor`` and ``max_detections`` (``None`` where it has none)."""
+        floor, most = getattr(self.model, "score_floor", None), getattr(self.model, "max_detections", None)
+        return (None if floor is None else float(floor)), (None if most is None else int(most))
+
+    @property
     def size_divisor(self) -> int:
         return int(getattr(self.model, "size_divisor", 1))
 

@@ -104,13 +104,17 @@ def _numpy(dets: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def match_detections(reference: Mapping[str, Any], candidate: Mapping[str, Any], iou: float,
-                     score_atol: float) -> dict[str, float]:
+                     score_atol: float, score_floor: float | None = None,
+                     max_detections: int | None = None) -> dict[str, float]:
     """Greedy matching (reference by descending score) of two postprocessed detection sets.
 
     A pair matches with the same label, box IoU >= ``iou`` (and mask IoU >= ``iou`` when both have masks)
-    and ``|score difference| <= score_atol``; among those the highest box IoU wins. Returns the numbers of
-    detections, matched pairs, unmatched detections on either side beyond the score cut (``unmatched``),
-    the largest score difference and the smallest IoU of the matched pairs.
+    and ``|score difference| <= score_atol``; among those the highest box IoU wins. A detection without a
+    partner is excused only where the other set may have cut it: its score is at most ``score_floor +
+    score_atol`` (a threshold of the postprocess), or the other set holds ``max_detections`` and its score is at
+    most the other set's lowest plus ``score_atol``. Returns the numbers of detections, matched pairs, the
+    detections without a partner that are not excused (``unmatched``), the largest score difference and the
+    smallest IoU of the matched pairs.
     """
     ref, cand = _numpy(reference), _numpy(candidate)
     n, m = len(ref["scores"]), len(cand["scores"])
@@ -129,9 +133,15 @@ def match_detections(reference: Mapping[str, Any], candidate: Mapping[str, Any],
                 worst_score = max(worst_score, float(abs(cand["scores"][j] - ref["scores"][i])))
                 worst_iou = min(worst_iou, float(pair_iou[i, j]), mask_iou)
                 break
-    kept = np.concatenate([ref["scores"], cand["scores"]])
-    cut = float(kept.min()) + score_atol if kept.size else 0.0
-    unmatched = int((ref["scores"][~matched_ref] > cut).sum() + (cand["scores"][~taken] > cut).sum())
+    def cut(other: np.ndarray) -> float:
+        """Scores up to this may be missing from ``other`` legitimately."""
+        levels = [-np.inf if score_floor is None else score_floor]
+        if max_detections is not None and other.size >= max_detections:
+            levels.append(float(other.min()))
+        return max(levels) + score_atol
+
+    unmatched = int((ref["scores"][~matched_ref] > cut(cand["scores"])).sum()
+                    + (cand["scores"][~taken] > cut(ref["scores"])).sum())
     return {"detections": float(n), "matched": float(matched_ref.sum()), "unmatched": float(unmatched),
             "score_max_diff": worst_score, "min_iou": worst_iou if matched_ref.any() else None}
 
@@ -162,12 +172,13 @@ def _compare_backend(ctx: DeployContext, backend: Any, batch_size: int, records:
     raw: dict[str, float] = {}
     dets: dict[str, float] = {"detections": 0.0, "matched": 0.0, "unmatched": 0.0, "score_max_diff": 0.0}
     min_iou = None
+    floor, most = ctx.adapter.detection_cut
     for k, record in enumerate(records):
         out = om.read_output_files(out_dir, record["stem"], names, manifest["outputs"], batch_size=1)
         stats = ctx.adapter.compare(reference[k], out)
         raw = {key: max(v, raw.get(key, 0.0)) for key, v in stats.items()}
-        match = match_detections(reference_dets[k], ctx.adapter.postprocess({n: a[0] for n, a in out.items()},
-                                                                              metas[k]), tol["iou"], tol["score_atol"])
+        candidate = ctx.adapter.postprocess({n: a[0] for n, a in out.items()}, metas[k])
+        match = match_detections(reference_dets[k], candidate, tol["iou"], tol["score_atol"], floor, most)
         for key in ("detections", "matched", "unmatched"):
             dets[key] += match[key]
         dets["score_max_diff"] = max(dets["score_max_diff"], match["score_max_diff"])

@@ -18,6 +18,11 @@ Deployment (``solo_npu.deploy.adapters.ModelAdapter`` wraps any model that has t
   from any backend) -> ``boxes`` float [N, 4], ``labels`` int64 [N], ``scores`` float [N] (and ``masks``
   bool [N, H0, W0] for segmentation) in original-image pixels, with the model's own thresholds.
 - ``iou_types``: the COCO iou types to score, e.g. ``("segm",)``.
+- ``score_floor`` and ``max_detections`` (optional): where ``postprocess`` cuts, for verify's matching of two
+  backends' detections. A detection whose final score is within the score tolerance of ``score_floor`` (the
+  largest threshold the postprocess applies to a score the final score never exceeds) may fall on the other side
+  of a threshold on another backend; one within it of the other backend's lowest score, when that backend
+  returned ``max_detections``, may lose its place there. Any other detection without a partner is a mismatch.
 - ``size_divisor`` (default 1): the static input's H and W must be multiples of it.
 - ``check_input_shape(height, width)`` (optional): a one-line ValueError for a static input the model, as it is
   configured, does not take.

@@ -204,6 +204,15 @@ class FCOS(nn.Module):
     trainable = False  # no training losses: forward raises NotImplementedError in training mode
     output_names = FCOS_OUTPUT_NAMES
     iou_types = ("bbox",)
+
+    @property
+    def score_floor(self) -> float:
+        return self.score_thr  # on the class score; the final score is it x centerness (<= 1)
+
+    @property
+    def max_detections(self) -> int:
+        return self.max_per_img
+
     checkpoint_layouts = ("fcos",)
     classifier_prefixes = ("bbox_head.conv_cls.",)
 

@@ -118,6 +118,15 @@ class SSDResNet34(nn.Module):
     trainable = False  # no training losses: forward raises NotImplementedError in training mode
     output_names = SSD_OUTPUT_NAMES
     iou_types = ("bbox",)
+
+    @property
+    def score_floor(self) -> float:
+        return self.score_thr
+
+    @property
+    def max_detections(self) -> int:
+        return self.max_output
+
     # MLPerf eval transform: stretch to the input, RGB, ImageNet mean / std; the image fills the input
     preprocessing = Preprocessing("stretch", "pytorch", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
                                   pad_position="top_left")

@@ -162,6 +162,15 @@ class YolactEdge(nn.Module):
     display_name = "YolactEdge"
     trainable = False  # no training losses: forward raises NotImplementedError in training mode
     iou_types = ("segm", "bbox")
+
+    @property
+    def score_floor(self) -> float:
+        return self.conf_thresh  # on a prior's best class score, which its detections' scores do not exceed
+
+    @property
+    def max_detections(self) -> int:
+        return self.max_num_detections
+
     # YOLACT FastBaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
     preprocessing = Preprocessing("stretch", "pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38),
                                   pad_position="top_left")

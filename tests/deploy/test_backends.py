@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,5 +262,44 @@ def test_matching_ignores_order_and_catches_real_differences():
 def test_matching_allows_the_score_cut_either_way():
     ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2], [0.9, 0.05004], low=False)
     cand = _dets([[0, 0, 10, 10]], [1], [0.9], low=False)  # the second fell just under the threshold
-    assert match_detections(ref, cand, 0.9, 1e-4)["unmatched"] == 0
-    assert match_detections(ref, _dets(np.zeros((0, 4)), [], [], low=False), 0.9, 1e-4)["unmatched"] == 1
+    assert match_detections(ref, cand, 0.9, 1e-4, score_floor=0.05)["unmatched"] == 0
+    assert match_detections(cand, ref, 0.9, 1e-4, score_floor=0.05)["unmatched"] == 0
+    assert match_detections(ref, cand, 0.9, 1e-4)["unmatched"] == 1  # no threshold known: nothing excused
+    empty = _dets(np.zeros((0, 4)), [], [], low=False)
+    assert match_detections(ref, empty, 0.9, 1e-4, score_floor=0.05)["unmatched"] == 1
+
+
+def test_a_missing_detection_away_from_the_cuts_is_a_mismatch():
+    """Only a detection the other backend may have cut is excused: one detection against none, or the lower of
+    two well above the threshold missing, is a mismatch however low it ranks in its own set."""
+    one = _dets([[0, 0, 10, 10]], [1], [0.9], low=False)
+    empty = _dets(np.zeros((0, 4)), [], [], low=False)
+    assert match_detections(one, empty, 0.9, 1e-4, score_floor=0.05, max_detections=100)["unmatched"] == 1
+    assert match_detections(empty, one, 0.9, 1e-4, score_floor=0.05, max_detections=100)["unmatched"] == 1
+    two = _dets([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2], [0.9, 0.5], low=False)
+    assert match_detections(two, one, 0.9, 1e-4, score_floor=0.05, max_detections=100)["unmatched"] == 1
+
+
+def test_matching_allows_the_last_place_of_a_full_set():
+    """With ``max_detections`` returned on both sides, the last places may hold different near-tied detections."""
+    ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]], [1, 2, 1], [0.9, 0.5, 0.30004], low=False)
+    cand = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [70, 70, 80, 80]], [1, 2, 1], [0.9, 0.5, 0.30001], low=False)
+    assert match_detections(ref, cand, 0.9, 1e-4, score_floor=0.05, max_detections=3)["unmatched"] == 0
+    assert match_detections(ref, cand, 0.9, 1e-4, score_floor=0.05, max_detections=4)["unmatched"] == 2
+    short = _dets([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2], [0.9, 0.5], low=False)
+    assert match_detections(ref, short, 0.9, 1e-4, score_floor=0.05, max_detections=3)["unmatched"] == 1
+
+
+@pytest.mark.parametrize(("name", "floor", "most"), [("solov2_r50", 0.1, 100), ("fcos", 0.05, 100),
+                                                     ("ssd_resnet34", 0.05, 200), ("yolact_edge", 0.05, 100)])
+def test_models_name_their_detection_cuts(name: str, floor: float, most: int) -> None:
+    """Each model's postprocess thresholds and detection limit, with the default configs (mmdet's SOLOv2 test
+    config: score_thr 0.1, filter_thr 0.05, max_per_img 100; mmdet FCOS 0.05 / 100; MLPerf SSD-ResNet34 0.05 / 200;
+    YOLACT conf_thresh 0.05, max_num_detections 100)."""
+    from omegaconf import OmegaConf
+
+    from solo_npu.deploy.adapters import ModelAdapter
+    from solo_npu.models import build_model
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / f"{name}.yaml")
+    assert ModelAdapter(build_model(cfg, num_classes=80, device="meta")).detection_cut == (floor, most)

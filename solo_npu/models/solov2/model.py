@@ -89,6 +89,17 @@ class SOLOv2(nn.Module):
 
     # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
     iou_types = ("segm",)
+
+    @property
+    def score_floor(self) -> float:
+        # final score = category score x maskness (<= 1) x Matrix NMS decay (<= 1): score_thr cuts the category
+        # score, filter_thr the decayed score
+        return max(self.test_cfg.score_thr, self.test_cfg.filter_thr)
+
+    @property
+    def max_detections(self) -> int:
+        return self.test_cfg.max_per_img
+
     size_divisor = 32
     preprocessing = Preprocessing()  # keep-ratio fit, centred zero padding, the data config's normalisation
     classifier_prefixes = ("mask_head.conv_cls.",)
