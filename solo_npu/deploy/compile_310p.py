@@ -367,6 +367,13 @@ def compile_torch_aie(backend: Any, manifest: Mapping[str, Any], result: dict[st
     jobs = torch_aie_jobs(ctx, manifest, backend.policy, device_id(ctx))
     if not jobs:
         return
+    traced_on = manifest.get("traced_on", "cpu")  # manifests written before it was recorded: as before
+    if traced_on != "cpu":
+        _note(result, f"torch_aie compile: the TorchScript files were traced on {traced_on}, and a trace keeps that "
+                      "device in its tensors and device arguments; torch_aie compiles a CPU trace (the Ascend ModelZoo "
+                      "SOLOV2 torch_aie guide traces on the CPU): export again with device=cpu; continuing without "
+                      "torch_aie")
+        return
     why = backend.why_no_tool()
     if why is not None:
         _note(result, f"{why}; the compile commands are in {result['script']}; continuing without torch_aie")

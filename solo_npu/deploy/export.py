@@ -222,6 +222,8 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
         # the ONNX graph is the torch exporter's at the opset above (onnx: the package that checked and saved it)
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__ if files.get("onnx") else None,
                           "onnxslim": _version("onnxslim") if slimmed else None},
+        # the device the model was traced on: a TorchScript trace keeps it in its tensors and device arguments
+        "traced_on": str(module_device(module)),
         # relative to the run directory, which may be copied (to the 310P host) or moved: load_manifest resolves them
         "files": {fmt: {k: os.path.relpath(Path(v).resolve(), ctx.run_dir.resolve()) for k, v in by_batch.items()}
                   for fmt, by_batch in files.items()},

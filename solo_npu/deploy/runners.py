@@ -439,8 +439,9 @@ class TorchAieRunner(PyTorchRunner):
         self.torch_aie = torch_aie
         index = device.index if device_id is None else int(device_id)
         torch_aie.set_device(index)
-        Runner.__init__(self, output_names, device)
-        self.module = load_torchscript(path, None, again="compile again with this torch: stages=[compile]").eval()
+        # compiled ahead of time: no compilation at the first call (PyTorchRunner's compiled=False)
+        super().__init__(load_torchscript(path, None, again="compile again with this torch: stages=[compile]"),
+                         output_names, device)
         self.npu = f"npu:{index}"
 
     @torch.no_grad()

@@ -55,7 +55,7 @@ def compile_module(ts_path, out_path, batch_size, height, width, soc_version, pr
     if policy is None:
         raise ValueError(f"precision_policy {precision_policy!r}: use FP16 or FP32")
     torch_aie.set_device(int(device_id))
-    module = torch.jit.load(ts_path).eval()
+    module = torch.jit.load(ts_path, map_location="cpu").eval()  # the guide's trace is a CPU one
     compiled = torch_aie.compile(
         module,
         inputs=[torch_aie.Input((int(batch_size), 3, int(height), int(width)))],
@@ -75,13 +75,14 @@ def compile_module(ts_path, out_path, batch_size, height, width, soc_version, pr
 
 
 class TimedModule:
-    """A compiled module on ``npu:<device_id>``; ``__call__`` times the call plus stream synchronisation."""
+    """A compiled module on ``npu:<device_id>``; ``__call__`` times the call plus stream synchronisation.
+    ``module``: the compiled module already loaded from ``module_path`` (not loaded a second time)."""
 
-    def __init__(self, module_path, device_id=0):
+    def __init__(self, module_path, device_id=0, module=None):
         self.torch_aie = _torch_aie()
         self.torch_aie.set_device(int(device_id))
         self.device = f"npu:{int(device_id)}"
-        self.module = torch.jit.load(module_path).eval()
+        self.module = (torch.jit.load(module_path) if module is None else module).eval()
         self.stream = self.torch_aie.npu.Stream(self.device)
 
     def to_device(self, batch):

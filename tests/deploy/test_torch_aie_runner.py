@@ -171,3 +171,41 @@ def test_npu_tensors_of_the_stand_in_allow_host_copies_only(torch_aie_here, tmp_
     torch.testing.assert_close(out.to("cpu"), 2 * x)
     with pytest.raises(RuntimeError, match="takes 'npu' tensors"):
         module(x)
+
+
+def test_a_trace_made_on_an_accelerator_is_not_compiled(torch_aie_here, make_ctx, tmp_path):
+    """torch_aie compiles a CPU trace (the Ascend ModelZoo SOLOV2 torch_aie guide traces with the model on the CPU,
+    solov2_pth2torchscript.py): TorchScript traced on a GPU keeps that device in its tensors and device arguments,
+    so the compile stage says so in one line instead of handing it on."""
+    ctx = make_ctx("deploy.backends=[torch_aie]", "deploy.export_formats=[torchscript]", "deploy.batch_sizes=[1]")
+    run_export(ctx)
+    manifest_path = ctx.path("export", "manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["traced_on"] == "cpu"
+    manifest["traced_on"] = "cuda:0"
+    manifest_path.write_text(json.dumps(manifest))
+    compiled = run_compile(ctx)
+    assert compiled["torch_aie"] == {}
+    assert any("traced on cuda:0" in m and "device=cpu" in m for m in compiled["messages"]), compiled["messages"]
+
+
+def test_in_process_benchmark_loads_each_compiled_module_once(torch_aie_here, make_ctx, monkeypatch):
+    """The benchmark's latency loop runs the module its end-to-end runner loaded: one copy on the device (its peak
+    memory is one model's) and the end-to-end timing runs the module the loop warmed."""
+    ctx = make_ctx("deploy.backends=[torch_aie]", "deploy.export_formats=[torchscript]", "deploy.batch_sizes=[1]",
+                   "deploy.benchmark.iters=2", "deploy.benchmark.warmup=1")
+    run_export(ctx)
+    run_preprocess(ctx)
+    assert set(run_compile(ctx)["torch_aie"]) == {"1"}
+    loads = []
+    real_load = torch.jit.load
+
+    def counting_load(path, *args, **kwargs):
+        loads.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", counting_load)
+    bench = run_benchmark(ctx)
+    [row] = [r for r in bench["rows"] if r["backend"] == "torch_aie"]
+    assert row["iters"] == 2 and row["mean_ms"] > 0
+    assert [p for p in loads if p.endswith("_torch_aie.ts")] == [str(ctx.path("compile", "model_b1_torch_aie.ts"))]
