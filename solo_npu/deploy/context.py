@@ -161,6 +161,10 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1,
                               user.benchmark.warmup, 0), ("benchmark.iters", user.benchmark.iters, 1)):
         if int(value) < least:
             raise DeployError(f"deploy.{key}={value}: give {'a positive' if least else 'a non-negative'} integer")
+    opset = int(_pick(user.opset, model_defaults.opset))
+    if opset < 11:  # below 11 torch's exporter lacks what the models use (Resize with scales, dynamic Slice, ...)
+        raise DeployError(f"deploy.opset={opset}: the models export at opset 11 or later (11 to 13 for CANN 5 and 6, "
+                          "up to 18 for CANN 7)")
     scored = str(_pick(user.evaluate.images, model_defaults.scored_images))
     if scored not in ("all", "annotated"):
         raise DeployError(f"deploy.evaluate.images={scored}: choose all (every image) or annotated (the images with "
@@ -169,7 +173,7 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1,
         scored_images=scored,
         input_shape=(shape[0], shape[1]),
         batch_sizes=batch_sizes,
-        opset=int(_pick(user.opset, model_defaults.opset)),
+        opset=opset,
         soc_version=str(_pick(user.soc_version, model_defaults.soc_version)),
         backends=backends,
         num_images=None if user.num_images is None else int(user.num_images),

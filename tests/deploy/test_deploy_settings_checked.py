@@ -22,6 +22,8 @@ from solo_npu.deploy.runners import ort_optimization_level
     ("deploy.verify.num_images=0", r"deploy.verify.num_images=0: give a positive integer"),
     ("deploy.benchmark.warmup=-1", r"deploy.benchmark.warmup=-1: give a non-negative integer"),
     ("deploy.benchmark.iters=0", r"deploy.benchmark.iters=0: give a positive integer"),
+    # torch's TorchScript-based exporter fails below 11 with a TypeError after printing the whole graph
+    ("deploy.opset=10", r"deploy.opset=10: the models export at opset 11 or later"),
 ])
 def test_unusable_settings_are_one_line(deploy_cfg, override: str, message: str) -> None:
     with pytest.raises(DeployError, match=message) as info:
@@ -33,6 +35,7 @@ def test_input_shape_batch_one_or_with_explicit_batch_sizes_is_taken(deploy_cfg)
     assert resolve_settings(deploy_cfg("deploy.input_shape=[1,3,128,160]"), 32).input_shape == (128, 160)
     settings = resolve_settings(deploy_cfg("deploy.input_shape=[4,3,128,160]", "deploy.batch_sizes=[4]"), 32)
     assert settings.input_shape == (128, 160) and settings.batch_sizes == [4]
+    assert resolve_settings(deploy_cfg("deploy.opset=11"), 32).opset == 11
 
 
 def test_onnxruntime_optimization_levels() -> None:
