@@ -157,9 +157,10 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     :class:`~solo_npu.engine.backbone_init.BackboneInitError`)."""
     from solo_npu.config.values import check_eval_preprocessing, check_trainable, check_values
     from solo_npu.data import check_dataset_files
-    from solo_npu.engine.launch import check_multinode
+    from solo_npu.engine.launch import check_launcher_env, check_multinode
 
     check_values(cfg)
+    check_launcher_env()
     check_multinode(cfg)
     choice = _model_choice()
     check_trainable(cfg, choice)

@@ -74,6 +74,31 @@ def check_device_per_rank(device: str, local_world_size: int) -> None:
                           "the devices")
 
 
+def check_launcher_env(environ: Mapping[str, str] | None = None) -> None:
+    """Part of a launcher's environment is no launcher: with RANK / WORLD_SIZE / LOCAL_RANK only partly set, train.py
+    would start its own workers and each process so started would train alone. WORLD_SIZE above 1 among them is a
+    one-line ConfigValueError naming what is missing (torchrun sets all three); otherwise a WARNING says they are
+    ignored."""
+    from solo_npu.config.values import ConfigValueError
+
+    env = os.environ if environ is None else environ
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    present = [k for k in names if k in env]
+    if not present or len(present) == len(names):
+        return
+    missing = [k for k in names if k not in env]
+    given = ", ".join(f"{k}={env[k]}" for k in present)
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 2  # not a number: no launcher set it
+    if world > 1:
+        raise ConfigValueError(f"the environment sets {given} but not {', '.join(missing)}: start the workers with "
+                               "torchrun (it sets all three), or unset them to let train.py start its own workers")
+    logger.warning("the environment sets %s but not %s: ignored (not started by torchrun); train.py starts its "
+                   "own workers", given, ", ".join(missing))
+
+
 def check_multinode(cfg: Mapping[str, Any]) -> None:
     """Raise a one-line ConfigValueError for a multi-node run that train.py spawns (not torchrun, which sets the
     rendezvous itself) without a rendezvous every node can reach: ``launcher.master_port`` 0 (each node would pick

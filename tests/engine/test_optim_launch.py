@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,24 @@ def test_spawned_worker_ends_after_its_exit_handlers(tmp_path: Path, monkeypatch
     # Whichever rank torch.multiprocessing reports first (rank 1's error, or rank 0's barrier losing its peer).
     with pytest.raises(ProcessException):
         launch(_job_with_exit_handler, {**cfg, "fail": True}, failing)
+
+
+def test_part_of_a_launcher_environment_is_not_taken_for_one(caplog: pytest.LogCaptureFixture) -> None:
+    """RANK and WORLD_SIZE without LOCAL_RANK (a hand-written or foreign launcher) is no torchrun group: train.py would
+    start its own workers and each such process would train alone. A world of several is one line naming what is
+    missing; a lone leftover variable is a WARNING."""
+    from solo_npu.config.values import ConfigValueError
+    from solo_npu.engine.launch import check_launcher_env
+
+    partial = {"RANK": "3", "WORLD_SIZE": "8"}
+    assert torchrun_env(partial) is None
+    with pytest.raises(ConfigValueError, match=r"sets RANK=3, WORLD_SIZE=8 but not LOCAL_RANK: start the workers "
+                                               r"with torchrun"):
+        check_launcher_env(partial)
+    check_launcher_env({})  # no launcher
+    check_launcher_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})  # torchrun's
+    with caplog.at_level(logging.WARNING):
+        check_launcher_env({"RANK": "0"})
+    assert [r.getMessage() for r in caplog.records] == [
+        "the environment sets RANK=0 but not WORLD_SIZE, LOCAL_RANK: ignored (not started by torchrun); train.py "
+        "starts its own workers"]
