@@ -36,7 +36,11 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_location: Any = "cpu") -> Any:
+TRUST_HINT = "If you trust the file, pass --trust-pickle (or checkpoint_trust_pickle=true)."
+
+
+def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_location: Any = "cpu",
+                    trust_hint: str = TRUST_HINT) -> Any:
     """Load a checkpoint with ``weights_only=True``.
 
     Args:
@@ -44,6 +48,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
         trust_pickle: load arbitrary pickled objects (``weights_only=False``). Only for files from a
             source you trust; old mmcv/SOLO checkpoints sometimes hold pickled config objects.
         map_location: passed to ``torch.load``.
+        trust_hint: what the error for a file that needs ``trust_pickle`` tells the user to do.
 
     Raises:
         CheckpointError: the file is missing, empty, not a file ``torch.save`` writes (an ONNX model, a text
@@ -83,7 +88,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
         if not trust_pickle and "weights_only" in str(exc):
             raise CheckpointError(
                 f"{path} holds pickled Python objects that weights_only=True refuses to load ({detail}). "
-                "If you trust the file, pass --trust-pickle (or checkpoint_trust_pickle=true)."
+                f"{trust_hint}"
             ) from exc
         raise CheckpointError(f"cannot read checkpoint {path}: {detail}") from exc
 

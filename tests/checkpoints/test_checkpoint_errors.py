@@ -168,3 +168,22 @@ def test_convert_names_a_classifier_whose_file_names_disagree(tmp_path: Path, ca
     assert checkpoint_classes(out, SOLOv2).names == ("dog", "cat", "cow")
     with pytest.raises(SystemExit):
         main([str(path), str(tmp_path / "x.pth"), "--class-names", "dog,,cow"])
+
+
+def test_pickled_imagenet_weights_name_what_works_for_model_pretrained(tmp_path) -> None:
+    """checkpoint_trust_pickle is checkpoint='s setting and does nothing for model.pretrained: the one line for a
+    pickled ImageNet file says how to make it readable instead of advising that setting."""
+    import argparse
+
+    from solo_npu.models.backbones.resnet import imagenet_state
+
+    path = tmp_path / "resnet50_pickled.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(64, 3, 7, 7)}, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(CheckpointError) as failure:
+        imagenet_state(path)
+    message = str(failure.value)
+    assert "weights_only=True refuses" in message and "save its state dict again" in message, message
+    assert "checkpoint_trust_pickle" not in message and "\n" not in message
+    with pytest.raises(CheckpointError, match="checkpoint_trust_pickle=true"):
+        load_checkpoint(path)  # checkpoint= still names its setting
+    assert set(imagenet_state(path, trust_pickle=True)) == {"conv1.weight"}

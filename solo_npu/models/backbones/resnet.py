@@ -276,7 +276,10 @@ def imagenet_state(path: str | os.PathLike, trust_pickle: bool = False) -> dict[
     """
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
 
-    state = load_checkpoint(path, trust_pickle=trust_pickle)
+    # model.pretrained has no trust setting of its own (checkpoint_trust_pickle is checkpoint='s)
+    state = load_checkpoint(path, trust_pickle=trust_pickle, trust_hint=(
+        "ImageNet weights are read as plain tensors only: if you trust the file, save its state dict again "
+        "(torch.save(state_dict, PATH)) and pass that file"))
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
