@@ -235,9 +235,16 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
         for key in keys:
             state[key] = state[key][order]
         moved = [f"label {i} {class_names[i]!r} <- channel {j}" for i, j in enumerate(order) if i != j]
+        # mmdet numbers the categories its classes select in the annotation file's order (get_cat_ids filters
+        # the file's categories list), not in the order of the classes it stores: its names follow the channels
+        # only when the file it trained on listed the categories in that order
+        caveat = ("; mmdet numbered the classes in the order its training annotation file listed them, so this "
+                  "is right when that file listed them in the order of the names it stored: if it listed them as "
+                  "this dataset does, the channels were already in label order and the reordered classifier is "
+                  "wrong") if names_at.startswith("meta.") else ""
         return keys, (f"{path} has the dataset's {len(order)} classes in another order ({names_at}): classifier "
                       f"channels reordered by name ({len(moved)} moved: {', '.join(moved[:3])}"
-                      f"{', ...' if len(moved) > 3 else ''})")
+                      f"{', ...' if len(moved) > 3 else ''}){caveat}")
     diffs = [f"label {i}: {a!r} in the checkpoint, {b!r} in the dataset"
              for i, (a, b) in enumerate(zip(names, class_names)) if class_name_key(a) != class_name_key(b)]
     return [], (f"{path} was trained on other classes than the dataset's ({names_at}; {len(diffs)} of "
