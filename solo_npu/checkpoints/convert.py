@@ -586,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
             classes = _given_names(checkpoint_classes(ckpt, SOLOv2, args.source, args.src, names, CLASS_NAMES_HINT),
                                    names, args.src)
             state, _, source = read_checkpoint(ckpt, SOLOv2, args.source, classes.num_classes)
+            if source in SOLOv2.partial_checkpoint_layouts and not args.allow_partial:
+                # the written file would hold a backbone under SOLOv2's names: neither checkpoint= (a whole model)
+                # nor model.pretrained (torchvision's names) takes it
+                raise CheckpointError(f"{args.src} holds ImageNet ResNet weights ({source} layout), no SOLOv2 to "
+                                      "convert: train from it as it is with model.pretrained=PATH")
             lacking, unknown = _solov2_name_mismatch(state, source)
             if (lacking or unknown) and not args.allow_partial:
                 raise CheckpointError(

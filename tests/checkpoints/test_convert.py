@@ -342,9 +342,15 @@ def test_files_that_are_not_a_solov2_are_refused(tmp_path, capsys):
         assert "--allow-partial" in capsys.readouterr().out
         written = torch.load(tmp_path / f"{name}_out.pth", weights_only=True)["model"]
         assert set(written) == {k for k in state if not k.startswith(("roi_head.", "rpn_head."))}
-    # A torchvision ResNet only has to fill the backbone.
+    # A torchvision ResNet is no SOLOv2: model.pretrained takes it as it is, and a converted copy (a backbone under
+    # SOLOv2's names) would be taken neither there nor as checkpoint=; --allow-partial still writes it.
     torch.save(tagged_state({**resnet_shapes(18), "fc.weight": (1000, 512)}), tmp_path / "resnet18.pth")
-    assert main([str(tmp_path / "resnet18.pth"), str(tmp_path / "resnet18_out.pth")]) == 0
+    args = [str(tmp_path / "resnet18.pth"), str(tmp_path / "resnet18_out.pth")]
+    assert main(args) == 1
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert "holds ImageNet ResNet weights (torchvision layout)" in line and "model.pretrained=PATH" in line, line
+    assert not (tmp_path / "resnet18_out.pth").exists()
+    assert main([*args, "--allow-partial"]) == 0
     assert "torchvision layout" in capsys.readouterr().out
 
 
