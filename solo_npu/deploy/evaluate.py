@@ -47,8 +47,8 @@ def _score(ctx: DeployContext, gt: Any, results: list[dict[str, Any]], image_ids
     from solo_npu.evaluation.coco_eval import evaluate_coco, scored_categories
 
     types = score_types(ctx.adapter.iou_types)
-    if not image_ids:
-        return evaluate_coco(gt, [], types)
+    if not image_ids:  # nothing scored: undefined, not the whole file's objects missed
+        return evaluate_coco(gt, [], types, img_ids=[], cat_ids=scored_categories(gt, label_to_cat))
     return evaluate_coco(gt, results, types, img_ids=image_ids, cat_ids=scored_categories(gt, label_to_cat))
 
 

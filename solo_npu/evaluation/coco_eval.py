@@ -31,7 +31,10 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()  # numpy has no bfloat16
+    return np.asarray(x)
 
 
 def image_id_of(value: Any) -> Any:
@@ -80,6 +83,8 @@ def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],
             raise ValueError(
                 f"image {image_id}: labels must be in [0, {len(cat_lut)}), got {labels.min()}..{labels.max()}")
         scores = _numpy(res["scores"]).astype(np.float64).reshape(-1)
+        if scores.size != labels.size:
+            raise ValueError(f"image {image_id}: {scores.size} scores for {labels.size} labels")
         rles: list[dict[str, Any]] | None = None
         if res.get("masks") is not None:
             masks = _numpy(res["masks"])
@@ -89,6 +94,8 @@ def results_to_coco(image_ids: Sequence[Any], results: Sequence[dict[str, Any]],
             rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
         if res.get("boxes") is not None:
             boxes = _numpy(res["boxes"]).astype(np.float64).reshape(-1, 4)
+            if boxes.shape[0] != labels.size:
+                raise ValueError(f"image {image_id}: {boxes.shape[0]} boxes for {labels.size} labels")
             boxes = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         elif rles is not None:
             boxes = mask_utils.toBbox(rles)
@@ -255,12 +262,11 @@ def segm_ground_truth(coco_gt: COCO) -> COCO:
 _AREA_RANGES = {"APs": (0.0, 32.0**2), "APm": (32.0**2, 96.0**2), "APl": (96.0**2, 1e5**2)}
 
 
-def _zeros(coco_gt: COCO | None = None, img_ids: Iterable[Any] | None = None,
+def _zeros(coco_gt: COCO, img_ids: Iterable[Any] | None = None,
            cat_ids: Iterable[Any] | None = None) -> dict[str, float | None]:
     """The metrics of no detections: 0 where there is ground truth to miss (a non-crowd object of the scored
-    images and categories, in the metric's area range), else undefined (``None``), as COCOeval's -1."""
-    if coco_gt is None:
-        return dict.fromkeys(METRIC_NAMES, 0.0)
+    images and categories, in the metric's area range), else undefined (``None``), as COCOeval's -1; no image
+    scored (``img_ids`` empty) is undefined throughout."""
     imgs = None if img_ids is None else {image_id_of(i) for i in img_ids}
     cats = None if cat_ids is None else set(cat_ids)
     areas = [float(a.get("area", 0.0)) for a in coco_gt.anns.values() if not a.get("iscrowd", 0)
@@ -326,8 +332,9 @@ def evaluate_coco(coco_gt: COCO | str | os.PathLike, coco_results: list[dict[str
     for iou_type in iou_types:
         if iou_type not in ("segm", "bbox"):
             raise ValueError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
-        if not coco_results:
-            summary[iou_type] = _zeros(complete_ground_truth(coco_gt), img_ids, cat_ids)
+        if not coco_results:  # the ground truth COCOeval would score (unreadable segm ground truth ignored)
+            gt = complete_ground_truth(coco_gt)
+            summary[iou_type] = _zeros(segm_ground_truth(gt) if iou_type == "segm" else gt, img_ids, cat_ids)
             continue
         if iou_type == "segm" and not all("segmentation" in r for r in coco_results):
             raise ValueError("segm evaluation needs masks in every result (box-only models: iou_types=['bbox'])")
@@ -449,7 +456,7 @@ class CocoEvaluator:
             processed = _sorted_ids(self._merged.keys() | self._merged_unusable)
             img_ids = processed if self.restrict_to_processed else None
             if img_ids is not None and not img_ids:
-                summary = {t: _zeros() for t in self.iou_types}
+                summary = {t: _zeros(self.coco_gt, []) for t in self.iou_types}  # nothing scored: undefined
             else:
                 summary = evaluate_coco(self.coco_gt, results, self.iou_types, img_ids=img_ids,
                                         cat_ids=scored_categories(self.coco_gt, self.label_to_cat))
@@ -458,7 +465,7 @@ class CocoEvaluator:
                 logger.warning("%d of the %d images scored have no predictions: their image could not be used "
                                "(missing, unreadable, or not the size the annotation file gives), so their objects "
                                "count as missed", len(self._merged_unusable), scored)
-            logger.info("evaluated %d images (%d of them without predictions): %s", scored,
+            logger.info("evaluated %d images (%d of them unusable): %s", scored,
                         len(self._merged_unusable), summary)
         if distributed:
             box = [summary]

@@ -185,7 +185,7 @@ def test_unusable_image_is_scored_without_predictions(val_gt, caplog):
     assert over_n_minus_1["segm"]["AP"] == pytest.approx(1.0)
     assert evaluator.num_images == n and evaluator.num_without_predictions == 1
     assert "1 of the 5 images scored have no predictions" in caplog.text
-    assert "evaluated 5 images (1 of them without predictions)" in caplog.text
+    assert "evaluated 5 images (1 of them unusable)" in caplog.text
     # The same image read fine by another pass (or another rank) is scored with its predictions.
     evaluator.process([{"image_id": ids[faulty]}], [results[faulty]])
     assert evaluator.num_without_predictions == 0
@@ -339,3 +339,42 @@ def test_objects_sharing_an_id_are_all_scored_by_path_and_by_dataset(synthetic_c
     evaluator = CocoEvaluator(ds.coco, sorted(ds.coco.getCatIds()), iou_types=("segm",))
     evaluator.process([{"image_id": i} for i in ids], results)
     assert by_path == pytest.approx(1.0) and evaluator.evaluate()["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_no_image_scored_is_undefined_not_zero(val_gt):
+    """COCOeval with no image (``params.imgIds = []``) answers -1 for every metric: nothing was scored. An
+    evaluator that processed no image, and evaluate_coco on no image, say None, not AP 0.0."""
+    coco, _, label_to_cat = val_gt
+    nothing = dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"))
+    assert evaluate_coco(coco, [], img_ids=[]) == {"segm": nothing, "bbox": nothing}
+    assert CocoEvaluator(coco, label_to_cat).evaluate() == {"segm": nothing, "bbox": nothing}
+
+
+def test_results_whose_lengths_disagree_are_refused(val_gt):
+    """mmdet's results2json indexes scores[i] and bboxes[i] per label (an IndexError when they are short);
+    zipping them would drop detections in silence. bfloat16 scores are read (numpy has no bfloat16)."""
+    _, _, label_to_cat = val_gt
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]] * 3)
+    with pytest.raises(ValueError, match="2 scores for 3 labels"):
+        results_to_coco([1], [{"labels": torch.zeros(3, dtype=torch.long), "scores": torch.ones(2), "boxes": boxes}],
+                        label_to_cat)
+    with pytest.raises(ValueError, match="1 boxes for 3 labels"):
+        results_to_coco([1], [{"labels": torch.zeros(3, dtype=torch.long), "scores": torch.ones(3),
+                               "boxes": boxes[:1]}], label_to_cat)
+    entries = results_to_coco([1], [{"labels": torch.zeros(3, dtype=torch.long),
+                                     "scores": torch.tensor([0.5, 0.25, 0.125], dtype=torch.bfloat16),
+                                     "boxes": boxes}], label_to_cat)
+    assert [e["score"] for e in entries] == [0.5, 0.25, 0.125]
+
+
+def test_no_results_ignore_the_segm_ground_truth_that_scoring_ignores(tmp_path):
+    """Unreadable segm ground truth (a polygon of 2 points) is an ignored region when results are scored
+    (segm_ground_truth); without results it is ignored too: segm undefined, where bbox has its box to miss."""
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 40}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100,
+                         "iscrowd": 0, "segmentation": [[5, 5, 15, 15]]}]}))
+    summary = evaluate_coco(load_coco(path), [])
+    assert summary["segm"]["AP"] is None and summary["bbox"]["AP"] == 0.0
