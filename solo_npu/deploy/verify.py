@@ -136,7 +136,7 @@ def match_detections(reference: Mapping[str, Any], candidate: Mapping[str, Any],
     def cut(other: np.ndarray) -> float:
         """Scores up to this may be missing from ``other`` legitimately."""
         levels = [-np.inf if score_floor is None else score_floor]
-        if max_detections is not None and other.size >= max_detections:
+        if max_detections is not None and other.size and other.size >= max_detections:
             levels.append(float(other.min()))
         return max(levels) + score_atol
 
