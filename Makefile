@@ -9,7 +9,7 @@
 # to use in addition to --index-url", pypa/pip src/pip/_internal/cli/cmdoptions.py), so hydra-core, pycocotools
 # and the rest would not be found. The +cpu / +cuXYZ pin keeps pip from taking PyPI's torch instead.
 #
-# Supported torch: 2.1.0 and newer (pyproject: torch>=2.1). The floor is the oldest torch that torch_npu
+# Supported torch: 2.1.0 to 2.13.0, the releases the lanes run (pyproject: torch>=2.1; newer ones are not run). The floor is the oldest torch that torch_npu
 # still ships and maintains: torch 2.1.0 <-> torch-npu 2.1.0.post17 (CANN 8.3.RC1), see docker/README.md.
 # `make test` runs the suite on the pinned torch below; `make test-floor` runs it again on the floor, `make test-lts`
 # on torch 2.7.1, `make test-torch TORCH_VERSION=2.6.0` on torch 2.6.0.
@@ -62,17 +62,28 @@ GPU_WHEELS_DIR ?= .whl
 GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 pycocotools==2.0.11 onnxslim==0.1.98
 GPU_WHEELS_SDIST := antlr4-python3-runtime==4.9.3
 
-.PHONY: install demo test test-floor test-lts test-torch lint clean gpu-wheels
+.PHONY: FORCE install demo test test-floor test-lts test-torch lint clean gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # TORCH_SPEC is repeated with the package so that resolving its dependencies cannot move torch or numpy.
-$(VENV)/.installed: pyproject.toml Makefile | $(PY)
+# The stamp holds the TORCH_SPEC and EXTRAS it installed: a TORCH_SPEC or EXTRAS given on the command line or in the
+# environment that differs from them installs again (`make install TORCH_SPEC=... EXTRAS=dev,npu` on an existing
+# venv); a later plain `make test` keeps what is installed.
+INSTALL_SPEC := $(strip $(TORCH_SPEC) [$(EXTRAS)])
+ifneq ($(filter command line environment,$(origin TORCH_SPEC) $(origin EXTRAS)),)
+ifneq ($(strip $(shell cat $(VENV)/.installed 2>/dev/null)),$(INSTALL_SPEC))
+REINSTALL := FORCE
+endif
+endif
+$(VENV)/.installed: pyproject.toml Makefile $(REINSTALL) | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
 	$(PIP) install --quiet -e ".[$(EXTRAS)]" $(TORCH_SPEC)
-	touch $@
+	printf '%s\n' '$(INSTALL_SPEC)' > $@
+
+FORCE:
 
 install: $(VENV)/.installed
 
