@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["COCO_CATEGORY_IDS", "COCO_CLASS_NAMES", "IMAGE_SUFFIXES", "default_category_ids", "list_images",
            "model_input", "run_predict"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# the image suffixes of torchvision's IMG_EXTENSIONS (torchvision/datasets/folder.py), which cv2 decodes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Overlays of small images are enlarged to at least this shorter side, as training's prediction images
 # (solo_npu.utils.visualize.ground_truth_beside_prediction), so that labels and contours stay legible.
 OVERLAY_MIN_SIDE = 512
@@ -185,6 +186,22 @@ def _sample(image_rgb: np.ndarray, image_id: int, file_name: str) -> dict[str, A
                      "scale_factor": (1.0, 1.0), "flip": False, "image_ok": True}}
 
 
+def _annotated_pixels(file: Path, turned: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``file`` as the annotation file's ``size`` (height, width) says it was annotated: read without its EXIF
+    turn when only the stored pixels have that size (as the datasets read it, CocoInstanceDataset), else as
+    read, with a WARNING that its predictions are not in the annotation file's pixels."""
+    if turned.shape[:2] == size[::-1]:
+        stored = read_image(file, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if stored is not None and stored.shape[:2] == size:
+            logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", file.name,
+                        size[1], size[0])
+            return stored
+    logger.warning("%s is %dx%d but the annotation file gives %dx%d: its predictions are in the image's own pixels, "
+                   "which scoring against that file cannot match (evaluation counts such an image as "
+                   "image_size_mismatch)", file.name, turned.shape[1], turned.shape[0], size[1], size[0])
+    return turned
+
+
 def _image_ids(files: Sequence[Path], known: Mapping[str, Any] | None) -> list[Any]:
     """The ``image_id`` of each file in ``predictions.json``: the annotation file's id of its file name (``known``),
     so that ``COCO.loadRes`` against that file accepts the predictions; else its position in the listing. Files
@@ -215,7 +232,8 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
                 data_cfg: Any = None, device: Any = None, score_thr: float = 0.3,
                 label_to_cat: Sequence[int] | None = None,
                 input_shape: Sequence[int] | None = None,
-                image_ids: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                image_ids: Mapping[str, Any] | None = None,
+                image_sizes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Run ``model.predict`` on every image of ``inputs`` and write overlays and predictions.
 
     Args:
@@ -234,6 +252,9 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         input_shape: (H, W) of the static input of a model with its own preprocessing (FCOS, SSD-ResNet34,
             YolactEdge: ``deploy.input_shape``), which deploy's preprocess stage fits every image to.
         image_ids: file name -> image id of the annotation file (:func:`_image_ids`); default: positions.
+        image_sizes: file name -> (height, width) of the annotation file: an image read turned by its EXIF
+            orientation whose stored pixels have that size is read as stored (as the training data is, the
+            annotation's pixels); another size is a WARNING (its predictions cannot be scored against the file).
 
     Returns:
         ``{"images", "skipped", "instances", "output_dir", "predictions"}``. An image that cannot be read (also a
@@ -267,6 +288,9 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             skipped += 1
             logger.warning("skipped unreadable image %s (%d skipped so far)", file, skipped)
             continue
+        annotated = (image_sizes or {}).get(file.name)
+        if annotated is not None and bgr.shape[:2] != tuple(annotated):
+            bgr = _annotated_pixels(file, bgr, tuple(annotated))
         try:  # one image that cannot be predicted or drawn does not cost the others their results
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             sample = transforms(_sample(rgb, image_id, file.name), np.random.default_rng(0))
@@ -298,8 +322,9 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
 
 
 def _dataset_categories(cfg: Any, num_classes: int, names: Sequence[str] | None = None
-                        ) -> tuple[list[int], list[str], dict[str, Any]] | None:
-    """(label -> category id, class names, file name -> image id) of the configured annotation file: the label
+                        ) -> tuple[list[int], list[str], dict[str, Any], dict[str, tuple[int, int]]] | None:
+    """(label -> category id, class names, file name -> image id, file name -> (height, width)) of the configured
+    annotation file: the label
     map evaluation uses, the categories of the model's class ``names`` when the file has each of them, else all
     of its categories in id order; ``None`` when no annotation file is there or its class count is not the
     model's. Image ids are by ``file_name``, and by its last part where that names one image only."""
@@ -331,16 +356,23 @@ def _dataset_categories(cfg: Any, num_classes: int, names: Sequence[str] | None 
                     len(label_to_cat), num_classes)
         return None
     image_ids: dict[str, Any] = {}
-    by_base: dict[str, list[Any]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    by_base: dict[str, list[dict[str, Any]]] = {}
     for image in dataset["images"]:
         if isinstance(image, dict) and isinstance(image.get("file_name"), str) and "id" in image:
             image_ids.setdefault(image["file_name"], image["id"])
-            by_base.setdefault(Path(image["file_name"]).name, []).append(image["id"])
+            by_base.setdefault(Path(image["file_name"]).name, []).append(image)
     for base, found in by_base.items():
         if len(found) == 1:
-            image_ids.setdefault(base, found[0])
+            image_ids.setdefault(base, found[0]["id"])
+    for image in (i for images in by_base.values() for i in images):
+        size = (image.get("height"), image.get("width"))
+        if all(isinstance(v, int) and v > 0 for v in size):
+            for key in (image["file_name"], Path(image["file_name"]).name):
+                if image_ids.get(key) == image["id"]:
+                    sizes.setdefault(key, size)
     logger.info("category and image ids from %s", ann_file)
-    return label_to_cat, names, image_ids
+    return label_to_cat, names, image_ids, sizes
 
 
 def _run_from_config(cfg: Any) -> dict[str, Any]:
@@ -366,9 +398,9 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
         logger.warning("data.class_names (%s, ...) are not the checkpoint's classes (%s, ...): predictions are named "
                        "and numbered as the checkpoint's", ", ".join(configured[:3]), ", ".join(names[:3]))
     found = _dataset_categories(cfg, num, names)
-    image_ids = None
+    image_ids = image_sizes = None
     if found is not None:
-        label_to_cat, dataset_names, image_ids = found
+        label_to_cat, dataset_names, image_ids, image_sizes = found
         if names is not None and [class_name_key(n) for n in names] != [class_name_key(n) for n in dataset_names]:
             logger.warning("the model's class names (%s, ...) are not the annotation file's (%s, ...); its category "
                            "ids are written by label", ", ".join(names[:3]), ", ".join(dataset_names[:3]))
@@ -385,4 +417,5 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
         for notice in checkpoint_notices(trained, cfg.data, cfg.model.get("name"), "prediction"):
             logger.warning(notice)
     return run_predict(model, cfg.input, str(cfg.output), names, cfg.data, device, float(cfg.score_thr),
-                       label_to_cat=label_to_cat, input_shape=input_shape, image_ids=image_ids)
+                       label_to_cat=label_to_cat, input_shape=input_shape, image_ids=image_ids,
+                       image_sizes=image_sizes)

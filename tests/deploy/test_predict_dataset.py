@@ -99,3 +99,34 @@ def test_a_checkpoint_trained_on_another_canvas_is_said(synthetic_coco: Path, fi
         run_predict(predict_cfg(synthetic_coco, ckpt, images, tmp_path / "pred", "data.pad.mode=fixed",
                                 "data.pad.canvas=[160,160]"))
     assert "the checkpoint trained on" not in caplog.text
+
+
+def test_images_are_predicted_in_the_annotation_files_pixels(synthetic_coco: Path, fitted_tiny: nn.Module,
+                                                            tmp_path: Path, caplog) -> None:
+    """A JPEG tagged with EXIF orientation 6 (rotate 90) whose annotation gives its stored width and height is
+    predicted on the stored pixels, as the datasets read it, so its masks have the annotation file's size; an image
+    of another size than the file gives is a WARNING naming both sizes."""
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco, root)
+    images = json.loads((root / "annotations" / "instances_val2017.json").read_text())["images"]
+    tagged, resized = images[0], images[1]
+    exif = Image.Exif()
+    exif[274] = 6  # Orientation: the viewer turns the image 90 degrees clockwise
+    path = root / "val2017" / tagged["file_name"]
+    Image.open(path).convert("RGB").save(path, "JPEG", exif=exif, quality=95)
+    assert cv2.imread(str(path)).shape[:2] == (tagged["width"], tagged["height"])  # cv2 applies the turn
+    small = root / "val2017" / resized["file_name"]
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(small)), (resized["width"] // 2, resized["height"] // 2)))
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": fitted_tiny.state_dict()}, ckpt)
+    with caplog.at_level(logging.INFO, logger="solo_npu.deploy.predict"):
+        out = run_predict(predict_cfg(root, ckpt, root / "val2017", tmp_path / "pred", "score_thr=0.0"))
+    entries = json.loads(Path(out["predictions"]).read_text())
+    sizes = {e["file_name"]: e["segmentation"]["size"] for e in entries}
+    assert sizes[tagged["file_name"]] == [tagged["height"], tagged["width"]]
+    assert f"{tagged['file_name']}: read without its EXIF turn" in caplog.text
+    assert sizes[resized["file_name"]] == [resized["height"] // 2, resized["width"] // 2]
+    assert (f"{resized['file_name']} is {resized['width'] // 2}x{resized['height'] // 2} but the annotation file "
+            f"gives {resized['width']}x{resized['height']}") in caplog.text
