@@ -211,13 +211,17 @@ def _jpeg_has_end(data: bytes) -> bool:
 
 
 def read_image(path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
-    """``cv2.imread(path, flags)``, ``None`` where it cannot be read: cv2 gives nothing, raises, or the file is a
-    JPEG cut short (:func:`jpeg_truncated`, checked first: such a file is not decoded, so libjpeg prints nothing),
-    which cv2 would return half grey."""
+    """The image of ``path`` decoded from its bytes with ``flags`` (``cv2.imdecode``, as mmcv's ``imfrombytes``
+    decodes what ``LoadImageFromFile`` reads; OpenCV 5.1's ``cv2.imread`` fails on a TIFF whose orientation tag is
+    5 to 8, which ``imdecode`` reads turned), ``None`` where it cannot be read: cv2 gives nothing, raises, or the
+    file is a JPEG cut short (:func:`jpeg_truncated`, checked first: such a file is not decoded, so libjpeg prints
+    nothing), which cv2 would return half grey."""
     image = None
-    with contextlib.suppress(cv2.error, OSError):
+    with contextlib.suppress(cv2.error, OSError, ValueError):
         if not jpeg_truncated(path):
-            image = cv2.imread(str(path), flags)
+            data = np.fromfile(str(path), np.uint8)
+            if data.size:
+                image = cv2.imdecode(data, flags)
     return image
 
 
@@ -685,10 +689,8 @@ class CocoInstanceDataset(Dataset):
         (180 degrees) cannot be told apart and stays applied."""
         if turned.shape[:2] != (rec["width"], rec["height"]):
             return None
-        stored = None
         flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        with contextlib.suppress(cv2.error, OSError):
-            stored = cv2.imread(str(self.img_dir / rec["file_name"]), flags)
+        stored = read_image(self.img_dir / rec["file_name"], flags)
         if stored is None or stored.shape[:2] != (rec["height"], rec["width"]):
             return None
         rec["imread_flags"] = flags  # later reads in this process decode it once, without the turn

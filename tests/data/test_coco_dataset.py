@@ -322,6 +322,25 @@ def test_exif_turned_photo_is_read_in_the_annotations_space(tmp_path, annotated)
         assert image[:45].mean() > 240 and image[55:].mean() < 15
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".jpg", ".png"])
+def test_an_image_tagged_with_a_quarter_turn_is_read_in_every_format(tmp_path, suffix):
+    """OpenCV 5.1's cv2.imread gives nothing for a TIFF whose orientation tag is 5 to 8; images are decoded from
+    their bytes (cv2.imdecode, as mmcv's imfrombytes does), which reads it turned as the JPEG and PNG ones."""
+    from PIL import Image
+
+    from solo_npu.data.coco import read_image
+
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30] = 255  # the left half of the stored bitmap is white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    image = read_image(path)
+    assert image is not None and image.shape == (60, 40, 3)
+    assert image[:25].mean() > 240 and image[35:].mean() < 15  # turned clockwise: the white half is on top
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_image_folder_without_the_splits_images_is_one_line_naming_where_they_are(synthetic_coco, tmp_path, train):
     """val2017.zip unpacked into a folder of its own name (val2017/val2017/*.png): evaluation went through no image
