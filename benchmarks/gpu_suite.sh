@@ -24,7 +24,7 @@
 # onnxslim) and checks the imports and the device; when either fails the run stops there with one STOP line.
 #
 # Time: every section runs under timeout(1) with its own limit, cut to what is left of GPU_SUITE_BUDGET seconds
-# (480 on CUDA: every section took 415 s on the H200; 1500 in the CPU dry run); a section that would start with less
+# (480 on CUDA: every section but deploy_compile took about 415 s on the H200, so that one needs a second call; 1500 in the CPU dry run); a section that would start with less
 # than its minimum is skipped, with the reason. timeout(1) signals its whole process group (GNU coreutils
 # src/timeout.c: setpgid (0, 0) in main, send_sig (0, sig) in cleanup), so a section's child processes end with it;
 # --kill-after sends SIGKILL 15 s after SIGTERM.
@@ -81,7 +81,7 @@ else
     BUDGET="${GPU_SUITE_BUDGET:-480}"
     # Measured on the H200 (2026-12-04, torch 2.11.0+cu130): forward 14 s, train_step 118 s, train_cli 57 s, export
     # 12-14 s, deploy 109-124 s, forward_post 7 s, positives 14 s, compile 50 s (torch.compile of R50 32 s, cold
-    # inductor cache); preflight with the wheels' install about 12 s. Every section in one call: about 420 s.
+    # inductor cache); preflight with the wheels' install about 12 s. Every section but deploy_compile in one call: about 415 s (deploy_compile: a second call).
     CAP=([forward]=120 [train_step]=200 [train_cli]=150 [export]=90 [deploy]=240 [forward_post]=90 [positives]=90
          [compile]=200 [deploy_compile]=200)
     MIN=([forward]=40 [train_step]=150 [train_cli]=90 [export]=30 [deploy]=150 [forward_post]=30 [positives]=30
