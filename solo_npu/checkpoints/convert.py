@@ -241,7 +241,9 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
         caveat = ("; mmdet numbered the classes in the order its training annotation file listed them, so this "
                   "is right when that file listed them in the order of the names it stored: if it listed them as "
                   "this dataset does, the channels were already in label order and the reordered classifier is "
-                  "wrong") if names_at.startswith("meta.") else ""
+                  "wrong: name them in that order with python -m solo_npu.checkpoints.convert SRC DST --class-names "
+                  f"{','.join(str(n) for n in class_names[:3])}{',...' if len(class_names) > 3 else ''}") \
+            if names_at.startswith("meta.") else ""
         return keys, (f"{path} has the dataset's {len(order)} classes in another order ({names_at}): classifier "
                       f"channels reordered by name ({len(moved)} moved: {', '.join(moved[:3])}"
                       f"{', ...' if len(moved) > 3 else ''}){caveat}")

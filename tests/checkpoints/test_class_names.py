@@ -56,6 +56,7 @@ def test_same_names_in_another_order_reorder_the_classifier(tmp_path, caplog, me
     # mmdet numbers the classes in its training file's category order (get_cat_ids), so names it stored in another
     # order may not be the channels' names: the WARNING says when the reordering is right; this project's names are
     assert ("training annotation file listed them" in line) is (meta != "ours")
+    assert ("--class-names circle,rectangle,triangle" in line) is (meta != "ours")  # the way to take them as they are
     # The model scores label k with the checkpoint's channel for the same name.
     images = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
