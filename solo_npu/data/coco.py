@@ -225,6 +225,27 @@ def read_image(path: str | os.PathLike, flags: int = cv2.IMREAD_COLOR) -> np.nda
     return image
 
 
+STORED_ORIENTATION = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def stored_orientation(path: str | os.PathLike, turned: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    """The image of ``path`` as stored, when only that has the annotation's ``size`` (height, width), else ``None``.
+
+    ``cv2.imdecode`` turns a JPEG upright by its EXIF orientation tag (as mmcv's and detectron2's readers do),
+    and COCO's own images are annotated that way. A dataset annotated on the stored pixels (most annotation
+    tools, phone photos tagged "rotate 90") has the stored width and height instead: then the image is read
+    without the turn, so the masks fall where they were drawn. A turn that keeps the size (180 degrees) cannot be
+    told apart and stays applied. ``turned``: the image as read with the turn."""
+    if turned.shape[:2] != tuple(size[::-1]):
+        return None
+    stored = read_image(path, STORED_ORIENTATION)
+    if stored is None or stored.shape[:2] != tuple(size):
+        return None
+    logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", Path(path).name,
+                size[1], size[0])
+    return stored
+
+
 class AnnotationFileError(ValueError):
     """An annotation file that cannot be read as COCO instances, or a split with no usable image: one line."""
 
@@ -680,22 +701,11 @@ class CocoInstanceDataset(Dataset):
             logger.warning("%s: %s (%s)", kind, file_name, action)
 
     def _stored_orientation(self, rec: dict[str, Any], turned: np.ndarray) -> np.ndarray | None:
-        """The image as stored, when only that has the annotation's size, else ``None``.
-
-        ``cv2.imread`` turns a JPEG upright by its EXIF orientation tag (as mmcv's and detectron2's readers do),
-        and COCO's own images are annotated that way. A dataset annotated on the stored pixels (most
-        annotation tools, phone photos tagged "rotate 90") has the stored width and height instead: then the
-        image is read without the turn, so the masks fall where they were drawn. A turn that keeps the size
-        (180 degrees) cannot be told apart and stays applied."""
-        if turned.shape[:2] != (rec["width"], rec["height"]):
-            return None
-        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-        stored = read_image(self.img_dir / rec["file_name"], flags)
-        if stored is None or stored.shape[:2] != (rec["height"], rec["width"]):
-            return None
-        rec["imread_flags"] = flags  # later reads in this process decode it once, without the turn
-        logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", rec["file_name"],
-                    rec["width"], rec["height"])
+        """:func:`stored_orientation` of the record's image; a file read so is decoded once without the turn in
+        later reads of this process."""
+        stored = stored_orientation(self.img_dir / rec["file_name"], turned, (rec["height"], rec["width"]))
+        if stored is not None:
+            rec["imread_flags"] = STORED_ORIENTATION
         return stored
 
     def _blank(self, rec: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from solo_npu.data import build_collate, build_transforms
-from solo_npu.data.coco import class_name_key, read_image
+from solo_npu.data.coco import class_name_key, read_image, stored_orientation
 from solo_npu.evaluation.coco_eval import results_to_coco
 from solo_npu.runtime import DeviceInfo, resolve_device
 from solo_npu.utils.files import write_json_atomic
@@ -187,15 +187,12 @@ def _sample(image_rgb: np.ndarray, image_id: int, file_name: str) -> dict[str, A
 
 
 def _annotated_pixels(file: Path, turned: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``file`` as the annotation file's ``size`` (height, width) says it was annotated: read without its EXIF
-    turn when only the stored pixels have that size (as the datasets read it, CocoInstanceDataset), else as
-    read, with a WARNING that its predictions are not in the annotation file's pixels."""
-    if turned.shape[:2] == size[::-1]:
-        stored = read_image(file, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if stored is not None and stored.shape[:2] == size:
-            logger.info("%s: read without its EXIF turn, the annotation's %dx%d is the stored size", file.name,
-                        size[1], size[0])
-            return stored
+    """``file`` as the annotation file's ``size`` (height, width) says it was annotated: as stored where only that
+    has the size (:func:`solo_npu.data.coco.stored_orientation`, as the datasets read it), else as read, with a
+    WARNING that its predictions are not in the annotation file's pixels."""
+    stored = stored_orientation(file, turned, size)
+    if stored is not None:
+        return stored
     logger.warning("%s is %dx%d but the annotation file gives %dx%d: its predictions are in the image's own pixels, "
                    "which scoring against that file cannot match (evaluation counts such an image as "
                    "image_size_mismatch)", file.name, turned.shape[1], turned.shape[0], size[1], size[0])
@@ -355,22 +352,18 @@ def _dataset_categories(cfg: Any, num_classes: int, names: Sequence[str] | None 
         logger.info("%s has %d categories and the model %d: its category ids are not used", ann_file,
                     len(label_to_cat), num_classes)
         return None
-    image_ids: dict[str, Any] = {}
-    sizes: dict[str, tuple[int, int]] = {}
+    entries: dict[str, dict[str, Any]] = {}  # file name (and a last part naming one image only) -> its entry
     by_base: dict[str, list[dict[str, Any]]] = {}
     for image in dataset["images"]:
         if isinstance(image, dict) and isinstance(image.get("file_name"), str) and "id" in image:
-            image_ids.setdefault(image["file_name"], image["id"])
+            entries.setdefault(image["file_name"], image)
             by_base.setdefault(Path(image["file_name"]).name, []).append(image)
     for base, found in by_base.items():
         if len(found) == 1:
-            image_ids.setdefault(base, found[0]["id"])
-    for image in (i for images in by_base.values() for i in images):
-        size = (image.get("height"), image.get("width"))
-        if all(isinstance(v, int) and v > 0 for v in size):
-            for key in (image["file_name"], Path(image["file_name"]).name):
-                if image_ids.get(key) == image["id"]:
-                    sizes.setdefault(key, size)
+            entries.setdefault(base, found[0])
+    image_ids = {name: image["id"] for name, image in entries.items()}
+    sizes = {name: (image["height"], image["width"]) for name, image in entries.items()
+             if all(isinstance(image.get(k), int) and image[k] > 0 for k in ("height", "width"))}
     logger.info("category and image ids from %s", ann_file)
     return label_to_cat, names, image_ids, sizes
 

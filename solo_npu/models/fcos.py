@@ -205,14 +205,6 @@ class FCOS(nn.Module):
     output_names = FCOS_OUTPUT_NAMES
     iou_types = ("bbox",)
 
-    @property
-    def score_floor(self) -> float:
-        return self.score_thr  # on the class score; the final score is it x centerness (<= 1)
-
-    @property
-    def max_detections(self) -> int:
-        return self.max_per_img
-
     checkpoint_layouts = ("fcos",)
     classifier_prefixes = ("bbox_head.conv_cls.",)
 
@@ -220,6 +212,14 @@ class FCOS(nn.Module):
     # minus the FCOS configs' caffe mean, std 1. A pytorch-style backbone gets PYTORCH_PREPROCESSING (__init__).
     preprocessing = Preprocessing("keep_ratio", "caffe", mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0),
                                   pad_position="top_left")
+
+    @property
+    def score_floor(self) -> float:
+        return self.score_thr  # on the class score; the final score is it x centerness (<= 1)
+
+    @property
+    def max_detections(self) -> int:
+        return self.max_per_img
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: FCOSHead, nms_pre: int = 1000,
                  score_thr: float = 0.05, iou_threshold: float = 0.5, max_per_img: int = 100,

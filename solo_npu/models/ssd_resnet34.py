@@ -119,14 +119,6 @@ class SSDResNet34(nn.Module):
     output_names = SSD_OUTPUT_NAMES
     iou_types = ("bbox",)
 
-    @property
-    def score_floor(self) -> float:
-        return self.score_thr
-
-    @property
-    def max_detections(self) -> int:
-        return self.max_output
-
     # MLPerf eval transform: stretch to the input, RGB, ImageNet mean / std; the image fills the input
     preprocessing = Preprocessing("stretch", "pytorch", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
                                   pad_position="top_left")
@@ -134,6 +126,14 @@ class SSDResNet34(nn.Module):
     # torchvision's Resize((300, 300)) in the guide's ssd_preprocess.py (cv2.INTER_LINEAR does not antialias)
     stretch_interpolation = "pil_bilinear"
     checkpoint_layouts = ("ssd_resnet34",)
+
+    @property
+    def score_floor(self) -> float:
+        return self.score_thr
+
+    @property
+    def max_detections(self) -> int:
+        return self.max_output
 
     def __init__(self, backbone: nn.Module, out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),
                  mid_channels: Sequence[int] = (256, 256, 128, 128, 128), num_classes: int = 80,

@@ -163,6 +163,11 @@ class YolactEdge(nn.Module):
     trainable = False  # no training losses: forward raises NotImplementedError in training mode
     iou_types = ("segm", "bbox")
 
+    # YOLACT FastBaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
+    preprocessing = Preprocessing("stretch", "pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38),
+                                  pad_position="top_left")
+    checkpoint_layouts = ("yolact_edge",)
+
     @property
     def score_floor(self) -> float:
         return self.conf_thresh  # on a prior's best class score, which its detections' scores do not exceed
@@ -170,11 +175,6 @@ class YolactEdge(nn.Module):
     @property
     def max_detections(self) -> int:
         return self.max_num_detections
-
-    # YOLACT FastBaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
-    preprocessing = Preprocessing("stretch", "pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38),
-                                  pad_position="top_left")
-    checkpoint_layouts = ("yolact_edge",)
 
     def __init__(self, backbone: nn.Module, fpn: YolactFPN, proto_net: ProtoNet, head: PredictionHead,
                  num_classes: int = 80, scales: Sequence[float] = (24, 48, 96, 192, 384),

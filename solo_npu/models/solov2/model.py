@@ -89,6 +89,11 @@ class SOLOv2(nn.Module):
 
     # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
     iou_types = ("segm",)
+    size_divisor = 32
+    preprocessing = Preprocessing()  # keep-ratio fit, centred zero padding, the data config's normalisation
+    classifier_prefixes = ("mask_head.conv_cls.",)
+    checkpoint_layouts = SOLOV2_LAYOUTS
+    partial_checkpoint_layouts = ("torchvision",)
 
     @property
     def score_floor(self) -> float:
@@ -99,12 +104,6 @@ class SOLOv2(nn.Module):
     @property
     def max_detections(self) -> int:
         return self.test_cfg.max_per_img
-
-    size_divisor = 32
-    preprocessing = Preprocessing()  # keep-ratio fit, centred zero padding, the data config's normalisation
-    classifier_prefixes = ("mask_head.conv_cls.",)
-    checkpoint_layouts = SOLOV2_LAYOUTS
-    partial_checkpoint_layouts = ("torchvision",)
 
     @property
     def num_classes(self) -> int:
