@@ -9,7 +9,12 @@ Usage: ``python benchmarks/inference_mode.py [--model solov2_r50] [--shape 800 1
 
 ``--precision`` runs every layout in fp32 and/or under autocast to fp16 or bf16 (``torch.autocast`` of the
 device; fp16 is skipped on the CPU, whose autocast type is bf16); on CUDA the fp32 rows say whether TF32 was
-allowed. ``--compile`` adds the inference mode of this device (channels-last on the CPU, NCHW elsewhere) under
+allowed. Every row also gives its rate (Conv2d/Linear multiply-accumulates x 2 per second), against the rate
+of one 3x3 convolution of 256 channels at the stride-4 level of the same input (SOLOv2's largest convolutions),
+timed alone in this device's inference layout in fp32: the forward's multiply-accumulates at that rate are how
+far convolutions as the device runs them could take this forward. On the CPU, one profiled forward of the
+channels-last row gives the share of its operator time spent in convolution kernels. ``--compile`` adds the
+inference mode of this device (channels-last on the CPU, NCHW elsewhere) under
 ``torch.compile`` (inductor, as ``deploy.pytorch.compile`` runs it: ``compile_for_inference``, with inductor's
 freezing on the CPU), in fp32, with its compile time (the first call) in the row's name.
 """
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import command_line, cuda_settings, describe_machine, device_name, fp32_label, publish  # noqa: E402
+from solov2_forward import count_macs  # noqa: E402
 
 from solo_npu.models import build_model  # noqa: E402
 from solo_npu.models.inference import compile_for_inference, prepare_for_inference  # noqa: E402
@@ -70,6 +76,35 @@ def timed(rows: dict[str, tuple[torch.nn.Module, torch.dtype | None]], x: torch.
                 synchronize(info)
                 times[name].append(time.perf_counter() - start)
     return {name: (min(times[name]) * 1000, outs[name]) for name in rows}
+
+
+def conv_rate(info, shape: tuple[int, int], channels_last: bool, iters: int) -> float:
+    """GFLOP/s of one 3x3, 256 -> 256 convolution over the stride-4 map of ``shape``, fp32, best of ``iters``."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval().to(info.device)
+    x = torch.randn(1, 256, (shape[0] + 3) // 4, (shape[1] + 3) // 4, device=info.device)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    flops = 2 * 256 * 256 * 9 * x.shape[2] * x.shape[3]
+    best = float("inf")
+    with torch.no_grad():
+        conv(x)
+        for _ in range(max(iters, 3)):
+            synchronize(info)
+            start = time.perf_counter()
+            conv(x)
+            synchronize(info)
+            best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def conv_share(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Share of one CPU forward's operator time spent in convolution kernels (torch.profiler, self times)."""
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.forward_head(x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    return conv / total
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,11 +159,21 @@ def main(argv: list[str] | None = None) -> None:
         variants[(f"BN folded + {layout} + {how} (compiling took {time.perf_counter() - start:.0f} s)",
                   labels["fp32"])] = (compiled, None)
     results = timed(variants, x, args.iters, info)
+    macs = count_macs(base, tuple(args.shape), device)
+    rate = conv_rate(info, tuple(args.shape), info.inference_channels_last, args.iters)
     ref_ms, ref_out = results[reference]
     rows = []
     for (name, precision), (ms, out) in results.items():
         diff = max(float((o - r).abs().max()) for o, r in zip(out, ref_out))
-        rows.append(f"| {name} | {precision} | {ms:.1f} | {ref_ms / ms:.2f}x | {diff:.1e} |")
+        rows.append(f"| {name} | {precision} | {ms:.1f} | {ref_ms / ms:.2f}x | {2 * macs / ms / 1e6:.3g} | "
+                    f"{diff:.1e} |")
+    floor_ms = 2 * macs / rate / 1e6
+    share = ""
+    if info.type == "cpu":
+        name = next(n for n in layouts if "channels-last" in n)
+        share = (f" In the fp32 {name[:name.index(' (') if ' (' in name else None]} row, convolution kernels took "
+                 f"{100 * conv_share(layouts[name], x):.0f}% of one profiled forward's operator time.")
+    conv_layout = "channels-last" if info.inference_channels_last else "NCHW"
     heading = HEADING if device.type == "cpu" else f"{HEADING} ({device.type})"
     settings = f" ({cuda_settings(info)})" if cuda_settings(info) else ""
     dev_name = device_name(info)
@@ -141,9 +186,15 @@ def main(argv: list[str] | None = None) -> None:
         "autocast rows run the same modules under `torch.autocast` to that type; "
         f"max |difference| over every head output against the training layout in {reference[1]}."
         + (" torch.compile's compile time is its first call's; inductor caches compiled kernels on disk "
-           "(TORCHINDUCTOR_CACHE_DIR), and this run started with an empty cache." if args.compile else ""), "",
-        f"| {args.model} {args.shape[0]}x{args.shape[1]} | precision | forward ms | speed-up | max abs diff |",
-        "| --- | --- | ---: | ---: | ---: |",
+           "(TORCHINDUCTOR_CACHE_DIR), and this run started with an empty cache." if args.compile else ""),
+        f"Rate: the forward's {macs / 1e9:.4g} GMACs x 2 per second. One 3x3 convolution of 256 channels at "
+        f"{(args.shape[0] + 3) // 4}x{(args.shape[1] + 3) // 4}, {conv_layout}, fp32, timed alone: {rate:.3g} GFLOP/s; "
+        f"the whole forward at that rate would take {floor_ms:.4g} ms, {ref_ms / floor_ms:.2f}x the training layout."
+        + share,
+        "",
+        f"| {args.model} {args.shape[0]}x{args.shape[1]} | precision | forward ms | speed-up | GFLOP/s | "
+        "max abs diff |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
         *rows,
     ], write=not args.no_write)
 

@@ -65,8 +65,8 @@ def build(name: str, num_classes: int = 80) -> nn.Module:
     return build_model(cfg).eval()
 
 
-def count_macs(model: nn.Module, shape: tuple[int, int]) -> int:
-    """Conv2d / Linear multiply-accumulates of ``model._head`` on one image of ``shape``."""
+def count_macs(model: nn.Module, shape: tuple[int, int], device: torch.device | str = "cpu") -> int:
+    """Conv2d / Linear multiply-accumulates of ``model.forward_head`` on one image of ``shape``."""
     total = 0
 
     def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -80,7 +80,7 @@ def count_macs(model: nn.Module, shape: tuple[int, int]) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model.forward_head(torch.zeros(1, 3, *shape))
+            model.forward_head(torch.zeros(1, 3, *shape, device=device))
     finally:
         for h in handles:
             h.remove()

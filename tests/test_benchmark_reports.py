@@ -99,3 +99,30 @@ def test_forward_benchmark_times_autocast_rows(monkeypatch: pytest.MonkeyPatch, 
     rows = [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     layouts = ["| training layout (today's eager)", "| BN folded", "| BN folded + channels-last (1x1 on oneDNN)"]
     assert rows == [[name, precision] for precision in ("fp32", "bf16 autocast") for name in layouts]
+    # Each row's rate is the forward's multiply-accumulates x 2 over its time, counted here independently of the
+    # benchmark: 3x3/1x1 convolutions and linears of the tiny model, from their weights and output sizes.
+    from omegaconf import OmegaConf
+
+    from solo_npu.models import build_model
+    cfg = OmegaConf.load(BENCHMARKS.parent / "conf" / "model" / "solov2_tiny.yaml")
+    cfg.num_classes, cfg.pretrained = 80, None
+    model = build_model(cfg).eval()
+    macs = 0
+
+    def hook(mod, inputs, output):
+        nonlocal macs
+        macs += output.numel() * mod.weight[0].numel()
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model.forward_head(torch.zeros(1, 3, 64, 64))
+    assert f"Rate: the forward's {macs / 1e9:.4g} GMACs" in out
+    for line in out.splitlines():
+        if line.startswith("| ") and "---" not in line and "precision" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            ms, gflops = float(cells[2]), float(cells[4])
+            assert gflops == pytest.approx(2 * macs / ms / 1e6, rel=0.06 / ms + 0.01)  # ms is printed to 0.1
+    assert "GFLOP/s; the whole forward at that rate would take" in out
+    assert "In the fp32 BN folded + channels-last row, convolution kernels took" in out
