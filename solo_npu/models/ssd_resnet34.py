@@ -83,8 +83,12 @@ def ssd_feature_sizes(size: int) -> list[int]:
 
 
 def default_boxes_for(canvas: Sequence[int]) -> Tensor:
-    """Default boxes for a square ``canvas``: the MLPerf SSD300 set at 300, the same relative layout
-    (steps and scales scaled by ``size / 300``) at other sizes (used by small test inputs)."""
+    """Default boxes for a square ``canvas``: the MLPerf SSD300 set at 300; at other sizes one box set per cell
+    of each level's real map (step ``size / map side``) with the scales scaled by ``size / 300``.
+
+    MLPerf's steps (8, 16, 32, 64, 100, 300) are defined for 300 only: its last two levels come from unpadded 3x3
+    convolutions, so their maps (3 and 1 at 300) do not scale with the input (8 and 6 at 600), and those steps
+    scaled by ``size / 300`` would put most of their box centres outside the image (clamped to its edge)."""
     h, w = int(canvas[0]), int(canvas[1])
     if h != w:
         raise ValueError(f"SSD default boxes need a square input, got {h}x{w}")
@@ -93,7 +97,7 @@ def default_boxes_for(canvas: Sequence[int]) -> Tensor:
     sizes = ssd_feature_sizes(h)
     if min(sizes) < 1:
         raise ValueError(f"input {h}x{w} is too small for SSD's six detection levels")
-    return ssd_default_boxes(h, sizes, steps=(8, 16, 32, 64, 100 * h / 300, h),
+    return ssd_default_boxes(h, sizes, steps=[h / side for side in sizes],
                              scales=[s * h / 300 for s in SSD300_SCALES])
 
 
@@ -110,7 +114,7 @@ class SSDResNet34(nn.Module):
         out_channels: channels of the six detection levels (first = trunk output).
         mid_channels: middle channels of the five extra blocks.
         num_classes: foreground classes (the head predicts ``num_classes + 1``).
-        fig_size: input side; the default boxes are the MLPerf SSD300 ones.
+        fig_size: input side; the default boxes are the MLPerf SSD300 ones at 300 (:func:`default_boxes_for`).
     """
 
     # The model's facts for deployment and checkpoint loading (see solo_npu/models/contract.py).
@@ -190,6 +194,19 @@ class SSDResNet34(nn.Module):
         dboxes = self.default_boxes(images.shape[-2:])
         return [ssd_postprocess(ploc[i], plabel[i], meta, dboxes, self.score_thr, self.iou_threshold,
                                 self.max_per_class, self.max_output) for i, meta in enumerate(metas)]
+
+    def check_input_shape(self, height: int, width: int) -> None:
+        """The default boxes and the released weights are made for a ``fig_size`` x ``fig_size`` input (MLPerf's
+        SSD300 and the Ascend ModelZoo SSD-ResNet34 guide: 300x300, stretched): another static input is refused
+        unless the model is built for it (``model.fig_size``), where the boxes follow that input's maps."""
+        if (height, width) == (self.fig_size, self.fig_size):
+            return
+        if height != width:
+            raise ValueError(f"SSD-ResNet34 takes a square input (model.fig_size={self.fig_size}), "
+                             f"not {height}x{width}")
+        raise ValueError(f"SSD-ResNet34 is built for a {self.fig_size}x{self.fig_size} input (model.fig_size, the "
+                         f"size its default boxes and MLPerf's weights are made for): a {height}x{width} input needs "
+                         f"model.fig_size={height} as well")
 
     def default_boxes(self, canvas: Sequence[int]) -> Tensor:
         """The default boxes of a ``canvas`` input: the held SSD300 set at ``fig_size``, else computed."""

@@ -173,3 +173,33 @@ def test_default_boxes_for_other_square_sizes() -> None:
 def test_training_is_not_supported() -> None:
     with pytest.raises(NotImplementedError, match="inference-only"):
         tiny_ssd().train()(torch.randn(1, 3, 300, 300))
+
+
+def test_default_boxes_at_other_sizes_sit_on_each_level_real_map() -> None:
+    """At 600 the unpadded last two levels are 8x8 and 6x6 (not 3 and 1 scaled by 2): one box set per cell of
+    each real map, centres ((j + 0.5) / side), none clamped to the image edge."""
+    sides = [75, 38, 19, 10, 8, 6]
+    model = SSDResNet34(TinyTrunk(), **SMALL, num_classes=3, fig_size=600).eval()
+    with torch.no_grad():
+        ploc, _ = model.export_forward(torch.zeros(1, 3, 600, 600))
+    boxes = default_boxes_for((600, 600))
+    assert ploc.shape[-1] == boxes.shape[0] == sum(s * s * a for s, a in zip(sides, (4, 6, 6, 6, 4, 4)))
+    start = 0
+    for side, anchors in zip(sides, (4, 6, 6, 6, 4, 4)):
+        level = boxes[start:start + side * side * anchors]
+        start += side * side * anchors
+        expected = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+        torch.testing.assert_close(level[:, 0].unique(), expected)
+        torch.testing.assert_close(level[:, 1].unique(), expected)
+    assert float(boxes[:, :2].max()) < 1.0
+    assert math.isclose(float(boxes[0, 2]), 21 / 300, rel_tol=1e-6)  # scales follow the input
+
+
+def test_input_other_than_fig_size_is_refused() -> None:
+    model = SSDResNet34(TinyTrunk(), **SMALL, num_classes=3)
+    model.check_input_shape(300, 300)
+    with pytest.raises(ValueError, match=r"built for a 300x300 input .* a 600x600 input needs model.fig_size=600"):
+        model.check_input_shape(600, 600)
+    with pytest.raises(ValueError, match="square input"):
+        model.check_input_shape(300, 320)
+    SSDResNet34(TinyTrunk(), **SMALL, num_classes=3, fig_size=600).check_input_shape(600, 600)
