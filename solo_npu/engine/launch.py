@@ -160,11 +160,27 @@ def _run_worker(job: JobFn, cfg: dict[str, Any], run_dir: Path, env: DistEnv, ti
         comm.destroy_process_group()
 
 
+def worker_threads(nproc: int) -> int | None:
+    """CPU threads for each of ``nproc`` spawned workers: this node's share of the parent's (a worker is a fresh
+    interpreter, which would otherwise take every core, ``nproc`` times over), or ``None`` when OMP_NUM_THREADS
+    is set: the workers inherit it and it holds per process, as under torchrun (which sets it to 1 for more than
+    one process per node unless it is set)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        logger.info("each of the %d workers uses OMP_NUM_THREADS=%s CPU threads", nproc, os.environ["OMP_NUM_THREADS"])
+        return None
+    threads = max(1, torch.get_num_threads() // nproc)
+    logger.info("each of the %d workers uses %d CPU threads (the node's %d shared; OMP_NUM_THREADS sets it)", nproc,
+                threads, torch.get_num_threads())
+    return threads
+
+
 def _spawned(local_rank: int, job: JobFn, cfg: dict[str, Any], run_dir: Path, node_rank: int, nproc: int,
              world_size: int, master_addr: str, master_port: int, timeout_min: int, pipes: list[Any],
-             sigint_ignored: bool = False) -> None:
+             sigint_ignored: bool = False, threads: int | None = None) -> None:
     env = DistEnv(node_rank * nproc + local_rank, local_rank, world_size, master_addr, master_port)
     os.environ["LOCAL_WORLD_SIZE"] = str(nproc)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         _report_signals(pipes[local_rank], sigint_ignored)
         _run_worker(job, cfg, run_dir, env, timeout_min)
@@ -303,12 +319,12 @@ def launch(job: JobFn, cfg: dict[str, Any], run_dir: str | Path) -> Any:
     addr = str(launcher.get("master_addr", "127.0.0.1"))
     logger.info("launching %d workers on node %d/%d (world size %d, master %s:%d)", nproc, node_rank, nnodes,
                 world_size, addr, port)
-    torch.set_num_threads(max(1, torch.get_num_threads() // nproc))
+    threads = worker_threads(nproc)
     pipes = [mp.get_context("spawn").Pipe(duplex=False) for _ in range(nproc)]
     sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     _join_relaying_signals(lambda: mp.start_processes(
         _spawned, args=(job, cfg, run_dir, node_rank, nproc, world_size, addr, port, timeout_min, pipes,
-                        sigint_ignored), nprocs=nproc, join=False, start_method="spawn"), pipes)
+                        sigint_ignored, threads), nprocs=nproc, join=False, start_method="spawn"), pipes)
     return None
 
 

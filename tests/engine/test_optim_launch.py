@@ -163,3 +163,30 @@ def test_part_of_a_launcher_environment_is_not_taken_for_one(caplog: pytest.LogC
     assert [r.getMessage() for r in caplog.records] == [
         "the environment sets RANK=0 but not WORLD_SIZE, LOCAL_RANK: ignored (not started by torchrun); train.py "
         "starts its own workers"]
+
+
+def _job_threads(cfg: dict, run_dir: Path, info) -> None:
+    import torch.distributed as dist
+
+    (run_dir / f"threads{dist.get_rank()}.txt").write_text(str(torch.get_num_threads()))
+
+
+def test_spawned_workers_share_the_parents_cpu_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker is a fresh interpreter: a thread count set in the parent does not reach it, and each of
+    the node's workers would take every core. Each gets the parent's count split between them, unless
+    OMP_NUM_THREADS is set, which then holds per process (as under torchrun)."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = {"runtime": {"device": "cpu"}, "launcher": {"nproc_per_node": 2}}
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(14)  # no machine's default: the workers' 7 can only come from the split
+        assert launch(_job_threads, cfg, tmp_path) is None
+        assert [(tmp_path / f"threads{r}.txt").read_text() for r in (0, 1)] == ["7", "7"]
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        per_process = tmp_path / "omp"
+        per_process.mkdir()
+        assert launch(_job_threads, cfg, per_process) is None
+        assert [(per_process / f"threads{r}.txt").read_text() for r in (0, 1)] == ["1", "1"]
+    finally:
+        torch.set_num_threads(saved)
