@@ -397,8 +397,11 @@ def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
         pass
     built = _flat(model_cfg)
     skip = ("_target_", "num_classes", "name", "pretrained", "deploy.", "test.")
+    # A setting the run's model config leaves to the builder's default (make demo's base_channels=32 on a light R18
+    # config that does not name it) is named too, unless the file's model is another builder's.
+    same_builder = trained.get("_target_") == built.get("_target_")
     differ = [f"++model.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in trained.items()
-              if not k.startswith(skip) and k in built and built[k] != v]
+              if not k.startswith(skip) and (k in built and built[k] != v or k not in built and same_builder)]
     return f": its training config built another model, add {' '.join(differ)}" if differ else ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -53,6 +54,8 @@ from solo_npu.runtime import DeviceInfo, amp_notice, ddp_options, make_grad_scal
 from solo_npu.utils.files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
+# The experiment presets of this checkout (conf/experiment), named in hints for a checkpoint of another experiment.
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
 
 
 def _workers(cfg: DictConfig) -> int:
@@ -236,6 +239,29 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     return train(cfg, run_dir, info, progress_bar)
 
 
+@contextlib.contextmanager
+def _trained_model_hint(cfg: DictConfig, ckpt: Any = None):
+    """A shape mismatch with a checkpoint of this project names what rebuilds the model it was trained with: the
+    model settings its training config has otherwise, and for an evaluation the experiment that run came from
+    (``+experiment=[demo,eval]``), where this checkout has it."""
+    from solo_npu.checkpoints import CheckpointError, load_checkpoint
+    from solo_npu.checkpoints.convert import trained_model_hint
+
+    try:
+        yield
+    except CheckpointError as exc:
+        if "shape mismatch" not in str(exc):
+            raise
+        if ckpt is None:
+            ckpt = load_checkpoint(str(cfg.checkpoint), trust_pickle=bool(cfg.checkpoint_trust_pickle))
+        hint = trained_model_hint(ckpt, cfg.model)
+        experiment = checkpoint_position(ckpt)["experiment"]
+        if (hint and cfg.mode == "eval" and isinstance(experiment, str) and experiment != cfg.experiment_name
+                and (EXPERIMENTS_DIR / f"{experiment}.yaml").is_file()):
+            hint += f", or evaluate it with its experiment's settings: '+experiment=[{experiment},eval]'"
+        raise CheckpointError(f"{exc}{hint}") from exc
+
+
 def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` on the validation split."""
     if not cfg.checkpoint:
@@ -252,8 +278,10 @@ def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any
     from solo_npu.evaluation import score_types
 
     evaluator.iou_types = score_types(model.iou_types)  # box-only models (FCOS, SSD-ResNet34): bbox alone
-    report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source), bool(cfg.checkpoint_trust_pickle),
-                          class_names=val_set.class_names, normalize=cfg.data.normalize, loaded=ckpt)
+    with _trained_model_hint(cfg, ckpt):
+        report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
+                              bool(cfg.checkpoint_trust_pickle), class_names=val_set.class_names,
+                              normalize=cfg.data.normalize, loaded=ckpt)
     for notice in checkpoint_notices(report.get("config"), cfg.data, cfg.model.get("name")):
         if comm.is_main_process():
             logger.warning(notice)
@@ -437,10 +465,11 @@ def _build_model_and_optimizer(cfg: DictConfig, info: DeviceInfo, num_classes: i
     ``class_names``: the dataset's, compared with a ``checkpoint=`` file's (see :func:`load_weights`)."""
     model = _build_model(cfg, num_classes, _backbone_init(cfg, _starts_from(cfg, resume_file)))
     if cfg.checkpoint and resume_file is None:
-        report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
-                              bool(cfg.checkpoint_trust_pickle),
-                              allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier),
-                              class_names=class_names, normalize=cfg.data.normalize)
+        with _trained_model_hint(cfg):
+            report = load_weights(model, str(cfg.checkpoint), str(cfg.checkpoint_source),
+                                  bool(cfg.checkpoint_trust_pickle),
+                                  allow_classifier_change=bool(cfg.finetune.enabled and cfg.finetune.reinit_classifier),
+                                  class_names=class_names, normalize=cfg.data.normalize)
         logger.info("initial weights from %s (%s)", cfg.checkpoint,
                     ", ".join(f"{k}: {v if isinstance(v, str) else len(v)}" for k, v in report.items()
                               if isinstance(v, (str, list))))

@@ -1,9 +1,16 @@
 """The line an evaluation logs about the checkpoint it evaluates: the file, and the epoch and iteration it was
-saved at, from this project's training checkpoints and from mmcv's meta."""
+saved at, from this project's training checkpoints and from mmcv's meta; and what a file of another model says."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+from engine_support import compose_train_cfg, run_train
+from omegaconf import OmegaConf
+
+from solo_npu.checkpoints import CheckpointError
 from solo_npu.engine.finetune import checkpoint_position, describe_checkpoint
+from solo_npu.models import build_model
 
 
 def test_position_of_a_training_checkpoint_of_this_project() -> None:
@@ -28,3 +35,27 @@ def test_position_of_mmcv_and_bare_files() -> None:
     for bare in ({"state_dict": {}}, {"meta": {"CLASSES": ["a"]}, "state_dict": {}}, {"a.weight": 1}):
         assert describe_checkpoint("w.pth", checkpoint_position(bare)) == \
             "evaluating checkpoint w.pth (the file records no training epoch or iteration)"
+
+
+def test_eval_of_a_checkpoint_with_another_model_names_what_rebuilds_it(smoke_data, tmp_path) -> None:
+    """A checkpoint of this project from another experiment (make demo's narrow light R18 against the light R18
+    config): the shape mismatch names the overrides that rebuild its model, a setting the run's config leaves to
+    the builder's default included, and the experiment the file came from; those overrides then evaluate it."""
+    cfg = compose_train_cfg(["+experiment=smoke", *smoke_data])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create(model_cfg), num_classes=int(cfg.data.num_classes))
+    ckpt = tmp_path / "smoke.pth"
+    torch.save({"model": model.state_dict(), "epoch": 1, "iteration": 10,
+                "config": {"experiment_name": "smoke", "model": model_cfg}}, ckpt)
+    base = model_cfg["backbone"]["base_channels"]
+    # the run's model config without base_channels: the builder's default (64) is wider than the file's
+    with pytest.raises(CheckpointError) as err:
+        run_train([*smoke_data, f"checkpoint={ckpt}", "~model.backbone.base_channels"], tmp_path / "a", "eval")
+    message = str(err.value)
+    assert "shape mismatch for" in message
+    assert message.endswith(f"its training config built another model, add ++model.backbone.base_channels={base}, "
+                            "or evaluate it with its experiment's settings: '+experiment=[smoke,eval]'")
+    summary = run_train([*smoke_data, f"checkpoint={ckpt}", "~model.backbone.base_channels",
+                         f"++model.backbone.base_channels={base}"], tmp_path / "b", "eval")
+    assert summary["mode"] == "eval" and summary["checkpoint_iteration"] == 10
