@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FIXED_SHAPES_CHOICES", "LIGHT_TEST_SCALE", "canvas_notice", "checkpoint_notices", "lift_fixed_shapes",
-           "scale_notice"]
+__all__ = ["FIXED_SHAPES_CHOICES", "FULL_TEST_SCALE", "LIGHT_TEST_SCALE", "canvas_notice", "checkpoint_notices",
+           "lift_fixed_shapes", "scale_notice"]
 
 FIXED_SHAPES_CHOICES = ("always", "npu")
 
@@ -101,6 +101,10 @@ def canvas_notice(trained: Any, data: Any, task: str = "evaluation", model_name:
 # solov2_light_448_r50_fpn_8gpu_3x.py (img_scale=(768, 448)) and mmdetection configs/solov2/
 # solov2-light_r50_fpn_ms-3x_coco.py (Resize scale=(448, 768), keep_ratio=True).
 LIGHT_TEST_SCALE = (768, 448)
+# The test scale of the published full-size SOLOv2 models (R50, R101, X101, DCN): SOLO configs/solov2/
+# solov2_r50_fpn_8gpu_1x.py (img_scale=(1333, 800)), mmdetection configs/solov2/solov2_r50_fpn_1x_coco.py
+# (Resize scale=(1333, 800)) and AdelaiDet's SOLOv2 (INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333).
+FULL_TEST_SCALE = (1333, 800)
 
 
 def scale_notice(trained: Any, data: Any, model_name: str | None, task: str = "evaluation") -> str | None:
@@ -109,7 +113,8 @@ def scale_notice(trained: Any, data: Any, model_name: str | None, task: str = "e
 
     ``trained``: the training config a checkpoint of this project carries (its ``data.img_scale`` is the scale its
     run evaluated at); for other files (``None``) a SOLOv2-light model (``model_name`` holding ``light``) is
-    compared with the scale its published recipes test at, :data:`LIGHT_TEST_SCALE`. Another scale resizes every
+    compared with the scale its published recipes test at, :data:`LIGHT_TEST_SCALE`, and a full-size one
+    (``solov2_r50_fpn``, ``solov2_r101_fpn``, ...) with :data:`FULL_TEST_SCALE`. Another scale resizes every
     image to other sizes than the weights learnt, and the AP differs from the recipe's.
     """
     now = tuple(int(v) for v in data["img_scale"])
@@ -118,6 +123,8 @@ def scale_notice(trained: Any, data: Any, model_name: str | None, task: str = "e
         then, whose = tuple(int(v) for v in then), "the checkpoint's training run evaluated"
     elif trained is None and "light" in str(model_name or ""):
         then, whose = LIGHT_TEST_SCALE, "the SOLOv2-light recipes (SOLO's and mmdetection's) test"
+    elif trained is None and str(model_name or "").startswith(("solov2_r", "solov2_x")):
+        then, whose = FULL_TEST_SCALE, "the SOLOv2 recipes (SOLO's, mmdetection's and AdelaiDet's) test"
     else:
         return None
     if then == now:

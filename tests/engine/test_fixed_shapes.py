@@ -137,3 +137,11 @@ def test_scale_notice_compares_the_checkpoints_test_scale_or_the_light_recipes()
                                                   "img_scale 768x448 (long x short) and this prediction resizes")
     assert scale_notice(None, {"img_scale": [768, 448]}, "solov2_light_r18_fpn") is None
     assert scale_notice(None, coco, "solov2_r50_fpn") is None
+    # a full-size one with theirs: SOLO, mmdetection and AdelaiDet test R50 / R101 at 1333x800, so deploy.py's
+    # task=predict with its default data=synthetic (320x256) would predict at a quarter of that scale
+    for name in ("solov2_r50_fpn", "solov2_r101_fpn"):
+        full = scale_notice(None, {"img_scale": [320, 256]}, name, "prediction")
+        assert full == ("the SOLOv2 recipes (SOLO's, mmdetection's and AdelaiDet's) test at img_scale 1333x800 (long x "
+                        "short) and this prediction resizes to 320x256: results differ from the checkpoint's own "
+                        "(data.img_scale=[1333,800] matches it)")
+    assert scale_notice(None, {"img_scale": [320, 256]}, "solov2_tiny") is None
