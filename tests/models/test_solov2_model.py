@@ -156,6 +156,30 @@ def test_eager_and_export_modes_agree(batch):
     torch.testing.assert_close(single[0], masks[:1], rtol=0, atol=1e-4)
 
 
+def test_exported_model_keeps_max_per_img_as_eager_predict(caplog):
+    """test.max_per_img below export_topk: the graph still returns export_topk slots, and the host half keeps the
+    first max_per_img as eager predict does (deployed AP and train.py's were scored on different caps before)."""
+    model = tiny_model()
+    images = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(3))
+    meta = _metas(1)[0]
+    full = model.predict(images, [meta])[0]
+    assert len(full["scores"]) > 5
+    model.test_cfg.max_per_img = 5
+    eager = model.predict(images, [meta])[0]
+    with torch.no_grad():
+        masks, labels, scores = model.export_forward(images)
+    host = model.postprocess({"masks": masks[0].numpy(), "labels": labels[0].numpy(), "scores": scores[0].numpy()},
+                             meta)
+    assert len(eager["scores"]) == len(host["scores"]) == 5
+    torch.testing.assert_close(host["scores"], eager["scores"], rtol=0, atol=1e-5)
+    assert torch.equal(host["labels"], eager["labels"]) and torch.equal(host["masks"], eager["masks"])
+    cfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
+    cfg.num_classes, cfg.test.export_topk, cfg.test.max_per_img = 3, 10, 50
+    with caplog.at_level("WARNING"):
+        build_model(cfg)
+    assert "model.test.export_topk=10 < max_per_img=50: an exported model returns at most 10 instances" in caplog.text
+
+
 def test_predict_matches_reference_order_when_crowded():
     model = tiny_model()
     images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(5))

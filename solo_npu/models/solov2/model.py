@@ -212,13 +212,14 @@ class SOLOv2(nn.Module):
 
     def postprocess(self, outputs: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Tensor]:
         """Host half for one image of :meth:`export_forward`'s outputs (any backend): the fixed K entries
-        sorted by score, the valid ones (score > 0) pasted onto the original image."""
+        sorted by score, the valid ones (score > 0), at most ``test.max_per_img`` as eager :meth:`predict` keeps,
+        pasted onto the original image."""
         scores = as_float_tensor(outputs["scores"])
         labels = torch.as_tensor(np.asarray(outputs["labels"]).astype(np.int64))
         masks = as_float_tensor(outputs["masks"])
         # The graph returns a fixed K sorted by score; valid entries are a prefix after a stable sort.
         scores, order = torch.sort(scores, descending=True, stable=True)
-        num = int((scores > 0).sum())
+        num = min(int((scores > 0).sum()), int(self.test_cfg.max_per_img))
         keep = order[:num]
         pasted = paste_masks(masks[keep], dict(meta), self.test_cfg.mask_thr)
         return {"masks": pasted, "labels": labels[keep], "scores": scores[:num], "boxes": masks_to_boxes(pasted)}
@@ -308,5 +309,9 @@ def build_solov2(num_classes: int, backbone: Mapping[str, Any] | None = None, ne
     mask_head = SOLOv2Head(num_classes=int(num_classes), **head_cfg)
     export_topk = int(test_cfg.pop("export_topk", 100))
     export_exact_flag = bool(test_cfg.pop("export_exact_flag", False))
+    max_per_img = int(test_cfg.get("max_per_img", SOLOv2TestConfig.max_per_img))
+    if export_topk < max_per_img:
+        logger.warning("model.test.export_topk=%d < max_per_img=%d: an exported model returns at most %d instances "
+                       "per image, eager prediction %d", export_topk, max_per_img, export_topk, max_per_img)
     return SOLOv2(body, FPN(**neck_cfg), mask_head, test_cfg=SOLOv2TestConfig(**test_cfg), export_topk=export_topk,
                   export_exact_flag=export_exact_flag, name=name, **model_kwargs)
