@@ -241,6 +241,20 @@ class ModelClasses:
         return f"{self.num_classes} classes from the {self.origin}{shown}"
 
 
+def start_device(cfg: DictConfig) -> DeviceInfo:
+    """The device of ``runtime.device`` set up as the ``runtime`` section says (``runtime.npu.env`` such as
+    ASCEND_RT_VISIBLE_DEVICES applied before torch_npu counts the devices, the NPU compile mode, cuDNN settings)
+    and ``runtime.seed`` set (random-weight runs repeat), for the deploy stages and ``task=predict`` alike."""
+    requested = str(OmegaConf.select(cfg, "runtime.device", default="auto"))
+    runtime_cfg = OmegaConf.select(cfg, "runtime", default=None)
+    apply_npu_env(OmegaConf.to_container(runtime_cfg, resolve=True) if runtime_cfg is not None else None,
+                  device=requested)
+    device = resolve_device(requested)
+    setup_device(device, cfg.get("runtime"))
+    seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))
+    return device
+
+
 class DeployContext:
     """What every stage receives: config, settings, run directory, device, adapter and model.
 
@@ -256,13 +270,7 @@ class DeployContext:
         self._settings: DeploySettings | None = None
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.model_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        requested = str(OmegaConf.select(cfg, "runtime.device", default="auto"))
-        runtime_cfg = OmegaConf.select(cfg, "runtime", default=None)  # applied before torch_npu counts the devices
-        apply_npu_env(OmegaConf.to_container(runtime_cfg, resolve=True) if runtime_cfg is not None else None,
-                      device=requested)
-        self.device: DeviceInfo = resolve_device(requested)
-        setup_device(self.device, cfg.get("runtime"))
-        seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))  # random-weight runs repeat
+        self.device: DeviceInfo = start_device(cfg)
         self._model: nn.Module | None = None
         self._compiled: nn.Module | None = None  # the pytorch backend's module under torch.compile
         self._compile_warned = False

@@ -378,9 +378,9 @@ def _run_from_config(cfg: Any) -> dict[str, Any]:
     evaluation (:func:`~solo_npu.config.shapes.checkpoint_notices`), and so is another test scale.
     """
     from solo_npu.config.shapes import checkpoint_notices
-    from solo_npu.deploy.context import load_trained_model
+    from solo_npu.deploy.context import load_trained_model, start_device
 
-    device = resolve_device(str(OmegaConf.select(cfg, "runtime.device", default="auto")))
+    device = start_device(cfg)  # the runtime section applied, as the deploy stages apply it
     model, classes, trained = load_trained_model(cfg)
     num = classes.num_classes
     configured = cfg.data.get("class_names")

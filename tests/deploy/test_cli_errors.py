@@ -140,6 +140,33 @@ def test_predict_task_is_wired(deploy_cfg, synthetic_coco, tmp_path, capsys):
     assert "input not found" in _one_line_error(capsys, main(cfg))
 
 
+def test_predict_applies_the_runtime_section_as_the_deploy_stages(deploy_cfg, synthetic_coco, tmp_path):
+    """task=predict sets the device up as the deploy stages do: runtime.npu.env (ASCEND_RT_VISIBLE_DEVICES and the
+    like, applied where the device may be an NPU: auto here, which resolves to this machine's device) and
+    runtime.seed. It used to resolve the device alone, and those settings were dropped in silence."""
+    images = tmp_path / "images"
+    images.mkdir()
+    name = sorted(p.name for p in (synthetic_coco / "val2017").iterdir())[0]
+    shutil.copy(synthetic_coco / "val2017" / name, images / name)
+    saved = dict(os.environ)
+    try:
+        os.environ.pop("SOLO_PREDICT_PROBE", None)
+        lively = ["model.test.score_thr=0.001", "model.test.filter_thr=0.0"]  # random weights that detect
+        cfg = deploy_cfg("task=predict", f"input={images}", f"output={tmp_path / 'pred'}", "runtime.device=auto",
+                         "+runtime.npu.env.SOLO_PREDICT_PROBE=set_by_predict", "runtime.seed=123", *lively)
+        assert main(cfg) == 0
+        assert os.environ.get("SOLO_PREDICT_PROBE") == "set_by_predict"
+        first = (tmp_path / "pred" / "predictions.json").read_text()
+        assert main(cfg) == 0  # random weights drawn after runtime.seed: the same predictions again
+        assert first != "[]" and (tmp_path / "pred" / "predictions.json").read_text() == first
+        assert main(deploy_cfg("task=predict", f"input={images}", f"output={tmp_path / 'pred'}",
+                               "runtime.seed=124", *lively)) == 0
+        assert (tmp_path / "pred" / "predictions.json").read_text() != first
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def test_data_settings_are_checked_as_in_training(deploy_cfg, tmp_path, capsys):
     cfg = deploy_cfg("data.normalize.style=caffe", "data.normalize.mean=[123.675,116.28,103.53]",
                      f"run_dir={tmp_path}", "stages=[plan]")
