@@ -160,14 +160,21 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
 
 
 # The optimiser settings a param group carries that this run's config sets (optim.*), besides the LR (the schedule's).
-_GROUP_KEYS = ("momentum", "weight_decay", "nesterov", "dampening")
+_GROUP_KEYS = ("momentum", "weight_decay", "nesterov", "dampening", "betas")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two param-group values alike (``betas`` is a tuple in a group, a list in a checkpoint read back)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _keep_configured_groups(optimizer: torch.optim.Optimizer, wanted: list[dict[str, Any]]) -> None:
     """Put back the config's momentum, weight decay, ... that ``load_state_dict`` replaced by the checkpoint's, with
     one WARNING when they differed (the momentum buffers are the checkpoint's either way)."""
-    changed = sorted({f"optim.{k} {g[k]} -> {w[k]}" for g, w in zip(optimizer.param_groups, wanted)
-                      for k in w if g.get(k) != w[k]})
+    changed = sorted({f"optim.{k} {g.get(k)} -> {w[k]}" for g, w in zip(optimizer.param_groups, wanted)
+                      for k in w if not _same(g.get(k), w[k])})
     for group, values in zip(optimizer.param_groups, wanted):
         group.update(values)
     if changed and comm.is_main_process():

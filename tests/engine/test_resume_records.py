@@ -204,3 +204,22 @@ def test_resume_follows_the_schedule_and_optimiser_settings_of_its_config(tmp_pa
     assert any("schedule differs from the checkpoint's" in m and "optim.lr_steps [] -> [3]" in m
                and f"from iteration {2 * per_epoch}" in m for m in warnings), warnings
     assert any("optim.weight_decay 0.0001 -> 0.001" in m for m in warnings), warnings
+
+
+def test_resume_applies_the_configs_adamw_betas(tmp_path: Path) -> None:
+    """optim.betas of the resuming run's config apply, with the WARNING the other optimiser settings get; before,
+    the checkpoint's betas went on in silence. Unchanged betas (a tuple in the optimiser, a list read back) say
+    nothing."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    common = [f"data.root={tmp_path / 'data'}", "train.plots=false", "train.eval_interval=0", "train.eval_at_end=false",
+              "optim.name=adamw", "optim.base_lr=0.001"]
+    run_train([*common, "train.epochs=1"], run_dir)
+    run_train([*common, "train.epochs=2", "resume=auto"], run_dir)
+    assert "optimiser settings differ" not in (run_dir / "train.log").read_text()
+    run_train([*common, "train.epochs=3", "optim.betas=[0.5,0.9]", "resume=auto"], run_dir)
+    warnings = [line for line in (run_dir / "train.log").read_text().splitlines() if " WARNING " in line]
+    assert any("optim.betas (0.9, 0.999) -> (0.5, 0.9)" in m for m in warnings), warnings
+    state = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True, map_location="cpu")
+    assert all(tuple(g["betas"]) == (0.5, 0.9) for g in state["optimizer"]["param_groups"])
