@@ -183,7 +183,7 @@ def check_trainable(cfg: Mapping[str, Any], model_choice: str | None = None) -> 
 def _built_on_meta(model: Mapping[str, Any]) -> Any:
     """The model built on the meta device (no weights, no file read: ``pretrained`` is set to null), for the facts
     it states about itself (:mod:`solo_npu.models.contract`); ``None`` when it cannot be built here (the run's own
-    build reports why)."""
+    build reports why). A setting the builder refuses (:class:`ConfigValueError`) is raised."""
     from solo_npu.models import build_model
 
     spec = {key: value for key, value in model.items() if key != "deploy"}
@@ -191,6 +191,8 @@ def _built_on_meta(model: Mapping[str, Any]) -> Any:
         spec["pretrained"] = None
     try:
         return build_model(spec, device="meta")
+    except ConfigValueError:  # a setting the builder refuses: one line before any data or worker
+        raise
     except Exception:  # noqa: BLE001 - a model that cannot be built is reported by the run's own build
         return None
 

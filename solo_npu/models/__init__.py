@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping
 from typing import Any
@@ -49,10 +50,18 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int | None = None,
         device: build the parameters there; ``"meta"`` gives a weightless model whose structure, state-dict
             shapes and facts (output names, checkpoint layouts) can be read at no cost.
     """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from solo_npu.config.values import ConfigValueError
+
     spec, _ = split_model_config(model_cfg, num_classes)
-    if device is None:
-        return instantiate(spec)
-    with torch.device(device):
-        return instantiate(spec)
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            return instantiate(spec)
+    except InstantiationException as exc:
+        # A setting the builder refuses (ValueError) or does not take (TypeError: an unexpected keyword): one line
+        # naming the model config, not Hydra's wrapper with its stack-trace advice.
+        if isinstance(exc.__cause__, (ValueError, TypeError)):
+            raise ConfigValueError(f"model config ({spec.get('_target_')}): {exc.__cause__}") from exc
+        raise

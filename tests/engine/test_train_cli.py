@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from solo_npu.checkpoints import CheckpointError, load_checkpoint
@@ -291,3 +292,16 @@ def test_unknown_setting_is_one_line_naming_the_closest(tmp_path: Path) -> None:
              "train.epochs=3", "launcher.nproc_per_node=8", "data.normalize.mean=[1,2,3]", "hydra.run.dir=x",
              "checkpoint=a.pth", "runtime.npu.jit_compile=false", "--cfg", "job"]
     assert check_overrides(known, TrainJobConfig, ROOT / "conf") is None
+
+
+@pytest.mark.parametrize("override, says", [
+    ("+model.head.loss_cls.gama=5", "model.head.loss_cls has no key 'gama': the focal loss takes gamma, alpha, weight"),
+    ("+model.head.foo=5", "SOLOv2Head.__init__() got an unexpected keyword argument 'foo'"),
+])
+def test_a_model_setting_the_builder_refuses_is_one_line_at_the_start(tmp_path, override, says) -> None:
+    """A model setting its builder refuses or does not take: one line before any data or worker (it was Hydra's
+    instantiation report from inside the worker, after the synthetic set was generated)."""
+    from engine_support import refused_at_start
+
+    err = refused_at_start(tmp_path, "+experiment=smoke", override)
+    assert err == f"[Error] model config (solo_npu.models.solov2.build_solov2): {says}"

@@ -329,3 +329,16 @@ def test_export_traces_and_runs_in_onnxruntime(tmp_path):
     np.testing.assert_allclose(scores, expected[2].numpy(), atol=1e-4)
     np.testing.assert_array_equal(labels, expected[1].numpy())
     np.testing.assert_allclose(masks, expected[0].numpy(), atol=1e-4)
+
+
+def test_a_misspelled_focal_loss_key_is_refused():
+    """model.head.loss_cls is merged into the focal loss's gamma / alpha / weight: a key it does not have (gama)
+    was accepted and the loss kept gamma 2.0."""
+    cfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
+    cfg.num_classes = 3
+    cfg.head.loss_cls = {"gama": 5.0}
+    with pytest.raises(ValueError, match="model.head.loss_cls has no key 'gama': the focal loss takes gamma, alpha, "
+                                         "weight"):
+        build_model(cfg)
+    cfg.head.loss_cls = {"gamma": 1.5}
+    assert build_model(cfg).loss_cls_cfg == {"gamma": 1.5, "alpha": 0.25, "weight": 1.0}

@@ -74,7 +74,12 @@ class SOLOv2(nn.Module):
         self.pos_scale = pos_scale
         self.max_pos = max_pos
         self.pos_slots = pos_slots
-        self.loss_cls_cfg = {"gamma": 2.0, "alpha": 0.25, "weight": 1.0, **(loss_cls or {})}
+        self.loss_cls_cfg = {"gamma": 2.0, "alpha": 0.25, "weight": 1.0}
+        unknown = sorted(set(loss_cls or {}) - set(self.loss_cls_cfg))
+        if unknown:
+            raise ValueError(f"model.head.loss_cls has no key {', '.join(map(repr, unknown))}: the focal loss takes "
+                             f"{', '.join(self.loss_cls_cfg)}")
+        self.loss_cls_cfg.update(loss_cls or {})
         self.loss_mask_weight = loss_mask_weight
         if loss_mask_norm not in ("cells", "pairs"):
             raise ValueError(f"loss_mask_norm must be 'cells' or 'pairs', got {loss_mask_norm!r}")
