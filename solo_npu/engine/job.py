@@ -165,6 +165,7 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     check_values(cfg)
     check_launcher_env()
     check_multinode(cfg)
+    _check_model_classes(cfg)
     choice = _model_choice()
     check_trainable(cfg, choice)
     check_eval_preprocessing(cfg, choice)
@@ -179,6 +180,29 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
     if mode == "train":
         resume = attempt_resume(cfg, run_dir, log=False)
         backbone_init_file(cfg, _starts_from(cfg, find_resume_file(resume, run_dir)))
+
+
+def _check_model_classes(cfg: dict[str, Any]) -> None:
+    """``model.num_classes`` given on the command line: train.py builds the model for its dataset's classes
+    (:func:`set_num_classes`), so another count than ``data.num_classes`` is one line, and a count where the data
+    config names none is a WARNING that says it is not read (it was replaced in silence)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from solo_npu.config.values import ConfigValueError
+
+    if not HydraConfig.initialized():
+        return
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task if "=" in o}
+    if "model.num_classes" not in keys:
+        return
+    wanted, data_classes = (cfg.get("model") or {}).get("num_classes"), (cfg.get("data") or {}).get("num_classes")
+    if data_classes is None:
+        logger.warning("model.num_classes=%s is not read: train.py builds the model for its dataset's classes "
+                       "(the annotation file's categories, or data.class_names)", wanted)
+    elif wanted is None or int(wanted) != int(data_classes):
+        raise ConfigValueError(f"model.num_classes={wanted}: train.py builds the model for its dataset's classes "
+                               f"(data.num_classes={data_classes}); set data.num_classes (with data.class_names or an "
+                               "annotation file of those classes) instead")
 
 
 def _model_choice() -> str | None:

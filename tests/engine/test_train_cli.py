@@ -305,3 +305,14 @@ def test_a_model_setting_the_builder_refuses_is_one_line_at_the_start(tmp_path, 
 
     err = refused_at_start(tmp_path, "+experiment=smoke", override)
     assert err == f"[Error] model config (solo_npu.models.solov2.build_solov2): {says}"
+
+
+def test_a_model_class_count_other_than_the_datasets_is_one_line(tmp_path) -> None:
+    """train.py builds the model for its dataset's classes: model.num_classes=5 on a 3-class set was replaced by 3
+    in silence."""
+    from engine_support import refused_at_start
+
+    err = refused_at_start(tmp_path, "+experiment=smoke", "model.num_classes=5")
+    assert err == ("[Error] model.num_classes=5: train.py builds the model for its dataset's classes "
+                   "(data.num_classes=3); set data.num_classes (with data.class_names or an annotation file of those "
+                   "classes) instead")
