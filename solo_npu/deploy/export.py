@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from solo_npu.deploy.context import DeployContext, DeployError, read_stage_json, write_json
@@ -212,6 +213,8 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     manifest = {
         "model": ctx.model_name,
         "model_config": (ctx.cfg.get("model") or {}).get("name"),
+        # the settings the model was built with: the exported graph holds them (score_thr, nms_pre, ...)
+        "model_settings": model_settings(ctx.cfg),
         "input_name": INPUT_NAME,
         "input_shape": [3, *settings.input_shape],
         "batch_sizes": settings.export_batch_sizes,
@@ -237,6 +240,32 @@ def run_export(ctx: DeployContext) -> dict[str, Any]:
     }
     write_json(out_dir / "manifest.json", manifest)
     return {"files": files, "slimmed_with": slimmed, "num_classes": classes.num_classes}
+
+
+# SOLOv2 settings of eager prediction alone (the reference order's bound and its cap), not of the exported graph
+EAGER_ONLY = ("test.bound_before_conv", "test.exact_limit")
+
+
+def model_settings(cfg: Any) -> dict[str, Any]:
+    """The model config's settings as flat ``key: value`` pairs, without what does not shape the exported files:
+    its name (compared on its own), ``pretrained`` (the checkpoint replaces it), ``num_classes`` (the checkpoint's),
+    the ``deploy`` defaults and :data:`EAGER_ONLY`."""
+    model = cfg.get("model")
+    if model is None:
+        return {}
+    tree = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    return {k: v for k, v in flat(tree).items()
+            if k not in ("name", "pretrained", "num_classes", *EAGER_ONLY) and not k.startswith("deploy.")}
 
 
 def _version(package: str) -> str | None:

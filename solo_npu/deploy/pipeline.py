@@ -111,6 +111,19 @@ def check_same_model(ctx: DeployContext, stages: Sequence[str]) -> None:
         raise DeployError(f"{ctx.run_dir} holds the export of model={theirs['model']} "
                           f"checkpoint={theirs['checkpoint']}, but this run names model={ours['model']} "
                           f"checkpoint={ours['checkpoint']}: add export to stages, or use another run_dir")
+    # The exported graph holds the model's settings (SOLOv2's score_thr, nms_pre, mask_thr, ...): later stages with
+    # others would score the old graph with the new host-side settings and the new eager reference.
+    from solo_npu.deploy.export import model_settings
+
+    exported = manifest.get("model_settings")
+    if isinstance(exported, dict):
+        now = model_settings(ctx.cfg)
+        differ = [f"model.{k}={exported.get(k)!r} there, {now.get(k)!r} here" for k in sorted(set(exported) | set(now))
+                  if exported.get(k) != now.get(k)]
+        if differ:
+            raise DeployError(f"{ctx.run_dir} holds an export made with other model settings ({'; '.join(differ[:4])}"
+                              f"{'; ...' if len(differ) > 4 else ''}): the exported files hold them, so add export to "
+                              "stages, or drop those overrides")
 
 
 def _skip_mismatched_evaluate(ctx: DeployContext, stages: list[str]) -> list[str]:

@@ -173,3 +173,20 @@ def test_data_settings_are_checked_as_in_training(deploy_cfg, tmp_path, capsys):
     assert "is the pytorch style's mean, but data.normalize.style=caffe feeds BGR" in _one_line_error(capsys, main(cfg))
     cfg = deploy_cfg("data.max_instances=0", f"run_dir={tmp_path}", "stages=[plan]")
     assert _one_line_error(capsys, main(cfg)) == "error: data.max_instances=0: must be >= 1"
+
+
+def test_later_stages_with_other_model_settings_than_the_export_are_refused(make_ctx, deploy_cfg, tmp_path, capsys):
+    """The exported graph holds the model's settings (score_thr, nms_pre, mask_thr, ...): re-running later stages
+    with another model.test.score_thr scored the old graph with the new host-side settings and eager reference."""
+    from solo_npu.deploy.export import run_export
+
+    ctx = make_ctx("deploy.export_formats=[onnx]", "deploy.batch_sizes=[1]", run_dir=tmp_path)
+    run_export(ctx)
+    cfg = deploy_cfg(f"run_dir={tmp_path}", "stages=[infer]", "deploy.batch_sizes=[1]", "model.test.score_thr=0.3")
+    err = _one_line_error(capsys, main(cfg))
+    assert "holds an export made with other model settings (model.test.score_thr=" in err
+    assert "0.3 here" in err and "add export to stages" in err
+    # a setting of eager prediction alone is not in the graph: the same export serves it
+    cfg = deploy_cfg(f"run_dir={tmp_path}", "stages=[preprocess]", "deploy.batch_sizes=[1]",
+                     "model.test.bound_before_conv=false")
+    assert main(cfg) == 0
