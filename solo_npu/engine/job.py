@@ -253,7 +253,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     logger.info("experiment %s: run directory %s, device %s, world size %d", cfg.experiment_name, run_dir, info.device,
                 comm.get_world_size())
     seed_everything(int(cfg.runtime.seed), bool(cfg.runtime.deterministic))
-    notice = amp_notice(info, bool(cfg.amp.enabled), str(cfg.amp.dtype))
+    notice = amp_notice(info, bool(cfg.amp.enabled), str(cfg.amp.dtype), cfg.amp.get("loss_scale", "dynamic"))
     if notice and rank == 0:
         logger.warning(notice)
     if cfg.mode == "eval":

@@ -41,6 +41,9 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any], info: Device
     name = str(optim_cfg.get("name", "sgd")).lower()
     groups = param_groups(model, float(optim_cfg.get("weight_decay", 1e-4)))
     if name == "adamw":
+        if optim_cfg.get("fused"):
+            logger.warning("optim.fused=true is for SGD (torch_npu's NpuFusedSGD): optim.name=adamw runs torch's "
+                           "AdamW")
         betas = tuple(float(b) for b in optim_cfg.get("betas", (0.9, 0.999)))
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name != "sgd":

@@ -249,9 +249,10 @@ def amp_dtype(info: DeviceInfo, dtype: str = "fp16") -> torch.dtype:
     return _AMP_DTYPES[dtype]
 
 
-def amp_notice(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> str | None:
+def amp_notice(info: DeviceInfo, enabled: bool, dtype: str = "fp16", loss_scale: Any = "dynamic") -> str | None:
     """The WARNING for an AMP setting this device runs differently from what it says, or ``None``: fp16 on
-    the CPU runs as bf16 (:func:`amp_dtype`), without loss scaling (:func:`make_grad_scaler`).
+    the CPU runs as bf16 (:func:`amp_dtype`), without loss scaling (:func:`make_grad_scaler`); a static
+    ``loss_scale`` (the 1p/8p presets' 128) with bf16 on an accelerator is not used either.
 
     Raises:
         DeviceError: bf16 on an NPU or a CUDA device that says it has no bf16 (:func:`check_amp_dtype`).
@@ -260,6 +261,10 @@ def amp_notice(info: DeviceInfo, enabled: bool, dtype: str = "fp16") -> str | No
     if enabled and info.type == "cpu" and amp_dtype(info, dtype) != _AMP_DTYPES[dtype]:
         return (f"amp.dtype={dtype} on the CPU: autocast runs bf16 here, without loss scaling (amp.loss_scale is "
                 "not used); amp.dtype=bf16 says so, amp.enabled=false trains in fp32")
+    if enabled and info.type != "cpu" and amp_dtype(info, dtype) == torch.bfloat16 and loss_scale not in (
+            None, "dynamic"):
+        return (f"amp.loss_scale={loss_scale} is not used with amp.dtype=bf16: bf16 trains without loss scaling "
+                "(amp.loss_scale=dynamic says so)")
     return None
 
 

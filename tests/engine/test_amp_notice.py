@@ -74,3 +74,28 @@ def test_bf16_on_a_cuda_device_without_bf16_is_one_error(monkeypatch: pytest.Mon
     assert amp_notice(cuda, True, "fp16") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert amp_notice(cuda, True, "bf16") is None
+
+
+def test_a_static_loss_scale_with_bf16_on_an_accelerator_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 trains without loss scaling (make_grad_scaler turns the scaler off): the 1p/8p presets' static 128
+    kept with amp.dtype=bf16 was dropped in silence."""
+    from solo_npu.runtime import make_grad_scaler
+
+    cuda = DeviceInfo("cuda", torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert not make_grad_scaler(cuda, True, 128, "bf16").is_enabled()
+    assert amp_notice(cuda, True, "bf16", 128) == ("amp.loss_scale=128 is not used with amp.dtype=bf16: bf16 trains "
+                                                   "without loss scaling (amp.loss_scale=dynamic says so)")
+    assert amp_notice(cuda, True, "bf16", "dynamic") is None
+    assert amp_notice(cuda, True, "fp16", 128) is None and amp_notice(cuda, False, "bf16", 128) is None
+
+
+def test_fused_with_adamw_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    from torch import nn
+
+    from solo_npu.engine.optim import build_optimizer
+
+    with caplog.at_level("WARNING", logger="solo_npu.engine.optim"):
+        opt = build_optimizer(nn.Linear(2, 2), {"name": "adamw", "fused": True}, CPU, 0.001)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert "optim.fused=true is for SGD (torch_npu's NpuFusedSGD): optim.name=adamw runs torch's AdamW" in caplog.text
