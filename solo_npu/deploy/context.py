@@ -244,14 +244,16 @@ class ModelClasses:
 def start_device(cfg: DictConfig) -> DeviceInfo:
     """The device of ``runtime.device`` set up as the ``runtime`` section says (``runtime.npu.env`` such as
     ASCEND_RT_VISIBLE_DEVICES applied before torch_npu counts the devices, the NPU compile mode, cuDNN settings)
-    and ``runtime.seed`` set (random-weight runs repeat), for the deploy stages and ``task=predict`` alike."""
+    and ``runtime.seed`` set (random-weight runs repeat) with ``runtime.deterministic``'s kernels, for the deploy
+    stages and ``task=predict`` alike."""
     requested = str(OmegaConf.select(cfg, "runtime.device", default="auto"))
     runtime_cfg = OmegaConf.select(cfg, "runtime", default=None)
     apply_npu_env(OmegaConf.to_container(runtime_cfg, resolve=True) if runtime_cfg is not None else None,
                   device=requested)
     device = resolve_device(requested)
     setup_device(device, cfg.get("runtime"))
-    seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)))
+    seed_everything(int(OmegaConf.select(cfg, "runtime.seed", default=0)),
+                    bool(OmegaConf.select(cfg, "runtime.deterministic", default=False)))
     return device
 
 

@@ -175,6 +175,22 @@ def test_data_settings_are_checked_as_in_training(deploy_cfg, tmp_path, capsys):
     assert _one_line_error(capsys, main(cfg)) == "error: data.max_instances=0: must be >= 1"
 
 
+def test_runtime_deterministic_holds_for_deploy(deploy_cfg):
+    import torch
+
+    from solo_npu.deploy.context import start_device
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
+    try:
+        torch.use_deterministic_algorithms(False)
+        start_device(deploy_cfg("runtime.deterministic=true"))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:]
+
+
 def test_later_stages_with_other_model_settings_than_the_export_are_refused(make_ctx, deploy_cfg, tmp_path, capsys):
     """The exported graph holds the model's settings (score_thr, nms_pre, mask_thr, ...): re-running later stages
     with another model.test.score_thr scored the old graph with the new host-side settings and eager reference."""
