@@ -76,8 +76,12 @@ def evaluate_outputs(ctx: DeployContext, key: str, index: dict[str, Any], gt: An
         raise DeployError(f"infer/{key} has neither all raw outputs nor {results_path(ctx, key)}: re-run infer")
     results = json.loads(results_path(ctx, key).read_text())
     scored = scored_image_ids(ctx, gt, collected["image_ids"])
+    from solo_npu.evaluation.coco_eval import image_id_of
+
+    on_scored = {image_id_of(i) for i in scored}
     return {"metrics": _score(ctx, gt, results, scored, index["label_to_cat"]),
-            "postprocess_ms": collected["postprocess_ms"], "images": len(scored), "detections": len(results)}
+            "postprocess_ms": collected["postprocess_ms"], "images": len(scored),
+            "detections": sum(r["image_id"] in on_scored for r in results)}  # on the images scored
 
 
 def evaluate_eager(ctx: DeployContext, index: dict[str, Any], batch_size: int = 1) -> dict[str, Any]:

@@ -176,6 +176,9 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
         what, use = ("mode=eval", "evaluate") if mode == "eval" else ("finetune.enabled=true", "start from")
         raise ConfigValueError(f"{what} needs checkpoint=PATH (the weights to {use}: a checkpoint of this project or "
                                "one the converters read)")
+    if mode == "train" and cfg.get("eval_detections"):
+        logger.warning("eval_detections=%s is written by an evaluation run (+experiment=eval checkpoint=PATH), not by "
+                       "training: this run writes no detections file", cfg["eval_detections"])
     check_dataset_files(cfg["data"], ("train", "val") if mode == "train" else ("val",))  # training evaluates too
     if mode == "train":
         resume = attempt_resume(cfg, run_dir, log=False)

@@ -149,6 +149,7 @@ def test_ssd_resnet34_scores_the_annotated_images_as_its_guide(synthetic_coco: P
         counts[images] = entry["images"]
         scored = sorted({d["image_id"] for d in out["results"]} | {i["id"] for i in ann["images"][:4]})
         ids = [i for i in scored if images == "all" or i != empty]
+        assert entry["detections"] == sum(d["image_id"] in ids for d in out["results"])  # those scored
         want = evaluate_coco(path, [d for d in out["results"] if d["image_id"] in ids], ("bbox",), img_ids=ids)
         assert entry["metrics"]["bbox"] == want["bbox"]
         assert any(d["image_id"] == empty for d in out["results"])  # it has detections, which would count

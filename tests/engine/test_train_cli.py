@@ -316,3 +316,16 @@ def test_a_model_class_count_other_than_the_datasets_is_one_line(tmp_path) -> No
     assert err == ("[Error] model.num_classes=5: train.py builds the model for its dataset's classes "
                    "(data.num_classes=3); set data.num_classes (with data.class_names or an annotation file of those "
                    "classes) instead")
+
+
+def test_eval_detections_in_a_training_run_is_said(tmp_path, smoke_data, caplog) -> None:
+    """eval_detections=FILE is written by mode=eval alone: a training run set with it wrote nothing, silently."""
+    from engine_support import compose_train_cfg
+    from omegaconf import OmegaConf
+
+    from solo_npu.engine.job import check_start
+
+    cfg = compose_train_cfg(["+experiment=smoke", *smoke_data, f"eval_detections={tmp_path / 'det.json'}"])
+    with caplog.at_level("WARNING", logger="solo_npu.engine.job"):
+        check_start(OmegaConf.to_container(cfg, resolve=True), tmp_path / "run")
+    assert "is written by an evaluation run (+experiment=eval checkpoint=PATH), not by training" in caplog.text

@@ -331,6 +331,20 @@ def test_export_traces_and_runs_in_onnxruntime(tmp_path):
     np.testing.assert_allclose(masks, expected[0].numpy(), atol=1e-4)
 
 
+def test_host_half_leaves_out_non_finite_scores(caplog):
+    """A backend that overflowed may return NaN scores: torch.sort puts NaN first, so the NaN entry was kept (and
+    written as a bare NaN into the results json) and the lowest real detection dropped."""
+    model = tiny_model()
+    masks = torch.zeros(4, 32, 40)
+    masks[:, 4:20, 4:30] = 0.9
+    outputs = {"masks": masks.numpy(), "labels": np.array([0, 1, 2, 0], dtype=np.int32),
+               "scores": np.array([0.9, np.nan, 0.5, 0.0], dtype=np.float32)}
+    with caplog.at_level("WARNING"):
+        out = model.postprocess(outputs, _metas(1)[0])
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.5]) and out["labels"].tolist() == [0, 2]
+    assert "1 non-finite scores from the backend are left out" in caplog.text
+
+
 def test_a_misspelled_focal_loss_key_is_refused():
     """model.head.loss_cls is merged into the focal loss's gamma / alpha / weight: a key it does not have (gama)
     was accepted and the loss kept gamma 2.0."""

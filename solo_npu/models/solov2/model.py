@@ -222,7 +222,13 @@ class SOLOv2(nn.Module):
         scores = as_float_tensor(outputs["scores"])
         labels = torch.as_tensor(np.asarray(outputs["labels"]).astype(np.int64))
         masks = as_float_tensor(outputs["masks"])
-        # The graph returns a fixed K sorted by score; valid entries are a prefix after a stable sort.
+        # The graph returns a fixed K sorted by score; valid entries are a prefix after a stable sort. A non-finite
+        # score (a backend that overflowed: torch.sort puts NaN first) is no detection.
+        finite = torch.isfinite(scores)
+        if not bool(finite.all()):
+            logger.warning("image %s: %d non-finite scores from the backend are left out", meta.get("image_id", "?"),
+                           int((~finite).sum()))
+            scores = torch.where(finite, scores, torch.zeros_like(scores))
         scores, order = torch.sort(scores, descending=True, stable=True)
         num = min(int((scores > 0).sum()), int(self.test_cfg.max_per_img))
         keep = order[:num]
