@@ -46,7 +46,7 @@ from solo_npu.engine.hooks import (
 )
 from solo_npu.engine.interrupts import FinalPhase, InterruptedMidStep
 from solo_npu.engine.logs import setup_logging
-from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr
+from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr, schedule_notice
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from solo_npu.engine.writers import default_writers, use_progress_bar
 from solo_npu.models.inference import prepare_for_inference
@@ -285,8 +285,26 @@ def _trained_model_hint(cfg: DictConfig, ckpt: Any = None):
         experiment = checkpoint_position(ckpt)["experiment"]
         if (hint and cfg.mode == "eval" and isinstance(experiment, str) and experiment != cfg.experiment_name
                 and (EXPERIMENTS_DIR / f"{experiment}.yaml").is_file()):
-            hint += f", or evaluate it with its experiment's settings: '+experiment=[{experiment},eval]'"
+            hint += f", or evaluate it with its experiment's settings: '+experiment=[{_eval_experiments(ckpt)},eval]'"
         raise CheckpointError(f"{exc}{hint}") from exc
+
+
+# The device presets; their runs evaluate with +experiment=[1p,...] (one device, the same canvas and precision).
+DEVICE_PRESETS = ("1p", "8p", "performance_1p", "performance_8p")
+
+
+def _eval_experiments(ckpt: Any) -> str:
+    """The experiments that evaluate a checkpoint's run as it trained: its own, behind ``1p`` where a device preset
+    composed it (its config says ``runtime.fixed_shapes=npu``, which only the presets set): a recipe trained as
+    ``[8p,solov2_r50_3x]`` records the recipe's name alone."""
+    experiment = checkpoint_position(ckpt)["experiment"]
+    config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
+    runtime = (config or {}).get("runtime") if isinstance(config, Mapping) else None
+    if experiment in DEVICE_PRESETS:
+        return "1p"
+    if isinstance(runtime, Mapping) and runtime.get("fixed_shapes") == "npu":
+        return f"1p,{experiment}"
+    return str(experiment)
 
 
 def eval_only(cfg: DictConfig, run_dir: Path, info: DeviceInfo) -> dict[str, Any]:
@@ -529,6 +547,10 @@ def _build_trainer(cfg: DictConfig, info: DeviceInfo, model: nn.Module, optimize
                                   int(cfg.optim.warmup_iters), float(cfg.optim.warmup_ratio),
                                   policy=str(cfg.optim.policy), total_iters=total_iters,
                                   min_lr_ratio=float(cfg.optim.min_lr_ratio))
+    notice = schedule_notice(str(cfg.optim.policy), list(cfg.optim.lr_steps), int(cfg.train.epochs),
+                             float(cfg.optim.gamma))
+    if notice and comm.is_main_process() and not cfg.train.max_iters:
+        logger.warning(notice)
     batch_size = int(cfg.train.batch_size)
     logger.info("%d training images, %d classes, %d iterations per epoch, total batch %d, lr %.4g",
                 len(data.train_set), data.num_classes, iters_per_epoch, batch_size * comm.get_world_size(), lr)

@@ -53,6 +53,21 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any], info: Device
                nesterov=bool(optim_cfg.get("nesterov", False)))
 
 
+def schedule_notice(policy: str, lr_steps: list[int], epochs: int, gamma: float) -> str | None:
+    """The WARNING for a step schedule whose last step comes long before the end (``train.epochs`` raised without
+    ``optim.lr_steps``: 24 epochs on the 1x steps [9, 11] spend 13 at gamma^2 x the LR), or ``None``. The
+    recipes end 1 (1x), 2 (fine-tuning) or 3 (3x) epochs after their last step."""
+    steps = sorted(int(s) for s in lr_steps)
+    if policy != "step" or not steps or steps[-1] >= epochs:
+        return None
+    tail = epochs - steps[-1]
+    if tail <= 3 or tail * 4 <= epochs:
+        return None
+    return (f"train.epochs={epochs} with optim.lr_steps={steps}: the last {tail} epochs ({steps[-1]}-{epochs - 1}, "
+            f"0-based) run at {gamma ** len(steps):.3g}x the LR; a longer run moves the steps too (optim=3x: 36 "
+            "epochs with steps [27, 33], or optim.lr_steps=[...])")
+
+
 class WarmupStepSchedule:
     """Linear warm-up over iterations, then a step decay at epoch milestones (or a cosine decay).
 

@@ -59,3 +59,18 @@ def test_eval_of_a_checkpoint_with_another_model_names_what_rebuilds_it(smoke_da
     summary = run_train([*smoke_data, f"checkpoint={ckpt}", "~model.backbone.base_channels",
                          f"++model.backbone.base_channels={base}"], tmp_path / "b", "eval")
     assert summary["mode"] == "eval" and summary["checkpoint_iteration"] == 10
+
+
+def test_the_experiments_named_for_a_device_preset_run_keep_the_preset() -> None:
+    """A recipe trained under a device preset ([8p,solov2_light_r50_3x]) records the recipe's name alone; evaluated as
+    '+experiment=[solov2_light_r50_3x,eval]' it would run without the preset's canvas and precision. Its config's
+    runtime.fixed_shapes=npu (set only by the presets) says so; a preset's own run evaluates with [1p,eval]."""
+    from solo_npu.engine.job import _eval_experiments
+
+    def ckpt(name: str, fixed_shapes: str) -> dict:
+        return {"epoch": 36, "iteration": 9,
+                "config": {"experiment_name": name, "runtime": {"fixed_shapes": fixed_shapes}}}
+
+    assert _eval_experiments(ckpt("solov2_light_r50_3x", "npu")) == "1p,solov2_light_r50_3x"
+    assert _eval_experiments(ckpt("8p", "npu")) == "1p"
+    assert _eval_experiments(ckpt("demo", "always")) == "demo"

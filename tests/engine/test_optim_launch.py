@@ -190,3 +190,16 @@ def test_spawned_workers_share_the_parents_cpu_threads(tmp_path: Path, monkeypat
         assert [(per_process / f"threads{r}.txt").read_text() for r in (0, 1)] == ["1", "1"]
     finally:
         torch.set_num_threads(saved)
+
+
+def test_a_run_long_past_its_last_lr_step_is_said() -> None:
+    """train.epochs raised without optim.lr_steps (train_full_8p.sh --epochs=24 on the 1x steps): the last 13 epochs
+    ran at 1% of the LR in silence. The recipes' own tails (1x: 1 epoch, fine-tuning: 2, 3x: 3) say nothing."""
+    from solo_npu.engine.optim import schedule_notice
+
+    assert schedule_notice("step", [9, 11], 24, 0.1) == (
+        "train.epochs=24 with optim.lr_steps=[9, 11]: the last 13 epochs (11-23, 0-based) run at 0.01x the LR; a "
+        "longer run moves the steps too (optim=3x: 36 epochs with steps [27, 33], or optim.lr_steps=[...])")
+    for policy, steps, epochs in (("step", [9, 11], 12), ("step", [8, 11], 12), ("step", [27, 33], 36),
+                                  ("step", [4], 6), ("step", [9, 11], 8), ("cosine", [9, 11], 24), ("step", [], 24)):
+        assert schedule_notice(policy, steps, epochs, 0.1) is None, (policy, steps, epochs)
