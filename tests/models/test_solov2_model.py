@@ -326,9 +326,34 @@ def test_export_traces_and_runs_in_onnxruntime(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     masks, labels, scores = sess.run(None, {"input": images.numpy()})
     assert labels.dtype == np.int32 and masks.shape == tuple(expected[0].shape)
+    # points NMS without a MaxPool compared for equality with its input (see test_points_nms_*)
+    import onnx
+
+    pools = [{a.name: list(a.ints) for a in node.attribute} for node in onnx.load(str(path)).graph.node
+             if node.op_type == "MaxPool"]
+    assert pools and not [a for a in pools if a.get("strides") == [1, 1]]  # the stem's and FPN's (stride 2) only
     np.testing.assert_allclose(scores, expected[2].numpy(), atol=1e-4)
     np.testing.assert_array_equal(labels, expected[1].numpy())
     np.testing.assert_allclose(masks, expected[0].numpy(), atol=1e-4)
+
+
+def test_points_nms_keeps_the_reference_cells_ties_included():
+    """mmdet's / SOLO's points_nms keeps a cell where max_pool2d(heat, 2, stride=1, padding=1)[..., :-1, :-1] ==
+    heat. The comparison with the neighbours gives the same cells, ties and edges included; the exported graph then
+    holds no MaxPool, whose fp16-only kernel (CANN <= 8.0) against an fp32 score kept almost no cell under ATC's
+    mixed precision: only about 0.01% of fp32 sigmoid values survive a round trip through fp16."""
+    from solo_npu.models.solov2.postprocess import points_nms
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        side = int(torch.randint(1, 41, (1,), generator=g))
+        heat = torch.rand(2, 3, side, side, generator=g)
+        if trial % 2:
+            heat = (heat * 8).round() / 8  # many equal neighbours
+        pooled = torch.nn.functional.max_pool2d(heat, kernel_size=2, stride=1, padding=1)[..., :-1, :-1]
+        assert torch.equal(points_nms(heat), heat * (pooled == heat).to(heat.dtype)), trial
+    scores = torch.rand(10000, generator=g).sigmoid()
+    assert float((scores.half().float() == scores).float().mean()) < 0.01
 
 
 def test_host_half_leaves_out_non_finite_scores(caplog):

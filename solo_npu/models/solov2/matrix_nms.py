@@ -91,7 +91,10 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
         mask_area = flat.sum(-1, dtype=torch.float32)
     mask_area = mask_area.float()
     inter = self_intersections(flat)  # [..., N, N]
-    union = mask_area.unsqueeze(-1) + mask_area.unsqueeze(-2) - inter
+    # area_i + (area_j - inter): the same integer in fp32, and never above the mask's cell count, where the sum of two
+    # areas first (mmdet's order) overflows fp16 (65504) for two large masks of an 800x1216 input (60800 cells) when
+    # an exported graph runs in fp16 (ATC's default force_fp16)
+    union = mask_area.unsqueeze(-1) + (mask_area.unsqueeze(-2) - inter)
     ar = arange_on(scores, n) if tie_rank is None else tie_rank  # traced into the export graph: no device constant
     s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)
     upper = (s_i > s_j) | ((s_i == s_j) & (ar.unsqueeze(-1) < ar.unsqueeze(-2)))  # (i, j): mask i ranks above j

@@ -65,9 +65,17 @@ class SOLOv2TestConfig:
 
 
 def points_nms(heat: Tensor) -> Tensor:
-    """Keep only the local maxima of ``heat`` ``[B, C, S, S]`` within 2x2 windows (others become 0)."""
-    hmax = F.max_pool2d(heat, kernel_size=2, stride=1, padding=1)[..., :-1, :-1]
-    return heat * (hmax == heat).to(heat.dtype)
+    """Keep only the local maxima of ``heat`` ``[B, C, S, S]`` (scores >= 0) within 2x2 windows (others become 0).
+
+    The reference (mmdet's and SOLO's ``points_nms``) keeps a cell where ``max_pool2d(heat, 2, stride=1,
+    padding=1)[..., :-1, :-1] == heat``: its window is the cell and its upper, left and upper-left neighbours, so
+    that is ``heat >= max(upper, left, upper-left)``, computed here without the pooling. Both give the same cells in
+    any one precision, but an exported graph's MaxPool may run in another than the score it is compared with (ATC's
+    mixed precision modes keep an operator in fp32 where it has an fp32 kernel, and MaxPool has fp16 only up to
+    CANN 8.0): an exact equality across the two would then keep almost no cell."""
+    padded = F.pad(heat, (1, 0, 1, 0), value=-1.0)  # below any score: the window's outside never wins
+    neighbours = torch.maximum(torch.maximum(padded[..., :-1, 1:], padded[..., 1:, :-1]), padded[..., :-1, :-1])
+    return heat * (heat >= neighbours).to(heat.dtype)
 
 
 def flatten_predictions(cls_preds: Sequence[Tensor], kernel_preds: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
