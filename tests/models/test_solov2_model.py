@@ -329,9 +329,12 @@ def test_export_traces_and_runs_in_onnxruntime(tmp_path):
     # points NMS without a MaxPool compared for equality with its input (see test_points_nms_*)
     import onnx
 
-    pools = [{a.name: list(a.ints) for a in node.attribute} for node in onnx.load(str(path)).graph.node
-             if node.op_type == "MaxPool"]
+    graph = onnx.load(str(path)).graph
+    pools = [{a.name: list(a.ints) for a in node.attribute} for node in graph.node if node.op_type == "MaxPool"]
     assert pools and not [a for a in pools if a.get("strides") == [1, 1]]  # the stem's and FPN's (stride 2) only
+    # and every output keeps a static shape (ATC needs them; deploy reads the .om's outputs by them)
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output] == [
+        list(expected[0].shape), list(expected[1].shape), list(expected[2].shape)]
     np.testing.assert_allclose(scores, expected[2].numpy(), atol=1e-4)
     np.testing.assert_array_equal(labels, expected[1].numpy())
     np.testing.assert_allclose(masks, expected[0].numpy(), atol=1e-4)

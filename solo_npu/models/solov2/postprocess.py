@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from solo_npu.models.solov2.matrix_nms import mask_product_dtype, matrix_nms, matrix_nms_by_class
@@ -73,9 +72,17 @@ def points_nms(heat: Tensor) -> Tensor:
     any one precision, but an exported graph's MaxPool may run in another than the score it is compared with (ATC's
     mixed precision modes keep an operator in fp32 where it has an fp32 kernel, and MaxPool has fp16 only up to
     CANN 8.0): an exact equality across the two would then keep almost no cell."""
-    padded = F.pad(heat, (1, 0, 1, 0), value=-1.0)  # below any score: the window's outside never wins
-    neighbours = torch.maximum(torch.maximum(padded[..., :-1, 1:], padded[..., 1:, :-1]), padded[..., :-1, :-1])
+    upper = _shift_down(heat, -2)  # cell (i, j) holds (i - 1, j); -1 on the first row, below any score
+    neighbours = torch.maximum(torch.maximum(upper, _shift_down(heat, -1)), _shift_down(upper, -1))
     return heat * (heat >= neighbours).to(heat.dtype)
+
+
+def _shift_down(x: Tensor, dim: int) -> Tensor:
+    """``x`` moved one step along ``dim`` (negative), -1 in the first place: slices and a concatenation, which an
+    exported graph keeps at static shapes (``F.pad`` exports its pads through a reversing Slice that the exporter
+    does not fold, and every shape after it is then unknown)."""
+    first = x.narrow(dim, 0, 1) * 0 - 1
+    return torch.cat([first, x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
 
 
 def flatten_predictions(cls_preds: Sequence[Tensor], kernel_preds: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
