@@ -103,6 +103,8 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
         "scheduler": schedule.state_dict() if schedule is not None else {},
         "epoch": trainer.epoch,
         "inner_iter": trainer.inner_iter,  # sampler position inside the epoch
+        # stopped after the epoch's last step, before its end (evaluation, epoch checkpoint): the resume runs it
+        "epoch_end_pending": bool(getattr(trainer, "epoch_end_pending", False)),
         "iteration": trainer.iter,
         "nonfinite_total": trainer.nonfinite_total,
         "hooks": trainer.hooks_state_dict(),
@@ -137,6 +139,8 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
         load_grad_scaler_state(trainer.scaler, state["scaler"])
     hooks = state["hooks"] if "hooks" in state else _hooks_state_of_older_format(state)
     trainer.epoch, trainer.inner_iter, trainer.iter = plan.position
+    # (a file without the entry was written at the epoch's end or within it: nothing pending)
+    trainer.epoch_end_pending = bool(state.get("epoch_end_pending")) and trainer.inner_iter >= trainer.iters_per_epoch
     if schedule is not None and state.get("scheduler"):
         wanted = schedule.state_dict()  # this run's config
         schedule.load_state_dict(state["scheduler"])

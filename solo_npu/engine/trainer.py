@@ -141,6 +141,9 @@ class Trainer:
         self.epoch = 0
         self.iter = 0
         self.inner_iter = 0
+        # The epoch's end (its after_epoch hooks: evaluation, epoch counts, epoch checkpoints) is still to run
+        # although its last step is done: a run stopped right after that step, or resumed from that point.
+        self.epoch_end_pending = False
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self.storage = EventStorage()
@@ -205,7 +208,12 @@ class Trainer:
         try:
             while not self.done:
                 if self.inner_iter >= self.iters_per_epoch:
-                    self.epoch, self.inner_iter = self.epoch + 1, 0
+                    if self.epoch_end_pending:  # resumed after the epoch's last step, before its end ran
+                        self.interrupts.hold()
+                        self._end_epoch()
+                        self.interrupts.release()
+                    else:  # resumed from the epoch's end: it ran before the checkpoint was written
+                        self.epoch, self.inner_iter = self.epoch + 1, 0
                     continue
                 self._call("before_epoch")
                 batches = epoch_batches(self.data_loader, self.epoch, self.inner_iter)
@@ -227,12 +235,12 @@ class Trainer:
                     step_time = time.perf_counter() - t0
                     self.storage.put_scalars({"data_time": data_time, "step_time": step_time,
                                               "images_per_sec": self.images_per_step / max(step_time, 1e-9)})
+                    self.epoch_end_pending = self.inner_iter >= self.iters_per_epoch
                     self._call("after_step")
                     self.interrupts.release()
                 if self.inner_iter >= self.iters_per_epoch:
                     self.interrupts.hold()  # the epoch's end (evaluation, epoch checkpoints) is all or nothing too
-                    self._call("after_epoch")
-                    self.epoch, self.inner_iter = self.epoch + 1, 0
+                    self._end_epoch()
                     self.interrupts.release()
                 else:  # stopped by max_iters mid-epoch
                     break
@@ -246,6 +254,13 @@ class Trainer:
             raise
         self.interrupts.restore()
         self._call("after_train")
+
+    def _end_epoch(self) -> None:
+        """The epoch's end: its after_epoch hooks (a checkpoint written there records the end as done), then the
+        next epoch's position."""
+        self.epoch_end_pending = False
+        self._call("after_epoch")
+        self.epoch, self.inner_iter = self.epoch + 1, 0
 
     def run_step(self, batch: Mapping[str, Any]) -> None:
         """One optimiser step (the storage's step ``iter + 1``); a non-finite loss skips the update and is counted."""

@@ -21,7 +21,7 @@ from solo_npu.engine.checkpointer import restore_training_state, training_state
 from solo_npu.engine.hooks import CheckpointHook, LRHook
 from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.optim import WarmupStepSchedule
-from solo_npu.engine.trainer import NonFiniteLossError, Trainer
+from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
 from solo_npu.runtime import resolve_device
 
 CPU = resolve_device("cpu")
@@ -306,3 +306,53 @@ def test_ctrl_c_at_the_epoch_end_lets_it_finish(tmp_path: Path, python_sigint: N
     resumed.train()
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+class _EpochEnds(HookBase):
+    def __init__(self) -> None:
+        self.ends: list[tuple[int, int]] = []
+
+    def after_epoch(self) -> None:
+        self.ends.append((self.trainer.epoch, self.trainer.iter))
+
+
+def test_a_stop_after_an_epochs_last_step_runs_its_end_on_resume(tmp_path: Path) -> None:
+    """SIGTERM in the last step of epoch 1 stops after that step, before the epoch's end (its evaluation, epoch
+    counts, epoch_1.pth). The checkpoint's position (epoch 0, step 6 of 6) is also that of a checkpoint written at
+    the epoch's end, and the resumed run took it for one: the end of epoch 1 never ran (the full suite saw its
+    epoch counts merged into epoch 2's). It runs first on resume now, once."""
+    full, _ = make_trainer(epochs=3)
+    full.train()
+    trainer, schedule = make_trainer(epochs=3)
+    trainer.register_hooks([CheckpointHook(tmp_path, lambda: training_state(trainer, schedule), True, 1, 0)])
+    forward = trainer.model.forward
+    last_step = trainer.iters_per_epoch - 1
+
+    def forward_with_signal(images, targets):
+        if trainer.iter == last_step:
+            signal.raise_signal(signal.SIGTERM)
+        return forward(images, targets)
+
+    trainer.model.forward = forward_with_signal
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert (state["epoch"], state["inner_iter"], state["iteration"], state["epoch_end_pending"]) == (0, 6, 6, True)
+    assert not (tmp_path / "epoch_1.pth").exists()
+
+    resumed, schedule = make_trainer(epochs=3)
+    ends = _EpochEnds()
+    resumed.register_hooks([ends, CheckpointHook(tmp_path, lambda: training_state(resumed, schedule), True, 1, 0)])
+    restore_training_state(resumed, state, schedule)
+    resumed.train()
+    assert ends.ends == [(0, 6), (1, 12), (2, 18)]
+    assert load_checkpoint(tmp_path / "epoch_1.pth")["iteration"] == 6
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a checkpoint written at the epoch's end resumes into the next epoch without running that end again
+    again, schedule = make_trainer(epochs=3)
+    ends = _EpochEnds()
+    again.register_hooks([ends])
+    restore_training_state(again, load_checkpoint(tmp_path / "epoch_1.pth"), schedule)
+    again.train()
+    assert ends.ends == [(1, 12), (2, 18)]
