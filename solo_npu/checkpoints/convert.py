@@ -372,11 +372,12 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
             "reordered": reordered, "config": config or None}
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A config tree as ``{"a.b.c": value}`` (mappings descended into, anything else a value)."""
     out: dict[str, Any] = {}
     for key, value in (node.items() if isinstance(node, Mapping) else ()):
         if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -387,7 +388,7 @@ def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
     ``model_cfg`` (the model config of this run) has otherwise, as the overrides that rebuild its model;
     ``""`` when there are none or the file has no config."""
     config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
-    trained = _flat(config.get("model") if isinstance(config, Mapping) else None)
+    trained = flat_settings(config.get("model") if isinstance(config, Mapping) else None)
     try:
         from omegaconf import DictConfig, OmegaConf
 
@@ -395,7 +396,7 @@ def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
             model_cfg = OmegaConf.to_container(model_cfg, resolve=False)
     except ImportError:  # pragma: no cover
         pass
-    built = _flat(model_cfg)
+    built = flat_settings(model_cfg)
     skip = ("_target_", "num_classes", "name", "pretrained", "deploy.", "test.")
     # A setting the run's model config leaves to the builder's default (make demo's base_channels=32 on a light R18
     # config that does not name it) is named too, unless the file's model is another builder's.

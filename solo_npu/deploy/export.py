@@ -253,18 +253,10 @@ def model_settings(cfg: Any) -> dict[str, Any]:
     model = cfg.get("model")
     if model is None:
         return {}
+    from solo_npu.checkpoints.convert import flat_settings
+
     tree = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    return {k: v for k, v in flat(tree).items()
+    return {k: v for k, v in flat_settings(tree).items()
             if k not in ("name", "pretrained", "num_classes", *EAGER_ONLY) and not k.startswith("deploy.")}
 
 
