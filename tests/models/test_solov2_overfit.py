@@ -1,8 +1,10 @@
-"""A tiny SOLOv2 overfits 8 synthetic images: the losses collapse and the masks become near perfect.
+"""A tiny SOLOv2 overfits 4 synthetic images: the losses collapse and the masks become near perfect.
 
 The images are 256 px with shapes of 30-80% of the shorter side, resized to 320x256: large enough for
 the stride-4 masks to reach high IoU (sent through the same resolution and pasting, the ground truth
 itself scores about 0.96 segm AP there; with shapes down to 10 px on 128-px images it scores 0.65).
+Four images keep the margins of eight at half the time: with data seeds 0, 1 and 2 the final loss is
+0.1-1.5% of the first and segm AP 0.96-0.98.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 def _first_batch(cfg):
     root = Path(cfg.root)
-    # The val images (8) through the deterministic val transforms, with their masks for training.
+    # The val images (4) through the deterministic val transforms, with their masks for training.
     ds = CocoInstanceDataset(root / cfg.val.ann_file, root / cfg.val.img_dir, transforms=build_transforms(cfg, False),
                              train=False, max_instances=int(cfg.max_instances), with_masks=True)
-    # All eight in one training-style batch (the val loader would group them by canvas).
+    # All four in one training-style batch (the val loader would group them by canvas).
     return ds, build_collate(cfg)([ds[i] for i in range(len(ds))])
 
 
@@ -38,11 +40,11 @@ def _segm(ds, batch, results) -> dict[str, float]:
     return evaluator.evaluate()["segm"]
 
 
-def test_tiny_solov2_overfits_eight_images(tmp_path, data_cfg_for):
-    root = generate_synthetic_coco(tmp_path, 0, 8, size=256, seed=0, shape_scale=(0.3, 0.8), max_shapes=4)
+def test_tiny_solov2_overfits_four_images(tmp_path, data_cfg_for):
+    root = generate_synthetic_coco(tmp_path, 0, 4, size=256, seed=0, shape_scale=(0.3, 0.8), max_shapes=4)
     cfg = data_cfg_for(root, img_scale=[320, 256])
     ds, batch = _first_batch(cfg)
-    assert len(ds) == 8 and batch["gt_valid"].sum() >= 12
+    assert len(ds) == 4 and batch["gt_valid"].sum() >= 6
     torch.manual_seed(0)
     mcfg = OmegaConf.load(CONF / "solov2_tiny.yaml")
     mcfg.num_classes = int(cfg.num_classes)
