@@ -61,6 +61,7 @@ from solo_npu.models.ops.box_coding import distance2bbox
 from solo_npu.models.ops.boxes import batched_nms
 from solo_npu.models.ops.factories import arange_on
 from solo_npu.models.ops.geometry import boxes_to_original
+from solo_npu.models.ops.indexing import take_rows, topk_int32
 from solo_npu.models.ops.priors import fcos_points
 
 __all__ = ["FCOS", "FCOSHead", "HEAD_NORMS", "Scale", "build_fcos", "fcos_postprocess", "head_norm"]
@@ -261,21 +262,21 @@ class FCOS(nn.Module):
         points = fcos_points(sizes, self.bbox_head.strides, like=images)
         batch = images.shape[0]
         num_classes = cls_scores[0].shape[1]
-        classes = arange_on(images, num_classes)
+        classes = arange_on(images, num_classes, torch.int32)  # int32 index arithmetic: see ops/indexing.py
         all_boxes, all_scores, all_ctr = [], [], []
         for cls, reg, ctr, pts in zip(cls_scores, bbox_preds, centernesses, points):
             pair_scores = cls.flatten(2).transpose(1, 2).sigmoid().reshape(batch, -1)  # [B, HW*C]: point * C + class
             dist = reg.flatten(2).transpose(1, 2)  # [B, HW, 4]
             ctr = ctr.flatten(1).sigmoid()  # [B, HW]
             k = min(self.nms_pre, pair_scores.shape[1])
-            top, pair = pair_scores.topk(k, dim=1)  # [B, k], best first
-            point = torch.div(pair, num_classes, rounding_mode="floor")
+            top, pair = topk_int32(pair_scores, k, dim=1)  # [B, k], best first
+            point = torch.div(pair, num_classes, rounding_mode="trunc")  # never negative: the floor division
             label = pair - point * num_classes
             all_scores.append((label[..., None] == classes).to(top.dtype) * top[..., None])
-            dist = dist.gather(1, point[..., None].expand(-1, -1, 4))
+            dist = take_rows(dist, point)
             pts = pts.index_select(0, point.reshape(-1)).reshape(batch, k, 2)
             all_boxes.append(distance2bbox(pts, dist, max_shape=(canvas_h, canvas_w)))
-            all_ctr.append(ctr.gather(1, point))
+            all_ctr.append(take_rows(ctr, point))
         return torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_ctr, 1)
 
     @torch.no_grad()

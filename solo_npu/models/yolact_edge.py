@@ -55,6 +55,7 @@ from solo_npu.models.contract import Preprocessing, as_float_tensor, compare_raw
 from solo_npu.models.ops.boxes import fast_nms
 from solo_npu.models.ops.factories import to_device_of
 from solo_npu.models.ops.geometry import boxes_to_original
+from solo_npu.models.ops.indexing import take_rows
 from solo_npu.models.ops.priors import yolact_priors
 
 __all__ = ["EXPORT_OUTPUT_NAMES", "FEATURE_OUTPUT_NAMES", "PredictionHead", "ProtoNet", "YolactEdge", "YolactFPN",
@@ -235,7 +236,7 @@ class YolactEdge(nn.Module):
         ``coeffs [B, K, 32]``; empty slots have score 0."""
         det_boxes, scores, labels, index = yolact_detect(boxes, conf, self.conf_thresh, self.nms_thresh, self.top_k,
                                                          self.max_num_detections)
-        det_coeffs = coeffs.gather(1, index[..., None].expand(-1, -1, coeffs.shape[-1]))
+        det_coeffs = take_rows(coeffs, index)
         return det_boxes, scores, labels.int(), det_coeffs
 
     @torch.no_grad()
@@ -300,7 +301,7 @@ class YolactEdge(nn.Module):
             boxes, scores, labels, index = yolact_detect(
                 as_float_tensor(outputs["boxes"])[None], as_float_tensor(outputs["conf"])[None], self.conf_thresh,
                 self.nms_thresh, self.top_k, self.max_num_detections)
-            coeffs = as_float_tensor(outputs["coeffs"])[index[0]]
+            coeffs = as_float_tensor(outputs["coeffs"]).index_select(0, index[0])
             return yolact_postprocess(boxes[0], scores[0], labels[0], coeffs, proto, meta, self.mask_thr)
         return yolact_postprocess(as_float_tensor(outputs["boxes"]), as_float_tensor(outputs["scores"]),
                                   torch.as_tensor(np.asarray(outputs["labels"]).astype(np.int64)),

@@ -1,6 +1,6 @@
 """ATC-ready ONNX graphs: every model exports at opsets 11, 13 and 17, onnxslim leaves no Resize with a
-run-time size and does not change the outputs, and SOLOv2 keeps the output contract of the Ascend
-ModelZoo SOLOV2 torch_aie inference guide (310P3)."""
+run-time size and does not change the outputs, index arithmetic after TopK runs in int32, and SOLOv2 keeps
+the output contract of the Ascend ModelZoo SOLOV2 torch_aie inference guide (310P3)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,28 @@ def resizes_with_runtime_size(model: onnx.ModelProto) -> list[str]:
             and any(i < len(n.input) and n.input[i] and n.input[i] not in known for i in RESIZE_SIZE_INPUTS)]
 
 
+def ops_on_topk_int64_indices(model: onnx.ModelProto) -> list[str]:
+    """Nodes other than a Cast that take TopK's int64 indices, or an int64 value computed from them.
+
+    CANN's Ascend 310P AI Core operator information (CANN 8.1.RC1, ``opp/built-in/op_impl/ai_core/tbe/config/
+    ascend310p/aic-ascend310p-ops-info.json``) has no int64 kernel for Div, Mod or Expand, and CANN's supported
+    ONNX operator list for Atlas inference products gives Mod, Less and Where no int64: index arithmetic on
+    TopK's indices (int64 in ONNX, onnx/docs/Operators.md "TopK") must be cast to int32 first.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dtypes = {v.name: v.type.tensor_type.elem_type
+              for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+    tainted = {n.output[1] for n in model.graph.node if n.op_type == "TopK"}
+    found = []
+    for node in model.graph.node:  # ONNX graphs list their nodes in topological order
+        if not any(i in tainted for i in node.input):
+            continue
+        if node.op_type != "Cast":
+            found.append(node.op_type)
+        tainted.update(o for o in node.output if dtypes.get(o) == onnx.TensorProto.INT64)
+    return found
+
+
 def run_onnx(path: Path, x: np.ndarray) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -81,6 +103,7 @@ def test_export_slim_and_resize_sizes(name, opset, tmp_path):
     if name != "ssd_resnet34":  # SSD has no Resize at all
         assert any(n.op_type == "Resize" for n in graph.graph.node)
     assert resizes_with_runtime_size(graph) == []
+    assert ops_on_topk_int64_indices(graph) == []
     # The simplifier must not change what the graph computes (it once folded a float Div as an integer one).
     for a, b in zip(run_onnx(raw, x.numpy()), run_onnx(slim, x.numpy())):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
@@ -122,6 +145,7 @@ def test_solov2_output_contract_of_the_310p_guide(opset, tmp_path):
     assert [signature(v) for v in graph.output] == [("masks", [1, 100, 200, 304], F32), ("labels", [1, 100], I32),
                                                    ("scores", [1, 100], F32)]
     assert resizes_with_runtime_size(onnx.load(str(path))) == []
+    assert ops_on_topk_int64_indices(onnx.load(str(path))) == []
 
 
 def test_example_follows_the_model_device():

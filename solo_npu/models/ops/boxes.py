@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from solo_npu.models.ops.factories import arange_on
+from solo_npu.models.ops.indexing import take_rows, topk_int32
 
 __all__ = [
     "batched_nms",
@@ -137,17 +138,18 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
             invalid candidates.
 
     Returns:
-        ``(boxes [.., max_num, 4], scores [.., max_num], labels [.., max_num] int64,
-        index [.., max_num] int64)``; ``index`` points into the N candidates. Empty slots have score 0.
+        ``(boxes [.., max_num, 4], scores [.., max_num], labels [.., max_num] int32,
+        index [.., max_num] int32)`` (int32 index arithmetic: :mod:`solo_npu.models.ops.indexing`); ``index``
+        points into the N candidates. Empty slots have score 0.
     """
     unbatched = boxes.dim() == 2
     if unbatched:
         boxes, scores = boxes[None], scores[None]
     batch, num_classes, num = scores.shape
     k = min(top_k, num)
-    cls_scores, idx = scores.topk(k, dim=2)  # [B, C, k], sorted descending
-    gather_idx = idx.reshape(batch, num_classes * k, 1).expand(-1, -1, 4)
-    cls_boxes = boxes.gather(1, gather_idx).reshape(batch, num_classes, k, 4)
+    cls_scores, idx = topk_int32(scores, k, dim=2)  # [B, C, k], sorted descending
+    idx = idx.reshape(batch, num_classes * k)
+    cls_boxes = take_rows(boxes, idx).reshape(batch, num_classes, k, 4)
     iou = pairwise_box_iou(cls_boxes, cls_boxes)  # [B, C, k, k]
     ar = arange_on(boxes, k)  # traced into the export graph: no device constant
     upper = (ar[:, None] < ar[None, :]).to(iou.dtype)  # strictly upper triangle: row outranks column
@@ -155,10 +157,10 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
     kept_scores = torch.where(iou_max <= iou_threshold, cls_scores, torch.zeros_like(cls_scores))
     flat = kept_scores.reshape(batch, -1)
     m = min(max_num, flat.shape[1])
-    top_scores, top = flat.topk(m, dim=1)
-    labels = torch.div(top, k, rounding_mode="floor")
-    index = idx.reshape(batch, -1).gather(1, top)
-    out_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
+    top_scores, top = topk_int32(flat, m, dim=1)
+    labels = torch.div(top, k, rounding_mode="trunc")  # never negative: the floor division
+    index = take_rows(idx, top)
+    out_boxes = take_rows(boxes, index)
     if m < max_num:  # fewer candidates than slots: pad to a fixed size
         pad = max_num - m
         out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(batch, pad, 4)], 1)

@@ -95,7 +95,8 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, mask_area: Tensor 
     # areas first (mmdet's order) overflows fp16 (65504) for two large masks of an 800x1216 input (60800 cells) when
     # an exported graph runs in fp16 (ATC's default force_fp16)
     union = mask_area.unsqueeze(-1) + (mask_area.unsqueeze(-2) - inter)
-    ar = arange_on(scores, n) if tie_rank is None else tie_rank  # traced into the export graph: no device constant
+    # traced into the export graph: no device constant; int32, which CANN's Less takes (ops/indexing.py)
+    ar = arange_on(scores, n, torch.int32) if tie_rank is None else tie_rank
     s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)
     upper = (s_i > s_j) | ((s_i == s_j) & (ar.unsqueeze(-1) < ar.unsqueeze(-2)))  # (i, j): mask i ranks above j
     same = labels.unsqueeze(-1) == labels.unsqueeze(-2)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from solo_npu.models.ops.indexing import take_rows, topk_int32
 from solo_npu.models.solov2.matrix_nms import mask_product_dtype, matrix_nms, matrix_nms_by_class
 from solo_npu.runtime import prefers_few_shapes
 from solo_npu.runtime.onednn import matmul_nt, onednn_applies
@@ -90,12 +91,6 @@ def flatten_predictions(cls_preds: Sequence[Tensor], kernel_preds: Sequence[Tens
     scores = torch.cat([points_nms(p.float().sigmoid()).flatten(2) for p in cls_preds], dim=2).transpose(1, 2)
     kernels = torch.cat([k.flatten(2) for k in kernel_preds], dim=2).transpose(1, 2)
     return scores, kernels
-
-
-def _take(x: Tensor, index: Tensor) -> Tensor:
-    """``x[b, index[b, i], ...]`` for ``x`` ``[B, N, ...]`` and ``index`` ``[B, K]``."""
-    idx = index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
-    return torch.gather(x, 1, idx)
 
 
 def _features(mask_feats: Tensor) -> Tensor:
@@ -187,7 +182,7 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
             then exceed).
 
     Returns:
-        ``(mask_probs [B, k, h, w], labels [B, k] int64, scores [B, k])`` sorted by score, plus ``exact``
+        ``(mask_probs [B, k, h, w], labels [B, k] int32, scores [B, k])`` sorted by score, plus ``exact``
         when asked; slots without an instance have score 0.
     """
     k = cfg.max_per_img if k is None else k
@@ -197,19 +192,19 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
         pre_budget = cfg.pre_budget if cfg.pre_budget is not None else 2 * cfg.nms_pre
     budget = min(max(int(pre_budget), k_pre), n * c)
     extra = 1 if return_exact and budget < n * c else 0  # the best pair left out, for the bound
-    top_scores, flat_idx = scores.flatten(1).topk(budget + extra, dim=1)
+    top_scores, flat_idx = topk_int32(scores.flatten(1), budget + extra, dim=1)
     next_score = top_scores[:, budget] if extra else top_scores.new_zeros(b)
     top_scores, flat_idx = top_scores[:, :budget], flat_idx[:, :budget]
-    cells = torch.div(flat_idx, c, rounding_mode="floor")
+    cells = torch.div(flat_idx, c, rounding_mode="trunc")  # int32 and never negative: the floor division
     labels = flat_idx - cells * c
-    kernels = _take(kernels, cells)
+    kernels = take_rows(kernels, cells)
     logits = kernels @ mask_feats.to(kernels.dtype).flatten(-2)  # dynamic 1x1 conv as one batched matmul
     probs, binary, area, maskness = _masks_and_maskness(logits, mask_feats.shape[-2:], cfg.mask_thr)
     valid = (top_scores > cfg.score_thr) & (area > cell_strides[cells])
     cand_scores = torch.where(valid, top_scores * maskness, torch.zeros_like(top_scores))
     if budget > k_pre:
-        cand_scores, order = cand_scores.topk(k_pre, dim=1)
-        probs, binary, area, labels = (_take(t, order) for t in (probs, binary, area, labels))
+        cand_scores, order = topk_int32(cand_scores, k_pre, dim=1)
+        probs, binary, area, labels = (take_rows(t, order) for t in (probs, binary, area, labels))
 
     if by_class:
         decayed = torch.stack([matrix_nms_by_class(binary[i], labels[i], cand_scores[i], area[i], cfg.kernel,
@@ -220,8 +215,8 @@ def select_static(scores: Tensor, kernels: Tensor, mask_feats: Tensor, cell_stri
     decayed = torch.where(keep, decayed, torch.zeros_like(decayed))
 
     k_out = min(k, k_pre)
-    out_scores, order = decayed.topk(k_out, dim=1)
-    out_masks, out_labels = _take(probs, order), _take(labels, order)
+    out_scores, order = topk_int32(decayed, k_out, dim=1)
+    out_masks, out_labels = take_rows(probs, order), take_rows(labels, order)
     if k_out < k:
         pad = k - k_out
         out_scores = torch.cat([out_scores, out_scores.new_zeros(b, pad)], dim=1)
