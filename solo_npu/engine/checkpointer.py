@@ -107,6 +107,7 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
         "epoch_end_pending": bool(getattr(trainer, "epoch_end_pending", False)),
         "iteration": trainer.iter,
         "nonfinite_total": trainer.nonfinite_total,
+        "nonfinite_in_row": trainer.nonfinite_in_row,  # a resume keeps counting toward train.max_nonfinite
         "hooks": trainer.hooks_state_dict(),
         "rng": rng_state(),
         "config": config or {},
@@ -137,6 +138,10 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     _keep_configured_groups(trainer.optimizer, wanted_groups)
     if state.get("scaler"):  # saved by any scaler class: torch_npu's reads a "dynamic" that PyTorch's do not write
         load_grad_scaler_state(trainer.scaler, state["scaler"])
+        static, saved = getattr(trainer.scaler, "static_scale", None), state["scaler"].get("scale")
+        if static is not None and saved is not None and float(saved) != static and comm.is_main_process():
+            logger.warning("resume: the checkpoint's loss scale is %g; this run's amp.loss_scale=%g applies",
+                           float(saved), static)
     hooks = state["hooks"] if "hooks" in state else _hooks_state_of_older_format(state)
     trainer.epoch, trainer.inner_iter, trainer.iter = plan.position
     # (a file without the entry was written at the epoch's end or within it: nothing pending)
@@ -154,6 +159,7 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
                 logger.warning("resume: this run's schedule differs from the checkpoint's (%s); the config's applies "
                                "from iteration %d", "; ".join(changed.values()), plan.position[2])
     trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
+    trainer.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
     trainer.load_hooks_state(plan.convert_hooks(hooks))
     # The records written after the checkpoint are done again; converted, the rest counts its iterations (LoggingHook).
     trainer.storage.put_record("resume", {"checkpoint_iteration": int(state["iteration"]),

@@ -289,7 +289,7 @@ class Trainer:
         grad_norm = clip_grad_norm(self.optimizer, self.grad_clip)
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             zero_grad(self.optimizer)
-            self._nonfinite(values)
+            self._nonfinite(values, f"non-finite gradient norm ({grad_norm:g})")
             return
         self.scaler.step(self.optimizer)  # skips the update itself on fp16 overflow
         # A fixed scale never backs off, so the next step is likely to overflow again: the skipped step counts like
@@ -303,7 +303,10 @@ class Trainer:
             self._nonfinite(values, f"gradient overflow at amp.loss_scale={self.scaler.static_scale:g}")
             return
         self.nonfinite_in_row = 0
-        self.storage.put_scalars({**values, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]})
+        scalars = {**values, "lr": self.optimizer.param_groups[0]["lr"]}
+        if math.isfinite(grad_norm):  # an inf/NaN norm: the dynamic scaler skipped the step (its calibration)
+            scalars["grad_norm"] = grad_norm
+        self.storage.put_scalars(scalars)
 
     def _stop_requests(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {_STOP_KEY + k: torch.tensor(v, device=device) for k, v in self.interrupts.request_values().items()}

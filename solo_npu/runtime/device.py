@@ -379,6 +379,12 @@ class StaticGradScaler:
     def update(self, new_scale: float | torch.Tensor | None = None) -> None:
         super().update(self.static_scale if new_scale is None else new_scale)  # type: ignore[misc]
 
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a saved state but keep this scaler's fixed scale: a checkpoint of a dynamic scale (or of another
+        ``amp.loss_scale``) would otherwise set its own scale until the first ``update``, so the first resumed
+        step ran at a scale the config does not name. The caller says so (the checkpoint's ``scale``)."""
+        super().load_state_dict({**state_dict, "scale": self.static_scale})  # type: ignore[misc]
+
     def overflowed(self, optimizer: Any) -> bool:
         """Whether the last ``step(optimizer)`` was skipped for an overflow, as the scaler found it (every rank's on
         torch_npu); call it between ``step`` and ``update``, which forgets it. The gradients cannot tell: the NPU's

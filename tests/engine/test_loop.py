@@ -22,7 +22,7 @@ from solo_npu.engine.hooks import CheckpointHook, LRHook
 from solo_npu.engine.interrupts import InterruptedMidStep
 from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
-from solo_npu.runtime import resolve_device
+from solo_npu.runtime import StaticGradScaler, resolve_device
 
 CPU = resolve_device("cpu")
 
@@ -104,6 +104,60 @@ def test_too_many_nonfinite_stops_with_checkpoint(tmp_path: Path) -> None:
         trainer.train()
     state = load_checkpoint(tmp_path / "last.pth")
     assert state["iteration"] == 5 and state["nonfinite_total"] == 3
+
+
+def test_nonfinite_steps_in_a_row_count_across_a_resume(tmp_path: Path) -> None:
+    # poison_iters count the steps done before: (2, 3) poisons the third and fourth steps
+    part, _ = make_trainer(tmp_path, epochs=2, poison=(2, 3), max_nonfinite=3, interval_iters=4)
+    part.max_iters = 4  # two skipped steps in a row, then the checkpoint at iteration 4
+    part.train()
+    state = load_checkpoint(tmp_path / "last.pth")
+    assert (state["iteration"], state["nonfinite_total"], state["nonfinite_in_row"]) == (4, 2, 2)
+    resumed, schedule = make_trainer(epochs=2, poison=(4,), max_nonfinite=3)
+    restore_training_state(resumed, state, schedule)
+    with pytest.raises(NonFiniteLossError, match="3 skipped steps in a row"):  # the third in a row, as unresumed
+        resumed.train()
+    assert resumed.iter == 4  # at the first resumed step (the counter moves on after a step)
+
+
+def test_gradient_norm_overflow_without_a_scaler_is_named(caplog) -> None:
+    trainer, _ = make_trainer(epochs=1)
+    trainer.max_iters = 1
+    trainer.model.fc.weight.register_hook(lambda g: g * float("inf"))  # finite loss, inf gradient
+    caplog.set_level("WARNING")
+    trainer.train()
+    assert trainer.nonfinite_total == 1 and math.isfinite(trainer.last["loss"])
+    assert "non-finite gradient norm (inf) at iteration 0" in caplog.text
+    assert "non-finite loss" not in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler came with torch 2.3")
+def test_a_step_the_dynamic_scaler_skips_puts_no_grad_norm() -> None:
+    trainer, _ = make_trainer(epochs=1)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.max_iters = 2
+    overflow = [float("inf")]  # the first step's gradients overflow, as fp16 ones would
+    trainer.model.fc.weight.register_hook(lambda g: g * (overflow.pop() if overflow else 1.0))
+    norms = []
+    trainer.register_hooks([type("H", (HookBase,), {"after_step": lambda s: norms.append(
+        s.trainer.last.get("grad_norm"))})()])
+    trainer.train()
+    assert norms[0] is None and trainer.scaler.get_scale() == 512.0  # skipped and backed off
+    assert norms[1] is not None and math.isfinite(norms[1])
+    assert trainer.nonfinite_total == 0  # the dynamic scale's calibration, not a failure
+
+
+@pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler came with torch 2.3")
+def test_resume_under_a_static_loss_scale_says_the_checkpoints_scale(caplog) -> None:
+    saved, schedule = make_trainer(epochs=1)
+    saved.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    state = training_state(saved, schedule)
+    resumed, schedule = make_trainer(epochs=1)
+    resumed.scaler = StaticGradScaler("cpu", 128.0)
+    caplog.set_level("WARNING")
+    restore_training_state(resumed, state, schedule)
+    assert resumed.scaler.get_scale() == 128.0
+    assert "the checkpoint's loss scale is 1024; this run's amp.loss_scale=128 applies" in caplog.text
 
 
 def test_resume_mid_epoch_is_exact(tmp_path: Path) -> None:

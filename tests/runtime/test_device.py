@@ -253,6 +253,23 @@ def test_static_scaler_keeps_scale_and_skips_inf_steps():
     assert torch.allclose(p.detach(), torch.full((3,), 0.5))  # unscaled step: 1 - 0.5 * 1
 
 
+@pytest.mark.skipif(not runtime.has_device_generic_grad_scaler(),
+                    reason="torch < 2.3 scales on CUDA/NPU only (torch.cuda.amp.GradScaler disables itself on CPU)")
+def test_static_scaler_loading_a_dynamic_state_keeps_its_scale():
+    dynamic = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.5)
+    dynamic.scale(p.sum()).backward()
+    dynamic.step(opt)
+    dynamic.update()
+    state = dynamic.state_dict()
+    assert state["scale"] == 1024.0 and state["_growth_tracker"] == 1
+    scaler = runtime.StaticGradScaler("cpu", 128.0)
+    scaler.load_state_dict(state)
+    assert scaler.get_scale() == 128.0  # before any update: the first resumed step runs at the config's scale
+    assert scaler.scale(torch.tensor(3.0)).item() == 3.0 * 128
+
+
 def test_seed_everything_repeats():
     runtime.seed_everything(123)
     a = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
