@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -140,12 +141,43 @@ def test_solo_and_mmdet_schedules() -> None:
     # solov2_r50_fpn_ms-3x_coco.py / solov2-light_r50_fpn_ms-3x_coco.py LinearLR start_factor 1/3, [27, 33].
     m1 = _compose(["+experiment=solov2_r50_1x", "optim=mmdet_1x"])
     assert (m1.train.epochs, list(m1.optim.lr_steps), m1.optim.warmup_ratio, m1.optim.warmup_iters) == (
-        12, [8, 11], 0.001, 500)
+        12, [8, 11], 0.001, 499)  # LinearLR(end=500) reaches the full LR at 499 (test below)
     assert (m1.optim.base_lr, m1.optim.grad_clip) == (0.01, 35.0)
     m3 = _compose(["+experiment=solov2_light_r50_3x", "optim=mmdet_3x"])
-    assert (m3.train.epochs, list(m3.optim.lr_steps), m3.optim.warmup_iters) == (36, [27, 33], 500)
+    assert (m3.train.epochs, list(m3.optim.lr_steps), m3.optim.warmup_iters) == (36, [27, 33], 499)
     assert m3.optim.warmup_ratio == pytest.approx(1 / 3)
     assert list(m3.data.multiscale_short) == [352, 384, 416, 448, 480, 512]  # the light scales stay
+
+
+def _mmengine_linear_lr(base: float, start: float, begin: int, end: int, steps: int) -> list[float]:
+    """The LR of each iteration under mmengine's LinearLR (open-mmlab/mmengine mmengine/optim/scheduler/
+    param_scheduler.py, LinearParamScheduler: ``total_iters = end - begin - 1``; ``_get_value`` multiplies the
+    group's value by ``start_factor`` at step 0 and by ``1 + (end_factor - start_factor) / (total_iters *
+    start_factor + (last_step - 1) * (end_factor - start_factor))`` at each later step before ``end``), in its
+    chained form with end_factor 1."""
+    total = end - begin - 1
+    lrs, lr = [], base
+    for t in range(steps):
+        if t == 0:
+            lr = base * start
+        elif t < end:
+            lr = lr * (1.0 + (1.0 - start) / (total * start + (t - 1) * (1.0 - start)))
+        lrs.append(lr)
+    return lrs
+
+
+@pytest.mark.parametrize("optim, start", [("mmdet_1x", 0.001), ("mmdet_3x", 1 / 3)])
+def test_mmdet_warmup_is_mmengines_linear_lr(optim: str, start: float) -> None:
+    from solo_npu.engine.optim import WarmupStepSchedule
+
+    cfg = _compose(["+experiment=solov2_r50_1x", f"optim={optim}"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    ours = WarmupStepSchedule(opt, 0.01, list(cfg.optim.lr_steps), float(cfg.optim.gamma),
+                              int(cfg.optim.warmup_iters), float(cfg.optim.warmup_ratio))
+    reference = _mmengine_linear_lr(0.01, start, 0, 500, 600)  # param_scheduler: LinearLR begin=0, end=500
+    got = [ours.lr_at(t, 0) for t in range(600)]
+    assert max(abs(a - b) for a, b in zip(got, reference)) < 1e-12
+    assert got[499] == 0.01 and got[498] < 0.01
 
 
 @pytest.mark.parametrize("experiments, norm", [
