@@ -62,13 +62,18 @@ def _polygon_area(flat: list[float]) -> float:
     return 0.5 * abs(sum(x[i] * y[i - 1] - x[i - 1] * y[i] for i in range(len(x))))
 
 
-def _has_area(flat: list[Any]) -> bool:
-    """Whether a flat polygon is numbers that enclose an area (a NaN area is none); a polygon of other things (point
-    pairs as lists, strings) fails the arithmetic instead of a per-value check, which doubled the cost per polygon."""
+def _has_area(flat: list[Any], height: int, width: int) -> bool:
+    """Whether a flat polygon is numbers that draw pixels (a NaN area draws none); a polygon of other things (point
+    pairs as lists, strings) fails the arithmetic instead of a per-value check, which doubled the cost per polygon.
+    A self-crossing polygon whose parts cancel in the signed area (a bowtie) still draws pixels, as pycocotools
+    rasterises it for mmdet's ``poly2mask``: a zero area is decided by that rasterisation (a rare case)."""
     try:
-        return _polygon_area(flat) > 0
+        area = _polygon_area(flat)
     except TypeError:
         return False
+    if area > 0:
+        return True
+    return area == 0 and float(mask_utils.area(mask_utils.frPyObjects([flat], height, width))[0]) > 0
 
 
 def _number(v: Any) -> bool:
@@ -118,10 +123,11 @@ def rle_runs_fill(counts: Any, height: int, width: int) -> bool:
 
 
 def _clean_segmentation(seg: Any, height: int, width: int) -> Any | None:
-    """The usable part of a segmentation (polygons of >= 3 points given as numbers with non-zero area, or an RLE of
+    """The usable part of a segmentation (polygons of >= 3 points given as numbers that draw pixels, or an RLE of
     the image's size whose runs cover it exactly)."""
     if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and _has_area(p)]
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                 and _has_area(p, height, width)]
         return polys or None
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if not isinstance(seg["size"], list) or [int(s) for s in seg["size"]] != [height, width]:

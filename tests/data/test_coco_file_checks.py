@@ -54,6 +54,23 @@ def test_rle_whose_runs_do_not_cover_the_image_is_a_counted_degenerate_segmentat
     assert [a["id"] for a in ds.records[0]["anns"]] == [1]  # the good one; the bad one never decoded
 
 
+def test_a_self_crossing_polygon_of_zero_signed_area_is_drawn_as_pycocotools_draws_it(tmp_path):
+    """mmdet's ``poly2mask`` (mmdet/datasets/pipelines/loading.py: ``frPyObjects`` + ``merge``, no area filter)
+    draws a bowtie whose two triangles cancel in the signed area; a polygon on one line draws nothing."""
+    bowtie = [10.0, 10.0, 30.0, 30.0, 30.0, 10.0, 10.0, 30.0]
+    line = [10.0, 10.0, 20.0, 20.0, 30.0, 30.0]
+    drawn = [float(mask_utils.area(mask_utils.frPyObjects([p], 100, 100))[0]) for p in (bowtie, line)]
+    assert drawn[0] > 100 and drawn[1] == 0  # the reference's rasterisation
+    anns = [{**_square(1, 1, 10, 10, 20), "segmentation": [bowtie]},
+            {**_square(2, 1, 50, 50, 20), "segmentation": [line]},
+            {**_square(3, 1, 60, 10, 20), "segmentation": [line, bowtie]}]
+    ann_file, img_dir = _write_coco(tmp_path, [_image(1)], anns)
+    ds = CocoInstanceDataset(ann_file, img_dir, train=True)
+    assert ds.fault_counts()["degenerate_segmentation"] == 1  # the line alone
+    kept = {a["id"]: a["seg"] for a in ds.records[0]["anns"]}
+    assert kept == {1: [bowtie], 3: [bowtie]}
+
+
 def test_two_images_with_one_id_are_refused_and_a_repeated_entry_dropped(tmp_path):
     images = [_image(1), {**_image(1), "file_name": "other.png"}]
     ann_file, _ = _write_coco(tmp_path, images, [_square(1, 1, 10, 10, 20)])
