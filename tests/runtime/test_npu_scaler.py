@@ -104,8 +104,12 @@ def test_resume_from_a_pytorch_scaler_state(monkeypatch: pytest.MonkeyPatch) -> 
     state["scaler"] = dict(PYTORCH_STATE)
     resumed = trainer()
     restore_training_state(resumed, state)
-    assert resumed.scaler.get_scale() == 64.0 and resumed.scaler._get_growth_tracker() == 7
+    # the static amp.loss_scale holds from the first resumed step (restore_training_state WARNs the checkpoint's 64)
+    assert resumed.scaler.get_scale() == 128.0 and resumed.scaler._get_growth_tracker() == 7
     assert resumed.scaler.state_dict()["dynamic"] is True
+    dynamic = runtime.make_grad_scaler(NPU, True, "dynamic")  # torch_npu's own scaler, which takes the saved scale
+    runtime.load_grad_scaler_state(dynamic, dict(PYTORCH_STATE))
+    assert dynamic.get_scale() == 64.0 and dynamic._get_growth_tracker() == 7
     if runtime.has_device_generic_grad_scaler():
         plain = torch.amp.GradScaler("cpu")
         runtime.load_grad_scaler_state(plain, {**PYTORCH_STATE, "dynamic": True})
