@@ -38,7 +38,13 @@ set -uo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "${SCRIPT_DIR}/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
+# The interpreter: $PYTHON when set; else python3 of an activated virtualenv; else the repository's .venv (what
+# `make install` makes, as the demo uses it); else python3 on PATH. run_train checks that it can import the
+# project's dependencies before anything else runs (one line instead of train.py's ModuleNotFoundError traceback).
+if [[ -z "${PYTHON:-}" ]]; then
+    PYTHON=python3
+    [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO_DIR}/.venv/bin/python" ]] && PYTHON="${REPO_DIR}/.venv/bin/python"
+fi
 Network="SOLOv2"  # the Network of the Ascend ModelZoo SOLOv2 scripts, which starts every CaseName
 
 data_path=""
@@ -312,6 +318,11 @@ hydra_value() {
 # run_train OVERRIDE...: train.py with the common overrides, then the script's, then the user's. The paths are
 # quoted for Hydra (hydra_value).
 run_train() {
+    if ! TORCH_DEVICE_BACKEND_AUTOLOAD=0 "${PYTHON}" -c "import hydra, omegaconf, pycocotools, torch" >/dev/null 2>&1; then
+        echo "[Error] ${PYTHON} cannot import the project's dependencies (hydra-core, pycocotools, torch): run" \
+             "'make install' and then 'source .venv/bin/activate', or pass PYTHON=/path/to/python" >&2
+        exit 1
+    fi
     local run_device="${device}"
     if [[ "${RUN_KIND}" == "1p" && "${device}" != "cpu" && "${device}" != *:* ]]; then
         run_device="${device}:${device_id}"

@@ -338,8 +338,9 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
                               + ("; ..." if len(errors) > 3 else ""))
     if reinitialised and not reinit_classifier:
         raise CheckpointError(f"{path} has a classifier for {class_counts[0]} classes but the model has "
-                              f"{class_counts[1]} ({reinitialised[0]}): build the model with the checkpoint's "
-                              "classes, or fine-tune (+experiment=finetune) to train a new classifier")
+                              f"{class_counts[1]} ({reinitialised[0]}), the data's: use data of the file's "
+                              f"{class_counts[0]} classes (an annotation file with them, or data.class_names naming "
+                              "them), or fine-tune it (+experiment=finetune) to train a classifier for these")
     reordered, names_warning = [], None
     if class_names is not None and not reinitialised:
         reordered, names_warning = _match_class_names(state, ckpt, class_names, cls_prefixes, path)

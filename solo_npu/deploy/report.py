@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from solo_npu.deploy.benchmark import ap_by_type
 from solo_npu.deploy.context import DeployContext, read_json, write_json
 from solo_npu.deploy.evaluate import score_types
 from solo_npu.deploy.infer import failed_runs
@@ -155,6 +156,11 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
     checks = failed_runs(ctx, ("verify", "compile", "evaluate"))
     if checks:  # a verify row that failed or mismatched, a backend evaluate could not score (its AP is '-')
         lines += ["", "Failed in verify, compile or evaluate:", *[f"- {f}" for f in checks]]
+    metrics = _optional(ctx, "evaluate", "metrics.json") or {}
+    evaluated = _evaluated_rows(metrics, ap_types) if not bench["rows"] else []
+    if evaluated:  # evaluate ran, benchmark did not: the table above is empty, the APs are here
+        lines += ["", "AP of the evaluate stage (no benchmark stage ran: nothing was timed):", "",
+                  format_table(evaluated, ["run", "images", *(f"{t} AP" for t in ap_types)])]
     eager = bench.get("eager_AP_by_type") or ({ap_types[0]: bench["eager_AP"]}
                                               if bench.get("eager_AP") is not None and ap_types else {})
     if eager:
@@ -175,8 +181,21 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
             "num_images": num_images, "random_weights": random_weights, "benchmark": bench,
             "num_classes": manifest.get("num_classes"), "class_names": manifest.get("class_names"),
             "classes_from": manifest.get("classes_from"), "ap_types": ap_types, "plan": plan,
-            "anchors": ctx.adapter.anchors, "verify": verify, "compile": compiled}
+            "anchors": ctx.adapter.anchors, "verify": verify, "compile": compiled, "evaluated": evaluated}
     return text, data
+
+
+def _evaluated_rows(metrics: dict[str, Any], ap_types: list[str]) -> list[dict[str, Any]]:
+    """One row per scored run of ``evaluate/metrics.json`` (``onnxruntime_b1``, ``eager``; a run evaluate could
+    not score is in the failure list): its images and AP per iou type."""
+    rows = []
+    for key, entry in metrics.items():
+        if not isinstance(entry, dict) or "metrics" not in entry:
+            continue
+        aps = ap_by_type(metrics, key)
+        rows.append({"run": key, "images": entry.get("images"),
+                     **{f"{t} AP": None if aps.get(t) is None else round(aps[t], 4) for t in ap_types}})
+    return rows
 
 
 def run_report(ctx: DeployContext) -> dict[str, Any]:

@@ -481,10 +481,11 @@ def _build_data(cfg: DictConfig, info: DeviceInfo) -> TrainData:
     train_set = build_dataset(cfg.data, "train", seed=seed)
     configured = cfg.data.get("num_classes")
     if configured is not None and int(configured) != len(train_set.label_to_cat) and comm.is_main_process():
-        logger.warning("data.num_classes=%d, but the training split has %d classes (%s%s): the model has %d "
-                       "(data.class_names selects and orders classes by name)", int(configured),
-                       len(train_set.label_to_cat), ", ".join(train_set.class_names[:5]),
-                       " ..." if len(train_set.class_names) > 5 else "", len(train_set.label_to_cat))
+        logger.warning("data.num_classes=%d, but the training split has %d classes (%s%s): the model is built for "
+                       "those %d (set data.num_classes=%d to say so; data.class_names selects and orders classes by "
+                       "name)", int(configured), len(train_set.label_to_cat), ", ".join(train_set.class_names[:5]),
+                       " ..." if len(train_set.class_names) > 5 else "", len(train_set.label_to_cat),
+                       len(train_set.label_to_cat))
     loader = build_dataloader(cfg.data, "train", batch_size=int(cfg.train.batch_size), distributed=world > 1,
                               rank=comm.get_rank(), world_size=world, seed=seed, num_workers=_workers(cfg),
                               dataset=train_set)

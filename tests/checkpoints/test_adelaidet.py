@@ -281,4 +281,7 @@ def test_train_and_deploy_commands_name_the_overrides(adelaidet_file, tmp_path):
     caffe = ["model.backbone.style=caffe", "data.normalize.style=caffe"]  # mean and std follow the style
     proc = subprocess.run([*commands["eval"], *caffe], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "has a classifier for 80 classes but the model has 3" in proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "has a classifier for 80 classes but the model has 3" in last
+    # the fix it names is one a run can take: data of the file's classes, or fine-tuning
+    assert "use data of the file's 80 classes" in last and "+experiment=finetune" in last

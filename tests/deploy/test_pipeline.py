@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -102,6 +103,22 @@ def test_stages_rerun_alone_and_report(pipeline_run, make_ctx, capsys):
         assert r["AP"] is not None and r["peak_mb"] > 100  # process RSS with torch loaded
     assert "| backend | batch | latency mean (ms) |" in out and "SOLOV2 torch_aie guide" in out
     assert (ctx.run_dir / "report.md").read_text().count("| onnxruntime |") == 2
+
+
+def test_report_without_the_benchmark_stage_gives_the_evaluate_aps(pipeline_run, make_ctx, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline_run.run_dir, run_dir, ignore=shutil.ignore_patterns("benchmark"))
+    ctx = make_ctx("deploy.backends=[pytorch,onnxruntime]", "stages=[report]", run_dir=run_dir)
+    run_report(ctx)
+    metrics = json.loads(ctx.path("evaluate", "metrics.json").read_text())
+    report = (run_dir / "report.md").read_text()
+    assert "AP of the evaluate stage (no benchmark stage ran: nothing was timed):" in report
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
+    for key in ("pytorch_b1", "onnxruntime_b1", "onnxruntime_b2", "eager"):
+        ap = metrics[key]["metrics"]["segm"]["AP"]
+        assert f"| {key} | {metrics[key]['images']} | {round(ap, 4):.4g} |" in rows[key]
+    data = json.loads((run_dir / "report.json").read_text())
+    assert {r["run"] for r in data["evaluated"]} >= {"pytorch_b1", "onnxruntime_b1", "eager"}
 
 
 @pytest.mark.parametrize("stage,relative", [(run_preprocess, ("preprocess", "dataset.info")),

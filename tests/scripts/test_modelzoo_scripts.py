@@ -8,6 +8,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -387,6 +388,38 @@ def test_finetune_runs_on_the_1p_preset(stand_in_python: Path, synthetic_coco: P
     assert (optim["base_lr"], optim["warmup_iters"], optim["lr_steps"], cfg["train"]["epochs"]) == (0.005, 50, [4], 6)
     assert "+experiment=[1p,finetune]" in (out / "train_0.log").read_text().splitlines()[0]
     assert case_log(out)["CaseName"] == case
+
+
+@pytest.mark.parametrize("environment, chosen", [
+    ({}, "{repo}/.venv/bin/python"),  # what `make install` made
+    ({"VIRTUAL_ENV": "/somewhere/venv"}, "python3"),  # an activated virtualenv's python3
+    ({"PYTHON": "/opt/py/bin/python3.10"}, "/opt/py/bin/python3.10"),
+])
+def test_the_scripts_interpreter(tmp_path: Path, environment: dict[str, str], chosen: str) -> None:
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "common.sh", repo / "scripts" / "common.sh")
+    venv_python = repo / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("#!/bin/sh\n")
+    venv_python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", **environment}
+    proc = subprocess.run(["bash", "-c", f'source "{repo}/scripts/common.sh"; echo "$PYTHON"'], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip() == chosen.format(repo=repo), proc.stderr
+
+
+def test_an_interpreter_without_the_dependencies_is_one_line(synthetic_coco: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "python"  # Python without site-packages: no hydra, torch or pycocotools
+    bare.write_text(f'#!/usr/bin/env bash\nexec {sys.executable} -S "$@"\n')
+    bare.chmod(0o755)
+    proc = run_script("train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}", "--device=cpu",
+                      env_update={"PYTHON": str(bare)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"[Error] {bare} cannot import the project's dependencies (hydra-core, pycocotools, "
+                                   "torch): run 'make install' and then 'source .venv/bin/activate', or pass "
+                                   "PYTHON=/path/to/python")
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_unsupported_apex_level_fails(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
