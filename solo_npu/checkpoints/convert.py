@@ -617,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("cfg", "config"):  # the training config text of mmdet / SOLO files: the input check reads it
         if isinstance(src_meta.get(key), str):
             meta[key] = src_meta[key]
+    for key in ("epoch", "iter"):  # mmcv's meta=dict(epoch=..., iter=...): evaluation and fine-tuning name it
+        if isinstance(src_meta.get(key), int) and not isinstance(src_meta.get(key), bool):
+            meta[key] = src_meta[key]
     if partial is not None:
         meta["partial"] = partial
     if classes.names is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from solo_npu.checkpoints import save_checkpoint
+from solo_npu.checkpoints import load_checkpoint, save_checkpoint
 from solo_npu.checkpoints.convert import load_model_weights, main
+from solo_npu.engine.finetune import checkpoint_position
 from solo_npu.models.fcos import build_fcos
 
 TINY = dict(depth=18, fpn_channels=16, feat_channels=16, stacked_convs=2, num_groups=4, nms_pre=40)
@@ -51,6 +52,14 @@ def test_cli_converts_detector_checkpoint(tmp_path, capsys):
     OmegaConf.save(OmegaConf.create({"_target_": "solo_npu.models.fcos.build_fcos", "num_classes": 80, **TINY}), config)
     assert main([str(ref), str(tmp_path / "clean.pth"), "--from", "fcos", "--model-config", str(config)]) == 0
     dst = _fcos(1)
+    # mmcv's runners save meta=dict(epoch=self.epoch + 1, iter=self.iter): the converted file keeps it
+    ckpt = _mmdet_v1(src.state_dict())
+    ckpt["meta"].update(epoch=12, iter=87960)
+    save_checkpoint(ckpt, tmp_path / "fcos_v1_trained.pth")
+    assert main([str(tmp_path / "fcos_v1_trained.pth"), str(tmp_path / "trained.pth"), "--from", "fcos",
+                 "--model-config", str(config)]) == 0
+    assert checkpoint_position(load_checkpoint(tmp_path / "trained.pth"))["epoch"] == 12
+    assert checkpoint_position(load_checkpoint(tmp_path / "trained.pth"))["iteration"] == 87960
     report = load_model_weights(dst, tmp_path / "clean.pth")
     assert report["source"] == "ours" and not report["missing"]
     torch.testing.assert_close(dst.state_dict()["bbox_head.conv_centerness.weight"],
