@@ -555,6 +555,10 @@ def _build_trainer(cfg: DictConfig, info: DeviceInfo, model: nn.Module, optimize
     batch_size = int(cfg.train.batch_size)
     logger.info("%d training images, %d classes, %d iterations per epoch, total batch %d, lr %.4g",
                 len(data.train_set), data.num_classes, iters_per_epoch, batch_size * comm.get_world_size(), lr)
+    if len(data.train_set) < batch_size * comm.get_world_size() and comm.is_main_process():
+        logger.warning("the training split has %d images, fewer than a step's total batch of %d (train.batch_size=%d "
+                       "x %d ranks): every step repeats images", len(data.train_set),
+                       batch_size * comm.get_world_size(), batch_size, comm.get_world_size())
     trainer = Trainer(net, optimizer, data.loader, info, max_epochs=int(cfg.train.epochs),
                       iters_per_epoch=iters_per_epoch, max_iters=cfg.train.max_iters,
                       scaler=make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype)),

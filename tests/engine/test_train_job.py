@@ -108,6 +108,14 @@ def test_planted_nan_is_skipped_and_counted(smoke_data: list[str], tmp_path: Pat
     assert "non-finite loss at iteration 3" in (tmp_path / "train.log").read_text()
 
 
+def test_a_split_smaller_than_the_total_batch_says_that_images_repeat(smoke_data: list[str], tmp_path: Path) -> None:
+    summary = run_train([*smoke_data, "train.plots=false", "train.eval_at_end=false", "train.eval_interval=0",
+                         "train.batch_size=20", "train.max_iters=1"], tmp_path)
+    assert summary["status"] == "ok"
+    assert ("the training split has 16 images, fewer than a step's total batch of 20 (train.batch_size=20 x 1 "
+            "ranks): every step repeats images") in (tmp_path / "train.log").read_text()
+
+
 def test_nonfinite_in_a_row_stops_with_checkpoint(smoke_data: list[str], tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="max_nonfinite=2"):
         run_train([*smoke_data, "train.plots=false", "train.max_nonfinite=2", "debug.nonfinite_iters=[2,3,4]"],
