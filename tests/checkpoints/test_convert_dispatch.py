@@ -58,8 +58,9 @@ def test_cli_converts_detector_checkpoint(tmp_path, capsys):
     save_checkpoint(ckpt, tmp_path / "fcos_v1_trained.pth")
     assert main([str(tmp_path / "fcos_v1_trained.pth"), str(tmp_path / "trained.pth"), "--from", "fcos",
                  "--model-config", str(config)]) == 0
-    assert checkpoint_position(load_checkpoint(tmp_path / "trained.pth"))["epoch"] == 12
-    assert checkpoint_position(load_checkpoint(tmp_path / "trained.pth"))["iteration"] == 87960
+    position = checkpoint_position(load_checkpoint(tmp_path / "trained.pth"))
+    assert position["epoch"] == 12
+    assert position["iteration"] == 87960
     report = load_model_weights(dst, tmp_path / "clean.pth")
     assert report["source"] == "ours" and not report["missing"]
     torch.testing.assert_close(dst.state_dict()["bbox_head.conv_centerness.weight"],
