@@ -17,9 +17,9 @@ Priors (``make_priors`` with the R50 config's ``preapply_sqrt=False``, ``use_pix
 ``ar`` in (1, 1/2, 2) - i.e. ``scale * (1, 0.7071, 1.4142) / 550`` - and one scale per level
 (24, 48, 96, 192, 384 on P3..P7); 19248 priors at 550x550. Boxes are decoded with variances (0.1, 0.2).
 
-Pre-processing (YOLACT ``FastBaseTransform``): resize to 550x550 ignoring the aspect ratio
-(bilinear), ``(img_bgr - [103.94, 116.78, 123.68]) / [57.38, 57.12, 58.40]``, then RGB order; i.e.
-RGB mean ``[123.68, 116.78, 103.94]`` and std ``[58.40, 57.12, 57.38]``. No padding.
+Pre-processing (YOLACT's ``BaseTransform``, which its COCO evaluation uses): resize to 550x550 ignoring the aspect
+ratio (``cv2.resize`` INTER_LINEAR on float32), ``(img_bgr - [103.94, 116.78, 123.68]) / [57.38, 57.12, 58.40]``,
+then RGB order; i.e. RGB mean ``[123.68, 116.78, 103.94]`` and std ``[58.40, 57.12, 57.38]``. No padding.
 
 Post-processing (YOLACT ``Detect`` + ``postprocess``): softmax over 81 classes; priors whose best
 foreground score is <= 0.05 are dropped; Fast NMS per class (top 200, IoU 0.5); the best 100 overall;
@@ -164,7 +164,7 @@ class YolactEdge(nn.Module):
     trainable = False  # no training losses: forward raises NotImplementedError in training mode
     iou_types = ("segm", "bbox")
 
-    # YOLACT FastBaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
+    # YOLACT BaseTransform: stretch to the input, RGB, MEANS / STD (given in BGR there); no padding
     preprocessing = Preprocessing("stretch", "pytorch", mean=(123.68, 116.78, 103.94), std=(58.40, 57.12, 57.38),
                                   pad_position="top_left")
     checkpoint_layouts = ("yolact_edge",)
