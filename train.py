@@ -50,6 +50,7 @@ def main(cfg: DictConfig) -> None:
     from solo_npu.engine.job import check_start, run_job
     from solo_npu.engine.launch import launch, torchrun_env
     from solo_npu.engine.logs import setup_logging
+    from solo_npu.engine.trainer import NonFiniteLossError
     from solo_npu.runtime import DeviceError
 
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -72,6 +73,8 @@ def main(cfg: DictConfig) -> None:
         raise _stop(f"[Error] CheckpointError: {exc}") from None
     except AnnotationFileError as exc:  # read by the workers: one line, not a traceback
         raise _stop(f"[Error] {exc}") from None
+    except NonFiniteLossError:  # logged by the run (train.log and the console), last.pth saved: no traceback
+        raise SystemExit(1) from None
     except InterruptedMidStep:  # a second Ctrl-C inside a step: nothing saved (solo_npu.engine.interrupts)
         _say(f"[Error] interrupted inside a step; resume=auto run_dir={run_dir} continues from the last checkpoint")
         raise SystemExit(130) from None

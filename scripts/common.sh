@@ -333,6 +333,14 @@ run_train() {
     hydra_value "${RUN_DIR}"
     args+=("run_dir=${HYDRA_VALUE}")
     [[ -n "${batch_size}" ]] && args+=("train.batch_size=${batch_size}")
+    if [[ -n "${batch_size}" && "${RUN_KIND}" == "8p" ]]; then
+        # The Ascend ModelZoo SOLOv2 8p scripts' batch_size=16 is the total of 8 devices (2 each), and they take
+        # no --batch_size; here it is each device's, so --batch_size=16 would train a total of 128 (and scale
+        # the learning rate with it).
+        echo "[Warning] --batch_size=${batch_size} is the images of each device: the 8p run's total batch is" \
+             "${batch_size} x its devices (8: $((batch_size * 8))), and the learning rate scales with it; the" \
+             "Ascend ModelZoo SOLOv2 8p scripts' batch_size=16 is the total (--batch_size=2 here)"
+    fi
     [[ -n "${epochs}" ]] && args+=("train.epochs=${epochs}")
     if [[ -n "${checkpoint}" ]]; then
         hydra_value "${checkpoint}"

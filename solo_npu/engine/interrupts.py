@@ -20,6 +20,10 @@ hold ends: the run stops after the step, and the checkpoint hook saves ``last.pt
   (:meth:`request_values` / :meth:`agree`), and a rank stops only after a step in which a request was seen
   by all; between steps a request waits for the next step.
 
+A stop that every rank takes at the same step (:func:`stops_every_rank`) saves ``last.pth`` with SIGTERM held
+(:func:`sigterm_held`), and no rank leaves before global rank 0 has saved: a rank that left first with a failure
+status would make torch.multiprocessing or torchrun SIGTERM the others, rank 0 in the middle of its save.
+
 After training (:class:`FinalPhase`: the final evaluation, the last checkpoint, ``summary.json``) there is no
 step to stop after, and the run's training is done: a first Ctrl-C is held, with a line saying so, and the run
 ends when it has finished (exit status 0: its results are complete); Ctrl-C again (a second or more later)
@@ -44,7 +48,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["FinalPhase", "InterruptedMidStep", "Interrupts", "Terminated"]
+__all__ = ["FinalPhase", "InterruptedMidStep", "Interrupts", "Terminated", "sigterm_held", "stops_every_rank"]
 
 
 SAME_CTRL_C_S = 1.0  # a second SIGINT sooner than this after the first is the same one
@@ -101,9 +105,43 @@ class InterruptedMidStep(KeyboardInterrupt):
 
 
 def _exception(signum: int) -> KeyboardInterrupt:
-    if signum == signal.SIGTERM:
-        return Terminated("SIGTERM received")
-    return KeyboardInterrupt("SIGINT received")
+    """The stop of a step boundary (every rank's, where there are several)."""
+    exc: KeyboardInterrupt = Terminated("SIGTERM received") if signum == signal.SIGTERM \
+        else KeyboardInterrupt("SIGINT received")
+    exc.stops_every_rank = True  # type: ignore[attr-defined]
+    return exc
+
+
+def stops_every_rank(exc: BaseException) -> bool:
+    """Whether ``exc`` stops the run at a step boundary on every rank at once (a stop request all ranks agreed on,
+    the one rank's stop of a one-process run, too many non-finite losses in a row, which every rank counts from
+    the same all-reduced loss): the state is whole and ``last.pth`` is saved. Not a second Ctrl-C (raised on the
+    ranks it reached, maybe inside a step) nor an error of one rank."""
+    return bool(getattr(exc, "stops_every_rank", False))
+
+
+@contextlib.contextmanager
+def sigterm_held(doing: str):
+    """SIGTERM waits (it is dropped, with one line on stderr) while the block runs, in the main thread where
+    SIGTERM has its default action: the run is stopping already, and a second SIGTERM (a scheduler's own and
+    torchrun's, passed on to its workers) would otherwise end the process while it is ``doing`` (writing
+    ``last.pth``). A kill (SIGKILL) still ends it; SIGINT keeps its handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    said = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal said
+        if not said and announce:
+            say(f"SIGTERM received while {doing}: the run ends when it is done")
+        said = True
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Interrupts:

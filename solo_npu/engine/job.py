@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from solo_npu.config.shapes import checkpoint_notices, lift_fixed_shapes
-from solo_npu.engine import comm
+from solo_npu.engine import comm, interrupts
 from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
     agree_resume,
@@ -626,16 +626,17 @@ class RunEnd(HookBase):
 def _run(trainer: Trainer, model: nn.Module, run_dir: Path, run_end: RunEnd) -> dict[str, Any]:
     """Train; write ``summary.json`` whether training ends, stops on non-finite losses or fails. Stopped after
     training (Ctrl-C twice during the final evaluation), the run's status stays ``ok``."""
-    status, ended = "failed", False
+    status, ended, stopping = "failed", False, False
     try:
         trainer.train()
         status, ended = "ok", True
     except NonFiniteLossError as exc:
-        status = "nonfinite"
+        status, stopping = "nonfinite", True
         logger.error("%s", exc)
         raise
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (solo_npu.engine.interrupts): saved, or not mid-step
         status = "ok" if run_end.reached else "interrupted" if isinstance(exc, InterruptedMidStep) else "stopped"
+        stopping = interrupts.stops_every_rank(exc)
         raise
     finally:
         summary = run_end.summary(status, ended)
@@ -643,7 +644,9 @@ def _run(trainer: Trainer, model: nn.Module, run_dir: Path, run_end: RunEnd) -> 
             summary["ranks_in_sync"] = comm.params_in_sync(model)
             if not summary["ranks_in_sync"]:
                 logger.error("the ranks ended with different weights")
-        write_summary(run_dir, summary)
+        # A stop's other ranks may leave now with a failure status, and their launcher SIGTERM this one.
+        with interrupts.sigterm_held("summary.json is written") if stopping else contextlib.nullcontext():
+            write_summary(run_dir, summary)
     return summary
 
 

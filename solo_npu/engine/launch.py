@@ -341,15 +341,17 @@ def _stop_kind(exc: KeyboardInterrupt) -> str:
 
 
 def _known_error(child_traceback: str) -> Exception | None:
-    """The one-line error a worker raised (DeviceError, CheckpointError, AnnotationFileError), rebuilt from the
-    traceback that torch.multiprocessing hands the parent, so that train.py reports it as a one-process run does."""
+    """The one-line error a worker raised (DeviceError, CheckpointError, AnnotationFileError, NonFiniteLossError),
+    rebuilt from the traceback that torch.multiprocessing hands the parent, so that train.py reports it as a
+    one-process run does."""
     from solo_npu.checkpoints import CheckpointError
     from solo_npu.data import AnnotationFileError
     from solo_npu.data.coco import ImagesNotFoundError
+    from solo_npu.engine.trainer import NonFiniteLossError
 
     lines = child_traceback.strip().splitlines()
     name, sep, message = (lines[-1] if lines else "").partition(": ")
-    known = (DeviceError, CheckpointError, AnnotationFileError, ImagesNotFoundError)
+    known = (DeviceError, CheckpointError, AnnotationFileError, ImagesNotFoundError, NonFiniteLossError)
     cls = {c.__name__: c for c in known}.get(name.rsplit(".", 1)[-1])
     return cls(message) if sep and cls is not None else None
 

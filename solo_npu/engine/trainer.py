@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from solo_npu.data.collate import pad_instance_slots
-from solo_npu.engine import comm
+from solo_npu.engine import comm, interrupts
 from solo_npu.engine.events import EventStorage
 from solo_npu.engine.interrupts import Interrupts
 from solo_npu.runtime import DeviceInfo, StaticGradScaler, autocast, clip_grad_norm, make_grad_scaler, zero_grad
@@ -24,7 +24,10 @@ _STOP_KEY = "__stop_"  # stop requests ride along the step's loss all-reduce (no
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many non-finite losses in a row: training cannot recover."""
+    """Too many non-finite losses in a row: training cannot recover. Every rank counts them from the same
+    all-reduced loss and gradient norm, so all raise it after the same step."""
+
+    stops_every_rank = True
 
 
 class HookBase:
@@ -250,7 +253,12 @@ class Trainer:
                 self.interrupts.release()
         except BaseException as exc:
             self.interrupts.restore()
-            self._call("on_failure", exc)
+            if not interrupts.stops_every_rank(exc):
+                self._call("on_failure", exc)
+                raise
+            with interrupts.sigterm_held("last.pth is written"):
+                self._call("on_failure", exc)
+                comm.barrier()  # every rank stopped here: none leaves before global rank 0 has saved
             raise
         self.interrupts.restore()
         self._call("after_train")

@@ -321,6 +321,22 @@ def test_device_id_on_8p_names_the_output_only(stand_in_python: Path, synthetic_
     assert passed["runtime.device"] == "npu" and cfg["launcher"]["nproc_per_node"] == 8  # ranks take devices 0..7
 
 
+@pytest.mark.parametrize(("script", "warned"), [("train_full_8p.sh", True), ("train_full_1p.sh", False)])
+def test_batch_size_on_8p_is_per_device_and_says_so(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path,
+                                                    script: str, warned: bool) -> None:
+    """The ModelZoo SOLOv2 8p scripts' batch_size=16 is the total; automation that passes --batch_size=16 here
+    gets 16 per device, a total of 128, and is told."""
+    proc = run_stand_in(stand_in_python, script, tmp_path, f"--data_path={synthetic_coco}", "--device=npu",
+                        "--batch_size=16")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed, _, _ = recorded(tmp_path / "output" / "0")
+    assert passed["train.batch_size"] == "16"
+    line = ("[Warning] --batch_size=16 is the images of each device: the 8p run's total batch is 16 x its devices "
+            "(8: 128), and the learning rate scales with it; the Ascend ModelZoo SOLOv2 8p scripts' batch_size=16 "
+            "is the total (--batch_size=2 here)")
+    assert (line in proc.stdout.splitlines()) == warned, proc.stdout
+
+
 def test_bad_device_id_fails(stand_in_python: Path, synthetic_coco: Path, tmp_path: Path) -> None:
     proc = run_stand_in(stand_in_python, "train_full_1p.sh", tmp_path, f"--data_path={synthetic_coco}",
                         ascend_device_id="npu1")
