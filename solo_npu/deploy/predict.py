@@ -201,20 +201,22 @@ def _annotated_pixels(file: Path, turned: np.ndarray, size: tuple[int, int]) -> 
 
 def _image_ids(files: Sequence[Path], known: Mapping[str, Any] | None) -> list[Any]:
     """The ``image_id`` of each file in ``predictions.json``: the annotation file's id of its file name (``known``),
-    so that ``COCO.loadRes`` against that file accepts the predictions; else its position in the listing. Files
-    that are not in the annotation file, when others are, get an id above all of the file's (position + the
-    largest id + 1), said once: pycocotools' ``loadRes`` refuses results of images its file does not have."""
+    so that ``COCO.loadRes`` against that file accepts the predictions; without such a file, its position in the
+    listing. Files that the annotation file does not have get an id above all of the file's (position + the largest
+    id + 1), said once (a WARNING when others are in it, else an INFO line): the position itself could be the id
+    of another image of the file, whose ground truth ``loadRes`` and COCOeval would then score these predictions
+    against without a word, where an id the file does not have makes ``loadRes`` refuse them."""
     positions = list(range(len(files)))
     if not known:
         return positions
     ids = [known.get(f.name) for f in files]
     missing = [f.name for f, i in zip(files, ids) if i is None]
+    base = 1 + max((i for i in known.values() if isinstance(i, int) and not isinstance(i, bool)), default=-1)
     if len(missing) == len(files):
-        logger.info("none of the images is in the annotation file: image_id in predictions.json is the image's "
-                    "position (0..%d)", len(files) - 1)
-        return positions
+        logger.info("none of the images is in the annotation file: image_id in predictions.json is %d + the image's "
+                    "position (%d..%d), ids the file does not have", base, base, base + len(files) - 1)
+        return [base + k for k in positions]
     if missing:
-        base = 1 + max((i for i in known.values() if isinstance(i, int) and not isinstance(i, bool)), default=-1)
         ids = [base + k if i is None else i for k, i in enumerate(ids)]
         logger.warning("%d of the %d images are not in the annotation file (%s%s): their image_id in "
                        "predictions.json is %d + their position, an id the file does not have, so COCO's loadRes "

@@ -79,6 +79,17 @@ def test_predictions_score_with_pycocotools_as_the_projects_evaluation(synthetic
     warnings = [r.getMessage() for r in caplog.records if "not in" in r.getMessage()]
     assert len(warnings) == 1 and "1 of the 9 images" in warnings[0] and "zz_extra.png" in warnings[0]
 
+    # None of the images in the file: ids above all of the file's too, never positions that name its own images
+    # (before: 0..N-1, and ids 1..8 were the file's, whose ground truth loadRes scored them against).
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(alone / f"photo_{k}.png"), np.random.default_rng(k).integers(0, 255, (96, 128, 3), np.uint8))
+    out = run_predict(predict_cfg(synthetic_coco, ckpt, alone, tmp_path / "pred_alone", "score_thr=0.0"))
+    ids = {e["file_name"]: e["image_id"] for e in json.loads(Path(out["predictions"]).read_text())}
+    assert sorted(ids) == ["photo_0.png", "photo_1.png", "photo_2.png"]
+    assert sorted(ids.values()) == [max(by_name.values()) + 1 + k for k in range(3)], ids
+
 
 def test_a_checkpoint_trained_on_another_canvas_is_said(synthetic_coco: Path, fitted_tiny: nn.Module,
                                                        tmp_path: Path, caplog) -> None:
