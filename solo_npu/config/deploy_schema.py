@@ -135,6 +135,7 @@ class OnnxRuntimeConfig:
     intra_op_num_threads: int = MISSING
     inter_op_num_threads: int = MISSING
     graph_optimization_level: str = MISSING
+    allow_spinning: bool | None = MISSING
     provider_options: ProviderOptions = MISSING
 
 

@@ -119,6 +119,11 @@ class Backend:
     name = "base"
     precision = "fp32"
     compiled = False  # True: prepare() builds its model (compile stage), verified after compiling
+    # A compiled backend's source: the in-process backend that runs the exported file it is compiled from. The verify
+    # stage checks that one when only the compiled backend is asked for, so that an export fault is told apart
+    # from a compile fault.
+    compiled_from: str | None = None
+    exported_format: str | None = None  # the deploy.export_formats entry whose files it runs (or compiles)
 
     def __init__(self, ctx: DeployContext) -> None:
         self.ctx = ctx
@@ -200,6 +205,7 @@ class PyTorchBackend(Backend):
 
 class TorchScriptBackend(Backend):
     name = "torchscript"
+    exported_format = "torchscript"
 
     def unavailable(self, batch_size: int) -> str | None:
         return None if self._file(batch_size) else "not exported"
@@ -221,6 +227,7 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime; the execution provider follows :func:`solo_npu.deploy.runners.ort_providers`."""
 
     name = "onnxruntime"
+    exported_format = "onnx"
 
     def __init__(self, ctx: DeployContext) -> None:
         super().__init__(ctx)
@@ -286,10 +293,12 @@ class OmBackend(Backend):
     seconds the wall time of the whole ais_bench run."""
 
     name = "om"
+    exported_format = "onnx"
     timing_scope = AIS_BENCH_COMPUTE
     infer_timing = AIS_BENCH_RUN
     memory_source = NPU_SMI  # ais_bench's summary has timings only (summary.py, Summary.report)
     compiled = True
+    compiled_from = "onnxruntime"  # ATC compiles the ONNX file
 
     @property
     def precision(self) -> str:
@@ -427,9 +436,11 @@ class TorchAieBackend(Backend):
     shipped :mod:`solo_npu.deploy.torch_aie_runner`; timing is the module call plus stream synchronisation."""
 
     name = "torch_aie"
+    exported_format = "torchscript"
     timing_scope = MODEL_ONLY
     memory_source = NPU_SMI
     compiled = True
+    compiled_from = "torchscript"  # torch_aie compiles the TorchScript file
 
     @property
     def _cfg(self) -> TorchAieConfig:

@@ -100,7 +100,7 @@ def export_onnx(
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; each is one line for the user
         logger.debug("ONNX export failed", exc_info=True)
         raise DeployError(f"ONNX export of {path.name} at opset {int(opset)} failed: {_first_line(exc)} "
-                          f"(deploy.opset={DEFAULT_OPSET} is what current ATC and ONNX Runtime read)") from exc
+                          "(ATC reads opsets 11 to 13 on CANN 5 and 6, up to 18 on CANN 7)") from exc
     return path
 
 

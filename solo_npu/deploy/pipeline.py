@@ -76,6 +76,53 @@ def mark_explicit_classes(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 return
 
 
+# Stages after the export that run the backends' exported files.
+BACKEND_STAGES = ("verify", "compile", "infer", "benchmark")
+
+
+def check_plan(ctx: DeployContext, stages: Sequence[str]) -> None:
+    """Before the first stage: settings that a later stage would refuse, found before the export takes its time.
+
+    - ``deploy.infer.batch_sizes`` must name exported batch sizes (infer and evaluate read them);
+    - an export whose later stages run a backend needs that backend's format in ``deploy.export_formats``;
+    - the opset must be one this torch's ONNX exporter writes (above it the exporter fails after printing the
+      whole graph).
+    """
+    import torch
+
+    from solo_npu.deploy.backends import BACKENDS
+    from solo_npu.deploy.infer import infer_batch_sizes
+
+    if any(s in stages for s in ("infer", "evaluate")):
+        infer_batch_sizes(ctx)
+    if "export" not in stages:
+        return
+    formats = list(ctx.deploy_cfg.export_formats)
+    if any(s in stages for s in BACKEND_STAGES):
+        needs = {b: BACKENDS[b].exported_format for b in ctx.settings.backends if BACKENDS[b].exported_format}
+        left_out = {b: f for b, f in needs.items() if f not in formats}
+        if left_out:
+            named = ", ".join(f"{b} runs the {f} files" for b, f in left_out.items())
+            raise DeployError(f"deploy.backends={list(ctx.settings.backends)}: {named}, which "
+                              f"deploy.export_formats={formats} leaves out: add "
+                              f"{' and '.join(sorted(set(left_out.values())))} to deploy.export_formats, or drop "
+                              f"{', '.join(left_out)} from deploy.backends")
+    most = onnx_exporter_max_opset()
+    if "onnx" in formats and most is not None and ctx.settings.opset > most:
+        raise DeployError(f"deploy.opset={ctx.settings.opset}: torch {torch.__version__}'s ONNX exporter writes opset "
+                          f"{most} at most (ATC reads 11 to 13 on CANN 5 and 6, up to 18 on CANN 7)")
+
+
+def onnx_exporter_max_opset() -> int | None:
+    """The highest opset ``torch.onnx.export`` accepts on this torch (None where torch does not say)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return None
+    value = getattr(_constants, "ONNX_MAX_OPSET", None)
+    return int(value) if isinstance(value, int) else None
+
+
 # Stages that read the configured dataset (the others read what earlier stages wrote into the run directory).
 DATA_STAGES = ("verify", "preprocess")
 
@@ -156,6 +203,7 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
         print(f"model: {ctx.classes.describe()}")
     check_same_model(ctx, stages)
     stages = _skip_mismatched_evaluate(ctx, stages)
+    check_plan(ctx, stages)
     check_data(ctx, stages)
     checked = False
     for i, name in enumerate(stages):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,8 +33,30 @@ def threads_text(threads: dict[str, Any] | None) -> str | None:
     def count(key: str) -> str:
         return str(threads.get(key) or "default")
 
+    spin = threads.get("allow_spinning")
     return (f"intra {count('intra_op_num_threads')}, inter {count('inter_op_num_threads')}, "
-            f"{threads.get('execution_mode')}, opt {threads.get('graph_optimization_level')}")
+            f"{threads.get('execution_mode')}, opt {threads.get('graph_optimization_level')}, "
+            f"spin {'default' if spin is None else 'on' if spin else 'off'}")
+
+
+def _spinning_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A line for onnxruntime rows on the CPU whose e2e rate was timed with its threads spinning (its default)."""
+    spun = [f"b{r['batch_size']}" for r in rows
+            if r.get("backend") == "onnxruntime" and r.get("device") == "cpu" and r.get("e2e_throughput")
+            and (r.get("threads") or {}).get("allow_spinning", True) is not False]
+    if not spun:
+        return []
+    return [f"- onnxruntime on the CPU ({', '.join(spun)}): its threads busy-wait after each run (onnxruntime's "
+            "default), which takes the cores from the host work of the e2e column (reading, resizing, "
+            "post-processing); deploy.onnxruntime.allow_spinning=false stops them (docs/benchmarks.md: the demo "
+            "model's e2e rate 1.8x, its model rate 0.82x, on a 2-core Xeon)"]
+
+
+def _runs(count: Any, noun: str) -> str:
+    """``1 warm-up run``, ``3 timed runs``; ``-`` where the record has no count."""
+    if count is None:
+        return f"- {noun}s"
+    return f"{count} {noun}{'' if int(count) == 1 else 's'}"
 
 
 def machine_description() -> str:
@@ -134,15 +157,17 @@ def build_report(ctx: DeployContext) -> tuple[str, dict[str, Any]]:
         f"- machine: {machine_description()} (device {ctx.device.type})",
         f"- input: Bx3x{h}x{w}, {num_images} images, {weights}",
         _classes_line(manifest, ctx),
-        f"- timing: {bench.get('warmup', '-')} warm-up runs excluded{_more_warmup(bench)}, "
-        f"{bench.get('iters', '-')} timed runs; latency is per batch; e2e = image file to pasted masks "
+        f"- timing: {_runs(bench.get('warmup'), 'warm-up run')} excluded{_more_warmup(bench)}, "
+        f"{_runs(bench.get('iters'), 'timed run')}; latency is per batch; e2e = image file to "
+        f"{'pasted masks' if 'segm' in ctx.adapter.iou_types else 'boxes'} in full batches of the row's size "
         "(in-process runners only)",
         "- timing scope: `model only` = the model call, inputs and outputs already where it runs; "
         "`with host-device copies` = numpy in, numpy out; `device compute from ais_bench` = ais_bench's "
         "NPU_compute_time (no host-device copies)",
         "- threads: `torch N` = torch's intra-op threads (eager, TorchScript); onnxruntime: its session's "
         "intra-op and inter-op threads (default: onnxruntime's own count), execution mode and graph optimization "
-        "level; none for om and torch_aie, which run on the chip",
+        "level, and whether its threads spin; none for om and torch_aie, which run on the chip",
+        *_spinning_lines(bench["rows"]),
         *_pytorch_lines(ctx),
         f"- AP: COCO {', '.join(ap_types) or '-'} over {_scored_line(ctx, num_images)}, scored at batch "
         f"{', '.join(str(b) for b in ap_batches) or '-'}; other batch sizes are timed only",

@@ -216,6 +216,14 @@ class OnnxRuntimeRunner(Runner):
             sess_opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         level = str(options.get("graph_optimization_level", "all")).strip().lower()
         sess_opts.graph_optimization_level = ort_optimization_level(level)
+        spinning = options.get("allow_spinning")
+        if spinning is not None:
+            # onnxruntime's thread pools busy-wait after each run unless told not to (onnxruntime
+            # include/onnxruntime/core/session/onnxruntime_session_options_config_keys.h,
+            # kOrtSessionOptionsConfigAllowIntraOpSpinning / ...InterOpSpinning, default "1"): the spinning
+            # threads take the cores from whatever the process does next, the host post-processing here
+            for pool in ("intra_op", "inter_op"):
+                sess_opts.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
         provider_options = options.get("provider_options") or {}
         self.providers = ort_providers(device, provider_options, requested, device_id)
         given = {ORT_PROVIDERS[kind]: set(provider_options.get(kind) or {}) for kind in ("npu", "cuda")}
@@ -252,7 +260,8 @@ class OnnxRuntimeRunner(Runner):
         # default count)
         self.settings = {"intra_op_num_threads": intra, "inter_op_num_threads": inter,
                          "execution_mode": "parallel" if parallel else "sequential",
-                         "graph_optimization_level": level}
+                         "graph_optimization_level": level,
+                         "allow_spinning": None if spinning is None else bool(spinning)}
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = list(self.session.get_inputs()[0].shape)
 

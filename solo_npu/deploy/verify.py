@@ -1,7 +1,8 @@
 """Verify: every backend against eager PyTorch at batch 1, image by image, on real images.
 
-The verify stage checks the exported files (``onnx.checker``, then the in-process backends of the
-registry: TorchScript, ONNX Runtime, and eager itself at batch sizes above 1); the compile stage calls
+The verify stage checks the exported files (``onnx.checker``, then the in-process backends of ``deploy.backends``:
+TorchScript, ONNX Runtime, and eager itself at batch sizes above 1, with the source backend of each compiled one
+asked for, :func:`verified_backends`); the compile stage calls
 :func:`verify_backends` for what it compiled (om, torch_aie) the same way. Every backend runs over the
 same ``verify/inputs/<stem>.bin`` files with its own ``run_records``, so a tool that runs out of process
 is checked exactly as it runs in ``infer``.
@@ -266,8 +267,20 @@ def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str =
     return {"rows": len(rows), "passed": True}
 
 
+def verified_backends(asked: Sequence[str]) -> list[str]:
+    """The in-process backends the verify stage runs for ``deploy.backends``: those asked for, and for each compiled
+    one asked for (om, torch_aie) the backend of the file it is compiled from (ONNX Runtime, TorchScript), in the
+    registry's order."""
+    from solo_npu.deploy.backends import BACKENDS
+
+    wanted = {n for n in asked if not BACKENDS[n].compiled} | \
+        {BACKENDS[n].compiled_from for n in asked if BACKENDS[n].compiled and BACKENDS[n].compiled_from}
+    return [name for name, cls in BACKENDS.items() if name in wanted and not cls.compiled]
+
+
 def run_verify(ctx: DeployContext) -> dict[str, Any]:
-    """``onnx.checker``, then every backend that runs the exported files as they are (no compile step)."""
+    """``onnx.checker`` on every ONNX file, then the backends of :func:`verified_backends` that run the exported
+    files as they are (no compile step)."""
     from solo_npu.deploy.backends import BACKENDS
 
     manifest = load_manifest(ctx)
@@ -277,5 +290,9 @@ def run_verify(ctx: DeployContext) -> dict[str, Any]:
             check_onnx(path)
         except DeployError as exc:  # onnxruntime's row at that batch size; the dynamic-batch file's own row
             corrupt[("onnxruntime", int(key)) if str(key).isdigit() else ("onnx", str(key))] = str(exc)
-    backends = [cls(ctx) for cls in BACKENDS.values() if not cls.compiled]
+    names = verified_backends(ctx.settings.backends)
+    left = [n for n, cls in BACKENDS.items() if not cls.compiled and n not in names]
+    if left:
+        logger.info("verify: %s not in deploy.backends=%s: not verified", ", ".join(left), list(ctx.settings.backends))
+    backends = [BACKENDS[name](ctx) for name in names]
     return verify_backends(ctx, backends, "verify.json", eager_batches=True, known_failures=corrupt)

@@ -90,6 +90,24 @@ def test_missing_dataset_is_reported_before_the_export(deploy_cfg, synthetic_coc
     assert not (tmp_path / "run" / "export").exists()  # nothing was exported
 
 
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["deploy.backends=[torchscript]", "deploy.export_formats=[onnx]"],
+     "error: deploy.backends=['torchscript']: torchscript runs the torchscript files, which "
+     "deploy.export_formats=['onnx'] leaves out: add torchscript to deploy.export_formats, or drop torchscript from "
+     "deploy.backends"),
+    (["deploy.batch_sizes=[1,2]", "deploy.infer.batch_sizes=[3]"],
+     "error: deploy.infer.batch_sizes=[3]: each must be one of deploy.batch_sizes=[1, 2]"),
+    (["deploy.opset=99"], "error: deploy.opset=99: torch "),
+])
+def test_settings_later_stages_refuse_are_refused_before_the_export(deploy_cfg, tmp_path, capsys, overrides, needle):
+    """Each was found only after the export (and the preprocessing) had run, or, for an opset above the exporter's,
+    after the exporter printed the whole graph."""
+    cfg = deploy_cfg(f"run_dir={tmp_path / 'run'}", "stages=[export,verify,preprocess,infer,evaluate]", *overrides)
+    err = _one_line_error(capsys, main(cfg))
+    assert err.startswith(needle), err
+    assert not (tmp_path / "run" / "export").exists()  # nothing was exported
+
+
 def test_export_alone_needs_no_dataset(deploy_cfg, tmp_path):
     from solo_npu.deploy.pipeline import run_pipeline
 

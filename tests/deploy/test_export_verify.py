@@ -75,6 +75,26 @@ def test_verify_passes_and_reports_table(exported, capsys):
         assert r["scores_max_abs"] <= 1e-4 and r["masks_max_abs"] <= 1e-4 and r["labels_mismatch"] == 0
 
 
+@pytest.mark.parametrize(("asked", "verified"), [
+    (["onnxruntime"], {"onnxruntime"}),
+    (["om"], {"onnxruntime"}),  # ATC compiles the ONNX file: an export fault is told apart from a compile one
+    (["pytorch", "torch_aie"], {"pytorch", "torchscript"}),
+])
+def test_verify_runs_the_backends_asked_for(exported, asked, verified):
+    """deploy.backends names what verify runs too (it ran every in-process backend: with deploy.backends=[pytorch]
+    the run verified, and could fail on, ONNX Runtime and TorchScript)."""
+    import json
+
+    saved = list(exported.settings.backends)
+    exported.settings.backends = asked
+    try:
+        run_verify(exported)
+    finally:
+        exported.settings.backends = saved
+    rows = json.loads(exported.path("verify", "verify.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == verified
+
+
 def test_verify_fails_above_tolerance(exported):
     exported.cfg.deploy.verify.atol = 0.0
     exported.cfg.deploy.verify.num_images = 1

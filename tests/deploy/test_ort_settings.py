@@ -32,12 +32,25 @@ def test_benchmark_rows_and_report_state_the_thread_settings(exported):
     rows = {r["backend"]: r for r in bench["rows"] if r["batch_size"] == 1}
     assert rows["pytorch"]["threads"] == {"torch_num_threads": torch.get_num_threads()}
     assert rows["onnxruntime"]["threads"] == {"intra_op_num_threads": 1, "inter_op_num_threads": 2,
-                                              "execution_mode": "parallel", "graph_optimization_level": "all"}
+                                              "execution_mode": "parallel", "graph_optimization_level": "all",
+                                              "allow_spinning": None}
     text, data = build_report(exported)
     assert data["benchmark"]["rows"][0]["threads"] is not None
     assert "| threads |" in text
     assert f"torch {torch.get_num_threads()}" in text
-    assert "intra 1, inter 2, parallel, opt all" in text
+    assert "intra 1, inter 2, parallel, opt all, spin default" in text
+    assert "- onnxruntime on the CPU (b1, b2): its threads busy-wait after each run" in text  # e2e timed spinning
+
+
+@pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
+def test_allow_spinning_reaches_both_thread_pools(tmp_path, spinning, entry):
+    """deploy.onnxruntime.allow_spinning=false: onnxruntime's threads stop busy-waiting after a run, which on 2 cores
+    halved the e2e rate of an in-process pipeline (their spinning took the cores from the post-processing)."""
+    runner = runners.OnnxRuntimeRunner(tiny_onnx(tmp_path / "tiny.onnx"), ["output"], CPU, {"allow_spinning": spinning})
+    options = runner.session.get_session_options()
+    for pool in ("intra_op", "inter_op"):
+        assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == entry
+    assert runner.settings["allow_spinning"] is spinning
 
 
 def test_memory_of_a_cpu_session_is_read_from_the_process_on_a_cuda_run(make_ctx, tmp_path, monkeypatch):

@@ -138,3 +138,28 @@ def test_failed_rewrite_keeps_previous_file(pipeline_run, monkeypatch, stage, re
     assert failures == [DISK_FULL], "the failure was not injected"
     assert path.read_bytes() == before
     assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_end_to_end_timing_runs_and_counts_whole_batches_of_real_images(make_ctx, monkeypatch):
+    """e2e at batch 4 over 3 images: 4 images read, run and post-processed, the first taken again, and 4 counted;
+    it ran a batch padded with a filler whose model work was timed but neither post-processed nor counted."""
+    from solo_npu.deploy.benchmark import e2e_count, time_end_to_end
+    from solo_npu.deploy.preprocess import build_deploy_dataset
+    from solo_npu.deploy.runners import PyTorchRunner
+
+    ctx = make_ctx("deploy.batch_sizes=[4]")
+    dataset = build_deploy_dataset(ctx)[0]
+    runner = PyTorchRunner(ctx.adapter.export_module(ctx.model()), ctx.adapter.output_names, ctx.device)
+    seen, posted = [], []
+
+    def spy(images):
+        seen.append(images.copy())
+        return runner(images)
+
+    postprocess = ctx.adapter.postprocess
+    monkeypatch.setattr(ctx.adapter, "postprocess", lambda out, meta: posted.append(meta) or postprocess(out, meta))
+    assert time_end_to_end(ctx, spy, dataset, 3, 4) > 0
+    assert e2e_count(3, 4) == 4 and e2e_count(8, 4) == 8 and e2e_count(9, 4) == 12
+    assert [len(s) for s in seen] == [4] and len(posted) == 4
+    np.testing.assert_array_equal(seen[0][3], seen[0][0])
+    assert not np.array_equal(seen[0][2], seen[0][0])

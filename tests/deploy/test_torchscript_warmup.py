@@ -87,4 +87,4 @@ def test_report_names_the_rows_that_warmed_up_longer(make_ctx):
     assert warmups == {"pytorch": 1, "torchscript": torch._C._jit_get_num_profiled_runs() + 1}
     timing = next(line for line in (ctx.run_dir / "report.md").read_text().splitlines()
                   if line.startswith("- timing:"))
-    assert timing.startswith(f"- timing: 1 warm-up runs excluded (torchscript b1: {warmups['torchscript']}: ")
+    assert timing.startswith(f"- timing: 1 warm-up run excluded (torchscript b1: {warmups['torchscript']}: ")

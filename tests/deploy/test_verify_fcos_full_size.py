@@ -21,7 +21,7 @@ def test_fcos_verify_passes_at_800x1333(synthetic_coco: Path, tmp_path: Path) ->
         cfg = compose("deploy", overrides=[
             "model=fcos", "data=synthetic", f"data.root={synthetic_coco}", "data.generate=false",
             "model.num_classes=3", "deploy.input_shape=[800,1333]", "deploy.batch_sizes=[1]",
-            "deploy.backends=[onnxruntime]", "deploy.verify.num_images=1", "stages=[export,verify]",
+            "deploy.backends=[onnxruntime,torchscript]", "deploy.verify.num_images=1", "stages=[export,verify]",
             f"run_dir={tmp_path}"])
     torch.manual_seed(0)
     model = build_fcos(num_classes=3, depth=18, fpn_channels=16, feat_channels=16, stacked_convs=1, num_groups=4)
