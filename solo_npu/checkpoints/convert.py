@@ -254,6 +254,20 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
                 "classifier is used as it is, channel k for label k")
 
 
+def _other_keys(own: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """What else the file and the model do not share, for a shape-mismatch error: a file of another model (an FCOS
+    file given to SOLOv2) also holds modules the model lacks and lacks the model's."""
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if not missing and not unexpected:
+        return ""
+    modules = sorted({".".join(k.split(".")[:2]) for k in unexpected})
+    shown = ", ".join(modules[:3]) + (", ..." if len(modules) > 3 else "")
+    return (f"; besides, {len(missing)} of the model's tensors are not in the file and {len(unexpected)} of the "
+            f"file's are not in the model{f' ({shown})' if modules else ''}: a checkpoint of another model or "
+            "another depth, width or head (pick the model= that trained it)")
+
+
 def require_whole_model(report: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Refuse, as a one-line CheckpointError, weights that left part of a trained model unset: a file given as the
     model (``checkpoint=``) must fill every tensor (a FrozenBatchNorm's missing ``num_batches_tracked`` aside) and
@@ -335,7 +349,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
                 errors.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
     if errors:
         raise CheckpointError(f"{path}: shape mismatch for {len(errors)} tensors, " + "; ".join(errors[:3])
-                              + ("; ..." if len(errors) > 3 else ""))
+                              + ("; ..." if len(errors) > 3 else "") + _other_keys(own, state))
     if reinitialised and not reinit_classifier:
         raise CheckpointError(f"{path} has a classifier for {class_counts[0]} classes but the model has "
                               f"{class_counts[1]} ({reinitialised[0]}), the data's: use data of the file's "

@@ -39,6 +39,16 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
 TRUST_HINT = "If you trust the file, pass --trust-pickle (or checkpoint_trust_pickle=true)."
 
 
+def folder_not_checkpoint(path: Path) -> str:
+    """The one-line error for a folder given as a checkpoint file, naming the checkpoints in it (a training run's
+    ``checkpoints/best.pth`` and ``last.pth`` first) where it has some."""
+    found = [p for p in (path / "checkpoints" / "best.pth", path / "checkpoints" / "last.pth", path / "best.pth",
+                         path / "last.pth") if p.is_file()]
+    found = found or sorted(path.glob("*.pth"))[:3]
+    hint = f": pass the file, e.g. {found[0]}" if found else ""
+    return f"{path} is a directory, not a checkpoint file{hint}"
+
+
 def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_location: Any = "cpu",
                     trust_hint: str = TRUST_HINT) -> Any:
     """Load a checkpoint with ``weights_only=True``.
@@ -58,8 +68,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file" if path.is_dir() else
-                              f"checkpoint not found: {path}")
+        raise CheckpointError(folder_not_checkpoint(path) if path.is_dir() else f"checkpoint not found: {path}")
     if _torchscript_archive(path):  # torch.load would hand it to torch.jit.load (torch 2.1 even with weights_only)
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_TORCHSCRIPT}")
     try:

@@ -307,7 +307,7 @@ def _unknown_choice(group: Path, value: Any) -> str | None:
     choices = sorted(p.stem for p in group.glob("*.yaml"))
     for choice in value if isinstance(value, list) else [value]:
         if isinstance(choice, str) and "${" not in choice and choice not in choices:
-            close = difflib.get_close_matches(choice, choices, n=1)
+            close = [choice.lower()] if choice.lower() in choices else difflib.get_close_matches(choice, choices, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             return f"no {group.name} {choice!r} ({hint}choose from {', '.join(choices)})"
     return None

@@ -232,6 +232,9 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+_SAID: set[tuple[str, str]] = set()  # (root, settings) whose stamp differs, said already
+
+
 def ensure_synthetic(data_cfg: Any) -> Path:
     """Generate the synthetic dataset at ``data.root`` when ``data.generate`` is true and it is missing.
 
@@ -249,7 +252,8 @@ def ensure_synthetic(data_cfg: Any) -> Path:
         params.update(shape_scale=shape_scale, max_shapes=max_shapes)
     if _synthetic_complete(root):
         stamp = root / STAMP
-        if stamp.is_file() and json.loads(stamp.read_text()) != params:
+        if stamp.is_file() and json.loads(stamp.read_text()) != params and (str(root), str(params)) not in _SAID:
+            _SAID.add((str(root), str(params)))  # once per process: each stage and split asks again
             logger.warning("%s was generated with %s, not %s; delete it to regenerate", root, stamp.read_text(), params)
         return root
     with _file_lock(root.parent / f".{root.name}.lock"):

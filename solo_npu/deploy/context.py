@@ -129,8 +129,8 @@ def resolve_settings(cfg: DictConfig, size_divisor: int = 1,
         given_batch = full_shape = None
     if len(shape) != 2 or min(shape) <= 0 or shape[0] % size_divisor or shape[1] % size_divisor:
         raise DeployError(
-            f"deploy.input_shape={shape}: give [H, W] (or [B, 3, H, W]) with H and W positive multiples of "
-            f"{size_divisor}, e.g. deploy.input_shape=[800,1216]"
+            f"deploy.input_shape={shape}: give [H, W] (or [B, 3, H, W]) with H and W positive"
+            f"{f' multiples of {size_divisor}' if size_divisor > 1 else ''}, e.g. deploy.input_shape=[800,1216]"
         )
     if check_shape is not None:
         try:
@@ -386,7 +386,10 @@ def load_trained_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses, dict[s
         model = build_model(cfg.model, num_classes=explicit)
         return model, _config_classes(cfg, _model_classes(model) or 0), None
     if not Path(checkpoint).is_file():
-        raise DeployError(f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
+        from solo_npu.checkpoints.io import folder_not_checkpoint
+
+        raise DeployError(folder_not_checkpoint(Path(checkpoint)) if Path(checkpoint).is_dir() else
+                          f"checkpoint not found: {checkpoint} (pass checkpoint=PATH to a .pth file)")
     from solo_npu.checkpoints import CheckpointError, load_checkpoint
     from solo_npu.checkpoints.convert import checkpoint_classes, load_model_weights, require_whole_model
 
@@ -399,11 +402,11 @@ def load_trained_model(cfg: DictConfig) -> tuple[nn.Module, ModelClasses, dict[s
         found = checkpoint_classes(ckpt, build_model(cfg.model, num_classes=explicit, device="meta"), source,
                                    path=checkpoint, names_instead=None if configured is None else list(configured))
         if found.num_classes is not None and explicit is not None and int(explicit) != found.num_classes:
+            asked = cfg.get("num_classes_from") or f"num_classes={int(explicit)}"
             raise DeployError(f"{checkpoint} was trained on {found.num_classes} classes ({found.origin}) but the "
-                              f"config asks for {int(explicit)} (data=coco and the data configs set "
-                              f"data.num_classes): add data.num_classes={found.num_classes} for a dataset of its "
-                              "classes, drop the class override (data=, num_classes=) to deploy them on the default "
-                              "data, or fine-tune it on the new ones")
+                              f"config asks for {int(explicit)} ({asked}): drop that override to deploy the file's "
+                              f"{found.num_classes} classes, add data.num_classes={found.num_classes} for a dataset of "
+                              "its classes, or fine-tune it on the new ones")
         model = build_model(cfg.model, num_classes=found.num_classes if found.num_classes is not None else explicit)
         normalize = (cfg.get("data") or {}).get("normalize")  # what the weights were trained on is checked
         report = load_model_weights(model, checkpoint, source=source, loaded=ckpt, normalize=normalize)

@@ -71,8 +71,12 @@ def mark_explicit_classes(cfg: DictConfig, overrides: Sequence[str]) -> None:
         if key in CLASS_OVERRIDES:
             value = OmegaConf.select(cfg, CLASS_OVERRIDES[key])
             if value is not None:
+                given = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key)
                 with open_dict(cfg):
                     cfg.num_classes = int(value)
+                    # which override asked, for the error that names it when the checkpoint disagrees
+                    cfg.num_classes_from = (f"{key}={given}" if CLASS_OVERRIDES[key] == key
+                                            else f"{key}={given} sets {CLASS_OVERRIDES[key]}={int(value)}")
                 return
 
 
@@ -197,9 +201,12 @@ def run_pipeline(cfg: DictConfig, model_name: str | None = None, ctx: DeployCont
     stages = check_stages(cfg.stages)
     ctx = ctx or DeployContext(cfg, cfg.run_dir, model_name)
     print(f"deploy {ctx.model_name}: stages {stages}, run dir {ctx.run_dir}, device {ctx.device.type}")
-    if ctx.random_weights and any(s in stages for s in ("export", "verify", "infer", "evaluate", "benchmark")):
+    builds_model = any(s in stages for s in ("export", "verify"))
+    # Building the model from the config says both itself (solo_npu.deploy.context.load_trained_model: the
+    # WARNING of random weights, the classes a checkpoint gave); said here only where it does not.
+    if ctx.random_weights and not builds_model and any(s in stages for s in ("infer", "evaluate", "benchmark")):
         print(RANDOM_WEIGHTS_NOTICE)
-    if any(s in stages for s in ("export", "verify")):
+    if builds_model and not ctx.classes.origin.startswith("checkpoint"):
         print(f"model: {ctx.classes.describe()}")
     check_same_model(ctx, stages)
     stages = _skip_mismatched_evaluate(ctx, stages)

@@ -187,3 +187,23 @@ def test_pickled_imagenet_weights_name_what_works_for_model_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="checkpoint_trust_pickle=true"):
         load_checkpoint(path)  # checkpoint= still names its setting
     assert set(imagenet_state(path, trust_pickle=True)) == {"conv1.weight"}
+
+
+def test_a_checkpoint_of_another_model_says_what_else_differs(tmp_path: Path) -> None:
+    """An FCOS file given to SOLOv2: the ResNet and FPN names are shared, so the error was a shape mismatch of
+    three tensors that named nothing else; it now says the file holds modules the model lacks (FCOS's bbox_head)
+    and lacks the model's, and what to do."""
+    from solo_npu.checkpoints.convert import load_model_weights
+    from solo_npu.models.fcos import build_fcos
+
+    torch.manual_seed(0)
+    fcos = build_fcos(num_classes=3, depth=18, fpn_channels=16, feat_channels=16, stacked_convs=1, num_groups=4)
+    path = tmp_path / "fcos.pth"
+    torch.save({"state_dict": fcos.state_dict()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_model_weights(tiny(), path)
+    message = one_line_naming(caught.value, path)
+    assert "shape mismatch for" in message
+    assert "of the file's are not in the model (bbox_head." in message, message
+    assert message.endswith("a checkpoint of another model or another depth, width or head (pick the model= that "
+                            "trained it)")

@@ -113,7 +113,12 @@ def test_80_class_mmdet_checkpoint_deploys_80_classes(tmp_path):
     proc = run_cli(f"checkpoint={ckpt}", f"run_dir={tmp_path / 'run3'}", "stages=[export]", "data=synthetic")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: {ckpt} was trained on 80 classes (mask_head.conv_cls.weight) but the config asks for 3")
+        f"error: {ckpt} was trained on 80 classes (mask_head.conv_cls.weight) but the config asks for 3 "
+        "(data=synthetic sets data.num_classes=3)")
+    # model.num_classes: the error named data.num_classes, which was not given
+    proc = run_cli(f"checkpoint={ckpt}", f"run_dir={tmp_path / 'run3'}", "stages=[export]", "model.num_classes=3")
+    assert proc.returncode == 1 and "but the config asks for 3 (model.num_classes=3): drop that override" in \
+        proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run3" / "export").exists()
 
 
@@ -161,7 +166,8 @@ def test_explicit_num_classes_mismatch_and_names_mismatch(tmp_path, capsys):
     code, _ = _deploy(tmp_path, ckpt, "num_classes=7")
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
-    assert "was trained on 5 classes (mask_head.conv_cls.weight) but the config asks for 7" in err
+    assert "was trained on 5 classes (mask_head.conv_cls.weight) but the config asks for 7 (num_classes=7): drop " \
+           "that override to deploy the file's 5 classes" in err
     # Names that disagree with the classifier are a one-line error too, not a guess.
     torch.save({"model": state, "meta": {"dataset_meta": {"classes": ("a", "b")}}}, ckpt)
     code, _ = _deploy(tmp_path, ckpt)

@@ -38,6 +38,16 @@ def test_missing_checkpoint_through_the_cli(synthetic_coco, tmp_path):
         "error: checkpoint not found: /no/such/best.pth (pass checkpoint=PATH to a .pth file)")
 
 
+def test_a_training_run_folder_as_checkpoint_names_its_file(deploy_cfg, tmp_path, capsys):
+    """It said "checkpoint not found" of a folder that is there."""
+    run = tmp_path / "train_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pth").write_bytes(b"")
+    err = _one_line_error(capsys, main(deploy_cfg(f"checkpoint={run}", f"run_dir={tmp_path / 'run'}",
+                                                  "stages=[export]")))
+    assert err == f"error: {run} is a directory, not a checkpoint file: pass the file, e.g. {run}/checkpoints/last.pth"
+
+
 @pytest.mark.parametrize("shape, needle", [("[100,150]", "multiples of 32"), ("[0,64]", "multiples of 32")])
 def test_bad_input_shape(deploy_cfg, tmp_path, capsys, shape, needle):
     cfg = deploy_cfg(f"deploy.input_shape={shape}", f"run_dir={tmp_path}")

@@ -152,6 +152,9 @@ def test_group_choices_are_checked_against_the_config_folder():
     conf = Path(__file__).resolve().parents[2] / "conf"
     message = check_overrides(["model=solov3"], TrainJobConfig, conf)
     assert message.startswith("model=solov3: no model 'solov3' (did you mean solov2? choose from fcos, solov2, ")
+    # another case: no close match by spelling (difflib finds none for FCOS), the same name in lower case
+    assert check_overrides(["model=FCOS"], TrainJobConfig, conf).startswith(
+        "model=FCOS: no model 'FCOS' (did you mean fcos? choose from ")
     assert check_overrides(["+experiment=[1p,finetun]"], TrainJobConfig, conf).startswith(
         "+experiment=[1p,finetun]: no experiment 'finetun' (did you mean finetune?")
     good = ["+experiment=[1p,finetune]", "model=solov2_light_r18", "optim=mmdet_3x", "data=coco", "runtime=default"]
