@@ -280,6 +280,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
     cats = list(label_to_cat)
     ids = _image_ids(files, image_ids)
     entries: list[dict[str, Any]] = []
+    drawn: list[dict[str, Any]] = []  # overlays.json: which image each overlay shows (names can be _2, _3, ...)
     skipped = instances = 0
     for position, (image_id, file) in enumerate(zip(ids, files)):
         bgr = read_image(file)  # None also for a JPEG cut short, which cv2 would give half grey
@@ -302,6 +303,8 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
             skipped += 1
             logger.warning("skipped %s: %s: %s (%d skipped so far)", file, type(exc).__name__, exc, skipped)
             continue
+        drawn.append({"overlay": overlays[position].name, "file": str(file), "file_name": file.name,
+                      "image_id": image_id})
         for entry in found:
             entry["file_name"] = file.name
             if names is not None:
@@ -310,6 +313,7 @@ def run_predict(model: nn.Module | Any, inputs: str | os.PathLike | None = None,
         instances += int((result["scores"] >= score_thr).sum())
     pred_path = out / "predictions.json"
     write_json_atomic(pred_path, entries)
+    write_json_atomic(out / "overlays.json", drawn, indent=1)
     if skipped == len(files):
         from solo_npu.deploy.context import DeployError
 

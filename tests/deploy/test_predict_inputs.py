@@ -108,7 +108,7 @@ def test_subfolders_are_not_read_and_said_once(tmp_path, caplog, capsys):
 def test_overlay_names_never_collide(tmp_path):
     """x.JPG and x.jpg both became x_jpg.png, and x.jpg, x.png and x_jpg.png two x_jpg.png: one overlay replaced
     another. Names also differ ignoring case, for the file systems that ignore it."""
-    from solo_npu.deploy.predict import overlay_paths
+    from solo_npu.deploy.predict import list_images, overlay_paths
 
     def names(files: list[str]) -> list[str]:
         return [p.name for p in overlay_paths([tmp_path / f for f in files], tmp_path / "out")]
@@ -121,6 +121,11 @@ def test_overlay_names_never_collide(tmp_path):
         write(folder, name)
     out = run_predict(tiny_model(), folder, tmp_path / "out", None, data_cfg(), "cpu", 0.3)
     assert out["images"] == 4 and len(list((tmp_path / "out").glob("*.png"))) == 4
+    # which image each overlay shows: nothing recorded it, and x_jpg_2.png could be x.jpg or x_jpg.png
+    shown = {e["overlay"]: e["file_name"] for e in json.loads((tmp_path / "out" / "overlays.json").read_text())}
+    files = list_images(folder)
+    assert shown == {p.name: f.name for p, f in zip(overlay_paths(files, tmp_path / "out"), files, strict=True)}
+    assert shown["x_jpg_3.png"] == "x_jpg.png" and len(set(shown.values())) == 4
 
 
 def test_small_overlays_are_enlarged_as_the_training_report_images(tmp_path):
