@@ -41,6 +41,10 @@ export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1800}"
 export HCCL_WHITELIST_DISABLE="${HCCL_WHITELIST_DISABLE:-1}"
 export TASK_QUEUE_ENABLE="${TASK_QUEUE_ENABLE:-2}"
 export CPU_AFFINITY_CONF="${CPU_AFFINITY_CONF:-1}"
+# expandable_segments (the allocator's virtual memory) needs Ascend HDK 23.0.0 or later, must be False when
+# max_split_size_mb or garbage_collection_threshold is set, and before HDK 24.1.RC3 rules out one process driving
+# several devices (CANN environment variable reference, PYTORCH_NPU_ALLOC_CONF): on an older driver export
+# PYTORCH_NPU_ALLOC_CONF=expandable_segments:False (or your own value) before sourcing this file.
 export PYTORCH_NPU_ALLOC_CONF="${PYTORCH_NPU_ALLOC_CONF:-expandable_segments:True}"
 export ASCEND_SLOG_PRINT_TO_STDOUT="${ASCEND_SLOG_PRINT_TO_STDOUT:-0}"
 export ASCEND_GLOBAL_LOG_LEVEL="${ASCEND_GLOBAL_LOG_LEVEL:-3}"

@@ -559,6 +559,9 @@ def _build_trainer(cfg: DictConfig, info: DeviceInfo, model: nn.Module, optimize
         logger.warning("the training split has %d images, fewer than a step's total batch of %d (train.batch_size=%d "
                        "x %d ranks): every step repeats images", len(data.train_set),
                        batch_size * comm.get_world_size(), batch_size, comm.get_world_size())
+    scale_notice = scale_range_notice(cfg)
+    if scale_notice and comm.is_main_process():
+        logger.warning(scale_notice)
     trainer = Trainer(net, optimizer, data.loader, info, max_epochs=int(cfg.train.epochs),
                       iters_per_epoch=iters_per_epoch, max_iters=cfg.train.max_iters,
                       scaler=make_grad_scaler(info, bool(cfg.amp.enabled), cfg.amp.loss_scale, str(cfg.amp.dtype)),
@@ -621,6 +624,27 @@ class RunEnd(HookBase):
         if not ended and self.reached and self.eval_at_end and not evaluated:
             summary.update(segm_ap=None, bbox_ap=None, final_evaluation="interrupted")
         return summary
+
+
+def scale_range_notice(cfg: DictConfig) -> str | None:
+    """A WARNING when the training scale holds instances larger than the head's last ``scale_ranges`` bound: SOLO
+    and mmdet assign an instance to the FPN levels whose range holds the square root of its box area, so a larger
+    one is on no level and trains as background. The light models' ranges end at 896 px for their 768x448 scale;
+    a light model yaml alone trains at the data config's (1333x800 for coco: instances up to 1033 px)."""
+    ranges = OmegaConf.select(cfg, "model.head.scale_ranges")
+    scale = OmegaConf.select(cfg, "data.img_scale")
+    if not ranges or not scale:
+        return None
+    top = max(float(r[1]) for r in ranges)
+    shorts = list(OmegaConf.select(cfg, "data.multiscale_short") or []) or [min(scale)]
+    long_side, short_side = max(scale), max(min(int(s), max(scale)) for s in shorts)
+    largest = (long_side * short_side) ** 0.5
+    if largest <= top:
+        return None
+    return (f"model.head.scale_ranges ends at {top:g} px (square root of a box's area) but images train at up to "
+            f"{long_side}x{short_side}: an instance larger than {top:g} px (up to {largest:.0f} here) is assigned to "
+            "no FPN level and trains as background; the light models' recipes train at 768x448 "
+            "(+experiment=solov2_light_r18_3x and the others), or widen the last range")
 
 
 def _run(trainer: Trainer, model: nn.Module, run_dir: Path, run_end: RunEnd) -> dict[str, Any]:
