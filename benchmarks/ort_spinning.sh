@@ -15,31 +15,7 @@ ckpt="${RUN}/checkpoints/best.pth"
 [[ -f "${ckpt}" ]] || ckpt="${RUN}/checkpoints/last.pth"
 [[ -f "${ckpt}" ]] || { echo "no checkpoint under ${RUN}/checkpoints: run make demo first" >&2; exit 1; }
 # The model and data settings of the training run, as scripts/demo.sh passes them to deploy.py.
-mapfile -t MODEL_OVERRIDES < <("${PYTHON}" - "${RUN}/config.yaml" <<'PY'
-import json
-import sys
-
-import yaml
-
-def flat(node, prefix):
-    for key, value in node.items():
-        if key in ("_target_", "num_classes", "deploy"):
-            continue
-        if isinstance(value, dict):
-            yield from flat(value, f"{prefix}{key}.")
-        else:
-            yield f"++model.{prefix}{key}={json.dumps(value, separators=(',', ':'))}"
-
-cfg = yaml.safe_load(open(sys.argv[1]))
-print("\n".join(flat(cfg["model"], "")))
-print(f"++data.root={cfg['data']['root']}")
-for key in ("img_scale", "size", "num_train", "num_val", "shape_scale", "max_shapes"):
-    if key in cfg["data"]:
-        print(f"++data.{key}={json.dumps(cfg['data'][key], separators=(',', ':'))}")
-long_side, short_side = cfg["data"]["img_scale"]
-print(f"deploy.input_shape=[{short_side},{long_side}]")
-PY
-)
+mapfile -t MODEL_OVERRIDES < <("${PYTHON}" scripts/deploy_overrides.py "${RUN}/config.yaml")
 COMMON=(model=solov2_light_r18 data=synthetic "checkpoint=${ckpt}" "${MODEL_OVERRIDES[@]}" runtime.device=cpu
         "run_dir=${OUT}" "deploy.batch_sizes=[1]" "deploy.backends=[pytorch,onnxruntime]" deploy.benchmark.iters=20)
 "${PYTHON}" deploy.py "${COMMON[@]}" "stages=[export,preprocess]" > "${OUT}.export.log" 2>&1

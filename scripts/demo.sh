@@ -18,31 +18,7 @@ RUN_DIR="${RUN_DIR:-outputs/demo}"
 ckpt="${RUN_DIR}/checkpoints/best.pth"
 [[ -f "${ckpt}" ]] || ckpt="${RUN_DIR}/checkpoints/last.pth"
 # The deploy config builds the same model and reads the same data: take them from the run's config.
-mapfile -t MODEL_OVERRIDES < <("${PYTHON}" - "${RUN_DIR}/config.yaml" <<'PY'
-import json
-import sys
-
-import yaml
-
-def flat(node, prefix):
-    for key, value in node.items():
-        if key in ("_target_", "num_classes", "deploy"):
-            continue
-        if isinstance(value, dict):
-            yield from flat(value, f"{prefix}{key}.")
-        else:
-            yield f"++model.{prefix}{key}={json.dumps(value, separators=(',', ':'))}"
-
-cfg = yaml.safe_load(open(sys.argv[1]))
-print("\n".join(flat(cfg["model"], "")))
-print(f"++data.root={cfg['data']['root']}")
-for key in ("img_scale", "size", "num_train", "num_val", "shape_scale", "max_shapes"):
-    if key in cfg["data"]:
-        print(f"++data.{key}={json.dumps(cfg['data'][key], separators=(',', ':'))}")
-long_side, short_side = cfg["data"]["img_scale"]
-print(f"deploy.input_shape=[{short_side},{long_side}]")  # landscape canvas [H, W] of the training scale
-PY
-)
+mapfile -t MODEL_OVERRIDES < <("${PYTHON}" scripts/deploy_overrides.py "${RUN_DIR}/config.yaml")
 read -r -a DEPLOY_ARGS <<< "${DEPLOY_OVERRIDES:-}"
 # ${A[@]+"${A[@]}"}: an empty array under set -u is an unbound variable for bash < 4.4
 "${PYTHON}" deploy.py model=solov2_light_r18 data=synthetic checkpoint="${ckpt}" ${MODEL_OVERRIDES[@]+"${MODEL_OVERRIDES[@]}"} \

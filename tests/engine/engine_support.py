@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,3 +78,16 @@ def refused_at_start(tmp_path: Path, *overrides: str) -> str:
     error = proc.stderr.strip().splitlines()[-1]
     assert f"ERROR train: {error}" in logs  # the run's train.log says why it ended
     return proc.stderr.strip()
+
+
+class RegressionPairs(torch.utils.data.Dataset):
+    """32 samples of a linear regression (``images``: 4 numbers, ``y``: their sum), indexed as the grouped batch
+    sampler indexes: ``(index, group)``."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, key):
+        index, _ = key
+        x = torch.randn(4, generator=torch.Generator().manual_seed(index))
+        return {"images": x, "y": x.sum()}

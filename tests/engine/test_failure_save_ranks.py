@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import RegressionPairs
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -25,16 +26,6 @@ from solo_npu.engine.launch import launch
 from solo_npu.engine.trainer import NonFiniteLossError, Trainer
 
 SLOW_SAVE_S = 3.0
-
-
-class _Pairs(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 32
-
-    def __getitem__(self, key):
-        index, _ = key
-        x = torch.randn(4, generator=torch.Generator().manual_seed(index))
-        return {"images": x, "y": x.sum()}
 
 
 class _Regression(nn.Module):
@@ -56,7 +47,7 @@ def _job_nonfinite(cfg: dict, run_dir: Path, info) -> None:
     model = _Regression()
     net = nn.parallel.DistributedDataParallel(model)
     sampler = GroupedBatchSampler(32, 2, shuffle=True, seed=0, rank=rank, world_size=world)
-    loader = DataLoader(_Pairs(), batch_sampler=sampler)
+    loader = DataLoader(RegressionPairs(), batch_sampler=sampler)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     trainer = Trainer(net, opt, loader, info, max_epochs=3, iters_per_epoch=len(sampler), batch_size=2,
                       max_nonfinite=1, poison_iters=[3])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import SignalAtEpochEnd
+from engine_support import RegressionPairs, SignalAtEpochEnd
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -19,16 +19,6 @@ from solo_npu.engine.checkpointer import training_state
 from solo_npu.engine.hooks import CheckpointHook
 from solo_npu.engine.launch import launch
 from solo_npu.engine.trainer import Trainer
-
-
-class _Pairs(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 32
-
-    def __getitem__(self, key):
-        index, _ = key
-        x = torch.randn(4, generator=torch.Generator().manual_seed(index))
-        return {"images": x, "y": x.sum()}
 
 
 class _SignalOnRank(nn.Module):
@@ -54,7 +44,7 @@ def _job(cfg: dict, run_dir: Path, info) -> None:
     model = _SignalOnRank(rank, cfg["signal_rank"], cfg["signum"], cfg["at"])
     net = nn.parallel.DistributedDataParallel(model)
     sampler = GroupedBatchSampler(32, 2, shuffle=True, seed=0, rank=rank, world_size=world)
-    loader = DataLoader(_Pairs(), batch_sampler=sampler)
+    loader = DataLoader(RegressionPairs(), batch_sampler=sampler)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     trainer = Trainer(net, opt, loader, info, max_epochs=3, iters_per_epoch=len(sampler), batch_size=2)
     model.trainer = trainer
