@@ -112,7 +112,11 @@ def is_combined_tensor_valid(combined: torch.Tensor | None, tensors: list[torch.
 # --- torch_npu.optim ----------------------------------------------------------------------------------------------
 
 class NpuFusedOptimizerBase(torch.optim.Optimizer):
-    """Follows torch_npu/optim/npu_fused_optim_base.py (NpuFusedOptimizerBase)."""
+    """Follows torch_npu/optim/npu_fused_optim_base.py (NpuFusedOptimizerBase), without the NPU's private tensor
+    formats: the real one casts a gradient to its parameter's format before combining (``npu_format_cast``), sizes
+    the buffers by storage (``p.storage().size()``, padding included) and masks that padding out of the clip norm;
+    here every tensor is plain, so sizes are ``numel()`` and nothing is padded. Tests of the combining, the clip
+    and DDP's bucket views hold; a fault of padded formats (NC1HWC0 / FRACTAL_Z convolution weights) cannot show."""
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
