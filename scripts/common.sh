@@ -333,7 +333,7 @@ run_train() {
     hydra_value "${RUN_DIR}"
     args+=("run_dir=${HYDRA_VALUE}")
     [[ -n "${batch_size}" ]] && args+=("train.batch_size=${batch_size}")
-    if [[ -n "${batch_size}" && "${RUN_KIND}" == "8p" ]]; then
+    if [[ "${batch_size}" =~ ^[0-9]+$ && "${RUN_KIND}" == "8p" ]]; then  # another value is train.py's to refuse
         # The Ascend ModelZoo SOLOv2 8p scripts' batch_size=16 is the total of 8 devices (2 each), and they take
         # no --batch_size; here it is each device's, so --batch_size=16 would train a total of 128 (and scale
         # the learning rate with it).

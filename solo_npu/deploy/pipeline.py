@@ -71,12 +71,15 @@ def mark_explicit_classes(cfg: DictConfig, overrides: Sequence[str]) -> None:
         if key in CLASS_OVERRIDES:
             value = OmegaConf.select(cfg, CLASS_OVERRIDES[key])
             if value is not None:
-                given = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key)
+                # which override asked, for the error that names it when the checkpoint disagrees: the last one
+                # that sets this count (data=coco data.num_classes=5: data.num_classes=5)
+                given = [o.split("=", 1) for o in overrides if "=" in o]
+                said, text = [(k.lstrip("+~"), v) for k, v in given
+                              if CLASS_OVERRIDES.get(k.lstrip("+~")) == CLASS_OVERRIDES[key]][-1]
                 with open_dict(cfg):
                     cfg.num_classes = int(value)
-                    # which override asked, for the error that names it when the checkpoint disagrees
-                    cfg.num_classes_from = (f"{key}={given}" if CLASS_OVERRIDES[key] == key
-                                            else f"{key}={given} sets {CLASS_OVERRIDES[key]}={int(value)}")
+                    cfg.num_classes_from = (f"{said}={text}" if CLASS_OVERRIDES[said] == said
+                                            else f"{said}={text} sets {CLASS_OVERRIDES[said]}={int(value)}")
                 return
 
 
@@ -118,13 +121,18 @@ def check_plan(ctx: DeployContext, stages: Sequence[str]) -> None:
 
 
 def onnx_exporter_max_opset() -> int | None:
-    """The highest opset ``torch.onnx.export`` accepts on this torch (None where torch does not say)."""
+    """The highest opset the TorchScript-based ``torch.onnx.export`` (the one used here, ``dynamo=False``) writes
+    on this torch (None where torch does not say). Above it torch 2.13 still writes a file, stamped with the opset
+    asked for but built of its highest one's operators, with a warning only."""
     try:
         from torch.onnx import _constants
     except ImportError:
         return None
-    value = getattr(_constants, "ONNX_MAX_OPSET", None)
-    return int(value) if isinstance(value, int) else None
+    for name in ("ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", "ONNX_MAX_OPSET"):
+        value = getattr(_constants, name, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 # Stages that read the configured dataset (the others read what earlier stages wrote into the run directory).

@@ -235,7 +235,8 @@ def verify_backends(ctx: DeployContext, backends: Sequence[Any], filename: str =
                     reason = str(exc)
             rows.append(failed_row(backend.name, bs, backend.precision, reason))
             logger.error("verify %s batch %s failed: %s; the other backends go on", backend.name, bs, reason)
-    for (name, bs), reason in pending.items():  # files no verified backend runs (the dynamic-batch ONNX)
+    for (name, bs), reason in pending.items():  # ONNX files no verified backend runs (the dynamic-batch one, any
+        # one when ONNX Runtime is not verified): onnx.checker refused a file this run exported
         rows.append(failed_row(name, bs, None, reason))
         logger.error("verify %s batch %s failed: %s; the other backends go on", name, bs, reason)
     tail = ["status", "detections", "matched", "unmatched", "score_max_diff", "min_iou", "precision"]

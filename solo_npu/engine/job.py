@@ -662,15 +662,24 @@ def _run(trainer: Trainer, model: nn.Module, run_dir: Path, run_end: RunEnd) -> 
         status = "ok" if run_end.reached else "interrupted" if isinstance(exc, InterruptedMidStep) else "stopped"
         stopping = interrupts.stops_every_rank(exc)
         raise
+    except BaseException as exc:  # a save that failed during such a stop is still every rank's stop
+        stopping = interrupts.stops_every_rank(exc.__context__)
+        raise
     finally:
         summary = run_end.summary(status, ended)
         if ended:
             summary["ranks_in_sync"] = comm.params_in_sync(model)
             if not summary["ranks_in_sync"]:
                 logger.error("the ranks ended with different weights")
-        # A stop's other ranks may leave now with a failure status, and their launcher SIGTERM this one.
-        with interrupts.sigterm_held("summary.json is written") if stopping else contextlib.nullcontext():
-            write_summary(run_dir, summary)
+        # A stop's other ranks leave with a failure status once this barrier lets them, and their launcher then
+        # SIGTERMs the others: rank 0 writes summary.json first, with SIGTERM held.
+        try:
+            with interrupts.sigterm_held("summary.json is written") if stopping and comm.is_main_process() else \
+                    contextlib.nullcontext():
+                write_summary(run_dir, summary)
+        finally:
+            if stopping:
+                comm.barrier()
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -256,9 +257,14 @@ class Trainer:
             if not interrupts.stops_every_rank(exc):
                 self._call("on_failure", exc)
                 raise
-            with interrupts.sigterm_held("last.pth is written"):
-                self._call("on_failure", exc)
-                comm.barrier()  # every rank stopped here: none leaves before global rank 0 has saved
+            # Every rank stopped after the same step: global rank 0 writes last.pth with SIGTERM held, and no rank
+            # leaves before it is done, whether its save succeeds or raises (the others hold nothing).
+            try:
+                with interrupts.sigterm_held("last.pth is written") if comm.is_main_process() else \
+                        contextlib.nullcontext():
+                    self._call("on_failure", exc)
+            finally:
+                comm.barrier()
             raise
         self.interrupts.restore()
         self._call("after_train")

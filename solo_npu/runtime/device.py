@@ -553,14 +553,14 @@ def ddp_options(info: DeviceInfo, optimizer: torch.optim.Optimizer) -> dict[str,
     ``gradient_as_bucket_view`` saves a gradient-sized copy per step, but DDP then re-points each
     ``.grad`` at its own bucket, which would detach it from a fused optimiser's combined buffer (the
     optimiser would step on stale gradients): off for fused optimisers, on otherwise.
-    ``broadcast_buffers`` is off, as in mmdetection's distributed training (mmcv/mmengine
-    ``MMDistributedDataParallel(broadcast_buffers=False)``): DDP's default sends rank 0's buffers to every rank
-    before each training forward, one collective per step, while the frozen BatchNorm of every SOLOv2 recipe
-    (``norm_eval``) never changes them and rank 0's own buffers evolve alike either way (only rank 0's are saved,
-    and evaluation broadcasts them first: ``solo_npu.engine.evaluate``).
+    ``broadcast_buffers`` stays at DDP's default, on (mmdetection turns it off): the backbone's FrozenBatchNorm keeps
+    its affine and statistics in buffers, and before torch 2.13 ``broadcast_buffers=False`` also skips DDP's
+    construction-time sync (``_sync_module_states``), so a rank that loaded other ImageNet weights (another file
+    at the same path on one node) would keep other frozen statistics with nothing to say so; the per-step broadcast
+    is one coalesced collective of small tensors.
     """
     return {"device_ids": [info.index] if info.device.type != "cpu" else None,
-            "gradient_as_bucket_view": not is_fused_optimizer(optimizer), "broadcast_buffers": False}
+            "gradient_as_bucket_view": not is_fused_optimizer(optimizer)}
 
 
 def apply_env_defaults(defaults: Mapping[str, str], env: Mapping[str, Any] | None = None) -> dict[str, str]:

@@ -164,3 +164,16 @@ def test_group_choices_are_checked_against_the_config_folder():
     assert check_overrides(["--config-dir=extra", "model=my_detector"], TrainJobConfig, conf) is None
     assert check_deploy_overrides(["deploy=310x"], conf) == "deploy=310x: no deploy '310x' (did you mean 310p? " \
                                                            "choose from 310p, default)"
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["data=synthetic"], "data=synthetic sets data.num_classes=3"),
+    (["data=coco", "data.num_classes=5"], "data.num_classes=5"),  # the later, more precise override set it
+    (["~hydra", "model.num_classes=7"], "model.num_classes=7"),  # a deletion (no '=') before it is passed over
+])
+def test_the_class_override_that_asked_is_named(overrides, named):
+    from solo_npu.deploy.pipeline import mark_explicit_classes
+
+    cfg = compose_deploy_cfg([o for o in overrides if "=" in o])
+    mark_explicit_classes(cfg, overrides)
+    assert cfg.num_classes_from == named

@@ -345,10 +345,8 @@ def test_ddp_options_rule_out_bucket_views_for_fused_optimizers(fake_npu):
     fused = npu_stand_in.NpuFusedSGD(_two_params_with_grads(), lr=0.1)
     plain = torch.optim.SGD(_two_params_with_grads(), lr=0.1)
     assert runtime.is_fused_optimizer(fused) and not runtime.is_fused_optimizer(plain)
-    assert runtime.ddp_options(npu, fused) == {"device_ids": [1], "gradient_as_bucket_view": False,
-                                               "broadcast_buffers": False}
-    assert runtime.ddp_options(npu, plain) == {"device_ids": [1], "gradient_as_bucket_view": True,
-                                               "broadcast_buffers": False}
+    assert runtime.ddp_options(npu, fused) == {"device_ids": [1], "gradient_as_bucket_view": False}
+    assert runtime.ddp_options(npu, plain) == {"device_ids": [1], "gradient_as_bucket_view": True}
     assert runtime.ddp_options(cpu, plain)["device_ids"] is None
 
 
