@@ -26,8 +26,9 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     The data goes to a temporary file in the same directory, is flushed and fsynced, and is then
     renamed over ``path`` (an atomic operation on POSIX file systems; :func:`solo_npu.utils.files.atomic_write`),
     and the directory is fsynced. A crash or ``kill -9`` during the write leaves at worst a stray ``.tmp``
-    file, never a truncated checkpoint. The file gets the mode ``torch.save(obj, path)`` would give it
-    (0o666 less the umask).
+    file (which a training run's checkpoint hook removes from its folder when it starts:
+    :func:`solo_npu.utils.files.remove_partial_writes`), never a truncated checkpoint. The file gets the mode
+    ``torch.save(obj, path)`` would give it (0o666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from solo_npu.engine.optim import WarmupStepSchedule
 from solo_npu.engine.trainer import HookBase, NonFiniteLossError
 from solo_npu.engine.writers import ConsoleWriter, EventWriter
 from solo_npu.runtime import memory_stats
+from solo_npu.utils.files import remove_partial_writes
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,13 @@ class CheckpointHook(HookBase):
         self.best: float | None = None
         self._compared_at: int | None = None
         self._last_saved: tuple[int, bool] | None = None  # last.pth's iteration, and whether it holds its evaluation
+        if is_main and self.dir.is_dir():
+            removed = remove_partial_writes(self.dir, ".pth")
+            if removed:
+                logger.warning("removed %d unfinished checkpoint write(s) of an earlier run, %.0f MB (%s): a process "
+                               "killed while saving leaves them; the checkpoints beside them are whole",
+                               len(removed), sum(size for _, size in removed) / 2**20,
+                               ", ".join(path.name for path, _ in removed[:3]) + (", ..." if len(removed) > 3 else ""))
 
     def save(self, name: str) -> None:
         if self.is_main:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +69,31 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write's temporary name (mkstemp)
+
+
+def remove_partial_writes(folder: str | os.PathLike, suffix: str, older_than_s: float = 60.0) -> list[tuple[Path, int]]:
+    """Remove the temporary files that :func:`atomic_write` left in ``folder`` for targets ending in ``suffix``
+    when its process was killed (``kill -9``, an OOM kill) before the rename: partial files, never read. Only those
+    not written for ``older_than_s`` seconds go (a live write keeps its file's time moving). Returns (path, bytes) of
+    each file removed."""
+    removed = []
+    now = time.time()
+    for entry in Path(folder).glob(".*.tmp"):
+        match = _PARTIAL.match(entry.name)
+        if not match or not match["name"].endswith(suffix) or not entry.is_file():
+            continue
+        try:
+            stat = entry.stat()
+            if now - stat.st_mtime < older_than_s:
+                continue
+            entry.unlink()
+        except OSError:  # gone already, or not ours to remove
+            continue
+        removed.append((entry, stat.st_size))
+    return removed
 
 
 @contextmanager
