@@ -171,11 +171,34 @@ def _missing_in_other_python(python: str, names: tuple[str, ...]) -> tuple[str, 
     return tuple(proc.stdout.split()) if proc.returncode == 0 else names
 
 
+# The ais_bench flags the om backend sets itself or reads the result of: the model and its input, where and in which
+# format the outputs go (it reads <output>/<output_dirname>/<stem>_<i>.bin), how they are split per file, the batch,
+# the loop and warm-up it times and the device (Ascend/tools ais_bench/infer/__main__.py, get_args; argparse also takes
+# a unique prefix of a flag, as --outf for --outfmt). The dynamic-batch gear (--dymBatch) it adds after these.
+OWNED_AIS_BENCH_FLAGS = ("--model", "--input", "--output", "--output_dirname", "--outfmt", "--output_batchsize_axis",
+                         "--batchsize", "--loop", "--warmup_count", "--device")
+OWNED_AIS_BENCH_SHORT = {"-m": "--model", "-i": "--input", "-o": "--output", "-l": "--loop", "-d": "--device"}
+
+
+def check_extra_args(extra_args: Sequence[str]) -> None:
+    """Refuse ``deploy.om.extra_args`` that set a flag of :data:`OWNED_AIS_BENCH_FLAGS`: they come last on the
+    command line, so argparse would take theirs (``--outfmt NPY`` writes ``<stem>_0.npy``, and the om backend then
+    finds no outputs)."""
+    for arg in (str(a) for a in extra_args):
+        name = arg.split("=", 1)[0]
+        owned = [OWNED_AIS_BENCH_SHORT[name]] if name in OWNED_AIS_BENCH_SHORT else \
+            [f for f in OWNED_AIS_BENCH_FLAGS if name.startswith("--") and len(name) > 2 and f.startswith(name)]
+        if owned:
+            raise DeployError(f"deploy.om.extra_args sets {arg!r} ({owned[0]}), which the om backend sets itself "
+                              f"(flags it owns: {', '.join(OWNED_AIS_BENCH_FLAGS)}): drop it")
+
+
 def ais_bench_command(launcher: Sequence[str], om_path: str | Path, output: str | Path, output_dirname: str,
                       input_dir: str | Path | None = None, batch_size: int | None = None, loop: int | None = None,
                       device_id: int = 0, extra_args: Sequence[str] = (), warmup: int | None = None) -> list[str]:
     """The ais_bench command line; ``warmup``: ``--warmup_count`` (ais_bench's own default is 1 untimed run,
     ``__main__.py``, ``get_args``)."""
+    check_extra_args(extra_args)
     cmd = [*launcher, "--model", str(om_path)]
     if input_dir is not None:
         cmd += ["--input", str(input_dir)]

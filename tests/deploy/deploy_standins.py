@@ -273,7 +273,7 @@ print("ATC run success, welcome to the next use.")
 #      and the log line "throughput 1000*batchsize.mean(B)/NPU_compute_time.mean(T): X".
 # Timings are fixed (2.0 ms mean NPU time) so tests can check how they are read.
 AIS_BENCH = """
-import argparse, json, logging, os, re, stat, sys
+import argparse, json, logging, os, re, stat, sys, time
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
@@ -377,7 +377,9 @@ elif om["gears"]:
         raise RuntimeError("dynamic batch om model detected, but dymbatch, dymdims or dymshape not set!")
     sys.exit("ais_bench stand-in: a dynamic-batch .om run without --dymBatch is not modelled")
 model_bytes = 4 * int(np.prod(shape))
-out = os.path.join(args.output, args.output_dirname) if args.output else None
+# main: without --output_dirname the outputs go to a folder named by the time (time.strftime("%Y_%m_%d-%H_%M_%S"))
+out = (os.path.join(args.output, args.output_dirname if args.output_dirname is not None
+                    else time.strftime("%Y_%m_%d-%H_%M_%S")) if args.output else None)
 if out is not None:
     if not os.path.exists(out):
         if NEWER:  # makedirs_safe: each missing folder 0o750
@@ -433,7 +435,16 @@ if args.input is not None:
         runs += 1
         for i, y in enumerate(outputs if out is not None else []):  # no --output: nothing saved
             for j, part in enumerate(np.array_split(y, per_batch, axis=0)[:len(group)]):
-                part.tofile(os.path.join(out, "{}_{}.bin".format(os.path.basename(group[j]).split(".")[0], i)))
+                # io_oprations.py save_tensors_to_file: "{}_{}.{}".format(stem, i, outfmt.lower()); utils.py
+                # save_data_to_files: np.save for NPY, np.savetxt for TXT, tofile for BIN
+                name = os.path.join(out, "{}_{}.{}".format(os.path.basename(group[j]).split(".")[0], i,
+                                                          args.outfmt.lower()))
+                if args.outfmt == "NPY":
+                    np.save(name, part)
+                elif args.outfmt == "TXT":
+                    np.savetxt(name, part.reshape(-1))
+                else:
+                    part.tofile(name)
 logger.info("warm up {} done".format(args.warmup_count))
 batch = args.batchsize or shape[0]
 times = {"min": 1.5, "max": 2.5, "mean": 2.0, "median": 1.9, "percentile(99%)": 2.4, "count": runs}

@@ -523,3 +523,34 @@ def test_ais_bench_input_paths_with_commas_are_refused_and_refused_characters_na
     with pytest.raises(DeployError, match=r"is illegal\. Please check\. \(newer ais_bench refuses paths with "
                                           r"characters other than .*: /in b/c\.bin; use a run_dir without them\)"):
         om.run_ais_bench([str(fail), *cmd[3:]])
+
+
+@pytest.mark.parametrize("extra", [["--outfmt", "NPY"], ["--outf=NPY"], ["-o", "/tmp/x"], ["--output_dirname=x"],
+                                   ["--loop", "9"]])
+def test_extra_args_that_set_a_flag_the_om_backend_owns_are_refused(extra):
+    """They come last, so ais_bench's argparse takes theirs: --outfmt NPY (or its prefix --outf) made ais_bench write
+    <stem>_0.npy, and the om backend, which reads <stem>_0.bin, found no outputs."""
+    with pytest.raises(DeployError, match=r"^deploy\.om\.extra_args sets '.+' \(--\w+\), which the om backend sets"):
+        om.ais_bench_command(["ais_bench"], "m.om", "out", "b1", "in", extra_args=extra)
+    assert om.ais_bench_command(["ais_bench"], "m.om", "out", "b1", extra_args=["--display_all_summary", "1"])
+
+
+def test_ais_bench_standin_writes_the_format_asked_for_where_the_tool_writes_it(exported_run, tmp_path, monkeypatch):
+    """Ascend/tools ais_bench: outputs are <stem>_<i>.<outfmt> (io_oprations.py save_tensors_to_file; np.save for
+    NPY), under <output>/<output_dirname>, or under a folder named by the time without --output_dirname (main)."""
+    bin_dir, inputs, log = tmp_path / "bin", tmp_path / "inputs", tmp_path / "log"
+    for folder in (bin_dir, inputs, log):
+        folder.mkdir()
+    install_tool(bin_dir, "ais_bench", AIS_BENCH)
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
+    np.zeros((1, 3, 128, 160), np.float32).tofile(inputs / "a.bin")
+    run = [str(bin_dir / "ais_bench"), "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]
+    subprocess.run([*run, "--output_dirname", "npy", "--outfmt", "NPY"], check=True, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "o" / "npy").iterdir()) == ["a_0.npy", "a_1.npy", "a_2.npy"]
+    subprocess.run(run, check=True, capture_output=True)
+    (stamped,) = [p for p in (tmp_path / "o").iterdir() if p.is_dir() and p.name != "npy"]
+    assert len(stamped.name) == len("2026_12_05-01_02_03") and sorted(p.name for p in stamped.iterdir()) == [
+        "a_0.bin", "a_1.bin", "a_2.bin"]
+    scores = np.load(tmp_path / "o" / "npy" / "a_2.npy")
+    assert scores.shape[0] == 1 and np.array_equal(scores.reshape(-1), np.fromfile(stamped / "a_2.bin", np.float32))
