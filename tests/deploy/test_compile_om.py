@@ -292,16 +292,20 @@ def test_atc_precision_options_with_the_atc_standin(make_ctx, exported_run, monk
     assert OmBackend(ctx).precision == "fp16"
 
 
-def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp_path):
-    """ais_bench logs "[ERROR] ..." on stdout and raises a bare RuntimeError: the [ERROR] line is the reason."""
+def _ais_bench_alone(exported_run, monkeypatch, tmp_path) -> tuple[list[str], Path, Path]:
+    """(the ais_bench stand-in's command, a batch-1 .om of the exported model, an empty input folder)."""
     bin_dir, log, inputs = tmp_path / "bin", tmp_path / "log", tmp_path / "inputs"
     for folder in (bin_dir, log, inputs):
         folder.mkdir()
     install_tool(bin_dir, "ais_bench", AIS_BENCH)
     monkeypatch.setenv("STANDIN_LOG", str(log))
-    model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
+    return [str(bin_dir / "ais_bench")], write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1")), inputs
+
+
+def test_ais_bench_failure_reports_its_error_line(exported_run, monkeypatch, tmp_path):
+    """ais_bench logs "[ERROR] ..." on stdout and raises a bare RuntimeError: the [ERROR] line is the reason."""
+    launcher, model, inputs = _ais_bench_alone(exported_run, monkeypatch, tmp_path)
     (inputs / "a.bin").write_bytes(bytes(100))  # not a whole input of 1x3x128x160 float32
-    launcher = [str(bin_dir / "ais_bench")]
     cmd = om.ais_bench_command(launcher, model, tmp_path / "out", "b1", inputs, batch_size=1)
     with pytest.raises(DeployError) as err:
         om.run_ais_bench(cmd)
@@ -538,14 +542,9 @@ def test_extra_args_that_set_a_flag_the_om_backend_owns_are_refused(extra):
 def test_ais_bench_standin_writes_the_format_asked_for_where_the_tool_writes_it(exported_run, tmp_path, monkeypatch):
     """Ascend/tools ais_bench: outputs are <stem>_<i>.<outfmt> (io_oprations.py save_tensors_to_file; np.save for
     NPY), under <output>/<output_dirname>, or under a folder named by the time without --output_dirname (main)."""
-    bin_dir, inputs, log = tmp_path / "bin", tmp_path / "inputs", tmp_path / "log"
-    for folder in (bin_dir, inputs, log):
-        folder.mkdir()
-    install_tool(bin_dir, "ais_bench", AIS_BENCH)
-    monkeypatch.setenv("STANDIN_LOG", str(log))
-    model = write_om(tmp_path / "model_b1.om", exported_onnx(exported_run, "1"))
+    launcher, model, inputs = _ais_bench_alone(exported_run, monkeypatch, tmp_path)
     np.zeros((1, 3, 128, 160), np.float32).tofile(inputs / "a.bin")
-    run = [str(bin_dir / "ais_bench"), "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]
+    run = [*launcher, "--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "o")]
     subprocess.run([*run, "--output_dirname", "npy", "--outfmt", "NPY"], check=True, capture_output=True)
     assert sorted(p.name for p in (tmp_path / "o" / "npy").iterdir()) == ["a_0.npy", "a_1.npy", "a_2.npy"]
     subprocess.run(run, check=True, capture_output=True)
