@@ -119,11 +119,9 @@ class Backend:
     name = "base"
     precision = "fp32"
     compiled = False  # True: prepare() builds its model (compile stage), verified after compiling
-    # A compiled backend's source: the in-process backend that runs the exported file it is compiled from. The verify
-    # stage checks that one when only the compiled backend is asked for, so that an export fault is told apart
-    # from a compile fault.
-    compiled_from: str | None = None
-    exported_format: str | None = None  # the deploy.export_formats entry whose files it runs (or compiles)
+    # The deploy.export_formats entry whose files it runs, or compiles (a compiled backend's source: the verify stage
+    # runs the in-process backend of the same format, so that an export fault is told apart from a compile fault).
+    exported_format: str | None = None
 
     def __init__(self, ctx: DeployContext) -> None:
         self.ctx = ctx
@@ -298,7 +296,6 @@ class OmBackend(Backend):
     infer_timing = AIS_BENCH_RUN
     memory_source = NPU_SMI  # ais_bench's summary has timings only (summary.py, Summary.report)
     compiled = True
-    compiled_from = "onnxruntime"  # ATC compiles the ONNX file
 
     @property
     def precision(self) -> str:
@@ -440,7 +437,6 @@ class TorchAieBackend(Backend):
     timing_scope = MODEL_ONLY
     memory_source = NPU_SMI
     compiled = True
-    compiled_from = "torchscript"  # torch_aie compiles the TorchScript file
 
     @property
     def _cfg(self) -> TorchAieConfig:

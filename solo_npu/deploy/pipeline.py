@@ -103,7 +103,7 @@ def check_plan(ctx: DeployContext, stages: Sequence[str]) -> None:
 
     if any(s in stages for s in ("infer", "evaluate")):
         infer_batch_sizes(ctx)
-    if "om" in ctx.settings.backends and any(s in stages for s in ("verify", "compile", "infer", "benchmark")):
+    if "om" in ctx.settings.backends and any(s in stages for s in BACKEND_STAGES):
         from solo_npu.deploy.om import check_extra_args
 
         check_extra_args(ctx.deploy_cfg.om.extra_args)

@@ -274,9 +274,9 @@ def verified_backends(asked: Sequence[str]) -> list[str]:
     registry's order."""
     from solo_npu.deploy.backends import BACKENDS
 
-    wanted = {n for n in asked if not BACKENDS[n].compiled} | \
-        {BACKENDS[n].compiled_from for n in asked if BACKENDS[n].compiled and BACKENDS[n].compiled_from}
-    return [name for name, cls in BACKENDS.items() if name in wanted and not cls.compiled]
+    sources = {BACKENDS[n].exported_format for n in asked if BACKENDS[n].compiled} - {None}
+    return [name for name, cls in BACKENDS.items()
+            if not cls.compiled and (name in asked or cls.exported_format in sources)]
 
 
 def run_verify(ctx: DeployContext) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from solo_npu.engine.hooks import (
 from solo_npu.engine.interrupts import FinalPhase, InterruptedMidStep
 from solo_npu.engine.logs import setup_logging
 from solo_npu.engine.optim import WarmupStepSchedule, build_optimizer, scaled_lr, schedule_notice
-from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer
+from solo_npu.engine.trainer import HookBase, NonFiniteLossError, Trainer, stop_written
 from solo_npu.engine.writers import default_writers, use_progress_bar
 from solo_npu.models.inference import prepare_for_inference
 from solo_npu.runtime import DeviceInfo, amp_notice, ddp_options, make_grad_scaler, seed_everything
@@ -671,15 +671,8 @@ def _run(trainer: Trainer, model: nn.Module, run_dir: Path, run_end: RunEnd) -> 
             summary["ranks_in_sync"] = comm.params_in_sync(model)
             if not summary["ranks_in_sync"]:
                 logger.error("the ranks ended with different weights")
-        # A stop's other ranks leave with a failure status once this barrier lets them, and their launcher then
-        # SIGTERMs the others: rank 0 writes summary.json first, with SIGTERM held.
-        try:
-            with interrupts.sigterm_held("summary.json is written") if stopping and comm.is_main_process() else \
-                    contextlib.nullcontext():
-                write_summary(run_dir, summary)
-        finally:
-            if stopping:
-                comm.barrier()
+        with stop_written("summary.json is written", stopping):  # the other ranks leave after it
+            write_summary(run_dir, summary)
     return summary
 
 

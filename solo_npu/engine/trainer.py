@@ -24,6 +24,23 @@ logger = logging.getLogger(__name__)
 _STOP_KEY = "__stop_"  # stop requests ride along the step's loss all-reduce (not losses, never logged)
 
 
+@contextlib.contextmanager
+def stop_written(doing: str, every_rank: bool = True) -> Iterator[None]:
+    """The block global rank 0 writes a stop's files in (``doing``: ``last.pth``, ``summary.json``). For a stop every
+    rank takes at the same step (``every_rank``, :func:`~solo_npu.engine.interrupts.stops_every_rank`) rank 0 holds
+    SIGTERM through it, and every rank meets a barrier after it, whether the writes succeed or raise: a rank that
+    left first with a failure status would have torch.multiprocessing or torchrun SIGTERM rank 0 mid-write. Other
+    failures (one rank's error, a second Ctrl-C) pass straight through."""
+    if not every_rank:
+        yield
+        return
+    try:
+        with interrupts.sigterm_held(doing) if comm.is_main_process() else contextlib.nullcontext():
+            yield
+    finally:
+        comm.barrier()
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: training cannot recover. Every rank counts them from the same
     all-reduced loss and gradient norm, so all raise it after the same step."""
@@ -254,17 +271,8 @@ class Trainer:
                 self.interrupts.release()
         except BaseException as exc:
             self.interrupts.restore()
-            if not interrupts.stops_every_rank(exc):
+            with stop_written("last.pth is written", interrupts.stops_every_rank(exc)):
                 self._call("on_failure", exc)
-                raise
-            # Every rank stopped after the same step: global rank 0 writes last.pth with SIGTERM held, and no rank
-            # leaves before it is done, whether its save succeeds or raises (the others hold nothing).
-            try:
-                with interrupts.sigterm_held("last.pth is written") if comm.is_main_process() else \
-                        contextlib.nullcontext():
-                    self._call("on_failure", exc)
-            finally:
-                comm.barrier()
             raise
         self.interrupts.restore()
         self._call("after_train")
