@@ -2,7 +2,8 @@
 
 Each one reproduces what the real tool is documented (or written) to do, including the errors we rely
 on, and says where that is defined. What they cannot reproduce is the NPU itself: they compute on the
-CPU with onnxruntime or TorchScript, in float32.
+CPU with onnxruntime or TorchScript. The .om runs with the precision ATC's --precision_mode gives it, emulated
+by rounding (see ATC_PRECISION below); the torch_aie stand-in computes in float32.
 """
 
 from __future__ import annotations
@@ -11,6 +12,34 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+
+# What the ais_bench stand-in emulates for each ATC precision value: (type, operators), the type float16 or bfloat16
+# (None: the original float32) and the operators the rounding applies to. CANN "ATC Instructions", --precision_mode
+# (atlasatcparam_16_0068) and --precision_mode_v2 (atlasatcparam_16_0069):
+#  - force_fp16 (默认值) / v2 fp16: "原图中算子精度为float16、bfloat16和float32时,强制选择float16": every operator
+#    ("all": the weights, the input and every float output are rounded to float16);
+#  - force_fp32 / cube_fp16in_fp32out (效果等同) / v2 cube_fp16in_fp32out: matrix operators prefer float16 inputs and a
+#    float32 output, vector operators float32 ("cube_in": the float inputs of Conv, ConvTranspose, MatMul and Gemm);
+#  - allow_fp32_to_fp16: matrix operators lowered to float16, vector operators keep float32 ("cube": the inputs and
+#    outputs of those operators);
+#  - the mixed modes (allow_mix_precision / allow_mix_precision_fp16 / v2 mixed_float16): the operators whose
+#    ops-info.json entry has precision_reduce=true, and the gray ones after them, in float16. The lists are not
+#    modelled: emulated as allow_fp32_to_fp16 (the convolutions are on the white list);
+#  - allow_fp32_to_bf16 / allow_mix_precision_bf16 / v2 mixed_bfloat16: the same in bfloat16;
+#  - v2 cube_hif8 / mixed_hif8 (HiFloat8 on the Atlas 350 only): not modelled, emulated in float16, which is finer;
+#  - must_keep_origin_dtype / v2 origin: the original float32.
+# The rounding keeps every computation in float32 and rounds what the narrower type would store, so it is the least
+# error the chip's narrower arithmetic has, not all of it.
+ATC_PRECISION_MODE = {
+    "force_fp16": ("float16", "all"), "force_fp32": ("float16", "cube_in"),
+    "cube_fp16in_fp32out": ("float16", "cube_in"),
+    "allow_fp32_to_fp16": ("float16", "cube"), "allow_mix_precision": ("float16", "cube"),
+    "allow_mix_precision_fp16": ("float16", "cube"), "allow_mix_precision_bf16": ("bfloat16", "cube"),
+    "allow_fp32_to_bf16": ("bfloat16", "cube"), "must_keep_origin_dtype": (None, "all")}
+ATC_PRECISION_MODE_V2 = {
+    "fp16": ("float16", "all"), "origin": (None, "all"), "cube_fp16in_fp32out": ("float16", "cube_in"),
+    "mixed_float16": ("float16", "cube"), "mixed_bfloat16": ("bfloat16", "cube"), "cube_hif8": ("float16", "cube_in"),
+    "mixed_hif8": ("float16", "cube")}
 
 # ATC. Sources: CANN "ATC Instructions" (hiascend.com, atctool), parameter pages
 #  --output (atlasatcparam_16_0029): the model is written to "<output>.om" or "<output>_<os>_<arch>.om",
@@ -59,8 +88,9 @@ from pathlib import Path
 #  CheckDynamicBatchSizeInputShapeValid), fewer than 2 gears E10035, more than 100 E10036
 #  (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams). A value of a precision option outside its set
 #  never reaches option_utils.cc's own check (CheckPrecisionModeParamValid): the flag parser refused it.
-# The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>},
-#  for the ais_bench stand-in to run; the real .om carries its gears (read back with aclmdlGetDynamicBatch). Its mode
+# The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>,
+#  "precision": <what ais_bench emulates, ATC_PRECISION below>}, for the ais_bench stand-in to run; the real .om
+#  carries its gears (read back with aclmdlGetDynamicBatch) and its operators' data types. Its mode
 #  is 0o600 whatever the umask, as GE opens it (mindspore-ai/graphengine, ge/common/auth/file_saver.cc,
 #  FileSaver::OpenFile: mmOpen2(real_path, M_RDWR | M_CREAT | O_TRUNC, M_IRUSR | M_IWUSR)).
 ATC = """
@@ -104,6 +134,7 @@ RANGE = {
     "precision_mode_v2": {"fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
                           "mixed_hif8"},
 }
+PRECISION_MODE, PRECISION_MODE_V2 = {precision_tables}
 ONE_OR_ZERO = {"status_check", "deterministic", "external_weight", "display_model_info", "atomic_clean_policy",
                "dump_mode", "disable_reuse_memory", "sparsity"}  # PrintValueError's E10006 flags
 TRUE, FALSE = ("", "1", "t", "true", "y", "yes"), ("0", "f", "false", "n", "no")  # StringToBool, lower-cased
@@ -221,12 +252,16 @@ if "dynamic_batch_size" in args:
         fail("E10036", "Input parameter[--dynamic_batch_size]'s value size [{}] must be less than [101].".format(
             len(gears)), "CheckDynamicParams", "multi_batch_options.cc")
 gears = [int(g) for g in args["dynamic_batch_size"].strip('"').split(",")] if "dynamic_batch_size" in args else None
+if args.get("precision_mode_v2"):
+    precision = PRECISION_MODE_V2[args["precision_mode_v2"]]
+else:  # neither option: force_fp16, ATC's default (fp16 for v2)
+    precision = PRECISION_MODE[args.get("precision_mode") or "force_fp16"]
 path = args["output"] + os.environ.get("STANDIN_ATC_SUFFIX", "") + ".om"
 with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-    f.write(json.dumps({"onnx": os.path.abspath(args["model"]), "gears": gears}))
+    f.write(json.dumps({"onnx": os.path.abspath(args["model"]), "gears": gears, "precision": precision}))
 print("...")
 print("ATC run success, welcome to the next use.")
-"""
+""".replace("{precision_tables}", repr((ATC_PRECISION_MODE, ATC_PRECISION_MODE_V2)))
 
 # ais_bench. Source: Ascend/tools, ais-bench_workload/tool/ais_bench/ais_bench/infer/
 #  __main__.py get_args: the flags below with their types (argparse: a bad value exits 2 with "error: argument
@@ -355,7 +390,59 @@ if args.output is None and args.output_dirname is not None:
                  "--output!\\n")
     raise RuntimeError("error bad parameters --output_dirname")
 om = json.loads(Path(args.model).read_text())  # what the ATC stand-in writes
-sess = ort.InferenceSession(om["onnx"], providers=["CPUExecutionProvider"])
+NARROW, OPERATORS = om.get("precision", (None, "all"))
+CUBE = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+def rounded(array):  # what a float16 / bfloat16 tensor holds, back in float32 (bfloat16: round to nearest even)
+    if NARROW == "float16":
+        return array.astype(np.float16).astype(np.float32)
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+def narrowed(path):
+    # the ONNX with the tensors the .om's precision stores narrower rounded: Cast to float16 / bfloat16 and back
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    model = onnx.load(path)
+    graph, to = model.graph, getattr(TensorProto, NARROW.upper())
+    weights = {w.name: w for w in graph.initializer if w.data_type == TensorProto.FLOAT}
+    floats = set(weights) | {v.name for v in [*onnx.shape_inference.infer_shapes(model).graph.value_info,
+                                              *graph.input, *graph.output]
+                             if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    cast_once = set()
+    def cast(name, nodes):  # a tensor that several matrix operators read is rounded once
+        if name not in cast_once:
+            cast_once.add(name)
+            nodes += [helper.make_node("Cast", [name], [name + "/narrow"], to=to),
+                      helper.make_node("Cast", [name + "/narrow"], [name + "/rounded"], to=TensorProto.FLOAT)]
+        return name + "/rounded"
+    nodes = []
+    for node in graph.node:
+        cube = node.op_type in CUBE
+        if OPERATORS == "all":  # every float tensor is stored narrower: the weights, the input, each output
+            for w in node.input:
+                if w in weights:
+                    weights[w].CopyFrom(numpy_helper.from_array(rounded(numpy_helper.to_array(weights[w])), w))
+            outputs = [o for o in node.output if o in floats]
+        elif cube:  # the matrix operators take narrower inputs and, for "cube", give a narrower output
+            for i, name in enumerate(node.input):
+                if name in floats:
+                    node.input[i] = cast(name, nodes)
+            outputs = [o for o in node.output if o in floats] if OPERATORS == "cube" else []
+        else:
+            outputs = []
+        for i, name in enumerate(node.output):
+            if name in outputs:
+                node.output[i] = name + "/wide"
+        nodes.append(node)
+        for name in outputs:
+            nodes += [helper.make_node("Cast", [name + "/wide"], [name + "/stored"], to=to),
+                      helper.make_node("Cast", [name + "/stored"], [name], to=TensorProto.FLOAT)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString()
+
+sess = ort.InferenceSession(narrowed(om["onnx"]) if NARROW else om["onnx"], providers=["CPUExecutionProvider"])
 shape = sess.get_inputs()[0].shape
 
 def acl_invalid_parameter(*errors):
@@ -431,7 +518,8 @@ if args.input is not None:
         group = files[start:start + per_batch]
         data = [np.fromfile(p, dtype=np.float32) for p in group]
         data += [data[0]] * (per_batch - len(group))  # padding_infer_fake_file: the batch's first file
-        outputs = sess.run(None, {"input": np.concatenate(data).reshape(shape)})
+        batch = np.concatenate(data).reshape(shape)
+        outputs = sess.run(None, {"input": rounded(batch) if NARROW and OPERATORS == "all" else batch})
         runs += 1
         for i, y in enumerate(outputs if out is not None else []):  # no --output: nothing saved
             for j, part in enumerate(np.array_split(y, per_batch, axis=0)[:len(group)]):
@@ -457,9 +545,11 @@ print("[INFO] throughput 1000*batchsize.mean({})/NPU_compute_time.mean(2.0): {}"
 """
 
 
-def write_om(path: Path, onnx: str | Path, gears: list[int] | None = None) -> Path:
-    """A .om as the ATC stand-in writes it: the ONNX it stands for and its batch gears (None: a static batch)."""
-    path.write_text(json.dumps({"onnx": str(onnx), "gears": gears}))
+def write_om(path: Path, onnx: str | Path, gears: list[int] | None = None,
+             precision: tuple[str | None, str] = ATC_PRECISION_MODE["force_fp16"]) -> Path:
+    """A .om as the ATC stand-in writes it: the ONNX it stands for, its batch gears (None: a static batch) and the
+    precision ais_bench emulates (ATC's default unless given)."""
+    path.write_text(json.dumps({"onnx": str(onnx), "gears": gears, "precision": precision}))
     return path
 
 
@@ -510,6 +600,10 @@ def put_tools_on_path(tmp_path: Path, monkeypatch, **tools: str) -> Path:
 #  tensor on it must be copied to the CPU before any computation or printing), and its compiled modules as taking
 #  "npu" tensors only and returning "npu" tensors (hiascend.com, MindIE Torch development guide, "数据拷贝",
 #  doc_center/source/zh/mindie/100/mindietorch/Torchdev/mindie_torch0016.html, and "模型推理", mindie_torch0017.html).
+# Precision: MindIE Torch's PrecisionPolicy FP16 runs the compiled graph in float16 (mindie_torch0144 above). The
+#  stand-in emulates it by rounding what float16 stores: the module's weights and buffers when it compiles, and each
+#  float input and output when it runs (its operators still compute and keep their results in float32 in between:
+#  less error than the chip's). PREF_FP32 and FP32 run as traced, in float32; the policy travels in the saved file.
 # The stand-in validates those argument types, checks the compiled input shape by running it once and logs every
 # call to $STANDIN_LOG/torch_aie.jsonl. Its "npu:N" tensors keep their data on the CPU, but anything other than
 # reading their shape or dtype and copying them back (.to("cpu"), .cpu()) raises; a compiled module (what compile
@@ -559,9 +653,13 @@ def compile(module, inputs, precision_policy=PrecisionPolicy.PREF_FP32, truncate
         raise ValueError("precision_policy must be a torch_aie.PrecisionPolicy")
     with torch.no_grad():
         module(*[torch.zeros(tuple(i.shape)) for i in inputs])
+        if precision_policy is PrecisionPolicy.FP16:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.half().float())
     _log(call="compile", shapes=[list(i.shape) for i in inputs], precision_policy=precision_policy.name,
          soc_version=soc_version, allow_tensor_replace_int=allow_tensor_replace_int, keywords=list(_keywords))
-    return _Compiled(module)
+    return _Compiled(module, precision_policy.name)
 
 class _Stream:
     def __init__(self, device):
@@ -621,19 +719,29 @@ def _npu_to(self, *args, **kwargs):
     return _to(self, *args, **kwargs)
 torch.Tensor.to = _npu_to
 
+def _float16(outputs):  # float outputs as float16 stores them
+    if isinstance(outputs, torch.Tensor):
+        return outputs.half().float() if outputs.dtype == torch.float32 else outputs
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_float16(o) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: _float16(v) for k, v in outputs.items()}
+    return outputs
+
 class _Compiled:
     """A compiled module: "npu" tensors in, "npu" tensors out."""
-    def __init__(self, module):
-        self.module = module
+    def __init__(self, module, policy):
+        self.module, self.policy = module, policy
     def eval(self):
         self.module.eval()
         return self
     def save(self, path):
-        self.module.save(path, _extra_files={"torch_aie": "compiled"})
+        self.module.save(path, _extra_files={"torch_aie": self.policy})
     def __call__(self, *inputs):
         if not all(isinstance(x, NpuTensor) for x in inputs):
             raise RuntimeError("a compiled module takes 'npu' tensors: copy its inputs with .to('npu:<id>')")
-        return _on_npu(self.module(*[_host(x) for x in inputs]))
+        narrow = _float16 if self.policy == "FP16" else (lambda x: x)
+        return _on_npu(narrow(self.module(*narrow([_host(x) for x in inputs]))))
     forward = __call__
 
 _load = torch.jit.load
@@ -641,7 +749,8 @@ def _jit_load(*args, **kwargs):
     extra = kwargs.setdefault("_extra_files", {})
     extra.setdefault("torch_aie", "")
     module = _load(*args, **kwargs)
-    return _Compiled(module) if extra["torch_aie"] else module
+    policy = extra["torch_aie"].decode() if isinstance(extra["torch_aie"], bytes) else extra["torch_aie"]
+    return _Compiled(module, policy) if policy else module
 torch.jit.load = _jit_load
 '''
 

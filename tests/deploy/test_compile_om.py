@@ -198,18 +198,23 @@ def test_atc_and_ais_bench_standins(make_ctx, exported_run, monkeypatch, tmp_pat
     assert "--batchsize" in runs[1] and runs[1][runs[1].index("--batchsize") + 1] == "2"
     info = json.loads((exported_run / "infer" / "om_b2" / "outputs.json").read_text())
     assert info["timing"] == "ais_bench run, wall time including its start, model load and file I/O"
+    # force_fp16: the .om's outputs are float16 values (the stand-in rounds every tensor); each class has the same
+    # number of candidates with about the same scores (near ties may swap places)
     for stem in info["stems"]:
         for key in ("om_b1", "om_b2"):
             got = read_image_outputs(exported_run / "infer" / key, stem, info["output_names"], info["outputs"])
             ref = read_image_outputs(exported_run / "infer" / "onnxruntime_b1", stem, info["output_names"],
                                      info["outputs"])
-            np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-5)
-            np.testing.assert_array_equal(got["labels"], ref["labels"])
+            np.testing.assert_array_equal(got["scores"], got["scores"].astype(np.float16))
+            for label in np.unique(ref["labels"]):  # scores near the cuts may come and go
+                want = np.sort(ref["scores"][(ref["labels"] == label) & (ref["scores"] > 0.1)])[::-1]
+                np.testing.assert_allclose(np.sort(got["scores"][got["labels"] == label])[::-1][:len(want)], want,
+                                           atol=2e-3)
 
     metrics = run_evaluate(ctx)
     ap = {k: v["metrics"]["segm"]["AP"] for k, v in metrics.items()}
-    assert ap["om_b1"] == pytest.approx(ap["onnxruntime_b1"], abs=1e-6) and ap["om_b1"] > 0.3
-    assert ap["om_b2"] == pytest.approx(ap["onnxruntime_b1"], abs=1e-6)
+    assert ap["om_b1"] == pytest.approx(ap["onnxruntime_b1"], abs=0.01) and ap["om_b1"] > 0.3
+    assert ap["om_b2"] == pytest.approx(ap["onnxruntime_b1"], abs=0.01)
 
     ctx.settings.backends = ["om"]
     bench = run_benchmark(ctx)

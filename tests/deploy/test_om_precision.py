@@ -13,11 +13,11 @@ import logging
 import subprocess
 
 import pytest
-from deploy_standins import ATC, install_tool
+from deploy_standins import AIS_BENCH, ATC, install_tool, put_tools_on_path
 
 from solo_npu.deploy import compile_310p
 from solo_npu.deploy.backends import OmBackend
-from solo_npu.deploy.compile_310p import atc_command, atc_error, atc_jobs
+from solo_npu.deploy.compile_310p import atc_command, atc_error, atc_jobs, run_compile
 from solo_npu.deploy.context import DeployContext, DeployError
 from solo_npu.deploy.verify import tolerances
 
@@ -29,6 +29,16 @@ PRECISION_MODE = {"force_fp16": "fp16", "force_fp32": "fp16", "cube_fp16in_fp32o
 PRECISION_MODE_V2 = {"fp16": "fp16", "origin": "fp32", "cube_fp16in_fp32out": "fp16", "mixed_float16": "fp16",
                      "mixed_bfloat16": "fp16", "cube_hif8": "fp16", "mixed_hif8": "fp16"}
 BOTH = "ATC refuses --precision_mode together with --precision_mode_v2 \\(E10056\\): set only one"
+
+
+@pytest.fixture(scope="module")
+def exported_b1(make_ctx, tmp_path_factory):
+    """A run directory with the tiny model exported at batch 1 and the verify images."""
+    from solo_npu.deploy.export import run_export
+
+    run_dir = tmp_path_factory.mktemp("om_precision")
+    run_export(make_ctx("deploy.backends=[onnxruntime]", "deploy.batch_sizes=[1]", run_dir=run_dir))
+    return run_dir
 
 
 @pytest.fixture
@@ -245,3 +255,27 @@ def test_atc_error_reads_both_error_manager_formats():
              "range of values.")
     assert atc_error(OLD_FORMAT, "") == first
     assert atc_error(NEW_FORMAT, "") == first
+
+
+
+# (option, value, how the stand-in's .om differs from the float32 model): the verify table's largest score difference
+# against eager PyTorch, measured on the fitted tiny model: 3.6e-7 for origin, 1.0e-3 for force_fp16, 9.7e-4 for
+# force_fp32 (float16 inputs of the matrix operators), 3.4e-4 for allow_fp32_to_fp16, 1.2e-2 for mixed_bfloat16
+@pytest.mark.parametrize("option, value, scores_differ", [
+    ("precision_mode_v2", "origin", (0.0, 1e-5)), ("precision_mode", "force_fp32", (1e-4, 5e-3)),
+    ("precision_mode", "allow_fp32_to_fp16", (1e-4, 5e-3)), ("precision_mode_v2", "mixed_bfloat16", (2e-3, 2e-2))])
+def test_om_of_each_precision_passes_verify_with_its_tolerances(make_ctx, exported_b1, monkeypatch, tmp_path, option,
+                                                                 value, scores_differ):
+    """The ais_bench stand-in runs the .om at the precision ATC built it with (deploy_standins.ATC_PRECISION_MODE):
+    the half-precision ones differ from the float32 model by more than float32 rounding, and the verify stage's
+    tolerances for that precision (deploy.verify.fp16 for all but origin) still match every detection."""
+    put_tools_on_path(tmp_path, monkeypatch, atc=ATC, ais_bench=AIS_BENCH)
+    ctx = make_ctx("deploy.backends=[om]", "deploy.batch_sizes=[1]", "deploy.om.launcher=ais_bench",
+                   f"deploy.compile.{option}={value}", run_dir=exported_b1)
+    result = run_compile(ctx)
+    assert set(result["om"]) == {"1"} and not result["messages"]
+    [row] = json.loads((exported_b1 / "verify" / "verify_compiled.json").read_text())["rows"]
+    assert row["precision"] == ("fp32" if value == "origin" else "fp16")
+    assert row["status"] == "ok" and row["unmatched"] == 0 and row["matched"] > 10
+    low, high = scores_differ
+    assert low <= row["score_max_diff"] < high

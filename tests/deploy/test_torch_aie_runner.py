@@ -63,6 +63,8 @@ def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
     assert {e["device_id"] for e in events if e["call"] == "set_device"} == {2}
     rows = json.loads(ctx.path("verify", "verify_compiled.json").read_text())["rows"]
     assert [(r["backend"], r["batch"], r["status"]) for r in rows] == [("torch_aie", 1, "ok"), ("torch_aie", 2, "ok")]
+    # FP16: the stand-in rounds weights, inputs and outputs to float16; within deploy.verify.fp16, not float32's
+    assert all(r["precision"] == "fp16" and 1e-5 < r["score_max_diff"] < 2e-2 for r in rows)
 
     summary = run_infer(ctx)
     assert summary["torch_aie_b2"]["timing"] == "model only" and summary["torch_aie_b2"]["device"] == "npu:2"
@@ -72,7 +74,11 @@ def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
     for stem in info["stems"]:
         got = read_image_outputs(ctx.path("infer", "torch_aie_b2"), stem, info["output_names"], info["outputs"])
         ref = read_image_outputs(ctx.path("infer", "onnxruntime_b1"), stem, info["output_names"], info["outputs"])
-        assert (got["labels"] == ref["labels"]).all() or abs(got["scores"] - ref["scores"]).max() < 1e-3
+        np.testing.assert_array_equal(got["scores"], got["scores"].astype(np.float16))
+        for label in np.unique(ref["labels"]):  # near ties may swap places, scores near the cuts come and go
+            want = np.sort(ref["scores"][(ref["labels"] == label) & (ref["scores"] > 0.1)])[::-1]
+            np.testing.assert_allclose(np.sort(got["scores"][got["labels"] == label])[::-1][:len(want)], want,
+                                       atol=2e-3)
 
     metrics = run_evaluate(ctx)
     ap = {k: v["metrics"]["segm"]["AP"] for k, v in metrics.items()}
