@@ -247,9 +247,15 @@ setup_env() {
     export ASCEND_DEVICE_ID="${device_id}"
     case "${device}" in
         cpu|cuda|cuda:*) ;;
-        *)  # the CANN environment, as the Ascend ModelZoo scripts source test/env_npu.sh
-            # shellcheck source=/dev/null
-            source "${SCRIPT_DIR}/env_npu.sh" ;;
+        *)  # the CANN environment, as the Ascend ModelZoo scripts source test/env_npu.sh, unless the platform runs
+            # them (etp_running_flag=true in the environment: "非平台场景时source 环境变量", every ModelZoo SOLOv2
+            # test/train_*.sh), which sets the environment itself
+            if [[ "${etp_running_flag:-}" == true ]]; then
+                echo "etp_running_flag=true: env_npu.sh is not sourced (the platform sets the environment)"
+            else
+                # shellcheck source=/dev/null
+                source "${SCRIPT_DIR}/env_npu.sh"
+            fi ;;
     esac
     OUTPUT_DIR="${OUTPUT_ROOT}/${device_id}"
     if [[ -e "${OUTPUT_DIR}" ]]; then
@@ -333,13 +339,15 @@ run_train() {
     hydra_value "${RUN_DIR}"
     args+=("run_dir=${HYDRA_VALUE}")
     [[ -n "${batch_size}" ]] && args+=("train.batch_size=${batch_size}")
-    if [[ "${batch_size}" =~ ^[0-9]+$ && "${RUN_KIND}" == "8p" ]]; then  # another value is train.py's to refuse
-        # The Ascend ModelZoo SOLOv2 8p scripts' batch_size=16 is the total of 8 devices (2 each), and they take
-        # no --batch_size; here it is each device's, so --batch_size=16 would train a total of 128 (and scale
-        # the learning rate with it).
-        echo "[Warning] --batch_size=${batch_size} is the images of each device: the 8p run's total batch is" \
-             "${batch_size} x its devices (8: $((batch_size * 8))), and the learning rate scales with it; the" \
-             "Ascend ModelZoo SOLOv2 8p scripts' batch_size=16 is the total (--batch_size=2 here)"
+    if [[ "${batch_size}" =~ ^[0-9]+$ && "${batch_size}" != 2 && "${RUN_KIND}" == "8p" ]]; then
+        # (another value is train.py's to refuse) The Ascend ModelZoo SOLOv2 train_full_8p.sh and
+        # train_performance_8p.sh pass --batch_size to each rank (default 2: a total of 16 on 8 devices), as here;
+        # their earlier versions took no --batch_size and fixed batch_size=16, the total. Automation written for
+        # those would train a total of 8 x 16 = 128 here (and scale the learning rate with it).
+        echo "[Warning] --batch_size=${batch_size} is the images of each device, as in the Ascend ModelZoo SOLOv2 8p" \
+             "scripts that take it (default 2): the total batch is ${batch_size} x the devices (8 with the 8p" \
+             "preset: $((batch_size * 8))), and the learning rate scales with it; their earlier versions fixed" \
+             "batch_size=16 as the total of 8 devices (--batch_size=2 here)"
     fi
     [[ -n "${epochs}" ]] && args+=("train.epochs=${epochs}")
     if [[ -n "${checkpoint}" ]]; then
@@ -431,9 +439,11 @@ modelzoo_fps() {
 
 # summarize MODE: read summary.json and the run's config.yaml, print the ModelZoo lines and the device used, write
 # <CaseName>.log (and, after training, the loss file). MODE: acc | perf | eval. As in the ModelZoo scripts, an fp32
-# run (O0) is named ..._<N>p_fp32_<mode>. BatchSize is the total over the ranks, as the earlier ModelZoo SOLOv2
-# train_full_8p.sh has it (16 for 8 devices of 2 images; later ones write the 2 but still divide it by the FPS of
-# all ranks), so TrainingTime = BatchSize * 1000 / FPS is the time of one step.
+# run (O0) is named ..._<N>p_fp32_<mode>. BatchSize is each device's, as the Ascend ModelZoo SOLOv2
+# train_full_8p.sh and train_performance_8p.sh that take --batch_size write it (BatchSize=${batch_size}, 2:
+# CaseName SOLOv2_bs2_8p_acc; their earlier versions fixed batch_size=16, the total, and were named bs16), and
+# TrainingTime is theirs, BatchSize * 1000 / ActualFPS: with ActualFPS the images/s of all ranks that is one step's
+# time divided by the ranks on 8p. The step time itself (total batch * 1000 / FPS) is printed on stdout.
 summarize() {
     local mode="$1"
     local summary="${RUN_DIR}/summary.json"
@@ -461,17 +471,23 @@ PY
 )"
     local E2E=$(( RUN_END - RUN_START ))
     local total_bs=$(( BS * RANKS ))
-    local step_ms="None"
+    local training_ms="None" step_ms="None"
     if [[ "${FPS}" != "None" ]] && "${PYTHON}" -c "import sys; sys.exit(float('${FPS}') <= 0)"; then
+        training_ms=$("${PYTHON}" -c "print(f'{${BS} * 1000 / ${FPS}:.2f}')")
         step_ms=$("${PYTHON}" -c "print(f'{${total_bs} * 1000 / ${FPS}:.2f}')")
     fi
     local precision=""
     [[ "${AMP}" == "O0" && "${mode}" != "eval" ]] && precision="_fp32"
-    local CaseName="${Network}_bs${total_bs}_${RANKS}p${precision}_${mode}"
+    local CaseName="${Network}_bs${BS}_${RANKS}p${precision}_${mode}"
     # DeviceType of <CaseName>.log is the machine (uname -m), as in the ModelZoo scripts; the device the run used
     # is on stdout and at the end of the log.
     local DeviceType
     DeviceType="$(uname -m)"
+    local modelzoo_reading
+    modelzoo_reading="$(modelzoo_fps "${LOG_FILE}")"  # of train.py's own lines
+    # the later ModelZoo train_full_1p.sh reads grep -a '^FPS:' (a line that starts with it): summary.json's fps,
+    # which the log's closing "training done ... FPS:" line repeats after its time stamp
+    [[ "${mode}" != "eval" && "${FPS}" != "None" ]] && echo "FPS: ${FPS}" >> "${LOG_FILE}"
     echo "Device used : ${DEV}" >> "${LOG_FILE}"
     echo "------------------ Final result ------------------"
     if [[ "${mode}" != "eval" ]]; then
@@ -480,7 +496,8 @@ PY
             "the ModelZoo SOLOv2 scripts report the max of their log's FPS: values, running means of each epoch" \
             "from its 6th step, as this log's are (see scripts/common.sh)"
         echo "ModelZoo reading of this log (max of its FPS values, running means of each epoch from its 6th step" \
-            "every ${LOG_INTERVAL} steps) : $(modelzoo_fps "${LOG_FILE}")"
+            "every ${LOG_INTERVAL} steps) : ${modelzoo_reading}"
+        echo "Step time ms (batch of all ranks ${total_bs} x 1000 / FPS) : ${step_ms}"
     fi
     if [[ "${mode}" == "eval" ]]; then  # the file evaluated, with the epoch and iteration it was saved at
         "${PYTHON}" - "${summary}" <<'PY'
@@ -504,12 +521,12 @@ PY
     {
         echo "Network = ${Network}"
         echo "RankSize = ${RANKS}"
-        echo "BatchSize = ${total_bs}"
+        echo "BatchSize = ${BS}"
         echo "DeviceType = ${DeviceType}"
         echo "CaseName = ${CaseName}"
         if [[ "${mode}" != "eval" ]]; then
             echo "ActualFPS = ${FPS}"
-            echo "TrainingTime = ${step_ms}"
+            echo "TrainingTime = ${training_ms}"
         fi
         [[ "${mode}" != "perf" ]] && echo "TrainAccuracy = ${AP}"
         [[ "${mode}" != "eval" ]] && echo "ActualLoss = ${ACTUAL_LOSS}"

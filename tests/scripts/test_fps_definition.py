@@ -90,7 +90,7 @@ def test_both_definitions_are_printed(tmp_path: Path, mode: str) -> None:
     [(label, value)] = [(k, v) for k, v in printed.items() if k.startswith("ModelZoo reading of this log")]
     assert "running means of each epoch from its 6th step every 20 steps" in label, label
     assert float(value) == modelzoo_reading(log) == max(v for v in running if v is not None)
-    case = (tmp_path / "output" / "0" / f"SOLOv2_bs4_2p_{mode}.log").read_text()
+    case = (tmp_path / "output" / "0" / f"SOLOv2_bs2_2p_{mode}.log").read_text()
     assert "ActualFPS = 10.123\n" in case and "ModelZoo" not in case  # the ModelZoo keys, as they are
 
 
