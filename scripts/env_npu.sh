@@ -37,6 +37,10 @@ elif [[ -z "${ASCEND_HOME_PATH:-}" ]]; then  # set by a set_env.sh sourced befor
          "of ${CANN_INSTALL_PATH_CONF} when that file exists, else /usr/local/Ascend); torch_npu needs its environment" >&2
 fi
 unset _cann_env
+# Open files: the Ascend ModelZoo SOLOv2 test/env_npu.sh sets `ulimit -SHn 512000` (data-loader workers of 8
+# ranks share tensors through file descriptors); where the hard limit is lower and cannot be raised (not root),
+# the soft limit goes up to the hard one.
+ulimit -SHn 512000 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1800}"
 export HCCL_WHITELIST_DISABLE="${HCCL_WHITELIST_DISABLE:-1}"
 export TASK_QUEUE_ENABLE="${TASK_QUEUE_ENABLE:-2}"

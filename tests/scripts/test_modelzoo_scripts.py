@@ -812,9 +812,14 @@ def test_source_test_env_npu_from_the_repository_root(tmp_path: Path) -> None:
     PyTorch/contrib/cv/detection/SOLOv2/test/train_eval_1p.sh: ``source ${cur_path}/test/env_npu.sh``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "ASCEND_HOME_PATH")}
     env.update(fake_cann(tmp_path))
-    proc = subprocess.run(["bash", "-c", 'source test/env_npu.sh && echo "sourced=${CANN_SOURCED:-none}"'], cwd=ROOT,
+    proc = subprocess.run(["bash", "-c", 'ulimit -Sn 256; source test/env_npu.sh && echo "nofile=$(ulimit -Sn)" '
+                           '"hard=$(ulimit -Hn)" && echo "sourced=${CANN_SOURCED:-none}"'], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "sourced=ascend-toolkit", proc.stdout + proc.stderr
+    # the ModelZoo env_npu.sh's ulimit -SHn 512000, or as far as the hard limit goes
+    limits = dict(x.split("=") for x in proc.stdout.splitlines()[-2].split())
+    hard = 512000 if limits["hard"] == "unlimited" else int(limits["hard"])
+    assert int(limits["nofile"]) == min(512000, hard), limits
 
 
 @pytest.mark.parametrize(("layout", "sourced"), [("ascend-toolkit", "ascend-toolkit"), ("cann", "cann"),
