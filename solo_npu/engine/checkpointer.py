@@ -103,6 +103,8 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
         "scheduler": schedule.state_dict() if schedule is not None else {},
         "epoch": trainer.epoch,
         "inner_iter": trainer.inner_iter,  # sampler position inside the epoch
+        # what a person counts (and mmcv's meta epoch): the epochs whose steps are all done, 2 in epoch_2.pth
+        "epochs_done": trainer.epoch + (1 if trainer.inner_iter >= trainer.iters_per_epoch else 0),
         # stopped after the epoch's last step, before its end (evaluation, epoch checkpoint): the resume runs it
         "epoch_end_pending": bool(getattr(trainer, "epoch_end_pending", False)),
         "iteration": trainer.iter,
@@ -461,7 +463,8 @@ def agree_resume(resume: str | None, run_dir: str | Path) -> tuple[Path | None, 
 
 def save_training_state(state: dict[str, Any], path: str | Path) -> Path:
     path = save_checkpoint(state, path)
-    logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, state["epoch"], state["iteration"])
+    logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, state.get("epochs_done", state["epoch"]),
+                state["iteration"])
     return path
 
 
