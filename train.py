@@ -65,6 +65,8 @@ def main(cfg: DictConfig) -> None:
         check_start(job_cfg, run_dir)
     except (BackboneInitError, ConfigValueError, DatasetNotFoundError) as exc:
         raise _stop(f"[Error] {exc}") from None
+    except CheckpointError as exc:  # resume=PATH that is no file, checked before anything starts
+        raise _stop(f"[Error] CheckpointError: {exc}") from None
     try:
         launch(run_job, job_cfg, run_dir)
     except DeviceError as exc:  # the device asked for is not usable here: one line, not a traceback

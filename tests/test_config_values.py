@@ -43,12 +43,29 @@ def test_every_optimiser_and_data_choice_is_inside_the_ranges(group: str) -> Non
     ("launcher.nproc_per_node=0", "launcher.nproc_per_node=0: must be >= 1"),
     ("launcher.master_port=70000", "launcher.master_port=70000: must be in [0, 65535]"),
     ("data.num_workers=-1", "data.num_workers=-1: must be >= 0"),
+    ("data.flip_prob=2", "data.flip_prob=2.0: must be in [0, 1]"),
+    # string settings read only once the run has started: each was a traceback there, some without the key
+    ("optim.name=adam", "optim.name=adam: must be one of sgd, adamw"),
+    ("optim.policy=poly", "optim.policy=poly: must be one of step, cosine"),
+    ("amp.dtype=fp8", "amp.dtype=fp8: must be one of fp16, bf16"),
+    ("train.progress=fancy", "train.progress=fancy: must be one of auto, tqdm, plain"),
+    ("mode=evaluate", "mode=evaluate: must be one of train, eval"),
+    ("data.pad.mode=fix", "data.pad.mode=fix: must be one of divisor, fixed"),
+    ("data.pad.position=middle", "data.pad.position=middle: must be one of top_left, centre, center"),
+    ("amp.loss_scale=abc", "amp.loss_scale=abc: must be dynamic or a number > 0 (128: apex O1's)"),
+    ("amp.loss_scale=0", "amp.loss_scale=0: must be dynamic or a number > 0 (128: apex O1's)"),
 ])
 def test_value_outside_its_range_names_the_key(override: str, message: str) -> None:
     cfg = compose_config("+experiment=smoke", override)
     with pytest.raises(ConfigValueError) as info:
         check_values(cfg)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("override", ["optim.name=AdamW", "amp.loss_scale=128", "amp.loss_scale=dynamic",
+                                      "data.pad.position=center", "mode=eval"])
+def test_values_the_readers_take_pass(override: str) -> None:
+    check_values(compose_config("+experiment=smoke", override))
 
 
 def test_node_rank_must_be_below_nnodes() -> None:

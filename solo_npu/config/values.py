@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MODEL_CHOICES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
+__all__ = ["CHOICES", "MODEL_CHOICES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
            "check_trainable", "check_values"]
 
 
@@ -50,7 +50,21 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.num_workers": (0, None, True, False),
     "data.max_instances": (1, None, True, False),
     "data.min_size": (0, None, True, False),
+    "data.flip_prob": (0, 1, True, False),
 }
+
+# key -> the values the code that reads it takes (optim.name in any case). Each reader refuses another value too,
+# but only once the run has started, as a traceback.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("train", "eval"),  # solo_npu.engine.job
+    "optim.name": ("sgd", "adamw"),  # solo_npu.engine.optim.build_optimizer
+    "optim.policy": ("step", "cosine"),  # solo_npu.engine.optim.WarmupStepSchedule
+    "amp.dtype": ("fp16", "bf16"),  # solo_npu.runtime.device.amp_dtype
+    "train.progress": ("auto", "tqdm", "plain"),  # solo_npu.engine.writers
+    "data.pad.mode": ("divisor", "fixed"),  # solo_npu.data.transforms.canvas_size
+    "data.pad.position": ("top_left", "centre", "center"),  # solo_npu.data.transforms.pad_offset
+}
+_ANY_CASE_KEYS = {"optim.name"}
 
 _NORMS = ("bn", "frozen_bn", "gn")  # solo_npu.models.backbones.resnet.build_norm
 _STYLES = ("pytorch", "caffe")  # ResNet Bottleneck: stride on the 3x3 (pytorch) or the first 1x1 (caffe) conv
@@ -106,6 +120,21 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         if not ok:
             allowed = _range_text(low, high, low_included) + (" or null" if nullable else "")
             raise ConfigValueError(f"{key}={value}: must be {allowed}")
+    for key, allowed in CHOICES.items():
+        present, value = _get(cfg, key)
+        seen = value.lower() if isinstance(value, str) and key in _ANY_CASE_KEYS else value
+        if present and seen not in allowed:
+            raise ConfigValueError(f"{key}={_choice_text(value)}: must be one of {', '.join(allowed)}")
+    present, scale = _get(cfg, "amp.loss_scale")  # solo_npu.runtime.device.make_grad_scaler
+    if present and scale not in (None, "dynamic"):
+        number = scale if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
+        if number is None and isinstance(scale, str):
+            try:
+                number = float(scale)
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number) or number <= 0:
+            raise ConfigValueError(f"amp.loss_scale={scale}: must be dynamic or a number > 0 (128: apex O1's)")
     _check_normalize(cfg)
     check_model_choices(cfg)
     present, nnodes = _get(cfg, "launcher.nnodes")

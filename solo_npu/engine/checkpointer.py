@@ -411,8 +411,14 @@ def find_resume_file(resume: str | None, run_dir: str | Path) -> Path | None:
         logger.info("resume=auto: no checkpoint in %s, starting from scratch", last.parent)
         return None
     path = Path(resume)
+    if path.is_dir():  # a run directory, or its checkpoints/ folder
+        last = next((c for c in (path / "checkpoints" / "last.pth", path / "last.pth") if c.is_file()), None)
+        hint = (f"resume={last}, or resume=auto run_dir={last.parent.parent}" if last is not None else
+                "give <run directory>/checkpoints/last.pth, or resume=auto run_dir=<the run directory>")
+        raise CheckpointError(f"resume={resume} is a directory, not a checkpoint file: {hint}")
     if not path.is_file():
-        raise CheckpointError(f"resume={resume}: no such file")
+        raise CheckpointError(f"resume={resume}: no such file (resume=auto run_dir=<the run directory> continues "
+                              "a run from its checkpoints/last.pth)")
     return path
 
 

@@ -329,3 +329,24 @@ def test_eval_detections_in_a_training_run_is_said(tmp_path, smoke_data, caplog)
     with caplog.at_level("WARNING", logger="solo_npu.engine.job"):
         check_start(OmegaConf.to_container(cfg, resolve=True), tmp_path / "run")
     assert "is written by an evaluation run (+experiment=eval checkpoint=PATH), not by training" in caplog.text
+
+
+def test_a_resume_path_that_is_no_file_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """resume=PATH that does not exist, or a run directory (which checkpoint= already said in one line): one
+    [Error] line naming what to give, before the data or a worker; before, a Hydra traceback that called a
+    directory "no such file"."""
+    run = tmp_path / "runs" / "a"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"x": torch.zeros(1)}, run / "checkpoints" / "last.pth")
+    cases = ((tmp_path / "missing.pth", f"[Error] CheckpointError: resume={tmp_path / 'missing.pth'}: no such file "
+              "(resume=auto run_dir=<the run directory> continues a run from its checkpoints/last.pth)"),
+             (run, f"[Error] CheckpointError: resume={run} is a directory, not a checkpoint file: "
+              f"resume={run / 'checkpoints' / 'last.pth'}, or resume=auto run_dir={run}"),
+             (run / "checkpoints", f"[Error] CheckpointError: resume={run / 'checkpoints'} is a directory, not a "
+              f"checkpoint file: resume={run / 'checkpoints' / 'last.pth'}, or resume=auto run_dir={run}"))
+    for path, line in cases:
+        proc = subprocess.run(_cmd(f"resume={path}", "data=synthetic", f"data.root={tmp_path / 'data'}",
+                                   f"output_root={tmp_path / 'out'}"), cwd=ROOT, env=_env(), capture_output=True,
+                              text=True, timeout=240)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == line, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
