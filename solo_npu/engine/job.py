@@ -251,7 +251,10 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     if lifted and rank == 0:
         logger.info("runtime.fixed_shapes=npu: the fixed NPU shapes are not used on %s (%s; "
                     "runtime.fixed_shapes=always keeps them)", info.type, " ".join(lifted))
-    if rank == 0:
+    # A resume into a run directory keeps the config.yaml of the run it continues until its state is restored
+    # (train): a resume that fails (another model, another layout) leaves the record of how the run trained as it was.
+    keep_config = cfg.mode == "train" and bool(cfg.get("resume")) and (run_dir / "config.yaml").is_file()
+    if rank == 0 and not keep_config:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # what OmegaConf.save writes
     logger.info("experiment %s: run directory %s, device %s, world size %d", cfg.experiment_name, run_dir, info.device,
                 comm.get_world_size())
@@ -263,7 +266,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
         return eval_only(cfg, run_dir, info)
     if cfg.mode != "train":
         raise ValueError(f"mode must be train or eval, got {cfg.mode!r}")
-    return train(cfg, run_dir, info, progress_bar)
+    return train(cfg, run_dir, info, progress_bar, write_config=keep_config and rank == 0)
 
 
 @contextlib.contextmanager
@@ -419,10 +422,13 @@ class TrainData:
         return len(self.train_set.label_to_cat)
 
 
-def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool = False) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool = False,
+          write_config: bool = False) -> dict[str, Any]:
     """Build data, model and optimiser, trainer and hooks; resume when asked; train; write the summary and plots.
 
-    ``progress_bar``: whether the console shows a tqdm bar (decided once, by :func:`use_progress_bar`).
+    ``progress_bar``: whether the console shows a tqdm bar (decided once, by :func:`use_progress_bar`);
+    ``write_config``: write ``config.yaml`` once the resume (if any) is restored (:func:`run_job` left the run's
+    own in place until then).
     """
     if cfg.finetune.enabled and not cfg.checkpoint:
         raise ValueError("finetune.enabled=true needs checkpoint=PATH (the weights to start from)")
@@ -444,7 +450,7 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
         except CheckpointError as exc:
             raise CheckpointError(f"{resume_file}: {exc}") from None
         restore_training_state(trainer, resume_state, schedule, scale_lr=bool(cfg.optim.auto_scale_lr),
-                               path=resume_file)
+                               path=resume_file, model_cfg=cfg.model)
         del resume_state
         # Every rank loaded its own copy after DDP broadcast rank 0's weights: copies that agree on (epoch,
         # iteration) but not on the weights (another file at the same path on one node) would train apart.
@@ -453,6 +459,8 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
                                   "weights from it; put the run directory on a shared filesystem or copy it")
         logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
                     trainer.iter, trainer.inner_iter)
+    if write_config:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     from solo_npu.data import stop_workers
 
     try:
