@@ -398,19 +398,35 @@ def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+MODEL_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def model_choice_of(name: str) -> str | None:
+    """The ``model=`` choice (a file of conf/model) whose ``name:`` is ``name``, where this checkout has one."""
+    for path in sorted(MODEL_CONF_DIR.glob("*.yaml")) if MODEL_CONF_DIR.is_dir() else []:
+        for line in path.read_text().splitlines():
+            if line.startswith("name:") and line.split(":", 1)[1].split("#")[0].strip() == name:
+                return path.stem
+    return None
+
+
 def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
-    """For a checkpoint of this project, the model settings of its training config (``config.model``) that
-    ``model_cfg`` (the model config of this run) has otherwise, as the overrides that rebuild its model;
-    ``""`` when there are none or the file has no config."""
+    """For a checkpoint of this project, what rebuilds the model of its training config (``config.model``): the
+    ``model=`` choice of that model where it is another than ``model_cfg``'s (the model config of this run) and
+    conf/model has it, then the settings the file's model has otherwise than that choice (or than ``model_cfg``)
+    as ``++model.`` overrides; ``""`` when there are none or the file has no config."""
+    from omegaconf import DictConfig, OmegaConf
+
     config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
     trained = flat_settings(config.get("model") if isinstance(config, Mapping) else None)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(model_cfg, DictConfig):
-            model_cfg = OmegaConf.to_container(model_cfg, resolve=False)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=False)
+    choice = None
+    name = trained.get("name")
+    if isinstance(name, str) and name != (model_cfg or {}).get("name"):
+        choice = model_choice_of(name)
+        if choice is not None:
+            model_cfg = OmegaConf.to_container(OmegaConf.load(MODEL_CONF_DIR / f"{choice}.yaml"), resolve=False)
     built = flat_settings(model_cfg)
     skip = ("_target_", "num_classes", "name", "pretrained", "deploy.", "test.")
     # A setting the run's model config leaves to the builder's default (make demo's base_channels=32 on a light R18
@@ -418,7 +434,8 @@ def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
     same_builder = trained.get("_target_") == built.get("_target_")
     differ = [f"++model.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in trained.items()
               if not k.startswith(skip) and (k in built and built[k] != v or k not in built and same_builder)]
-    return f": its training config built another model, add {' '.join(differ)}" if differ else ""
+    words = [f"model={choice}", *differ] if choice else differ
+    return f": its training config built another model, add {' '.join(words)}" if words else ""
 
 
 def _check_input(model: nn.Module, source: str, metadata: Mapping[str, Any],

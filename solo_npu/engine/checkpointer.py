@@ -119,37 +119,15 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
 
 def resume_model_mismatch(state: Mapping[str, Any], exc: Exception, path: str | Path | None,
                           model_cfg: Any = None) -> str:
-    """The line for a resume file whose weights ``load_state_dict`` refused (``exc``): the first mismatch it names,
-    the model the file's run was configured with (``config.model``: its ``model=`` choice, by the file of
-    conf/model that names it) and the settings that differ from ``model_cfg`` (this run's model config)."""
+    """The line for a resume file whose weights ``load_state_dict`` refused (``exc``): the first mismatch it names
+    and what rebuilds the model of the file's run (:func:`~solo_npu.checkpoints.convert.trained_model_hint`:
+    its ``model=`` choice and settings, against ``model_cfg``, this run's model config)."""
     from solo_npu.checkpoints.convert import trained_model_hint
 
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-    config = state.get("config") if isinstance(state.get("config"), Mapping) else {}
-    model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
-    name = model.get("name")
-    choice = _model_choice_of(name) if isinstance(name, str) else None
-    said = f"; it was written by a run of {name}" if name else ""
-    if choice is not None:  # the settings the file's run changed from that choice's own
-        from omegaconf import OmegaConf
-
-        model_cfg = OmegaConf.load(MODEL_CONF_DIR / f"{choice}.yaml")
-    fix = f" (model={choice})" if choice else ""
-    return (f"{path or 'the resume file'}: its weights do not fit this run's model ({detail}){said}: resume with "
-            f"that model{fix}{trained_model_hint(state, model_cfg)}")
-
-
-MODEL_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
-
-
-def _model_choice_of(name: str) -> str | None:
-    """The ``model=`` choice (a file of conf/model) whose ``name:`` is ``name``, where this checkout has one."""
-    for path in sorted(MODEL_CONF_DIR.glob("*.yaml")) if MODEL_CONF_DIR.is_dir() else []:
-        for line in path.read_text().splitlines():
-            if line.startswith("name:") and line.split(":", 1)[1].split("#")[0].strip() == name:
-                return path.stem
-    return None
+    return (f"{path or 'the resume file'}: its weights do not fit this run's model ({detail})"
+            f"{trained_model_hint(state, model_cfg)}")
 
 
 def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = None, scale_lr: bool = True,

@@ -287,9 +287,17 @@ def _trained_model_hint(cfg: DictConfig, ckpt: Any = None):
         hint = trained_model_hint(ckpt, cfg.model)
         experiment = checkpoint_position(ckpt)["experiment"]
         if (hint and cfg.mode == "eval" and isinstance(experiment, str) and experiment != cfg.experiment_name
-                and (EXPERIMENTS_DIR / f"{experiment}.yaml").is_file()):
+                and (EXPERIMENTS_DIR / f"{experiment}.yaml").is_file() and _sets_model(experiment)):
             hint += f", or evaluate it with its experiment's settings: '+experiment=[{_eval_experiments(ckpt)},eval]'"
         raise CheckpointError(f"{exc}{hint}") from exc
+
+
+def _sets_model(experiment: str) -> bool:
+    """Whether conf/experiment/<experiment>.yaml chooses the model (``override /model: ...`` in its defaults): only
+    then does evaluating with that experiment rebuild the model its run trained (finetune, 1p and 8p keep
+    whatever model= says)."""
+    return any(line.strip().startswith("- override /model:")
+               for line in (EXPERIMENTS_DIR / f"{experiment}.yaml").read_text().splitlines())
 
 
 # The device presets; their runs evaluate with +experiment=[1p,...] (one device, the same canvas and precision).

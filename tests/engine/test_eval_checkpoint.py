@@ -61,6 +61,24 @@ def test_eval_of_a_checkpoint_with_another_model_names_what_rebuilds_it(smoke_da
     assert summary["mode"] == "eval" and summary["checkpoint_iteration"] == 10
 
 
+def test_eval_of_another_models_file_names_its_model_choice_not_an_experiment_that_keeps_the_model(
+        smoke_data, tmp_path) -> None:
+    """A fine-tuned file (experiment finetune, which does not choose the model) evaluated with another model=: the
+    line names model=<the file's model> and no '+experiment=[finetune,eval]', which would keep the wrong model."""
+    cfg = compose_train_cfg(["+experiment=smoke", *smoke_data])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = build_model(OmegaConf.create(model_cfg), num_classes=int(cfg.data.num_classes))
+    ckpt = tmp_path / "tuned.pth"
+    torch.save({"model": model.state_dict(), "epoch": 1, "iteration": 10,
+                "config": {"experiment_name": "finetune", "model": model_cfg}}, ckpt)
+    with pytest.raises(CheckpointError) as err:
+        run_train([*smoke_data, f"checkpoint={ckpt}", "model=solov2_light_r18", "model.pretrained=null"],
+                  tmp_path / "a", "eval")
+    message = str(err.value)
+    assert "shape mismatch for" in message and "+experiment=" not in message
+    assert message.endswith("its training config built another model, add model=solov2_tiny"), message
+
+
 def test_the_experiments_named_for_a_device_preset_run_keep_the_preset() -> None:
     """A recipe trained under a device preset ([8p,solov2_light_r50_3x]) records the recipe's name alone; evaluated as
     '+experiment=[solov2_light_r50_3x,eval]' it would run without the preset's canvas and precision. Its config's
