@@ -279,6 +279,10 @@ def require_whole_model(report: Mapping[str, Any], path: str | os.PathLike) -> N
         raise CheckpointError(f"{path} ({len(missing)} model tensors missing, {len(report['unexpected'])} "
                               "unexpected) holds only a ResNet under torchvision's names: ImageNet weights start a "
                               "training run as model.pretrained=PATH; checkpoint= needs a whole model")
+    if missing and report.get("partial_missing"):  # the conversion left them out: not another model's file
+        raise CheckpointError(f"checkpoint {path} was converted with --allow-partial and lacks {len(missing)} of the "
+                              f"model's tensors {missing[:5]}: they would stay random (convert a file that has "
+                              "them; ImageNet backbone weights start a training run as model.pretrained=PATH)")
     if missing or report["unexpected"]:
         raise CheckpointError(f"checkpoint {path} does not match the model: {len(missing)} missing "
                               f"{missing[:5]}, {len(report['unexpected'])} unexpected {report['unexpected'][:5]} "
@@ -377,14 +381,17 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
     logger.info("loaded %s weights from %s (missing %d, unexpected %d)", source, path, len(missing), len(unexpected))
     meta = metadata.get("meta") if isinstance(metadata.get("meta"), Mapping) else {}
     partial = meta.get("partial")
+    absent: list[str] = []
     if isinstance(partial, Mapping) and (partial.get("missing") or partial.get("dropped")):
         dropped, absent = list(partial.get("dropped") or []), list(partial.get("missing") or [])
-        logger.warning("%s was converted with --allow-partial: %d tensors of its source were dropped %s and %d were "
-                       "not in it %s; the model runs without them (see its meta.partial)", path, len(dropped),
-                       _few(dropped), len(absent), _few(absent))
+        # the dropped tensors are ones this model has no place for; the absent ones (the model's, not in the file)
+        # are refused as checkpoint= by require_whole_model
+        logger.warning("%s was converted with --allow-partial: %d tensors of its source were dropped %s (this model "
+                       "has no place for them) and %d of the model's were not in the file %s (see its meta.partial)",
+                       path, len(dropped), _few(dropped), len(absent), _few(absent))
     config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
-            "reordered": reordered, "config": config or None}
+            "reordered": reordered, "config": config or None, "partial_missing": absent}
 
 
 def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:

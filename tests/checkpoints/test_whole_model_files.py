@@ -1,7 +1,8 @@
 """checkpoint= must fill the whole model: a torchvision ImageNet ResNet (a backbone only, torchvision's
 resnet.py has no neck or heads), a file of another depth, or a file converted with --allow-partial would leave
 parts of the model random. The first two stop with one line (train.py too); the last loads with a WARNING that
-says what the conversion left out. The converter keeps this project's training config."""
+names the source's tensors the conversion dropped when it lacks none of the model's, and stops with one line naming
+those it lacks otherwise. The converter keeps this project's training config."""
 
 from __future__ import annotations
 
@@ -119,3 +120,25 @@ def test_a_torchscript_export_given_as_checkpoint_says_what_it_is(tmp_path: Path
     with pytest.raises(CheckpointError, match=r"is a TorchScript module .*pass the \.pth it was exported from") as info:
         load_checkpoint(path)
     assert "trust-pickle" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_partial_conversion_without_the_backbone_is_refused_naming_what_it_lacks(tmp_path: Path,
+                                                                                  caplog: pytest.LogCaptureFixture
+                                                                                  ) -> None:
+    """A source without its backbone converted with --allow-partial: fine-tuning or evaluating it would run a random
+    backbone. One line says the conversion left those tensors out (not "pick the model= that trained it"), and the
+    WARNING before it no longer says the model runs without them."""
+    state = {k: v for k, v in tiny().state_dict().items() if not k.startswith("backbone.")}
+    src = save_checkpoint({"model": state}, tmp_path / "no_backbone.pth")
+    dst = tmp_path / "converted.pth"
+    assert main([str(src), str(dst), "--model-config", str(CONF / "solov2_tiny.yaml"), "--num-classes", "3",
+                 "--allow-partial"]) == 0
+    for allow in (False, True):  # evaluation, fine-tuning
+        with caplog.at_level(logging.WARNING, logger="solo_npu.checkpoints.convert"), \
+                pytest.raises(CheckpointError) as info:
+            load_weights(tiny(), str(dst), allow_classifier_change=allow)
+        line = str(info.value)
+        assert line.startswith(f"checkpoint {dst} was converted with --allow-partial and lacks ") and "\n" not in line
+        assert "['backbone.conv1.weight'" in line and "pick the model=" not in line
+        assert "runs without them" not in caplog.text and "of the model's were not in the file" in caplog.text
+
