@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,40 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, map_loc
             raise CheckpointError(f"cannot read checkpoint {path}: its data ends early ({path.stat().st_size} "
                                   f"bytes: truncated, e.g. a copy that did not finish?): {detail}") from exc
         if not trust_pickle and "weights_only" in str(exc):
+            missing = _uninstalled_global(str(exc))
+            if missing is not None:  # trust_pickle would only get as far as its ModuleNotFoundError
+                package, name = missing
+                raise CheckpointError(
+                    f"{path} pickles objects of the package {package!r} ({name}), which weights_only=True refuses "
+                    f"and which is not installed: install {package} and pass checkpoint_trust_pickle=true if you "
+                    "trust the file, or re-save it as a plain state dict where it is installed (for mmdet / "
+                    "mmengine / mmcv files: mmdet's tools/model_converters/publish_model.py keeps only meta and "
+                    "state_dict)") from exc
             raise CheckpointError(
                 f"{path} holds pickled Python objects that weights_only=True refuses to load ({detail}). "
                 f"{trust_hint}"
             ) from exc
         raise CheckpointError(f"cannot read checkpoint {path}: {detail}") from exc
+
+
+def _uninstalled_global(message: str) -> tuple[str, str] | None:
+    """(package, dotted name) of the global the weights-only unpickler refused (its message names it, "Unsupported
+    global: GLOBAL mmengine.config.config.ConfigDict" or, on torch 2.1, "Unsupported class
+    mmengine.config.config.ConfigDict"), when that package is not installed; else ``None``."""
+    import importlib.util
+    import re
+
+    found = re.search(r"(?:GLOBAL|Unsupported class) ([A-Za-z_][\w.]*)", message)
+    if found is None or "." not in found.group(1):
+        return None
+    package = found.group(1).split(".")[0]
+    if package in ("torch", "numpy", "collections", "builtins", "__builtin__", "_codecs"):
+        return None
+    try:
+        installed = sys.modules.get(package, True) is not None and importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError, AttributeError):
+        installed = False
+    return None if installed else (package, found.group(1))
 
 
 # torch.save writes a zip archive (torch >= 1.6) or, with _use_new_zipfile_serialization=False, pickles (protocol 2,

@@ -20,8 +20,6 @@ from solo_npu.data.coco import (
 )
 from solo_npu.data.collate import FixedShapeCollate, pad_instance_slots
 from solo_npu.data.samplers import GroupedBatchSampler
-from solo_npu.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES
-from solo_npu.data.synthetic import generate_synthetic_coco
 from solo_npu.data.transforms import (
     Compose,
     Normalize,
@@ -62,3 +60,13 @@ __all__ = [
     "rescale_size",
     "segmentation_to_rle",
 ]
+
+
+def __getattr__(name: str):  # the synthetic generator, imported when asked for (python -m solo_npu.data.synthetic
+    # runs that module as __main__: imported by the package first, runpy would warn and run a second copy)
+    if name in ("SYNTHETIC_CATEGORIES", "generate_synthetic_coco"):
+        from solo_npu.data import synthetic
+
+        return synthetic.CATEGORIES if name == "SYNTHETIC_CATEGORIES" else synthetic.generate_synthetic_coco
+    raise AttributeError(f"module 'solo_npu.data' has no attribute {name!r}")
+

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from solo_npu.data.coco import DEFAULT_MIN_SIZE, CocoInstanceDataset
 from solo_npu.data.collate import SLOT_LADDER, FixedShapeCollate
 from solo_npu.data.samplers import GroupedBatchSampler
-from solo_npu.data.synthetic import SHAPE_SCALE, generate_synthetic_coco
 from solo_npu.data.transforms import build_transforms, canvas_size, rescale_size
 
 logger = logging.getLogger("solo_npu.data")
@@ -241,6 +240,9 @@ def ensure_synthetic(data_cfg: Any) -> Path:
     Safe to call from every rank at once: a file lock serialises the ranks of a node, and the data is
     written to a temporary directory that is renamed into place, so no reader ever sees half a dataset.
     """
+    # imported here: the package does not import the generator, so python -m solo_npu.data.synthetic runs it once
+    from solo_npu.data.synthetic import SHAPE_SCALE, generate_synthetic_coco
+
     root = Path(str(data_cfg.root))
     if not data_cfg.get("generate", False):
         return root

@@ -181,6 +181,10 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
                        "training: this run writes no detections file", cfg["eval_detections"])
     check_dataset_files(cfg["data"], ("train", "val") if mode == "train" else ("val",))  # training evaluates too
     if mode == "train":
+        if str(cfg.get("resume") or "").lower() == "auto" and not cfg.get("run_dir"):
+            logger.warning("resume=auto without run_dir: this run has a new run directory (%s), with nothing to "
+                           "resume, and starts from scratch; resume=auto run_dir=<the run's directory> continues a "
+                           "run", run_dir)
         resume = attempt_resume(cfg, run_dir, log=False)
         backbone_init_file(cfg, _starts_from(cfg, find_resume_file(resume, run_dir)))
 

@@ -29,3 +29,22 @@ def test_resume_with_another_model_is_one_line_and_keeps_the_config(smoke_data: 
     # the same resume with the model that wrote it continues, and the config is the run's again
     assert run_train([*fast, "train.max_iters=4", "resume=auto"], run_dir)["iterations"] == 4
     assert "name: solov2_tiny" in (run_dir / "config.yaml").read_text()
+
+
+def test_resume_auto_without_run_dir_says_there_is_nothing_to_resume(smoke_data: list[str], tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Without run_dir each run gets a new timestamped directory, so resume=auto can find nothing there: a WARNING
+    (it was an INFO line that it starts from scratch); with run_dir, nothing is said before the run looks."""
+    from engine_support import compose_train_cfg
+    from omegaconf import OmegaConf
+
+    from solo_npu.engine.job import check_start
+
+    for given, warned in ((None, True), (str(tmp_path / "run"), False)):
+        cfg = compose_train_cfg(["+experiment=smoke", *smoke_data, "resume=auto",
+                                 *([f"run_dir={given}"] if given else [])])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="solo_npu.engine.job"):
+            check_start(OmegaConf.to_container(cfg, resolve=True), tmp_path / "new")
+        said = [r.getMessage() for r in caplog.records if "resume=auto without run_dir" in r.getMessage()]
+        assert bool(said) == warned, caplog.text
