@@ -62,13 +62,10 @@ def main(cfg: DictConfig) -> None:
         setup_logging(run_dir, 0)
     job_cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
-        check_start(job_cfg, run_dir)
+        check_start(job_cfg, run_dir)  # before any worker: one line for a run that cannot start as configured
+        launch(run_job, job_cfg, run_dir)
     except (BackboneInitError, ConfigValueError, DatasetNotFoundError) as exc:
         raise _stop(f"[Error] {exc}") from None
-    except CheckpointError as exc:  # resume=PATH that is no file, checked before anything starts
-        raise _stop(f"[Error] CheckpointError: {exc}") from None
-    try:
-        launch(run_job, job_cfg, run_dir)
     except DeviceError as exc:  # the device asked for is not usable here: one line, not a traceback
         raise _stop(f"[Error] DeviceError: {exc}") from None
     except CheckpointError as exc:  # a resume or weights file that does not fit this run

@@ -38,9 +38,18 @@ elif [[ -z "${ASCEND_HOME_PATH:-}" ]]; then  # set by a set_env.sh sourced befor
 fi
 unset _cann_env
 # Open files: the Ascend ModelZoo SOLOv2 test/env_npu.sh sets `ulimit -SHn 512000` (data-loader workers of 8
-# ranks share tensors through file descriptors); where the hard limit is lower and cannot be raised (not root),
-# the soft limit goes up to the hard one.
-ulimit -SHn 512000 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+# ranks share tensors through file descriptors). Here a limit is only raised, never lowered: a soft limit under
+# 512000 goes up to 512000 where the hard limit allows it (raised first where it can be: root), else to the hard one.
+_nofile_soft="$(ulimit -Sn)"
+_nofile_hard="$(ulimit -Hn)"
+if [[ "${_nofile_soft}" != unlimited && "${_nofile_soft}" -lt 512000 ]]; then
+    if [[ "${_nofile_hard}" == unlimited || "${_nofile_hard}" -ge 512000 ]]; then
+        ulimit -Sn 512000 2>/dev/null || true
+    else
+        ulimit -SHn 512000 2>/dev/null || ulimit -Sn "${_nofile_hard}" 2>/dev/null || true
+    fi
+fi
+unset _nofile_soft _nofile_hard
 export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1800}"
 export HCCL_WHITELIST_DISABLE="${HCCL_WHITELIST_DISABLE:-1}"
 export TASK_QUEUE_ENABLE="${TASK_QUEUE_ENABLE:-2}"

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 from config_support import CONF, ROOT, compose_config
 
-from solo_npu.config.values import RANGES, ConfigValueError, check_values
+from solo_npu.config.values import RANGES, ConfigValueError, check_values, choices
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_is_inside_the_ranges(experiment: str) -> None:
     cfg = compose_config(f"+experiment={experiment}")
     check_values(cfg)
-    for key in RANGES:  # every checked key exists in the composed config (a renamed one would go unchecked)
+    for key in [*RANGES, *choices()]:  # every checked key exists in the composed config (a renamed one would go
+        # unchecked)
         node = cfg
         for part in key.split("."):
             node = node[part]
@@ -47,7 +48,7 @@ def test_every_optimiser_and_data_choice_is_inside_the_ranges(group: str) -> Non
     # string settings read only once the run has started: each was a traceback there, some without the key
     ("optim.name=adam", "optim.name=adam: must be one of sgd, adamw"),
     ("optim.policy=poly", "optim.policy=poly: must be one of step, cosine"),
-    ("amp.dtype=fp8", "amp.dtype=fp8: must be one of fp16, bf16"),
+    ("amp.dtype=fp8", "amp.dtype=fp8: must be one of fp16, float16, bf16, bfloat16"),
     ("train.progress=fancy", "train.progress=fancy: must be one of auto, tqdm, plain"),
     ("mode=evaluate", "mode=evaluate: must be one of train, eval"),
     ("data.pad.mode=fix", "data.pad.mode=fix: must be one of divisor, fixed"),
@@ -63,7 +64,8 @@ def test_value_outside_its_range_names_the_key(override: str, message: str) -> N
 
 
 @pytest.mark.parametrize("override", ["optim.name=AdamW", "amp.loss_scale=128", "amp.loss_scale=dynamic",
-                                      "data.pad.position=center", "mode=eval"])
+                                      "data.pad.position=center", "mode=eval", "amp.dtype=bfloat16",
+                                      "amp.dtype=float16"])
 def test_values_the_readers_take_pass(override: str) -> None:
     check_values(compose_config("+experiment=smoke", override))
 

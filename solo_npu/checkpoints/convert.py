@@ -279,7 +279,8 @@ def require_whole_model(report: Mapping[str, Any], path: str | os.PathLike) -> N
         raise CheckpointError(f"{path} ({len(missing)} model tensors missing, {len(report['unexpected'])} "
                               "unexpected) holds only a ResNet under torchvision's names: ImageNet weights start a "
                               "training run as model.pretrained=PATH; checkpoint= needs a whole model")
-    if missing and report.get("partial_missing"):  # the conversion left them out: not another model's file
+    if missing and not report["unexpected"] and set(missing) <= set(report.get("partial_missing") or ()):
+        # the conversion left exactly these out (its meta.partial says so): not another model's file
         raise CheckpointError(f"checkpoint {path} was converted with --allow-partial and lacks {len(missing)} of the "
                               f"model's tensors {missing[:5]}: they would stay random (convert a file that has "
                               "them; ImageNet backbone weights start a training run as model.pretrained=PATH)")
@@ -405,12 +406,12 @@ def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-MODEL_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
-
-
 def model_choice_of(name: str) -> str | None:
     """The ``model=`` choice (a file of conf/model) whose ``name:`` is ``name``, where this checkout has one."""
-    for path in sorted(MODEL_CONF_DIR.glob("*.yaml")) if MODEL_CONF_DIR.is_dir() else []:
+    from solo_npu.config import CONF_DIR
+
+    folder = CONF_DIR / "model"
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         for line in path.read_text().splitlines():
             if line.startswith("name:") and line.split(":", 1)[1].split("#")[0].strip() == name:
                 return path.stem
@@ -433,7 +434,9 @@ def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
     if isinstance(name, str) and name != (model_cfg or {}).get("name"):
         choice = model_choice_of(name)
         if choice is not None:
-            model_cfg = OmegaConf.to_container(OmegaConf.load(MODEL_CONF_DIR / f"{choice}.yaml"), resolve=False)
+            from solo_npu.config import CONF_DIR
+
+            model_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{choice}.yaml"), resolve=False)
     built = flat_settings(model_cfg)
     skip = ("_target_", "num_classes", "name", "pretrained", "deploy.", "test.")
     # A setting the run's model config leaves to the builder's default (make demo's base_channels=32 on a light R18

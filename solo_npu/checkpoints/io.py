@@ -118,18 +118,19 @@ def _uninstalled_global(message: str) -> tuple[str, str] | None:
     global: GLOBAL mmengine.config.config.ConfigDict" or, on torch 2.1, "Unsupported class
     mmengine.config.config.ConfigDict"), when that package is not installed; else ``None``."""
     import importlib.util
-    import re
 
     found = re.search(r"(?:GLOBAL|Unsupported class) ([A-Za-z_][\w.]*)", message)
     if found is None or "." not in found.group(1):
         return None
     package = found.group(1).split(".")[0]
-    if package in ("torch", "numpy", "collections", "builtins", "__builtin__", "_codecs"):
-        return None
+    if package in ("__main__", "torch", "numpy", "collections", "builtins", "__builtin__", "_codecs"):
+        return None  # a class of the script that saved the file, or one torch allows: the trust hint stands
+    if sys.modules.get(package, True) is None:  # blocked from import (sys.modules[name] = None)
+        return package, found.group(1)
     try:
-        installed = sys.modules.get(package, True) is not None and importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError, AttributeError):
-        installed = False
+        installed = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError, AttributeError):  # cannot tell: the trust hint stands
+        return None
     return None if installed else (package, found.group(1))
 
 

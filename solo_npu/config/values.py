@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["CHOICES", "MODEL_CHOICES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
+__all__ = ["MODEL_CHOICES", "MODES", "ConfigValueError", "check_eval_preprocessing", "check_model_choices",
            "check_trainable", "check_values"]
 
 
@@ -53,18 +53,20 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.flip_prob": (0, 1, True, False),
 }
 
-# key -> the values the code that reads it takes (optim.name in any case). Each reader refuses another value too,
-# but only once the run has started, as a traceback.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("train", "eval"),  # solo_npu.engine.job
-    "optim.name": ("sgd", "adamw"),  # solo_npu.engine.optim.build_optimizer
-    "optim.policy": ("step", "cosine"),  # solo_npu.engine.optim.WarmupStepSchedule
-    "amp.dtype": ("fp16", "bf16"),  # solo_npu.runtime.device.amp_dtype
-    "train.progress": ("auto", "tqdm", "plain"),  # solo_npu.engine.writers
-    "data.pad.mode": ("divisor", "fixed"),  # solo_npu.data.transforms.canvas_size
-    "data.pad.position": ("top_left", "centre", "center"),  # solo_npu.data.transforms.pad_offset
-}
-_ANY_CASE_KEYS = {"optim.name"}
+MODES = ("train", "eval")  # mode: solo_npu.engine.job.run_job
+_ANY_CASE_KEYS = {"optim.name"}  # build_optimizer lowers it
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Setting -> the values the code that reads it takes, from that code's own constants. Each reader refuses
+    another value too, but only once the run has started, as a traceback."""
+    from solo_npu.data.transforms import PAD_MODES, PAD_POSITIONS
+    from solo_npu.engine.optim import LR_POLICIES, OPTIMIZERS
+    from solo_npu.engine.writers import PROGRESS_MODES
+    from solo_npu.runtime.device import AMP_DTYPES
+
+    return {"mode": MODES, "optim.name": OPTIMIZERS, "optim.policy": LR_POLICIES, "amp.dtype": AMP_DTYPES,
+            "train.progress": PROGRESS_MODES, "data.pad.mode": PAD_MODES, "data.pad.position": PAD_POSITIONS}
 
 _NORMS = ("bn", "frozen_bn", "gn")  # solo_npu.models.backbones.resnet.build_norm
 _STYLES = ("pytorch", "caffe")  # ResNet Bottleneck: stride on the 3x3 (pytorch) or the first 1x1 (caffe) conv
@@ -120,7 +122,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         if not ok:
             allowed = _range_text(low, high, low_included) + (" or null" if nullable else "")
             raise ConfigValueError(f"{key}={value}: must be {allowed}")
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         present, value = _get(cfg, key)
         seen = value.lower() if isinstance(value, str) and key in _ANY_CASE_KEYS else value
         if present and seen not in allowed:

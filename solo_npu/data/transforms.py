@@ -150,6 +150,10 @@ def build_transforms(data_cfg: Any, train: bool) -> Compose:
     return Compose(steps)
 
 
+PAD_MODES = ("divisor", "fixed")  # data.pad.mode: canvas_size
+PAD_POSITIONS = ("top_left", "centre", "center")  # data.pad.position: pad_offset
+
+
 def canvas_size(shapes: Sequence[tuple[int, int]], mode: str = "divisor", size_divisor: int = 32,
                 canvas: Sequence[int] | None = None) -> tuple[int, int]:
     """The (Hc, Wc) canvas for a batch of (h, w) image shapes.
@@ -167,7 +171,7 @@ def canvas_size(shapes: Sequence[tuple[int, int]], mode: str = "divisor", size_d
             raise ValueError(f"image {max_h}x{max_w} does not fit the fixed canvas {hc}x{wc}; lower img_scale")
         return hc, wc
     if mode != "divisor":
-        raise ValueError(f"pad.mode must be 'divisor' or 'fixed', got {mode!r}")
+        raise ValueError(f"pad.mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
     d = max(1, int(size_divisor))
     return -(-max_h // d) * d, -(-max_w // d) * d
 
@@ -178,4 +182,4 @@ def pad_offset(img_shape: tuple[int, int], canvas: tuple[int, int], position: st
         return (canvas[0] - img_shape[0]) // 2, (canvas[1] - img_shape[1]) // 2
     if position == "top_left":
         return 0, 0
-    raise ValueError(f"pad.position must be 'centre' or 'top_left', got {position!r}")
+    raise ValueError(f"pad.position must be one of {', '.join(PAD_POSITIONS)}, got {position!r}")

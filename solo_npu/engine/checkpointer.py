@@ -16,6 +16,7 @@ from torch import nn
 
 from solo_npu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from solo_npu.engine import comm
+from solo_npu.engine.trainer import epoch_number
 from solo_npu.runtime import accelerator_rng_states, load_grad_scaler_state, set_accelerator_rng_states
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
         "scheduler": schedule.state_dict() if schedule is not None else {},
         "epoch": trainer.epoch,
         "inner_iter": trainer.inner_iter,  # sampler position inside the epoch
-        # what a person counts (and mmcv's meta epoch): the epochs whose steps are all done, 2 in epoch_2.pth
-        "epochs_done": trainer.epoch + (1 if trainer.inner_iter >= trainer.iters_per_epoch else 0),
+        "epoch_number": trainer.epoch_number,  # what the logs and epoch_N.pth call it (Trainer.epoch_number)
         # stopped after the epoch's last step, before its end (evaluation, epoch checkpoint): the resume runs it
         "epoch_end_pending": bool(getattr(trainer, "epoch_end_pending", False)),
         "iteration": trainer.iter,
@@ -117,16 +117,32 @@ def training_state(trainer: Any, schedule: Any = None, config: dict | None = Non
     }
 
 
-def resume_model_mismatch(state: Mapping[str, Any], exc: Exception, path: str | Path | None,
+def resume_model_mismatch(state: Mapping[str, Any], model: nn.Module, path: str | Path | None,
                           model_cfg: Any = None) -> str:
-    """The line for a resume file whose weights ``load_state_dict`` refused (``exc``): the first mismatch it names
-    and what rebuilds the model of the file's run (:func:`~solo_npu.checkpoints.convert.trained_model_hint`:
-    its ``model=`` choice and settings, against ``model_cfg``, this run's model config)."""
+    """The line for a resume file whose weights ``model`` refused: how many tensors differ in shape (the first
+    named), are the model's alone or the file's alone, and what rebuilds the model of the file's run
+    (:func:`~solo_npu.checkpoints.convert.trained_model_hint`: its ``model=`` choice and settings, against
+    ``model_cfg``, this run's model config)."""
     from solo_npu.checkpoints.convert import trained_model_hint
 
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-    return (f"{path or 'the resume file'}: its weights do not fit this run's model ({detail})"
+    own, weights = model.state_dict(), state["model"]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    shaped = [k for k in weights if k in own and tuple(own[k].shape) != tuple(weights[k].shape)]
+    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in weights if k not in own]
+    parts = []
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} of other shapes, e.g. {k}: file {tuple(weights[k].shape)}, model "
+                     f"{tuple(own[k].shape)}")
+    if missing:
+        parts.append(f"{len(missing)} of the model's not in the file ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} of the file's not in the model ({few(unexpected)})")
+    return (f"{path or 'the resume file'}: its weights do not fit this run's model ({'; '.join(parts)})"
             f"{trained_model_hint(state, model_cfg)}")
 
 
@@ -150,8 +166,8 @@ def restore_training_state(trainer: Any, state: dict[str, Any], schedule: Any = 
     plan = resume_plan(state, layout_of(trainer), scale_lr, train_images_of(trainer), path)
     try:
         unwrap(trainer.model).load_state_dict(state["model"])
-    except RuntimeError as exc:  # another model than the one that wrote the file: its tensors do not fit
-        raise CheckpointError(resume_model_mismatch(state, exc, path, model_cfg)) from None
+    except RuntimeError:  # another model than the one that wrote the file: its tensors do not fit
+        raise CheckpointError(resume_model_mismatch(state, unwrap(trainer.model), path, model_cfg)) from None
     wanted_groups = [{k: g[k] for k in _GROUP_KEYS if k in g} for g in trainer.optimizer.param_groups]
     trainer.optimizer.load_state_dict(state["optimizer"])  # which also sets the checkpoint's momentum, decay
     _keep_configured_groups(trainer.optimizer, wanted_groups)
@@ -358,7 +374,8 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
                 "a total batch that cannot be told (its LR was not scaled by it)")
         return ResumePlan(position, message=(
             f"resume on another layout: the checkpoint records no layout ({saved}, {told}), this run has {now}; "
-            f"continuing as saved at iteration {iteration} (epoch {epoch}, {_done(inner, None)}), which is right only "
+            f"continuing as saved at iteration {iteration} (epoch {epoch_number(epoch, inner)}, {_done(inner, None)}), "
+            "which is right only "
             "for the same total batch; the images from here on differ from those of the uninterrupted run "
             "(not an exact resume)"))
     old_ipe, new_ipe = int(saved.iters_per_epoch), int(now.iters_per_epoch)
@@ -371,10 +388,11 @@ def resume_plan(state: dict[str, Any], now: Layout, scale_lr: bool = True,
     changed, clauses, why = _what_changed(same_layout, saved_images, train_images)
     what = [f"resume on another {changed}: the checkpoint's {saved}, this run's {now}", *clauses]
     if renumber is None:
-        what.append(f"continuing at iteration {iteration} (epoch {epoch}, {_done(inner, new_ipe)})")
+        what.append(f"continuing at iteration {iteration} (epoch {epoch_number(epoch, inner)}, "
+                    f"{_done(inner, new_ipe)})")
     else:
         warmup = int((state.get("scheduler") or {}).get("warmup_iters", 0))
-        what.append(f"continuing at the same point of epoch {epoch}: iteration {new_position[2]} "
+        what.append(f"continuing at the same point of epoch {epoch_number(epoch, inner)}: iteration {new_position[2]} "
                     f"({_done(new_inner, new_ipe)}) instead of {iteration} ({_done(inner, old_ipe)}), "
                     f"the schedule's iteration counts converted to {new_ipe} per epoch (warm-up {warmup} -> "
                     f"{plan.iterations(warmup)} iterations)")
@@ -430,8 +448,9 @@ def find_resume_file(resume: str | None, run_dir: str | Path) -> Path | None:
     path = Path(resume)
     if path.is_dir():  # a run directory, or its checkpoints/ folder
         last = next((c for c in (path / "checkpoints" / "last.pth", path / "last.pth") if c.is_file()), None)
-        hint = (f"resume={last}, or resume=auto run_dir={last.parent.parent}" if last is not None else
-                "give <run directory>/checkpoints/last.pth, or resume=auto run_dir=<the run directory>")
+        run = last.parent.parent if last is not None and last.parent.name == "checkpoints" else None
+        hint = (f"resume={last}" + (f", or resume=auto run_dir={run}" if run is not None else "") if last is not None
+                else "give <run directory>/checkpoints/last.pth, or resume=auto run_dir=<the run directory>")
         raise CheckpointError(f"resume={resume} is a directory, not a checkpoint file: {hint}")
     if not path.is_file():
         raise CheckpointError(f"resume={resume}: no such file (resume=auto run_dir=<the run directory> continues "
@@ -486,7 +505,7 @@ def agree_resume(resume: str | None, run_dir: str | Path) -> tuple[Path | None, 
 
 def save_training_state(state: dict[str, Any], path: str | Path) -> Path:
     path = save_checkpoint(state, path)
-    logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, state.get("epochs_done", state["epoch"]),
+    logger.info("saved checkpoint %s (epoch %d, iteration %d)", path, state.get("epoch_number", state["epoch"]),
                 state["iteration"])
     return path
 

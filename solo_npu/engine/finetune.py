@@ -61,8 +61,9 @@ def checkpoint_position(ckpt: Any) -> dict[str, Any]:
     """Where in training the weights of a checkpoint's contents ``ckpt`` were saved, as far as the file says.
 
     Returns ``{"epoch", "iteration", "experiment", "finetuned_from"}``, each ``None`` when the file does not
-    record it. This project's training checkpoints hold ``epochs_done`` (the epochs whose steps are all done; files
-    written before it was recorded: ``epoch``, the 0-based epoch the run was in) and ``iteration`` at the top level
+    record it. This project's training checkpoints hold ``epoch_number`` (the 1-based epoch of the last step:
+    :attr:`~solo_npu.engine.trainer.Trainer.epoch_number`; files written before it was recorded: ``epoch``, the
+    0-based epoch the run was in) and ``iteration`` at the top level
     (:func:`solo_npu.engine.checkpointer.training_state`) and the run's config (``experiment_name``, and
     ``checkpoint`` for a fine-tuning); mmcv's runners save ``meta=dict(epoch=self.epoch + 1, iter=self.iter)``
     (open-mmlab/mmcv, mmcv/runner/epoch_based_runner.py, EpochBasedRunner.save_checkpoint), which mmdet and the
@@ -72,8 +73,8 @@ def checkpoint_position(ckpt: Any) -> dict[str, Any]:
     if not isinstance(ckpt, Mapping):
         return position
     if isinstance(ckpt.get("iteration"), int) and isinstance(ckpt.get("epoch"), int):
-        done = ckpt.get("epochs_done")
-        position.update(epoch=done if isinstance(done, int) else ckpt["epoch"], iteration=ckpt["iteration"])
+        number = ckpt.get("epoch_number")
+        position.update(epoch=number if isinstance(number, int) else ckpt["epoch"], iteration=ckpt["iteration"])
         config = ckpt.get("config")
         if isinstance(config, Mapping):
             position["experiment"] = config.get("experiment_name")

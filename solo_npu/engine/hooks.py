@@ -61,7 +61,7 @@ class EvalHook(HookBase):
         t0 = time.perf_counter()
         results = self.eval_fn()
         t.model.train()
-        entry = {"epoch": t.epoch + (1 if t.inner_iter >= t.iters_per_epoch else 0), "iteration": t.iter,
+        entry = {"epoch": t.epoch_number, "iteration": t.iter,
                  "results": results, "seconds": time.perf_counter() - t0}
         self.history.append(entry)
         self._evaluated_at = t.iter

@@ -15,7 +15,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from solo_npu.config import CONF_DIR
 from solo_npu.config.shapes import checkpoint_notices, lift_fixed_shapes
+from solo_npu.config.values import MODES
 from solo_npu.engine import comm, interrupts
 from solo_npu.engine.backbone_init import backbone_init_file, candidate_files
 from solo_npu.engine.checkpointer import (
@@ -55,7 +57,7 @@ from solo_npu.utils.files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 # The experiment presets of this checkout (conf/experiment), named in hints for a checkpoint of another experiment.
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
+EXPERIMENTS_DIR = CONF_DIR / "experiment"
 
 
 def _workers(cfg: DictConfig) -> int:
@@ -181,7 +183,8 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
                        "training: this run writes no detections file", cfg["eval_detections"])
     check_dataset_files(cfg["data"], ("train", "val") if mode == "train" else ("val",))  # training evaluates too
     if mode == "train":
-        if str(cfg.get("resume") or "").lower() == "auto" and not cfg.get("run_dir"):
+        if (str(cfg.get("resume") or "").lower() == "auto" and run_dir_per_attempt(cfg)
+                and not (run_dir / "checkpoints" / "last.pth").is_file()):
             logger.warning("resume=auto without run_dir: this run has a new run directory (%s), with nothing to "
                            "resume, and starts from scratch; resume=auto run_dir=<the run's directory> continues a "
                            "run", run_dir)
@@ -269,7 +272,7 @@ def run_job(cfg_dict: dict[str, Any], run_dir: Path, info: DeviceInfo) -> dict[s
     if cfg.mode == "eval":
         return eval_only(cfg, run_dir, info)
     if cfg.mode != "train":
-        raise ValueError(f"mode must be train or eval, got {cfg.mode!r}")
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     return train(cfg, run_dir, info, progress_bar, write_config=keep_config and rank == 0)
 
 
@@ -469,8 +472,9 @@ def train(cfg: DictConfig, run_dir: Path, info: DeviceInfo, progress_bar: bool =
         if not comm.params_in_sync(unwrap(model)):
             raise CheckpointError(f"resume needs the same {resume_file} on every node: the ranks loaded different "
                                   "weights from it; put the run directory on a shared filesystem or copy it")
-        logger.info("resumed from %s at epoch %d, iteration %d (%d of this epoch)", resume_file, trainer.epoch,
-                    trainer.iter, trainer.inner_iter)
+        logger.info("resumed from %s at epoch %d, iteration %d (%d of the epoch's %d steps done)", resume_file,
+                    trainer.epoch_number, trainer.iter, trainer.inner_iter if trainer.inner_iter else
+                    trainer.iters_per_epoch, trainer.iters_per_epoch)
     if write_config:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     from solo_npu.data import stop_workers

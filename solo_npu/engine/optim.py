@@ -15,6 +15,9 @@ from solo_npu.runtime import DeviceInfo, sgd_class
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZERS = ("sgd", "adamw")  # optim.name (any case): build_optimizer
+LR_POLICIES = ("step", "cosine")  # optim.policy: WarmupStepSchedule
+
 
 def scaled_lr(base_lr: float, total_batch_size: int, base_batch_size: int = 16, auto_scale: bool = True) -> float:
     """Linear scaling rule: ``base_lr`` is for ``base_batch_size`` images per step (0.01 per 16)."""
@@ -47,7 +50,7 @@ def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any], info: Device
         betas = tuple(float(b) for b in optim_cfg.get("betas", (0.9, 0.999)))
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name != "sgd":
-        raise ValueError(f"optim.name={name!r} is not supported (use sgd or adamw)")
+        raise ValueError(f"optim.name={name!r} is not supported (use {' or '.join(OPTIMIZERS)})")
     cls = sgd_class(info, bool(optim_cfg.get("fused", False)))
     return cls(groups, lr=lr, momentum=float(optim_cfg.get("momentum", 0.9)),
                nesterov=bool(optim_cfg.get("nesterov", False)))
@@ -82,8 +85,8 @@ class WarmupStepSchedule:
     def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, lr_steps: Sequence[int] = (9, 11),
                  gamma: float = 0.1, warmup_iters: int = 500, warmup_ratio: float = 0.01, policy: str = "step",
                  total_iters: int = 0, min_lr_ratio: float = 0.0) -> None:
-        if policy not in ("step", "cosine"):
-            raise ValueError(f"optim.policy={policy!r} is not supported (use step or cosine)")
+        if policy not in LR_POLICIES:
+            raise ValueError(f"optim.policy={policy!r} is not supported (use {' or '.join(LR_POLICIES)})")
         if policy == "cosine" and total_iters <= 0:
             raise ValueError("the cosine policy needs the total number of iterations")
         self.optimizer = optimizer

@@ -41,6 +41,13 @@ def stop_written(doing: str, every_rank: bool = True) -> Iterator[None]:
         comm.barrier()
 
 
+
+def epoch_number(epoch: int, inner_iter: int) -> int:
+    """The 1-based epoch of the latest step of a position (``epoch``: 0-based, ``inner_iter``: its steps done), as
+    the step lines number it (``epoch [2/6]``): at an epoch's end the epochs done, as ``epoch_2.pth`` and mmcv's
+    ``meta.epoch`` (``self.epoch + 1`` at its save) count them; 0 before the first step."""
+    return epoch + 1 if inner_iter > 0 else epoch
+
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: training cannot recover. Every rank counts them from the same
     all-reduced loss and gradient norm, so all raise it after the same step."""
@@ -177,6 +184,11 @@ class Trainer:
         for h in hooks:
             h.trainer = self
             self.hooks.append(h)
+
+    @property
+    def epoch_number(self) -> int:
+        """:func:`epoch_number` of the trainer's position."""
+        return epoch_number(self.epoch, self.inner_iter)
 
     @property
     def last(self) -> Mapping[str, float]:

@@ -31,6 +31,8 @@ from solo_npu.engine.events import EventStorage, ScalarEvent
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_MODES = ("auto", "tqdm", "plain")  # train.progress: use_progress_bar
+
 
 def use_progress_bar(progress: str) -> bool:
     """Whether the console shows a tqdm bar (``train.progress``): ``tqdm`` yes, ``plain`` no, ``auto`` on a TTY.
@@ -38,8 +40,8 @@ def use_progress_bar(progress: str) -> bool:
     The one place this is decided: the job passes the answer to the logging setup (which then writes
     log lines through the bar) and to :class:`ConsoleWriter`.
     """
-    if progress not in ("auto", "tqdm", "plain"):
-        raise ValueError(f"train.progress must be auto, tqdm or plain, got {progress!r}")
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"train.progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
     return sys.stdout.isatty() if progress == "auto" else progress == "tqdm"
 
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEVICE_KINDS = ("npu", "cuda", "cpu")
 _BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 _AMP_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+AMP_DTYPES = tuple(_AMP_DTYPES)  # amp.dtype: amp_dtype
 
 # Defaults Huawei documents for multi-device training; set only when the user has not set them.
 NPU_ENV_DEFAULTS = {

@@ -386,3 +386,15 @@ def test_own_checkpoint_refuses_another_input_than_its_training_config(tmp_path)
         load_model_weights(build("solov2_tiny", num_classes=3), path, normalize=caffe)
     with pytest.raises(CheckpointError, match="trained with model.backbone.style=caffe"):
         load_weights(build("solov2_tiny", num_classes=3), str(path), normalize=caffe)
+
+
+def test_a_class_of_the_saving_script_keeps_the_trust_hint(tmp_path, monkeypatch):
+    """A file pickling a class of the script that saved it (__main__) is not a missing package to install: the line
+    stays the trust hint."""
+    cls = type("Net", (), {"__module__": "__main__"})
+    monkeypatch.setattr(sys.modules["__main__"], "Net", cls, raising=False)
+    torch.save({"model": {}, "extra": cls()}, tmp_path / "script.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "script.pth")
+    assert "--trust-pickle" in str(info.value) and "install __main__" not in str(info.value)
+

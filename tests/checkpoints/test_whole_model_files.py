@@ -141,4 +141,9 @@ def test_partial_conversion_without_the_backbone_is_refused_naming_what_it_lacks
         assert line.startswith(f"checkpoint {dst} was converted with --allow-partial and lacks ") and "\n" not in line
         assert "['backbone.conv1.weight'" in line and "pick the model=" not in line
         assert "runs without them" not in caplog.text and "of the model's were not in the file" in caplog.text
+    # the same file into a deeper model: tensors the conversion did not leave out are missing too, and the file
+    # has ones the model lacks: that is another model's file, said as such
+    with pytest.raises(CheckpointError, match="does not match the model") as info:
+        load_weights(tiny(depth=34), str(dst), allow_classifier_change=True)
+    assert "converted with --allow-partial and lacks" not in str(info.value)
 

@@ -2,8 +2,8 @@
 
 Each one reproduces what the real tool is documented (or written) to do, including the errors we rely
 on, and says where that is defined. What they cannot reproduce is the NPU itself: they compute on the
-CPU with onnxruntime or TorchScript. The .om runs with the precision ATC's --precision_mode gives it, emulated
-by rounding (see ATC_PRECISION below); the torch_aie stand-in computes in float32.
+CPU with onnxruntime or TorchScript, emulating the narrower precision of an .om (ATC_PRECISION_MODE) and of
+torch_aie's FP16 policy by rounding tensors to float16 or bfloat16; they compute in float32 in between.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ ATC_PRECISION_MODE_V2 = {
 #  (ge/graph/preprocess/multi_batch_options.cc, CheckDynamicParams). A value of a precision option outside its set
 #  never reaches option_utils.cc's own check (CheckPrecisionModeParamValid): the flag parser refused it.
 # The .om it writes is JSON: {"onnx": <the ONNX it was given>, "gears": <--dynamic_batch_size as ints, or null>,
-#  "precision": <what ais_bench emulates, ATC_PRECISION below>}, for the ais_bench stand-in to run; the real .om
+#  "precision": <what ais_bench emulates, ATC_PRECISION_MODE above>}, for the ais_bench stand-in to run; the real .om
 #  carries its gears (read back with aclmdlGetDynamicBatch) and its operators' data types. Its mode
 #  is 0o600 whatever the umask, as GE opens it (mindspore-ai/graphengine, ge/common/auth/file_saver.cc,
 #  FileSaver::OpenFile: mmOpen2(real_path, M_RDWR | M_CREAT | O_TRUNC, M_IRUSR | M_IWUSR)).
@@ -117,6 +117,8 @@ FLAGS = INT32 | BOOL | {
     "device_id", "shape_generalized_build_mode", "atomic_clean_policy", "external_weight", "deterministic",
     "deterministic_level", "host_env_os", "host_env_cpu", "cluster_config", "hccl_sub_comm_config", "quant_dumpable",
     "is_weight_clip", "oo_level", "build_config"}
+# what the ais_bench stand-in emulates for each precision value (ATC_PRECISION_MODE*, outside this script)
+PRECISION_MODE, PRECISION_MODE_V2 = {precision_tables}
 # api/atc/cmd_flag_info.cc kStrValueRange
 RANGE = {
     "sparsity": {"0", "1"}, "dump_mode": {"0", "1"}, "virtual_type": {"0", "1"}, "status_check": {"0", "1"},
@@ -128,13 +130,8 @@ RANGE = {
     "buffer_optimize": {"l1_optimize", "l2_optimize", "off_optimize"},
     "shape_generalized_build_mode": {"shape_generalized", "shape_precise"},
     "op_select_implmode": {"high_precision", "high_performance", "high_precision_for_all", "high_performance_for_all"},
-    "precision_mode": {"force_fp16", "force_fp32", "cube_fp16in_fp32out", "allow_mix_precision", "allow_fp32_to_fp16",
-                       "must_keep_origin_dtype", "allow_mix_precision_fp16", "allow_mix_precision_bf16",
-                       "allow_fp32_to_bf16"},
-    "precision_mode_v2": {"fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
-                          "mixed_hif8"},
+    "precision_mode": set(PRECISION_MODE), "precision_mode_v2": set(PRECISION_MODE_V2),  # the tables' keys
 }
-PRECISION_MODE, PRECISION_MODE_V2 = {precision_tables}
 ONE_OR_ZERO = {"status_check", "deterministic", "external_weight", "display_model_info", "atomic_clean_policy",
                "dump_mode", "disable_reuse_memory", "sparsity"}  # PrintValueError's E10006 flags
 TRUE, FALSE = ("", "1", "t", "true", "y", "yes"), ("0", "f", "false", "n", "no")  # StringToBool, lower-cased

@@ -153,7 +153,7 @@ def test_restarted_attempt_trains_on_from_the_first_attempts_checkpoint(smoke_da
     summary = run_train([*fast, "train.max_iters=6"], run_dir)
     assert summary["iterations"] == 6
     log = (run_dir / "train.log").read_text()
-    assert "torchrun restart 1: resuming from" in log and "resumed from" in log and "at epoch 0, iteration 4" in log
+    assert "torchrun restart 1: resuming from" in log and "resumed from" in log and "at epoch 1, iteration 4" in log
 
 
 def test_explicit_accelerator_index_with_several_ranks_on_a_node_fails_clearly(

@@ -412,9 +412,10 @@ def test_a_stop_after_an_epochs_last_step_runs_its_end_on_resume(tmp_path: Path)
     assert ends.ends == [(1, 12), (2, 18)]
 
 
-def test_checkpoints_count_the_epochs_done(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """epoch_2.pth was saved after 2 epochs and says so (the log line, and the evaluation's line read from the file),
-    as mmcv's meta epoch (self.epoch + 1) says for mmdet files; a save inside an epoch counts the epochs before it."""
+def test_checkpoints_number_epochs_as_the_step_lines_do(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """epoch_2.pth was saved at the end of epoch 2 and says so (the log line, and the evaluation's line read from the
+    file), as mmcv's meta epoch (self.epoch + 1) says for mmdet files; a save inside an epoch names the epoch its
+    last step belongs to, as the step lines do (epoch [2/2])."""
     from solo_npu.engine.finetune import checkpoint_position
 
     trainer, schedule = make_trainer(epochs=2)
@@ -423,11 +424,12 @@ def test_checkpoints_count_the_epochs_done(tmp_path: Path, caplog: pytest.LogCap
         trainer.train()
     for epoch, iteration in ((1, 6), (2, 12)):
         state = load_checkpoint(tmp_path / f"epoch_{epoch}.pth")
-        assert (state["epoch"], state["epochs_done"], state["iteration"]) == (epoch - 1, epoch, iteration)
+        assert (state["epoch"], state["epoch_number"], state["iteration"]) == (epoch - 1, epoch, iteration)
         assert checkpoint_position(state)["epoch"] == epoch
         assert f"saved checkpoint {tmp_path / f'epoch_{epoch}.pth'} (epoch {epoch}, iteration {iteration})" in \
             caplog.messages
-    # last.pth at iteration 8 (every 4 iterations), in the second epoch: 1 epoch done
-    assert f"saved checkpoint {tmp_path / 'last.pth'} (epoch 1, iteration 8)" in caplog.messages
-    # files written before epochs_done was recorded: their 0-based epoch, as before
+    # last.pth every 4 iterations: iteration 4 in epoch 1, iteration 8 in epoch 2 (6 steps an epoch)
+    assert f"saved checkpoint {tmp_path / 'last.pth'} (epoch 1, iteration 4)" in caplog.messages
+    assert f"saved checkpoint {tmp_path / 'last.pth'} (epoch 2, iteration 8)" in caplog.messages
+    # files written before epoch_number was recorded: their 0-based epoch, as before
     assert checkpoint_position({"epoch": 1, "iteration": 12, "inner_iter": 6})["epoch"] == 1

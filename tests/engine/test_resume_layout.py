@@ -263,8 +263,8 @@ def _tail(steps: list[dict], iteration: int) -> list[tuple]:
 
 
 @pytest.mark.parametrize(("checkpoint", "position", "where"), [
-    ("epoch_1.pth", (1, 5, 0), "epoch 0: iteration 5 (5 of 5 batches done) instead of 9 (9 of 9 batches done)"),
-    ("last.pth", (1, 7, 2), "epoch 1: iteration 7 (2 of 5 batches done) instead of 12 (3 of 9 batches done)")],
+    ("epoch_1.pth", (1, 5, 0), "epoch 1: iteration 5 (5 of 5 batches done) instead of 9 (9 of 9 batches done)"),
+    ("last.pth", (1, 7, 2), "epoch 2: iteration 7 (2 of 5 batches done) instead of 12 (3 of 9 batches done)")],
     ids=["epoch_end", "mid_epoch"])
 def test_bigger_per_rank_batch_continues_where_the_new_layout_has_seen_as_much(
         checkpoint: str, position: tuple[int, int, int], where: str, interrupted: Path, fresh_1x4: list[dict],
@@ -340,7 +340,7 @@ def test_same_total_batch_and_epoch_length_continue_at_the_same_iteration() -> N
     assert plan.message == (
         "resume on another layout: the checkpoint's 8 ranks x 2 images (total batch 16, 7330 iterations per epoch), "
         "this run's 4 ranks x 4 images (total batch 16, 7330 iterations per epoch); continuing at iteration 5000 "
-        "(epoch 0, 5000 of 7330 batches done); the images from here on differ from those of the uninterrupted run "
+        "(epoch 1, 5000 of 7330 batches done); the images from here on differ from those of the uninterrupted run "
         "(not an exact resume)")
     assert resume_plan(state, Layout(8, 2, 16, 7330)) == ResumePlan((0, 5000, 5000))  # same layout: as saved
 
@@ -420,7 +420,7 @@ def test_same_epoch_length_with_other_images_warns_and_continues_as_saved() -> N
     assert plan.message == (
         "resume on another training set: the checkpoint's 1 rank x 2 images (total batch 2, 9 iterations per "
         "epoch), this run's 1 rank x 2 images (total batch 2, 9 iterations per epoch); the training set has 18 "
-        "images, the checkpoint's run had 16; continuing at iteration 12 (epoch 1, 3 of 9 batches done); the images "
+        "images, the checkpoint's run had 16; continuing at iteration 12 (epoch 2, 3 of 9 batches done); the images "
         "from here on differ from those of the uninterrupted run (not an exact resume: the training set changed)")
     # With another layout as well, the WARNING names both.
     both = resume_plan(state, Layout(1, 4, 4, 5), train_images=18)
@@ -440,7 +440,7 @@ def test_checkpoint_without_image_count_converts_another_epoch_length() -> None:
     assert plan.message.startswith("resume on another epoch length: the checkpoint's 1 rank x 2 images (total "
                                    "batch 2, 9 iterations per epoch), this run's 1 rank x 2 images (total batch 2, "
                                    "10 iterations per epoch); the checkpoint does not record its number of training "
-                                   "images; continuing at the same point of epoch 1: "), plan.message
+                                   "images; continuing at the same point of epoch 2: "), plan.message
     assert plan.message.endswith("(not an exact resume: the training set or its batching changed)"), plan.message
 
 
