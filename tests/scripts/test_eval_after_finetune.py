@@ -43,19 +43,19 @@ def test_eval_after_finetune_evaluates_the_fine_tuned_checkpoint(synthetic_coco:
     full, tuned = (runs[k] / "run" / "checkpoints" / "last.pth" for k in ("1p", "finetune"))
     summary = json.loads((out / "0" / "run" / "summary.json").read_text())
     assert summary["checkpoint"] == str(tuned)
-    assert (summary["checkpoint_epoch"], summary["checkpoint_iteration"]) == (0, 3)
+    assert (summary["checkpoint_epoch"], summary["checkpoint_iteration"]) == (1, 3)
     lines = proc.stdout.splitlines()
     assert f"[Warning] evaluating the fine-tuned {tuned}, not the older full training run's {full} " \
            f"(--checkpoint={full} evaluates that one)" in lines
-    assert f"Evaluated checkpoint : {tuned} (epoch 0, iteration 3)" in lines
+    assert f"Evaluated checkpoint : {tuned} (epoch 1, iteration 3)" in lines
     log = (out / "0" / "eval_0.log").read_text()
-    assert f"evaluating checkpoint {tuned} (epoch 0, iteration 3, experiment finetune, fine-tuned from {full})" in log
+    assert f"evaluating checkpoint {tuned} (epoch 1, iteration 3, experiment finetune, fine-tuned from {full})" in log
 
     # --checkpoint names the full training run's: that one, and no warning
     proc = script("train_eval_1p.sh", tmp_path, data, f"--checkpoint={full}", *SHRINK)
     summary = json.loads((out / "0" / "run" / "summary.json").read_text())
     assert summary["checkpoint"] == str(full) and summary["checkpoint_iteration"] == 2
-    assert f"Evaluated checkpoint : {full} (epoch 0, iteration 2)" in proc.stdout.splitlines()
+    assert f"Evaluated checkpoint : {full} (epoch 1, iteration 2)" in proc.stdout.splitlines()
     assert "[Warning] evaluating" not in proc.stdout
     assert "did not finish" not in proc.stdout  # the fine-tuning above ended as asked: no warning there either
 
