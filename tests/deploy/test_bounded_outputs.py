@@ -94,8 +94,9 @@ def test_om_at_batch_two_leaves_no_copies(bounded_ctx):
     assert infer_files == ["om_b2/outputs.json", "om_b2_raw_summary.json", "onnxruntime_b2/outputs.json",
                            "summary.json"]
     metrics = run_evaluate(ctx)
+    # ATC's default precision (force_fp16): the stand-in's .om computes in float16 storage, near the float32 AP
     assert metrics["om_b2"]["metrics"]["segm"]["AP"] == pytest.approx(
-        metrics["onnxruntime_b2"]["metrics"]["segm"]["AP"], abs=1e-6)
+        metrics["onnxruntime_b2"]["metrics"]["segm"]["AP"], abs=0.01)
     assert metrics["om_b2"]["metrics"]["segm"]["AP"] > 0.3
     assert set(metrics["om_b2"]["metrics"]) == {"segm", "bbox"}
 

@@ -82,8 +82,8 @@ def test_torch_aie_in_another_python(make_ctx, tmp_path, monkeypatch):
 
     metrics = run_evaluate(ctx)
     ap = {k: v["metrics"]["segm"]["AP"] for k, v in metrics.items()}
-    assert ap["torch_aie_b1"] == pytest.approx(ap["onnxruntime_b1"], abs=5e-3)
-    assert ap["torch_aie_b2"] == pytest.approx(ap["onnxruntime_b1"], abs=5e-3)
+    assert ap["torch_aie_b1"] == pytest.approx(ap["onnxruntime_b1"], abs=0.01)  # FP16: float16 weights and I/O
+    assert ap["torch_aie_b2"] == pytest.approx(ap["onnxruntime_b1"], abs=0.01)
 
     bench = run_benchmark(ctx)
     rows = {(r["backend"], r["batch_size"]): r for r in bench["rows"]}
