@@ -74,6 +74,40 @@ def _atc_flag(arg: str) -> str:
     return name[:4] + name[4:].replace("-", "_") + eq + value
 
 
+# The ATC flags the compile stage sets itself, with the setting that owns each. deploy.compile.atc_args come last on
+# ATC's command line, and its parser takes the last value of a flag given twice (cmd_flag_info.cc SetFlagValue), so
+# one of these there would compile another file (--model), write the .om where the stage does not look (--output),
+# or build another input (--input_shape) or chip (--soc_version) than the run's, without a word.
+ATC_OWNED_FLAGS = {
+    "model": "the exported ONNX", "output": "the compile/ folder", "framework": "5, ONNX", "input_format": "NCHW",
+    "input_shape": "deploy.input_shape and the batch size", "soc_version": "deploy.soc_version",
+    "dynamic_batch_size": "deploy.compile.dynamic_batch",
+    "customize_dtypes": "deploy.compile.customize_dtypes",
+}
+# Flags of ATC (hicann/ge api/atc/atc_flags.cc) whose name begins another's owned name: getopt_long takes an exact
+# name first, so --mode=0 is the conversion mode, not an abbreviation of --model.
+_ATC_EXACT_NOT_OWNED = {"mode"}
+
+
+def check_atc_args(extra_args: Sequence[str]) -> None:
+    """Refuse ``deploy.compile.atc_args`` that set a flag of :data:`ATC_OWNED_FLAGS`, read as ATC reads flag names
+    (:func:`_atc_flag`: "-name" and "--name-with-dashes" are "--name_with_dashes"; a unique abbreviation is the
+    flag): one line naming the setting that owns it, before anything runs."""
+    for arg in (str(a) for a in extra_args):
+        flag = _atc_flag(arg)
+        if not flag.startswith("--"):
+            continue
+        name = flag[2:].split("=", 1)[0]
+        if not name or name in _ATC_EXACT_NOT_OWNED:
+            continue
+        owned = [f for f in ATC_OWNED_FLAGS if f == name] or [f for f in ATC_OWNED_FLAGS if f.startswith(name)]
+        if owned:
+            raise DeployError(f"deploy.compile.atc_args sets {arg!r} (--{owned[0]}), which the compile stage sets "
+                              f"itself ({ATC_OWNED_FLAGS[owned[0]]}): drop it"
+                              + ("" if ATC_OWNED_FLAGS[owned[0]].startswith(("the ", "5", "NCHW")) else
+                                 f", or set {ATC_OWNED_FLAGS[owned[0]].split(' and ')[0]}"))
+
+
 def atc_command(
     onnx_path: str | Path,
     output: str | Path,
@@ -94,6 +128,7 @@ def atc_command(
     ``precision_mode`` / ``precision_mode_v2`` become ``--precision_mode=`` / ``--precision_mode_v2=``; setting both
     (here or in ``extra_args``) is a DeployError before ATC runs, as ATC refuses it (:func:`atc_precision`).
     """
+    check_atc_args(extra_args)
     atc_precision(precision_mode, precision_mode_v2, extra_args)
     h, w = int(input_shape[0]), int(input_shape[1])
     batch = "-1" if dynamic_batch else str(int(batch_size))

@@ -92,7 +92,8 @@ def check_plan(ctx: DeployContext, stages: Sequence[str]) -> None:
 
     - ``deploy.infer.batch_sizes`` must name exported batch sizes (infer and evaluate read them);
     - an export whose later stages run a backend needs that backend's format in ``deploy.export_formats``;
-    - ``deploy.om.extra_args`` must leave the ais_bench flags the om backend sets alone;
+    - ``deploy.om.extra_args`` must leave the ais_bench flags the om backend sets alone, and
+      ``deploy.compile.atc_args`` the ATC flags the compile stage sets;
     - the opset must be one this torch's ONNX exporter writes (above it the exporter fails after printing the
       whole graph).
     """
@@ -104,9 +105,11 @@ def check_plan(ctx: DeployContext, stages: Sequence[str]) -> None:
     if any(s in stages for s in ("infer", "evaluate")):
         infer_batch_sizes(ctx)
     if "om" in ctx.settings.backends and any(s in stages for s in BACKEND_STAGES):
+        from solo_npu.deploy.compile_310p import check_atc_args
         from solo_npu.deploy.om import check_extra_args
 
         check_extra_args(ctx.deploy_cfg.om.extra_args)
+        check_atc_args(ctx.deploy_cfg.compile.atc_args)
     if "export" not in stages:
         return
     formats = list(ctx.deploy_cfg.export_formats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from deploy_standins import AIS_BENCH, ATC, install_tool, put_tools_on_path, wri
 from solo_npu.deploy import compile_310p, om
 from solo_npu.deploy.backends import OmBackend
 from solo_npu.deploy.benchmark import run_benchmark
-from solo_npu.deploy.compile_310p import atc_command, run_compile, write_compile_script
+from solo_npu.deploy.compile_310p import atc_command, atc_error, run_compile, write_compile_script
 from solo_npu.deploy.context import DeployError, write_json
 from solo_npu.deploy.evaluate import run_evaluate
 from solo_npu.deploy.export import run_export
@@ -253,15 +254,38 @@ def test_parse_summary_from_file_then_log_and_output_listing(tmp_path):
 
 def test_atc_failure_reports_its_error_code_line(make_ctx, exported_run, monkeypatch, tmp_path):
     """ATC prints its banner, then "E10031: ..." and trace lines on stdout: the E-code line is the reason."""
-    put_tools_on_path(tmp_path, monkeypatch, atc=ATC)
-    # a dynamic batch asked through atc_args for a static-batch ONNX: ATC refuses it (no -1 in --input_shape)
+    log = put_tools_on_path(tmp_path, monkeypatch, atc=ATC)
+    # a dynamic batch for a static-batch ONNX (no -1 in --input_shape): ATC refuses it. The flag is added to the
+    # command by hand: in deploy.compile.atc_args it is refused before ATC runs (deploy.compile.dynamic_batch owns it)
+    cmd = [*atc_command(exported_onnx(exported_run, "1"), tmp_path / "m", "input", 1, (128, 160)),
+           "--dynamic_batch_size=1,2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 255 and atc_error(proc.stdout, proc.stderr) == (
+        "E10031: At least one batch n must be equal to -1 when set --dynamic_batch_size.")
+    (log / "atc.jsonl").unlink()
     ctx = make_ctx("deploy.backends=[om]", "deploy.compile.atc_args=['--dynamic_batch_size=1,2']",
                    run_dir=exported_run)
-    result = run_compile(ctx)
-    assert result["om"] == {}
-    assert result["messages"][0] == ("atc (batch 1) failed (exit 255): E10031: At least one batch n must be equal "
-                                     "to -1 when set --dynamic_batch_size.")
-    assert len(result["messages"]) == 2
+    with pytest.raises(DeployError, match=r"^deploy.compile.atc_args sets '--dynamic_batch_size=1,2' "
+                                          r"\(--dynamic_batch_size\), which the compile stage sets itself "
+                                          r"\(deploy.compile.dynamic_batch\): drop it, or set "
+                                          r"deploy.compile.dynamic_batch$"):
+        run_compile(ctx)
+    assert not (log / "atc.jsonl").exists()
+
+
+@pytest.mark.parametrize("arg, owned", [
+    ("--model=other.onnx", "model"), ("--output=elsewhere/m", "output"),
+    ("-input_shape=input:1,3,800,1216", "input_shape"), ("--soc-version=Ascend910B", "soc_version"),
+    ("--soc=Ascend910B", "soc_version"), ("--framework=5", "framework"),
+    ("--customize_dtypes=keep.cfg", "customize_dtypes")])
+def test_atc_args_that_set_a_flag_the_compile_stage_owns_are_refused(arg, owned):
+    """ATC takes the last value of a flag given twice (cmd_flag_info.cc SetFlagValue) and reads -name, --name-x and
+    unique abbreviations as the flag (FormatArgv, getopt_long): another --model or --output would compile another
+    file or put the .om where the stage does not look; refused in one line before ATC runs."""
+    with pytest.raises(DeployError, match=rf"sets {re.escape(repr(arg))} \(--{owned}\), which the compile stage"):
+        compile_310p.check_atc_args([arg])
+    compile_310p.check_atc_args(["--mode=0", "--op_select_implmode=high_precision", "--log=info",
+                                 "--precision_mode=force_fp16", "--out_nodes=a:0", "--input_fp16_nodes=input"])
 
 
 def test_atc_precision_options_with_the_atc_standin(make_ctx, exported_run, monkeypatch, tmp_path, caplog):
