@@ -254,11 +254,17 @@ def _match_class_names(state: dict[str, Tensor], ckpt: Any, class_names: Sequenc
                 "classifier is used as it is, channel k for label k")
 
 
+def unshared_keys(own: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(the model's tensors the file lacks, a BatchNorm's ``num_batches_tracked`` aside; the file's tensors the model
+    has no place for), of a model's state dict ``own`` and a file's ``state``."""
+    return ([k for k in own if k not in state and not k.endswith("num_batches_tracked")],
+            [k for k in state if k not in own])
+
+
 def _other_keys(own: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     """What else the file and the model do not share, for a shape-mismatch error: a file of another model (an FCOS
     file given to SOLOv2) also holds modules the model lacks and lacks the model's."""
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    missing, unexpected = unshared_keys(own, state)
     if not missing and not unexpected:
         return ""
     modules = sorted({".".join(k.split(".")[:2]) for k in unexpected})
@@ -389,7 +395,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, source: str = 
         # are refused as checkpoint= by require_whole_model
         logger.warning("%s was converted with --allow-partial: %d tensors of its source were dropped %s (this model "
                        "has no place for them) and %d of the model's were not in the file %s (see its meta.partial)",
-                       path, len(dropped), _few(dropped), len(absent), _few(absent))
+                       path, len(dropped), few_keys(dropped), len(absent), few_keys(absent))
     config = ckpt.get("config") if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) else None
     return {"source": source, "missing": missing, "unexpected": unexpected, "reinitialised": reinitialised,
             "reordered": reordered, "config": config or None, "partial_missing": absent}
@@ -436,7 +442,7 @@ def trained_model_hint(ckpt: Any, model_cfg: Any) -> str:
         if choice is not None:
             from solo_npu.config import CONF_DIR
 
-            model_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{choice}.yaml"), resolve=False)
+            model_cfg = OmegaConf.to_container(load_model_yaml(CONF_DIR / "model" / f"{choice}.yaml"), resolve=False)
     built = flat_settings(model_cfg)
     skip = ("_target_", "num_classes", "name", "pretrained", "deploy.", "test.")
     # A setting the run's model config leaves to the builder's default (make demo's base_channels=32 on a light R18
@@ -525,7 +531,8 @@ def _solov2_name_mismatch(state: Mapping[str, Tensor], layout: str) -> tuple[lis
     return sorted(required - found), [k for k in state if pattern(k) not in names]
 
 
-def _few(keys: Sequence[str], count: int = 3) -> str:
+def few_keys(keys: Sequence[str], count: int = 3) -> str:
+    """The first ``count`` of ``keys`` for a message: ``[a, b, c, ...]``."""
     return "[" + ", ".join(keys[:count]) + (", ..." if len(keys) > count else "") + "]"
 
 
@@ -619,8 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             if (missing or unexpected) and not args.allow_partial:
                 raise CheckpointError(
                     f"{args.src} ({source} layout) does not fill {args.model_config}: {len(missing)} model tensors "
-                    f"missing from the file {_few(missing)}, {len(unexpected)} file tensors the model has no place "
-                    f"for {_few(unexpected)}; pass --allow-partial to write only the file's tensors")
+                    f"missing from the file {few_keys(missing)}, {len(unexpected)} file tensors the model has no place "
+                    f"for {few_keys(unexpected)}; pass --allow-partial to write only the file's tensors")
             print(f"missing keys ({len(missing)}): {missing}")
             print(f"unexpected keys ({len(unexpected)}): {unexpected}")
             if counters:
@@ -643,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             if (lacking or unknown) and not args.allow_partial:
                 raise CheckpointError(
                     f"{args.src} ({source} layout) does not have SOLOv2's names: {len(unknown)} tensors a SOLOv2 has "
-                    f"no place for {_few(unknown)}, {len(lacking)} SOLOv2 names missing {_few(lacking)}; pass "
+                    f"no place for {few_keys(unknown)}, {len(lacking)} SOLOv2 names missing {few_keys(lacking)}; pass "
                     "--model-config to check it against a model, or --allow-partial to write the SOLOv2 tensors "
                     "it has")
             if lacking or unknown:  # --allow-partial

@@ -127,16 +127,15 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         seen = value.lower() if isinstance(value, str) and key in _ANY_CASE_KEYS else value
         if present and seen not in allowed:
             raise ConfigValueError(f"{key}={_choice_text(value)}: must be one of {', '.join(allowed)}")
-    present, scale = _get(cfg, "amp.loss_scale")  # solo_npu.runtime.device.make_grad_scaler
-    if present and scale not in (None, "dynamic"):
-        number = scale if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
-        if number is None and isinstance(scale, str):
-            try:
-                number = float(scale)
-            except ValueError:
-                number = None
-        if number is None or not math.isfinite(number) or number <= 0:
-            raise ConfigValueError(f"amp.loss_scale={scale}: must be dynamic or a number > 0 (128: apex O1's)")
+    present, scale = _get(cfg, "amp.loss_scale")
+    if present:
+        from solo_npu.runtime.device import static_loss_scale
+
+        try:
+            static_loss_scale(scale)
+        except ValueError:
+            raise ConfigValueError(f"amp.loss_scale={scale}: must be dynamic or a number > 0 (128: apex O1's)"
+                                   ) from None
     _check_normalize(cfg)
     check_model_choices(cfg)
     present, nnodes = _get(cfg, "launcher.nnodes")

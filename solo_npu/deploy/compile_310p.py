@@ -78,11 +78,13 @@ def _atc_flag(arg: str) -> str:
 # ATC's command line, and its parser takes the last value of a flag given twice (cmd_flag_info.cc SetFlagValue), so
 # one of these there would compile another file (--model), write the .om where the stage does not look (--output),
 # or build another input (--input_shape) or chip (--soc_version) than the run's, without a word.
-ATC_OWNED_FLAGS = {
-    "model": "the exported ONNX", "output": "the compile/ folder", "framework": "5, ONNX", "input_format": "NCHW",
-    "input_shape": "deploy.input_shape and the batch size", "soc_version": "deploy.soc_version",
-    "dynamic_batch_size": "deploy.compile.dynamic_batch",
-    "customize_dtypes": "deploy.compile.customize_dtypes",
+# flag -> (what sets it, the setting to use instead or None)
+ATC_OWNED_FLAGS: dict[str, tuple[str, str | None]] = {
+    "model": ("the exported ONNX", None), "output": ("the compile/ folder", None), "framework": ("5, ONNX", None),
+    "input_format": ("NCHW", None), "input_shape": ("deploy.input_shape and the batch size", "deploy.input_shape"),
+    "soc_version": ("deploy.soc_version", "deploy.soc_version"),
+    "dynamic_batch_size": ("deploy.compile.dynamic_batch", "deploy.compile.dynamic_batch"),
+    "customize_dtypes": ("deploy.compile.customize_dtypes", "deploy.compile.customize_dtypes"),
 }
 # Flags of ATC (hicann/ge api/atc/atc_flags.cc) whose name begins another's owned name: getopt_long takes an exact
 # name first, so --mode=0 is the conversion mode, not an abbreviation of --model.
@@ -102,10 +104,9 @@ def check_atc_args(extra_args: Sequence[str]) -> None:
             continue
         owned = [f for f in ATC_OWNED_FLAGS if f == name] or [f for f in ATC_OWNED_FLAGS if f.startswith(name)]
         if owned:
+            what, setting = ATC_OWNED_FLAGS[owned[0]]
             raise DeployError(f"deploy.compile.atc_args sets {arg!r} (--{owned[0]}), which the compile stage sets "
-                              f"itself ({ATC_OWNED_FLAGS[owned[0]]}): drop it"
-                              + ("" if ATC_OWNED_FLAGS[owned[0]].startswith(("the ", "5", "NCHW")) else
-                                 f", or set {ATC_OWNED_FLAGS[owned[0]].split(' and ')[0]}"))
+                              f"itself ({what}): drop it" + (f", or set {setting}" if setting else ""))
 
 
 def atc_command(

@@ -123,25 +123,20 @@ def resume_model_mismatch(state: Mapping[str, Any], model: nn.Module, path: str 
     named), are the model's alone or the file's alone, and what rebuilds the model of the file's run
     (:func:`~solo_npu.checkpoints.convert.trained_model_hint`: its ``model=`` choice and settings, against
     ``model_cfg``, this run's model config)."""
-    from solo_npu.checkpoints.convert import trained_model_hint
+    from solo_npu.checkpoints.convert import few_keys, trained_model_hint, unshared_keys
 
     own, weights = model.state_dict(), state["model"]
-
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
     shaped = [k for k in weights if k in own and tuple(own[k].shape) != tuple(weights[k].shape)]
-    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in weights if k not in own]
+    missing, unexpected = unshared_keys(own, weights)
     parts = []
     if shaped:
         k = shaped[0]
         parts.append(f"{len(shaped)} of other shapes, e.g. {k}: file {tuple(weights[k].shape)}, model "
                      f"{tuple(own[k].shape)}")
     if missing:
-        parts.append(f"{len(missing)} of the model's not in the file ({few(missing)})")
+        parts.append(f"{len(missing)} of the model's not in the file {few_keys(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} of the file's not in the model ({few(unexpected)})")
+        parts.append(f"{len(unexpected)} of the file's not in the model {few_keys(unexpected)}")
     return (f"{path or 'the resume file'}: its weights do not fit this run's model ({'; '.join(parts)})"
             f"{trained_model_hint(state, model_cfg)}")
 
@@ -435,15 +430,17 @@ def _hooks_state_of_older_format(state: dict[str, Any]) -> dict[str, dict[str, A
     return hooks
 
 
-def find_resume_file(resume: str | None, run_dir: str | Path) -> Path | None:
-    """The checkpoint that ``resume`` points to: ``auto`` -> ``<run_dir>/checkpoints/last.pth`` when it exists."""
+def find_resume_file(resume: str | None, run_dir: str | Path, log: bool = True) -> Path | None:
+    """The checkpoint that ``resume`` points to: ``auto`` -> ``<run_dir>/checkpoints/last.pth`` when it exists
+    (``log``: say when there is none)."""
     if not resume:
         return None
     if str(resume).lower() == "auto":
         last = Path(run_dir) / "checkpoints" / "last.pth"
         if last.is_file():
             return last
-        logger.info("resume=auto: no checkpoint in %s, starting from scratch", last.parent)
+        if log:
+            logger.info("resume=auto: no checkpoint in %s, starting from scratch", last.parent)
         return None
     path = Path(resume)
     if path.is_dir():  # a run directory, or its checkpoints/ folder

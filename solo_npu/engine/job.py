@@ -189,7 +189,8 @@ def check_start(cfg: dict[str, Any], run_dir: Path) -> None:
                            "resume, and starts from scratch; resume=auto run_dir=<the run's directory> continues a "
                            "run", run_dir)
         resume = attempt_resume(cfg, run_dir, log=False)
-        backbone_init_file(cfg, _starts_from(cfg, find_resume_file(resume, run_dir)))
+        # the run's own look (train) says when resume=auto finds nothing
+        backbone_init_file(cfg, _starts_from(cfg, find_resume_file(resume, run_dir, log=False)))
 
 
 def _check_model_classes(cfg: dict[str, Any]) -> None:

@@ -41,12 +41,12 @@ def stop_written(doing: str, every_rank: bool = True) -> Iterator[None]:
         comm.barrier()
 
 
-
 def epoch_number(epoch: int, inner_iter: int) -> int:
     """The 1-based epoch of the latest step of a position (``epoch``: 0-based, ``inner_iter``: its steps done), as
     the step lines number it (``epoch [2/6]``): at an epoch's end the epochs done, as ``epoch_2.pth`` and mmcv's
     ``meta.epoch`` (``self.epoch + 1`` at its save) count them; 0 before the first step."""
     return epoch + 1 if inner_iter > 0 else epoch
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: training cannot recover. Every rank counts them from the same

@@ -12,6 +12,7 @@ import functools
 import importlib
 import inspect
 import logging
+import math
 import os
 import platform
 import random
@@ -431,14 +432,26 @@ def make_grad_scaler(
     case on CPU), and then ``scale``/``step``/``update`` pass straight through.
     """
     use = enabled and amp_dtype(info, dtype) == torch.float16
-    if loss_scale in (None, "dynamic"):
+    scale = static_loss_scale(loss_scale)
+    if scale is None:
         base = grad_scaler_class(info.type)
         args, kwargs = _grad_scaler_args(base, info.type, 2.0**16, use)
         return base(*args, **kwargs)
-    scale = float(loss_scale)
-    if scale <= 0:
-        raise ValueError(f"amp.loss_scale must be 'dynamic' or a positive number (got {loss_scale!r})")
     return StaticGradScaler(info.type, scale, enabled=use)
+
+
+def static_loss_scale(loss_scale: Any) -> float | None:
+    """``amp.loss_scale`` read: ``None`` for a dynamic scale (``"dynamic"`` or null), else the static scale, a finite
+    number > 0 (apex O1's 128); ValueError for anything else."""
+    if loss_scale in (None, "dynamic"):
+        return None
+    try:
+        scale = float(loss_scale) if not isinstance(loss_scale, bool) else math.nan
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"amp.loss_scale must be 'dynamic' or a positive number (got {loss_scale!r})")
+    return scale
 
 
 def _device_module(info: DeviceInfo) -> Any:
